@@ -1,0 +1,209 @@
+"""SMS text encoding: GSM 03.38 / UCS-2 choice, encoding and segmenting.
+
+We keep our own tables and splitter because smpplib 2.2.4 gets them wrong
+(smpp.md §9, defects 10-13): it splits between ESC and its code, cuts emoji
+surrogate pairs in half, and maps '`' onto the code point of '§'.
+
+GSM-7 payloads are *unpacked* (one septet per octet): over SMPP the SMSC does
+the packing, so a GSM-7 part with UDH is 6 + 153 = 159 octets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GSM7_BASIC: str = (
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXTENSION: dict[str, int] = {
+    "\f": 0x0A, "^": 0x14, "{": 0x28, "}": 0x29, "\\": 0x2F,
+    "[": 0x3C, "~": 0x3D, "]": 0x3E, "|": 0x40, "€": 0x65,
+}
+
+GSM7_ESCAPE = 0x1B
+DATA_CODING_GSM7 = 0x00
+DATA_CODING_IA5 = 0x01
+DATA_CODING_LATIN1 = 0x03
+DATA_CODING_UCS2 = 0x08
+ESM_CLASS_UDHI = 0x40
+
+GSM7_SINGLE_UNITS = 160
+GSM7_PART_UNITS = 153  # 160 septets minus the 6-octet UDH (7 septets once packed)
+UCS2_SINGLE_UNITS = 70
+UCS2_PART_UNITS = 67  # 140 octets minus the 6-octet UDH, in UTF-16 units
+MAX_PARTS = 255  # the total/seq fields of the concat UDH and of SAR are one octet
+
+_GSM7_CODE: dict[str, int] = {c: i for i, c in enumerate(GSM7_BASIC) if i != GSM7_ESCAPE}
+_GSM7_EXTENSION_CHAR: dict[int, str] = {code: c for c, code in GSM7_EXTENSION.items()}
+
+
+def _is_gsm7_char(char: str) -> bool:
+    return char in _GSM7_CODE or char in GSM7_EXTENSION
+
+
+def is_gsm7(text: str) -> bool:
+    """True when the whole text fits the default alphabet, i.e. costs half as much as UCS-2."""
+    return all(_is_gsm7_char(c) for c in text)
+
+
+def non_gsm7_chars(text: str) -> list[str]:
+    """The characters to blame when a message goes out as UCS-2 (e.g. a '`' or a smart quote)."""
+    return list(dict.fromkeys(c for c in text if not _is_gsm7_char(c)))
+
+
+def _gsm7_unit(char: str) -> bytes:
+    """One character as the septets that must travel together in one part."""
+    if char in _GSM7_CODE:
+        return bytes([_GSM7_CODE[char]])
+    if char in GSM7_EXTENSION:
+        return bytes([GSM7_ESCAPE, GSM7_EXTENSION[char]])
+    raise ValueError(f"character {char!r} is not in GSM 03.38")
+
+
+def gsm7_encode(text: str) -> bytes:
+    """Unpacked septets, because SMPP carries GSM-7 one septet per octet and the SMSC packs it."""
+    return b"".join(_gsm7_unit(c) for c in text)
+
+
+def gsm7_decode(data: bytes) -> str:
+    """Strict inverse of gsm7_encode, so a part cut after an ESC shows up as an error."""
+    chars: list[str] = []
+    escaped = False
+    for octet in data:
+        if octet > 0x7F:
+            raise ValueError(f"octet 0x{octet:02X} is not a GSM-7 septet")
+        if escaped:
+            if octet not in _GSM7_EXTENSION_CHAR:
+                raise ValueError(f"ESC 0x{octet:02X} is not a GSM-7 extension code")
+            chars.append(_GSM7_EXTENSION_CHAR[octet])
+            escaped = False
+        elif octet == GSM7_ESCAPE:
+            escaped = True
+        else:
+            chars.append(GSM7_BASIC[octet])
+    if escaped:
+        raise ValueError("GSM-7 data ends with a lone ESC")
+    return "".join(chars)
+
+
+def udh_concat(ref: int, total: int, seq: int, *, ref16: bool = False) -> bytes:
+    """Concatenation UDH (with its length octet); 16-bit refs avoid collisions on one handset."""
+    if not 1 <= total <= MAX_PARTS:
+        raise ValueError(f"total parts {total} outside 1..{MAX_PARTS}")
+    if not 1 <= seq <= total:
+        raise ValueError(f"part number {seq} outside 1..{total}")
+    if ref16:
+        if not 0 <= ref <= 0xFFFF:
+            raise ValueError(f"16-bit concat ref {ref} out of range")
+        return bytes([0x06, 0x08, 0x04, ref >> 8, ref & 0xFF, total, seq])
+    if not 0 <= ref <= 0xFF:
+        raise ValueError(f"8-bit concat ref {ref} out of range")
+    return bytes([0x05, 0x00, 0x03, ref, total, seq])
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """A message ready for submit_sm: one payload per segment, UDH to be added by the sender.
+
+    ref16 is kept because it changes the capacity of a multipart segment (152/66 instead of
+    153/67), which chars_left() needs.
+    """
+
+    encoding: str
+    data_coding: int
+    parts: tuple[bytes, ...]
+    ref16: bool = False
+
+    @property
+    def segments(self) -> int:
+        return len(self.parts)
+
+    def chars_left(self) -> int:
+        """Units that still fit before the operator bills another segment (for the UI counter)."""
+        layout = _layout(self.encoding, self.ref16)
+        capacity = layout.single_units if self.segments == 1 else layout.part_units
+        return capacity - len(self.parts[-1]) // layout.unit_octets
+
+
+@dataclass(frozen=True)
+class _Layout:
+    data_coding: int
+    unit_octets: int
+    single_units: int
+    part_units: int
+
+
+def _layout(encoding: str, ref16: bool) -> _Layout:
+    """Capacities per coding; a 16-bit concat ref costs one more octet, hence one unit less."""
+    ref16_cost = 1 if ref16 else 0
+    if encoding == "gsm7":
+        return _Layout(DATA_CODING_GSM7, 1, GSM7_SINGLE_UNITS, GSM7_PART_UNITS - ref16_cost)
+    return _Layout(DATA_CODING_UCS2, 2, UCS2_SINGLE_UNITS, UCS2_PART_UNITS - ref16_cost)
+
+
+def _units(text: str) -> tuple[str, list[bytes]]:
+    """Split text into indivisible units: ESC+code and surrogate pairs must stay in one part."""
+    if is_gsm7(text):
+        return "gsm7", [_gsm7_unit(c) for c in text]
+    return "ucs2", [c.encode("utf-16-be") for c in text]
+
+
+def _pack_parts(units: list[bytes], unit_octets: int, capacity: int) -> list[bytes]:
+    """Greedy fill: a unit that does not fit whole starts the next part (a part may end short)."""
+    parts: list[bytes] = []
+    current: list[bytes] = []
+    used = 0
+    for unit in units:
+        cost = len(unit) // unit_octets
+        if used + cost > capacity:
+            parts.append(b"".join(current))
+            current, used = [], 0
+        current.append(unit)
+        used += cost
+    parts.append(b"".join(current))
+    return parts
+
+
+def encode(text: str, *, ref16: bool = False) -> EncodedText:
+    """Choose the cheapest coding and cut into segments the way the handset will reassemble them."""
+    encoding, units = _units(text)
+    layout = _layout(encoding, ref16)
+    total_units = sum(len(u) for u in units) // layout.unit_octets
+    if total_units <= layout.single_units:
+        parts = [b"".join(units)]
+    else:
+        parts = _pack_parts(units, layout.unit_octets, layout.part_units)
+    if len(parts) > MAX_PARTS:
+        raise ValueError(f"message needs {len(parts)} parts, at most {MAX_PARTS} can be joined")
+    return EncodedText(encoding, layout.data_coding, tuple(parts), ref16)
+
+
+def count_segments(text: str) -> int:
+    """What the customer is billed for, shown before sending."""
+    return encode(text).segments
+
+
+def decode(data_coding: int, payload: bytes) -> str:
+    """Text of a received or echoed payload; unknown codings fail loudly instead of mojibake."""
+    if data_coding == DATA_CODING_GSM7:
+        return gsm7_decode(payload)
+    if data_coding == DATA_CODING_UCS2:
+        return payload.decode("utf-16-be")
+    if data_coding in (DATA_CODING_IA5, DATA_CODING_LATIN1):
+        return payload.decode("latin-1")
+    raise ValueError(f"unsupported data_coding 0x{data_coding:02X}")
+
+
+def strip_udh(esm_class: int, short_message: bytes) -> tuple[bytes | None, bytes]:
+    """Separate UDH (with its length octet) from the text, so a part can be decoded on its own."""
+    if not esm_class & ESM_CLASS_UDHI:
+        return None, short_message
+    if not short_message:
+        raise ValueError("UDHI set but short_message is empty")
+    udh_end = 1 + short_message[0]
+    if udh_end > len(short_message):
+        raise ValueError(
+            f"UDH length {short_message[0]} exceeds short_message of {len(short_message)} octets"
+        )
+    return short_message[:udh_end], short_message[udh_end:]
