@@ -1,0 +1,615 @@
+"""The durable store: SQLite in WAL mode behind one writer with group commit.
+
+Every read and write is an *operation*: a plain function over a
+``sqlite3.Connection``.  Operations queue up in arrival order; the writer task
+runs whatever has queued as one transaction in aiosqlite's thread, commits
+once, and only then resolves the callers' futures.  That gives the three
+properties the rest of the daemon relies on:
+
+* **durable before ack**: ``intake`` returns after COMMIT (synchronous=FULL),
+  so the shim's 200 means the row is on disk;
+* **one order**: a receipt's lookup runs after the ``segment_accepted`` that was
+  queued before it, so there are no read-your-write races between tasks;
+* **cheap under load**: a thousand intakes cost one fsync and one thread hop,
+  not a thousand.
+
+Status rules (what may move where, what Bitrix24 sees) come from ``model``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, TypeVar
+
+import aiosqlite
+import structlog
+
+from .model import (
+    BITRIX24_RANK,
+    FINAL,
+    Status,
+    aggregate,
+    bitrix24_status,
+    may_advance,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+Operation = Callable[[sqlite3.Connection], T]
+
+# How long a receipt whose provider id is not known yet waits for its
+# submit_sm_resp before it is counted as unmatched (reference/smpp.md §8).
+PENDING_RECEIPT_TTL = 600.0
+MAX_GROUP = 2000
+
+SCHEMA_VERSION = 1
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE portal (
+        member_id TEXT PRIMARY KEY,
+        domain TEXT NOT NULL,
+        client_endpoint TEXT NOT NULL,
+        server_endpoint TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        client_secret TEXT NOT NULL,
+        application_token TEXT NOT NULL,
+        access_token TEXT NOT NULL DEFAULT '',
+        refresh_token TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE message (
+        id INTEGER PRIMARY KEY,
+        member_id TEXT NOT NULL,
+        b24_id TEXT NOT NULL,
+        code TEXT NOT NULL,
+        route TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        phone TEXT,                      -- E.164, NULL when the number was invalid
+        text TEXT NOT NULL,
+        encoding TEXT NOT NULL,
+        segments INTEGER NOT NULL,
+        module_id TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        reason TEXT,
+        b24_status TEXT,                 -- the last status handed to the Bitrix24 outbox
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (member_id, b24_id)
+    );
+    CREATE INDEX message_open ON message (route, id) WHERE status IN ('queued', 'submitted', 'accepted');
+    CREATE TABLE segment (
+        message_id INTEGER NOT NULL REFERENCES message (id),
+        seq INTEGER NOT NULL,            -- 0-based part number
+        route TEXT NOT NULL,
+        provider_id TEXT,                -- canonical id from submit_sm_resp
+        status TEXT NOT NULL,
+        error TEXT,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (message_id, seq)
+    );
+    CREATE INDEX segment_provider ON segment (route, provider_id) WHERE provider_id IS NOT NULL;
+    CREATE TABLE event (                 -- status history, including what was not applied
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL,
+        seq INTEGER,
+        status TEXT NOT NULL,
+        applied INTEGER NOT NULL,
+        detail TEXT,
+        at REAL NOT NULL
+    );
+    CREATE INDEX event_message ON event (message_id);
+    CREATE TABLE outbox (                -- status updates owed to Bitrix24, one per message
+        member_id TEXT NOT NULL,
+        b24_id TEXT NOT NULL,
+        code TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (member_id, b24_id)
+    );
+    CREATE TABLE receipt_pending (       -- receipts whose provider id is not known (yet)
+        id INTEGER PRIMARY KEY,
+        route TEXT NOT NULL,
+        provider_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        detail TEXT,
+        received_at REAL NOT NULL,
+        expired INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX receipt_pending_id ON receipt_pending (route, provider_id);
+    """,
+}
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    member_id: str
+    b24_id: str
+    code: str
+    route: str
+    sender: str
+    phone: str | None
+    text: str
+    encoding: str
+    segments: int
+    module_id: str = ""
+    reason: str | None = None  # set when the message fails at intake (invalid number)
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    id: int
+    status: Status
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class OpenMessage:
+    """A message that still has segments to submit, for the route's queue."""
+
+    id: int
+    route: str
+    sender: str
+    phone: str
+    text: str
+    open_segments: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    member_id: str
+    b24_id: str
+    code: str
+    status: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class PortalRecord:
+    member_id: str
+    domain: str
+    client_endpoint: str
+    server_endpoint: str
+    client_id: str
+    client_secret: str
+    application_token: str
+    access_token: str
+    refresh_token: str
+
+
+class StoreClosed(RuntimeError):
+    pass
+
+
+class Store:
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        self._db: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[tuple[Operation[Any], asyncio.Future[Any]] | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self.outbox_changed = asyncio.Event()  # set when an outbox row is added or changed
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: the shim's 200 promises the message survives power loss too.
+        await self._db.execute("PRAGMA synchronous=FULL")
+        await self._db.execute("PRAGMA foreign_keys=ON")
+        await self._run(_migrate)
+        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._queue.put(None)
+            await self._writer
+            self._writer = None
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def _run(self, op: Operation[T]) -> T:
+        """Run a function in aiosqlite's thread: one hop for a whole group.
+
+        aiosqlite has no public "run this callable" call; ``_execute`` is the
+        one its own methods use, stable since 0.17.
+        """
+        assert self._db is not None
+        return await self._db._execute(op, self._db._conn)  # type: ignore[attr-defined]
+
+    async def _write_loop(self) -> None:
+        stop = False
+        while not stop:
+            first = await self._queue.get()
+            group = []
+            if first is None:
+                break
+            group.append(first)
+            while len(group) < MAX_GROUP and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                group.append(item)
+            try:
+                results = await self._run(lambda conn: _run_group(conn, [op for op, _ in group]))
+            except Exception as e:  # the commit itself failed: nobody's write is durable
+                log.error("store_commit_failed", error=str(e), ops=len(group))
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for (_, fut), (ok, value) in zip(group, results):
+                if fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+
+    def execute(self, op: Operation[T]) -> asyncio.Future[T]:
+        """Queue an operation; the future resolves after its group commits."""
+        if self._writer is None:
+            raise StoreClosed("store is not open")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((op, fut))
+        return fut
+
+    # --- portals ---------------------------------------------------------------
+
+    async def seed_portal(self, p: PortalRecord) -> None:
+        """Add a portal from the config unless the store already knows it.
+
+        The store's tokens win: a refresh may have rotated them since the
+        config was written.
+        """
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO portal VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (member_id) DO NOTHING",
+                (p.member_id, p.domain, p.client_endpoint, p.server_endpoint, p.client_id,
+                 p.client_secret, p.application_token, p.access_token, p.refresh_token, self.clock()),
+            )
+
+        await self.execute(op)
+
+    async def portals(self) -> list[PortalRecord]:
+        def op(conn: sqlite3.Connection) -> list[PortalRecord]:
+            rows = conn.execute(
+                "SELECT member_id, domain, client_endpoint, server_endpoint, client_id, client_secret,"
+                " application_token, access_token, refresh_token FROM portal"
+            ).fetchall()
+            return [PortalRecord(*r) for r in rows]
+
+        return await self.execute(op)
+
+    async def save_tokens(self, member_id: str, access_token: str, refresh_token: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE portal SET access_token=?, refresh_token=?, updated_at=? WHERE member_id=?",
+                (access_token, refresh_token, self.clock(), member_id),
+            )
+
+        await self.execute(op)
+
+    # --- intake ----------------------------------------------------------------
+
+    async def intake(self, m: NewMessage) -> IntakeResult:
+        """Store a message once per (portal, Bitrix24 message_id); durable on return."""
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> IntakeResult:
+            row = conn.execute(
+                "SELECT id, status FROM message WHERE member_id=? AND b24_id=?", (m.member_id, m.b24_id)
+            ).fetchone()
+            if row is not None:
+                return IntakeResult(row[0], Status(row[1]), duplicate=True)
+            status = Status.FAILED if m.reason else Status.QUEUED
+            cur = conn.execute(
+                "INSERT INTO message (member_id, b24_id, code, route, sender, phone, text, encoding,"
+                " segments, module_id, status, reason, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (m.member_id, m.b24_id, m.code, m.route, m.sender, m.phone, m.text, m.encoding,
+                 m.segments, m.module_id, status, m.reason, now, now),
+            )
+            mid = cur.lastrowid
+            assert mid is not None
+            conn.executemany(
+                "INSERT INTO segment (message_id, seq, route, status, updated_at) VALUES (?,?,?,?,?)",
+                [(mid, seq, m.route, status, now) for seq in range(m.segments)],
+            )
+            _event(conn, mid, None, status, True, m.reason, now)
+            if status is Status.FAILED:
+                _to_outbox(conn, mid, m.member_id, m.b24_id, m.code, None, status, now)
+            return IntakeResult(mid, status, duplicate=False)
+
+        result = await self.execute(op)
+        if result.status is Status.FAILED and not result.duplicate:
+            self.outbox_changed.set()
+        return result
+
+    async def open_messages(self, route: str) -> list[OpenMessage]:
+        """Messages with segments never acknowledged by the operator.
+
+        Used at start: a segment whose submit_sm was on the wire when the
+        daemon died is sent again (at-least-once, DESIGN.md).
+        """
+
+        def op(conn: sqlite3.Connection) -> list[OpenMessage]:
+            rows = conn.execute(
+                "SELECT m.id, m.sender, m.phone, m.text, group_concat(s.seq) FROM message m"
+                " JOIN segment s ON s.message_id = m.id"
+                " WHERE m.route=? AND m.status IN ('queued','submitted','accepted')"
+                " AND s.status IN ('queued','submitted') GROUP BY m.id ORDER BY m.id",
+                (route,),
+            ).fetchall()
+            return [
+                OpenMessage(r[0], route, r[1], r[2], r[3], tuple(sorted(int(x) for x in r[4].split(","))))
+                for r in rows
+            ]
+
+        return await self.execute(op)
+
+    # --- segment outcomes ------------------------------------------------------
+
+    async def segment_accepted(self, message_id: int, seq: int, provider_id: str) -> None:
+        """The operator took a segment; apply any receipt that beat the resp here."""
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT route, status FROM segment WHERE message_id=? AND seq=?", (message_id, seq)
+            ).fetchone()
+            if row is None:
+                return False
+            route = row[0]
+            conn.execute(
+                "UPDATE segment SET provider_id=? WHERE message_id=? AND seq=?", (provider_id, message_id, seq)
+            )
+            changed = _segment_status(conn, message_id, seq, Status.ACCEPTED, None, now)
+            early = conn.execute(
+                "SELECT id, status, detail FROM receipt_pending WHERE route=? AND provider_id=? ORDER BY id",
+                (route, provider_id),
+            ).fetchall()
+            for rid, status, detail in early:
+                changed |= _segment_status(conn, message_id, seq, Status(status), detail, now)
+                conn.execute("DELETE FROM receipt_pending WHERE id=?", (rid,))
+            return changed
+
+        if await self.execute(op):
+            self.outbox_changed.set()
+
+    async def segment_failed(self, message_id: int, seq: int, status: Status, detail: str) -> None:
+        now = self.clock()
+        if await self.execute(lambda conn: _segment_status(conn, message_id, seq, status, detail, now)):
+            self.outbox_changed.set()
+
+    async def apply_receipt(self, route: str, provider_id: str, status: Status, detail: str) -> bool:
+        """Apply a receipt; False when its id is unknown (kept pending, see segment_accepted)."""
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> tuple[bool, bool]:
+            row = conn.execute(
+                "SELECT message_id, seq FROM segment WHERE route=? AND provider_id=?", (route, provider_id)
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO receipt_pending (route, provider_id, status, detail, received_at)"
+                    " VALUES (?,?,?,?,?)",
+                    (route, provider_id, status, detail, now),
+                )
+                return False, False
+            return True, _segment_status(conn, row[0], row[1], status, detail, now)
+
+        matched, changed = await self.execute(op)
+        if changed:
+            self.outbox_changed.set()
+        return matched
+
+    async def expire_pending_receipts(self, ttl: float = PENDING_RECEIPT_TTL) -> int:
+        """Mark receipts that never found their message as unmatched; returns how many."""
+        cutoff = self.clock() - ttl
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE receipt_pending SET expired=1 WHERE expired=0 AND received_at < ?", (cutoff,)
+            ).rowcount
+
+        return await self.execute(op)
+
+    # --- Bitrix24 outbox -------------------------------------------------------
+
+    async def outbox_due(self, member_id: str, limit: int = 50) -> list[OutboxItem]:
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> list[OutboxItem]:
+            rows = conn.execute(
+                "SELECT member_id, b24_id, code, status, attempts FROM outbox"
+                " WHERE member_id=? AND next_at <= ? ORDER BY created_at LIMIT ?",
+                (member_id, now, limit),
+            ).fetchall()
+            return [OutboxItem(*r) for r in rows]
+
+        return await self.execute(op)
+
+    async def outbox_next_at(self, member_id: str) -> float | None:
+        def op(conn: sqlite3.Connection) -> float | None:
+            return conn.execute("SELECT min(next_at) FROM outbox WHERE member_id=?", (member_id,)).fetchone()[0]
+
+        return await self.execute(op)
+
+    async def outbox_done(self, items: Iterable[OutboxItem]) -> None:
+        """Drop delivered updates, unless a newer status replaced one meanwhile."""
+        keys = [(i.member_id, i.b24_id, i.status) for i in items]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM outbox WHERE member_id=? AND b24_id=? AND status=?", keys)
+
+        await self.execute(op)
+
+    async def outbox_retry(self, items: Iterable[OutboxItem], delay: float) -> None:
+        at = self.clock() + delay
+        keys = [(at, i.member_id, i.b24_id) for i in items]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, next_at=? WHERE member_id=? AND b24_id=?", keys
+            )
+
+        await self.execute(op)
+
+    # --- reading ---------------------------------------------------------------
+
+    async def message(self, message_id: int) -> dict[str, Any] | None:
+        def op(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            conn.row_factory = sqlite3.Row
+            try:
+                row = conn.execute("SELECT * FROM message WHERE id=?", (message_id,)).fetchone()
+                if row is None:
+                    return None
+                out = dict(row)
+                out["segment_rows"] = [
+                    dict(r)
+                    for r in conn.execute("SELECT * FROM segment WHERE message_id=? ORDER BY seq", (message_id,))
+                ]
+                out["events"] = [
+                    dict(r) for r in conn.execute("SELECT * FROM event WHERE message_id=? ORDER BY id", (message_id,))
+                ]
+                return out
+            finally:
+                conn.row_factory = None
+
+        return await self.execute(op)
+
+    async def counts(self) -> dict[str, Any]:
+        """Per route and status, plus the backlog figures `smppd status` shows."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, Any]:
+            by_route: dict[str, dict[str, int]] = {}
+            for route, status, n in conn.execute("SELECT route, status, count(*) FROM message GROUP BY 1, 2"):
+                by_route.setdefault(route, {})[status] = n
+            return {
+                "messages": by_route,
+                "outbox": conn.execute("SELECT count(*) FROM outbox").fetchone()[0],
+                "receipts_pending": conn.execute(
+                    "SELECT count(*) FROM receipt_pending WHERE expired=0"
+                ).fetchone()[0],
+                "receipts_unmatched": conn.execute(
+                    "SELECT count(*) FROM receipt_pending WHERE expired=1"
+                ).fetchone()[0],
+            }
+
+        return await self.execute(op)
+
+
+# --- operations (run in the store thread) ----------------------------------------
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"database schema {version} is newer than this smppd ({SCHEMA_VERSION})")
+    for v in range(version + 1, SCHEMA_VERSION + 1):
+        # Statement by statement: executescript() would COMMIT on its own.
+        conn.execute("BEGIN")
+        for statement in MIGRATIONS[v].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={v}")
+        conn.execute("COMMIT")
+
+
+def _run_group(conn: sqlite3.Connection, ops: list[Operation[Any]]) -> list[tuple[bool, Any]]:
+    """Run ops in one transaction; a failing op rolls back only its own writes."""
+    results: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for op in ops:
+            conn.execute("SAVEPOINT op")
+            try:
+                results.append((True, op(conn)))
+                conn.execute("RELEASE op")
+            except Exception as e:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                results.append((False, e))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return results
+
+
+def _event(conn: sqlite3.Connection, mid: int, seq: int | None, status: Status, applied: bool,
+           detail: str | None, now: float) -> None:
+    conn.execute(
+        "INSERT INTO event (message_id, seq, status, applied, detail, at) VALUES (?,?,?,?,?,?)",
+        (mid, seq, status, int(applied), detail, now),
+    )
+
+
+def _segment_status(conn: sqlite3.Connection, mid: int, seq: int, new: Status, detail: str | None,
+                    now: float) -> bool:
+    """Move one segment forward, recompute its message; True if the outbox changed.
+
+    A move backwards (a late resp after a receipt, a duplicated receipt) is
+    recorded as an event with applied=0 and changes nothing else.
+    """
+    row = conn.execute("SELECT status FROM segment WHERE message_id=? AND seq=?", (mid, seq)).fetchone()
+    if row is None:
+        return False
+    current = Status(row[0])
+    if not may_advance(current, new):
+        _event(conn, mid, seq, new, False, detail, now)
+        return False
+    conn.execute(
+        "UPDATE segment SET status=?, error=coalesce(?, error), updated_at=? WHERE message_id=? AND seq=?",
+        (new, detail if new in FINAL and new is not Status.DELIVERED else None, now, mid, seq),
+    )
+    _event(conn, mid, seq, new, True, detail, now)
+    return _message_status(conn, mid, now, detail)
+
+
+def _message_status(conn: sqlite3.Connection, mid: int, now: float, detail: str | None) -> bool:
+    row = conn.execute(
+        "SELECT status, member_id, b24_id, code, b24_status FROM message WHERE id=?", (mid,)
+    ).fetchone()
+    current, member_id, b24_id, code, b24_current = Status(row[0]), row[1], row[2], row[3], row[4]
+    segments = [Status(s) for (s,) in conn.execute("SELECT status FROM segment WHERE message_id=?", (mid,))]
+    new = aggregate(segments)
+    if not may_advance(current, new):
+        return False
+    reason = detail if new in FINAL and new is not Status.DELIVERED else None
+    conn.execute(
+        "UPDATE message SET status=?, reason=coalesce(?, reason), updated_at=? WHERE id=?", (new, reason, now, mid)
+    )
+    return _to_outbox(conn, mid, member_id, b24_id, code, b24_current, new, now)
+
+
+def _to_outbox(conn: sqlite3.Connection, mid: int, member_id: str, b24_id: str, code: str,
+               b24_current: str | None, new: Status, now: float) -> bool:
+    """Owe Bitrix24 the new status, coalesced with any update not yet pushed.
+
+    Only forward moves in Bitrix24's own terms are queued: the portal has no
+    monotonic guard of its own (reference/bitrix24.md §7).
+    """
+    b24 = bitrix24_status(new)
+    if b24 is None:
+        return False
+    if b24_current is not None and BITRIX24_RANK[b24] <= BITRIX24_RANK[b24_current]:
+        return False
+    conn.execute("UPDATE message SET b24_status=? WHERE id=?", (b24, mid))
+    conn.execute(
+        "INSERT INTO outbox (member_id, b24_id, code, status, created_at) VALUES (?,?,?,?,?)"
+        " ON CONFLICT (member_id, b24_id) DO UPDATE SET status=excluded.status, next_at=0",
+        (member_id, b24_id, code, b24, now),
+    )
+    return True

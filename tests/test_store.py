@@ -1,0 +1,150 @@
+import asyncio
+import sqlite3
+
+import pytest
+
+from smppd.model import Status
+from smppd.store import NewMessage, Store
+
+
+def new(b24_id: str = "a" * 32, segments: int = 1, reason: str | None = None, member: str = "m1") -> NewMessage:
+    return NewMessage(member_id=member, b24_id=b24_id, code="by_life", route="life", sender="Shop",
+                      phone=None if reason else "+375291234567", text="hello", encoding="gsm7",
+                      segments=segments, reason=reason)
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = Store(str(tmp_path / "t.db"))
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_wal_and_schema(store, tmp_path):
+    conn = sqlite3.connect(tmp_path / "t.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+async def test_intake_is_idempotent_per_portal_and_message(store):
+    first = await store.intake(new())
+    again = await store.intake(new())
+    other_portal = await store.intake(new(member="m2"))
+    assert not first.duplicate and again.duplicate and again.id == first.id
+    assert not other_portal.duplicate and other_portal.id != first.id
+
+
+async def test_intake_is_durable_when_it_returns(tmp_path):
+    s = Store(str(tmp_path / "d.db"))
+    await s.open()
+    r = await s.intake(new(segments=2))
+    # Another connection sees the committed row right away.
+    conn = sqlite3.connect(tmp_path / "d.db")
+    assert conn.execute("SELECT count(*) FROM segment WHERE message_id=?", (r.id,)).fetchone()[0] == 2
+    await s.close()
+
+
+async def test_group_commit_many_concurrent_intakes(store):
+    results = await asyncio.gather(*(store.intake(new(f"{i:032x}")) for i in range(500)))
+    assert len({r.id for r in results}) == 500
+    assert (await store.counts())["messages"]["life"]["queued"] == 500
+
+
+async def test_failing_op_does_not_spoil_its_group(store):
+    def boom(conn):
+        conn.execute("INSERT INTO message (id) VALUES (NULL)")  # violates NOT NULL
+
+    ok = store.intake(new("b" * 32))
+    bad = store.execute(boom)
+    ok2 = store.intake(new("c" * 32))
+    results = await asyncio.gather(ok, bad, ok2, return_exceptions=True)
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert not results[0].duplicate and not results[2].duplicate
+    assert (await store.counts())["messages"]["life"]["queued"] == 2
+
+
+async def test_invalid_number_fails_at_intake_and_owes_bitrix24_a_failed(store):
+    r = await store.intake(new(reason="invalid number: landline, not a mobile number"))
+    assert r.status is Status.FAILED
+    [item] = await store.outbox_due("m1")
+    assert item.status == "failed" and item.code == "by_life"
+    assert await store.open_messages("life") == []
+
+
+async def test_segments_aggregate_and_outbox_coalesces(store):
+    r = await store.intake(new(segments=2))
+    await store.segment_accepted(r.id, 0, "A1")
+    assert (await store.message(r.id))["status"] == "queued"  # second segment not accepted yet
+    await store.segment_accepted(r.id, 1, "A2")
+    assert [i.status for i in await store.outbox_due("m1")] == ["sent"]
+    assert await store.apply_receipt("life", "A1", Status.DELIVERED, "DELIVRD")
+    m = await store.message(r.id)
+    assert m["status"] == "accepted", "one segment delivered is not the message delivered"
+    assert await store.apply_receipt("life", "A2", Status.DELIVERED, "DELIVRD")
+    # 'sent' was never pushed: the outbox holds only the latest status
+    assert [i.status for i in await store.outbox_due("m1")] == ["delivered"]
+    assert (await store.message(r.id))["status"] == "delivered"
+
+
+async def test_receipt_before_resp_is_applied_when_the_id_becomes_known(store):
+    r = await store.intake(new())
+    assert not await store.apply_receipt("life", "5A0001", Status.DELIVERED, "DELIVRD")
+    assert (await store.counts())["receipts_pending"] == 1
+    await store.segment_accepted(r.id, 0, "5A0001")
+    m = await store.message(r.id)
+    assert m["status"] == "delivered"
+    assert (await store.counts())["receipts_pending"] == 0
+
+
+async def test_receipt_for_unknown_id_is_kept_and_later_counted(store, tmp_path):
+    assert not await store.apply_receipt("life", "NOPE", Status.DELIVERED, "DELIVRD")
+    store.clock = lambda: 10**10
+    assert await store.expire_pending_receipts(ttl=60) == 1
+    assert (await store.counts())["receipts_unmatched"] == 1
+
+
+async def test_status_never_moves_backwards(store):
+    r = await store.intake(new())
+    await store.segment_accepted(r.id, 0, "X1")
+    await store.apply_receipt("life", "X1", Status.DELIVERED, "DELIVRD")
+    await store.apply_receipt("life", "X1", Status.UNDELIVERED, "UNDELIV")  # duplicate/late receipt
+    await store.segment_accepted(r.id, 0, "X1")  # a late resp
+    m = await store.message(r.id)
+    assert m["status"] == "delivered"
+    not_applied = [e for e in m["events"] if not e["applied"]]
+    assert {e["status"] for e in not_applied} == {"undelivered", "accepted"}
+
+
+async def test_outbox_done_keeps_a_newer_status(store):
+    r = await store.intake(new())
+    await store.segment_accepted(r.id, 0, "Y1")
+    [sent] = await store.outbox_due("m1")
+    await store.apply_receipt("life", "Y1", Status.DELIVERED, "DELIVRD")  # arrives while 'sent' is in flight
+    await store.outbox_done([sent])
+    assert [i.status for i in await store.outbox_due("m1")] == ["delivered"]
+
+
+async def test_outbox_retry_delays(store):
+    await store.intake(new(reason="invalid number: too short"))
+    items = await store.outbox_due("m1")
+    await store.outbox_retry(items, 30)
+    assert await store.outbox_due("m1") == []
+    store.clock = lambda: 10**10
+    [item] = await store.outbox_due("m1")
+    assert item.attempts == 1
+
+
+async def test_open_messages_survive_restart(tmp_path):
+    path = str(tmp_path / "r.db")
+    s = Store(path)
+    await s.open()
+    a = await s.intake(new("1" * 32, segments=3))
+    await s.segment_accepted(a.id, 0, "P0")
+    b = await s.intake(new("2" * 32))
+    await s.close()
+    s = Store(path)
+    await s.open()
+    open_ = {m.id: m.open_segments for m in await s.open_messages("life")}
+    assert open_ == {a.id: (1, 2), b.id: (0,)}
+    await s.close()
