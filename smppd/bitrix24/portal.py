@@ -1,0 +1,729 @@
+"""A simulated Bitrix24 portal (REST + OAuth server) on loopback, for the demo and the tests.
+
+Why it exists: the daemon's only door to Bitrix24 is `rest.RestClient`. Code that passes
+against this simulator must also work against the real cloud, so the simulator follows
+the real wire format (``shared/reference/bitrix24.md`` and the Bitrix core 22.x sources it
+cites), including the inconvenient parts:
+
+* ``messageservice.message.status.update`` has **no monotonic guard**: a late ``sent``
+  overwrites ``delivered``. Every change is kept in ``SimMessage.history`` so tests can
+  detect backwards moves (`SimMessage.regressions`).
+* ``batch`` answers HTTP 200 even when sub-calls fail; empty maps come back as JSON ``[]``
+  (PHP arrays), and a map whose keys are ``0..n-1`` comes back as a JSON list.
+* The rate limiter is a leaky bucket per portal; a ``batch`` counts as one request; an
+  exceeded bucket answers 503 with the exact cloud body.
+* Access tokens expire; refreshing **rotates** the refresh token (the old one becomes
+  ``invalid_grant``).
+* The OAuth server listens on its **own port** (like ``oauth.bitrix.info`` is its own host),
+  so a client that derives the token URL from ``client_endpoint`` instead of
+  ``server_endpoint`` fails here too.
+
+Deliberate simplifications (documented, not hidden): one app per portal, ``$result[...]``
+back-references inside ``batch`` are not expanded, PHP's "." -> "_" key mangling is not
+reproduced, the source IP is ignored by the rate bucket.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import ipaddress
+import json
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterable, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger(__name__)
+
+#: The five statuses REST may set (bitrix24.md §7), in rank order. Case-sensitive, as in
+#: ``Sender\Sms\Rest::resolveStatus``.
+STATUSES: tuple[str, ...] = ("queued", "sent", "delivered", "undelivered", "failed")
+_RANK = {"queued": 1, "sent": 2, "delivered": 3, "undelivered": 3, "failed": 3}
+
+BATCH_MAX_LENGTH = 50
+_OPERATING_WINDOW = 600.0  # ten 1-minute buckets (bitrix24.md §8)
+_CODE_RE = re.compile(r"^[a-z0-9.\-_]+$", re.IGNORECASE)
+
+# Exact cloud bodies (bitrix24.md §8, §10).
+_QUERY_LIMIT_BODY = {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"}
+_OVERLOAD_BODY = {"error": "OVERLOAD_LIMIT", "error_description": "REST API is blocked due to overload."}
+_EXPIRED_BODY = {"error": "expired_token", "error_description": "The access token provided has expired."}
+_NO_AUTH_BODY = {"error": "NO_AUTH_FOUND", "error_description": "Wrong authorization data"}
+
+
+class _ApiError(Exception):
+    """A REST error as the core raises it: code, description, HTTP status (400 default)."""
+
+    def __init__(self, code: str, description: str, status: int = 400) -> None:
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description
+        self.status = status
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.code, "error_description": self.description}
+
+
+def _access_denied() -> _ApiError:
+    return _ApiError("ACCESS_DENIED", "Access denied!", 403)
+
+
+@dataclass
+class SimMessage:
+    """One message as the portal's ``b_messageservice_message`` row sees it."""
+
+    message_id: str
+    code: str
+    to: str
+    text: str
+    module_id: str
+    author_id: int
+    status: str
+    history: list[tuple[float, str]] = field(default_factory=list)
+
+    def regressions(self) -> list[tuple[str, str]]:
+        """(old, new) pairs where the status moved backwards or between final statuses.
+
+        Why: the real core applies any change; this is how a test proves we never send one.
+        """
+        moves = []
+        for (_, old), (_, new) in zip(self.history, self.history[1:]):
+            if _RANK[new] < _RANK[old] or (_RANK[old] == 3 and new != old):
+                moves.append((old, new))
+        return moves
+
+
+@dataclass
+class _Token:
+    user_id: int
+    expires_at: float  # wall clock
+    is_admin: bool
+
+
+def _new_member_id() -> str:
+    return secrets.token_hex(16)
+
+
+def _new_client_id() -> str:
+    return f"local.{secrets.token_hex(7)}.{secrets.randbelow(90_000_000) + 10_000_000}"
+
+
+@dataclass
+class SimulatedPortal:
+    """A Bitrix24 portal with one installed local app, served on loopback.
+
+    ``rate=None`` disables the leaky bucket. ``allow_local_handler`` lets ``sender.add``
+    accept loopback/LAN handlers (the cloud refuses them, bitrix24.md §2; tests need them).
+    ``batch_overflow`` picks how >50 commands fail: ``"per_command"`` is what the core does
+    (the first 50 run, the rest get ``ERROR_BATCH_LENGTH_EXCEEDED`` in ``result_error``,
+    HTTP 200); ``"http_400"`` is what the docs' error table says (whole call, HTTP 400).
+    """
+
+    member_id: str = field(default_factory=_new_member_id)
+    domain: str = "demo.bitrix24.by"
+    client_id: str = field(default_factory=_new_client_id)
+    client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    application_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    rate: float | None = 2.0
+    burst: int = 50
+    access_ttl: float = 3600.0
+    refresh_ttl: float = 180 * 86400.0
+    scope: str = "messageservice"
+    admin_user_id: int = 1
+    allow_local_handler: bool = True
+    batch_overflow: Literal["per_command", "http_400"] = "per_command"
+
+    # Test knobs and observable state.
+    overloaded: bool = field(default=False, init=False)  # manual block by support -> 503 OVERLOAD_LIMIT
+    messages: dict[str, SimMessage] = field(default_factory=dict, init=False)
+    purged: dict[str, SimMessage] = field(default_factory=dict, init=False)
+    senders: dict[str, dict[str, Any]] = field(default_factory=dict, init=False)
+    requests: int = field(default=0, init=False)
+    rejected_rate_limited: int = field(default=0, init=False)
+    updates_applied: int = field(default=0, init=False)  # status.update calls that changed a status
+    updates_noop: int = field(default=0, init=False)  # accepted status.update with the same status
+    token_requests: int = field(default=0, init=False)
+    refreshes: int = field(default=0, init=False)
+    method_calls: collections.Counter[str] = field(default_factory=collections.Counter, init=False)
+    access_token: str = field(default="", init=False)
+    refresh_token: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        self._tokens: dict[str, _Token] = {}
+        self._refresh_tokens: dict[str, float] = {}
+        self._token_uses: collections.Counter[str] = collections.Counter()
+        self._bucket_level = 0.0
+        self._bucket_at = time.monotonic()
+        self._blocked: dict[str, float] = {}
+        self._operating: dict[str, list[tuple[float, float]]] = {}
+        self._next_internal_id = 1
+        self._runners: list[web.AppRunner] = []
+        self._base_url: str | None = None
+        self._oauth_base_url: str | None = None
+        self._issue_pair()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Serve REST on ``port`` and the OAuth server on a second, free port."""
+        rest_app = web.Application()
+        rest_app.router.add_route("*", "/rest/{method}", self._handle_rest)
+        oauth_app = web.Application()
+        oauth_app.router.add_route("*", "/oauth/token/", self._handle_token)
+        oauth_app.router.add_route("*", "/oauth/token", self._handle_token)
+        self._base_url = await self._serve(rest_app, host, port)
+        self._oauth_base_url = await self._serve(oauth_app, host, 0)
+        log.info("portal.started", base_url=self._base_url, oauth=self._oauth_base_url, domain=self.domain)
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+
+    async def __aenter__(self) -> SimulatedPortal:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> str:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runners.append(runner)
+        bound_host, bound_port = runner.addresses[-1][:2]
+        return f"http://{bound_host}:{bound_port}"
+
+    @property
+    def base_url(self) -> str:
+        if self._base_url is None:
+            raise RuntimeError("SimulatedPortal.start() has not been awaited")
+        return self._base_url
+
+    @property
+    def client_endpoint(self) -> str:
+        return f"{self.base_url}/rest/"
+
+    @property
+    def server_endpoint(self) -> str:
+        """Like ``https://oauth.bitrix.info/rest/``: the token URL is ``<scheme://host>/oauth/token/``."""
+        if self._oauth_base_url is None:
+            raise RuntimeError("SimulatedPortal.start() has not been awaited")
+        return f"{self._oauth_base_url}/rest/"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self._oauth_base_url}/oauth/token/"
+
+    def install_auth(self) -> dict[str, str]:
+        """The fields ONAPPINSTALL would deliver: what the daemon persists per portal."""
+        return {
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "application_token": self.application_token,
+            "member_id": self.member_id,
+            "domain": self.domain,
+            "client_endpoint": self.client_endpoint,
+            "server_endpoint": self.server_endpoint,
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+        }
+
+    # ------------------------------------------------------------------ test knobs
+
+    def expire_access_token(self) -> None:
+        """Force the current access token to be expired now (next call gets ``expired_token``)."""
+        self._tokens[self.access_token].expires_at = time.time() - 1
+
+    def block_method(self, method: str, seconds: float) -> None:
+        """Simulate the per-method operating-time limit: 429 until ``seconds`` from now."""
+        self._blocked[method.lower()] = time.time() + seconds
+
+    def unblock_method(self, method: str) -> None:
+        self._blocked.pop(method.lower(), None)
+
+    def purge(self, message_id: str) -> None:
+        """The 14-day cleanup agent: the row is gone, later updates get ERROR_MESSAGE_NOT_FOUND."""
+        message = self.messages.pop(message_id, None)
+        if message is not None:
+            self.purged[message_id] = message
+
+    def uses_of(self, access_token: str) -> int:
+        """How many REST requests carried this access token (tests check ordering with it)."""
+        return self._token_uses[access_token]
+
+    # ------------------------------------------------------------------ messages
+
+    def create_message(
+        self,
+        code: str,
+        to: str,
+        text: str,
+        *,
+        module_id: str = "crm",
+        bindings: Iterable[tuple[int, int]] = ((2, 1541), (3, 877)),
+        author: bool = True,
+        author_id: int = 7,
+    ) -> tuple[str, list[tuple[str, str]]]:
+        """Register a message as sent by the core and return (message_id, HANDLER form fields).
+
+        The core marks the message SENT as soon as it is handed to the queue server
+        (bitrix24.md §6), so the message starts with status ``sent``. The form follows
+        the §4 layout in the core's order: MESSAGE_HEADERS, properties, type, code,
+        message_id, message_to, message_body, ts, then the event-style ``auth`` block
+        (omitted when the message has no author).
+        """
+        internal_id = self._next_internal_id
+        self._next_internal_id += 1
+        message_id = hashlib.md5(f"{internal_id}|{uuid.uuid4().hex}".encode()).hexdigest()
+        now = time.time()
+        self.messages[message_id] = SimMessage(
+            message_id=message_id, code=code, to=to, text=text, module_id=module_id,
+            author_id=author_id if author else 0, status="sent", history=[(now, "sent")],
+        )
+        form = self._headers(module_id, bindings)
+        form += [
+            ("properties[phone_number]", to),
+            ("properties[message_text]", text),
+            ("type", "SMS"),
+            ("code", code),
+            ("message_id", message_id),
+            ("message_to", to),
+            ("message_body", text),
+            ("ts", str(int(now))),
+        ]
+        if author:
+            form += self._auth_block(author_id)
+        return message_id, form
+
+    def _headers(self, module_id: str, bindings: Iterable[tuple[int, int]]) -> list[tuple[str, str]]:
+        form = [("module_id", module_id)]
+        if module_id == "crm":
+            for n, (owner_type, owner_id) in enumerate(bindings):
+                form += [(f"bindings[{n}][OWNER_TYPE_ID]", str(owner_type)),
+                         (f"bindings[{n}][OWNER_ID]", str(owner_id))]
+        elif module_id == "bizproc":
+            workflow_id = f"{secrets.token_hex(7)}.{secrets.randbelow(90_000_000) + 10_000_000}"
+            document_id = ("crm", "CCrmDocumentLead", "LEAD_98")
+            document_type = ("crm", "CCrmDocumentLead", "LEAD")
+            form.append(("workflow_id", workflow_id))
+            form += [(f"document_id[{i}]", v) for i, v in enumerate(document_id)]
+            form += [(f"document_type[{i}]", v) for i, v in enumerate(document_type)]
+        return form
+
+    def _auth_block(self, author_id: int) -> list[tuple[str, str]]:
+        """Event-style auth of the message author (not the admin), no refresh_token (§4)."""
+        token = secrets.token_hex(35)
+        expires = time.time() + self.access_ttl
+        self._tokens[token] = _Token(author_id, expires, author_id == self.admin_user_id)
+        fields = [
+            ("application_token", self.application_token),
+            ("member_id", self.member_id),
+            ("domain", self.domain),
+            ("access_token", token),
+            ("expires_in", str(int(self.access_ttl))),
+            ("scope", self.scope),
+            ("user_id", str(author_id)),
+            ("client_endpoint", self.client_endpoint),
+            ("server_endpoint", self.server_endpoint),
+            ("expires", str(int(expires))),
+            ("status", "L"),
+        ]
+        return [(f"auth[{key}]", value) for key, value in fields]
+
+    async def post_to_handler(
+        self, http: aiohttp.ClientSession, handler_url: str, form: list[tuple[str, str]]
+    ) -> tuple[int, str]:
+        """POST the form urlencoded, as the Bitrix queue server does; the answer is not interpreted."""
+        body = urlencode(form).encode()
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        async with http.post(handler_url, data=body, headers=headers) as resp:
+            return resp.status, await resp.text()
+
+    # ------------------------------------------------------------------ OAuth
+
+    def _issue_pair(self) -> dict[str, Any]:
+        now = time.time()
+        self.access_token = secrets.token_hex(35)
+        self.refresh_token = secrets.token_hex(35)
+        self._tokens[self.access_token] = _Token(self.admin_user_id, now + self.access_ttl, True)
+        self._refresh_tokens[self.refresh_token] = now + self.refresh_ttl
+        return {
+            "access_token": self.access_token,
+            "expires": int(now + self.access_ttl),
+            "expires_in": int(self.access_ttl),
+            "scope": self.scope,
+            # The real oauth.bitrix.info answers with its own host here, not the portal's.
+            "domain": urlsplit(self._oauth_base_url or "http://oauth.local").netloc,
+            "server_endpoint": self.server_endpoint if self._oauth_base_url else "",
+            "status": "L",
+            "client_endpoint": self.client_endpoint if self._base_url else "",
+            "member_id": self.member_id,
+            "user_id": self.admin_user_id,
+            "refresh_token": self.refresh_token,
+        }
+
+    async def _handle_token(self, request: web.Request) -> web.Response:
+        self.token_requests += 1
+        params = dict(request.query)
+        if request.method == "POST":
+            params.update(dict(await request.post()))
+        try:
+            body = self._refresh(params)
+        except _ApiError as exc:
+            log.info("portal.oauth.error", error=exc.code)
+            return _json(exc.body(), exc.status)
+        return _json(body)
+
+    def _refresh(self, params: dict[str, Any]) -> dict[str, Any]:
+        if params.get("grant_type") != "refresh_token":
+            raise _ApiError("unsupported_grant_type", "The authorization grant type is not supported")
+        if params.get("client_id") != self.client_id or params.get("client_secret") != self.client_secret:
+            raise _ApiError("invalid_client", "Invalid client credentials", 401)
+        old = str(params.get("refresh_token", ""))
+        if self._refresh_tokens.pop(old, 0.0) <= time.time():
+            raise _ApiError("invalid_grant", "Invalid refresh token")
+        self.refreshes += 1
+        return self._issue_pair()
+
+    # ------------------------------------------------------------------ REST entry
+
+    async def _handle_rest(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if not self._take_from_bucket():
+            self.rejected_rate_limited += 1
+            return _json(_QUERY_LIMIT_BODY, 503)
+        method = request.match_info["method"].lower().removesuffix(".json")
+        params = await _read_params(request)
+        try:
+            handler = self._methods().get(method)
+            if handler is None:
+                raise _ApiError("ERROR_METHOD_NOT_FOUND", "Method not found!", 404)
+            token = self._authenticate(request, params)
+            response = self._invoke(method, handler, params, token)
+        except _ApiError as exc:
+            log.debug("portal.rest.error", method=method, error=exc.code)
+            return _json(exc.body(), exc.status)
+        return _json(response)
+
+    def _take_from_bucket(self) -> bool:
+        """Leaky bucket: +1 per accepted request, drains at ``rate``/s, rejects above ``burst``."""
+        if self.rate is None:
+            return True
+        now = time.monotonic()
+        self._bucket_level = max(0.0, self._bucket_level - (now - self._bucket_at) * self.rate)
+        self._bucket_at = now
+        if self._bucket_level + 1 > self.burst:
+            return False
+        self._bucket_level += 1
+        return True
+
+    def _authenticate(self, request: web.Request, params: dict[str, Any]) -> _Token:
+        """Token from ``Authorization: Bearer`` or the ``auth``/``access_token`` param (exact names)."""
+        key = None
+        header = request.headers.get("Authorization", "")
+        if header.lower().startswith("bearer "):
+            key = header[7:].strip()
+        for name in ("auth", "access_token"):
+            value = params.pop(name, None)
+            if key is None and isinstance(value, str):
+                key = value
+        token = self._tokens.get(key or "")
+        if token is None:
+            raise _ApiError(_NO_AUTH_BODY["error"], _NO_AUTH_BODY["error_description"], 401)
+        self._token_uses[key or ""] += 1
+        if self.overloaded:
+            raise _ApiError(_OVERLOAD_BODY["error"], _OVERLOAD_BODY["error_description"], 503)
+        if token.expires_at <= time.time():
+            raise _ApiError(_EXPIRED_BODY["error"], _EXPIRED_BODY["error_description"], 401)
+        return token
+
+    def _methods(self) -> dict[str, Callable[[dict[str, Any], _Token], Any]]:
+        return {
+            "batch": self._batch,
+            "messageservice.message.status.update": self._status_update,
+            "messageservice.sender.add": self._sender_add,
+            "messageservice.sender.update": self._sender_update,
+            "messageservice.sender.delete": self._sender_delete,
+            "messageservice.sender.list": self._sender_list,
+        }
+
+    def _invoke(
+        self, method: str, handler: Callable[[dict[str, Any], _Token], Any], params: dict[str, Any], token: _Token
+    ) -> dict[str, Any]:
+        """Run one method like ``CRestServer::processCall``: operating-time gate, call, ``time``."""
+        if self._blocked.get(method, 0.0) > time.time():
+            raise _ApiError("OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit.", 429)
+        start = time.time()
+        self.method_calls[method] += 1
+        proc_start = time.time()
+        result = handler(params, token)
+        proc_finish = time.time()
+        self._operating.setdefault(method, []).append((proc_start, proc_finish - proc_start))
+        return {"result": result, "time": self._time(method, start, proc_start, proc_finish)}
+
+    def _time(self, method: str, start: float, proc_start: float, proc_finish: float) -> dict[str, Any]:
+        finish = time.time()
+        data: dict[str, Any] = {
+            "start": start,
+            "finish": finish,
+            "duration": finish - start,
+            "processing": proc_finish - proc_start,
+            "date_start": _iso(start),
+            "date_finish": _iso(finish),
+        }
+        usage = [u for u in self._operating.get(method, []) if u[0] > finish - _OPERATING_WINDOW]
+        self._operating[method] = usage
+        blocked_until = self._blocked.get(method)
+        if blocked_until and blocked_until > finish:
+            data["operating_reset_at"] = int(blocked_until)
+        elif usage:
+            data["operating_reset_at"] = int(usage[0][0] + _OPERATING_WINDOW)
+        data["operating"] = sum(d for _, d in usage)
+        return data
+
+    # ------------------------------------------------------------------ batch
+
+    def _batch(self, params: dict[str, Any], token: _Token) -> dict[str, Any]:
+        """``CRestProvider::methodsBatch``: run commands in order, split results and errors."""
+        params = _upper(params)
+        halt = _php_bool(params.get("HALT", False))
+        cmd = params.get("CMD") or {}
+        items = list(cmd.items()) if isinstance(cmd, dict) else list(enumerate(cmd))
+        if self.batch_overflow == "http_400" and len(items) > BATCH_MAX_LENGTH:
+            raise _ApiError("ERROR_BATCH_LENGTH_EXCEEDED", "Max batch length exceeded", 400)
+        out: dict[str, dict[str, Any]] = {"result": {}, "error": {}, "total": {}, "next": {}, "time": {}}
+        for count, (key, call) in enumerate(items):
+            key = str(key)
+            if count >= BATCH_MAX_LENGTH:
+                outcome: dict[str, Any] = {"error": {"error": "ERROR_BATCH_LENGTH_EXCEEDED",
+                                                     "error_description": "Max batch length exceeded"}}
+            elif not isinstance(call, str):
+                continue
+            else:
+                outcome = self._batch_item(call, token)
+            for part, value in outcome.items():
+                out[part][key] = value
+            if "error" in outcome and halt:
+                break
+        return {
+            "result": out["result"],
+            "result_error": out["error"],
+            "result_total": out["total"],
+            "result_next": out["next"],
+            "result_time": out["time"],
+        }
+
+    def _batch_item(self, call: str, token: _Token) -> dict[str, Any]:
+        method, _, query = call.partition("?")
+        method = method.lower()
+        sub_params = _php_parse(parse_qsl(query, keep_blank_values=True))
+        for name in ("auth", "access_token"):  # sub-calls reuse the outer auth
+            sub_params.pop(name, None)
+        try:
+            if method == "batch":
+                raise _ApiError("ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage", 405)
+            handler = self._methods().get(method)
+            if handler is None:
+                raise _ApiError("ERROR_METHOD_NOT_FOUND", "Method not found!", 404)
+            return self._invoke(method, handler, sub_params, token)
+        except _ApiError as exc:
+            return {"error": exc.body()}
+
+    # ------------------------------------------------------------------ messageservice
+
+    def _status_update(self, params: dict[str, Any], token: _Token) -> bool:
+        """``RestService::updateMessageStatus``: validate, find, apply — without a monotonic guard."""
+        params = _upper(params)
+        code = _validate_code(params.get("CODE"))
+        message_id = params.get("MESSAGE_ID")
+        if not message_id:
+            raise _ApiError("ERROR_MESSAGE_NOT_FOUND", "Message not found!")
+        status = params.get("STATUS")
+        if status not in STATUSES:
+            raise _ApiError("ERROR_MESSAGE_STATUS_INCORRECT", "Message status incorrect!")
+        message = self.messages.get(str(message_id))
+        if message is None or message.code != code:
+            raise _ApiError("ERROR_MESSAGE_NOT_FOUND", "Message not found!")
+        if message.author_id != token.user_id and not token.is_admin:
+            raise _access_denied()
+        if message.status == status:  # UPDATE ... WHERE STATUS_ID != new: a no-op
+            self.updates_noop += 1
+            return True
+        message.status = status
+        message.history.append((time.time(), status))
+        self.updates_applied += 1
+        return True
+
+    def _require_admin(self, token: _Token) -> None:
+        if not token.is_admin:
+            raise _access_denied()
+
+    def _sender_add(self, params: dict[str, Any], token: _Token) -> bool:
+        self._require_admin(token)
+        params = _upper(params)
+        if not params:
+            raise _ApiError("ERROR_SENDER_VALIDATION_FAILURE", "Empty data!")
+        code = _validate_code(params.get("CODE"))
+        self._validate_handler(params.get("HANDLER"))
+        if not params.get("NAME"):
+            raise _ApiError("ERROR_SENDER_VALIDATION_FAILURE", "Empty sender NAME!")
+        if not params.get("TYPE"):
+            raise _ApiError("ERROR_SENDER_VALIDATION_FAILURE", "Empty sender message TYPE!")
+        if params["TYPE"] != "SMS":
+            raise _ApiError("ERROR_SENDER_VALIDATION_FAILURE", "Unknown sender message TYPE!")
+        if code in self.senders:
+            raise _ApiError("ERROR_SENDER_ALREADY_INSTALLED", "Sender already installed!")
+        self.senders[code] = {
+            "CODE": code, "TYPE": "SMS", "HANDLER": params["HANDLER"],
+            "NAME": params["NAME"], "DESCRIPTION": params.get("DESCRIPTION", ""),
+        }
+        return True
+
+    def _sender_update(self, params: dict[str, Any], token: _Token) -> bool:
+        """Cloud-only method (bitrix24.md §3); descriptions are not documented, ours are plain."""
+        self._require_admin(token)
+        params = _upper(params)
+        code = params.get("CODE")
+        if not code:
+            raise _ApiError("ERROR_SENDER_CODE_REQUIRED", "Sender code is required")
+        changes = {k: params[k] for k in ("HANDLER", "NAME", "DESCRIPTION") if params.get(k)}
+        if not changes:
+            raise _ApiError("ERROR_SENDER_OTHER_PARAMS_REQUIRED", "HANDLER, NAME or DESCRIPTION is required")
+        if code not in self.senders:
+            raise _ApiError("ERROR_SENDER_NOT_FOUND", "Sender not found!")
+        if "HANDLER" in changes:
+            self._validate_handler(changes["HANDLER"])
+        self.senders[code].update(changes)
+        return True
+
+    def _sender_delete(self, params: dict[str, Any], token: _Token) -> bool:
+        self._require_admin(token)
+        code = _validate_code(_upper(params).get("CODE"))
+        if self.senders.pop(code, None) is None:
+            raise _ApiError("ERROR_SENDER_NOT_FOUND", "Sender not found!")
+        return True
+
+    def _sender_list(self, params: dict[str, Any], token: _Token) -> list[str]:
+        self._require_admin(token)
+        return list(self.senders)
+
+    def _validate_handler(self, handler: Any) -> None:
+        """``HandlerHelper::checkCallback`` (host with a dot, http/https) plus the cloud's no-LAN rule."""
+        parts = urlsplit(handler) if isinstance(handler, str) else None
+        host = parts.hostname if parts else None
+        if not host or host.find(".") <= 0:
+            raise _ApiError("ERROR_WRONG_HANDLER_URL", "Wrong handler URL")
+        if parts.scheme not in ("http", "https"):
+            raise _ApiError("ERROR_UNSUPPORTED_PROTOCOL", "Unsupported handler protocol")
+        if len(handler) > 1000:
+            raise _ApiError("ERROR_WRONG_HANDLER_URL", "Wrong handler URL")
+        if not self.allow_local_handler and _is_local(host):
+            raise _ApiError("ERROR_WRONG_HANDLER_URL", "Wrong handler URL")
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _validate_code(code: Any) -> str:
+    if not code:
+        raise _ApiError("ERROR_SENDER_VALIDATION_FAILURE", "Empty sender code!")
+    if not isinstance(code, str) or not _CODE_RE.match(code):
+        raise _ApiError("ERROR_SENDER_VALIDATION_FAILURE", "Wrong sender code!")
+    return code
+
+
+def _is_local(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host.endswith(".local") or host.endswith(".localhost")
+    return ip.is_private or ip.is_loopback or ip.is_link_local
+
+
+def _upper(params: dict[str, Any]) -> dict[str, Any]:
+    """``array_change_key_case(..., CASE_UPPER)``: top-level keys only."""
+    return {str(k).upper(): v for k, v in params.items()}
+
+
+def _php_bool(value: Any) -> bool:
+    """PHP ``(bool)``: "" and "0" are false, any other string is true."""
+    if isinstance(value, str):
+        return value not in ("", "0")
+    return bool(value)
+
+
+def _php_parse(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """``parse_str`` for bracket keys: ``a[b][]=1`` -> ``{"a": {"b": {"0": "1"}}}``."""
+    root: dict[str, Any] = {}
+    for key, value in pairs:
+        base, bracket, rest = key.partition("[")
+        segments = re.findall(r"\[([^\]]*)\]", bracket + rest) if bracket else []
+        if not segments:
+            root[key] = value
+            continue
+        node = root
+        path = [base, *segments]
+        for depth, segment in enumerate(path):
+            if segment == "":
+                segment = str(sum(1 for k in node if k.isdigit()))
+            if depth == len(path) - 1:
+                node[segment] = value
+            else:
+                child = node.get(segment)
+                if not isinstance(child, dict):
+                    child = node[segment] = {}
+                node = child
+    return root
+
+
+async def _read_params(request: web.Request) -> dict[str, Any]:
+    """Query string merged with the body (form or JSON), like PHP's ``$_REQUEST`` + JSON input."""
+    params = _php_parse(request.query.items())
+    if request.method != "POST" or not request.can_read_body:
+        return params
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            body = {}
+        if isinstance(body, dict):
+            params.update(body)
+        return params
+    form = await request.post()
+    params.update(_php_parse((k, v) for k, v in form.items() if isinstance(v, str)))
+    return params
+
+
+def _phpify(value: Any) -> Any:
+    """Encode maps as PHP's ``json_encode`` would: empty -> ``[]``, keys 0..n-1 -> list."""
+    if isinstance(value, dict):
+        if list(value) == [str(i) for i in range(len(value))]:
+            return [_phpify(v) for v in value.values()]
+        return {k: _phpify(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_phpify(v) for v in value]
+    return value
+
+
+def _json(body: dict[str, Any], status: int = 200) -> web.Response:
+    text = json.dumps(_phpify(body), separators=(",", ":"))
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+__all__ = ["STATUSES", "SimMessage", "SimulatedPortal"]
