@@ -1,0 +1,540 @@
+"""An SMSC on loopback, for the demo and the tests.
+
+It speaks SMPP 3.4 on a real socket, built only from ``codec`` (and so from
+smpplib's encoder), because it is used to show that our ESME works against real
+SMSCs: binds with a password check, ``submit_sm`` answered with a fresh
+message id, delivery receipts in the common text form (Appendix B) plus the
+``receipted_message_id`` / ``message_state`` TLVs, ``enquire_link``, ``unbind``,
+``generic_nack`` for what it does not serve.
+
+Like a real SMSC it routes a receipt to any receiver-capable bind of the same
+account, keeps receipts while no such bind exists, and delivers again the
+receipts whose ``deliver_sm_resp`` never came when a bind drops.
+
+Fault modes (throttling, drops, slow resps) go into a ``SubmitPolicy``; the
+default accepts everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import structlog
+
+from smppd import text as sms_text
+
+from . import codec
+from .codec import (
+    BIND_RECEIVER,
+    BIND_TRANSCEIVER,
+    BIND_TRANSMITTER,
+    ENQUIRE_LINK,
+    ESME_RALYBND,
+    ESME_RINVBNDSTS,
+    ESME_RINVCMDID,
+    ESME_RINVDSTADR,
+    ESME_RINVPASWD,
+    ESME_RINVSYSID,
+    ESME_ROK,
+    SUBMIT_SM,
+    UNBIND,
+)
+
+log = structlog.get_logger(__name__)
+
+# stat word → message_state (reference §7)
+MESSAGE_STATES: Final[dict[str, int]] = {
+    "ENROUTE": 1, "DELIVRD": 2, "EXPIRED": 3, "DELETED": 4,
+    "UNDELIV": 5, "ACCEPTD": 6, "UNKNOWN": 7, "REJECTD": 8,
+}
+INTERMEDIATE: Final = frozenset({"ENROUTE", "ACCEPTD"})
+_ERR_CODES: Final[dict[str, str]] = {
+    "ENROUTE": "000", "DELIVRD": "000", "ACCEPTD": "000", "EXPIRED": "001",
+    "DELETED": "002", "UNDELIV": "003", "UNKNOWN": "004", "REJECTD": "005",
+}
+_BIND_COMMANDS: Final = {
+    BIND_TRANSMITTER: "bind_transmitter",
+    BIND_RECEIVER: "bind_receiver",
+    BIND_TRANSCEIVER: "bind_transceiver",
+}
+_DELIVER_SM_RESP: Final = codec.COMMAND_IDS["deliver_sm_resp"]
+_UNBIND_RESP: Final = codec.COMMAND_IDS["unbind_resp"]
+_RECEIPT_PREVIEW_CHARS: Final = 20
+
+
+@dataclass
+class SimulatorConfig:
+    system_id: str = "SIMSMSC"
+    accounts: dict[str, str] = field(default_factory=lambda: {"smppd": "secret"})
+    receipt_delay: float = 0.05  # seconds after the submit_sm_resp
+    outcomes: dict[str, float] = field(default_factory=lambda: {"DELIVRD": 1.0})  # weights
+    id_format: str = "hex"  # "hex" (upper case) or "dec"
+    receipt_tlvs: bool = True  # receipted_message_id + message_state besides the text
+    seed: int | None = None  # makes the outcome of each submit reproducible
+    first_message_id: int = 0x5A000000
+
+    def __post_init__(self) -> None:
+        unknown = set(self.outcomes) - set(MESSAGE_STATES)
+        if unknown:
+            raise ValueError(f"outcomes: unknown stat words {sorted(unknown)}")
+        if any(w < 0 for w in self.outcomes.values()) or sum(self.outcomes.values()) <= 0:
+            raise ValueError("outcomes: weights must be >= 0 and not all 0")
+        if self.id_format not in ("hex", "dec"):
+            raise ValueError(f"id_format must be 'hex' or 'dec', not {self.id_format!r}")
+        if self.receipt_delay < 0:
+            raise ValueError("receipt_delay must be >= 0")
+
+
+@dataclass
+class SubmittedSm:
+    """One submit_sm as the SMSC saw it; ``message_id`` is set once it is accepted."""
+
+    raw: bytes
+    sequence: int
+    system_id: str  # of the bind it came on
+    service_type: str
+    source_addr: str
+    source_addr_ton: int
+    source_addr_npi: int
+    destination_addr: str
+    dest_addr_ton: int
+    dest_addr_npi: int
+    esm_class: int
+    data_coding: int
+    registered_delivery: int
+    short_message: bytes
+    message_payload: bytes | None = None
+    sar_msg_ref_num: int | None = None
+    sar_total_segments: int | None = None
+    sar_segment_seqnum: int | None = None
+    tlvs: dict[int, bytes] = field(default_factory=dict)
+    message_id: str | None = None
+    submitted_at: float = field(default_factory=time.time)
+
+    @property
+    def text(self) -> str:
+        """The message text without UDH; for assertions and the receipt preview."""
+        payload = self.short_message or self.message_payload or b""
+        _, body = sms_text.strip_udh(self.esm_class, payload)
+        return sms_text.decode(self.data_coding, body)
+
+
+def _submitted_sm(raw: bytes, pdu: Any, system_id: str) -> SubmittedSm:
+    def text(value: bytes | None) -> str:
+        return (value or b"").decode("latin-1")
+
+    return SubmittedSm(
+        raw=raw,
+        sequence=pdu.sequence,
+        system_id=system_id,
+        service_type=text(pdu.service_type),
+        source_addr=text(pdu.source_addr),
+        source_addr_ton=pdu.source_addr_ton,
+        source_addr_npi=pdu.source_addr_npi,
+        destination_addr=text(pdu.destination_addr),
+        dest_addr_ton=pdu.dest_addr_ton,
+        dest_addr_npi=pdu.dest_addr_npi,
+        esm_class=pdu.esm_class,
+        data_coding=pdu.data_coding,
+        registered_delivery=pdu.registered_delivery,
+        short_message=pdu.short_message or b"",
+        message_payload=pdu.message_payload,
+        sar_msg_ref_num=pdu.sar_msg_ref_num,
+        sar_total_segments=pdu.sar_total_segments,
+        sar_segment_seqnum=pdu.sar_segment_seqnum,
+        tlvs=codec.parse_tlvs(raw),
+    )
+
+
+@dataclass(frozen=True)
+class SubmitVerdict:
+    """What the SMSC does with one submit_sm.
+
+    ``status`` non-zero: answer submit_sm_resp with it (e.g. ESME_RTHROTTLED).
+    ``respond`` False: swallow the PDU (no resp, no receipt), as a lossy SMSC does.
+    """
+
+    status: int = ESME_ROK
+    respond: bool = True
+
+
+ACCEPT: Final = SubmitVerdict()
+
+
+class SubmitPolicy:
+    """Decides each submit_sm before it is accepted; subclass it for fault modes."""
+
+    def decide(self, sm: SubmittedSm) -> SubmitVerdict:
+        return ACCEPT
+
+
+@dataclass
+class _Outbound:
+    """A deliver_sm waiting for a receiver-capable bind of ``system_id``."""
+
+    system_id: str
+    fields: dict[str, Any]
+    is_receipt: bool
+
+
+class _EsmeConnection:
+    """One TCP connection from an ESME: its bind state and the receipts in flight on it."""
+
+    def __init__(self, sim: SmscSimulator, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.sim = sim
+        self.reader = reader
+        self.writer = writer
+        self.framer = codec.Framer()
+        self.peer = writer.get_extra_info("peername")
+        self.system_id: str | None = None
+        self.bind_command: int | None = None
+        self.in_flight: dict[int, _Outbound] = {}
+        self.unbound: asyncio.Future[None] | None = None
+        self.closing = False
+        self._sequence = 0
+
+    @property
+    def bound(self) -> bool:
+        return self.bind_command is not None
+
+    @property
+    def can_receive(self) -> bool:
+        return self.bind_command in (BIND_RECEIVER, BIND_TRANSCEIVER) and not self.closing
+
+    @property
+    def can_transmit(self) -> bool:
+        return self.bind_command in (BIND_TRANSMITTER, BIND_TRANSCEIVER)
+
+    def next_sequence(self) -> int:
+        self._sequence = self._sequence % codec.MAX_SEQUENCE + 1
+        return self._sequence
+
+    def send(self, raw: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(raw)
+
+    def close(self) -> None:
+        self.closing = True
+        self.writer.close()
+
+    async def run(self) -> None:
+        try:
+            while not self.closing:
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                for raw in self.framer.feed(data):
+                    self.sim._handle(self, raw)
+                    if self.closing:
+                        break
+                await self.writer.drain()
+        except codec.FramingError as exc:
+            log.warning("smsc.framing_error", smsc=self.sim.config.system_id, error=str(exc))
+        except ConnectionError:
+            pass
+        finally:
+            self.sim._connection_lost(self)
+            self.close()
+
+
+class SmscSimulator:
+    """An SMSC for loopback use: ``await start()``, point an ESME at ``port``, ``await stop()``."""
+
+    def __init__(self, config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0,
+                 *, policy: SubmitPolicy | None = None) -> None:
+        self.config = config
+        self.host = host
+        self.port = port
+        self.policy = policy or SubmitPolicy()
+        self.submitted: list[SubmittedSm] = []
+        self.rejected: list[tuple[SubmittedSm, int]] = []
+        self.receipts_sent = 0
+        self.receipts_acked = 0
+        self._rng = random.Random(config.seed)
+        self._next_id = config.first_message_id
+        self._outcomes: dict[str, str] = {}
+        self._connections: set[_EsmeConnection] = set()
+        self._waiting: dict[str, deque[_Outbound]] = {}
+        self._serving: set[asyncio.Task[Any]] = set()  # one per connection
+        self._timers: set[asyncio.Task[Any]] = set()  # receipts due later
+        self._server: asyncio.Server | None = None
+        self._stopping = False
+
+    # --- life cycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("smsc.listening", smsc=self.config.system_id, host=self.host, port=self.port)
+
+    async def stop(self) -> None:
+        """Close the listener and every bind at once, without unbind (a crashed SMSC)."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.close()
+        for task in self._timers:
+            task.cancel()
+        # the connection tasks end on their own once their sockets are closed; cancelling
+        # them would make asyncio's start_server log the CancelledError as an error
+        tasks = [*self._timers, *self._serving]
+        if self._serving:
+            _, late = await asyncio.wait(set(self._serving), timeout=1.0)
+            for task in late:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def unbind_all(self, timeout: float = 1.0) -> None:
+        """SMSC-initiated unbind of every bind (maintenance), then close them."""
+        loop = asyncio.get_running_loop()
+        waits = []
+        for conn in [c for c in self._connections if c.bound]:
+            conn.unbound = loop.create_future()
+            conn.send(codec.encode("unbind", conn.next_sequence()))
+            waits.append(conn.unbound)
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
+        for conn in [c for c in self._connections if c.unbound is not None]:
+            conn.close()
+
+    @property
+    def binds(self) -> int:
+        return sum(1 for c in self._connections if c.bound and not c.closing)
+
+    def outcome_of(self, message_id: str) -> str:
+        """The stat word chosen for an accepted message (KeyError for an unknown id)."""
+        return self._outcomes[message_id]
+
+    async def deliver_mo(self, system_id: str, source_addr: str, destination_addr: str,
+                         short_message: bytes, *, data_coding: int = 0,
+                         esm_class: int = 0) -> None:
+        """A mobile-originated message to a receiver-capable bind of ``system_id``."""
+        fields = dict(
+            service_type="", source_addr_ton=1, source_addr_npi=1, source_addr=source_addr,
+            dest_addr_ton=0, dest_addr_npi=0, destination_addr=destination_addr,
+            esm_class=esm_class, data_coding=data_coding, short_message=short_message,
+        )
+        self._deliver(_Outbound(system_id, fields, is_receipt=False))
+
+    # --- connections ------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _EsmeConnection(self, reader, writer)
+        if self._stopping:
+            conn.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
+        self._connections.add(conn)
+        log.info("smsc.connected", smsc=self.config.system_id, peer=conn.peer)
+        try:
+            await conn.run()
+        finally:
+            self._serving.discard(task)
+
+    def _connection_lost(self, conn: _EsmeConnection) -> None:
+        self._connections.discard(conn)
+        log.info("smsc.disconnected", smsc=self.config.system_id, system_id=conn.system_id,
+                 unacked=len(conn.in_flight))
+        if conn.unbound is not None and not conn.unbound.done():
+            conn.unbound.set_result(None)
+        in_flight, conn.in_flight = list(conn.in_flight.values()), {}
+        if not self._stopping:
+            for outbound in in_flight:  # like a real SMSC: unacked deliver_sm are delivered again
+                self._deliver(outbound)
+
+    def _handle(self, conn: _EsmeConnection, raw: bytes) -> None:
+        header = codec.read_header(raw)
+        if header.is_response:
+            self._on_response(conn, header)
+            return
+        handler = {
+            BIND_TRANSMITTER: self._on_bind,
+            BIND_RECEIVER: self._on_bind,
+            BIND_TRANSCEIVER: self._on_bind,
+            SUBMIT_SM: self._on_submit,
+            ENQUIRE_LINK: self._on_enquire_link,
+            UNBIND: self._on_unbind,
+        }.get(header.command_id)
+        if handler is None:  # data_sm, query_sm, replace_sm, ... and unknown ids
+            conn.send(codec.generic_nack(header.sequence, ESME_RINVCMDID))
+            return
+        try:
+            pdu = codec.decode(raw)
+        except codec.PduDecodeError as exc:
+            log.warning("smsc.bad_pdu", smsc=self.config.system_id, error=str(exc))
+            conn.send(codec.generic_nack(exc.sequence, exc.nack_status))
+            return
+        handler(conn, header, pdu, raw)
+
+    def _on_response(self, conn: _EsmeConnection, header: codec.Header) -> None:
+        if header.command_id == _UNBIND_RESP and conn.unbound is not None:
+            if not conn.unbound.done():
+                conn.unbound.set_result(None)
+            return
+        outbound = conn.in_flight.pop(header.sequence, None)
+        if outbound is None:
+            if header.command_id != codec.COMMAND_IDS["enquire_link_resp"]:
+                log.warning("smsc.stray_response", smsc=self.config.system_id,
+                            command=header.command, sequence=header.sequence)
+            return
+        if header.command_id == _DELIVER_SM_RESP and header.status == ESME_ROK:
+            if outbound.is_receipt:
+                self.receipts_acked += 1
+        else:
+            log.warning("smsc.deliver_refused", smsc=self.config.system_id,
+                        command=header.command, status=codec.status_name(header.status))
+
+    def _on_enquire_link(self, conn: _EsmeConnection, header: codec.Header, pdu: Any,
+                         raw: bytes) -> None:
+        # answered in any state: ESMEs probe links before binding, and SMSCs tolerate it
+        conn.send(codec.encode("enquire_link_resp", header.sequence))
+
+    def _on_unbind(self, conn: _EsmeConnection, header: codec.Header, pdu: Any,
+                   raw: bytes) -> None:
+        if not conn.bound:
+            conn.send(codec.encode("unbind_resp", header.sequence, status=ESME_RINVBNDSTS))
+            return
+        conn.send(codec.encode("unbind_resp", header.sequence))
+        log.info("smsc.unbound", smsc=self.config.system_id, system_id=conn.system_id)
+        conn.close()
+
+    def _on_bind(self, conn: _EsmeConnection, header: codec.Header, pdu: Any,
+                 raw: bytes) -> None:
+        command = _BIND_COMMANDS[header.command_id]
+        system_id = (pdu.system_id or b"").decode("latin-1")
+        status = self._check_bind(conn, system_id, (pdu.password or b"").decode("latin-1"))
+        if status != ESME_ROK:
+            log.info("smsc.bind_refused", smsc=self.config.system_id, system_id=system_id,
+                     bind=command, status=codec.status_name(status))
+            conn.send(codec.encode(f"{command}_resp", header.sequence, status=status))
+            return
+        conn.system_id, conn.bind_command = system_id, header.command_id
+        conn.send(codec.encode(f"{command}_resp", header.sequence,
+                               system_id=self.config.system_id, sc_interface_version=0x34))
+        log.info("smsc.bound", smsc=self.config.system_id, system_id=system_id, bind=command)
+        if conn.can_receive:
+            self._flush_waiting(system_id)
+
+    def _check_bind(self, conn: _EsmeConnection, system_id: str, password: str) -> int:
+        if conn.bound:
+            return ESME_RALYBND
+        expected = self.config.accounts.get(system_id)
+        if expected is None:
+            return ESME_RINVSYSID
+        if not hmac.compare_digest(password.encode("latin-1"), expected.encode("latin-1")):
+            return ESME_RINVPASWD
+        return ESME_ROK
+
+    # --- submit_sm and receipts ------------------------------------------------------
+
+    def _on_submit(self, conn: _EsmeConnection, header: codec.Header, pdu: Any,
+                   raw: bytes) -> None:
+        if not conn.can_transmit:
+            conn.send(codec.encode("submit_sm_resp", header.sequence, status=ESME_RINVBNDSTS))
+            return
+        assert conn.system_id is not None
+        sm = _submitted_sm(raw, pdu, conn.system_id)
+        verdict = self.policy.decide(sm)
+        if verdict.status == ESME_ROK and not sm.destination_addr:
+            verdict = SubmitVerdict(status=ESME_RINVDSTADR)
+        if not verdict.respond:
+            log.info("smsc.submit_dropped", smsc=self.config.system_id, sequence=header.sequence)
+            return
+        if verdict.status != ESME_ROK:
+            self.rejected.append((sm, verdict.status))
+            conn.send(codec.encode("submit_sm_resp", header.sequence, status=verdict.status))
+            return
+        sm.message_id = self._new_message_id()
+        outcome = self._rng.choices(list(self.config.outcomes),
+                                    weights=list(self.config.outcomes.values()))[0]
+        self._outcomes[sm.message_id] = outcome
+        self.submitted.append(sm)
+        conn.send(codec.encode("submit_sm_resp", header.sequence, message_id=sm.message_id))
+        if _wants_receipt(sm.registered_delivery, outcome):
+            self._spawn(self._receipt_later(sm, outcome))
+
+    def _new_message_id(self) -> str:
+        number, self._next_id = self._next_id, self._next_id + 1
+        return format(number, "X") if self.config.id_format == "hex" else str(number)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
+
+    async def _receipt_later(self, sm: SubmittedSm, outcome: str) -> None:
+        await asyncio.sleep(self.config.receipt_delay)
+        self._deliver(_Outbound(sm.system_id, self._receipt_fields(sm, outcome), is_receipt=True))
+
+    def _receipt_fields(self, sm: SubmittedSm, outcome: str) -> dict[str, Any]:
+        assert sm.message_id is not None
+        submit_date = time.strftime("%y%m%d%H%M", time.gmtime(sm.submitted_at))
+        done_date = time.strftime("%y%m%d%H%M", time.gmtime())
+        delivered = "001" if outcome == "DELIVRD" else "000"
+        text = (
+            f"id:{sm.message_id} sub:001 dlvrd:{delivered} submit date:{submit_date} "
+            f"done date:{done_date} stat:{outcome} err:{_ERR_CODES[outcome]} "
+            f"text:{_preview(sm)}"
+        )
+        fields: dict[str, Any] = dict(
+            service_type="",
+            source_addr_ton=sm.dest_addr_ton, source_addr_npi=sm.dest_addr_npi,
+            source_addr=sm.destination_addr,
+            dest_addr_ton=sm.source_addr_ton, dest_addr_npi=sm.source_addr_npi,
+            destination_addr=sm.source_addr,
+            esm_class=0x04, data_coding=0x00,
+            short_message=text.encode("ascii", "replace"),
+        )
+        if self.config.receipt_tlvs:
+            fields.update(receipted_message_id=sm.message_id, message_state=MESSAGE_STATES[outcome])
+        return fields
+
+    def _deliver(self, outbound: _Outbound) -> None:
+        """Send on a receiver-capable bind of the account, or keep it until one binds."""
+        conn = next((c for c in self._connections
+                     if c.can_receive and c.system_id == outbound.system_id), None)
+        if conn is None:
+            self._waiting.setdefault(outbound.system_id, deque()).append(outbound)
+            return
+        sequence = conn.next_sequence()
+        conn.in_flight[sequence] = outbound
+        conn.send(codec.encode("deliver_sm", sequence, **outbound.fields))
+        if outbound.is_receipt:
+            self.receipts_sent += 1
+
+    def _flush_waiting(self, system_id: str) -> None:
+        waiting = self._waiting.pop(system_id, deque())
+        while waiting:
+            self._deliver(waiting.popleft())
+
+
+def _wants_receipt(registered_delivery: int, outcome: str) -> bool:
+    """registered_delivery bits 1-0: 01 every final outcome, 10 failures only (11 as 01)."""
+    mode = registered_delivery & 0x03
+    if outcome in INTERMEDIATE:
+        return bool(registered_delivery & 0x10) or mode in (0x01, 0x03)
+    if outcome == "DELIVRD":
+        return mode in (0x01, 0x03)
+    return mode != 0
+
+
+def _preview(sm: SubmittedSm) -> str:
+    """The first characters of the message, ASCII-safe as receipt texts are."""
+    try:
+        words = sm.text
+    except ValueError:
+        return ""
+    return words[:_RECEIPT_PREVIEW_CHARS].encode("ascii", "replace").decode("ascii")
