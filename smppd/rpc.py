@@ -1,0 +1,676 @@
+"""The daemon's only API: newline-delimited JSON over a Unix socket.
+
+Everything that talks to the daemon -- the HTTP shim, the admin commands --
+goes through this module, so the wire format is written down here once.
+
+Framing
+    Each line is one UTF-8 JSON object terminated by ``\\n``; a line may be
+    at most ``MAX_LINE`` bytes (without the newline).  Blank lines are ignored.
+
+Request
+    ``{"id": <int|str>, "method": "<name>", "params": {...}}``
+    ``params`` may be omitted (it then means ``{}``).  ``id`` is chosen by the
+    client and echoed in the reply; it must not be a bool, float or null.
+
+Reply
+    ``{"id": ..., "result": <any JSON>}``, or
+    ``{"id": ..., "error": {"code": "<machine code>", "message": "<human>"}}``
+    with an optional ``"field"`` in the error object naming the offending
+    request parameter.
+
+Pipelining
+    A client may send many requests without waiting.  The server runs them
+    concurrently and replies as each one completes, so replies come back out
+    of order and are matched by ``id``.  Replies finished in the same event
+    loop iteration are written with one ``write()``.
+
+Error codes produced by this module
+    ``bad_request``     the line is not JSON, not an object, or has a missing
+                        or invalid ``id``/``method``/``params`` (``id`` is
+                        echoed when it could be read, else ``null``); the
+                        connection stays open.
+    ``unknown_method``  no handler of that name.
+    ``internal``        the handler crashed; the details are in the daemon's
+                        log, never in the reply.
+    ``line_too_long``   a line exceeded ``MAX_LINE``; sent with id ``null``,
+                        then the connection is closed (we cannot find the
+                        next line boundary cheaply, nor trust the peer).
+    ``forbidden``       the peer failed the credentials check; sent with id
+                        ``null`` before the connection is closed.
+Handlers add their own codes by raising ``RpcError(code, message)``.
+
+Authentication
+    The socket file is mode 0660 (optionally group-owned by a configured
+    group).  In addition each accepted connection is checked with
+    ``SO_PEERCRED``: root, the daemon's own uid, and members of the socket
+    file's group are let in (see ``peer_allowed``).  The file mode alone would
+    do on Linux, but the explicit check also covers the moment between
+    ``bind()`` and ``chmod()`` and platforms that ignore socket file modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import grp
+import itertools
+import json
+import os
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any
+
+import structlog
+
+__all__ = [
+    "MAX_LINE",
+    "Handler",
+    "RpcClient",
+    "RpcError",
+    "RpcServer",
+    "RpcUnavailable",
+    "is_allowed",
+    "peer_allowed",
+]
+
+log = structlog.get_logger(__name__)
+
+MAX_LINE = 1024 * 1024
+"""Longest line either side accepts, in bytes, newline excluded."""
+
+MAX_INFLIGHT = 1024
+"""Requests one connection may have running at once; the server stops
+reading that connection while it is at the limit, so a client that pipelines
+without bound cannot make the daemon buffer without bound."""
+
+SOCKET_MODE = 0o660
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class RpcError(Exception):
+    """An error reply: the request reached a handler and was refused.
+
+    Raised by handlers on the server side and by ``RpcClient.call`` on the
+    client side, so a refusal travels end to end with its machine code.
+    ``field`` optionally names the request parameter at fault, so a front
+    end can tell its own caller which input was wrong.
+    """
+
+    def __init__(self, code: str, message: str, *, field: str | None = None) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def to_wire(self) -> dict[str, str]:
+        error = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return error
+
+
+class RpcUnavailable(Exception):
+    """The daemon could not be asked: no socket, connection lost, or timeout.
+
+    Distinct from ``RpcError`` because the outcome is unknown, not negative:
+    a request that timed out may still have been carried out.
+    """
+
+
+# --------------------------------------------------------------------------
+# wire helpers
+
+
+def _encode(obj: Mapping[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _error_line(request_id: Any, error: RpcError) -> bytes:
+    return _encode({"id": request_id, "error": error.to_wire()})
+
+
+def _valid_id(value: Any) -> bool:
+    # bool is an int subclass; true/false as ids would be a client bug.
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+class _LineWriter:
+    """Queues outgoing lines and writes all lines queued in one loop
+    iteration with a single ``transport.write``.
+
+    Many replies (or, on the client, many requests) become ready in the same
+    iteration under load; one syscall for all of them is most of what a fast
+    Unix-socket protocol can save.  Backpressure is left to ``drain()``.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._lines: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def send(self, line: bytes) -> None:
+        if not self._lines:
+            self._loop.call_soon(self.flush)
+        self._lines.append(line)
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        data = b"".join(self._lines)
+        self._lines = []
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the transport's buffer is above its high-water mark."""
+        await self._writer.drain()
+
+    async def close(self, timeout: float = 1.0) -> None:
+        """Flush and close; a peer that will not take the rest of our
+        buffer within ``timeout`` seconds is cut off rather than waited for."""
+        self.flush()
+        self._writer.close()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._writer.wait_closed()
+        except TimeoutError:
+            self._writer.transport.abort()
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------
+# peer authentication
+
+
+def is_allowed(
+    uid: int,
+    gid: int,
+    socket_gid: int,
+    *,
+    own_uid: int,
+    groups: Collection[int] = (),
+) -> bool:
+    """The access rule, on plain values so that it can be tested for any uid.
+
+    root and the daemon's own user may always connect; anyone else must be
+    in the socket file's group, as primary or supplementary group, which is
+    the same set of users the file mode 0660 lets through.
+    """
+    if uid == 0 or uid == own_uid:
+        return True
+    return gid == socket_gid or socket_gid in groups
+
+
+def _peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return pid, uid, gid
+
+
+def _supplementary_groups(pid: int) -> frozenset[int]:
+    """The peer's supplementary groups from /proc.
+
+    SO_PEERCRED carries only the primary gid.  /proc is read after the fact,
+    so a peer that exited and whose pid was reused could be judged by another
+    process's groups; that needs a peer already able to connect, so we accept
+    it.  Any failure reads as "no groups" and the peer is refused.
+    """
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    return frozenset(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return frozenset()
+
+
+def peer_allowed(sock: socket.socket, socket_gid: int) -> bool:
+    """Decide whether the process at the other end of ``sock`` may use the API.
+
+    Fails closed: if the credentials cannot be read the peer is refused.
+    Refusals are logged with the peer's pid and uid, since they mean either
+    a misconfigured group or someone probing the socket.
+    """
+    try:
+        pid, uid, gid = _peer_credentials(sock)
+    except (OSError, AttributeError, struct.error):
+        log.warning("rpc.peer_credentials_unreadable", exc_info=True)
+        return False
+    own_uid = os.getuid()
+    if is_allowed(uid, gid, socket_gid, own_uid=own_uid):
+        return True
+    groups = _supplementary_groups(pid)
+    if is_allowed(uid, gid, socket_gid, own_uid=own_uid, groups=groups):
+        return True
+    log.warning("rpc.peer_refused", pid=pid, uid=uid, gid=gid, socket_gid=socket_gid)
+    return False
+
+
+# --------------------------------------------------------------------------
+# server
+
+
+class _BadRequest(Exception):
+    def __init__(self, request_id: Any, message: str) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.message = message
+
+
+def _parse_request(line: bytes) -> tuple[str | int, str, dict[str, Any]]:
+    """Split one request line into (id, method, params) or raise _BadRequest."""
+    try:
+        request = json.loads(line)
+    except ValueError:  # includes UnicodeDecodeError
+        raise _BadRequest(None, "line is not valid UTF-8 JSON") from None
+    if not isinstance(request, dict):
+        raise _BadRequest(None, "request must be a JSON object")
+    request_id = request.get("id")
+    if not _valid_id(request_id):
+        raise _BadRequest(None, "id must be an integer or a string")
+    method = request.get("method")
+    if not isinstance(method, str) or not method:
+        raise _BadRequest(request_id, "method must be a non-empty string")
+    params = request.get("params", {})
+    if not isinstance(params, dict):
+        raise _BadRequest(request_id, "params must be an object")
+    return request_id, method, params
+
+
+class _Connection:
+    """One accepted client: reads requests, runs each as a task, replies.
+
+    Reading and the handlers are separate tasks so that the server can stop
+    the one and still let the others finish and answer: an intake that is
+    committing should reply rather than leave the shim guessing.
+    """
+
+    def __init__(
+        self,
+        handlers: Mapping[str, Handler],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self._handlers = handlers
+        self._reader = reader
+        self._out = _LineWriter(writer)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_INFLIGHT)
+        self._reading: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Serve until EOF, an oversized line or ``stop_reading()``, then
+        wait for the requests still running and close."""
+        self._reading = asyncio.get_running_loop().create_task(self._read_loop())
+        try:
+            await asyncio.wait([self._reading])
+            if not self._reading.cancelled() and self._reading.exception() is not None:
+                log.error("rpc.read_loop_failed", exc_info=self._reading.exception())
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+        finally:
+            self._reading.cancel()
+            self.abandon()
+            await self._out.close()
+
+    def stop_reading(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+
+    def abandon(self) -> None:
+        """Cancel the requests still running; their callers get no reply."""
+        if self._tasks:
+            log.warning("rpc.requests_abandoned", count=len(self._tasks))
+        for task in self._tasks:
+            task.cancel()
+
+    async def _read_loop(self) -> None:
+        while True:
+            await self._out.drain()
+            await self._slots.acquire()
+            try:
+                line = await self._reader.readline()
+            except ValueError:  # the line exceeded MAX_LINE
+                self._slots.release()
+                log.warning("rpc.line_too_long", limit=MAX_LINE)
+                self._out.send(
+                    _error_line(None, RpcError("line_too_long", f"line exceeds {MAX_LINE} bytes"))
+                )
+                return
+            except OSError:
+                self._slots.release()
+                return
+            if not line:
+                self._slots.release()
+                return
+            self._dispatch(line)
+
+    def _dispatch(self, line: bytes) -> None:
+        """Answer a malformed line at once; run a well-formed one as a task."""
+        if not line.strip():
+            self._slots.release()
+            return
+        try:
+            request_id, method, params = _parse_request(line)
+        except _BadRequest as exc:
+            self._slots.release()
+            self._out.send(_error_line(exc.request_id, RpcError("bad_request", exc.message)))
+            return
+        handler = self._handlers.get(method)
+        if handler is None:
+            self._slots.release()
+            self._out.send(
+                _error_line(request_id, RpcError("unknown_method", f"unknown method {method!r}"))
+            )
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._call(handler, request_id, method, params)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _call(
+        self, handler: Handler, request_id: str | int, method: str, params: dict[str, Any]
+    ) -> None:
+        try:
+            result = await handler(params)
+            line = _encode({"id": request_id, "result": result})
+        except RpcError as exc:
+            line = _error_line(request_id, exc)
+        except Exception:
+            # Params are not logged: they carry phone numbers and tokens.
+            log.exception("rpc.handler_failed", method=method, request_id=request_id)
+            line = _error_line(request_id, RpcError("internal", "internal error"))
+        self._out.send(line)
+
+
+class RpcServer:
+    """Serves ``handlers`` on a Unix socket at ``path``.
+
+    ``group``, when given, is the group name that owns the socket file; its
+    members (and root and our own user) may connect.
+    """
+
+    def __init__(
+        self, path: str, handlers: Mapping[str, Handler], *, group: str | None = None
+    ) -> None:
+        self._path = path
+        self._handlers = handlers
+        self._group = group
+        self._server: asyncio.AbstractServer | None = None
+        self._socket_gid = -1
+        self._socket_ino: int | None = None
+        self._serving: set[asyncio.Task[Any]] = set()
+        self._connections: set[_Connection] = set()
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    async def start(self) -> None:
+        gid = _group_id(self._group) if self._group is not None else None
+        await _prepare_path(self._path)
+        self._server = await asyncio.start_unix_server(
+            self._serve, path=self._path, limit=MAX_LINE
+        )
+        os.chmod(self._path, SOCKET_MODE)
+        if gid is not None:
+            os.chown(self._path, -1, gid)
+        st = os.stat(self._path)
+        self._socket_gid = st.st_gid
+        self._socket_ino = st.st_ino
+        log.info("rpc.listening", path=self._path, gid=self._socket_gid)
+
+    async def close(self, *, grace: float = 5.0) -> None:
+        """Stop accepting and reading, give running requests up to ``grace``
+        seconds to answer, then close every connection and remove the socket
+        file."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        self._remove_socket_file()
+        for conn in self._connections:
+            conn.stop_reading()
+        serving = set(self._serving)
+        if serving:
+            _, late = await asyncio.wait(serving, timeout=grace)
+            if late:
+                for conn in self._connections:
+                    conn.abandon()
+                await asyncio.wait(late)
+        await server.wait_closed()
+        log.info("rpc.closed", path=self._path)
+
+    def _remove_socket_file(self) -> None:
+        # Only our own file: a successor may already have bound the path.
+        with contextlib.suppress(OSError):
+            if os.stat(self._path).st_ino == self._socket_ino:
+                os.unlink(self._path)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
+        try:
+            if self._server is None:  # accepted just before close()
+                await _LineWriter(writer).close()
+                return
+            if not peer_allowed(writer.get_extra_info("socket"), self._socket_gid):
+                out = _LineWriter(writer)
+                out.send(_error_line(None, RpcError("forbidden", "peer not allowed")))
+                await out.close()
+                return
+            conn = _Connection(self._handlers, reader, writer)
+            self._connections.add(conn)
+            try:
+                await conn.run()
+            finally:
+                self._connections.discard(conn)
+        finally:
+            self._serving.discard(task)
+
+
+def _group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"rpc socket group {name!r} does not exist") from None
+
+
+async def _prepare_path(path: str) -> None:
+    """Create the run directory and clear a stale socket left by a crash.
+
+    A file that is not a socket is never removed, and neither is a socket
+    someone still answers on: that is a second daemon, and stealing its path
+    would leave it running unreachable.
+    """
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+    try:
+        async with asyncio.timeout(1.0):
+            _, writer = await asyncio.open_unix_connection(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        log.info("rpc.stale_socket_removed", path=path)
+        return
+    except TimeoutError:
+        pass  # a full backlog: someone is there
+    else:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    raise OSError(errno.EADDRINUSE, "another process is serving this socket", path)
+
+
+# --------------------------------------------------------------------------
+# client
+
+
+class _ClientConnection:
+    """One live connection of an RpcClient and the calls waiting on it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.out = _LineWriter(writer)
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.closed = False
+        self._refusal: str | None = None
+        self._reader = reader
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_replies())
+
+    async def _read_replies(self) -> None:
+        reason = "connection closed by the daemon"
+        try:
+            while True:
+                line = await self._reader.readline()
+                if not line:
+                    break
+                self._deliver(line)
+        except ValueError:
+            reason = "reply line too long"
+            log.warning("rpc.client_line_too_long", limit=MAX_LINE)
+        except OSError as exc:
+            reason = f"connection lost: {exc}"
+        finally:
+            # The daemon's own word on why it hangs up beats the errno
+            # the hang-up itself produces.
+            await self.close(self._refusal or reason)
+
+    def _deliver(self, line: bytes) -> None:
+        """Resolve the call a reply line belongs to.
+
+        A reply with id null is a connection-level error which the server
+        sends just before it hangs up on us; it is kept as the reason.
+        """
+        try:
+            reply = json.loads(line)
+            request_id = reply["id"]
+        except (ValueError, TypeError, KeyError):
+            request_id = reply = None
+        if not isinstance(reply, dict) or not (request_id is None or _valid_id(request_id)):
+            log.warning("rpc.client_bad_reply")
+            return
+        if request_id is None:
+            error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+            log.warning("rpc.refused_by_server", code=error.get("code"), message=error.get("message"))
+            self._refusal = f"refused by the daemon: {error.get('code')}"
+            return
+        future = self.pending.pop(request_id, None)
+        if future is None or future.done():
+            return  # the call timed out or was cancelled meanwhile
+        if "error" in reply:
+            error = reply["error"] if isinstance(reply["error"], dict) else {}
+            future.set_exception(
+                RpcError(
+                    str(error.get("code", "internal")),
+                    str(error.get("message", "")),
+                    field=error.get("field"),
+                )
+            )
+        else:
+            future.set_result(reply.get("result"))
+
+    async def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(RpcUnavailable(reason))
+        self.pending.clear()
+        if self._reader_task is not asyncio.current_task():
+            self._reader_task.cancel()
+        await self.out.close()
+
+
+class RpcClient:
+    """Calls the daemon over one shared, lazily opened connection.
+
+    Concurrent calls are multiplexed on that connection (each waits on a
+    future keyed by its id), so the shim pays for one socket, not one per
+    HTTP request.  When the connection breaks, every pending call fails with
+    ``RpcUnavailable`` and the next call reconnects.
+    """
+
+    def __init__(self, path: str, *, timeout: float = 10.0) -> None:
+        self._path = path
+        self._timeout = timeout
+        self._ids = itertools.count(1)
+        self._conn: _ClientConnection | None = None
+        self._connecting = asyncio.Lock()
+
+    async def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send one request and wait for its reply.
+
+        Raises ``RpcError`` for an error reply and ``RpcUnavailable`` when
+        there is no answer (no daemon, lost connection, ``timeout`` seconds
+        without a reply; the default is the client's timeout).
+        """
+        request_id = next(self._ids)
+        line = _encode({"id": request_id, "method": method, "params": params or {}})
+        try:
+            async with asyncio.timeout(self._timeout if timeout is None else timeout):
+                conn = await self._connection()
+                await conn.out.drain()
+                if conn.closed:
+                    raise RpcUnavailable("connection lost")
+                # No await between here and send(): the connection cannot
+                # close behind our back and leave the future unanswered.
+                future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                conn.pending[request_id] = future
+                conn.out.send(line)
+                try:
+                    return await future
+                finally:
+                    conn.pending.pop(request_id, None)
+        except TimeoutError:
+            raise RpcUnavailable(f"no reply to {method!r} in time") from None
+        except OSError as exc:  # drain() on a dying connection
+            raise RpcUnavailable(f"connection lost: {exc}") from None
+
+    async def _connection(self) -> _ClientConnection:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        async with self._connecting:
+            if self._conn is not None and not self._conn.closed:
+                return self._conn
+            try:
+                reader, writer = await asyncio.open_unix_connection(self._path, limit=MAX_LINE)
+            except OSError as exc:
+                raise RpcUnavailable(f"cannot connect to {self._path}: {exc}") from None
+            self._conn = _ClientConnection(reader, writer)
+            return self._conn
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close("client closed")
