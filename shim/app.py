@@ -1,0 +1,227 @@
+"""The HTTP front: Bitrix24 HANDLER posts in, ``intake`` calls to the daemon out.
+
+The shim is stateless on purpose -- it can be restarted or run several times
+-- so everything that needs state (the portal's application_token, dedupe,
+the route) is decided by the daemon.  Per post the shim only parses, checks
+what it can check without state, forwards, and answers 200 only after the
+daemon has replied with a result, which it does only after COMMIT.
+
+Answers (Bitrix24 ignores them, see reference/bitrix24.md §6; they are for
+us, proxies and monitoring):
+
+    401  URL key missing or wrong (checked first, so codes cannot be probed)
+    404  unknown provider code
+    413  body larger than ``max_body``
+    400  missing/malformed field, form code != URL code, empty text
+    403  the daemon refused the portal credentials
+    503  the daemon did not answer (down, restarting, timeout)
+    500  anything else
+    200  stored: ``{"ok": true, "id", "status", "duplicate"}``
+
+Deployment note: aiohttp's default access log prints the request line, which
+contains ``?key=``; run this app with ``access_log=None`` (every post is
+logged here anyway) or a format without ``%r``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from shim.bitrix_form import FormError, HandlerPost, parse_handler_post
+from smppd.phone import mask
+from smppd.rpc import RpcClient, RpcError, RpcUnavailable
+
+__all__ = ["make_app"]
+
+log = structlog.get_logger(__name__)
+
+HEALTH_TIMEOUT = 2.0
+"""Seconds /healthz waits for the daemon: a probe must answer faster than
+the load balancer gives up on it."""
+
+# RpcError codes from intake that mean the caller, not we, got it wrong.
+_CLIENT_ERRORS = {"forbidden": 403, "unknown_code": 404, "bad_request": 400}
+
+# intake parameter -> the form field Bitrix24 sent it in, so a 400 names
+# what the poster can recognise.
+_FORM_FIELD = {"to": "message_to", "text": "message_body"}
+_FIELD_PREFIX = re.compile(r"([a-z_]+): ")
+
+
+def _refused_field(exc: RpcError) -> str | None:
+    """The form field a daemon bad_request is about: ``exc.field``, or the
+    ``"name: ..."`` prefix of its message, in the form's own naming."""
+    name = exc.field
+    if name is None:
+        match = _FIELD_PREFIX.match(exc.message)
+        name = match[1] if match else None
+    return _FORM_FIELD.get(name, name) if name is not None else None
+
+
+def _intake_params(post: HandlerPost) -> dict[str, Any]:
+    auth = post.auth
+    return {
+        "member_id": auth.get("member_id"),
+        "domain": auth.get("domain"),
+        "application_token": auth.get("application_token"),
+        "code": post.code,
+        "message_id": post.message_id,
+        "to": post.message_to,
+        "text": post.message_body,
+        "module_id": post.module_id,
+        "bindings": [
+            {"owner_type_id": b.owner_type_id, "owner_id": b.owner_id} for b in post.bindings
+        ],
+        "ts": post.ts,
+    }
+
+
+class _Outcome(Exception):
+    """Ends a post early with a JSON answer; ``outcome`` is the log word."""
+
+    def __init__(self, status: int, outcome: str, body: Mapping[str, Any]) -> None:
+        super().__init__(outcome)
+        self.status = status
+        self.outcome = outcome
+        self.body = body
+
+
+def _bad_request(field: str | None, message: str) -> _Outcome:
+    body = {"error": "bad_request", "message": message}
+    if field is not None:
+        body["field"] = field
+    return _Outcome(400, "bad_request", body)
+
+
+class BitrixHandler:
+    """The request handlers, bound to one configuration and one RPC client."""
+
+    def __init__(
+        self, *, handler_key: str, codes: Collection[str], rpc: RpcClient, max_body: int
+    ) -> None:
+        if not handler_key:
+            raise ValueError("handler_key must not be empty")
+        self._key = handler_key.encode()
+        self._codes = frozenset(codes)
+        self._rpc = rpc
+        self._max_body = max_body
+
+    async def post(self, request: web.Request) -> web.Response:
+        """POST /bitrix24/{code}: one line of log per post, whatever happens."""
+        ctx: dict[str, Any] = {"code": request.match_info["code"][:128]}
+        try:
+            result = await self._accept(request, ctx)
+            outcome = _Outcome(
+                200,
+                "duplicate" if result["duplicate"] else "stored",
+                {
+                    "ok": True,
+                    "id": result["id"],
+                    "status": result["status"],
+                    "duplicate": result["duplicate"],
+                },
+            )
+        except _Outcome as exc:
+            outcome = exc
+        except Exception:
+            log.exception("bitrix24.post_failed", **ctx)
+            outcome = _Outcome(500, "internal", {"error": "internal"})
+        level = log.info if outcome.status < 400 else log.warning
+        level("bitrix24.post", **ctx, outcome=outcome.outcome, http_status=outcome.status)
+        return web.json_response(outcome.body, status=outcome.status)
+
+    async def _accept(self, request: web.Request, ctx: dict[str, Any]) -> Mapping[str, Any]:
+        """The checks in their contractual order, then the intake call."""
+        self._check_key(request)
+        code = request.match_info["code"]
+        if code not in self._codes:
+            raise _Outcome(404, "unknown_code", {"error": "unknown_code"})
+        post = await self._read_post(request)
+        ctx.update(message_id=post.message_id, to=mask(post.message_to))
+        if post.code != code:
+            raise _bad_request("code", "form code does not match the URL")
+        if not post.message_body.strip():
+            raise _bad_request("message_body", "empty")
+        return await self._intake(post)
+
+    def _check_key(self, request: web.Request) -> None:
+        key = request.query.get("key")
+        # compare_digest on str refuses non-ASCII; compare bytes instead.
+        if key is None or not hmac.compare_digest(key.encode(), self._key):
+            raise _Outcome(401, "unauthorized", {"error": "unauthorized"})
+
+    async def _read_post(self, request: web.Request) -> HandlerPost:
+        too_large = _Outcome(413, "too_large", {"error": "too_large", "limit": self._max_body})
+        if request.content_length is not None and request.content_length > self._max_body:
+            raise too_large
+        try:
+            form = await request.post()
+        except web.HTTPRequestEntityTooLarge:  # chunked body over client_max_size
+            raise too_large from None
+        except ValueError as exc:  # undecodable form
+            raise _bad_request(None, f"unreadable form: {exc}") from None
+        try:
+            return parse_handler_post(form)
+        except FormError as exc:
+            raise _bad_request(exc.field, exc.problem) from None
+
+    async def _intake(self, post: HandlerPost) -> Mapping[str, Any]:
+        try:
+            result = await self._rpc.call("intake", _intake_params(post))
+        except RpcUnavailable as exc:
+            log.warning("bitrix24.daemon_unavailable", reason=str(exc))
+            raise _Outcome(503, "unavailable", {"error": "unavailable"}) from None
+        except RpcError as exc:
+            raise self._refusal(exc) from None
+        if not (isinstance(result, Mapping) and {"id", "status", "duplicate"} <= result.keys()):
+            log.error("bitrix24.bad_intake_result", result_type=type(result).__name__)
+            raise _Outcome(500, "internal", {"error": "internal"})
+        return result
+
+    @staticmethod
+    def _refusal(exc: RpcError) -> _Outcome:
+        status = _CLIENT_ERRORS.get(exc.code)
+        if status is None:
+            log.error("bitrix24.intake_failed", code=exc.code, message=exc.message)
+            return _Outcome(500, "internal", {"error": "internal"})
+        if status == 400:
+            return _bad_request(_refused_field(exc), exc.message)
+        if status == 403:  # do not tell a forger which check failed
+            return _Outcome(403, "forbidden", {"error": "forbidden"})
+        return _Outcome(status, exc.code, {"error": exc.code, "message": exc.message})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """GET /healthz: the shim alone is useless, so health includes the daemon."""
+        try:
+            await self._rpc.call("ping", timeout=HEALTH_TIMEOUT)
+        except RpcUnavailable:
+            return web.json_response({"shim": "ok", "daemon": "unreachable"}, status=503)
+        except RpcError as exc:
+            log.warning("healthz.ping_failed", code=exc.code)
+            return web.json_response({"shim": "ok", "daemon": "error"}, status=503)
+        return web.json_response({"shim": "ok", "daemon": "ok"})
+
+
+def make_app(
+    *,
+    handler_key: str,
+    codes: Collection[str],
+    rpc: RpcClient,
+    max_body: int = 64 * 1024,
+) -> web.Application:
+    """Build the shim application.
+
+    The caller owns ``rpc`` and closes it; the app never opens or closes it,
+    so one client can serve the app for its whole life and across test apps.
+    """
+    handler = BitrixHandler(handler_key=handler_key, codes=codes, rpc=rpc, max_body=max_body)
+    app = web.Application(client_max_size=max_body)
+    app.router.add_post("/bitrix24/{code}", handler.post)
+    app.router.add_get("/healthz", handler.healthz)
+    return app

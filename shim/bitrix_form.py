@@ -1,0 +1,166 @@
+"""The Bitrix24 messageservice HANDLER post, parsed into a typed value.
+
+Bitrix24 posts ``application/x-www-form-urlencoded`` bodies with PHP bracket
+keys (``bindings[0][OWNER_ID]``, ``auth[member_id]``), see
+``reference/bitrix24.md`` §4.  This module turns the flat form into a
+``HandlerPost`` and names the field at fault when it cannot; it does no I/O
+and knows nothing of HTTP, so the rules are testable on plain dicts.
+
+Unknown fields are ignored: Bitrix24 adds fields without notice
+(``properties[...]``, ``document_type[...]``) and we must not start refusing
+messages when it does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+__all__ = ["Binding", "FormError", "HandlerPost", "parse_handler_post"]
+
+REQUIRED = ("code", "message_id", "message_to", "message_body")
+
+_MESSAGE_ID = re.compile(r"[0-9a-fA-F]{32}")
+_INT = re.compile(r"-?[0-9]{1,18}")
+_BINDING_KEY = re.compile(r"bindings\[([0-9]{1,6})\]\[(OWNER_TYPE_ID|OWNER_ID)\]")
+_AUTH_KEY = re.compile(r"auth\[([^\[\]]+)\]")
+_DOCUMENT_ID_KEY = re.compile(r"document_id\[([0-9]{1,3})\]")
+
+
+class FormError(ValueError):
+    """A HANDLER post field is missing or malformed; ``field`` is its form key."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class Binding(NamedTuple):
+    """A CRM entity the message is attached to (owner first, then contact)."""
+
+    owner_type_id: int
+    owner_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerPost:
+    """One message as Bitrix24 handed it to us.
+
+    ``message_id`` stays a lowercase string: it is an md5, the only key for
+    status updates, and casting it to int is a classic bug.  The phone
+    number, text and ``auth`` block are kept out of ``repr`` so that logging
+    a post by accident leaks neither personal data nor tokens.
+    """
+
+    code: str
+    message_id: str
+    message_to: str = field(repr=False)
+    message_body: str = field(repr=False)
+    type: str | None = None
+    module_id: str = ""
+    bindings: tuple[Binding, ...] = ()
+    ts: int | None = None
+    auth: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    workflow_id: str | None = None
+    document_id: tuple[str, ...] | None = None
+
+
+def _text(form: Mapping[str, Any], key: str) -> str | None:
+    """The value of ``key`` as text, None when absent.
+
+    A multipart post could carry a file where we expect text; that is a
+    malformed field, not a crash.
+    """
+    value = form.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise FormError(key, "must be a text value")
+
+
+def _required(form: Mapping[str, Any], key: str) -> str:
+    value = _text(form, key)
+    if value is None:
+        raise FormError(key, "missing")
+    return value
+
+
+def _integer(key: str, value: str) -> int:
+    if not _INT.fullmatch(value.strip()):
+        raise FormError(key, "must be an integer")
+    return int(value)
+
+
+def _bindings(form: Mapping[str, Any]) -> tuple[Binding, ...]:
+    halves: dict[int, dict[str, int]] = {}
+    for key in form:
+        match = _BINDING_KEY.fullmatch(key)
+        if match is None:
+            continue
+        value = _required(form, key)
+        halves.setdefault(int(match[1]), {})[match[2]] = _integer(key, value)
+    bindings = []
+    for n in sorted(halves):
+        pair = halves[n]
+        for part in ("OWNER_TYPE_ID", "OWNER_ID"):
+            if part not in pair:
+                raise FormError(f"bindings[{n}][{part}]", "missing")
+        bindings.append(Binding(pair["OWNER_TYPE_ID"], pair["OWNER_ID"]))
+    return tuple(bindings)
+
+
+def _auth(form: Mapping[str, Any]) -> Mapping[str, str]:
+    auth = {}
+    for key in form:
+        match = _AUTH_KEY.fullmatch(key)
+        if match is not None:
+            auth[match[1]] = _required(form, key)
+    return MappingProxyType(auth)
+
+
+def _document_id(form: Mapping[str, Any]) -> tuple[str, ...] | None:
+    parts = {}
+    for key in form:
+        match = _DOCUMENT_ID_KEY.fullmatch(key)
+        if match is not None:
+            parts[int(match[1])] = _required(form, key)
+    if not parts:
+        return None
+    return tuple(parts[n] for n in sorted(parts))
+
+
+def parse_handler_post(form: Mapping[str, Any]) -> HandlerPost:
+    """Parse a HANDLER post; raise ``FormError`` naming the first bad field.
+
+    Only syntax is checked here.  Whether the code is ours, matches the URL,
+    or the text is empty is the endpoint's business; whether the number is
+    valid and the token right is the daemon's.
+    """
+    values = {key: _required(form, key) for key in REQUIRED}
+    for key in ("code", "message_to"):
+        if not values[key].strip():
+            raise FormError(key, "empty")
+    if not _MESSAGE_ID.fullmatch(values["message_id"]):
+        raise FormError("message_id", "must be 32 hexadecimal characters")
+
+    message_type = _text(form, "type")
+    if message_type is not None and message_type != "SMS":
+        raise FormError("type", "must be SMS")
+    ts = _text(form, "ts")
+
+    return HandlerPost(
+        code=values["code"],
+        message_id=values["message_id"].lower(),
+        message_to=values["message_to"],
+        message_body=values["message_body"],
+        type=message_type,
+        module_id=_text(form, "module_id") or "",
+        bindings=_bindings(form),
+        ts=_integer("ts", ts) if ts is not None and ts != "" else None,
+        auth=_auth(form),
+        workflow_id=_text(form, "workflow_id"),
+        document_id=_document_id(form),
+    )
