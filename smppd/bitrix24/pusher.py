@@ -1,0 +1,92 @@
+"""Drains the durable outbox of one portal into Bitrix24, 50 updates a request.
+
+The portal allows about 2 requests per second, so status updates leave in
+``batch`` calls of up to 50 ``messageservice.message.status.update`` commands
+(100 updates/s at most).  The outbox row is deleted only after Bitrix24 said
+yes (or said the message is gone), so an outage of any length loses nothing:
+the backlog drains at the portal's limit afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import structlog
+
+from ..store import OutboxItem, Store
+from .rest import RestClient, RestError
+
+log = structlog.get_logger(__name__)
+
+BATCH_SIZE = 50
+IDLE_POLL = 1.0  # how often an idle pusher looks for retries that came due
+RETRY_MIN, RETRY_MAX = 2.0, 300.0
+# Bitrix24 purges messages after 14 days; an update for one can never succeed.
+TERMINAL_ERRORS = frozenset({"ERROR_MESSAGE_NOT_FOUND"})
+
+
+def backoff(attempts: int) -> float:
+    return min(RETRY_MAX, RETRY_MIN * 2 ** attempts) * random.uniform(0.5, 1.0)
+
+
+class StatusPusher:
+    def __init__(self, store: Store, client: RestClient) -> None:
+        self.store = store
+        self.client = client
+        self.member_id = client.auth.member_id
+        self.pushed = 0
+        self.dropped = 0
+        self._stopping = False
+
+    async def run(self) -> None:
+        while not self._stopping:
+            items = await self.store.outbox_due(self.member_id, BATCH_SIZE)
+            if not items:
+                self.store.outbox_changed.clear()
+                try:
+                    await asyncio.wait_for(self.store.outbox_changed.wait(), IDLE_POLL)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            await self.push(items)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.store.outbox_changed.set()
+
+    async def push(self, items: list[OutboxItem]) -> None:
+        commands = {
+            f"m{i}": (
+                "messageservice.message.status.update",
+                {"CODE": item.code, "MESSAGE_ID": item.b24_id, "STATUS": item.status},
+            )
+            for i, item in enumerate(items)
+        }
+        try:
+            results, errors = await self.client.batch(commands)
+        except RestError as e:
+            delay = backoff(min(i.attempts for i in items))
+            log.warning("bitrix24_push_failed", portal=self.member_id, error=e.code, updates=len(items),
+                        retry_in=round(delay, 1))
+            await self.store.outbox_retry(items, delay)
+            return
+        done, retry = [], []
+        for i, item in enumerate(items):
+            err = errors.get(f"m{i}")
+            if err is None:
+                self.pushed += 1
+                done.append(item)
+            elif err.code in TERMINAL_ERRORS:
+                self.dropped += 1
+                log.warning("bitrix24_message_gone", portal=self.member_id, b24_id=item.b24_id,
+                            status=item.status, error=err.code)
+                done.append(item)
+            else:
+                log.warning("bitrix24_status_refused", portal=self.member_id, b24_id=item.b24_id,
+                            status=item.status, error=err.code, description=err.description)
+                retry.append(item)
+        if done:
+            await self.store.outbox_done(done)
+        for item in retry:
+            await self.store.outbox_retry([item], backoff(item.attempts))
