@@ -1,0 +1,237 @@
+"""The asyncio shell around one SMPP session: a socket, a timer, reconnects.
+
+All protocol decisions live in ``session.Session``; this module only moves
+bytes between the transport and the session, arms the one timer the session
+asks for, and reconnects with exponential backoff and jitter when the
+connection ends.  Events go to the owner (the route) synchronously, in the
+order the session produced them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Callable, Sequence
+
+import structlog
+
+from ..config import SmppRouteConfig
+from .session import (
+    BindMode,
+    BindRejected,
+    Bound,
+    Session,
+    SessionConfig,
+    Submit,
+    Terminated,
+)
+
+log = structlog.get_logger(__name__)
+
+EventSink = Callable[["Connection", Sequence[object]], None]
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, session: Session, sink: Callable[[Sequence[object]], None]) -> None:
+        self.session = session
+        self._sink = sink
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._flush_pending = False
+        self.closed: asyncio.Future[str] = self._loop.create_future()
+
+    # transport callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self.session.start(self._loop.time())
+        self._flush()
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        self._handle(self.session.receive_data(data, self._loop.time()))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer:
+            self._timer.cancel()
+        events = self.session.connection_lost()
+        if events:
+            self._sink(events)
+        if not self.closed.done():
+            self.closed.set_result(str(exc) if exc else "closed")
+
+    # calls from the route
+
+    def submit(self, item: Submit) -> int:
+        seq = self.session.submit(item, self._loop.time())
+        self._schedule_flush()
+        self._arm()
+        return seq
+
+    def acknowledge(self, sequence: int) -> None:
+        self.session.acknowledge(sequence)
+        self._schedule_flush()
+
+    def unbind(self) -> None:
+        self.session.unbind(self._loop.time())
+        self._flush()
+        self._arm()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # internals
+
+    def _handle(self, events: Sequence[object]) -> None:
+        if events:
+            self._sink(events)
+        self._flush()
+        if any(isinstance(e, (Terminated, BindRejected)) for e in events):
+            self.abort()
+        else:
+            self._arm()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._handle(self.session.handle_timers(self._loop.time()))
+
+    def _arm(self) -> None:
+        deadline = self.session.next_deadline()
+        if self._timer is not None:
+            if deadline is not None and self._timer.when() <= deadline:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _schedule_flush(self) -> None:
+        # Submits issued in one loop iteration leave in one write.
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        data = self.session.data_to_send()
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+
+class Connection:
+    """One bind to an SMSC, kept up for as long as the route runs."""
+
+    def __init__(self, name: str, host: str, port: int, session_config: SessionConfig, sink: EventSink, *,
+                 reconnect_min: float = 1.0, reconnect_max: float = 60.0) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.session_config = session_config
+        self._sink = sink
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self._protocol: _Protocol | None = None
+        self._bound = False
+        self._stopping = False
+        self.binds = 0  # successful binds so far, for status and tests
+
+    @property
+    def bound(self) -> bool:
+        return self._bound and self._protocol is not None
+
+    def can_submit(self) -> bool:
+        return self.bound and self._protocol is not None and self._protocol.session.can_submit()
+
+    def submit(self, item: Submit) -> int:
+        assert self._protocol is not None
+        return self._protocol.submit(item)
+
+    def acknowledge(self, sequence: int) -> None:
+        """Answer a deliver_sm, if the session that received it is still up."""
+        if self._protocol is not None and not self._protocol.closed.done():
+            self._protocol.acknowledge(sequence)
+
+    async def run(self) -> None:
+        delay = self.reconnect_min
+        while not self._stopping:
+            reason, was_bound = await self._once()
+            if self._stopping:
+                break
+            if was_bound:
+                delay = self.reconnect_min
+            wait = random.uniform(delay / 2, delay)  # jitter: binds of several daemons don't sync up
+            log.warning("smpp_reconnect", route=self.name, reason=reason, in_seconds=round(wait, 2))
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, self.reconnect_max)
+
+    async def _once(self) -> tuple[str, bool]:
+        loop = asyncio.get_running_loop()
+        session = Session(self.session_config)
+        try:
+            _, protocol = await asyncio.wait_for(
+                loop.create_connection(lambda: _Protocol(session, self._on_events), self.host, self.port),
+                timeout=self.session_config.response_timeout,
+            )
+        except (OSError, asyncio.TimeoutError) as e:
+            return f"connect failed: {e or type(e).__name__}", False
+        self._protocol = protocol
+        if self._stopping:  # stop() came while we were connecting
+            protocol.abort()
+        was_bound = False
+        try:
+            reason = await protocol.closed
+            was_bound = self._bound
+        except asyncio.CancelledError:
+            # A cancelled route must not leave a live bind behind: the SMSC
+            # would keep sending it receipts that nobody stores or answers.
+            protocol.abort()
+            raise
+        finally:
+            self._protocol = None
+            self._bound = False
+        return reason, was_bound
+
+    def _on_events(self, events: Sequence[object]) -> None:
+        for e in events:
+            if isinstance(e, Bound):
+                self._bound = True
+                self.binds += 1
+                log.info("smpp_bound", route=self.name, smsc=e.system_id, mode=str(self.session_config.bind_mode))
+            elif isinstance(e, BindRejected):
+                log.error("smpp_bind_rejected", route=self.name, status=e.status)
+            elif isinstance(e, Terminated):
+                self._bound = False
+                level = log.info if self._stopping else log.warning
+                level("smpp_terminated", route=self.name, reason=e.reason)
+        self._sink(self, events)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Unbind politely, wait (bounded) for the SMSC's unbind_resp, close."""
+        self._stopping = True
+        protocol = self._protocol
+        if protocol is None:
+            return
+        if self._bound:
+            protocol.unbind()
+        else:
+            protocol.abort()
+        try:
+            await asyncio.wait_for(asyncio.shield(protocol.closed), timeout)
+        except asyncio.TimeoutError:
+            protocol.abort()
+
+
+def session_config_for(cfg: SmppRouteConfig) -> SessionConfig:
+    return SessionConfig(
+        system_id=cfg.system_id,
+        password=cfg.password,
+        system_type=cfg.system_type,
+        bind_mode=BindMode(cfg.bind_mode),
+        window=cfg.window,
+        enquire_link_interval=cfg.enquire_link_interval,
+        response_timeout=cfg.response_timeout,
+        receipt_id_base=cfg.receipt_id_base,
+    )
