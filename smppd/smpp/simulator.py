@@ -270,6 +270,8 @@ class SmscSimulator:
     # --- life cycle -------------------------------------------------------------
 
     async def start(self) -> None:
+        """Listen; after stop() this is the operator coming back, on the same port."""
+        self._stopping = False
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("smsc.listening", smsc=self.config.system_id, host=self.host, port=self.port)

@@ -1,0 +1,286 @@
+"""``smppd demo``: the whole path on loopback, in one process.
+
+A simulated Bitrix24 portal posts real HANDLER forms to the real shim, which
+hands them over the real Unix socket to the real daemon, which sends them over
+SMPP to two simulated operators (life:) and MTS), gets their receipts and
+pushes every status back to the portal's REST API at the portal's rate limit.
+At the end every posted message must be accounted for in the portal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import secrets
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import aiohttp
+from aiohttp import web
+
+from . import logs, text
+from .bitrix24.portal import SimulatedPortal
+from .config import Config, DaemonConfig, PortalConfig, SenderConfig, ShimConfig, SmppRouteConfig
+from .daemon import Daemon
+from .rpc import RpcClient
+from .smpp.simulator import SimulatorConfig, SmscSimulator
+
+FINAL_B24 = frozenset({"delivered", "undelivered", "failed"})
+OUTCOMES = {"DELIVRD": 0.85, "UNDELIV": 0.07, "EXPIRED": 0.05, "REJECTD": 0.03}
+
+# Every number format of reference/providers.md §5, plus Russian and invalid ones.
+NUMBER_FORMATS = (
+    "+37529{n7}", "80{op}{n7}", "375 {op} {a}-{b}-{c}", "{op} {n7}", "+375 ({op}) {a}-{b}-{c}",
+    "8 (0{op}) {a}-{b}-{c}", "00375{op}{n7}", "810375{op}{n7}",
+)
+INVALID_NUMBERS = ("+375171234567", "12345", "not a phone", "+375 (29) 12")
+TEXTS = (
+    "Ваш заказ №{n} готов к выдаче. Ждём вас с 9:00 до 21:00.",
+    "Order {n} is ready for pickup. See you between 9:00 and 21:00!",
+    "Code: {n}",
+    "Здравствуйте! Напоминаем о записи на завтра. Если планы изменились, пожалуйста, "
+    "сообщите нам заранее по телефону или ответьте на это сообщение. Заказ {n}. "
+    "Спасибо, что выбираете нас!",
+    "Dear customer, your invoice {n} is due in 3 days. Pay online with the link in your "
+    "account or at any office. Questions? Call us any day from 8:00 to 22:00 [support] "
+    "and mention the invoice number {n}. Thank you for staying with us!",
+    "Скидка 15% по промокоду SALE{n} до конца недели 🎉",
+)
+
+
+@dataclass
+class Posted:
+    b24_id: str
+    code: str
+    number: str
+    valid: bool
+    segments: int
+    posted_at: float
+    http_status: int = 0
+    body: str = ""
+
+
+@dataclass
+class Rig:
+    tmp: Path
+    portal: SimulatedPortal
+    smscs: dict[str, SmscSimulator]
+    config: Config
+    daemon: Daemon | None = None
+    shim_runner: web.AppRunner | None = None
+    shim_url: str = ""
+    rpc: RpcClient | None = None
+    posted: list[Posted] = field(default_factory=list)
+
+
+def make_config(tmp: Path, portal: SimulatedPortal, smscs: dict[str, SmscSimulator], *,
+                handler_key: str) -> Config:
+    """The embedded default: one portal, two operators, one CODE per operator."""
+    routes = {
+        name: SmppRouteConfig(
+            name=name, host="127.0.0.1", port=smsc.port, system_id="smppd", password="secret",
+            window=20, reconnect_min=0.2, reconnect_max=2.0,
+            receipt_id_base="as-is",
+        )
+        for name, smsc in smscs.items()
+    }
+    senders = {
+        "by_life": SenderConfig(code="by_life", route="life", sender_id="DemoShop", name="SMS via life:)"),
+        "by_mts": SenderConfig(code="by_mts", route="mts", sender_id="DemoShop", name="SMS via MTS"),
+    }
+    portal_cfg = PortalConfig(
+        member_id=portal.member_id, domain=portal.domain, client_endpoint=portal.client_endpoint,
+        server_endpoint=portal.server_endpoint, client_id=portal.client_id,
+        client_secret=portal.client_secret, application_token=portal.application_token,
+        access_token=portal.access_token, refresh_token=portal.refresh_token,
+    )
+    return Config(
+        daemon=DaemonConfig(socket_path=str(tmp / "smppd.sock"), database=str(tmp / "smppd.db")),
+        shim=ShimConfig(host="127.0.0.1", port=0, handler_key=handler_key),
+        portals=MappingProxyType({portal.member_id: portal_cfg}),
+        routes=MappingProxyType(routes),
+        senders=MappingProxyType(senders),
+    )
+
+
+async def start_rig(tmp: Path, *, seed: int = 7, portal_rate: float | None = 2.0) -> Rig:
+    portal = SimulatedPortal(rate=portal_rate)
+    await portal.start()
+    smscs = {
+        "life": SmscSimulator(SimulatorConfig(system_id="LIFE", accounts={"smppd": "secret"},
+                                              outcomes=OUTCOMES, id_format="hex", seed=seed)),
+        "mts": SmscSimulator(SimulatorConfig(system_id="MTS", accounts={"smppd": "secret"},
+                                             outcomes=OUTCOMES, id_format="dec", seed=seed + 1)),
+    }
+    for smsc in smscs.values():
+        await smsc.start()
+    key = secrets.token_urlsafe(24)
+    rig = Rig(tmp, portal, smscs, make_config(tmp, portal, smscs, handler_key=key))
+    await start_daemon(rig)
+    await start_shim(rig)
+    return rig
+
+
+async def start_daemon(rig: Rig) -> None:
+    rig.daemon = Daemon(rig.config)
+    await rig.daemon.start()
+
+
+async def start_shim(rig: Rig) -> None:
+    from shim.app import make_app
+
+    rig.rpc = RpcClient(rig.config.daemon.socket_path)
+    app = make_app(handler_key=rig.config.shim.handler_key, codes=frozenset(rig.config.senders), rpc=rig.rpc)
+    rig.shim_runner = web.AppRunner(app, access_log=None)
+    await rig.shim_runner.setup()
+    site = web.TCPSite(rig.shim_runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    rig.shim_url = f"http://127.0.0.1:{port}"
+
+
+def handler_url(rig: Rig, code: str) -> str:
+    return f"{rig.shim_url}/bitrix24/{code}?key={rig.config.shim.handler_key}"
+
+
+async def stop_rig(rig: Rig) -> None:
+    if rig.shim_runner is not None:
+        await rig.shim_runner.cleanup()
+    if rig.rpc is not None:
+        await rig.rpc.close()
+    if rig.daemon is not None:
+        await rig.daemon.stop()
+    for smsc in rig.smscs.values():
+        await smsc.stop()
+    await rig.portal.stop()
+
+
+def demo_messages(n: int, rng: random.Random) -> list[tuple[str, str, str, bool]]:
+    """(code, number, text, valid) for n messages: every format, a few invalid."""
+    out = []
+    for i in range(n):
+        code = ("by_life", "by_mts")[i % 2]
+        if i % 37 == 5:
+            number, valid = INVALID_NUMBERS[(i // 37) % len(INVALID_NUMBERS)], False
+        else:
+            # phonenumbers knows the allocated ranges: 25[5-79], 29[1-9], 33, 44.
+            n7 = rng.choice("5679") + f"{rng.randrange(10**6):06d}"
+            fmt = NUMBER_FORMATS[i % len(NUMBER_FORMATS)]
+            number = fmt.format(op=rng.choice(("25", "29", "33", "44")), n7=n7, a=n7[:3], b=n7[3:5], c=n7[5:])
+            valid = True
+        out.append((code, number, TEXTS[i % len(TEXTS)].format(n=1000 + i), valid))
+    return out
+
+
+async def post_all(rig: Rig, messages: list[tuple[str, str, str, bool]], concurrency: int) -> None:
+    sem = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession() as http:
+
+        async def one(code: str, number: str, body: str, valid: bool) -> None:
+            async with sem:
+                b24_id, form = rig.portal.create_message(code, number, body)
+                p = Posted(b24_id, code, number, valid, text.count_segments(body), time.time())
+                rig.posted.append(p)
+                p.http_status, p.body = await rig.portal.post_to_handler(http, handler_url(rig, code), form)
+
+        await asyncio.gather(*(one(*m) for m in messages))
+
+
+def final_status(rig: Rig, b24_id: str) -> str | None:
+    m = rig.portal.messages.get(b24_id)
+    return m.status if m is not None and m.status in FINAL_B24 else None
+
+
+def final_time(rig: Rig, b24_id: str) -> float | None:
+    m = rig.portal.messages.get(b24_id)
+    if m is None:
+        return None
+    for at, status in m.history:
+        if status in FINAL_B24:
+            return at
+    return None
+
+
+async def wait_final(rig: Rig, timeout: float, progress: bool) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        done = sum(1 for p in rig.posted if final_status(rig, p.b24_id))
+        line = f"  posted {len(rig.posted)}  final in Bitrix24 {done}"
+        if progress and line != last:
+            print(line, flush=True)
+            last = line
+        if rig.posted and done == len(rig.posted):
+            return
+        await asyncio.sleep(0.5)
+
+
+def report(rig: Rig, started: float) -> bool:
+    """Print the table; True when every message is accounted for."""
+    routes = {"by_life": "life:)", "by_mts": "MTS"}
+    table: dict[tuple[str, str], int] = {}
+    lost, not_ok, latencies = [], [], []
+    for p in rig.posted:
+        if p.http_status != 200:
+            not_ok.append(p)
+            continue
+        status = final_status(rig, p.b24_id)
+        if status is None:
+            lost.append(p)
+            continue
+        key = (routes[p.code], status)
+        table[key] = table.get(key, 0) + 1
+        at = final_time(rig, p.b24_id)
+        if at is not None:
+            latencies.append(at - p.posted_at)
+    last = max((final_time(rig, p.b24_id) or 0.0) for p in rig.posted) if rig.posted else started
+    print()
+    print(f"{'operator':<10}{'status':<14}{'messages':>9}")
+    for (op, status), count in sorted(table.items()):
+        print(f"{op:<10}{status:<14}{count:>9}")
+    total = len(rig.posted)
+    segments = sum(p.segments for p in rig.posted if p.valid)
+    elapsed = max(last - started, 1e-6)
+    print()
+    print(f"messages posted      {total} ({segments} SMS segments, "
+          f"{sum(1 for p in rig.posted if not p.valid)} with invalid numbers)")
+    print(f"accepted by the shim {total - len(not_ok)}")
+    print(f"final in Bitrix24    {total - len(not_ok) - len(lost)}")
+    print(f"throughput           {total / elapsed:.0f} msg/s from first post to last final status")
+    if latencies:
+        q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+        print(f"post → final status  p50 {statistics.median(latencies) * 1000:.0f} ms, "
+              f"p99 {q[98] * 1000:.0f} ms")
+    print(f"lost                 {len(lost)}")
+    for p in not_ok[:5]:
+        print(f"  shim answered {p.http_status} for {p.b24_id}: {p.body[:120]}")
+    wrong = [p for p in rig.posted if not p.valid and final_status(rig, p.b24_id) not in (None, "failed")]
+    for p in wrong:
+        print(f"  invalid number {p.number!r} ended as {final_status(rig, p.b24_id)}")
+    return not lost and not not_ok and not wrong
+
+
+def run_demo(args: argparse.Namespace) -> bool:
+    logs.configure(json=False, level=logging.INFO if args.verbose else logging.WARNING)
+    return asyncio.run(_demo(args.messages, args.concurrency, args.seed, args.timeout))
+
+
+async def _demo(n: int, concurrency: int, seed: int, timeout: float) -> bool:
+    with tempfile.TemporaryDirectory(prefix="smppd-demo-") as tmp:
+        print("smppd demo: simulated Bitrix24 portal and operators (life:), MTS), real shim and daemon")
+        rig = await start_rig(Path(tmp), seed=seed)
+        try:
+            print(f"  shim {rig.shim_url}, portal {rig.portal.base_url}, "
+                  f"SMSCs life:) :{rig.smscs['life'].port} MTS :{rig.smscs['mts'].port}")
+            started = time.time()
+            await post_all(rig, demo_messages(n, random.Random(seed)), concurrency)
+            await wait_final(rig, timeout, progress=True)
+            return report(rig, started)
+        finally:
+            await stop_rig(rig)
