@@ -147,6 +147,8 @@ class SimulatedPortal:
     messages: dict[str, SimMessage] = field(default_factory=dict, init=False)
     purged: dict[str, SimMessage] = field(default_factory=dict, init=False)
     senders: dict[str, dict[str, Any]] = field(default_factory=dict, init=False)
+    app_version: int = field(default=1, init=False)
+    installed: bool = field(default=True, init=False)
     requests: int = field(default=0, init=False)
     rejected_rate_limited: int = field(default=0, init=False)
     updates_applied: int = field(default=0, init=False)  # status.update calls that changed a status
@@ -258,6 +260,54 @@ class SimulatedPortal:
         message = self.messages.pop(message_id, None)
         if message is not None:
             self.purged[message_id] = message
+
+    # ------------------------------------------------------------------ app lifecycle events
+
+    def install_event(self) -> list[tuple[str, str]]:
+        """The ``ONAPPINSTALL`` form the portal posts to the app's event handler (§11).
+
+        Why tokens in the form: for a server-side local app this event is the only place the
+        app ever learns its refresh token and ``application_token``.
+        """
+        self.installed = True
+        return self._app_event("ONAPPINSTALL", [("data[VERSION]", str(self.app_version)),
+                                                ("data[ACTIVE]", "Y"), ("data[INSTALLED]", "Y"),
+                                                ("data[LANGUAGE_ID]", "ru")], tokens=True)
+
+    def update_app(self) -> list[tuple[str, str]]:
+        """A new app version: new ``application_token``, **all providers dropped** (core
+        ``onRestAppUpdate`` calls ``onRestAppDelete``), and the ``ONAPPUPDATE`` form."""
+        previous = self.app_version
+        self.app_version += 1
+        self.application_token = secrets.token_hex(16)
+        self.senders.clear()
+        return self._app_event("ONAPPUPDATE", [("data[VERSION]", str(self.app_version)),
+                                               ("data[PREVIOUS_VERSION]", str(previous)),
+                                               ("data[LANGUAGE_ID]", "ru")], tokens=True)
+
+    def uninstall_app(self) -> list[tuple[str, str]]:
+        """Uninstall: providers and tokens are gone; the ``ONAPPUNINSTALL`` form carries no
+        access or refresh token, only the ``application_token`` to prove itself."""
+        self.installed = False
+        self.senders.clear()
+        self._tokens = {k: t for k, t in self._tokens.items() if not t.is_admin}
+        self._refresh_tokens.clear()
+        return self._app_event("ONAPPUNINSTALL", [("data[CLEAN]", "0"), ("data[LANGUAGE_ID]", "ru")],
+                               tokens=False)
+
+    def _app_event(self, event: str, data: list[tuple[str, str]], *, tokens: bool) -> list[tuple[str, str]]:
+        form = [("event", event), ("event_handler_id", "1"), *data, ("ts", str(int(time.time())))]
+        auth: list[tuple[str, str]] = []
+        if tokens:
+            pair = self._issue_pair()
+            auth += [("access_token", pair["access_token"]), ("expires", str(pair["expires"])),
+                     ("expires_in", str(pair["expires_in"])), ("scope", self.scope)]
+        auth += [("domain", self.domain), ("server_endpoint", self.server_endpoint), ("status", "L"),
+                 ("client_endpoint", self.client_endpoint), ("member_id", self.member_id)]
+        if tokens:
+            auth += [("user_id", str(self.admin_user_id)), ("refresh_token", self.refresh_token)]
+        auth.append(("application_token", self.application_token))
+        return form + [(f"auth[{k}]", v) for k, v in auth]
 
     def uses_of(self, access_token: str) -> int:
         """How many REST requests carried this access token (tests check ordering with it)."""
@@ -457,6 +507,7 @@ class SimulatedPortal:
             "messageservice.sender.update": self._sender_update,
             "messageservice.sender.delete": self._sender_delete,
             "messageservice.sender.list": self._sender_list,
+            "app.info": self._app_info,
         }
 
     def _invoke(
@@ -565,6 +616,11 @@ class SimulatedPortal:
         message.history.append((time.time(), status))
         self.updates_applied += 1
         return True
+
+    def _app_info(self, params: dict[str, Any], token: _Token) -> dict[str, Any]:
+        """``app.info``: ``CODE`` is the app's client_id (for a local app ``local.…``) [inferred]."""
+        return {"ID": 1, "CODE": self.client_id, "VERSION": self.app_version, "STATUS": "L",
+                "INSTALLED": self.installed, "PAYMENT_EXPIRED": "N", "DAYS": None, "LICENSE": "by_project"}
 
     def _require_admin(self, token: _Token) -> None:
         if not token.is_admin:
