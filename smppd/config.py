@@ -68,6 +68,24 @@ class PortalConfig:
 
 
 @dataclass(frozen=True)
+class AppConfig:
+    """Our local application as created on one portal, before (and after) it is installed.
+
+    The install event brings member_id and tokens; this entry is what makes us trust it:
+    the event's endpoints must be these, and its token must answer ``app.info`` with this
+    client_id on this client_endpoint (never on one taken from the event).
+    """
+
+    domain: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    client_endpoint: str = ""  # default https://<domain>/rest/
+    server_endpoint: str = "https://oauth.bitrix.info/rest/"
+    rate: float = 2.0
+    burst: int = 50
+
+
+@dataclass(frozen=True)
 class SmppRouteConfig:
     """An SMPP operator connection (life:), MTS, A1)."""
 
@@ -110,6 +128,7 @@ class Config:
     portals: Mapping[str, PortalConfig]
     routes: Mapping[str, RouteConfig]
     senders: Mapping[str, SenderConfig]
+    apps: Mapping[str, AppConfig] = field(default_factory=lambda: MappingProxyType({}))  # by domain
 
 
 def load(path: str | Path) -> Config:
@@ -126,10 +145,11 @@ def load(path: str | Path) -> Config:
 
 def parse(raw: Mapping[str, Any]) -> Config:
     """Validate an already-decoded TOML document."""
-    _only(raw, "", {"daemon", "shim", "portal", "route", "sender"})
+    _only(raw, "", {"daemon", "shim", "portal", "app", "route", "sender"})
     daemon = _daemon(_table(raw, "daemon"))
     shim = _shim(_table(raw, "shim"))
     portals = _portals(raw.get("portal", []))
+    apps = _apps(raw.get("app", []))
     routes = {name: _route(name, t) for name, t in _table(raw, "route").items()}
     senders = {code: _sender(code, t) for code, t in _table(raw, "sender").items()}
     if not senders:
@@ -145,6 +165,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
         portals=MappingProxyType(portals),
         routes=MappingProxyType(routes),
         senders=MappingProxyType(senders),
+        apps=MappingProxyType(apps),
     )
 
 
@@ -203,6 +224,36 @@ def _portals(items: Any) -> dict[str, PortalConfig]:
             raise ConfigError(f"{key}.member_id", f"duplicate member_id {p.member_id!r}")
         portals[p.member_id] = p
     return portals
+
+
+def _apps(items: Any) -> dict[str, AppConfig]:
+    if not isinstance(items, list):
+        raise ConfigError("app", "must be an array of tables: [[app]]")
+    apps: dict[str, AppConfig] = {}
+    for i, t in enumerate(items):
+        key = f"app[{i}]"
+        if not isinstance(t, dict):
+            raise ConfigError(key, "must be a table")
+        _only(t, key, {f.name for f in AppConfig.__dataclass_fields__.values()})
+        domain = _str(t, key, "domain").lower()
+        if "/" in domain or ":" in domain or "." not in domain:
+            raise ConfigError(f"{key}.domain", f"must be the portal's host name, e.g. example.bitrix24.by, got {domain!r}")
+        client_endpoint = _url(t, key, "client_endpoint") if "client_endpoint" in t else f"https://{domain}/rest/"
+        server_endpoint = (_url(t, key, "server_endpoint") if "server_endpoint" in t
+                           else "https://oauth.bitrix.info/rest/")
+        app = AppConfig(
+            domain=domain,
+            client_id=_str(t, key, "client_id"),
+            client_secret=_str(t, key, "client_secret"),
+            client_endpoint=client_endpoint,
+            server_endpoint=server_endpoint,
+            rate=_number(t, key, "rate", default=2.0, low=0.01),
+            burst=_int(t, key, "burst", default=50, low=1, high=10_000),
+        )
+        if domain in apps:
+            raise ConfigError(f"{key}.domain", f"duplicate domain {domain!r}")
+        apps[domain] = app
+    return apps
 
 
 def _route(name: str, t: Any) -> RouteConfig:

@@ -280,6 +280,31 @@ class Store:
 
         await self.execute(op)
 
+    async def upsert_portal(self, p: PortalRecord) -> None:
+        """Store a portal from an install/update event: the event's tokens win (they are newest)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO portal VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (member_id) DO UPDATE SET"
+                " domain=excluded.domain, client_endpoint=excluded.client_endpoint,"
+                " server_endpoint=excluded.server_endpoint, client_id=excluded.client_id,"
+                " client_secret=excluded.client_secret, application_token=excluded.application_token,"
+                " access_token=excluded.access_token, refresh_token=excluded.refresh_token,"
+                " updated_at=excluded.updated_at",
+                (p.member_id, p.domain, p.client_endpoint, p.server_endpoint, p.client_id,
+                 p.client_secret, p.application_token, p.access_token, p.refresh_token, self.clock()),
+            )
+
+        await self.execute(op)
+
+    async def remove_portal(self, member_id: str) -> bool:
+        """Forget an uninstalled portal. Its outbox stays: a reinstall drains it."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM portal WHERE member_id=?", (member_id,)).rowcount > 0
+
+        return await self.execute(op)
+
     async def portals(self) -> list[PortalRecord]:
         def op(conn: sqlite3.Connection) -> list[PortalRecord]:
             rows = conn.execute(
