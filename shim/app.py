@@ -33,6 +33,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from shim.app_events import PATH as APP_EVENT_PATH
+from shim.app_events import AppEventHandler
 from shim.bitrix_form import FormError, HandlerPost, parse_handler_post
 from smppd.phone import mask
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
@@ -224,4 +226,5 @@ def make_app(
     app = web.Application(client_max_size=max_body)
     app.router.add_post("/bitrix24/{code}", handler.post)
     app.router.add_get("/healthz", handler.healthz)
+    app.router.add_post(APP_EVENT_PATH, AppEventHandler(handler_key=handler_key, rpc=rpc).post)
     return app

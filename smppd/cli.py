@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     status.set_defaults(func=_status)
 
+    for name, text in (("register", "register every configured CODE as an SMS provider in each installed portal"),
+                       ("unregister", "remove our CODEs from each installed portal")):
+        reg = sub.add_parser(name, help=text)
+        reg.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+        reg.add_argument("--portal", metavar="MEMBER_ID", help="only this portal")
+        reg.set_defaults(func=_registration, method=name)
+
     demo = sub.add_parser(
         "demo",
         help="the whole path on loopback: simulated portal and operators, real daemon and shim",
@@ -113,6 +120,44 @@ def _status(args: argparse.Namespace) -> int:
         print(f"smppd: daemon unreachable at {cfg.daemon.socket_path}: {e}", file=sys.stderr)
         return EXIT_UNREACHABLE
     return EXIT_OK
+
+
+def _registration(args: argparse.Namespace) -> int:
+    """Ask the daemon: it holds the tokens, and one refresh in flight per portal needs one owner."""
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_USAGE
+    from .rpc import RpcClient, RpcError, RpcUnavailable
+
+    async def ask() -> object:
+        client = RpcClient(cfg.daemon.socket_path, timeout=120)
+        try:
+            return await client.call(args.method, {"portal": args.portal} if args.portal else {})
+        finally:
+            await client.close()
+
+    try:
+        result = asyncio.run(ask())
+    except RpcUnavailable as e:
+        print(f"smppd: daemon unreachable at {cfg.daemon.socket_path}: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except RpcError as e:
+        print(f"smppd: {e.message}", file=sys.stderr)
+        return EXIT_USAGE if e.code == "bad_request" else EXIT_FAILED
+    reports = result.get("portals", []) if isinstance(result, dict) else []
+    if not reports:
+        print("smppd: no installed portal; install the local app first (README)", file=sys.stderr)
+        return EXIT_FAILED
+    for r in reports:
+        if r is None:
+            continue
+        done = r["added"] if args.method == "register" else r["removed"]
+        verb = "added" if args.method == "register" else "removed"
+        print(f"{r['domain']}: {verb} {', '.join(done) or 'nothing'}"
+              + (f"; already there: {', '.join(r['present'])}" if r.get("present") else ""))
+        for code, text in r["errors"].items():
+            print(f"{r['domain']}: {code if code != '*' else 'error'}: {text}", file=sys.stderr)
+    return EXIT_OK if all(r and r["ok"] for r in reports) else EXIT_FAILED
 
 
 def _demo(args: argparse.Namespace) -> int:

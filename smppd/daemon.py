@@ -16,12 +16,14 @@ from typing import Any, Mapping
 import aiohttp
 import structlog
 
+from .bitrix24 import registration
+from .bitrix24.install import Installer
 from .bitrix24.pusher import StatusPusher
 from .bitrix24.rest import PortalAuth, RestClient
 from .config import Config
 from .intake import Intake
 from .providers.smpp import SmppRoute
-from .rpc import RpcServer
+from .rpc import RpcError, RpcServer
 from .store import OpenMessage, PortalRecord, Store
 
 log = structlog.get_logger(__name__)
@@ -39,6 +41,8 @@ class Daemon:
         self._http: aiohttp.ClientSession | None = None
         self._rpc: RpcServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._pusher_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._background: set[asyncio.Task[Any]] = set()  # registrations after install/update
         self.ready = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -54,11 +58,8 @@ class Daemon:
             ))
         await self._load_portals()
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        for member_id, portal in self._portals.items():
-            cfg = self.config.portals.get(member_id)
-            client = RestClient(self._http, _auth(portal), rate=cfg.rate if cfg else 2.0,
-                                burst=cfg.burst if cfg else 50, on_tokens=self._save_tokens)
-            self.pushers[member_id] = StatusPusher(self.store, client)
+        for portal in self._portals.values():
+            self._attach(portal)
         for name, route_cfg in self.config.routes.items():
             route = SmppRoute(route_cfg, self.store)
             reloaded = await route.load_open()
@@ -67,13 +68,16 @@ class Daemon:
             self.routes[name] = route
         for route in self.routes.values():
             self._tasks.append(asyncio.create_task(route.run(), name=f"route-{route.name}"))
-        for pusher in self.pushers.values():
-            self._tasks.append(asyncio.create_task(pusher.run(), name=f"pusher-{pusher.member_id}"))
+        for member_id in self.pushers:
+            self._start_pusher(member_id)
         self._tasks.append(asyncio.create_task(self._sweep_receipts(), name="receipt-sweep"))
         intake = Intake(self.config, self.store, lambda: self._portals, self.dispatch)
         self._rpc = RpcServer(
             self.config.daemon.socket_path,
-            {"intake": intake, "ping": self._ping, "status": self._status},
+            {"intake": intake, "ping": self._ping, "status": self._status,
+             "app_event": Installer(self.config, self._http, lambda: self._portals,
+                                    installed=self._installed, uninstalled=self._uninstalled),
+             "register": self._register, "unregister": self._unregister},
             group=self.config.daemon.socket_group,
         )
         await self._rpc.start()
@@ -88,9 +92,10 @@ class Daemon:
         await asyncio.gather(*(r.stop(timeout) for r in self.routes.values()), return_exceptions=True)
         for p in self.pushers.values():
             p.stop()
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._pusher_tasks.values(), *self._background]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
         await self.store.close()
@@ -112,6 +117,87 @@ class Daemon:
         # Rotated refresh tokens are single-use: persist before the client uses them.
         await self.store.save_tokens(auth.member_id, auth.access_token, auth.refresh_token)
         await self._load_portals()
+
+    # --- portals at run time (bitrix24/install.py) --------------------------------
+
+    def _limits(self, portal: PortalRecord) -> tuple[float, int]:
+        app = self.config.apps.get(portal.domain)
+        cfg = app or self.config.portals.get(portal.member_id)
+        return (cfg.rate, cfg.burst) if cfg else (2.0, 50)
+
+    def _attach(self, portal: PortalRecord) -> None:
+        """One REST client and pusher per portal; an existing client adopts the new tokens."""
+        pusher = self.pushers.get(portal.member_id)
+        if pusher is not None:
+            pusher.client.adopt(_auth(portal))
+            return
+        assert self._http is not None
+        rate, burst = self._limits(portal)
+        client = RestClient(self._http, _auth(portal), rate=rate, burst=burst, on_tokens=self._save_tokens)
+        self.pushers[portal.member_id] = StatusPusher(self.store, client)
+
+    def _start_pusher(self, member_id: str) -> None:
+        pusher = self.pushers[member_id]
+        self._pusher_tasks[member_id] = asyncio.create_task(pusher.run(), name=f"pusher-{member_id}")
+
+    async def _installed(self, portal: PortalRecord, event: str) -> None:
+        """Persist first (the event's tokens are the only copy), then serve, then register."""
+        await self.store.upsert_portal(portal)
+        await self._load_portals()
+        new = portal.member_id not in self.pushers
+        self._attach(portal)
+        if new:
+            self._start_pusher(portal.member_id)
+        # ONAPPUPDATE drops every provider (bitrix24.md §11); install starts with none.
+        task = asyncio.create_task(self._register_one(portal.member_id), name=f"register-{portal.member_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _uninstalled(self, member_id: str) -> None:
+        await self.store.remove_portal(member_id)
+        await self._load_portals()
+        pusher = self.pushers.pop(member_id, None)
+        task = self._pusher_tasks.pop(member_id, None)
+        if pusher is not None:
+            pusher.stop()
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _register_one(self, member_id: str) -> dict[str, Any] | None:
+        public_url = self.config.shim.public_url
+        pusher = self.pushers.get(member_id)
+        if pusher is None:
+            return None
+        if not public_url:
+            log.warning("bitrix24.register.skipped", member_id=member_id, reason="shim.public_url is not set")
+            return None
+        report = await registration.register(
+            pusher.client, registration.senders_for(self.config, member_id),
+            public_url=public_url, handler_key=self.config.shim.handler_key,
+        )
+        return report.as_dict()
+
+    def _chosen(self, params: Mapping[str, Any]) -> list[str]:
+        wanted = params.get("portal")
+        if wanted is None:
+            return list(self.pushers)
+        if not isinstance(wanted, str) or wanted not in self.pushers:
+            raise RpcError("bad_request", f"portal: no installed portal {wanted!r}", field="portal")
+        return [wanted]
+
+    async def _register(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        if not self.config.shim.public_url:
+            raise RpcError("bad_request", "shim.public_url: must be set to register providers (the HANDLER base)")
+        return {"portals": [await self._register_one(m) for m in self._chosen(params)]}
+
+    async def _unregister(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        reports = []
+        for m in self._chosen(params):
+            client = self.pushers[m].client
+            report = await registration.unregister(client, registration.senders_for(self.config, m))
+            reports.append(report.as_dict())
+        return {"portals": reports}
 
     async def _sweep_receipts(self) -> None:
         while True:

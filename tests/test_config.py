@@ -8,9 +8,19 @@ from smppd import config
 EXAMPLE = Path(__file__).parent.parent / "config.toml"
 
 
+# The example config installs by [[app]]; the manual [[portal]] form is still checked.
+MANUAL_PORTAL = {
+    "member_id": "m1", "domain": "example.bitrix24.by", "client_endpoint": "https://example.bitrix24.by/rest/",
+    "server_endpoint": "https://oauth.bitrix.info/rest/", "client_id": "local.x", "client_secret": "s",
+    "application_token": "t",
+}
+
+
 def raw() -> dict:
     with open(EXAMPLE, "rb") as f:
-        return tomllib.load(f)
+        d = tomllib.load(f)
+    d.setdefault("portal", [dict(MANUAL_PORTAL)])
+    return d
 
 
 def test_example_config_loads():
@@ -19,7 +29,9 @@ def test_example_config_loads():
     route = cfg.routes["life"]
     assert route.window == 10 and route.bind_mode == "transceiver" and route.port == 2775
     assert cfg.senders["by_sms_main"].route == "life"
-    assert cfg.portals[next(iter(cfg.portals))].rate == 2.0
+    app = cfg.apps["example.bitrix24.by"]
+    assert app.rate == 2.0 and app.client_endpoint == "https://example.bitrix24.by/rest/"
+    assert app.server_endpoint == "https://oauth.bitrix.info/rest/"
 
 
 def test_secrets_do_not_appear_in_repr():
@@ -72,3 +84,25 @@ def test_bad_toml_and_missing_file(tmp_path):
         config.load(bad)
     with pytest.raises(config.ConfigError, match="file not found"):
         config.load(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"domain": "https://example.bitrix24.by/"}, "app[0].domain"),
+    ({"client_endpoint": "ftp://x"}, "app[0].client_endpoint"),
+    ({"burst": 0}, "app[0].burst"),
+    ({"colour": "red"}, "app[0].colour"),
+])
+def test_bad_app_names_the_key(change, key):
+    r = raw()
+    r["app"][0].update(change)
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(r)
+    assert e.value.key == key
+
+
+def test_app_secret_is_not_in_repr():
+    r = raw()
+    r["app"][0]["client_secret"] = "s3cr3t-value-xyz"
+    cfg = config.parse(r)
+    assert cfg.apps["example.bitrix24.by"].client_secret == "s3cr3t-value-xyz"
+    assert "s3cr3t-value-xyz" not in repr(cfg)

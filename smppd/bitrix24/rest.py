@@ -207,6 +207,14 @@ class RestClient:
         payload = await self._request("batch", pairs)
         return _split_batch(payload.get("result"), commands)
 
+    def adopt(self, auth: PortalAuth) -> None:
+        """Take tokens that came from elsewhere (an app update event) and are already stored.
+
+        Why drop ``_pending``: it holds a pair from our own refresh that the event supersedes.
+        """
+        self.auth = auth
+        self._pending = None
+
     # ------------------------------------------------------------------ request loop
 
     async def _request(self, method: str, pairs: list[tuple[str, str]]) -> dict[str, Any]:

@@ -1,0 +1,71 @@
+"""``POST /bitrix24-app?key=…``: the local app's event handler (install, update, uninstall).
+
+Bitrix24 posts lifecycle events as the same kind of bracket-keyed form as HANDLER posts
+(bitrix24.md §11). The shim checks the URL key (so nobody can make the daemon call out
+without it), picks ``event`` and the ``auth[...]`` block, and forwards them; whether the
+event is genuine is decided by the daemon (``smppd/bitrix24/install.py``), which holds
+the portal table. Tokens travel only in the RPC call, never into a log line.
+
+Answers: 401 bad key, 400 malformed, 403 refused, 503 daemon or portal unreachable, 200 done.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from smppd.rpc import RpcClient, RpcError, RpcUnavailable
+
+__all__ = ["AppEventHandler", "PATH"]
+
+log = structlog.get_logger(__name__)
+
+PATH = "/bitrix24-app"
+_AUTH_KEY = re.compile(r"auth\[([a-z_]{1,64})\]")
+_STATUS = {"bad_request": 400, "forbidden": 403, "unavailable": 503}
+
+
+class AppEventHandler:
+    def __init__(self, *, handler_key: str, rpc: RpcClient) -> None:
+        self._key = handler_key.encode()
+        self._rpc = rpc
+
+    async def post(self, request: web.Request) -> web.Response:
+        key = request.query.get("key")
+        if key is None or not hmac.compare_digest(key.encode(), self._key):
+            return self._answer(401, "unauthorized", {})
+        try:
+            form = await request.post()
+        except ValueError:
+            return self._answer(400, "bad_request", {})
+        auth = {}
+        for name, value in form.items():
+            match = _AUTH_KEY.fullmatch(name)
+            if match and isinstance(value, str):
+                auth[match[1]] = value
+        event = form.get("event")
+        ctx = {"event_name": event if isinstance(event, str) else None, "domain": auth.get("domain")}
+        try:
+            result = await self._rpc.call("app_event", {"event": event, "auth": auth})
+        except RpcUnavailable:
+            return self._answer(503, "unavailable", ctx)
+        except RpcError as exc:
+            status = _STATUS.get(exc.code, 500)
+            return self._answer(status, exc.code if status != 500 else "internal", ctx,
+                                exc.message if status == 400 else None)
+        return self._answer(200, "ok", ctx, result=result)
+
+    @staticmethod
+    def _answer(status: int, outcome: str, ctx: dict[str, Any], message: str | None = None,
+                result: Any = None) -> web.Response:
+        (log.info if status < 400 else log.warning)("bitrix24.app_event_post", **ctx, outcome=outcome,
+                                                      http_status=status)
+        body: dict[str, Any] = {"ok": True, **result} if status == 200 and isinstance(result, dict) else {
+            "error": outcome}
+        if message:
+            body["message"] = message
+        return web.json_response(body, status=status)

@@ -1,0 +1,232 @@
+"""The local app's life through the real shim and daemon against simulated portals:
+install → register → post → status, update, uninstall, forged events, several portals,
+token expiry mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import sqlite3
+import time
+from types import MappingProxyType
+
+import aiohttp
+import pytest
+
+from smppd.bitrix24.portal import SimulatedPortal
+from smppd.config import AppConfig
+from smppd.demo import FINAL_B24, Rig, make_config, start_daemon, start_shim, stop_rig
+from smppd.smpp.simulator import SimulatorConfig, SmscSimulator
+
+
+def app_for(portal: SimulatedPortal) -> AppConfig:
+    return AppConfig(domain=portal.domain, client_id=portal.client_id, client_secret=portal.client_secret,
+                     client_endpoint=portal.client_endpoint, server_endpoint=portal.server_endpoint)
+
+
+async def start_app_rig(tmp_path, portals: list[SimulatedPortal]) -> Rig:
+    """The demo rig, but no [[portal]] in the config: portals arrive by install events."""
+    for p in portals:
+        await p.start()
+    smscs = {name: SmscSimulator(SimulatorConfig(system_id=name.upper(), accounts={"smppd": "secret"},
+                                                 outcomes={"DELIVRD": 1.0}, id_format="hex"))
+             for name in ("life", "mts")}
+    for smsc in smscs.values():
+        await smsc.start()
+    cfg = make_config(tmp_path, portals[0], smscs, handler_key=secrets.token_urlsafe(24))
+    cfg = dataclasses.replace(cfg, portals=MappingProxyType({}),
+                              apps=MappingProxyType({p.domain: app_for(p) for p in portals}))
+    rig = Rig(tmp_path, portals[0], smscs, cfg)
+    await start_shim(rig)  # first: the HANDLER registered in Bitrix24 needs the shim's URL
+    rig.config = dataclasses.replace(cfg, shim=dataclasses.replace(cfg.shim, public_url=rig.shim_url))
+    await start_daemon(rig)
+    return rig
+
+
+@pytest.fixture
+async def rig(tmp_path):
+    rig = await start_app_rig(tmp_path, [SimulatedPortal(rate=2.0)])
+    yield rig
+    await stop_rig(rig)
+
+
+def event_url(rig: Rig, key: str | None = None) -> str:
+    return f"{rig.shim_url}/bitrix24-app?key={key or rig.config.shim.handler_key}"
+
+
+async def post_form(url: str, form) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=form) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+async def until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def send(portal: SimulatedPortal, code: str, text: str = "hello", **kw) -> tuple[str, int]:
+    """Post a message the way Bitrix24 does: to the HANDLER the portal has registered."""
+    b24_id, form = portal.create_message(code, "+375291234567", text, **kw)
+    status, _ = await post_form(portal.senders[code]["HANDLER"], form)
+    return b24_id, status
+
+
+def stored_portal(rig: Rig, member_id: str):
+    conn = sqlite3.connect(rig.config.daemon.database)
+    try:
+        return conn.execute("SELECT application_token, access_token, refresh_token FROM portal"
+                            " WHERE member_id=?", (member_id,)).fetchone()
+    finally:
+        conn.close()
+
+
+async def install(rig: Rig, portal: SimulatedPortal) -> None:
+    status, body = await post_form(event_url(rig), portal.install_event())
+    assert (status, body["event"]) == (200, "ONAPPINSTALL")
+    await until(lambda: set(portal.senders) == set(rig.config.senders))
+
+
+async def test_install_register_post_status(rig):
+    portal = rig.portal
+    portal.senders.clear()
+    await install(rig, portal)
+    stored = stored_portal(rig, portal.member_id)
+    assert stored == (portal.application_token, portal.access_token, portal.refresh_token)
+    handler = portal.senders["by_life"]["HANDLER"]
+    assert handler.startswith(f"{rig.shim_url}/bitrix24/by_life?key=")
+    assert portal.senders["by_life"]["NAME"] == "SMS via life:)"
+    ids = []
+    for code in ("by_life", "by_mts"):
+        b24_id, status = await send(portal, code)
+        assert status == 200
+        ids.append(b24_id)
+    await until(lambda: all(portal.messages[i].status in FINAL_B24 for i in ids))
+    assert all(portal.messages[i].status == "delivered" for i in ids)
+    assert all(portal.messages[i].regressions() == [] for i in ids)
+
+
+async def test_install_is_idempotent_and_register_readds_what_is_missing(rig):
+    portal = rig.portal
+    await install(rig, portal)
+    status, _ = await post_form(event_url(rig), portal.install_event())  # a second install event
+    assert status == 200
+    assert rig.rpc is not None
+    result = await rig.rpc.call("register", {})
+    assert result["portals"][0]["present"] == ["by_life", "by_mts"] and result["portals"][0]["added"] == []
+    del portal.senders["by_mts"]  # e.g. removed by hand in the portal
+    result = await rig.rpc.call("register", {"portal": portal.member_id})
+    assert result["portals"][0]["added"] == ["by_mts"] and result["portals"][0]["ok"]
+    result = await rig.rpc.call("unregister", {})
+    assert sorted(result["portals"][0]["removed"]) == ["by_life", "by_mts"] and portal.senders == {}
+
+
+async def test_app_update_rotates_the_token_and_reregisters(rig):
+    portal = rig.portal
+    await install(rig, portal)
+    old_token = portal.application_token
+    old_handler = portal.senders["by_life"]["HANDLER"]
+    form = portal.update_app()  # the core drops every provider on update
+    assert portal.senders == {}
+    status, _ = await post_form(event_url(rig), form)
+    assert status == 200
+    await until(lambda: set(portal.senders) == {"by_life", "by_mts"})
+    assert stored_portal(rig, portal.member_id)[0] == portal.application_token != old_token
+    b24_id, status = await send(portal, "by_life")
+    assert status == 200
+    # A post still carrying the previous application_token is now a forgery.
+    _, form = portal.create_message("by_life", "+375291234567", "x")
+    form = [(k, old_token if k == "auth[application_token]" else v) for k, v in form]
+    status, _ = await post_form(old_handler, form)
+    assert status == 403
+
+
+async def test_uninstall_forgets_the_portal(rig):
+    portal = rig.portal
+    await install(rig, portal)
+    forged = [(k, "0" * 32 if k == "auth[application_token]" else v) for k, v in portal.uninstall_app()]
+    status, _ = await post_form(event_url(rig), forged)
+    assert status == 403
+    assert stored_portal(rig, portal.member_id) is not None
+    handler = portal.senders.get("by_life") or None
+    status, _ = await post_form(event_url(rig), [(k, v) for k, v in forged if k != "auth[application_token]"]
+                                + [("auth[application_token]", portal.application_token)])
+    assert status == 200
+    assert stored_portal(rig, portal.member_id) is None
+    assert handler is None  # the portal dropped our providers itself
+    _, form = portal.create_message("by_life", "+375291234567", "x")
+    url = f"{rig.shim_url}/bitrix24/by_life?key={rig.config.shim.handler_key}"
+    status, _ = await post_form(url, form)
+    assert status == 403
+    assert rig.daemon is not None and portal.member_id not in rig.daemon.pushers
+
+
+@pytest.mark.parametrize("forgery", ["key", "domain", "access_token", "client_endpoint", "server_endpoint",
+                                     "other_app"])
+async def test_forged_install_is_refused_and_nothing_is_stored(rig, forgery):
+    portal = rig.portal
+    form = dict(portal.install_event())
+    url = event_url(rig)
+    expected = 403
+    if forgery == "key":
+        url, expected = event_url(rig, "x" * 32), 401
+    elif forgery == "domain":
+        form["auth[domain]"] = "evil.bitrix24.by"
+    elif forgery == "access_token":
+        form["auth[access_token]"] = secrets.token_hex(35)
+    elif forgery == "client_endpoint":
+        form["auth[client_endpoint]"] = "https://evil.example.com/rest/"
+    elif forgery == "server_endpoint":  # would receive our client_secret on every refresh
+        form["auth[server_endpoint]"] = "https://evil.example.com/rest/"
+    elif forgery == "other_app":  # a valid token of this portal, but of another application
+        portal.client_id = "local.someoneelse.1"
+    status, _ = await post_form(url, form)
+    assert status == expected
+    assert stored_portal(rig, portal.member_id) is None
+    assert portal.method_calls["messageservice.sender.add"] == 0
+
+
+async def test_malformed_event_names_the_field(rig):
+    form = [(k, v) for k, v in rig.portal.install_event() if k != "auth[refresh_token]"]
+    status, body = await post_form(event_url(rig), form)
+    assert status == 400 and "auth[refresh_token]" in body["message"]
+    status, body = await post_form(event_url(rig), [("event", "ONSOMETHING")])
+    assert status == 400 and "event" in body["message"]
+
+
+async def test_two_portals_one_daemon(tmp_path):
+    a, b = SimulatedPortal(domain="a.bitrix24.by"), SimulatedPortal(domain="b.bitrix24.by")
+    rig = await start_app_rig(tmp_path, [a, b])
+    try:
+        await install(rig, a)
+        await install(rig, b)
+        ids_a = [(await send(a, "by_life", f"a{i}"))[0] for i in range(3)]
+        ids_b = [(await send(b, "by_mts", f"b{i}"))[0] for i in range(3)]
+        await until(lambda: all(a.messages[i].status == "delivered" for i in ids_a)
+                    and all(b.messages[i].status == "delivered" for i in ids_b))
+        # b's message signed with a's application_token is refused.
+        _, form = b.create_message("by_life", "+375291234567", "x")
+        form = [(k, a.application_token if k == "auth[application_token]" else v) for k, v in form]
+        status, _ = await post_form(b.senders["by_life"]["HANDLER"], form)
+        assert status == 403
+        assert rig.daemon is not None and set(rig.daemon.pushers) == {a.member_id, b.member_id}
+    finally:
+        await stop_rig(rig)
+        await b.stop()
+
+
+async def test_token_expiry_mid_run(rig):
+    portal = rig.portal
+    await install(rig, portal)
+    first = [(await send(portal, "by_life", f"m{i}"))[0] for i in range(3)]
+    await until(lambda: all(portal.messages[i].status == "delivered" for i in first))
+    portal.expire_access_token()
+    later = [(await send(portal, "by_life", f"n{i}"))[0] for i in range(3)]
+    await until(lambda: all(portal.messages[i].status == "delivered" for i in later))
+    assert portal.refreshes == 1
+    # The rotated pair was persisted: a restart would use the only valid refresh token.
+    assert stored_portal(rig, portal.member_id)[1:] == (portal.access_token, portal.refresh_token)
