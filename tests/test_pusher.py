@@ -4,7 +4,7 @@ import aiohttp
 import pytest
 
 from smppd.bitrix24.portal import SimulatedPortal
-from smppd.bitrix24.pusher import StatusPusher
+from smppd.bitrix24.pusher import OUTAGE_MAX, StatusPusher
 from smppd.bitrix24.rest import PortalAuth, RestClient
 from smppd.model import Status
 from smppd.store import NewMessage, Store
@@ -68,9 +68,70 @@ async def test_outage_keeps_the_outbox(setup):
     ids = await accepted_and_delivered(portal, store, 5)
     portal.overloaded = True  # 503 OVERLOAD_LIMIT: not retried by the client
     await pusher.push(await store.outbox_due(portal.member_id))
-    assert await store.outbox_due(portal.member_id) == []  # delayed, not gone
+    assert pusher.paused_until > store.clock()  # the portal is paused, the updates stay
     assert (await store.counts())["outbox"] == 5
     portal.overloaded = False
-    store.clock = lambda: 10**10  # the retry comes due
     await pusher.push(await store.outbox_due(portal.member_id))
     assert all(portal.messages[i].status == "delivered" for i in ids)
+
+
+async def test_outage_of_an_hour_loses_nothing_and_drains_in_full_batches(setup):
+    """An hour of 503 OVERLOAD_LIMIT on an injected clock: every update survives, the portal
+    is probed at most every OUTAGE_MAX, and once it answers the backlog leaves in batches of 50."""
+    portal, store, pusher = setup
+    now = [0.0]
+    store.clock = lambda: now[0]
+    ids = await accepted_and_delivered(portal, store, 130)
+    portal.overloaded = True
+    failed_batches = 0
+    while now[0] < 3600:
+        if now[0] >= pusher.paused_until:
+            await pusher.push(await store.outbox_due(portal.member_id))
+            failed_batches += 1
+        now[0] += 1
+    assert 60 <= failed_batches <= 200  # probes, not a request per second nor one per hour
+    assert (await store.counts())["outbox"] == 130
+    portal.overloaded = False
+    before = portal.requests
+    while (await store.counts())["outbox"]:
+        if now[0] >= pusher.paused_until:
+            await pusher.push(await store.outbox_due(portal.member_id))
+        else:
+            now[0] += 1
+    assert now[0] <= 3600 + OUTAGE_MAX
+    assert portal.requests - before == 3  # 50 + 50 + 30
+    assert all(portal.messages[i].status == "delivered" and portal.messages[i].regressions() == [] for i in ids)
+
+
+async def test_rate_limit_storm_is_ridden_out(tmp_path):
+    """The portal's bucket is far smaller than the client believes (another app on the same
+    IP shares it): 503 QUERY_LIMIT_EXCEEDED storms, retries, nothing lost or reordered."""
+    portal = SimulatedPortal(rate=20.0, burst=1)
+    await portal.start()
+    store = Store(str(tmp_path / "s.db"))
+    await store.open()
+    async with aiohttp.ClientSession() as http:
+        a = portal.install_auth()
+        auth = PortalAuth(**{k: a[k] for k in ("member_id", "domain", "client_endpoint", "server_endpoint",
+                                               "access_token", "refresh_token", "client_id", "client_secret")})
+        client = RestClient(http, auth, rate=None, max_attempts=50, backoff_base=0.01, backoff_max=0.05)
+        pusher = StatusPusher(store, client)
+        ids = await accepted_and_delivered(portal, store, 300)
+        while items := await store.outbox_due(portal.member_id):
+            await pusher.push(items)
+    assert portal.rejected_rate_limited > 0
+    assert pusher.pushed == 300
+    assert all(portal.messages[i].status == "delivered" and portal.messages[i].regressions() == [] for i in ids)
+    await store.close()
+    await portal.stop()
+
+
+async def test_per_command_errors_are_handled_one_by_one(setup):
+    portal, store, pusher = setup
+    ids = await accepted_and_delivered(portal, store, 4)
+    portal.purge(ids[0])  # terminal: ends its update
+    portal.refuse(ids[1], "ERROR_MESSAGE_STATUS_INCORRECT")  # refused: kept for a later retry
+    await pusher.push(await store.outbox_due(portal.member_id))
+    assert pusher.pushed == 2 and pusher.dropped == 1
+    assert (await store.counts())["outbox"] == 1
+    assert portal.messages[ids[2]].status == portal.messages[ids[3]].status == "delivered"

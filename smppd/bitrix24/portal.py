@@ -168,6 +168,7 @@ class SimulatedPortal:
         self._blocked: dict[str, float] = {}
         self._operating: dict[str, list[tuple[float, float]]] = {}
         self._next_internal_id = 1
+        self._refusals: dict[str, tuple[str, str]] = {}
         self._runners: list[web.AppRunner] = []
         self._base_url: str | None = None
         self._oauth_base_url: str | None = None
@@ -308,6 +309,10 @@ class SimulatedPortal:
             auth += [("user_id", str(self.admin_user_id)), ("refresh_token", self.refresh_token)]
         auth.append(("application_token", self.application_token))
         return form + [(f"auth[{k}]", v) for k, v in auth]
+
+    def refuse(self, message_id: str, code: str, description: str = "refused by the test") -> None:
+        """Make every ``status.update`` of one message fail with this error (in ``result_error``)."""
+        self._refusals[message_id] = (code, description)
 
     def uses_of(self, access_token: str) -> int:
         """How many REST requests carried this access token (tests check ordering with it)."""
@@ -604,6 +609,8 @@ class SimulatedPortal:
         status = params.get("STATUS")
         if status not in STATUSES:
             raise _ApiError("ERROR_MESSAGE_STATUS_INCORRECT", "Message status incorrect!")
+        if str(message_id) in self._refusals:
+            raise _ApiError(*self._refusals[str(message_id)])
         message = self.messages.get(str(message_id))
         if message is None or message.code != code:
             raise _ApiError("ERROR_MESSAGE_NOT_FOUND", "Message not found!")

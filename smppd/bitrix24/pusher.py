@@ -4,7 +4,9 @@ The portal allows about 2 requests per second, so status updates leave in
 ``batch`` calls of up to 50 ``messageservice.message.status.update`` commands
 (100 updates/s at most).  The outbox row is deleted only after Bitrix24 said
 yes (or said the message is gone), so an outage of any length loses nothing:
-the backlog drains at the portal's limit afterwards.
+the backlog drains at the portal's limit afterwards.  A failed batch pauses the
+portal (probing at most every ``OUTAGE_MAX`` seconds); an update Bitrix24 refuses
+on its own is retried on its own backoff; ``ERROR_MESSAGE_NOT_FOUND`` ends it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ log = structlog.get_logger(__name__)
 
 BATCH_SIZE = 50
 IDLE_POLL = 1.0  # how often an idle pusher looks for retries that came due
-RETRY_MIN, RETRY_MAX = 2.0, 300.0
+RETRY_MIN, RETRY_MAX = 2.0, 300.0  # per update Bitrix24 refused
+# Longest pause between probes of a failing portal: bounds how long a recovered portal
+# waits before its backlog starts draining.
+OUTAGE_MAX = 60.0
 # Bitrix24 purges messages after 14 days; an update for one can never succeed.
 TERMINAL_ERRORS = frozenset({"ERROR_MESSAGE_NOT_FOUND"})
 
@@ -38,9 +43,15 @@ class StatusPusher:
         self.pushed = 0
         self.dropped = 0
         self._stopping = False
+        self.failures = 0  # whole batches failed in a row (the portal is unreachable or refusing)
+        self.paused_until = 0.0  # store clock; no request before this while failing
 
     async def run(self) -> None:
         while not self._stopping:
+            pause = self.paused_until - self.store.clock()
+            if pause > 0:
+                await asyncio.sleep(pause)
+                continue
             items = await self.store.outbox_due(self.member_id, BATCH_SIZE)
             if not items:
                 self.store.outbox_changed.clear()
@@ -66,11 +77,17 @@ class StatusPusher:
         try:
             results, errors = await self.client.batch(commands)
         except RestError as e:
-            delay = backoff(min(i.attempts for i in items))
-            log.warning("bitrix24_push_failed", portal=self.member_id, error=e.code, updates=len(items),
-                        retry_in=round(delay, 1))
-            await self.store.outbox_retry(items, delay)
+            # The portal failed, not these updates: pause the whole portal and keep every
+            # row due, so the backlog drains in order as soon as a probe gets through.
+            self.failures += 1
+            delay = min(OUTAGE_MAX, backoff(self.failures - 1))
+            self.paused_until = self.store.clock() + delay
+            log.warning("bitrix24_push_failed", portal=self.member_id, method="batch", error=e.code,
+                        updates=len(items), failures=self.failures, retry_in=round(delay, 1))
             return
+        if self.failures:
+            log.info("bitrix24_push_recovered", portal=self.member_id, after_failures=self.failures)
+            self.failures = 0
         done, retry = [], []
         for i, item in enumerate(items):
             err = errors.get(f"m{i}")
@@ -84,6 +101,7 @@ class StatusPusher:
                 done.append(item)
             else:
                 log.warning("bitrix24_status_refused", portal=self.member_id, b24_id=item.b24_id,
+                            method="messageservice.message.status.update",
                             status=item.status, error=err.code, description=err.description)
                 retry.append(item)
         if done:
