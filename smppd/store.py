@@ -452,12 +452,15 @@ class Store:
     # --- Bitrix24 outbox -------------------------------------------------------
 
     async def outbox_due(self, member_id: str, limit: int = 50) -> list[OutboxItem]:
+        """Final statuses first, ``sent`` last: Bitrix24 already shows SENT after the hand-off
+        (bitrix24.md §7), so under load a waiting ``sent`` is better coalesced into its
+        final status than spent on one of the portal's ~100 updates a second."""
         now = self.clock()
 
         def op(conn: sqlite3.Connection) -> list[OutboxItem]:
             rows = conn.execute(
                 "SELECT member_id, b24_id, code, status, attempts FROM outbox"
-                " WHERE member_id=? AND next_at <= ? ORDER BY created_at LIMIT ?",
+                " WHERE member_id=? AND next_at <= ? ORDER BY status = 'sent', created_at LIMIT ?",
                 (member_id, now, limit),
             ).fetchall()
             return [OutboxItem(*r) for r in rows]

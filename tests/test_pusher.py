@@ -135,3 +135,19 @@ async def test_per_command_errors_are_handled_one_by_one(setup):
     assert pusher.pushed == 2 and pusher.dropped == 1
     assert (await store.counts())["outbox"] == 1
     assert portal.messages[ids[2]].status == portal.messages[ids[3]].status == "delivered"
+
+
+async def test_final_statuses_leave_before_sent(setup):
+    """Under load a waiting 'sent' should be coalesced into its final status, not spent."""
+    portal, store, pusher = setup
+    sent_only = []
+    for i in range(3):
+        b24_id, _ = portal.create_message("by_life", "+375291234567", f"s{i}")
+        r = await store.intake(NewMessage(portal.member_id, b24_id, "by_life", "life", "Shop",
+                                          "+375291234567", f"s{i}", "gsm7", 1))
+        await store.segment_accepted(r.id, 0, f"S{i}")
+        sent_only.append(b24_id)
+    finals = await accepted_and_delivered(portal, store, 2)
+    due = await store.outbox_due(portal.member_id, 2)
+    assert [i.b24_id for i in due] == finals and {i.status for i in due} == {"delivered"}
+    assert [i.status for i in await store.outbox_due(portal.member_id)][2:] == ["sent"] * 3
