@@ -17,7 +17,7 @@ import aiohttp
 import structlog
 
 from .bitrix24 import registration
-from .bitrix24.install import Installer
+from .bitrix24.install import Installer, is_pending
 from .bitrix24.pusher import StatusPusher
 from .bitrix24.rest import PortalAuth, RestClient
 from .config import Config
@@ -43,6 +43,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._pusher_tasks: dict[str, asyncio.Task[Any]] = {}
         self._background: set[asyncio.Task[Any]] = set()  # registrations after install/update
+        self._activated: list[str] = []  # pending installs activated at start: register them
         self.ready = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -56,8 +57,11 @@ class Daemon:
                 p.member_id, p.domain, p.client_endpoint, p.server_endpoint, p.client_id, p.client_secret,
                 p.application_token, p.access_token, p.refresh_token,
             ))
-        await self._load_portals()
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        installer = Installer(self.config, self._http, lambda: self._portals, installed=self._installed,
+                              uninstalled=self._uninstalled, pending=self._pending_install)
+        await self._activate_pending(installer)
+        await self._load_portals()
         for portal in self._portals.values():
             self._attach(portal)
         for name, route_cfg in self.config.routes.items():
@@ -71,12 +75,13 @@ class Daemon:
         for member_id in self.pushers:
             self._start_pusher(member_id)
         self._tasks.append(asyncio.create_task(self._sweep_receipts(), name="receipt-sweep"))
+        for member_id in self._activated:
+            self._tasks.append(asyncio.create_task(self._register_one(member_id), name=f"register-{member_id}"))
         intake = Intake(self.config, self.store, lambda: self._portals, self.dispatch)
         self._rpc = RpcServer(
             self.config.daemon.socket_path,
             {"intake": intake, "ping": self._ping, "status": self._status,
-             "app_event": Installer(self.config, self._http, lambda: self._portals,
-                                    installed=self._installed, uninstalled=self._uninstalled),
+             "app_event": installer,
              "register": self._register, "unregister": self._unregister},
             group=self.config.daemon.socket_group,
         )
@@ -111,7 +116,7 @@ class Daemon:
         self.routes[message.route].enqueue(message)
 
     async def _load_portals(self) -> None:
-        self._portals = MappingProxyType({p.member_id: p for p in await self.store.portals()})
+        self._portals = MappingProxyType({p.member_id: p for p in await self.store.portals() if not is_pending(p)})
 
     async def _save_tokens(self, auth: PortalAuth) -> None:
         # Rotated refresh tokens are single-use: persist before the client uses them.
@@ -152,6 +157,28 @@ class Daemon:
         task = asyncio.create_task(self._register_one(portal.member_id), name=f"register-{portal.member_id}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _pending_install(self, portal: PortalRecord) -> None:
+        await self.store.upsert_portal(portal)
+
+    async def _activate_pending(self, installer: Installer) -> None:
+        """Installs that arrived before their [[app]] was configured: verify them now."""
+        for portal in await self.store.portals():
+            if not is_pending(portal):
+                continue
+            try:
+                record = await installer.activate(portal)
+            except RpcError as e:
+                log.error("bitrix24.pending_install_refused", domain=portal.domain, error=e.code,
+                          reason=e.message)
+                continue
+            if record is None:
+                log.warning("bitrix24.pending_install_waiting", domain=portal.domain,
+                            hint="add an [[app]] for this domain")
+                continue
+            await self.store.upsert_portal(record)
+            log.info("bitrix24.pending_install_activated", domain=portal.domain, member_id=portal.member_id)
+            self._activated.append(portal.member_id)
 
     async def _uninstalled(self, member_id: str) -> None:
         await self.store.remove_portal(member_id)

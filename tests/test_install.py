@@ -25,7 +25,7 @@ def app_for(portal: SimulatedPortal) -> AppConfig:
                      client_endpoint=portal.client_endpoint, server_endpoint=portal.server_endpoint)
 
 
-async def start_app_rig(tmp_path, portals: list[SimulatedPortal]) -> Rig:
+async def start_app_rig(tmp_path, portals: list[SimulatedPortal], *, configured: bool = True) -> Rig:
     """The demo rig, but no [[portal]] in the config: portals arrive by install events."""
     for p in portals:
         await p.start()
@@ -36,7 +36,7 @@ async def start_app_rig(tmp_path, portals: list[SimulatedPortal]) -> Rig:
         await smsc.start()
     cfg = make_config(tmp_path, portals[0], smscs, handler_key=secrets.token_urlsafe(24))
     cfg = dataclasses.replace(cfg, portals=MappingProxyType({}),
-                              apps=MappingProxyType({p.domain: app_for(p) for p in portals}))
+                              apps=MappingProxyType({p.domain: app_for(p) for p in portals if configured}))
     rig = Rig(tmp_path, portals[0], smscs, cfg)
     await start_shim(rig)  # first: the HANDLER registered in Bitrix24 needs the shim's URL
     rig.config = dataclasses.replace(cfg, shim=dataclasses.replace(cfg.shim, public_url=rig.shim_url))
@@ -174,8 +174,9 @@ async def test_forged_install_is_refused_and_nothing_is_stored(rig, forgery):
     expected = 403
     if forgery == "key":
         url, expected = event_url(rig, "x" * 32), 401
-    elif forgery == "domain":
+    elif forgery == "domain":  # kept pending (unused) until an [[app]] for it exists; see below
         form["auth[domain]"] = "evil.bitrix24.by"
+        expected = 200
     elif forgery == "access_token":
         form["auth[access_token]"] = secrets.token_hex(35)
     elif forgery == "client_endpoint":
@@ -186,7 +187,8 @@ async def test_forged_install_is_refused_and_nothing_is_stored(rig, forgery):
         portal.client_id = "local.someoneelse.1"
     status, _ = await post_form(url, form)
     assert status == expected
-    assert stored_portal(rig, portal.member_id) is None
+    assert (stored_portal(rig, portal.member_id) is None) == (forgery != "domain")
+    assert rig.daemon is not None and rig.daemon.pushers == {}
     assert portal.method_calls["messageservice.sender.add"] == 0
 
 
@@ -230,3 +232,49 @@ async def test_token_expiry_mid_run(rig):
     assert portal.refreshes == 1
     # The rotated pair was persisted: a restart would use the only valid refresh token.
     assert stored_portal(rig, portal.member_id)[1:] == (portal.access_token, portal.refresh_token)
+
+
+async def test_install_before_the_app_is_configured_waits_then_activates(tmp_path):
+    """Bitrix24 installs a server-side local app when the admin saves it, before its
+    client_id/secret can be in [[app]]: the event is kept pending and verified at the
+    next start, with the access token long expired by then (the refresh token is used)."""
+    portal = SimulatedPortal()
+    rig = await start_app_rig(tmp_path, [portal], configured=False)
+    try:
+        status, body = await post_form(event_url(rig), portal.install_event())
+        assert status == 200 and body["pending"] is True
+        portal.senders.clear()
+        assert rig.daemon is not None and rig.daemon.pushers == {}
+        _, form = portal.create_message("by_life", "+375291234567", "x")
+        status, _ = await post_form(f"{rig.shim_url}/bitrix24/by_life?key={rig.config.shim.handler_key}", form)
+        assert status == 403  # a pending portal serves nothing
+        await rig.daemon.stop()
+        portal.expire_access_token()
+        rig.config = dataclasses.replace(rig.config, apps=MappingProxyType({portal.domain: app_for(portal)}))
+        await start_daemon(rig)
+        assert set(rig.daemon.pushers) == {portal.member_id}
+        await until(lambda: set(portal.senders) == {"by_life", "by_mts"})
+        assert portal.refreshes == 1
+        assert stored_portal(rig, portal.member_id)[2] == portal.refresh_token
+        b24_id, status = await send(portal, "by_life")
+        assert status == 200
+        await until(lambda: portal.messages[b24_id].status == "delivered")
+    finally:
+        await stop_rig(rig)
+
+
+async def test_pending_install_with_a_forged_token_is_never_activated(tmp_path):
+    portal = SimulatedPortal()
+    rig = await start_app_rig(tmp_path, [portal], configured=False)
+    try:
+        form = [(k, secrets.token_hex(35) if k in ("auth[access_token]", "auth[refresh_token]") else v)
+                for k, v in portal.install_event()]
+        status, _ = await post_form(event_url(rig), form)
+        assert status == 200
+        assert rig.daemon is not None
+        await rig.daemon.stop()
+        rig.config = dataclasses.replace(rig.config, apps=MappingProxyType({portal.domain: app_for(portal)}))
+        await start_daemon(rig)
+        assert rig.daemon.pushers == {}
+    finally:
+        await stop_rig(rig)

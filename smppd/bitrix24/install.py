@@ -9,6 +9,11 @@ the portal table lives in the daemon. Why each check:
   configured ``[[app]]``, never on an endpoint taken from the event. The event's endpoints
   must also equal the configured ones: ``server_endpoint`` receives our client secret on
   every refresh, so it can never come from a post.
+* **install before configuration**: Bitrix24 installs a server-side local app the moment
+  the admin saves it, before they could copy its client_id and secret into ``[[app]]``
+  [inferred from the local-app flow]. Such an event (URL key correct, no ``[[app]]`` for its
+  domain) is kept as a *pending* portal (empty client_id), unused; ``activate_pending`` at
+  the next start verifies it exactly like a live event once ``[[app]]`` exists.
 * **uninstall** carries no token, only ``application_token``: it must match the stored one
   (constant time), and the portal must be known.
 """
@@ -82,18 +87,27 @@ class Installer:
         *,
         installed: Callable[[PortalRecord, str], Awaitable[None]],
         uninstalled: Callable[[str], Awaitable[None]],
+        pending: Callable[[PortalRecord], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self._http = http
         self._portals = portals
         self._installed = installed
         self._uninstalled = uninstalled
+        self._pending = pending
 
     async def __call__(self, params: Mapping[str, Any]) -> dict[str, Any]:
         event = AppEvent.from_params(params)
         if event.event == "ONAPPUNINSTALL":
             await self._uninstall(event)
             return {"event": event.event, "member_id": event.member_id}
+        if event.domain not in self.config.apps and self._pending is not None \
+                and event.member_id not in self._portals():
+            await self._pending(pending_record(event))
+            log.warning("bitrix24.app_event.pending", event_name=event.event, domain=event.domain,
+                        member_id=event.member_id,
+                        hint="add an [[app]] with this domain, client_id and client_secret, then restart smppd")
+            return {"event": event.event, "member_id": event.member_id, "pending": True}
         app = self._app_for(event)
         record = await self._verify(event, app)
         await self._installed(record, event.event)
@@ -160,4 +174,27 @@ class Installer:
         log.info("bitrix24.app_event", event_name=event.event, domain=event.domain, member_id=event.member_id)
 
 
-__all__ = ["AppEvent", "EVENTS", "Installer"]
+    async def activate(self, pending: PortalRecord) -> PortalRecord | None:
+        """Verify a pending install now that ``[[app]]`` may exist; None while it does not."""
+        event = AppEvent(event="ONAPPINSTALL", member_id=pending.member_id, domain=pending.domain,
+                         application_token=pending.application_token,
+                         client_endpoint=pending.client_endpoint, server_endpoint=pending.server_endpoint,
+                         access_token=pending.access_token, refresh_token=pending.refresh_token)
+        if event.domain not in self.config.apps:
+            return None
+        return await self._verify(event, self._app_for(event))
+
+
+def pending_record(event: AppEvent) -> PortalRecord:
+    """An install we cannot verify yet: no client_id, so nothing will ever use it as is."""
+    return PortalRecord(member_id=event.member_id, domain=event.domain, client_endpoint=event.client_endpoint,
+                        server_endpoint=event.server_endpoint, client_id="", client_secret="",
+                        application_token=event.application_token, access_token=event.access_token,
+                        refresh_token=event.refresh_token)
+
+
+def is_pending(portal: PortalRecord) -> bool:
+    return not portal.client_id
+
+
+__all__ = ["AppEvent", "EVENTS", "Installer", "is_pending", "pending_record"]
