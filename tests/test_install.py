@@ -278,3 +278,23 @@ async def test_pending_install_with_a_forged_token_is_never_activated(tmp_path):
         assert rig.daemon.pushers == {}
     finally:
         await stop_rig(rig)
+
+
+async def test_smppd_register_and_unregister_commands(rig, monkeypatch, capsys):
+    """The admin commands end to end: through the daemon's socket to the portal and back."""
+    from smppd import cli
+
+    portal = rig.portal
+    await install(rig, portal)
+    monkeypatch.setattr(cli, "_load", lambda path: rig.config)
+    del portal.senders["by_mts"]
+    assert await asyncio.to_thread(cli.main, ["register", "-c", "x.toml"]) == 0
+    out = capsys.readouterr().out
+    assert f"{portal.domain}: added by_mts; already there: by_life" in out
+    assert set(portal.senders) == {"by_life", "by_mts"}
+    assert await asyncio.to_thread(cli.main, ["unregister", "-c", "x.toml"]) == 0
+    assert portal.senders == {} and "removed by_life, by_mts" in capsys.readouterr().out
+    portal.overloaded = True
+    assert await asyncio.to_thread(cli.main, ["register", "-c", "x.toml"]) == 1
+    assert "OVERLOAD_LIMIT" in capsys.readouterr().err
+    assert await asyncio.to_thread(cli.main, ["register", "-c", "x.toml", "--portal", "nope"]) == 2
