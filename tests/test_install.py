@@ -298,3 +298,49 @@ async def test_smppd_register_and_unregister_commands(rig, monkeypatch, capsys):
     assert await asyncio.to_thread(cli.main, ["register", "-c", "x.toml"]) == 1
     assert "OVERLOAD_LIMIT" in capsys.readouterr().err
     assert await asyncio.to_thread(cli.main, ["register", "-c", "x.toml", "--portal", "nope"]) == 2
+
+
+async def test_portal_outage_then_drain_through_the_daemon(rig, monkeypatch):
+    """Bitrix24 refuses every request (503 OVERLOAD_LIMIT) while messages flow: the shim
+    still answers 200, the statuses wait in the outbox, and leave in batches afterwards."""
+    from smppd.bitrix24 import pusher as pusher_mod
+
+    monkeypatch.setattr(pusher_mod, "RETRY_MIN", 0.02)
+    monkeypatch.setattr(pusher_mod, "OUTAGE_MAX", 0.1)
+    portal = rig.portal
+    await install(rig, portal)
+    portal.overloaded = True
+    ids = []
+    for i in range(60):
+        b24_id, status = await send(portal, "by_life", f"m{i}")
+        assert status == 200
+        ids.append(b24_id)
+    assert rig.daemon is not None
+    pusher = rig.daemon.pushers[portal.member_id]
+    await until(lambda: pusher.failures >= 3)
+    assert all(portal.messages[i].status == "sent" for i in ids)  # nothing got through
+    portal.overloaded = False
+    before = portal.requests
+    await until(lambda: all(portal.messages[i].status == "delivered" for i in ids))
+    assert portal.requests - before <= 4  # a probe-sized handful of batches, not 60 calls
+    assert all(portal.messages[i].regressions() == [] for i in ids)
+
+
+async def test_rate_limit_storm_through_the_daemon(tmp_path):
+    """The daemon believes in an Enterprise bucket; the portal has a tiny one: 503 storms,
+    and still every status arrives, forward only."""
+    portal = SimulatedPortal(rate=10.0, burst=2)
+    rig = await start_app_rig(tmp_path, [portal])
+    apps = {portal.domain: dataclasses.replace(app_for(portal), rate=100.0, burst=250)}
+    assert rig.daemon is not None
+    await rig.daemon.stop()
+    rig.config = dataclasses.replace(rig.config, apps=MappingProxyType(apps))
+    await start_daemon(rig)
+    try:
+        await install(rig, portal)
+        ids = [(await send(portal, code, f"m{i}"))[0] for i in range(40) for code in ("by_life", "by_mts")]
+        await until(lambda: all(portal.messages[i].status == "delivered" for i in ids), timeout=20)
+        assert portal.rejected_rate_limited > 0
+        assert all(portal.messages[i].regressions() == [] for i in ids)
+    finally:
+        await stop_rig(rig)

@@ -21,7 +21,7 @@ the portal table lives in the daemon. Why each check:
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
 import aiohttp
@@ -46,11 +46,11 @@ class AppEvent:
     event: str
     member_id: str
     domain: str
-    application_token: str
+    application_token: str = field(repr=False)
     client_endpoint: str
     server_endpoint: str
-    access_token: str = ""
-    refresh_token: str = ""
+    access_token: str = field(default="", repr=False)
+    refresh_token: str = field(default="", repr=False)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> AppEvent:
