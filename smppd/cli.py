@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
         reg = sub.add_parser(name, help=text)
         reg.add_argument("-c", "--config", default=DEFAULT_CONFIG)
         reg.add_argument("--portal", metavar="MEMBER_ID", help="only this portal")
+        if name == "register":
+            reg.add_argument("--update", action="store_true",
+                             help="also rewrite HANDLER/NAME of CODEs already there (after a new handler_key)")
         reg.set_defaults(func=_registration, method=name)
 
     demo = sub.add_parser(
@@ -132,7 +135,10 @@ def _registration(args: argparse.Namespace) -> int:
     async def ask() -> object:
         client = RpcClient(cfg.daemon.socket_path, timeout=120)
         try:
-            return await client.call(args.method, {"portal": args.portal} if args.portal else {})
+            params: dict[str, object] = {"portal": args.portal} if args.portal else {}
+            if getattr(args, "update", False):
+                params["update"] = True
+            return await client.call(args.method, params)
         finally:
             await client.close()
 
@@ -154,7 +160,8 @@ def _registration(args: argparse.Namespace) -> int:
         done = r["added"] if args.method == "register" else r["removed"]
         verb = "added" if args.method == "register" else "removed"
         print(f"{r['domain']}: {verb} {', '.join(done) or 'nothing'}"
-              + (f"; already there: {', '.join(r['present'])}" if r.get("present") else ""))
+              + (f"; already there: {', '.join(r['present'])}" if r.get("present") else "")
+              + (f"; updated: {', '.join(r['updated'])}" if r.get("updated") else ""))
         for code, text in r["errors"].items():
             print(f"{r['domain']}: {code if code != '*' else 'error'}: {text}", file=sys.stderr)
     return EXIT_OK if all(r and r["ok"] for r in reports) else EXIT_FAILED

@@ -191,7 +191,7 @@ class Daemon:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    async def _register_one(self, member_id: str) -> dict[str, Any] | None:
+    async def _register_one(self, member_id: str, update: bool = False) -> dict[str, Any] | None:
         public_url = self.config.shim.public_url
         pusher = self.pushers.get(member_id)
         if pusher is None:
@@ -201,7 +201,7 @@ class Daemon:
             return None
         report = await registration.register(
             pusher.client, registration.senders_for(self.config, member_id),
-            public_url=public_url, handler_key=self.config.shim.handler_key,
+            public_url=public_url, handler_key=self.config.shim.handler_key, update=update,
         )
         return report.as_dict()
 
@@ -216,7 +216,8 @@ class Daemon:
     async def _register(self, params: Mapping[str, Any]) -> dict[str, Any]:
         if not self.config.shim.public_url:
             raise RpcError("bad_request", "shim.public_url: must be set to register providers (the HANDLER base)")
-        return {"portals": [await self._register_one(m) for m in self._chosen(params)]}
+        update = params.get("update") is True
+        return {"portals": [await self._register_one(m, update) for m in self._chosen(params)]}
 
     async def _unregister(self, params: Mapping[str, Any]) -> dict[str, Any]:
         reports = []
@@ -242,7 +243,8 @@ class Daemon:
                 name: {"bound": r.connection.bound, "queue": r.depth, **r.stats}
                 for name, r in self.routes.items()
             },
-            "pushers": {m: {"pushed": p.pushed, "dropped": p.dropped} for m, p in self.pushers.items()},
+            "pushers": {m: {"pushed": p.pushed, "dropped": p.dropped, "failures": p.failures}
+                        for m, p in self.pushers.items()},
             "store": await self.store.counts(),
         }
 

@@ -71,3 +71,10 @@ def test_explain_unknown_code_keeps_code_and_description():
 
 def test_handler_url_quotes_the_key():
     assert handler_url("https://h.by/", "by_sms", "a/b+c") == "https://h.by/bitrix24/by_sms?key=a%2Fb%2Bc"
+
+
+async def test_update_rewrites_the_handler_of_present_codes(portal, client):
+    await register(client, SENDERS, public_url=PUBLIC, handler_key=KEY)
+    report = await register(client, SENDERS, public_url=PUBLIC, handler_key="n" * 32, update=True)
+    assert report.ok and report.updated == ["by_life", "by_mts"] and report.added == []
+    assert portal.senders["by_life"]["HANDLER"] == f"{PUBLIC}/bitrix24/by_life?key={'n' * 32}"

@@ -60,6 +60,7 @@ class RegistrationReport:
     domain: str
     added: list[str] = field(default_factory=list)
     present: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
 
@@ -69,7 +70,7 @@ class RegistrationReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"member_id": self.member_id, "domain": self.domain, "added": self.added,
-                "present": self.present, "removed": self.removed, "errors": self.errors, "ok": self.ok}
+                "present": self.present, "updated": self.updated, "removed": self.removed, "errors": self.errors, "ok": self.ok}
 
 
 def handler_url(public_url: str, code: str, key: str) -> str:
@@ -91,9 +92,21 @@ async def _listed(client: RestClient) -> set[str]:
     return {str(code).lower() for code in result}
 
 
+def _fields(sender: SenderConfig, public_url: str, handler_key: str) -> dict[str, str]:
+    return {
+        "HANDLER": handler_url(public_url, sender.code, handler_key),
+        "NAME": sender.name,
+        "DESCRIPTION": f"smppd: SMS from {sender.sender_id}",
+    }
+
+
 async def register(client: RestClient, senders: Iterable[SenderConfig], *, public_url: str,
-                   handler_key: str) -> RegistrationReport:
-    """Add every CODE the portal lacks; leave present ones alone. Never raises `RestError`."""
+                   handler_key: str, update: bool = False) -> RegistrationReport:
+    """Add every CODE the portal lacks; never raises `RestError`.
+
+    Present CODEs are left alone unless ``update``: ``sender.list`` shows no HANDLER, so
+    after a new ``handler_key`` or ``public_url`` only ``sender.update`` can bring them in line.
+    """
     report = RegistrationReport(client.auth.member_id, client.auth.domain)
     try:
         present = await _listed(client)
@@ -104,15 +117,20 @@ async def register(client: RestClient, senders: Iterable[SenderConfig], *, publi
         return report
     for sender in senders:
         if sender.code in present:
-            report.present.append(sender.code)
+            if not update:
+                report.present.append(sender.code)
+                continue
+            try:
+                await client.call("messageservice.sender.update",
+                                  {"CODE": sender.code, **_fields(sender, public_url, handler_key)})
+            except RestError as e:
+                report.errors[sender.code] = explain(e)
+                log.warning("bitrix24.register.failed", domain=report.domain,
+                            method="messageservice.sender.update", code=sender.code, error=e.code)
+                continue
+            report.updated.append(sender.code)
             continue
-        params = {
-            "CODE": sender.code,
-            "TYPE": "SMS",
-            "HANDLER": handler_url(public_url, sender.code, handler_key),
-            "NAME": sender.name,
-            "DESCRIPTION": f"smppd: SMS from {sender.sender_id}",
-        }
+        params = {"CODE": sender.code, "TYPE": "SMS", **_fields(sender, public_url, handler_key)}
         try:
             await client.call("messageservice.sender.add", params)
         except RestError as e:
@@ -125,7 +143,7 @@ async def register(client: RestClient, senders: Iterable[SenderConfig], *, publi
             continue
         report.added.append(sender.code)
     log.info("bitrix24.registered", domain=report.domain, added=report.added, present=report.present,
-             errors=sorted(report.errors))
+             updated=report.updated, errors=sorted(report.errors))
     return report
 
 
