@@ -170,14 +170,21 @@ class Connection:
     async def _once(self) -> tuple[str, bool]:
         loop = asyncio.get_running_loop()
         session = Session(self.session_config)
+
+        def factory() -> _Protocol:
+            # Known before create_connection returns: the bind_resp (and the
+            # route's first submit) can arrive before this task resumes.
+            self._protocol = _Protocol(session, self._on_events)
+            return self._protocol
+
         try:
             _, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: _Protocol(session, self._on_events), self.host, self.port),
+                loop.create_connection(factory, self.host, self.port),
                 timeout=self.session_config.response_timeout,
             )
         except (OSError, asyncio.TimeoutError) as e:
+            self._protocol = None
             return f"connect failed: {e or type(e).__name__}", False
-        self._protocol = protocol
         if self._stopping:  # stop() came while we were connecting
             protocol.abort()
         was_bound = False
