@@ -126,6 +126,8 @@ class SmppRoute:
         conn_task = asyncio.create_task(self.connection.run(), name=f"smpp-{self.name}")
         try:
             await self._pump()
+            # stop() is unbinding: let the connection see its unbind_resp.
+            await conn_task
         finally:
             conn_task.cancel()
 
