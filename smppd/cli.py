@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     status.set_defaults(func=_status)
 
+    text_cmd = sub.add_parser("text", help="encoding, segments and cost of an SMS text")
+    text_cmd.add_argument("text", help="the message text (quote it)")
+    text_cmd.add_argument("-n", "--recipients", type=int, default=1000,
+                          help="broadcast size to price in segments (default 1000)")
+    text_cmd.set_defaults(func=_text)
+
     demo = sub.add_parser(
         "demo",
         help="the whole path on loopback: simulated portal and operators, real daemon and shim",
@@ -112,6 +118,30 @@ def _status(args: argparse.Namespace) -> int:
     except RpcUnavailable as e:
         print(f"smppd: daemon unreachable at {cfg.daemon.socket_path}: {e}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+def _text(args: argparse.Namespace) -> int:
+    from . import text
+
+    try:
+        c = text.cost(args.text)
+    except ValueError as e:
+        print(f"smppd: this text cannot be sent as SMS: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.recipients < 1:
+        print("smppd: --recipients must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    unit = "septets" if c.encoding == "gsm7" else "UTF-16 units"
+    print(f"encoding        {'GSM-7' if c.encoding == 'gsm7' else 'UCS-2'}")
+    print(f"length          {c.units} {unit}")
+    print(f"segments        {c.segments}")
+    print(f"left in last    {c.chars_left} {unit}")
+    if c.ucs2_chars:
+        print(f"forces UCS-2    {' '.join(repr(ch) for ch in c.ucs2_chars)}")
+        without = text.cost("".join(ch for ch in args.text if ch not in c.ucs2_chars) or " ")
+        print(f"without them    {without.segments} segment(s) as GSM-7")
+    print(f"broadcast       {c.broadcast(args.recipients)} segments for {args.recipients} recipients")
     return EXIT_OK
 
 
