@@ -156,6 +156,9 @@ class SimulatedPortal:
     method_calls: collections.Counter[str] = field(default_factory=collections.Counter, init=False)
     access_token: str = field(default="", init=False)
     refresh_token: str = field(default="", init=False)
+    # CRM rows by entity ("contact", "lead", "deal", "company") and id; see add_crm_entity.
+    crm: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict, init=False)
+    crm_reads: collections.Counter[str] = field(default_factory=collections.Counter, init=False)
 
     def __post_init__(self) -> None:
         self._tokens: dict[str, _Token] = {}
@@ -457,6 +460,7 @@ class SimulatedPortal:
             "messageservice.sender.update": self._sender_update,
             "messageservice.sender.delete": self._sender_delete,
             "messageservice.sender.list": self._sender_list,
+            **self._crm_methods(),
         }
 
     def _invoke(
@@ -631,6 +635,46 @@ class SimulatedPortal:
             raise _ApiError("ERROR_WRONG_HANDLER_URL", "Wrong handler URL")
         if not self.allow_local_handler and _is_local(host):
             raise _ApiError("ERROR_WRONG_HANDLER_URL", "Wrong handler URL")
+
+
+    # ------------------------------------------------------------------ CRM reads (issue 8: consent)
+    #
+    # ``crm.<entity>.get`` as the core answers it (CCrm*RestProxy::innerGet): every field in
+    # the result, ids and user-field values as strings, a yes/no user field as "1"/"0";
+    # an unknown id is HTTP 400 with an *empty* error code and "Not found"; without the
+    # ``crm`` scope the app gets 401 ``insufficient_scope``.
+
+    def add_crm_entity(self, entity: str, entity_id: int, **fields: Any) -> None:
+        """Create a lead/deal/contact/company row; values are stored the way REST returns them."""
+        row = {"ID": str(entity_id), **{k: _crm_value(v) for k, v in fields.items()}}
+        self.crm.setdefault(entity, {})[entity_id] = row
+
+    def _crm_methods(self) -> dict[str, Callable[[dict[str, Any], _Token], Any]]:
+        return {f"crm.{entity}.get": self._crm_get(entity) for entity in ("contact", "lead", "deal", "company")}
+
+    def _crm_get(self, entity: str) -> Callable[[dict[str, Any], _Token], Any]:
+        def get(params: dict[str, Any], token: _Token) -> dict[str, Any]:
+            if "crm" not in self.scope.split(","):
+                raise _ApiError("insufficient_scope",
+                                "The request requires higher privileges than provided by the access token", 401)
+            raw = _upper(params).get("ID")
+            if not isinstance(raw, str) or not raw.strip().isdigit() or int(raw) <= 0:
+                raise _ApiError("", "ID is not defined or invalid.")
+            row = self.crm.get(entity, {}).get(int(raw))
+            if row is None:
+                raise _ApiError("", "Not found")
+            self.crm_reads[entity] += 1
+            return dict(row)
+
+        return get
+
+
+def _crm_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return value
 
 
 # ---------------------------------------------------------------------- helpers

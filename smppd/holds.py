@@ -1,0 +1,155 @@
+"""Held messages: stored and acknowledged, waiting for a business rule to let them go.
+
+Two holds (``rules.HOLD_*``):
+
+* ``consent``: marketing whose CRM consent is still to be read. Read in batches
+  after the HANDLER post was answered, so Bitrix24 never waits on its own REST
+  API; a refusal fails the message with the reason, a yes releases it (or moves
+  it to the quiet hold).
+* ``quiet``: marketing posted during quiet hours, released when they end.
+
+The hold lives in the message row, so a restart loses nothing: the worker
+simply finds the rows again, and ``Store.open_messages`` skips held rows so a
+restart cannot send them early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections import defaultdict
+from typing import Any, Callable
+
+import structlog
+
+from . import phone
+from .bitrix24.rest import RestError
+from .consent import ConsentReader, Verdict
+from .model import Status
+from .rules import HOLD_CONSENT, HOLD_QUIET, Entity, Rules
+from .store import OpenMessage, Store, _segment_status
+
+log = structlog.get_logger(__name__)
+
+CONSENT_BATCH = 500  # held messages judged per round
+RETRY_DELAY = 30.0  # after Bitrix24 could not be asked
+IDLE_WAKE = 3600.0  # nothing due: look again anyway (cheap, and guards against a missed wake)
+
+
+class HoldWorker:
+    def __init__(self, store: Store, rules: Rules, consent: ConsentReader,
+                 dispatch: Callable[[OpenMessage], None]) -> None:
+        self.store = store
+        self.rules = rules
+        self.consent = consent
+        self.dispatch = dispatch
+        self._wake = asyncio.Event()
+        self._retry_at: dict[str, float] = {}  # member_id -> wall time of the next consent attempt
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            delay = await self.step()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, delay))
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def step(self) -> float:
+        """Judge what waits for consent, release what quiet hours held; seconds until the next due."""
+        self._wake.clear()
+        await self._judge_consent()
+        now = self.rules.clock()
+        for m in await self.store.execute(lambda conn: _release_quiet(conn, now)):
+            self.rules.stats.released += 1
+            self.dispatch(m)
+        next_quiet = await self.store.execute(
+            lambda conn: conn.execute("SELECT min(hold_until) FROM message WHERE hold=?", (HOLD_QUIET,)).fetchone()[0])
+        due = [IDLE_WAKE]
+        if next_quiet is not None:
+            due.append(next_quiet - now)
+        due += [at - now for at in self._retry_at.values()]
+        return min(due)
+
+    async def _judge_consent(self) -> None:
+        rows = await self.store.execute(lambda conn: conn.execute(
+            "SELECT id, member_id, entities FROM message WHERE hold=? ORDER BY id LIMIT ?",
+            (HOLD_CONSENT, CONSENT_BATCH)).fetchall())
+        by_portal: dict[str, list[tuple[int, tuple[Entity, ...]]]] = defaultdict(list)
+        for mid, member_id, entities in rows:
+            by_portal[member_id].append((mid, _entities(entities)))
+        now = self.rules.clock()
+        for member_id, items in by_portal.items():
+            if self._retry_at.get(member_id, 0.0) > now:
+                continue
+            try:
+                verdicts = await self.consent.check(member_id, [e for _, e in items])
+            except RestError as e:
+                self._retry_at[member_id] = now + RETRY_DELAY
+                log.warning("consent_lookup_failed", member_id=member_id, error=e.code, held=len(items),
+                            retry_in=RETRY_DELAY)
+                continue
+            self._retry_at.pop(member_id, None)
+            release_at = self.rules.quiet_release_at()
+            decisions = [(mid, v) for (mid, _), v in zip(items, verdicts)]
+            stamp = self.store.clock()
+            released = await self.store.execute(lambda conn: _apply_consent(conn, decisions, release_at, stamp))
+            if any(not v.consent for _, v in decisions):
+                self.store.outbox_changed.set()
+            for mid, v in decisions:
+                if not v.consent:
+                    assert v.reason is not None
+                    self.rules.stats.refuse(v.reason)
+                    log.info("message_refused", id=mid, reason=v.reason)
+                elif release_at is not None:
+                    self.rules.stats.hold(HOLD_QUIET)
+                    log.info("message_held", id=mid, hold=HOLD_QUIET, until=release_at)
+            for m in released:
+                self.rules.stats.released += 1
+                log.info("message_released", id=m.id, to=phone.mask(m.phone))
+                self.dispatch(m)
+
+
+def _entities(raw: Any) -> tuple[Entity, ...]:
+    try:
+        return tuple(Entity(int(t), int(i)) for t, i in json.loads(raw or "[]"))
+    except (ValueError, TypeError):
+        return ()
+
+
+def _open(conn: sqlite3.Connection, mid: int) -> OpenMessage:
+    r = conn.execute("SELECT id, route, sender, phone, text, segments FROM message WHERE id=?", (mid,)).fetchone()
+    return OpenMessage(r[0], r[1], r[2], r[3], r[4], tuple(range(r[5])))
+
+
+def _apply_consent(conn: sqlite3.Connection, decisions: list[tuple[int, Verdict]],
+                   release_at: float | None, now: float) -> list[OpenMessage]:
+    """Fail the refused (through the segment path, so repeats and the outbox follow), release the rest."""
+    released = []
+    for mid, v in decisions:
+        still = conn.execute("SELECT 1 FROM message WHERE id=? AND hold=?", (mid, HOLD_CONSENT)).fetchone()
+        if still is None:
+            continue
+        if not v.consent:
+            conn.execute("UPDATE message SET hold=NULL WHERE id=?", (mid,))
+            for (seq,) in conn.execute("SELECT seq FROM segment WHERE message_id=?", (mid,)).fetchall():
+                _segment_status(conn, mid, seq, Status.FAILED, v.reason, now)
+        elif release_at is not None:
+            conn.execute("UPDATE message SET hold=?, hold_until=? WHERE id=?", (HOLD_QUIET, release_at, mid))
+        else:
+            conn.execute("UPDATE message SET hold=NULL, hold_until=NULL WHERE id=?", (mid,))
+            released.append(_open(conn, mid))
+    return released
+
+
+def _release_quiet(conn: sqlite3.Connection, now: float) -> list[OpenMessage]:
+    ids = [r[0] for r in conn.execute(
+        "SELECT id FROM message WHERE hold=? AND hold_until<=? ORDER BY id", (HOLD_QUIET, now)).fetchall()]
+    for mid in ids:
+        conn.execute("UPDATE message SET hold=NULL, hold_until=NULL WHERE id=?", (mid,))
+    return [_open(conn, mid) for mid in ids]
+
