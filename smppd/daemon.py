@@ -42,7 +42,7 @@ class Daemon:
         self.rules = rules.Rules(config.rules, wall_clock)  # wall clock: quiet hours are a time of day
         self.stoplist = StopList(self.store)
         self.consent = ConsentReader(self._rest_client, config.rules.consent_field, config.rules.consent_cache_ttl)
-        self.holds = HoldWorker(self.store, self.rules, self.consent, self.dispatch)
+        self.holds = HoldWorker(self.store, self.rules, self.consent, self.dispatch, self.stoplist)
         self.routes: dict[str, SmppRoute] = {}
         self.pushers: dict[str, StatusPusher] = {}
         self._portals: Mapping[str, PortalRecord] = MappingProxyType({})
@@ -134,7 +134,7 @@ class Daemon:
         if not rules.is_stop_word(body, self.config.rules.stop_words):
             return
         try:
-            number = phone.normalize(mo.source_addr if mo.source_addr.startswith("+") else "+" + mo.source_addr)
+            number = phone.normalize(mo.source_addr)  # TON 1 digits (375…) or a national form
         except phone.InvalidNumber as e:
             log.warning("stop_word_from_invalid_number", route=route, reason=e.reason)
             return
@@ -181,7 +181,8 @@ class Daemon:
             },
             "pushers": {m: {"pushed": p.pushed, "dropped": p.dropped} for m, p in self.pushers.items()},
             "store": await self.store.counts(),
-            "rules": {**self.rules.stats.as_dict(), "stoplist": len(self.stoplist)},
+            "rules": {**self.rules.stats.as_dict(), "stoplist": len(self.stoplist),
+                      "waiting": await self.holds.counts()},
         }
 
 

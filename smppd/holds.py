@@ -19,7 +19,7 @@ import asyncio
 import json
 import sqlite3
 from collections import defaultdict
-from typing import Any, Callable
+from typing import Any, Callable, Container
 
 import structlog
 
@@ -27,7 +27,7 @@ from . import phone
 from .bitrix24.rest import RestError
 from .consent import ConsentReader, Verdict
 from .model import Status
-from .rules import HOLD_CONSENT, HOLD_QUIET, Entity, Rules
+from .rules import HOLD_CONSENT, HOLD_QUIET, REASON_STOPLIST, Entity, Rules
 from .store import OpenMessage, Store, _segment_status
 
 log = structlog.get_logger(__name__)
@@ -39,11 +39,12 @@ IDLE_WAKE = 3600.0  # nothing due: look again anyway (cheap, and guards against 
 
 class HoldWorker:
     def __init__(self, store: Store, rules: Rules, consent: ConsentReader,
-                 dispatch: Callable[[OpenMessage], None]) -> None:
+                 dispatch: Callable[[OpenMessage], None], stoplist: Container[str] = frozenset()) -> None:
         self.store = store
         self.rules = rules
         self.consent = consent
         self.dispatch = dispatch
+        self.stoplist = stoplist
         self._wake = asyncio.Event()
         self._retry_at: dict[str, float] = {}  # member_id -> wall time of the next consent attempt
 
@@ -52,7 +53,11 @@ class HoldWorker:
 
     async def run(self) -> None:
         while True:
-            delay = await self.step()
+            try:
+                delay = await self.step()
+            except Exception as e:  # never let one bad round end the releases for good
+                log.error("holds_step_failed", error=repr(e))
+                delay = RETRY_DELAY
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, delay))
             except asyncio.TimeoutError:
@@ -62,11 +67,11 @@ class HoldWorker:
     async def step(self) -> float:
         """Judge what waits for consent, release what quiet hours held; seconds until the next due."""
         self._wake.clear()
-        await self._judge_consent()
+        more = await self._judge_consent()
         now = self.rules.clock()
-        for m in await self.store.execute(lambda conn: _release_quiet(conn, now)):
-            self.rules.stats.released += 1
-            self.dispatch(m)
+        await self._release(await self.store.execute(lambda conn: _release_quiet(conn, now)))
+        if more:
+            return 0.0
         next_quiet = await self.store.execute(
             lambda conn: conn.execute("SELECT min(hold_until) FROM message WHERE hold=?", (HOLD_QUIET,)).fetchone()[0])
         due = [IDLE_WAKE]
@@ -75,17 +80,40 @@ class HoldWorker:
         due += [at - now for at in self._retry_at.values()]
         return min(due)
 
-    async def _judge_consent(self) -> None:
+    async def counts(self) -> dict[str, int]:
+        """Messages waiting per hold, for ``smppd status``: a stuck consent lookup shows here."""
         rows = await self.store.execute(lambda conn: conn.execute(
-            "SELECT id, member_id, entities FROM message WHERE hold=? ORDER BY id LIMIT ?",
-            (HOLD_CONSENT, CONSENT_BATCH)).fetchall())
+            "SELECT hold, count(*) FROM message WHERE hold IS NOT NULL GROUP BY hold").fetchall())
+        return {hold: n for hold, n in rows}
+
+    async def _release(self, messages: list[OpenMessage]) -> None:
+        """Dispatch what a hold let go, unless the number opted out while it waited."""
+        stopped = [m.id for m in messages if m.phone in self.stoplist]
+        if stopped:
+            stamp = self.store.clock()
+            await self.store.execute(lambda conn: [_fail(conn, mid, REASON_STOPLIST, stamp) for mid in stopped])
+            self.store.outbox_changed.set()
+        for m in messages:
+            if m.id in stopped:
+                self.rules.stats.refuse(REASON_STOPLIST)
+                log.info("message_refused", id=m.id, reason=REASON_STOPLIST)
+                continue
+            self.rules.stats.released += 1
+            log.info("message_released", id=m.id, to=phone.mask(m.phone))
+            self.dispatch(m)
+
+    async def _judge_consent(self) -> bool:
+        """One round of consent lookups; True when more held messages are waiting than one round takes."""
+        now = self.rules.clock()
+        waiting = sorted(m for m, at in self._retry_at.items() if at > now)
+        marks = ",".join("?" * len(waiting))
+        rows = await self.store.execute(lambda conn: conn.execute(
+            f"SELECT id, member_id, entities FROM message WHERE hold=? AND member_id NOT IN ({marks})"
+            " ORDER BY id LIMIT ?", (HOLD_CONSENT, *waiting, CONSENT_BATCH)).fetchall())
         by_portal: dict[str, list[tuple[int, tuple[Entity, ...]]]] = defaultdict(list)
         for mid, member_id, entities in rows:
             by_portal[member_id].append((mid, _entities(entities)))
-        now = self.rules.clock()
         for member_id, items in by_portal.items():
-            if self._retry_at.get(member_id, 0.0) > now:
-                continue
             try:
                 verdicts = await self.consent.check(member_id, [e for _, e in items])
             except RestError as e:
@@ -108,10 +136,8 @@ class HoldWorker:
                 elif release_at is not None:
                     self.rules.stats.hold(HOLD_QUIET)
                     log.info("message_held", id=mid, hold=HOLD_QUIET, until=release_at)
-            for m in released:
-                self.rules.stats.released += 1
-                log.info("message_released", id=m.id, to=phone.mask(m.phone))
-                self.dispatch(m)
+            await self._release(released)
+        return len(rows) == CONSENT_BATCH
 
 
 def _entities(raw: Any) -> tuple[Entity, ...]:
@@ -135,15 +161,20 @@ def _apply_consent(conn: sqlite3.Connection, decisions: list[tuple[int, Verdict]
         if still is None:
             continue
         if not v.consent:
-            conn.execute("UPDATE message SET hold=NULL WHERE id=?", (mid,))
-            for (seq,) in conn.execute("SELECT seq FROM segment WHERE message_id=?", (mid,)).fetchall():
-                _segment_status(conn, mid, seq, Status.FAILED, v.reason, now)
+            _fail(conn, mid, v.reason or "no consent", now)
         elif release_at is not None:
             conn.execute("UPDATE message SET hold=?, hold_until=? WHERE id=?", (HOLD_QUIET, release_at, mid))
         else:
             conn.execute("UPDATE message SET hold=NULL, hold_until=NULL WHERE id=?", (mid,))
             released.append(_open(conn, mid))
     return released
+
+
+def _fail(conn: sqlite3.Connection, mid: int, reason: str, now: float) -> None:
+    """Through the segment path, so repeats that follow it and the Bitrix24 outbox learn it too."""
+    conn.execute("UPDATE message SET hold=NULL, hold_until=NULL WHERE id=?", (mid,))
+    for (seq,) in conn.execute("SELECT seq FROM segment WHERE message_id=?", (mid,)).fetchall():
+        _segment_status(conn, mid, seq, Status.FAILED, reason, now)
 
 
 def _release_quiet(conn: sqlite3.Connection, now: float) -> list[OpenMessage]:

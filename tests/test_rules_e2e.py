@@ -292,3 +292,24 @@ async def test_a_template_over_one_segment_warns_once_and_is_counted(rig):
     await wait_final(rig, ids)
     status = await rig.rpc.call("status")
     assert status["rules"]["multi_segment"] == 3
+
+
+async def test_a_stop_during_quiet_hours_cancels_the_held_marketing(tmp_path):
+    clock = WallClock(22)
+    rig = await start_rules_rig(tmp_path, clock=clock)
+    try:
+        rig.portal.add_crm_entity("contact", 877, **{CONSENT: True})
+        b24_id, _ = await marketing(rig, "+375291234567", "Morning offer")
+        assert (await rig.rpc.call("status"))["rules"]["waiting"] == {"quiet": 1}
+        await rig.smscs["life"].deliver_mo("smppd", "375291234567", "DemoShop", b"STOP")
+        for _ in range(100):
+            if "+375291234567" in rig.daemon.stoplist:
+                break
+            await asyncio.sleep(0.02)
+        clock.set(9, 30, day=11)
+        await settle(rig)
+        assert (await wait_final(rig, [b24_id]))[b24_id] == "failed"
+        assert stored(rig, b24_id)["reason"] == rules.REASON_STOPLIST
+        assert rig.smscs["life"].submitted == []
+    finally:
+        await stop_rig(rig)
