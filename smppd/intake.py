@@ -96,21 +96,23 @@ class Intake:
             duplicate=result.duplicate, reason=result.reason, marketing=marketing, held=held,
             repeat_of=result.duplicate_of,
         )
-        if not result.duplicate:
-            self._count(req, sender, result, held, message.segments)
-        if result.duplicate:
-            pass  # an idempotent re-post: the first post already did everything
-        elif held is not None:
+        if result.duplicate:  # an idempotent re-post: the first post already did everything
+            return self._answer(result, None)
+        self._count(req, result, held, message.segments)
+        if held is not None:
             self._on_held()
         elif result.reason is None and result.duplicate_of is None:
             assert message.phone is not None
             self._dispatch(OpenMessage(result.id, sender.route, message.sender, message.phone, req.text,
                                        tuple(range(message.segments))))
+        return self._answer(result, held)
+
+    @staticmethod
+    def _answer(result: IntakeResult, held: str | None) -> dict[str, Any]:
         return {"id": result.id, "status": str(result.status), "duplicate": result.duplicate,
                 "reason": result.reason, "held": held, "repeat_of": result.duplicate_of}
 
-    def _count(self, req: IntakeRequest, sender: SenderConfig, result: IntakeResult, held: str | None,
-               segments: int) -> None:
+    def _count(self, req: IntakeRequest, result: IntakeResult, held: str | None, segments: int) -> None:
         """Rule counters and the one-per-template warning for texts that cost more than one SMS."""
         stats = self.rules.stats
         if result.reason is not None:

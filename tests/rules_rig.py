@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from smppd.bitrix24.portal import SimulatedPortal
 from smppd.config import RulesConfig, SenderConfig
 from smppd.daemon import Daemon
-from smppd.demo import OUTCOMES, Rig, make_config, start_shim, stop_rig
+from smppd.demo import Rig, make_config, start_shim, stop_rig
 from smppd.smpp.simulator import SimulatorConfig, SmscSimulator
 
 MINSK = ZoneInfo("Europe/Minsk")
@@ -78,4 +78,4 @@ async def settle(rig: Rig) -> None:
         await rig.daemon.holds.step()
 
 
-__all__ = ["WallClock", "start_rules_rig", "start_rules_daemon", "settle", "stop_rig", "OUTCOMES"]
+__all__ = ["WallClock", "start_rules_rig", "start_rules_daemon", "settle", "stop_rig"]
