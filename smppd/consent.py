@@ -8,8 +8,11 @@ the same few thousand contacts and Bitrix24 is the slow side.
 
 Which entity is asked: the contact when the post binds one; else a lead or a
 company (their own field of the same name); else a deal's contact
-(``CONTACT_ID``). A missing entity, a missing field, an unreadable one or any
-value other than yes is "no consent": marketing without proof is not sent.
+(``CONTACT_ID``). A post that binds nothing (CRM marketing and robots may not)
+is matched by its number with ``crm.duplicate.findbycomm``: every contact with
+that number must have said yes (else every lead, else every company). A
+missing entity, a missing field, an unreadable one or any value other than yes
+is "no consent": marketing without proof is not sent.
 
 Lookups happen after the message is stored (``holds.py``), never while
 Bitrix24 waits for the HANDLER answer: a REST outage delays marketing, it does
@@ -25,7 +28,7 @@ from typing import Any, Callable, Iterable
 import structlog
 
 from .bitrix24.rest import BATCH_MAX_COMMANDS, RestClient, RestError
-from .rules import COMPANY, CONTACT, DEAL, LEAD, Entity
+from .rules import COMPANY, CONTACT, DEAL, LEAD, REASON_NO_BINDING, Entity
 
 log = structlog.get_logger(__name__)
 
@@ -63,12 +66,18 @@ class ConsentReader:
         self.ttl = ttl
         self.clock = clock
         self._cache: dict[tuple[str, int, int], tuple[float, Any]] = {}  # -> (expires, Verdict | contact id)
+        self._numbers: dict[tuple[str, str], tuple[float, tuple[Entity, ...]]] = {}  # findbycomm answers
         self.lookups = 0  # entities read over REST, for tests and status
 
-    async def check(self, member_id: str, messages: Iterable[tuple[Entity, ...]]) -> list[Verdict]:
-        """One verdict per message (by its bound entities); raises RestError when Bitrix24 is out of reach."""
+    async def check(self, member_id: str, messages: Iterable[tuple[tuple[Entity, ...], str | None]]) -> list[Verdict]:
+        """One verdict per (bound entities, E.164 number); raises RestError when Bitrix24 is out of reach."""
         msgs = list(messages)
-        picked = [_pick(entities) for entities in msgs]
+        unbound = sorted({number for entities, number in msgs if not entities and number})
+        await self._find_by_number(member_id, unbound)
+        by_number = {i: self._cached_number(member_id, number)
+                     for i, (entities, number) in enumerate(msgs) if not entities and number}
+        await self._fetch(member_id, {e for found in by_number.values() for e in found})
+        picked = [_pick(entities) for entities, _ in msgs]
         deals = {e for e in picked if e is not None and e.type_id == DEAL}
         await self._fetch(member_id, deals)
         targets: list[Entity | Verdict | None] = []
@@ -82,9 +91,11 @@ class ConsentReader:
                 targets.append(e)
         await self._fetch(member_id, {t for t in targets if isinstance(t, Entity)})
         out = []
-        for t in targets:
-            if t is None:
-                out.append(Verdict(False, "no consent: no CRM entity bound to the message"))
+        for i, t in enumerate(targets):
+            if i in by_number:
+                out.append(self._all_agree(member_id, by_number[i]))
+            elif t is None:
+                out.append(Verdict(False, REASON_NO_BINDING))
             elif isinstance(t, Verdict):
                 out.append(t)
             else:
@@ -93,8 +104,45 @@ class ConsentReader:
 
     def forget(self, member_id: str | None = None) -> None:
         self._cache = {k: v for k, v in self._cache.items() if member_id is not None and k[0] != member_id}
+        self._numbers = {k: v for k, v in self._numbers.items() if member_id is not None and k[0] != member_id}
+
+    def _all_agree(self, member_id: str, found: list[Entity]) -> Verdict:
+        if not found:
+            return Verdict(False, "no consent: no CRM contact, lead or company has this number")
+        for e in found:
+            v = self._cached(member_id, e)
+            if not isinstance(v, Verdict) or not v.consent:
+                return v if isinstance(v, Verdict) else Verdict(False, f"no consent: {e.name} {e.id} unreadable")
+        return Verdict(True)
 
     # --- cache and REST ---------------------------------------------------------
+
+    def _cached_number(self, member_id: str, number: str) -> list[Entity]:
+        hit = self._numbers.get((member_id, number))
+        return list(hit[1]) if hit is not None and hit[0] >= self.clock() else []
+
+    async def _find_by_number(self, member_id: str, numbers: list[str]) -> None:
+        """Which CRM entities hold each number: one findbycomm per number (its answer does not say which
+        of several values matched), 50 to a batch."""
+        missing = [n for n in numbers if (member_id, n) not in self._numbers
+                   or self._numbers[(member_id, n)][0] < self.clock()]
+        if not missing:
+            return
+        client = self._client_for(member_id)
+        if client is None:
+            raise RestError("no_client", "no REST client for this portal")
+        for start in range(0, len(missing), BATCH_MAX_COMMANDS):
+            chunk = missing[start:start + BATCH_MAX_COMMANDS]
+            commands = {f"n{i}": ("crm.duplicate.findbycomm", {"type": "PHONE", "values": [n]})
+                        for i, n in enumerate(chunk)}
+            results, errors = await client.batch(commands)
+            expires = self.clock() + self.ttl
+            for i, n in enumerate(chunk):
+                key = f"n{i}"
+                if key in errors:
+                    raise errors[key]
+                self._numbers[(member_id, n)] = (expires, _matches(results.get(key)))
+                self.lookups += 1
 
     def _cached(self, member_id: str, e: Entity) -> Any:
         hit = self._cache.get((member_id, e.type_id, e.id))
@@ -139,6 +187,17 @@ class ConsentReader:
         if granted(result[self.field]):
             return Verdict(True)
         return Verdict(False, f"no consent: {self.field} of {e.name} {e.id} is not set")
+
+
+def _matches(result: Any) -> tuple[Entity, ...]:
+    """``{"CONTACT": [877], "LEAD": [12]}`` (or ``[]`` for none): the people first, as the binding order does."""
+    if not isinstance(result, dict):
+        return ()
+    for name, type_id in (("CONTACT", CONTACT), ("LEAD", LEAD), ("COMPANY", COMPANY)):
+        ids = result.get(name)
+        if isinstance(ids, list) and ids:
+            return tuple(Entity(type_id, int(i)) for i in ids if str(i).isdigit() and int(i) > 0)
+    return ()
 
 
 def _pick(entities: tuple[Entity, ...]) -> Entity | None:

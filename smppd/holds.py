@@ -108,11 +108,11 @@ class HoldWorker:
         waiting = sorted(m for m, at in self._retry_at.items() if at > now)
         marks = ",".join("?" * len(waiting))
         rows = await self.store.execute(lambda conn: conn.execute(
-            f"SELECT id, member_id, entities FROM message WHERE hold=? AND member_id NOT IN ({marks})"
+            f"SELECT id, member_id, entities, phone FROM message WHERE hold=? AND member_id NOT IN ({marks})"
             " ORDER BY id LIMIT ?", (HOLD_CONSENT, *waiting, CONSENT_BATCH)).fetchall())
-        by_portal: dict[str, list[tuple[int, tuple[Entity, ...]]]] = defaultdict(list)
-        for mid, member_id, entities in rows:
-            by_portal[member_id].append((mid, _entities(entities)))
+        by_portal: dict[str, list[tuple[int, tuple[tuple[Entity, ...], str | None]]]] = defaultdict(list)
+        for mid, member_id, entities, number in rows:
+            by_portal[member_id].append((mid, (_entities(entities), number)))
         for member_id, items in by_portal.items():
             try:
                 verdicts = await self.consent.check(member_id, [e for _, e in items])

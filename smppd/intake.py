@@ -175,9 +175,7 @@ class Intake:
             bound = rules.entities(req.bindings, req.document_id)
             if number in self._stoplist:
                 reason = rules.REASON_STOPLIST
-            elif not bound:
-                reason = rules.REASON_NO_BINDING
-            else:
+            else:  # consent is read after the answer; unbound posts are matched by number
                 hold = rules.HOLD_CONSENT
                 entities = json.dumps([[e.type_id, e.id] for e in bound])
         cfg = self.config.rules

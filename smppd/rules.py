@@ -33,7 +33,7 @@ HOLD_QUIET = "quiet"  # marketing during quiet hours, released when they end
 # Refusal reasons: short, free of the number, shown in the store and the log; the
 # counters in RuleStats are keyed by the part before the first ':'.
 REASON_STOPLIST = "stop list: the number opted out of marketing"
-REASON_NO_BINDING = "no consent: no CRM entity bound to the message"
+REASON_NO_BINDING = "no consent: no contact, lead, company or deal bound to the message"
 
 # CRM entity type ids (OWNER_TYPE_ID of bindings, crm.enum.ownertype).
 LEAD, DEAL, CONTACT, COMPANY = 1, 2, 3, 4

@@ -87,7 +87,7 @@ class FakeClient:
         self.batches.append(dict(commands))
         ok, bad = {}, {}
         for key, (method, params) in commands.items():
-            k = (method, params["id"])
+            k = (method, params["values"][0] if "values" in params else params["id"])
             if k in self.errors:
                 bad[key] = self.errors[k]
             elif k in self.rows:
@@ -102,7 +102,7 @@ async def test_consent_reader_batches_caches_and_expires():
     client = FakeClient(rows)
     now = [0.0]
     reader = ConsentReader(lambda m: client, "UF_CRM_SMS_CONSENT", ttl=60, clock=lambda: now[0])
-    msgs = [(Entity(CONTACT, i),) for i in range(120)]
+    msgs = [((Entity(CONTACT, i),), None) for i in range(120)]
     verdicts = await reader.check("m", msgs)
     assert [v.consent for v in verdicts] == [bool(i % 2) for i in range(120)]
     assert [len(b) for b in client.batches] == [50, 50, 20], "one batch call answers 50 entities"
@@ -120,17 +120,33 @@ async def test_consent_reader_reasons_and_outages():
                          ("crm.contact.get", 5): {"ID": "5"}},
                         errors={("crm.contact.get", 6): RestError("QUERY_LIMIT_EXCEEDED")})
     reader = ConsentReader(lambda m: client, "UF_CRM_SMS_CONSENT", ttl=60)
-    v = await reader.check("m", [(Entity(DEAL, 1),), (Entity(CONTACT, 5),), (Entity(CONTACT, 7),), ()])
+    v = await reader.check("m", [((Entity(DEAL, 1),), None), ((Entity(CONTACT, 5),), None),
+                                 ((Entity(CONTACT, 7),), "+375291234567"), ((Entity(128, 3),), None)])
     assert [x.reason for x in v] == [
         "no consent: deal 1 has no contact",
         "no consent: contact 5 has no field UF_CRM_SMS_CONSENT",
         "no consent: contact 7 not found",
-        "no consent: no CRM entity bound to the message",
+        rules.REASON_NO_BINDING,
     ]
     with pytest.raises(RestError):
-        await reader.check("m", [(Entity(CONTACT, 6),)])
+        await reader.check("m", [((Entity(CONTACT, 6),), None)])
     with pytest.raises(RestError):
-        await ConsentReader(lambda m: None, "F", 60).check("m", [(Entity(CONTACT, 1),)])
+        await ConsentReader(lambda m: None, "F", 60).check("m", [((Entity(CONTACT, 1),), None)])
+
+
+async def test_consent_by_number_when_nothing_is_bound():
+    client = FakeClient({("crm.duplicate.findbycomm", "+375291234567"): {"LEAD": [4], "CONTACT": [8, 9]},
+                         ("crm.duplicate.findbycomm", "+375291234568"): [],
+                         ("crm.duplicate.findbycomm", "+375291234569"): {"LEAD": [4]},
+                         ("crm.contact.get", 8): {"ID": "8", "F": "1"}, ("crm.contact.get", 9): {"ID": "9", "F": "Y"},
+                         ("crm.lead.get", 4): {"ID": "4", "F": "0"}})
+    reader = ConsentReader(lambda m: client, "F", ttl=60)
+    v = await reader.check("m", [((), "+375291234567"), ((), "+375291234568"), ((), "+375291234569"),
+                                 ((), "+375291234567")])
+    assert [x.consent for x in v] == [True, False, False, True], "contacts win over the lead they came from"
+    assert v[1].reason == "no consent: no CRM contact, lead or company has this number"
+    assert v[2].reason == "no consent: F of lead 4 is not set"
+    assert [sorted(b) for b in client.batches] == [["n0", "n1", "n2"], ["e1_4", "e3_8", "e3_9"]]
 
 
 async def test_a_version_1_database_migrates_and_keeps_its_open_messages(tmp_path):

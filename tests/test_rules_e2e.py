@@ -92,18 +92,28 @@ async def test_marketing_without_consent_fails_with_the_reason_counted(rig):
 
 
 async def test_crm_marketing_is_marketing_on_a_transactional_code(rig):
-    rig.portal.add_crm_entity("contact", 877, **{CONSENT: "1"})
-    # The portal posts module_id=sender without bindings: no entity, no proof, not sent.
-    b24_id, status, reply = await post(rig, "by_life", "+375291234567", "Newsletter", module_id="sender")
-    assert reply["status"] == "failed" and stored(rig, b24_id)["reason"] == rules.REASON_NO_BINDING
-    # With the recipient's contact bound it is read, and the CODE's marketing sender is used.
-    b24_id, form = rig.portal.create_message("by_life", "+375291234567", "Newsletter 2", module_id="sender")
+    rig.portal.add_crm_entity("contact", 877, phones=["+375 (29) 123-45-67"], **{CONSENT: "1"})
+    # The portal posts module_id=sender without bindings: the contact is found by its number,
+    # its consent read, and the CODE's marketing sender is used.
+    b24_id, status, reply = await post(rig, "by_life", "80291234567", "Newsletter", module_id="sender")
+    assert (status, reply["status"]) == (200, "queued")
+    await settle(rig)
+    assert (await wait_final(rig, [b24_id]))[b24_id] == "delivered"
+    assert [s.source_addr for s in sent_to(rig, "life", "375291234567")] == ["DemoPromo"]
+    assert rig.portal.crm_reads["findbycomm"] == 1
+    # A number no CRM entity holds has no proof of consent.
+    b24_id, _, _ = await post(rig, "by_life", "+375291111111", "Newsletter", module_id="sender")
+    await settle(rig)
+    assert (await wait_final(rig, [b24_id]))[b24_id] == "failed"
+    assert stored(rig, b24_id)["reason"] == "no consent: no CRM contact, lead or company has this number"
+    # With the recipient's contact bound, the binding is used and no search is needed.
+    b24_id, form = rig.portal.create_message("by_life", "+375291234568", "Newsletter 2", module_id="sender")
     form += [("bindings[0][OWNER_TYPE_ID]", "3"), ("bindings[0][OWNER_ID]", "877")]
     async with aiohttp.ClientSession() as http:
         assert (await rig.portal.post_to_handler(http, handler_url(rig, "by_life"), form))[0] == 200
     await settle(rig)
     assert (await wait_final(rig, [b24_id]))[b24_id] == "delivered"
-    assert [s.source_addr for s in sent_to(rig, "life", "375291234567")] == ["DemoPromo"]
+    assert rig.portal.crm_reads["findbycomm"] == 2
     # The same CODE's ordinary CRM sends stay transactional: no consent read, the usual sender.
     before = rig.portal.crm_reads["contact"]
     b24_id, _, reply = await post(rig, "by_life", "+375291234569", "Your order is ready")
@@ -122,6 +132,15 @@ async def test_consent_is_cached_and_a_deal_is_followed_to_its_contact(rig):
         ids.append(b24_id)
     assert set((await wait_final(rig, ids)).values()) == {"delivered"}
     assert rig.portal.crm_reads == {"deal": 1, "contact": 1}
+
+
+async def test_a_number_shared_by_two_contacts_needs_both_to_agree(rig):
+    rig.portal.add_crm_entity("contact", 1, phones=["+375291234567"], **{CONSENT: True})
+    rig.portal.add_crm_entity("contact", 2, phones=["+375 29 1234567", "+375447654321"], **{CONSENT: False})
+    b24_id, _, _ = await post(rig, "promo", "+375291234567", "Offer", bindings=())
+    await settle(rig)
+    assert (await wait_final(rig, [b24_id]))[b24_id] == "failed"
+    assert stored(rig, b24_id)["reason"] == f"no consent: {CONSENT} of contact 2 is not set"
 
 
 async def test_a_robots_document_names_the_lead(rig):
