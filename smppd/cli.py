@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     stop.set_defaults(func=_stoplist)
 
     text_cmd = sub.add_parser("text", help="encoding, segments and cost of an SMS text")
-    text_cmd.add_argument("text", help="the message text (quote it)")
+    text_cmd.add_argument("text", help="the message text (quote it), or - to read a template from stdin")
     text_cmd.add_argument("-n", "--recipients", type=int, default=1000,
                           help="broadcast size to price in segments (default 1000)")
     text_cmd.set_defaults(func=_text)
@@ -169,6 +169,8 @@ def _stoplist(args: argparse.Namespace) -> int:
 def _text(args: argparse.Namespace) -> int:
     from . import text
 
+    if args.text == "-":
+        args.text = sys.stdin.read().removesuffix("\n")
     try:
         c = text.cost(args.text)
     except ValueError as e:

@@ -41,3 +41,11 @@ def test_multipart_chars_left_match_the_splitter(capsys):
 def test_unsendable_text_is_refused(capsys):
     code, _, err = run(capsys, "x" * 153 * 256)
     assert code == 1 and "cannot be sent" in err
+
+
+def test_template_from_stdin_keeps_its_line_breaks(capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Line one\nLine two\n"))
+    code, out, _ = run(capsys, "-")
+    assert code == 0 and out["length"].strip() == "17 septets"  # the inner newline counts, the last does not
