@@ -6,7 +6,10 @@ Two holds (``rules.HOLD_*``):
   after the HANDLER post was answered, so Bitrix24 never waits on its own REST
   API; a refusal fails the message with the reason, a yes releases it (or moves
   it to the quiet hold).
-* ``quiet``: marketing posted during quiet hours, released when they end.
+* ``quiet``: marketing posted during quiet hours. When they end it goes back to
+  the consent hold, so what goes out in the morning has consent no older than
+  the cache TTL (a contact may withdraw it overnight) and a number that replied
+  STOP meanwhile is caught by the stop-list check on release.
 
 The hold lives in the message row, so a restart loses nothing: the worker
 simply finds the rows again, and ``Store.open_messages`` skips held rows so a
@@ -67,9 +70,9 @@ class HoldWorker:
     async def step(self) -> float:
         """Judge what waits for consent, release what quiet hours held; seconds until the next due."""
         self._wake.clear()
-        more = await self._judge_consent()
         now = self.rules.clock()
-        await self._release(await self.store.execute(lambda conn: _release_quiet(conn, now)))
+        await self.store.execute(lambda conn: _end_quiet(conn, now))
+        more = await self._judge_consent()
         if more:
             return 0.0
         next_quiet = await self.store.execute(
@@ -177,10 +180,8 @@ def _fail(conn: sqlite3.Connection, mid: int, reason: str, now: float) -> None:
         _segment_status(conn, mid, seq, Status.FAILED, reason, now)
 
 
-def _release_quiet(conn: sqlite3.Connection, now: float) -> list[OpenMessage]:
-    ids = [r[0] for r in conn.execute(
-        "SELECT id FROM message WHERE hold=? AND hold_until<=? ORDER BY id", (HOLD_QUIET, now)).fetchall()]
-    for mid in ids:
-        conn.execute("UPDATE message SET hold=NULL, hold_until=NULL WHERE id=?", (mid,))
-    return [_open(conn, mid) for mid in ids]
+def _end_quiet(conn: sqlite3.Connection, now: float) -> int:
+    """Quiet hours are over for these: back to the consent hold for a fresh verdict."""
+    return conn.execute("UPDATE message SET hold=?, hold_until=NULL WHERE hold=? AND hold_until<=?",
+                        (HOLD_CONSENT, HOLD_QUIET, now)).rowcount
 

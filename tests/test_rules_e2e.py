@@ -332,3 +332,20 @@ async def test_a_stop_during_quiet_hours_cancels_the_held_marketing(tmp_path):
         assert rig.smscs["life"].submitted == []
     finally:
         await stop_rig(rig)
+
+
+async def test_consent_withdrawn_overnight_stops_the_morning_send(tmp_path):
+    clock = WallClock(23)
+    rig = await start_rules_rig(tmp_path, clock=clock)
+    try:
+        rig.portal.add_crm_entity("contact", 877, **{CONSENT: True})
+        b24_id, _ = await marketing(rig, "+375291234567", "Morning offer")
+        assert stored(rig, b24_id)["hold"] == "quiet"
+        rig.portal.add_crm_entity("contact", 877, **{CONSENT: False})  # the manager unticks the box
+        rig.daemon.consent.clock = lambda: 10**9  # ten hours later the cached yes has expired
+        clock.set(9, 0, day=11)
+        await settle(rig)
+        assert (await wait_final(rig, [b24_id]))[b24_id] == "failed"
+        assert rig.portal.crm_reads["contact"] == 2 and rig.smscs["life"].submitted == []
+    finally:
+        await stop_rig(rig)
