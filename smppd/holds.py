@@ -80,7 +80,7 @@ class HoldWorker:
         due = [IDLE_WAKE]
         if next_quiet is not None:
             due.append(next_quiet - now)
-        due += [at - now for at in self._retry_at.values()]
+        due += [at - now for at in self._retry_at.values() if at > now]
         return min(due)
 
     async def counts(self) -> dict[str, int]:
@@ -91,7 +91,7 @@ class HoldWorker:
 
     async def _release(self, messages: list[OpenMessage]) -> None:
         """Dispatch what a hold let go, unless the number opted out while it waited."""
-        stopped = [m.id for m in messages if m.phone in self.stoplist]
+        stopped = {m.id for m in messages if m.phone in self.stoplist}
         if stopped:
             stamp = self.store.clock()
             await self.store.execute(lambda conn: [_fail(conn, mid, REASON_STOPLIST, stamp) for mid in stopped])
@@ -108,7 +108,8 @@ class HoldWorker:
     async def _judge_consent(self) -> bool:
         """One round of consent lookups; True when more held messages are waiting than one round takes."""
         now = self.rules.clock()
-        waiting = sorted(m for m, at in self._retry_at.items() if at > now)
+        self._retry_at = {m: at for m, at in self._retry_at.items() if at > now}
+        waiting = sorted(self._retry_at)
         marks = ",".join("?" * len(waiting))
         rows = await self.store.execute(lambda conn: conn.execute(
             f"SELECT id, member_id, entities, phone FROM message WHERE hold=? AND member_id NOT IN ({marks})"
