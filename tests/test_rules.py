@@ -175,3 +175,15 @@ async def test_a_version_1_database_migrates_and_keeps_its_open_messages(tmp_pat
         assert held.id == 2
     finally:
         await s.close()
+
+
+def test_stoplist_cli_usage_and_unreachable_daemon(capsys):
+    from pathlib import Path
+
+    from smppd import cli
+
+    example = str(Path(__file__).parent.parent / "config.toml")
+    assert cli.main(["stoplist", "list", "+375291234567", "-c", example]) == 2
+    assert cli.main(["stoplist", "add", "-c", example]) == 2
+    assert cli.main(["stoplist", "add", "+375291234567", "-c", example]) == 3  # /run/smppd is not ours
+    assert "daemon unreachable" in capsys.readouterr().err
