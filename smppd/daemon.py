@@ -12,7 +12,7 @@ import asyncio
 import os
 import time
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import aiohttp
 import structlog
@@ -36,7 +36,7 @@ RECEIPT_SWEEP_INTERVAL = 60.0
 
 
 class Daemon:
-    def __init__(self, config: Config, *, wall_clock: Any = time.time) -> None:
+    def __init__(self, config: Config, *, wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = Store(config.daemon.database)
         self.rules = rules.Rules(config.rules, wall_clock)  # wall clock: quiet hours are a time of day
@@ -119,7 +119,7 @@ class Daemon:
     def dispatch(self, message: OpenMessage) -> None:
         self.routes[message.route].enqueue(message)
 
-    def _rest_client(self, member_id: str) -> Any:
+    def _rest_client(self, member_id: str) -> RestClient | None:
         pusher = self.pushers.get(member_id)
         return pusher.client if pusher is not None else None  # one client per portal: one rate bucket
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from zoneinfo import ZoneInfo
 
 from .config import RulesConfig, SenderConfig
@@ -148,7 +148,7 @@ class RuleStats:
 class Rules:
     """The rules of one config, with the clock they judge by."""
 
-    def __init__(self, cfg: RulesConfig, clock: Any = time.time) -> None:
+    def __init__(self, cfg: RulesConfig, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.clock = clock
         self.quiet = QuietHours(cfg.quiet_hours, cfg.timezone)
