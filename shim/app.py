@@ -66,7 +66,7 @@ def _refused_field(exc: RpcError) -> str | None:
 
 def _intake_params(post: HandlerPost) -> dict[str, Any]:
     auth = post.auth
-    return {
+    params: dict[str, Any] = {
         "member_id": auth.get("member_id"),
         "domain": auth.get("domain"),
         "application_token": auth.get("application_token"),
@@ -80,6 +80,9 @@ def _intake_params(post: HandlerPost) -> dict[str, Any]:
         ],
         "ts": post.ts,
     }
+    if post.document_id:  # a robot's post names its CRM document instead of bindings (rules.py)
+        params["document_id"] = list(post.document_id)
+    return params
 
 
 class _Outcome(Exception):

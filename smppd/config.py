@@ -14,12 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
 
 CODE_RE = re.compile(r"^[a-z0-9.\-_]+$")  # Bitrix24's rule for provider CODEs
 ALNUM_SENDER_RE = re.compile(r"^[A-Za-z0-9 .\-_&!'+]{1,11}$")
 NUMERIC_SENDER_RE = re.compile(r"^\+?[0-9]{1,15}$")
 BIND_MODES = ("transceiver", "transmitter", "receiver")
 ID_BASES = ("as-is", "hex", "dec")
+MESSAGE_TYPES = ("transactional", "marketing")
+DUPLICATE_OUTCOMES = ("follow-first", "failed")
+# Countries a route of each kind takes when the config names none: the Belarusian
+# operators carry +375 only (their contracts and sender registrations are national).
+DEFAULT_COUNTRIES: dict[str, frozenset[str] | None] = {"smpp": frozenset({"BY"})}
+ANY_COUNTRY = "*"
 
 
 class ConfigError(ValueError):
@@ -87,6 +96,7 @@ class SmppRouteConfig:
     receipt_id_base: str = "as-is"
     registered_delivery: int = 1
     kind: str = "smpp"
+    countries: frozenset[str] | None = frozenset({"BY"})  # ISO regions it may send to; None = any
 
 
 RouteConfig = SmppRouteConfig  # HTTP providers join this union later
@@ -101,6 +111,25 @@ class SenderConfig:
     sender_id: str
     name: str
     portal: str | None = None  # member_id, when the CODE belongs to one portal only
+    type: str = "transactional"  # or "marketing": needs consent, obeys the stop list and quiet hours
+    marketing_sender_id: str | None = None  # used for marketing posts on this CODE; default sender_id
+
+    def sender_for(self, marketing: bool) -> str:
+        """The sender ID a message goes out under: operators bill and filter by it."""
+        return (self.marketing_sender_id or self.sender_id) if marketing else self.sender_id
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    """Business rules the gateway enforces so no Bitrix24 robot can forget them (issue 8)."""
+
+    consent_field: str = "UF_CRM_SMS_CONSENT"
+    consent_cache_ttl: float = 600.0
+    duplicate_window: float = 600.0  # seconds; 0 turns the check off
+    duplicate_outcome: str = "follow-first"  # or "failed"
+    quiet_hours: tuple[int, int] | None = (21 * 60, 9 * 60)  # minutes after midnight, [start, end)
+    timezone: str = "Europe/Minsk"
+    stop_words: frozenset[str] = frozenset({"STOP", "СТОП"})
 
 
 @dataclass(frozen=True)
@@ -110,6 +139,7 @@ class Config:
     portals: Mapping[str, PortalConfig]
     routes: Mapping[str, RouteConfig]
     senders: Mapping[str, SenderConfig]
+    rules: RulesConfig = field(default_factory=RulesConfig)
 
 
 def load(path: str | Path) -> Config:
@@ -126,7 +156,7 @@ def load(path: str | Path) -> Config:
 
 def parse(raw: Mapping[str, Any]) -> Config:
     """Validate an already-decoded TOML document."""
-    _only(raw, "", {"daemon", "shim", "portal", "route", "sender"})
+    _only(raw, "", {"daemon", "shim", "portal", "route", "sender", "rules"})
     daemon = _daemon(_table(raw, "daemon"))
     shim = _shim(_table(raw, "shim"))
     portals = _portals(raw.get("portal", []))
@@ -145,6 +175,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
         portals=MappingProxyType(portals),
         routes=MappingProxyType(routes),
         senders=MappingProxyType(senders),
+        rules=_rules(raw.get("rules", {})),
     )
 
 
@@ -225,6 +256,7 @@ def _route(name: str, t: Any) -> RouteConfig:
     password = _str(t, key, "password")
     if len(password) > 8:
         raise ConfigError(f"{key}.password", "at most 8 characters (SMPP 3.4)")
+    countries = _countries(t, key, kind)
     reconnect_min = _number(t, key, "reconnect_min", default=1.0, low=0.01)
     reconnect_max = _number(t, key, "reconnect_max", default=60.0, low=reconnect_min)
     return SmppRouteConfig(
@@ -243,6 +275,7 @@ def _route(name: str, t: Any) -> RouteConfig:
         reconnect_max=reconnect_max,
         receipt_id_base=id_base,
         registered_delivery=_int(t, key, "registered_delivery", default=1, low=0, high=0xFF),
+        countries=countries,
     )
 
 
@@ -252,20 +285,109 @@ def _sender(code: str, t: Any) -> SenderConfig:
         raise ConfigError(key, "a CODE may only have a-z, 0-9, '.', '-' and '_' (Bitrix24's rule)")
     if not isinstance(t, dict):
         raise ConfigError(key, "must be a table")
-    _only(t, key, {"route", "sender_id", "name", "portal"})
-    sender_id = _str(t, key, "sender_id")
-    if not (ALNUM_SENDER_RE.match(sender_id) or NUMERIC_SENDER_RE.match(sender_id)):
-        raise ConfigError(
-            f"{key}.sender_id",
-            "must be up to 11 Latin letters/digits, or a number of up to 15 digits",
-        )
+    _only(t, key, {"route", "sender_id", "name", "portal", "type", "marketing_sender_id"})
+    message_type = _str(t, key, "type", default="transactional")
+    if message_type not in MESSAGE_TYPES:
+        raise ConfigError(f"{key}.type", f"must be one of {', '.join(MESSAGE_TYPES)}, got {message_type!r}")
+    marketing_sender_id = _str(t, key, "marketing_sender_id", default=None)
+    if marketing_sender_id is not None:
+        _sender_id(f"{key}.marketing_sender_id", marketing_sender_id)
     return SenderConfig(
         code=code,
         route=_str(t, key, "route"),
-        sender_id=sender_id,
+        sender_id=_sender_id(f"{key}.sender_id", _str(t, key, "sender_id")),
         name=_str(t, key, "name", default=code),
         portal=_str(t, key, "portal", default=None),
+        type=message_type,
+        marketing_sender_id=marketing_sender_id,
     )
+
+
+def _sender_id(key: str, value: str) -> str:
+    """A sender ID the operators will take, or an error saying exactly why not.
+
+    Operators register alphanumeric names in Latin letters only (the source_addr of
+    an SMS is GSM-7 at best), so a Cyrillic name would be rewritten or dropped by the
+    SMSC long after Bitrix24 was told the message was sent.
+    """
+    if any(_is_cyrillic(c) for c in value):
+        raise ConfigError(key, f"Cyrillic letters are not allowed in a sender ID (operators register "
+                               f"Latin names only), got {value!r}")
+    if NUMERIC_SENDER_RE.match(value) or ALNUM_SENDER_RE.match(value):
+        return value
+    if value.lstrip("+").isdigit():
+        raise ConfigError(key, f"a numeric sender ID is at most 15 digits, got {len(value.lstrip('+'))}")
+    if len(value) > 11 and ALNUM_SENDER_RE.match(value[:11]):
+        raise ConfigError(key, f"an alphanumeric sender ID is at most 11 characters, got {len(value)}")
+    raise ConfigError(key, "must be up to 11 Latin letters/digits, or a number of up to 15 digits")
+
+
+def _is_cyrillic(char: str) -> bool:
+    return "\u0400" <= char <= "\u052f"
+
+
+def _countries(t: Mapping[str, Any], key: str, kind: str) -> frozenset[str] | None:
+    """Regions a route sends to: ISO codes (``["BY", "RU"]``) or ``["*"]`` for any."""
+    v = t.get("countries")
+    if v is None:
+        return DEFAULT_COUNTRIES.get(kind)
+    if not isinstance(v, list) or not v or not all(isinstance(c, str) for c in v):
+        raise ConfigError(f"{key}.countries", 'must be a non-empty list of country codes like ["BY", "RU"] or ["*"]')
+    if ANY_COUNTRY in v:
+        return None
+    known = phonenumbers.SUPPORTED_REGIONS
+    for c in v:
+        if c.upper() not in known:
+            raise ConfigError(f"{key}.countries", f"unknown country code {c!r} (ISO 3166 alpha-2, e.g. BY, RU)")
+    return frozenset(c.upper() for c in v)
+
+
+def _rules(t: Any) -> RulesConfig:
+    key = "rules"
+    if not isinstance(t, dict):
+        raise ConfigError(key, "must be a table")
+    _only(t, key, {f.name for f in RulesConfig.__dataclass_fields__.values()})
+    d = RulesConfig()
+    outcome = _str(t, key, "duplicate_outcome", default=d.duplicate_outcome)
+    if outcome not in DUPLICATE_OUTCOMES:
+        raise ConfigError(f"{key}.duplicate_outcome", f"must be one of {', '.join(DUPLICATE_OUTCOMES)}")
+    timezone = _str(t, key, "timezone", default=d.timezone)
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{key}.timezone", f"unknown time zone {timezone!r} (e.g. Europe/Minsk)") from None
+    words = t.get("stop_words", sorted(d.stop_words))
+    if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+        raise ConfigError(f"{key}.stop_words", "must be a list of non-empty strings")
+    field_name = _str(t, key, "consent_field", default=d.consent_field)
+    if not re.fullmatch(r"[A-Z][A-Z0-9_]*", field_name):
+        raise ConfigError(f"{key}.consent_field", f"must be a CRM field name like UF_CRM_SMS_CONSENT, got {field_name!r}")
+    return RulesConfig(
+        consent_field=field_name,
+        consent_cache_ttl=_number(t, key, "consent_cache_ttl", default=d.consent_cache_ttl, low=0.0),
+        duplicate_window=_number(t, key, "duplicate_window", default=d.duplicate_window, low=0.0),
+        duplicate_outcome=outcome,
+        quiet_hours=_quiet_hours(t, key, d.quiet_hours),
+        timezone=timezone,
+        stop_words=frozenset(w.strip().upper() for w in words),
+    )
+
+
+def _quiet_hours(t: Mapping[str, Any], key: str, default: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"21:00-09:00"`` (may wrap midnight) or ``""`` for none."""
+    v = t.get("quiet_hours")
+    if v is None:
+        return default
+    if v == "":
+        return None
+    m = re.fullmatch(r"([01]?[0-9]|2[0-3]):([0-5][0-9])-([01]?[0-9]|2[0-3]):([0-5][0-9])", v) \
+        if isinstance(v, str) else None
+    if m is None:
+        raise ConfigError(f"{key}.quiet_hours", f'must be "HH:MM-HH:MM" or "" for none, got {v!r}')
+    start, end = int(m[1]) * 60 + int(m[2]), int(m[3]) * 60 + int(m[4])
+    if start == end:
+        raise ConfigError(f"{key}.quiet_hours", "start and end are equal; use \"\" to turn quiet hours off")
+    return start, end
 
 
 # --- typed readers --------------------------------------------------------------

@@ -46,7 +46,7 @@ Operation = Callable[[sqlite3.Connection], T]
 PENDING_RECEIPT_TTL = 600.0
 MAX_GROUP = 2000
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE portal (
@@ -123,6 +123,20 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX receipt_pending_id ON receipt_pending (route, provider_id);
     """,
+    2: """
+    ALTER TABLE message ADD COLUMN hold TEXT;            -- business rules: 'consent' | 'quiet' | NULL
+    ALTER TABLE message ADD COLUMN hold_until REAL;      -- wall clock: when a 'quiet' hold ends
+    ALTER TABLE message ADD COLUMN entities TEXT;        -- JSON [[type_id, id], ...] for the consent lookup
+    ALTER TABLE message ADD COLUMN duplicate_of INTEGER; -- the first message this repeat follows
+    CREATE INDEX message_held ON message (hold, hold_until) WHERE hold IS NOT NULL;
+    CREATE INDEX message_recent ON message (member_id, phone, created_at);
+    CREATE INDEX message_followers ON message (duplicate_of) WHERE duplicate_of IS NOT NULL;
+    CREATE TABLE stoplist (                -- numbers that opted out of marketing
+        phone TEXT PRIMARY KEY,            -- E.164
+        source TEXT NOT NULL,              -- 'cli', 'mo:<route>'
+        added_at REAL NOT NULL
+    );
+    """,
 }
 
 
@@ -138,7 +152,12 @@ class NewMessage:
     encoding: str
     segments: int
     module_id: str = ""
-    reason: str | None = None  # set when the message fails at intake (invalid number)
+    reason: str | None = None  # set when the message fails at intake (invalid number, a rule)
+    hold: str | None = None  # a business rule holds it (rules.HOLD_*): stored, not dispatched
+    hold_until: float | None = None
+    entities: str | None = None  # JSON of the bound CRM entities, for the consent lookup
+    duplicate_window: float = 0.0  # seconds; a same-number same-text message within it is a repeat
+    duplicate_fails: bool = False  # a repeat fails, instead of following the first's status
 
 
 @dataclass(frozen=True)
@@ -146,6 +165,8 @@ class IntakeResult:
     id: int
     status: Status
     duplicate: bool
+    duplicate_of: int | None = None  # a repeat of this earlier message (rules.py): not sent
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -311,27 +332,41 @@ class Store:
             ).fetchone()
             if row is not None:
                 return IntakeResult(row[0], Status(row[1]), duplicate=True)
-            status = Status.FAILED if m.reason else Status.QUEUED
+            reason, first = m.reason, None
+            if reason is None and m.phone is not None and m.duplicate_window > 0:
+                first = _first_of_repeat(conn, m, now - m.duplicate_window)
+                if first is not None and m.duplicate_fails:
+                    reason, first = f"duplicate of message {first[0]} (same number and text)", None
+            status = Status.FAILED if reason else Status.QUEUED
+            hold = None if reason or first else m.hold
             cur = conn.execute(
                 "INSERT INTO message (member_id, b24_id, code, route, sender, phone, text, encoding,"
-                " segments, module_id, status, reason, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " segments, module_id, status, reason, created_at, updated_at, hold, hold_until, entities,"
+                " duplicate_of) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (m.member_id, m.b24_id, m.code, m.route, m.sender, m.phone, m.text, m.encoding,
-                 m.segments, m.module_id, status, m.reason, now, now),
+                 m.segments, m.module_id, status, reason, now, now, hold, m.hold_until if hold else None,
+                 m.entities, first[0] if first else None),
             )
             mid = cur.lastrowid
             assert mid is not None
-            conn.executemany(
-                "INSERT INTO segment (message_id, seq, route, status, updated_at) VALUES (?,?,?,?,?)",
-                [(mid, seq, m.route, status, now) for seq in range(m.segments)],
-            )
-            _event(conn, mid, None, status, True, m.reason, now)
+            if first is None:  # a repeat gets no segments: nothing of it is ever submitted
+                conn.executemany(
+                    "INSERT INTO segment (message_id, seq, route, status, updated_at) VALUES (?,?,?,?,?)",
+                    [(mid, seq, m.route, status, now) for seq in range(m.segments)],
+                )
+            _event(conn, mid, None, status, True, reason or (f"held: {hold}" if hold else None), now)
             if status is Status.FAILED:
                 _to_outbox(conn, mid, m.member_id, m.b24_id, m.code, None, status, now)
-            return IntakeResult(mid, status, duplicate=False)
+            if first is not None:
+                _event(conn, mid, None, status, True, f"repeat of message {first[0]}: follows its status", now)
+                _follow(conn, mid, m.member_id, m.b24_id, m.code, None, Status.QUEUED, Status(first[1]),
+                        f"duplicate of message {first[0]}", now)
+                status = Status(conn.execute("SELECT status FROM message WHERE id=?", (mid,)).fetchone()[0])
+            return IntakeResult(mid, status, duplicate=False, duplicate_of=first[0] if first else None,
+                                reason=reason)
 
         result = await self.execute(op)
-        if result.status is Status.FAILED and not result.duplicate:
+        if (result.status is Status.FAILED or result.duplicate_of is not None) and not result.duplicate:
             self.outbox_changed.set()
         return result
 
@@ -346,7 +381,7 @@ class Store:
             rows = conn.execute(
                 "SELECT m.id, m.sender, m.phone, m.text, group_concat(s.seq) FROM message m"
                 " JOIN segment s ON s.message_id = m.id"
-                " WHERE m.route=? AND m.status IN ('queued','submitted','accepted')"
+                " WHERE m.route=? AND m.status IN ('queued','submitted','accepted') AND m.hold IS NULL"
                 " AND s.status IN ('queued','submitted') GROUP BY m.id ORDER BY m.id",
                 (route,),
             ).fetchall()
@@ -591,6 +626,37 @@ def _message_status(conn: sqlite3.Connection, mid: int, now: float, detail: str 
     conn.execute(
         "UPDATE message SET status=?, reason=coalesce(?, reason), updated_at=? WHERE id=?", (new, reason, now, mid)
     )
+    changed = _to_outbox(conn, mid, member_id, b24_id, code, b24_current, new, now)
+    for f in conn.execute(
+        "SELECT id, member_id, b24_id, code, b24_status, status FROM message WHERE duplicate_of=?", (mid,)
+    ).fetchall():
+        changed |= _follow(conn, f[0], f[1], f[2], f[3], f[4], Status(f[5]), new, reason, now)
+    return changed
+
+
+def _first_of_repeat(conn: sqlite3.Connection, m: NewMessage, since: float) -> tuple[int, str] | None:
+    """The earlier message this one repeats (same portal, number and text, in the window).
+
+    A message that failed or was refused does not count: sending it again is a retry,
+    not a double send.
+    """
+    return conn.execute(
+        "SELECT id, status FROM message WHERE member_id=? AND phone=? AND created_at>=? AND text=?"
+        " AND duplicate_of IS NULL AND status NOT IN ('failed', 'rejected') ORDER BY id LIMIT 1",
+        (m.member_id, m.phone, since, m.text),
+    ).fetchone()
+
+
+def _follow(conn: sqlite3.Connection, mid: int, member_id: str, b24_id: str, code: str, b24_current: str | None,
+            current: Status, new: Status, reason: str | None, now: float) -> bool:
+    """A repeat takes its first message's status: one SMS went out, both posts learn its fate."""
+    if not may_advance(current, new):
+        return False
+    conn.execute(
+        "UPDATE message SET status=?, reason=coalesce(?, reason), updated_at=? WHERE id=?",
+        (new, reason if new in FINAL and new is not Status.DELIVERED else None, now, mid),
+    )
+    _event(conn, mid, None, new, True, "follows its first message", now)
     return _to_outbox(conn, mid, member_id, b24_id, code, b24_current, new, now)
 
 
