@@ -91,7 +91,7 @@ def auth(cfg: SmscRouteConfig) -> dict[str, str]:
 
 def error_delay(code: int, cfg: SmscRouteConfig) -> float | None:
     if code == 9:
-        return DUPLICATE_WAIT
+        return min(DUPLICATE_WAIT, cfg.retry_max)
     if code == 4 or code in SMSC_ACCOUNT_WAIT:
         return cfg.retry_max
     return None
