@@ -20,8 +20,9 @@ from .bitrix24.pusher import StatusPusher
 from .bitrix24.rest import PortalAuth, RestClient
 from .config import Config
 from .intake import Intake
-from .providers.smpp import SmppRoute
-from .rpc import RpcServer
+from .providers import make_route
+from .providers.http_common import BadCallback, ForgedCallback, HttpRoute
+from .rpc import RpcError, RpcServer
 from .store import OpenMessage, PortalRecord, Store
 
 log = structlog.get_logger(__name__)
@@ -33,7 +34,7 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = Store(config.daemon.database)
-        self.routes: dict[str, SmppRoute] = {}
+        self.routes: dict[str, Any] = {}  # SmppRoute | HttpRoute, see providers.make_route
         self.pushers: dict[str, StatusPusher] = {}
         self._portals: Mapping[str, PortalRecord] = MappingProxyType({})
         self._http: aiohttp.ClientSession | None = None
@@ -60,7 +61,7 @@ class Daemon:
                                 burst=cfg.burst if cfg else 50, on_tokens=self._save_tokens)
             self.pushers[member_id] = StatusPusher(self.store, client)
         for name, route_cfg in self.config.routes.items():
-            route = SmppRoute(route_cfg, self.store)
+            route = make_route(route_cfg, self.store, self._http)
             reloaded = await route.load_open()
             if reloaded:
                 log.info("route_reloaded_open_messages", route=name, messages=reloaded, segments=route.depth)
@@ -73,7 +74,7 @@ class Daemon:
         intake = Intake(self.config, self.store, lambda: self._portals, self.dispatch)
         self._rpc = RpcServer(
             self.config.daemon.socket_path,
-            {"intake": intake, "ping": self._ping, "status": self._status},
+            {"intake": intake, "ping": self._ping, "status": self._status, "dlr": self._dlr},
             group=self.config.daemon.socket_group,
         )
         await self._rpc.start()
@@ -120,13 +121,36 @@ class Daemon:
             if expired:
                 log.warning("receipts_unmatched", count=expired)
 
+    async def _dlr(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A provider's delivery callback, forwarded by the shim (shim/dlr.py)."""
+        route = self.routes.get(params.get("route"))  # type: ignore[arg-type]
+        form = params.get("form")
+        if not isinstance(route, HttpRoute):
+            raise RpcError("bad_request", "route: not an HTTP provider route")
+        if not isinstance(form, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in form
+        ):
+            raise RpcError("bad_request", "form: must be a list of [name, value] strings")
+        try:
+            answer = await route.callback([(k, v) for k, v in form])
+        except ForgedCallback as e:
+            route.stats["callbacks_rejected"] += 1
+            log.warning("dlr_forged", route=route.name, error=str(e))
+            raise RpcError("forbidden", str(e)) from None
+        except BadCallback as e:
+            route.stats["callbacks_rejected"] += 1
+            log.warning("dlr_malformed", route=route.name, error=str(e))
+            raise RpcError("bad_request", str(e)) from None
+        return {"answer": answer}
+
     async def _ping(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {"ok": True}
 
     async def _status(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "routes": {
-                name: {"bound": r.connection.bound, "queue": r.depth, **r.stats}
+                name: {"bound": r.connection.bound if hasattr(r, "connection") else None, "queue": r.depth,
+                       **r.stats}
                 for name, r in self.routes.items()
             },
             "pushers": {m: {"pushed": p.pushed, "dropped": p.dropped} for m, p in self.pushers.items()},
