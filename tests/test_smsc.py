@@ -379,3 +379,52 @@ async def test_hlr_request_and_result(sim, store):
         assert sim.requests[-1][1]["all"] == "1"
     finally:
         await route.close()
+
+
+async def test_timeout_is_ambiguous_and_checked_before_any_resend(sim, store):
+    sim.fail_next("slow", "send", body=1.0)
+    route = SmscRoute(cfg(base_url=sim.base_url + "sys/", timeout=0.2), store)
+    m = await add_message(store, "smsc")
+    route.enqueue(m)
+    task = await _start(route)
+    try:
+        await wait_status(store, m.id, {Status.ACCEPTED})
+        assert route.stats["ambiguous"] == 1 and route.stats["ambiguous_resent"] == 0
+        assert len(sim.messages) == 1
+    finally:
+        await _stop(route, task)
+
+
+async def test_concurrency_cap_per_route(sim, store):
+    sim.latency = 0.05
+    route = SmscRoute(cfg(base_url=sim.base_url + "sys/", batch_size=1, batch_interval=0.0, concurrency=2), store)
+    ms = [await add_message(store, "smsc", f"+3752912345{i:02d}") for i in range(8)]
+    for m in ms:
+        route.enqueue(m)
+    task = await _start(route)
+    try:
+        for m in ms:
+            await wait_status(store, m.id, {Status.ACCEPTED})
+        assert sim.max_in_flight == 2
+    finally:
+        await _stop(route, task)
+
+
+async def test_credentials_stay_out_of_urls_and_logs(sim, store):
+    from structlog.testing import capture_logs
+
+    sim.fail_next("http500", "send")
+    sim.fail_next("json", "send", body={"error": "invalid login or password", "error_code": 2})
+    route = SmscRoute(cfg(base_url=sim.base_url + "sys/"), store)
+    m = await add_message(store, "smsc")
+    with capture_logs() as logs:
+        route.enqueue(m)
+        task = await _start(route)
+        try:
+            await wait_status(store, m.id, {Status.ACCEPTED})
+            store.test_clock.advance(301)
+            await route.poll_once()
+        finally:
+            await _stop(route, task)
+    assert logs and "sim-password" not in repr(logs) and "291234567" not in repr(logs)
+    assert all(not ({"psw", "login", "apikey", "phones", "phone"} & p) for p in sim.url_params)

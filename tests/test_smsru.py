@@ -328,3 +328,45 @@ async def test_cost_without_sending(sim, store):
         assert not sim.messages
     finally:
         await _stop(route, task)
+
+
+async def test_api_id_stays_out_of_urls_and_logs(sim, store):
+    from structlog.testing import capture_logs
+
+    sim.fail_next("http500", "sms/send")
+    sim.fail_next("json", "sms/send", body={"status": "ERROR", "status_code": 301, "status_text": "bad key"})
+    route = SmsRuRoute(cfg(base_url=sim.base_url), store)
+    m = await add_message(store, "smsru")
+    with capture_logs() as logs:
+        route.enqueue(m)
+        task = await _run(route)
+        try:
+            await wait_status(store, m.id, {Status.ACCEPTED})
+        finally:
+            await _stop(route, task)
+    assert logs and API_ID not in repr(logs) and "291234567" not in repr(logs)
+    assert all(not ({"api_id", "to"} & p) for p in sim.url_params)
+
+
+async def test_request_rate_cap(sim, store):
+    now = [100.0]
+
+    async def fake_sleep(seconds: float) -> None:
+        now[0] += seconds
+        await asyncio.sleep(0)
+
+    route = SmsRuRoute(cfg(base_url=sim.base_url, rate=3), store)
+    route.limiter.clock = lambda: now[0]
+    route.rate_sleep = fake_sleep
+    ms = [await add_message(store, "smsru", f"+3752912345{i:02d}") for i in range(7)]
+    for m in ms:
+        route.enqueue(m)
+    task = await _run(route)
+    try:
+        for m in ms:
+            await wait_status(store, m.id, {Status.ACCEPTED})
+        # 3 requests in any 1-second window: the 4th waited a second, the 7th two.
+        assert now[0] == pytest.approx(102.0)
+        assert len([1 for name, _ in sim.requests if name == "sms/send"]) == 7
+    finally:
+        await _stop(route, task)

@@ -186,6 +186,7 @@ class HttpRoute:
         self.monotonic = monotonic
         self.batcher = Batcher(self.batch_size, self.batch_interval)
         self.limiter = SlidingWindowLimiter(cfg.rate, clock=monotonic)
+        self.rate_sleep = asyncio.sleep  # replaced with the clock in tests
         self._slots = asyncio.Semaphore(cfg.concurrency)
         self._wake = asyncio.Event()
         self._poll_wake = asyncio.Event()
@@ -284,7 +285,7 @@ class HttpRoute:
             for batch in self.batcher.due(self.monotonic()):
                 await self._slots.acquire()
                 while (wait := self.limiter.delay()) > 0:
-                    await asyncio.sleep(wait)
+                    await self.rate_sleep(wait)
                 self.limiter.record()
                 self._inflight += len(batch.jobs)
                 self._spawn(self._send(batch))

@@ -18,7 +18,8 @@ class Fault:
 
     ``http500``: answer 500 without doing anything; ``drop``: do the work,
     then cut the connection without an answer (the ambiguous case);
-    ``json``: answer this object instead of doing the work.
+    ``json``: answer this object instead of doing the work; ``slow``: do the
+    work, then answer only after ``body`` seconds (a client timeout).
     """
 
     kind: str
@@ -40,6 +41,10 @@ class SimBase:
     requests: list[tuple[str, dict[str, str]]] = field(init=False, default_factory=list)
     callbacks_sent: int = field(init=False, default=0)
     callbacks_failed: int = field(init=False, default=0)
+    url_params: list[set[str]] = field(init=False, default_factory=list)  # what clients put in URLs
+    latency: float = 0.0  # seconds each request takes
+    in_flight: int = field(init=False, default=0)
+    max_in_flight: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -63,7 +68,7 @@ class SimBase:
         raise NotImplementedError
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self.measure])
         self.routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -107,12 +112,28 @@ class SimBase:
             await asyncio.sleep(0.05 * 2 ** attempt)
         return False
 
-    @staticmethod
-    async def form(request: web.Request) -> dict[str, str]:
+    async def form(self, request: web.Request) -> dict[str, str]:
+        self.url_params.append(set(request.query))
         data = dict(request.query)
         if request.method == "POST":
             data.update({k: str(v) for k, v in (await request.post()).items()})
         return data
+
+    @web.middleware
+    async def measure(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Count concurrent requests (rate-limit tests) and add the configured latency."""
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
+
+    async def slow(self, seconds: float, response: web.StreamResponse) -> web.StreamResponse:
+        await asyncio.sleep(seconds)
+        return response
 
     async def drop(self, request: web.Request) -> web.StreamResponse:
         """Cut the connection with no answer (after the work is done)."""

@@ -77,6 +77,8 @@ class SmscSimulator(SimBase):
             return web.Response(text="OK")
         if fault and fault.kind == "drop":
             return await self.drop(request)
+        if fault and fault.kind == "slow":
+            return await self.slow(float(fault.body), self._answer(answer))
         return self._answer(answer)
 
     @staticmethod

@@ -77,6 +77,8 @@ class SmsRuSimulator(SimBase):
             return web.Response(text=f"{answer['status_code']}\n")
         if fault and fault.kind == "drop":
             return await self.drop(request)
+        if fault and fault.kind == "slow":
+            return await self.slow(float(fault.body), self._json(answer))
         return self._json(answer)
 
     def _numbers(self, form: dict[str, str]) -> list[str]:
