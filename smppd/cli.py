@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     status.set_defaults(func=_status)
 
+    cost = sub.add_parser("cost", help="price and segment count of a text for some numbers, without sending")
+    cost.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    cost.add_argument("--code", required=True, help="the Bitrix24 provider CODE whose route and sender to use")
+    cost.add_argument("--text", required=True, help="the message text")
+    cost.add_argument("numbers", nargs="+", metavar="NUMBER")
+    cost.set_defaults(func=_cost)
+
     demo = sub.add_parser(
         "demo",
         help="the whole path on loopback: simulated portal and operators, real daemon and shim",
@@ -113,6 +120,15 @@ def _status(args: argparse.Namespace) -> int:
         print(f"smppd: daemon unreachable at {cfg.daemon.socket_path}: {e}", file=sys.stderr)
         return EXIT_UNREACHABLE
     return EXIT_OK
+
+
+def _cost(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_USAGE
+    from .cost import run_cost
+
+    return run_cost(cfg, args)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -109,6 +109,8 @@ class SmscSimulator(SimBase):
         good = [p for p in phones if self._digits(p) not in self.bad_numbers and 11 <= len(self._digits(p)) <= 15]
         if not good:
             return self._err(7, id=rid)
+        if f.get("cost") == "1":  # price only, nothing is sent (§2.2)
+            return {"cost": f"{parts * self.price * len(good):.2f}", "cnt": parts * len(good)}
         if self.balance < parts * self.price * len(good):
             return self._err(3, id=rid)
         per = []
