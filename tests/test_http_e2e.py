@@ -83,3 +83,27 @@ async def test_callback_while_the_daemon_is_down_gets_503_so_the_provider_retrie
         assert status == 503
     finally:
         rig.daemon = None
+
+
+async def test_status_shows_http_routes(rig):
+    status = await rig.rpc.call("status")
+    assert status["routes"]["smsru"]["bound"] is None and "requests" in status["routes"]["smscru"]
+
+
+async def test_provider_outage_across_a_daemon_restart_loses_nothing(rig):
+    from smppd.demo import start_daemon
+    from smppd.sims.smsru import SmsRuSimulator
+
+    sim = rig.http_sims["smsru"]
+    port, callback = sim.port, sim.callback_url
+    await sim.stop()  # SMS.ru is down
+    b24_id, status, _ = await post(rig, "by_smsru", "+375291234567", "during the outage")
+    assert status == 200
+    await rig.daemon.stop()
+    await start_daemon(rig)  # reloads the queued message
+    back = SmsRuSimulator(api_id=sim.api_id, outcomes={103: 1.0})
+    back.callback_url = callback
+    await back.start(port=port)
+    rig.http_sims["smsru"] = back
+    finals = await wait_final(rig, [b24_id], timeout=20.0)
+    assert finals[b24_id] == "delivered" and len(back.messages) == 1

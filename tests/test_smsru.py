@@ -370,3 +370,19 @@ async def test_request_rate_cap(sim, store):
         assert len([1 for name, _ in sim.requests if name == "sms/send"]) == 7
     finally:
         await _stop(route, task)
+
+
+async def test_stop_does_not_wait_for_retry_timers_and_the_message_stays_queued(sim, store):
+    sim.balance = 0.0  # account error: the message waits retry_max
+    route = SmsRuRoute(cfg(base_url=sim.base_url, retry_max=300.0), store)
+    m = await add_message(store, "smsru")
+    route.enqueue(m)
+    task = await _run(route)
+    await asyncio.sleep(0.1)
+    assert route.stats["account_errors"] == 1
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await _stop(route, task)
+    assert loop.time() - t0 < 1.0
+    assert (await status_of(store, m.id))[0] is Status.QUEUED
+    assert [x.id for x in await store.open_messages("smsru")] == [m.id]  # the next start sends it

@@ -193,6 +193,7 @@ class HttpRoute:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inflight = 0
         self._stopping = False
+        self._stop_event = asyncio.Event()
         self.stats: dict[str, int] = {
             "requests": 0, "accepted": 0, "refused": 0, "retries": 0, "ambiguous": 0,
             "ambiguous_resent": 0, "account_errors": 0, "callbacks": 0, "callbacks_rejected": 0,
@@ -233,6 +234,7 @@ class HttpRoute:
         """Stop sending; let requests on the wire finish (bounded).  Jobs still
         batched stay ``queued`` in the store and are reloaded at start."""
         self._stopping = True
+        self._stop_event.set()  # backoff and retry timers end now; their messages stay queued in the store
         self._wake.set()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
@@ -339,7 +341,8 @@ class HttpRoute:
             self.stats["retries"] += 1
             log.warning("provider_request_retry", route=self.name, reason=reason, attempt=attempt,
                         delay=round(delay, 2), messages=len(batch.jobs))
-            await asyncio.sleep(delay)
+            if await self._pause(delay):
+                return None
 
     async def _confirm(self, batch: Batch) -> dict[int, Outcome] | None:
         try:
@@ -355,7 +358,8 @@ class HttpRoute:
         for attempt in range(5):
             if self._stopping:
                 break
-            await asyncio.sleep(backoff(attempt, self.cfg.retry_min, self.cfg.retry_max))
+            if await self._pause(backoff(attempt, self.cfg.retry_min, self.cfg.retry_max)):
+                break
             try:
                 return await self.confirm(batch)
             except (Unavailable, Ambiguous, ProviderError):
@@ -381,9 +385,16 @@ class HttpRoute:
                 self._spawn(self._later(job, out.delay))
 
     async def _later(self, job: Job, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if not self._stopping:
+        if not await self._pause(delay):
             self.add_job(job)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep, cut short by stop(); True when the route is stopping."""
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+        return self._stopping
 
     # --- polling ---------------------------------------------------------------
 
