@@ -64,7 +64,12 @@ STORE_CHANNEL = {"sms": "sms", "viber": "viber", "fallback": "viber_fallback"}
 
 
 def only_digits(number: str) -> str:
-    return "".join(c for c in str(number) if c.isdigit())
+    number = str(number)
+    if number.isascii() and number.isdigit():  # the usual forms first: this runs per number of every answer
+        return number
+    if number.startswith("+") and number.isascii() and number[1:].isdigit():
+        return number[1:]
+    return "".join(c for c in number if c.isdigit())
 
 
 def provider_id(request_id: int, number: str) -> str:
