@@ -478,6 +478,37 @@ class Store:
         if await self.execute(op):
             self.outbox_changed.set()
 
+    async def provider_submitting(self, planned: Iterable[tuple[int, str]]) -> None:
+        """Before a request goes out: the id the provider will know each message by.
+
+        Only for providers where we choose the id (SMSC): after a crash the
+        route asks the provider about these ids instead of resending blindly.
+        """
+        now = self.clock()
+        rows = list(planned)
+
+        def op(conn: sqlite3.Connection) -> None:
+            for mid, pid in rows:
+                conn.execute("UPDATE segment SET provider_id=? WHERE message_id=? AND seq=0", (pid, mid))
+                _all_segments(conn, mid, Status.SUBMITTED, None, now)
+
+        await self.execute(op)
+
+    async def submitted_unconfirmed(self, route: str) -> list[PollItem]:
+        """Messages whose request went out with a known id but whose answer never came."""
+
+        def op(conn: sqlite3.Connection) -> list[PollItem]:
+            rows = conn.execute(
+                "SELECT m.id, s.provider_id, m.phone, m.channel, m.sender, m.text FROM message m"
+                " JOIN segment s ON s.message_id = m.id AND s.seq = 0"
+                " WHERE m.route=? AND m.status IN ('queued','submitted') AND s.status='submitted'"
+                " AND s.provider_id IS NOT NULL ORDER BY m.id",
+                (route,),
+            ).fetchall()
+            return [PollItem(*r) for r in rows]
+
+        return await self.execute(op)
+
     async def provider_failed(self, message_id: int, status: Status, detail: str) -> None:
         """The provider refused the message for good."""
         now = self.clock()

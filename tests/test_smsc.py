@@ -11,7 +11,7 @@ from smppd.model import SMSC_STATUS, Status, UnknownProviderStatus, smsc_status
 from smppd.providers import smsc
 from smppd.providers.http_common import Accepted, Ambiguous, BadCallback, Batcher, Job, ProviderError, Refused, Retry
 from smppd.providers.smsc import VIBER_ID_BASE, SmscRoute
-from smppd.sims.smsc import SmscSimulator
+from smppd.sims.smsc import SimMessage, SmscSimulator
 from smppd.store import OpenMessage, Store
 
 from .http_rig import FakeClock, add_message, status_of, wait_status
@@ -270,7 +270,9 @@ async def test_api_key_auth_and_wrong_credentials(sim, store):
     try:
         await asyncio.sleep(0.2)
         assert wrong.stats["account_errors"] >= 1
-        assert (await status_of(store, m2.id))[0] is Status.QUEUED  # waits for the admin, not lost
+        # waits for the admin, not lost: reloaded (and asked about) at the next start
+        assert (await status_of(store, m2.id))[0] is Status.SUBMITTED
+        assert [u.id for u in await store.submitted_unconfirmed("smsc")] == [m2.id]
     finally:
         await _stop(wrong, task)
 
@@ -428,3 +430,25 @@ async def test_credentials_stay_out_of_urls_and_logs(sim, store):
             await _stop(route, task)
     assert logs and "sim-password" not in repr(logs) and "291234567" not in repr(logs)
     assert all(not ({"psw", "login", "apikey", "phones", "phone"} & p) for p in sim.url_params)
+
+
+async def test_after_a_crash_smsc_is_asked_before_anything_is_resent(sim, store):
+    c = cfg(base_url=sim.base_url + "sys/")
+    had = await add_message(store, "smsc", "+375291234567")
+    lost = await add_message(store, "smsc", "+375331234567")
+    # A request for both was on the wire when the daemon died; SMSC took only the first.
+    await store.provider_submitting([(had.id, f"{had.id}:375291234567"), (lost.id, f"{had.id}:375331234567")])
+    sim.messages[(had.id, "375291234567")] = SimMessage(
+        had.id, "375291234567", had.text, had.sender, False, False, status=0)
+    route = SmscRoute(c, store)
+    assert await route.load_open() == 2
+    task = await _start(route)
+    try:
+        row = await wait_status(store, had.id, {Status.ACCEPTED})
+        assert row["segment_rows"][0]["provider_id"] == f"{had.id}:375291234567"
+        row = await wait_status(store, lost.id, {Status.ACCEPTED})
+        assert row["segment_rows"][0]["provider_id"] == f"{lost.id}:375331234567"
+        sends = [f for name, f in sim.requests if name == "send"]
+        assert [f["phones"] for f in sends] == ["+375331234567"]  # only the one SMSC did not have
+    finally:
+        await _stop(route, task)

@@ -311,8 +311,15 @@ class HttpRoute:
             self._inflight -= len(batch.jobs)
             self._slots.release()
 
+    def planned_ids(self, batch: Batch) -> dict[int, str] | None:
+        """The provider ids the batch will get, when we choose them (recorded before sending)."""
+        return None
+
     async def _send_until_answered(self, batch: Batch) -> dict[int, Outcome] | None:
         attempt = 0
+        planned = self.planned_ids(batch)
+        if planned:
+            await self.store.provider_submitting(planned.items())
         while True:
             self.stats["requests"] += 1
             try:

@@ -50,6 +50,8 @@ from .http_common import (
     ProviderError,
     Refused,
     Retry,
+    Unavailable,
+    backoff,
 )
 
 log = structlog.get_logger(__name__)
@@ -254,11 +256,61 @@ class SmscRoute(HttpRoute):
         return "viber" if self.cfg.viber else "sms"
 
     async def load_open(self) -> int:
-        n = await super().load_open()
+        """Queue what the store says is unsent.  Messages whose request was on
+        the wire at a crash are asked about first (``run``), not resent blindly."""
+        unsure = await self.store.submitted_unconfirmed(self.name)
+        skip = {u.id for u in unsure}
+        messages = [m for m in await self.store.open_messages(self.name) if m.id not in skip]
+        for m in messages:
+            self.enqueue(m)
         owed = await self.store.fallbacks_owed(self.name)
         for m in owed:
             self.add_job(Job(m, "fallback"))
-        return n + len(owed)
+        self._unsure = unsure
+        return len(messages) + len(owed) + len(unsure)
+
+    _unsure: list[PollItem] = []
+
+    async def run(self) -> None:
+        if self._unsure:
+            self._spawn(self._confirm_unsure(self._unsure))
+            self._unsure = []
+        await super().run()
+
+    async def _confirm_unsure(self, items: list[PollItem]) -> None:
+        """After a crash: what SMSC has is accepted, the rest is sent (again)."""
+        for i in range(0, len(items), 100):
+            chunk = items[i:i + 100]
+            pairs = [split_provider_id(it.provider_id) for it in chunk]
+            found: dict[tuple[int, str], dict[str, Any]] | None = None
+            for attempt in range(10):
+                try:
+                    found = parse_status(await self.post(self.url("status.php"), status_form(self.cfg, pairs)),
+                                         self.cfg)
+                    break
+                except (Unavailable, Ambiguous, ProviderError) as e:
+                    log.warning("smsc_crash_confirm_retry", route=self.name, error=str(e))
+                    if await self._pause(backoff(attempt, self.cfg.retry_min, self.cfg.retry_max)):
+                        return
+            found = found or {}
+            resent = 0
+            for it, pair in zip(chunk, pairs):
+                st = found.get(pair)
+                rid = pair[0]
+                channel = "viber" if rid >= VIBER_ID_BASE else "sms"
+                job = Job(OpenMessage(it.id, self.name, it.sender, it.phone, it.text, (0,)), channel)
+                if st is not None and _int(st["status"], "status") != -3:
+                    await self.accepted(job, it.provider_id)
+                else:
+                    resent += 1
+                    self.add_job(job)
+            log.info("smsc_crash_confirmed", route=self.name, had=len(chunk) - resent, resending=resent)
+
+    def planned_ids(self, batch: Batch) -> dict[int, str] | None:
+        if batch.key[2] == "fallback":
+            return None  # already accepted (as Viber): its row keeps the Viber id until the SMS is taken
+        rid, numbers = self._request(batch)
+        return {j.message.id: provider_id(rid, n) for j, n in zip(batch.jobs, numbers)}
 
     # --- sending -----------------------------------------------------------------
 
