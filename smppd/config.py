@@ -109,6 +109,7 @@ class SmsRuRouteConfig:
     retry_max: float = 300.0
     poll_after: float = 300.0  # seconds without a final status before we ask sms/status
     poll_interval: float = 60.0
+    poll_for: float = 3 * 86400.0  # stop asking about a message this long after it was received
     kind: str = "smsru"
 
 
@@ -134,6 +135,7 @@ class SmscRouteConfig:
     retry_max: float = 300.0
     poll_after: float = 300.0
     poll_interval: float = 60.0
+    poll_for: float = 3 * 86400.0  # stop asking about a message this long after it was received
     kind: str = "smsc"
 
 
@@ -316,6 +318,7 @@ def _http_route(name: str, kind: str, t: Mapping[str, Any]) -> HttpRouteConfig:
         retry_max=_number(t, key, "retry_max", default=300.0, low=retry_min),
         poll_after=_number(t, key, "poll_after", default=300.0, low=0.0),
         poll_interval=_number(t, key, "poll_interval", default=60.0, low=1.0),
+        poll_for=_number(t, key, "poll_for", default=3 * 86400.0, low=60.0),
     )
     if kind == "smsru":
         return SmsRuRouteConfig(

@@ -178,6 +178,7 @@ class PollItem:
     channel: str | None
     sender: str
     text: str
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -499,7 +500,7 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> list[PollItem]:
             rows = conn.execute(
-                "SELECT m.id, s.provider_id, m.phone, m.channel, m.sender, m.text FROM message m"
+                "SELECT m.id, s.provider_id, m.phone, m.channel, m.sender, m.text, m.created_at FROM message m"
                 " JOIN segment s ON s.message_id = m.id AND s.seq = 0"
                 " WHERE m.route=? AND m.status IN ('queued','submitted') AND s.status='submitted'"
                 " AND s.provider_id IS NOT NULL ORDER BY m.id",
@@ -554,7 +555,7 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> list[PollItem]:
             rows = conn.execute(
-                "SELECT m.id, s.provider_id, m.phone, m.channel, m.sender, m.text FROM message m"
+                "SELECT m.id, s.provider_id, m.phone, m.channel, m.sender, m.text, m.created_at FROM message m"
                 " JOIN segment s ON s.message_id = m.id AND s.seq = 0"
                 " WHERE m.route=? AND m.poll_at IS NOT NULL AND m.poll_at <= ? AND m.status='accepted'"
                 " AND s.provider_id IS NOT NULL ORDER BY m.poll_at LIMIT ?",
@@ -569,7 +570,7 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> PollItem | None:
             row = conn.execute(
-                "SELECT m.id, s.provider_id, m.phone, m.channel, m.sender, m.text FROM segment s"
+                "SELECT m.id, s.provider_id, m.phone, m.channel, m.sender, m.text, m.created_at FROM segment s"
                 " JOIN message m ON m.id = s.message_id WHERE s.route=? AND s.provider_id=?",
                 (route, provider_id),
             ).fetchone()

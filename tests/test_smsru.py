@@ -192,6 +192,11 @@ async def test_poll_of_a_message_still_in_transit_asks_again_a_minute_later(sim,
         store.test_clock.advance(2)
         assert await route.poll_once() == 1
         assert (await status_of(store, m.id))[0] is Status.ACCEPTED
+        # after poll_for (3 days) the provider is not asked any more
+        store.test_clock.advance(3 * 86400)
+        assert await route.poll_once() == 1 and route.stats["poll_given_up"] == 1
+        store.test_clock.advance(86400)
+        assert await route.poll_once() == 0
     finally:
         await _stop(route, task)
 

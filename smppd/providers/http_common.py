@@ -197,7 +197,7 @@ class HttpRoute:
         self.stats: dict[str, int] = {
             "requests": 0, "accepted": 0, "refused": 0, "retries": 0, "ambiguous": 0,
             "ambiguous_resent": 0, "account_errors": 0, "callbacks": 0, "callbacks_rejected": 0,
-            "polled": 0, "receipts_unmatched": 0, "unknown_status": 0,
+            "polled": 0, "poll_given_up": 0, "receipts_unmatched": 0, "unknown_status": 0,
         }
 
     # --- the route interface ---------------------------------------------------
@@ -416,13 +416,18 @@ class HttpRoute:
             log.warning("provider_poll_failed", route=self.name, error=str(e), messages=len(items))
             answers = {}
         self.stats["polled"] += len(items)
-        again = []
+        again, given_up = [], []
+        now = self.store.clock()
         for item in items:
             code, status = answers.get(item.id, (None, None))
             if code is None or not await self.polled(item, code, status):
-                again.append(item.id)
+                (given_up if now - item.created_at > self.cfg.poll_for else again).append(item.id)
         if again:
-            await self.store.schedule_polls(again, self.store.clock() + self.cfg.poll_interval)
+            await self.store.schedule_polls(again, now + self.cfg.poll_interval)
+        if given_up:  # the provider will not say any more; Bitrix24 keeps showing "sent"
+            self.stats["poll_given_up"] += len(given_up)
+            log.warning("provider_poll_given_up", route=self.name, messages=len(given_up))
+            await self.store.schedule_polls(given_up, None)
         return len(items)
 
     async def _poll_loop(self) -> None:
