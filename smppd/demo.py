@@ -114,11 +114,15 @@ def make_config(tmp: Path, portal: SimulatedPortal, smscs: dict[str, SmscSimulat
             senders["by_smsru"] = SenderConfig(code="by_smsru", route=name, sender_id="DemoShop",
                                                name="SMS via SMS.ru")
         else:
+            # An SMSC account (or sub-client) per route: SMSC calls one URL per account.
+            viber = name.endswith("_viber")  # Viber first, SMS when Viber cannot deliver
             routes[name] = SmscRouteConfig(name=name, login=sim.login, password=sim.psw,
                                            base_url=sim.base_url + "sys/", batch_interval=0.2, retry_min=0.2,
-                                           retry_max=5.0, poll_after=5.0, poll_interval=1.0)
-            senders["by_smsc"] = SenderConfig(code="by_smsc", route=name, sender_id="DemoShop",
-                                              name="SMS via SMSC.ru")
+                                           retry_max=5.0, poll_after=5.0, poll_interval=1.0,
+                                           viber=viber, viber_fallback=2.0)
+            code = "by_viber" if viber else "by_smsc"
+            senders[code] = SenderConfig(code=code, route=name, sender_id="DemoShop",
+                                         name="Viber, then SMS, via SMSC.ru" if viber else "SMS via SMSC.ru")
     portal_cfg = PortalConfig(
         member_id=portal.member_id, domain=portal.domain, client_endpoint=portal.client_endpoint,
         server_endpoint=portal.server_endpoint, client_id=portal.client_id,
@@ -149,7 +153,8 @@ async def start_rig(tmp: Path, *, seed: int = 7, portal_rate: float | None = 2.0
     if http:
         outcomes_ru = {103: 0.85, 104: 0.05, 107: 0.05, 150: 0.05}
         http_sims = {"smsru": SmsRuSimulator(seed=seed + 2, outcomes=outcomes_ru, deliver_after=0.2),
-                     "smscru": SmscRuSimulator(seed=seed + 3, deliver_after=0.2)}
+                     "smscru": SmscRuSimulator(seed=seed + 3, deliver_after=0.2),
+                     "smscru_viber": SmscRuSimulator(seed=seed + 4, deliver_after=0.2, viber_share=0.6)}
         for sim in http_sims.values():
             await sim.start()
     key = secrets.token_urlsafe(24)
@@ -264,7 +269,8 @@ async def wait_final(rig: Rig, timeout: float, progress: bool) -> None:
 
 def report(rig: Rig, started: float) -> bool:
     """Print the table; True when every message is accounted for."""
-    routes = {"by_life": "life:)", "by_mts": "MTS", "by_smsru": "SMS.ru", "by_smsc": "SMSC.ru"}
+    routes = {"by_life": "life:)", "by_mts": "MTS", "by_smsru": "SMS.ru", "by_smsc": "SMSC.ru",
+              "by_viber": "Viber→SMS"}
     table: dict[tuple[str, str], int] = {}
     lost, not_ok, latencies = [], [], []
     for p in rig.posted:
@@ -282,9 +288,12 @@ def report(rig: Rig, started: float) -> bool:
             latencies.append(at - p.posted_at)
     last = max((final_time(rig, p.b24_id) or 0.0) for p in rig.posted) if rig.posted else started
     print()
-    print(f"{'operator':<10}{'status':<14}{'messages':>9}")
+    print(f"{'route':<11}{'status':<14}{'messages':>9}")
     for (op, status), count in sorted(table.items()):
-        print(f"{op:<10}{status:<14}{count:>9}")
+        print(f"{op:<11}{status:<14}{count:>9}")
+    channels = _channels(rig)
+    if channels:
+        print("Viber cascade: " + ", ".join(f"{CHANNEL_WORDS.get(c, c)} {n}" for c, n in sorted(channels.items())))
     total = len(rig.posted)
     segments = sum(p.segments for p in rig.posted if p.valid)
     elapsed = max(last - started, 1e-6)
@@ -307,6 +316,20 @@ def report(rig: Rig, started: float) -> bool:
     return not lost and not not_ok and not wrong
 
 
+CHANNEL_WORDS = {"viber": "went by Viber", "viber_fallback": "fell back to SMS"}
+
+
+def _channels(rig: Rig) -> dict[str, int]:
+    """How the Viber route's messages went out, from the store's channel column."""
+    import sqlite3
+
+    with sqlite3.connect(rig.config.daemon.database) as conn:
+        rows = conn.execute(
+            "SELECT channel, count(*) FROM message WHERE channel IN ('viber', 'viber_fallback') GROUP BY 1"
+        ).fetchall()
+    return {c: n for c, n in rows}
+
+
 def run_demo(args: argparse.Namespace) -> bool:
     logs.configure(json=False, level=logging.INFO if args.verbose else logging.WARNING)
     return asyncio.run(_demo(args.messages, args.concurrency, args.seed, args.timeout))
@@ -320,9 +343,10 @@ async def _demo(n: int, concurrency: int, seed: int, timeout: float) -> bool:
         try:
             print(f"  shim {rig.shim_url}, portal {rig.portal.base_url}, "
                   f"SMSCs life:) :{rig.smscs['life'].port} MTS :{rig.smscs['mts'].port}, "
-                  f"SMS.ru :{rig.http_sims['smsru'].port} SMSC.ru :{rig.http_sims['smscru'].port}")
+                  f"SMS.ru :{rig.http_sims['smsru'].port} SMSC.ru :{rig.http_sims['smscru'].port} "
+                  f"and :{rig.http_sims['smscru_viber'].port} (Viber)")
             started = time.time()
-            codes = ("by_life", "by_mts", "by_smsru", "by_smsc")
+            codes = ("by_life", "by_mts", "by_smsru", "by_smsc", "by_viber")
             await post_all(rig, demo_messages(n, random.Random(seed), codes), concurrency)
             await wait_final(rig, timeout, progress=True)
             return report(rig, started)

@@ -175,6 +175,7 @@ class HttpRoute:
     kind = "http"
     batch_size = 1
     batch_interval = 0.0
+    can_confirm = False  # True when confirm() can ask the provider about a request
 
     def __init__(self, cfg: HttpRouteConfig, store: Store, http: aiohttp.ClientSession | None = None,
                  *, monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -357,8 +358,6 @@ class HttpRoute:
         except (Unavailable, Ambiguous, ProviderError) as e:
             log.warning("provider_confirm_failed", route=self.name, error=str(e))
             return None if not self.can_confirm else await self._confirm_later(batch)
-
-    can_confirm = False
 
     async def _confirm_later(self, batch: Batch) -> dict[int, Outcome] | None:
         """Asking failed too: wait and ask again rather than risk a duplicate."""

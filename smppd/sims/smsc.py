@@ -39,7 +39,8 @@ class SmscSimulator(SimBase):
     balance: float = 1000.0
     price: float = 0.4
     outcomes: dict[int, float] = field(default_factory=lambda: dict(DEFAULT_OUTCOMES))
-    viber_users: frozenset[str] | None = None  # digits with Viber; None = everyone
+    viber_users: frozenset[str] | None = None  # digits with Viber; None = decided by viber_share
+    viber_share: float = 1.0  # share of numbers with Viber (by last digit) when viber_users is None
     viber_silent: bool = False  # Viber never reports (tests the fallback timeout)
     bad_numbers: frozenset[str] = frozenset()  # digits refused per number (error 7)
     duplicate_window: float = 60.0
@@ -129,7 +130,7 @@ class SmscSimulator(SimBase):
                 continue
             if hlr:
                 final = 1
-            elif viber and self.viber_users is not None and d not in self.viber_users:
+            elif viber and not self.has_viber(d):
                 final = 20
             else:
                 final = self._rng.choices(list(self.outcomes), weights=list(self.outcomes.values()))[0]
@@ -142,6 +143,11 @@ class SmscSimulator(SimBase):
         if f.get("op") == "1":
             answer["phones"] = per
         return answer
+
+    def has_viber(self, digits: str) -> bool:
+        if self.viber_users is not None:
+            return digits in self.viber_users
+        return int(digits[-1]) < self.viber_share * 10
 
     @staticmethod
     def _digits(p: str) -> str:
