@@ -9,7 +9,7 @@ import pytest
 from smppd.config import SmscRouteConfig
 from smppd.model import SMSC_STATUS, Status, UnknownProviderStatus, smsc_status
 from smppd.providers import smsc
-from smppd.providers.http_common import Accepted, Ambiguous, BadCallback, Batcher, Job, ProviderError, Refused, Retry
+from smppd.providers.http_common import Accepted, Ambiguous, BadCallback, Batcher, Job, ProviderError, Refused
 from smppd.providers.smsc import VIBER_ID_BASE, SmscRoute
 from smppd.sims.smsc import SimMessage, SmscSimulator
 from smppd.store import OpenMessage, Store

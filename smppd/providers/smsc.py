@@ -97,11 +97,12 @@ def auth(cfg: SmscRouteConfig) -> dict[str, str]:
 
 
 def error_delay(code: int, cfg: SmscRouteConfig) -> float | None:
-    if code == 9:
+    """Seconds to wait before trying again after error ``code``; None when final."""
+    if code not in SMSC_RETRY and code not in SMSC_ACCOUNT_WAIT:
+        return None
+    if code == 9:  # "wait a minute" (capped by retry_max so tests need not)
         return min(DUPLICATE_WAIT, cfg.retry_max)
-    if code == 4 or code in SMSC_ACCOUNT_WAIT:
-        return cfg.retry_max
-    return None
+    return cfg.retry_max  # 4: IP blocked for a while; 2, 3: the admin has to act
 
 
 def send_form(cfg: SmscRouteConfig, numbers: Sequence[str], text: str, sender: str, request_id: int,
