@@ -107,3 +107,13 @@ async def test_provider_outage_across_a_daemon_restart_loses_nothing(rig):
     rig.http_sims["smsru"] = back
     finals = await wait_final(rig, [b24_id], timeout=20.0)
     assert finals[b24_id] == "delivered" and len(back.messages) == 1
+
+
+async def test_smsru_callback_as_multipart_with_unnumbered_keys(rig):
+    b24_id, status, _ = await post(rig, "by_smsru", "+375291234568", "multipart")
+    await wait_final(rig, [b24_id])
+    [pid] = [p for p in provider_ids(rig, b24_id) if p]
+    form = aiohttp.FormData()
+    form.add_field("data[]", "callcheck_status\n1\n401", content_type="text/plain")
+    form.add_field("data[]", f"sms_status\n{pid}\n103\n1700000000", content_type="text/plain")
+    assert await _post(dlr_url(rig, "smsru"), form) == (200, "100")
