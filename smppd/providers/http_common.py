@@ -373,22 +373,25 @@ class HttpRoute:
         return None
 
     async def _apply(self, batch: Batch, outcomes: Mapping[int, Outcome]) -> None:
+        """Store every outcome of a batch; queued together, so one group commit, not one per number."""
+        writes = []
         for job in batch.jobs:
             out = outcomes.get(job.message.id)
             if out is None:
                 out = Retry(self.cfg.retry_min, "no answer for this number")
             if isinstance(out, Accepted):
                 self.stats["accepted"] += 1
-                await self.accepted(job, out.provider_id)
+                writes.append(self.accepted(job, out.provider_id))
             elif isinstance(out, Refused):
                 self.stats["refused"] += 1
                 log.info("provider_refused", route=self.name, message=job.message.id, detail=out.detail)
-                await self.store.provider_failed(job.message.id, out.status, out.detail)
+                writes.append(self.store.provider_failed(job.message.id, out.status, out.detail))
             else:
                 self.stats["retries"] += 1
                 log.info("provider_retry_later", route=self.name, message=job.message.id, detail=out.detail,
                          delay=out.delay)
                 self._spawn(self._later(job, out.delay))
+        await asyncio.gather(*writes)
 
     async def _later(self, job: Job, delay: float) -> None:
         if not await self._pause(delay):
