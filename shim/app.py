@@ -217,6 +217,7 @@ def make_app(
     codes: Collection[str],
     rpc: RpcClient,
     max_body: int = 64 * 1024,
+    dlr_keys: Mapping[str, str] | None = None,
 ) -> web.Application:
     """Build the shim application.
 
@@ -227,4 +228,10 @@ def make_app(
     app = web.Application(client_max_size=max_body)
     app.router.add_post("/bitrix24/{code}", handler.post)
     app.router.add_get("/healthz", handler.healthz)
+    if dlr_keys:  # HTTP providers' delivery callbacks (shim/dlr.py)
+        from shim.dlr import DlrHandler
+
+        dlr = DlrHandler(keys=dlr_keys, rpc=rpc)
+        app.router.add_route("POST", "/dlr/{route}", dlr.handle)
+        app.router.add_route("GET", "/dlr/{route}", dlr.handle)
     return app

@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
                           help="broadcast size to price in segments (default 1000)")
     text_cmd.set_defaults(func=_text)
 
+    cost = sub.add_parser("cost", help="price and segment count of a text for some numbers, without sending")
+    cost.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    cost.add_argument("--code", required=True, help="the Bitrix24 provider CODE whose route and sender to use")
+    cost.add_argument("--text", required=True, help="the message text")
+    cost.add_argument("numbers", nargs="+", metavar="NUMBER")
+    cost.set_defaults(func=_cost)
+
     demo = sub.add_parser(
         "demo",
         help="the whole path on loopback: simulated portal and operators, real daemon and shim",
@@ -190,6 +197,15 @@ def _text(args: argparse.Namespace) -> int:
         print(f"without them    {without.segments} segment(s) as GSM-7")
     print(f"broadcast       {c.broadcast(args.recipients)} segments for {args.recipients} recipients")
     return EXIT_OK
+
+
+def _cost(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_USAGE
+    from .cost import run_cost
+
+    return run_cost(cfg, args)
 
 
 def _demo(args: argparse.Namespace) -> int:

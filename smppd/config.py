@@ -27,7 +27,9 @@ MESSAGE_TYPES = ("transactional", "marketing")
 DUPLICATE_OUTCOMES = ("follow-first", "failed")
 # Countries a route of each kind takes when the config names none: the Belarusian
 # operators carry +375 only (their contracts and sender registrations are national).
-DEFAULT_COUNTRIES: dict[str, frozenset[str] | None] = {"smpp": frozenset({"BY"})}
+# The Belarusian operators take +375 only unless told otherwise; the aggregators
+# (SMS.ru, SMSC) route internationally.
+DEFAULT_COUNTRIES: dict[str, frozenset[str] | None] = {"smpp": frozenset({"BY"}), "smsru": None, "smsc": None}
 ANY_COUNTRY = "*"
 
 
@@ -99,7 +101,60 @@ class SmppRouteConfig:
     countries: frozenset[str] | None = frozenset({"BY"})  # ISO regions it may send to; None = any
 
 
-RouteConfig = SmppRouteConfig  # HTTP providers join this union later
+@dataclass(frozen=True)
+class SmsRuRouteConfig:
+    """An SMS.ru account (reference/providers.md §1)."""
+
+    name: str
+    api_id: str = field(repr=False)
+    base_url: str = "https://sms.ru/"
+    ttl: int = 0  # minutes, 1–1440; 0 = the provider's default
+    translit: bool = False
+    test: bool = False  # SMS.ru sends and charges nothing, answers with dummy ids
+    batch_size: int = 1  # numbers per sms/send request (up to 100) for identical texts
+    batch_interval: float = 0.0
+    callback_key: str = field(default="", repr=False)  # per-route ?key= of /dlr/{route}; "" = the shim key
+    rate: float = 0.0  # requests per second, 0 = no cap
+    concurrency: int = 4
+    timeout: float = 15.0
+    retry_min: float = 1.0
+    retry_max: float = 300.0
+    poll_after: float = 300.0  # seconds without a final status before we ask sms/status
+    poll_interval: float = 60.0
+    poll_for: float = 3 * 86400.0  # stop asking about a message this long after it was received
+    countries: frozenset[str] | None = None  # ISO regions it may send to; None = any
+    kind: str = "smsru"
+
+
+@dataclass(frozen=True)
+class SmscRouteConfig:
+    """An SMSC.ru account (reference/providers.md §2): login+password or an API key."""
+
+    name: str
+    login: str = ""
+    password: str = field(default="", repr=False)
+    apikey: str = field(default="", repr=False)
+    base_url: str = "https://smsc.ru/sys/"
+    batch_size: int = 100  # numbers per send.php request
+    batch_interval: float = 2.0  # seconds a batch waits for more numbers
+    viber: bool = False  # Viber first, SMS when Viber does not deliver
+    viber_fallback: float = 300.0  # seconds Viber gets before the SMS goes out
+    valid: int = 0  # lifetime in minutes, 0 = the provider's default
+    callback_key: str = field(default="", repr=False)
+    rate: float = 0.0
+    concurrency: int = 4
+    timeout: float = 15.0
+    retry_min: float = 1.0
+    retry_max: float = 300.0
+    poll_after: float = 300.0
+    poll_interval: float = 60.0
+    poll_for: float = 3 * 86400.0  # stop asking about a message this long after it was received
+    countries: frozenset[str] | None = None
+    kind: str = "smsc"
+
+
+HttpRouteConfig = SmsRuRouteConfig | SmscRouteConfig
+RouteConfig = SmppRouteConfig | SmsRuRouteConfig | SmscRouteConfig
 
 
 @dataclass(frozen=True)
@@ -241,8 +296,10 @@ def _route(name: str, t: Any) -> RouteConfig:
     if not isinstance(t, dict):
         raise ConfigError(key, "must be a table")
     kind = _str(t, key, "kind", default="smpp")
+    if kind in ("smsru", "smsc"):
+        return _http_route(name, kind, t)
     if kind != "smpp":
-        raise ConfigError(f"{key}.kind", f"unknown route kind {kind!r} (known: smpp)")
+        raise ConfigError(f"{key}.kind", f"unknown route kind {kind!r} (known: smpp, smsru, smsc)")
     _only(t, key, {f.name for f in SmppRouteConfig.__dataclass_fields__.values()} - {"name"})
     bind_mode = _str(t, key, "bind_mode", default="transceiver")
     if bind_mode not in BIND_MODES:
@@ -276,6 +333,58 @@ def _route(name: str, t: Any) -> RouteConfig:
         receipt_id_base=id_base,
         registered_delivery=_int(t, key, "registered_delivery", default=1, low=0, high=0xFF),
         countries=countries,
+    )
+
+
+def _http_route(name: str, kind: str, t: Mapping[str, Any]) -> HttpRouteConfig:
+    key = f"route.{name}"
+    cls = SmsRuRouteConfig if kind == "smsru" else SmscRouteConfig
+    _only(t, key, {f.name for f in cls.__dataclass_fields__.values()} - {"name"})
+    callback_key = _str(t, key, "callback_key", default="")
+    if callback_key and len(callback_key) < 24:
+        raise ConfigError(f"{key}.callback_key", "must be at least 24 random characters")
+    retry_min = _number(t, key, "retry_min", default=1.0, low=0.01)
+    common: dict[str, Any] = dict(
+        name=name,
+        base_url=_url(t, key, "base_url") if "base_url" in t else cls.base_url,
+        callback_key=callback_key,
+        rate=_number(t, key, "rate", default=0.0, low=0.0),
+        concurrency=_int(t, key, "concurrency", default=4, low=1, high=100),
+        timeout=_number(t, key, "timeout", default=15.0, low=0.1),
+        retry_min=retry_min,
+        retry_max=_number(t, key, "retry_max", default=300.0, low=retry_min),
+        poll_after=_number(t, key, "poll_after", default=300.0, low=0.0),
+        poll_interval=_number(t, key, "poll_interval", default=60.0, low=1.0),
+        poll_for=_number(t, key, "poll_for", default=3 * 86400.0, low=60.0),
+        countries=_countries(t, key, kind),
+    )
+    if kind == "smsru":
+        return SmsRuRouteConfig(
+            batch_size=_int(t, key, "batch_size", default=1, low=1, high=100),
+            batch_interval=_number(t, key, "batch_interval", default=0.0, low=0.0),
+            api_id=_str(t, key, "api_id"),
+            ttl=_int(t, key, "ttl", default=0, low=0, high=1440),
+            translit=_bool(t, key, "translit", default=False),
+            test=_bool(t, key, "test", default=False),
+            **common,
+        )
+    login = _str(t, key, "login", default="")
+    password = _str(t, key, "password", default="")
+    apikey = _str(t, key, "apikey", default="")
+    if not apikey and not (login and password):
+        raise ConfigError(key, "needs apikey, or login and password")
+    if apikey and (login or password):
+        raise ConfigError(f"{key}.apikey", "give either apikey or login+password, not both")
+    return SmscRouteConfig(
+        login=login,
+        password=password,
+        apikey=apikey,
+        batch_size=_int(t, key, "batch_size", default=100, low=1, high=100),
+        batch_interval=_number(t, key, "batch_interval", default=2.0, low=0.0),
+        viber=_bool(t, key, "viber", default=False),
+        viber_fallback=_number(t, key, "viber_fallback", default=300.0, low=1.0),
+        valid=_int(t, key, "valid", default=0, low=0, high=24 * 60),
+        **common,
     )
 
 
@@ -440,6 +549,13 @@ def _int(t: Mapping[str, Any], key: str, name: str, default: Any = _MISSING, *, 
     v = _get(t, key, name, default)
     if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
         raise ConfigError(f"{key}.{name}", f"must be an integer from {low} to {high}, got {v!r}")
+    return v
+
+
+def _bool(t: Mapping[str, Any], key: str, name: str, default: Any = _MISSING) -> bool:
+    v = _get(t, key, name, default)
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key}.{name}", f"must be true or false, got {v!r}")
     return v
 
 

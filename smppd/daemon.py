@@ -24,7 +24,8 @@ from .config import Config
 from .consent import ConsentReader
 from .holds import HoldWorker
 from .intake import Intake
-from .providers.smpp import SmppRoute
+from .providers import make_route
+from .providers.http_common import BadCallback, ForgedCallback, HttpRoute
 from .rpc import RpcError, RpcServer
 from .smpp.codec import ShortMessage
 from .stoplist import StopList
@@ -43,7 +44,7 @@ class Daemon:
         self.stoplist = StopList(self.store)
         self.consent = ConsentReader(self._rest_client, config.rules.consent_field, config.rules.consent_cache_ttl)
         self.holds = HoldWorker(self.store, self.rules, self.consent, self.dispatch, self.stoplist)
-        self.routes: dict[str, SmppRoute] = {}
+        self.routes: dict[str, Any] = {}  # SmppRoute | HttpRoute, see providers.make_route
         self.pushers: dict[str, StatusPusher] = {}
         self._portals: Mapping[str, PortalRecord] = MappingProxyType({})
         self._http: aiohttp.ClientSession | None = None
@@ -71,8 +72,9 @@ class Daemon:
                                 burst=cfg.burst if cfg else 50, on_tokens=self._save_tokens)
             self.pushers[member_id] = StatusPusher(self.store, client)
         for name, route_cfg in self.config.routes.items():
-            route = SmppRoute(route_cfg, self.store)
-            route.on_mo = self._on_mo
+            route = make_route(route_cfg, self.store, self._http)
+            if hasattr(route, "on_mo"):  # SMPP binds carry replies (STOP) too
+                route.on_mo = self._on_mo
             reloaded = await route.load_open()
             if reloaded:
                 log.info("route_reloaded_open_messages", route=name, messages=reloaded, segments=route.depth)
@@ -87,7 +89,7 @@ class Daemon:
                         stoplist=self.stoplist, on_held=self.holds.wake)
         self._rpc = RpcServer(
             self.config.daemon.socket_path,
-            {"intake": intake, "ping": self._ping, "status": self._status, **self._stoplist_methods()},
+            {"intake": intake, "ping": self._ping, "status": self._status, "dlr": self._dlr, **self._stoplist_methods()},
             group=self.config.daemon.socket_group,
         )
         await self._rpc.start()
@@ -170,13 +172,36 @@ class Daemon:
             if expired:
                 log.warning("receipts_unmatched", count=expired)
 
+    async def _dlr(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A provider's delivery callback, forwarded by the shim (shim/dlr.py)."""
+        route = self.routes.get(params.get("route"))  # type: ignore[arg-type]
+        form = params.get("form")
+        if not isinstance(route, HttpRoute):
+            raise RpcError("bad_request", "route: not an HTTP provider route")
+        if not isinstance(form, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in form
+        ):
+            raise RpcError("bad_request", "form: must be a list of [name, value] strings")
+        try:
+            answer = await route.callback([(k, v) for k, v in form])
+        except ForgedCallback as e:
+            route.stats["callbacks_rejected"] += 1
+            log.warning("dlr_forged", route=route.name, error=str(e))
+            raise RpcError("forbidden", str(e)) from None
+        except BadCallback as e:
+            route.stats["callbacks_rejected"] += 1
+            log.warning("dlr_malformed", route=route.name, error=str(e))
+            raise RpcError("bad_request", str(e)) from None
+        return {"answer": answer}
+
     async def _ping(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {"ok": True}
 
     async def _status(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "routes": {
-                name: {"bound": r.connection.bound, "queue": r.depth, **r.stats}
+                name: {"bound": r.connection.bound if hasattr(r, "connection") else None, "queue": r.depth,
+                       **r.stats}
                 for name, r in self.routes.items()
             },
             "pushers": {m: {"pushed": p.pushed, "dropped": p.dropped} for m, p in self.pushers.items()},

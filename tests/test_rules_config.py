@@ -111,3 +111,13 @@ def test_rules_values():
     assert cfg.rules.timezone == "Europe/Moscow" and cfg.rules.duplicate_window == 0
     assert cfg.rules.stop_words == frozenset({"STOP", "ОТПИСКА"})
     assert parse(rules(quiet_hours="")).rules.quiet_hours is None
+
+
+def test_http_routes_take_any_country_unless_told():
+    def add(route):
+        return lambda r: r["route"].update(agg=route)
+
+    cfg = parse(add({"kind": "smsru", "api_id": "x"}))
+    assert cfg.routes["agg"].countries is None
+    cfg = parse(add({"kind": "smsc", "login": "l", "password": "p", "countries": ["RU", "by"]}))
+    assert cfg.routes["agg"].countries == frozenset({"RU", "BY"})
