@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Coroutine, Sequence
+from typing import Any, Awaitable, Callable, Coroutine, Sequence
 
 import structlog
 
@@ -99,6 +99,8 @@ class SmppRoute:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        # Business rules read MO texts (a STOP reply); awaited before the deliver_sm is acknowledged.
+        self.on_mo: Callable[[str, codec.ShortMessage], Awaitable[None]] | None = None
         self.stats = {"submitted": 0, "accepted": 0, "rejected": 0, "requeued": 0,
                       "receipts": 0, "receipts_unmatched": 0, "mo": 0}
 
@@ -126,6 +128,8 @@ class SmppRoute:
         conn_task = asyncio.create_task(self.connection.run(), name=f"smpp-{self.name}")
         try:
             await self._pump()
+            # stop() is unbinding: let the connection see its unbind_resp.
+            await conn_task
         finally:
             conn_task.cancel()
 
@@ -181,7 +185,7 @@ class SmppRoute:
             elif isinstance(e, MessageReceived):
                 self.stats["mo"] += 1
                 log.info("smpp_mo_received", route=self.name, source=phone.mask(e.message.source_addr))
-                connection.acknowledge(e.sequence)
+                self._spawn(self._mo(connection, e))
         self._wake.set()
 
     def _rejected(self, e: SubmitRejected) -> None:
@@ -221,6 +225,14 @@ class SmppRoute:
             self.stats["receipts_unmatched"] += 1
             log.info("smpp_receipt_before_resp", route=self.name, provider_id=r.message_id)
         connection.acknowledge(e.sequence)
+
+    async def _mo(self, connection: Connection, e: MessageReceived) -> None:
+        """Hand the MO to the rules, then answer: an unanswered deliver_sm is redelivered."""
+        try:
+            if self.on_mo is not None:
+                await self.on_mo(self.name, e.message)
+        finally:
+            connection.acknowledge(e.sequence)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)

@@ -136,6 +136,7 @@ class Connection:
         self._protocol: _Protocol | None = None
         self._bound = False
         self._stopping = False
+        self._stop_requested = asyncio.Event()  # cuts a reconnect backoff short
         self.binds = 0  # successful binds so far, for status and tests
 
     @property
@@ -164,20 +165,30 @@ class Connection:
                 delay = self.reconnect_min
             wait = random.uniform(delay / 2, delay)  # jitter: binds of several daemons don't sync up
             log.warning("smpp_reconnect", route=self.name, reason=reason, in_seconds=round(wait, 2))
-            await asyncio.sleep(wait)
+            try:
+                await asyncio.wait_for(self._stop_requested.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
             delay = min(delay * 2, self.reconnect_max)
 
     async def _once(self) -> tuple[str, bool]:
         loop = asyncio.get_running_loop()
         session = Session(self.session_config)
+
+        def factory() -> _Protocol:
+            # Known before create_connection returns: the bind_resp (and the
+            # route's first submit) can arrive before this task resumes.
+            self._protocol = _Protocol(session, self._on_events)
+            return self._protocol
+
         try:
             _, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: _Protocol(session, self._on_events), self.host, self.port),
+                loop.create_connection(factory, self.host, self.port),
                 timeout=self.session_config.response_timeout,
             )
         except (OSError, asyncio.TimeoutError) as e:
+            self._protocol = None
             return f"connect failed: {e or type(e).__name__}", False
-        self._protocol = protocol
         if self._stopping:  # stop() came while we were connecting
             protocol.abort()
         was_bound = False
@@ -211,6 +222,7 @@ class Connection:
     async def stop(self, timeout: float = 10.0) -> None:
         """Unbind politely, wait (bounded) for the SMSC's unbind_resp, close."""
         self._stopping = True
+        self._stop_requested.set()
         protocol = self._protocol
         if protocol is None:
             return
