@@ -54,7 +54,6 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._pusher_tasks: dict[str, asyncio.Task[Any]] = {}
         self._background: set[asyncio.Task[Any]] = set()  # registrations after install/update
-        self._activated: list[str] = []  # pending installs activated at start: register them
         self.ready = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -89,7 +88,9 @@ class Daemon:
         for member_id in self.pushers:
             self._start_pusher(member_id)
         self._tasks.append(asyncio.create_task(self._sweep_receipts(), name="receipt-sweep"))
-        for member_id in self._activated:
+        # Every start checks the providers (one sender.list per portal): Bitrix24 never
+        # retries an event, and a lost ONAPPUPDATE leaves the portal without them.
+        for member_id in self.pushers:
             self._tasks.append(asyncio.create_task(self._register_one(member_id), name=f"register-{member_id}"))
         self._tasks.append(asyncio.create_task(self.holds.run(), name="holds"))
         intake = Intake(self.config, self.store, lambda: self._portals, self.dispatch, rules_=self.rules,
@@ -229,7 +230,6 @@ class Daemon:
                 continue
             await self.store.upsert_portal(record)
             log.info("bitrix24.pending_install_activated", domain=portal.domain, member_id=portal.member_id)
-            self._activated.append(portal.member_id)
 
     async def _uninstalled(self, member_id: str) -> None:
         await self.store.remove_portal(member_id)

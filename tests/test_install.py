@@ -352,3 +352,15 @@ async def test_rate_limit_storm_through_the_daemon(tmp_path):
         assert all(portal.messages[i].regressions() == [] for i in ids)
     finally:
         await stop_rig(rig)
+
+
+async def test_restart_restores_providers_lost_with_a_missed_event(rig):
+    """Bitrix24 never resends an event: if the providers vanished while we were down (a
+    missed ONAPPUPDATE drops them), the next start puts them back."""
+    portal = rig.portal
+    await install(rig, portal)
+    assert rig.daemon is not None
+    await rig.daemon.stop()
+    portal.senders.clear()
+    await start_daemon(rig)
+    await until(lambda: set(portal.senders) == {"by_life", "by_mts"})
