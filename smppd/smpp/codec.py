@@ -223,6 +223,7 @@ class Framer:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self.error: FramingError | None = None
 
     @property
     def pending(self) -> int:
@@ -230,13 +231,27 @@ class Framer:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
+        """Whole PDUs from the stream so far.
+
+        When a bad length follows good PDUs in the same read, the good ones are
+        still returned (a receipt before the garbage must be answered, a resp
+        must be matched) and ``error`` is set; the caller drops the connection
+        after handling them.  With nothing good to return, or on any later
+        call, the error is raised.
+        """
+        if self.error is not None:
+            raise self.error
         self._buffer += data
         pdus: list[bytes] = []
         pos, size = 0, len(self._buffer)
         while size - pos >= 4:
             (length,) = _LENGTH.unpack_from(self._buffer, pos)
             if length < HEADER_LENGTH or length > MAX_PDU_LENGTH:
-                raise FramingError(f"command_length {length} outside 16..{MAX_PDU_LENGTH}")
+                self.error = FramingError(f"command_length {length} outside 16..{MAX_PDU_LENGTH}")
+                del self._buffer[:]
+                if pdus:
+                    return pdus
+                raise self.error
             if size - pos < length:
                 break
             pdus.append(bytes(self._buffer[pos:pos + length]))

@@ -526,6 +526,11 @@ class Session:
             self._handle_pdu(raw, now, events)
             if self._state is State.CLOSED:
                 break  # whatever follows an unbind or a terminal error is not ours to process
+        error = self._framer.error
+        if error is not None and self._state is not State.CLOSED:
+            # The good PDUs before the garbage were handled above (their acks are queued).
+            self._log.error("smpp.framing_error", error=str(error))
+            return self._terminate(events, f"framing error: {error}")
         return events
 
     # --- timers ------------------------------------------------------------------------------
