@@ -126,8 +126,7 @@ class Daemon:
     async def _status(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "routes": {
-                name: {"bound": r.connection.bound, "queue": r.depth, **r.stats}
-                for name, r in self.routes.items()
+                name: r.status() for name, r in self.routes.items()
             },
             "pushers": {m: {"pushed": p.pushed, "dropped": p.dropped} for m, p in self.pushers.items()},
             "store": await self.store.counts(),

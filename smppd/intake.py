@@ -17,6 +17,7 @@ import structlog
 from . import phone, text
 from .config import Config
 from .rpc import RpcError
+from .smpp.segments import route_encoding
 from .store import IntakeResult, NewMessage, OpenMessage, PortalRecord, Store
 
 log = structlog.get_logger(__name__)
@@ -85,7 +86,7 @@ class Intake:
         if not result.duplicate and message.reason is None:
             assert message.phone is not None
             self._dispatch(OpenMessage(result.id, sender.route, sender.sender_id, message.phone, req.text,
-                                       tuple(range(message.segments))))
+                                       tuple(range(message.segments)), result.concat_ref))
         return {"id": result.id, "status": str(result.status), "duplicate": result.duplicate,
                 "reason": message.reason}
 
@@ -113,7 +114,7 @@ class Intake:
 
     def _prepare(self, req: IntakeRequest, member_id: str, route: str, sender_id: str) -> NewMessage:
         try:
-            encoded = text.encode(req.text)
+            encoded = route_encoding(self.config.routes.get(route), req.text)
         except ValueError as e:  # a lone surrogate, or more than 255 segments
             raise RpcError("bad_request", f"text: cannot be sent as SMS ({e})") from None
         reason = None

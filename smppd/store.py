@@ -46,7 +46,7 @@ Operation = Callable[[sqlite3.Connection], T]
 PENDING_RECEIPT_TTL = 600.0
 MAX_GROUP = 2000
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE portal (
@@ -123,6 +123,23 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX receipt_pending_id ON receipt_pending (route, provider_id);
     """,
+    2: """
+    ALTER TABLE message ADD COLUMN concat_ref INTEGER;   -- 16-bit, per destination, NULL for one segment
+    CREATE TABLE concat_counter (        -- the last concatenation reference used per destination
+        phone TEXT PRIMARY KEY,
+        last INTEGER NOT NULL
+    );
+    CREATE TABLE mo (                    -- mobile-originated messages (replies such as STOP)
+        id INTEGER PRIMARY KEY,
+        route TEXT NOT NULL,
+        source TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        esm_class INTEGER NOT NULL,
+        data_coding INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        received_at REAL NOT NULL
+    );
+    """,
 }
 
 
@@ -146,6 +163,7 @@ class IntakeResult:
     id: int
     status: Status
     duplicate: bool
+    concat_ref: int | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +176,7 @@ class OpenMessage:
     phone: str
     text: str
     open_segments: tuple[int, ...]
+    concat_ref: int | None = None  # per destination, stored: resent parts join their siblings
 
 
 @dataclass(frozen=True)
@@ -312,12 +331,13 @@ class Store:
             if row is not None:
                 return IntakeResult(row[0], Status(row[1]), duplicate=True)
             status = Status.FAILED if m.reason else Status.QUEUED
+            ref = _next_concat_ref(conn, m.phone) if m.segments > 1 and status is Status.QUEUED else None
             cur = conn.execute(
                 "INSERT INTO message (member_id, b24_id, code, route, sender, phone, text, encoding,"
-                " segments, module_id, status, reason, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " segments, module_id, status, reason, created_at, updated_at, concat_ref)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (m.member_id, m.b24_id, m.code, m.route, m.sender, m.phone, m.text, m.encoding,
-                 m.segments, m.module_id, status, m.reason, now, now),
+                 m.segments, m.module_id, status, m.reason, now, now, ref),
             )
             mid = cur.lastrowid
             assert mid is not None
@@ -328,7 +348,7 @@ class Store:
             _event(conn, mid, None, status, True, m.reason, now)
             if status is Status.FAILED:
                 _to_outbox(conn, mid, m.member_id, m.b24_id, m.code, None, status, now)
-            return IntakeResult(mid, status, duplicate=False)
+            return IntakeResult(mid, status, duplicate=False, concat_ref=ref)
 
         result = await self.execute(op)
         if result.status is Status.FAILED and not result.duplicate:
@@ -344,14 +364,14 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> list[OpenMessage]:
             rows = conn.execute(
-                "SELECT m.id, m.sender, m.phone, m.text, group_concat(s.seq) FROM message m"
+                "SELECT m.id, m.sender, m.phone, m.text, group_concat(s.seq), m.concat_ref FROM message m"
                 " JOIN segment s ON s.message_id = m.id"
                 " WHERE m.route=? AND m.status IN ('queued','submitted','accepted')"
                 " AND s.status IN ('queued','submitted') GROUP BY m.id ORDER BY m.id",
                 (route,),
             ).fetchall()
             return [
-                OpenMessage(r[0], route, r[1], r[2], r[3], tuple(sorted(int(x) for x in r[4].split(","))))
+                OpenMessage(r[0], route, r[1], r[2], r[3], tuple(sorted(int(x) for x in r[4].split(","))), r[5])
                 for r in rows
             ]
 
@@ -412,6 +432,22 @@ class Store:
         if changed:
             self.outbox_changed.set()
         return matched
+
+    async def mo_received(self, route: str, source: str, destination: str, esm_class: int,
+                          data_coding: int, body: bytes) -> int:
+        """Keep a mobile-originated message (a reply, a STOP) for the features that will read it."""
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "INSERT INTO mo (route, source, destination, esm_class, data_coding, body, received_at)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (route, source, destination, esm_class, data_coding, body, now),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+        return await self.execute(op)
 
     async def expire_pending_receipts(self, ttl: float = PENDING_RECEIPT_TTL) -> int:
         """Mark receipts that never found their message as unmatched; returns how many."""
@@ -546,6 +582,24 @@ def _run_group(conn: sqlite3.Connection, ops: list[Operation[Any]]) -> list[tupl
             conn.execute("ROLLBACK")
         raise
     return results
+
+
+def _next_concat_ref(conn: sqlite3.Connection, phone: str | None) -> int:
+    """The next 16-bit concatenation reference for one destination (reference §6).
+
+    A per-destination counter: two long messages to one handset in flight at
+    once never share a reference, which a global 8-bit counter or a random one
+    (smpplib defect 12) cannot promise.  An 8-bit UDH uses the low octet, which
+    still cycles through 256 values per destination.
+    """
+    key = phone or ""
+    row = conn.execute("SELECT last FROM concat_counter WHERE phone=?", (key,)).fetchone()
+    ref = 0 if row is None else (row[0] + 1) & 0xFFFF
+    conn.execute(
+        "INSERT INTO concat_counter (phone, last) VALUES (?, ?) ON CONFLICT (phone) DO UPDATE SET last=excluded.last",
+        (key, ref),
+    )
+    return ref
 
 
 def _event(conn: sqlite3.Connection, mid: int, seq: int | None, status: Status, applied: bool,

@@ -4,7 +4,7 @@ import sqlite3
 import pytest
 
 from smppd.model import Status
-from smppd.store import NewMessage, Store
+from smppd.store import SCHEMA_VERSION, NewMessage, Store
 
 
 def new(b24_id: str = "a" * 32, segments: int = 1, reason: str | None = None, member: str = "m1") -> NewMessage:
@@ -24,7 +24,7 @@ async def store(tmp_path):
 async def test_wal_and_schema(store, tmp_path):
     conn = sqlite3.connect(tmp_path / "t.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 async def test_intake_is_idempotent_per_portal_and_message(store):
