@@ -41,3 +41,123 @@ def test_session_handles_pdus_before_garbage_then_drops_the_connection():
     assert isinstance(events[1], ReceiptReceived) and events[1].sequence == 77
     assert events[2] == SubmitUnconfirmed("b", events[3].reason)
     assert isinstance(events[3], Terminated) and events[3].reason.startswith("framing error")
+
+
+# --- AIMD --------------------------------------------------------------------------
+
+from smppd.throttle import Aimd, SlidingWindowLimiter  # noqa: E402
+
+
+def test_aimd_halves_once_per_hold_and_grows_back_additively():
+    now = [0.0]
+    aimd = Aimd(16, hold=1.0, clock=lambda: now[0])
+    assert aimd.congestion() and aimd.value == 8
+    assert not aimd.congestion(), "refusals of one burst are one event"
+    now[0] = 1.5
+    assert aimd.congestion() and aimd.value == 4
+    for _ in range(4):
+        aimd.success()
+    assert 4.9 < aimd.value < 5.1, "about one more per window of successes"
+    for _ in range(1000):
+        aimd.success()
+    assert aimd.value == 16, "never past the configured ceiling"
+
+
+def test_aimd_never_below_its_floor():
+    now = [0.0]
+    aimd = Aimd(4, floor=1, hold=0.0, clock=lambda: now[0])
+    for i in range(10):
+        now[0] = i
+        aimd.congestion()
+    assert aimd.value == 1
+
+
+def test_limiter_cap_can_shrink_and_grow_on_the_fly():
+    now = [0.0]
+    lim = SlidingWindowLimiter(10, clock=lambda: now[0])
+    for _ in range(6):
+        lim.record()
+    lim.set_cap(5)
+    assert lim.delay() == 1.0, "the last five sends already fill the smaller cap"
+    lim.set_cap(8)
+    assert lim.delay() == 0.0
+
+
+# --- long messages: methods, codings, counts ----------------------------------------
+
+from smppd import text  # noqa: E402
+from smppd.config import SmppRouteConfig  # noqa: E402
+from smppd.smpp.segments import build_segments, route_encoding  # noqa: E402
+from smppd.store import OpenMessage  # noqa: E402
+
+
+def _cfg(**kw):
+    return SmppRouteConfig(name="r", host="h", port=1, system_id="s", password="p", **kw)
+
+
+@pytest.mark.parametrize("method,expected", [("udh8", 3), ("udh16", 3), ("sar", 3), ("payload", 1)])
+def test_segment_count_equals_submit_sm_built(method, expected):
+    body = "Привет, мир! " * 12  # 156 units
+    cfg = _cfg(long_method=method)
+    count = route_encoding(cfg, body).segments
+    jobs = build_segments(OpenMessage(1, "r", "Shop", "+375291234567", body, tuple(range(count)), 7), cfg)
+    assert count == len(jobs) == expected
+
+
+def test_udh16_capacity_changes_the_count():
+    body = "x" * 153 * 2  # exactly two 8-bit-ref parts, three with 16-bit refs (152 each)
+    assert route_encoding(_cfg(long_method="udh8"), body).segments == 2
+    assert route_encoding(_cfg(long_method="udh16"), body).segments == 3
+
+
+def test_ucs2_surrogate_pair_never_split_in_any_method():
+    body = "я" * 66 + "\U0001F600" + "я" * 10
+    for method in ("udh8", "sar"):
+        enc = route_encoding(_cfg(long_method=method), body)
+        assert "".join(p.decode("utf-16-be") for p in enc.parts) == body
+
+
+def test_latin_coding_counts_extension_characters_as_two_septets():
+    body = "{" * 80  # 160 septets: one part as GSM, and as Latin-1 too
+    enc = text.encode(body, latin_coding=0x03)
+    assert enc.data_coding == 0x03 and enc.segments == 1 and enc.parts[0] == b"{" * 80
+    assert text.encode(body + "{", latin_coding=0x03).segments == 2
+
+
+def test_latin_coding_falls_back_to_gsm_for_characters_latin1_lacks():
+    enc = text.encode("Δ and €", latin_coding=0x03)
+    assert enc.data_coding == 0x00
+
+
+def test_concat_ref_uses_the_stored_per_destination_counter():
+    body = "x" * 200
+    m = OpenMessage(1000, "r", "Shop", "+375291234567", body, (0, 1), 0x1234)
+    udh8 = build_segments(m, _cfg())[0].submit.short_message
+    udh16 = build_segments(m, _cfg(long_method="udh16"))[0].submit.short_message
+    assert udh8[:6] == bytes([5, 0, 3, 0x34, 2, 1])
+    assert udh16[:7] == bytes([6, 8, 4, 0x12, 0x34, 2, 1])
+
+
+# --- smpplib defects not covered in test_codec -------------------------------------
+
+import smpplib.smpp  # noqa: E402
+
+
+def test_defect_1_make_pdu_without_client_fails_but_codec_encode_does_not():
+    with pytest.raises(AttributeError):
+        smpplib.smpp.make_pdu("enquire_link")
+    assert codec.read_header(codec.encode("enquire_link", 5)).sequence == 5
+
+
+def test_defect_12_concat_ref_is_not_random():
+    m = OpenMessage(1, "r", "Shop", "+375291234567", "y" * 400, (0, 1, 2), 9)
+    refs = {build_segments(m, _cfg())[0].submit.short_message[3] for _ in range(20)}
+    assert refs == {9}
+
+
+def test_defect_16_generic_nack_does_not_end_our_session():
+    from smppd.smpp.session import State
+
+    s = bound_session()
+    s.receive_data(codec.generic_nack(999, 0x03), 2.0)
+    assert s.state is State.BOUND

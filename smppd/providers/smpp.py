@@ -34,7 +34,13 @@ from ..throttle import Aimd, SlidingWindowLimiter
 log = structlog.get_logger(__name__)
 
 TEMPORARY_RETRY_DELAY = 1.0  # an SMSC with a system error gets a breather before the same segment
-CONGESTION_PAUSE = 0.25  # after a throttle/queue-full cut, before the first resend
+# The operator meters arrivals: our coalesced writes and the network can bunch sends that
+# left us a second apart, so the cap is kept over a slightly longer window.
+CAP_SLACK = 0.05
+CONGESTION_PAUSE = 0.25
+# An uncapped route that gets throttled learns a cap from what it sent in the last second;
+# a second with a handful of sends says little about the operator's limit.
+LEARNED_RATE_FLOOR = 10.0  # after a throttle/queue-full cut, before the first resend
 ESME_RX_T_APPN = 0x64  # "try again later": the deliver_sm answer when we could not store it
 CONGESTION_STATUSES = frozenset({codec.ESME_RTHROTTLED, codec.ESME_RMSGQFUL})
 
@@ -48,7 +54,7 @@ class SmppRoute:
         self.name = cfg.name
         self.store = store
         self.queue: deque[SegmentJob] = deque()
-        self.limiter = SlidingWindowLimiter(cfg.throughput)
+        self.limiter = SlidingWindowLimiter(cfg.throughput, 1.0 + CAP_SLACK)
         self.connections: list[Connection] = []
         modes = ("transmitter", "receiver") if cfg.bind_mode == "pair" else (cfg.bind_mode,)
         for _ in range(cfg.binds):
@@ -113,6 +119,8 @@ class SmppRoute:
                       for i, c in enumerate(self.connections)]
         try:
             await self._pump()
+            # stop() unbinds each connection; their tasks end once the unbind is answered.
+            await asyncio.gather(*conn_tasks, return_exceptions=True)
         finally:
             for t in conn_tasks:
                 t.cancel()
@@ -177,7 +185,7 @@ class SmppRoute:
             # No configured cap: start one at what we actually sent in the last second (the
             # cut below halves it); once it grows back to twice that, the cap is lifted again.
             now = asyncio.get_running_loop().time()
-            sent = max(2.0, float(sum(1 for t in self._recent if t > now - 1.0)))
+            sent = max(LEARNED_RATE_FLOOR, float(sum(1 for t in self._recent if t > now - 1.0)))
             self.rate_aimd = Aimd(2 * sent)
             self.rate_aimd.value = sent
         window_cut = self.window_aimd.congestion()

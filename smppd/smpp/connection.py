@@ -211,7 +211,8 @@ class Connection:
             protocol.abort()
         was_bound = False
         try:
-            reason = await protocol.closed
+            # shielded: cancelling this task must not cancel the future stop() is waiting on
+            reason = await asyncio.shield(protocol.closed)
             was_bound = self._bound
         except asyncio.CancelledError:
             # A cancelled route must not leave a live bind behind: the SMSC
