@@ -44,6 +44,9 @@ Operation = Callable[[sqlite3.Connection], T]
 # How long a receipt whose provider id is not known yet waits for its
 # submit_sm_resp before it is counted as unmatched (reference/smpp.md §8).
 PENDING_RECEIPT_TTL = 600.0
+# And at most this many wait at once: a flood of receipts for ids we never had (an SMSC
+# replaying another account's traffic) must not grow the table without bound.
+MAX_PENDING_RECEIPTS = 100_000
 MAX_GROUP = 2000
 
 SCHEMA_VERSION = 2
@@ -449,14 +452,22 @@ class Store:
 
         return await self.execute(op)
 
-    async def expire_pending_receipts(self, ttl: float = PENDING_RECEIPT_TTL) -> int:
+    async def expire_pending_receipts(self, ttl: float = PENDING_RECEIPT_TTL,
+                                      max_pending: int = MAX_PENDING_RECEIPTS) -> int:
         """Mark receipts that never found their message as unmatched; returns how many."""
         cutoff = self.clock() - ttl
 
         def op(conn: sqlite3.Connection) -> int:
-            return conn.execute(
+            expired = conn.execute(
                 "UPDATE receipt_pending SET expired=1 WHERE expired=0 AND received_at < ?", (cutoff,)
             ).rowcount
+            over = conn.execute("SELECT count(*) FROM receipt_pending WHERE expired=0").fetchone()[0] - max_pending
+            if over > 0:  # the oldest give way
+                expired += conn.execute(
+                    "UPDATE receipt_pending SET expired=1 WHERE id IN"
+                    " (SELECT id FROM receipt_pending WHERE expired=0 ORDER BY id LIMIT ?)", (over,)
+                ).rowcount
+            return expired
 
         return await self.execute(op)
 

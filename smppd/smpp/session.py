@@ -725,7 +725,7 @@ class Session:
         if status == ESME_ROK:
             raw_id = ""
             try:
-                raw_id = _text(codec.decode(raw).message_id)
+                raw_id = codec.response_message_id(raw)
             except Exception as exc:
                 # Kannel: accepted without a message_id is still accepted. Requeueing would
                 # send a duplicate. The receipt cannot be matched, and polling must settle it.
@@ -776,7 +776,7 @@ class Session:
         message_id = ""
         if header.status == ESME_ROK:
             try:
-                message_id = _text(codec.decode(raw).message_id)
+                message_id = codec.response_message_id(raw)
             except Exception:
                 pass
         self._log.warning(
