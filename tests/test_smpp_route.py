@@ -360,3 +360,15 @@ async def test_one_failing_segment_fails_the_message_and_all_delivered_delivers(
     assert statuses == {bad: "failed", good: "delivered"}
     rows = (await rig.message(bad))["segment_rows"]
     assert [r["status"] for r in rows][:2] == ["delivered", "failed"]
+
+
+async def test_a_hung_smsc_is_detected_by_enquire_link_and_the_route_rebinds(rigs, tmp_path):
+    rig = await rigs(tmp_path, enquire_link_interval=0.1, response_timeout=0.15)
+    await rig.wait(lambda: rig.route.bound)
+    with capture_logs() as logs:
+        rig.smsc.frozen = True  # TCP stays up; only enquire_link_resp can tell
+        await rig.wait(lambda: any(e["event"] == "smpp.enquire_link_timeout" for e in logs), timeout=3)
+        rig.smsc.frozen = False
+        await rig.wait(lambda: rig.route.connection.binds == 2, timeout=3)
+    mid = await rig.send()
+    assert await rig.wait_final() == {mid: "delivered"}

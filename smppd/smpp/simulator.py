@@ -320,6 +320,7 @@ class SmscSimulator:
         self._timers: set[asyncio.Task[Any]] = set()  # receipts due later
         self._server: asyncio.Server | None = None
         self._stopping = False
+        self.frozen = False  # set to stop answering anything (half-dead link), clear to recover
 
     # --- life cycle -------------------------------------------------------------
 
@@ -412,6 +413,8 @@ class SmscSimulator:
                 self._deliver(outbound)
 
     def _handle(self, conn: _EsmeConnection, raw: bytes) -> None:
+        if self.frozen:
+            return  # a hung SMSC: the TCP connection stays up, nothing is answered
         header = codec.read_header(raw)
         if header.is_response:
             self._on_response(conn, header)
