@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import multiprocessing
 import resource
 import statistics
 import sys
@@ -71,8 +72,38 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run(n: int, *, window: int, throughput: float, binds: int, receipts: bool) -> dict[str, Any]:
-    smsc = SmscSimulator(SimulatorConfig(receipt_delay=0.0, seed=1))
+def _smsc_process(ports: Any) -> None:
+    """The simulated SMSC in its own process, so the daemon side has a core of its own."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+    async def serve() -> None:
+        smsc = SmscSimulator(SimulatorConfig(receipt_delay=0.0, seed=1))
+        await smsc.start()
+        ports.put(smsc.port)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+class _RemoteSmsc:
+    def __init__(self) -> None:
+        self.ports: Any = multiprocessing.Queue()
+        self.proc = multiprocessing.Process(target=_smsc_process, args=(self.ports,), daemon=True)
+        self.submitted: list[Any] = []
+        self.receipts_sent = -1  # not visible across the process boundary
+
+    async def start(self) -> None:
+        self.proc.start()
+        self.port = await asyncio.get_running_loop().run_in_executor(None, self.ports.get)
+
+    async def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.join()
+
+
+async def run(n: int, *, window: int, throughput: float, binds: int, receipts: bool,
+              separate: bool = False) -> dict[str, Any]:
+    smsc: Any = _RemoteSmsc() if separate else SmscSimulator(SimulatorConfig(receipt_delay=0.0, seed=1))
     await smsc.start()
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(str(Path(tmp) / "bench.db"))
@@ -117,7 +148,7 @@ async def run(n: int, *, window: int, throughput: float, binds: int, receipts: b
         "receipts_matched": store_counts["messages"]["bench"].get("delivered", 0),
         "receipts_sent": smsc.receipts_sent,
         "pending": store_counts["receipts_pending"],
-        "max_1s": max_in_any_second([sm.received_at for sm in smsc.submitted]),
+        "max_1s": max_in_any_second([sm.received_at for sm in smsc.submitted]) if smsc.submitted else None,
         "submitted": len(smsc.submitted),
     }
 
@@ -133,13 +164,16 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
-    r = asyncio.run(run(args.n, window=args.window, throughput=0, binds=args.binds, receipts=True))
-    print(f"uncapped  n={r['n']} window={args.window} binds={args.binds}")
-    print(f"  throughput        {r['rate']:8.0f} msg/s  (intake → receipt stored, {r['elapsed']:.2f} s)")
-    print(f"  submit latency    p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms")
-    print(f"  receipts matched  {r['receipts_matched']} of {r['receipts_sent']} sent, {r['pending']} pending")
-    print(f"  peak RSS          {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
-          " (daemon route + simulator, one process)")
+    for separate in (True, False):
+        r = asyncio.run(run(args.n, window=args.window, throughput=0, binds=args.binds, receipts=True,
+                            separate=separate))
+        where = "SMSC in its own process" if separate else "SMSC in the same process"
+        print(f"uncapped  n={r['n']} window={args.window} binds={args.binds} ({where})")
+        print(f"  throughput        {r['rate']:8.0f} msg/s  (intake → receipt stored, {r['elapsed']:.2f} s)")
+        print(f"  submit latency    p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms")
+        print(f"  receipts matched  {r['receipts_matched']} of {r['n']}, {r['pending']} pending")
+        print(f"  peak RSS          {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+              + (" (daemon side)" if separate else " (daemon side + simulator)"))
     c = asyncio.run(run(args.cap_n, window=args.window, throughput=args.cap, binds=args.binds, receipts=True))
     print(f"capped    n={c['n']} cap={args.cap:.0f}/s")
     print(f"  throughput        {c['rate']:8.1f} msg/s")
