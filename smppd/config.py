@@ -266,6 +266,9 @@ def _route_profile(t: Mapping[str, Any], key: str) -> dict[str, Any]:
     long_method = _str(t, key, "long_method", default="udh8")
     if long_method not in LONG_METHODS:
         raise ConfigError(f"{key}.long_method", f"must be one of {', '.join(LONG_METHODS)}")
+    throughput = t.get("throughput", 0)
+    if isinstance(throughput, (int, float)) and 0 < throughput < 1:
+        raise ConfigError(f"{key}.throughput", "must be 0 (no cap) or at least 1 segment per second")
     latin = _int(t, key, "latin_data_coding", default=0, low=0, high=0xFF)
     if latin not in LATIN_CODINGS:
         raise ConfigError(f"{key}.latin_data_coding", "must be 0 (GSM 03.38), 1 (IA5/ASCII) or 3 (Latin-1)")
