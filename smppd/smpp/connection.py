@@ -199,12 +199,21 @@ class Connection:
             session.window = self._window
         self.connect_attempts += 1
         self._refused_credentials = False
+        def factory() -> _Protocol:
+            # Registered before connection_made: a fast SMSC's bind_resp can be handled
+            # before create_connection() returns here, and the Bound event makes the route
+            # look for a free bind at once. Without this it found none and waited for the
+            # next event (up to an enquire_link interval) with segments queued.
+            self._protocol = _Protocol(session, self._on_events)
+            return self._protocol
+
         try:
             _, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: _Protocol(session, self._on_events), self.host, self.port),
+                loop.create_connection(factory, self.host, self.port),
                 timeout=self.session_config.response_timeout,
             )
         except (OSError, asyncio.TimeoutError) as e:
+            self._protocol = None
             return f"connect failed: {e or type(e).__name__}", False
         self._protocol = protocol
         if self._stopping:  # stop() came while we were connecting
