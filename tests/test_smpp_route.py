@@ -167,14 +167,18 @@ async def test_wrong_password_retries_slowly_and_says_so_each_time(rigs, tmp_pat
     assert rig.route.status()["bind_failures"] == conn.bind_failures
 
 
-async def test_already_bound_is_handled_as_bound(rigs, tmp_path):
-    # The simulator answers ESME_RALYBND to a second bind on one connection; the session
-    # counts it as bound (Kannel's rule), covered in test_session. Here: the route keeps
-    # submitting across a rebind.
-    rig = await rigs(tmp_path)
-    await rig.wait(lambda: rig.route.bound)
-    mid = await rig.send()
-    assert await rig.wait_final() == {mid: "delivered"}
+async def test_already_bound_then_not_bound_rebinds_and_sends(rigs, tmp_path):
+    # The SMSC still holds an old bind: it answers ESME_RALYBND, which counts as bound
+    # (Kannel); it then refuses the submit with ESME_RINVBNDSTS, so the session ends, the
+    # segment is requeued and the next bind, after backoff, carries it.
+    with capture_logs() as logs:
+        rig = await rigs(tmp_path, sim={"bind_refusals": [codec.ESME_RALYBND]})
+        mid = await rig.send()
+        assert await rig.wait_final() == {mid: "delivered"}
+    events = [e["event"] for e in logs]
+    assert "smpp.bound_already_bound" in events and "smpp.not_bound_per_smsc" in events
+    assert rig.route.connection.binds == 2
+    assert len(rig.smsc.submitted) == 1
 
 
 # --- receipts ----------------------------------------------------------------------

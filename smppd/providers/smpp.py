@@ -249,6 +249,8 @@ class SmppRoute:
             if e.status in CONGESTION_STATUSES:
                 self._congestion()
                 self.queue.appendleft(job)  # the same segment, first in line once the pause ends
+            elif e.status == codec.ESME_RINVBNDSTS:
+                self.queue.appendleft(job)  # the session ends; the rebind's backoff is the delay
             else:
                 self._spawn(self._requeue_later(job, TEMPORARY_RETRY_DELAY))
             return

@@ -82,6 +82,8 @@ class SimulatorConfig:
     id_leading_zeros: int = 0  # pad resp ids with zeros ("0E999F21"), receipts drop them
     id_lower_case_in_receipt: bool = False  # hex ids lower-case in the receipt only
     receipt_ids_decimal: bool = False  # hex resp ids, the same ids in decimal in receipts
+    # statuses for the first binds, in order (e.g. ESME_RALYBND while an old bind lingers)
+    bind_refusals: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         unknown = set(self.outcomes) - set(MESSAGE_STATES)
@@ -490,6 +492,8 @@ class SmscSimulator:
     def _check_bind(self, conn: _EsmeConnection, system_id: str, password: str) -> int:
         if conn.bound:
             return ESME_RALYBND
+        if self.config.bind_refusals:
+            return self.config.bind_refusals.pop(0)
         expected = self.config.accounts.get(system_id)
         if expected is None:
             return ESME_RINVSYSID
