@@ -14,11 +14,13 @@ from smppd import logs
 from smppd.rpc import RpcClient
 
 from .app import make_app
+from .dlr import dlr_keys
 
 
 async def serve(cfg: config_mod.Config, host: str, port: int) -> None:
     rpc = RpcClient(cfg.daemon.socket_path)
-    app = make_app(handler_key=cfg.shim.handler_key, codes=frozenset(cfg.senders), rpc=rpc)
+    app = make_app(handler_key=cfg.shim.handler_key, codes=frozenset(cfg.senders), rpc=rpc,
+                   dlr_keys=dlr_keys(cfg))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

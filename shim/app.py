@@ -66,7 +66,7 @@ def _refused_field(exc: RpcError) -> str | None:
 
 def _intake_params(post: HandlerPost) -> dict[str, Any]:
     auth = post.auth
-    return {
+    params: dict[str, Any] = {
         "member_id": auth.get("member_id"),
         "domain": auth.get("domain"),
         "application_token": auth.get("application_token"),
@@ -80,6 +80,9 @@ def _intake_params(post: HandlerPost) -> dict[str, Any]:
         ],
         "ts": post.ts,
     }
+    if post.document_id:  # a robot's post names its CRM document instead of bindings (rules.py)
+        params["document_id"] = list(post.document_id)
+    return params
 
 
 class _Outcome(Exception):
@@ -214,6 +217,7 @@ def make_app(
     codes: Collection[str],
     rpc: RpcClient,
     max_body: int = 64 * 1024,
+    dlr_keys: Mapping[str, str] | None = None,
 ) -> web.Application:
     """Build the shim application.
 
@@ -224,4 +228,10 @@ def make_app(
     app = web.Application(client_max_size=max_body)
     app.router.add_post("/bitrix24/{code}", handler.post)
     app.router.add_get("/healthz", handler.healthz)
+    if dlr_keys:  # HTTP providers' delivery callbacks (shim/dlr.py)
+        from shim.dlr import DlrHandler
+
+        dlr = DlrHandler(keys=dlr_keys, rpc=rpc)
+        app.router.add_route("POST", "/dlr/{route}", dlr.handle)
+        app.router.add_route("GET", "/dlr/{route}", dlr.handle)
     return app

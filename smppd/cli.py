@@ -44,6 +44,25 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     status.set_defaults(func=_status)
 
+    stop = sub.add_parser("stoplist", help="numbers that opted out of marketing: add, remove, list")
+    stop.add_argument("action", choices=("add", "remove", "list"))
+    stop.add_argument("numbers", nargs="*", help="phone numbers, any format smppd accepts")
+    stop.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    stop.set_defaults(func=_stoplist)
+
+    text_cmd = sub.add_parser("text", help="encoding, segments and cost of an SMS text")
+    text_cmd.add_argument("text", help="the message text (quote it), or - to read a template from stdin")
+    text_cmd.add_argument("-n", "--recipients", type=int, default=1000,
+                          help="broadcast size to price in segments (default 1000)")
+    text_cmd.set_defaults(func=_text)
+
+    cost = sub.add_parser("cost", help="price and segment count of a text for some numbers, without sending")
+    cost.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    cost.add_argument("--code", required=True, help="the Bitrix24 provider CODE whose route and sender to use")
+    cost.add_argument("--text", required=True, help="the message text")
+    cost.add_argument("numbers", nargs="+", metavar="NUMBER")
+    cost.set_defaults(func=_cost)
+
     demo = sub.add_parser(
         "demo",
         help="the whole path on loopback: simulated portal and operators, real daemon and shim",
@@ -113,6 +132,80 @@ def _status(args: argparse.Namespace) -> int:
         print(f"smppd: daemon unreachable at {cfg.daemon.socket_path}: {e}", file=sys.stderr)
         return EXIT_UNREACHABLE
     return EXIT_OK
+
+
+def _stoplist(args: argparse.Namespace) -> int:
+    """Through the daemon, which keeps the list in memory for intake and on disk for good."""
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_USAGE
+    if (args.action == "list") == bool(args.numbers):
+        print("smppd: stoplist add/remove take numbers, list takes none", file=sys.stderr)
+        return EXIT_USAGE
+    from .phone import mask
+    from .rpc import RpcClient, RpcError, RpcUnavailable
+
+    async def run() -> int:
+        client = RpcClient(cfg.daemon.socket_path)
+        failed = False
+        try:
+            if args.action == "list":
+                for e in (await client.call("stoplist.list"))["numbers"]:
+                    print(f"{e['phone']}\t{e['source']}")
+                return EXIT_OK
+            for raw in args.numbers:
+                try:
+                    r = await client.call(f"stoplist.{args.action}", {"phone": raw, "source": "cli"})
+                except RpcError as e:
+                    print(f"smppd: {mask(raw)}: {e.message}", file=sys.stderr)
+                    failed = True
+                    continue
+                done = r.get("added", r.get("removed"))
+                print(f"{r['phone']}\t{args.action + ('ed' if args.action == 'add' else 'd') if done else 'unchanged'}")
+            return EXIT_FAILED if failed else EXIT_OK
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(run())
+    except RpcUnavailable as e:
+        print(f"smppd: daemon unreachable at {cfg.daemon.socket_path}: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+
+
+def _text(args: argparse.Namespace) -> int:
+    from . import text
+
+    if args.text == "-":
+        args.text = sys.stdin.read().removesuffix("\n")
+    try:
+        c = text.cost(args.text)
+    except ValueError as e:
+        print(f"smppd: this text cannot be sent as SMS: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.recipients < 1:
+        print("smppd: --recipients must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    unit = "septets" if c.encoding == "gsm7" else "UTF-16 units"
+    print(f"encoding        {'GSM-7' if c.encoding == 'gsm7' else 'UCS-2'}")
+    print(f"length          {c.units} {unit}")
+    print(f"segments        {c.segments}")
+    print(f"left in last    {c.chars_left} {unit}")
+    if c.ucs2_chars:
+        print(f"forces UCS-2    {' '.join(repr(ch) for ch in c.ucs2_chars)}")
+        without = text.cost("".join(ch for ch in args.text if ch not in c.ucs2_chars) or " ")
+        print(f"without them    {without.segments} segment(s) as GSM-7")
+    print(f"broadcast       {c.broadcast(args.recipients)} segments for {args.recipients} recipients")
+    return EXIT_OK
+
+
+def _cost(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_USAGE
+    from .cost import run_cost
+
+    return run_cost(cfg, args)
 
 
 def _demo(args: argparse.Namespace) -> int:

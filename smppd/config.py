@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
 
 CODE_RE = re.compile(r"^[a-z0-9.\-_]+$")  # Bitrix24's rule for provider CODEs
 ALNUM_SENDER_RE = re.compile(r"^[A-Za-z0-9 .\-_&!'+]{1,11}$")
@@ -22,6 +25,14 @@ BIND_MODES = ("transceiver", "transmitter", "receiver", "pair")
 ID_BASES = ("as-is", "hex", "dec")
 LONG_METHODS = ("udh8", "udh16", "sar", "payload")
 LATIN_CODINGS = (0x00, 0x01, 0x03)
+MESSAGE_TYPES = ("transactional", "marketing")
+DUPLICATE_OUTCOMES = ("follow-first", "failed")
+# Countries a route of each kind takes when the config names none: the Belarusian
+# operators carry +375 only (their contracts and sender registrations are national).
+# The Belarusian operators take +375 only unless told otherwise; the aggregators
+# (SMS.ru, SMSC) route internationally.
+DEFAULT_COUNTRIES: dict[str, frozenset[str] | None] = {"smpp": frozenset({"BY"}), "smsru": None, "smsc": None}
+ANY_COUNTRY = "*"
 
 
 class ConfigError(ValueError):
@@ -98,9 +109,63 @@ class SmppRouteConfig:
     alpha_npi: int = 0
     numeric_ton: int = 1
     numeric_npi: int = 1
+    countries: frozenset[str] | None = frozenset({"BY"})  # ISO regions it may send to; None = any
 
 
-RouteConfig = SmppRouteConfig  # HTTP providers join this union later
+@dataclass(frozen=True)
+class SmsRuRouteConfig:
+    """An SMS.ru account (reference/providers.md §1)."""
+
+    name: str
+    api_id: str = field(repr=False)
+    base_url: str = "https://sms.ru/"
+    ttl: int = 0  # minutes, 1–1440; 0 = the provider's default
+    translit: bool = False
+    test: bool = False  # SMS.ru sends and charges nothing, answers with dummy ids
+    batch_size: int = 1  # numbers per sms/send request (up to 100) for identical texts
+    batch_interval: float = 0.0
+    callback_key: str = field(default="", repr=False)  # per-route ?key= of /dlr/{route}; "" = the shim key
+    rate: float = 0.0  # requests per second, 0 = no cap
+    concurrency: int = 4
+    timeout: float = 15.0
+    retry_min: float = 1.0
+    retry_max: float = 300.0
+    poll_after: float = 300.0  # seconds without a final status before we ask sms/status
+    poll_interval: float = 60.0
+    poll_for: float = 3 * 86400.0  # stop asking about a message this long after it was received
+    countries: frozenset[str] | None = None  # ISO regions it may send to; None = any
+    kind: str = "smsru"
+
+
+@dataclass(frozen=True)
+class SmscRouteConfig:
+    """An SMSC.ru account (reference/providers.md §2): login+password or an API key."""
+
+    name: str
+    login: str = ""
+    password: str = field(default="", repr=False)
+    apikey: str = field(default="", repr=False)
+    base_url: str = "https://smsc.ru/sys/"
+    batch_size: int = 100  # numbers per send.php request
+    batch_interval: float = 2.0  # seconds a batch waits for more numbers
+    viber: bool = False  # Viber first, SMS when Viber does not deliver
+    viber_fallback: float = 300.0  # seconds Viber gets before the SMS goes out
+    valid: int = 0  # lifetime in minutes, 0 = the provider's default
+    callback_key: str = field(default="", repr=False)
+    rate: float = 0.0
+    concurrency: int = 4
+    timeout: float = 15.0
+    retry_min: float = 1.0
+    retry_max: float = 300.0
+    poll_after: float = 300.0
+    poll_interval: float = 60.0
+    poll_for: float = 3 * 86400.0  # stop asking about a message this long after it was received
+    countries: frozenset[str] | None = None
+    kind: str = "smsc"
+
+
+HttpRouteConfig = SmsRuRouteConfig | SmscRouteConfig
+RouteConfig = SmppRouteConfig | SmsRuRouteConfig | SmscRouteConfig
 
 
 @dataclass(frozen=True)
@@ -112,6 +177,25 @@ class SenderConfig:
     sender_id: str
     name: str
     portal: str | None = None  # member_id, when the CODE belongs to one portal only
+    type: str = "transactional"  # or "marketing": needs consent, obeys the stop list and quiet hours
+    marketing_sender_id: str | None = None  # used for marketing posts on this CODE; default sender_id
+
+    def sender_for(self, marketing: bool) -> str:
+        """The sender ID a message goes out under: operators bill and filter by it."""
+        return (self.marketing_sender_id or self.sender_id) if marketing else self.sender_id
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    """Business rules the gateway enforces so no Bitrix24 robot can forget them (issue 8)."""
+
+    consent_field: str = "UF_CRM_SMS_CONSENT"
+    consent_cache_ttl: float = 600.0
+    duplicate_window: float = 600.0  # seconds; 0 turns the check off
+    duplicate_outcome: str = "follow-first"  # or "failed"
+    quiet_hours: tuple[int, int] | None = (21 * 60, 9 * 60)  # minutes after midnight, [start, end)
+    timezone: str = "Europe/Minsk"
+    stop_words: frozenset[str] = frozenset({"STOP", "СТОП"})
 
 
 @dataclass(frozen=True)
@@ -121,6 +205,7 @@ class Config:
     portals: Mapping[str, PortalConfig]
     routes: Mapping[str, RouteConfig]
     senders: Mapping[str, SenderConfig]
+    rules: RulesConfig = field(default_factory=RulesConfig)
 
 
 def load(path: str | Path) -> Config:
@@ -137,7 +222,7 @@ def load(path: str | Path) -> Config:
 
 def parse(raw: Mapping[str, Any]) -> Config:
     """Validate an already-decoded TOML document."""
-    _only(raw, "", {"daemon", "shim", "portal", "route", "sender"})
+    _only(raw, "", {"daemon", "shim", "portal", "route", "sender", "rules"})
     daemon = _daemon(_table(raw, "daemon"))
     shim = _shim(_table(raw, "shim"))
     portals = _portals(raw.get("portal", []))
@@ -156,6 +241,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
         portals=MappingProxyType(portals),
         routes=MappingProxyType(routes),
         senders=MappingProxyType(senders),
+        rules=_rules(raw.get("rules", {})),
     )
 
 
@@ -221,8 +307,10 @@ def _route(name: str, t: Any) -> RouteConfig:
     if not isinstance(t, dict):
         raise ConfigError(key, "must be a table")
     kind = _str(t, key, "kind", default="smpp")
+    if kind in ("smsru", "smsc"):
+        return _http_route(name, kind, t)
     if kind != "smpp":
-        raise ConfigError(f"{key}.kind", f"unknown route kind {kind!r} (known: smpp)")
+        raise ConfigError(f"{key}.kind", f"unknown route kind {kind!r} (known: smpp, smsru, smsc)")
     _only(t, key, {f.name for f in SmppRouteConfig.__dataclass_fields__.values()} - {"name"})
     bind_mode = _str(t, key, "bind_mode", default="transceiver")
     if bind_mode not in BIND_MODES:
@@ -236,6 +324,7 @@ def _route(name: str, t: Any) -> RouteConfig:
     password = _str(t, key, "password")
     if len(password) > 8:
         raise ConfigError(f"{key}.password", "at most 8 characters (SMPP 3.4)")
+    countries = _countries(t, key, kind)
     reconnect_min = _number(t, key, "reconnect_min", default=1.0, low=0.01)
     reconnect_max = _number(t, key, "reconnect_max", default=60.0, low=reconnect_min)
     return SmppRouteConfig(
@@ -255,6 +344,7 @@ def _route(name: str, t: Any) -> RouteConfig:
         receipt_id_base=id_base,
         registered_delivery=_int(t, key, "registered_delivery", default=1, low=0, high=0xFF),
         **_route_profile(t, key),
+        countries=countries,
     )
 
 
@@ -284,26 +374,167 @@ def _route_profile(t: Mapping[str, Any], key: str) -> dict[str, Any]:
     )
 
 
+def _http_route(name: str, kind: str, t: Mapping[str, Any]) -> HttpRouteConfig:
+    key = f"route.{name}"
+    cls = SmsRuRouteConfig if kind == "smsru" else SmscRouteConfig
+    _only(t, key, {f.name for f in cls.__dataclass_fields__.values()} - {"name"})
+    callback_key = _str(t, key, "callback_key", default="")
+    if callback_key and len(callback_key) < 24:
+        raise ConfigError(f"{key}.callback_key", "must be at least 24 random characters")
+    retry_min = _number(t, key, "retry_min", default=1.0, low=0.01)
+    common: dict[str, Any] = dict(
+        name=name,
+        base_url=_url(t, key, "base_url") if "base_url" in t else cls.base_url,
+        callback_key=callback_key,
+        rate=_number(t, key, "rate", default=0.0, low=0.0),
+        concurrency=_int(t, key, "concurrency", default=4, low=1, high=100),
+        timeout=_number(t, key, "timeout", default=15.0, low=0.1),
+        retry_min=retry_min,
+        retry_max=_number(t, key, "retry_max", default=300.0, low=retry_min),
+        poll_after=_number(t, key, "poll_after", default=300.0, low=0.0),
+        poll_interval=_number(t, key, "poll_interval", default=60.0, low=1.0),
+        poll_for=_number(t, key, "poll_for", default=3 * 86400.0, low=60.0),
+        countries=_countries(t, key, kind),
+    )
+    if kind == "smsru":
+        return SmsRuRouteConfig(
+            batch_size=_int(t, key, "batch_size", default=1, low=1, high=100),
+            batch_interval=_number(t, key, "batch_interval", default=0.0, low=0.0),
+            api_id=_str(t, key, "api_id"),
+            ttl=_int(t, key, "ttl", default=0, low=0, high=1440),
+            translit=_bool(t, key, "translit", default=False),
+            test=_bool(t, key, "test", default=False),
+            **common,
+        )
+    login = _str(t, key, "login", default="")
+    password = _str(t, key, "password", default="")
+    apikey = _str(t, key, "apikey", default="")
+    if not apikey and not (login and password):
+        raise ConfigError(key, "needs apikey, or login and password")
+    if apikey and (login or password):
+        raise ConfigError(f"{key}.apikey", "give either apikey or login+password, not both")
+    return SmscRouteConfig(
+        login=login,
+        password=password,
+        apikey=apikey,
+        batch_size=_int(t, key, "batch_size", default=100, low=1, high=100),
+        batch_interval=_number(t, key, "batch_interval", default=2.0, low=0.0),
+        viber=_bool(t, key, "viber", default=False),
+        viber_fallback=_number(t, key, "viber_fallback", default=300.0, low=1.0),
+        valid=_int(t, key, "valid", default=0, low=0, high=24 * 60),
+        **common,
+    )
+
+
 def _sender(code: str, t: Any) -> SenderConfig:
     key = f"sender.{code}"
     if not CODE_RE.match(code):
         raise ConfigError(key, "a CODE may only have a-z, 0-9, '.', '-' and '_' (Bitrix24's rule)")
     if not isinstance(t, dict):
         raise ConfigError(key, "must be a table")
-    _only(t, key, {"route", "sender_id", "name", "portal"})
-    sender_id = _str(t, key, "sender_id")
-    if not (ALNUM_SENDER_RE.match(sender_id) or NUMERIC_SENDER_RE.match(sender_id)):
-        raise ConfigError(
-            f"{key}.sender_id",
-            "must be up to 11 Latin letters/digits, or a number of up to 15 digits",
-        )
+    _only(t, key, {"route", "sender_id", "name", "portal", "type", "marketing_sender_id"})
+    message_type = _str(t, key, "type", default="transactional")
+    if message_type not in MESSAGE_TYPES:
+        raise ConfigError(f"{key}.type", f"must be one of {', '.join(MESSAGE_TYPES)}, got {message_type!r}")
+    marketing_sender_id = _str(t, key, "marketing_sender_id", default=None)
+    if marketing_sender_id is not None:
+        _sender_id(f"{key}.marketing_sender_id", marketing_sender_id)
     return SenderConfig(
         code=code,
         route=_str(t, key, "route"),
-        sender_id=sender_id,
+        sender_id=_sender_id(f"{key}.sender_id", _str(t, key, "sender_id")),
         name=_str(t, key, "name", default=code),
         portal=_str(t, key, "portal", default=None),
+        type=message_type,
+        marketing_sender_id=marketing_sender_id,
     )
+
+
+def _sender_id(key: str, value: str) -> str:
+    """A sender ID the operators will take, or an error saying exactly why not.
+
+    Operators register alphanumeric names in Latin letters only (the source_addr of
+    an SMS is GSM-7 at best), so a Cyrillic name would be rewritten or dropped by the
+    SMSC long after Bitrix24 was told the message was sent.
+    """
+    if any(_is_cyrillic(c) for c in value):
+        raise ConfigError(key, f"Cyrillic letters are not allowed in a sender ID (operators register "
+                               f"Latin names only), got {value!r}")
+    if NUMERIC_SENDER_RE.match(value) or ALNUM_SENDER_RE.match(value):
+        return value
+    if value.lstrip("+").isdigit():
+        raise ConfigError(key, f"a numeric sender ID is at most 15 digits, got {len(value.lstrip('+'))}")
+    if len(value) > 11 and ALNUM_SENDER_RE.match(value[:11]):
+        raise ConfigError(key, f"an alphanumeric sender ID is at most 11 characters, got {len(value)}")
+    raise ConfigError(key, "must be up to 11 Latin letters/digits, or a number of up to 15 digits")
+
+
+def _is_cyrillic(char: str) -> bool:
+    return "\u0400" <= char <= "\u052f"
+
+
+def _countries(t: Mapping[str, Any], key: str, kind: str) -> frozenset[str] | None:
+    """Regions a route sends to: ISO codes (``["BY", "RU"]``) or ``["*"]`` for any."""
+    v = t.get("countries")
+    if v is None:
+        return DEFAULT_COUNTRIES.get(kind)
+    if not isinstance(v, list) or not v or not all(isinstance(c, str) for c in v):
+        raise ConfigError(f"{key}.countries", 'must be a non-empty list of country codes like ["BY", "RU"] or ["*"]')
+    if ANY_COUNTRY in v:
+        return None
+    known = phonenumbers.SUPPORTED_REGIONS
+    for c in v:
+        if c.upper() not in known:
+            raise ConfigError(f"{key}.countries", f"unknown country code {c!r} (ISO 3166 alpha-2, e.g. BY, RU)")
+    return frozenset(c.upper() for c in v)
+
+
+def _rules(t: Any) -> RulesConfig:
+    key = "rules"
+    if not isinstance(t, dict):
+        raise ConfigError(key, "must be a table")
+    _only(t, key, {f.name for f in RulesConfig.__dataclass_fields__.values()})
+    d = RulesConfig()
+    outcome = _str(t, key, "duplicate_outcome", default=d.duplicate_outcome)
+    if outcome not in DUPLICATE_OUTCOMES:
+        raise ConfigError(f"{key}.duplicate_outcome", f"must be one of {', '.join(DUPLICATE_OUTCOMES)}")
+    timezone = _str(t, key, "timezone", default=d.timezone)
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{key}.timezone", f"unknown time zone {timezone!r} (e.g. Europe/Minsk)") from None
+    words = t.get("stop_words", sorted(d.stop_words))
+    if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+        raise ConfigError(f"{key}.stop_words", "must be a list of non-empty strings")
+    field_name = _str(t, key, "consent_field", default=d.consent_field)
+    if not re.fullmatch(r"[A-Z][A-Z0-9_]*", field_name):
+        raise ConfigError(f"{key}.consent_field", f"must be a CRM field name like UF_CRM_SMS_CONSENT, got {field_name!r}")
+    return RulesConfig(
+        consent_field=field_name,
+        consent_cache_ttl=_number(t, key, "consent_cache_ttl", default=d.consent_cache_ttl, low=0.0),
+        duplicate_window=_number(t, key, "duplicate_window", default=d.duplicate_window, low=0.0),
+        duplicate_outcome=outcome,
+        quiet_hours=_quiet_hours(t, key, d.quiet_hours),
+        timezone=timezone,
+        stop_words=frozenset(w.strip().upper() for w in words),
+    )
+
+
+def _quiet_hours(t: Mapping[str, Any], key: str, default: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"21:00-09:00"`` (may wrap midnight) or ``""`` for none."""
+    v = t.get("quiet_hours")
+    if v is None:
+        return default
+    if v == "":
+        return None
+    m = re.fullmatch(r"([01]?[0-9]|2[0-3]):([0-5][0-9])-([01]?[0-9]|2[0-3]):([0-5][0-9])", v) \
+        if isinstance(v, str) else None
+    if m is None:
+        raise ConfigError(f"{key}.quiet_hours", f'must be "HH:MM-HH:MM" or "" for none, got {v!r}')
+    start, end = int(m[1]) * 60 + int(m[2]), int(m[3]) * 60 + int(m[4])
+    if start == end:
+        raise ConfigError(f"{key}.quiet_hours", "start and end are equal; use \"\" to turn quiet hours off")
+    return start, end
 
 
 # --- typed readers --------------------------------------------------------------
@@ -356,6 +587,13 @@ def _int(t: Mapping[str, Any], key: str, name: str, default: Any = _MISSING, *, 
     v = _get(t, key, name, default)
     if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
         raise ConfigError(f"{key}.{name}", f"must be an integer from {low} to {high}, got {v!r}")
+    return v
+
+
+def _bool(t: Mapping[str, Any], key: str, name: str, default: Any = _MISSING) -> bool:
+    v = _get(t, key, name, default)
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key}.{name}", f"must be true or false, got {v!r}")
     return v
 
 

@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import aiohttp
 import structlog
 
+from . import phone, rules, text
 from .bitrix24.pusher import StatusPusher
 from .bitrix24.rest import PortalAuth, RestClient
 from .config import Config
+from .consent import ConsentReader
+from .holds import HoldWorker
 from .intake import Intake
-from .providers.smpp import SmppRoute
-from .rpc import RpcServer
+from .providers import make_route
+from .providers.http_common import BadCallback, ForgedCallback, HttpRoute
+from .rpc import RpcError, RpcServer
+from .smpp.codec import ShortMessage
+from .stoplist import StopList
 from .store import OpenMessage, PortalRecord, Store
 
 log = structlog.get_logger(__name__)
@@ -30,10 +37,14 @@ RECEIPT_SWEEP_INTERVAL = 60.0
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = Store(config.daemon.database)
-        self.routes: dict[str, SmppRoute] = {}
+        self.rules = rules.Rules(config.rules, wall_clock)  # wall clock: quiet hours are a time of day
+        self.stoplist = StopList(self.store)
+        self.consent = ConsentReader(self._rest_client, config.rules.consent_field, config.rules.consent_cache_ttl)
+        self.holds = HoldWorker(self.store, self.rules, self.consent, self.dispatch, self.stoplist)
+        self.routes: dict[str, Any] = {}  # SmppRoute | HttpRoute, see providers.make_route
         self.pushers: dict[str, StatusPusher] = {}
         self._portals: Mapping[str, PortalRecord] = MappingProxyType({})
         self._http: aiohttp.ClientSession | None = None
@@ -53,6 +64,7 @@ class Daemon:
                 p.application_token, p.access_token, p.refresh_token,
             ))
         await self._load_portals()
+        await self.stoplist.load()
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         for member_id, portal in self._portals.items():
             cfg = self.config.portals.get(member_id)
@@ -60,7 +72,9 @@ class Daemon:
                                 burst=cfg.burst if cfg else 50, on_tokens=self._save_tokens)
             self.pushers[member_id] = StatusPusher(self.store, client)
         for name, route_cfg in self.config.routes.items():
-            route = SmppRoute(route_cfg, self.store)
+            route = make_route(route_cfg, self.store, self._http)
+            if hasattr(route, "on_mo"):  # SMPP binds carry replies (STOP) too
+                route.on_mo = self._on_mo
             reloaded = await route.load_open()
             if reloaded:
                 log.info("route_reloaded_open_messages", route=name, messages=reloaded, segments=route.depth)
@@ -70,10 +84,12 @@ class Daemon:
         for pusher in self.pushers.values():
             self._tasks.append(asyncio.create_task(pusher.run(), name=f"pusher-{pusher.member_id}"))
         self._tasks.append(asyncio.create_task(self._sweep_receipts(), name="receipt-sweep"))
-        intake = Intake(self.config, self.store, lambda: self._portals, self.dispatch)
+        self._tasks.append(asyncio.create_task(self.holds.run(), name="holds"))
+        intake = Intake(self.config, self.store, lambda: self._portals, self.dispatch, rules_=self.rules,
+                        stoplist=self.stoplist, on_held=self.holds.wake)
         self._rpc = RpcServer(
             self.config.daemon.socket_path,
-            {"intake": intake, "ping": self._ping, "status": self._status},
+            {"intake": intake, "ping": self._ping, "status": self._status, "dlr": self._dlr, **self._stoplist_methods()},
             group=self.config.daemon.socket_group,
         )
         await self._rpc.start()
@@ -105,6 +121,42 @@ class Daemon:
     def dispatch(self, message: OpenMessage) -> None:
         self.routes[message.route].enqueue(message)
 
+    def _rest_client(self, member_id: str) -> RestClient | None:
+        pusher = self.pushers.get(member_id)
+        return pusher.client if pusher is not None else None  # one client per portal: one rate bucket
+
+    # --- stop list ---------------------------------------------------------------
+
+    async def _on_mo(self, route: str, mo: ShortMessage) -> None:
+        """An SMS reply of just a stop word puts its sender on the stop list."""
+        try:
+            body = text.decode(mo.data_coding, text.strip_udh(mo.esm_class, mo.short_message)[1])
+        except ValueError:
+            return
+        if not rules.is_stop_word(body, self.config.rules.stop_words):
+            return
+        try:
+            number = phone.normalize(mo.source_addr)  # TON 1 digits (375…) or a national form
+        except phone.InvalidNumber as e:
+            log.warning("stop_word_from_invalid_number", route=route, reason=e.reason)
+            return
+        self.rules.stats.stop_words += 1
+        await self.stoplist.add(number, f"mo:{route}")
+
+    def _stoplist_methods(self) -> dict[str, Any]:
+        async def add(params: Mapping[str, Any]) -> dict[str, Any]:
+            number = _number_param(params)
+            return {"phone": number, "added": await self.stoplist.add(number, str(params.get("source") or "cli"))}
+
+        async def remove(params: Mapping[str, Any]) -> dict[str, Any]:
+            number = _number_param(params)
+            return {"phone": number, "removed": await self.stoplist.remove(number)}
+
+        async def entries(params: Mapping[str, Any]) -> dict[str, Any]:
+            return {"numbers": await self.stoplist.entries()}
+
+        return {"stoplist.add": add, "stoplist.remove": remove, "stoplist.list": entries}
+
     async def _load_portals(self) -> None:
         self._portals = MappingProxyType({p.member_id: p for p in await self.store.portals()})
 
@@ -120,17 +172,53 @@ class Daemon:
             if expired:
                 log.warning("receipts_unmatched", count=expired)
 
+    async def _dlr(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A provider's delivery callback, forwarded by the shim (shim/dlr.py)."""
+        route = self.routes.get(params.get("route"))  # type: ignore[arg-type]
+        form = params.get("form")
+        if not isinstance(route, HttpRoute):
+            raise RpcError("bad_request", "route: not an HTTP provider route")
+        if not isinstance(form, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in form
+        ):
+            raise RpcError("bad_request", "form: must be a list of [name, value] strings")
+        try:
+            answer = await route.callback([(k, v) for k, v in form])
+        except ForgedCallback as e:
+            route.stats["callbacks_rejected"] += 1
+            log.warning("dlr_forged", route=route.name, error=str(e))
+            raise RpcError("forbidden", str(e)) from None
+        except BadCallback as e:
+            route.stats["callbacks_rejected"] += 1
+            log.warning("dlr_malformed", route=route.name, error=str(e))
+            raise RpcError("bad_request", str(e)) from None
+        return {"answer": answer}
+
     async def _ping(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {"ok": True}
 
     async def _status(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "routes": {
-                name: r.status() for name, r in self.routes.items()
+                name: r.status() if hasattr(r, "status") else {
+                    "bound": r.connection.bound if hasattr(r, "connection") else None, "queue": r.depth, **r.stats}
+                for name, r in self.routes.items()
             },
             "pushers": {m: {"pushed": p.pushed, "dropped": p.dropped} for m, p in self.pushers.items()},
             "store": await self.store.counts(),
+            "rules": {**self.rules.stats.as_dict(), "stoplist": len(self.stoplist),
+                      "waiting": await self.holds.counts()},
         }
+
+
+def _number_param(params: Mapping[str, Any]) -> str:
+    raw = params.get("phone")
+    if not isinstance(raw, str):
+        raise RpcError("bad_request", "phone: must be a string", field="phone")
+    try:
+        return phone.normalize(raw)
+    except phone.InvalidNumber as e:
+        raise RpcError("bad_request", f"phone: {e.reason}", field="phone") from None
 
 
 def _auth(p: PortalRecord) -> PortalAuth:

@@ -26,9 +26,20 @@ from aiohttp import web
 
 from . import logs, text
 from .bitrix24.portal import SimulatedPortal
-from .config import Config, DaemonConfig, PortalConfig, SenderConfig, ShimConfig, SmppRouteConfig
+from .config import (
+    Config,
+    DaemonConfig,
+    PortalConfig,
+    SenderConfig,
+    ShimConfig,
+    SmppRouteConfig,
+    SmscRouteConfig,
+    SmsRuRouteConfig,
+)
 from .daemon import Daemon
 from .rpc import RpcClient
+from .sims.smsc import SmscSimulator as SmscRuSimulator
+from .sims.smsru import SmsRuSimulator
 from .smpp.simulator import SimulatorConfig, SmscSimulator
 
 FINAL_B24 = frozenset({"delivered", "undelivered", "failed"})
@@ -77,12 +88,14 @@ class Rig:
     shim_url: str = ""
     rpc: RpcClient | None = None
     posted: list[Posted] = field(default_factory=list)
+    http_sims: dict[str, SmsRuSimulator | SmscRuSimulator] = field(default_factory=dict)
 
 
 def make_config(tmp: Path, portal: SimulatedPortal, smscs: dict[str, SmscSimulator], *,
-                handler_key: str) -> Config:
-    """The embedded default: one portal, two operators, one CODE per operator."""
-    routes = {
+                handler_key: str, http_sims: dict[str, SmsRuSimulator | SmscRuSimulator] | None = None) -> Config:
+    """The embedded default: one portal, two operators, one CODE per operator
+    (plus SMS.ru and SMSC.ru routes and CODEs when ``http_sims`` are given)."""
+    routes: dict[str, object] = {
         name: SmppRouteConfig(
             name=name, host="127.0.0.1", port=smsc.port, system_id="smppd", password="secret",
             window=20, reconnect_min=0.2, reconnect_max=2.0,
@@ -94,6 +107,22 @@ def make_config(tmp: Path, portal: SimulatedPortal, smscs: dict[str, SmscSimulat
         "by_life": SenderConfig(code="by_life", route="life", sender_id="DemoShop", name="SMS via life:)"),
         "by_mts": SenderConfig(code="by_mts", route="mts", sender_id="DemoShop", name="SMS via MTS"),
     }
+    for name, sim in (http_sims or {}).items():
+        if isinstance(sim, SmsRuSimulator):
+            routes[name] = SmsRuRouteConfig(name=name, api_id=sim.api_id, base_url=sim.base_url, retry_min=0.2,
+                                            retry_max=5.0, poll_after=5.0, poll_interval=1.0)
+            senders["by_smsru"] = SenderConfig(code="by_smsru", route=name, sender_id="DemoShop",
+                                               name="SMS via SMS.ru")
+        else:
+            # An SMSC account (or sub-client) per route: SMSC calls one URL per account.
+            viber = name.endswith("_viber")  # Viber first, SMS when Viber cannot deliver
+            routes[name] = SmscRouteConfig(name=name, login=sim.login, password=sim.psw,
+                                           base_url=sim.base_url + "sys/", batch_interval=0.2, retry_min=0.2,
+                                           retry_max=5.0, poll_after=5.0, poll_interval=1.0,
+                                           viber=viber, viber_fallback=2.0)
+            code = "by_viber" if viber else "by_smsc"
+            senders[code] = SenderConfig(code=code, route=name, sender_id="DemoShop",
+                                         name="Viber, then SMS, via SMSC.ru" if viber else "SMS via SMSC.ru")
     portal_cfg = PortalConfig(
         member_id=portal.member_id, domain=portal.domain, client_endpoint=portal.client_endpoint,
         server_endpoint=portal.server_endpoint, client_id=portal.client_id,
@@ -104,12 +133,12 @@ def make_config(tmp: Path, portal: SimulatedPortal, smscs: dict[str, SmscSimulat
         daemon=DaemonConfig(socket_path=str(tmp / "smppd.sock"), database=str(tmp / "smppd.db")),
         shim=ShimConfig(host="127.0.0.1", port=0, handler_key=handler_key),
         portals=MappingProxyType({portal.member_id: portal_cfg}),
-        routes=MappingProxyType(routes),
+        routes=MappingProxyType(routes),  # type: ignore[arg-type]
         senders=MappingProxyType(senders),
     )
 
 
-async def start_rig(tmp: Path, *, seed: int = 7, portal_rate: float | None = 2.0) -> Rig:
+async def start_rig(tmp: Path, *, seed: int = 7, portal_rate: float | None = 2.0, http: bool = False) -> Rig:
     portal = SimulatedPortal(rate=portal_rate)
     await portal.start()
     smscs = {
@@ -120,10 +149,21 @@ async def start_rig(tmp: Path, *, seed: int = 7, portal_rate: float | None = 2.0
     }
     for smsc in smscs.values():
         await smsc.start()
+    http_sims: dict[str, SmsRuSimulator | SmscRuSimulator] = {}
+    if http:
+        outcomes_ru = {103: 0.85, 104: 0.05, 107: 0.05, 150: 0.05}
+        http_sims = {"smsru": SmsRuSimulator(seed=seed + 2, outcomes=outcomes_ru, deliver_after=0.2),
+                     "smscru": SmscRuSimulator(seed=seed + 3, deliver_after=0.2),
+                     "smscru_viber": SmscRuSimulator(seed=seed + 4, deliver_after=0.2, viber_share=0.6)}
+        for sim in http_sims.values():
+            await sim.start()
     key = secrets.token_urlsafe(24)
-    rig = Rig(tmp, portal, smscs, make_config(tmp, portal, smscs, handler_key=key))
+    rig = Rig(tmp, portal, smscs, make_config(tmp, portal, smscs, handler_key=key, http_sims=http_sims),
+              http_sims=http_sims)
     await start_daemon(rig)
     await start_shim(rig)
+    for name, sim in http_sims.items():  # the providers call back through the real shim
+        sim.callback_url = f"{rig.shim_url}/dlr/{name}?key={key}"
     return rig
 
 
@@ -135,8 +175,11 @@ async def start_daemon(rig: Rig) -> None:
 async def start_shim(rig: Rig) -> None:
     from shim.app import make_app
 
+    from shim.dlr import dlr_keys
+
     rig.rpc = RpcClient(rig.config.daemon.socket_path)
-    app = make_app(handler_key=rig.config.shim.handler_key, codes=frozenset(rig.config.senders), rpc=rig.rpc)
+    app = make_app(handler_key=rig.config.shim.handler_key, codes=frozenset(rig.config.senders), rpc=rig.rpc,
+                   dlr_keys=dlr_keys(rig.config))
     rig.shim_runner = web.AppRunner(app, access_log=None)
     await rig.shim_runner.setup()
     site = web.TCPSite(rig.shim_runner, "127.0.0.1", 0)
@@ -158,14 +201,17 @@ async def stop_rig(rig: Rig) -> None:
         await rig.daemon.stop()
     for smsc in rig.smscs.values():
         await smsc.stop()
+    for sim in rig.http_sims.values():
+        await sim.stop()
     await rig.portal.stop()
 
 
-def demo_messages(n: int, rng: random.Random) -> list[tuple[str, str, str, bool]]:
+def demo_messages(n: int, rng: random.Random,
+                  codes: tuple[str, ...] = ("by_life", "by_mts")) -> list[tuple[str, str, str, bool]]:
     """(code, number, text, valid) for n messages: every format, a few invalid."""
     out = []
     for i in range(n):
-        code = ("by_life", "by_mts")[i % 2]
+        code = codes[i % len(codes)]
         if i % 37 == 5:
             number, valid = INVALID_NUMBERS[(i // 37) % len(INVALID_NUMBERS)], False
         else:
@@ -223,7 +269,8 @@ async def wait_final(rig: Rig, timeout: float, progress: bool) -> None:
 
 def report(rig: Rig, started: float) -> bool:
     """Print the table; True when every message is accounted for."""
-    routes = {"by_life": "life:)", "by_mts": "MTS"}
+    routes = {"by_life": "life:)", "by_mts": "MTS", "by_smsru": "SMS.ru", "by_smsc": "SMSC.ru",
+              "by_viber": "Viber→SMS"}
     table: dict[tuple[str, str], int] = {}
     lost, not_ok, latencies = [], [], []
     for p in rig.posted:
@@ -241,9 +288,12 @@ def report(rig: Rig, started: float) -> bool:
             latencies.append(at - p.posted_at)
     last = max((final_time(rig, p.b24_id) or 0.0) for p in rig.posted) if rig.posted else started
     print()
-    print(f"{'operator':<10}{'status':<14}{'messages':>9}")
+    print(f"{'route':<11}{'status':<14}{'messages':>9}")
     for (op, status), count in sorted(table.items()):
-        print(f"{op:<10}{status:<14}{count:>9}")
+        print(f"{op:<11}{status:<14}{count:>9}")
+    channels = _channels(rig)
+    if channels:
+        print("Viber cascade: " + ", ".join(f"{CHANNEL_WORDS.get(c, c)} {n}" for c, n in sorted(channels.items())))
     total = len(rig.posted)
     segments = sum(p.segments for p in rig.posted if p.valid)
     elapsed = max(last - started, 1e-6)
@@ -266,6 +316,20 @@ def report(rig: Rig, started: float) -> bool:
     return not lost and not not_ok and not wrong
 
 
+CHANNEL_WORDS = {"viber": "went by Viber", "viber_fallback": "fell back to SMS"}
+
+
+def _channels(rig: Rig) -> dict[str, int]:
+    """How the Viber route's messages went out, from the store's channel column."""
+    import sqlite3
+
+    with sqlite3.connect(rig.config.daemon.database) as conn:
+        rows = conn.execute(
+            "SELECT channel, count(*) FROM message WHERE channel IN ('viber', 'viber_fallback') GROUP BY 1"
+        ).fetchall()
+    return {c: n for c, n in rows}
+
+
 def run_demo(args: argparse.Namespace) -> bool:
     logs.configure(json=False, level=logging.INFO if args.verbose else logging.WARNING)
     return asyncio.run(_demo(args.messages, args.concurrency, args.seed, args.timeout))
@@ -273,13 +337,17 @@ def run_demo(args: argparse.Namespace) -> bool:
 
 async def _demo(n: int, concurrency: int, seed: int, timeout: float) -> bool:
     with tempfile.TemporaryDirectory(prefix="smppd-demo-") as tmp:
-        print("smppd demo: simulated Bitrix24 portal and operators (life:), MTS), real shim and daemon")
-        rig = await start_rig(Path(tmp), seed=seed)
+        print("smppd demo: simulated Bitrix24 portal, operators (life:), MTS over SMPP) and HTTP providers "
+              "(SMS.ru, SMSC.ru), real shim and daemon")
+        rig = await start_rig(Path(tmp), seed=seed, http=True)
         try:
             print(f"  shim {rig.shim_url}, portal {rig.portal.base_url}, "
-                  f"SMSCs life:) :{rig.smscs['life'].port} MTS :{rig.smscs['mts'].port}")
+                  f"SMSCs life:) :{rig.smscs['life'].port} MTS :{rig.smscs['mts'].port}, "
+                  f"SMS.ru :{rig.http_sims['smsru'].port} SMSC.ru :{rig.http_sims['smscru'].port} "
+                  f"and :{rig.http_sims['smscru_viber'].port} (Viber)")
             started = time.time()
-            await post_all(rig, demo_messages(n, random.Random(seed)), concurrency)
+            codes = ("by_life", "by_mts", "by_smsru", "by_smsc", "by_viber")
+            await post_all(rig, demo_messages(n, random.Random(seed), codes), concurrency)
             await wait_final(rig, timeout, progress=True)
             return report(rig, started)
         finally:

@@ -7,15 +7,17 @@ app update) and the shim keeps no state.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Container, Mapping
 
 import structlog
 
-from . import phone, text
-from .config import Config
+from . import phone, rules, text
+from .config import Config, SenderConfig
 from .rpc import RpcError
 from .smpp.segments import route_encoding
 from .store import IntakeResult, NewMessage, OpenMessage, PortalRecord, Store
@@ -35,6 +37,8 @@ class IntakeRequest:
     to: str
     text: str
     module_id: str
+    bindings: Any = None  # as the shim forwarded them; rules.entities() reads them defensively
+    document_id: Any = None
 
     @classmethod
     def from_params(cls, p: Mapping[str, Any]) -> "IntakeRequest":
@@ -54,6 +58,8 @@ class IntakeRequest:
             to=field("to"),
             text=field("text"),
             module_id=field("module_id", optional=True) or "",
+            bindings=p.get("bindings"),
+            document_id=p.get("document_id"),
         )
         if not MESSAGE_ID_RE.match(req.message_id):
             raise RpcError("bad_request", "message_id: must be 32 hex characters")
@@ -64,11 +70,16 @@ class IntakeRequest:
 
 class Intake:
     def __init__(self, config: Config, store: Store, portals: Callable[[], Mapping[str, PortalRecord]],
-                 dispatch: Callable[[OpenMessage], None]) -> None:
+                 dispatch: Callable[[OpenMessage], None], *, rules_: rules.Rules | None = None,
+                 stoplist: Container[str] = frozenset(), on_held: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.store = store
         self._portals = portals
         self._dispatch = dispatch
+        self.rules = rules_ or rules.Rules(config.rules)
+        self._stoplist = stoplist
+        self._on_held = on_held
+        self._warned_texts: set[bytes] = set()
 
     async def __call__(self, params: Mapping[str, Any]) -> dict[str, Any]:
         req = IntakeRequest.from_params(params)
@@ -76,19 +87,54 @@ class Intake:
         if sender is None:
             raise RpcError("unknown_code", f"no sender with code {req.code!r}")
         portal = self._authenticate(req, sender.portal)
-        message = self._prepare(req, portal.member_id, sender.route, sender.sender_id)
+        marketing = rules.is_marketing(sender, req.module_id)
+        message = self._prepare(req, portal.member_id, sender, marketing)
         result: IntakeResult = await self.store.intake(message)
+        held = message.hold if result.reason is None and result.duplicate_of is None else None
         log.info(
             "message_received", id=result.id, b24_id=req.message_id, code=req.code, route=sender.route,
             to=phone.mask(message.phone or req.to), segments=message.segments, status=str(result.status),
-            duplicate=result.duplicate, reason=message.reason,
+            duplicate=result.duplicate, reason=result.reason, marketing=marketing, held=held,
+            repeat_of=result.duplicate_of,
         )
-        if not result.duplicate and message.reason is None:
+        if result.duplicate:  # an idempotent re-post: the first post already did everything
+            return self._answer(result, None)
+        self._count(req, result, held, message.segments)
+        if held is not None:
+            self._on_held()
+        elif result.reason is None and result.duplicate_of is None:
             assert message.phone is not None
-            self._dispatch(OpenMessage(result.id, sender.route, sender.sender_id, message.phone, req.text,
+            self._dispatch(OpenMessage(result.id, sender.route, message.sender, message.phone, req.text,
                                        tuple(range(message.segments)), result.concat_ref))
+        return self._answer(result, held)
+
+    @staticmethod
+    def _answer(result: IntakeResult, held: str | None) -> dict[str, Any]:
         return {"id": result.id, "status": str(result.status), "duplicate": result.duplicate,
-                "reason": message.reason}
+                "reason": result.reason, "held": held, "repeat_of": result.duplicate_of}
+
+    def _count(self, req: IntakeRequest, result: IntakeResult, held: str | None, segments: int) -> None:
+        """Rule counters and the one-per-template warning for texts that cost more than one SMS."""
+        stats = self.rules.stats
+        if result.reason is not None:
+            stats.refuse(result.reason)
+            if not result.reason.startswith("invalid number"):
+                log.info("message_refused", id=result.id, code=req.code, reason=result.reason)
+        if result.duplicate_of is not None:
+            stats.duplicates += 1
+            log.info("message_repeat_not_sent", id=result.id, code=req.code, repeat_of=result.duplicate_of)
+        if held is not None:
+            stats.hold(held)
+        if segments > 1:
+            stats.multi_segment += 1
+            digest = hashlib.blake2b(req.text.encode(), digest_size=8).digest()
+            if digest not in self._warned_texts:
+                if len(self._warned_texts) > 10_000:
+                    self._warned_texts.clear()
+                self._warned_texts.add(digest)
+                cost = text.cost(req.text)
+                log.warning("template_over_one_segment", code=req.code, segments=cost.segments,
+                            encoding=cost.encoding, forces_ucs2="".join(cost.ucs2_chars[:10]))
 
     def _authenticate(self, req: IntakeRequest, owner: str | None) -> PortalRecord:
         """The portal this post comes from, or RpcError("forbidden").
@@ -112,19 +158,31 @@ class Intake:
             raise RpcError("forbidden", "application_token does not match")
         return portal
 
-    def _prepare(self, req: IntakeRequest, member_id: str, route: str, sender_id: str) -> NewMessage:
+    def _prepare(self, req: IntakeRequest, member_id: str, sender: SenderConfig, marketing: bool) -> NewMessage:
         try:
-            encoded = route_encoding(self.config.routes.get(route), req.text)
+            encoded = route_encoding(self.config.routes.get(sender.route), req.text)
         except ValueError as e:  # a lone surrogate, or more than 255 segments
             raise RpcError("bad_request", f"text: cannot be sent as SMS ({e})") from None
         reason = None
         number = None
+        hold = None
+        entities = None
+        route = self.config.routes.get(sender.route)
         try:
-            number = phone.normalize(req.to)
+            number = phone.normalize(req.to, allowed_regions=getattr(route, "countries", None))
         except phone.InvalidNumber as e:
             reason = f"invalid number: {e.reason}"
+        if reason is None and marketing:
+            bound = rules.entities(req.bindings, req.document_id)
+            if number in self._stoplist:
+                reason = rules.REASON_STOPLIST
+            else:  # consent is read after the answer; unbound posts are matched by number
+                hold = rules.HOLD_CONSENT
+                entities = json.dumps([[e.type_id, e.id] for e in bound])
+        cfg = self.config.rules
         return NewMessage(
-            member_id=member_id, b24_id=req.message_id, code=req.code, route=route, sender=sender_id,
-            phone=number, text=req.text, encoding=encoded.encoding, segments=encoded.segments,
-            module_id=req.module_id, reason=reason,
+            member_id=member_id, b24_id=req.message_id, code=req.code, route=sender.route,
+            sender=sender.sender_for(marketing), phone=number, text=req.text, encoding=encoded.encoding,
+            segments=encoded.segments, module_id=req.module_id, reason=reason, hold=hold, entities=entities,
+            duplicate_window=cfg.duplicate_window, duplicate_fails=cfg.duplicate_outcome == "failed",
         )

@@ -137,3 +137,73 @@ def aggregate(segment_statuses: list[Status]) -> Status:
     if finals:
         return finals[0]
     return min(segment_statuses, key=RANK.__getitem__)
+
+
+# --- HTTP providers -----------------------------------------------------------------
+
+# SMS.ru message status codes (reference/providers.md §1.4).  -1 "not found" is
+# not a status at all: it is absent here and handled by the caller.
+SMSRU_STATUS: dict[int, Status] = {
+    100: Status.ACCEPTED,  # in the SMS.ru queue: they took it, like a submit_sm_resp
+    101: Status.ACCEPTED,
+    102: Status.ACCEPTED,
+    103: Status.DELIVERED,
+    104: Status.EXPIRED,
+    105: Status.UNDELIVERED,
+    106: Status.UNDELIVERED,
+    107: Status.UNDELIVERED,
+    108: Status.UNDELIVERED,
+    110: Status.DELIVERED,  # read (Viber)
+    150: Status.UNDELIVERED,
+}
+
+# SMS.ru request/number error codes (§1.5) that are worth another try later;
+# everything else is final for the message.  206 is the daily limit: Bitrix
+# defers it, and so do we.
+SMSRU_RETRY = frozenset({206, 220, 500})
+# Account-level codes: not the message's fault, the admin has to act.  They are
+# counted and logged as alerts.  Balance and credentials are fixed without
+# touching the message, so it waits (requeued); a sender the operator did not
+# approve (204, 221) cannot carry this message at all, so it fails.
+SMSRU_ACCOUNT_WAIT = frozenset({200, 201, 300, 301, 302})
+SMSRU_ACCOUNT = SMSRU_ACCOUNT_WAIT | {204, 221}
+
+# SMSC.ru status codes (§2.4).  -1 and 0 both mean "they have it".
+SMSC_STATUS: dict[int, Status] = {
+    -3: Status.FAILED,  # not found
+    -2: Status.FAILED,  # stopped before sending
+    -1: Status.ACCEPTED,
+    0: Status.ACCEPTED,
+    1: Status.DELIVERED,
+    2: Status.DELIVERED,  # read
+    3: Status.EXPIRED,
+    4: Status.DELIVERED,  # link clicked
+    20: Status.UNDELIVERED,
+    22: Status.UNDELIVERED,
+    23: Status.UNDELIVERED,
+    24: Status.FAILED,  # insufficient funds
+    25: Status.UNDELIVERED,
+}
+
+# SMSC.ru send errors (§2.3): 4 (IP blocked for a while) and 9 (duplicate or too
+# many concurrent requests) mean "wait and retry"; the others are final.
+SMSC_RETRY = frozenset({4, 9})
+# Wrong credentials (2) and no money (3) wait like SMS.ru's, alerting the admin.
+SMSC_ACCOUNT_WAIT = frozenset({2, 3})
+SMSC_ACCOUNT = SMSC_ACCOUNT_WAIT | {4}
+
+
+class UnknownProviderStatus(ValueError):
+    """A provider status code we cannot map: recorded and counted, never guessed."""
+
+
+def smsru_status(code: int) -> Status:
+    if code in SMSRU_STATUS:
+        return SMSRU_STATUS[code]
+    raise UnknownProviderStatus(f"SMS.ru status {code}")
+
+
+def smsc_status(code: int) -> Status:
+    if code in SMSC_STATUS:
+        return SMSC_STATUS[code]
+    raise UnknownProviderStatus(f"SMSC status {code}")

@@ -49,7 +49,7 @@ PENDING_RECEIPT_TTL = 600.0
 MAX_PENDING_RECEIPTS = 100_000
 MAX_GROUP = 2000
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE portal (
@@ -127,6 +127,29 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX receipt_pending_id ON receipt_pending (route, provider_id);
     """,
     2: """
+    ALTER TABLE message ADD COLUMN hold TEXT;            -- business rules: 'consent' | 'quiet' | NULL
+    ALTER TABLE message ADD COLUMN hold_until REAL;      -- wall clock: when a 'quiet' hold ends
+    ALTER TABLE message ADD COLUMN entities TEXT;        -- JSON [[type_id, id], ...] for the consent lookup
+    ALTER TABLE message ADD COLUMN duplicate_of INTEGER; -- the first message this repeat follows
+    CREATE INDEX message_held ON message (hold, hold_until) WHERE hold IS NOT NULL;
+    CREATE INDEX message_recent ON message (member_id, phone, created_at);
+    CREATE INDEX message_followers ON message (duplicate_of) WHERE duplicate_of IS NOT NULL;
+    CREATE TABLE stoplist (                -- numbers that opted out of marketing
+        phone TEXT PRIMARY KEY,            -- E.164
+        source TEXT NOT NULL,              -- 'cli', 'mo:<route>'
+        added_at REAL NOT NULL
+    );
+    """,
+    # HTTP providers (issue 5): which channel carried the message (sms, viber,
+    # viber_fallback = Viber did not deliver, SMS went out), and when to ask the
+    # provider for a status that no callback brought.
+    3: """
+    ALTER TABLE message ADD COLUMN channel TEXT;
+    ALTER TABLE message ADD COLUMN poll_at REAL;
+    CREATE INDEX message_poll ON message (route, poll_at) WHERE poll_at IS NOT NULL;
+    """,
+    # SMPP hardening (issue 3): per-destination concatenation references, stored MO.
+    4: """
     ALTER TABLE message ADD COLUMN concat_ref INTEGER;   -- 16-bit, per destination, NULL for one segment
     CREATE TABLE concat_counter (        -- the last concatenation reference used per destination
         phone TEXT PRIMARY KEY,
@@ -158,7 +181,12 @@ class NewMessage:
     encoding: str
     segments: int
     module_id: str = ""
-    reason: str | None = None  # set when the message fails at intake (invalid number)
+    reason: str | None = None  # set when the message fails at intake (invalid number, a rule)
+    hold: str | None = None  # a business rule holds it (rules.HOLD_*): stored, not dispatched
+    hold_until: float | None = None
+    entities: str | None = None  # JSON of the bound CRM entities, for the consent lookup
+    duplicate_window: float = 0.0  # seconds; a same-number same-text message within it is a repeat
+    duplicate_fails: bool = False  # a repeat fails, instead of following the first's status
 
 
 @dataclass(frozen=True)
@@ -166,7 +194,9 @@ class IntakeResult:
     id: int
     status: Status
     duplicate: bool
-    concat_ref: int | None = None
+    duplicate_of: int | None = None  # a repeat of this earlier message (rules.py): not sent
+    reason: str | None = None
+    concat_ref: int | None = None  # per destination (issue 3), for multi-segment messages
 
 
 @dataclass(frozen=True)
@@ -180,6 +210,19 @@ class OpenMessage:
     text: str
     open_segments: tuple[int, ...]
     concat_ref: int | None = None  # per destination, stored: resent parts join their siblings
+
+
+@dataclass(frozen=True)
+class PollItem:
+    """A message an HTTP provider accepted and never gave a final status for."""
+
+    id: int
+    provider_id: str
+    phone: str
+    channel: str | None
+    sender: str
+    text: str
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -333,28 +376,42 @@ class Store:
             ).fetchone()
             if row is not None:
                 return IntakeResult(row[0], Status(row[1]), duplicate=True)
-            status = Status.FAILED if m.reason else Status.QUEUED
-            ref = _next_concat_ref(conn, m.phone) if m.segments > 1 and status is Status.QUEUED else None
+            reason, first = m.reason, None
+            if reason is None and m.phone is not None and m.duplicate_window > 0:
+                first = _first_of_repeat(conn, m, now - m.duplicate_window)
+                if first is not None and m.duplicate_fails:
+                    reason, first = f"duplicate of message {first[0]} (same number and text)", None
+            status = Status.FAILED if reason else Status.QUEUED
+            hold = None if reason or first else m.hold
+            ref = _next_concat_ref(conn, m.phone) if m.segments > 1 and not reason and not first else None
             cur = conn.execute(
                 "INSERT INTO message (member_id, b24_id, code, route, sender, phone, text, encoding,"
-                " segments, module_id, status, reason, created_at, updated_at, concat_ref)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " segments, module_id, status, reason, created_at, updated_at, hold, hold_until, entities,"
+                " duplicate_of, concat_ref) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (m.member_id, m.b24_id, m.code, m.route, m.sender, m.phone, m.text, m.encoding,
-                 m.segments, m.module_id, status, m.reason, now, now, ref),
+                 m.segments, m.module_id, status, reason, now, now, hold, m.hold_until if hold else None,
+                 m.entities, first[0] if first else None, ref),
             )
             mid = cur.lastrowid
             assert mid is not None
-            conn.executemany(
-                "INSERT INTO segment (message_id, seq, route, status, updated_at) VALUES (?,?,?,?,?)",
-                [(mid, seq, m.route, status, now) for seq in range(m.segments)],
-            )
-            _event(conn, mid, None, status, True, m.reason, now)
+            if first is None:  # a repeat gets no segments: nothing of it is ever submitted
+                conn.executemany(
+                    "INSERT INTO segment (message_id, seq, route, status, updated_at) VALUES (?,?,?,?,?)",
+                    [(mid, seq, m.route, status, now) for seq in range(m.segments)],
+                )
+            _event(conn, mid, None, status, True, reason or (f"held: {hold}" if hold else None), now)
             if status is Status.FAILED:
                 _to_outbox(conn, mid, m.member_id, m.b24_id, m.code, None, status, now)
-            return IntakeResult(mid, status, duplicate=False, concat_ref=ref)
+            if first is not None:
+                _event(conn, mid, None, status, True, f"repeat of message {first[0]}: follows its status", now)
+                _follow(conn, mid, m.member_id, m.b24_id, m.code, None, Status.QUEUED, Status(first[1]),
+                        f"duplicate of message {first[0]}", now)
+                status = Status(conn.execute("SELECT status FROM message WHERE id=?", (mid,)).fetchone()[0])
+            return IntakeResult(mid, status, duplicate=False, duplicate_of=first[0] if first else None,
+                                reason=reason, concat_ref=ref)
 
         result = await self.execute(op)
-        if result.status is Status.FAILED and not result.duplicate:
+        if (result.status is Status.FAILED or result.duplicate_of is not None) and not result.duplicate:
             self.outbox_changed.set()
         return result
 
@@ -369,7 +426,7 @@ class Store:
             rows = conn.execute(
                 "SELECT m.id, m.sender, m.phone, m.text, group_concat(s.seq), m.concat_ref FROM message m"
                 " JOIN segment s ON s.message_id = m.id"
-                " WHERE m.route=? AND m.status IN ('queued','submitted','accepted')"
+                " WHERE m.route=? AND m.status IN ('queued','submitted','accepted') AND m.hold IS NULL"
                 " AND s.status IN ('queued','submitted') GROUP BY m.id ORDER BY m.id",
                 (route,),
             ).fetchall()
@@ -468,6 +525,170 @@ class Store:
                     " (SELECT id FROM receipt_pending WHERE expired=0 ORDER BY id LIMIT ?)", (over,)
                 ).rowcount
             return expired
+
+        return await self.execute(op)
+
+    # --- HTTP providers: one provider id per message ----------------------------
+    #
+    # An HTTP provider splits the text itself and answers with one id per
+    # message, so the id sits on segment 0 and every segment row of the
+    # message moves together: the message is delivered when the provider says
+    # so, and the SMPP aggregate rules keep working unchanged.
+
+    async def provider_accepted(self, message_id: int, provider_id: str, *, poll_at: float,
+                                channel: str | None = None) -> None:
+        """The provider took the message; apply any callback that beat its answer."""
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT route FROM message WHERE id=?", (message_id,)).fetchone()
+            if row is None:
+                return False
+            route = row[0]
+            conn.execute("UPDATE segment SET provider_id=NULL WHERE message_id=?", (message_id,))
+            conn.execute("UPDATE segment SET provider_id=? WHERE message_id=? AND seq=0", (provider_id, message_id))
+            conn.execute("UPDATE message SET poll_at=?, channel=coalesce(?, channel) WHERE id=?",
+                         (poll_at, channel, message_id))
+            changed = _all_segments(conn, message_id, Status.ACCEPTED, None, now)
+            early = conn.execute(
+                "SELECT id, status, detail FROM receipt_pending WHERE route=? AND provider_id=? ORDER BY id",
+                (route, provider_id),
+            ).fetchall()
+            for rid, status, detail in early:
+                changed |= _all_segments(conn, message_id, Status(status), detail, now)
+                conn.execute("DELETE FROM receipt_pending WHERE id=?", (rid,))
+            return changed
+
+        if await self.execute(op):
+            self.outbox_changed.set()
+
+    async def provider_submitting(self, planned: Iterable[tuple[int, str]]) -> None:
+        """Before a request goes out: the id the provider will know each message by.
+
+        Only for providers where we choose the id (SMSC): after a crash the
+        route asks the provider about these ids instead of resending blindly.
+        """
+        now = self.clock()
+        rows = list(planned)
+
+        def op(conn: sqlite3.Connection) -> None:
+            for mid, pid in rows:
+                conn.execute("UPDATE segment SET provider_id=? WHERE message_id=? AND seq=0", (pid, mid))
+                _all_segments(conn, mid, Status.SUBMITTED, None, now)
+
+        await self.execute(op)
+
+    async def submitted_unconfirmed(self, route: str) -> list[PollItem]:
+        """Messages whose request went out with a known id but whose answer never came."""
+
+        def op(conn: sqlite3.Connection) -> list[PollItem]:
+            rows = conn.execute(
+                "SELECT m.id, s.provider_id, m.phone, m.channel, m.sender, m.text, m.created_at FROM message m"
+                " JOIN segment s ON s.message_id = m.id AND s.seq = 0"
+                " WHERE m.route=? AND m.status IN ('queued','submitted') AND s.status='submitted'"
+                " AND s.provider_id IS NOT NULL ORDER BY m.id",
+                (route,),
+            ).fetchall()
+            return [PollItem(*r) for r in rows]
+
+        return await self.execute(op)
+
+    async def provider_failed(self, message_id: int, status: Status, detail: str) -> None:
+        """The provider refused the message for good."""
+        now = self.clock()
+        if await self.execute(lambda conn: _all_segments(conn, message_id, status, detail, now)):
+            self.outbox_changed.set()
+
+    async def provider_receipt(self, route: str, provider_id: str, status: Status, detail: str,
+                               *, keep_pending: bool = True) -> int | None:
+        """Apply a callback or poll result; the message id, or None when the id is unknown.
+
+        An unknown id is kept pending (its send answer may still be on the way)
+        unless ``keep_pending`` is False (a poll answer for an id we asked about).
+        """
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> tuple[int | None, bool]:
+            row = conn.execute(
+                "SELECT message_id FROM segment WHERE route=? AND provider_id=?", (route, provider_id)
+            ).fetchone()
+            if row is None:
+                if keep_pending:
+                    conn.execute(
+                        "INSERT INTO receipt_pending (route, provider_id, status, detail, received_at)"
+                        " VALUES (?,?,?,?,?)",
+                        (route, provider_id, status, detail, now),
+                    )
+                return None, False
+            return row[0], _all_segments(conn, row[0], status, detail, now)
+
+        mid, changed = await self.execute(op)
+        if changed:
+            self.outbox_changed.set()
+        return mid
+
+    async def record_event(self, message_id: int, status: Status, detail: str) -> None:
+        """Keep a provider word that changes no status (a Viber miss before the SMS fallback)."""
+        now = self.clock()
+        await self.execute(lambda conn: _event(conn, message_id, None, status, False, detail, now))
+
+    async def due_polls(self, route: str, limit: int = 100) -> list[PollItem]:
+        """Accepted messages whose poll time has come, oldest first."""
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> list[PollItem]:
+            rows = conn.execute(
+                "SELECT m.id, s.provider_id, m.phone, m.channel, m.sender, m.text, m.created_at FROM message m"
+                " JOIN segment s ON s.message_id = m.id AND s.seq = 0"
+                " WHERE m.route=? AND m.poll_at IS NOT NULL AND m.poll_at <= ? AND m.status='accepted'"
+                " AND s.provider_id IS NOT NULL ORDER BY m.poll_at LIMIT ?",
+                (route, now, limit),
+            ).fetchall()
+            return [PollItem(*r) for r in rows]
+
+        return await self.execute(op)
+
+    async def poll_item(self, route: str, provider_id: str) -> PollItem | None:
+        """The message a provider id belongs to, whatever its status."""
+
+        def op(conn: sqlite3.Connection) -> PollItem | None:
+            row = conn.execute(
+                "SELECT m.id, s.provider_id, m.phone, m.channel, m.sender, m.text, m.created_at FROM segment s"
+                " JOIN message m ON m.id = s.message_id WHERE s.route=? AND s.provider_id=?",
+                (route, provider_id),
+            ).fetchone()
+            return PollItem(*row) if row else None
+
+        return await self.execute(op)
+
+    async def next_poll_at(self, route: str) -> float | None:
+        def op(conn: sqlite3.Connection) -> float | None:
+            return conn.execute(
+                "SELECT min(poll_at) FROM message WHERE route=? AND poll_at IS NOT NULL AND status='accepted'",
+                (route,),
+            ).fetchone()[0]
+
+        return await self.execute(op)
+
+    async def schedule_polls(self, message_ids: Iterable[int], at: float | None) -> None:
+        rows = [(at, mid) for mid in message_ids]
+        await self.execute(lambda conn: conn.executemany("UPDATE message SET poll_at=? WHERE id=?", rows))
+
+    async def start_fallback(self, message_id: int) -> None:
+        """Viber did not deliver: from now on the message is owed an SMS (survives a restart)."""
+        await self.execute(lambda conn: conn.execute(
+            "UPDATE message SET channel='viber_fallback', poll_at=NULL WHERE id=?", (message_id,)))
+
+    async def fallbacks_owed(self, route: str) -> list[OpenMessage]:
+        """Messages whose Viber attempt failed and whose SMS was not accepted yet."""
+
+        def op(conn: sqlite3.Connection) -> list[OpenMessage]:
+            rows = conn.execute(
+                "SELECT id, sender, phone, text FROM message WHERE route=? AND status='accepted'"
+                " AND channel='viber_fallback' AND poll_at IS NULL ORDER BY id",
+                (route,),
+            ).fetchall()
+            return [OpenMessage(r[0], route, r[1], r[2], r[3], (0,)) for r in rows]
 
         return await self.execute(op)
 
@@ -643,6 +864,14 @@ def _segment_status(conn: sqlite3.Connection, mid: int, seq: int, new: Status, d
     return _message_status(conn, mid, now, detail)
 
 
+def _all_segments(conn: sqlite3.Connection, mid: int, new: Status, detail: str | None, now: float) -> bool:
+    """Move every segment of an HTTP-provider message at once (one id per message)."""
+    changed = False
+    for (seq,) in conn.execute("SELECT seq FROM segment WHERE message_id=? ORDER BY seq", (mid,)).fetchall():
+        changed |= _segment_status(conn, mid, seq, new, detail, now)
+    return changed
+
+
 def _message_status(conn: sqlite3.Connection, mid: int, now: float, detail: str | None) -> bool:
     row = conn.execute(
         "SELECT status, member_id, b24_id, code, b24_status FROM message WHERE id=?", (mid,)
@@ -656,6 +885,37 @@ def _message_status(conn: sqlite3.Connection, mid: int, now: float, detail: str 
     conn.execute(
         "UPDATE message SET status=?, reason=coalesce(?, reason), updated_at=? WHERE id=?", (new, reason, now, mid)
     )
+    changed = _to_outbox(conn, mid, member_id, b24_id, code, b24_current, new, now)
+    for f in conn.execute(
+        "SELECT id, member_id, b24_id, code, b24_status, status FROM message WHERE duplicate_of=?", (mid,)
+    ).fetchall():
+        changed |= _follow(conn, f[0], f[1], f[2], f[3], f[4], Status(f[5]), new, reason, now)
+    return changed
+
+
+def _first_of_repeat(conn: sqlite3.Connection, m: NewMessage, since: float) -> tuple[int, str] | None:
+    """The earlier message this one repeats (same portal, number and text, in the window).
+
+    A message that failed or was refused does not count: sending it again is a retry,
+    not a double send.
+    """
+    return conn.execute(
+        "SELECT id, status FROM message WHERE member_id=? AND phone=? AND created_at>=? AND text=?"
+        " AND duplicate_of IS NULL AND status NOT IN ('failed', 'rejected') ORDER BY id LIMIT 1",
+        (m.member_id, m.phone, since, m.text),
+    ).fetchone()
+
+
+def _follow(conn: sqlite3.Connection, mid: int, member_id: str, b24_id: str, code: str, b24_current: str | None,
+            current: Status, new: Status, reason: str | None, now: float) -> bool:
+    """A repeat takes its first message's status: one SMS went out, both posts learn its fate."""
+    if not may_advance(current, new):
+        return False
+    conn.execute(
+        "UPDATE message SET status=?, reason=coalesce(?, reason), updated_at=? WHERE id=?",
+        (new, reason if new in FINAL and new is not Status.DELIVERED else None, now, mid),
+    )
+    _event(conn, mid, None, new, True, "follows its first message", now)
     return _to_outbox(conn, mid, member_id, b24_id, code, b24_current, new, now)
 
 

@@ -244,3 +244,27 @@ def strip_udh(esm_class: int, short_message: bytes) -> tuple[bytes | None, bytes
             f"UDH length {short_message[0]} exceeds short_message of {len(short_message)} octets"
         )
     return short_message[:udh_end], short_message[udh_end:]
+
+
+@dataclass(frozen=True)
+class TextCost:
+    """What a text costs before it is sent: for ``smppd text`` and the template warning."""
+
+    encoding: str
+    segments: int
+    units: int  # septets (an extension character counts 2) or UTF-16 units
+    chars_left: int
+    ucs2_chars: tuple[str, ...]  # the characters that force UCS-2 (empty for GSM-7)
+
+    def broadcast(self, recipients: int) -> int:
+        """Segments billed for sending this text to ``recipients`` numbers."""
+        return self.segments * recipients
+
+
+def cost(text: str) -> TextCost:
+    """Encoding, segments and what forces UCS-2; raises ValueError like encode()."""
+    encoded = encode(text)
+    layout = _layout(encoded.encoding, encoded.ref16)
+    units = sum(len(p) for p in encoded.parts) // layout.unit_octets
+    return TextCost(encoded.encoding, encoded.segments, units, encoded.chars_left(),
+                    tuple(non_gsm7_chars(text)))

@@ -154,3 +154,17 @@ async def test_operator_outage_and_daemon_restart_lose_nothing(rig):
     finals = await wait_final(rig, ids, timeout=30)
     assert len(finals) == 10
     assert all(rig.portal.messages[i].regressions() == [] for i in ids)
+
+
+async def test_stop_unbinds_politely(rig):
+    from structlog.testing import capture_logs
+
+    b24_id, status, _ = await post(rig, "by_life", "+375291234567", "before stop")
+    await wait_final(rig, [b24_id])
+    with capture_logs() as logs:
+        await rig.daemon.stop()
+    events = [e["event"] for e in logs]
+    assert events.count("smpp.unbound") == 2, "both binds got their unbind_resp"
+    assert "smpp.connection_lost" not in events
+    assert rig.smscs["life"].binds == 0 and rig.smscs["mts"].binds == 0
+    rig.daemon = None  # already stopped

@@ -203,6 +203,7 @@ async def test_bizproc_post_without_bindings(http: TestClient, daemon: FakeDaemo
     assert status == 200
     params = daemon.intakes[0]
     assert (params["module_id"], params["bindings"], params["ts"]) == ("bizproc", [], None)
+    assert params["document_id"] == ["crm", "CCrmDocumentLead", "LEAD_98"]  # the consent lookup's entity
 
 
 # --------------------------------------------------------------------------

@@ -156,6 +156,9 @@ class SimulatedPortal:
     method_calls: collections.Counter[str] = field(default_factory=collections.Counter, init=False)
     access_token: str = field(default="", init=False)
     refresh_token: str = field(default="", init=False)
+    # CRM rows by entity ("contact", "lead", "deal", "company") and id; see add_crm_entity.
+    crm: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict, init=False)
+    crm_reads: collections.Counter[str] = field(default_factory=collections.Counter, init=False)
 
     def __post_init__(self) -> None:
         self._tokens: dict[str, _Token] = {}
@@ -457,6 +460,7 @@ class SimulatedPortal:
             "messageservice.sender.update": self._sender_update,
             "messageservice.sender.delete": self._sender_delete,
             "messageservice.sender.list": self._sender_list,
+            **self._crm_methods(),
         }
 
     def _invoke(
@@ -631,6 +635,75 @@ class SimulatedPortal:
             raise _ApiError("ERROR_WRONG_HANDLER_URL", "Wrong handler URL")
         if not self.allow_local_handler and _is_local(host):
             raise _ApiError("ERROR_WRONG_HANDLER_URL", "Wrong handler URL")
+
+
+    # ------------------------------------------------------------------ CRM reads (issue 8: consent)
+    #
+    # ``crm.<entity>.get`` as the core answers it (CCrm*RestProxy::innerGet): every field in
+    # the result, ids and user-field values as strings, a yes/no user field as "1"/"0", phones
+    # as the multi-field list; an unknown id is HTTP 400 with an *empty* error code and
+    # "Not found"; without the ``crm`` scope the app gets 401 ``insufficient_scope``.
+    # ``crm.duplicate.findbycomm`` answers ``{"CONTACT": [ids], "LEAD": [...]}`` (integers),
+    # or ``[]`` when nothing matches; the core compares normalized phone numbers.
+
+    def add_crm_entity(self, entity: str, entity_id: int, *, phones: Iterable[str] = (), **fields: Any) -> None:
+        """Create a lead/deal/contact/company row; values are stored the way REST returns them."""
+        row: dict[str, Any] = {"ID": str(entity_id), **{k: _crm_value(v) for k, v in fields.items()}}
+        if phones:
+            row["PHONE"] = [{"ID": str(n + 1), "VALUE_TYPE": "WORK", "VALUE": p, "TYPE_ID": "PHONE"}
+                            for n, p in enumerate(phones)]
+        self.crm.setdefault(entity, {})[entity_id] = row
+
+    def _crm_methods(self) -> dict[str, Callable[[dict[str, Any], _Token], Any]]:
+        methods = {f"crm.{entity}.get": self._crm_get(entity) for entity in ("contact", "lead", "deal", "company")}
+        methods["crm.duplicate.findbycomm"] = self._crm_find_by_comm
+        return methods
+
+    def _require_crm_scope(self) -> None:
+        if "crm" not in self.scope.split(","):
+            raise _ApiError("insufficient_scope",
+                            "The request requires higher privileges than provided by the access token", 401)
+
+    def _crm_find_by_comm(self, params: dict[str, Any], token: _Token) -> Any:
+        self._require_crm_scope()
+        params = _upper(params)
+        if params.get("TYPE") != "PHONE":
+            raise _ApiError("", "Communication type is not defined or invalid.")
+        values = params.get("VALUES")
+        values = list(values.values()) if isinstance(values, dict) else values
+        if not isinstance(values, list) or not values or len(values) > 20:
+            raise _ApiError("", "Communication values are not defined or too many (20 at most).")
+        wanted = {re.sub(r"\D", "", str(v)) for v in values}
+        found: dict[str, list[int]] = {}
+        for entity in ("lead", "contact", "company"):
+            for entity_id, row in sorted(self.crm.get(entity, {}).items()):
+                phones = {re.sub(r"\D", "", p.get("VALUE", "")) for p in row.get("PHONE", [])}
+                if phones & wanted:
+                    found.setdefault(entity.upper(), []).append(entity_id)
+        self.crm_reads["findbycomm"] += 1
+        return found
+
+    def _crm_get(self, entity: str) -> Callable[[dict[str, Any], _Token], Any]:
+        def get(params: dict[str, Any], token: _Token) -> dict[str, Any]:
+            self._require_crm_scope()
+            raw = _upper(params).get("ID")
+            if not isinstance(raw, str) or not raw.strip().isdigit() or int(raw) <= 0:
+                raise _ApiError("", "ID is not defined or invalid.")
+            row = self.crm.get(entity, {}).get(int(raw))
+            if row is None:
+                raise _ApiError("", "Not found")
+            self.crm_reads[entity] += 1
+            return dict(row)
+
+        return get
+
+
+def _crm_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return value
 
 
 # ---------------------------------------------------------------------- helpers

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Coroutine, Sequence
+from typing import Any, Awaitable, Callable, Coroutine, Sequence
 
 import structlog
 
@@ -74,6 +74,8 @@ class SmppRoute:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        # Business rules read MO texts (a STOP reply); awaited before the deliver_sm is acknowledged.
+        self.on_mo: Callable[[str, codec.ShortMessage], Awaitable[None]] | None = None
         self.stats = {"submitted": 0, "accepted": 0, "rejected": 0, "requeued": 0, "throttled": 0,
                       "receipts": 0, "receipts_unmatched": 0, "receipts_unstored": 0, "mo": 0}
 
@@ -293,7 +295,11 @@ class SmppRoute:
         connection.acknowledge(e.sequence)
 
     async def _mo(self, connection: Connection, e: MessageReceived) -> None:
-        """Keep a mobile-originated message (replies like STOP are a later feature), then answer."""
+        """Store the MO (a reply, a STOP), hand it to the rules, then answer.
+
+        An unanswered deliver_sm is redelivered; one we could not store is answered
+        ESME_RX_T_APPN so the SMSC tries again later.
+        """
         m = e.message
         self.stats["mo"] += 1
         try:
@@ -304,7 +310,11 @@ class SmppRoute:
             connection.acknowledge(e.sequence, ESME_RX_T_APPN)
             return
         log.info("smpp_mo_received", route=self.name, source=phone.mask(m.source_addr))
-        connection.acknowledge(e.sequence)
+        try:
+            if self.on_mo is not None:
+                await self.on_mo(self.name, m)
+        finally:
+            connection.acknowledge(e.sequence)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)

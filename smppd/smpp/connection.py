@@ -140,6 +140,7 @@ class Connection:
         self._protocol: _Protocol | None = None
         self._bound = False
         self._stopping = False
+        self._stop_requested = asyncio.Event()  # cuts a reconnect backoff short
         self.binds = 0  # successful binds so far, for status and tests
         self.bind_failures = 0  # bind_resp refusals, for status and metrics
         self.connect_attempts = 0
@@ -189,7 +190,10 @@ class Connection:
                 delay = self.reconnect_max
             wait = random.uniform(delay / 2, delay)  # jitter: binds of several daemons don't sync up
             log.warning("smpp_reconnect", route=self.name, reason=reason, in_seconds=round(wait, 2))
-            await asyncio.sleep(wait)
+            try:
+                await asyncio.wait_for(self._stop_requested.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
             delay = min(delay * 2, self.reconnect_max)
 
     async def _once(self) -> tuple[str, bool]:
@@ -199,11 +203,10 @@ class Connection:
             session.window = self._window
         self.connect_attempts += 1
         self._refused_credentials = False
+
         def factory() -> _Protocol:
-            # Registered before connection_made: a fast SMSC's bind_resp can be handled
-            # before create_connection() returns here, and the Bound event makes the route
-            # look for a free bind at once. Without this it found none and waited for the
-            # next event (up to an enquire_link interval) with segments queued.
+            # Known before create_connection returns: the bind_resp (and the
+            # route's first submit) can arrive before this task resumes.
             self._protocol = _Protocol(session, self._on_events)
             return self._protocol
 
@@ -215,7 +218,6 @@ class Connection:
         except (OSError, asyncio.TimeoutError) as e:
             self._protocol = None
             return f"connect failed: {e or type(e).__name__}", False
-        self._protocol = protocol
         if self._stopping:  # stop() came while we were connecting
             protocol.abort()
         was_bound = False
@@ -253,6 +255,7 @@ class Connection:
     async def stop(self, timeout: float = 10.0) -> None:
         """Unbind politely, wait (bounded) for the SMSC's unbind_resp, close."""
         self._stopping = True
+        self._stop_requested.set()
         protocol = self._protocol
         if protocol is None:
             return

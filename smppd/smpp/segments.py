@@ -26,9 +26,9 @@ class SegmentJob:
     submit: Submit
 
 
-def route_encoding(cfg: SmppRouteConfig | None, body: str) -> text.EncodedText:
-    """The parts of ``body`` as ``cfg`` sends them (default profile when cfg is None)."""
-    if cfg is None:
+def route_encoding(cfg: object, body: str) -> text.EncodedText:
+    """The parts of ``body`` as an SMPP route ``cfg`` sends them (the default split otherwise)."""
+    if not isinstance(cfg, SmppRouteConfig):
         return text.encode(body)
     return text.encode(
         body,

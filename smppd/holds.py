@@ -1,0 +1,189 @@
+"""Held messages: stored and acknowledged, waiting for a business rule to let them go.
+
+Two holds (``rules.HOLD_*``):
+
+* ``consent``: marketing whose CRM consent is still to be read. Read in batches
+  after the HANDLER post was answered, so Bitrix24 never waits on its own REST
+  API; a refusal fails the message with the reason, a yes releases it (or moves
+  it to the quiet hold).
+* ``quiet``: marketing posted during quiet hours. When they end it goes back to
+  the consent hold, so what goes out in the morning has consent no older than
+  the cache TTL (a contact may withdraw it overnight) and a number that replied
+  STOP meanwhile is caught by the stop-list check on release.
+
+The hold lives in the message row, so a restart loses nothing: the worker
+simply finds the rows again, and ``Store.open_messages`` skips held rows so a
+restart cannot send them early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections import defaultdict
+from typing import Any, Callable, Container
+
+import structlog
+
+from . import phone
+from .bitrix24.rest import RestError
+from .consent import ConsentReader, Verdict
+from .model import Status
+from .rules import HOLD_CONSENT, HOLD_QUIET, REASON_STOPLIST, Entity, Rules
+from .store import OpenMessage, Store, _segment_status
+
+log = structlog.get_logger(__name__)
+
+CONSENT_BATCH = 500  # held messages judged per round
+RETRY_DELAY = 30.0  # after Bitrix24 could not be asked
+IDLE_WAKE = 3600.0  # nothing due: look again anyway (cheap, and guards against a missed wake)
+
+
+class HoldWorker:
+    def __init__(self, store: Store, rules: Rules, consent: ConsentReader,
+                 dispatch: Callable[[OpenMessage], None], stoplist: Container[str] = frozenset()) -> None:
+        self.store = store
+        self.rules = rules
+        self.consent = consent
+        self.dispatch = dispatch
+        self.stoplist = stoplist
+        self._wake = asyncio.Event()
+        self._retry_at: dict[str, float] = {}  # member_id -> wall time of the next consent attempt
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                delay = await self.step()
+            except Exception as e:  # never let one bad round end the releases for good
+                log.error("holds_step_failed", error=repr(e))
+                delay = RETRY_DELAY
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, delay))
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def step(self) -> float:
+        """Judge what waits for consent, release what quiet hours held; seconds until the next due."""
+        self._wake.clear()
+        now = self.rules.clock()
+        await self.store.execute(lambda conn: _end_quiet(conn, now))
+        more = await self._judge_consent()
+        if more:
+            return 0.0
+        next_quiet = await self.store.execute(
+            lambda conn: conn.execute("SELECT min(hold_until) FROM message WHERE hold=?", (HOLD_QUIET,)).fetchone()[0])
+        due = [IDLE_WAKE]
+        if next_quiet is not None:
+            due.append(next_quiet - now)
+        due += [at - now for at in self._retry_at.values() if at > now]
+        return min(due)
+
+    async def counts(self) -> dict[str, int]:
+        """Messages waiting per hold, for ``smppd status``: a stuck consent lookup shows here."""
+        rows = await self.store.execute(lambda conn: conn.execute(
+            "SELECT hold, count(*) FROM message WHERE hold IS NOT NULL GROUP BY hold").fetchall())
+        return {hold: n for hold, n in rows}
+
+    async def _release(self, messages: list[OpenMessage]) -> None:
+        """Dispatch what a hold let go, unless the number opted out while it waited."""
+        stopped = {m.id for m in messages if m.phone in self.stoplist}
+        if stopped:
+            stamp = self.store.clock()
+            await self.store.execute(lambda conn: [_fail(conn, mid, REASON_STOPLIST, stamp) for mid in stopped])
+            self.store.outbox_changed.set()
+        for m in messages:
+            if m.id in stopped:
+                self.rules.stats.refuse(REASON_STOPLIST)
+                log.info("message_refused", id=m.id, reason=REASON_STOPLIST)
+                continue
+            self.rules.stats.released += 1
+            log.info("message_released", id=m.id, to=phone.mask(m.phone))
+            self.dispatch(m)
+
+    async def _judge_consent(self) -> bool:
+        """One round of consent lookups; True when more held messages are waiting than one round takes."""
+        now = self.rules.clock()
+        self._retry_at = {m: at for m, at in self._retry_at.items() if at > now}
+        waiting = sorted(self._retry_at)
+        marks = ",".join("?" * len(waiting))
+        rows = await self.store.execute(lambda conn: conn.execute(
+            f"SELECT id, member_id, entities, phone FROM message WHERE hold=? AND member_id NOT IN ({marks})"
+            " ORDER BY id LIMIT ?", (HOLD_CONSENT, *waiting, CONSENT_BATCH)).fetchall())
+        by_portal: dict[str, list[tuple[int, tuple[tuple[Entity, ...], str | None]]]] = defaultdict(list)
+        for mid, member_id, entities, number in rows:
+            by_portal[member_id].append((mid, (_entities(entities), number)))
+        for member_id, items in by_portal.items():
+            try:
+                verdicts = await self.consent.check(member_id, [e for _, e in items])
+            except RestError as e:
+                self._retry_at[member_id] = now + RETRY_DELAY
+                log.warning("consent_lookup_failed", member_id=member_id, error=e.code, held=len(items),
+                            retry_in=RETRY_DELAY)
+                continue
+            self._retry_at.pop(member_id, None)
+            release_at = self.rules.quiet_release_at()
+            decisions = [(mid, v) for (mid, _), v in zip(items, verdicts)]
+            stamp = self.store.clock()
+            released = await self.store.execute(lambda conn: _apply_consent(conn, decisions, release_at, stamp))
+            if any(not v.consent for _, v in decisions):
+                self.store.outbox_changed.set()
+            for mid, v in decisions:
+                if not v.consent:
+                    assert v.reason is not None
+                    self.rules.stats.refuse(v.reason)
+                    log.info("message_refused", id=mid, reason=v.reason)
+                elif release_at is not None:
+                    self.rules.stats.hold(HOLD_QUIET)
+                    log.info("message_held", id=mid, hold=HOLD_QUIET, until=release_at)
+            await self._release(released)
+        return len(rows) == CONSENT_BATCH
+
+
+def _entities(raw: Any) -> tuple[Entity, ...]:
+    try:
+        return tuple(Entity(int(t), int(i)) for t, i in json.loads(raw or "[]"))
+    except (ValueError, TypeError):
+        return ()
+
+
+def _open(conn: sqlite3.Connection, mid: int) -> OpenMessage:
+    r = conn.execute("SELECT id, route, sender, phone, text, segments, concat_ref FROM message WHERE id=?",
+                     (mid,)).fetchone()
+    return OpenMessage(r[0], r[1], r[2], r[3], r[4], tuple(range(r[5])), r[6])
+
+
+def _apply_consent(conn: sqlite3.Connection, decisions: list[tuple[int, Verdict]],
+                   release_at: float | None, now: float) -> list[OpenMessage]:
+    """Fail the refused (through the segment path, so repeats and the outbox follow), release the rest."""
+    released = []
+    for mid, v in decisions:
+        still = conn.execute("SELECT 1 FROM message WHERE id=? AND hold=?", (mid, HOLD_CONSENT)).fetchone()
+        if still is None:
+            continue
+        if not v.consent:
+            _fail(conn, mid, v.reason or "no consent", now)
+        elif release_at is not None:
+            conn.execute("UPDATE message SET hold=?, hold_until=? WHERE id=?", (HOLD_QUIET, release_at, mid))
+        else:
+            conn.execute("UPDATE message SET hold=NULL, hold_until=NULL WHERE id=?", (mid,))
+            released.append(_open(conn, mid))
+    return released
+
+
+def _fail(conn: sqlite3.Connection, mid: int, reason: str, now: float) -> None:
+    """Through the segment path, so repeats that follow it and the Bitrix24 outbox learn it too."""
+    conn.execute("UPDATE message SET hold=NULL, hold_until=NULL WHERE id=?", (mid,))
+    for (seq,) in conn.execute("SELECT seq FROM segment WHERE message_id=?", (mid,)).fetchall():
+        _segment_status(conn, mid, seq, Status.FAILED, reason, now)
+
+
+def _end_quiet(conn: sqlite3.Connection, now: float) -> int:
+    """Quiet hours are over for these: back to the consent hold for a fresh verdict."""
+    return conn.execute("UPDATE message SET hold=?, hold_until=NULL WHERE hold=? AND hold_until<=?",
+                        (HOLD_CONSENT, HOLD_QUIET, now)).rowcount
+

@@ -1,0 +1,485 @@
+"""What every HTTP provider route shares: batching, rate, retries, polling.
+
+An HTTP route has the same small face as ``SmppRoute`` (``enqueue``,
+``load_open``, ``run``, ``stop``, ``depth``, ``stats``) so the daemon does not
+care which kind a CODE goes out on.  The provider modules (``smsru``,
+``smsc``) only say how one batch is sent, how a status is asked for and how a
+callback is read; the rules that keep "nothing accepted is lost" and "nothing
+sent twice when the provider took it" live here once:
+
+* a batch that got no answer because the request never reached the provider
+  (connection refused, HTTP 5xx) is retried with backoff;
+* a batch whose request may have reached the provider (timeout, dropped
+  connection, unreadable answer) is *ambiguous*: the route asks the provider
+  whether it has it (``confirm``) before resending; a provider that cannot be
+  asked (SMS.ru has no lookup without its id) resends, at-least-once as
+  DESIGN.md decides, and counts it;
+* a message leaves memory only when the store has its outcome; what is in
+  memory at a crash is still ``queued`` in the store and is reloaded.
+
+Store mapping: one provider id per message, on segment 0; every segment row
+of the message moves with it (``Store.provider_accepted``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Coroutine, Mapping, Sequence
+
+import aiohttp
+import structlog
+
+from ..config import HttpRouteConfig
+from ..model import Status
+from ..store import OpenMessage, PollItem, Store
+from ..throttle import SlidingWindowLimiter
+
+log = structlog.get_logger(__name__)
+
+
+class Unavailable(Exception):
+    """The provider did not take the request (no connection, HTTP 5xx): safe to resend."""
+
+
+class Ambiguous(Exception):
+    """The request may have reached the provider; its answer did not reach us."""
+
+
+class ProviderError(Exception):
+    """A request-level refusal: the whole request, every number in it."""
+
+    def __init__(self, code: int, text: str, *, retry_after: float | None = None, account: bool = False) -> None:
+        super().__init__(f"{code} {text}")
+        self.code = code
+        self.text = text
+        self.retry_after = retry_after  # None: final
+        self.account = account  # the account, not the message, is wrong: alert the admin
+
+
+class BadCallback(ValueError):
+    """A callback we cannot read: answered 400, logged, nothing applied."""
+
+
+class ForgedCallback(ValueError):
+    """A callback whose signature does not match: answered 403."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    provider_id: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    status: Status
+    detail: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    delay: float
+    detail: str
+
+
+Outcome = Accepted | Refused | Retry
+
+
+@dataclass(frozen=True)
+class Job:
+    """One message waiting for its request; ``channel`` is ``sms`` or ``viber``."""
+
+    message: OpenMessage
+    channel: str = "sms"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.message.sender, self.message.text, self.channel)
+
+
+@dataclass
+class Batch:
+    key: tuple[str, str, str]
+    opened_at: float
+    jobs: list[Job] = field(default_factory=list)
+    phones: set[str] = field(default_factory=set)
+
+
+class Batcher:
+    """Groups jobs with the same sender, text and channel into one request.
+
+    Sans-I/O: the caller passes the time.  A batch goes out when it is full or
+    ``interval`` seconds after its first job.  One number appears at most once
+    per batch, so every per-number answer maps back to exactly one message.
+    """
+
+    def __init__(self, size: int, interval: float) -> None:
+        self.size = max(1, size)
+        self.interval = interval
+        self._open: dict[tuple[str, str, str], list[Batch]] = {}
+        self._ready: deque[Batch] = deque()
+
+    def add(self, job: Job, now: float) -> None:
+        batches = self._open.setdefault(job.key, [])
+        batch = next((b for b in batches if job.message.phone not in b.phones), None)
+        if batch is None:
+            batch = Batch(job.key, now)
+            batches.append(batch)
+        batch.jobs.append(job)
+        batch.phones.add(job.message.phone)
+        if len(batch.jobs) >= self.size:
+            batches.remove(batch)
+            self._ready.append(batch)
+        if not batches:
+            del self._open[job.key]
+
+    def due(self, now: float) -> list[Batch]:
+        """Every batch that should go now: the full ones, then the ones that waited long enough."""
+        out = list(self._ready)
+        self._ready.clear()
+        for key in list(self._open):
+            keep = []
+            for b in self._open[key]:
+                (out if now - b.opened_at >= self.interval else keep).append(b)
+            if keep:
+                self._open[key] = keep
+            else:
+                del self._open[key]
+        return out
+
+    def next_deadline(self) -> float | None:
+        if self._ready:
+            return 0.0
+        times = [b.opened_at + self.interval for bs in self._open.values() for b in bs]
+        return min(times) if times else None
+
+    def __len__(self) -> int:
+        return sum(len(b.jobs) for b in self._ready) + sum(
+            len(b.jobs) for bs in self._open.values() for b in bs
+        )
+
+
+def backoff(attempt: int, low: float, high: float, rng: random.Random = random.Random()) -> float:
+    """Doubling delay with ±20 % jitter, so many routes do not retry in step."""
+    return min(high, low * 2 ** attempt) * rng.uniform(0.8, 1.2)
+
+
+class HttpRoute:
+    """The asyncio shell shared by SMS.ru and SMSC routes.  Subclasses fill in
+    ``submit``, ``confirm``, ``poll`` and ``callback``."""
+
+    kind = "http"
+    batch_size = 1
+    batch_interval = 0.0
+    can_confirm = False  # True when confirm() can ask the provider about a request
+
+    def __init__(self, cfg: HttpRouteConfig, store: Store, http: aiohttp.ClientSession | None = None,
+                 *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.store = store
+        self._own_http = http is None
+        self.http = http
+        self.monotonic = monotonic
+        self.batcher = Batcher(self.batch_size, self.batch_interval)
+        self.limiter = SlidingWindowLimiter(cfg.rate, clock=monotonic)
+        self.rate_sleep = asyncio.sleep  # replaced with the clock in tests
+        self._slots = asyncio.Semaphore(cfg.concurrency)
+        self._wake = asyncio.Event()
+        self._poll_wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._inflight = 0
+        self._stopping = False
+        self._stop_event = asyncio.Event()
+        self.stats: dict[str, int] = {
+            "requests": 0, "accepted": 0, "refused": 0, "retries": 0, "ambiguous": 0,
+            "ambiguous_resent": 0, "account_errors": 0, "callbacks": 0, "callbacks_rejected": 0,
+            "polled": 0, "poll_given_up": 0, "receipts_unmatched": 0, "unknown_status": 0,
+        }
+
+    # --- the route interface ---------------------------------------------------
+
+    def enqueue(self, message: OpenMessage) -> None:
+        self.add_job(Job(message, self.first_channel()))
+
+    def add_job(self, job: Job) -> None:
+        self.batcher.add(job, self.monotonic())
+        self._wake.set()
+
+    def first_channel(self) -> str:
+        return "sms"
+
+    async def load_open(self) -> int:
+        messages = await self.store.open_messages(self.name)
+        for m in messages:
+            self.enqueue(m)
+        return len(messages)
+
+    @property
+    def depth(self) -> int:
+        return len(self.batcher) + self._inflight
+
+    async def run(self) -> None:
+        poller = asyncio.create_task(self._poll_loop(), name=f"poll-{self.name}")
+        try:
+            await self._pump()
+        finally:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop sending; let requests on the wire finish (bounded).  Jobs still
+        batched stay ``queued`` in the store and are reloaded at start."""
+        self._stopping = True
+        self._stop_event.set()  # backoff and retry timers end now; their messages stay queued in the store
+        self._wake.set()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        for t in list(self._tasks):
+            t.cancel()
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own_http and self.http is not None:
+            await self.http.close()
+            self.http = None
+
+    # --- provider specifics ----------------------------------------------------
+
+    async def submit(self, batch: Batch) -> dict[int, Outcome]:
+        """Send one batch; an outcome per message id.  Raises Unavailable,
+        Ambiguous or ProviderError."""
+        raise NotImplementedError
+
+    async def confirm(self, batch: Batch) -> dict[int, Outcome] | None:
+        """After Ambiguous: which of the batch the provider has.  None when the
+        provider cannot be asked; the batch is then resent."""
+        return None
+
+    async def poll(self, items: Sequence[PollItem]) -> dict[int, tuple[int, Status | None]]:
+        """The provider's code and our status (None: not final / unknown) per message id."""
+        raise NotImplementedError
+
+    async def callback(self, form: Sequence[tuple[str, str]]) -> str:
+        """Apply a status callback; the body to answer.  Raises BadCallback / ForgedCallback."""
+        raise NotImplementedError
+
+    async def accepted(self, job: Job, provider_id: str) -> None:
+        await self.store.provider_accepted(job.message.id, provider_id,
+                                           poll_at=self.store.clock() + self.cfg.poll_after,
+                                           channel=job.channel)
+
+    async def polled(self, item: PollItem, code: int, status: Status | None) -> bool:
+        """Apply one poll answer; True when the message needs no more polling."""
+        if status is None:
+            return False
+        await self.store.provider_receipt(self.name, item.provider_id, status, f"{self.kind} {code} (polled)",
+                                          keep_pending=False)
+        return True
+
+    # --- sending ---------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        while not self._stopping:
+            for batch in self.batcher.due(self.monotonic()):
+                await self._slots.acquire()
+                while (wait := self.limiter.delay()) > 0:
+                    await self.rate_sleep(wait)
+                self.limiter.record()
+                self._inflight += len(batch.jobs)
+                self._spawn(self._send(batch))
+                if self._stopping:
+                    break
+            deadline = self.batcher.next_deadline()
+            self._wake.clear()
+            timeout = None if deadline is None else max(0.0, deadline - self.monotonic())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _send(self, batch: Batch) -> None:
+        try:
+            outcomes = await self._send_until_answered(batch)
+            if outcomes is None:
+                return
+            await self._apply(batch, outcomes)
+        finally:
+            self._inflight -= len(batch.jobs)
+            self._slots.release()
+
+    def planned_ids(self, batch: Batch) -> dict[int, str] | None:
+        """The provider ids the batch will get, when we choose them (recorded before sending)."""
+        return None
+
+    async def _send_until_answered(self, batch: Batch) -> dict[int, Outcome] | None:
+        attempt = 0
+        planned = self.planned_ids(batch)
+        if planned:
+            await self.store.provider_submitting(planned.items())
+        while True:
+            self.stats["requests"] += 1
+            try:
+                return await self.submit(batch)
+            except Unavailable as e:
+                reason = f"unavailable: {e}"
+            except Ambiguous as e:
+                self.stats["ambiguous"] += 1
+                confirmed = await self._confirm(batch)
+                if confirmed is not None:
+                    return confirmed
+                self.stats["ambiguous_resent"] += 1
+                reason = f"ambiguous, resending: {e}"
+            except ProviderError as e:
+                if e.account:
+                    self.stats["account_errors"] += 1
+                    log.error("provider_account_error", route=self.name, code=e.code, error=e.text)
+                if e.retry_after is None:
+                    return {j.message.id: Refused(Status.FAILED, f"{self.kind} {e.code}: {e.text}")
+                            for j in batch.jobs}
+                return {j.message.id: Retry(e.retry_after, f"{self.kind} {e.code}: {e.text}") for j in batch.jobs}
+            if self._stopping:
+                return None  # still queued in the store: the next start sends it
+            delay = backoff(attempt, self.cfg.retry_min, self.cfg.retry_max)
+            attempt += 1
+            self.stats["retries"] += 1
+            log.warning("provider_request_retry", route=self.name, reason=reason, attempt=attempt,
+                        delay=round(delay, 2), messages=len(batch.jobs))
+            if await self._pause(delay):
+                return None
+
+    async def _confirm(self, batch: Batch) -> dict[int, Outcome] | None:
+        try:
+            return await self.confirm(batch)
+        except (Unavailable, Ambiguous, ProviderError) as e:
+            log.warning("provider_confirm_failed", route=self.name, error=str(e))
+            return None if not self.can_confirm else await self._confirm_later(batch)
+
+    async def _confirm_later(self, batch: Batch) -> dict[int, Outcome] | None:
+        """Asking failed too: wait and ask again rather than risk a duplicate."""
+        for attempt in range(5):
+            if self._stopping:
+                break
+            if await self._pause(backoff(attempt, self.cfg.retry_min, self.cfg.retry_max)):
+                break
+            try:
+                return await self.confirm(batch)
+            except (Unavailable, Ambiguous, ProviderError):
+                continue
+        return None
+
+    async def _apply(self, batch: Batch, outcomes: Mapping[int, Outcome]) -> None:
+        """Store every outcome of a batch; queued together, so one group commit, not one per number."""
+        writes = []
+        for job in batch.jobs:
+            out = outcomes.get(job.message.id)
+            if out is None:
+                out = Retry(self.cfg.retry_min, "no answer for this number")
+            if isinstance(out, Accepted):
+                self.stats["accepted"] += 1
+                writes.append(self.accepted(job, out.provider_id))
+            elif isinstance(out, Refused):
+                self.stats["refused"] += 1
+                log.info("provider_refused", route=self.name, message=job.message.id, detail=out.detail)
+                writes.append(self.store.provider_failed(job.message.id, out.status, out.detail))
+            else:
+                self.stats["retries"] += 1
+                log.info("provider_retry_later", route=self.name, message=job.message.id, detail=out.detail,
+                         delay=out.delay)
+                self._spawn(self._later(job, out.delay))
+        await asyncio.gather(*writes)
+
+    async def _later(self, job: Job, delay: float) -> None:
+        if not await self._pause(delay):
+            self.add_job(job)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep, cut short by stop(); True when the route is stopping."""
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+        return self._stopping
+
+    # --- polling ---------------------------------------------------------------
+
+    async def poll_once(self, limit: int = 100) -> int:
+        """Ask the provider about every message whose poll time has come; how many were asked."""
+        items = await self.store.due_polls(self.name, limit)
+        if not items:
+            return 0
+        try:
+            answers = await self.poll(items)
+        except (Unavailable, Ambiguous, ProviderError) as e:
+            log.warning("provider_poll_failed", route=self.name, error=str(e), messages=len(items))
+            answers = {}
+        self.stats["polled"] += len(items)
+        again, given_up = [], []
+        now = self.store.clock()
+        for item in items:
+            code, status = answers.get(item.id, (None, None))
+            if code is None or not await self.polled(item, code, status):
+                (given_up if now - item.created_at > self.cfg.poll_for else again).append(item.id)
+        if again:
+            await self.store.schedule_polls(again, now + self.cfg.poll_interval)
+        if given_up:  # the provider will not say any more; Bitrix24 keeps showing "sent"
+            self.stats["poll_given_up"] += len(given_up)
+            log.warning("provider_poll_given_up", route=self.name, messages=len(given_up))
+            await self.store.schedule_polls(given_up, None)
+        return len(items)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                while await self.poll_once() == 100:
+                    pass
+            except Exception as e:  # never let one bad answer end polling for good
+                log.error("provider_poll_loop_error", route=self.name, error=repr(e))
+            nxt = await self.store.next_poll_at(self.name)
+            wait = self.cfg.poll_interval if nxt is None else min(self.cfg.poll_interval,
+                                                                   max(0.0, nxt - self.store.clock()))
+            self._poll_wake.clear()
+            try:
+                await asyncio.wait_for(self._poll_wake.wait(), max(wait, 0.05))
+            except asyncio.TimeoutError:
+                pass
+
+    # --- helpers ---------------------------------------------------------------
+
+    async def post(self, url: str, form: Mapping[str, str]) -> Any:
+        """POST a form (credentials in the body, never the URL) and decode JSON.
+
+        Maps transport failures onto Unavailable / Ambiguous.
+        """
+        if self.http is None:  # no shared session given (admin commands, tests): our own
+            self.http = aiohttp.ClientSession()
+        try:
+            async with self.http.post(url, data=dict(form),
+                                      timeout=aiohttp.ClientTimeout(total=self.cfg.timeout)) as resp:
+                if resp.status >= 500:
+                    raise Unavailable(f"HTTP {resp.status}")
+                body = await resp.read()
+                if resp.status != 200:
+                    raise Unavailable(f"HTTP {resp.status}")
+        except aiohttp.ClientConnectorError as e:
+            raise Unavailable(f"cannot connect: {e.os_error}") from None
+        except (asyncio.TimeoutError, aiohttp.ClientError) as e:
+            raise Ambiguous(type(e).__name__) from None
+        try:
+            return json.loads(body.decode("utf-8", "replace"))
+        except ValueError:
+            raise Ambiguous(f"answer is not JSON: {body[:80]!r}") from None
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("http_route_task_failed", route=self.name, error=repr(task.exception()))

@@ -1,0 +1,435 @@
+"""SMSC.ru: ``send.php`` with batching, ``status.php``, HLR, callbacks, Viber cascade.
+
+Wire format: reference/providers.md §2.  The sans-I/O part (forms, answers,
+callbacks) is at the top; ``SmscRoute`` is the shell over ``HttpRoute``.
+
+Ids.  SMSC lets us choose the request ``id`` (1..2147483647), and one request
+carries up to ``batch_size`` numbers, so a message is known to SMSC as
+``(id, phone)`` and our provider id is ``"<id>:<digits>"``.  The id of a batch
+is the smallest message id in it; Viber attempts add ``VIBER_ID_BASE`` so the
+Viber try and the SMS fallback of one message never share an id.  Choosing
+the id ourselves is what makes an ambiguous send checkable: ``status.php``
+with that id and number says whether SMSC has it, before anything is resent.
+
+Viber cascade.  A route with ``viber = true`` sends ``viber=1`` first.  If
+Viber reports a failure, or has not delivered within ``viber_fallback``
+seconds (checked by the poller, so it survives a restart), the message is
+marked ``viber_fallback`` in the store and goes out again as an SMS.  The
+store's ``channel`` says how the message went: ``viber`` (delivered by
+Viber), ``viber_fallback`` (fell back to SMS) or ``sms``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import structlog
+
+from .. import phone
+from ..config import SmscRouteConfig
+from ..model import (
+    FINAL,
+    SMSC_ACCOUNT,
+    SMSC_ACCOUNT_WAIT,
+    SMSC_RETRY,
+    Status,
+    UnknownProviderStatus,
+    smsc_status,
+)
+from ..store import OpenMessage, PollItem
+from .http_common import (
+    Accepted,
+    Ambiguous,
+    BadCallback,
+    Batch,
+    HttpRoute,
+    Job,
+    Outcome,
+    ProviderError,
+    Refused,
+    Retry,
+    Unavailable,
+    backoff,
+)
+
+log = structlog.get_logger(__name__)
+
+MAX_ID = 2_147_483_647
+VIBER_ID_BASE = 1_000_000_000
+DUPLICATE_WAIT = 60.0  # error 9: "wait a minute" (§2.3)
+STORE_CHANNEL = {"sms": "sms", "viber": "viber", "fallback": "viber_fallback"}
+
+
+# --- sans-I/O ---------------------------------------------------------------------
+
+
+def only_digits(number: str) -> str:
+    number = str(number)
+    if number.isascii() and number.isdigit():  # the usual forms first: this runs per number of every answer
+        return number
+    if number.startswith("+") and number.isascii() and number[1:].isdigit():
+        return number[1:]
+    return "".join(c for c in number if c.isdigit())
+
+
+def provider_id(request_id: int, number: str) -> str:
+    return f"{request_id}:{only_digits(number)}"
+
+
+def split_provider_id(pid: str) -> tuple[int, str]:
+    rid, _, number = pid.partition(":")
+    return int(rid), number
+
+
+def batch_request_id(message_ids: Sequence[int], channel: str) -> int:
+    rid = min(message_ids) + (VIBER_ID_BASE if channel == "viber" else 0)
+    if not 1 <= rid <= MAX_ID:
+        raise ValueError(f"request id {rid} out of SMSC's range")
+    return rid
+
+
+def auth(cfg: SmscRouteConfig) -> dict[str, str]:
+    if cfg.apikey:
+        return {"apikey": cfg.apikey}
+    return {"login": cfg.login, "psw": cfg.password}
+
+
+def error_delay(code: int, cfg: SmscRouteConfig) -> float | None:
+    """Seconds to wait before trying again after error ``code``; None when final."""
+    if code not in SMSC_RETRY and code not in SMSC_ACCOUNT_WAIT:
+        return None
+    if code == 9:  # "wait a minute" (capped by retry_max so tests need not)
+        return min(DUPLICATE_WAIT, cfg.retry_max)
+    return cfg.retry_max  # 4: IP blocked for a while; 2, 3: the admin has to act
+
+
+def send_form(cfg: SmscRouteConfig, numbers: Sequence[str], text: str, sender: str, request_id: int,
+              *, viber: bool = False) -> dict[str, str]:
+    """send.php body; numbers in E.164 with '+', which turns off SMSC's auto-correction."""
+    if not 1 <= len(numbers) <= 100:
+        raise ValueError("1 to 100 numbers per request")
+    form = {**auth(cfg), "phones": ",".join(numbers), "mes": text, "sender": sender, "id": str(request_id),
+            "fmt": "3", "charset": "utf-8", "op": "1", "cost": "3"}
+    if cfg.valid:
+        form["valid"] = f"{cfg.valid // 60:02d}:{cfg.valid % 60:02d}"
+    if viber:
+        form["viber"] = "1"
+    return form
+
+
+def _int(v: Any, what: str) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        raise Ambiguous(f"{what} is not a number: {v!r}") from None
+
+
+def _raise_error(body: Any, cfg: SmscRouteConfig) -> None:
+    if not isinstance(body, (dict, list)):
+        raise Ambiguous("answer is not a JSON object")
+    if isinstance(body, dict) and "error_code" in body:
+        code = _int(body["error_code"], "error_code")
+        raise ProviderError(code, str(body.get("error", "")), retry_after=error_delay(code, cfg),
+                            account=code in SMSC_ACCOUNT)
+
+
+def parse_send(body: Any, numbers: Sequence[str], request_id: int, cfg: SmscRouteConfig) -> dict[str, Outcome]:
+    """Per-number outcome (keyed by the number's digits) of a send.php answer with op=1."""
+    _raise_error(body, cfg)
+    if not isinstance(body, dict) or "id" not in body:
+        raise Ambiguous("send answer without id")
+    rid = _int(body["id"], "id")
+    if rid != request_id:
+        raise Ambiguous(f"answer id {rid} is not the request id {request_id}")
+    wanted = {only_digits(n) for n in numbers}
+    per = body.get("phones")
+    if per is None:  # no op=1 part: the request as a whole was taken
+        return {d: Accepted(provider_id(rid, d)) for d in wanted}
+    out: dict[str, Outcome] = {}
+    for item in per:
+        if not isinstance(item, dict):
+            continue
+        d = only_digits(item.get("phone", ""))
+        if d not in wanted:
+            continue
+        err = _int(item.get("error") or 0, "error")
+        if err == 0:
+            out[d] = Accepted(provider_id(rid, d))
+            continue
+        detail = f"smsc error {err}"
+        delay = error_delay(err, cfg)
+        out[d] = Retry(delay, detail) if delay is not None else Refused(Status.FAILED, detail)
+    return out
+
+
+def status_form(cfg: SmscRouteConfig, pairs: Sequence[tuple[int, str]], *, full: bool = False) -> dict[str, str]:
+    """status.php body for (id, digits) pairs; the trailing commas ask for the list format always."""
+    form = {**auth(cfg), "phone": "".join(f"{d}," for _, d in pairs), "id": "".join(f"{i}," for i, _ in pairs),
+            "fmt": "3", "charset": "utf-8"}
+    if full:
+        form["all"] = "1"
+    return form
+
+
+def parse_status(body: Any, cfg: SmscRouteConfig) -> dict[tuple[int, str], dict[str, Any]]:
+    """(id, digits) → the status object of a status.php list answer."""
+    _raise_error(body, cfg)
+    if isinstance(body, dict):
+        body = [body]
+    out = {}
+    for item in body:
+        if isinstance(item, dict) and "id" in item and "status" in item:
+            out[(_int(item["id"], "id"), only_digits(item.get("phone", "")))] = item
+    return out
+
+
+@dataclass(frozen=True)
+class CallbackStatus:
+    request_id: int
+    phone: str  # digits
+    code: int
+    err: int
+
+
+def parse_callback(form: Sequence[tuple[str, str]]) -> CallbackStatus | None:
+    """One status push (§2.5): id, phone, status, err.  None for other kinds of
+    push (incoming SMS, call confirmation) that carry no status."""
+    f = dict(form)
+    if "status" not in f:
+        if "id" in f or "phone" in f:
+            return None
+        raise BadCallback("no id, phone or status field")
+    try:
+        rid = int(f["id"])
+        code = int(f["status"])
+        err = int(f.get("err") or 0)
+    except (KeyError, ValueError):
+        raise BadCallback("id, status and err must be integers") from None
+    digits = only_digits(f.get("phone", ""))
+    if not digits:
+        raise BadCallback("phone missing")
+    return CallbackStatus(rid, digits, code, err)
+
+
+@dataclass(frozen=True)
+class HlrResult:
+    """What the home network says about a number (§2.5); None fields: not reported."""
+
+    status: int
+    err: int
+    imsi: str | None
+    msc: str | None
+    mcc: str | None
+    mnc: str | None
+    network: str | None  # home network name (cn/net)
+    roaming_network: str | None  # rnet, when roaming
+
+
+def parse_hlr(item: Mapping[str, Any]) -> HlrResult:
+    def s(k: str) -> str | None:
+        v = item.get(k)
+        return None if v in (None, "") else str(v)
+
+    return HlrResult(_int(item.get("status"), "status"), _int(item.get("err") or 0, "err"), s("imsi"),
+                     s("msc"), s("mcc"), s("mnc"), s("net") or s("cn"), s("rnet"))
+
+
+# --- the route ------------------------------------------------------------------
+
+
+class SmscRoute(HttpRoute):
+    kind = "smsc"
+    can_confirm = True
+
+    def __init__(self, cfg: SmscRouteConfig, *args: Any, **kw: Any) -> None:
+        self.batch_size = cfg.batch_size
+        self.batch_interval = cfg.batch_interval
+        super().__init__(cfg, *args, **kw)
+        self.cfg: SmscRouteConfig = cfg
+        self.stats.update({"viber_delivered": 0, "viber_fallbacks": 0})
+
+    def url(self, script: str) -> str:
+        return self.cfg.base_url + script
+
+    def first_channel(self) -> str:
+        return "viber" if self.cfg.viber else "sms"
+
+    async def load_open(self) -> int:
+        """Queue what the store says is unsent.  Messages whose request was on
+        the wire at a crash are asked about first (``run``), not resent blindly."""
+        unsure = await self.store.submitted_unconfirmed(self.name)
+        skip = {u.id for u in unsure}
+        messages = [m for m in await self.store.open_messages(self.name) if m.id not in skip]
+        for m in messages:
+            self.enqueue(m)
+        owed = await self.store.fallbacks_owed(self.name)
+        for m in owed:
+            self.add_job(Job(m, "fallback"))
+        self._unsure = unsure
+        return len(messages) + len(owed) + len(unsure)
+
+    _unsure: list[PollItem] = []
+
+    async def run(self) -> None:
+        if self._unsure:
+            self._spawn(self._confirm_unsure(self._unsure))
+            self._unsure = []
+        await super().run()
+
+    async def _confirm_unsure(self, items: list[PollItem]) -> None:
+        """After a crash: what SMSC has is accepted, the rest is sent (again)."""
+        for i in range(0, len(items), 100):
+            chunk = items[i:i + 100]
+            pairs = [split_provider_id(it.provider_id) for it in chunk]
+            found: dict[tuple[int, str], dict[str, Any]] | None = None
+            for attempt in range(10):
+                try:
+                    found = parse_status(await self.post(self.url("status.php"), status_form(self.cfg, pairs)),
+                                         self.cfg)
+                    break
+                except (Unavailable, Ambiguous, ProviderError) as e:
+                    log.warning("smsc_crash_confirm_retry", route=self.name, error=str(e))
+                    if await self._pause(backoff(attempt, self.cfg.retry_min, self.cfg.retry_max)):
+                        return
+            found = found or {}
+            resent = 0
+            for it, pair in zip(chunk, pairs):
+                st = found.get(pair)
+                rid = pair[0]
+                channel = "viber" if rid >= VIBER_ID_BASE else "sms"
+                job = Job(OpenMessage(it.id, self.name, it.sender, it.phone, it.text, (0,)), channel)
+                if st is not None and _int(st["status"], "status") != -3:
+                    await self.accepted(job, it.provider_id)
+                else:
+                    resent += 1
+                    self.add_job(job)
+            log.info("smsc_crash_confirmed", route=self.name, had=len(chunk) - resent, resending=resent)
+
+    def planned_ids(self, batch: Batch) -> dict[int, str] | None:
+        if batch.key[2] == "fallback":
+            return None  # already accepted (as Viber): its row keeps the Viber id until the SMS is taken
+        rid, numbers = self._request(batch)
+        return {j.message.id: provider_id(rid, n) for j, n in zip(batch.jobs, numbers)}
+
+    # --- sending -----------------------------------------------------------------
+
+    def _request(self, batch: Batch) -> tuple[int, list[str]]:
+        channel = batch.key[2]
+        return (batch_request_id([j.message.id for j in batch.jobs], channel),
+                [j.message.phone for j in batch.jobs])
+
+    async def submit(self, batch: Batch) -> dict[int, Outcome]:
+        rid, numbers = self._request(batch)
+        sender, text, channel = batch.key
+        form = send_form(self.cfg, numbers, text, sender, rid, viber=channel == "viber")
+        body = await self.post(self.url("send.php"), form)
+        by_digits = parse_send(body, numbers, rid, self.cfg)
+        return {j.message.id: by_digits[only_digits(n)] for j, n in zip(batch.jobs, numbers)
+                if only_digits(n) in by_digits}
+
+    async def confirm(self, batch: Batch) -> dict[int, Outcome] | None:
+        """Ask status.php about the request id and every number: what SMSC has was accepted."""
+        rid, numbers = self._request(batch)
+        pairs = [(rid, only_digits(n)) for n in numbers]
+        found = parse_status(await self.post(self.url("status.php"), status_form(self.cfg, pairs)), self.cfg)
+        out: dict[int, Outcome] = {}
+        for job, pair in zip(batch.jobs, pairs):
+            item = found.get(pair)
+            if item is not None and _int(item["status"], "status") != -3:
+                out[job.message.id] = Accepted(provider_id(*pair))
+        missing = len(batch.jobs) - len(out)
+        log.info("smsc_ambiguous_confirmed", route=self.name, had=len(out), resending=missing)
+        return out  # the missing ones get Retry in _apply: resent, since SMSC does not have them
+
+    async def accepted(self, job: Job, pid: str) -> None:
+        wait = self.cfg.viber_fallback if job.channel == "viber" else self.cfg.poll_after
+        await self.store.provider_accepted(job.message.id, pid, poll_at=self.store.clock() + wait,
+                                           channel=STORE_CHANNEL[job.channel])
+
+    # --- statuses ----------------------------------------------------------------
+
+    def _status(self, code: int) -> Status | None:
+        try:
+            return smsc_status(code)
+        except UnknownProviderStatus:
+            self.stats["unknown_status"] += 1
+            log.warning("smsc_unknown_status", route=self.name, code=code)
+            return None
+
+    async def poll(self, items: Sequence[PollItem]) -> dict[int, tuple[int, Status | None]]:
+        pairs = [split_provider_id(i.provider_id) for i in items]
+        found = parse_status(await self.post(self.url("status.php"), status_form(self.cfg, pairs)), self.cfg)
+        out: dict[int, tuple[int, Status | None]] = {}
+        for item, pair in zip(items, pairs):
+            st = found.get(pair)
+            if st is not None:
+                code = _int(st["status"], "status")
+                out[item.id] = (code, self._status(code))
+        return out
+
+    async def polled(self, item: PollItem, code: int, status: Status | None) -> bool:
+        rid, _ = split_provider_id(item.provider_id)
+        if rid >= VIBER_ID_BASE and item.channel == "viber" and status is not Status.DELIVERED:
+            # The fallback time is up (that is when a Viber message is polled).
+            await self._fall_back(item, f"smsc {code} (viber, polled)")
+            return True
+        if status is None or status is Status.ACCEPTED:
+            return False
+        return await super().polled(item, code, status)
+
+    async def callback(self, form: Sequence[tuple[str, str]]) -> str:
+        cb = parse_callback(form)
+        if cb is None:
+            return "OK"
+        self.stats["callbacks"] += 1
+        status = self._status(cb.code)
+        if status is None:
+            return "OK"
+        pid = provider_id(cb.request_id, cb.phone)
+        detail = f"smsc {cb.code}" + (f" err:{cb.err}" if cb.err else "")
+        if cb.request_id >= VIBER_ID_BASE:
+            if status in FINAL and status is not Status.DELIVERED:
+                item = await self.store.poll_item(self.name, pid)
+                if item is not None and item.channel == "viber":
+                    await self._fall_back(item, detail + " (viber)")
+                    return "OK"
+            if status is Status.DELIVERED:
+                self.stats["viber_delivered"] += 1
+            detail += " (viber)"
+        mid = await self.store.provider_receipt(self.name, pid, status, detail)
+        if mid is None:
+            self.stats["receipts_unmatched"] += 1
+            log.info("smsc_callback_unmatched", route=self.name, provider_id=f"{cb.request_id}:"
+                     + phone.mask(cb.phone))
+        return "OK"
+
+    async def _fall_back(self, item: PollItem, detail: str) -> None:
+        """Viber did not deliver: owe the message an SMS, durably, then queue it."""
+        self.stats["viber_fallbacks"] += 1
+        await self.store.record_event(item.id, Status.UNDELIVERED, detail + ": falling back to SMS")
+        await self.store.start_fallback(item.id)
+        log.info("viber_fallback_to_sms", route=self.name, message=item.id)
+        self.add_job(Job(OpenMessage(item.id, self.name, item.sender, item.phone, item.text, (0,)), "fallback"))
+
+    # --- HLR ---------------------------------------------------------------------
+
+    async def hlr_request(self, number: str) -> int:
+        """Start an HLR lookup for an E.164 number; the request id to ask about later."""
+        rid = random.randint(2 * VIBER_ID_BASE, MAX_ID)  # outside the ranges of message ids
+        form = {**auth(self.cfg), "phones": number, "mes": "", "hlr": "1", "id": str(rid), "fmt": "3",
+                "charset": "utf-8"}
+        body = await self.post(self.url("send.php"), form)
+        _raise_error(body, self.cfg)
+        return _int(body.get("id", rid), "id") if isinstance(body, dict) else rid
+
+    async def hlr_result(self, request_id: int, number: str) -> HlrResult | None:
+        """The HLR answer, or None while the home network has not replied."""
+        pair = (request_id, only_digits(number))
+        found = parse_status(await self.post(self.url("status.php"), status_form(self.cfg, [pair], full=True)),
+                             self.cfg)
+        item = found.get(pair)
+        if item is None or _int(item.get("status"), "status") in (-1, 0):
+            return None
+        return parse_hlr(item)

@@ -1,0 +1,38 @@
+"""The smppd command: exit codes and one-line config errors, as scripts see them."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLE = Path(__file__).parent.parent / "config.toml"
+
+
+def smppd(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "smppd.cli", *args], capture_output=True, text=True, timeout=30)
+
+
+def test_check_config_ok():
+    r = smppd("check-config", "-c", str(EXAMPLE))
+    assert r.returncode == 0 and "ok" in r.stdout
+
+
+def test_bad_config_is_one_line_naming_the_key(tmp_path):
+    bad = tmp_path / "config.toml"
+    bad.write_text(EXAMPLE.read_text().replace("port = 2775", "port = 99999", 1))
+    for command in ("check-config", "run", "status"):
+        r = smppd(command, "-c", str(bad))
+        assert r.returncode == 2
+        lines = r.stderr.strip().splitlines()
+        assert lines == ["smppd: config error: route.life.port: must be an integer from 1 to 65535, got 99999"]
+
+
+def test_status_when_the_daemon_is_not_running(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(EXAMPLE.read_text().replace("/run/smppd/smppd.sock", str(tmp_path / "none.sock")))
+    r = smppd("status", "-c", str(cfg))
+    assert r.returncode == 3 and "unreachable" in r.stderr
+
+
+def test_no_command_prints_help():
+    r = smppd()
+    assert r.returncode == 2 and "demo" in r.stdout

@@ -1,0 +1,157 @@
+"""kill -9 of the real `smppd run` process loses nothing the shim answered 200 for.
+
+The daemon runs as a separate process from a config file, as in production;
+the portal, the SMSCs and the shim run in the test process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from smppd import config as config_mod
+from smppd.bitrix24.portal import SimulatedPortal
+from smppd.demo import OUTCOMES, Rig, start_shim
+from smppd.rpc import RpcClient, RpcUnavailable
+from smppd.smpp.simulator import SimulatorConfig, SmscSimulator
+
+from .e2e_rig import post, wait_final
+
+
+def write_config(tmp: Path, portal: SimulatedPortal, life: SmscSimulator, mts: SmscSimulator) -> Path:
+    path = tmp / "config.toml"
+    path.write_text(f"""
+[daemon]
+socket = "{tmp}/smppd.sock"
+database = "{tmp}/state/smppd.db"
+
+[shim]
+listen = "127.0.0.1:0"
+handler_key = "crash-test-key-0123456789abcdef"
+
+[[portal]]
+member_id = "{portal.member_id}"
+domain = "{portal.domain}"
+client_endpoint = "{portal.client_endpoint}"
+server_endpoint = "{portal.server_endpoint}"
+client_id = "{portal.client_id}"
+client_secret = "{portal.client_secret}"
+application_token = "{portal.application_token}"
+access_token = "{portal.access_token}"
+refresh_token = "{portal.refresh_token}"
+
+[route.life]
+host = "127.0.0.1"
+port = {life.port}
+system_id = "smppd"
+password = "secret"
+reconnect_min = 0.1
+reconnect_max = 0.5
+
+[route.mts]
+host = "127.0.0.1"
+port = {mts.port}
+system_id = "smppd"
+password = "secret"
+reconnect_min = 0.1
+reconnect_max = 0.5
+
+[sender.by_life]
+route = "life"
+sender_id = "DemoShop"
+
+[sender.by_mts]
+route = "mts"
+sender_id = "DemoShop"
+""")
+    return path
+
+
+def start_daemon(cfg_path: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "smppd.cli", "run", "-c", str(cfg_path)],
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+    )
+
+
+async def wait_ready(socket_path: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    client = RpcClient(socket_path, timeout=1.0)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "daemon exited"
+            try:
+                await client.call("ping")
+                return
+            except RpcUnavailable:
+                await asyncio.sleep(0.1)
+        raise AssertionError("daemon did not become ready")
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def peers():
+    portal = SimulatedPortal(rate=None)
+    await portal.start()
+    life = SmscSimulator(SimulatorConfig(system_id="LIFE", accounts={"smppd": "secret"}, outcomes=OUTCOMES, seed=1))
+    mts = SmscSimulator(SimulatorConfig(system_id="MTS", accounts={"smppd": "secret"}, outcomes=OUTCOMES, seed=2))
+    await life.start()
+    await mts.start()
+    yield portal, life, mts
+    await life.stop()
+    await mts.stop()
+    await portal.stop()
+
+
+async def test_kill_9_with_messages_queued_and_in_flight(tmp_path, peers):
+    portal, life, mts = peers
+    cfg_path = write_config(tmp_path, portal, life, mts)
+    cfg = config_mod.load(cfg_path)
+    log = tmp_path / "daemon.log"
+    proc = start_daemon(cfg_path, log)
+    rig = Rig(tmp_path, portal, {"life": life, "mts": mts}, cfg)
+    try:
+        await wait_ready(cfg.daemon.socket_path, proc)
+        await start_shim(rig)
+        await life.stop()  # life:) is down: its messages stay queued in the store
+        ids = []
+        for i in range(30):
+            code = ("by_life", "by_mts")[i % 2]
+            b24_id, status, reply = await post(rig, code, f"+37533777{i:04d}", f"Crash test {i} " + "ю" * i)
+            assert status == 200, reply
+            ids.append(b24_id)
+        os.kill(proc.pid, signal.SIGKILL)  # no unbind, no flush, no goodbye
+        proc.wait(10)
+
+        b24_id, status, _ = await post(rig, "by_mts", "+375337770999", "while the daemon is dead")
+        assert status == 503, "nothing is acknowledged while nothing can store it"
+
+        await life.start()
+        proc = start_daemon(cfg_path, log)
+        await wait_ready(cfg.daemon.socket_path, proc)
+        finals = await wait_final(rig, ids, timeout=30)
+        assert len(finals) == 30
+        for i in ids:
+            assert portal.messages[i].regressions() == []
+        life_numbers = {s.destination_addr for s in life.submitted}
+        assert {f"37533777{i:04d}" for i in range(0, 30, 2)} <= life_numbers
+    finally:
+        if rig.shim_runner is not None:
+            await rig.shim_runner.cleanup()
+        if rig.rpc is not None:
+            await rig.rpc.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    assert proc.returncode == 0, log.read_text()[-2000:]
