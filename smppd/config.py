@@ -21,8 +21,10 @@ import phonenumbers
 CODE_RE = re.compile(r"^[a-z0-9.\-_]+$")  # Bitrix24's rule for provider CODEs
 ALNUM_SENDER_RE = re.compile(r"^[A-Za-z0-9 .\-_&!'+]{1,11}$")
 NUMERIC_SENDER_RE = re.compile(r"^\+?[0-9]{1,15}$")
-BIND_MODES = ("transceiver", "transmitter", "receiver")
+BIND_MODES = ("transceiver", "transmitter", "receiver", "pair")
 ID_BASES = ("as-is", "hex", "dec")
+LONG_METHODS = ("udh8", "udh16", "sar", "payload")
+LATIN_CODINGS = (0x00, 0x01, 0x03)
 MESSAGE_TYPES = ("transactional", "marketing")
 DUPLICATE_OUTCOMES = ("follow-first", "failed")
 # Countries a route of each kind takes when the config names none: the Belarusian
@@ -116,6 +118,15 @@ class SmppRouteConfig:
     receipt_id_base: str = "as-is"
     registered_delivery: int = 1
     kind: str = "smpp"
+    # issue 3: operator profile knobs (see config.toml for what each one means)
+    binds: int = 1  # transceivers, or transmitter + receiver pairs with bind_mode = "pair"
+    resp_id_base: str | None = None  # None: same as receipt_id_base
+    long_method: str = "udh8"
+    latin_data_coding: int = 0x00
+    alpha_ton: int = 5
+    alpha_npi: int = 0
+    numeric_ton: int = 1
+    numeric_npi: int = 1
     countries: frozenset[str] | None = frozenset({"BY"})  # ISO regions it may send to; None = any
 
 
@@ -383,7 +394,34 @@ def _route(name: str, t: Any) -> RouteConfig:
         reconnect_max=reconnect_max,
         receipt_id_base=id_base,
         registered_delivery=_int(t, key, "registered_delivery", default=1, low=0, high=0xFF),
+        **_route_profile(t, key),
         countries=countries,
+    )
+
+
+def _route_profile(t: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The per-operator knobs of issue 3: binds, id bases, long messages, coding, TON/NPI."""
+    resp_id_base = _str(t, key, "resp_id_base", default=None)
+    if resp_id_base is not None and resp_id_base not in ID_BASES:
+        raise ConfigError(f"{key}.resp_id_base", f"must be one of {', '.join(ID_BASES)}")
+    long_method = _str(t, key, "long_method", default="udh8")
+    if long_method not in LONG_METHODS:
+        raise ConfigError(f"{key}.long_method", f"must be one of {', '.join(LONG_METHODS)}")
+    throughput = t.get("throughput", 0)
+    if isinstance(throughput, (int, float)) and 0 < throughput < 1:
+        raise ConfigError(f"{key}.throughput", "must be 0 (no cap) or at least 1 segment per second")
+    latin = _int(t, key, "latin_data_coding", default=0, low=0, high=0xFF)
+    if latin not in LATIN_CODINGS:
+        raise ConfigError(f"{key}.latin_data_coding", "must be 0 (GSM 03.38), 1 (IA5/ASCII) or 3 (Latin-1)")
+    return dict(
+        binds=_int(t, key, "binds", default=1, low=1, high=32),
+        resp_id_base=resp_id_base,
+        long_method=long_method,
+        latin_data_coding=latin,
+        alpha_ton=_int(t, key, "alpha_ton", default=5, low=0, high=6),
+        alpha_npi=_int(t, key, "alpha_npi", default=0, low=0, high=18),
+        numeric_ton=_int(t, key, "numeric_ton", default=1, low=0, high=6),
+        numeric_npi=_int(t, key, "numeric_npi", default=1, low=0, high=18),
     )
 
 

@@ -313,8 +313,8 @@ class Daemon:
     async def _status(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "routes": {
-                name: {"bound": r.connection.bound if hasattr(r, "connection") else None, "queue": r.depth,
-                       **r.stats}
+                name: r.status() if hasattr(r, "status") else {
+                    "bound": r.connection.bound if hasattr(r, "connection") else None, "queue": r.depth, **r.stats}
                 for name, r in self.routes.items()
             },
             "pushers": {m: {"pushed": p.pushed, "dropped": p.dropped, "failures": p.failures}

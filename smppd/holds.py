@@ -152,8 +152,9 @@ def _entities(raw: Any) -> tuple[Entity, ...]:
 
 
 def _open(conn: sqlite3.Connection, mid: int) -> OpenMessage:
-    r = conn.execute("SELECT id, route, sender, phone, text, segments FROM message WHERE id=?", (mid,)).fetchone()
-    return OpenMessage(r[0], r[1], r[2], r[3], r[4], tuple(range(r[5])))
+    r = conn.execute("SELECT id, route, sender, phone, text, segments, concat_ref FROM message WHERE id=?",
+                     (mid,)).fetchone()
+    return OpenMessage(r[0], r[1], r[2], r[3], r[4], tuple(range(r[5])), r[6])
 
 
 def _apply_consent(conn: sqlite3.Connection, decisions: list[tuple[int, Verdict]],

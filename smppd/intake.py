@@ -19,6 +19,7 @@ import structlog
 from . import phone, rules, text
 from .config import Config, SenderConfig
 from .rpc import RpcError
+from .smpp.segments import route_encoding
 from .store import IntakeResult, NewMessage, OpenMessage, PortalRecord, Store
 
 log = structlog.get_logger(__name__)
@@ -104,7 +105,7 @@ class Intake:
         elif result.reason is None and result.duplicate_of is None:
             assert message.phone is not None
             self._dispatch(OpenMessage(result.id, sender.route, message.sender, message.phone, req.text,
-                                       tuple(range(message.segments))))
+                                       tuple(range(message.segments)), result.concat_ref))
         return self._answer(result, held)
 
     @staticmethod
@@ -159,7 +160,7 @@ class Intake:
 
     def _prepare(self, req: IntakeRequest, member_id: str, sender: SenderConfig, marketing: bool) -> NewMessage:
         try:
-            encoded = text.encode(req.text)
+            encoded = route_encoding(self.config.routes.get(sender.route), req.text)
         except ValueError as e:  # a lone surrogate, or more than 255 segments
             raise RpcError("bad_request", f"text: cannot be sent as SMS ({e})") from None
         reason = None

@@ -44,9 +44,12 @@ Operation = Callable[[sqlite3.Connection], T]
 # How long a receipt whose provider id is not known yet waits for its
 # submit_sm_resp before it is counted as unmatched (reference/smpp.md §8).
 PENDING_RECEIPT_TTL = 600.0
+# And at most this many wait at once: a flood of receipts for ids we never had (an SMSC
+# replaying another account's traffic) must not grow the table without bound.
+MAX_PENDING_RECEIPTS = 100_000
 MAX_GROUP = 2000
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE portal (
@@ -145,6 +148,24 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE message ADD COLUMN poll_at REAL;
     CREATE INDEX message_poll ON message (route, poll_at) WHERE poll_at IS NOT NULL;
     """,
+    # SMPP hardening (issue 3): per-destination concatenation references, stored MO.
+    4: """
+    ALTER TABLE message ADD COLUMN concat_ref INTEGER;   -- 16-bit, per destination, NULL for one segment
+    CREATE TABLE concat_counter (        -- the last concatenation reference used per destination
+        phone TEXT PRIMARY KEY,
+        last INTEGER NOT NULL
+    );
+    CREATE TABLE mo (                    -- mobile-originated messages (replies such as STOP)
+        id INTEGER PRIMARY KEY,
+        route TEXT NOT NULL,
+        source TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        esm_class INTEGER NOT NULL,
+        data_coding INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        received_at REAL NOT NULL
+    );
+    """,
 }
 
 
@@ -175,6 +196,7 @@ class IntakeResult:
     duplicate: bool
     duplicate_of: int | None = None  # a repeat of this earlier message (rules.py): not sent
     reason: str | None = None
+    concat_ref: int | None = None  # per destination (issue 3), for multi-segment messages
 
 
 @dataclass(frozen=True)
@@ -187,6 +209,7 @@ class OpenMessage:
     phone: str
     text: str
     open_segments: tuple[int, ...]
+    concat_ref: int | None = None  # per destination, stored: resent parts join their siblings
 
 
 @dataclass(frozen=True)
@@ -385,13 +408,14 @@ class Store:
                     reason, first = f"duplicate of message {first[0]} (same number and text)", None
             status = Status.FAILED if reason else Status.QUEUED
             hold = None if reason or first else m.hold
+            ref = _next_concat_ref(conn, m.phone) if m.segments > 1 and not reason and not first else None
             cur = conn.execute(
                 "INSERT INTO message (member_id, b24_id, code, route, sender, phone, text, encoding,"
                 " segments, module_id, status, reason, created_at, updated_at, hold, hold_until, entities,"
-                " duplicate_of) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " duplicate_of, concat_ref) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (m.member_id, m.b24_id, m.code, m.route, m.sender, m.phone, m.text, m.encoding,
                  m.segments, m.module_id, status, reason, now, now, hold, m.hold_until if hold else None,
-                 m.entities, first[0] if first else None),
+                 m.entities, first[0] if first else None, ref),
             )
             mid = cur.lastrowid
             assert mid is not None
@@ -409,7 +433,7 @@ class Store:
                         f"duplicate of message {first[0]}", now)
                 status = Status(conn.execute("SELECT status FROM message WHERE id=?", (mid,)).fetchone()[0])
             return IntakeResult(mid, status, duplicate=False, duplicate_of=first[0] if first else None,
-                                reason=reason)
+                                reason=reason, concat_ref=ref)
 
         result = await self.execute(op)
         if (result.status is Status.FAILED or result.duplicate_of is not None) and not result.duplicate:
@@ -425,14 +449,14 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> list[OpenMessage]:
             rows = conn.execute(
-                "SELECT m.id, m.sender, m.phone, m.text, group_concat(s.seq) FROM message m"
+                "SELECT m.id, m.sender, m.phone, m.text, group_concat(s.seq), m.concat_ref FROM message m"
                 " JOIN segment s ON s.message_id = m.id"
                 " WHERE m.route=? AND m.status IN ('queued','submitted','accepted') AND m.hold IS NULL"
                 " AND s.status IN ('queued','submitted') GROUP BY m.id ORDER BY m.id",
                 (route,),
             ).fetchall()
             return [
-                OpenMessage(r[0], route, r[1], r[2], r[3], tuple(sorted(int(x) for x in r[4].split(","))))
+                OpenMessage(r[0], route, r[1], r[2], r[3], tuple(sorted(int(x) for x in r[4].split(","))), r[5])
                 for r in rows
             ]
 
@@ -494,14 +518,38 @@ class Store:
             self.outbox_changed.set()
         return matched
 
-    async def expire_pending_receipts(self, ttl: float = PENDING_RECEIPT_TTL) -> int:
+    async def mo_received(self, route: str, source: str, destination: str, esm_class: int,
+                          data_coding: int, body: bytes) -> int:
+        """Keep a mobile-originated message (a reply, a STOP) for the features that will read it."""
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "INSERT INTO mo (route, source, destination, esm_class, data_coding, body, received_at)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (route, source, destination, esm_class, data_coding, body, now),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+        return await self.execute(op)
+
+    async def expire_pending_receipts(self, ttl: float = PENDING_RECEIPT_TTL,
+                                      max_pending: int = MAX_PENDING_RECEIPTS) -> int:
         """Mark receipts that never found their message as unmatched; returns how many."""
         cutoff = self.clock() - ttl
 
         def op(conn: sqlite3.Connection) -> int:
-            return conn.execute(
+            expired = conn.execute(
                 "UPDATE receipt_pending SET expired=1 WHERE expired=0 AND received_at < ?", (cutoff,)
             ).rowcount
+            over = conn.execute("SELECT count(*) FROM receipt_pending WHERE expired=0").fetchone()[0] - max_pending
+            if over > 0:  # the oldest give way
+                expired += conn.execute(
+                    "UPDATE receipt_pending SET expired=1 WHERE id IN"
+                    " (SELECT id FROM receipt_pending WHERE expired=0 ORDER BY id LIMIT ?)", (over,)
+                ).rowcount
+            return expired
 
         return await self.execute(op)
 
@@ -794,6 +842,24 @@ def _run_group(conn: sqlite3.Connection, ops: list[Operation[Any]]) -> list[tupl
             conn.execute("ROLLBACK")
         raise
     return results
+
+
+def _next_concat_ref(conn: sqlite3.Connection, phone: str | None) -> int:
+    """The next 16-bit concatenation reference for one destination (reference §6).
+
+    A per-destination counter: two long messages to one handset in flight at
+    once never share a reference, which a global 8-bit counter or a random one
+    (smpplib defect 12) cannot promise.  An 8-bit UDH uses the low octet, which
+    still cycles through 256 values per destination.
+    """
+    key = phone or ""
+    row = conn.execute("SELECT last FROM concat_counter WHERE phone=?", (key,)).fetchone()
+    ref = 0 if row is None else (row[0] + 1) & 0xFFFF
+    conn.execute(
+        "INSERT INTO concat_counter (phone, last) VALUES (?, ?) ON CONFLICT (phone) DO UPDATE SET last=excluded.last",
+        (key, ref),
+    )
+    return ref
 
 
 def _event(conn: sqlite3.Connection, mid: int, seq: int | None, status: Status, applied: bool,

@@ -149,13 +149,29 @@ def _units(text: str) -> tuple[str, list[bytes]]:
     return "ucs2", [c.encode("utf-16-be") for c in text]
 
 
-def _pack_parts(units: list[bytes], unit_octets: int, capacity: int) -> list[bytes]:
+def _latin_units(text: str, charset: str) -> list[tuple[bytes, int]] | None:
+    """Units for an operator that takes Latin text as IA5/Latin-1 and converts it to GSM itself.
+
+    The handset still receives GSM-7, so the cost of a unit is its GSM septets (an
+    extension character costs 2) although it travels as one octet.  None when a
+    character has no octet in ``charset`` (Greek capitals, '€'): then GSM-7 it is.
+    """
+    units = []
+    for c in text:
+        try:
+            octet = c.encode(charset)
+        except UnicodeEncodeError:
+            return None
+        units.append((octet, 2 if c in GSM7_EXTENSION else 1))
+    return units
+
+
+def _pack_parts(units: list[tuple[bytes, int]], capacity: int) -> list[bytes]:
     """Greedy fill: a unit that does not fit whole starts the next part (a part may end short)."""
     parts: list[bytes] = []
     current: list[bytes] = []
     used = 0
-    for unit in units:
-        cost = len(unit) // unit_octets
+    for unit, cost in units:
         if used + cost > capacity:
             parts.append(b"".join(current))
             current, used = [], 0
@@ -165,18 +181,39 @@ def _pack_parts(units: list[bytes], unit_octets: int, capacity: int) -> list[byt
     return parts
 
 
-def encode(text: str, *, ref16: bool = False) -> EncodedText:
-    """Choose the cheapest coding and cut into segments the way the handset will reassemble them."""
+_LATIN_CHARSETS = {DATA_CODING_IA5: "ascii", DATA_CODING_LATIN1: "latin-1"}
+
+
+def encode(text: str, *, ref16: bool = False, latin_coding: int = DATA_CODING_GSM7,
+           split: bool = True) -> EncodedText:
+    """Choose the cheapest coding and cut into segments the way the handset will reassemble them.
+
+    ``latin_coding``: the data_coding the operator wants for text that fits the GSM
+    alphabet (0x00 GSM-7 unpacked, 0x01 IA5, 0x03 Latin-1; reference §12).
+    ``split=False`` keeps the whole text in one part, for ``message_payload``,
+    where the SMSC does the splitting.
+    """
     encoding, units = _units(text)
     layout = _layout(encoding, ref16)
-    total_units = sum(len(u) for u in units) // layout.unit_octets
-    if total_units <= layout.single_units:
-        parts = [b"".join(units)]
+    data_coding = layout.data_coding
+    costed: list[tuple[bytes, int]] | None = None
+    if encoding == "gsm7" and latin_coding != DATA_CODING_GSM7:
+        charset = _LATIN_CHARSETS.get(latin_coding)
+        if charset is None:
+            raise ValueError(f"latin_coding must be 0x00, 0x01 or 0x03, got 0x{latin_coding:02X}")
+        costed = _latin_units(text, charset)
+        if costed is not None:
+            data_coding = latin_coding
+    if costed is None:
+        costed = [(u, len(u) // layout.unit_octets) for u in units]
+    total_units = sum(cost for _, cost in costed)
+    if total_units <= layout.single_units or not split:
+        parts = [b"".join(u for u, _ in costed)]
     else:
-        parts = _pack_parts(units, layout.unit_octets, layout.part_units)
+        parts = _pack_parts(costed, layout.part_units)
     if len(parts) > MAX_PARTS:
         raise ValueError(f"message needs {len(parts)} parts, at most {MAX_PARTS} can be joined")
-    return EncodedText(encoding, layout.data_coding, tuple(parts), ref16)
+    return EncodedText(encoding, data_coding, tuple(parts), ref16)
 
 
 def count_segments(text: str) -> int:

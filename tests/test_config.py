@@ -106,3 +106,58 @@ def test_app_secret_is_not_in_repr():
     cfg = config.parse(r)
     assert cfg.apps["example.bitrix24.by"].client_secret == "s3cr3t-value-xyz"
     assert "s3cr3t-value-xyz" not in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    "change, key, words",
+    [
+        ({"long_method": "udh7"}, "route.life.long_method", "udh8, udh16, sar, payload"),
+        ({"latin_data_coding": 2}, "route.life.latin_data_coding", "IA5"),
+        ({"resp_id_base": "octal"}, "route.life.resp_id_base", "as-is, hex, dec"),
+        ({"binds": 0}, "route.life.binds", "integer from 1"),
+        ({"alpha_ton": 9}, "route.life.alpha_ton", "integer from 0 to 6"),
+        ({"throughput": 0.5}, "route.life.throughput", "at least 1"),
+        ({"bind_mode": "duplex"}, "route.life.bind_mode", "pair"),
+    ],
+)
+def test_operator_profile_errors_name_the_key(change, key, words):
+    e = _error(lambda r: r["route"]["life"].update(change))
+    assert e.key == key and words in str(e)
+
+
+def test_operator_profile_defaults_and_values():
+    r = raw()
+    default = config.parse(r).routes["life"]
+    assert (default.binds, default.long_method, default.latin_data_coding, default.resp_id_base) == (1, "udh8", 0, None)
+    assert (default.alpha_ton, default.alpha_npi, default.numeric_ton, default.numeric_npi) == (5, 0, 1, 1)
+    r["route"]["life"].update(bind_mode="pair", binds=2, long_method="sar", latin_data_coding=3,
+                              resp_id_base="hex", receipt_id_base="dec")
+    route = config.parse(r).routes["life"]
+    assert (route.bind_mode, route.binds, route.long_method, route.latin_data_coding) == ("pair", 2, "sar", 3)
+    assert (route.resp_id_base, route.receipt_id_base) == ("hex", "dec")
+
+
+def test_commented_operator_profiles_parse():
+    """The route profiles shipped commented out in config.toml (life:), MTS, A1, ...) are valid when enabled."""
+    import re
+    import tomllib
+
+    profiles: dict[str, list[str]] = {}
+    current = None
+    for line in EXAMPLE.read_text().splitlines():
+        header = re.match(r"^# \[route\.(\w+)\]", line)
+        if header:
+            current = profiles.setdefault(header.group(1), [])
+        elif current is not None and re.match(r"^# \w+ = ", line):
+            current.append(line[2:])
+        elif not line.startswith("#"):
+            current = None
+    profiles = {name: tomllib.loads("\n".join(lines)) for name, lines in profiles.items()}
+    assert {"mts", "a1"} <= set(profiles)
+    for name, table in profiles.items():
+        if table.get("kind", "smpp") == "smpp":
+            assert table["host"] and table["system_id"], name
+        r = raw()
+        r["route"] = {name: table}
+        r["sender"]["by_sms_main"]["route"] = name
+        config.parse(r)

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine, Sequence
 
 import structlog
 
-from .. import phone, text
+from .. import phone
 from ..config import SmppRouteConfig
 from ..model import Status, UnknownReceiptState, receipt_status
 from ..smpp import codec
 from ..smpp.connection import Connection, session_config_for
+from ..smpp.segments import SegmentJob, build_segments
 from ..smpp.session import (
     MessageReceived,
     ReceiptReceived,
@@ -29,85 +29,60 @@ from ..smpp.session import (
     SubmitUnconfirmed,
 )
 from ..store import OpenMessage, Store
-from ..throttle import SlidingWindowLimiter
+from ..throttle import Aimd, SlidingWindowLimiter
 
 log = structlog.get_logger(__name__)
 
-ALPHANUMERIC_TON, ALPHANUMERIC_NPI = 5, 0
-INTERNATIONAL_TON, E164_NPI = 1, 1
-TEMPORARY_RETRY_DELAY = 1.0  # a throttled or busy SMSC gets a breather before the same segment
+TEMPORARY_RETRY_DELAY = 1.0  # an SMSC with a system error gets a breather before the same segment
+# The operator meters arrivals: our coalesced writes and the network can bunch sends that
+# left us a second apart, so the cap is kept over a slightly longer window.
+CAP_SLACK = 0.05
+CONGESTION_PAUSE = 0.25
+# An uncapped route that gets throttled learns a cap from what it sent in the last second;
+# a second with a handful of sends says little about the operator's limit.
+LEARNED_RATE_FLOOR = 10.0  # after a throttle/queue-full cut, before the first resend
+ESME_RX_T_APPN = 0x64  # "try again later": the deliver_sm answer when we could not store it
+CONGESTION_STATUSES = frozenset({codec.ESME_RTHROTTLED, codec.ESME_RMSGQFUL})
 
-
-@dataclass(frozen=True)
-class SegmentJob:
-    message_id: int
-    seq: int
-    submit: Submit
-
-
-def build_segments(message: OpenMessage, *, registered_delivery: int = 1) -> list[SegmentJob]:
-    """The submit_sm of each open segment of a message.
-
-    The concatenation reference comes from our message id, so a segment resent
-    after a restart carries the same reference as its already-delivered
-    siblings and the handset can still join them.
-    """
-    encoded = text.encode(message.text)
-    total = encoded.segments
-    sender = message.sender
-    numeric = sender.lstrip("+").isdigit()
-    ref = message.id % 256
-    jobs = []
-    for seq in message.open_segments:
-        body = encoded.parts[seq]
-        esm_class = 0
-        if total > 1:
-            body = text.udh_concat(ref, total, seq + 1) + body
-            esm_class = 0x40
-        jobs.append(
-            SegmentJob(
-                message.id,
-                seq,
-                Submit(
-                    ref=(message.id, seq),
-                    source_addr=sender.lstrip("+") if numeric else sender,
-                    source_addr_ton=INTERNATIONAL_TON if numeric else ALPHANUMERIC_TON,
-                    source_addr_npi=E164_NPI if numeric else ALPHANUMERIC_NPI,
-                    destination_addr=phone.digits(message.phone),
-                    esm_class=esm_class,
-                    data_coding=encoded.data_coding,
-                    registered_delivery=registered_delivery,
-                    short_message=body,
-                ),
-            )
-        )
-    return jobs
 
 
 class SmppRoute:
+    """One operator: its queue of segments, its binds, its cap, and what comes back."""
+
     def __init__(self, cfg: SmppRouteConfig, store: Store) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.store = store
         self.queue: deque[SegmentJob] = deque()
-        self.limiter = SlidingWindowLimiter(cfg.throughput)
-        self.connection = Connection(
-            cfg.name, cfg.host, cfg.port, session_config_for(cfg), self._on_events,
-            reconnect_min=cfg.reconnect_min, reconnect_max=cfg.reconnect_max,
-        )
+        self.limiter = SlidingWindowLimiter(cfg.throughput, 1.0 + CAP_SLACK)
+        self.connections: list[Connection] = []
+        modes = ("transmitter", "receiver") if cfg.bind_mode == "pair" else (cfg.bind_mode,)
+        for _ in range(cfg.binds):
+            for mode in modes:
+                self.connections.append(Connection(
+                    cfg.name, cfg.host, cfg.port, session_config_for(cfg, mode), self._on_events,
+                    reconnect_min=cfg.reconnect_min, reconnect_max=cfg.reconnect_max,
+                ))
+        self.connection = self.connections[0]  # the first bind, for `smppd status`
+        self._senders = [c for c in self.connections if c.session_config.bind_mode != "receiver"]
+        # AIMD on ESME_RTHROTTLED / ESME_RMSGQFUL: the window of every bind, and the rate.
+        self.window_aimd = Aimd(cfg.window)
+        self.rate_aimd: Aimd | None = Aimd(cfg.throughput) if cfg.throughput > 0 else None
+        self._recent: deque[float] = deque(maxlen=100_000)  # send times, to learn an uncapped rate
+        self._paused_until = 0.0
         self._inflight: dict[Any, SegmentJob] = {}  # by Submit.ref, awaiting submit_sm_resp
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         # Business rules read MO texts (a STOP reply); awaited before the deliver_sm is acknowledged.
         self.on_mo: Callable[[str, codec.ShortMessage], Awaitable[None]] | None = None
-        self.stats = {"submitted": 0, "accepted": 0, "rejected": 0, "requeued": 0,
-                      "receipts": 0, "receipts_unmatched": 0, "mo": 0}
+        self.stats = {"submitted": 0, "accepted": 0, "rejected": 0, "requeued": 0, "throttled": 0,
+                      "receipts": 0, "receipts_unmatched": 0, "receipts_unstored": 0, "mo": 0}
 
     # --- feeding ---------------------------------------------------------------
 
     def enqueue(self, message: OpenMessage) -> None:
-        for job in build_segments(message, registered_delivery=self.cfg.registered_delivery):
+        for job in build_segments(message, self.cfg):
             self.queue.append(job)
         self._wake.set()
 
@@ -122,47 +97,125 @@ class SmppRoute:
     def depth(self) -> int:
         return len(self.queue)
 
+    @property
+    def bound(self) -> bool:
+        return any(c.bound for c in self.connections)
+
+    def status(self) -> dict[str, Any]:
+        """What `smppd status` shows for this route."""
+        return {
+            "bound": self.bound,
+            "binds": sum(1 for c in self.connections if c.bound),
+            "bind_failures": sum(c.bind_failures for c in self.connections),
+            "queue": self.depth,
+            "inflight": len(self._inflight),
+            "window": max(1, int(self.window_aimd.value)),
+            "rate_cap": int(self.rate_aimd.value) if self.rate_aimd else None,
+            **self.stats,
+        }
+
     # --- running ---------------------------------------------------------------
 
     async def run(self) -> None:
-        conn_task = asyncio.create_task(self.connection.run(), name=f"smpp-{self.name}")
+        conn_tasks = [asyncio.create_task(c.run(), name=f"smpp-{self.name}-{i}")
+                      for i, c in enumerate(self.connections)]
         try:
             await self._pump()
-            # stop() is unbinding: let the connection see its unbind_resp.
-            await conn_task
+            # stop() unbinds each connection; their tasks end once the unbind is answered.
+            await asyncio.gather(*conn_tasks, return_exceptions=True)
         finally:
-            conn_task.cancel()
+            for t in conn_tasks:
+                t.cancel()
+
+    def _free_sender(self) -> Connection | None:
+        """The bound transmitter with a free window slot and the fewest submits in flight."""
+        best = None
+        for c in self._senders:
+            if c.can_submit() and (best is None or c.outstanding < best.outstanding):
+                best = c
+        return best
 
     async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
-            while self.queue and self.connection.can_submit() and not self._stopping:
+            while self.queue and not self._stopping:
+                pause = self._paused_until - loop.time()
+                if pause > 0:
+                    loop.call_later(pause, self._wake.set)
+                    break
+                conn = self._free_sender()
+                if conn is None:
+                    break
                 wait = self.limiter.delay()
                 if wait > 0:
                     await asyncio.sleep(wait)
                     continue
                 job = self.queue.popleft()
                 try:
-                    self.connection.submit(job.submit)
+                    conn.submit(job.submit)
                 except ValueError as e:  # the codec refused a field: no retry can fix it
                     self._spawn(self.store.segment_failed(job.message_id, job.seq, Status.FAILED, f"invalid: {e}"))
                     continue
                 self._inflight[job.submit.ref] = job
                 self.limiter.record()
+                self._recent.append(loop.time())
                 self.stats["submitted"] += 1
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop taking work, let outstanding resps arrive (bounded), unbind."""
+        """Stop taking work, let outstanding resps arrive (bounded), unbind every bind.
+
+        Whatever is still unanswered stays open in the store and is sent at the next start.
+        """
         self._stopping = True
         self._wake.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._inflight and loop.time() < deadline and self.connection.bound:
+        while self._inflight and loop.time() < deadline and self.bound:
             await asyncio.sleep(0.02)
-        await self.connection.stop(max(0.1, deadline - loop.time()))
+        await asyncio.gather(*(c.stop(max(0.1, deadline - loop.time())) for c in self.connections))
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=max(0.1, deadline - loop.time()))
+
+    # --- AIMD --------------------------------------------------------------------
+
+    def _congestion(self) -> None:
+        """The SMSC said "too fast" (0x58) or "queue full" (0x14): halve window and rate, pause."""
+        self.stats["throttled"] += 1
+        if self.rate_aimd is None:
+            # No configured cap: start one at what we actually sent in the last second (the
+            # cut below halves it); once it grows back to twice that, the cap is lifted again.
+            now = asyncio.get_running_loop().time()
+            sent = max(LEARNED_RATE_FLOOR, float(sum(1 for t in self._recent if t > now - 1.0)))
+            self.rate_aimd = Aimd(2 * sent)
+            self.rate_aimd.value = sent
+        window_cut = self.window_aimd.congestion()
+        rate_cut = self.rate_aimd.congestion()
+        if window_cut or rate_cut:
+            self._apply_limits()
+            self._paused_until = asyncio.get_running_loop().time() + CONGESTION_PAUSE
+            log.warning("smpp_congestion", route=self.name, window=max(1, int(self.window_aimd.value)),
+                        rate=round(self.rate_aimd.value, 1))
+
+    def _success(self) -> None:
+        before = (int(self.window_aimd.value), int(self.rate_aimd.value) if self.rate_aimd else 0)
+        self.window_aimd.success()
+        if self.rate_aimd is not None:
+            self.rate_aimd.success()
+            if self.cfg.throughput <= 0 and self.rate_aimd.value >= self.rate_aimd.ceiling:
+                self.rate_aimd = None  # the learned cap has grown back: uncapped again
+                self.limiter.set_cap(0)
+        after = (int(self.window_aimd.value), int(self.rate_aimd.value) if self.rate_aimd else 0)
+        if after != before:
+            self._apply_limits()
+
+    def _apply_limits(self) -> None:
+        window = max(1, int(self.window_aimd.value))
+        for c in self._senders:
+            c.set_window(window)
+        if self.rate_aimd is not None:
+            self.limiter.set_cap(max(1, int(self.rate_aimd.value)))
 
     # --- session events --------------------------------------------------------
 
@@ -172,6 +225,7 @@ class SmppRoute:
                 job = self._inflight.pop(e.ref, None)
                 if job:
                     self.stats["accepted"] += 1
+                    self._success()
                     self._spawn(self.store.segment_accepted(job.message_id, job.seq, e.message_id))
             elif isinstance(e, SubmitRejected):
                 self._rejected(e)
@@ -183,8 +237,6 @@ class SmppRoute:
             elif isinstance(e, ReceiptReceived):
                 self._spawn(self._receipt(connection, e))
             elif isinstance(e, MessageReceived):
-                self.stats["mo"] += 1
-                log.info("smpp_mo_received", route=self.name, source=phone.mask(e.message.source_addr))
                 self._spawn(self._mo(connection, e))
         self._wake.set()
 
@@ -196,7 +248,13 @@ class SmppRoute:
         if e.temporary:
             self.stats["requeued"] += 1
             log.info("smpp_submit_temporary_error", route=self.name, message=job.message_id, status=reason)
-            self._spawn(self._requeue_later(job, TEMPORARY_RETRY_DELAY))
+            if e.status in CONGESTION_STATUSES:
+                self._congestion()
+                self.queue.appendleft(job)  # the same segment, first in line once the pause ends
+            elif e.status == codec.ESME_RINVBNDSTS:
+                self.queue.appendleft(job)  # the session ends; the rebind's backoff is the delay
+            else:
+                self._spawn(self._requeue_later(job, TEMPORARY_RETRY_DELAY))
             return
         self.stats["rejected"] += 1
         log.warning("smpp_submit_rejected", route=self.name, message=job.message_id, status=reason)
@@ -208,7 +266,11 @@ class SmppRoute:
         self._wake.set()
 
     async def _receipt(self, connection: Connection, e: ReceiptReceived) -> None:
-        """Store the receipt, then answer deliver_sm: an unanswered one is redelivered."""
+        """Store the receipt, then answer deliver_sm: an unanswered one is redelivered.
+
+        If the store fails, the answer is ESME_RX_T_APPN: the SMSC delivers it again later,
+        instead of waiting for a response that never comes and stalling its window.
+        """
         r = e.receipt
         self.stats["receipts"] += 1
         try:
@@ -220,17 +282,37 @@ class SmppRoute:
         detail = r.stat or f"message_state={r.state}"
         if r.error and r.error.strip("0"):
             detail += f" err:{r.error}"
-        matched = await self.store.apply_receipt(self.name, r.message_id, status, detail)
+        try:
+            matched = await self.store.apply_receipt(self.name, r.message_id, status, detail)
+        except Exception as err:
+            self.stats["receipts_unstored"] += 1
+            log.error("smpp_receipt_not_stored", route=self.name, provider_id=r.message_id, error=repr(err))
+            connection.acknowledge(e.sequence, ESME_RX_T_APPN)
+            return
         if not matched:
             self.stats["receipts_unmatched"] += 1
             log.info("smpp_receipt_before_resp", route=self.name, provider_id=r.message_id)
         connection.acknowledge(e.sequence)
 
     async def _mo(self, connection: Connection, e: MessageReceived) -> None:
-        """Hand the MO to the rules, then answer: an unanswered deliver_sm is redelivered."""
+        """Store the MO (a reply, a STOP), hand it to the rules, then answer.
+
+        An unanswered deliver_sm is redelivered; one we could not store is answered
+        ESME_RX_T_APPN so the SMSC tries again later.
+        """
+        m = e.message
+        self.stats["mo"] += 1
+        try:
+            await self.store.mo_received(self.name, m.source_addr, m.destination_addr, m.esm_class,
+                                         m.data_coding, m.short_message)
+        except Exception as err:
+            log.error("smpp_mo_not_stored", route=self.name, source=phone.mask(m.source_addr), error=repr(err))
+            connection.acknowledge(e.sequence, ESME_RX_T_APPN)
+            return
+        log.info("smpp_mo_received", route=self.name, source=phone.mask(m.source_addr))
         try:
             if self.on_mo is not None:
-                await self.on_mo(self.name, e.message)
+                await self.on_mo(self.name, m)
         finally:
             connection.acknowledge(e.sequence)
 

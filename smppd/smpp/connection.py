@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import structlog
 
 from ..config import SmppRouteConfig
+from .codec import status_name
 from .session import (
     BindMode,
     BindRejected,
@@ -27,6 +28,9 @@ from .session import (
 )
 
 log = structlog.get_logger(__name__)
+
+# bind refusals that retrying soon cannot fix: RBINDFAIL, RINVPASWD, RINVSYSID
+_CREDENTIAL_STATUSES = frozenset({0x0D, 0x0E, 0x0F})
 
 EventSink = Callable[["Connection", Sequence[object]], None]
 
@@ -70,8 +74,8 @@ class _Protocol(asyncio.Protocol):
         self._arm()
         return seq
 
-    def acknowledge(self, sequence: int) -> None:
-        self.session.acknowledge(sequence)
+    def acknowledge(self, sequence: int, status: int = 0) -> None:
+        self.session.acknowledge(sequence, status)
         self._schedule_flush()
 
     def unbind(self) -> None:
@@ -138,6 +142,10 @@ class Connection:
         self._stopping = False
         self._stop_requested = asyncio.Event()  # cuts a reconnect backoff short
         self.binds = 0  # successful binds so far, for status and tests
+        self.bind_failures = 0  # bind_resp refusals, for status and metrics
+        self.connect_attempts = 0
+        self._refused_credentials = False
+        self._window: int | None = None  # AIMD override of session_config.window
 
     @property
     def bound(self) -> bool:
@@ -146,14 +154,27 @@ class Connection:
     def can_submit(self) -> bool:
         return self.bound and self._protocol is not None and self._protocol.session.can_submit()
 
+    @property
+    def outstanding(self) -> int:
+        return self._protocol.session.outstanding if self._protocol is not None else 0
+
+    def set_window(self, window: int) -> None:
+        """The route's AIMD window; kept for the sessions of later reconnects too."""
+        self._window = window
+        if self._protocol is not None:
+            self._protocol.session.window = window
+
     def submit(self, item: Submit) -> int:
         assert self._protocol is not None
         return self._protocol.submit(item)
 
-    def acknowledge(self, sequence: int) -> None:
-        """Answer a deliver_sm, if the session that received it is still up."""
+    def acknowledge(self, sequence: int, status: int = 0) -> None:
+        """Answer a deliver_sm, if the session that received it is still up.
+
+        A non-zero ``status`` (ESME_RX_T_APPN) asks the SMSC to deliver it again later.
+        """
         if self._protocol is not None and not self._protocol.closed.done():
-            self._protocol.acknowledge(sequence)
+            self._protocol.acknowledge(sequence, status)
 
     async def run(self) -> None:
         delay = self.reconnect_min
@@ -163,6 +184,10 @@ class Connection:
                 break
             if was_bound:
                 delay = self.reconnect_min
+            if self._refused_credentials:
+                # Wrong password or system_id: no fix will come from retrying fast, and some
+                # SMSCs lock the account after a burst of failed binds. Retry slowly.
+                delay = self.reconnect_max
             wait = random.uniform(delay / 2, delay)  # jitter: binds of several daemons don't sync up
             log.warning("smpp_reconnect", route=self.name, reason=reason, in_seconds=round(wait, 2))
             try:
@@ -174,6 +199,10 @@ class Connection:
     async def _once(self) -> tuple[str, bool]:
         loop = asyncio.get_running_loop()
         session = Session(self.session_config)
+        if self._window is not None:
+            session.window = self._window
+        self.connect_attempts += 1
+        self._refused_credentials = False
 
         def factory() -> _Protocol:
             # Known before create_connection returns: the bind_resp (and the
@@ -193,7 +222,8 @@ class Connection:
             protocol.abort()
         was_bound = False
         try:
-            reason = await protocol.closed
+            # shielded: cancelling this task must not cancel the future stop() is waiting on
+            reason = await asyncio.shield(protocol.closed)
             was_bound = self._bound
         except asyncio.CancelledError:
             # A cancelled route must not leave a live bind behind: the SMSC
@@ -212,7 +242,10 @@ class Connection:
                 self.binds += 1
                 log.info("smpp_bound", route=self.name, smsc=e.system_id, mode=str(self.session_config.bind_mode))
             elif isinstance(e, BindRejected):
-                log.error("smpp_bind_rejected", route=self.name, status=e.status)
+                self.bind_failures += 1
+                self._refused_credentials = e.status in _CREDENTIAL_STATUSES
+                log.error("smpp_bind_rejected", route=self.name, status=status_name(e.status),
+                          attempt=self.connect_attempts, failures=self.bind_failures)
             elif isinstance(e, Terminated):
                 self._bound = False
                 level = log.info if self._stopping else log.warning
@@ -236,14 +269,16 @@ class Connection:
             protocol.abort()
 
 
-def session_config_for(cfg: SmppRouteConfig) -> SessionConfig:
+def session_config_for(cfg: SmppRouteConfig, bind_mode: str | None = None) -> SessionConfig:
+    """``bind_mode`` overrides the route's, for each half of a transmitter + receiver pair."""
     return SessionConfig(
         system_id=cfg.system_id,
         password=cfg.password,
         system_type=cfg.system_type,
-        bind_mode=BindMode(cfg.bind_mode),
+        bind_mode=BindMode(bind_mode or cfg.bind_mode),
         window=cfg.window,
         enquire_link_interval=cfg.enquire_link_interval,
         response_timeout=cfg.response_timeout,
         receipt_id_base=cfg.receipt_id_base,
+        resp_id_base=getattr(cfg, "resp_id_base", None),
     )

@@ -526,6 +526,11 @@ class Session:
             self._handle_pdu(raw, now, events)
             if self._state is State.CLOSED:
                 break  # whatever follows an unbind or a terminal error is not ours to process
+        error = self._framer.error
+        if error is not None and self._state is not State.CLOSED:
+            # The good PDUs before the garbage were handled above (their acks are queued).
+            self._log.error("smpp.framing_error", error=str(error))
+            return self._terminate(events, f"framing error: {error}")
         return events
 
     # --- timers ------------------------------------------------------------------------------
@@ -720,7 +725,7 @@ class Session:
         if status == ESME_ROK:
             raw_id = ""
             try:
-                raw_id = _text(codec.decode(raw).message_id)
+                raw_id = codec.response_message_id(raw)
             except Exception as exc:
                 # Kannel: accepted without a message_id is still accepted. Requeueing would
                 # send a duplicate. The receipt cannot be matched, and polling must settle it.
@@ -771,7 +776,7 @@ class Session:
         message_id = ""
         if header.status == ESME_ROK:
             try:
-                message_id = _text(codec.decode(raw).message_id)
+                message_id = codec.response_message_id(raw)
             except Exception:
                 pass
         self._log.warning(

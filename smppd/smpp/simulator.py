@@ -78,6 +78,12 @@ class SimulatorConfig:
     receipt_tlvs: bool = True  # receipted_message_id + message_state besides the text
     seed: int | None = None  # makes the outcome of each submit reproducible
     first_message_id: int = 0x5A000000
+    receipt_first: bool = False  # send the receipt before the submit_sm_resp (routine under load)
+    id_leading_zeros: int = 0  # pad resp ids with zeros ("0E999F21"), receipts drop them
+    id_lower_case_in_receipt: bool = False  # hex ids lower-case in the receipt only
+    receipt_ids_decimal: bool = False  # hex resp ids, the same ids in decimal in receipts
+    # statuses for the first binds, in order (e.g. ESME_RALYBND while an old bind lingers)
+    bind_refusals: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         unknown = set(self.outcomes) - set(MESSAGE_STATES)
@@ -116,6 +122,7 @@ class SubmittedSm:
     tlvs: dict[int, bytes] = field(default_factory=dict)
     message_id: str | None = None
     submitted_at: float = field(default_factory=time.time)
+    received_at: float = field(default_factory=time.monotonic)  # for rate measurements
 
     @property
     def text(self) -> str:
@@ -162,6 +169,9 @@ class SubmitVerdict:
 
     status: int = ESME_ROK
     respond: bool = True
+    delay: float = 0.0  # seconds before the resp: a slow SMSC
+    nack: bool = False  # answer generic_nack(status) instead of submit_sm_resp
+    disconnect: bool = False  # drop the TCP connection instead of answering (mid-window)
 
 
 ACCEPT: Final = SubmitVerdict()
@@ -172,6 +182,52 @@ class SubmitPolicy:
 
     def decide(self, sm: SubmittedSm) -> SubmitVerdict:
         return ACCEPT
+
+
+class ScriptedPolicy(SubmitPolicy):
+    """The given verdicts for the first submits, in order, then ``then`` for the rest."""
+
+    def __init__(self, verdicts: list[SubmitVerdict], then: SubmitVerdict = ACCEPT) -> None:
+        self.verdicts = deque(verdicts)
+        self.then = then
+
+    def decide(self, sm: SubmittedSm) -> SubmitVerdict:
+        return self.verdicts.popleft() if self.verdicts else self.then
+
+
+class ThrottlePolicy(SubmitPolicy):
+    """An operator's rate cap: more than ``tps`` accepted in any sliding second gets ``status``.
+
+    ESME_RTHROTTLED (0x58) by default, ESME_RMSGQFUL (0x14) for a "queue full" SMSC.
+    """
+
+    def __init__(self, tps: int, status: int = 0x58, *, clock: Any = time.monotonic) -> None:
+        self.tps = tps
+        self.status = status
+        self.clock = clock
+        self._accepted: deque[float] = deque()
+        self.refused = 0
+
+    def decide(self, sm: SubmittedSm) -> SubmitVerdict:
+        now = self.clock()
+        while self._accepted and self._accepted[0] <= now - 1.0:
+            self._accepted.popleft()
+        if len(self._accepted) >= self.tps:
+            self.refused += 1
+            return SubmitVerdict(status=self.status)
+        self._accepted.append(now)
+        return ACCEPT
+
+
+def max_in_any_second(times: list[float], period: float = 1.0) -> int:
+    """The most events inside any window of ``period`` seconds (what an operator's meter sees)."""
+    ordered = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(ordered):
+        while ordered[start] <= t - period:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
 
 
 @dataclass
@@ -266,6 +322,7 @@ class SmscSimulator:
         self._timers: set[asyncio.Task[Any]] = set()  # receipts due later
         self._server: asyncio.Server | None = None
         self._stopping = False
+        self.frozen = False  # set to stop answering anything (half-dead link), clear to recover
 
     # --- life cycle -------------------------------------------------------------
 
@@ -358,6 +415,8 @@ class SmscSimulator:
                 self._deliver(outbound)
 
     def _handle(self, conn: _EsmeConnection, raw: bytes) -> None:
+        if self.frozen:
+            return  # a hung SMSC: the TCP connection stays up, nothing is answered
         header = codec.read_header(raw)
         if header.is_response:
             self._on_response(conn, header)
@@ -433,6 +492,8 @@ class SmscSimulator:
     def _check_bind(self, conn: _EsmeConnection, system_id: str, password: str) -> int:
         if conn.bound:
             return ESME_RALYBND
+        if self.config.bind_refusals:
+            return self.config.bind_refusals.pop(0)
         expected = self.config.accounts.get(system_id)
         if expected is None:
             return ESME_RINVSYSID
@@ -452,21 +513,41 @@ class SmscSimulator:
         verdict = self.policy.decide(sm)
         if verdict.status == ESME_ROK and not sm.destination_addr:
             verdict = SubmitVerdict(status=ESME_RINVDSTADR)
+        if verdict.disconnect:
+            log.info("smsc.drop_connection", smsc=self.config.system_id, sequence=header.sequence)
+            conn.close()
+            return
         if not verdict.respond:
             log.info("smsc.submit_dropped", smsc=self.config.system_id, sequence=header.sequence)
             return
-        if verdict.status != ESME_ROK:
+        if verdict.status != ESME_ROK or verdict.nack:
             self.rejected.append((sm, verdict.status))
-            conn.send(codec.encode("submit_sm_resp", header.sequence, status=verdict.status))
+            if verdict.nack:
+                resp = codec.generic_nack(header.sequence, verdict.status)
+            else:
+                resp = codec.encode("submit_sm_resp", header.sequence, status=verdict.status)
+            self._answer(conn, resp, verdict.delay)
             return
         sm.message_id = self._new_message_id()
         outcome = self._rng.choices(list(self.config.outcomes),
                                     weights=list(self.config.outcomes.values()))[0]
         self._outcomes[sm.message_id] = outcome
         self.submitted.append(sm)
-        conn.send(codec.encode("submit_sm_resp", header.sequence, message_id=sm.message_id))
-        if _wants_receipt(sm.registered_delivery, outcome):
+        resp = codec.encode("submit_sm_resp", header.sequence,
+                            message_id="0" * self.config.id_leading_zeros + sm.message_id)
+        wants = _wants_receipt(sm.registered_delivery, outcome)
+        if wants and self.config.receipt_first:
+            self._deliver(_Outbound(sm.system_id, self._receipt_fields(sm, outcome), is_receipt=True))
+            wants = False
+        self._answer(conn, resp, verdict.delay)
+        if wants:
             self._spawn(self._receipt_later(sm, outcome))
+
+    def _answer(self, conn: _EsmeConnection, resp: bytes, delay: float) -> None:
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, conn.send, resp)
+        else:
+            conn.send(resp)
 
     def _new_message_id(self) -> str:
         number, self._next_id = self._next_id, self._next_id + 1
@@ -486,8 +567,11 @@ class SmscSimulator:
         submit_date = time.strftime("%y%m%d%H%M", time.gmtime(sm.submitted_at))
         done_date = time.strftime("%y%m%d%H%M", time.gmtime())
         delivered = "001" if outcome == "DELIVRD" else "000"
+        receipt_id = sm.message_id.lower() if self.config.id_lower_case_in_receipt else sm.message_id
+        if self.config.receipt_ids_decimal and self.config.id_format == "hex":
+            receipt_id = str(int(sm.message_id, 16))
         text = (
-            f"id:{sm.message_id} sub:001 dlvrd:{delivered} submit date:{submit_date} "
+            f"id:{receipt_id} sub:001 dlvrd:{delivered} submit date:{submit_date} "
             f"done date:{done_date} stat:{outcome} err:{_ERR_CODES[outcome]} "
             f"text:{_preview(sm)}"
         )
@@ -501,7 +585,7 @@ class SmscSimulator:
             short_message=text.encode("ascii", "replace"),
         )
         if self.config.receipt_tlvs:
-            fields.update(receipted_message_id=sm.message_id, message_state=MESSAGE_STATES[outcome])
+            fields.update(receipted_message_id=receipt_id, message_state=MESSAGE_STATES[outcome])
         return fields
 
     def _deliver(self, outbound: _Outbound) -> None:
