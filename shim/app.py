@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import time
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ import structlog
 from aiohttp import web
 
 from shim.bitrix_form import FormError, HandlerPost, parse_handler_post
+from smppd import metrics
 from smppd.phone import mask
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
 
@@ -112,9 +114,16 @@ class BitrixHandler:
         self._rpc = rpc
         self._max_body = max_body
 
+    def reconfigure(self, *, handler_key: str, codes: Collection[str]) -> None:
+        """SIGHUP: a new key or new provider CODEs apply to the next post."""
+        if not handler_key:
+            raise ValueError("handler_key must not be empty")
+        self._key, self._codes = handler_key.encode(), frozenset(codes)
+
     async def post(self, request: web.Request) -> web.Response:
         """POST /bitrix24/{code}: one line of log per post, whatever happens."""
         ctx: dict[str, Any] = {"code": request.match_info["code"][:128]}
+        started = time.monotonic()
         try:
             result = await self._accept(request, ctx)
             outcome = _Outcome(
@@ -132,6 +141,7 @@ class BitrixHandler:
         except Exception:
             log.exception("bitrix24.post_failed", **ctx)
             outcome = _Outcome(500, "internal", {"error": "internal"})
+        metrics.shim_answered(outcome.status, outcome.outcome, time.monotonic() - started)
         level = log.info if outcome.status < 400 else log.warning
         level("bitrix24.post", **ctx, outcome=outcome.outcome, http_status=outcome.status)
         return web.json_response(outcome.body, status=outcome.status)
@@ -208,6 +218,9 @@ class BitrixHandler:
         return web.json_response({"shim": "ok", "daemon": "ok"})
 
 
+HANDLER = web.AppKey("handler", BitrixHandler)
+
+
 def make_app(
     *,
     handler_key: str,
@@ -224,4 +237,5 @@ def make_app(
     app = web.Application(client_max_size=max_body)
     app.router.add_post("/bitrix24/{code}", handler.post)
     app.router.add_get("/healthz", handler.healthz)
+    app[HANDLER] = handler
     return app

@@ -36,6 +36,7 @@ class DaemonConfig:
     socket_path: str
     database: str
     socket_group: str | None = None
+    metrics: tuple[str, int] | None = None  # loopback host:port of /metrics, None = off
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class ShimConfig:
     port: int
     handler_key: str = field(repr=False)
     public_url: str | None = None
+    metrics: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -152,16 +154,17 @@ def parse(raw: Mapping[str, Any]) -> Config:
 
 
 def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
-    _only(t, "daemon", {"socket", "database", "socket_group"})
+    _only(t, "daemon", {"socket", "database", "socket_group", "metrics"})
     return DaemonConfig(
         socket_path=_str(t, "daemon", "socket"),
         database=_str(t, "daemon", "database"),
         socket_group=_str(t, "daemon", "socket_group", default=None),
+        metrics=_metrics(t, "daemon"),
     )
 
 
 def _shim(t: Mapping[str, Any]) -> ShimConfig:
-    _only(t, "shim", {"listen", "handler_key", "public_url"})
+    _only(t, "shim", {"listen", "handler_key", "public_url", "metrics"})
     listen = _str(t, "shim", "listen")
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -174,7 +177,25 @@ def _shim(t: Mapping[str, Any]) -> ShimConfig:
         port=int(port),
         handler_key=key,
         public_url=_str(t, "shim", "public_url", default=None),
+        metrics=_metrics(t, "shim"),
     )
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _metrics(t: Mapping[str, Any], section: str) -> tuple[str, int] | None:
+    """``metrics = "127.0.0.1:9465"``: loopback only, the figures are not for the internet."""
+    v = _str(t, section, "metrics", default=None)
+    if v is None:
+        return None
+    host, sep, port = v.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{section}.metrics", f"must be host:port, got {v!r}")
+    if host not in LOOPBACK:
+        raise ConfigError(f"{section}.metrics", f"must listen on loopback (127.0.0.1 or [::1]), got {host!r}")
+    return host, int(port)
 
 
 def _portals(items: Any) -> dict[str, PortalConfig]:

@@ -19,7 +19,9 @@ import structlog
 from .bitrix24.pusher import StatusPusher
 from .bitrix24.rest import PortalAuth, RestClient
 from .config import Config
+from .admin import Admin
 from .intake import Intake
+from .ops import Ops, start_ops, stop_ops
 from .providers.smpp import SmppRoute
 from .rpc import RpcServer
 from .store import OpenMessage, PortalRecord, Store
@@ -39,6 +41,7 @@ class Daemon:
         self._http: aiohttp.ClientSession | None = None
         self._rpc: RpcServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self.ops: Ops | None = None
         self.ready = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -59,6 +62,7 @@ class Daemon:
             client = RestClient(self._http, _auth(portal), rate=cfg.rate if cfg else 2.0,
                                 burst=cfg.burst if cfg else 50, on_tokens=self._save_tokens)
             self.pushers[member_id] = StatusPusher(self.store, client)
+        self.ops = await start_ops(self)
         for name, route_cfg in self.config.routes.items():
             route = SmppRoute(route_cfg, self.store)
             reloaded = await route.load_open()
@@ -70,10 +74,10 @@ class Daemon:
         for pusher in self.pushers.values():
             self._tasks.append(asyncio.create_task(pusher.run(), name=f"pusher-{pusher.member_id}"))
         self._tasks.append(asyncio.create_task(self._sweep_receipts(), name="receipt-sweep"))
-        intake = Intake(self.config, self.store, lambda: self._portals, self.dispatch)
+        intake = self.intake = Intake(self.config, self.store, lambda: self._portals, self.dispatch)
         self._rpc = RpcServer(
             self.config.daemon.socket_path,
-            {"intake": intake, "ping": self._ping, "status": self._status},
+            {"intake": intake, "ping": self._ping, "status": self._status, **Admin(self).methods()},
             group=self.config.daemon.socket_group,
         )
         await self._rpc.start()
@@ -93,6 +97,7 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
+        await stop_ops(self.ops)
         await self.store.close()
         self._stopped.set()
         log.info("daemon_stopped")

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import structlog
 
-from . import phone, text
+from . import metrics, phone, text
 from .config import Config
 from .rpc import RpcError
 from .store import IntakeResult, NewMessage, OpenMessage, PortalRecord, Store
@@ -82,6 +82,7 @@ class Intake:
             to=phone.mask(message.phone or req.to), segments=message.segments, status=str(result.status),
             duplicate=result.duplicate, reason=message.reason,
         )
+        if not result.duplicate: metrics.message_received(sender.route, str(result.status), message.segments)  # noqa: E701
         if not result.duplicate and message.reason is None:
             assert message.phone is not None
             self._dispatch(OpenMessage(result.id, sender.route, sender.sender_id, message.phone, req.text,

@@ -22,6 +22,16 @@ def test_example_config_loads():
     assert cfg.portals[next(iter(cfg.portals))].rate == 2.0
 
 
+def test_metrics_ports_are_loopback_and_optional():
+    cfg = config.load(EXAMPLE)
+    assert cfg.daemon.metrics == ("127.0.0.1", 9465) and cfg.shim.metrics == ("127.0.0.1", 9466)
+    r = raw()
+    r["daemon"].pop("metrics")
+    r["shim"]["metrics"] = "[::1]:9466"
+    cfg = config.parse(r)
+    assert cfg.daemon.metrics is None and cfg.shim.metrics == ("::1", 9466)
+
+
 def test_secrets_do_not_appear_in_repr():
     cfg = config.load(EXAMPLE)
     text = repr(cfg)
@@ -54,6 +64,8 @@ def _error(mutate) -> config.ConfigError:
         (lambda r: r["shim"].update(handler_key="short"), "shim.handler_key", "24"),
         (lambda r: r["shim"].update(listen="8080"), "shim.listen", "host:port"),
         (lambda r: r.pop("daemon"), "daemon", "missing section"),
+        (lambda r: r["daemon"].update(metrics="0.0.0.0:9465"), "daemon.metrics", "loopback"),
+        (lambda r: r["shim"].update(metrics="9466"), "shim.metrics", "host:port"),
         (lambda r: r["portal"][0].update(client_endpoint="example.bitrix24.by"), "portal[0].client_endpoint", "URL"),
         (lambda r: r["portal"].append(dict(r["portal"][0])), "portal[1].member_id", "duplicate"),
     ],

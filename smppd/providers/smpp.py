@@ -15,7 +15,7 @@ from typing import Any, Coroutine, Sequence
 
 import structlog
 
-from .. import phone, text
+from .. import metrics, phone, text
 from ..config import SmppRouteConfig
 from ..model import Status, UnknownReceiptState, receipt_status
 from ..smpp import codec
@@ -136,6 +136,7 @@ class SmppRoute:
             while self.queue and self.connection.can_submit() and not self._stopping:
                 wait = self.limiter.delay()
                 if wait > 0:
+                    metrics.THROTTLE_EVENTS.labels(self.name, "throughput").inc()
                     await asyncio.sleep(wait)
                     continue
                 job = self.queue.popleft()
@@ -147,6 +148,7 @@ class SmppRoute:
                 self._inflight[job.submit.ref] = job
                 self.limiter.record()
                 self.stats["submitted"] += 1
+                metrics.submit_sent(self.name, job.submit.ref)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking work, let outstanding resps arrive (bounded), unbind."""
@@ -164,6 +166,7 @@ class SmppRoute:
 
     def _on_events(self, connection: Connection, events: Sequence[object]) -> None:
         for e in events:
+            if isinstance(e, (SubmitAccepted, SubmitRejected)): metrics.submit_answered(self.name, e.ref)  # noqa: E701
             if isinstance(e, SubmitAccepted):
                 job = self._inflight.pop(e.ref, None)
                 if job:
@@ -191,6 +194,7 @@ class SmppRoute:
         reason = codec.status_name(e.status)
         if e.temporary:
             self.stats["requeued"] += 1
+            metrics.THROTTLE_EVENTS.labels(self.name, reason).inc()
             log.info("smpp_submit_temporary_error", route=self.name, message=job.message_id, status=reason)
             self._spawn(self._requeue_later(job, TEMPORARY_RETRY_DELAY))
             return

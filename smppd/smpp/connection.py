@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import structlog
 
+from .. import metrics
 from ..config import SmppRouteConfig
 from .session import (
     BindMode,
@@ -163,6 +164,7 @@ class Connection:
             if was_bound:
                 delay = self.reconnect_min
             wait = random.uniform(delay / 2, delay)  # jitter: binds of several daemons don't sync up
+            metrics.RECONNECTS.labels(self.name).inc()
             log.warning("smpp_reconnect", route=self.name, reason=reason, in_seconds=round(wait, 2))
             await asyncio.sleep(wait)
             delay = min(delay * 2, self.reconnect_max)
