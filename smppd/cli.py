@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 
 from . import config as config_mod
@@ -78,19 +77,9 @@ def _run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_USAGE
     logs.configure()
-    from .daemon import Daemon
+    from .service import run_daemon
 
-    async def run() -> None:
-        daemon = Daemon(cfg)
-        await daemon.start()
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
-        await stopping.wait()
-        await daemon.stop()
-
-    asyncio.run(run())
+    asyncio.run(run_daemon(cfg, args.config))
     return EXIT_OK
 
 
