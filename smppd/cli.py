@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 
+from . import admin_cli
 from . import config as config_mod
 from . import logs
 
@@ -39,9 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     check.set_defaults(func=_check_config)
 
-    status = sub.add_parser("status", help="binds, queues and outbox of the running daemon, as JSON")
-    status.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    status.set_defaults(func=_status)
+    admin_cli.add_commands(sub, DEFAULT_CONFIG)  # status, send, stuck, retry, cancel, report
 
     demo = sub.add_parser(
         "demo",
@@ -80,27 +78,6 @@ def _run(args: argparse.Namespace) -> int:
     from .service import run_daemon
 
     asyncio.run(run_daemon(cfg, args.config))
-    return EXIT_OK
-
-
-def _status(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    if cfg is None:
-        return EXIT_USAGE
-    from .rpc import RpcClient, RpcUnavailable
-
-    async def ask() -> object:
-        client = RpcClient(cfg.daemon.socket_path)
-        try:
-            return await client.call("status")
-        finally:
-            await client.close()
-
-    try:
-        print(json.dumps(asyncio.run(ask()), indent=2, ensure_ascii=False))
-    except RpcUnavailable as e:
-        print(f"smppd: daemon unreachable at {cfg.daemon.socket_path}: {e}", file=sys.stderr)
-        return EXIT_UNREACHABLE
     return EXIT_OK
 
 
