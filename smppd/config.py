@@ -8,6 +8,7 @@ Secrets are ``repr=False`` so a config object can be logged safely.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ def _shim(t: Mapping[str, Any]) -> ShimConfig:
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError("shim.listen", f"must be host:port, got {listen!r}")
-    key = _str(t, "shim", "handler_key")
+    key = _secret(t, "shim", "handler_key")
     if len(key) < 24:
         raise ConfigError("shim.handler_key", "must be at least 24 random characters")
     return ShimConfig(
@@ -213,10 +214,10 @@ def _portals(items: Any) -> dict[str, PortalConfig]:
             client_endpoint=_url(t, key, "client_endpoint"),
             server_endpoint=_url(t, key, "server_endpoint"),
             client_id=_str(t, key, "client_id"),
-            client_secret=_str(t, key, "client_secret"),
-            application_token=_str(t, key, "application_token"),
-            access_token=_str(t, key, "access_token", default=""),
-            refresh_token=_str(t, key, "refresh_token", default=""),
+            client_secret=_secret(t, key, "client_secret"),
+            application_token=_secret(t, key, "application_token"),
+            access_token=_secret(t, key, "access_token", default=""),
+            refresh_token=_secret(t, key, "refresh_token", default=""),
             rate=_number(t, key, "rate", default=2.0, low=0.01),
             burst=_int(t, key, "burst", default=50, low=1, high=10_000),
         )
@@ -243,7 +244,7 @@ def _route(name: str, t: Any) -> RouteConfig:
     system_id = _str(t, key, "system_id")
     if len(system_id) > 15:
         raise ConfigError(f"{key}.system_id", "at most 15 characters (SMPP 3.4)")
-    password = _str(t, key, "password")
+    password = _secret(t, key, "password")
     if len(password) > 8:
         raise ConfigError(f"{key}.password", "at most 8 characters (SMPP 3.4)")
     reconnect_min = _number(t, key, "reconnect_min", default=1.0, low=0.01)
@@ -326,6 +327,25 @@ def _str(t: Mapping[str, Any], key: str, name: str, default: Any = _MISSING) -> 
     if default is _MISSING and not v:
         raise ConfigError(f"{key}.{name}", "must not be empty")
     return v
+
+
+ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def _secret(t: Mapping[str, Any], key: str, name: str, default: Any = _MISSING) -> Any:
+    """A secret, given inline or as ``"${NAME}"``: read from the environment.
+
+    The reference form keeps secrets out of config.toml (and out of the unit
+    files): systemd passes them from a root-only ``EnvironmentFile=``.
+    """
+    v = _str(t, key, name, default)
+    m = ENV_REF.match(v) if isinstance(v, str) else None
+    if m is None:
+        return v
+    value = os.environ.get(m[1])
+    if not value:
+        raise ConfigError(f"{key}.{name}", f"environment variable {m[1]} is not set (see EnvironmentFile=)")
+    return value
 
 
 def _url(t: Mapping[str, Any], key: str, name: str) -> str:

@@ -32,6 +32,23 @@ def test_metrics_ports_are_loopback_and_optional():
     assert cfg.daemon.metrics is None and cfg.shim.metrics == ("::1", 9466)
 
 
+def test_secrets_can_come_from_the_environment(monkeypatch):
+    r = raw()
+    r["route"]["life"]["password"] = "${SMPPD_LIFE_PASSWORD}"
+    r["shim"]["handler_key"] = "${SMPPD_HANDLER_KEY}"
+    monkeypatch.setenv("SMPPD_LIFE_PASSWORD", "s3cr3t")
+    monkeypatch.setenv("SMPPD_HANDLER_KEY", "k" * 32)
+    cfg = config.parse(r)
+    assert cfg.routes["life"].password == "s3cr3t" and cfg.shim.handler_key == "k" * 32
+    monkeypatch.delenv("SMPPD_LIFE_PASSWORD")
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(r)
+    assert e.value.key == "route.life.password" and "SMPPD_LIFE_PASSWORD is not set" in str(e.value)
+    monkeypatch.setenv("SMPPD_LIFE_PASSWORD", "waytoolongpassword")
+    with pytest.raises(config.ConfigError, match="route.life.password: at most 8"):
+        config.parse(r)
+
+
 def test_secrets_do_not_appear_in_repr():
     cfg = config.load(EXAMPLE)
     text = repr(cfg)
