@@ -6,9 +6,14 @@ and should not look them up.  This watcher tails the ``event`` table through
 its own read-only SQLite connection (WAL lets it read while the writer
 writes, and it never queues work on the writer), and for each new event:
 
-* logs one ``message_status`` line carrying every id an admin may search
-  for -- ours, Bitrix24's, the provider's -- and the route;
-* counts it and observes receipt latency (accepted → final) per route.
+* counts it and observes receipt latency (accepted → final) per route;
+* when it settles its message's final status, logs one ``message_final``
+  line carrying every id an admin may search for -- ours, Bitrix24's, the
+  provider's of each segment -- the route, the status and the time it took.
+
+One line per message at the end (plus intake's ``message_received``), not
+one per step: at a few thousand messages a second, journald's default rate
+limit would drop lines, and the steps are in the store anyway.
 
 Every few seconds it also reads the figures behind ``StoreCollector``
 (messages by route and status, the Bitrix24 outbox).  It starts at the end of
@@ -33,14 +38,16 @@ TAIL_INTERVAL = 1.0
 SNAPSHOT_INTERVAL = 10.0
 TAIL_BATCH = 5000
 
-_TAIL_SQL = """
+_FINALS = "('delivered','undelivered','expired','rejected','failed')"
+_TAIL_SQL = f"""
 SELECT e.id, e.message_id, e.seq, e.status, e.applied, e.detail, e.at,
-       m.b24_id, m.route, m.status, s.provider_id,
-       (SELECT a.at FROM event a WHERE a.message_id = e.message_id AND a.seq = e.seq
-          AND a.status = 'accepted' AND a.applied = 1 ORDER BY a.id LIMIT 1)
+       m.b24_id, m.route, m.status, m.reason, m.created_at, m.updated_at,
+       CASE WHEN e.applied = 1 AND e.status IN {_FINALS} THEN
+         (SELECT a.at FROM event a WHERE a.message_id = e.message_id AND a.seq = e.seq
+            AND a.status = 'accepted' AND a.applied = 1 ORDER BY a.id LIMIT 1)
+       END
 FROM event e
 JOIN message m ON m.id = e.message_id
-LEFT JOIN segment s ON s.message_id = e.message_id AND s.seq = e.seq
 WHERE e.id > ? ORDER BY e.id LIMIT ?
 """
 
@@ -87,9 +94,9 @@ class StoreWatcher:
 
     async def tail(self) -> int:
         """Log and count the events written since the last call; returns how many."""
-        rows = await asyncio.to_thread(self._read_events)
+        rows, provider_ids = await asyncio.to_thread(self._read_events)
         for row in rows:
-            self._event(*row)
+            self._event(*row, provider_ids=provider_ids)
         return len(rows)
 
     async def snapshot(self) -> metrics.StoreSnapshot:
@@ -104,15 +111,26 @@ class StoreWatcher:
             self._conn = connect_readonly(self.database)
         return self._conn
 
-    def _read_events(self) -> list[tuple[Any, ...]]:
+    def _read_events(self) -> tuple[list[tuple[Any, ...]], dict[int, list[str]]]:
         db = self._db()
         if self._last_event is None:  # start at the end: history was logged by the previous run
             self._last_event = db.execute("SELECT coalesce(max(id), 0) FROM event").fetchone()[0]
-            return []
+            return [], {}
         rows = db.execute(_TAIL_SQL, (self._last_event, TAIL_BATCH)).fetchall()
-        if rows:
-            self._last_event = rows[-1][0]
-        return rows
+        if not rows:
+            return [], {}
+        self._last_event = rows[-1][0]
+        # The provider ids of the messages that became final in this batch, for their one line.
+        final = sorted({r[1] for r in rows if _made_final(r)})
+        provider_ids: dict[int, list[str]] = {}
+        for i in range(0, len(final), 500):
+            chunk = final[i:i + 500]
+            for mid, pid in db.execute(
+                f"SELECT message_id, provider_id FROM segment WHERE message_id IN ({','.join('?' * len(chunk))})"
+                " AND provider_id IS NOT NULL ORDER BY message_id, seq", chunk,
+            ):
+                provider_ids.setdefault(mid, []).append(pid)
+        return rows, provider_ids
 
     def _read_snapshot(self, portals: list[str]) -> metrics.StoreSnapshot:
         db = self._db()
@@ -134,16 +152,40 @@ class StoreWatcher:
 
     def _event(self, event_id: int, message_id: int, seq: int | None, status: str, applied: int,
                detail: str | None, at: float, b24_id: str, route: str, message_status: str,
-               provider_id: str | None, accepted_at: float | None) -> None:
-        fields = dict(id=message_id, b24_id=b24_id, route=route, provider_id=provider_id, seq=seq,
-                      status=status, message_status=message_status, detail=detail)
+               reason: str | None, created_at: float, updated_at: float, accepted_at: float | None, *,
+               provider_ids: dict[int, list[str]]) -> None:
         if not applied:
             # A late or duplicated resp/receipt: recorded by the store, never applied backwards.
-            log.info("message_status_ignored", **fields)
+            log.debug("message_status_ignored", id=message_id, b24_id=b24_id, route=route, seq=seq, status=status,
+                      message_status=message_status, detail=detail)
             return
-        metrics.STATUS_EVENTS.labels(route, status).inc()
-        if accepted_at is not None and Status(status) in FINAL:
+        _count(route, status)
+        if accepted_at is not None:
             metrics.RECEIPT_LATENCY.labels(route, status).observe(max(0.0, at - accepted_at))
-        # info, not warning, for failures too: an undeliverable number is the
-        # business's news, not the daemon's trouble; the ratio alerts watch those.
-        log.info("message_status", **fields)
+        if _made_final((event_id, message_id, seq, status, applied, detail, at, b24_id, route, message_status,
+                        reason, created_at, updated_at)):
+            # One line per message, when its status is settled, with every id an admin may
+            # search for.  Intermediate steps are in the store (`smppd` RPC "message").
+            log.info("message_final", id=message_id, b24_id=b24_id, route=route,
+                     provider_ids=provider_ids.get(message_id, []), status=message_status,
+                     reason=reason, seconds=round(updated_at - created_at, 3))
+
+
+def _made_final(row: tuple[Any, ...]) -> bool:
+    """This applied event is the one that settled its message's final status.
+
+    The store stamps the message's updated_at with the event's own time when
+    the event moves the message, so equal times single it out.
+    """
+    status, applied, at, message_status, updated_at = row[3], row[4], row[6], row[9], row[12]
+    return bool(applied) and status == message_status and at == updated_at and Status(status) in FINAL
+
+
+_children: dict[tuple[str, str], Any] = {}
+
+
+def _count(route: str, status: str) -> None:
+    child = _children.get((route, status))
+    if child is None:
+        child = _children[(route, status)] = metrics.STATUS_EVENTS.labels(route, status)
+    child.inc()

@@ -102,20 +102,25 @@ async def test_metrics_after_traffic_agree_with_the_store(rig):
             assert v not in ids
 
 
-async def test_every_status_line_carries_our_bitrix24_and_provider_ids(rig):
+async def test_one_final_line_per_message_with_our_bitrix24_and_provider_ids(rig):
     with capture_logs() as logs:
         b24_id, status, reply = await post(rig, "by_life", NUMBERS[0], "Ваш заказ готов к выдаче, " * 4)
+        bad_id, _, bad = await post(rig, "by_mts", "+375 17 123-45-67", "landline")
         assert status == 200
-        await wait_final(rig, [b24_id])
+        await wait_final(rig, [b24_id, bad_id])
         await rig.daemon.ops.watcher.tail()
-    lines = [e for e in logs if e["event"] == "message_status" and e.get("b24_id") == b24_id]
-    assert lines, "the journal logged the message's statuses"
-    segment_lines = [e for e in lines if e["seq"] is not None]
-    assert {e["seq"] for e in segment_lines} == {0, 1}, "one line per segment status"
-    for e in lines:
-        assert e["id"] == reply["id"] and e["route"] == "life"
-    for e in segment_lines:
-        assert e["provider_id"], e
+    finals = [e for e in logs if e["event"] == "message_final"]
+    [line] = [e for e in finals if e["b24_id"] == b24_id]
+    pids = [r[0] for r in db(rig).execute(
+        "SELECT provider_id FROM segment WHERE message_id=? ORDER BY seq", (reply["id"],))]
+    assert len(pids) == 2 and all(pids)
+    assert line["id"] == reply["id"] and line["route"] == "life" and line["provider_ids"] == pids
+    stored = db(rig).execute("SELECT status FROM message WHERE id=?", (reply["id"],)).fetchone()[0]
+    assert line["status"] == stored and line["seconds"] >= 0
+    [line] = [e for e in finals if e["b24_id"] == bad_id]
+    assert line["id"] == bad["id"] and line["route"] == "mts" and line["status"] == "failed"
+    assert line["provider_ids"] == [] and line["reason"].startswith("invalid number")
+    assert len(finals) == 2, "exactly one line per message"
     # Full numbers never reach a log line.
     for e in logs:
         assert "1234567" not in repr(e), e
