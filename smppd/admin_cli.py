@@ -89,9 +89,9 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _config(args: argparse.Namespace) -> config_mod.Config | None:
+def _config(args: argparse.Namespace) -> config_mod.DaemonConfig | None:
     try:
-        return config_mod.load(args.config)
+        return config_mod.load_daemon(args.config)
     except config_mod.ConfigError as e:
         print(f"smppd: config error: {e}", file=sys.stderr)
         return None
@@ -104,7 +104,7 @@ def _call(args: argparse.Namespace, work: Callable[[RpcClient], Any]) -> tuple[i
         return EXIT_USAGE, None
 
     async def run() -> Any:
-        client = RpcClient(cfg.daemon.socket_path, timeout=30.0)
+        client = RpcClient(cfg.socket_path, timeout=30.0)
         try:
             return await work(client)
         finally:
@@ -113,7 +113,7 @@ def _call(args: argparse.Namespace, work: Callable[[RpcClient], Any]) -> tuple[i
     try:
         return EXIT_OK, asyncio.run(run())
     except RpcUnavailable as e:
-        print(f"smppd: daemon unreachable at {cfg.daemon.socket_path}: {e}", file=sys.stderr)
+        print(f"smppd: daemon unreachable at {cfg.socket_path}: {e}", file=sys.stderr)
         return EXIT_UNREACHABLE, None
     except RpcError as e:
         print(f"smppd: {e.message}", file=sys.stderr)
@@ -264,9 +264,9 @@ def report(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_USAGE
     try:
-        rows = report_mod.daily(cfg.daemon.database, args.since, utc=args.utc)
+        rows = report_mod.daily(cfg.database, args.since, utc=args.utc)
     except sqlite3.Error as e:
-        print(f"smppd: cannot read {cfg.daemon.database}: {e}", file=sys.stderr)
+        print(f"smppd: cannot read {cfg.database}: {e}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from . import admin_cli
@@ -37,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    check.add_argument("--env-file", help="read the ${NAME} secrets from this file first (e.g. /etc/smppd/secrets.env)")
     check.set_defaults(func=_check_config)
 
     admin_cli.add_commands(sub, DEFAULT_CONFIG)  # status, send, stuck, retry, cancel, report
@@ -63,6 +65,12 @@ def _load(path: str) -> config_mod.Config | None:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    if args.env_file:
+        try:
+            os.environ.update(config_mod.read_env_file(args.env_file))
+        except config_mod.ConfigError as e:
+            print(f"smppd: config error: {e}", file=sys.stderr)
+            return EXIT_USAGE
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_USAGE

@@ -127,6 +127,43 @@ def load(path: str | Path) -> Config:
     return parse(raw)
 
 
+def load_daemon(path: str | Path) -> DaemonConfig:
+    """Only ``[daemon]``: what the admin commands need (the socket, the database).
+
+    They must work for an admin who cannot read the secrets the rest of the
+    file refers to.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), f"not valid TOML: {e}") from None
+    return _daemon(_table(raw, "daemon"))
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """``NAME=value`` lines of a systemd EnvironmentFile (comments, blank lines and quotes allowed)."""
+    out = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot read: {e.strerror}") from None
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name.strip()):
+            raise ConfigError(f"{path}:{n}", "must be NAME=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[name.strip()] = value
+    return out
+
+
 def parse(raw: Mapping[str, Any]) -> Config:
     """Validate an already-decoded TOML document."""
     _only(raw, "", {"daemon", "shim", "portal", "route", "sender"})

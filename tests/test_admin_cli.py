@@ -99,3 +99,17 @@ async def test_stuck_cancel_and_report(rig, conf):
     rc, out, _ = await smppd("report", "-c", conf, "--json", "--utc")
     rows = {r["route"]: r for r in json.loads(out)}
     assert rc == 0 and rows["mts"]["failed"] == 1 and rows["mts"]["sent"] == 1
+
+
+async def test_admin_commands_need_no_secrets_but_check_config_does(rig, conf, tmp_path):
+    text = open(conf).read().replace('password = "secret"', 'password = "${SMPPD_TEST_LIFE_PW}"')
+    secret_conf = tmp_path / "secret.toml"
+    secret_conf.write_text(text)
+    rc, out, err = await smppd("status", "-c", str(secret_conf))
+    assert rc == 0, err
+    rc, _, err = await smppd("check-config", "-c", str(secret_conf))
+    assert rc == 2 and "route.life.password: environment variable SMPPD_TEST_LIFE_PW is not set" in err
+    env = tmp_path / "secrets.env"
+    env.write_text("# secrets\nSMPPD_TEST_LIFE_PW='s3cr3t'\n")
+    rc, out, err = await smppd("check-config", "-c", str(secret_conf), "--env-file", str(env))
+    assert rc == 0 and "ok" in out, err

@@ -101,3 +101,14 @@ def test_bad_toml_and_missing_file(tmp_path):
         config.load(bad)
     with pytest.raises(config.ConfigError, match="file not found"):
         config.load(tmp_path / "nope.toml")
+
+
+def test_env_file_and_daemon_section_alone(tmp_path):
+    env = tmp_path / "secrets.env"
+    env.write_text('# comment\n\nA=1\nB="two words"\nC=\'x=y\'\n')
+    assert config.read_env_file(env) == {"A": "1", "B": "two words", "C": "x=y"}
+    env.write_text("not a line\n")
+    with pytest.raises(config.ConfigError, match=":1: must be NAME=value"):
+        config.read_env_file(env)
+    d = config.load_daemon(EXAMPLE)
+    assert d.socket_path == "/run/smppd/smppd.sock" and d.metrics == ("127.0.0.1", 9465)
