@@ -36,8 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     run.set_defaults(func=_run)
 
-    check = sub.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    check = sub.add_parser("check-config", help="validate a config file and exit",
+                           description="Validate a config file: prints ok, or the key that is wrong (exit 2).")
+    check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     check.add_argument("--env-file", help="read the ${NAME} secrets from this file first (e.g. /etc/smppd/secrets.env)")
     check.set_defaults(func=_check_config)
 

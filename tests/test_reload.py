@@ -180,3 +180,42 @@ async def test_service_notifies_ready_reloads_on_hup_and_stops_on_term(tmp_path,
         listener.close()
         await smsc.stop()
         await portal.stop()
+
+
+async def test_shim_sighup_takes_a_new_key_and_new_codes(tmp_path):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from shim.__main__ import reload as shim_reload
+    from shim.app import make_app
+    from smppd import config as config_mod
+
+    portal = SimulatedPortal(rate=None)
+    smsc = SmscSimulator(SimulatorConfig(system_id="LIFE", accounts={"smppd": "secret"}))
+    await portal.start()
+    await smsc.start()
+    path = tmp_path / "config.toml"
+    text = config_toml(tmp_path, portal, smsc, throughput=0)
+    path.write_text(text)
+    cfg = config_mod.load(path)
+    rpc = RpcClient(str(tmp_path / "nobody.sock"))
+    app = make_app(handler_key=cfg.shim.handler_key, codes=frozenset(cfg.senders), rpc=rpc)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        new_key = "another-handler-key-of-enough-length"
+        path.write_text(text.replace("a-handler-key-of-enough-length-000", new_key)
+                        + '\n[sender.by_life_promo]\nroute = "life"\nsender_id = "Promo"\n')
+        new = shim_reload(app, cfg, str(path))
+        assert new is not cfg and "by_life_promo" in new.senders
+        old_key = await client.post("/bitrix24/by_life_promo?key=a-handler-key-of-enough-length-000", data={})
+        assert old_key.status == 401
+        fresh = await client.post(f"/bitrix24/by_life_promo?key={new_key}", data={})
+        assert fresh.status == 400  # past the key and the code: the empty form is what is wrong now
+        # A change of listen address is refused: the running config stays.
+        path.write_text(text.replace('listen = "127.0.0.1:0"', 'listen = "127.0.0.1:8081"'))
+        assert shim_reload(app, new, str(path)) is new
+    finally:
+        await client.close()
+        await rpc.close()
+        await smsc.stop()
+        await portal.stop()
