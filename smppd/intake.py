@@ -82,7 +82,7 @@ class Intake:
             to=phone.mask(message.phone or req.to), segments=message.segments, status=str(result.status),
             duplicate=result.duplicate, reason=message.reason,
         )
-        if not result.duplicate: metrics.message_received(sender.route, str(result.status), message.segments)  # noqa: E701
+        metrics.message_received(sender.route, str(result.status), message.segments, duplicate=result.duplicate)
         if not result.duplicate and message.reason is None:
             assert message.phone is not None
             self._dispatch(OpenMessage(result.id, sender.route, sender.sender_id, message.phone, req.text,

@@ -113,7 +113,10 @@ def submit_answered(route: str, ref: Any) -> None:
         SUBMIT_LATENCY.labels(route).observe(time.monotonic() - start)
 
 
-def message_received(route: str, status: str, segments: int) -> None:
+def message_received(route: str, status: str, segments: int, *, duplicate: bool = False) -> None:
+    """A post stored by intake; a duplicate post is not a new message."""
+    if duplicate:
+        return
     MESSAGES_RECEIVED.labels(route, status).inc()
     SEGMENTS_RECEIVED.labels(route).inc(segments)
 
@@ -121,6 +124,12 @@ def message_received(route: str, status: str, segments: int) -> None:
 def shim_answered(http_status: int, outcome: str, seconds: float) -> None:
     SHIM_REQUESTS.labels(str(http_status), outcome).inc()
     SHIM_LATENCY.observe(seconds)
+
+
+def rest_error(portal: str, error: Any) -> None:
+    """A Bitrix24 error (anything with a ``code``: RestError, a batch command's error); None is no error."""
+    if error is not None:
+        REST_ERRORS.labels(portal, str(error.code)).inc()
 
 
 async def timed_push(portal: str, call: Awaitable[T]) -> T:

@@ -127,6 +127,13 @@ async def test_one_final_line_per_message_with_our_bitrix24_and_provider_ids(rig
 
 
 async def test_send_takes_the_real_path_and_reports_provider_ids(rig, rpc):
+    from prometheus_client import REGISTRY
+
+    def gone() -> float:
+        return REGISTRY.get_sample_value("smppd_bitrix24_rest_errors_total", {
+            "portal": rig.portal.member_id, "code": "ERROR_MESSAGE_NOT_FOUND"}) or 0.0
+
+    before = gone()
     sent = await rpc.call("send", {"code": "by_mts", "to": "8 029 765-43-21", "text": "smppd test"})
     assert sent["route"] == "mts" and sent["status"] == "queued" and len(sent["b24_id"]) == 32
     await rig.daemon.store.execute(lambda conn: None)  # let the group commit settle
@@ -139,6 +146,13 @@ async def test_send_takes_the_real_path_and_reports_provider_ids(rig, rpc):
     assert m["to"] != "+375297654321" and m["to"].startswith("+37529")
     assert all(s["provider_id"] for s in m["segments"])
     assert [s.destination_addr for s in rig.smscs["mts"].submitted] == ["375297654321"]
+    # Bitrix24 never heard of a test message: its status update is refused, counted and dropped.
+    pusher = rig.daemon.pushers[rig.portal.member_id]
+    for _ in range(200):
+        if pusher.dropped:
+            break
+        await __import__("asyncio").sleep(0.02)
+    assert gone() - before == pusher.dropped >= 1
 
 
 async def test_send_refuses_unknown_codes_and_bad_fields(rpc):

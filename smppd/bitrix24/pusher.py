@@ -67,7 +67,7 @@ class StatusPusher:
         try:
             results, errors = await metrics.timed_push(self.member_id, self.client.batch(commands))
         except RestError as e:
-            metrics.REST_ERRORS.labels(self.member_id, e.code).inc()
+            metrics.rest_error(self.member_id, e)
             delay = backoff(min(i.attempts for i in items))
             log.warning("bitrix24_push_failed", portal=self.member_id, error=e.code, updates=len(items),
                         retry_in=round(delay, 1))
@@ -76,7 +76,7 @@ class StatusPusher:
         done, retry = [], []
         for i, item in enumerate(items):
             err = errors.get(f"m{i}")
-            if err is not None: metrics.REST_ERRORS.labels(self.member_id, err.code).inc()  # noqa: E701
+            metrics.rest_error(self.member_id, err)
             if err is None:
                 self.pushed += 1
                 done.append(item)

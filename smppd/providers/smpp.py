@@ -166,8 +166,8 @@ class SmppRoute:
 
     def _on_events(self, connection: Connection, events: Sequence[object]) -> None:
         for e in events:
-            if isinstance(e, (SubmitAccepted, SubmitRejected)): metrics.submit_answered(self.name, e.ref)  # noqa: E701
             if isinstance(e, SubmitAccepted):
+                metrics.submit_answered(self.name, e.ref)
                 job = self._inflight.pop(e.ref, None)
                 if job:
                     self.stats["accepted"] += 1
@@ -188,6 +188,7 @@ class SmppRoute:
         self._wake.set()
 
     def _rejected(self, e: SubmitRejected) -> None:
+        metrics.submit_answered(self.name, e.ref)
         job = self._inflight.pop(e.ref, None)
         if job is None:
             return
