@@ -86,8 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure()
     from .service import run_daemon
 
-    asyncio.run(run_daemon(cfg, args.config))
-    return EXIT_OK
+    return EXIT_OK if asyncio.run(run_daemon(cfg, args.config)) else EXIT_FAILED
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -44,7 +44,11 @@ async def start_ops(daemon: "Daemon") -> Ops:
     ops.tasks.append(asyncio.create_task(watcher.run(), name="journal"))
     if daemon.config.daemon.metrics is not None:
         host, port = daemon.config.daemon.metrics
-        ops.server = await metrics.serve(host, port)
+        try:
+            ops.server = await metrics.serve(host, port)
+        except OSError as e:
+            await stop_ops(ops)
+            raise OSError(e.errno, f"daemon.metrics: cannot listen on {host}:{port}: {e.strerror}") from None
         ops.metrics_port = metrics.bound_port(ops.server)
         log.info("metrics_listening", host=host, port=ops.metrics_port)
     return ops

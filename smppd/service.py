@@ -29,9 +29,15 @@ def healthy(daemon: Daemon) -> bool:
     return writer is not None and not writer.done()
 
 
-async def run_daemon(cfg: config_mod.Config, config_path: str) -> None:
+async def run_daemon(cfg: config_mod.Config, config_path: str) -> bool:
+    """Run until SIGTERM/SIGINT; False when the daemon could not start (the log says why)."""
     daemon = Daemon(cfg)
-    await daemon.start()
+    try:
+        await daemon.start()
+    except OSError as e:  # a port or the socket path taken, a directory not writable
+        log.error("daemon_start_failed", error=str(e))
+        await daemon.stop()
+        return False
     sdnotify.notify(f"READY=1\nSTATUS=serving {len(daemon.routes)} routes on {cfg.daemon.socket_path}")
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -53,6 +59,7 @@ async def run_daemon(cfg: config_mod.Config, config_path: str) -> None:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await daemon.stop()
+    return True
 
 
 async def reload_config(daemon: Daemon, config_path: str, lock: asyncio.Lock | None = None) -> reload.Plan | None:

@@ -219,3 +219,31 @@ async def test_shim_sighup_takes_a_new_key_and_new_codes(tmp_path):
         await rpc.close()
         await smsc.stop()
         await portal.stop()
+
+
+async def test_service_start_failure_is_one_clear_line_and_false(tmp_path):
+    from structlog.testing import capture_logs
+
+    from smppd import config as config_mod
+
+    portal = SimulatedPortal(rate=None)
+    smsc = SmscSimulator(SimulatorConfig(system_id="LIFE", accounts={"smppd": "secret"}))
+    await portal.start()
+    await smsc.start()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    path = tmp_path / "config.toml"
+    path.write_text(config_toml(tmp_path, portal, smsc, throughput=0).replace(
+        "database = ", f'metrics = "127.0.0.1:{port}"\ndatabase = ', 1))
+    try:
+        with capture_logs() as logs:
+            assert await run_daemon(config_mod.load(path), str(path)) is False
+        [failed] = [e for e in logs if e["event"] == "daemon_start_failed"]
+        assert f"daemon.metrics: cannot listen on 127.0.0.1:{port}" in failed["error"]
+        assert not os.path.exists(tmp_path / "smppd.sock")
+    finally:
+        busy.close()
+        await smsc.stop()
+        await portal.stop()
