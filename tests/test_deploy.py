@@ -106,6 +106,21 @@ def test_alert_rules_pass_promtool(tmp_path):
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
 
 
+def test_scrape_config_and_rules_load_in_prometheus(tmp_path):
+    """The README's Prometheus step, as promtool sees it: our scrape jobs plus our rule file."""
+    exe = tool("promtool")
+    scrape = (PROM / "scrape.yml").read_text()
+    shutil.copy(PROM / "smppd-alerts.yml", tmp_path / "smppd-alerts.yml")
+    (tmp_path / "prometheus.yml").write_text('rule_files: ["smppd-alerts.yml"]\n' + scrape)
+    r = subprocess.run([exe, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    jobs = set(re.findall(r"job_name: (\S+)", scrape))
+    assert jobs == {"smppd", "smppd-shim"} and 'job=~"smppd|smppd-shim"' in (PROM / "smppd-alerts.yml").read_text()
+    cfg = config.load(ROOT / "config.toml")
+    assert f"{cfg.daemon.metrics[0]}:{cfg.daemon.metrics[1]}" in scrape
+    assert f"{cfg.shim.metrics[0]}:{cfg.shim.metrics[1]}" in scrape
+
+
 def referenced_metrics() -> dict[str, set[str]]:
     """Metric names used by the alert rules and the dashboard (recorded series excluded)."""
     rules = (PROM / "smppd-alerts.yml").read_text()
