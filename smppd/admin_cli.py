@@ -137,7 +137,7 @@ def status(args: argparse.Namespace) -> int:
 
 def render_status(st: dict[str, Any]) -> str:
     messages = st.get("store", {}).get("messages", {})
-    lines = ["route     bind   queue  window    submitted  accepted  rejected  receipts  open  delivered  failed"]
+    lines = ["route     bind   queue  window    submitted  accepted  rejected  receipts  open  delivered  not delivered"]
     for name, r in st["routes"].items():
         m = messages.get(name, {})
         open_ = sum(m.get(s, 0) for s in ("queued", "submitted", "accepted"))
@@ -146,7 +146,7 @@ def render_status(st: dict[str, Any]) -> str:
         lines.append(
             f"{name:<9} {'up' if r.get('bound') else 'DOWN':<6} {r.get('queue', 0):>5}  {window:>6}"
             f"  {r.get('submitted', 0):>11}  {r.get('accepted', 0):>8}  {r.get('rejected', 0):>8}"
-            f"  {r.get('receipts', 0):>8}  {open_:>4}  {m.get('delivered', 0):>9}  {failed:>6}"
+            f"  {r.get('receipts', 0):>8}  {open_:>4}  {m.get('delivered', 0):>9}  {failed:>13}"
         )
     lines.append("")
     lines.append("portal                            outbox  oldest  pushed  dropped")
