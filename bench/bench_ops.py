@@ -87,7 +87,7 @@ async def journal(n: int) -> None:
             generate_latest(REGISTRY)
             scrapes.append(time.perf_counter() - t)
         REGISTRY.unregister(watcher.collector)
-        watcher.close()
+        await watcher.aclose()
         await store.close()
     print(f"journal tail: {events} events of {n} messages in {tail_s * 1000:.0f} ms = {events / tail_s:,.0f} events/s,"
           f" {tail_s / n * 1e6:.1f} µs per message (read in a worker thread, one JSON line per message)")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
 import structlog
@@ -68,39 +69,46 @@ class StoreWatcher:
         self.collector = metrics.StoreCollector()
         self._conn: sqlite3.Connection | None = None
         self._last_event: int | None = None
+        # One thread owns the connection: reads, and the close, queue up behind each other.
+        # A cancelled await does not stop a read already running in the thread, so
+        # closing from the event loop could pull the connection from under it.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
 
     # --- running ---------------------------------------------------------------
 
     async def run(self, tail_interval: float = TAIL_INTERVAL, snapshot_interval: float = SNAPSHOT_INTERVAL) -> None:
         next_snapshot = 0.0
         loop = asyncio.get_running_loop()
-        try:
-            while True:
-                try:
-                    await self.tail()
-                    if loop.time() >= next_snapshot:
-                        await self.snapshot()
-                        next_snapshot = loop.time() + snapshot_interval
-                except sqlite3.Error as e:  # a locked or missing file must not kill the daemon
-                    log.warning("journal_read_failed", error=str(e))
-                await asyncio.sleep(tail_interval)
-        finally:
-            self.close()
+        while True:
+            try:
+                await self.tail()
+                if loop.time() >= next_snapshot:
+                    await self.snapshot()
+                    next_snapshot = loop.time() + snapshot_interval
+            except sqlite3.Error as e:  # a locked or missing file must not kill the daemon
+                log.warning("journal_read_failed", error=str(e))
+            await asyncio.sleep(tail_interval)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Close the connection in its own thread, after any read still running there."""
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
+        self._thread.shutdown(wait=False)
+
+    def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
     async def tail(self) -> int:
         """Log and count the events written since the last call; returns how many."""
-        rows, provider_ids = await asyncio.to_thread(self._read_events)
+        rows, provider_ids = await asyncio.get_running_loop().run_in_executor(self._thread, self._read_events)
         for row in rows:
             self._event(*row, provider_ids=provider_ids)
         return len(rows)
 
     async def snapshot(self) -> metrics.StoreSnapshot:
-        snap = await asyncio.to_thread(self._read_snapshot, list(self._portals()))
+        snap = await asyncio.get_running_loop().run_in_executor(self._thread, self._read_snapshot,
+                                                                list(self._portals()))
         self.collector.snapshot = snap
         return snap
 

@@ -66,6 +66,6 @@ async def stop_ops(ops: Ops | None) -> None:
         await ops.watcher.tail()  # the statuses of the drain, logged before we go
     except Exception as e:
         log.warning("journal_final_read_failed", error=str(e))
-    ops.watcher.close()
+    await ops.watcher.aclose()
     for collector in ops.collectors:
         REGISTRY.unregister(collector)
