@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hmac
 import re
+import time
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -36,6 +37,7 @@ from aiohttp import web
 from shim.app_events import PATH as APP_EVENT_PATH
 from shim.app_events import AppEventHandler
 from shim.bitrix_form import FormError, HandlerPost, parse_handler_post
+from smppd import metrics
 from smppd.phone import mask
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
 
@@ -117,9 +119,16 @@ class BitrixHandler:
         self._rpc = rpc
         self._max_body = max_body
 
+    def reconfigure(self, *, handler_key: str, codes: Collection[str]) -> None:
+        """SIGHUP: a new key or new provider CODEs apply to the next post."""
+        if not handler_key:
+            raise ValueError("handler_key must not be empty")
+        self._key, self._codes = handler_key.encode(), frozenset(codes)
+
     async def post(self, request: web.Request) -> web.Response:
         """POST /bitrix24/{code}: one line of log per post, whatever happens."""
         ctx: dict[str, Any] = {"code": request.match_info["code"][:128]}
+        started = time.monotonic()
         try:
             result = await self._accept(request, ctx)
             outcome = _Outcome(
@@ -137,6 +146,7 @@ class BitrixHandler:
         except Exception:
             log.exception("bitrix24.post_failed", **ctx)
             outcome = _Outcome(500, "internal", {"error": "internal"})
+        metrics.shim_answered(outcome.status, outcome.outcome, time.monotonic() - started)
         level = log.info if outcome.status < 400 else log.warning
         level("bitrix24.post", **ctx, outcome=outcome.outcome, http_status=outcome.status)
         return web.json_response(outcome.body, status=outcome.status)
@@ -213,6 +223,9 @@ class BitrixHandler:
         return web.json_response({"shim": "ok", "daemon": "ok"})
 
 
+HANDLER = web.AppKey("handler", BitrixHandler)
+
+
 def make_app(
     *,
     handler_key: str,
@@ -237,4 +250,5 @@ def make_app(
         app.router.add_route("POST", "/dlr/{route}", dlr.handle)
         app.router.add_route("GET", "/dlr/{route}", dlr.handle)
     app.router.add_post(APP_EVENT_PATH, AppEventHandler(handler_key=handler_key, rpc=rpc).post)
+    app[HANDLER] = handler
     return app

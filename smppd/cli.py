@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import signal
+import os
 import sys
 
+from . import admin_cli
 from . import config as config_mod
 from . import logs
 
@@ -36,13 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     run.set_defaults(func=_run)
 
-    check = sub.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    check = sub.add_parser("check-config", help="validate a config file and exit",
+                           description="Validate a config file: prints ok, or the key that is wrong (exit 2).")
+    check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+    check.add_argument("--env-file", help="read the ${NAME} secrets from this file first (e.g. /etc/smppd/secrets.env)")
     check.set_defaults(func=_check_config)
 
-    status = sub.add_parser("status", help="binds, queues and outbox of the running daemon, as JSON")
-    status.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    status.set_defaults(func=_status)
+    admin_cli.add_commands(sub, DEFAULT_CONFIG)  # status, send, stuck, retry, cancel, report
 
     stop = sub.add_parser("stoplist", help="numbers that opted out of marketing: add, remove, list")
     stop.add_argument("action", choices=("add", "remove", "list"))
@@ -95,6 +95,12 @@ def _load(path: str) -> config_mod.Config | None:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    if args.env_file:
+        try:
+            os.environ.update(config_mod.read_env_file(args.env_file))
+        except config_mod.ConfigError as e:
+            print(f"smppd: config error: {e}", file=sys.stderr)
+            return EXIT_USAGE
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_USAGE
@@ -107,41 +113,9 @@ def _run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_USAGE
     logs.configure()
-    from .daemon import Daemon
+    from .service import run_daemon
 
-    async def run() -> None:
-        daemon = Daemon(cfg)
-        await daemon.start()
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
-        await stopping.wait()
-        await daemon.stop()
-
-    asyncio.run(run())
-    return EXIT_OK
-
-
-def _status(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
-    if cfg is None:
-        return EXIT_USAGE
-    from .rpc import RpcClient, RpcUnavailable
-
-    async def ask() -> object:
-        client = RpcClient(cfg.daemon.socket_path)
-        try:
-            return await client.call("status")
-        finally:
-            await client.close()
-
-    try:
-        print(json.dumps(asyncio.run(ask()), indent=2, ensure_ascii=False))
-    except RpcUnavailable as e:
-        print(f"smppd: daemon unreachable at {cfg.daemon.socket_path}: {e}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    return EXIT_OK
+    return EXIT_OK if asyncio.run(run_daemon(cfg, args.config)) else EXIT_FAILED
 
 
 def _stoplist(args: argparse.Namespace) -> int:

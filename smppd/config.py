@@ -8,6 +8,7 @@ Secrets are ``repr=False`` so a config object can be logged safely.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class DaemonConfig:
     socket_path: str
     database: str
     socket_group: str | None = None
+    metrics: tuple[str, int] | None = None  # loopback host:port of /metrics, None = off
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class ShimConfig:
     port: int
     handler_key: str = field(repr=False)
     public_url: str | None = None
+    metrics: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,43 @@ def load(path: str | Path) -> Config:
     return parse(raw)
 
 
+def load_daemon(path: str | Path) -> DaemonConfig:
+    """Only ``[daemon]``: what the admin commands need (the socket, the database).
+
+    They must work for an admin who cannot read the secrets the rest of the
+    file refers to.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), f"not valid TOML: {e}") from None
+    return _daemon(_table(raw, "daemon"))
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """``NAME=value`` lines of a systemd EnvironmentFile (comments, blank lines and quotes allowed)."""
+    out = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot read: {e.strerror}") from None
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name.strip()):
+            raise ConfigError(f"{path}:{n}", "must be NAME=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[name.strip()] = value
+    return out
+
+
 def parse(raw: Mapping[str, Any]) -> Config:
     """Validate an already-decoded TOML document."""
     _only(raw, "", {"daemon", "shim", "portal", "app", "route", "sender", "rules"})
@@ -270,21 +310,22 @@ def parse(raw: Mapping[str, Any]) -> Config:
 
 
 def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
-    _only(t, "daemon", {"socket", "database", "socket_group"})
+    _only(t, "daemon", {"socket", "database", "socket_group", "metrics"})
     return DaemonConfig(
         socket_path=_str(t, "daemon", "socket"),
         database=_str(t, "daemon", "database"),
         socket_group=_str(t, "daemon", "socket_group", default=None),
+        metrics=_metrics(t, "daemon"),
     )
 
 
 def _shim(t: Mapping[str, Any]) -> ShimConfig:
-    _only(t, "shim", {"listen", "handler_key", "public_url"})
+    _only(t, "shim", {"listen", "handler_key", "public_url", "metrics"})
     listen = _str(t, "shim", "listen")
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError("shim.listen", f"must be host:port, got {listen!r}")
-    key = _str(t, "shim", "handler_key")
+    key = _secret(t, "shim", "handler_key")
     if len(key) < 24:
         raise ConfigError("shim.handler_key", "must be at least 24 random characters")
     return ShimConfig(
@@ -292,7 +333,25 @@ def _shim(t: Mapping[str, Any]) -> ShimConfig:
         port=int(port),
         handler_key=key,
         public_url=_str(t, "shim", "public_url", default=None),
+        metrics=_metrics(t, "shim"),
     )
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _metrics(t: Mapping[str, Any], section: str) -> tuple[str, int] | None:
+    """``metrics = "127.0.0.1:9465"``: loopback only, the figures are not for the internet."""
+    v = _str(t, section, "metrics", default=None)
+    if v is None:
+        return None
+    host, sep, port = v.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{section}.metrics", f"must be host:port, got {v!r}")
+    if host not in LOOPBACK:
+        raise ConfigError(f"{section}.metrics", f"must listen on loopback (127.0.0.1 or [::1]), got {host!r}")
+    return host, int(port)
 
 
 def _portals(items: Any) -> dict[str, PortalConfig]:
@@ -310,10 +369,10 @@ def _portals(items: Any) -> dict[str, PortalConfig]:
             client_endpoint=_url(t, key, "client_endpoint"),
             server_endpoint=_url(t, key, "server_endpoint"),
             client_id=_str(t, key, "client_id"),
-            client_secret=_str(t, key, "client_secret"),
-            application_token=_str(t, key, "application_token"),
-            access_token=_str(t, key, "access_token", default=""),
-            refresh_token=_str(t, key, "refresh_token", default=""),
+            client_secret=_secret(t, key, "client_secret"),
+            application_token=_secret(t, key, "application_token"),
+            access_token=_secret(t, key, "access_token", default=""),
+            refresh_token=_secret(t, key, "refresh_token", default=""),
             rate=_number(t, key, "rate", default=2.0, low=0.01),
             burst=_int(t, key, "burst", default=50, low=1, high=10_000),
         )
@@ -372,7 +431,7 @@ def _route(name: str, t: Any) -> RouteConfig:
     system_id = _str(t, key, "system_id")
     if len(system_id) > 15:
         raise ConfigError(f"{key}.system_id", "at most 15 characters (SMPP 3.4)")
-    password = _str(t, key, "password")
+    password = _secret(t, key, "password")
     if len(password) > 8:
         raise ConfigError(f"{key}.password", "at most 8 characters (SMPP 3.4)")
     countries = _countries(t, key, kind)
@@ -625,6 +684,25 @@ def _str(t: Mapping[str, Any], key: str, name: str, default: Any = _MISSING) -> 
     if default is _MISSING and not v:
         raise ConfigError(f"{key}.{name}", "must not be empty")
     return v
+
+
+ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def _secret(t: Mapping[str, Any], key: str, name: str, default: Any = _MISSING) -> Any:
+    """A secret, given inline or as ``"${NAME}"``: read from the environment.
+
+    The reference form keeps secrets out of config.toml (and out of the unit
+    files): systemd passes them from a root-only ``EnvironmentFile=``.
+    """
+    v = _str(t, key, name, default)
+    m = ENV_REF.match(v) if isinstance(v, str) else None
+    if m is None:
+        return v
+    value = os.environ.get(m[1])
+    if not value:
+        raise ConfigError(f"{key}.{name}", f"environment variable {m[1]} is not set (see EnvironmentFile=)")
+    return value
 
 
 def _url(t: Mapping[str, Any], key: str, name: str) -> str:

@@ -22,7 +22,7 @@ from .bitrix24 import registration
 from .bitrix24.install import Installer, is_pending
 from .bitrix24.pusher import StatusPusher
 from .bitrix24.rest import PortalAuth, RestClient
-from .config import Config
+from .config import Config, RouteConfig
 from .consent import ConsentReader
 from .holds import HoldWorker
 from .intake import Intake
@@ -31,6 +31,8 @@ from .providers.http_common import BadCallback, ForgedCallback, HttpRoute
 from .rpc import RpcError, RpcServer
 from .smpp.codec import ShortMessage
 from .stoplist import StopList
+from .admin import Admin
+from .ops import Ops, start_ops, stop_ops
 from .store import OpenMessage, PortalRecord, Store
 
 log = structlog.get_logger(__name__)
@@ -54,6 +56,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._pusher_tasks: dict[str, asyncio.Task[Any]] = {}
         self._background: set[asyncio.Task[Any]] = set()  # registrations after install/update
+        self.ops: Ops | None = None
         self.ready = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -75,10 +78,9 @@ class Daemon:
         await self._load_portals()
         for portal in self._portals.values():
             self._attach(portal)
+        self.ops = await start_ops(self)
         for name, route_cfg in self.config.routes.items():
-            route = make_route(route_cfg, self.store, self._http)
-            if hasattr(route, "on_mo"):  # SMPP binds carry replies (STOP) too
-                route.on_mo = self._on_mo
+            route = self.new_route(route_cfg)
             reloaded = await route.load_open()
             if reloaded:
                 log.info("route_reloaded_open_messages", route=name, messages=reloaded, segments=route.depth)
@@ -93,12 +95,12 @@ class Daemon:
         for member_id in self.pushers:
             self._tasks.append(asyncio.create_task(self._register_one(member_id), name=f"register-{member_id}"))
         self._tasks.append(asyncio.create_task(self.holds.run(), name="holds"))
-        intake = Intake(self.config, self.store, lambda: self._portals, self.dispatch, rules_=self.rules,
+        intake = self.intake = Intake(self.config, self.store, lambda: self._portals, self.dispatch, rules_=self.rules,
                         stoplist=self.stoplist, on_held=self.holds.wake)
         self._rpc = RpcServer(
             self.config.daemon.socket_path,
             {"intake": intake, "ping": self._ping, "status": self._status, "dlr": self._dlr, **self._stoplist_methods(),
-             "app_event": installer, "register": self._register, "unregister": self._unregister},
+             "app_event": installer, "register": self._register, "unregister": self._unregister, **Admin(self).methods()},
             group=self.config.daemon.socket_group,
         )
         await self._rpc.start()
@@ -119,6 +121,7 @@ class Daemon:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
+        await stop_ops(self.ops)
         await self.store.close()
         self._stopped.set()
         log.info("daemon_stopped")
@@ -127,6 +130,13 @@ class Daemon:
         await self._stopped.wait()
 
     # --- wiring ----------------------------------------------------------------
+
+    def new_route(self, cfg: RouteConfig) -> Any:
+        """A route of the config's kind, wired to the daemon (start-up and reload alike)."""
+        route = make_route(cfg, self.store, self._http)
+        if hasattr(route, "on_mo"):  # SMPP binds carry replies (STOP) too
+            route.on_mo = self._on_mo
+        return route
 
     def dispatch(self, message: OpenMessage) -> None:
         self.routes[message.route].enqueue(message)

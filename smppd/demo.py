@@ -130,7 +130,8 @@ def make_config(tmp: Path, portal: SimulatedPortal, smscs: dict[str, SmscSimulat
         access_token=portal.access_token, refresh_token=portal.refresh_token,
     )
     return Config(
-        daemon=DaemonConfig(socket_path=str(tmp / "smppd.sock"), database=str(tmp / "smppd.db")),
+        daemon=DaemonConfig(socket_path=str(tmp / "smppd.sock"), database=str(tmp / "smppd.db"),
+                            metrics=("127.0.0.1", 0)),
         shim=ShimConfig(host="127.0.0.1", port=0, handler_key=handler_key),
         portals=MappingProxyType({portal.member_id: portal_cfg}),
         routes=MappingProxyType(routes),  # type: ignore[arg-type]

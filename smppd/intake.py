@@ -16,7 +16,7 @@ from typing import Any, Callable, Container, Mapping
 
 import structlog
 
-from . import phone, rules, text
+from . import metrics, phone, rules, text
 from .config import Config, SenderConfig
 from .rpc import RpcError
 from .smpp.segments import route_encoding
@@ -97,6 +97,7 @@ class Intake:
             duplicate=result.duplicate, reason=result.reason, marketing=marketing, held=held,
             repeat_of=result.duplicate_of,
         )
+        metrics.message_received(sender.route, str(result.status), message.segments, duplicate=result.duplicate)
         if result.duplicate:  # an idempotent re-post: the first post already did everything
             return self._answer(result, None)
         self._count(req, result, held, message.segments)

@@ -4,8 +4,24 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
+
+
+# Keys whose values are secrets wherever they appear.  Call sites never log
+# them; this is the net under that rule, for the line someone adds in a hurry.
+SECRET_KEYS = frozenset({
+    "password", "client_secret", "access_token", "refresh_token", "application_token", "handler_key",
+    "secret", "token", "key", "auth",
+})
+
+
+def redact_secrets(logger: object, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    for k in SECRET_KEYS.intersection(event):
+        if event[k]:
+            event[k] = "[redacted]"
+    return event
 
 
 def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
@@ -22,6 +38,7 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            redact_secrets,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -19,7 +19,8 @@ def test_check_config_ok():
 def test_bad_config_is_one_line_naming_the_key(tmp_path):
     bad = tmp_path / "config.toml"
     bad.write_text(EXAMPLE.read_text().replace("port = 2775", "port = 99999", 1))
-    for command in ("check-config", "run", "status"):
+    # Admin commands (status, send, ...) read only [daemon], so they work without the secrets.
+    for command in ("check-config", "run"):
         r = smppd(command, "-c", str(bad))
         assert r.returncode == 2
         lines = r.stderr.strip().splitlines()

@@ -34,6 +34,33 @@ def test_example_config_loads():
     assert app.server_endpoint == "https://oauth.bitrix.info/rest/"
 
 
+def test_metrics_ports_are_loopback_and_optional():
+    cfg = config.load(EXAMPLE)
+    assert cfg.daemon.metrics == ("127.0.0.1", 9465) and cfg.shim.metrics == ("127.0.0.1", 9466)
+    r = raw()
+    r["daemon"].pop("metrics")
+    r["shim"]["metrics"] = "[::1]:9466"
+    cfg = config.parse(r)
+    assert cfg.daemon.metrics is None and cfg.shim.metrics == ("::1", 9466)
+
+
+def test_secrets_can_come_from_the_environment(monkeypatch):
+    r = raw()
+    r["route"]["life"]["password"] = "${SMPPD_LIFE_PASSWORD}"
+    r["shim"]["handler_key"] = "${SMPPD_HANDLER_KEY}"
+    monkeypatch.setenv("SMPPD_LIFE_PASSWORD", "s3cr3t")
+    monkeypatch.setenv("SMPPD_HANDLER_KEY", "k" * 32)
+    cfg = config.parse(r)
+    assert cfg.routes["life"].password == "s3cr3t" and cfg.shim.handler_key == "k" * 32
+    monkeypatch.delenv("SMPPD_LIFE_PASSWORD")
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(r)
+    assert e.value.key == "route.life.password" and "SMPPD_LIFE_PASSWORD is not set" in str(e.value)
+    monkeypatch.setenv("SMPPD_LIFE_PASSWORD", "waytoolongpassword")
+    with pytest.raises(config.ConfigError, match="route.life.password: at most 8"):
+        config.parse(r)
+
+
 def test_secrets_do_not_appear_in_repr():
     cfg = config.load(EXAMPLE)
     text = repr(cfg)
@@ -66,6 +93,8 @@ def _error(mutate) -> config.ConfigError:
         (lambda r: r["shim"].update(handler_key="short"), "shim.handler_key", "24"),
         (lambda r: r["shim"].update(listen="8080"), "shim.listen", "host:port"),
         (lambda r: r.pop("daemon"), "daemon", "missing section"),
+        (lambda r: r["daemon"].update(metrics="0.0.0.0:9465"), "daemon.metrics", "loopback"),
+        (lambda r: r["shim"].update(metrics="9466"), "shim.metrics", "host:port"),
         (lambda r: r["portal"][0].update(client_endpoint="example.bitrix24.by"), "portal[0].client_endpoint", "URL"),
         (lambda r: r["portal"].append(dict(r["portal"][0])), "portal[1].member_id", "duplicate"),
     ],
@@ -161,3 +190,14 @@ def test_commented_operator_profiles_parse():
         r["route"] = {name: table}
         r["sender"]["by_sms_main"]["route"] = name
         config.parse(r)
+
+
+def test_env_file_and_daemon_section_alone(tmp_path):
+    env = tmp_path / "secrets.env"
+    env.write_text('# comment\n\nA=1\nB="two words"\nC=\'x=y\'\n')
+    assert config.read_env_file(env) == {"A": "1", "B": "two words", "C": "x=y"}
+    env.write_text("not a line\n")
+    with pytest.raises(config.ConfigError, match=":1: must be NAME=value"):
+        config.read_env_file(env)
+    d = config.load_daemon(EXAMPLE)
+    assert d.socket_path == "/run/smppd/smppd.sock" and d.metrics == ("127.0.0.1", 9465)

@@ -16,6 +16,7 @@ import random
 
 import structlog
 
+from .. import metrics
 from ..store import OutboxItem, Store
 from .rest import RestClient, RestError
 
@@ -75,8 +76,9 @@ class StatusPusher:
             for i, item in enumerate(items)
         }
         try:
-            results, errors = await self.client.batch(commands)
+            results, errors = await metrics.timed_push(self.member_id, self.client.batch(commands))
         except RestError as e:
+            metrics.rest_error(self.member_id, e)
             # The portal failed, not these updates: pause the whole portal and keep every
             # row due, so the backlog drains in order as soon as a probe gets through.
             self.failures += 1
@@ -91,6 +93,7 @@ class StatusPusher:
         done, retry = [], []
         for i, item in enumerate(items):
             err = errors.get(f"m{i}")
+            metrics.rest_error(self.member_id, err)
             if err is None:
                 self.pushed += 1
                 done.append(item)

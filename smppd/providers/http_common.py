@@ -157,6 +157,10 @@ class Batcher:
         times = [b.opened_at + self.interval for bs in self._open.values() for b in bs]
         return min(times) if times else None
 
+    def jobs(self) -> list[Job]:
+        """Every job waiting here, ready or still filling."""
+        return [j for b in self._ready for j in b.jobs] + [j for bs in self._open.values() for b in bs for j in b.jobs]
+
     def __len__(self) -> int:
         return sum(len(b.jobs) for b in self._ready) + sum(
             len(b.jobs) for bs in self._open.values() for b in bs
@@ -193,6 +197,7 @@ class HttpRoute:
         self._poll_wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inflight = 0
+        self._on_wire: list[Batch] = []  # batches being sent, for busy_segments()
         self._stopping = False
         self._stop_event = asyncio.Event()
         self.stats: dict[str, int] = {
@@ -222,6 +227,16 @@ class HttpRoute:
     @property
     def depth(self) -> int:
         return len(self.batcher) + self._inflight
+
+    @property
+    def inflight(self) -> int:
+        """Messages in requests on the wire."""
+        return self._inflight
+
+    def busy_segments(self) -> set[tuple[int, int]]:
+        """(message id, segment) this route holds in memory: `smppd retry` must not add them twice."""
+        jobs = [j for b in self._on_wire for j in b.jobs] + self.batcher.jobs()
+        return {(j.message.id, seq) for j in jobs for seq in j.message.open_segments}
 
     async def run(self) -> None:
         poller = asyncio.create_task(self._poll_loop(), name=f"poll-{self.name}")
@@ -303,12 +318,14 @@ class HttpRoute:
                 pass
 
     async def _send(self, batch: Batch) -> None:
+        self._on_wire.append(batch)
         try:
             outcomes = await self._send_until_answered(batch)
             if outcomes is None:
                 return
             await self._apply(batch, outcomes)
         finally:
+            self._on_wire.remove(batch)
             self._inflight -= len(batch.jobs)
             self._slots.release()
 

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, Coroutine, Sequence
 
 import structlog
 
-from .. import phone
+from .. import metrics, phone
 from ..config import SmppRouteConfig
 from ..model import Status, UnknownReceiptState, receipt_status
 from ..smpp import codec
@@ -101,6 +101,27 @@ class SmppRoute:
     def bound(self) -> bool:
         return any(c.bound for c in self.connections)
 
+    @property
+    def inflight(self) -> int:
+        """submit_sm awaiting their resp, over all binds (window occupancy)."""
+        return len(self._inflight)
+
+    @property
+    def binds_made(self) -> int:
+        """Successful binds since start, over all connections."""
+        return sum(c.binds for c in self.connections)
+
+    def busy_segments(self) -> set[tuple[int, int]]:
+        """(message id, segment) this route holds in memory: `smppd retry` must not add them twice."""
+        jobs = [*self.queue, *self._inflight.values()]
+        return {(j.message_id, j.seq) for j in jobs}
+
+    def retune(self, cfg: SmppRouteConfig) -> None:
+        """A new throughput from a SIGHUP reload, without touching the binds."""
+        self.cfg = cfg
+        self.limiter = SlidingWindowLimiter(cfg.throughput, 1.0 + CAP_SLACK)
+        self.rate_aimd = Aimd(cfg.throughput) if cfg.throughput > 0 else None
+
     def status(self) -> dict[str, Any]:
         """What `smppd status` shows for this route."""
         return {
@@ -150,6 +171,7 @@ class SmppRoute:
                     break
                 wait = self.limiter.delay()
                 if wait > 0:
+                    metrics.THROTTLE_EVENTS.labels(self.name, "throughput").inc()
                     await asyncio.sleep(wait)
                     continue
                 job = self.queue.popleft()
@@ -162,6 +184,7 @@ class SmppRoute:
                 self.limiter.record()
                 self._recent.append(loop.time())
                 self.stats["submitted"] += 1
+                metrics.submit_sent(self.name, job.submit.ref)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking work, let outstanding resps arrive (bounded), unbind every bind.
@@ -222,6 +245,7 @@ class SmppRoute:
     def _on_events(self, connection: Connection, events: Sequence[object]) -> None:
         for e in events:
             if isinstance(e, SubmitAccepted):
+                metrics.submit_answered(self.name, e.ref)
                 job = self._inflight.pop(e.ref, None)
                 if job:
                     self.stats["accepted"] += 1
@@ -241,12 +265,14 @@ class SmppRoute:
         self._wake.set()
 
     def _rejected(self, e: SubmitRejected) -> None:
+        metrics.submit_answered(self.name, e.ref)
         job = self._inflight.pop(e.ref, None)
         if job is None:
             return
         reason = codec.status_name(e.status)
         if e.temporary:
             self.stats["requeued"] += 1
+            metrics.THROTTLE_EVENTS.labels(self.name, reason).inc()
             log.info("smpp_submit_temporary_error", route=self.name, message=job.message_id, status=reason)
             if e.status in CONGESTION_STATUSES:
                 self._congestion()

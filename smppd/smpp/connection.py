@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import structlog
 
+from .. import metrics
 from ..config import SmppRouteConfig
 from .codec import status_name
 from .session import (
@@ -189,6 +190,7 @@ class Connection:
                 # SMSCs lock the account after a burst of failed binds. Retry slowly.
                 delay = self.reconnect_max
             wait = random.uniform(delay / 2, delay)  # jitter: binds of several daemons don't sync up
+            metrics.RECONNECTS.labels(self.name).inc()
             log.warning("smpp_reconnect", route=self.name, reason=reason, in_seconds=round(wait, 2))
             try:
                 await asyncio.wait_for(self._stop_requested.wait(), wait)

@@ -1,0 +1,273 @@
+"""Every Prometheus metric of smppd, defined here and nowhere else.
+
+Three kinds of source, so the hot path pays next to nothing:
+
+* **counted where it happens** (one-line calls from intake, the route, the
+  pusher, the shim): things only the moment knows, such as a submit_sm's
+  round trip or a REST error code;
+* **read at scrape time** from live objects (``DaemonCollector``): bind state,
+  queue depth, window occupancy and the counters the route already keeps in
+  ``stats``;
+* **read from the store** in the background by ``smppd.journal`` (its own
+  read-only connection, never the writer): messages by route and status, the
+  Bitrix24 outbox, receipt latency (``StoreCollector``).
+
+Labels are low-cardinality on purpose: route names, portal member_ids, status
+words, HTTP codes.  Never a phone number or a message id.
+
+Each process serves ``/metrics`` on its own loopback port (``[daemon] metrics``
+and ``[shim] metrics`` in config.toml); nginx never exposes it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Iterable, Mapping, TypeVar
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .model import FINAL, Status
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+T = TypeVar("T")
+
+# Seconds.  An SMSC answers submit_sm in milliseconds; a resp after seconds
+# means it is overloaded.  Receipts take seconds to days.
+SUBMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+RECEIPT_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 900, 3600, 4 * 3600, 24 * 3600, 72 * 3600)
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# --- counted where it happens ---------------------------------------------------------
+
+MESSAGES_RECEIVED = Counter(
+    "smppd_messages_received", "Messages stored by intake (duplicates not counted), by route and first status.",
+    ["route", "status"],
+)
+SEGMENTS_RECEIVED = Counter("smppd_segments_received", "SMS segments of the messages stored by intake.", ["route"])
+SUBMIT_LATENCY = Histogram(
+    "smppd_submit_latency_seconds", "submit_sm to its submit_sm_resp (accepted or rejected).", ["route"],
+    buckets=SUBMIT_BUCKETS,
+)
+THROTTLE_EVENTS = Counter(
+    "smppd_throttle_events",
+    "Times a route held a segment back: reason=throughput (our cap) or the SMSC's temporary error name.",
+    ["route", "reason"],
+)
+RECONNECTS = Counter("smppd_smpp_reconnects", "Connection attempts after a lost or failed bind.", ["route"])
+PUSH_LATENCY = Histogram(
+    "smppd_bitrix24_push_latency_seconds", "One batch of status updates to Bitrix24, request to answer.",
+    ["portal"], buckets=HTTP_BUCKETS,
+)
+REST_ERRORS = Counter(
+    "smppd_bitrix24_rest_errors", "Bitrix24 REST errors: of a whole batch call or of one command in it.",
+    ["portal", "code"],
+)
+SHIM_REQUESTS = Counter(
+    "smppd_shim_requests", "HANDLER posts answered by the shim, by HTTP status and outcome.",
+    ["http_status", "outcome"],
+)
+SHIM_LATENCY = Histogram(
+    "smppd_shim_request_seconds", "HANDLER post to answer, including the daemon's commit.", buckets=HTTP_BUCKETS,
+)
+
+# --- observed by smppd.journal as it tails the store's status events ----------------------
+
+RECEIPT_LATENCY = Histogram(
+    "smppd_receipt_latency_seconds", "Segment accepted by the operator to its final receipt.", ["route", "status"],
+    buckets=RECEIPT_BUCKETS,
+)
+STATUS_EVENTS = Counter(
+    "smppd_segment_status_changes", "Applied status changes of segments, by route and new status.",
+    ["route", "status"],
+)
+
+# --- submit round trips ------------------------------------------------------------------
+
+_MAX_OPEN_SUBMITS = 100_000  # a bound, in case resps never come and the refs are never answered
+_submits: dict[tuple[str, Any], float] = {}
+
+
+def submit_sent(route: str, ref: Any) -> None:
+    """A submit_sm went out; ``submit_answered`` with the same ref observes its round trip."""
+    if len(_submits) >= _MAX_OPEN_SUBMITS:
+        _submits.pop(next(iter(_submits)))
+    _submits[(route, ref)] = time.monotonic()
+
+
+def submit_answered(route: str, ref: Any) -> None:
+    start = _submits.pop((route, ref), None)
+    if start is not None:
+        SUBMIT_LATENCY.labels(route).observe(time.monotonic() - start)
+
+
+def message_received(route: str, status: str, segments: int, *, duplicate: bool = False) -> None:
+    """A post stored by intake; a duplicate post is not a new message."""
+    if duplicate:
+        return
+    MESSAGES_RECEIVED.labels(route, status).inc()
+    SEGMENTS_RECEIVED.labels(route).inc(segments)
+
+
+def shim_answered(http_status: int, outcome: str, seconds: float) -> None:
+    SHIM_REQUESTS.labels(str(http_status), outcome).inc()
+    SHIM_LATENCY.observe(seconds)
+
+
+def rest_error(portal: str, error: Any) -> None:
+    """A Bitrix24 error (anything with a ``code``: RestError, a batch command's error); None is no error."""
+    if error is not None:
+        REST_ERRORS.labels(portal, str(error.code)).inc()
+
+
+async def timed_push(portal: str, call: Awaitable[T]) -> T:
+    """Await a Bitrix24 batch call, observing how long it took (failures too)."""
+    start = time.monotonic()
+    try:
+        return await call
+    finally:
+        PUSH_LATENCY.labels(portal).observe(time.monotonic() - start)
+
+
+# --- read at scrape time ----------------------------------------------------------------
+
+ROUTE_COUNTERS = {  # SmppRoute.stats key -> (metric, help)
+    "submitted": ("smppd_segments_submitted", "submit_sm sent (a resent segment counts again)."),
+    "accepted": ("smppd_segments_accepted", "Segments the operator accepted (submit_sm_resp OK)."),
+    "rejected": ("smppd_segments_rejected", "Segments the operator refused for good."),
+    "requeued": ("smppd_segments_requeued", "Segments put back in the queue: temporary error or lost bind."),
+    "receipts": ("smppd_receipts_received", "Delivery receipts received (deliver_sm)."),
+    "receipts_unmatched": ("smppd_receipts_before_resp", "Receipts that arrived before their submit_sm_resp."),
+    "mo": ("smppd_mo_received", "Mobile-originated messages received."),
+}
+
+
+class DaemonCollector(Collector):
+    """The live state of one daemon, read when Prometheus scrapes.
+
+    Runs in the event loop (the metrics server is an aiohttp app on the same
+    loop), so it reads the routes without locks.
+    """
+
+    def __init__(self, daemon: "Daemon") -> None:
+        self.daemon = daemon
+
+    def describe(self) -> Iterable[Any]:
+        return []  # no up-front description: the routes are known only at scrape time
+
+    def collect(self) -> Iterable[Any]:
+        bind = GaugeMetricFamily("smppd_bind_up", "1 when the route's SMPP bind is up.", labels=["route"])
+        binds = CounterMetricFamily("smppd_smpp_binds", "Successful binds since start.", labels=["route"])
+        depth = GaugeMetricFamily("smppd_queue_depth", "Segments waiting in the route's queue.", labels=["route"])
+        inflight = GaugeMetricFamily(
+            "smppd_window_inflight", "submit_sm awaiting their resp (window occupancy).", labels=["route"],
+        )
+        window = GaugeMetricFamily("smppd_window_size", "The route's configured window.", labels=["route"])
+        counters = {k: CounterMetricFamily(n, h, labels=["route"]) for k, (n, h) in ROUTE_COUNTERS.items()}
+        for name, route in self.daemon.routes.items():
+            if hasattr(route, "connections"):  # SMPP: binds and a window; HTTP routes have neither
+                bind.add_metric([name], 1.0 if route.bound else 0.0)
+                binds.add_metric([name], route.binds_made)
+                window.add_metric([name], route.cfg.window)
+            depth.add_metric([name], route.depth)
+            inflight.add_metric([name], route.inflight)
+            for key, family in counters.items():
+                family.add_metric([name], route.stats.get(key, 0))
+        pushed = CounterMetricFamily(
+            "smppd_bitrix24_updates_pushed", "Status updates Bitrix24 accepted.", labels=["portal"],
+        )
+        dropped = CounterMetricFamily(
+            "smppd_bitrix24_updates_dropped", "Status updates for messages Bitrix24 no longer has.", labels=["portal"],
+        )
+        for member_id, pusher in self.daemon.pushers.items():
+            pushed.add_metric([member_id], pusher.pushed)
+            dropped.add_metric([member_id], pusher.dropped)
+        yield from (bind, binds, depth, inflight, window, *counters.values(), pushed, dropped)
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """Figures read from the store in one read transaction (by ``smppd.journal``)."""
+
+    messages: Mapping[tuple[str, str], int]  # (route, status) -> messages
+    outbox: Mapping[str, tuple[int, float]]  # portal -> (updates owed, age of the oldest in seconds)
+    receipts_pending: int
+
+
+class StoreCollector(Collector):
+    """The latest ``StoreSnapshot``, as metrics.
+
+    Messages in a final status are exposed as a counter: a final status never
+    changes and rows are never deleted, so the figure only grows, survives
+    restarts (it is read from the store), and rate()/increase() work on it.
+    """
+
+    def __init__(self) -> None:
+        self.snapshot: StoreSnapshot | None = None
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        snap = self.snapshot
+        if snap is None:
+            return
+        final = CounterMetricFamily(
+            "smppd_messages_final", "Messages that reached a final status, by route and status.",
+            labels=["route", "status"],
+        )
+        open_ = GaugeMetricFamily(
+            "smppd_messages_open", "Messages not final yet (queued, submitted, accepted).", labels=["route", "status"],
+        )
+        for (route, status), n in sorted(snap.messages.items()):
+            (final if Status(status) in FINAL else open_).add_metric([route, status], n)
+        depth = GaugeMetricFamily("smppd_bitrix24_outbox_depth", "Status updates owed to Bitrix24.",
+                                  labels=["portal"])
+        oldest = GaugeMetricFamily(
+            "smppd_bitrix24_outbox_oldest_seconds", "Age of the oldest update owed to Bitrix24 (0 when none).",
+            labels=["portal"],
+        )
+        for portal, (n, age) in sorted(snap.outbox.items()):
+            depth.add_metric([portal], n)
+            oldest.add_metric([portal], age)
+        pending = GaugeMetricFamily(
+            "smppd_receipts_pending", "Receipts waiting for the submit_sm_resp that names their message.",
+        )
+        pending.add_metric([], snap.receipts_pending)
+        yield from (final, open_, depth, oldest, pending)
+
+
+# --- serving -----------------------------------------------------------------------------
+
+
+async def serve(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> web.AppRunner:
+    """Serve ``GET /metrics`` on host:port in this event loop; the caller cleans the runner up."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port a runner listens on (tests ask for port 0)."""
+    site = next(iter(runner.sites))
+    return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

@@ -1,0 +1,124 @@
+"""``smppd report``: per route and day, what was sent and what became of it.
+
+Read straight from the SQLite store through a read-only connection, so it
+works with the daemon stopped and never waits for (or blocks) its writer.
+A message counts on the day it was received.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .journal import connect_readonly
+
+UNDELIVERED = ("undelivered", "expired")
+FAILED = ("rejected", "failed")
+OPEN = ("queued", "submitted", "accepted")
+
+
+@dataclass(frozen=True)
+class DayRow:
+    day: str
+    route: str
+    sent: int  # messages received, whatever became of them
+    delivered: int
+    undelivered: int  # undelivered + expired
+    failed: int  # rejected + failed (including invalid numbers)
+    pending: int  # not final yet
+    segments: int
+    delivery_ratio: float | None  # delivered / final; None when nothing is final yet
+    median_to_deliver: float | None  # seconds from intake to delivered
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def daily(database: str, since: float, *, now: float | None = None, utc: bool = False) -> list[DayRow]:
+    """Rows for messages received in the last ``since`` seconds, by day and route."""
+    now = time.time() if now is None else now
+    conn = connect_readonly(database)
+    try:
+        return _daily(conn, now - since, utc)
+    finally:
+        conn.close()
+
+
+def _daily(conn: sqlite3.Connection, cutoff: float, utc: bool) -> list[DayRow]:
+    day = "date(created_at, 'unixepoch')" if utc else "date(created_at, 'unixepoch', 'localtime')"
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for d, route, status, n, segs in conn.execute(
+        f"SELECT {day}, route, status, count(*), sum(segments) FROM message WHERE created_at >= ?"
+        " GROUP BY 1, 2, 3", (cutoff,)
+    ):
+        c = counts.setdefault((d, route), {"segments": 0})
+        c[status] = c.get(status, 0) + n
+        c["segments"] += segs
+    times: dict[tuple[str, str], list[float]] = {}
+    for d, route, seconds in conn.execute(
+        f"SELECT {day}, route, updated_at - created_at FROM message"
+        " WHERE created_at >= ? AND status = 'delivered'", (cutoff,)
+    ):
+        times.setdefault((d, route), []).append(seconds)
+    rows = []
+    for (d, route), c in sorted(counts.items()):
+        delivered = c.get("delivered", 0)
+        undelivered = sum(c.get(s, 0) for s in UNDELIVERED)
+        failed = sum(c.get(s, 0) for s in FAILED)
+        final = delivered + undelivered + failed
+        t = times.get((d, route))
+        rows.append(DayRow(
+            day=d, route=route, sent=sum(v for k, v in c.items() if k != "segments"),
+            delivered=delivered, undelivered=undelivered, failed=failed,
+            pending=sum(c.get(s, 0) for s in OPEN), segments=c["segments"],
+            delivery_ratio=round(delivered / final, 4) if final else None,
+            median_to_deliver=round(statistics.median(t), 1) if t else None,
+        ))
+    return rows
+
+
+HEADER = ("day", "route", "sent", "delivered", "undeliv.", "failed", "pending", "segments", "ratio", "median")
+
+
+def render(rows: list[DayRow]) -> str:
+    """A plain table for a terminal; ``--json`` is for scripts."""
+    lines = [HEADER]
+    for r in rows:
+        lines.append((
+            r.day, r.route, str(r.sent), str(r.delivered), str(r.undelivered), str(r.failed), str(r.pending),
+            str(r.segments), "-" if r.delivery_ratio is None else f"{r.delivery_ratio:.1%}",
+            "-" if r.median_to_deliver is None else _duration(r.median_to_deliver),
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+        for line in lines
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``7d``, ``12h``, ``30m``, ``90s``, ``2w`` or plain seconds; ValueError otherwise."""
+    t = text.strip().lower()
+    unit = UNITS.get(t[-1:]) if t else None
+    number = t[:-1] if unit else t
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 7d, 12h, 30m, 90s)") from None
+    if value < 0:
+        raise ValueError(f"not a duration: {text!r} (must not be negative)")
+    return value * (unit or 1)
