@@ -29,11 +29,12 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import aiohttp
 import structlog
 
+from ..background import Background
 from ..config import HttpRouteConfig
 from ..model import Status
 from ..store import OpenMessage, PollItem, Store
@@ -195,7 +196,9 @@ class HttpRoute:
         self._slots = asyncio.Semaphore(cfg.concurrency)
         self._wake = asyncio.Event()
         self._poll_wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background = Background("http_route_task_failed", route=cfg.name)
+        self._tasks = self._background.tasks
+        self._spawn = self._background.spawn
         self._inflight = 0
         self._on_wire: list[Batch] = []  # batches being sent, for busy_segments()
         self._stopping = False
@@ -491,12 +494,3 @@ class HttpRoute:
         except ValueError:
             raise Ambiguous(f"answer is not JSON: {body[:80]!r}") from None
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("http_route_task_failed", route=self.name, error=repr(task.exception()))

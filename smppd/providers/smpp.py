@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import structlog
 
 from .. import metrics, phone
+from ..background import Background
 from ..config import SmppRouteConfig
 from ..model import Status, UnknownReceiptState, receipt_status
 from ..smpp import codec
@@ -23,7 +24,6 @@ from ..smpp.segments import SegmentJob, build_segments
 from ..smpp.session import (
     MessageReceived,
     ReceiptReceived,
-    Submit,
     SubmitAccepted,
     SubmitRejected,
     SubmitUnconfirmed,
@@ -72,7 +72,9 @@ class SmppRoute:
         self._paused_until = 0.0
         self._inflight: dict[Any, SegmentJob] = {}  # by Submit.ref, awaiting submit_sm_resp
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background = Background("smpp_route_task_failed", route=cfg.name)
+        self._tasks = self._background.tasks
+        self._spawn = self._background.spawn
         self._stopping = False
         # Business rules read MO texts (a STOP reply); awaited before the deliver_sm is acknowledged.
         self.on_mo: Callable[[str, codec.ShortMessage], Awaitable[None]] | None = None
@@ -342,12 +344,3 @@ class SmppRoute:
         finally:
             connection.acknowledge(e.sequence)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("smpp_route_task_failed", route=self.name, error=repr(task.exception()))
