@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -354,15 +354,21 @@ def _metrics(t: Mapping[str, Any], section: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def _portals(items: Any) -> dict[str, PortalConfig]:
+def _tables(items: Any, name: str, cls: type) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(key, table) of each [[name]] entry, checked for unknown keys against ``cls``."""
     if not isinstance(items, list):
-        raise ConfigError("portal", "must be an array of tables: [[portal]]")
-    portals: dict[str, PortalConfig] = {}
+        raise ConfigError(name, f"must be an array of tables: [[{name}]]")
     for i, t in enumerate(items):
-        key = f"portal[{i}]"
+        key = f"{name}[{i}]"
         if not isinstance(t, dict):
             raise ConfigError(key, "must be a table")
-        _only(t, key, {f.name for f in PortalConfig.__dataclass_fields__.values()})
+        _only(t, key, {f.name for f in cls.__dataclass_fields__.values()})
+        yield key, t
+
+
+def _portals(items: Any) -> dict[str, PortalConfig]:
+    portals: dict[str, PortalConfig] = {}
+    for key, t in _tables(items, "portal", PortalConfig):
         p = PortalConfig(
             member_id=_str(t, key, "member_id"),
             domain=_str(t, key, "domain"),
@@ -383,14 +389,8 @@ def _portals(items: Any) -> dict[str, PortalConfig]:
 
 
 def _apps(items: Any) -> dict[str, AppConfig]:
-    if not isinstance(items, list):
-        raise ConfigError("app", "must be an array of tables: [[app]]")
     apps: dict[str, AppConfig] = {}
-    for i, t in enumerate(items):
-        key = f"app[{i}]"
-        if not isinstance(t, dict):
-            raise ConfigError(key, "must be a table")
-        _only(t, key, {f.name for f in AppConfig.__dataclass_fields__.values()})
+    for key, t in _tables(items, "app", AppConfig):
         domain = _str(t, key, "domain").lower()
         if "/" in domain or ":" in domain or "." not in domain:
             raise ConfigError(f"{key}.domain", f"must be the portal's host name, e.g. example.bitrix24.by, got {domain!r}")

@@ -13,7 +13,6 @@ import asyncio
 import socket
 import time
 from pathlib import Path
-from types import MappingProxyType
 
 import pytest
 import smpp34
