@@ -53,7 +53,7 @@ def phone(i: int) -> str:
 
 
 def daemon_config(tmp: Path, portal: SimulatedPortal, *, smsc_port: int, shim_port: int, key: str,
-                  window: int, reconnect_max: float = 2.0) -> Path:
+                  window: int, reconnect_max: float = 2.0, throughput: int = 0) -> Path:
     """A real config.toml; the portal entry seeds the store as an installed app would."""
     cfg = f"""
 [daemon]
@@ -86,6 +86,7 @@ password = "secret"
 window = {window}
 reconnect_min = 0.2
 reconnect_max = {reconnect_max}
+throughput = {throughput}
 
 [sender.{CODE}]
 route = "bench"
@@ -254,7 +255,7 @@ def summarize(n: int, posts: list[Post], portal: SimulatedPortal, seen: dict[str
 
 
 def print_run(label: str, r: dict[str, Any]) -> None:
-    print(f"{label}: {r['n']} posts, {r['posted_200']} answered 200 ({r['not_200']} not)")
+    print(f"{label}: {r['n']} posts, {r['posted_200']} accepted ({r['not_200']} refused)")
     print(f"  sustained {r['rate']:,.0f} msg/s (first post → last final status, {r['wall_s']:.1f} s); "
           f"intake {r['intake_rate']:,.0f} posts/s")
     print(f"  post → accepted by SMSC  p50 {r['smsc_p50_ms']:.1f} ms  p99 {r['smsc_p99_ms']:.1f} ms")

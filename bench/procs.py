@@ -84,8 +84,9 @@ class Smsc:
                  port: int | None = None) -> None:
         self.port = port or free_port()
         self.out = tmp / "smsc-seen.json"
+        self.progress_file = tmp / "smsc-progress"
         args = [PYTHON, str(ROOT / "bench" / "smsc_proc.py"), "--port", str(self.port),
-                "--receipt-delay", str(receipt_delay), "--out", str(self.out)]
+                "--receipt-delay", str(receipt_delay), "--out", str(self.out), "--progress", str(self.progress_file)]
         if not record:
             args.append("--no-record")
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
@@ -93,6 +94,14 @@ class Smsc:
 
     def stats(self) -> ProcStats:
         return proc_stats(self.proc.pid)
+
+    def progress(self) -> tuple[int, float]:
+        """(submit_sm accepted so far, when), refreshed by the SMSC every 0.5 s."""
+        try:
+            count, at = self.progress_file.read_text().split()
+        except (FileNotFoundError, ValueError):
+            return 0, time.time()
+        return int(count), float(at)
 
     def stop(self) -> dict[str, list[float]]:
         """{text: [count, first submitted_at]}"""

@@ -3,7 +3,7 @@
     python bench/smsc_proc.py --port 2775 --out seen.json [--receipt-delay 0.05] [--no-record]
 
 Every submit_sm is accepted and gets a DELIVRD receipt ``--receipt-delay`` seconds
-after its resp. On SIGTERM it writes ``{text: [submit_sm count, first submitted_at]}``
+after its resp (``--progress`` tracks the count as it goes). On SIGTERM it writes ``{text: [submit_sm count, first submitted_at]}``
 to ``--out`` (with ``--no-record`` only the total, for million-message runs), so the
 benchmark counts lost and duplicated messages where the operator sees them.
 """
@@ -16,6 +16,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -55,6 +56,8 @@ async def serve(args: argparse.Namespace) -> None:
         except asyncio.TimeoutError:
             pass
         drain()
+        if args.progress:  # for rate measurements while the run goes on
+            Path(args.progress).write_text(f"{total} {time.time()}\n")
     await smsc.stop()
     drain()
     Path(args.out).write_text(json.dumps(seen if args.record else {"__total__": [total, 0.0]}))
@@ -66,6 +69,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--receipt-delay", type=float, default=0.05)
     p.add_argument("--no-record", dest="record", action="store_false")
+    p.add_argument("--progress", help="file to rewrite every 0.5 s with 'submit_sm so far, unix time'")
     args = p.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     asyncio.run(serve(args))
