@@ -440,20 +440,21 @@ class Store:
             self.outbox_changed.set()
         return result
 
-    async def open_messages(self, route: str) -> list[OpenMessage]:
-        """Messages with segments never acknowledged by the operator.
+    async def open_messages(self, route: str, *, after_id: int = 0, limit: int | None = None) -> list[OpenMessage]:
+        """Messages with segments never acknowledged by the operator, oldest first.
 
         Used at start: a segment whose submit_sm was on the wire when the
-        daemon died is sent again (at-least-once, DESIGN.md).
+        daemon died is sent again (at-least-once, DESIGN.md). ``after_id`` and
+        ``limit`` page through a backlog too large to hold in memory.
         """
 
         def op(conn: sqlite3.Connection) -> list[OpenMessage]:
             rows = conn.execute(
                 "SELECT m.id, m.sender, m.phone, m.text, group_concat(s.seq), m.concat_ref FROM message m"
                 " JOIN segment s ON s.message_id = m.id"
-                " WHERE m.route=? AND m.status IN ('queued','submitted','accepted') AND m.hold IS NULL"
-                " AND s.status IN ('queued','submitted') GROUP BY m.id ORDER BY m.id",
-                (route,),
+                " WHERE m.route=? AND m.id > ? AND m.status IN ('queued','submitted','accepted') AND m.hold IS NULL"
+                " AND s.status IN ('queued','submitted') GROUP BY m.id ORDER BY m.id LIMIT ?",
+                (route, after_id, -1 if limit is None else limit),
             ).fetchall()
             return [
                 OpenMessage(r[0], route, r[1], r[2], r[3], tuple(sorted(int(x) for x in r[4].split(","))), r[5])

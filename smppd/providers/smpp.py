@@ -43,6 +43,11 @@ CONGESTION_PAUSE = 0.25
 LEARNED_RATE_FLOOR = 10.0  # after a throttle/queue-full cut, before the first resend
 ESME_RX_T_APPN = 0x64  # "try again later": the deliver_sm answer when we could not store it
 CONGESTION_STATUSES = frozenset({codec.ESME_RTHROTTLED, codec.ESME_RMSGQFUL})
+# At most this many segments wait in memory; the rest of a backlog (a day-long operator
+# outage is a million messages) stays in the store and is read back a page at a time as
+# the queue drains, so the daemon's RSS does not grow with the backlog.
+MEMORY_QUEUE = 20_000
+REFILL_PAGE = 5_000
 
 
 
@@ -78,22 +83,65 @@ class SmppRoute:
         self._stopping = False
         # Business rules read MO texts (a STOP reply); awaited before the deliver_sm is acknowledged.
         self.on_mo: Callable[[str, codec.ShortMessage], Awaitable[None]] | None = None
+        self.memory_queue = MEMORY_QUEUE
+        self._spilled = False  # open messages of this route are in the store but not in memory
+        self._loaded_max = 0  # highest message id ever queued in memory
+        self._dropped = 0  # enqueues left to the store while spilled
+        self._refilling = False
         self.stats = {"submitted": 0, "accepted": 0, "rejected": 0, "requeued": 0, "throttled": 0,
                       "receipts": 0, "receipts_unmatched": 0, "receipts_unstored": 0, "mo": 0}
 
     # --- feeding ---------------------------------------------------------------
 
     def enqueue(self, message: OpenMessage) -> None:
+        # A message newer than all in memory waits in the store while the queue is full, or
+        # while older ones still do (order): _refill reads it back. Older ids (a hold
+        # released) are never left behind, since a refill only reads ids above _loaded_max.
+        if message.id > self._loaded_max:
+            if self._spilled or len(self.queue) >= self.memory_queue:
+                self._spilled = True
+                self._dropped += 1
+                self._wake.set()
+                return
+            self._loaded_max = message.id
         for job in build_segments(message, self.cfg):
             self.queue.append(job)
         self._wake.set()
 
     async def load_open(self) -> int:
-        """Queue what the store says was never confirmed (start-up after a stop or crash)."""
-        messages = await self.store.open_messages(self.name)
+        """Queue what the store says was never confirmed (start-up after a stop or crash).
+
+        Only the first page of a large backlog is read now (a start with 100,000 queued
+        takes as long as one with 20,000); the pump reads the rest as it goes.
+        """
+        messages = await self.store.open_messages(self.name, limit=self.memory_queue)
         for m in messages:
             self.enqueue(m)
+        if len(messages) >= self.memory_queue:
+            self._spilled = True
         return len(messages)
+
+    async def _refill(self) -> None:
+        """Read the next page of the backlog that waits in the store, oldest first."""
+        try:
+            dropped = self._dropped
+            page = await self.store.open_messages(self.name, after_id=self._loaded_max, limit=REFILL_PAGE)
+            for m in page:
+                self._loaded_max = max(self._loaded_max, m.id)
+                for job in build_segments(m, self.cfg):
+                    self.queue.append(job)
+            # Caught up only if the page was short and nothing was left to the store meanwhile
+            # (a message committed after the SELECT has a higher id: the next page gets it).
+            if len(page) < REFILL_PAGE and self._dropped == dropped:
+                self._spilled = False
+        finally:
+            self._refilling = False
+            self._wake.set()
+
+    def _maybe_refill(self) -> None:
+        if self._spilled and not self._refilling and len(self.queue) < self.memory_queue // 2:
+            self._refilling = True
+            self._spawn(self._refill())
 
     @property
     def depth(self) -> int:
@@ -131,6 +179,7 @@ class SmppRoute:
             "binds": sum(1 for c in self.connections if c.bound),
             "bind_failures": sum(c.bind_failures for c in self.connections),
             "queue": self.depth,
+            "backlog_in_store": self._spilled,
             "inflight": len(self._inflight),
             "window": max(1, int(self.window_aimd.value)),
             "rate_cap": int(self.rate_aimd.value) if self.rate_aimd else None,
@@ -163,6 +212,7 @@ class SmppRoute:
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
+            self._maybe_refill()
             while self.queue and not self._stopping:
                 pause = self._paused_until - loop.time()
                 if pause > 0:
@@ -177,6 +227,8 @@ class SmppRoute:
                     await asyncio.sleep(wait)
                     continue
                 job = self.queue.popleft()
+                if self._spilled:
+                    self._maybe_refill()
                 try:
                     conn.submit(job.submit)
                 except ValueError as e:  # the codec refused a field: no retry can fix it

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 import structlog
 
@@ -49,8 +49,9 @@ class _Protocol(asyncio.Protocol):
     # transport callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A cast, not an isinstance check: uvloop's TCPTransport quacks like one without
+        # subclassing asyncio.Transport, and the assert made every bind fail silently on it.
+        self._transport = cast(asyncio.Transport, transport)
         self.session.start(self._loop.time())
         self._flush()
         self._arm()
