@@ -64,19 +64,7 @@ database = "{tmp}/smppd.db"
 listen = "127.0.0.1:{shim_port}"
 handler_key = "{key}"
 
-[[portal]]
-member_id = "{portal.member_id}"
-domain = "{portal.domain}"
-client_endpoint = "{portal.client_endpoint}"
-server_endpoint = "{portal.server_endpoint}"
-client_id = "{portal.client_id}"
-client_secret = "{portal.client_secret}"
-application_token = "{portal.application_token}"
-access_token = "{portal.access_token}"
-refresh_token = "{portal.refresh_token}"
-rate = 1000.0
-burst = 10000
-
+{portal.portal_toml(rate=1000.0, burst=10000)}
 [route.bench]
 kind = "smpp"
 host = "127.0.0.1"

@@ -335,30 +335,25 @@ class Store:
         The store's tokens win: a refresh may have rotated them since the
         config was written.
         """
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO portal VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (member_id) DO NOTHING",
-                (p.member_id, p.domain, p.client_endpoint, p.server_endpoint, p.client_id,
-                 p.client_secret, p.application_token, p.access_token, p.refresh_token, self.clock()),
-            )
-
-        await self.execute(op)
+        await self._put_portal(p, "DO NOTHING")
 
     async def upsert_portal(self, p: PortalRecord) -> None:
         """Store a portal from an install/update event: the event's tokens win (they are newest)."""
+        await self._put_portal(
+            p,
+            "DO UPDATE SET domain=excluded.domain, client_endpoint=excluded.client_endpoint,"
+            " server_endpoint=excluded.server_endpoint, client_id=excluded.client_id,"
+            " client_secret=excluded.client_secret, application_token=excluded.application_token,"
+            " access_token=excluded.access_token, refresh_token=excluded.refresh_token,"
+            " updated_at=excluded.updated_at",
+        )
+
+    async def _put_portal(self, p: PortalRecord, on_conflict: str) -> None:
+        row = (p.member_id, p.domain, p.client_endpoint, p.server_endpoint, p.client_id, p.client_secret,
+               p.application_token, p.access_token, p.refresh_token, self.clock())
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO portal VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (member_id) DO UPDATE SET"
-                " domain=excluded.domain, client_endpoint=excluded.client_endpoint,"
-                " server_endpoint=excluded.server_endpoint, client_id=excluded.client_id,"
-                " client_secret=excluded.client_secret, application_token=excluded.application_token,"
-                " access_token=excluded.access_token, refresh_token=excluded.refresh_token,"
-                " updated_at=excluded.updated_at",
-                (p.member_id, p.domain, p.client_endpoint, p.server_endpoint, p.client_id,
-                 p.client_secret, p.application_token, p.access_token, p.refresh_token, self.clock()),
-            )
+            conn.execute(f"INSERT INTO portal VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (member_id) {on_conflict}", row)
 
         await self.execute(op)
 

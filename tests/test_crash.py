@@ -36,17 +36,7 @@ database = "{tmp}/state/smppd.db"
 listen = "127.0.0.1:0"
 handler_key = "crash-test-key-0123456789abcdef"
 
-[[portal]]
-member_id = "{portal.member_id}"
-domain = "{portal.domain}"
-client_endpoint = "{portal.client_endpoint}"
-server_endpoint = "{portal.server_endpoint}"
-client_id = "{portal.client_id}"
-client_secret = "{portal.client_secret}"
-application_token = "{portal.application_token}"
-access_token = "{portal.access_token}"
-refresh_token = "{portal.refresh_token}"
-
+{portal.portal_toml()}
 [route.life]
 host = "127.0.0.1"
 port = {life.port}

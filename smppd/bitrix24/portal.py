@@ -234,6 +234,15 @@ class SimulatedPortal:
     def token_url(self) -> str:
         return f"{self._oauth_base_url}/oauth/token/"
 
+    def portal_toml(self, **extra: float | int) -> str:
+        """This portal as a ``[[portal]]`` table of config.toml, for tests and benches
+        that run ``smppd run -c`` against it (``extra``: rate, burst)."""
+        keys = ("member_id", "domain", "client_endpoint", "server_endpoint", "client_id", "client_secret",
+                "application_token", "access_token", "refresh_token")
+        lines = ["[[portal]]", *(f'{k} = "{getattr(self, k)}"' for k in keys),
+                 *(f"{k} = {v}" for k, v in extra.items())]
+        return "\n".join(lines) + "\n"
+
     def install_auth(self) -> dict[str, str]:
         """The fields ONAPPINSTALL would deliver: what the daemon persists per portal."""
         return {
