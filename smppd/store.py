@@ -49,7 +49,7 @@ PENDING_RECEIPT_TTL = 600.0
 MAX_PENDING_RECEIPTS = 100_000
 MAX_GROUP = 2000
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE portal (
@@ -166,7 +166,20 @@ MIGRATIONS: dict[int, str] = {
         received_at REAL NOT NULL
     );
     """,
+    # The pusher asks for the next 50 updates twice a second, in the writer thread:
+    # without this index that is a sort of the whole outbox (77 ms at 360,000 rows,
+    # an hour of Bitrix24 outage at 100 msg/s), with it 0.1 ms.
+    5: """
+    CREATE INDEX outbox_due ON outbox (member_id, status = 'sent', created_at);
+    """,
 }
+
+
+# The order matches the outbox_due index (migration 5), so no sort is needed.
+OUTBOX_DUE = (
+    "SELECT member_id, b24_id, code, status, attempts FROM outbox"
+    " WHERE member_id=? AND next_at <= ? ORDER BY status = 'sent', created_at LIMIT ?"
+)
 
 
 @dataclass(frozen=True)
@@ -722,18 +735,8 @@ class Store:
         now = self.clock()
 
         def op(conn: sqlite3.Connection) -> list[OutboxItem]:
-            rows = conn.execute(
-                "SELECT member_id, b24_id, code, status, attempts FROM outbox"
-                " WHERE member_id=? AND next_at <= ? ORDER BY status = 'sent', created_at LIMIT ?",
-                (member_id, now, limit),
-            ).fetchall()
+            rows = conn.execute(OUTBOX_DUE, (member_id, now, limit)).fetchall()
             return [OutboxItem(*r) for r in rows]
-
-        return await self.execute(op)
-
-    async def outbox_next_at(self, member_id: str) -> float | None:
-        def op(conn: sqlite3.Connection) -> float | None:
-            return conn.execute("SELECT min(next_at) FROM outbox WHERE member_id=?", (member_id,)).fetchone()[0]
 
         return await self.execute(op)
 

@@ -148,3 +148,12 @@ async def test_open_messages_survive_restart(tmp_path):
     open_ = {m.id: m.open_segments for m in await s.open_messages("life")}
     assert open_ == {a.id: (1, 2), b.id: (0,)}
     await s.close()
+
+
+async def test_outbox_due_reads_the_index_not_a_sort(store, tmp_path):
+    """Twice a second in the writer thread: a sort of a large backlog would stall intake."""
+    from smppd.store import OUTBOX_DUE
+
+    conn = sqlite3.connect(tmp_path / "t.db")
+    plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + OUTBOX_DUE, ("m1", 0.0, 50)))
+    assert "USING INDEX outbox_due" in plan and "TEMP B-TREE" not in plan
