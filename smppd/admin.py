@@ -9,6 +9,8 @@ methods need no authentication of their own.
 
 from __future__ import annotations
 
+import dataclasses
+
 import sqlite3
 import uuid
 from typing import TYPE_CHECKING, Any, Mapping
@@ -18,7 +20,6 @@ import structlog
 from . import phone
 from .model import Status
 from .rpc import RpcError
-from .store import OpenMessage
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -132,7 +133,8 @@ class Admin:
                     continue
                 free = tuple(s for s in m.open_segments if (m.id, s) not in busy)
                 if free:
-                    route.enqueue(OpenMessage(m.id, m.route, m.sender, m.phone, m.text, free))
+                    # replace(): the resent parts keep the message's concatenation reference
+                    route.enqueue(dataclasses.replace(m, open_segments=free))
                     requeued.append(m.id)
         requeued.sort()
         log.info("admin_retry", messages=requeued, selected=len(selected), outbox=outbox)

@@ -152,9 +152,9 @@ def _entities(raw: Any) -> tuple[Entity, ...]:
 
 
 def _open(conn: sqlite3.Connection, mid: int) -> OpenMessage:
-    r = conn.execute("SELECT id, route, sender, phone, text, segments, concat_ref FROM message WHERE id=?",
+    r = conn.execute("SELECT id, route, sender, phone, text, segments, concat_ref, b24_id FROM message WHERE id=?",
                      (mid,)).fetchone()
-    return OpenMessage(r[0], r[1], r[2], r[3], r[4], tuple(range(r[5])), r[6])
+    return OpenMessage(r[0], r[1], r[2], r[3], r[4], tuple(range(r[5])), r[6], r[7])
 
 
 def _apply_consent(conn: sqlite3.Connection, decisions: list[tuple[int, Verdict]],

@@ -106,7 +106,7 @@ class Intake:
         elif result.reason is None and result.duplicate_of is None:
             assert message.phone is not None
             self._dispatch(OpenMessage(result.id, sender.route, message.sender, message.phone, req.text,
-                                       tuple(range(message.segments)), result.concat_ref))
+                                       tuple(range(message.segments)), result.concat_ref, req.message_id))
         return self._answer(result, held)
 
     @staticmethod

@@ -177,8 +177,9 @@ MIGRATIONS: dict[int, str] = {
 
 # The order matches the outbox_due index (migration 5), so no sort is needed.
 OUTBOX_DUE = (
-    "SELECT member_id, b24_id, code, status, attempts FROM outbox"
-    " WHERE member_id=? AND next_at <= ? ORDER BY status = 'sent', created_at LIMIT ?"
+    "SELECT o.member_id, o.b24_id, o.code, o.status, o.attempts, m.id FROM outbox o"
+    " LEFT JOIN message m ON m.member_id = o.member_id AND m.b24_id = o.b24_id"
+    " WHERE o.member_id=? AND o.next_at <= ? ORDER BY o.status = 'sent', o.created_at LIMIT ?"
 )
 
 
@@ -223,6 +224,7 @@ class OpenMessage:
     text: str
     open_segments: tuple[int, ...]
     concat_ref: int | None = None  # per destination, stored: resent parts join their siblings
+    b24_id: str = ""  # Bitrix24's message_id, for the log lines about this message
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,7 @@ class OutboxItem:
     code: str
     status: str
     attempts: int
+    message_id: int | None = None  # ours, for the log lines; None if the message row is gone
 
 
 @dataclass(frozen=True)
@@ -458,14 +461,14 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> list[OpenMessage]:
             rows = conn.execute(
-                "SELECT m.id, m.sender, m.phone, m.text, group_concat(s.seq), m.concat_ref FROM message m"
+                "SELECT m.id, m.sender, m.phone, m.text, group_concat(s.seq), m.concat_ref, m.b24_id FROM message m"
                 " JOIN segment s ON s.message_id = m.id"
                 " WHERE m.route=? AND m.id > ? AND m.status IN ('queued','submitted','accepted') AND m.hold IS NULL"
                 " AND s.status IN ('queued','submitted') GROUP BY m.id ORDER BY m.id LIMIT ?",
                 (route, after_id, -1 if limit is None else limit),
             ).fetchall()
             return [
-                OpenMessage(r[0], route, r[1], r[2], r[3], tuple(sorted(int(x) for x in r[4].split(","))), r[5])
+                OpenMessage(r[0], route, r[1], r[2], r[3], tuple(sorted(int(x) for x in r[4].split(","))), r[5], r[6])
                 for r in rows
             ]
 
@@ -718,11 +721,11 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> list[OpenMessage]:
             rows = conn.execute(
-                "SELECT id, sender, phone, text FROM message WHERE route=? AND status='accepted'"
+                "SELECT id, sender, phone, text, b24_id FROM message WHERE route=? AND status='accepted'"
                 " AND channel='viber_fallback' AND poll_at IS NULL ORDER BY id",
                 (route,),
             ).fetchall()
-            return [OpenMessage(r[0], route, r[1], r[2], r[3], (0,)) for r in rows]
+            return [OpenMessage(r[0], route, r[1], r[2], r[3], (0,), b24_id=r[4]) for r in rows]
 
         return await self.execute(op)
 

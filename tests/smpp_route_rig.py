@@ -37,7 +37,7 @@ class RouteRig:
             sender=sender, phone=to, text=body, encoding=encoded.encoding, segments=encoded.segments,
         ))
         self.route.enqueue(OpenMessage(result.id, self.route.name, sender, to, body,
-                                       tuple(range(encoded.segments)), result.concat_ref))
+                                       tuple(range(encoded.segments)), result.concat_ref, f"b24-{self.counter}"))
         self.ids.append(result.id)
         return result.id
 

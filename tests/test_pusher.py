@@ -58,7 +58,12 @@ async def test_purged_message_ends_its_update(setup):
     portal, store, pusher = setup
     ids = await accepted_and_delivered(portal, store, 3)
     portal.purge(ids[1])
-    await pusher.push(await store.outbox_due(portal.member_id))
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        await pusher.push(await store.outbox_due(portal.member_id))
+    [gone] = [e for e in logs if e["event"] == "bitrix24_message_gone"]
+    assert gone["b24_id"] == ids[1] and isinstance(gone["message"], int), "both ids on the line"
     assert await store.outbox_due(portal.member_id) == []
     assert pusher.dropped == 1 and pusher.pushed == 2
 

@@ -92,12 +92,17 @@ async def test_other_temporary_errors_requeue(rigs, tmp_path, status, monkeypatc
 
 @pytest.mark.parametrize("status", [codec.ESME_RINVDSTADR, codec.ESME_RINVSRCADR, 0x45, 0xFF])
 async def test_final_error_fails_the_message_with_the_code_kept(rigs, tmp_path, status):
+    from structlog.testing import capture_logs
+
     rig = await rigs(tmp_path, policy=ScriptedPolicy([SubmitVerdict(status=status)]))
-    mid = await rig.send()
-    assert await rig.wait_final() == {mid: "failed"}
+    with capture_logs() as logs:
+        mid = await rig.send()
+        assert await rig.wait_final() == {mid: "failed"}
     m = await rig.message(mid)
     assert f"0x{status:02X}" in m["reason"]
     assert m["b24_status"] == "failed", "what Bitrix24 is told"
+    [line] = [e for e in logs if e["event"] == "smpp_submit_rejected"]
+    assert (line["message"], line["b24_id"], line["route"]) == (mid, m["b24_id"], rig.route.name)
 
 
 async def test_generic_nack_for_a_submit(rigs, tmp_path):

@@ -404,11 +404,13 @@ class HttpRoute:
                 writes.append(self.accepted(job, out.provider_id))
             elif isinstance(out, Refused):
                 self.stats["refused"] += 1
-                log.info("provider_refused", route=self.name, message=job.message.id, detail=out.detail)
+                log.info("provider_refused", route=self.name, message=job.message.id, b24_id=job.message.b24_id,
+                         detail=out.detail)
                 writes.append(self.store.provider_failed(job.message.id, out.status, out.detail))
             else:
                 self.stats["retries"] += 1
-                log.info("provider_retry_later", route=self.name, message=job.message.id, detail=out.detail,
+                log.info("provider_retry_later", route=self.name, message=job.message.id, b24_id=job.message.b24_id,
+                         detail=out.detail,
                          delay=out.delay)
                 self._spawn(self._later(job, out.delay))
         await asyncio.gather(*writes)

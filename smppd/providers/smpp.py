@@ -327,7 +327,8 @@ class SmppRoute:
         if e.temporary:
             self.stats["requeued"] += 1
             metrics.THROTTLE_EVENTS.labels(self.name, reason).inc()
-            log.info("smpp_submit_temporary_error", route=self.name, message=job.message_id, status=reason)
+            log.info("smpp_submit_temporary_error", route=self.name, message=job.message_id, b24_id=job.b24_id,
+                     seq=job.seq, status=reason)
             if e.status in CONGESTION_STATUSES:
                 self._congestion()
                 self.queue.appendleft(job)  # the same segment, first in line once the pause ends
@@ -337,7 +338,8 @@ class SmppRoute:
                 self._spawn(self._requeue_later(job, TEMPORARY_RETRY_DELAY))
             return
         self.stats["rejected"] += 1
-        log.warning("smpp_submit_rejected", route=self.name, message=job.message_id, status=reason)
+        log.warning("smpp_submit_rejected", route=self.name, message=job.message_id, b24_id=job.b24_id,
+                    seq=job.seq, status=reason)
         self._spawn(self.store.segment_failed(job.message_id, job.seq, Status.FAILED, reason))
 
     async def _requeue_later(self, job: SegmentJob, delay: float) -> None:

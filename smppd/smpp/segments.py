@@ -24,6 +24,7 @@ class SegmentJob:
     message_id: int
     seq: int
     submit: Submit
+    b24_id: str = ""  # for the log lines about this segment
 
 
 def route_encoding(cfg: object, body: str) -> text.EncodedText:
@@ -93,6 +94,7 @@ def build_segments(message: OpenMessage, cfg: SmppRouteConfig | None = None, *,
                     short_message=body,
                     tlvs=tlvs,
                 ),
+                message.b24_id,
             )
         )
     return jobs
