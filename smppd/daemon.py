@@ -12,7 +12,7 @@ import asyncio
 import os
 import time
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Coroutine, Mapping
 
 import aiohttp
 import structlog
@@ -58,6 +58,7 @@ class Daemon:
         self._background: set[asyncio.Task[Any]] = set()  # registrations after install/update
         self.ops: Ops | None = None
         self.ready = asyncio.Event()
+        self.crashed = asyncio.Event()  # a task the daemon cannot work without died: exit, let systemd restart
         self._stopped = asyncio.Event()
 
     # --- lifecycle -------------------------------------------------------------
@@ -86,15 +87,15 @@ class Daemon:
                 log.info("route_reloaded_open_messages", route=name, messages=reloaded, segments=route.depth)
             self.routes[name] = route
         for route in self.routes.values():
-            self._tasks.append(asyncio.create_task(route.run(), name=f"route-{route.name}"))
+            self.run_route(route)
         for member_id in self.pushers:
             self._start_pusher(member_id)
-        self._tasks.append(asyncio.create_task(self._sweep_receipts(), name="receipt-sweep"))
+        self._tasks.append(self._essential(self._sweep_receipts(), "receipt-sweep"))
         # Every start checks the providers (one sender.list per portal): Bitrix24 never
         # retries an event, and a lost ONAPPUPDATE leaves the portal without them.
         for member_id in self.pushers:
             self._tasks.append(asyncio.create_task(self._register_one(member_id), name=f"register-{member_id}"))
-        self._tasks.append(asyncio.create_task(self.holds.run(), name="holds"))
+        self._tasks.append(self._essential(self.holds.run(), "holds"))
         intake = self.intake = Intake(self.config, self.store, lambda: self._portals, self.dispatch, rules_=self.rules,
                         stoplist=self.stoplist, on_held=self.holds.wake)
         self._rpc = RpcServer(
@@ -130,6 +131,27 @@ class Daemon:
         await self._stopped.wait()
 
     # --- wiring ----------------------------------------------------------------
+
+    def run_route(self, route: Any) -> None:
+        self._tasks.append(self._essential(route.run(), f"route-{route.name}"))
+
+    def _essential(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """A task the daemon cannot work without (a route, a pusher, the holds).
+
+        If one dies of an exception, a daemon that stays up would look healthy
+        while a queue silently stops moving. Everything is in the store, so the
+        safe answer is to exit non-zero and let systemd start us again.
+        """
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._essential_done)
+        return task
+
+    def _essential_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("daemon_task_crashed", task=task.get_name(), error=repr(task.exception()),
+                  hint="the daemon exits; systemd restarts it and the store resumes the work")
+        self.crashed.set()
 
     def new_route(self, cfg: RouteConfig) -> Any:
         """A route of the config's kind, wired to the daemon (start-up and reload alike)."""
@@ -205,7 +227,7 @@ class Daemon:
 
     def _start_pusher(self, member_id: str) -> None:
         pusher = self.pushers[member_id]
-        self._pusher_tasks[member_id] = asyncio.create_task(pusher.run(), name=f"pusher-{member_id}")
+        self._pusher_tasks[member_id] = self._essential(pusher.run(), f"pusher-{member_id}")
 
     async def _installed(self, portal: PortalRecord, event: str) -> None:
         """Persist first (the event's tokens are the only copy), then serve, then register."""

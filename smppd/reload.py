@@ -91,7 +91,7 @@ async def apply(daemon: "Daemon", new: Config, *, drain_timeout: float = 10.0) -
         route = daemon.new_route(new.routes[name])
         daemon.routes[name] = route
         await route.load_open()
-        daemon._tasks.append(asyncio.create_task(route.run(), name=f"route-{name}"))
+        daemon.run_route(route)
     log.info("config_reloaded", retuned=list(p.retune), rebound=list(p.rebind), added=list(p.added),
              senders_changed=p.senders_changed)
     return p
@@ -114,4 +114,4 @@ async def _rebind(daemon: "Daemon", name: str, cfg: RouteConfig, drain_timeout: 
     for m in await daemon.store.open_messages(name):
         if m.id not in queued:
             new.enqueue(m)
-    daemon._tasks.append(asyncio.create_task(new.run(), name=f"route-{name}"))
+    daemon.run_route(new)

@@ -30,7 +30,8 @@ def healthy(daemon: Daemon) -> bool:
 
 
 async def run_daemon(cfg: config_mod.Config, config_path: str) -> bool:
-    """Run until SIGTERM/SIGINT; False when the daemon could not start (the log says why)."""
+    """Run until SIGTERM/SIGINT; False when the daemon could not start or an essential task
+    crashed (the log says why), so that systemd's Restart=on-failure starts it again."""
     daemon = Daemon(cfg)
     try:
         await daemon.start()
@@ -53,13 +54,16 @@ async def run_daemon(cfg: config_mod.Config, config_path: str) -> bool:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    await stopping.wait()
+    waits = [asyncio.create_task(stopping.wait()), asyncio.create_task(daemon.crashed.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
     sdnotify.notify("STOPPING=1")
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await daemon.stop()
-    return True
+    return not daemon.crashed.is_set()
 
 
 async def reload_config(daemon: Daemon, config_path: str, lock: asyncio.Lock | None = None) -> reload.Plan | None:

@@ -145,3 +145,34 @@ async def test_kill_9_with_messages_queued_and_in_flight(tmp_path, peers):
             except subprocess.TimeoutExpired:
                 proc.kill()
     assert proc.returncode == 0, log.read_text()[-2000:]
+
+
+async def test_a_crashed_route_stops_the_daemon_so_systemd_restarts_it(tmp_path, peers, monkeypatch):
+    """A daemon whose route task died would look healthy while that queue never moves."""
+    from structlog.testing import capture_logs
+
+    from smppd import service
+    from smppd.daemon import Daemon
+
+    portal, life, mts = peers
+    cfg_path = write_config(tmp_path, portal, life, mts)
+    original_start = Daemon.start
+
+    async def start_then_break(self: Daemon) -> None:
+        await original_start(self)
+
+        class Broken:
+            name = "broken"
+
+            async def run(self) -> None:
+                raise RuntimeError("a bug in a route")
+
+        self.run_route(Broken())
+
+    monkeypatch.setattr(Daemon, "start", start_then_break)
+    with capture_logs() as logs:
+        ok = await asyncio.wait_for(service.run_daemon(config_mod.load(cfg_path), str(cfg_path)), 20)
+    assert ok is False, "exit non-zero: Restart=on-failure applies"
+    [crash] = [e for e in logs if e["event"] == "daemon_task_crashed"]
+    assert crash["task"] == "route-broken" and "a bug in a route" in crash["error"]
+    assert any(e["event"] == "daemon_stopped" for e in logs), "it stopped cleanly, store closed"
