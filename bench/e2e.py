@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp  # noqa: E402
 import structlog  # noqa: E402
 
-from bench.procs import PYTHON, ROOT, Smsc, free_port, pct, proc_stats, self_stats, stop, wait_for_port  # noqa: E402
+from bench.procs import PYTHON, ROOT, Smsc, free_port, pct, self_stats, stats_of, stop_in_order, wait_for_port  # noqa: E402
 from smppd.bitrix24.portal import SimulatedPortal  # noqa: E402
 
 FINAL = frozenset({"delivered", "undelivered", "failed"})
@@ -127,12 +127,10 @@ class Gateway:
         wait_for_port(self.shim_port)
 
     def stats(self) -> dict[str, Any]:
-        return {name: proc_stats(p.pid) for name, p in self.procs.items() if p.poll() is None}
+        return stats_of(self.procs)
 
     def stop(self) -> None:
-        for name in ("shim", "daemon"):
-            if name in self.procs:
-                stop(self.procs[name])
+        stop_in_order(self.procs, ("shim", "daemon"))
 
 
 @dataclass

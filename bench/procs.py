@@ -120,3 +120,15 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def stats_of(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, ProcStats]:
+    """CPU and RSS of each process still running, by name."""
+    return {name: proc_stats(p.pid) for name, p in procs.items() if p.poll() is None}
+
+
+def stop_in_order(procs: dict[str, subprocess.Popen[bytes]], order: tuple[str, ...]) -> None:
+    """The front first (it stops taking load), then what it feeds."""
+    for name in order:
+        if name in procs:
+            stop(procs[name])

@@ -6,6 +6,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from smppd import text
 from smppd.model import Status
 from smppd.store import NewMessage, OpenMessage, Store
@@ -54,3 +56,14 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.fixture
+async def store(tmp_path: Any) -> Any:
+    """A store on a fake clock (``store.test_clock``), shared by the SMS.ru and SMSC tests."""
+    clock = FakeClock()
+    s = Store(str(tmp_path / "t.db"), clock=clock)
+    s.test_clock = clock  # type: ignore[attr-defined]
+    await s.open()
+    yield s
+    await s.close()

@@ -12,9 +12,10 @@ from smppd.providers import smsc
 from smppd.providers.http_common import Accepted, Ambiguous, BadCallback, Batcher, Job, ProviderError, Refused
 from smppd.providers.smsc import VIBER_ID_BASE, SmscRoute
 from smppd.sims.smsc import SimMessage, SmscSimulator
-from smppd.store import OpenMessage, Store
+from smppd.store import OpenMessage
 
-from .http_rig import FakeClock, add_message, status_of, wait_status
+from .http_rig import add_message, status_of, wait_status
+from .http_rig import store  # noqa: F401  (the fixture, by import)
 
 
 def cfg(**kw) -> SmscRouteConfig:
@@ -124,16 +125,6 @@ async def sim():
     await s.start()
     yield s
     await s.stop()
-
-
-@pytest.fixture
-async def store(tmp_path):
-    clock = FakeClock()
-    s = Store(str(tmp_path / "t.db"), clock=clock)
-    s.test_clock = clock  # type: ignore[attr-defined]
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def _start(route: SmscRoute) -> asyncio.Task:

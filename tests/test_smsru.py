@@ -15,9 +15,9 @@ from smppd.providers.http_common import (
 )
 from smppd.providers.smsru import SmsRuRoute
 from smppd.sims.smsru import SmsRuSimulator
-from smppd.store import Store
 
-from .http_rig import FakeClock, add_message, status_of, wait_status
+from .http_rig import add_message, status_of, wait_status
+from .http_rig import store  # noqa: F401  (the fixture, by import)
 
 API_ID = "sim-api-id"
 
@@ -132,16 +132,6 @@ async def sim():
     await s.start()
     yield s
     await s.stop()
-
-
-@pytest.fixture
-async def store(tmp_path):
-    clock = FakeClock()
-    s = Store(str(tmp_path / "t.db"), clock=clock)
-    s.test_clock = clock  # type: ignore[attr-defined]
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def _run(route: SmsRuRoute):

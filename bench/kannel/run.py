@@ -40,7 +40,7 @@ import structlog  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from bench import e2e  # noqa: E402
-from bench.procs import Smsc, free_port, pct, proc_stats, self_stats, stop, wait_for_port  # noqa: E402
+from bench.procs import Smsc, free_port, pct, self_stats, stats_of, stop_in_order, wait_for_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -100,12 +100,10 @@ class Kannel:
         raise RuntimeError(f"Kannel's SMSC connection did not come online; see {self.tmp}/bearerbox.log")
 
     def stats(self) -> dict[str, Any]:
-        return {name: proc_stats(p.pid) for name, p in self.procs.items() if p.poll() is None}
+        return stats_of(self.procs)
 
     def stop(self) -> None:
-        for name in ("smsbox", "bearerbox"):
-            if name in self.procs:
-                stop(self.procs[name])
+        stop_in_order(self.procs, ("smsbox", "bearerbox"))
 
 
 async def kannel_once(n: int, concurrency: int, window: int, timeout: float) -> dict[str, Any]:
