@@ -336,7 +336,12 @@ class Store:
                     fut.set_exception(value)
 
     def execute(self, op: Operation[T]) -> asyncio.Future[T]:
-        """Queue an operation; the future resolves after its group commits."""
+        """Queue an operation; the future resolves after its group commits.
+
+        An operation is a function of the database only (no side effects outside
+        it): when another operation of its group fails, the group is rolled back
+        and run again (``_run_group``), so it may run twice.
+        """
         if self._writer is None:
             raise StoreClosed("store is not open")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -420,13 +425,14 @@ class Store:
             status = Status.FAILED if reason else Status.QUEUED
             hold = None if reason or first else m.hold
             ref = _next_concat_ref(conn, m.phone) if m.segments > 1 and not reason and not first else None
+            b24 = _b24_forward(None, status) if status is Status.FAILED else None
             cur = conn.execute(
                 "INSERT INTO message (member_id, b24_id, code, route, sender, phone, text, encoding,"
                 " segments, module_id, status, reason, created_at, updated_at, hold, hold_until, entities,"
-                " duplicate_of, concat_ref) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " duplicate_of, concat_ref, b24_status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (m.member_id, m.b24_id, m.code, m.route, m.sender, m.phone, m.text, m.encoding,
                  m.segments, m.module_id, status, reason, now, now, hold, m.hold_until if hold else None,
-                 m.entities, first[0] if first else None, ref),
+                 m.entities, first[0] if first else None, ref, b24),
             )
             mid = cur.lastrowid
             assert mid is not None
@@ -436,8 +442,8 @@ class Store:
                     [(mid, seq, m.route, status, now) for seq in range(m.segments)],
                 )
             _event(conn, mid, None, status, True, reason or (f"held: {hold}" if hold else None), now)
-            if status is Status.FAILED:
-                _to_outbox(conn, mid, m.member_id, m.b24_id, m.code, None, status, now)
+            if b24 is not None:
+                _to_outbox(conn, m.member_id, m.b24_id, m.code, b24, now)
             if first is not None:
                 _event(conn, mid, None, status, True, f"repeat of message {first[0]}: follows its status", now)
                 _follow(conn, mid, m.member_id, m.b24_id, m.code, None, Status.QUEUED, Status(first[1]),
@@ -487,10 +493,8 @@ class Store:
             if row is None:
                 return False
             route = row[0]
-            conn.execute(
-                "UPDATE segment SET provider_id=? WHERE message_id=? AND seq=?", (provider_id, message_id, seq)
-            )
-            changed = _segment_status(conn, message_id, seq, Status.ACCEPTED, None, now)
+            changed = _segment_status(conn, message_id, seq, Status.ACCEPTED, None, now,
+                                      current=Status(row[1]), provider_id=provider_id)
             early = conn.execute(
                 "SELECT id, status, detail FROM receipt_pending WHERE route=? AND provider_id=? ORDER BY id",
                 (route, provider_id),
@@ -514,7 +518,7 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> tuple[bool, bool]:
             row = conn.execute(
-                "SELECT message_id, seq FROM segment WHERE route=? AND provider_id=?", (route, provider_id)
+                "SELECT message_id, seq, status FROM segment WHERE route=? AND provider_id=?", (route, provider_id)
             ).fetchone()
             if row is None:
                 conn.execute(
@@ -523,7 +527,7 @@ class Store:
                     (route, provider_id, status, detail, now),
                 )
                 return False, False
-            return True, _segment_status(conn, row[0], row[1], status, detail, now)
+            return True, _segment_status(conn, row[0], row[1], status, detail, now, current=Status(row[2]))
 
         matched, changed = await self.execute(op)
         if changed:
@@ -825,7 +829,31 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 def _run_group(conn: sqlite3.Connection, ops: list[Operation[Any]]) -> list[tuple[bool, Any]]:
-    """Run ops in one transaction; a failing op rolls back only its own writes."""
+    """Run ops in one transaction, committed once; a failing op rolls back only its own writes.
+
+    Optimistic: the ops run back to back without a savepoint each (SAVEPOINT and
+    RELEASE are two statements per op, a sixth of the writer's statements). An op
+    that raises is rare (a constraint, a bug); then the whole transaction rolls
+    back and the group runs again with a savepoint around each op. Ops are plain
+    functions of the database (see ``Store.execute``), so running one again
+    after the rollback gives what the first run would have.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        results: list[tuple[bool, Any]] = [(True, op(conn)) for op in ops]
+    except Exception:
+        conn.execute("ROLLBACK")
+        return _run_group_isolated(conn, ops)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    _commit(conn)
+    return results
+
+
+def _run_group_isolated(conn: sqlite3.Connection, ops: list[Operation[Any]]) -> list[tuple[bool, Any]]:
+    """The slow path of ``_run_group``: a savepoint per op, so one failure spares the rest."""
     results: list[tuple[bool, Any]] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -838,12 +866,21 @@ def _run_group(conn: sqlite3.Connection, ops: list[Operation[Any]]) -> list[tupl
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
                 results.append((False, e))
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    _commit(conn)
+    return results
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    try:
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return results
 
 
 def _next_concat_ref(conn: sqlite3.Connection, phone: str | None) -> int:
@@ -873,25 +910,31 @@ def _event(conn: sqlite3.Connection, mid: int, seq: int | None, status: Status, 
 
 
 def _segment_status(conn: sqlite3.Connection, mid: int, seq: int, new: Status, detail: str | None,
-                    now: float) -> bool:
+                    now: float, *, current: Status | None = None, provider_id: str | None = None) -> bool:
     """Move one segment forward, recompute its message; True if the outbox changed.
 
     A move backwards (a late resp after a receipt, a duplicated receipt) is
-    recorded as an event with applied=0 and changes nothing else.
+    recorded as an event with applied=0 and changes nothing else (but a
+    ``provider_id`` is still kept: receipts are matched by it). ``current`` is
+    the segment's status when the caller has just read it.
     """
-    row = conn.execute("SELECT status FROM segment WHERE message_id=? AND seq=?", (mid, seq)).fetchone()
-    if row is None:
-        return False
-    current = Status(row[0])
+    if current is None:
+        row = conn.execute("SELECT status FROM segment WHERE message_id=? AND seq=?", (mid, seq)).fetchone()
+        if row is None:
+            return False
+        current = Status(row[0])
     if not may_advance(current, new):
+        if provider_id is not None:
+            conn.execute("UPDATE segment SET provider_id=? WHERE message_id=? AND seq=?", (provider_id, mid, seq))
         _event(conn, mid, seq, new, False, detail, now)
         return False
     conn.execute(
-        "UPDATE segment SET status=?, error=coalesce(?, error), updated_at=? WHERE message_id=? AND seq=?",
-        (new, detail if new in FINAL and new is not Status.DELIVERED else None, now, mid, seq),
+        "UPDATE segment SET status=?, error=coalesce(?, error), provider_id=coalesce(?, provider_id), updated_at=?"
+        " WHERE message_id=? AND seq=?",
+        (new, detail if new in FINAL and new is not Status.DELIVERED else None, provider_id, now, mid, seq),
     )
     _event(conn, mid, seq, new, True, detail, now)
-    return _message_status(conn, mid, now, detail)
+    return _message_status(conn, mid, now, detail, new)
 
 
 def _all_segments(conn: sqlite3.Connection, mid: int, new: Status, detail: str | None, now: float) -> bool:
@@ -902,20 +945,30 @@ def _all_segments(conn: sqlite3.Connection, mid: int, new: Status, detail: str |
     return changed
 
 
-def _message_status(conn: sqlite3.Connection, mid: int, now: float, detail: str | None) -> bool:
+def _message_status(conn: sqlite3.Connection, mid: int, now: float, detail: str | None,
+                    segment_new: Status) -> bool:
+    """Recompute a message from its segments after one moved to ``segment_new``.
+
+    The common message has one segment, whose status is the message's: no
+    second read of the segment table then.
+    """
     row = conn.execute(
-        "SELECT status, member_id, b24_id, code, b24_status FROM message WHERE id=?", (mid,)
+        "SELECT status, member_id, b24_id, code, b24_status, segments FROM message WHERE id=?", (mid,)
     ).fetchone()
     current, member_id, b24_id, code, b24_current = Status(row[0]), row[1], row[2], row[3], row[4]
-    segments = [Status(s) for (s,) in conn.execute("SELECT status FROM segment WHERE message_id=?", (mid,))]
-    new = aggregate(segments)
+    if row[5] == 1:
+        new = segment_new
+    else:
+        new = aggregate([Status(s) for (s,) in conn.execute("SELECT status FROM segment WHERE message_id=?", (mid,))])
     if not may_advance(current, new):
         return False
     reason = detail if new in FINAL and new is not Status.DELIVERED else None
+    b24 = _b24_forward(b24_current, new)
     conn.execute(
-        "UPDATE message SET status=?, reason=coalesce(?, reason), updated_at=? WHERE id=?", (new, reason, now, mid)
+        "UPDATE message SET status=?, reason=coalesce(?, reason), updated_at=?, b24_status=coalesce(?, b24_status)"
+        " WHERE id=?", (new, reason, now, b24, mid)
     )
-    changed = _to_outbox(conn, mid, member_id, b24_id, code, b24_current, new, now)
+    changed = b24 is not None and _to_outbox(conn, member_id, b24_id, code, b24, now)
     for f in conn.execute(
         "SELECT id, member_id, b24_id, code, b24_status, status FROM message WHERE duplicate_of=?", (mid,)
     ).fetchall():
@@ -941,27 +994,32 @@ def _follow(conn: sqlite3.Connection, mid: int, member_id: str, b24_id: str, cod
     """A repeat takes its first message's status: one SMS went out, both posts learn its fate."""
     if not may_advance(current, new):
         return False
+    b24 = _b24_forward(b24_current, new)
     conn.execute(
-        "UPDATE message SET status=?, reason=coalesce(?, reason), updated_at=? WHERE id=?",
-        (new, reason if new in FINAL and new is not Status.DELIVERED else None, now, mid),
+        "UPDATE message SET status=?, reason=coalesce(?, reason), updated_at=?, b24_status=coalesce(?, b24_status)"
+        " WHERE id=?",
+        (new, reason if new in FINAL and new is not Status.DELIVERED else None, now, b24, mid),
     )
     _event(conn, mid, None, new, True, "follows its first message", now)
-    return _to_outbox(conn, mid, member_id, b24_id, code, b24_current, new, now)
+    return b24 is not None and _to_outbox(conn, member_id, b24_id, code, b24, now)
 
 
-def _to_outbox(conn: sqlite3.Connection, mid: int, member_id: str, b24_id: str, code: str,
-               b24_current: str | None, new: Status, now: float) -> bool:
-    """Owe Bitrix24 the new status, coalesced with any update not yet pushed.
+def _b24_forward(b24_current: str | None, new: Status) -> str | None:
+    """The Bitrix24 status to hand over for ``new``, or None when Bitrix24 would see no forward move.
 
     Only forward moves in Bitrix24's own terms are queued: the portal has no
     monotonic guard of its own (reference/bitrix24.md §7).
     """
     b24 = bitrix24_status(new)
     if b24 is None:
-        return False
+        return None
     if b24_current is not None and BITRIX24_RANK[b24] <= BITRIX24_RANK[b24_current]:
-        return False
-    conn.execute("UPDATE message SET b24_status=? WHERE id=?", (b24, mid))
+        return None
+    return b24
+
+
+def _to_outbox(conn: sqlite3.Connection, member_id: str, b24_id: str, code: str, b24: str, now: float) -> bool:
+    """Owe Bitrix24 ``b24``, coalesced with any update not yet pushed (the caller stored b24_status)."""
     conn.execute(
         "INSERT INTO outbox (member_id, b24_id, code, status, created_at) VALUES (?,?,?,?,?)"
         " ON CONFLICT (member_id, b24_id) DO UPDATE SET status=excluded.status, next_at=0",

@@ -64,6 +64,22 @@ async def test_failing_op_does_not_spoil_its_group(store):
     assert (await store.counts())["messages"]["life"]["queued"] == 2
 
 
+async def test_a_failing_op_leaves_none_of_its_own_writes_and_the_others_land_once(store):
+    """The group runs optimistically, then again with savepoints after a failure."""
+    def half_then_boom(conn):
+        conn.execute("INSERT INTO stoplist (phone, source, added_at) VALUES ('+375291111111', 'cli', 0)")
+        raise RuntimeError("boom")
+
+    results = await asyncio.gather(store.intake(new("d" * 32)), store.execute(half_then_boom),
+                                   store.intake(new("e" * 32)), return_exceptions=True)
+    assert isinstance(results[1], RuntimeError)
+    assert results[0].id != results[2].id and not results[0].duplicate and not results[2].duplicate
+    rows = await store.execute(lambda conn: conn.execute("SELECT count(*) FROM stoplist").fetchone()[0])
+    assert rows == 0
+    events = await store.execute(lambda conn: conn.execute("SELECT count(*) FROM event").fetchone()[0])
+    assert events == 2  # one 'queued' per message: neither intake ran into the table twice
+
+
 async def test_invalid_number_fails_at_intake_and_owes_bitrix24_a_failed(store):
     r = await store.intake(new(reason="invalid number: landline, not a mobile number"))
     assert r.status is Status.FAILED
