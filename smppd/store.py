@@ -22,7 +22,7 @@ import asyncio
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Collection, Iterable, TypeVar
 
 import aiosqlite
 import structlog
@@ -735,15 +735,20 @@ class Store:
 
     # --- Bitrix24 outbox -------------------------------------------------------
 
-    async def outbox_due(self, member_id: str, limit: int = 50) -> list[OutboxItem]:
+    async def outbox_due(self, member_id: str, limit: int = 50, *,
+                         exclude: Collection[str] = ()) -> list[OutboxItem]:
         """Final statuses first, ``sent`` last: Bitrix24 already shows SENT after the hand-off
         (bitrix24.md §7), so under load a waiting ``sent`` is better coalesced into its
-        final status than spent on one of the portal's ~100 updates a second."""
+        final status than spent on one of the portal's ~100 updates a second.
+
+        ``exclude``: Bitrix24 ids whose update is in a batch in flight (the pusher's
+        pipeline), so no message is in two batches at once."""
         now = self.clock()
+        skip = frozenset(exclude)
 
         def op(conn: sqlite3.Connection) -> list[OutboxItem]:
-            rows = conn.execute(OUTBOX_DUE, (member_id, now, limit)).fetchall()
-            return [OutboxItem(*r) for r in rows]
+            rows = conn.execute(OUTBOX_DUE, (member_id, now, limit + len(skip))).fetchall()
+            return [OutboxItem(*r) for r in rows if r[1] not in skip][:limit]
 
         return await self.execute(op)
 

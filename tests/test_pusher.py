@@ -156,3 +156,40 @@ async def test_final_statuses_leave_before_sent(setup):
     due = await store.outbox_due(portal.member_id, 2)
     assert [i.b24_id for i in due] == finals and {i.status for i in due} == {"delivered"}
     assert [i.status for i in await store.outbox_due(portal.member_id)][2:] == ["sent"] * 3
+
+
+async def test_the_pipeline_keeps_batches_in_flight_and_never_sends_a_message_twice(setup):
+    """run() keeps several batches in flight (the portal is slow), and an update in flight
+    is never read into another batch: 400 messages, 8 requests, each message once."""
+    import asyncio
+
+    from smppd.bitrix24 import pusher as pusher_mod
+
+    portal, store, pusher = setup
+    ids = await accepted_and_delivered(portal, store, 400)
+    seen: list[str] = []
+    in_flight = peak = 0
+    batch = pusher.client.batch
+
+    async def slow_batch(commands, **kw):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        seen.extend(c[1]["MESSAGE_ID"] for c in commands.values())
+        try:
+            await asyncio.sleep(0.05)
+            return await batch(commands, **kw)
+        finally:
+            in_flight -= 1
+
+    pusher.client.batch = slow_batch
+    task = asyncio.create_task(pusher.run())
+    for _ in range(200):
+        if all(portal.messages[i].status == "delivered" for i in ids):
+            break
+        await asyncio.sleep(0.02)
+    pusher.stop()
+    await task
+    assert all(portal.messages[i].status == "delivered" and portal.messages[i].regressions() == [] for i in ids)
+    assert sorted(seen) == sorted(ids)  # each message in exactly one batch
+    assert peak == pusher_mod.PIPELINE

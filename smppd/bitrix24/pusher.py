@@ -28,6 +28,10 @@ RETRY_MIN, RETRY_MAX = 2.0, 300.0  # per update Bitrix24 refused
 # Longest pause between probes of a failing portal: bounds how long a recovered portal
 # waits before its backlog starts draining.
 OUTAGE_MAX = 60.0
+# Batches in flight per portal. The leaky bucket in RestClient keeps the request rate within
+# the portal's limit however many are in flight; more than one lets the outbox drain at that
+# limit even when each batch waits on the store and the network.
+PIPELINE = 4
 # Bitrix24 purges messages after 14 days; an update for one can never succeed.
 TERMINAL_ERRORS = frozenset({"ERROR_MESSAGE_NOT_FOUND"})
 
@@ -46,22 +50,54 @@ class StatusPusher:
         self._stopping = False
         self.failures = 0  # whole batches failed in a row (the portal is unreachable or refusing)
         self.paused_until = 0.0  # store clock; no request before this while failing
+        self._inflight: set[str] = set()  # Bitrix24 ids of the updates in a batch in flight
 
     async def run(self) -> None:
-        while not self._stopping:
-            pause = self.paused_until - self.store.clock()
-            if pause > 0:
-                await asyncio.sleep(pause)
-                continue
-            items = await self.store.outbox_due(self.member_id, BATCH_SIZE)
-            if not items:
-                self.store.outbox_changed.clear()
-                try:
-                    await asyncio.wait_for(self.store.outbox_changed.wait(), IDLE_POLL)
-                except asyncio.TimeoutError:
-                    pass
-                continue
+        """Keep up to ``PIPELINE`` batches in flight; the REST client's bucket sets the pace.
+
+        One batch at a time would cap the portal at one batch per round trip
+        (two store round trips and an HTTP one), below the portal's own limit
+        when the store is busy committing intake. Batches in flight never share
+        a message, so each message's updates still reach Bitrix24 in order.
+        """
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping:
+                _raise_failed(inflight)
+                pause = self.paused_until - self.store.clock()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                    continue
+                # A failing portal gets one probe at a time, not a pipeline of them.
+                if len(inflight) >= (1 if self.failures else PIPELINE):
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                items = await self.store.outbox_due(self.member_id, BATCH_SIZE, exclude=self._inflight)
+                if not items:
+                    self.store.outbox_changed.clear()
+                    await self._idle(inflight)
+                    continue
+                self._inflight.update(i.b24_id for i in items)  # before the next read, not when the task starts
+                inflight.add(asyncio.create_task(self._push_held(items)))
+        finally:
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _idle(self, inflight: set[asyncio.Task[None]]) -> None:
+        """Until the outbox changes, a batch in flight ends, or IDLE_POLL (retries come due)."""
+        changed = asyncio.create_task(self.store.outbox_changed.wait())
+        try:
+            await asyncio.wait({changed, *inflight}, timeout=IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+
+    async def _push_held(self, items: list[OutboxItem]) -> None:
+        """Push; the messages stay out of the next reads (``run`` put them in) until their rows are settled."""
+        try:
             await self.push(items)
+        finally:
+            self._inflight.difference_update(i.b24_id for i in items)
 
     def stop(self) -> None:
         self._stopping = True
@@ -75,12 +111,15 @@ class StatusPusher:
             )
             for i, item in enumerate(items)
         }
+        failures_before = self.failures
         try:
             results, errors = await metrics.timed_push(self.member_id, self.client.batch(commands))
         except RestError as e:
             metrics.rest_error(self.member_id, e)
             # The portal failed, not these updates: pause the whole portal and keep every
             # row due, so the backlog drains in order as soon as a probe gets through.
+            if self.failures > failures_before:  # a batch sent alongside already counted this failure
+                return
             self.failures += 1
             delay = min(OUTAGE_MAX, backoff(self.failures - 1))
             self.paused_until = self.store.clock() + delay
@@ -111,3 +150,12 @@ class StatusPusher:
             await self.store.outbox_done(done)
         for item in retry:
             await self.store.outbox_retry([item], backoff(item.attempts))
+
+
+def _raise_failed(tasks: set[asyncio.Task[None]]) -> None:
+    """Drop finished batches; a batch that died of an exception takes the pusher down with it
+    (the daemon treats the pusher as essential: systemd restarts it and the outbox resumes)."""
+    for task in [t for t in tasks if t.done()]:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
