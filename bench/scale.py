@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import structlog  # noqa: E402
 
-from bench.e2e import CODE, Gateway, daemon_config, post_load  # noqa: E402
+from bench.e2e import CODE, Gateway, daemon_config, post_load, prepare_posts  # noqa: E402
 from bench.procs import Smsc, free_port, proc_stats  # noqa: E402
 from smppd.bitrix24.portal import SimulatedPortal  # noqa: E402
 
@@ -61,8 +61,9 @@ async def run(n: int, concurrency: int, cap: int, drain_seconds: float, drain_al
             t_all = time.perf_counter()
             for first in range(0, n, step):
                 count = min(step, n - first)
+                posts = prepare_posts(portal, count, first=first)
                 t0 = time.perf_counter()
-                posts = await post_load(url, portal, count, concurrency, first=first)
+                await post_load(url, portal, posts, concurrency)
                 dt = time.perf_counter() - t0
                 refused += sum(p.status != 200 for p in posts)
                 daemon = proc_stats(gw.procs["daemon"].pid)

@@ -36,6 +36,7 @@ from urllib.parse import quote
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 import aiohttp  # noqa: E402
+import yarl  # noqa: E402
 import structlog  # noqa: E402
 from aiohttp import web  # noqa: E402
 
@@ -120,15 +121,17 @@ async def kannel_once(n: int, concurrency: int, window: int, timeout: float) -> 
             await kannel.start()
             before = {**kannel.stats(), "smsc": smsc.stats(), "loadgen": self_stats()}
             base = f"http://127.0.0.1:{kannel.sendsms_port}/cgi-bin/sendsms?username=bench&password=benchpw&from=DemoShop"
-            queue = iter(range(n))
+            # Built before the clock starts, as bench/e2e.py builds smppd's posts.
+            urls = [(i, yarl.URL(f"{base}&to={quote(e2e.phone(i))}&text={quote(e2e.message_text(i))}&dlr-mask=19"
+                                 f"&dlr-url={quote(f'http://127.0.0.1:{receiver.port}/dlr?i={i}&t=%d', safe='')}",
+                                 encoded=True))
+                    for i in range(n)]
+            queue = iter(urls)
             t0 = time.time()
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
 
                 async def worker() -> None:
-                    for i in queue:
-                        dlr = f"http://127.0.0.1:{receiver.port}/dlr?i={i}&t=%d"
-                        url = (f"{base}&to={quote(e2e.phone(i))}&text={quote(e2e.message_text(i))}"
-                               f"&dlr-mask=19&dlr-url={quote(dlr, safe='')}")
+                    for i, url in queue:
                         posted[i] = time.time()
                         async with http.get(url) as r:
                             await r.read()

@@ -412,10 +412,13 @@ class SimulatedPortal:
         return [(f"auth[{key}]", value) for key, value in fields]
 
     async def post_to_handler(
-        self, http: aiohttp.ClientSession, handler_url: str, form: list[tuple[str, str]]
+        self, http: aiohttp.ClientSession, handler_url: str, form: list[tuple[str, str]] | bytes
     ) -> tuple[int, str]:
-        """POST the form urlencoded, as the Bitrix queue server does; the answer is not interpreted."""
-        body = urlencode(form).encode()
+        """POST the form urlencoded, as the Bitrix queue server does; the answer is not interpreted.
+
+        ``form`` may come encoded already (``encode_form``): a load generator builds its
+        posts before it starts the clock."""
+        body = form if isinstance(form, bytes) else encode_form(form)
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         async with http.post(handler_url, data=body, headers=headers) as resp:
             return resp.status, await resp.text()
@@ -873,6 +876,11 @@ def _phpify(value: Any) -> Any:
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:
     text = json.dumps(_phpify(body), separators=(",", ":"))
     return web.Response(text=text, status=status, content_type="application/json")
+
+
+def encode_form(form: list[tuple[str, str]]) -> bytes:
+    """A HANDLER form as the queue server puts it on the wire (application/x-www-form-urlencoded)."""
+    return urlencode(form).encode()
 
 
 def _iso(ts: float) -> str:
