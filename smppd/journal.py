@@ -26,6 +26,7 @@ import asyncio
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import structlog
@@ -101,10 +102,19 @@ class StoreWatcher:
 
     async def tail(self) -> int:
         """Log and count the events written since the last call; returns how many."""
-        rows, provider_ids = await asyncio.get_running_loop().run_in_executor(self._thread, self._read_events)
-        for row in rows:
-            self._event(*row, provider_ids=provider_ids)
-        return len(rows)
+        batch = await asyncio.get_running_loop().run_in_executor(self._thread, self._read_events)
+        for (route, status), n in batch.counts.items():
+            _count(route, status, n)
+        for route, status, seconds in batch.latencies:
+            metrics.RECEIPT_LATENCY.labels(route, status).observe(seconds)
+        for final in batch.finals:
+            # One line per message, when its status is settled, with every id an admin may
+            # search for.  Intermediate steps are in the store (`smppd` RPC "message").
+            log.info("message_final", **final)
+        for ignored in batch.ignored:
+            # A late or duplicated resp/receipt: recorded by the store, never applied backwards.
+            log.debug("message_status_ignored", **ignored)
+        return batch.events
 
     async def snapshot(self) -> metrics.StoreSnapshot:
         snap = await asyncio.get_running_loop().run_in_executor(self._thread, self._read_snapshot,
@@ -119,17 +129,35 @@ class StoreWatcher:
             self._conn = connect_readonly(self.database)
         return self._conn
 
-    def _read_events(self) -> tuple[list[tuple[Any, ...]], dict[int, list[str]]]:
+    def _read_events(self) -> "_Batch":
+        """Read and sort the new events here, in the journal's thread, so the event loop gets
+        a few sums and one line per settled message instead of three rows per message."""
         db = self._db()
+        batch = _Batch()
         if self._last_event is None:  # start at the end: history was logged by the previous run
             self._last_event = db.execute("SELECT coalesce(max(id), 0) FROM event").fetchone()[0]
-            return [], {}
+            return batch
         rows = db.execute(_TAIL_SQL, (self._last_event, TAIL_BATCH)).fetchall()
         if not rows:
-            return [], {}
+            return batch
         self._last_event = rows[-1][0]
+        batch.events = len(rows)
+        counts = batch.counts
+        final_rows = []
+        for row in rows:
+            _, message_id, seq, status, applied, detail, at, b24_id, route, message_status = row[:10]
+            if not applied:
+                batch.ignored.append({"id": message_id, "b24_id": b24_id, "route": route, "seq": seq,
+                                      "status": status, "message_status": message_status, "detail": detail})
+                continue
+            key = (route, status)
+            counts[key] = counts.get(key, 0) + 1
+            if row[13] is not None:
+                batch.latencies.append((route, status, max(0.0, at - row[13])))
+            if _made_final(row):
+                final_rows.append(row)
         # The provider ids of the messages that became final in this batch, for their one line.
-        final = sorted({r[1] for r in rows if _made_final(r)})
+        final = sorted({r[1] for r in final_rows})
         provider_ids: dict[int, list[str]] = {}
         for i in range(0, len(final), 500):
             chunk = final[i:i + 500]
@@ -138,7 +166,12 @@ class StoreWatcher:
                 " AND provider_id IS NOT NULL ORDER BY message_id, seq", chunk,
             ):
                 provider_ids.setdefault(mid, []).append(pid)
-        return rows, provider_ids
+        batch.finals = [
+            {"id": r[1], "b24_id": r[7], "route": r[8], "provider_ids": provider_ids.get(r[1], []),
+             "status": r[9], "reason": r[10], "seconds": round(r[12] - r[11], 3)}
+            for r in final_rows
+        ]
+        return batch
 
     def _read_snapshot(self, portals: list[str]) -> metrics.StoreSnapshot:
         db = self._db()
@@ -156,27 +189,17 @@ class StoreWatcher:
             db.execute("COMMIT")
         return metrics.StoreSnapshot(messages, outbox, pending)
 
-    # --- per event -----------------------------------------------------------------
 
-    def _event(self, event_id: int, message_id: int, seq: int | None, status: str, applied: int,
-               detail: str | None, at: float, b24_id: str, route: str, message_status: str,
-               reason: str | None, created_at: float, updated_at: float, accepted_at: float | None, *,
-               provider_ids: dict[int, list[str]]) -> None:
-        if not applied:
-            # A late or duplicated resp/receipt: recorded by the store, never applied backwards.
-            log.debug("message_status_ignored", id=message_id, b24_id=b24_id, route=route, seq=seq, status=status,
-                      message_status=message_status, detail=detail)
-            return
-        _count(route, status)
-        if accepted_at is not None:
-            metrics.RECEIPT_LATENCY.labels(route, status).observe(max(0.0, at - accepted_at))
-        if _made_final((event_id, message_id, seq, status, applied, detail, at, b24_id, route, message_status,
-                        reason, created_at, updated_at)):
-            # One line per message, when its status is settled, with every id an admin may
-            # search for.  Intermediate steps are in the store (`smppd` RPC "message").
-            log.info("message_final", id=message_id, b24_id=b24_id, route=route,
-                     provider_ids=provider_ids.get(message_id, []), status=message_status,
-                     reason=reason, seconds=round(updated_at - created_at, 3))
+
+@dataclass
+class _Batch:
+    """What one read of the event table gives the event loop to do."""
+
+    events: int = 0
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)  # applied events per (route, status)
+    latencies: list[tuple[str, str, float]] = field(default_factory=list)  # accepted → final, seconds
+    finals: list[dict[str, Any]] = field(default_factory=list)  # one message_final line each
+    ignored: list[dict[str, Any]] = field(default_factory=list)  # events not applied (debug lines)
 
 
 def _made_final(row: tuple[Any, ...]) -> bool:
@@ -192,8 +215,8 @@ def _made_final(row: tuple[Any, ...]) -> bool:
 _children: dict[tuple[str, str], Any] = {}
 
 
-def _count(route: str, status: str) -> None:
+def _count(route: str, status: str, n: int = 1) -> None:
     child = _children.get((route, status))
     if child is None:
         child = _children[(route, status)] = metrics.STATUS_EVENTS.labels(route, status)
-    child.inc()
+    child.inc(n)
