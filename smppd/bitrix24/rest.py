@@ -16,7 +16,7 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Mapping
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -78,6 +78,30 @@ def encode_params(params: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     for key, value in (params or {}).items():
         _flatten(str(key), value, pairs)
     return pairs
+
+
+# quote_plus(s, safe="") of every byte: the unreserved set as is, space as "+", the rest %XX.
+_UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+# A full list, not a dict of the quoted bytes only: str.translate raises and catches a
+# LookupError for every character a mapping leaves out, which would cost more than it saves.
+_QUOTE_PLUS = [chr(b) if b in _UNRESERVED else "+" if b == 0x20 else f"%{b:02X}" for b in range(256)]
+
+
+def form_urlencode(pairs: list[tuple[str, str]]) -> str:
+    """``urllib.parse.urlencode(pairs)``, byte for byte, at C speed.
+
+    Why not urlencode itself: it quotes byte by byte in Python, and a status batch
+    quotes every update twice (the command's query, then the command as a form value):
+    a sixth of the pusher's CPU. The UTF-8 bytes seen as Latin-1 characters let
+    ``str.translate`` do the percent-encoding.
+    """
+    return "&".join(f"{_quote_plus(k)}={_quote_plus(v)}" for k, v in pairs)
+
+
+def _quote_plus(s: str) -> str:
+    if s.isascii() and s.isalnum():
+        return s
+    return s.encode("utf-8").decode("latin-1").translate(_QUOTE_PLUS)
 
 
 def _flatten(key: str, value: Any, out: list[tuple[str, str]]) -> None:
@@ -203,7 +227,7 @@ class RestClient:
         for key, (method, params) in commands.items():
             if any(c in key for c in "[]&=") or not key:
                 raise ValueError(f"batch key {key!r} cannot be encoded as cmd[<key>]")
-            pairs.append((f"cmd[{key}]", f"{method}?{urlencode(encode_params(params))}"))
+            pairs.append((f"cmd[{key}]", f"{method}?{form_urlencode(encode_params(params))}"))
         payload = await self._request("batch", pairs)
         return _split_batch(payload.get("result"), commands)
 
@@ -249,7 +273,7 @@ class RestClient:
     async def _post(self, method: str, pairs: list[tuple[str, str]]) -> tuple[int, dict[str, Any]]:
         """One POST; network trouble and non-JSON 5xx become retryable ``RestError("network")``."""
         url = f"{self.auth.client_endpoint}{method}"
-        body = urlencode(pairs).encode()
+        body = form_urlencode(pairs).encode()
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         try:
             async with self._http.post(url, data=body, headers=headers, timeout=self._timeout) as resp:
