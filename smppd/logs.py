@@ -3,9 +3,9 @@
 Every message costs the daemon two lines (``message_received``,
 ``message_final``) and the shim one per refusal, so the production set-up is
 built for cost per line: loggers are cached on first use, the JSON encoder
-and the timestamp's date part are built once, and the JSON lines of one
-event-loop iteration leave in one ``write()`` (``BatchedLines``) instead of
-one write and flush per line.
+and the timestamp's date part are built once, and the JSON lines logged in
+the event loop within ``FLUSH_AFTER`` seconds leave in one ``write()``
+(``BatchedLines``) instead of one write and flush per line.
 """
 
 from __future__ import annotations
@@ -80,23 +80,30 @@ class _UtcStamper:
         return f"{self._prefix}.{micro:06d}Z" if micro else f"{self._prefix}Z"
 
 
-class BatchedLines:
-    """A structlog logger that writes the lines of one event-loop iteration
-    with one ``write()`` and one ``flush()``.
+FLUSH_AFTER = 0.01
+"""Seconds a line logged in the event loop may wait for the lines after it.
+Short enough that journald's arrival time stays right to the eye; long
+enough that under load one write carries a dozen lines, not one or two."""
 
-    Under load the daemon logs a few lines per loop iteration; a write and a
-    flush per line was a syscall per line.  A line logged inside a running
-    event loop is queued and the loop is asked to flush at the start of its
-    next iteration, before it waits for I/O again, so lines still leave
-    within one iteration.  A line logged where no loop runs in the thread
-    (start-up, shutdown, the store's writer thread) is written at once,
-    together with anything queued before it, so lines stay in order.  Lines
-    a stopped loop never flushed go out with the next line or at interpreter
-    exit (``atexit``), so a normal exit or an exception loses nothing.
+
+class BatchedLines:
+    """A structlog logger that writes the lines logged in the event loop
+    within ``delay`` seconds with one ``write()`` and one ``flush()``.
+
+    Under load the daemon logs a line or two per loop iteration; a write and
+    a flush per line was a syscall per line.  The first line queued arms a
+    ``delay`` timer on the running loop that writes everything queued by
+    then.  A line logged where no loop runs in the thread (start-up,
+    shutdown, the store's writer thread) is written at once, together with
+    anything queued before it, so lines stay in order.  Lines a stopped loop
+    never flushed go out with the next line or at interpreter exit
+    (``atexit``), so a normal exit or an exception loses nothing; only a
+    ``kill -9`` can lose the last ``delay`` seconds of lines.
     """
 
-    def __init__(self, file: TextIO) -> None:
+    def __init__(self, file: TextIO, *, delay: float = FLUSH_AFTER) -> None:
         self._file = file
+        self._delay = delay
         self._lines: list[str] = []
         self._lock = threading.Lock()
         self._flush_on: asyncio.AbstractEventLoop | None = None
@@ -114,7 +121,7 @@ class BatchedLines:
                     return  # its flush is already due on this loop
                 if self._flush_on is None:
                     self._flush_on = loop
-                    loop.call_soon(self.flush)
+                    loop.call_later(self._delay, self.flush)
                     return
         # No loop here, or the flush is due on another (perhaps stopped) loop.
         self.flush()
