@@ -20,7 +20,8 @@ us, proxies and monitoring):
 
 Deployment note: aiohttp's default access log prints the request line, which
 contains ``?key=``; run this app with ``access_log=None`` (every post is
-logged here anyway) or a format without ``%r``.
+logged anyway: a refusal here, a stored message by the daemon's
+``message_received``, and here too at debug level) or a format without ``%r``.
 """
 
 from __future__ import annotations
