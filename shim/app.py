@@ -20,12 +20,14 @@ us, proxies and monitoring):
 
 Deployment note: aiohttp's default access log prints the request line, which
 contains ``?key=``; run this app with ``access_log=None`` (every post is
-logged here anyway) or a format without ``%r``.
+logged anyway: a refusal here, a stored message by the daemon's
+``message_received``, and here too at debug level) or a format without ``%r``.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 import time
 from collections.abc import Collection, Mapping
@@ -106,6 +108,37 @@ def _bad_request(field: str | None, message: str) -> _Outcome:
     return _Outcome(400, "bad_request", body)
 
 
+class _PostLog:
+    """What the ``bitrix24.post`` line says about a post, gathered as the
+    post is read.  The number is kept as posted and masked in ``fields()``,
+    the only way out of here to a log line, so the mask costs nothing for a
+    post whose line is not written."""
+
+    __slots__ = ("code", "message_id", "number")
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+        self.message_id: str | None = None
+        self.number: str | None = None
+
+    def __repr__(self) -> str:  # never the number
+        return f"_PostLog(code={self.code!r}, message_id={self.message_id!r})"
+
+    def fields(self) -> dict[str, Any]:
+        if self.number is None:
+            return {"code": self.code}
+        return {"code": self.code, "message_id": self.message_id, "to": mask(self.number)}
+
+
+def _debug_enabled() -> bool:
+    """Whether ``log.debug`` writes anything (structlog's filtering loggers
+    know; any other wrapper is taken to write it)."""
+    try:
+        return bool(log.is_enabled_for(logging.DEBUG))
+    except AttributeError:
+        return True
+
+
 class BitrixHandler:
     """The request handlers, bound to one configuration and one RPC client."""
 
@@ -126,8 +159,13 @@ class BitrixHandler:
         self._key, self._codes = handler_key.encode(), frozenset(codes)
 
     async def post(self, request: web.Request) -> web.Response:
-        """POST /bitrix24/{code}: one line of log per post, whatever happens."""
-        ctx: dict[str, Any] = {"code": request.match_info["code"][:128]}
+        """POST /bitrix24/{code}: one line of log per post, whatever happens.
+
+        A stored post's line is at debug level: the daemon's
+        ``message_received`` line carries the same ids, so at info level the
+        shim logs only what the daemon never sees (refusals, failures).
+        """
+        ctx = _PostLog(request.match_info["code"][:128])
         started = time.monotonic()
         try:
             result = await self._accept(request, ctx)
@@ -144,21 +182,23 @@ class BitrixHandler:
         except _Outcome as exc:
             outcome = exc
         except Exception:
-            log.exception("bitrix24.post_failed", **ctx)
+            log.exception("bitrix24.post_failed", **ctx.fields())
             outcome = _Outcome(500, "internal", {"error": "internal"})
         metrics.shim_answered(outcome.status, outcome.outcome, time.monotonic() - started)
-        level = log.info if outcome.status < 400 else log.warning
-        level("bitrix24.post", **ctx, outcome=outcome.outcome, http_status=outcome.status)
+        if outcome.status >= 400:
+            log.warning("bitrix24.post", **ctx.fields(), outcome=outcome.outcome, http_status=outcome.status)
+        elif _debug_enabled():  # the number is masked only for a line that is written
+            log.debug("bitrix24.post", **ctx.fields(), outcome=outcome.outcome, http_status=outcome.status)
         return web.json_response(outcome.body, status=outcome.status)
 
-    async def _accept(self, request: web.Request, ctx: dict[str, Any]) -> Mapping[str, Any]:
+    async def _accept(self, request: web.Request, ctx: _PostLog) -> Mapping[str, Any]:
         """The checks in their contractual order, then the intake call."""
         self._check_key(request)
         code = request.match_info["code"]
         if code not in self._codes:
             raise _Outcome(404, "unknown_code", {"error": "unknown_code"})
         post = await self._read_post(request)
-        ctx.update(message_id=post.message_id, to=mask(post.message_to))
+        ctx.message_id, ctx.number = post.message_id, post.message_to
         if post.code != code:
             raise _bad_request("code", "form code does not match the URL")
         if not post.message_body.strip():

@@ -94,9 +94,35 @@ def _integer(key: str, value: str) -> int:
     return int(value)
 
 
-def _bindings(form: Mapping[str, Any]) -> tuple[Binding, ...]:
-    halves: dict[int, dict[str, int]] = {}
+# Every key the three bracket patterns below can match starts with one of
+# these; one cheap pass sorts them out so the patterns run on those keys only.
+_BRACKET_PREFIXES = ("bindings[", "auth[", "document_id[")
+
+
+def _bracket_keys(form: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """The form's keys (in form order, repeats kept) that may be a binding,
+    an auth field or a document_id part, in one pass over the form.
+
+    A HANDLER post has a dozen other keys; scanning them once instead of
+    three times with a regular expression was a measurable share of a post.
+    """
+    bindings: list[str] = []
+    auth: list[str] = []
+    document_id: list[str] = []
     for key in form:
+        if key.startswith(_BRACKET_PREFIXES):
+            if key[0] == "b":
+                bindings.append(key)
+            elif key[0] == "a":
+                auth.append(key)
+            else:
+                document_id.append(key)
+    return bindings, auth, document_id
+
+
+def _bindings(form: Mapping[str, Any], keys: list[str]) -> tuple[Binding, ...]:
+    halves: dict[int, dict[str, int]] = {}
+    for key in keys:
         match = _BINDING_KEY.fullmatch(key)
         if match is None:
             continue
@@ -112,18 +138,18 @@ def _bindings(form: Mapping[str, Any]) -> tuple[Binding, ...]:
     return tuple(bindings)
 
 
-def _auth(form: Mapping[str, Any]) -> Mapping[str, str]:
+def _auth(form: Mapping[str, Any], keys: list[str]) -> Mapping[str, str]:
     auth = {}
-    for key in form:
+    for key in keys:
         match = _AUTH_KEY.fullmatch(key)
         if match is not None:
             auth[match[1]] = _required(form, key)
     return MappingProxyType(auth)
 
 
-def _document_id(form: Mapping[str, Any]) -> tuple[str, ...] | None:
+def _document_id(form: Mapping[str, Any], keys: list[str]) -> tuple[str, ...] | None:
     parts = {}
-    for key in form:
+    for key in keys:
         match = _DOCUMENT_ID_KEY.fullmatch(key)
         if match is not None:
             parts[int(match[1])] = _required(form, key)
@@ -150,6 +176,7 @@ def parse_handler_post(form: Mapping[str, Any]) -> HandlerPost:
     if message_type is not None and message_type != "SMS":
         raise FormError("type", "must be SMS")
     ts = _text(form, "ts")
+    binding_keys, auth_keys, document_id_keys = _bracket_keys(form)
 
     return HandlerPost(
         code=values["code"],
@@ -158,9 +185,9 @@ def parse_handler_post(form: Mapping[str, Any]) -> HandlerPost:
         message_body=values["message_body"],
         type=message_type,
         module_id=_text(form, "module_id") or "",
-        bindings=_bindings(form),
+        bindings=_bindings(form, binding_keys),
         ts=_integer("ts", ts) if ts is not None and ts != "" else None,
-        auth=_auth(form),
+        auth=_auth(form, auth_keys),
         workflow_id=_text(form, "workflow_id"),
-        document_id=_document_id(form),
+        document_id=_document_id(form, document_id_keys),
     )

@@ -1,10 +1,24 @@
-"""structlog set-up: JSON lines for journald, readable lines on a terminal."""
+"""structlog set-up: JSON lines for journald, readable lines on a terminal.
+
+Every message costs the daemon two lines (``message_received``,
+``message_final``) and the shim one per refusal, so the production set-up is
+built for cost per line: loggers are cached on first use, the JSON encoder
+and the timestamp's date part are built once, and the JSON lines logged in
+the event loop within ``FLUSH_AFTER`` seconds leave in one ``write()``
+(``BatchedLines``) instead of one write and flush per line.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import datetime
+import json as json_mod
 import logging
 import sys
-from typing import Any
+import threading
+import time
+from typing import Any, TextIO
 
 import structlog
 
@@ -24,27 +38,139 @@ def redact_secrets(logger: object, method: str, event: dict[str, Any]) -> dict[s
     return event
 
 
-def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
+def _json_fallback(obj: Any) -> Any:
+    """What structlog's JSONRenderer does with values JSON has no type for."""
+    try:
+        return obj.__structlog__()
+    except AttributeError:
+        return repr(obj)
+
+
+# json.dumps(..., default=f) builds a new JSONEncoder on every call; this is
+# the same encoder (same separators, same escaping), built once.
+_encode_json = json_mod.JSONEncoder(default=_json_fallback).encode
+
+
+def render_json(logger: object, method: str, event: dict[str, Any]) -> str:
+    """The line, exactly as ``structlog.processors.JSONRenderer()`` renders it."""
+    return _encode_json(event)
+
+
+class _UtcStamper:
+    """``timestamp`` as ``TimeStamper(fmt="iso", utc=True)`` writes it
+    (``2026-11-22T05:56:09.123456Z``; no fraction when it is zero, as
+    ``datetime.isoformat`` does), formatting the date and time of day once
+    per second instead of building a datetime per line."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: object, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        event["timestamp"] = self.format(time.time_ns())
+        return event
+
+    def format(self, ns: int) -> str:
+        second, rest = divmod(ns, 1_000_000_000)
+        if second != self._second:
+            stamp = datetime.datetime.fromtimestamp(second, datetime.timezone.utc)
+            self._prefix = stamp.strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        micro = rest // 1000
+        return f"{self._prefix}.{micro:06d}Z" if micro else f"{self._prefix}Z"
+
+
+FLUSH_AFTER = 0.01
+"""Seconds a line logged in the event loop may wait for the lines after it.
+Short enough that journald's arrival time stays right to the eye; long
+enough that under load one write carries a dozen lines, not one or two."""
+
+
+class BatchedLines:
+    """A structlog logger that writes the lines logged in the event loop
+    within ``delay`` seconds with one ``write()`` and one ``flush()``.
+
+    Under load the daemon logs a line or two per loop iteration; a write and
+    a flush per line was a syscall per line.  The first line queued arms a
+    ``delay`` timer on the running loop that writes everything queued by
+    then.  A line logged where no loop runs in the thread (start-up,
+    shutdown, the store's writer thread) is written at once, together with
+    anything queued before it, so lines stay in order.  Lines a stopped loop
+    never flushed go out with the next line or at interpreter exit
+    (``atexit``), so a normal exit or an exception loses nothing; only a
+    ``kill -9`` can lose the last ``delay`` seconds of lines.
+    """
+
+    def __init__(self, file: TextIO, *, delay: float = FLUSH_AFTER) -> None:
+        self._file = file
+        self._delay = delay
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._flush_on: asyncio.AbstractEventLoop | None = None
+        atexit.register(self.flush)
+
+    def msg(self, message: str) -> None:
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._lock:
+            self._lines.append(message)
+            if loop is not None:
+                if self._flush_on is loop:
+                    return  # its flush is already due on this loop
+                if self._flush_on is None:
+                    self._flush_on = loop
+                    loop.call_later(self._delay, self.flush)
+                    return
+        # No loop here, or the flush is due on another (perhaps stopped) loop.
+        self.flush()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+    def flush(self) -> None:
+        """Write every queued line now (one ``write`` and one ``flush``)."""
+        with self._lock:
+            lines, self._lines = self._lines, []
+            self._flush_on = None
+            if not lines:
+                return
+            lines.append("")
+            try:
+                self._file.write("\n".join(lines))
+                self._file.flush()
+            except (OSError, ValueError):  # stdout gone (closed pipe, closed file): nothing to tell
+                pass
+
+
+def configure(*, json: bool | None = None, level: int = logging.INFO, cache: bool = True) -> None:
     """Configure structlog once per process.
 
     ``json=None`` picks JSON when stdout is not a terminal (systemd/journald),
-    console output otherwise.
+    console output otherwise.  ``cache`` keeps each logger bound after its
+    first line (a logger then ignores a later ``structlog.configure`` of the
+    level or the output; ``structlog.testing.capture_logs`` still works, as it
+    edits the processor list in place).
     """
     if json is None:
         json = not sys.stdout.isatty()
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    renderer: structlog.types.Processor = render_json if json else structlog.dev.ConsoleRenderer(colors=False)
+    if json:
+        lines = BatchedLines(sys.stdout)
+        factory: Any = lambda *args: lines  # noqa: E731 -- one writer for every logger
+    else:  # a person at a terminal: every line at once, no batching
+        factory = structlog.PrintLoggerFactory(file=sys.stdout)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             redact_secrets,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _UtcStamper(),
             structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
-        cache_logger_on_first_use=False,
+        logger_factory=factory,
+        cache_logger_on_first_use=cache,
     )

@@ -121,8 +121,17 @@ def message_received(route: str, status: str, segments: int, *, duplicate: bool 
     SEGMENTS_RECEIVED.labels(route).inc(segments)
 
 
+_shim_requests: dict[tuple[int, str], Any] = {}
+"""(status, outcome) -> its SHIM_REQUESTS child.  ``labels()`` validates and
+locks on every call; the shim answers from a dozen (status, outcome) pairs
+fixed in shim/app.py, so each is looked up once."""
+
+
 def shim_answered(http_status: int, outcome: str, seconds: float) -> None:
-    SHIM_REQUESTS.labels(str(http_status), outcome).inc()
+    child = _shim_requests.get((http_status, outcome))
+    if child is None:
+        child = _shim_requests[(http_status, outcome)] = SHIM_REQUESTS.labels(str(http_status), outcome)
+    child.inc()
     SHIM_LATENCY.observe(seconds)
 
 

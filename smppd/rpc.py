@@ -130,8 +130,13 @@ class RpcUnavailable(Exception):
 # wire helpers
 
 
+# json.dumps with arguments builds a new encoder per call; this one is built
+# once and writes exactly the same bytes.
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _encode(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return _encode_json(obj).encode() + b"\n"
 
 
 def _error_line(request_id: Any, error: RpcError) -> bytes:
@@ -173,6 +178,12 @@ class _LineWriter:
     async def drain(self) -> None:
         """Wait while the transport's buffer is above its high-water mark."""
         await self._writer.drain()
+
+    def idle(self) -> bool:
+        """True when ``drain()`` has nothing to wait for: the transport is
+        open and its buffer empty (a paused transport never is)."""
+        transport = self._writer.transport
+        return not transport.is_closing() and transport.get_write_buffer_size() == 0
 
     async def close(self, timeout: float = 1.0) -> None:
         """Flush and close; a peer that will not take the rest of our
@@ -605,6 +616,11 @@ class _ClientConnection:
         await self.out.close()
 
 
+def _no_reply_in_time(future: asyncio.Future[Any], method: str) -> None:
+    if not future.done():
+        future.set_exception(RpcUnavailable(f"no reply to {method!r} in time"))
+
+
 class RpcClient:
     """Calls the daemon over one shared, lazily opened connection.
 
@@ -636,25 +652,41 @@ class RpcClient:
         """
         request_id = next(self._ids)
         line = _encode({"id": request_id, "method": method, "params": params or {}})
+        limit = self._timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        conn = self._conn
+        if conn is None or conn.closed or not conn.out.idle():
+            deadline = loop.time() + limit
+            conn = await self._ready_connection(method, limit)
+            limit = deadline - loop.time()
+        # No await between here and send(): the connection cannot close
+        # behind our back and leave the future unanswered.  The timer, not
+        # asyncio.timeout(), bounds the wait: a call per post under load,
+        # and failing the future is all a timeout has to do here.
+        future: asyncio.Future[Any] = loop.create_future()
+        conn.pending[request_id] = future
+        conn.out.send(line)
+        timer = loop.call_later(limit, _no_reply_in_time, future, method)
         try:
-            async with asyncio.timeout(self._timeout if timeout is None else timeout):
+            return await future
+        finally:
+            timer.cancel()
+            conn.pending.pop(request_id, None)
+
+    async def _ready_connection(self, method: str, limit: float) -> _ClientConnection:
+        """The connection, opened if need be, once its buffer is below the
+        high-water mark; ``RpcUnavailable`` if that takes over ``limit`` s."""
+        try:
+            async with asyncio.timeout(limit):
                 conn = await self._connection()
                 await conn.out.drain()
-                if conn.closed:
-                    raise RpcUnavailable("connection lost")
-                # No await between here and send(): the connection cannot
-                # close behind our back and leave the future unanswered.
-                future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-                conn.pending[request_id] = future
-                conn.out.send(line)
-                try:
-                    return await future
-                finally:
-                    conn.pending.pop(request_id, None)
         except TimeoutError:
             raise RpcUnavailable(f"no reply to {method!r} in time") from None
         except OSError as exc:  # drain() on a dying connection
             raise RpcUnavailable(f"connection lost: {exc}") from None
+        if conn.closed:
+            raise RpcUnavailable("connection lost")
+        return conn
 
     async def _connection(self) -> _ClientConnection:
         conn = self._conn

@@ -44,3 +44,169 @@ def test_console_output_on_a_terminal_is_not_json(capsys):
         structlog.reset_defaults()
     out = capsys.readouterr().out
     assert "smpp_bound" in out and "route=life" in out and not out.lstrip().startswith("{")
+
+
+# --- the production set-up is cheap per line, and still the same lines ---------------------------
+
+class _Writes:
+    """A stdout that records each write() (and counts flushes)."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+        self.flushes = 0
+
+    def write(self, data: str) -> int:
+        self.writes.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+    def lines(self) -> list[str]:
+        return "".join(self.writes).splitlines()
+
+
+def test_timestamp_is_exactly_what_structlog_timestamper_writes():
+    import datetime
+
+    stamper = logs._UtcStamper()
+    second = 1_795_000_000 * 10**9
+    samples = [0, 1, 999, 1000, 999_999_999, 10**9, 10**9 + 1000, 59 * 10**9 + 123_456_789]
+    samples += [(i * 7_777_777_777_777) % (10**9 * 86_400 * 400) for i in range(2000)]
+    for ns in (second + s for s in samples):
+        expected = datetime.datetime.fromtimestamp(ns // 10**9, datetime.timezone.utc).replace(
+            microsecond=ns // 1000 % 10**6).isoformat().replace("+00:00", "Z")
+        assert stamper.format(ns) == expected, ns
+    assert stamper.format(second) == "2026-11-18T11:06:40Z"  # no fraction when it is zero, as isoformat
+    line = stamper(None, "info", {})["timestamp"]
+    assert structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "info", {})["timestamp"][:16] == line[:16]
+
+
+def test_json_lines_are_byte_for_byte_what_structlog_jsonrenderer_writes():
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<opaque>"
+
+    class Custom:
+        def __structlog__(self) -> str:
+            return "custom!"
+
+    reference = structlog.processors.JSONRenderer()
+    events = [
+        {"event": "message_received", "id": 7, "to": "+37529*****67", "level": "info"},
+        {"event": "текст", "reason": "кириллица \"в кавычках\"\n", "n": 1.5, "ok": True, "none": None},
+        {"event": "odd", "obj": Opaque(), "custom": Custom(), "nested": {"a": [1, (2, 3)]}, "inf": float("inf")},
+    ]
+    for event in events:
+        assert logs.render_json(None, "info", dict(event)) == reference(None, "info", dict(event))
+
+
+async def test_lines_logged_in_the_loop_within_the_delay_leave_in_one_write():
+    import asyncio
+
+    out = _Writes()
+    lines = logs.BatchedLines(out, delay=0.05)
+    for i in range(3):
+        lines.info(f"line {i}")
+    await asyncio.sleep(0)  # next iteration: still within the delay
+    lines.warning("line 3")
+    await asyncio.sleep(0.01)
+    lines.info("line 4")
+    assert out.writes == []  # queued, not lost
+    await asyncio.sleep(0.1)
+    assert out.writes == ["line 0\nline 1\nline 2\nline 3\nline 4\n"] and out.flushes == 1
+    lines.info("next")
+    await asyncio.sleep(0.1)
+    assert out.lines() == [f"line {i}" for i in range(5)] + ["next"] and len(out.writes) == 2
+    assert logs.BatchedLines(out)._delay == logs.FLUSH_AFTER <= 0.05  # short: journald's clock stays right
+
+
+def test_without_a_loop_each_line_is_written_at_once_and_in_order():
+    import asyncio
+    import threading
+
+    out = _Writes()
+    lines = logs.BatchedLines(out)
+    lines.info("before the loop")
+    assert out.lines() == ["before the loop"]
+
+    async def in_loop() -> None:
+        lines.info("in the loop")
+        # another thread (the store's writer) logs while the loop's line is queued
+        worker = threading.Thread(target=lines.warning, args=("from a thread",))
+        worker.start()
+        worker.join()
+
+    asyncio.run(in_loop())
+    assert out.lines() == ["before the loop", "in the loop", "from a thread"]
+
+
+def test_a_line_left_by_a_stopped_loop_goes_out_with_the_next_line_or_at_exit(monkeypatch):
+    import asyncio
+    import atexit
+
+    at_exit = []
+    monkeypatch.setattr(atexit, "register", at_exit.append)
+    out = _Writes()
+    lines = logs.BatchedLines(out)
+    assert at_exit == [lines.flush]
+
+    def stopped_loop_leaves_a_line() -> None:
+        loop = asyncio.new_event_loop()
+
+        def last_words() -> None:
+            lines.error("last words")
+            loop.stop()  # the loop stops before the iteration that would flush
+
+        loop.call_soon(last_words)
+        loop.run_forever()
+        loop.close()
+
+    stopped_loop_leaves_a_line()
+    assert out.writes == []
+    lines.info("after")  # no loop now: written at once, the queued line first
+    assert out.lines() == ["last words", "after"]
+
+    stopped_loop_leaves_a_line()
+
+    async def other_loop() -> None:
+        lines.info("in another loop")
+
+    asyncio.run(other_loop())  # a new loop does not wait for the dead one's flush
+    assert out.lines() == ["last words", "after", "last words", "in another loop"]
+
+    stopped_loop_leaves_a_line()
+    at_exit[0]()  # as the interpreter does at exit
+    assert out.lines()[-1] == "last words" and len(out.lines()) == 5
+
+
+def test_a_closed_stdout_does_not_raise_into_the_caller():
+    out = io.StringIO()
+    lines = logs.BatchedLines(out)
+    out.close()
+    lines.info("nobody listens")  # no exception
+
+
+def test_production_configure_caches_loggers_and_capture_logs_still_works(capsys):
+    import asyncio
+
+    logs.configure(json=True, level=logging.INFO)
+    try:
+        log = structlog.get_logger("cached")
+        log.info("first", route="life")  # binds (and caches) the logger
+        log.debug("filtered")
+        with structlog.testing.capture_logs() as captured:
+            log.info("captured", password="s3cr3t")
+        assert captured == [{"event": "captured", "log_level": "info", "password": "s3cr3t"}]
+
+        async def two_lines() -> None:
+            log.info("message_received", id=1, key="k")
+            log.warning("message_final", id=1)
+
+        asyncio.run(two_lines())  # the loop closed before the timer: queued until exit
+        structlog.get_config()["logger_factory"]().flush()  # what atexit does
+    finally:
+        structlog.reset_defaults()
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [g["event"] for g in got] == ["first", "message_received", "message_final"]
+    assert got[1]["key"] == "[redacted]" and got[2]["level"] == "warning" and got[0]["timestamp"].endswith("Z")

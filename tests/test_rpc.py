@@ -227,6 +227,66 @@ async def test_timeout_is_unavailable_and_connection_kept(client: RpcClient) -> 
     assert await client.call("echo", {"a": 1}) == {"a": 1}
 
 
+async def test_timeout_on_a_live_connection_fails_the_call_and_ignores_the_late_reply(
+    client: RpcClient,
+) -> None:
+    assert await client.call("echo", {"a": 0}) == {"a": 0}  # connected: the next call is the fast path
+    conn = client._conn
+    assert conn is not None and conn.out.idle()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(RpcUnavailable, match="no reply to 'delayed' in time"):
+        await client.call("delayed", {"n": 1, "delay": 0.2}, timeout=0.05)
+    assert 0.04 < loop.time() - started < 0.19 and not conn.pending
+    await asyncio.sleep(0.25)  # the late reply arrives and finds no caller
+    assert client._conn is conn and not conn.closed
+    assert await client.call("echo", {"a": 1}) == {"a": 1}
+
+
+async def test_cancelled_call_leaves_nothing_pending(client: RpcClient) -> None:
+    await client.call("echo")
+    call = asyncio.create_task(client.call("delayed", {"n": 1, "delay": 0.2}))
+    await asyncio.sleep(0.02)
+    conn = client._conn
+    assert conn is not None and len(conn.pending) == 1
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert not conn.pending
+    assert await client.call("delayed", {"n": 2, "delay": 0}) == 2
+
+
+async def test_connect_and_backpressure_take_the_waiting_path(
+    client: RpcClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waited: list[str] = []
+    ready = RpcClient._ready_connection
+
+    async def spy(self: RpcClient, method: str, limit: float) -> Any:
+        waited.append(method)
+        return await ready(self, method, limit)
+
+    monkeypatch.setattr(RpcClient, "_ready_connection", spy)
+    assert await client.call("echo", {"n": 1}) == {"n": 1}  # no connection yet
+    assert await client.call("echo", {"n": 2}) == {"n": 2}  # idle connection: straight on
+    conn = client._conn
+    assert conn is not None
+    monkeypatch.setattr(conn.out, "idle", lambda: False)  # as if the buffer were above its mark
+    assert await client.call("echo", {"n": 3}) == {"n": 3}
+    assert waited == ["echo", "echo"]
+
+
+def test_encoded_lines_are_what_json_dumps_wrote() -> None:
+    from smppd.rpc import _encode
+
+    for obj in [
+        {"id": 1, "method": "intake", "params": {"text": "Ваш заказ готов \u2028 \"q\"\n", "to": "+375291234567"}},
+        {"id": "x", "result": {"n": 1.5, "big": 10**20, "none": None, "ok": True, "list": [1, [2, {}]]}},
+        {"id": None, "error": {"code": "bad_request", "message": "😀 emoji"}},
+    ]:
+        assert _encode(obj) == json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
 async def test_reconnect_after_server_restart(sock_path: str) -> None:
     srv = RpcServer(sock_path, HANDLERS)
     await srv.start()

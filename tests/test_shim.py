@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import tempfile
@@ -11,6 +12,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
@@ -160,7 +162,7 @@ async def test_real_form_is_stored(http: TestClient, daemon: FakeDaemon) -> None
     [line] = [e for e in logs if e["event"] == "bitrix24.post"]
     assert line == {
         "event": "bitrix24.post",
-        "log_level": "info",
+        "log_level": "debug",
         "code": CODE,
         "message_id": "72dd742c8270db0ddbbab92f98877537",
         "to": "+37529*****67",
@@ -170,6 +172,32 @@ async def test_real_form_is_stored(http: TestClient, daemon: FakeDaemon) -> None
     dumped = repr(logs)
     for secret in (KEY, APP_TOKEN, ACCESS_TOKEN, "375291234567"):
         assert secret not in dumped
+
+
+async def test_at_info_level_the_shim_logs_refusals_not_stored_posts(http: TestClient, daemon: FakeDaemon) -> None:
+    """The daemon logs every stored message (message_received); the shim's
+    own line is for what the daemon never sees, with the number masked."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    try:
+        with capture_logs() as logs:
+            assert (await post(http, body()))[0] == 200
+            assert (await post(http, body(code="by_sms_promo")))[0] == 400
+            assert (await post(http, body(), url=f"/bitrix24/{CODE}?key=wrong"))[0] == 401
+    finally:
+        structlog.reset_defaults()
+    assert [e for e in logs if e["event"] == "bitrix24.post"] == [
+        {
+            "event": "bitrix24.post",
+            "log_level": "warning",
+            "code": CODE,
+            "message_id": "72dd742c8270db0ddbbab92f98877537",
+            "to": "+37529*****67",
+            "outcome": "bad_request",
+            "http_status": 400,
+        },
+        {"event": "bitrix24.post", "log_level": "warning", "code": CODE, "outcome": "unauthorized", "http_status": 401},
+    ]
+    assert len(daemon.intakes) == 1
 
 
 async def test_duplicate_is_reported(http: TestClient, daemon: FakeDaemon) -> None:
