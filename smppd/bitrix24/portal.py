@@ -26,6 +26,7 @@ reproduced, the source IP is ignored by the rate bucket.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import ipaddress
 import json
@@ -884,7 +885,14 @@ def encode_form(form: list[tuple[str, str]]) -> bytes:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+    return _iso_second(int(ts))
+
+
+@functools.lru_cache(maxsize=4)
+def _iso_second(second: int) -> str:
+    """Two per command in every answer's ``time`` block: a bench's portal formatted the same
+    second thousands of times (astimezone() looks the zone up on each call)."""
+    return datetime.fromtimestamp(second).astimezone().isoformat(timespec="seconds")
 
 
 __all__ = ["STATUSES", "SimMessage", "SimulatedPortal"]
