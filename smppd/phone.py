@@ -238,7 +238,7 @@ def normalize(
 def digits(e164: str) -> str:
     """The form SMPP (TON 1 / NPI 1) and SMS.ru / SMS.by expect: no '+'."""
     body = e164[1:]
-    if not e164.startswith("+") or not body or any(c not in "0123456789" for c in body):
+    if not (e164.startswith("+") and body.isascii() and body.isdigit()):  # ASCII isdigit: 0-9 only
         raise ValueError("not an E.164 number")
     return body
 
@@ -247,7 +247,11 @@ def mask(number: str) -> str:
     """Loggable form of a number (raw or E.164); keeps only digits so stray text cannot leak."""
     text = number if isinstance(number, str) else str(number)
     plus = "+" if text.lstrip().startswith("+") else ""
-    number_digits = "".join(c for c in text if c in "0123456789")
+    body = text[1:] if plus and text[0] == "+" else text
+    if body.isascii() and body.isdigit():  # E.164 or bare digits, as intake logs them: no scan in Python
+        number_digits = body
+    else:
+        number_digits = "".join(c for c in text if c in "0123456789")
     head = min(_MASK_HEAD, max(0, len(number_digits) - _MASK_TAIL - _MASK_MIN_HIDDEN))
     tail = _MASK_TAIL if len(number_digits) - head - _MASK_TAIL >= _MASK_MIN_HIDDEN else 0
     hidden = len(number_digits) - head - tail

@@ -1,4 +1,4 @@
-"""phone.normalize as it was before its fast paths (commit b75084e), verbatim: the reference.
+"""smppd/phone.py as it was before its fast paths (commit b75084e), verbatim: the reference.
 
 tests/test_phone_fast.py holds smppd.phone.normalize to exactly these answers (the E.164
 string, or the same InvalidNumber reason) over every format Belarusian CRMs hold, random
@@ -159,3 +159,22 @@ def normalize(
     _check_region(number, allowed_regions)
     _check_sms_capable(number)
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def digits(e164: str) -> str:
+    """The form SMPP (TON 1 / NPI 1) and SMS.ru / SMS.by expect: no '+'."""
+    body = e164[1:]
+    if not e164.startswith("+") or not body or any(c not in "0123456789" for c in body):
+        raise ValueError("not an E.164 number")
+    return body
+
+
+def mask(number: str) -> str:
+    """Loggable form of a number (raw or E.164); keeps only digits so stray text cannot leak."""
+    text = number if isinstance(number, str) else str(number)
+    plus = "+" if text.lstrip().startswith("+") else ""
+    number_digits = "".join(c for c in text if c in "0123456789")
+    head = min(_MASK_HEAD, max(0, len(number_digits) - _MASK_TAIL - _MASK_MIN_HIDDEN))
+    tail = _MASK_TAIL if len(number_digits) - head - _MASK_TAIL >= _MASK_MIN_HIDDEN else 0
+    hidden = len(number_digits) - head - tail
+    return plus + number_digits[:head] + "*" * hidden + number_digits[len(number_digits) - tail:]

@@ -128,3 +128,13 @@ def test_normalize_gives_the_old_answers_for_every_form():
                 (raw, options)
             checked += 1
     assert checked > 10000
+
+
+def test_digits_and_mask_give_the_old_answers():
+    rng = random.Random(17)
+    alphabet = list("0123456789") * 3 + list("+ -()") + ["\xa0", "٣", "²", "a", "Ж"]
+    samples = ["", "+", "+375291234567", " +375291234567", "375291234567", "+37529123456٣", "+²", "++1", " 12"]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 16))) for _ in range(20000)]
+    for raw in samples:
+        assert outcome(phone.digits, raw) == outcome(phone_reference.digits, raw), repr(raw)
+        assert phone.mask(raw) == phone_reference.mask(raw), repr(raw)

@@ -39,6 +39,7 @@ def outcome(fn, *args, **kwargs):
 
 
 def assert_same(sample: str, options: list[tuple[bool, int, bool]] = OPTIONS) -> None:
+    assert text.non_gsm7_chars(sample) == list(dict.fromkeys(c for c in sample if not text._is_gsm7_char(c)))
     for ref16, latin_coding, split in options:
         fast = outcome(text.encode, sample, ref16=ref16, latin_coding=latin_coding, split=split)
         slow = outcome(text._encode_per_char, sample, ref16=ref16, latin_coding=latin_coding, split=split)
