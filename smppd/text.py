@@ -10,6 +10,7 @@ the packing, so a GSM-7 part with UDH is 6 + 153 = 159 octets.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 GSM7_BASIC: str = (
@@ -59,6 +60,10 @@ def _septet_table() -> list[str]:
 
 
 _GSM7_SEPTETS: list[str] = _septet_table()
+# A non-ASCII text is GSM-7 only with accents, Greek capitals or '€' in it; most are
+# Cyrillic, and this finds the first character outside the alphabet without
+# translating the whole text first.
+_NOT_GSM7 = re.compile("[^" + "".join(re.escape(c) for c in [*_GSM7_CODE, *GSM7_EXTENSION]) + "]")
 _GSM7_CHARS: list[str] = list(GSM7_BASIC)  # septet -> character, for gsm7_decode's translate
 
 
@@ -68,7 +73,9 @@ def _is_gsm7_char(char: str) -> bool:
 
 def is_gsm7(text: str) -> bool:
     """True when the whole text fits the default alphabet, i.e. costs half as much as UCS-2."""
-    return text.translate(_GSM7_SEPTETS).isascii()
+    if text.isascii():
+        return text.translate(_GSM7_SEPTETS).isascii()
+    return _NOT_GSM7.search(text) is None
 
 
 def non_gsm7_chars(text: str) -> list[str]:
@@ -230,15 +237,20 @@ def encode(text: str, *, ref16: bool = False, latin_coding: int = DATA_CODING_GS
     where the SMSC does the splitting.
 
     Every message is encoded twice (intake counts its segments, the route builds its
-    submit_sm), so this works on whole strings in C: the septet table and UTF-16 give
-    the payload, and the parts are cut out of it, stepping back one unit where a cut
+    submit_sm), so this works on whole strings in C: a regex finds the first non-GSM
+    character of a non-ASCII text, the septet table and UTF-16 give the payload, and
+    the parts are cut out of it, stepping back one unit where a cut
     would split an ESC pair or a surrogate pair.  What that cannot decide exactly as
     the per-character rules would (a lone surrogate, whose error names it, and a
     multipart IA5/Latin-1 text, where octets and septets differ) takes
     ``_encode_per_char``, the definition the tests hold this function to.
     """
-    septets = text.translate(_GSM7_SEPTETS)
-    if septets.isascii():
+    if text.isascii() or _NOT_GSM7.search(text) is None:  # Cyrillic is UCS-2 without translating
+        septets = text.translate(_GSM7_SEPTETS)  # ASCII text may still hold a '`' or a control char
+        gsm7 = septets.isascii()
+    else:
+        septets, gsm7 = "", False
+    if gsm7:
         if latin_coding != DATA_CODING_GSM7:
             charset = _LATIN_CHARSETS.get(latin_coding)
             if charset is None or (split and len(septets) > GSM7_SINGLE_UNITS):
