@@ -122,12 +122,14 @@ def test_digits_and_plus_is_its_per_character_definition():
 def test_normalize_gives_the_old_answers_for_every_form():
     rng = random.Random(1)
     checked = 0
-    for raw in raw_forms(rng):
-        for options in ({}, {"allowed_regions": frozenset({"BY"})}, {"default_region": "RU"}):
+    for i, raw in enumerate(raw_forms(rng)):
+        # every form as intake reads it; every 4th also with a country limit and from a RU CRM
+        variants = ({}, {"allowed_regions": frozenset({"BY"})}, {"default_region": "RU"}) if i % 4 == 0 else ({},)
+        for options in variants:
             assert outcome(phone.normalize, raw, **options) == outcome(phone_reference.normalize, raw, **options), \
                 (raw, options)
             checked += 1
-    assert checked > 10000
+    assert checked > 15000
 
 
 def test_digits_and_mask_give_the_old_answers():
