@@ -42,30 +42,32 @@ class IntakeRequest:
 
     @classmethod
     def from_params(cls, p: Mapping[str, Any]) -> "IntakeRequest":
-        def field(name: str, *, optional: bool = False) -> Any:
-            v = p.get(name)
-            if v is None and optional:
-                return None
-            if not isinstance(v, str):
-                raise RpcError("bad_request", f"{name}: must be a string")
-            return v
-
-        req = cls(
-            member_id=field("member_id", optional=True),
-            application_token=field("application_token", optional=True),
-            code=field("code"),
-            message_id=field("message_id").lower(),
-            to=field("to"),
-            text=field("text"),
-            module_id=field("module_id", optional=True) or "",
-            bindings=p.get("bindings"),
-            document_id=p.get("document_id"),
-        )
-        if not MESSAGE_ID_RE.match(req.message_id):
+        """Checked in the order of the form, so the first wrong field is the one named."""
+        member_id = _optional_string(p, "member_id")
+        application_token = _optional_string(p, "application_token")
+        code = _string(p, "code")
+        message_id = _string(p, "message_id").lower()
+        to = _string(p, "to")
+        body = _string(p, "text")
+        module_id = _optional_string(p, "module_id") or ""
+        if not MESSAGE_ID_RE.match(message_id):
             raise RpcError("bad_request", "message_id: must be 32 hex characters")
-        if not req.text or len(req.text) > MAX_TEXT:
+        if not body or len(body) > MAX_TEXT:
             raise RpcError("bad_request", f"text: must be 1 to {MAX_TEXT} characters")
-        return req
+        return cls(member_id, application_token, code, message_id, to, body, module_id,
+                   p.get("bindings"), p.get("document_id"))
+
+
+def _string(p: Mapping[str, Any], name: str) -> str:
+    value = p.get(name)
+    if not isinstance(value, str):
+        raise RpcError("bad_request", f"{name}: must be a string")
+    return value
+
+
+def _optional_string(p: Mapping[str, Any], name: str) -> str | None:
+    value = p.get(name)
+    return None if value is None else _string(p, name)
 
 
 class Intake:

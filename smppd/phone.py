@@ -10,10 +10,15 @@ in every plausible way and prefer the reading that is a mobile number.
 
 from __future__ import annotations
 
+import re
+
 import phonenumbers
-from phonenumbers import NumberParseException, PhoneNumber, PhoneNumberType, ValidationResult
+from phonenumbers import NumberParseException, PhoneMetadata, PhoneNumber, PhoneNumberType, ValidationResult
 
 _FORMATTING_CHARS = frozenset("()+-.")
+# str.translate: drops what _digits_and_plus allows besides digits ('+' counted separately,
+# ASCII whitespace, the no-break space CRMs paste), so a number in the usual forms is one C call.
+_DROP_FORMATTING = {ord(c): None for c in "()+-. \t\n\r\x0b\x0c\xa0"}
 _SMS_CAPABLE_TYPES = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE})
 
 # Digit strings this long may be an international number typed without '+' (375…, 7…);
@@ -55,6 +60,19 @@ class InvalidNumber(ValueError):
 
 def _digits_and_plus(raw: str) -> tuple[str, bool]:
     """Reject anything but digits and formatting; keep whether the writer said 'international'."""
+    if isinstance(raw, str):  # the usual case in C; anything unusual is judged (and explained) below
+        number_digits = raw.translate(_DROP_FORMATTING)
+        if number_digits.isascii() and number_digits.isdigit():
+            plus = raw.find("+")
+            if plus < 0:
+                return number_digits, False
+            if raw.count("+") == 1 and not _has_digit(raw[:plus]):
+                return number_digits, True
+    return _digits_and_plus_per_char(raw)
+
+
+def _digits_and_plus_per_char(raw: str) -> tuple[str, bool]:
+    """``_digits_and_plus`` one character at a time: its definition, with the reasons."""
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidNumber("empty")
     if any(not _is_allowed_char(c) for c in raw):
@@ -90,15 +108,72 @@ def _readings(number_digits: str, international: bool) -> list[str]:
     return readings
 
 
-def _parse(text: str, default_region: str) -> PhoneNumber:
-    """phonenumbers.parse, plus validity, with the failure turned into a human reason."""
-    try:
-        number = phonenumbers.parse(text, default_region)
-    except NumberParseException as exc:
-        raise InvalidNumber(_PARSE_ERROR_REASONS.get(exc.error_type, "not a number")) from None
-    if not phonenumbers.is_valid_number(number):
+def _parse(text: str, default_region: str) -> tuple[PhoneNumber, int]:
+    """phonenumbers.parse, plus validity and type, with the failure turned into a human reason.
+
+    One ``number_type`` call gives both: phonenumbers' ``is_valid_number`` is exactly
+    "its type is not UNKNOWN" (both match the national number against the same metadata
+    of the same region), and matching the type patterns is most of what either costs.
+    """
+    number = _parse_plain_international(text) if text[0] == "+" else None
+    if number is None:
+        try:
+            number = phonenumbers.parse(text, default_region)
+        except NumberParseException as exc:
+            raise InvalidNumber(_PARSE_ERROR_REASONS.get(exc.error_type, "not a number")) from None
+    kind = phonenumbers.number_type(number)
+    if kind == PhoneNumberType.UNKNOWN:
         raise InvalidNumber(_invalid_reason(number))
-    return number
+    return number, kind
+
+
+# The shortest and longest national numbers _parse_plain_international reads itself; parse
+# refuses some below 2 and above 17 digits, so those (and everything near) are left to it.
+_PLAIN_NSN_MIN = 4
+_PLAIN_NSN_MAX = 14
+_MAX_COUNTRY_CODE_DIGITS = 3
+_national_prefix_patterns: dict[int, re.Pattern[str]] = {}
+
+
+def _parse_plain_international(text: str) -> PhoneNumber | None:
+    """What ``phonenumbers.parse`` returns for '+' and digits that are plainly country code
+    and national number, without its general machinery; None when parse must decide.
+
+    Most numbers reach us as E.164 already, and parse (a third of normalize) walks its
+    whole machinery for them. For '+' and digits it takes as the country code the
+    shortest of the first 1 to 3 digits that is one, and keeps the rest as the national
+    number unless it starts with '0' (Italian leading zeros) or with what the country's
+    metadata strips as a national prefix ('+375 80 29…' comes out as +375 29…). Those
+    cases, unknown country codes and lengths near parse's limits go to parse itself.
+    """
+    number_digits = text[1:]
+    if len(number_digits) <= _PLAIN_NSN_MIN or number_digits[0] == "0":  # ('00' reads as a bare '+')
+        return None
+    for length in range(1, _MAX_COUNTRY_CODE_DIGITS + 1):
+        country_code = int(number_digits[:length])
+        if country_code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            break
+    else:
+        return None
+    national = number_digits[length:]
+    if national[:1] == "0" or not _PLAIN_NSN_MIN <= len(national) <= _PLAIN_NSN_MAX:
+        return None
+    if _national_prefix_pattern(country_code).match(national):
+        return None
+    return PhoneNumber(country_code=country_code, national_number=int(national))
+
+
+def _national_prefix_pattern(country_code: int) -> re.Pattern[str]:
+    """The national prefix parse would try to strip after this country code (per country, not per input)."""
+    if country_code not in _national_prefix_patterns:
+        region = phonenumbers.region_code_for_country_code(country_code)
+        metadata = PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)
+        if metadata is None:  # cannot happen for a listed code; if it did, parse would know what to do
+            pattern = ""  # matches every number: always ask parse
+        else:
+            pattern = metadata.national_prefix_for_parsing or "(?!)"  # no national prefix: never matches
+        _national_prefix_patterns[country_code] = re.compile(pattern)
+    return _national_prefix_patterns[country_code]
 
 
 def _invalid_reason(number: PhoneNumber) -> str:
@@ -107,24 +182,20 @@ def _invalid_reason(number: PhoneNumber) -> str:
     return _LENGTH_REASONS.get(length, "not a valid number")
 
 
-def _can_receive_sms(number: PhoneNumber) -> bool:
-    return phonenumbers.number_type(number) in _SMS_CAPABLE_TYPES
-
-
-def _best_reading(readings: list[str], default_region: str) -> PhoneNumber:
+def _best_reading(readings: list[str], default_region: str) -> tuple[PhoneNumber, int]:
     """First reading that is a mobile; else the first valid one (to explain why it is not);
-    else the reason the most natural (first) reading failed."""
-    valid: list[PhoneNumber] = []
+    else the reason the most natural (first) reading failed.  With the number's type."""
+    valid: list[tuple[PhoneNumber, int]] = []
     first_error: InvalidNumber | None = None
     for text in readings:
         try:
-            number = _parse(text, default_region)
+            number, kind = _parse(text, default_region)
         except InvalidNumber as exc:
             first_error = first_error or exc
             continue
-        if _can_receive_sms(number):
-            return number
-        valid.append(number)
+        if kind in _SMS_CAPABLE_TYPES:
+            return number, kind
+        valid.append((number, kind))
     if valid:
         return valid[0]
     raise first_error or InvalidNumber("not a number")
@@ -138,10 +209,10 @@ def _check_region(number: PhoneNumber, allowed_regions: frozenset[str] | None) -
         raise InvalidNumber(f"country not allowed: {region}")
 
 
-def _check_sms_capable(number: PhoneNumber) -> None:
-    if _can_receive_sms(number):
+def _check_sms_capable(kind: int) -> None:
+    if kind in _SMS_CAPABLE_TYPES:
         return
-    if phonenumbers.number_type(number) == PhoneNumberType.FIXED_LINE:
+    if kind == PhoneNumberType.FIXED_LINE:
         raise InvalidNumber("landline, not a mobile number")
     raise InvalidNumber("not a mobile number")
 
@@ -158,16 +229,16 @@ def normalize(
     SMS (possibly a one-time code) to a stranger.
     """
     number_digits, international = _digits_and_plus(raw)
-    number = _best_reading(_readings(number_digits, international), default_region)
+    number, kind = _best_reading(_readings(number_digits, international), default_region)
     _check_region(number, allowed_regions)
-    _check_sms_capable(number)
+    _check_sms_capable(kind)
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def digits(e164: str) -> str:
     """The form SMPP (TON 1 / NPI 1) and SMS.ru / SMS.by expect: no '+'."""
     body = e164[1:]
-    if not e164.startswith("+") or not body or any(c not in "0123456789" for c in body):
+    if not (e164.startswith("+") and body.isascii() and body.isdigit()):  # ASCII isdigit: 0-9 only
         raise ValueError("not an E.164 number")
     return body
 
@@ -176,7 +247,11 @@ def mask(number: str) -> str:
     """Loggable form of a number (raw or E.164); keeps only digits so stray text cannot leak."""
     text = number if isinstance(number, str) else str(number)
     plus = "+" if text.lstrip().startswith("+") else ""
-    number_digits = "".join(c for c in text if c in "0123456789")
+    body = text[1:] if plus and text[0] == "+" else text
+    if body.isascii() and body.isdigit():  # E.164 or bare digits, as intake logs them: no scan in Python
+        number_digits = body
+    else:
+        number_digits = "".join(c for c in text if c in "0123456789")
     head = min(_MASK_HEAD, max(0, len(number_digits) - _MASK_TAIL - _MASK_MIN_HIDDEN))
     tail = _MASK_TAIL if len(number_digits) - head - _MASK_TAIL >= _MASK_MIN_HIDDEN else 0
     hidden = len(number_digits) - head - tail

@@ -10,6 +10,7 @@ the packing, so a GSM-7 part with UDH is 6 + 153 = 159 octets.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 GSM7_BASIC: str = (
@@ -38,17 +39,49 @@ _GSM7_CODE: dict[str, int] = {c: i for i, c in enumerate(GSM7_BASIC) if i != GSM
 _GSM7_EXTENSION_CHAR: dict[int, str] = {code: c for c, code in GSM7_EXTENSION.items()}
 
 
+def _septet_table() -> list[str]:
+    """A ``str.translate`` table from Unicode to unpacked GSM 03.38 septets, so that checking,
+    counting and encoding a text run in C instead of one Python call per character.
+
+    Every GSM character becomes its septet as a char below 0x80 (an extension character
+    becomes ESC + code, the pair the splitter must keep together); every other code point
+    up to the last GSM one ('€') becomes a non-ASCII marker, and those beyond the table
+    stay themselves (non-ASCII too). So the translated text is ASCII exactly when the
+    whole text is GSM-7, and then its ASCII bytes are the septets.  A list and not a
+    dict: indexing it is cheaper than hashing, and no lookup has to raise a KeyError.
+    """
+    not_gsm7 = "\x80"
+    table = [not_gsm7] * (max(map(ord, [*_GSM7_CODE, *GSM7_EXTENSION])) + 1)
+    for char, code in _GSM7_CODE.items():
+        table[ord(char)] = chr(code)
+    for char, code in GSM7_EXTENSION.items():
+        table[ord(char)] = chr(GSM7_ESCAPE) + chr(code)
+    return table
+
+
+_GSM7_SEPTETS: list[str] = _septet_table()
+# A non-ASCII text is GSM-7 only with accents, Greek capitals or '€' in it; most are
+# Cyrillic, and this finds the first character outside the alphabet without
+# translating the whole text first.
+_NOT_GSM7 = re.compile("[^" + "".join(re.escape(c) for c in [*_GSM7_CODE, *GSM7_EXTENSION]) + "]")
+_GSM7_CHARS: list[str] = list(GSM7_BASIC)  # septet -> character, for gsm7_decode's translate
+
+
 def _is_gsm7_char(char: str) -> bool:
     return char in _GSM7_CODE or char in GSM7_EXTENSION
 
 
 def is_gsm7(text: str) -> bool:
     """True when the whole text fits the default alphabet, i.e. costs half as much as UCS-2."""
-    return all(_is_gsm7_char(c) for c in text)
+    if text.isascii():
+        return text.translate(_GSM7_SEPTETS).isascii()
+    return _NOT_GSM7.search(text) is None
 
 
 def non_gsm7_chars(text: str) -> list[str]:
     """The characters to blame when a message goes out as UCS-2 (e.g. a '`' or a smart quote)."""
+    if is_gsm7(text):  # the common answer, in one C call
+        return []
     return list(dict.fromkeys(c for c in text if not _is_gsm7_char(c)))
 
 
@@ -63,11 +96,21 @@ def _gsm7_unit(char: str) -> bytes:
 
 def gsm7_encode(text: str) -> bytes:
     """Unpacked septets, because SMPP carries GSM-7 one septet per octet and the SMSC packs it."""
-    return b"".join(_gsm7_unit(c) for c in text)
+    septets = text.translate(_GSM7_SEPTETS)
+    if septets.isascii():
+        return septets.encode("ascii")
+    return b"".join(_gsm7_unit(c) for c in text)  # raises, naming the first character not in GSM
 
 
 def gsm7_decode(data: bytes) -> str:
     """Strict inverse of gsm7_encode, so a part cut after an ESC shows up as an error."""
+    if data.isascii() and GSM7_ESCAPE not in data:  # no escapes, no octet to refuse: one C call
+        return data.decode("ascii").translate(_GSM7_CHARS)
+    return _gsm7_decode_per_octet(data)
+
+
+def _gsm7_decode_per_octet(data: bytes) -> str:
+    """``gsm7_decode`` one octet at a time: its definition, and the path that explains errors."""
     chars: list[str] = []
     escaped = False
     for octet in data:
@@ -144,7 +187,7 @@ def _layout(encoding: str, ref16: bool) -> _Layout:
 
 def _units(text: str) -> tuple[str, list[bytes]]:
     """Split text into indivisible units: ESC+code and surrogate pairs must stay in one part."""
-    if is_gsm7(text):
+    if all(_is_gsm7_char(c) for c in text):  # not is_gsm7(): the definition keeps off the table
         return "gsm7", [_gsm7_unit(c) for c in text]
     return "ucs2", [c.encode("utf-16-be") for c in text]
 
@@ -192,7 +235,76 @@ def encode(text: str, *, ref16: bool = False, latin_coding: int = DATA_CODING_GS
     alphabet (0x00 GSM-7 unpacked, 0x01 IA5, 0x03 Latin-1; reference §12).
     ``split=False`` keeps the whole text in one part, for ``message_payload``,
     where the SMSC does the splitting.
+
+    Every message is encoded twice (intake counts its segments, the route builds its
+    submit_sm), so this works on whole strings in C: a regex finds the first non-GSM
+    character of a non-ASCII text, the septet table and UTF-16 give the payload, and
+    the parts are cut out of it, stepping back one unit where a cut
+    would split an ESC pair or a surrogate pair.  What that cannot decide exactly as
+    the per-character rules would (a lone surrogate, whose error names it, and a
+    multipart IA5/Latin-1 text, where octets and septets differ) takes
+    ``_encode_per_char``, the definition the tests hold this function to.
     """
+    if text.isascii() or _NOT_GSM7.search(text) is None:  # Cyrillic is UCS-2 without translating
+        septets = text.translate(_GSM7_SEPTETS)  # ASCII text may still hold a '`' or a control char
+        gsm7 = septets.isascii()
+    else:
+        septets, gsm7 = "", False
+    if gsm7:
+        if latin_coding != DATA_CODING_GSM7:
+            charset = _LATIN_CHARSETS.get(latin_coding)
+            if charset is None or (split and len(septets) > GSM7_SINGLE_UNITS):
+                return _encode_per_char(text, ref16=ref16, latin_coding=latin_coding, split=split)
+            try:  # one part; what the handset is billed is its septets, counted above
+                return EncodedText("gsm7", latin_coding, (text.encode(charset),), ref16)
+            except UnicodeEncodeError:
+                pass  # a character without an octet in the charset: GSM-7 it is
+        data_coding, unit_octets, payload = DATA_CODING_GSM7, 1, septets.encode("ascii")
+        encoding, single_units = "gsm7", GSM7_SINGLE_UNITS
+        part_units = GSM7_PART_UNITS - 1 if ref16 else GSM7_PART_UNITS
+    else:
+        try:
+            payload = text.encode("utf-16-be")
+        except UnicodeEncodeError:  # a lone surrogate: let the per-character path say which
+            return _encode_per_char(text, ref16=ref16, latin_coding=latin_coding, split=split)
+        data_coding, unit_octets = DATA_CODING_UCS2, 2
+        encoding, single_units = "ucs2", UCS2_SINGLE_UNITS
+        part_units = UCS2_PART_UNITS - 1 if ref16 else UCS2_PART_UNITS
+    if len(payload) <= single_units * unit_octets or not split:
+        return EncodedText(encoding, data_coding, (payload,), ref16)
+    parts = _cut(payload, part_units * unit_octets, unit_octets)
+    if len(parts) > MAX_PARTS:
+        raise ValueError(f"message needs {len(parts)} parts, at most {MAX_PARTS} can be joined")
+    return EncodedText(encoding, data_coding, tuple(parts), ref16)
+
+
+def _cut(payload: bytes, capacity: int, unit_octets: int) -> list[bytes]:
+    """Parts of at most ``capacity`` octets, each ending on a whole character.
+
+    A part whose last unit starts a pair (ESC, which in our septets is never anything
+    but the first of an extension pair, or a UTF-16 high surrogate, which UTF-16
+    always follows with its low half) gives that unit to the next part instead: the
+    greedy rule of ``_pack_parts``, where a unit that does not fit whole starts the
+    next part.
+    """
+    parts = []
+    start, end = 0, len(payload)
+    while end - start > capacity:
+        cut = start + capacity
+        if unit_octets == 1:
+            if payload[cut - 1] == GSM7_ESCAPE:
+                cut -= 1
+        elif 0xD8 <= payload[cut - 2] <= 0xDB:
+            cut -= 2
+        parts.append(payload[start:cut])
+        start = cut
+    parts.append(payload[start:])
+    return parts
+
+
+def _encode_per_char(text: str, *, ref16: bool = False, latin_coding: int = DATA_CODING_GSM7,
+                     split: bool = True) -> EncodedText:
+    """``encode`` one character at a time: its definition, and its fallback for the rare cases."""
     encoding, units = _units(text)
     layout = _layout(encoding, ref16)
     data_coding = layout.data_coding

@@ -65,6 +65,8 @@ def build_segments(message: OpenMessage, cfg: SmppRouteConfig | None = None, *,
     else:
         ton, npi = (cfg.alpha_ton, cfg.alpha_npi) if cfg is not None else (5, 0)
     ref = concat_ref(message, method == UDH16)
+    source_addr = sender.lstrip("+") if numeric else sender
+    destination_addr = phone.digits(message.phone) if message.open_segments else ""  # once, not per part
     jobs = []
     for seq in message.open_segments:
         body = encoded.parts[seq]
@@ -84,10 +86,10 @@ def build_segments(message: OpenMessage, cfg: SmppRouteConfig | None = None, *,
                 seq,
                 Submit(
                     ref=(message.id, seq),
-                    source_addr=sender.lstrip("+") if numeric else sender,
+                    source_addr=source_addr,
                     source_addr_ton=ton,
                     source_addr_npi=npi,
-                    destination_addr=phone.digits(message.phone),
+                    destination_addr=destination_addr,
                     esm_class=esm_class,
                     data_coding=encoded.data_coding,
                     registered_delivery=registered_delivery,
