@@ -24,7 +24,7 @@ from .store import IntakeResult, NewMessage, OpenMessage, PortalRecord, Store
 
 log = structlog.get_logger(__name__)
 
-MESSAGE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+MESSAGE_ID_RE = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would let a trailing newline through
 MAX_TEXT = 10_000  # far above anything Bitrix24 sends; protects the store from junk
 
 
@@ -50,7 +50,7 @@ class IntakeRequest:
         to = _string(p, "to")
         body = _string(p, "text")
         module_id = _optional_string(p, "module_id") or ""
-        if not MESSAGE_ID_RE.match(message_id):
+        if not MESSAGE_ID_RE.fullmatch(message_id):
             raise RpcError("bad_request", "message_id: must be 32 hex characters")
         if not body or len(body) > MAX_TEXT:
             raise RpcError("bad_request", f"text: must be 1 to {MAX_TEXT} characters")

@@ -47,7 +47,7 @@ def test_the_first_wrong_field_in_form_order_is_the_one_named():
     assert refused({**GOOD, "message_id": "x", "text": ""}) == "message_id: must be 32 hex characters"
 
 
-@pytest.mark.parametrize("message_id", ["", "ab" * 15, "ab" * 17, "zz" * 16, "ab" * 15 + "a\n"])
+@pytest.mark.parametrize("message_id", ["", "ab" * 15, "ab" * 17, "zz" * 16, "ab" * 15 + "a\n", "ab" * 16 + "\n"])
 def test_message_id_must_be_32_hex(message_id):
     assert refused({**GOOD, "message_id": message_id}) == "message_id: must be 32 hex characters"
 
