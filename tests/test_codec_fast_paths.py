@@ -1,0 +1,186 @@
+"""The codec's fast paths give exactly what the general code gives, or step aside.
+
+Each fast path (the canonical receipt text, the deliver_sm field walk) must either
+produce the very result of the general code or decline, so that the general code
+decides, errors included.  These tests run both over many inputs, generated
+deterministically: canonical receipts, every spelling variant we know of, texts
+mutated character by character, and PDUs truncated or corrupted at every octet.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from typing import Any, Callable
+
+import pytest
+
+from smppd.smpp import codec
+from tests.test_codec import deliver, pdu, receipt_text, sm_body, tlv
+
+# --- receipt text ----------------------------------------------------------------------
+
+_CANONICAL = (
+    "id:{id} sub:001 dlvrd:{dlvrd} submit date:2611220555 done date:2611220556 "
+    "stat:{stat} err:{err} text:{text}"
+)
+
+# Characters that stress the general parser's edges: key names, colons, case, underscores,
+# every kind of whitespace str.split() knows, non-ASCII.
+_ALPHABET = "idsubmtaeoxrn_:IDSTA 0123456789\t\n\xa0\x85\x1c-:;!~é"
+
+
+def _texts(rng: random.Random) -> list[str]:
+    ids = ["5A000001", "0e999f21", "123", "a-b_c", "x!~;", "ID", "stat", "0"]
+    stats = ["DELIVRD", "UNDELIV", "EXPIRED", "REJECTD", "delivrd", "ACCEPTD"]
+    texts = [
+        _CANONICAL.format(id=i, dlvrd=d, stat=s, err=e, text=t)
+        for i in ids for s in stats
+        for d, e, t in (("001", "000", "Hello"), ("000", "0x1F", "stat:FAKE id:9"), ("1", "069", ""))
+    ]
+    base = _CANONICAL.format(id="5A000001", dlvrd="001", stat="DELIVRD", err="000", text="Order 12")
+    texts += [
+        base.split(" text:")[0],  # no text: at all
+        base.split(" text:")[0] + " ",
+        base.split(" text:")[0] + "\n",
+        base.replace("sub:001 ", ""),  # sub and dlvrd are often missing
+        base.replace("err:000", "err:"),
+        base.replace("stat:DELIVRD", "stat: DELIVRD"),
+        base.replace("stat:DELIVRD", "stat :DELIVRD"),
+        base.replace("stat:DELIVRD", "Stat:DELIVRD"),
+        base.replace("submit date", "submit_date").replace("done date", "done_date"),
+        base.replace(" sub:", "  sub:"),
+        base.replace(" sub:", "\tsub:"),
+        base.replace("id:5A000001", "id:5A:01"),
+        base.replace("id:5A000001", "id:5Aid:01"),
+        base.replace("id:5A000001", "id:5A_stat:X"),
+        base.replace("id:5A000001", "id:5A1stat:X"),
+        base.replace("id:5A000001", "id:5Aé"),
+        base.replace("id:5A000001", "id:5A\xa0B"),
+        " " + base,
+        "x" + base,
+        "ID:5A " + base,
+        base.replace("text:", "TEXT:"),
+        base.replace("text:", "texts:"),
+        base.replace("err:000 text", "err:000 text2"),
+        base.replace("err:000 text:", "err:000 xtext:"),
+        base.replace("err:000 text:", "err:000_text:"),
+        "",
+        "id:1",
+        "stat:DELIVRD err:000",
+    ]
+    for _ in range(3000):  # mutate the canonical text one to three characters at a time
+        chars = list(base)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(chars))
+            op = rng.randrange(3)
+            if op == 0:
+                chars[at] = rng.choice(_ALPHABET)
+            elif op == 1:
+                chars.insert(at, rng.choice(_ALPHABET))
+            else:
+                del chars[at]
+        texts.append("".join(chars))
+    return texts
+
+
+def test_canonical_receipt_text_takes_the_fast_path() -> None:
+    text = _CANONICAL.format(id="5A000001", dlvrd="001", stat="DELIVRD", err="000", text="Hi")
+    assert codec._RECEIPT_CANONICAL.match(text) is not None
+    assert codec._parse_receipt_text(text) == {
+        "id": "5A000001", "sub": "001", "dlvrd": "001", "submit date": "2611220555",
+        "done date": "2611220556", "stat": "DELIVRD", "err": "000",
+    }
+
+
+def test_receipt_text_fast_path_equals_the_general_parser() -> None:
+    rng = random.Random(7)
+    fast = 0
+    for text in _texts(rng):
+        assert codec._parse_receipt_text(text) == codec._parse_receipt_text_general(text), text
+        fast += codec._RECEIPT_CANONICAL.match(text) is not None
+    assert fast > 500  # the comparison covered the fast path, not only the fallback
+
+
+# --- deliver_sm walk and the whole receipt ---------------------------------------------
+
+
+def _outcome(parse: Callable[[], Any]) -> Any:
+    try:
+        return ("ok", parse())
+    except codec.PduDecodeError as exc:
+        return ("decode", str(exc), exc.command_id, exc.status, exc.sequence, exc.nack_status)
+    except Exception as exc:  # noqa: BLE001 -- the type and text must match too
+        return (type(exc).__name__, str(exc))
+
+
+def _general(raw: bytes, id_base: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    with monkeypatch.context() as m:
+        m.setattr(codec, "_deliver_sm_fast", lambda raw: None)
+        return _outcome(lambda: codec.parse_receipt(raw, id_base=id_base))
+
+
+def _pdus(rng: random.Random) -> list[bytes]:
+    text = receipt_text("5A000001")
+    bodies = [
+        sm_body(short_message=text),
+        sm_body(short_message=text) + tlv(0x001E, b"5A000001\0") + tlv(0x0427, b"\x02"),
+        sm_body(short_message=b"") + tlv(0x001E, b"77\0") + tlv(0x0427, b"\x05"),
+        sm_body(esm_class=0x00, short_message=b"an MO text"),
+        sm_body(esm_class=0x44, short_message=text),
+        sm_body(short_message=b"") + tlv(0x0424, text),
+        sm_body(short_message=text) + tlv(0x0423, b"\x03\x00\x01") + tlv(0x1400, b"\x01"),
+        sm_body(short_message=receipt_text("ZZ-1")),
+        sm_body(short_message=b"stat:DELIVRD err:000"),
+        sm_body(short_message=text, data_coding=0x08),
+        sm_body(short_message=receipt_text("ABC").decode().encode("utf-16-be"), data_coding=0x08),
+        sm_body(short_message=text, source_addr="", destination_addr=""),
+    ]
+    raws = [deliver(b, sequence=9) for b in bodies]
+    raws.append(pdu(codec.DATA_SM, 5, bytes(4) + b"\x04\0\0" + tlv(0x0424, text)))
+    raws.append(codec.encode("submit_sm", 1, short_message=b"x"))
+    out = list(raws)
+    for raw in raws:
+        for cut in range(len(raw)):  # every truncation, with the length fixed up or not
+            short = raw[:cut]
+            out.append(short)
+            if cut >= 16:
+                out.append(struct.pack(">L", cut) + short[4:])
+        for _ in range(60):  # random octets overwritten, the length kept right
+            b = bytearray(raw)
+            for _ in range(rng.randint(1, 3)):
+                b[rng.randrange(16, len(b))] = rng.choice((0, 1, 0x20, 0x3A, 0xFF, rng.randrange(256)))
+            out.append(bytes(b))
+    return out
+
+
+@pytest.mark.parametrize("id_base", ["as-is", "hex", "dec"])
+def test_parse_receipt_fast_path_equals_the_general_walk(
+    id_base: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(11)
+    fast = 0
+    for raw in _pdus(rng):
+        got = _outcome(lambda: codec.parse_receipt(raw, id_base=id_base))
+        assert got == _general(raw, id_base, monkeypatch), raw.hex()
+        fast += codec._deliver_sm_fast(raw) is not None
+    assert fast > 500
+
+
+def test_deliver_sm_fast_reads_the_same_fields_as_the_walker() -> None:
+    raw = deliver(sm_body(esm_class=0x44, data_coding=0x08, short_message=b"\0a\0b") + tlv(0x0427, b"\x02"))
+    esm_class, data_coding, short_message, pos = codec._deliver_sm_fast(raw) or (None,) * 4
+    header = codec.read_header(raw)
+    fields, tlv_pos = codec._walk_mandatory(raw, header)
+    assert (esm_class, data_coding, short_message, pos) == (
+        fields["esm_class"], fields["data_coding"], fields["short_message"], tlv_pos,
+    ) == (0x44, 0x08, b"\0a\0b", len(raw) - 5)
+
+
+def test_deliver_sm_fast_declines_what_it_does_not_take() -> None:
+    good = deliver(sm_body(short_message=receipt_text()))
+    assert codec._deliver_sm_fast(good) is not None
+    assert codec._deliver_sm_fast(good + b"\0") is None  # command_length no longer matches
+    assert codec._deliver_sm_fast(good[:15]) is None
+    assert codec._deliver_sm_fast(pdu(codec.DATA_SM, 1, bytes(10))) is None
+    assert codec._deliver_sm_fast(deliver(sm_body(short_message=b"abc")[:-2])) is None  # sm_length too long
