@@ -184,3 +184,109 @@ def test_deliver_sm_fast_declines_what_it_does_not_take() -> None:
     assert codec._deliver_sm_fast(good[:15]) is None
     assert codec._deliver_sm_fast(pdu(codec.DATA_SM, 1, bytes(10))) is None
     assert codec._deliver_sm_fast(deliver(sm_body(short_message=b"abc")[:-2])) is None  # sm_length too long
+
+
+# --- submit_sm_resp message_id -------------------------------------------------------------
+
+
+def _general_message_id(raw: bytes) -> Any:
+    header = codec._checked_header(raw)
+    fields, pos = codec._walk_mandatory(raw, header)
+    codec._walk_tlvs(raw, pos, header)
+    value = fields.get("message_id")
+    return value.decode("latin-1") if value else ""
+
+
+def test_response_message_id_fast_path_equals_the_walk() -> None:
+    rng = random.Random(5)
+    raws = [
+        codec.encode("submit_sm_resp", 9, message_id="5A000001"),
+        codec.encode("submit_sm_resp", 9, message_id=""),
+        codec.encode("deliver_sm_resp", 9, message_id="x"),
+        codec.encode("submit_sm_resp", 9, status=0x58),  # header only
+        pdu(0x80000004, 9, b"5A\0" + tlv(0x0427, b"\x02")),
+        pdu(0x80000004, 9, b"5A\0\0"),
+        pdu(0x80000004, 9, b"5A"),
+        pdu(0x80000004, 9, "идентификатор".encode("utf-8") + b"\0"),
+        pdu(0x80000103, 9, b"77\0"),
+        pdu(0x80000006, 9, b"77\0"),  # unbind_resp with a body: not a message-id resp
+        pdu(0x80000000, 9, b"77\0"),
+    ]
+    for raw in list(raws):
+        for cut in range(len(raw)):
+            raws.append(raw[:cut])
+            if cut >= 16:
+                raws.append(struct.pack(">L", cut) + raw[4:cut])
+        for _ in range(40):
+            b = bytearray(raw)
+            if len(b) > 16:
+                b[rng.randrange(16, len(b))] = rng.choice((0, 0x41, 0xFF))
+            raws.append(bytes(b))
+    fast = 0
+    for raw in raws:
+        assert _outcome(lambda: codec.response_message_id(raw)) == _outcome(
+            lambda: _general_message_id(raw)), raw.hex()
+        fast += len(raw) > 16 and raw.find(b"\0", 16) == len(raw) - 1
+    assert fast > 20
+
+
+# --- submit_sm -----------------------------------------------------------------------------
+
+
+class _Ton(int):
+    """An int subclass (as an IntEnum would be): encode() takes it, the fast path defers."""
+
+
+_SUBMIT_FIELDS = ("source_addr_ton", "source_addr_npi", "source_addr", "dest_addr_ton",
+                  "dest_addr_npi", "destination_addr", "esm_class", "registered_delivery",
+                  "data_coding", "short_message")
+
+
+def _submit_cases(rng: random.Random) -> list[tuple[int, dict[str, Any]]]:
+    good: dict[str, Any] = dict(
+        source_addr_ton=5, source_addr_npi=0, source_addr="DemoShop", dest_addr_ton=1,
+        dest_addr_npi=1, destination_addr="375291234567", esm_class=0, registered_delivery=1,
+        data_coding=0, short_message=b"Order 123 is ready",
+    )
+    odd: dict[str, list[Any]] = {
+        "source_addr_ton": [0, 255, 256, -1, True, None, _Ton(5), "5", 1.0],
+        "source_addr_npi": [0, 1, 300],
+        "source_addr": ["", "A" * 20, "A" * 21, "Ünïcode", "Привет", "a\0b", None, b"Shop", 5],
+        "dest_addr_ton": [0, 1, 256, False],
+        "dest_addr_npi": [0, 1, -5],
+        "destination_addr": ["", "3" * 20, "3" * 21, "+375291234567", None, "a\0", "é"],
+        "esm_class": [0x40, 0x80, 0x100, None],
+        "registered_delivery": [0, 1, 0x11, 2 ** 40],
+        "data_coding": [0, 8, 0xF0, 256],
+        "short_message": [b"", b"x" * 254, b"x" * 255, bytearray(b"abc"), memoryview(b"abc"),
+                          "text", None, bytes(range(256))[:200]],
+    }
+    cases: list[tuple[int, dict[str, Any]]] = [(1, good), (codec.MAX_SEQUENCE, good)]
+    cases += [(seq, good) for seq in (0, -1, codec.MAX_SEQUENCE + 1, True, 5.0, None)]
+    for name, values in odd.items():
+        cases += [(7, {**good, name: value}) for value in values]
+    for _ in range(500):  # several odd fields at once
+        fields = dict(good)
+        for name in rng.sample(list(odd), rng.randint(1, 4)):
+            fields[name] = rng.choice(odd[name])
+        cases.append((rng.choice((1, 99, codec.MAX_SEQUENCE, 0)), fields))
+    return cases
+
+
+def test_encode_submit_sm_equals_encode() -> None:
+    rng = random.Random(3)
+    fast = 0
+    for seq, fields in _submit_cases(rng):
+        got = _outcome(lambda: codec.encode_submit_sm(seq, *(fields[n] for n in _SUBMIT_FIELDS)))
+        want = _outcome(lambda: codec.encode("submit_sm", seq, service_type="", **fields))
+        assert got == want, (seq, fields)
+        fast += got[0] == "ok"
+    assert fast > 30
+
+
+def test_encode_submit_sm_bytes_decode_back() -> None:
+    raw = codec.encode_submit_sm(42, 5, 0, "DemoShop", 1, 1, "375291234567", 0x40, 1, 8, b"\x05\x00\x03\x01\x02\x01hi")
+    sm = codec.decode(raw)
+    assert (sm.sequence, sm.source_addr, sm.destination_addr, sm.esm_class, sm.data_coding) == (
+        42, b"DemoShop", b"375291234567", 0x40, 8)
+    assert sm.short_message == b"\x05\x00\x03\x01\x02\x01hi" and sm.registered_delivery == 1

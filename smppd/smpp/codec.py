@@ -434,11 +434,23 @@ def response_message_id(raw: bytes) -> str:
     Same checks as ``decode`` (length, C-string inside the PDU, TLV stream); "" when
     the resp has no body.
     """
+    end = len(raw)
+    if end > HEADER_LENGTH:
+        # The usual resp: the id and its NUL end the PDU, no TLVs; same answer, no walk.
+        length, command_id = _LENGTH_ID.unpack_from(raw)
+        if (length == end and command_id in _MESSAGE_ID_RESPONSES
+                and raw.find(b"\0", HEADER_LENGTH) == end - 1):
+            return raw[HEADER_LENGTH:end - 1].decode("latin-1")
     header = _checked_header(raw)
     fields, pos = _walk_mandatory(raw, header)
     _walk_tlvs(raw, pos, header)
     value = fields.get("message_id")
     return value.decode("latin-1") if value else ""
+
+
+_MESSAGE_ID_RESPONSES: Final = frozenset(
+    COMMAND_IDS[name] for name in ("submit_sm_resp", "deliver_sm_resp", "data_sm_resp")
+)
 
 
 # --- encode ----------------------------------------------------------------------
@@ -618,6 +630,64 @@ def _encode_fast(command: str, command_id: int, sequence: int, status: int,
         return None
     HEADER.pack_into(out, 0, len(out), command_id, status, sequence)
     return bytes(out)
+
+
+def encode_submit_sm(
+    sequence: int,
+    source_addr_ton: int,
+    source_addr_npi: int,
+    source_addr: str,
+    dest_addr_ton: int,
+    dest_addr_npi: int,
+    destination_addr: str,
+    esm_class: int,
+    registered_delivery: int,
+    data_coding: int,
+    short_message: bytes,
+) -> bytes:
+    """The submit_sm of every segment without TLVs: ``encode("submit_sm", ...)`` in one step.
+
+    The same bytes as ``encode`` with these fields (service_type and the times empty,
+    the other fields 0), at a third of its cost: the one PDU sent per segment.  Only
+    values that are plainly valid take this path; anything else (None, bool, an int
+    subclass, too long, not latin-1, a NUL) goes to ``encode``, which builds it or
+    raises the same error as before.
+    """
+    src = destination = b""
+    if type(source_addr) is str and type(destination_addr) is str:
+        try:
+            src = source_addr.encode("latin-1")
+            destination = destination_addr.encode("latin-1")
+        except UnicodeEncodeError:
+            src = b"\0"  # let encode() name the field
+    small = (source_addr_ton, source_addr_npi, dest_addr_ton, dest_addr_npi, esm_class,
+             registered_delivery, data_coding)
+    if (
+        type(sequence) is not int or not 1 <= sequence <= MAX_SEQUENCE
+        or type(source_addr) is not str or type(destination_addr) is not str
+        or len(src) > 20 or len(destination) > 20 or b"\0" in src or b"\0" in destination
+        or type(short_message) is not bytes or len(short_message) > MAX_SHORT_MESSAGE
+        or not all(type(v) is int and 0 <= v <= 0xFF for v in small)
+    ):
+        return encode(
+            "submit_sm", sequence, service_type="", source_addr_ton=source_addr_ton,
+            source_addr_npi=source_addr_npi, source_addr=source_addr, dest_addr_ton=dest_addr_ton,
+            dest_addr_npi=dest_addr_npi, destination_addr=destination_addr, esm_class=esm_class,
+            registered_delivery=registered_delivery, data_coding=data_coding,
+            short_message=short_message,
+        )
+    sm_length = len(short_message)
+    return b"".join((
+        HEADER.pack(33 + len(src) + len(destination) + sm_length, SUBMIT_SM, ESME_ROK, sequence),
+        b"\0",  # service_type
+        bytes((source_addr_ton, source_addr_npi)), src, b"\0",
+        bytes((dest_addr_ton, dest_addr_npi)), destination, b"\0",
+        # esm_class, protocol_id, priority_flag, schedule_delivery_time and validity_period
+        # (empty C-strings), registered_delivery, replace_if_present_flag, data_coding,
+        # sm_default_msg_id, sm_length
+        bytes((esm_class, 0, 0, 0, 0, registered_delivery, 0, data_coding, 0, sm_length)),
+        short_message,
+    ))
 
 
 def generic_nack(sequence: int, status: int) -> bytes:
