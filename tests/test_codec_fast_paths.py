@@ -290,3 +290,23 @@ def test_encode_submit_sm_bytes_decode_back() -> None:
     assert (sm.sequence, sm.source_addr, sm.destination_addr, sm.esm_class, sm.data_coding) == (
         42, b"DemoShop", b"375291234567", 0x40, 8)
     assert sm.short_message == b"\x05\x00\x03\x01\x02\x01hi" and sm.registered_delivery == 1
+
+
+# --- deliver_sm_resp / data_sm_resp --------------------------------------------------------
+
+
+def test_empty_id_resp_equals_encode() -> None:
+    commands = ["deliver_sm_resp", "data_sm_resp", "submit_sm_resp", "generic_nack", "bogus"]
+    sequences = [0, 1, 77, codec.MAX_SEQUENCE, 0xFFFFFFFF, 0x100000000, -1, True, 5.0, None]
+    statuses = [0, 0x08, 0x64, 0xFFFFFFFF, 0x100000000, -1, False, True, None, "0"]
+    fast = 0
+    for command in commands:
+        for seq in sequences:
+            for status in statuses:
+                got = _outcome(lambda: codec.empty_id_resp(command, seq, status))
+                want = _outcome(lambda: codec.encode(command, seq, status=status, message_id=""))
+                assert got == want, (command, seq, status)
+                fast += got[0] == "ok"
+    assert fast > 20
+    assert codec.empty_id_resp("data_sm_resp", 3, 0x64) == struct.pack(">LLLL", 16, 0x80000103, 0x64, 3)
+    assert codec.empty_id_resp("deliver_sm_resp", 3, 0x64) == struct.pack(">LLLL", 17, 0x80000005, 0x64, 3) + b"\0"

@@ -690,6 +690,27 @@ def encode_submit_sm(
     ))
 
 
+_EMPTY_ID_RESPONSES: Final = {
+    "deliver_sm_resp": COMMAND_IDS["deliver_sm_resp"],
+    "data_sm_resp": COMMAND_IDS["data_sm_resp"],
+}
+
+
+def empty_id_resp(command: str, sequence: int, status: int = ESME_ROK) -> bytes:
+    """A deliver_sm_resp or data_sm_resp with an empty message_id: the answer to every receipt.
+
+    The bytes of ``encode(command, sequence, status=status, message_id="")`` without its
+    generic field loop; anything but plainly valid arguments goes to ``encode``.
+    """
+    command_id = _EMPTY_ID_RESPONSES.get(command)
+    if (command_id is None or type(sequence) is not int or type(status) is not int
+            or not 0 <= sequence <= 0xFFFFFFFF or not 0 <= status <= 0xFFFFFFFF):
+        return encode(command, sequence, status=status, message_id="")
+    if status != ESME_ROK and command in _NO_BODY_ON_ERROR:
+        return HEADER.pack(HEADER_LENGTH, command_id, status, sequence)
+    return HEADER.pack(HEADER_LENGTH + 1, command_id, status, sequence) + b"\0"
+
+
 def generic_nack(sequence: int, status: int) -> bytes:
     """The answer to a PDU we cannot or will not handle; it has no body."""
     return HEADER.pack(HEADER_LENGTH, GENERIC_NACK, status, sequence)

@@ -480,7 +480,7 @@ class Session:
         if command is None:
             self._log.warning("smpp.ack_unknown_sequence", sequence=sequence)
             return
-        self._out.append(codec.encode(command, sequence, status=status, message_id=""))
+        self._out.append(codec.empty_id_resp(command, sequence, status))
 
     def unbind(self, now: float) -> None:
         """Graceful close: queue unbind and submit no more. Then Terminated on unbind_resp or timeout.
