@@ -324,6 +324,7 @@ def test_submit_passes_tlvs_to_the_codec():
     with pytest.raises(ValueError):
         s.submit(item("bad", text=b"hi", tlvs={"message_payload": b"x"}), 1.0)
     assert s.outstanding == 1
+    assert s.submit(item("next"), 1.0) == 3  # the refused one used no sequence number
 
 
 def test_encoding_error_uses_no_window_slot():

@@ -796,8 +796,9 @@ def _receipt_text(payload: bytes, data_coding: int) -> str:
 # one space between pairs, values of printable ASCII without spaces or colons, then
 # ``text:`` or the end.  In such a text the only colons are the keys' own, so the general
 # parser below finds exactly these keys and these values: one anchored match gives the
-# same dict at a fraction of the cost of scanning for every key (tests/test_codec.py
-# compares both over many texts).  Anything else takes the general parser.
+# same dict at a fraction of the cost of scanning for every key (tests/
+# test_codec_fast_paths.py compares both over many texts).  Anything else takes the
+# general parser.
 _VALUE = r"([!-9;-~]+)"
 _RECEIPT_CANONICAL = re.compile(
     rf"id:{_VALUE} sub:{_VALUE} dlvrd:{_VALUE} submit date:{_VALUE} done date:{_VALUE} stat:{_VALUE}"

@@ -428,43 +428,40 @@ class Session:
                 f"cannot submit: state={self._state.name} mode={self._config.bind_mode} "
                 f"outstanding={len(self._submits)} window={self._window}"
             )
-        seq = self._allocate_sequence()
         if not item.tlvs:  # a single segment, or UDH: most submits
+            seq = self._allocate_sequence()
             raw = codec.encode_submit_sm(
                 seq, item.source_addr_ton, item.source_addr_npi, item.source_addr,
                 item.dest_addr_ton, item.dest_addr_npi, item.destination_addr, item.esm_class,
                 item.registered_delivery, item.data_coding, item.short_message,
             )
         else:
-            raw = self._encode_with_tlvs(item, seq)
+            fields: dict[str, Any] = dict(item.tlvs)
+            if "message_payload" in fields:
+                if item.short_message:
+                    raise ValueError("short_message and message_payload are mutually exclusive")
+            else:
+                fields["short_message"] = item.short_message
+            seq = self._allocate_sequence()
+            raw = codec.encode(
+                "submit_sm",
+                seq,
+                service_type="",
+                source_addr_ton=item.source_addr_ton,
+                source_addr_npi=item.source_addr_npi,
+                source_addr=item.source_addr,
+                dest_addr_ton=item.dest_addr_ton,
+                dest_addr_npi=item.dest_addr_npi,
+                destination_addr=item.destination_addr,
+                esm_class=item.esm_class,
+                registered_delivery=item.registered_delivery,
+                data_coding=item.data_coding,
+                **fields,
+            )
         # Registered only once encoding succeeded: an encoding error raises and uses no slot.
         self._submits[seq] = _Outstanding(item.ref, now + self._config.response_timeout)
         self._queue(raw, now)
         return seq
-
-    @staticmethod
-    def _encode_with_tlvs(item: Submit, seq: int) -> bytes:
-        fields: dict[str, Any] = dict(item.tlvs)
-        if "message_payload" in fields:
-            if item.short_message:
-                raise ValueError("short_message and message_payload are mutually exclusive")
-        else:
-            fields["short_message"] = item.short_message
-        return codec.encode(
-            "submit_sm",
-            seq,
-            service_type="",
-            source_addr_ton=item.source_addr_ton,
-            source_addr_npi=item.source_addr_npi,
-            source_addr=item.source_addr,
-            dest_addr_ton=item.dest_addr_ton,
-            dest_addr_npi=item.dest_addr_npi,
-            destination_addr=item.destination_addr,
-            esm_class=item.esm_class,
-            registered_delivery=item.registered_delivery,
-            data_coding=item.data_coding,
-            **fields,
-        )
 
     def acknowledge(self, sequence: int, status: int = ESME_ROK) -> None:
         """Answer a reported deliver_sm/data_sm (deliver_sm_resp, empty message_id).
