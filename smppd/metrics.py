@@ -110,7 +110,13 @@ def submit_sent(route: str, ref: Any) -> None:
 def submit_answered(route: str, ref: Any) -> None:
     start = _submits.pop((route, ref), None)
     if start is not None:
-        SUBMIT_LATENCY.labels(route).observe(time.monotonic() - start)
+        latency = _submit_latency.get(route)
+        if latency is None:  # labels() takes a lock and builds a key: once per route, not per resp
+            latency = _submit_latency[route] = SUBMIT_LATENCY.labels(route)
+        latency.observe(time.monotonic() - start)
+
+
+_submit_latency: dict[str, Any] = {}
 
 
 def message_received(route: str, status: str, segments: int, *, duplicate: bool = False) -> None:

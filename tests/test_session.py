@@ -288,6 +288,28 @@ def test_submit_encodes_the_segment():
     assert s.outstanding == 1
 
 
+def test_submit_without_tlvs_sends_what_the_general_encoder_builds():
+    # Submits without TLVs take codec.encode_submit_sm; the bytes must be encode()'s.
+    s = bound_session()
+    for i, (text, esm, dc) in enumerate([(b"Hello", 0, 0), (b"", 0, 0), (b"\x05\x00\x03\x07\x02\x01x", 0x40, 8),
+                                         (b"y" * 254, 0, 0xF0)]):
+        seq = s.submit(item(i, text=text, esm_class=esm, data_coding=dc, registered_delivery=i % 2), 1.0)
+        _, raw = sent_one(s)
+        assert raw == codec.encode(
+            "submit_sm", seq, service_type="", source_addr_ton=5, source_addr_npi=0, source_addr="MyBrand",
+            dest_addr_ton=1, dest_addr_npi=1, destination_addr="375291234567", esm_class=esm,
+            registered_delivery=i % 2, data_coding=dc, short_message=text,
+        )
+    s.submit(item("vp", tlvs={"validity_period": "000001000000000R"}), 1.0)
+    _, raw = sent_one(s)
+    assert codec.decode(raw).validity_period == b"000001000000000R"
+    with pytest.raises(ValueError):
+        s.submit(item("long-sender", source_addr="S" * 21), 1.0)
+    with pytest.raises(TypeError):
+        s.submit(item("bool-ton", dest_addr_ton=True), 1.0)
+    assert s.outstanding == 5 and s.data_to_send() == b""
+
+
 def test_submit_passes_tlvs_to_the_codec():
     s = bound_session()
     s.submit(
@@ -302,6 +324,7 @@ def test_submit_passes_tlvs_to_the_codec():
     with pytest.raises(ValueError):
         s.submit(item("bad", text=b"hi", tlvs={"message_payload": b"x"}), 1.0)
     assert s.outstanding == 1
+    assert s.submit(item("next"), 1.0) == 3  # the refused one used no sequence number
 
 
 def test_encoding_error_uses_no_window_slot():

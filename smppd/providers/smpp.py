@@ -276,6 +276,8 @@ class SmppRoute:
                         rate=round(self.rate_aimd.value, 1))
 
     def _success(self) -> None:
+        if self.rate_aimd is None and self.window_aimd.value >= self.window_aimd.ceiling:
+            return  # nothing to grow back: the common case, once per submit_sm_resp
         before = (int(self.window_aimd.value), int(self.rate_aimd.value) if self.rate_aimd else 0)
         self.window_aimd.success()
         if self.rate_aimd is not None:
@@ -305,6 +307,8 @@ class SmppRoute:
                     self.stats["accepted"] += 1
                     self._success()
                     self._spawn(self.store.segment_accepted(job.message_id, job.seq, e.message_id))
+            elif isinstance(e, ReceiptReceived):  # the other event of every message
+                self._spawn(self._receipt(connection, e))
             elif isinstance(e, SubmitRejected):
                 self._rejected(e)
             elif isinstance(e, SubmitUnconfirmed):
@@ -312,8 +316,6 @@ class SmppRoute:
                 if job:
                     self.stats["requeued"] += 1
                     self.queue.appendleft(job)
-            elif isinstance(e, ReceiptReceived):
-                self._spawn(self._receipt(connection, e))
             elif isinstance(e, MessageReceived):
                 self._spawn(self._mo(connection, e))
         self._wake.set()

@@ -35,6 +35,8 @@ _CREDENTIAL_STATUSES = frozenset({0x0D, 0x0E, 0x0F})
 
 EventSink = Callable[["Connection", Sequence[object]], None]
 
+_LIFECYCLE = (Bound, BindRejected, Terminated)  # the events this shell acts on itself
+
 
 class _Protocol(asyncio.Protocol):
     def __init__(self, session: Session, sink: Callable[[Sequence[object]], None]) -> None:
@@ -71,9 +73,15 @@ class _Protocol(asyncio.Protocol):
     # calls from the route
 
     def submit(self, item: Submit) -> int:
-        seq = self.session.submit(item, self._loop.time())
+        now = self._loop.time()
+        seq = self.session.submit(item, now)
         self._schedule_flush()
-        self._arm()
+        # Every state change re-arms, so the timer is never later than the session's next
+        # deadline; a submit adds only its own resp deadline. A timer due by then is still
+        # right, and the per-submit next_deadline() is skipped (the usual case in a burst).
+        timer = self._timer
+        if timer is None or timer.when() > now + self.session.config.response_timeout:
+            self._arm()
         return seq
 
     def acknowledge(self, sequence: int, status: int = 0) -> None:
@@ -240,6 +248,8 @@ class Connection:
 
     def _on_events(self, events: Sequence[object]) -> None:
         for e in events:
+            if not isinstance(e, _LIFECYCLE):
+                continue  # submit results, receipts: the route's business, most events
             if isinstance(e, Bound):
                 self._bound = True
                 self.binds += 1

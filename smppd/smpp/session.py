@@ -110,6 +110,7 @@ _GENERIC_NACK = 0x80000000
 _BIND_RECEIVER = 0x00000001
 _BIND_TRANSMITTER = 0x00000002
 _SUBMIT_SM = 0x00000004
+_SUBMIT_SM_RESP = 0x80000004
 _DELIVER_SM = 0x00000005
 _UNBIND = 0x00000006
 _BIND_TRANSCEIVER = 0x00000009
@@ -117,6 +118,7 @@ _ENQUIRE_LINK = 0x00000015
 _ALERT_NOTIFICATION = 0x00000102
 _DATA_SM = 0x00000103
 _RESP = 0x80000000
+_HEADER = codec.HEADER
 _BIND_RESPS = frozenset({_BIND_RECEIVER | _RESP, _BIND_TRANSMITTER | _RESP, _BIND_TRANSCEIVER | _RESP})
 
 # command_status values this module acts on.
@@ -426,28 +428,36 @@ class Session:
                 f"cannot submit: state={self._state.name} mode={self._config.bind_mode} "
                 f"outstanding={len(self._submits)} window={self._window}"
             )
-        fields: dict[str, Any] = dict(item.tlvs)
-        if "message_payload" in fields:
-            if item.short_message:
-                raise ValueError("short_message and message_payload are mutually exclusive")
+        if not item.tlvs:  # a single segment, or UDH: most submits
+            seq = self._allocate_sequence()
+            raw = codec.encode_submit_sm(
+                seq, item.source_addr_ton, item.source_addr_npi, item.source_addr,
+                item.dest_addr_ton, item.dest_addr_npi, item.destination_addr, item.esm_class,
+                item.registered_delivery, item.data_coding, item.short_message,
+            )
         else:
-            fields["short_message"] = item.short_message
-        seq = self._allocate_sequence()
-        raw = codec.encode(
-            "submit_sm",
-            seq,
-            service_type="",
-            source_addr_ton=item.source_addr_ton,
-            source_addr_npi=item.source_addr_npi,
-            source_addr=item.source_addr,
-            dest_addr_ton=item.dest_addr_ton,
-            dest_addr_npi=item.dest_addr_npi,
-            destination_addr=item.destination_addr,
-            esm_class=item.esm_class,
-            registered_delivery=item.registered_delivery,
-            data_coding=item.data_coding,
-            **fields,
-        )
+            fields: dict[str, Any] = dict(item.tlvs)
+            if "message_payload" in fields:
+                if item.short_message:
+                    raise ValueError("short_message and message_payload are mutually exclusive")
+            else:
+                fields["short_message"] = item.short_message
+            seq = self._allocate_sequence()
+            raw = codec.encode(
+                "submit_sm",
+                seq,
+                service_type="",
+                source_addr_ton=item.source_addr_ton,
+                source_addr_npi=item.source_addr_npi,
+                source_addr=item.source_addr,
+                dest_addr_ton=item.dest_addr_ton,
+                dest_addr_npi=item.dest_addr_npi,
+                destination_addr=item.destination_addr,
+                esm_class=item.esm_class,
+                registered_delivery=item.registered_delivery,
+                data_coding=item.data_coding,
+                **fields,
+            )
         # Registered only once encoding succeeded: an encoding error raises and uses no slot.
         self._submits[seq] = _Outstanding(item.ref, now + self._config.response_timeout)
         self._queue(raw, now)
@@ -467,7 +477,7 @@ class Session:
         if command is None:
             self._log.warning("smpp.ack_unknown_sequence", sequence=sequence)
             return
-        self._out.append(codec.encode(command, sequence, status=status, message_id=""))
+        self._out.append(codec.empty_id_resp(command, sequence, status))
 
     def unbind(self, now: float) -> None:
         """Graceful close: queue unbind and submit no more. Then Terminated on unbind_resp or timeout.
@@ -642,12 +652,19 @@ class Session:
     # --- internals: input -------------------------------------------------------------------
 
     def _handle_pdu(self, raw: bytes, now: float, events: list[Event]) -> None:
+        # The two PDUs of every message first, from the header's fields: a Header object
+        # per PDU is a measurable share of the receive path.  The framer only hands over
+        # whole PDUs, so the header is always there.
+        _, cid, status, sequence = _HEADER.unpack_from(raw)
+        if cid == _SUBMIT_SM_RESP:
+            self._on_submit_resp(sequence, status, raw, events)
+            return
+        if cid == _DELIVER_SM:
+            self._on_deliver(cid, sequence, raw, events)
+            return
         header = codec.read_header(raw)
-        cid = header.command_id
         if cid & _RESP:
-            if cid == 0x80000004:  # submit_sm_resp: the hot path first
-                self._on_submit_resp(header, raw, events)
-            elif cid == 0x80000015:  # enquire_link_resp
+            if cid == 0x80000015:  # enquire_link_resp
                 self._on_enquire_link_resp(header)
             elif cid == _GENERIC_NACK:
                 self._on_generic_nack(header, events)
@@ -663,8 +680,8 @@ class Session:
                     status=header.status,
                 )
             return
-        if cid == _DELIVER_SM or cid == _DATA_SM:
-            self._on_deliver(header, raw, events)
+        if cid == _DATA_SM:
+            self._on_deliver(cid, header.sequence, raw, events)
         elif cid == _ENQUIRE_LINK:
             self._out.append(codec.encode("enquire_link_resp", header.sequence))
         elif cid == _UNBIND:
@@ -715,12 +732,10 @@ class Session:
             self._log.info("smpp.bound", smsc_system_id=system_id)
         events.append(Bound(system_id, status))
 
-    def _on_submit_resp(self, header: codec.Header, raw: bytes, events: list[Event]) -> None:
-        seq = header.sequence
+    def _on_submit_resp(self, seq: int, status: int, raw: bytes, events: list[Event]) -> None:
         entry = self._submits.pop(seq, None)
-        status = header.status
         if entry is None:
-            self._log_stray_submit_resp(header, raw)
+            self._log_stray_submit_resp(codec.read_header(raw), raw)
             return
         if status == ESME_ROK:
             raw_id = ""
@@ -843,9 +858,8 @@ class Session:
             status_name=codec.status_name(status),
         )
 
-    def _on_deliver(self, header: codec.Header, raw: bytes, events: list[Event]) -> None:
-        seq = header.sequence
-        resp = "deliver_sm_resp" if header.command_id == _DELIVER_SM else "data_sm_resp"
+    def _on_deliver(self, command_id: int, seq: int, raw: bytes, events: list[Event]) -> None:
+        resp = "deliver_sm_resp" if command_id == _DELIVER_SM else "data_sm_resp"
         if self._state is not State.BOUND and self._state is not State.UNBINDING:
             self._log.warning("smpp.deliver_before_bound", sequence=seq, state=self._state.name)
             self._out.append(codec.encode(resp, seq, status=ESME_RINVBNDSTS, message_id=""))
