@@ -16,18 +16,23 @@ import structlog
 
 class Background:
     def __init__(self, event: str, **context: Any) -> None:
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks: set[asyncio.Future[Any]] = set()
         self._event = event
         self._context = context
         self._log = structlog.get_logger(__name__)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._done)
+        self.track(task)
         return task
 
-    def _done(self, task: asyncio.Task[Any]) -> None:
+    def track(self, fut: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """A future someone else resolves (a store operation): kept, awaited at stop, logged if it fails."""
+        self.tasks.add(fut)
+        fut.add_done_callback(self._done)
+        return fut
+
+    def _done(self, task: asyncio.Future[Any]) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self._log.error(self._event, error=repr(task.exception()), **self._context)

@@ -70,6 +70,7 @@ class StoreWatcher:
         self.collector = metrics.StoreCollector()
         self._conn: sqlite3.Connection | None = None
         self._last_event: int | None = None
+        self._last_finals: set[int] = set()  # messages the previous read logged as final
         # One thread owns the connection: reads, and the close, queue up behind each other.
         # A cancelled await does not stop a read already running in the thread, so
         # closing from the event loop could pull the connection from under it.
@@ -143,7 +144,7 @@ class StoreWatcher:
         self._last_event = rows[-1][0]
         batch.events = len(rows)
         counts = batch.counts
-        final_rows = []
+        final_rows: dict[int, tuple[Any, ...]] = {}
         for row in rows:
             _, message_id, seq, status, applied, detail, at, b24_id, route, message_status = row[:10]
             if not applied:
@@ -155,9 +156,14 @@ class StoreWatcher:
             if row[13] is not None:
                 batch.latencies.append((route, status, max(0.0, at - row[13])))
             if _made_final(row):
-                final_rows.append(row)
+                final_rows[message_id] = row
+        # Segments settled by one operation share its time, so each of their events looks like
+        # the one that settled the message: one line per message, also across two reads.
+        for mid in self._last_finals.intersection(final_rows):
+            del final_rows[mid]
+        self._last_finals = set(final_rows)
         # The provider ids of the messages that became final in this batch, for their one line.
-        final = sorted({r[1] for r in final_rows})
+        final = sorted(final_rows)
         provider_ids: dict[int, list[str]] = {}
         for i in range(0, len(final), 500):
             chunk = final[i:i + 500]
@@ -169,7 +175,7 @@ class StoreWatcher:
         batch.finals = [
             {"id": r[1], "b24_id": r[7], "route": r[8], "provider_ids": provider_ids.get(r[1], []),
              "status": r[9], "reason": r[10], "seconds": round(r[12] - r[11], 3)}
-            for r in final_rows
+            for r in final_rows.values()
         ]
         return batch
 

@@ -484,28 +484,23 @@ class Store:
 
     async def segment_accepted(self, message_id: int, seq: int, provider_id: str) -> None:
         """The operator took a segment; apply any receipt that beat the resp here."""
+        await self.segments_accepted([(message_id, seq, provider_id)])
+
+    def segments_accepted(self, accepted: list[tuple[int, int, str]]) -> asyncio.Future[bool]:
+        """The (message id, seq, provider id) of the submit_sm_resps of one read, as one operation.
+
+        Not a coroutine: the route calls it from a protocol callback, and a task per
+        resp (to await a coroutine) cost more than the store work itself.
+        """
         now = self.clock()
 
         def op(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(
-                "SELECT route, status FROM segment WHERE message_id=? AND seq=?", (message_id, seq)
-            ).fetchone()
-            if row is None:
-                return False
-            route = row[0]
-            changed = _segment_status(conn, message_id, seq, Status.ACCEPTED, None, now,
-                                      current=Status(row[1]), provider_id=provider_id)
-            early = conn.execute(
-                "SELECT id, status, detail FROM receipt_pending WHERE route=? AND provider_id=? ORDER BY id",
-                (route, provider_id),
-            ).fetchall()
-            for rid, status, detail in early:
-                changed |= _segment_status(conn, message_id, seq, Status(status), detail, now)
-                conn.execute("DELETE FROM receipt_pending WHERE id=?", (rid,))
+            changed = False
+            for message_id, seq, provider_id in accepted:
+                changed |= _accept_segment(conn, message_id, seq, provider_id, now)
             return changed
 
-        if await self.execute(op):
-            self.outbox_changed.set()
+        return self._noting_outbox(self.execute(op))
 
     async def segment_failed(self, message_id: int, seq: int, status: Status, detail: str) -> None:
         now = self.clock()
@@ -514,25 +509,48 @@ class Store:
 
     async def apply_receipt(self, route: str, provider_id: str, status: Status, detail: str) -> bool:
         """Apply a receipt; False when its id is unknown (kept pending, see segment_accepted)."""
+        return (await self.apply_receipts(route, [(provider_id, status, detail)]))[0]
+
+    def apply_receipts(self, route: str, receipts: list[tuple[str, Status, str]]) -> asyncio.Future[list[bool]]:
+        """The receipts of one read as one operation; per receipt, whether its id was known."""
         now = self.clock()
 
-        def op(conn: sqlite3.Connection) -> tuple[bool, bool]:
-            row = conn.execute(
-                "SELECT message_id, seq, status FROM segment WHERE route=? AND provider_id=?", (route, provider_id)
-            ).fetchone()
-            if row is None:
-                conn.execute(
-                    "INSERT INTO receipt_pending (route, provider_id, status, detail, received_at)"
-                    " VALUES (?,?,?,?,?)",
-                    (route, provider_id, status, detail, now),
-                )
-                return False, False
-            return True, _segment_status(conn, row[0], row[1], status, detail, now, current=Status(row[2]))
+        def op(conn: sqlite3.Connection) -> tuple[list[bool], bool]:
+            matched, changed = [], False
+            for provider_id, status, detail in receipts:
+                known, moved = _apply_receipt(conn, route, provider_id, status, detail, now)
+                matched.append(known)
+                changed |= moved
+            return matched, changed
 
-        matched, changed = await self.execute(op)
-        if changed:
-            self.outbox_changed.set()
-        return matched
+        loop = asyncio.get_running_loop()
+        out: asyncio.Future[list[bool]] = loop.create_future()
+
+        def done(fut: asyncio.Future[tuple[list[bool], bool]]) -> None:
+            if out.cancelled():
+                return
+            if fut.cancelled():
+                out.cancel()
+            elif fut.exception() is not None:
+                out.set_exception(fut.exception())  # type: ignore[arg-type]
+            else:
+                matched, changed = fut.result()
+                if changed:
+                    self.outbox_changed.set()
+                out.set_result(matched)
+
+        self.execute(op).add_done_callback(done)
+        return out
+
+    def _noting_outbox(self, fut: asyncio.Future[bool]) -> asyncio.Future[bool]:
+        """Wake the pushers when an operation that returns "outbox changed" says so."""
+
+        def done(f: asyncio.Future[bool]) -> None:
+            if not f.cancelled() and f.exception() is None and f.result():
+                self.outbox_changed.set()
+
+        fut.add_done_callback(done)
+        return fut
 
     async def mo_received(self, route: str, source: str, destination: str, esm_class: int,
                           data_coding: int, body: bytes) -> int:
@@ -904,6 +922,40 @@ def _next_concat_ref(conn: sqlite3.Connection, phone: str | None) -> int:
         (key, ref),
     )
     return ref
+
+
+def _accept_segment(conn: sqlite3.Connection, message_id: int, seq: int, provider_id: str, now: float) -> bool:
+    """A submit_sm_resp: the segment is accepted under ``provider_id``, and any receipt that
+    arrived first (receipt_pending) is applied now; True if the outbox changed."""
+    row = conn.execute("SELECT route, status FROM segment WHERE message_id=? AND seq=?", (message_id, seq)).fetchone()
+    if row is None:
+        return False
+    route = row[0]
+    changed = _segment_status(conn, message_id, seq, Status.ACCEPTED, None, now,
+                              current=Status(row[1]), provider_id=provider_id)
+    early = conn.execute(
+        "SELECT id, status, detail FROM receipt_pending WHERE route=? AND provider_id=? ORDER BY id",
+        (route, provider_id),
+    ).fetchall()
+    for rid, status, detail in early:
+        changed |= _segment_status(conn, message_id, seq, Status(status), detail, now)
+        conn.execute("DELETE FROM receipt_pending WHERE id=?", (rid,))
+    return changed
+
+
+def _apply_receipt(conn: sqlite3.Connection, route: str, provider_id: str, status: Status, detail: str,
+                   now: float) -> tuple[bool, bool]:
+    """(id known, outbox changed); an unknown id waits in receipt_pending for its resp."""
+    row = conn.execute(
+        "SELECT message_id, seq, status FROM segment WHERE route=? AND provider_id=?", (route, provider_id)
+    ).fetchone()
+    if row is None:
+        conn.execute(
+            "INSERT INTO receipt_pending (route, provider_id, status, detail, received_at) VALUES (?,?,?,?,?)",
+            (route, provider_id, status, detail, now),
+        )
+        return False, False
+    return True, _segment_status(conn, row[0], row[1], status, detail, now, current=Status(row[2]))
 
 
 def _event(conn: sqlite3.Connection, mid: int, seq: int | None, status: Status, applied: bool,

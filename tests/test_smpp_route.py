@@ -234,10 +234,12 @@ async def test_receipt_for_an_unknown_id_is_recorded_and_counted(rigs, tmp_path)
 async def test_receipt_that_cannot_be_stored_is_answered_try_later(rigs, tmp_path):
     rig = await rigs(tmp_path)
 
-    async def broken(*a, **k):
-        raise RuntimeError("disk full")
+    def broken(*a, **k):  # the commit failed: the operation's future carries the error
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_exception(RuntimeError("disk full"))
+        return fut
 
-    rig.route.store.apply_receipt = broken  # type: ignore[method-assign]
+    rig.route.store.apply_receipts = broken  # type: ignore[method-assign]
     with capture_logs() as logs:
         await rig.send()
         await rig.wait(lambda: rig.route.stats["receipts_unstored"] >= 1)

@@ -173,3 +173,19 @@ async def test_outbox_due_reads_the_index_not_a_sort(store, tmp_path):
     conn = sqlite3.connect(tmp_path / "t.db")
     plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + OUTBOX_DUE, ("m1", 0.0, 50)))
     assert "USING INDEX outbox_due" in plan and "TEMP B-TREE" not in plan
+
+
+async def test_one_operation_for_the_resps_and_one_for_the_receipts_of_a_read(store):
+    """apply_receipts tells per receipt whether its id was known; an unknown one waits for
+    its resp, which segments_accepted applies, all in one operation per call."""
+    a = await store.intake(new("1" * 32))
+    b = await store.intake(new("2" * 32, segments=2))
+    await store.segments_accepted([(a.id, 0, "PA"), (b.id, 0, "PB0")])
+    matched = await store.apply_receipts("life", [("PA", Status.DELIVERED, "DELIVRD"),
+                                                  ("PB1", Status.DELIVERED, "DELIVRD"),
+                                                  ("PB0", Status.DELIVERED, "DELIVRD")])
+    assert matched == [True, False, True]
+    assert (await store.message(b.id))["status"] == "queued"  # part 2 not accepted yet: the slowest part sets the pace
+    await store.segments_accepted([(b.id, 1, "PB1")])  # its receipt was waiting
+    assert [(await store.message(m.id))["status"] for m in (a, b)] == ["delivered", "delivered"]
+    assert (await store.counts())["receipts_pending"] == 0

@@ -299,6 +299,10 @@ class SmppRoute:
     # --- session events --------------------------------------------------------
 
     def _on_events(self, connection: Connection, events: Sequence[object]) -> None:
+        """The events of one read. Its resps and its receipts are stored as one operation
+        each, resps first: a receipt in the same read as its resp then finds its segment."""
+        accepted: list[tuple[int, int, str]] = []
+        receipts: list[ReceiptReceived] = []
         for e in events:
             if isinstance(e, SubmitAccepted):
                 metrics.submit_answered(self.name, e.ref)
@@ -306,9 +310,9 @@ class SmppRoute:
                 if job:
                     self.stats["accepted"] += 1
                     self._success()
-                    self._spawn(self.store.segment_accepted(job.message_id, job.seq, e.message_id))
+                    accepted.append((job.message_id, job.seq, e.message_id))
             elif isinstance(e, ReceiptReceived):  # the other event of every message
-                self._spawn(self._receipt(connection, e))
+                receipts.append(e)
             elif isinstance(e, SubmitRejected):
                 self._rejected(e)
             elif isinstance(e, SubmitUnconfirmed):
@@ -318,6 +322,10 @@ class SmppRoute:
                     self.queue.appendleft(job)
             elif isinstance(e, MessageReceived):
                 self._spawn(self._mo(connection, e))
+        if accepted:
+            self._background.track(self.store.segments_accepted(accepted))
+        if receipts:
+            self._receipts(connection, receipts)
         self._wake.set()
 
     def _rejected(self, e: SubmitRejected) -> None:
@@ -349,34 +357,52 @@ class SmppRoute:
         self.queue.appendleft(job)
         self._wake.set()
 
-    async def _receipt(self, connection: Connection, e: ReceiptReceived) -> None:
-        """Store the receipt, then answer deliver_sm: an unanswered one is redelivered.
+    def _receipts(self, connection: Connection, events: list[ReceiptReceived]) -> None:
+        """Store the receipts, then answer each deliver_sm: an unanswered one is redelivered.
 
         If the store fails, the answer is ESME_RX_T_APPN: the SMSC delivers it again later,
         instead of waiting for a response that never comes and stalling its window.
         """
-        r = e.receipt
-        self.stats["receipts"] += 1
-        try:
-            status = receipt_status(r.state, r.stat)
-        except UnknownReceiptState as err:
-            log.warning("smpp_receipt_unknown_state", route=self.name, provider_id=r.message_id, error=str(err))
-            connection.acknowledge(e.sequence)
+        known: list[ReceiptReceived] = []
+        rows: list[tuple[str, Status, str]] = []
+        for e in events:
+            r = e.receipt
+            self.stats["receipts"] += 1
+            try:
+                status = receipt_status(r.state, r.stat)
+            except UnknownReceiptState as err:
+                log.warning("smpp_receipt_unknown_state", route=self.name, provider_id=r.message_id, error=str(err))
+                connection.acknowledge(e.sequence)
+                continue
+            detail = r.stat or f"message_state={r.state}"
+            if r.error and r.error.strip("0"):
+                detail += f" err:{r.error}"
+            known.append(e)
+            rows.append((r.message_id, status, detail))
+        if not rows:
             return
-        detail = r.stat or f"message_state={r.state}"
-        if r.error and r.error.strip("0"):
-            detail += f" err:{r.error}"
+
+        def stored(fut: asyncio.Future[list[bool]]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                error = "cancelled" if fut.cancelled() else repr(fut.exception())
+                for e in known:
+                    self.stats["receipts_unstored"] += 1
+                    log.error("smpp_receipt_not_stored", route=self.name, provider_id=e.receipt.message_id, error=error)
+                    connection.acknowledge(e.sequence, ESME_RX_T_APPN)
+                return
+            for e, matched in zip(known, fut.result()):
+                if not matched:
+                    self.stats["receipts_unmatched"] += 1
+                    log.info("smpp_receipt_before_resp", route=self.name, provider_id=e.receipt.message_id)
+                connection.acknowledge(e.sequence)
+
         try:
-            matched = await self.store.apply_receipt(self.name, r.message_id, status, detail)
-        except Exception as err:
-            self.stats["receipts_unstored"] += 1
-            log.error("smpp_receipt_not_stored", route=self.name, provider_id=r.message_id, error=repr(err))
-            connection.acknowledge(e.sequence, ESME_RX_T_APPN)
-            return
-        if not matched:
-            self.stats["receipts_unmatched"] += 1
-            log.info("smpp_receipt_before_resp", route=self.name, provider_id=r.message_id)
-        connection.acknowledge(e.sequence)
+            fut = self.store.apply_receipts(self.name, rows)
+        except Exception as err:  # the store is closed: nothing was written
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(err)
+        fut.add_done_callback(stored)
+        self._background.track(fut)
 
     async def _mo(self, connection: Connection, e: MessageReceived) -> None:
         """Store the MO (a reply, a STOP), hand it to the rules, then answer.
