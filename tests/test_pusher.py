@@ -142,8 +142,11 @@ async def test_per_command_errors_are_handled_one_by_one(setup):
     assert portal.messages[ids[2]].status == portal.messages[ids[3]].status == "delivered"
 
 
-async def test_final_statuses_leave_before_sent(setup):
+async def test_final_statuses_leave_before_sent(setup, monkeypatch):
     """Under load a waiting 'sent' should be coalesced into its final status, not spent."""
+    from smppd import store as store_mod
+
+    monkeypatch.setattr(store_mod, "SENT_COALESCE", 0.0)  # here: the order once both are due
     portal, store, pusher = setup
     sent_only = []
     for i in range(3):

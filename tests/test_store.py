@@ -4,6 +4,7 @@ import sqlite3
 import pytest
 
 from smppd.model import Status
+from smppd import store as store_mod
 from smppd.store import SCHEMA_VERSION, NewMessage, Store
 
 
@@ -88,7 +89,8 @@ async def test_invalid_number_fails_at_intake_and_owes_bitrix24_a_failed(store):
     assert await store.open_messages("life") == []
 
 
-async def test_segments_aggregate_and_outbox_coalesces(store):
+async def test_segments_aggregate_and_outbox_coalesces(store, monkeypatch):
+    monkeypatch.setattr(store_mod, "SENT_COALESCE", 0.0)
     r = await store.intake(new(segments=2))
     await store.segment_accepted(r.id, 0, "A1")
     assert (await store.message(r.id))["status"] == "queued"  # second segment not accepted yet
@@ -132,7 +134,8 @@ async def test_status_never_moves_backwards(store):
     assert {e["status"] for e in not_applied} == {"undelivered", "accepted"}
 
 
-async def test_outbox_done_keeps_a_newer_status(store):
+async def test_outbox_done_keeps_a_newer_status(store, monkeypatch):
+    monkeypatch.setattr(store_mod, "SENT_COALESCE", 0.0)
     r = await store.intake(new())
     await store.segment_accepted(r.id, 0, "Y1")
     [sent] = await store.outbox_due("m1")
@@ -189,3 +192,19 @@ async def test_one_operation_for_the_resps_and_one_for_the_receipts_of_a_read(st
     await store.segments_accepted([(b.id, 1, "PB1")])  # its receipt was waiting
     assert [(await store.message(m.id))["status"] for m in (a, b)] == ["delivered", "delivered"]
     assert (await store.counts())["receipts_pending"] == 0
+
+
+async def test_a_sent_waits_for_its_receipt_a_final_status_does_not(tmp_path):
+    """Bitrix24 shows SENT since the hand-off: our 'sent' is due only after SENT_COALESCE,
+    so a receipt in the meantime replaces it and the portal gets one update, not two."""
+    now = [1000.0]
+    s = Store(str(tmp_path / "c.db"), clock=lambda: now[0])
+    await s.open()
+    a, b = await s.intake(new("a" * 32)), await s.intake(new("b" * 32))
+    await s.segments_accepted([(a.id, 0, "PA"), (b.id, 0, "PB")])
+    assert await s.outbox_due("m1") == []
+    await s.apply_receipt("life", "PA", Status.DELIVERED, "DELIVRD")
+    assert [(i.b24_id, i.status) for i in await s.outbox_due("m1")] == [("a" * 32, "delivered")]
+    now[0] += store_mod.SENT_COALESCE
+    assert [(i.b24_id, i.status) for i in await s.outbox_due("m1")] == [("a" * 32, "delivered"), ("b" * 32, "sent")]
+    await s.close()
