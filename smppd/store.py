@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterable, TypeVar
+from typing import Any, Callable, Collection, Iterable, Iterator, TypeVar
 
 import aiosqlite
 import structlog
@@ -863,25 +864,21 @@ def _run_group(conn: sqlite3.Connection, ops: list[Operation[Any]]) -> list[tupl
     functions of the database (see ``Store.execute``), so running one again
     after the rollback gives what the first run would have.
     """
-    conn.execute("BEGIN IMMEDIATE")
+    results: list[tuple[bool, Any]] | None = None
     try:
-        results: list[tuple[bool, Any]] = [(True, op(conn)) for op in ops]
+        with _transaction(conn):
+            results = [(True, op(conn)) for op in ops]
     except Exception:
-        conn.execute("ROLLBACK")
+        if results is not None:  # the ops ran, the COMMIT failed: nobody's write is durable
+            raise
         return _run_group_isolated(conn, ops)
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    _commit(conn)
     return results
 
 
 def _run_group_isolated(conn: sqlite3.Connection, ops: list[Operation[Any]]) -> list[tuple[bool, Any]]:
     """The slow path of ``_run_group``: a savepoint per op, so one failure spares the rest."""
     results: list[tuple[bool, Any]] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(conn):
         for op in ops:
             conn.execute("SAVEPOINT op")
             try:
@@ -891,16 +888,15 @@ def _run_group_isolated(conn: sqlite3.Connection, ops: list[Operation[Any]]) -> 
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
                 results.append((False, e))
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    _commit(conn)
     return results
 
 
-def _commit(conn: sqlite3.Connection) -> None:
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE … COMMIT; anything that escapes (an op, the COMMIT, a cancel) rolls back."""
+    conn.execute("BEGIN IMMEDIATE")
     try:
+        yield
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
