@@ -19,6 +19,7 @@ Status rules (what may move where, what Bitrix24 sees) come from ``model``.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -52,7 +53,7 @@ MAX_GROUP = 2000
 # Seconds a ``sent`` waits in the outbox for the receipt that would replace it (_to_outbox).
 SENT_COALESCE = 10.0
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE portal (
@@ -175,14 +176,26 @@ MIGRATIONS: dict[int, str] = {
     5: """
     CREATE INDEX outbox_due ON outbox (member_id, status = 'sent', created_at);
     """,
+    # A 'sent' now waits SENT_COALESCE seconds (next_at in the future), so under load the
+    # outbox holds thousands of rows that are not due yet; with created_at in the index the
+    # next-50 query stepped over every one of them (3.2 ms at 20,000). With next_at it reads
+    # the due range only (16 µs), for the finals and then for the 'sent's.
+    6: """
+    DROP INDEX outbox_due;
+    CREATE INDEX outbox_due ON outbox (member_id, status = 'sent', next_at);
+    """,
 }
 
 
-# The order matches the outbox_due index (migration 5), so no sort is needed.
+# One range of the outbox_due index (migration 6): the finals ((status = 'sent') = 0) or the
+# 'sent's (= 1) that are due, longest due first; no sort, and rows not due are never read.
+# The last parameter is a JSON array of Bitrix24 ids to leave out (the pusher's batches in
+# flight): skipped inside SQLite, not fetched into Python and dropped there.
 OUTBOX_DUE = (
     "SELECT o.member_id, o.b24_id, o.code, o.status, o.attempts, m.id FROM outbox o"
     " LEFT JOIN message m ON m.member_id = o.member_id AND m.b24_id = o.b24_id"
-    " WHERE o.member_id=? AND o.next_at <= ? ORDER BY o.status = 'sent', o.created_at LIMIT ?"
+    " WHERE o.member_id=? AND (o.status = 'sent') = ? AND o.next_at <= ?"
+    " AND o.b24_id NOT IN (SELECT value FROM json_each(?)) ORDER BY o.next_at LIMIT ?"
 )
 
 
@@ -765,11 +778,15 @@ class Store:
         ``exclude``: Bitrix24 ids whose update is in a batch in flight (the pusher's
         pipeline), so no message is in two batches at once."""
         now = self.clock()
-        skip = frozenset(exclude)
+        skip = json.dumps(list(exclude))
 
         def op(conn: sqlite3.Connection) -> list[OutboxItem]:
-            rows = conn.execute(OUTBOX_DUE, (member_id, now, limit + len(skip))).fetchall()
-            return [OutboxItem(*r) for r in rows if r[1] not in skip][:limit]
+            due: list[OutboxItem] = []
+            for sent in (0, 1):  # the finals, then the 'sent's
+                due += [OutboxItem(*r) for r in conn.execute(OUTBOX_DUE, (member_id, sent, now, skip, limit - len(due)))]
+                if len(due) >= limit:
+                    break
+            return due
 
         return await self.execute(op)
 
