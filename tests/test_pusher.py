@@ -196,3 +196,41 @@ async def test_the_pipeline_keeps_batches_in_flight_and_never_sends_a_message_tw
     assert all(portal.messages[i].status == "delivered" and portal.messages[i].regressions() == [] for i in ids)
     assert sorted(seen) == sorted(ids)  # each message in exactly one batch
     assert peak == pusher_mod.PIPELINE
+
+
+async def test_without_a_backlog_updates_wait_for_the_batch_in_flight_instead_of_a_request_each(setup):
+    """Partial batches side by side would spend the portal's ~2 requests/s on a few updates
+    each: while a batch is in flight, updates that trickle in wait and leave together."""
+    import asyncio
+
+    portal, store, pusher = setup
+    first = await accepted_and_delivered(portal, store, 10)
+    sizes: list[int] = []
+    batch = pusher.client.batch
+
+    async def slow_batch(commands, **kw):
+        sizes.append(len(commands))
+        await asyncio.sleep(0.2)
+        return await batch(commands, **kw)
+
+    pusher.client.batch = slow_batch
+    task = asyncio.create_task(pusher.run())
+    while not sizes:
+        await asyncio.sleep(0.01)
+    later = []
+    for i in range(10):  # one at a time, while the first batch is in flight
+        b24_id, _ = portal.create_message("by_life", "+375291234567", f"late{i}")
+        r = await store.intake(NewMessage(portal.member_id, b24_id, "by_life", "life", "Shop",
+                                          "+375291234567", f"late{i}", "gsm7", 1))
+        await store.segments_accepted([(r.id, 0, f"L{i}")])
+        await store.apply_receipt("life", f"L{i}", Status.DELIVERED, "DELIVRD")
+        later.append(b24_id)
+        await asyncio.sleep(0.005)
+    for _ in range(200):
+        if all(portal.messages[i].status == "delivered" for i in first + later):
+            break
+        await asyncio.sleep(0.02)
+    pusher.stop()
+    await task
+    assert all(portal.messages[i].status == "delivered" for i in first + later)
+    assert sizes == [10, 10]

@@ -53,7 +53,7 @@ class StatusPusher:
         self._inflight: set[str] = set()  # Bitrix24 ids of the updates in a batch in flight
 
     async def run(self) -> None:
-        """Keep up to ``PIPELINE`` batches in flight; the REST client's bucket sets the pace.
+        """Keep up to ``PIPELINE`` full batches in flight; the REST client's bucket sets the pace.
 
         One batch at a time would cap the portal at one batch per round trip
         (two store round trips and an HTTP one), below the portal's own limit
@@ -76,6 +76,12 @@ class StatusPusher:
                 if not items:
                     self.store.outbox_changed.clear()
                     await self._idle(inflight)
+                    continue
+                if inflight and len(items) < BATCH_SIZE:
+                    # No backlog: the updates wait for the batch in flight and fill up meanwhile.
+                    # Partial batches sent side by side would spend the portal's ~2 requests/s
+                    # on a few updates each.
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 self._inflight.update(i.b24_id for i in items)  # before the next read, not when the task starts
                 inflight.add(asyncio.create_task(self._push_held(items)))
