@@ -502,7 +502,7 @@ class Store:
         """The operator took a segment; apply any receipt that beat the resp here."""
         await self.segments_accepted([(message_id, seq, provider_id)])
 
-    def segments_accepted(self, accepted: list[tuple[int, int, str]]) -> asyncio.Future[bool]:
+    def segments_accepted(self, accepted: list[tuple[int, int, str]]) -> asyncio.Future[None]:
         """The (message id, seq, provider id) of the submit_sm_resps of one read, as one operation.
 
         Not a coroutine: the route calls it from a protocol callback, and a task per
@@ -510,11 +510,11 @@ class Store:
         """
         now = self.clock()
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: sqlite3.Connection) -> tuple[None, bool]:
             changed = False
             for message_id, seq, provider_id in accepted:
                 changed |= _accept_segment(conn, message_id, seq, provider_id, now)
-            return changed
+            return None, changed
 
         return self._noting_outbox(self.execute(op))
 
@@ -539,34 +539,28 @@ class Store:
                 changed |= moved
             return matched, changed
 
-        loop = asyncio.get_running_loop()
-        out: asyncio.Future[list[bool]] = loop.create_future()
+        return self._noting_outbox(self.execute(op))
 
-        def done(fut: asyncio.Future[tuple[list[bool], bool]]) -> None:
+    def _noting_outbox(self, fut: asyncio.Future[tuple[T, bool]]) -> asyncio.Future[T]:
+        """The result of an operation that returns (result, outbox changed); the pushers are
+        woken when it changed. For the callers that take an operation's future, not a coroutine."""
+        out: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        def done(f: asyncio.Future[tuple[T, bool]]) -> None:
             if out.cancelled():
                 return
-            if fut.cancelled():
+            if f.cancelled():
                 out.cancel()
-            elif fut.exception() is not None:
-                out.set_exception(fut.exception())  # type: ignore[arg-type]
+            elif f.exception() is not None:
+                out.set_exception(f.exception())  # type: ignore[arg-type]
             else:
-                matched, changed = fut.result()
+                result, changed = f.result()
                 if changed:
                     self.outbox_changed.set()
-                out.set_result(matched)
-
-        self.execute(op).add_done_callback(done)
-        return out
-
-    def _noting_outbox(self, fut: asyncio.Future[bool]) -> asyncio.Future[bool]:
-        """Wake the pushers when an operation that returns "outbox changed" says so."""
-
-        def done(f: asyncio.Future[bool]) -> None:
-            if not f.cancelled() and f.exception() is None and f.result():
-                self.outbox_changed.set()
+                out.set_result(result)
 
         fut.add_done_callback(done)
-        return fut
+        return out
 
     async def mo_received(self, route: str, source: str, destination: str, esm_class: int,
                           data_coding: int, body: bytes) -> int:
