@@ -239,13 +239,21 @@ def summarize(n: int, posts: list[Post], portal: SimulatedPortal, seen: dict[str
         to_smsc.append(s[1] - p.posted_at)
         to_portal.append(f - p.posted_at)
     regressions = sum(len(m.regressions()) for m in portal.messages.values())
+    return run_figures(n, len(accepted), t0, t_posted, t_last, to_smsc, to_portal, lost, dup, regressions,
+                       before, after)
+
+
+def run_figures(n: int, accepted: int, t0: float, t_posted: float, t_last: float, to_smsc: list[float],
+                to_final: list[float], lost: int, dup: int, regressions: int,
+                before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """One run's figures, the same keys for either gateway (print_run and the medians read them)."""
     procs = {name: {"cpu_s": after[name].cpu_s - before[name].cpu_s, "peak_rss_mb": after[name].peak_rss_mb}
              for name in after if name in before}
     return {
-        "n": n, "posted_200": len(accepted), "not_200": n - len(accepted),
-        "rate": len(accepted) / (t_last - t0), "intake_rate": n / (t_posted - t0),
+        "n": n, "posted_200": accepted, "not_200": n - accepted,
+        "rate": accepted / (t_last - t0), "intake_rate": n / (t_posted - t0),
         "smsc_p50_ms": 1000 * pct(to_smsc, 0.5), "smsc_p99_ms": 1000 * pct(to_smsc, 0.99),
-        "portal_p50_ms": 1000 * pct(to_portal, 0.5), "portal_p99_ms": 1000 * pct(to_portal, 0.99),
+        "portal_p50_ms": 1000 * pct(to_final, 0.5), "portal_p99_ms": 1000 * pct(to_final, 0.99),
         "lost": lost, "duplicated": dup, "regressions": regressions, "procs": procs,
         "wall_s": t_last - t0,
     }

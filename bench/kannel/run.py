@@ -41,7 +41,7 @@ import structlog  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from bench import e2e  # noqa: E402
-from bench.procs import Smsc, free_port, pct, self_stats, stats_of, stop_in_order, wait_for_port  # noqa: E402
+from bench.procs import Smsc, free_port, self_stats, stats_of, stop_in_order, wait_for_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -160,15 +160,8 @@ async def kannel_once(n: int, concurrency: int, window: int, timeout: float) -> 
             to_smsc.append(s[1] - posted[i])
             to_final.append(f[0] - posted[i])
         t_last = max((f[0] for f in receiver.final.values()), default=time.time())
-        procs = {name: {"cpu_s": after[name].cpu_s - before[name].cpu_s, "peak_rss_mb": after[name].peak_rss_mb}
-                 for name in after if name in before}
-        return {
-            "n": n, "posted_200": len(accepted), "not_200": n - len(accepted),
-            "rate": len(accepted) / (t_last - t0), "intake_rate": n / (t_posted - t0),
-            "smsc_p50_ms": 1000 * pct(to_smsc, 0.5), "smsc_p99_ms": 1000 * pct(to_smsc, 0.99),
-            "portal_p50_ms": 1000 * pct(to_final, 0.5), "portal_p99_ms": 1000 * pct(to_final, 0.99),
-            "lost": lost, "duplicated": dup, "regressions": 0, "procs": procs, "wall_s": t_last - t0,
-        }
+        return e2e.run_figures(n, len(accepted), t0, t_posted, t_last, to_smsc, to_final, lost, dup, 0,
+                               before, after)
 
 
 def main() -> int:
