@@ -27,6 +27,11 @@ class Status(StrEnum):
     FAILED = "failed"
 
 
+# A stored status word to its Status: a dict lookup, where ``Status(word)`` goes through the
+# enum's call machinery (~1 µs); the store converts several per status change. A word that is
+# not a status raises KeyError, as ``Status(word)`` raises ValueError: never a guess.
+STATUS_OF: dict[str, Status] = {s.value: s for s in Status}
+
 FINAL = frozenset(
     {Status.DELIVERED, Status.UNDELIVERED, Status.EXPIRED, Status.REJECTED, Status.FAILED}
 )

@@ -32,6 +32,7 @@ import structlog
 from .model import (
     BITRIX24_RANK,
     FINAL,
+    STATUS_OF,
     Status,
     aggregate,
     bitrix24_status,
@@ -196,6 +197,29 @@ OUTBOX_DUE = (
     " LEFT JOIN message m ON m.member_id = o.member_id AND m.b24_id = o.b24_id"
     " WHERE o.member_id=? AND (o.status = 'sent') = ? AND o.next_at <= ?"
     " AND o.b24_id NOT IN (SELECT value FROM json_each(?)) ORDER BY o.next_at LIMIT ?"
+)
+
+
+# What ``_message_status`` needs of a message, read together with the segment that moves
+# (one statement instead of two per status change). The last column says whether any repeat
+# follows the message: the message_followers partial index answers it inside this read, so
+# the followers are fetched only for a message somebody repeated (rare), not after every move.
+_MESSAGE_COLUMNS = (
+    "m.status, m.member_id, m.b24_id, m.code, m.b24_status, m.segments,"
+    " EXISTS (SELECT 1 FROM message f WHERE f.duplicate_of = m.id)"
+)
+_MESSAGE_READ = f"SELECT {_MESSAGE_COLUMNS} FROM message m WHERE m.id=?"
+# A submit_sm_resp's segment, its message, and whether a receipt for the new provider id came
+# first (receipt_pending): the pending receipts are read only when there are some.
+_RESP_READ = (
+    f"SELECT s.route, s.status, {_MESSAGE_COLUMNS},"
+    " EXISTS (SELECT 1 FROM receipt_pending p WHERE p.route = s.route AND p.provider_id = ?)"
+    " FROM segment s JOIN message m ON m.id = s.message_id WHERE s.message_id=? AND s.seq=?"
+)
+# A receipt's segment, found by its provider id, and the segment's message.
+_RECEIPT_READ = (
+    f"SELECT s.message_id, s.seq, s.status, {_MESSAGE_COLUMNS}"
+    " FROM segment s JOIN message m ON m.id = s.message_id WHERE s.route=? AND s.provider_id=?"
 )
 
 
@@ -936,35 +960,34 @@ def _next_concat_ref(conn: sqlite3.Connection, phone: str | None) -> int:
 def _accept_segment(conn: sqlite3.Connection, message_id: int, seq: int, provider_id: str, now: float) -> bool:
     """A submit_sm_resp: the segment is accepted under ``provider_id``, and any receipt that
     arrived first (receipt_pending) is applied now; True if the outbox changed."""
-    row = conn.execute("SELECT route, status FROM segment WHERE message_id=? AND seq=?", (message_id, seq)).fetchone()
+    row = conn.execute(_RESP_READ, (provider_id, message_id, seq)).fetchone()
     if row is None:
         return False
-    route = row[0]
     changed = _segment_status(conn, message_id, seq, Status.ACCEPTED, None, now,
-                              current=Status(row[1]), provider_id=provider_id)
-    early = conn.execute(
-        "SELECT id, status, detail FROM receipt_pending WHERE route=? AND provider_id=? ORDER BY id",
-        (route, provider_id),
-    ).fetchall()
-    for rid, status, detail in early:
-        changed |= _segment_status(conn, message_id, seq, Status(status), detail, now)
-        conn.execute("DELETE FROM receipt_pending WHERE id=?", (rid,))
+                              current=STATUS_OF[row[1]], provider_id=provider_id, message=row[2:9])
+    if row[9]:  # receipts beat the resp
+        early = conn.execute(
+            "SELECT id, status, detail FROM receipt_pending WHERE route=? AND provider_id=? ORDER BY id",
+            (row[0], provider_id),
+        ).fetchall()
+        for rid, status, detail in early:
+            changed |= _segment_status(conn, message_id, seq, STATUS_OF[status], detail, now)
+            conn.execute("DELETE FROM receipt_pending WHERE id=?", (rid,))
     return changed
 
 
 def _apply_receipt(conn: sqlite3.Connection, route: str, provider_id: str, status: Status, detail: str,
                    now: float) -> tuple[bool, bool]:
     """(id known, outbox changed); an unknown id waits in receipt_pending for its resp."""
-    row = conn.execute(
-        "SELECT message_id, seq, status FROM segment WHERE route=? AND provider_id=?", (route, provider_id)
-    ).fetchone()
+    row = conn.execute(_RECEIPT_READ, (route, provider_id)).fetchone()
     if row is None:
         conn.execute(
             "INSERT INTO receipt_pending (route, provider_id, status, detail, received_at) VALUES (?,?,?,?,?)",
             (route, provider_id, status, detail, now),
         )
         return False, False
-    return True, _segment_status(conn, row[0], row[1], status, detail, now, current=Status(row[2]))
+    return True, _segment_status(conn, row[0], row[1], status, detail, now, current=STATUS_OF[row[2]],
+                                 message=row[3:10])
 
 
 def _event(conn: sqlite3.Connection, mid: int, seq: int | None, status: Status, applied: bool,
@@ -976,19 +999,21 @@ def _event(conn: sqlite3.Connection, mid: int, seq: int | None, status: Status, 
 
 
 def _segment_status(conn: sqlite3.Connection, mid: int, seq: int, new: Status, detail: str | None,
-                    now: float, *, current: Status | None = None, provider_id: str | None = None) -> bool:
+                    now: float, *, current: Status | None = None, provider_id: str | None = None,
+                    message: tuple[Any, ...] | None = None) -> bool:
     """Move one segment forward, recompute its message; True if the outbox changed.
 
     A move backwards (a late resp after a receipt, a duplicated receipt) is
     recorded as an event with applied=0 and changes nothing else (but a
     ``provider_id`` is still kept: receipts are matched by it). ``current`` is
-    the segment's status when the caller has just read it.
+    the segment's status when the caller has just read it, ``message`` the
+    message's ``_MESSAGE_COLUMNS`` read with it (nothing wrote the message since).
     """
     if current is None:
         row = conn.execute("SELECT status FROM segment WHERE message_id=? AND seq=?", (mid, seq)).fetchone()
         if row is None:
             return False
-        current = Status(row[0])
+        current = STATUS_OF[row[0]]
     if not may_advance(current, new):
         if provider_id is not None:
             conn.execute("UPDATE segment SET provider_id=? WHERE message_id=? AND seq=?", (provider_id, mid, seq))
@@ -1000,7 +1025,7 @@ def _segment_status(conn: sqlite3.Connection, mid: int, seq: int, new: Status, d
         (new, detail if new in FINAL and new is not Status.DELIVERED else None, provider_id, now, mid, seq),
     )
     _event(conn, mid, seq, new, True, detail, now)
-    return _message_status(conn, mid, now, detail, new)
+    return _message_status(conn, mid, now, detail, new, message)
 
 
 def _all_segments(conn: sqlite3.Connection, mid: int, new: Status, detail: str | None, now: float) -> bool:
@@ -1012,20 +1037,21 @@ def _all_segments(conn: sqlite3.Connection, mid: int, new: Status, detail: str |
 
 
 def _message_status(conn: sqlite3.Connection, mid: int, now: float, detail: str | None,
-                    segment_new: Status) -> bool:
+                    segment_new: Status, message: tuple[Any, ...] | None = None) -> bool:
     """Recompute a message from its segments after one moved to ``segment_new``.
 
     The common message has one segment, whose status is the message's: no
-    second read of the segment table then.
+    second read of the segment table then. ``message``: its ``_MESSAGE_COLUMNS``
+    when the caller read them with the segment, else they are read here.
     """
-    row = conn.execute(
-        "SELECT status, member_id, b24_id, code, b24_status, segments FROM message WHERE id=?", (mid,)
-    ).fetchone()
-    current, member_id, b24_id, code, b24_current = Status(row[0]), row[1], row[2], row[3], row[4]
-    if row[5] == 1:
+    if message is None:
+        message = conn.execute(_MESSAGE_READ, (mid,)).fetchone()
+    status, member_id, b24_id, code, b24_current, segments, followed = message
+    current = STATUS_OF[status]
+    if segments == 1:
         new = segment_new
     else:
-        new = aggregate([Status(s) for (s,) in conn.execute("SELECT status FROM segment WHERE message_id=?", (mid,))])
+        new = aggregate([STATUS_OF[s] for (s,) in conn.execute("SELECT status FROM segment WHERE message_id=?", (mid,))])
     if not may_advance(current, new):
         return False
     reason = detail if new in FINAL and new is not Status.DELIVERED else None
@@ -1035,10 +1061,11 @@ def _message_status(conn: sqlite3.Connection, mid: int, now: float, detail: str 
         " WHERE id=?", (new, reason, now, b24, mid)
     )
     changed = b24 is not None and _to_outbox(conn, member_id, b24_id, code, b24, now)
-    for f in conn.execute(
-        "SELECT id, member_id, b24_id, code, b24_status, status FROM message WHERE duplicate_of=?", (mid,)
-    ).fetchall():
-        changed |= _follow(conn, f[0], f[1], f[2], f[3], f[4], Status(f[5]), new, reason, now)
+    if followed:  # somebody repeated this message: the repeats take its status
+        for f in conn.execute(
+            "SELECT id, member_id, b24_id, code, b24_status, status FROM message WHERE duplicate_of=?", (mid,)
+        ).fetchall():
+            changed |= _follow(conn, f[0], f[1], f[2], f[3], f[4], STATUS_OF[f[5]], new, reason, now)
     return changed
 
 

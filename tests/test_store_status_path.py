@@ -1,0 +1,172 @@
+"""The store's status path (resps, receipts) reads the segment and its message in one statement.
+
+``_accept_segment`` and ``_apply_receipt`` hand ``_segment_status`` the segment's status and
+the message's row they read together; without them it reads both itself (the path that
+``holds`` and the HTTP providers take). Both paths must leave exactly the same database,
+for every shape of a message's life: that is what these tests pin down.
+"""
+
+import sqlite3
+from typing import Any
+
+import pytest
+
+from smppd import store as store_mod
+from smppd.model import STATUS_OF, Status
+from smppd.store import NewMessage, Store
+
+TABLES = {
+    "message": "SELECT id, b24_id, status, reason, b24_status, duplicate_of, updated_at FROM message ORDER BY id",
+    "segment": "SELECT message_id, seq, provider_id, status, error, updated_at FROM segment ORDER BY message_id, seq",
+    "event": "SELECT id, message_id, seq, status, applied, detail, at FROM event ORDER BY id",
+    "outbox": "SELECT member_id, b24_id, status, next_at FROM outbox ORDER BY b24_id",
+    "receipt_pending": "SELECT route, provider_id, status, detail, expired FROM receipt_pending ORDER BY id",
+}
+
+
+def new(b24_id: str, *, segments: int = 1, phone: str = "+375291234567", text: str = "hello",
+        window: float = 0.0) -> NewMessage:
+    return NewMessage(member_id="m1", b24_id=b24_id, code="by_life", route="life", sender="Shop", phone=phone,
+                      text=text, encoding="gsm7", segments=segments, duplicate_window=window)
+
+
+async def life(path: str) -> dict[str, Any]:
+    """Every shape of a message's life through resps and receipts; the tables afterwards, and ids."""
+    now = [1000.0]
+    s = Store(path, clock=lambda: now[0])
+    await s.open()
+
+    def tick() -> None:
+        now[0] += 1.0
+
+    ids: dict[str, int] = {}
+    try:
+        # plain: resp, then its receipt
+        ids["plain"] = (await s.intake(new("plain", phone="+375291000001"))).id
+        # early: two receipts before the resp (ENROUTE, then the final word), on our route;
+        # a receipt with the same provider id on another route must stay pending
+        ids["early"] = (await s.intake(new("early", phone="+375291000002"))).id
+        # multi: three parts, resps and receipts interleaved, one part fails
+        ids["multi"] = (await s.intake(new("multi", phone="+375291000003", segments=3))).id
+        # first and its repeat: the repeat follows the first's status
+        ids["first"] = (await s.intake(new("first", phone="+375291000004", text="same", window=600))).id
+        ids["repeat"] = (await s.intake(new("repeat", phone="+375291000004", text="same", window=600))).id
+        # backwards: a final, then a duplicate final, a late ENROUTE, a late resp
+        ids["back"] = (await s.intake(new("back", phone="+375291000005"))).id
+        tick()
+        assert await s.apply_receipts("life", [("E1", Status.ACCEPTED, "ENROUTE"),
+                                               ("E1", Status.UNDELIVERED, "UNDELIV")]) == [False, False]
+        assert await s.apply_receipts("other", [("E1", Status.DELIVERED, "DELIVRD")]) == [False]
+        tick()
+        await s.segments_accepted([(ids["plain"], 0, "P1"), (ids["early"], 0, "E1"), (ids["multi"], 0, "M0"),
+                                   (ids["first"], 0, "F1"), (ids["back"], 0, "B1"),
+                                   (999_999, 0, "NOPE")])  # a resp for a message we do not have
+        tick()
+        assert await s.apply_receipts("life", [("P1", Status.DELIVERED, "DELIVRD"),
+                                               ("M0", Status.DELIVERED, "DELIVRD"),
+                                               ("B1", Status.DELIVERED, "DELIVRD"),
+                                               ("M2", Status.DELIVERED, "DELIVRD")]) == [True, True, True, False]
+        tick()
+        await s.segments_accepted([(ids["multi"], 1, "M1"), (ids["multi"], 2, "M2")])
+        tick()
+        assert await s.apply_receipts("life", [("M1", Status.UNDELIVERED, "UNDELIV"),
+                                               ("F1", Status.DELIVERED, "DELIVRD"),
+                                               ("B1", Status.UNDELIVERED, "UNDELIV"),
+                                               ("B1", Status.ACCEPTED, "ENROUTE")]) == [True] * 4
+        tick()
+        await s.segments_accepted([(ids["back"], 0, "B1")])
+    finally:
+        await s.close()
+    conn = sqlite3.connect(path)
+    try:
+        tables = {name: conn.execute(sql).fetchall() for name, sql in TABLES.items()}
+    finally:
+        conn.close()
+    return {"ids": ids, **tables}
+
+
+@pytest.fixture
+async def fast(tmp_path):
+    return await life(str(tmp_path / "fast.db"))
+
+
+async def test_the_read_with_the_segment_leaves_what_the_separate_reads_leave(fast, tmp_path, monkeypatch):
+    original = store_mod._segment_status
+
+    def reading_itself(conn, mid, seq, new, detail, now, *, current=None, provider_id=None, message=None):
+        return original(conn, mid, seq, new, detail, now, provider_id=provider_id)
+
+    monkeypatch.setattr(store_mod, "_segment_status", reading_itself)
+    slow = await life(str(tmp_path / "slow.db"))
+    for table in TABLES:
+        assert fast[table] == slow[table], table
+
+
+async def test_every_shape_ends_where_it_should(fast):
+    ids = fast["ids"]
+    status = {b24_id: row[2] for row in fast["message"] for b24_id, mid in ids.items() if row[0] == mid}
+    assert status == {"plain": "delivered", "early": "undelivered", "multi": "undelivered",
+                      "first": "delivered", "repeat": "delivered", "back": "delivered"}
+    segments = {(r[0], r[1]): r[3] for r in fast["segment"]}
+    assert [segments[(ids["multi"], seq)] for seq in range(3)] == ["delivered", "undelivered", "delivered"]
+    assert not any(r[0] == ids["repeat"] for r in fast["segment"]), "a repeat is never submitted"
+    outbox = {r[1]: r[2] for r in fast["outbox"]}
+    assert outbox == {"plain": "delivered", "early": "undelivered", "multi": "undelivered",
+                      "first": "delivered", "repeat": "delivered", "back": "delivered"}
+    # Only the other route's receipt is still waiting: ours were applied by the resp and removed.
+    assert fast["receipt_pending"] == [("other", "E1", "delivered", "DELIVRD", 0)]
+
+
+async def test_a_refused_move_is_still_recorded(fast):
+    back = fast["ids"]["back"]
+    events = [(r[3], r[4], r[5]) for r in fast["event"] if r[1] == back]
+    assert events == [("queued", 1, None), ("accepted", 1, None), ("delivered", 1, "DELIVRD"),
+                      ("undelivered", 0, "UNDELIV"), ("accepted", 0, "ENROUTE"), ("accepted", 0, None)]
+    early = fast["ids"]["early"]
+    events = [(r[3], r[4], r[5]) for r in fast["event"] if r[1] == early]
+    # The resp, then the two receipts that waited for it, in their order.
+    assert events == [("queued", 1, None), ("accepted", 1, None), ("accepted", 0, "ENROUTE"),
+                      ("undelivered", 1, "UNDELIV")]
+
+
+async def test_the_repeat_follows_each_move_of_its_first(fast):
+    repeat = fast["ids"]["repeat"]
+    moves = [r[3] for r in fast["event"] if r[1] == repeat and r[5] == "follows its first message"]
+    assert moves == ["accepted", "delivered"]
+
+
+async def test_a_resp_and_a_receipt_run_no_lookup_they_do_not_need(tmp_path):
+    """No receipt waited and nobody repeated the message: no receipt_pending or followers query."""
+    s = Store(str(tmp_path / "q.db"))
+    await s.open()
+    try:
+        mid = (await s.intake(new("q"))).id
+        statements: list[str] = []
+        original = store_mod._run_group
+
+        def traced(conn, ops):
+            conn.set_trace_callback(statements.append)
+            try:
+                return original(conn, ops)
+            finally:
+                conn.set_trace_callback(None)
+
+        store_mod._run_group = traced
+        try:
+            await s.segment_accepted(mid, 0, "Q1")
+            assert await s.apply_receipt("life", "Q1", Status.DELIVERED, "DELIVRD")
+        finally:
+            store_mod._run_group = original
+    finally:
+        await s.close()
+    work = [q for q in statements if q not in ("BEGIN IMMEDIATE", "COMMIT")]
+    assert len(work) == 10, work  # per move: one read, segment, event, message, outbox
+    assert not [q for q in work if q.startswith("SELECT id, status, detail FROM receipt_pending")]
+    assert not [q for q in work if "WHERE duplicate_of=" in q]
+
+
+def test_status_of_is_the_enum_for_every_stored_word():
+    assert {word: STATUS_OF[word] for word in STATUS_OF} == {s.value: s for s in Status}
+    assert all(STATUS_OF[s.value] is s for s in Status)
+    with pytest.raises(KeyError):
+        STATUS_OF["DELIVRD"]  # a receipt word is not a stored status
