@@ -1019,11 +1019,13 @@ def _segment_status(conn: sqlite3.Connection, mid: int, seq: int, new: Status, d
             conn.execute("UPDATE segment SET provider_id=? WHERE message_id=? AND seq=?", (provider_id, mid, seq))
         _event(conn, mid, seq, new, False, detail, now)
         return False
-    conn.execute(
-        "UPDATE segment SET status=?, error=coalesce(?, error), provider_id=coalesce(?, provider_id), updated_at=?"
-        " WHERE message_id=? AND seq=?",
-        (new, detail if new in FINAL and new is not Status.DELIVERED else None, provider_id, now, mid, seq),
-    )
+    error = detail if new in FINAL and new is not Status.DELIVERED else None
+    if provider_id is None:  # a receipt: SQLite leaves the segment_provider index alone
+        conn.execute("UPDATE segment SET status=?, error=coalesce(?, error), updated_at=? WHERE message_id=? AND seq=?",
+                     (new, error, now, mid, seq))
+    else:
+        conn.execute("UPDATE segment SET status=?, error=coalesce(?, error), provider_id=?, updated_at=?"
+                     " WHERE message_id=? AND seq=?", (new, error, provider_id, now, mid, seq))
     _event(conn, mid, seq, new, True, detail, now)
     return _message_status(conn, mid, now, detail, new, message)
 
@@ -1051,7 +1053,8 @@ def _message_status(conn: sqlite3.Connection, mid: int, now: float, detail: str 
     if segments == 1:
         new = segment_new
     else:
-        new = aggregate([STATUS_OF[s] for (s,) in conn.execute("SELECT status FROM segment WHERE message_id=?", (mid,))])
+        parts = conn.execute("SELECT status FROM segment WHERE message_id=?", (mid,))
+        new = aggregate([STATUS_OF[s] for (s,) in parts])
     if not may_advance(current, new):
         return False
     reason = detail if new in FINAL and new is not Status.DELIVERED else None
