@@ -54,7 +54,7 @@ MAX_GROUP = 2000
 # Seconds a ``sent`` waits in the outbox for the receipt that would replace it (_to_outbox).
 SENT_COALESCE = 10.0
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE portal (
@@ -185,6 +185,18 @@ MIGRATIONS: dict[int, str] = {
     DROP INDEX outbox_due;
     CREATE INDEX outbox_due ON outbox (member_id, status = 'sent', next_at);
     """,
+    # Every status change SETs message.status, and message_open's WHERE named status: SQLite
+    # then deleted and re-inserted the message's index entry at every move, more than half of
+    # the UPDATE's cost. The index now names final_at, which only a move to a final status
+    # writes (_move_message). A message that fails at intake is inserted final and keeps
+    # final_at NULL: it stays in the index, and open_messages still filters on status, so the
+    # index is a superset of the open messages and never misses one.
+    7: """
+    ALTER TABLE message ADD COLUMN final_at REAL;        -- when a status change made it final
+    UPDATE message SET final_at = updated_at WHERE status IN ('delivered','undelivered','expired','rejected','failed');
+    DROP INDEX message_open;
+    CREATE INDEX message_open ON message (route, id) WHERE final_at IS NULL;
+    """,
 }
 
 
@@ -220,6 +232,16 @@ _RESP_READ = (
 _RECEIPT_READ = (
     f"SELECT s.message_id, s.seq, s.status, {_MESSAGE_COLUMNS}"
     " FROM segment s JOIN message m ON m.id = s.message_id WHERE s.route=? AND s.provider_id=?"
+)
+
+
+# Messages with parts still to submit, a page at a time: a range of the message_open index
+# (migration 7: no status change made them final), never a scan of the settled ones.
+OPEN_MESSAGES = (
+    "SELECT m.id, m.sender, m.phone, m.text, group_concat(s.seq), m.concat_ref, m.b24_id FROM message m"
+    " JOIN segment s ON s.message_id = m.id"
+    " WHERE m.route=? AND m.id > ? AND m.final_at IS NULL AND m.status IN ('queued','submitted','accepted')"
+    " AND m.hold IS NULL AND s.status IN ('queued','submitted') GROUP BY m.id ORDER BY m.id LIMIT ?"
 )
 
 
@@ -506,13 +528,7 @@ class Store:
         """
 
         def op(conn: sqlite3.Connection) -> list[OpenMessage]:
-            rows = conn.execute(
-                "SELECT m.id, m.sender, m.phone, m.text, group_concat(s.seq), m.concat_ref, m.b24_id FROM message m"
-                " JOIN segment s ON s.message_id = m.id"
-                " WHERE m.route=? AND m.id > ? AND m.status IN ('queued','submitted','accepted') AND m.hold IS NULL"
-                " AND s.status IN ('queued','submitted') GROUP BY m.id ORDER BY m.id LIMIT ?",
-                (route, after_id, -1 if limit is None else limit),
-            ).fetchall()
+            rows = conn.execute(OPEN_MESSAGES, (route, after_id, -1 if limit is None else limit)).fetchall()
             return [
                 OpenMessage(r[0], route, r[1], r[2], r[3], tuple(sorted(int(x) for x in r[4].split(","))), r[5], r[6])
                 for r in rows
@@ -1059,10 +1075,7 @@ def _message_status(conn: sqlite3.Connection, mid: int, now: float, detail: str 
         return False
     reason = detail if new in FINAL and new is not Status.DELIVERED else None
     b24 = _b24_forward(b24_current, new)
-    conn.execute(
-        "UPDATE message SET status=?, reason=coalesce(?, reason), updated_at=?, b24_status=coalesce(?, b24_status)"
-        " WHERE id=?", (new, reason, now, b24, mid)
-    )
+    _move_message(conn, mid, new, reason, b24, now)
     changed = b24 is not None and _to_outbox(conn, member_id, b24_id, code, b24, now)
     if followed:  # somebody repeated this message: the repeats take its status
         for f in conn.execute(
@@ -1091,13 +1104,26 @@ def _follow(conn: sqlite3.Connection, mid: int, member_id: str, b24_id: str, cod
     if not may_advance(current, new):
         return False
     b24 = _b24_forward(b24_current, new)
-    conn.execute(
-        "UPDATE message SET status=?, reason=coalesce(?, reason), updated_at=?, b24_status=coalesce(?, b24_status)"
-        " WHERE id=?",
-        (new, reason if new in FINAL and new is not Status.DELIVERED else None, now, b24, mid),
-    )
+    _move_message(conn, mid, new, reason if new in FINAL and new is not Status.DELIVERED else None, b24, now)
     _event(conn, mid, None, new, True, "follows its first message", now)
     return b24 is not None and _to_outbox(conn, member_id, b24_id, code, b24, now)
+
+
+def _move_message(conn: sqlite3.Connection, mid: int, new: Status, reason: str | None, b24: str | None,
+                  now: float) -> None:
+    """Store a message's new status (the caller checked ``may_advance``); a final one also
+    stamps final_at, which takes the message out of the message_open index (migration 7).
+    A move that is not final leaves final_at out of its SET, so SQLite leaves the index alone."""
+    if new in FINAL:
+        conn.execute(
+            "UPDATE message SET status=?, reason=coalesce(?, reason), updated_at=?, b24_status=coalesce(?, b24_status),"
+            " final_at=? WHERE id=?", (new, reason, now, b24, now, mid)
+        )
+    else:
+        conn.execute(
+            "UPDATE message SET status=?, reason=coalesce(?, reason), updated_at=?, b24_status=coalesce(?, b24_status)"
+            " WHERE id=?", (new, reason, now, b24, mid)
+        )
 
 
 def _b24_forward(b24_current: str | None, new: Status) -> str | None:

@@ -16,7 +16,8 @@ from smppd.model import STATUS_OF, Status
 from smppd.store import NewMessage, Store
 
 TABLES = {
-    "message": "SELECT id, b24_id, status, reason, b24_status, duplicate_of, updated_at FROM message ORDER BY id",
+    "message": "SELECT id, b24_id, status, reason, b24_status, duplicate_of, updated_at, final_at FROM message"
+               " ORDER BY id",
     "segment": "SELECT message_id, seq, provider_id, status, error, updated_at FROM segment ORDER BY message_id, seq",
     "event": "SELECT id, message_id, seq, status, applied, detail, at FROM event ORDER BY id",
     "outbox": "SELECT member_id, b24_id, status, next_at FROM outbox ORDER BY b24_id",
@@ -53,13 +54,19 @@ async def life(path: str) -> dict[str, Any]:
         ids["repeat"] = (await s.intake(new("repeat", phone="+375291000004", text="same", window=600))).id
         # backwards: a final, then a duplicate final, a late ENROUTE, a late resp
         ids["back"] = (await s.intake(new("back", phone="+375291000005"))).id
+        # open: accepted, its receipt never comes; waiting: never submitted; invalid: fails at intake
+        ids["open"] = (await s.intake(new("open", phone="+375291000006"))).id
+        ids["waiting"] = (await s.intake(new("waiting", phone="+375291000007"))).id
+        ids["invalid"] = (await s.intake(NewMessage(member_id="m1", b24_id="invalid", code="by_life", route="life",
+                                                    sender="Shop", phone=None, text="hello", encoding="gsm7",
+                                                    segments=1, reason="invalid number"))).id
         tick()
         assert await s.apply_receipts("life", [("E1", Status.ACCEPTED, "ENROUTE"),
                                                ("E1", Status.UNDELIVERED, "UNDELIV")]) == [False, False]
         assert await s.apply_receipts("other", [("E1", Status.DELIVERED, "DELIVRD")]) == [False]
         tick()
         await s.segments_accepted([(ids["plain"], 0, "P1"), (ids["early"], 0, "E1"), (ids["multi"], 0, "M0"),
-                                   (ids["first"], 0, "F1"), (ids["back"], 0, "B1"),
+                                   (ids["first"], 0, "F1"), (ids["back"], 0, "B1"), (ids["open"], 0, "O1"),
                                    (999_999, 0, "NOPE")])  # a resp for a message we do not have
         tick()
         assert await s.apply_receipts("life", [("P1", Status.DELIVERED, "DELIVRD"),
@@ -75,6 +82,7 @@ async def life(path: str) -> dict[str, Any]:
                                                ("B1", Status.ACCEPTED, "ENROUTE")]) == [True] * 4
         tick()
         await s.segments_accepted([(ids["back"], 0, "B1")])
+        open_messages = [m.id for m in await s.open_messages("life")]
     finally:
         await s.close()
     conn = sqlite3.connect(path)
@@ -82,7 +90,7 @@ async def life(path: str) -> dict[str, Any]:
         tables = {name: conn.execute(sql).fetchall() for name, sql in TABLES.items()}
     finally:
         conn.close()
-    return {"ids": ids, **tables}
+    return {"ids": ids, "open_messages": open_messages, **tables}
 
 
 @pytest.fixture
@@ -98,7 +106,7 @@ async def test_the_read_with_the_segment_leaves_what_the_separate_reads_leave(fa
 
     monkeypatch.setattr(store_mod, "_segment_status", reading_itself)
     slow = await life(str(tmp_path / "slow.db"))
-    for table in TABLES:
+    for table in (*TABLES, "open_messages"):
         assert fast[table] == slow[table], table
 
 
@@ -106,13 +114,15 @@ async def test_every_shape_ends_where_it_should(fast):
     ids = fast["ids"]
     status = {b24_id: row[2] for row in fast["message"] for b24_id, mid in ids.items() if row[0] == mid}
     assert status == {"plain": "delivered", "early": "undelivered", "multi": "undelivered",
-                      "first": "delivered", "repeat": "delivered", "back": "delivered"}
+                      "first": "delivered", "repeat": "delivered", "back": "delivered",
+                      "open": "accepted", "waiting": "queued", "invalid": "failed"}
     segments = {(r[0], r[1]): r[3] for r in fast["segment"]}
     assert [segments[(ids["multi"], seq)] for seq in range(3)] == ["delivered", "undelivered", "delivered"]
     assert not any(r[0] == ids["repeat"] for r in fast["segment"]), "a repeat is never submitted"
     outbox = {r[1]: r[2] for r in fast["outbox"]}
     assert outbox == {"plain": "delivered", "early": "undelivered", "multi": "undelivered",
-                      "first": "delivered", "repeat": "delivered", "back": "delivered"}
+                      "first": "delivered", "repeat": "delivered", "back": "delivered", "open": "sent",
+                      "invalid": "failed"}
     # Only the other route's receipt is still waiting: ours were applied by the resp and removed.
     assert fast["receipt_pending"] == [("other", "E1", "delivered", "DELIVRD", 0)]
 
@@ -170,3 +180,55 @@ def test_status_of_is_the_enum_for_every_stored_word():
     assert all(STATUS_OF[s.value] is s for s in Status)
     with pytest.raises(KeyError):
         STATUS_OF["DELIVRD"]  # a receipt word is not a stored status
+
+
+async def test_final_at_is_stamped_by_the_move_that_makes_a_message_final(fast):
+    """final_at keys the message_open index (migration 7): set with updated_at by the final
+    move (the repeat's too), never by a move that is not final, nor at intake."""
+    final_at = {r[1]: (r[7], r[6]) for r in fast["message"]}
+    for b24_id in ("plain", "early", "multi", "first", "repeat", "back"):
+        at, updated_at = final_at[b24_id]
+        assert at is not None and at <= updated_at, b24_id
+    assert final_at["plain"][0] == final_at["plain"][1]
+    assert final_at["open"][0] is None and final_at["waiting"][0] is None
+    assert final_at["invalid"][0] is None, "failed at intake: filtered by status, not by the index"
+    assert fast["open_messages"] == [fast["ids"]["waiting"]]
+
+
+def test_open_messages_reads_a_range_of_the_open_index(tmp_path):
+    conn = sqlite3.connect(tmp_path / "plan.db", isolation_level=None)
+    store_mod._migrate(conn)
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + store_mod.OPEN_MESSAGES, ("life", 0, 10))]
+    assert plan[0] == "SEARCH m USING INDEX message_open (route=? AND id>?)", plan
+    assert not [step for step in plan if step.startswith("SCAN")], plan
+
+
+async def test_migration_7_marks_the_settled_messages_and_keeps_the_open_ones(tmp_path):
+    """A version 6 database: its finished messages get final_at, its open ones are still loaded."""
+    path = tmp_path / "v6.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for v in range(1, 7):
+        for statement in store_mod.MIGRATIONS[v].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute("PRAGMA user_version=6")
+    for mid, status in enumerate(("queued", "accepted", "delivered", "failed", "submitted"), start=1):
+        conn.execute(
+            "INSERT INTO message (id, member_id, b24_id, code, route, sender, phone, text, encoding, segments,"
+            " status, created_at, updated_at) VALUES (?, 'm1', ?, 'c', 'life', 'Shop', '+375291234567', 'hi',"
+            " 'gsm7', 1, ?, 1.0, ?)", (mid, status, status, 10.0 + mid))
+        seg = "queued" if status == "queued" else status
+        conn.execute("INSERT INTO segment (message_id, seq, route, status, updated_at) VALUES (?, 0, 'life', ?, 1)",
+                     (mid, seg))
+    conn.close()
+    s = Store(str(path))
+    await s.open()
+    try:
+        assert [m.id for m in await s.open_messages("life")] == [1, 5]
+    finally:
+        await s.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION
+    assert dict(conn.execute("SELECT status, final_at FROM message")) == {
+        "queued": None, "accepted": None, "delivered": 13.0, "failed": 14.0, "submitted": None}
+    conn.close()
