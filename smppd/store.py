@@ -33,6 +33,7 @@ from .model import (
     BITRIX24_RANK,
     FINAL,
     STATUS_OF,
+    STATUS_WORD,
     Status,
     aggregate,
     bitrix24_status,
@@ -1010,7 +1011,7 @@ def _event(conn: sqlite3.Connection, mid: int, seq: int | None, status: Status, 
            detail: str | None, now: float) -> None:
     conn.execute(
         "INSERT INTO event (message_id, seq, status, applied, detail, at) VALUES (?,?,?,?,?,?)",
-        (mid, seq, status, int(applied), detail, now),
+        (mid, seq, STATUS_WORD[status], int(applied), detail, now),
     )
 
 
@@ -1036,12 +1037,13 @@ def _segment_status(conn: sqlite3.Connection, mid: int, seq: int, new: Status, d
         _event(conn, mid, seq, new, False, detail, now)
         return False
     error = detail if new in FINAL and new is not Status.DELIVERED else None
+    word = STATUS_WORD[new]
     if provider_id is None:  # a receipt: SQLite leaves the segment_provider index alone
         conn.execute("UPDATE segment SET status=?, error=coalesce(?, error), updated_at=? WHERE message_id=? AND seq=?",
-                     (new, error, now, mid, seq))
+                     (word, error, now, mid, seq))
     else:
         conn.execute("UPDATE segment SET status=?, error=coalesce(?, error), provider_id=?, updated_at=?"
-                     " WHERE message_id=? AND seq=?", (new, error, provider_id, now, mid, seq))
+                     " WHERE message_id=? AND seq=?", (word, error, provider_id, now, mid, seq))
     _event(conn, mid, seq, new, True, detail, now)
     return _message_status(conn, mid, now, detail, new, message)
 
@@ -1117,12 +1119,12 @@ def _move_message(conn: sqlite3.Connection, mid: int, new: Status, reason: str |
     if new in FINAL:
         conn.execute(
             "UPDATE message SET status=?, reason=coalesce(?, reason), updated_at=?, b24_status=coalesce(?, b24_status),"
-            " final_at=? WHERE id=?", (new, reason, now, b24, now, mid)
+            " final_at=? WHERE id=?", (STATUS_WORD[new], reason, now, b24, now, mid)
         )
     else:
         conn.execute(
             "UPDATE message SET status=?, reason=coalesce(?, reason), updated_at=?, b24_status=coalesce(?, b24_status)"
-            " WHERE id=?", (new, reason, now, b24, mid)
+            " WHERE id=?", (STATUS_WORD[new], reason, now, b24, mid)
         )
 
 

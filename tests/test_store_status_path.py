@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from smppd import store as store_mod
-from smppd.model import STATUS_OF, Status
+from smppd.model import STATUS_OF, STATUS_WORD, Status
 from smppd.store import NewMessage, Store
 
 TABLES = {
@@ -180,6 +180,20 @@ def test_status_of_is_the_enum_for_every_stored_word():
     assert all(STATUS_OF[s.value] is s for s in Status)
     with pytest.raises(KeyError):
         STATUS_OF["DELIVRD"]  # a receipt word is not a stored status
+
+
+def test_status_word_is_the_plain_word_sqlite_binds():
+    for status in Status:
+        assert STATUS_WORD[status] == status.value and type(STATUS_WORD[status]) is str
+        assert STATUS_OF[STATUS_WORD[status]] is status
+
+
+async def test_stored_statuses_are_plain_words(fast):
+    """What the status path writes reads back as the same words the enum had before."""
+    words = {s.value for s in Status}
+    assert {r[2] for r in fast["message"]} <= words
+    assert {r[3] for r in fast["segment"]} <= words
+    assert {r[3] for r in fast["event"]} <= words
 
 
 async def test_final_at_is_stamped_by_the_move_that_makes_a_message_final(fast):
