@@ -5,8 +5,8 @@ drives the store's own API through the life of N one-segment messages in batches
 as the daemon does under load (a batch of intakes, their submit_sm_resps, their
 receipts, the outbox read and cleared 50 at a time), and prints the CPU the
 writer thread spent per message (``time.thread_time`` around each group, so the
-event loop's share is not counted), the whole process's CPU per message, and the
-SQL statements run per message (counted in a separate, shorter pass: the trace
+event loop's share is not counted) in all and per step of the life, the whole
+process's CPU per message, and the SQL statements run per message (counted in a separate, shorter pass: the trace
 callback costs a Python call per statement). Medians of several runs.
 
     .venv/bin/python bench/store_path.py [-n 20000] [--batch 100] [--runs 5]
@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from collections import Counter
 from typing import Any
 
 from smppd import store as store_mod
@@ -35,6 +36,8 @@ class WriterMeter:
 
     def __init__(self, count_statements: bool) -> None:
         self.cpu = 0.0
+        self.step = ""  # the step of the life whose groups run now (each step awaits its own)
+        self.steps: Counter[str] = Counter()  # writer CPU seconds per step
         self.statements = 0
         self._count = count_statements
         self._original = store_mod._run_group
@@ -47,7 +50,9 @@ class WriterMeter:
             try:
                 return self._original(conn, ops)
             finally:
-                self.cpu += time.thread_time() - t0
+                cpu = time.thread_time() - t0
+                self.cpu += cpu
+                self.steps[self.step] += cpu
                 conn.set_trace_callback(None)
 
         store_mod._run_group = metered
@@ -61,13 +66,18 @@ class WriterMeter:
 
 
 def message(run: int, i: int) -> NewMessage:
+    """The i-th message of a run. The text names the run: the runs share one database, and the
+    same number and text again within duplicate_window is a repeat (no segments, follows the
+    first), which would measure the repeat path instead of a message's life from run 2 on."""
     return NewMessage(member_id=MEMBER, b24_id=f"{run:08x}{i:024x}", code="c", route="r", sender="Shop",
-                      phone=f"+37529{(i * 7919) % 10_000_000:07d}", text=f"Order {i} is ready", encoding="gsm7",
-                      segments=1, duplicate_window=600.0)
+                      phone=f"+37529{(i * 7919) % 10_000_000:07d}", text=f"Order {run}-{i} is ready",
+                      encoding="gsm7", segments=1, duplicate_window=600.0)
 
 
-async def drive(path: Path, n: int, batch: int, run: int, count_statements: bool) -> tuple[float, float, float]:
-    """(writer µs/msg, process µs/msg, statements/msg) for n messages through their whole life."""
+async def drive(path: Path, n: int, batch: int, run: int,
+                count_statements: bool) -> tuple[float, float, float, dict[str, float]]:
+    """(writer µs/msg, process µs/msg, statements/msg, writer µs/msg per step) for n messages
+    through their whole life."""
     st = Store(str(path))
     await st.open()
     await st.execute(lambda conn: conn.execute(
@@ -78,17 +88,24 @@ async def drive(path: Path, n: int, batch: int, run: int, count_statements: bool
         with WriterMeter(count_statements) as meter:
             cpu0 = time.process_time()
             for start in range(0, n, batch):
-                ids = [r.id for r in await asyncio.gather(
-                    *(st.intake(message(run, i)) for i in range(start, min(n, start + batch))))]
+                meter.step = "intake"
+                taken = await asyncio.gather(*(st.intake(message(run, i)) for i in range(start, min(n, start + batch))))
+                if any(r.duplicate or r.duplicate_of is not None for r in taken):
+                    raise SystemExit("a message was taken as a repeat: the bench would measure the wrong path")
+                ids = [r.id for r in taken]
+                meter.step = "resp"
                 await asyncio.gather(*(st.segment_accepted(mid, 0, f"{run}-{mid:x}") for mid in ids))
+                meter.step = "receipt"
                 await asyncio.gather(*(st.apply_receipt("r", f"{run}-{mid:x}", Status.DELIVERED, "DELIVRD")
                                        for mid in ids))
+                meter.step = "outbox"
                 while items := await st.outbox_due(MEMBER, 50):
                     await st.outbox_done(items)
             process = time.process_time() - cpu0
     finally:
         await st.close()
-    return meter.cpu / n * 1e6, process / n * 1e6, meter.statements / n
+    steps = {step: cpu / n * 1e6 for step, cpu in meter.steps.items()}
+    return meter.cpu / n * 1e6, process / n * 1e6, meter.statements / n, steps
 
 
 def main() -> None:
@@ -97,18 +114,21 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100, help="messages in flight together (default 100)")
     p.add_argument("--runs", type=int, default=5)
     args = p.parse_args()
-    writer, process = [], []
+    writer, process, steps = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "store.db"
-        _, _, statements = asyncio.run(drive(path, 1000, args.batch, 999, True))
+        _, _, statements, _ = asyncio.run(drive(path, 1000, args.batch, 999, True))
         print(f"statements per message: {statements:.1f}")
         for run in range(args.runs):
-            w, pr, _ = asyncio.run(drive(path, args.n, args.batch, run, False))
+            w, pr, _, by_step = asyncio.run(drive(path, args.n, args.batch, run, False))
             writer.append(w)
             process.append(pr)
+            steps.append(by_step)
             print(f"run {run + 1}: writer thread {w:6.1f} µs/msg, process {pr:6.1f} µs/msg")
     print(f"median of {args.runs}: writer thread {statistics.median(writer):.1f} µs/msg, "
           f"process {statistics.median(process):.1f} µs/msg, {statements:.1f} statements/msg")
+    print("writer thread per step, µs/msg (medians): " + ", ".join(
+        f"{step} {statistics.median(s[step] for s in steps):.1f}" for step in steps[0]))
 
 
 if __name__ == "__main__":
