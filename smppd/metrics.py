@@ -100,6 +100,22 @@ _MAX_OPEN_SUBMITS = 100_000  # a bound, in case resps never come and the refs ar
 _submits: dict[tuple[str, Any], float] = {}
 
 
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once per label set.
+
+    ``labels()`` validates and takes a lock on every call, and the hot paths call
+    it per message (a post, a resp). Only for labels with few values (routes,
+    statuses, fixed outcomes), so the cache stays small.
+    """
+    child = _children.get((metric, values))
+    if child is None:
+        child = _children[(metric, values)] = metric.labels(*values)
+    return child
+
+
 def submit_sent(route: str, ref: Any) -> None:
     """A submit_sm went out; ``submit_answered`` with the same ref observes its round trip."""
     if len(_submits) >= _MAX_OPEN_SUBMITS:
@@ -110,34 +126,19 @@ def submit_sent(route: str, ref: Any) -> None:
 def submit_answered(route: str, ref: Any) -> None:
     start = _submits.pop((route, ref), None)
     if start is not None:
-        latency = _submit_latency.get(route)
-        if latency is None:  # labels() takes a lock and builds a key: once per route, not per resp
-            latency = _submit_latency[route] = SUBMIT_LATENCY.labels(route)
-        latency.observe(time.monotonic() - start)
-
-
-_submit_latency: dict[str, Any] = {}
+        _child(SUBMIT_LATENCY, route).observe(time.monotonic() - start)
 
 
 def message_received(route: str, status: str, segments: int, *, duplicate: bool = False) -> None:
     """A post stored by intake; a duplicate post is not a new message."""
     if duplicate:
         return
-    MESSAGES_RECEIVED.labels(route, status).inc()
-    SEGMENTS_RECEIVED.labels(route).inc(segments)
-
-
-_shim_requests: dict[tuple[int, str], Any] = {}
-"""(status, outcome) -> its SHIM_REQUESTS child.  ``labels()`` validates and
-locks on every call; the shim answers from a dozen (status, outcome) pairs
-fixed in shim/app.py, so each is looked up once."""
+    _child(MESSAGES_RECEIVED, route, status).inc()
+    _child(SEGMENTS_RECEIVED, route).inc(segments)
 
 
 def shim_answered(http_status: int, outcome: str, seconds: float) -> None:
-    child = _shim_requests.get((http_status, outcome))
-    if child is None:
-        child = _shim_requests[(http_status, outcome)] = SHIM_REQUESTS.labels(str(http_status), outcome)
-    child.inc()
+    _child(SHIM_REQUESTS, str(http_status), outcome).inc()
     SHIM_LATENCY.observe(seconds)
 
 
