@@ -24,7 +24,8 @@ Batches
     ``result`` is a list with one item per request, in order, each
     ``{"result": ...}`` or ``{"error": {...}}`` exactly as that request alone
     would have been answered, so one refused item never fails the others.
-    An item that is not an object gets its own ``bad_request``.  A server
+    An item that is not an object gets its own ``bad_request``; a batch of
+    more than ``MAX_INFLIGHT`` items is refused whole.  A server
     accepts a batch for every method it serves; a handler that can do the
     work of many requests at once (one store commit-wait for many intakes)
     registers a ``BatchHandler``, the others run the items concurrently.
@@ -463,6 +464,11 @@ class _Connection:
                     _error_line(request_id, RpcError("bad_request", "items must be a non-empty list"))
                 )
                 return
+            if len(items) > MAX_INFLIGHT:  # else one line could start any number of requests
+                self._out.send(_error_line(
+                    request_id, RpcError("bad_request", f"a batch carries at most {MAX_INFLIGHT} items")
+                ))
+                return
             self._start(self._call_batch(name, request_id, items), len(items))
             return
         self._out.send(
@@ -472,7 +478,8 @@ class _Connection:
     def _start(self, work: Coroutine[Any, Any, None], requests: int) -> None:
         """Run ``work`` as a task that holds ``requests`` of the connection's
         allowance until it is done.  A batch may take the count past
-        MAX_INFLIGHT; reading then waits until it is back below."""
+        MAX_INFLIGHT (to under twice it); reading then waits until it is
+        back below."""
         self._inflight += requests
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)

@@ -226,6 +226,10 @@ async def test_malformed_batches_get_clear_errors(recorder: Recorder, sock_path:
             raw.send(json.dumps({"id": n, "method": "work.batch", "params": params}).encode() + b"\n")
             assert await raw.reply() == {"id": n, "error": {"code": "bad_request",
                                                             "message": "items must be a non-empty list"}}
+        too_many = {"items": [{"n": n} for n in range(rpc.MAX_INFLIGHT + 1)]}
+        raw.send(json.dumps({"id": 8, "method": "work.batch", "params": too_many}).encode() + b"\n")
+        assert await raw.reply() == {"id": 8, "error": {
+            "code": "bad_request", "message": f"a batch carries at most {rpc.MAX_INFLIGHT} items"}}
         raw.send(b'{"id":9,"method":"nope.batch","params":{"items":[{}]}}\n')
         assert (await raw.reply())["error"]["code"] == "unknown_method"
         raw.send(b'{"id":10,"method":"work","params":{"n":10}}\n')  # the single request still works
@@ -295,3 +299,18 @@ async def test_connection_loss_fails_every_call_of_a_batch(sock_path: str) -> No
 
 def test_max_line_is_unchanged() -> None:
     assert MAX_LINE == 1024 * 1024 and rpc.MAX_BATCH < rpc.MAX_INFLIGHT
+
+
+async def test_a_batch_of_exactly_max_inflight_items_is_served(
+    recorder: Recorder, sock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rpc, "MAX_INFLIGHT", 3)
+    raw = await RawConnection.open(sock_path)
+    try:
+        for n in (3, 4):
+            raw.send(json.dumps({"id": n, "method": "work.batch",
+                                 "params": {"items": [{"n": i} for i in range(n)]}}).encode() + b"\n")
+        assert await raw.reply() == {"id": 3, "result": [{"result": {"n": i}} for i in range(3)]}
+        assert (await raw.reply())["error"]["message"] == "a batch carries at most 3 items"
+    finally:
+        await raw.close()
