@@ -85,7 +85,8 @@ def _check_mixed(outcomes: list[Any]) -> None:
     assert outcomes[0] == {"n": 0}
     assert isinstance(outcomes[1], RpcError)
     assert (outcomes[1].code, outcomes[1].message, outcomes[1].field) == ("unknown_code", "no sender 1", "code")
-    assert isinstance(outcomes[2], RpcError) and (outcomes[2].code, outcomes[2].message) == ("internal", "internal error")
+    assert isinstance(outcomes[2], RpcError)
+    assert (outcomes[2].code, outcomes[2].message) == ("internal", "internal error")
     assert outcomes[3] == {"n": 3}
 
 
