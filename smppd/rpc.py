@@ -471,8 +471,9 @@ class _Connection:
                 return
             self._start(self._call_batch(name, request_id, items), len(items))
             return
+        # A batch of an unknown method names the method, as each of its calls would.
         self._out.send(
-            _error_line(request_id, RpcError("unknown_method", f"unknown method {method!r}"))
+            _error_line(request_id, RpcError("unknown_method", f"unknown method {name!r}"))
         )
 
     def _start(self, work: Coroutine[Any, Any, None], requests: int) -> None:

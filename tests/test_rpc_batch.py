@@ -71,7 +71,7 @@ async def recorder(sock_path: str) -> AsyncIterator[Recorder]:
 
 @pytest.fixture
 async def client(recorder: Recorder, sock_path: str) -> AsyncIterator[RpcClient]:
-    cli = RpcClient(sock_path, timeout=5, batched={"work", "plain"})
+    cli = RpcClient(sock_path, timeout=5, batched={"work", "plain", "nope"})
     await cli.call("ping")  # connected: calls issued together now queue together
     yield cli
     await cli.close()
@@ -232,7 +232,7 @@ async def test_malformed_batches_get_clear_errors(recorder: Recorder, sock_path:
         assert await raw.reply() == {"id": 8, "error": {
             "code": "bad_request", "message": f"a batch carries at most {rpc.MAX_INFLIGHT} items"}}
         raw.send(b'{"id":9,"method":"nope.batch","params":{"items":[{}]}}\n')
-        assert (await raw.reply())["error"]["code"] == "unknown_method"
+        assert await raw.reply() == {"id": 9, "error": {"code": "unknown_method", "message": "unknown method 'nope'"}}
         raw.send(b'{"id":10,"method":"work","params":{"n":10}}\n')  # the single request still works
         assert await raw.reply() == {"id": 10, "result": {"n": 10}}
     finally:
@@ -315,3 +315,9 @@ async def test_a_batch_of_exactly_max_inflight_items_is_served(
         assert (await raw.reply())["error"]["message"] == "a batch carries at most 3 items"
     finally:
         await raw.close()
+
+
+async def test_a_batched_call_of_an_unknown_method_fails_as_a_single_one_would(client: RpcClient) -> None:
+    outcomes = await _outcomes([client.call("nope", {"n": n}) for n in range(2)] + [client.call("nope")])
+    assert all(isinstance(o, RpcError) and (o.code, o.message) == ("unknown_method", "unknown method 'nope'")
+               for o in outcomes), outcomes
