@@ -68,6 +68,9 @@ class _Store:
         self.next_id += 1
         return IntakeResult(self.next_id, Status.QUEUED, False)
 
+    async def intake_many(self, messages: list[Any]) -> list[IntakeResult]:
+        return [await self.intake(m) for m in messages]
+
 
 def params(i: int, body: Callable[[int], str]) -> dict[str, Any]:
     return {
@@ -93,7 +96,9 @@ def cpu_per_call(fn: Callable[[Any], Any], items: list[Any]) -> float:
     return (time.process_time() - t0) / len(items) * 1e6
 
 
-async def intake_run(n: int, body: Callable[[int], str], first: int) -> float:
+async def intake_run(n: int, body: Callable[[int], str], first: int, batch_size: int = 0) -> float:
+    """CPU per message of ``Intake.__call__`` per post, or of ``Intake.many``
+    on batches of ``batch_size`` posts (as the RPC server runs them)."""
     cfg = config_mod.parse(tomllib.loads(CONFIG))
     portal = PortalRecord(MEMBER, "bench.bitrix24.by", "", "", "", "", TOKEN, "", "")
     route = cfg.routes["life"]
@@ -105,8 +110,12 @@ async def intake_run(n: int, body: Callable[[int], str], first: int) -> float:
     intake = Intake(cfg, _Store(), lambda: {MEMBER: portal}, dispatch)  # type: ignore[arg-type]
     batch = [params(first + i, body) for i in range(n)]
     t0 = time.process_time()
-    for p in batch:
-        await intake(p)
+    if batch_size:
+        for at in range(0, n, batch_size):
+            await intake.many(batch[at:at + batch_size])
+    else:
+        for p in batch:
+            await intake(p)
     per = (time.process_time() - t0) / n * 1e6
     assert len(built) == n
     return per
@@ -116,6 +125,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=32, help="posts per Intake.many batch")
     args = ap.parse_args()
     devnull = open("/dev/null", "w")  # noqa: SIM115 - for the life of the process
     sys.stdout, real_stdout = devnull, sys.stdout
@@ -127,6 +137,8 @@ def main() -> int:
     for label, body in BODIES.items():
         runs = [asyncio.run(intake_run(args.n, body, r * args.n)) for r in range(args.runs)]
         print(f"  Intake.__call__ + build_segments, {label:<14} {statistics.median(runs):7.1f}")
+        runs = [asyncio.run(intake_run(args.n, body, r * args.n, args.batch)) for r in range(args.runs)]
+        print(f"  Intake.many[{args.batch}] + build_segments, {label:<11} {statistics.median(runs):7.1f}")
     numbers = [f"+37529{1000000 + i * 7919 % 9000000:07d}" for i in range(args.n)]
     latin = [BODIES["latin"](i) for i in range(args.n)]
     cyr = [BODIES["cyrillic"](i) for i in range(args.n)]

@@ -102,7 +102,7 @@ class Daemon:
             self.config.daemon.socket_path,
             {"intake": intake, "ping": self._ping, "status": self._status, "dlr": self._dlr, **self._stoplist_methods(),
              "app_event": installer, "register": self._register, "unregister": self._unregister, **Admin(self).methods()},
-            group=self.config.daemon.socket_group,
+            group=self.config.daemon.socket_group, batch_handlers={"intake": intake.many},
         )
         await self._rpc.start()
         self.ready.set()

@@ -7,12 +7,13 @@ app update) and the shim keeps no state.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Container, Mapping
+from typing import Any, Callable, Container, Mapping, NamedTuple, Sequence
 
 import structlog
 
@@ -58,6 +59,15 @@ class IntakeRequest:
                    p.get("bindings"), p.get("document_id"))
 
 
+class _Post(NamedTuple):
+    """A post that passed the checks, between ``Intake._accept`` and ``Intake._finish``."""
+
+    req: IntakeRequest
+    sender: SenderConfig
+    marketing: bool
+    message: NewMessage
+
+
 def _string(p: Mapping[str, Any], name: str) -> str:
     value = p.get(name)
     if not isinstance(value, str):
@@ -84,14 +94,62 @@ class Intake:
         self._warned_texts: set[bytes] = set()
 
     async def __call__(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        post = self._accept(params)
+        return self._finish(post, await self.store.intake(post.message))
+
+    async def many(self, batch: Sequence[Mapping[str, Any]]) -> list[dict[str, Any] | Exception]:
+        """The RPC batch of ``__call__``: one outcome per post, in order, its
+        answer or its own error (``rpc.BatchHandler``).
+
+        Each post is checked as ``__call__`` checks it; the ones accepted are
+        stored by one ``Store.intake_many``, so the batch pays for one future
+        and one commit-wait instead of one per post. If that raises, each
+        post is stored on its own, so one message the store refuses never
+        costs the others their place.
+        """
+        outcomes: list[Any] = []
+        accepted: list[_Post] = []
+        for params in batch:
+            try:
+                post = self._accept(params)
+            except Exception as e:  # an RpcError is the post's answer; anything else is an internal error
+                outcomes.append(e)
+            else:
+                outcomes.append(post)
+                accepted.append(post)
+        if not accepted:
+            return outcomes
+        messages = [post.message for post in accepted]
+        results: list[Any]
+        try:
+            results = await self.store.intake_many(messages)
+        except Exception as e:
+            log.warning("intake_batch_failed", error=type(e).__name__, messages=len(messages))
+            results = await asyncio.gather(*(self.store.intake(m) for m in messages), return_exceptions=True)
+        stored = iter(results)
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, _Post):
+                result = next(stored)
+                try:
+                    outcomes[i] = result if isinstance(result, BaseException) else self._finish(outcome, result)
+                except Exception as e:
+                    outcomes[i] = e
+        return outcomes
+
+    def _accept(self, params: Mapping[str, Any]) -> _Post:
+        """The checks before the store: the post's message, or its RpcError."""
         req = IntakeRequest.from_params(params)
         sender = self.config.senders.get(req.code)
         if sender is None:
             raise RpcError("unknown_code", f"no sender with code {req.code!r}")
         portal = self._authenticate(req, sender.portal)
         marketing = rules.is_marketing(sender, req.module_id)
-        message = self._prepare(req, portal.member_id, sender, marketing)
-        result: IntakeResult = await self.store.intake(message)
+        return _Post(req, sender, marketing, self._prepare(req, portal.member_id, sender, marketing))
+
+    def _finish(self, post: _Post, result: IntakeResult) -> dict[str, Any]:
+        """What follows a stored message: its log line, metrics, rule counters,
+        dispatch to its route, and the answer to the shim."""
+        req, sender, marketing, message = post
         held = message.hold if result.reason is None and result.duplicate_of is None else None
         log.info(
             "message_received", id=result.id, b24_id=req.message_id, code=req.code, route=sender.route,

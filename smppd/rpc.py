@@ -18,6 +18,20 @@ Reply
     with an optional ``"field"`` in the error object naming the offending
     request parameter.
 
+Batches
+    ``{"id": ..., "method": "<name>.batch", "params": {"items": [{...}, ...]}}``
+    carries several requests of method ``<name>`` in one line; the reply's
+    ``result`` is a list with one item per request, in order, each
+    ``{"result": ...}`` or ``{"error": {...}}`` exactly as that request alone
+    would have been answered, so one refused item never fails the others.
+    An item that is not an object gets its own ``bad_request``; a batch of
+    more than ``MAX_INFLIGHT`` items is refused whole.  A server
+    accepts a batch for every method it serves; a handler that can do the
+    work of many requests at once (one store commit-wait for many intakes)
+    registers a ``BatchHandler``, the others run the items concurrently.
+    Batches exist because the per-request cost (a task, a reply line, a
+    future in the store) is most of the daemon's CPU for a small request.
+
 Pipelining
     A client may send many requests without waiting.  The server runs them
     concurrently and replies as each one completes, so replies come back out
@@ -53,6 +67,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import grp
 import itertools
 import json
@@ -60,13 +75,15 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from typing import Any
 
 import structlog
 
 __all__ = [
+    "BATCHED",
     "MAX_LINE",
+    "BatchHandler",
     "Handler",
     "RpcClient",
     "RpcError",
@@ -82,13 +99,30 @@ MAX_LINE = 1024 * 1024
 """Longest line either side accepts, in bytes, newline excluded."""
 
 MAX_INFLIGHT = 1024
-"""Requests one connection may have running at once; the server stops
-reading that connection while it is at the limit, so a client that pipelines
-without bound cannot make the daemon buffer without bound."""
+"""Requests one connection may have running at once, each item of a batch
+counted as a request; the server stops reading that connection while it is
+at the limit, so a client that pipelines without bound cannot make the
+daemon buffer without bound."""
+
+BATCH_SUFFIX = ".batch"
+"""``<method>.batch`` is the batch of ``<method>`` (see Batches above)."""
+
+BATCHED = frozenset({"intake"})
+"""Methods an ``RpcClient`` batches by default: the one called per Bitrix24
+post, many at once under load."""
+
+MAX_BATCH = 256
+"""Most requests a client puts in one batch line; well under MAX_INFLIGHT so
+one batch never fills a connection's allowance alone."""
 
 SOCKET_MODE = 0o660
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+BatchHandler = Callable[[list[dict[str, Any]]], Awaitable[list[Any]]]
+"""Does the work of several requests of one method at once: given their
+params, returns one outcome per request, in order, either its result or the
+exception it ends with (an ``RpcError`` is that request's error reply)."""
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -141,6 +175,46 @@ def _encode(obj: Mapping[str, Any]) -> bytes:
 
 def _error_line(request_id: Any, error: RpcError) -> bytes:
     return _encode({"id": request_id, "error": error.to_wire()})
+
+
+_INTERNAL = RpcError("internal", "internal error")
+_NOT_AN_OBJECT = RpcError("bad_request", "params must be an object")
+_BATCH_ENVELOPE = len(b'{"id":,"method":,"params":{"items":[]}}') + 20  # 20: the longest id we make
+
+
+def _request_lines(method: str, items: list[tuple[int, bytes]]) -> list[tuple[bytes, list[int]]]:
+    """Lines carrying the requests ``items`` (id, encoded params) of ``method``,
+    each with the ids it carries: a batch line per up to ``MAX_BATCH`` requests
+    that fit in ``MAX_LINE``, a plain request line for a request alone.
+
+    A request too long to share a line goes alone, as it would unbatched (and
+    is refused by the server as too long, as it would be unbatched).
+    """
+    name = _encode_json(method).encode()
+    batch_name = _encode_json(method + BATCH_SUFFIX).encode()
+    room = MAX_LINE - _BATCH_ENVELOPE - len(batch_name)
+    lines: list[tuple[bytes, list[int]]] = []
+    group: list[tuple[int, bytes]] = []
+    size = 0
+
+    def close_group() -> None:
+        ids = [request_id for request_id, _ in group]
+        if len(group) == 1:
+            line = b'{"id":%d,"method":%b,"params":%b}\n' % (ids[0], name, group[0][1])
+        else:
+            items_json = b",".join(params for _, params in group)
+            line = b'{"id":%d,"method":%b,"params":{"items":[%b]}}\n' % (ids[0], batch_name, items_json)
+        lines.append((line, ids))
+
+    for request_id, params in items:
+        if group and (len(group) >= MAX_BATCH or size + 1 + len(params) > room):
+            close_group()
+            group, size = [], 0
+        size += len(params) + (1 if group else 0)
+        group.append((request_id, params))
+    if group:
+        close_group()
+    return lines
 
 
 def _valid_id(value: Any) -> bool:
@@ -312,12 +386,15 @@ class _Connection:
         handlers: Mapping[str, Handler],
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        batch_handlers: Mapping[str, BatchHandler] | None = None,
     ) -> None:
         self._handlers = handlers
+        self._batch_handlers = batch_handlers or {}
         self._reader = reader
         self._out = _LineWriter(writer)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(MAX_INFLIGHT)
+        self._inflight = 0  # requests running, a batch counting as its items
+        self._room = asyncio.Event()  # set when _inflight drops below MAX_INFLIGHT
         self._reading: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -349,51 +426,71 @@ class _Connection:
     async def _read_loop(self) -> None:
         while True:
             await self._out.drain()
-            await self._slots.acquire()
+            while self._inflight >= MAX_INFLIGHT:
+                self._room.clear()
+                await self._room.wait()
             try:
                 line = await self._reader.readline()
             except ValueError:  # the line exceeded MAX_LINE
-                self._slots.release()
                 log.warning("rpc.line_too_long", limit=MAX_LINE)
                 self._out.send(
                     _error_line(None, RpcError("line_too_long", f"line exceeds {MAX_LINE} bytes"))
                 )
                 return
             except OSError:
-                self._slots.release()
                 return
             if not line:
-                self._slots.release()
                 return
             self._dispatch(line)
 
     def _dispatch(self, line: bytes) -> None:
         """Answer a malformed line at once; run a well-formed one as a task."""
         if not line.strip():
-            self._slots.release()
             return
         try:
             request_id, method, params = _parse_request(line)
         except _BadRequest as exc:
-            self._slots.release()
             self._out.send(_error_line(exc.request_id, RpcError("bad_request", exc.message)))
             return
         handler = self._handlers.get(method)
-        if handler is None:
-            self._slots.release()
-            self._out.send(
-                _error_line(request_id, RpcError("unknown_method", f"unknown method {method!r}"))
-            )
+        if handler is not None:
+            self._start(self._call(handler, request_id, method, params), 1)
             return
-        task = asyncio.get_running_loop().create_task(
-            self._call(handler, request_id, method, params)
+        name = method.removesuffix(BATCH_SUFFIX)
+        if name != method and (name in self._handlers or name in self._batch_handlers):
+            items = params.get("items")
+            if not isinstance(items, list) or not items:
+                self._out.send(
+                    _error_line(request_id, RpcError("bad_request", "items must be a non-empty list"))
+                )
+                return
+            if len(items) > MAX_INFLIGHT:  # else one line could start any number of requests
+                self._out.send(_error_line(
+                    request_id, RpcError("bad_request", f"a batch carries at most {MAX_INFLIGHT} items")
+                ))
+                return
+            self._start(self._call_batch(name, request_id, items), len(items))
+            return
+        # A batch of an unknown method names the method, as each of its calls would.
+        self._out.send(
+            _error_line(request_id, RpcError("unknown_method", f"unknown method {name!r}"))
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _start(self, work: Coroutine[Any, Any, None], requests: int) -> None:
+        """Run ``work`` as a task that holds ``requests`` of the connection's
+        allowance until it is done.  A batch may take the count past
+        MAX_INFLIGHT (to under twice it); reading then waits until it is
+        back below."""
+        self._inflight += requests
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_done, requests))
+
+    def _task_done(self, requests: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        self._inflight -= requests
+        if self._inflight < MAX_INFLIGHT:
+            self._room.set()
 
     async def _call(
         self, handler: Handler, request_id: str | int, method: str, params: dict[str, Any]
@@ -406,22 +503,71 @@ class _Connection:
         except Exception:
             # Params are not logged: they carry phone numbers and tokens.
             log.exception("rpc.handler_failed", method=method, request_id=request_id)
-            line = _error_line(request_id, RpcError("internal", "internal error"))
+            line = _error_line(request_id, _INTERNAL)
         self._out.send(line)
+
+    async def _call_batch(self, method: str, request_id: str | int, items: list[Any]) -> None:
+        """Run a batch as one task and answer it with one line, one outcome per item."""
+        try:
+            outcomes = await self._run_batch(method, items)
+            line = _encode({"id": request_id, "result": [
+                self._outcome(method, request_id, outcome) for outcome in outcomes
+            ]})
+        except RpcError as exc:
+            line = _error_line(request_id, exc)
+        except Exception:
+            log.exception("rpc.handler_failed", method=method, request_id=request_id, items=len(items))
+            line = _error_line(request_id, _INTERNAL)
+        self._out.send(line)
+
+    async def _run_batch(self, method: str, items: list[Any]) -> list[Any]:
+        outcomes: list[Any] = [_NOT_AN_OBJECT] * len(items)
+        at = [i for i, params in enumerate(items) if isinstance(params, dict)]
+        if not at:
+            return outcomes
+        params = [items[i] for i in at]
+        batch = self._batch_handlers.get(method)
+        if batch is not None:
+            results = await batch(params)
+            if len(results) != len(params):
+                raise RuntimeError(f"{method} batch handler gave {len(results)} outcomes for {len(params)}")
+        else:
+            handler = self._handlers[method]
+            results = await asyncio.gather(*(handler(p) for p in params), return_exceptions=True)
+        for i, result in zip(at, results):
+            outcomes[i] = result
+        return outcomes
+
+    @staticmethod
+    def _outcome(method: str, request_id: str | int, outcome: Any) -> dict[str, Any]:
+        if isinstance(outcome, RpcError):
+            return {"error": outcome.to_wire()}
+        if isinstance(outcome, BaseException):
+            log.error("rpc.handler_failed", method=method, request_id=request_id, exc_info=outcome)
+            return {"error": _INTERNAL.to_wire()}
+        return {"result": outcome}
 
 
 class RpcServer:
     """Serves ``handlers`` on a Unix socket at ``path``.
 
     ``group``, when given, is the group name that owns the socket file; its
-    members (and root and our own user) may connect.
+    members (and root and our own user) may connect.  ``batch_handlers``
+    serve ``<method>.batch`` for the methods that gain from doing many
+    requests at once (see Batches above).
     """
 
     def __init__(
-        self, path: str, handlers: Mapping[str, Handler], *, group: str | None = None
+        self,
+        path: str,
+        handlers: Mapping[str, Handler],
+        *,
+        group: str | None = None,
+        batch_handlers: Mapping[str, BatchHandler] | None = None,
     ) -> None:
         self._path = path
         self._handlers = handlers
+        self._batch_handlers = batch_handlers or {}
         self._group = group
         self._server: asyncio.AbstractServer | None = None
         self._socket_gid = -1
@@ -487,7 +633,7 @@ class RpcServer:
                 out.send(_error_line(None, RpcError("forbidden", "peer not allowed")))
                 await out.close()
                 return
-            conn = _Connection(self._handlers, reader, writer)
+            conn = _Connection(self._handlers, reader, writer, self._batch_handlers)
             self._connections.add(conn)
             try:
                 await conn.run()
@@ -547,6 +693,9 @@ class _ClientConnection:
         self.out = _LineWriter(writer)
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.closed = False
+        self._batches: dict[int, list[int]] = {}  # batch line id -> the ids of its requests
+        self._queued: list[tuple[str, int, bytes]] = []  # (method, id, params) for the next batch
+        self._loop = asyncio.get_running_loop()
         self._refusal: str | None = None
         self._reader = reader
         self._reader_task = asyncio.get_running_loop().create_task(self._read_replies())
@@ -569,6 +718,29 @@ class _ClientConnection:
             # the hang-up itself produces.
             await self.close(self._refusal or reason)
 
+    def enqueue(self, method: str, request_id: int, params: bytes) -> None:
+        """Send a request with the others of its method queued in this loop
+        iteration, as one batch line (``params`` is already JSON)."""
+        if not self._queued:
+            self._loop.call_soon(self._send_queued)
+        self._queued.append((method, request_id, params))
+
+    def _send_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        if self.closed:
+            return  # close() has failed their futures
+        by_method: dict[str, list[tuple[int, bytes]]] = {}
+        for method, request_id, params in queued:
+            future = self.pending.get(request_id)
+            if future is not None and not future.done():  # else timed out or cancelled meanwhile
+                by_method.setdefault(method, []).append((request_id, params))
+        for method, items in by_method.items():
+            for line, ids in _request_lines(method, items):
+                if len(ids) > 1:
+                    self._batches[ids[0]] = ids
+                self.out.send(line)
+        self.out.flush()
+
     def _deliver(self, line: bytes) -> None:
         """Resolve the call a reply line belongs to.
 
@@ -588,6 +760,32 @@ class _ClientConnection:
             log.warning("rpc.refused_by_server", code=error.get("code"), message=error.get("message"))
             self._refusal = f"refused by the daemon: {error.get('code')}"
             return
+        batch = self._batches.pop(request_id, None)
+        if batch is not None:
+            self._deliver_batch(batch, reply)
+            return
+        self._settle(request_id, reply)
+
+    def _deliver_batch(self, ids: list[int], reply: dict[str, Any]) -> None:
+        """Resolve each call of a batch from its own item of the reply; an
+        error for the whole batch is every call's error."""
+        if "error" in reply:
+            for request_id in ids:
+                self._settle(request_id, reply)
+            return
+        items = reply.get("result")
+        if not isinstance(items, list) or len(items) != len(ids) or not all(isinstance(i, dict) for i in items):
+            log.warning("rpc.client_bad_reply", batch=len(ids))
+            for request_id in ids:
+                future = self.pending.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_exception(RpcUnavailable("malformed batch reply from the daemon"))
+            return
+        for request_id, item in zip(ids, items):
+            self._settle(request_id, item)
+
+    def _settle(self, request_id: int, reply: dict[str, Any]) -> None:
+        """Resolve a call with its result or error (a reply or a batch item)."""
         future = self.pending.pop(request_id, None)
         if future is None or future.done():
             return  # the call timed out or was cancelled meanwhile
@@ -611,6 +809,7 @@ class _ClientConnection:
             if not future.done():
                 future.set_exception(RpcUnavailable(reason))
         self.pending.clear()
+        self._batches.clear()
         if self._reader_task is not asyncio.current_task():
             self._reader_task.cancel()
         await self.out.close()
@@ -628,11 +827,18 @@ class RpcClient:
     future keyed by its id), so the shim pays for one socket, not one per
     HTTP request.  When the connection breaks, every pending call fails with
     ``RpcUnavailable`` and the next call reconnects.
+
+    Calls of the ``batched`` methods issued in one event-loop iteration go
+    out as batch lines (see Batches above); each call still gets its own
+    result, error and timeout.
     """
 
-    def __init__(self, path: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, path: str, *, timeout: float = 10.0, batched: Collection[str] = BATCHED
+    ) -> None:
         self._path = path
         self._timeout = timeout
+        self._batched = batched
         self._ids = itertools.count(1)
         self._conn: _ClientConnection | None = None
         self._connecting = asyncio.Lock()
@@ -651,7 +857,11 @@ class RpcClient:
         without a reply; the default is the client's timeout).
         """
         request_id = next(self._ids)
-        line = _encode({"id": request_id, "method": method, "params": params or {}})
+        batched = method in self._batched
+        if batched:
+            line = _encode_json(params or {}).encode()
+        else:
+            line = _encode({"id": request_id, "method": method, "params": params or {}})
         limit = self._timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         conn = self._conn
@@ -665,7 +875,10 @@ class RpcClient:
         # and failing the future is all a timeout has to do here.
         future: asyncio.Future[Any] = loop.create_future()
         conn.pending[request_id] = future
-        conn.out.send(line)
+        if batched:
+            conn.enqueue(method, request_id, line)
+        else:
+            conn.out.send(line)
         timer = loop.call_later(limit, _no_reply_in_time, future, method)
         try:
             return await future

@@ -24,7 +24,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Collection, Iterable, Iterator, Sequence, TypeVar
 
 import aiosqlite
 import structlog
@@ -472,9 +472,20 @@ class Store:
 
     async def intake(self, m: NewMessage) -> IntakeResult:
         """Store a message once per (portal, Bitrix24 message_id); durable on return."""
+        return (await self.intake_many((m,)))[0]
+
+    async def intake_many(self, messages: Sequence[NewMessage]) -> list[IntakeResult]:
+        """``intake`` for several messages as one operation: one future and one
+        commit-wait for the lot, which is most of the cost of a small message.
+
+        The messages are stored in order in one transaction, so the same
+        message_id twice gives what two ``intake`` calls in a row give (the
+        second a duplicate). All or nothing: if one raises, none is stored and
+        this raises (the caller may retry them one by one).
+        """
         now = self.clock()
 
-        def op(conn: sqlite3.Connection) -> IntakeResult:
+        def one(conn: sqlite3.Connection, m: NewMessage) -> IntakeResult:
             row = conn.execute(
                 "SELECT id, status FROM message WHERE member_id=? AND b24_id=?", (m.member_id, m.b24_id)
             ).fetchone()
@@ -515,10 +526,10 @@ class Store:
             return IntakeResult(mid, status, duplicate=False, duplicate_of=first[0] if first else None,
                                 reason=reason, concat_ref=ref)
 
-        result = await self.execute(op)
-        if (result.status is Status.FAILED or result.duplicate_of is not None) and not result.duplicate:
+        results = await self.execute(lambda conn: [one(conn, m) for m in messages])
+        if any((r.status is Status.FAILED or r.duplicate_of is not None) and not r.duplicate for r in results):
             self.outbox_changed.set()
-        return result
+        return results
 
     async def open_messages(self, route: str, *, after_id: int = 0, limit: int | None = None) -> list[OpenMessage]:
         """Messages with segments never acknowledged by the operator, oldest first.
