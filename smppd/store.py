@@ -189,9 +189,8 @@ MIGRATIONS: dict[int, str] = {
     # Every status change SETs message.status, and message_open's WHERE named status: SQLite
     # then deleted and re-inserted the message's index entry at every move, more than half of
     # the UPDATE's cost. The index now names final_at, which only a move to a final status
-    # writes (_move_message). A message that fails at intake is inserted final and keeps
-    # final_at NULL: it stays in the index, and open_messages still filters on status, so the
-    # index is a superset of the open messages and never misses one.
+    # writes (_move_message), or the INSERT of a message that fails at intake. open_messages
+    # still filters on status too, so the index could only ever hold too many, never too few.
     7: """
     ALTER TABLE message ADD COLUMN final_at REAL;        -- when a status change made it final
     UPDATE message SET final_at = updated_at WHERE status IN ('delivered','undelivered','expired','rejected','failed');
@@ -490,7 +489,7 @@ class Store:
                 "SELECT id, status FROM message WHERE member_id=? AND b24_id=?", (m.member_id, m.b24_id)
             ).fetchone()
             if row is not None:
-                return IntakeResult(row[0], Status(row[1]), duplicate=True)
+                return IntakeResult(row[0], STATUS_OF[row[1]], duplicate=True)
             reason, first = m.reason, None
             if reason is None and m.phone is not None and m.duplicate_window > 0:
                 first = _first_of_repeat(conn, m, now - m.duplicate_window)
@@ -503,17 +502,18 @@ class Store:
             cur = conn.execute(
                 "INSERT INTO message (member_id, b24_id, code, route, sender, phone, text, encoding,"
                 " segments, module_id, status, reason, created_at, updated_at, hold, hold_until, entities,"
-                " duplicate_of, concat_ref, b24_status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " duplicate_of, concat_ref, b24_status, final_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (m.member_id, m.b24_id, m.code, m.route, m.sender, m.phone, m.text, m.encoding,
-                 m.segments, m.module_id, status, reason, now, now, hold, m.hold_until if hold else None,
-                 m.entities, first[0] if first else None, ref, b24),
+                 m.segments, m.module_id, STATUS_WORD[status], reason, now, now, hold, m.hold_until if hold else None,
+                 m.entities, first[0] if first else None, ref, b24,
+                 now if status is Status.FAILED else None),  # final at birth: never in message_open
             )
             mid = cur.lastrowid
             assert mid is not None
             if first is None:  # a repeat gets no segments: nothing of it is ever submitted
                 conn.executemany(
                     "INSERT INTO segment (message_id, seq, route, status, updated_at) VALUES (?,?,?,?,?)",
-                    [(mid, seq, m.route, status, now) for seq in range(m.segments)],
+                    [(mid, seq, m.route, STATUS_WORD[status], now) for seq in range(m.segments)],
                 )
             _event(conn, mid, None, status, True, reason or (f"held: {hold}" if hold else None), now)
             if b24 is not None:

@@ -198,14 +198,16 @@ async def test_stored_statuses_are_plain_words(fast):
 
 async def test_final_at_is_stamped_by_the_move_that_makes_a_message_final(fast):
     """final_at keys the message_open index (migration 7): set with updated_at by the final
-    move (the repeat's too), never by a move that is not final, nor at intake."""
+    move (the repeat's too), never by a move that is not final; a message refused at intake
+    is born final, so it never enters the index."""
     final_at = {r[1]: (r[7], r[6]) for r in fast["message"]}
     for b24_id in ("plain", "early", "multi", "first", "repeat", "back"):
         at, updated_at = final_at[b24_id]
         assert at is not None and at <= updated_at, b24_id
     assert final_at["plain"][0] == final_at["plain"][1]
     assert final_at["open"][0] is None and final_at["waiting"][0] is None
-    assert final_at["invalid"][0] is None, "failed at intake: filtered by status, not by the index"
+    at, updated_at = final_at["invalid"]
+    assert at is not None and at == updated_at, "failed at intake: final from its INSERT"
     assert fast["open_messages"] == [fast["ids"]["waiting"]]
 
 
