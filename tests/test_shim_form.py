@@ -81,3 +81,35 @@ def test_a_real_post_decodes_to_the_same_handler_post() -> None:
     form = bf.decode_form(body)
     assert form["message_body"] == "Ваш заказ готов"
     assert bf.parse_handler_post(form) == bf.parse_handler_post(MultiDict(query_to_pairs(body.decode())))
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"id": 41, "status": "queued", "duplicate": False},
+        {"id": 0, "status": "sent", "duplicate": True},
+        {"id": -7, "status": "", "duplicate": False},
+        {"id": 10**20, "status": 'q"u\\o\nte\x00', "duplicate": True},
+        {"id": 1, "status": "очередь €😀\ud800", "duplicate": False},
+        {"id": True, "status": "queued", "duplicate": False},  # not an int: json.dumps' own answer
+        {"id": 1.5, "status": "queued", "duplicate": 0},
+        {"id": "41", "status": None, "duplicate": False},
+    ],
+)
+def test_stored_body_is_what_json_dumps_gives(result: dict[str, Any]) -> None:
+    import json
+
+    from shim.app import _stored_body
+
+    expected = {"ok": True, "id": result["id"], "status": result["status"], "duplicate": result["duplicate"]}
+    assert _stored_body(result) == json.dumps(expected).encode()
+
+
+async def test_json_answer_is_json_response_byte_for_byte() -> None:
+    from aiohttp import web
+
+    from shim.app import _json_response
+
+    for status, body in [(200, {"shim": "ok"}), (400, {"error": "bad_request", "message": "Ваш"})]:
+        ours, theirs = _json_response(status, body), web.json_response(body, status=status)
+        assert (ours.status, ours.body, dict(ours.headers)) == (theirs.status, theirs.body, dict(theirs.headers))
