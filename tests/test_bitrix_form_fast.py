@@ -19,6 +19,26 @@ from multidict import MultiDict, MultiDictProxy
 from shim import bitrix_form as bf
 
 
+def _reference_integer(key: str, value: str) -> int:
+    if not bf._INT.fullmatch(value.strip()):
+        raise bf.FormError(key, "must be an integer")
+    return int(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0", "7", "0042", "9" * 18, "9" * 19, "-5", "+5", " 5", "5 ", "\u00a05", "", "1e3", "x", "١٢", "²", "5\n", "--5"],
+)
+def test_integer_fast_path_answers_as_the_pattern(value: str) -> None:
+    def outcome(parse: Any) -> Any:
+        try:
+            return parse("ts", value)
+        except bf.FormError as exc:
+            return (exc.field, exc.problem)
+
+    assert outcome(bf._integer) == outcome(_reference_integer)
+
+
 def _reference_bindings(form: Mapping[str, Any]) -> tuple[bf.Binding, ...]:
     halves: dict[int, dict[str, int]] = {}
     for key in form:
@@ -26,7 +46,7 @@ def _reference_bindings(form: Mapping[str, Any]) -> tuple[bf.Binding, ...]:
         if match is None:
             continue
         value = bf._required(form, key)
-        halves.setdefault(int(match[1]), {})[match[2]] = bf._integer(key, value)
+        halves.setdefault(int(match[1]), {})[match[2]] = _reference_integer(key, value)
     bindings = []
     for n in sorted(halves):
         pair = halves[n]
@@ -76,7 +96,7 @@ def _reference_parse(form: Mapping[str, Any]) -> bf.HandlerPost:
         type=message_type,
         module_id=bf._text(form, "module_id") or "",
         bindings=_reference_bindings(form),
-        ts=bf._integer("ts", ts) if ts is not None and ts != "" else None,
+        ts=_reference_integer("ts", ts) if ts is not None and ts != "" else None,
         auth=_reference_auth(form),
         workflow_id=bf._text(form, "workflow_id"),
         document_id=_reference_document_id(form),
