@@ -32,6 +32,17 @@ _AUTH_KEY = re.compile(r"auth\[([^\[\]]+)\]")
 _DOCUMENT_ID_KEY = re.compile(r"document_id\[([0-9]{1,3})\]")
 _ESCAPED_SEPARATOR = re.compile(r"%(?:26|3[Dd])")  # an escaped '&' or '='
 
+# The bracket keys every post has, with what their pattern above would give:
+# a dict lookup instead of a match for each (a post has ~15 of them).  Any
+# other key (bindings[10], a new auth field) is matched as before.
+_BINDING_PARTS = ("OWNER_TYPE_ID", "OWNER_ID")
+_KNOWN_BINDING_KEYS = {f"bindings[{n}][{part}]": (n, part) for n in range(10) for part in _BINDING_PARTS}
+_KNOWN_AUTH_KEYS = {  # the auth block of reference/bitrix24.md §4
+    f"auth[{name}]": name
+    for name in ("access_token", "expires", "expires_in", "scope", "domain", "server_endpoint", "status",
+                 "client_endpoint", "member_id", "user_id", "refresh_token", "application_token")
+}
+
 
 class FormError(ValueError):
     """A HANDLER post field is missing or malformed; ``field`` is its form key."""
@@ -127,15 +138,18 @@ def _bracket_keys(form: Mapping[str, Any]) -> tuple[list[str], list[str], list[s
 def _bindings(form: Mapping[str, Any], keys: list[str]) -> tuple[Binding, ...]:
     halves: dict[int, dict[str, int]] = {}
     for key in keys:
-        match = _BINDING_KEY.fullmatch(key)
-        if match is None:
-            continue
+        known = _KNOWN_BINDING_KEYS.get(key)
+        if known is None:
+            match = _BINDING_KEY.fullmatch(key)
+            if match is None:
+                continue
+            known = int(match[1]), match[2]
         value = _required(form, key)
-        halves.setdefault(int(match[1]), {})[match[2]] = _integer(key, value)
+        halves.setdefault(known[0], {})[known[1]] = _integer(key, value)
     bindings = []
     for n in sorted(halves):
         pair = halves[n]
-        for part in ("OWNER_TYPE_ID", "OWNER_ID"):
+        for part in _BINDING_PARTS:
             if part not in pair:
                 raise FormError(f"bindings[{n}][{part}]", "missing")
         bindings.append(Binding(pair["OWNER_TYPE_ID"], pair["OWNER_ID"]))
@@ -145,9 +159,13 @@ def _bindings(form: Mapping[str, Any], keys: list[str]) -> tuple[Binding, ...]:
 def _auth(form: Mapping[str, Any], keys: list[str]) -> Mapping[str, str]:
     auth = {}
     for key in keys:
-        match = _AUTH_KEY.fullmatch(key)
-        if match is not None:
-            auth[match[1]] = _required(form, key)
+        name = _KNOWN_AUTH_KEYS.get(key)
+        if name is None:
+            match = _AUTH_KEY.fullmatch(key)
+            if match is None:
+                continue
+            name = match[1]
+        auth[name] = _required(form, key)
     return MappingProxyType(auth)
 
 

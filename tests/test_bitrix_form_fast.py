@@ -39,6 +39,16 @@ def test_integer_fast_path_answers_as_the_pattern(value: str) -> None:
     assert outcome(bf._integer) == outcome(_reference_integer)
 
 
+def test_known_bracket_keys_are_what_their_patterns_give() -> None:
+    for key, (n, part) in bf._KNOWN_BINDING_KEYS.items():
+        match = bf._BINDING_KEY.fullmatch(key)
+        assert match is not None and (int(match[1]), match[2]) == (n, part)
+    for key, name in bf._KNOWN_AUTH_KEYS.items():
+        match = bf._AUTH_KEY.fullmatch(key)
+        assert match is not None and match[1] == name
+    assert len(bf._KNOWN_BINDING_KEYS) == 20 and "auth[application_token]" in bf._KNOWN_AUTH_KEYS
+
+
 def _reference_bindings(form: Mapping[str, Any]) -> tuple[bf.Binding, ...]:
     halves: dict[int, dict[str, int]] = {}
     for key in form:
@@ -107,6 +117,7 @@ _KEYS = [
     "bindings[0][OWNER_TYPE_ID]", "bindings[0][OWNER_ID]", "bindings[1][OWNER_TYPE_ID]", "bindings[1][OWNER_ID]",
     "bindings[10][OWNER_ID]", "bindings[2][owner_id]", "bindings[x][OWNER_ID]", "bindings[1234567][OWNER_ID]",
     "bindings[0]", "bindings[", "bindingsX", "bindings[0][OWNER_ID]x",
+    "bindings[9][OWNER_TYPE_ID]", "bindings[09][OWNER_ID]", "bindings[9][OWNER_ID]", "auth[refresh_token]", "auth[other]",
     "auth[member_id]", "auth[domain]", "auth[application_token]", "auth[access_token]", "auth[]", "auth[a][b]",
     "auth", "auth[x", "authority[x]",
     "document_id[0]", "document_id[1]", "document_id[2]", "document_id[1000]", "document_id[a]", "document_id",
