@@ -114,6 +114,7 @@ def _integer(key: str, value: str) -> int:
 # these; one cheap pass sorts them out so the patterns run on those keys only.
 _BRACKET_PREFIXES = ("bindings[", "auth[", "document_id[")
 
+
 def _bracket_keys(form: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
     """The form's keys (in form order, repeats kept) that may be a binding,
     an auth field or a document_id part, in one pass over the form.

@@ -167,3 +167,20 @@ def test_bracket_keys_are_sorted_out_in_form_order() -> None:
                       ("auth[domain]", "e"), ("module_id", "crm"), ("authority", "x"), ("bindings", "2")])
     assert bf._bracket_keys(form) == (["bindings[0][OWNER_ID]"], ["auth[member_id]", "auth[domain]"],
                                       ["document_id[0]"])
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_a_decoded_body_parses_as_aiohttps_form(seed: int) -> None:
+    """The shim's own body decoding (a dict, first value of a repeated key)
+    and aiohttp's MultiDict of the same body parse to the same post or the
+    same refusal, repeated and malformed bracket keys included."""
+    from urllib.parse import urlencode
+
+    from yarl._parse import query_to_pairs
+
+    rng = random.Random(seed)
+    for _ in range(2500):
+        pairs = [(k, v) for k, v in _random_form(rng).items() if isinstance(v, str)]
+        body = urlencode(pairs).encode()
+        aiohttp_form = MultiDictProxy(MultiDict(query_to_pairs(body.decode())))
+        assert _outcome(bf.parse_handler_post, bf.decode_form(body)) == _outcome(bf.parse_handler_post, aiohttp_form)
