@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-__all__ = ["Binding", "FormError", "HandlerPost", "parse_handler_post"]
+from yarl._quoters import UNQUOTER_PLUS as _unquote_plus  # what aiohttp decodes forms with
+
+__all__ = ["Binding", "FormError", "HandlerPost", "decode_form", "parse_handler_post"]
 
 REQUIRED = ("code", "message_id", "message_to", "message_body")
 
@@ -28,6 +30,18 @@ _INT = re.compile(r"-?[0-9]{1,18}")
 _BINDING_KEY = re.compile(r"bindings\[([0-9]{1,6})\]\[(OWNER_TYPE_ID|OWNER_ID)\]")
 _AUTH_KEY = re.compile(r"auth\[([^\[\]]+)\]")
 _DOCUMENT_ID_KEY = re.compile(r"document_id\[([0-9]{1,3})\]")
+_ESCAPED_SEPARATOR = re.compile(r"%(?:26|3[Dd])")  # an escaped '&' or '='
+
+# The bracket keys every post has, with what their pattern above would give:
+# a dict lookup instead of a match for each (a post has ~15 of them).  Any
+# other key (bindings[10], a new auth field) is matched as before.
+_BINDING_PARTS = ("OWNER_TYPE_ID", "OWNER_ID")
+_KNOWN_BINDING_KEYS = {f"bindings[{n}][{part}]": (n, part) for n in range(10) for part in _BINDING_PARTS}
+_KNOWN_AUTH_KEYS = {  # the auth block of reference/bitrix24.md §4
+    f"auth[{name}]": name
+    for name in ("access_token", "expires", "expires_in", "scope", "domain", "server_endpoint", "status",
+                 "client_endpoint", "member_id", "user_id", "refresh_token", "application_token")
+}
 
 
 class FormError(ValueError):
@@ -89,6 +103,8 @@ def _required(form: Mapping[str, Any], key: str) -> str:
 
 
 def _integer(key: str, value: str) -> int:
+    if value.isdigit() and value.isascii() and len(value) <= 18:  # plain ASCII digits: the pattern's answer
+        return int(value)
     if not _INT.fullmatch(value.strip()):
         raise FormError(key, "must be an integer")
     return int(value)
@@ -123,15 +139,18 @@ def _bracket_keys(form: Mapping[str, Any]) -> tuple[list[str], list[str], list[s
 def _bindings(form: Mapping[str, Any], keys: list[str]) -> tuple[Binding, ...]:
     halves: dict[int, dict[str, int]] = {}
     for key in keys:
-        match = _BINDING_KEY.fullmatch(key)
-        if match is None:
-            continue
+        known = _KNOWN_BINDING_KEYS.get(key)
+        if known is None:
+            match = _BINDING_KEY.fullmatch(key)
+            if match is None:
+                continue
+            known = int(match[1]), match[2]
         value = _required(form, key)
-        halves.setdefault(int(match[1]), {})[match[2]] = _integer(key, value)
+        halves.setdefault(known[0], {})[known[1]] = _integer(key, value)
     bindings = []
     for n in sorted(halves):
         pair = halves[n]
-        for part in ("OWNER_TYPE_ID", "OWNER_ID"):
+        for part in _BINDING_PARTS:
             if part not in pair:
                 raise FormError(f"bindings[{n}][{part}]", "missing")
         bindings.append(Binding(pair["OWNER_TYPE_ID"], pair["OWNER_ID"]))
@@ -141,9 +160,13 @@ def _bindings(form: Mapping[str, Any], keys: list[str]) -> tuple[Binding, ...]:
 def _auth(form: Mapping[str, Any], keys: list[str]) -> Mapping[str, str]:
     auth = {}
     for key in keys:
-        match = _AUTH_KEY.fullmatch(key)
-        if match is not None:
-            auth[match[1]] = _required(form, key)
+        name = _KNOWN_AUTH_KEYS.get(key)
+        if name is None:
+            match = _AUTH_KEY.fullmatch(key)
+            if match is None:
+                continue
+            name = match[1]
+        auth[name] = _required(form, key)
     return MappingProxyType(auth)
 
 
@@ -156,6 +179,36 @@ def _document_id(form: Mapping[str, Any], keys: list[str]) -> tuple[str, ...] | 
     if not parts:
         return None
     return tuple(parts[n] for n in sorted(parts))
+
+
+def decode_form(body: bytes) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` UTF-8 body as aiohttp's
+    ``request.post()`` reads it, without the MultiDict.
+
+    The form is a dict holding each key's first value, which is what
+    ``MultiDictProxy.get`` answers, in the order keys first appear.  The
+    decoding is yarl's ``query_to_pairs`` (aiohttp's own), so ``+``,
+    %-escapes and invalid UTF-8 inside escapes (U+FFFD) come out the same.
+    Raises ``UnicodeDecodeError`` (a ``ValueError``, as aiohttp's) when the
+    body itself is not UTF-8.  The field-count limit is the caller's.
+
+    A body with no escaped ``&`` or ``=`` is unquoted in one call and split
+    afterwards: an escape is ``%`` and two hex digits, so none spans a raw
+    ``&`` or ``=``, and unquoting the whole gives the pieces' unquotings
+    joined.  That is one call instead of two per field.
+    """
+    text = body.rstrip().decode("utf-8")
+    if _ESCAPED_SEPARATOR.search(text) is None:
+        pairs = [pair.partition("=") for pair in _unquote_plus(text).split("&") if pair]
+    else:
+        pairs = [(_unquote_plus(name), "", _unquote_plus(value))
+                 for name, _, value in (pair.partition("=") for pair in text.split("&") if pair)]
+    form = {name: value for name, _, value in pairs}
+    if len(form) < len(pairs):  # a repeated key: the first value counts, as in MultiDict.get
+        form = {}
+        for name, _, value in pairs:
+            form.setdefault(name, value)
+    return form
 
 
 def parse_handler_post(form: Mapping[str, Any]) -> HandlerPost:

@@ -19,6 +19,36 @@ from multidict import MultiDict, MultiDictProxy
 from shim import bitrix_form as bf
 
 
+def _reference_integer(key: str, value: str) -> int:
+    if not bf._INT.fullmatch(value.strip()):
+        raise bf.FormError(key, "must be an integer")
+    return int(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0", "7", "0042", "9" * 18, "9" * 19, "-5", "+5", " 5", "5 ", "\u00a05", "", "1e3", "x", "١٢", "²", "5\n", "--5"],
+)
+def test_integer_fast_path_answers_as_the_pattern(value: str) -> None:
+    def outcome(parse: Any) -> Any:
+        try:
+            return parse("ts", value)
+        except bf.FormError as exc:
+            return (exc.field, exc.problem)
+
+    assert outcome(bf._integer) == outcome(_reference_integer)
+
+
+def test_known_bracket_keys_are_what_their_patterns_give() -> None:
+    for key, (n, part) in bf._KNOWN_BINDING_KEYS.items():
+        match = bf._BINDING_KEY.fullmatch(key)
+        assert match is not None and (int(match[1]), match[2]) == (n, part)
+    for key, name in bf._KNOWN_AUTH_KEYS.items():
+        match = bf._AUTH_KEY.fullmatch(key)
+        assert match is not None and match[1] == name
+    assert len(bf._KNOWN_BINDING_KEYS) == 20 and "auth[application_token]" in bf._KNOWN_AUTH_KEYS
+
+
 def _reference_bindings(form: Mapping[str, Any]) -> tuple[bf.Binding, ...]:
     halves: dict[int, dict[str, int]] = {}
     for key in form:
@@ -26,7 +56,7 @@ def _reference_bindings(form: Mapping[str, Any]) -> tuple[bf.Binding, ...]:
         if match is None:
             continue
         value = bf._required(form, key)
-        halves.setdefault(int(match[1]), {})[match[2]] = bf._integer(key, value)
+        halves.setdefault(int(match[1]), {})[match[2]] = _reference_integer(key, value)
     bindings = []
     for n in sorted(halves):
         pair = halves[n]
@@ -76,7 +106,7 @@ def _reference_parse(form: Mapping[str, Any]) -> bf.HandlerPost:
         type=message_type,
         module_id=bf._text(form, "module_id") or "",
         bindings=_reference_bindings(form),
-        ts=bf._integer("ts", ts) if ts is not None and ts != "" else None,
+        ts=_reference_integer("ts", ts) if ts is not None and ts != "" else None,
         auth=_reference_auth(form),
         workflow_id=bf._text(form, "workflow_id"),
         document_id=_reference_document_id(form),
@@ -87,6 +117,7 @@ _KEYS = [
     "bindings[0][OWNER_TYPE_ID]", "bindings[0][OWNER_ID]", "bindings[1][OWNER_TYPE_ID]", "bindings[1][OWNER_ID]",
     "bindings[10][OWNER_ID]", "bindings[2][owner_id]", "bindings[x][OWNER_ID]", "bindings[1234567][OWNER_ID]",
     "bindings[0]", "bindings[", "bindingsX", "bindings[0][OWNER_ID]x",
+    "bindings[9][OWNER_TYPE_ID]", "bindings[09][OWNER_ID]", "bindings[9][OWNER_ID]", "auth[refresh_token]", "auth[other]",
     "auth[member_id]", "auth[domain]", "auth[application_token]", "auth[access_token]", "auth[]", "auth[a][b]",
     "auth", "auth[x", "authority[x]",
     "document_id[0]", "document_id[1]", "document_id[2]", "document_id[1000]", "document_id[a]", "document_id",
@@ -136,3 +167,20 @@ def test_bracket_keys_are_sorted_out_in_form_order() -> None:
                       ("auth[domain]", "e"), ("module_id", "crm"), ("authority", "x"), ("bindings", "2")])
     assert bf._bracket_keys(form) == (["bindings[0][OWNER_ID]"], ["auth[member_id]", "auth[domain]"],
                                       ["document_id[0]"])
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_a_decoded_body_parses_as_aiohttps_form(seed: int) -> None:
+    """The shim's own body decoding (a dict, first value of a repeated key)
+    and aiohttp's MultiDict of the same body parse to the same post or the
+    same refusal, repeated and malformed bracket keys included."""
+    from urllib.parse import urlencode
+
+    from yarl._parse import query_to_pairs
+
+    rng = random.Random(seed)
+    for _ in range(2500):
+        pairs = [(k, v) for k, v in _random_form(rng).items() if isinstance(v, str)]
+        body = urlencode(pairs).encode()
+        aiohttp_form = MultiDictProxy(MultiDict(query_to_pairs(body.decode())))
+        assert _outcome(bf.parse_handler_post, bf.decode_form(body)) == _outcome(bf.parse_handler_post, aiohttp_form)

@@ -475,3 +475,66 @@ async def test_unexpected_shim_error_is_500_json(
 
     monkeypatch.setattr(shim.app, "_intake_params", broken)
     assert await post(http, body()) == (500, {"error": "internal"})
+
+
+# --------------------------------------------------------------------------
+# how the body is read: the shim's own decoding for Bitrix24's urlencoded
+# UTF-8 posts, aiohttp's for everything else; the answers are the same
+
+
+async def test_repeated_field_counts_with_its_first_value(http: TestClient, daemon: FakeDaemon) -> None:
+    data = body() + b"&message_body=second&message_to=%2B375290000000"
+    assert (await post(http, data))[0] == 200
+    assert (daemon.intakes[0]["text"], daemon.intakes[0]["to"]) == ("Ваш заказ готов", "+375291234567")
+
+
+async def test_invalid_utf8_body_is_400(http: TestClient, daemon: FakeDaemon) -> None:
+    status, answer = await post(http, body() + b"&note=\xff\xfe")
+    assert status == 400
+    assert answer["error"] == "bad_request" and answer["message"].startswith("unreadable form: 'utf-8' codec")
+    assert daemon.intakes == []
+
+
+async def test_invalid_utf8_inside_an_escape_is_replaced_not_refused(http: TestClient, daemon: FakeDaemon) -> None:
+    assert (await post(http, body(message_body="x").replace(b"message_body=x", b"message_body=x%FF")))[0] == 200
+    assert daemon.intakes[0]["text"] == "x\ufffd"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded; charset=utf-8", "application/x-www-form-urlencoded; charset=UTF-8"],
+)
+async def test_urlencoded_with_utf8_charset(http: TestClient, daemon: FakeDaemon, content_type: str) -> None:
+    response = await http.post(URL, data=body(), headers={"Content-Type": content_type})
+    assert response.status == 200
+    assert daemon.intakes[0]["text"] == "Ваш заказ готов"
+
+
+async def test_urlencoded_in_another_charset_is_read_by_aiohttp(http: TestClient, daemon: FakeDaemon) -> None:
+    fields = [(k, "Grüße" if v == "Ваш заказ готов" else v) for k, v in EXAMPLE]
+    data = urlencode(fields, encoding="latin-1").encode()
+    response = await http.post(URL, data=data, headers={"Content-Type": "application/x-www-form-urlencoded; charset=latin-1"})
+    assert response.status == 200
+    assert daemon.intakes[0]["text"] == "Grüße"
+
+
+async def test_multipart_post_is_read_by_aiohttp(http: TestClient, daemon: FakeDaemon) -> None:
+    import aiohttp
+
+    form = aiohttp.FormData(EXAMPLE)
+    response = await http.post(URL, data=form)
+    assert response.status == 200
+    assert daemon.intakes[0]["text"] == "Ваш заказ готов"
+
+
+async def test_post_without_form_content_type_has_no_fields(http: TestClient, daemon: FakeDaemon) -> None:
+    response = await http.post(URL, data=body(), headers={"Content-Type": "text/plain"})
+    assert response.status == 400
+    assert (await response.json())["field"] == "code"
+
+
+async def test_too_many_fields_is_413(http: TestClient, daemon: FakeDaemon) -> None:
+    data = body() + b"&x=1" * 1000
+    response = await http.post(URL, data=data, headers=FORM_CT)
+    assert response.status == 413  # aiohttp's field limit (1000), reported as before
+    assert (await post(http, body() + b"&x=1" * 900))[0] == 200
