@@ -523,3 +523,28 @@ def test_form_urlencode_is_urlencode_byte_for_byte():
         assert form_urlencode(pairs) == urlencode(pairs), pairs
     with pytest.raises(UnicodeEncodeError):  # a lone surrogate fails as in urllib, never goes out mangled
         form_urlencode([("k", "\ud800")])
+
+
+def test_command_value_is_the_command_encoded_twice():
+    """A batch command's form value, built piecewise, equals quoting the whole command (rest.py)."""
+    import random
+
+    from smppd.bitrix24.rest import command_value, encode_params, form_urlencode
+
+    rng = random.Random(11)
+    alphabet = "aZ09_.-~ +&=?%[]#/\\\"'ёЖ€😀\x00\n"
+
+    def word() -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 8)))
+
+    def value(depth: int = 0):
+        kind = rng.randrange(7 if depth < 2 else 5)
+        return [word, lambda: None, lambda: rng.choice([True, False]), lambda: rng.randrange(-5, 10**6),
+                lambda: "delivered", lambda: {word(): value(depth + 1) for _ in range(rng.randrange(3))},
+                lambda: [value(depth + 1) for _ in range(rng.randrange(3))]][kind]()
+
+    for _ in range(3000):
+        method = rng.choice(["messageservice.message.status.update", "crm.deal.get", "a b&c"])
+        params = {rng.choice(["CODE", "MESSAGE_ID", "STATUS", word()]): value() for _ in range(rng.randrange(5))}
+        whole = form_urlencode([("x", f"{method}?{form_urlencode(encode_params(params))}")])
+        assert command_value(method, params) == whole[2:], (method, params)
