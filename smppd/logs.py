@@ -80,6 +80,40 @@ class _UtcStamper:
         return f"{self._prefix}.{micro:06d}Z" if micro else f"{self._prefix}Z"
 
 
+# structlog keeps one ContextVar per name ever bound with ``bind_contextvars`` in
+# this dict (never emptied: ``clear_contextvars`` only unsets the values). Empty,
+# no context can be bound, so ``merge_contextvars`` would add nothing. A structlog
+# without it gets ``merge_contextvars`` on every line.
+_BOUND_CONTEXT_VARS: dict[str, Any] | None = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+
+
+class ProductionLine:
+    """The processors every line runs through, folded into one call:
+    ``merge_contextvars``, ``redact_secrets``, ``add_log_level``, the UTC
+    timestamp, ``format_exc_info`` and the renderer, in that order.
+
+    Every message costs two lines, and six processor calls were a third of a
+    line's cost; folded, the two that nearly never have work to do are
+    skipped when they have none (no context var was ever bound; no
+    ``exc_info`` key), with exactly the same line as the six in a row.
+    One processor, so ``structlog.testing.capture_logs`` still replaces it.
+    """
+
+    def __init__(self, renderer: structlog.types.Processor) -> None:
+        self._stamper = _UtcStamper()
+        self._render = renderer
+
+    def __call__(self, logger: object, method: str, event: dict[str, Any]) -> Any:
+        if _BOUND_CONTEXT_VARS is None or _BOUND_CONTEXT_VARS:
+            event = structlog.contextvars.merge_contextvars(logger, method, event)
+        event = redact_secrets(logger, method, event)
+        event = structlog.processors.add_log_level(logger, method, event)
+        event["timestamp"] = self._stamper.format(time.time_ns())
+        if "exc_info" in event:  # format_exc_info leaves an event without one untouched
+            event = structlog.processors.format_exc_info(logger, method, event)
+        return self._render(logger, method, event)
+
+
 FLUSH_AFTER = 0.01
 """Seconds a line logged in the event loop may wait for the lines after it.
 Short enough that journald's arrival time stays right to the eye; long
@@ -162,14 +196,7 @@ def configure(*, json: bool | None = None, level: int = logging.INFO, cache: boo
     else:  # a person at a terminal: every line at once, no batching
         factory = structlog.PrintLoggerFactory(file=sys.stdout)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            redact_secrets,
-            structlog.processors.add_log_level,
-            _UtcStamper(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[ProductionLine(renderer)],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=factory,
         cache_logger_on_first_use=cache,

@@ -210,3 +210,58 @@ def test_production_configure_caches_loggers_and_capture_logs_still_works(capsys
     got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [g["event"] for g in got] == ["first", "message_received", "message_final"]
     assert got[1]["key"] == "[redacted]" and got[2]["level"] == "warning" and got[0]["timestamp"].endswith("Z")
+
+
+def _six_processors(method: str, event: dict) -> str:
+    """The chain ``logs.ProductionLine`` folds, one processor after another."""
+    for proc in (structlog.contextvars.merge_contextvars, logs.redact_secrets, structlog.processors.add_log_level,
+                 logs._UtcStamper(), structlog.processors.format_exc_info, logs.render_json):
+        event = proc(None, method, event)
+    return event
+
+
+def _events_to_log() -> list[tuple[str, dict]]:
+    try:
+        raise ValueError("boom")
+    except ValueError as e:
+        error = e
+        events = [("exception", {"event": "failed", "exc_info": True, "id": 3})]  # exc_info read in the except
+    events += [
+        ("info", {"id": 7, "to": "+37529*****67", "event": "message_received"}),
+        ("warn", {"event": "w", "token": "t", "password": "", "secret": None, "auth": "Basic x"}),
+        ("error", {"event": "e", "exc_info": error, "level": "mine"}),
+        ("critical", {"event": "c", "exc_info": False, "timestamp": "mine"}),
+        ("debug", {"event": "d", "exc_info": None, "nested": {"token": "kept: only top-level keys are names"}}),
+    ]
+    return events
+
+
+def test_the_folded_production_line_is_the_six_processors_in_a_row(monkeypatch):
+    monkeypatch.setattr(logs.time, "time_ns", lambda: 1_795_000_000_123_456_000)
+    line = logs.ProductionLine(logs.render_json)
+    monkeypatch.setattr(logs, "_BOUND_CONTEXT_VARS", {})  # nothing ever bound: the merge is skipped
+    for method, event in _events_to_log():
+        assert line(None, method, dict(event)) == _six_processors(method, dict(event)), event
+    monkeypatch.undo()
+    monkeypatch.setattr(logs.time, "time_ns", lambda: 1_795_000_000_000_000_000)
+    with structlog.contextvars.bound_contextvars(request="r1", id="from context", key="k"):
+        assert logs._BOUND_CONTEXT_VARS  # the name is now known: every line merges
+        for method, event in _events_to_log():
+            folded = line(None, method, dict(event))
+            assert folded == _six_processors(method, dict(event)), event
+            assert '"request": "r1"' in folded and '"key": "[redacted]"' in folded
+    for method, event in _events_to_log():  # bound once, cleared: merged, and nothing added
+        folded = line(None, method, dict(event))
+        assert folded == _six_processors(method, dict(event)) and "r1" not in folded
+
+
+def test_production_configure_runs_the_folded_line_and_console_keeps_its_renderer():
+    logs.configure(json=True)
+    try:
+        [proc] = structlog.get_config()["processors"]
+        assert isinstance(proc, logs.ProductionLine) and proc._render is logs.render_json
+        logs.configure(json=False)
+        [proc] = structlog.get_config()["processors"]
+        assert isinstance(proc._render, structlog.dev.ConsoleRenderer)
+    finally:
+        structlog.reset_defaults()
