@@ -140,3 +140,36 @@ def test_digits_and_mask_give_the_old_answers():
     for raw in samples:
         assert outcome(phone.digits, raw) == outcome(phone_reference.digits, raw), repr(raw)
         assert phone.mask(raw) == phone_reference.mask(raw), repr(raw)
+
+
+def test_number_type_and_region_is_what_phonenumbers_says_for_every_example_and_mutation():
+    """The compiled type walk against phonenumbers' own, on every region's examples (each
+    type), their neighbours, random national numbers of every length for every country
+    code (multi-region +1 and +7 included) and leading-zero numbers."""
+    rng = random.Random(11)
+    numbers = []
+    for number in EXAMPLES:
+        for delta in (0, 1, 7, 10**3, rng.randrange(10**6)):
+            numbers.append(phonenumbers.PhoneNumber(country_code=number.country_code,
+                                                    national_number=number.national_number + delta,
+                                                    italian_leading_zero=number.italian_leading_zero,
+                                                    number_of_leading_zeros=number.number_of_leading_zeros))
+    for code in COUNTRY_CODES + [0, 42, 999]:
+        for length in range(1, 18):
+            for _ in range(4 if code in (1, 7, 375) else 1):
+                numbers.append(phonenumbers.PhoneNumber(country_code=code,
+                                                        national_number=rng.randrange(10 ** (length - 1), 10**length)))
+    for code, prefix in [(7, "9"), (7, "7"), (7, "33"), (7, "8"), (375, "29"), (375, "80"), (1, "204"), (1, "876")]:
+        for _ in range(300):
+            national = prefix + "".join(rng.choice("0123456789") for _ in range(rng.randrange(4, 12)))
+            numbers.append(phonenumbers.PhoneNumber(country_code=code, national_number=int(national)))
+    numbers.append(phonenumbers.PhoneNumber(country_code=39, national_number=612345678, italian_leading_zero=True))
+    numbers.append(phonenumbers.PhoneNumber(country_code=39, national_number=612345678, italian_leading_zero=True,
+                                            number_of_leading_zeros=2))
+    kinds = set()
+    for number in numbers:
+        expected = (phonenumbers.number_type(number), phonenumbers.region_code_for_number(number))
+        assert phone.number_type_and_region(number) == expected, number
+        kinds.add(expected[0])
+    assert set(TYPES) - kinds <= {PhoneNumberType.PAGER}  # every type came out at least once
+    assert PhoneNumberType.UNKNOWN in kinds
