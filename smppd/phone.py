@@ -116,7 +116,10 @@ def _parse(text: str, default_region: str) -> tuple[PhoneNumber, int, str | None
     "its type is not UNKNOWN" (both match the national number against the same metadata
     of the same region), and matching the type patterns is most of what either costs.
     """
-    number = _parse_plain_international(text) if text[0] == "+" else None
+    if text[0] == "+":
+        number = _parse_plain_international(text)
+    else:
+        number = _parse_plain_national(text, default_region)
     if number is None:
         try:
             number = phonenumbers.parse(text, default_region)
@@ -285,6 +288,73 @@ def _national_prefix_pattern(country_code: int) -> re.Pattern[str]:
             pattern = metadata.national_prefix_for_parsing or "(?!)"  # no national prefix: never matches
         _national_prefix_patterns[country_code] = re.compile(pattern)
     return _national_prefix_patterns[country_code]
+
+
+class _NationalRules:
+    """What ``phonenumbers.parse`` reads a digits-only national number by, for one region,
+    compiled once; None (from ``of``) for a region whose rules ``_parse_plain_national``
+    does not cover (a prefix transform rule or carrier-code groups, no metadata)."""
+
+    _by_region: dict[str, "_NationalRules | None"] = {}
+
+    def __init__(self, metadata: PhoneMetadata, prefix: re.Pattern[str] | None) -> None:
+        self.country_code = metadata.country_code
+        self.country_code_digits = str(metadata.country_code)
+        self.idd = re.compile(metadata.international_prefix or "(?!)")
+        self.prefix = prefix
+        general = metadata.general_desc
+        self.general = re.compile(general.national_number_pattern) if general.national_number_pattern else None
+        self.lengths = frozenset(general.possible_length)
+        self.local_only_lengths = frozenset(general.possible_length_local_only)
+
+    @classmethod
+    def of(cls, region: str) -> "_NationalRules | None":
+        if region not in cls._by_region:
+            supported = region in phonenumbers.SUPPORTED_REGIONS  # parse refuses any other default region
+            metadata = PhoneMetadata.metadata_for_region(region, None) if supported else None
+            rules = None
+            if metadata is not None and not metadata.national_prefix_transform_rule:
+                pattern = metadata.national_prefix_for_parsing
+                prefix = re.compile(pattern) if pattern else None
+                if prefix is None or prefix.groups == 0:
+                    rules = cls(metadata, prefix)
+            cls._by_region[region] = rules
+        return cls._by_region[region]
+
+    def viable(self, national: str) -> bool:
+        """phonenumbers' ``_match_national_number`` on the general desc (the pattern only)."""
+        return self.general is not None and self.general.fullmatch(national) is not None
+
+
+def _parse_plain_national(text: str, default_region: str) -> PhoneNumber | None:
+    """What ``phonenumbers.parse(text, default_region)`` returns for ASCII digits without an
+    international prefix or the region's country code in front, when the national prefix
+    it strips (or not) leaves a number of a possible length; None when parse must decide.
+
+    A Belarusian CRM holds '80291234567' as often as '+375…', and parse walks its whole
+    machinery for it (25 µs). Parse strips the region's national prefix ('8', '80', '0'
+    for BY) unless the number was valid with it and is not without it, keeps the result
+    if its length is possible, and builds the number from the region's country code.
+    Numbers that start with the IDD ('810') or the country code, leading zeros after the
+    prefix, lengths that are not plainly possible and regions with transform rules go to
+    parse itself.
+    """
+    rules = _NationalRules.of(default_region)
+    if rules is None or not 2 <= len(text) <= _PLAIN_NSN_MAX:
+        return None
+    if rules.idd.match(text) or text.startswith(rules.country_code_digits):
+        return None
+    national = text
+    match = rules.prefix.match(text) if rules.prefix is not None else None
+    if match is not None:
+        stripped = text[match.end():]
+        if rules.viable(stripped) or not rules.viable(text):
+            if len(stripped) not in rules.lengths or len(stripped) in rules.local_only_lengths:
+                return None  # parse's length test decides whether the prefix goes
+            national = stripped
+    if len(national) < 2 or national[0] == "0":  # ('0…' sets Italian leading zeros)
+        return None
+    return PhoneNumber(country_code=rules.country_code, national_number=int(national))
 
 
 def _invalid_reason(number: PhoneNumber) -> str:

@@ -173,3 +173,37 @@ def test_number_type_and_region_is_what_phonenumbers_says_for_every_example_and_
         kinds.add(expected[0])
     assert set(TYPES) - kinds <= {PhoneNumberType.PAGER}  # every type came out at least once
     assert PhoneNumberType.UNKNOWN in kinds
+
+
+def test_plain_national_reading_is_what_phonenumbers_parse_returns():
+    """Digits without '+' read in a default region: every region's examples in national
+    form (with and without the national prefix), BY/RU CRM forms with every prefix the
+    rules treat differently (IDD 810, the country code, 8, 80, 0, Italian zeros), and
+    random digit strings of every length, in regions with and without prefix rules."""
+    rng = random.Random(13)
+    regions = ["BY", "RU", "KZ", "UA", "PL", "LT", "DE", "GB", "IT", "US", "BR", "AR", "MX", "CO", "CN", "JP", "FI"]
+    texts: list[tuple[str, str]] = []
+    for number in EXAMPLES:
+        region = phonenumbers.region_code_for_number(number)
+        if region in phonenumbers.SUPPORTED_REGIONS:
+            national = "".join(c for c in phonenumbers.format_number(number, PhoneNumberFormat.NATIONAL) if c.isdigit())
+            texts += [(national, region), (phonenumbers.national_significant_number(number), region)]
+    for _ in range(400):
+        nsn = rng.choice(["29", "33", "44", "25", "17", "80", "800", "902", "8", "0", "1", "9", "7"]) + "".join(
+            rng.choice("0123456789") for _ in range(rng.randrange(0, 12)))
+        for prefix in ("", "8", "80", "0", "375", "810", "7", "00", "8 0".replace(" ", "")):
+            texts += [(prefix + nsn, "BY"), (prefix + nsn, "RU")]
+    for _ in range(3000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randrange(1, 19)))
+        texts.append((digits, rng.choice(regions)))
+    texts += [("80291234567", "by"), ("80291234567", "ZZ"), ("80291234567", "001"), ("8", "BY"), ("80", "BY")]
+    taken = 0
+    for text, region in texts:
+        fast = phone._parse_plain_national(text, region)
+        if fast is None:
+            continue
+        taken += 1
+        assert fast == phonenumbers.parse(text, region), (text, region)
+    assert taken > len(texts) // 3  # the shortcut must actually be the common path
+    assert phone._parse_plain_national("80291234567", "BY") == phonenumbers.parse("+375291234567")
+    assert phone._parse_plain_national("89161234567", "RU") == phonenumbers.parse("+79161234567")
