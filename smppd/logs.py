@@ -14,11 +14,12 @@ import asyncio
 import atexit
 import datetime
 import json as json_mod
+import json.encoder as json_encoder
 import logging
 import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import structlog
 
@@ -48,12 +49,38 @@ def _json_fallback(obj: Any) -> Any:
 
 # json.dumps(..., default=f) builds a new JSONEncoder on every call; this is
 # the same encoder (same separators, same escaping), built once.
-_encode_json = json_mod.JSONEncoder(default=_json_fallback).encode
+_json_encoder = json_mod.JSONEncoder(default=_json_fallback)
+_encode_json = _json_encoder.encode
+
+
+def _c_encoder_without_markers() -> Callable[[Any, int], Sequence[str]] | None:
+    """The C encoder that ``_json_encoder.encode`` builds on every call, built once.
+
+    ``encode`` makes a new one per call because it carries a fresh dict of the
+    containers being encoded (to refuse a circular one); that and the Python calls
+    around it were a third of a line.  Without that dict the encoder keeps no state,
+    so one serves every thread; a circular event then overflows the stack instead,
+    and ``render_json`` hands it to ``encode`` for the same ValueError as before.
+    """
+    if json_encoder.c_make_encoder is None:
+        return None
+    e = _json_encoder
+    strings = json_encoder.encode_basestring_ascii if e.ensure_ascii else json_encoder.encode_basestring
+    return json_encoder.c_make_encoder(None, e.default, strings, e.indent,
+                                       e.key_separator, e.item_separator, e.sort_keys, e.skipkeys, e.allow_nan)
+
+
+_encode_json_once = _c_encoder_without_markers()
 
 
 def render_json(logger: object, method: str, event: dict[str, Any]) -> str:
     """The line, exactly as ``structlog.processors.JSONRenderer()`` renders it."""
-    return _encode_json(event)
+    if _encode_json_once is None:
+        return _encode_json(event)
+    try:
+        return "".join(_encode_json_once(event, 0))
+    except RecursionError:  # circular (or absurdly deep): encode raises what it always raised
+        return _encode_json(event)
 
 
 class _UtcStamper:

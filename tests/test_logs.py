@@ -6,6 +6,7 @@ import io
 import json
 import logging
 
+import pytest
 import structlog
 
 from smppd import logs, phone
@@ -265,3 +266,22 @@ def test_production_configure_runs_the_folded_line_and_console_keeps_its_rendere
         assert isinstance(proc._render, structlog.dev.ConsoleRenderer)
     finally:
         structlog.reset_defaults()
+
+
+def test_render_json_refuses_what_jsonrenderer_refuses_and_works_without_the_c_encoder(monkeypatch):
+    reference = structlog.processors.JSONRenderer()
+    circular: dict = {"event": "loop"}
+    circular["self"] = circular
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    for bad in ({"event": "circular", "x": circular}, {"event": "deep", "x": deep}, {1.5j: "key"}):
+        with pytest.raises(Exception) as expected:
+            reference(None, "info", dict(bad))
+        with pytest.raises(type(expected.value)) as got:
+            logs.render_json(None, "info", dict(bad))
+        assert str(got.value) == str(expected.value)
+    event = {"event": "текст", "n": 1.5, "nested": {"a": [1, (2, 3)]}, "none": None, "obj": object}
+    fast = logs.render_json(None, "info", dict(event))
+    monkeypatch.setattr(logs, "_encode_json_once", None)  # a Python without the _json module
+    assert logs.render_json(None, "info", dict(event)) == fast == reference(None, "info", dict(event))
