@@ -67,7 +67,7 @@ def _digits_and_plus(raw: str) -> tuple[str, bool]:
             plus = raw.find("+")
             if plus < 0:
                 return number_digits, False
-            if raw.count("+") == 1 and not _has_digit(raw[:plus]):
+            if raw.count("+") == 1 and (plus == 0 or not _has_digit(raw[:plus])):  # '+' first: nothing before it
                 return number_digits, True
     return _digits_and_plus_per_char(raw)
 
@@ -247,6 +247,7 @@ _PLAIN_NSN_MIN = 4
 _PLAIN_NSN_MAX = 14
 _MAX_COUNTRY_CODE_DIGITS = 3
 _national_prefix_patterns: dict[int, re.Pattern[str]] = {}
+_COUNTRY_CODE_OF_DIGITS = {str(code): code for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE}
 
 
 def _parse_plain_international(text: str) -> PhoneNumber | None:
@@ -263,9 +264,9 @@ def _parse_plain_international(text: str) -> PhoneNumber | None:
     number_digits = text[1:]
     if len(number_digits) <= _PLAIN_NSN_MIN or number_digits[0] == "0":  # ('00' reads as a bare '+')
         return None
-    for length in range(1, _MAX_COUNTRY_CODE_DIGITS + 1):
-        country_code = int(number_digits[:length])
-        if country_code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+    for length in range(1, _MAX_COUNTRY_CODE_DIGITS + 1):  # no leading '0': the digits are the code's str()
+        country_code = _COUNTRY_CODE_OF_DIGITS.get(number_digits[:length])
+        if country_code is not None:
             break
     else:
         return None
