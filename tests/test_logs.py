@@ -285,3 +285,65 @@ def test_render_json_refuses_what_jsonrenderer_refuses_and_works_without_the_c_e
     fast = logs.render_json(None, "info", dict(event))
     monkeypatch.setattr(logs, "_encode_json_once", None)  # a Python without the _json module
     assert logs.render_json(None, "info", dict(event)) == fast == reference(None, "info", dict(event))
+
+
+def _calls_through(wrapper_class: type, processors: list) -> list:
+    """What the logger receives (method, args, kwargs) for a set of calls through ``wrapper_class``."""
+    received: list = []
+
+    class Recorder:
+        def __getattr__(self, method):
+            return lambda *args, **kw: received.append((method, args, kw)) or "returned"
+
+    def run(log):
+        returned = [
+            log.info("plain", id=1, to="+37529*****67"),
+            log.info("%s of %d", "three", 3, route="life"),
+            log.warning("%(n)s left", {"n": 5}),
+            log.info("%s mapping as one arg", {}),
+            log.warn("alias of warning"), log.msg("alias of info"), log.fatal("alias of critical"),
+            log.error("error", reason=None), log.critical("critical", key="k"),
+            log.debug("below the level: dropped", id=2),
+            log.log(logging.WARNING, "by level %s", "number"),
+            log.bind(request="r1", id=0).info("bound", id=3),
+            log.info(None, only="kw"),
+        ]
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            returned.append(log.exception("failed", id=4))
+        return returned
+
+    structlog.configure(processors=processors, wrapper_class=wrapper_class, logger_factory=lambda *a: Recorder(),
+                        cache_logger_on_first_use=False)
+    try:
+        returned = run(structlog.get_logger("t"))
+    finally:
+        structlog.reset_defaults()
+    return [returned, received]
+
+
+def test_lean_bound_logger_delivers_exactly_what_structlog_delivers(monkeypatch):
+    monkeypatch.setattr(logs.time, "time_ns", lambda: 1_795_000_000_000_000_000)
+
+    def drop_debugging(logger, method, event):
+        if event.get("id") == 3:
+            raise structlog.DropEvent
+        return event
+
+    chains = [
+        [logs.ProductionLine(logs.render_json)],  # the production chain: a str
+        [drop_debugging, logs.ProductionLine(logs.render_json)],
+        [lambda logger, method, event: (("positional",), {"method": method, **event})],  # a tuple
+        [lambda logger, method, event: event],  # a dict: its items become keywords
+        [lambda logger, method, event: repr(sorted(event)).encode()],  # bytes
+    ]
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING):
+        for chain in chains:
+            assert _calls_through(logs.lean_bound_logger(level), chain) == \
+                _calls_through(structlog.make_filtering_bound_logger(level), chain), (level, chain)
+    with pytest.raises(ValueError, match="Last processor"):
+        _calls_through(logs.lean_bound_logger(logging.INFO), [lambda logger, method, event: 42])
+    lean = logs.lean_bound_logger(logging.WARNING)
+    assert lean.info is structlog.make_filtering_bound_logger(logging.WARNING).info  # disabled: structlog's no-op
+    assert issubclass(lean, structlog.make_filtering_bound_logger(logging.WARNING))
