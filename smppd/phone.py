@@ -322,6 +322,17 @@ class _NationalRules:
             cls._by_region[region] = rules
         return cls._by_region[region]
 
+    def strip_prefix(self, number: str) -> str:
+        """parse's national prefix step before its length test: the number without the
+        prefix, or as it was when it has none or was valid only with it."""
+        match = self.prefix.match(number) if self.prefix is not None and number else None
+        if match is None:
+            return number
+        stripped = number[match.end():]
+        if self.viable(number) and not self.viable(stripped):
+            return number
+        return stripped
+
     def viable(self, national: str) -> bool:
         """phonenumbers' ``_match_national_number`` on the general desc (the pattern only)."""
         return self.general is not None and self.general.fullmatch(national) is not None
@@ -329,34 +340,36 @@ class _NationalRules:
 
 def _parse_plain_national(text: str, default_region: str) -> PhoneNumber | None:
     """What ``phonenumbers.parse(text, default_region)`` returns for ASCII digits without an
-    international prefix or the region's country code in front, when the national prefix
-    it strips (or not) leaves a number of a possible length; None when parse must decide.
+    international prefix, when the national prefix it strips (or not) leaves a number of a
+    possible length; None when parse must decide.
 
-    A Belarusian CRM holds '80291234567' as often as '+375…', and parse walks its whole
-    machinery for it (25 µs). Parse strips the region's national prefix ('8', '80', '0'
-    for BY) unless the number was valid with it and is not without it, keeps the result
-    if its length is possible, and builds the number from the region's country code.
-    Numbers that start with the IDD ('810') or the country code, leading zeros after the
+    A Belarusian CRM holds '80291234567' and '375291234567' as often as '+375…', and
+    parse walks its whole machinery for them (25 µs). Parse takes the region's country
+    code off the front when the number is valid without it and not with it, strips the
+    region's national prefix ('8', '80', '0' for BY) unless the number was valid with it
+    and is not without it, keeps the result if its length is possible, and builds the
+    number from the region's country code. Numbers that start with the IDD ('810'), a
+    country code parse keeps or takes off for its length alone, leading zeros after the
     prefix, lengths that are not plainly possible and regions with transform rules go to
     parse itself.
     """
     rules = _NationalRules.of(default_region)
-    if rules is None or not 2 <= len(text) <= _PLAIN_NSN_MAX:
-        return None
-    if rules.idd.match(text) or text.startswith(rules.country_code_digits):
+    if rules is None or not 2 <= len(text) <= _PLAIN_NSN_MAX or rules.idd.match(text):
         return None
     national = text
-    match = rules.prefix.match(text) if rules.prefix is not None else None
-    if match is not None:
-        stripped = text[match.end():]
-        if rules.viable(stripped) or not rules.viable(text):
-            if len(stripped) not in rules.lengths or len(stripped) in rules.local_only_lengths:
-                return None  # parse's length test decides whether the prefix goes
-            national = stripped
+    if text.startswith(rules.country_code_digits):
+        after = rules.strip_prefix(text[len(rules.country_code_digits):])
+        if rules.viable(text) or not rules.viable(after):
+            return None
+        national = after
+    kept = rules.strip_prefix(national)
+    if len(kept) != len(national):  # parse keeps a stripped number only at a possible length
+        if len(kept) not in rules.lengths or len(kept) in rules.local_only_lengths:
+            return None
+        national = kept
     if len(national) < 2 or national[0] == "0":  # ('0…' sets Italian leading zeros)
         return None
     return PhoneNumber(country_code=rules.country_code, national_number=int(national))
-
 
 def _invalid_reason(number: PhoneNumber) -> str:
     """Length problems are judged against mobile lengths, the only kind we accept."""

@@ -207,3 +207,6 @@ def test_plain_national_reading_is_what_phonenumbers_parse_returns():
     assert taken > len(texts) // 3  # the shortcut must actually be the common path
     assert phone._parse_plain_national("80291234567", "BY") == phonenumbers.parse("+375291234567")
     assert phone._parse_plain_national("89161234567", "RU") == phonenumbers.parse("+79161234567")
+    for text in ("375291234567", "3750291234567", "37580291234567", "375 80 29 123 45 67".replace(" ", "")):
+        assert phone._parse_plain_national(text, "BY") == phonenumbers.parse(text, "BY") == \
+            phonenumbers.parse("+375291234567"), text  # the country code and a national prefix after it
