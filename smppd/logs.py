@@ -58,7 +58,7 @@ def _c_encoder_without_markers() -> Callable[[Any, int], Sequence[str]] | None:
 
     ``encode`` makes a new one per call because it carries a fresh dict of the
     containers being encoded (to refuse a circular one); that and the Python calls
-    around it were a third of a line.  Without that dict the encoder keeps no state,
+    around it were a third of the rendering.  Without that dict the encoder keeps no state,
     so one serves every thread; a circular event then overflows the stack instead,
     and ``render_json`` hands it to ``encode`` for the same ValueError as before.
     """
@@ -119,8 +119,8 @@ class ProductionLine:
     ``merge_contextvars``, ``redact_secrets``, ``add_log_level``, the UTC
     timestamp, ``format_exc_info`` and the renderer, in that order.
 
-    Every message costs two lines, and six processor calls were a third of a
-    line's cost; folded, the two that nearly never have work to do are
+    Every message costs two lines, and the five processors before the renderer
+    were a fifth of a line's cost; folded, the two that nearly never have work to do are
     skipped when they have none (no context var was ever bound; no
     ``exc_info`` key), with exactly the same line as the six in a row.
     One processor, so ``structlog.testing.capture_logs`` still replaces it.
@@ -192,7 +192,7 @@ def lean_bound_logger(level: int) -> type:
 
     structlog hands a line's keywords through three calls (the level method,
     ``_proxy_to_logger``, ``_process_event``), packing them into a new dict at
-    each; that shell cost as much as the processors.  Everything else (bind,
+    each; that shell cost nearly as much as the processors.  Everything else (bind,
     the disabled levels, ``exception``, ``log``, the async methods) is
     structlog's own; the lines are the same, and ``capture_logs`` still sees them.
     """
@@ -200,6 +200,7 @@ def lean_bound_logger(level: int) -> type:
     methods = {name: _lean_method(name) for name, at in _LEVEL_METHODS.items() if at >= level}
     methods.update({alias: methods[name] for alias, name in _ALIASES.items() if name in methods})
     return type(base.__name__, (base,), methods)
+
 
 FLUSH_AFTER = 0.01
 """Seconds a line logged in the event loop may wait for the lines after it.
