@@ -151,13 +151,14 @@ class Intake:
         dispatch to its route, and the answer to the shim."""
         req, sender, marketing, message = post
         held = message.hold if result.reason is None and result.duplicate_of is None else None
+        status = str(result.status)
         log.info(
             "message_received", id=result.id, b24_id=req.message_id, code=req.code, route=sender.route,
-            to=phone.mask(message.phone or req.to), segments=message.segments, status=str(result.status),
+            to=phone.mask(message.phone or req.to), segments=message.segments, status=status,
             duplicate=result.duplicate, reason=result.reason, marketing=marketing, held=held,
             repeat_of=result.duplicate_of,
         )
-        metrics.message_received(sender.route, str(result.status), message.segments, duplicate=result.duplicate)
+        metrics.message_received(sender.route, status, message.segments, duplicate=result.duplicate)
         if result.duplicate:  # an idempotent re-post: the first post already did everything
             return self._answer(result, None)
         self._count(req, result, held, message.segments)
@@ -220,15 +221,15 @@ class Intake:
         return portal
 
     def _prepare(self, req: IntakeRequest, member_id: str, sender: SenderConfig, marketing: bool) -> NewMessage:
+        route = self.config.routes.get(sender.route)
         try:
-            encoded = route_encoding(self.config.routes.get(sender.route), req.text)
+            encoded = route_encoding(route, req.text)
         except ValueError as e:  # a lone surrogate, or more than 255 segments
             raise RpcError("bad_request", f"text: cannot be sent as SMS ({e})") from None
         reason = None
         number = None
         hold = None
         entities = None
-        route = self.config.routes.get(sender.route)
         try:
             number = phone.normalize(req.to, allowed_regions=getattr(route, "countries", None))
         except phone.InvalidNumber as e:

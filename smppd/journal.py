@@ -107,7 +107,7 @@ class StoreWatcher:
         for (route, status), n in batch.counts.items():
             _count(route, status, n)
         for route, status, seconds in batch.latencies:
-            metrics.RECEIPT_LATENCY.labels(route, status).observe(seconds)
+            metrics._child(metrics.RECEIPT_LATENCY, route, status).observe(seconds)
         for final in batch.finals:
             # One line per message, when its status is settled, with every id an admin may
             # search for.  Intermediate steps are in the store (`smppd` RPC "message").

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 
+import pytest
 import structlog
 
 from smppd import logs, phone
@@ -210,3 +211,139 @@ def test_production_configure_caches_loggers_and_capture_logs_still_works(capsys
     got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [g["event"] for g in got] == ["first", "message_received", "message_final"]
     assert got[1]["key"] == "[redacted]" and got[2]["level"] == "warning" and got[0]["timestamp"].endswith("Z")
+
+
+def _six_processors(method: str, event: dict) -> str:
+    """The chain ``logs.ProductionLine`` folds, one processor after another."""
+    for proc in (structlog.contextvars.merge_contextvars, logs.redact_secrets, structlog.processors.add_log_level,
+                 logs._UtcStamper(), structlog.processors.format_exc_info, logs.render_json):
+        event = proc(None, method, event)
+    return event
+
+
+def _events_to_log() -> list[tuple[str, dict]]:
+    try:
+        raise ValueError("boom")
+    except ValueError as e:
+        error = e
+        events = [("exception", {"event": "failed", "exc_info": True, "id": 3})]  # exc_info read in the except
+    events += [
+        ("info", {"id": 7, "to": "+37529*****67", "event": "message_received"}),
+        ("warn", {"event": "w", "token": "t", "password": "", "secret": None, "auth": "Basic x"}),
+        ("error", {"event": "e", "exc_info": error, "level": "mine"}),
+        ("critical", {"event": "c", "exc_info": False, "timestamp": "mine"}),
+        ("debug", {"event": "d", "exc_info": None, "nested": {"token": "kept: only top-level keys are names"}}),
+    ]
+    return events
+
+
+def test_the_folded_production_line_is_the_six_processors_in_a_row(monkeypatch):
+    monkeypatch.setattr(logs.time, "time_ns", lambda: 1_795_000_000_123_456_000)
+    line = logs.ProductionLine(logs.render_json)
+    monkeypatch.setattr(logs, "_BOUND_CONTEXT_VARS", {})  # nothing ever bound: the merge is skipped
+    for method, event in _events_to_log():
+        assert line(None, method, dict(event)) == _six_processors(method, dict(event)), event
+    monkeypatch.undo()
+    monkeypatch.setattr(logs.time, "time_ns", lambda: 1_795_000_000_000_000_000)
+    with structlog.contextvars.bound_contextvars(request="r1", id="from context", key="k"):
+        assert logs._BOUND_CONTEXT_VARS  # the name is now known: every line merges
+        for method, event in _events_to_log():
+            folded = line(None, method, dict(event))
+            assert folded == _six_processors(method, dict(event)), event
+            assert '"request": "r1"' in folded and '"key": "[redacted]"' in folded
+    for method, event in _events_to_log():  # bound once, cleared: merged, and nothing added
+        folded = line(None, method, dict(event))
+        assert folded == _six_processors(method, dict(event)) and "r1" not in folded
+
+
+def test_production_configure_runs_the_folded_line_and_console_keeps_its_renderer():
+    logs.configure(json=True)
+    try:
+        [proc] = structlog.get_config()["processors"]
+        assert isinstance(proc, logs.ProductionLine) and proc._render is logs.render_json
+        logs.configure(json=False)
+        [proc] = structlog.get_config()["processors"]
+        assert isinstance(proc._render, structlog.dev.ConsoleRenderer)
+    finally:
+        structlog.reset_defaults()
+
+
+def test_render_json_refuses_what_jsonrenderer_refuses_and_works_without_the_c_encoder(monkeypatch):
+    reference = structlog.processors.JSONRenderer()
+    circular: dict = {"event": "loop"}
+    circular["self"] = circular
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    for bad in ({"event": "circular", "x": circular}, {"event": "deep", "x": deep}, {1.5j: "key"}):
+        with pytest.raises(Exception) as expected:
+            reference(None, "info", dict(bad))
+        with pytest.raises(type(expected.value)) as got:
+            logs.render_json(None, "info", dict(bad))
+        assert str(got.value) == str(expected.value)
+    event = {"event": "текст", "n": 1.5, "nested": {"a": [1, (2, 3)]}, "none": None, "obj": object}
+    fast = logs.render_json(None, "info", dict(event))
+    monkeypatch.setattr(logs, "_encode_json_once", None)  # a Python without the _json module
+    assert logs.render_json(None, "info", dict(event)) == fast == reference(None, "info", dict(event))
+
+
+def _calls_through(wrapper_class: type, processors: list) -> list:
+    """What the logger receives (method, args, kwargs) for a set of calls through ``wrapper_class``."""
+    received: list = []
+
+    class Recorder:
+        def __getattr__(self, method):
+            return lambda *args, **kw: received.append((method, args, kw)) or "returned"
+
+    def run(log):
+        returned = [
+            log.info("plain", id=1, to="+37529*****67"),
+            log.info("%s of %d", "three", 3, route="life"),
+            log.warning("%(n)s left", {"n": 5}),
+            log.info("%s mapping as one arg", {}),
+            log.warn("alias of warning"), log.msg("alias of info"), log.fatal("alias of critical"),
+            log.error("error", reason=None), log.critical("critical", key="k"),
+            log.debug("below the level: dropped", id=2),
+            log.log(logging.WARNING, "by level %s", "number"),
+            log.bind(request="r1", id=0).info("bound", id=3),
+            log.info(None, only="kw"),
+        ]
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            returned.append(log.exception("failed", id=4))
+        return returned
+
+    structlog.configure(processors=processors, wrapper_class=wrapper_class, logger_factory=lambda *a: Recorder(),
+                        cache_logger_on_first_use=False)
+    try:
+        returned = run(structlog.get_logger("t"))
+    finally:
+        structlog.reset_defaults()
+    return [returned, received]
+
+
+def test_lean_bound_logger_delivers_exactly_what_structlog_delivers(monkeypatch):
+    monkeypatch.setattr(logs.time, "time_ns", lambda: 1_795_000_000_000_000_000)
+
+    def drop_debugging(logger, method, event):
+        if event.get("id") == 3:
+            raise structlog.DropEvent
+        return event
+
+    chains = [
+        [logs.ProductionLine(logs.render_json)],  # the production chain: a str
+        [drop_debugging, logs.ProductionLine(logs.render_json)],
+        [lambda logger, method, event: (("positional",), {"method": method, **event})],  # a tuple
+        [lambda logger, method, event: event],  # a dict: its items become keywords
+        [lambda logger, method, event: repr(sorted(event)).encode()],  # bytes
+    ]
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING):
+        for chain in chains:
+            assert _calls_through(logs.lean_bound_logger(level), chain) == \
+                _calls_through(structlog.make_filtering_bound_logger(level), chain), (level, chain)
+    with pytest.raises(ValueError, match="Last processor"):
+        _calls_through(logs.lean_bound_logger(logging.INFO), [lambda logger, method, event: 42])
+    lean = logs.lean_bound_logger(logging.WARNING)
+    assert lean.info is structlog.make_filtering_bound_logger(logging.WARNING).info  # disabled: structlog's no-op
+    assert issubclass(lean, structlog.make_filtering_bound_logger(logging.WARNING))

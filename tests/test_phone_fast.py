@@ -140,3 +140,73 @@ def test_digits_and_mask_give_the_old_answers():
     for raw in samples:
         assert outcome(phone.digits, raw) == outcome(phone_reference.digits, raw), repr(raw)
         assert phone.mask(raw) == phone_reference.mask(raw), repr(raw)
+
+
+def test_number_type_and_region_is_what_phonenumbers_says_for_every_example_and_mutation():
+    """The compiled type walk against phonenumbers' own, on every region's examples (each
+    type), their neighbours, random national numbers of every length for every country
+    code (multi-region +1 and +7 included) and leading-zero numbers."""
+    rng = random.Random(11)
+    numbers = []
+    for number in EXAMPLES:
+        for delta in (0, 1, 7, 10**3, rng.randrange(10**6)):
+            numbers.append(phonenumbers.PhoneNumber(country_code=number.country_code,
+                                                    national_number=number.national_number + delta,
+                                                    italian_leading_zero=number.italian_leading_zero,
+                                                    number_of_leading_zeros=number.number_of_leading_zeros))
+    for code in COUNTRY_CODES + [0, 42, 999]:
+        for length in range(1, 18):
+            for _ in range(4 if code in (1, 7, 375) else 1):
+                numbers.append(phonenumbers.PhoneNumber(country_code=code,
+                                                        national_number=rng.randrange(10 ** (length - 1), 10**length)))
+    for code, prefix in [(7, "9"), (7, "7"), (7, "33"), (7, "8"), (375, "29"), (375, "80"), (1, "204"), (1, "876")]:
+        for _ in range(300):
+            national = prefix + "".join(rng.choice("0123456789") for _ in range(rng.randrange(4, 12)))
+            numbers.append(phonenumbers.PhoneNumber(country_code=code, national_number=int(national)))
+    numbers.append(phonenumbers.PhoneNumber(country_code=39, national_number=612345678, italian_leading_zero=True))
+    numbers.append(phonenumbers.PhoneNumber(country_code=39, national_number=612345678, italian_leading_zero=True,
+                                            number_of_leading_zeros=2))
+    kinds = set()
+    for number in numbers:
+        expected = (phonenumbers.number_type(number), phonenumbers.region_code_for_number(number))
+        assert phone.number_type_and_region(number) == expected, number
+        kinds.add(expected[0])
+    assert set(TYPES) - kinds <= {PhoneNumberType.PAGER}  # every type came out at least once
+    assert PhoneNumberType.UNKNOWN in kinds
+
+
+def test_plain_national_reading_is_what_phonenumbers_parse_returns():
+    """Digits without '+' read in a default region: every region's examples in national
+    form (with and without the national prefix), BY/RU CRM forms with every prefix the
+    rules treat differently (IDD 810, the country code, 8, 80, 0, Italian zeros), and
+    random digit strings of every length, in regions with and without prefix rules."""
+    rng = random.Random(13)
+    regions = ["BY", "RU", "KZ", "UA", "PL", "LT", "DE", "GB", "IT", "US", "BR", "AR", "MX", "CO", "CN", "JP", "FI"]
+    texts: list[tuple[str, str]] = []
+    for number in EXAMPLES:
+        region = phonenumbers.region_code_for_number(number)
+        if region in phonenumbers.SUPPORTED_REGIONS:
+            national = "".join(c for c in phonenumbers.format_number(number, PhoneNumberFormat.NATIONAL) if c.isdigit())
+            texts += [(national, region), (phonenumbers.national_significant_number(number), region)]
+    for _ in range(400):
+        nsn = rng.choice(["29", "33", "44", "25", "17", "80", "800", "902", "8", "0", "1", "9", "7"]) + "".join(
+            rng.choice("0123456789") for _ in range(rng.randrange(0, 12)))
+        for prefix in ("", "8", "80", "0", "375", "810", "7", "00", "8 0".replace(" ", "")):
+            texts += [(prefix + nsn, "BY"), (prefix + nsn, "RU")]
+    for _ in range(3000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randrange(1, 19)))
+        texts.append((digits, rng.choice(regions)))
+    texts += [("80291234567", "by"), ("80291234567", "ZZ"), ("80291234567", "001"), ("8", "BY"), ("80", "BY")]
+    taken = 0
+    for text, region in texts:
+        fast = phone._parse_plain_national(text, region)
+        if fast is None:
+            continue
+        taken += 1
+        assert fast == phonenumbers.parse(text, region), (text, region)
+    assert taken > len(texts) // 3  # the shortcut must actually be the common path
+    assert phone._parse_plain_national("80291234567", "BY") == phonenumbers.parse("+375291234567")
+    assert phone._parse_plain_national("89161234567", "RU") == phonenumbers.parse("+79161234567")
+    for text in ("375291234567", "3750291234567", "37580291234567", "375 80 29 123 45 67".replace(" ", "")):
+        assert phone._parse_plain_national(text, "BY") == phonenumbers.parse(text, "BY") == \
+            phonenumbers.parse("+375291234567"), text  # the country code and a national prefix after it
