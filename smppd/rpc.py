@@ -846,11 +846,15 @@ class RpcClient:
     async def call(
         self,
         method: str,
-        params: dict[str, Any] | None = None,
+        params: dict[str, Any] | bytes | None = None,
         *,
         timeout: float | None = None,
     ) -> Any:
         """Send one request and wait for its reply.
+
+        ``params`` may be given already encoded, as the bytes of one JSON
+        object (UTF-8, no newline): a caller that calls often with params
+        of a fixed shape can write them faster than ``json`` does.
 
         Raises ``RpcError`` for an error reply and ``RpcUnavailable`` when
         there is no answer (no daemon, lost connection, ``timeout`` seconds
@@ -858,10 +862,11 @@ class RpcClient:
         """
         request_id = next(self._ids)
         batched = method in self._batched
+        encoded = params if isinstance(params, bytes) else _encode_json(params or {}).encode()
         if batched:
-            line = _encode_json(params or {}).encode()
+            line = encoded
         else:
-            line = _encode({"id": request_id, "method": method, "params": params or {}})
+            line = b'{"id":%d,"method":%b,"params":%b}\n' % (request_id, _encode_json(method).encode(), encoded)
         limit = self._timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         conn = self._conn

@@ -473,7 +473,7 @@ async def test_unexpected_shim_error_is_500_json(
     def broken(post: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(shim.app, "_intake_params", broken)
+    monkeypatch.setattr(shim.app, "_intake_json", broken)
     assert await post(http, body()) == (500, {"error": "internal"})
 
 
