@@ -121,12 +121,18 @@ def _bracket_keys(form: Mapping[str, Any]) -> tuple[list[str], list[str], list[s
 
     A HANDLER post has a dozen other keys; scanning them once instead of
     three times with a regular expression was a measurable share of a post.
+    The keys every post has are found in their tables first (a hash lookup
+    is half the price of ``startswith`` with three prefixes).
     """
     bindings: list[str] = []
     auth: list[str] = []
     document_id: list[str] = []
     for key in form:
-        if key.startswith(_BRACKET_PREFIXES):
+        if key in _KNOWN_AUTH_KEYS:
+            auth.append(key)
+        elif key in _KNOWN_BINDING_KEYS:
+            bindings.append(key)
+        elif key.startswith(_BRACKET_PREFIXES):
             if key[0] == "b":
                 bindings.append(key)
             elif key[0] == "a":
@@ -145,7 +151,9 @@ def _bindings(form: Mapping[str, Any], keys: list[str]) -> tuple[Binding, ...]:
             if match is None:
                 continue
             known = int(match[1]), match[2]
-        value = _required(form, key)
+        value = form.get(key)
+        if type(value) is not str:  # _required's answer, without a call for the usual case
+            value = _required(form, key)
         halves.setdefault(known[0], {})[known[1]] = _integer(key, value)
     bindings = []
     for n in sorted(halves):
@@ -166,7 +174,8 @@ def _auth(form: Mapping[str, Any], keys: list[str]) -> Mapping[str, str]:
             if match is None:
                 continue
             name = match[1]
-        auth[name] = _required(form, key)
+        value = form.get(key)
+        auth[name] = value if type(value) is str else _required(form, key)  # as in _bindings
     return MappingProxyType(auth)
 
 
