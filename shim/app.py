@@ -210,20 +210,22 @@ class BitrixHandler:
         """
         ctx = _PostLog(request.match_info["code"][:128])
         started = time.monotonic()
+        body: Mapping[str, Any] | bytes
         try:
             result = await self._accept(request, ctx)
-            outcome = _Outcome(200, "duplicate" if result["duplicate"] else "stored", _stored_body(result))
+            # a stored post, the usual answer, is not raised as an _Outcome
+            status, outcome, body = 200, "duplicate" if result["duplicate"] else "stored", _stored_body(result)
         except _Outcome as exc:
-            outcome = exc
+            status, outcome, body = exc.status, exc.outcome, exc.body
         except Exception:
             log.exception("bitrix24.post_failed", **ctx.fields())
-            outcome = _Outcome(500, "internal", {"error": "internal"})
-        metrics.shim_answered(outcome.status, outcome.outcome, time.monotonic() - started)
-        if outcome.status >= 400:
-            log.warning("bitrix24.post", **ctx.fields(), outcome=outcome.outcome, http_status=outcome.status)
+            status, outcome, body = 500, "internal", {"error": "internal"}
+        metrics.shim_answered(status, outcome, time.monotonic() - started)
+        if status >= 400:
+            log.warning("bitrix24.post", **ctx.fields(), outcome=outcome, http_status=status)
         elif _debug_enabled():  # the number is masked only for a line that is written
-            log.debug("bitrix24.post", **ctx.fields(), outcome=outcome.outcome, http_status=outcome.status)
-        return _json_response(outcome.status, outcome.body)
+            log.debug("bitrix24.post", **ctx.fields(), outcome=outcome, http_status=status)
+        return _json_response(status, body)
 
     async def _accept(self, request: web.Request, ctx: _PostLog) -> Mapping[str, Any]:
         """The checks in their contractual order, then the intake call."""
