@@ -72,10 +72,10 @@ import grp
 import itertools
 import json
 import os
-from collections import deque
 import socket
 import stat
 import struct
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from typing import Any
 
