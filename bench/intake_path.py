@@ -1,6 +1,6 @@
 """CPU per message of the daemon's intake path alone, without the store, the socket or the SMSC.
 
-``Intake.__call__`` on the params the shim forwards (``shim/app.py`` ``_intake_params``),
+``Intake.__call__`` on the params the shim forwards (``shim/app.py`` ``_intake_json``),
 through a store stub that answers at once, and a dispatch that builds the route's
 submit_sm as ``SmppRoute.enqueue`` does: authentication, number normalization,
 segment count, the message_received log line (to /dev/null, JSON as under systemd),

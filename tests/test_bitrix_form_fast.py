@@ -184,3 +184,16 @@ def test_a_decoded_body_parses_as_aiohttps_form(seed: int) -> None:
         body = urlencode(pairs).encode()
         aiohttp_form = MultiDictProxy(MultiDict(query_to_pairs(body.decode())))
         assert _outcome(bf.parse_handler_post, bf.decode_form(body)) == _outcome(bf.parse_handler_post, aiohttp_form)
+
+
+def test_a_post_is_immutable_and_its_repr_keeps_the_number_text_and_auth_out() -> None:
+    post = bf.HandlerPost(code="by_sms_main", message_id="a" * 32, message_to="+375291234567",
+                          message_body="secret text", bindings=(bf.Binding(2, 7),), ts=5,
+                          auth=MappingProxyType({"application_token": "tok3n"}), document_id=("crm", "D_1"))
+    assert repr(post) == str(post) == (
+        "HandlerPost(code='by_sms_main', message_id='" + "a" * 32 + "', type=None, module_id='', "
+        "bindings=(Binding(owner_type_id=2, owner_id=7),), ts=5, workflow_id=None, document_id=('crm', 'D_1'))"
+    )
+    with pytest.raises(AttributeError):
+        post.message_to = "+375290000000"  # type: ignore[misc]
+    assert bf.HandlerPost(code="c", message_id="b", message_to="t", message_body="x").auth == {}

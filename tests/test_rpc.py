@@ -243,6 +243,51 @@ async def test_timeout_on_a_live_connection_fails_the_call_and_ignores_the_late_
     assert await client.call("echo", {"a": 1}) == {"a": 1}
 
 
+async def test_calls_sharing_a_timeout_share_one_timer_and_each_fails_on_time(server: RpcServer) -> None:
+    """Calls of one timeout wait in the connection's deadline queue under one
+    timer; each still fails at its own deadline, never later, and a call
+    with a shorter timeout issued after them is not held up behind them."""
+    client = RpcClient(server.path, timeout=0.15)
+    try:
+        assert await client.call("echo", {"a": 0}) == {"a": 0}
+        conn = client._conn
+        assert conn is not None
+        loop = asyncio.get_running_loop()
+
+        async def timed(n: int, timeout: float | None) -> tuple[float, float, Any]:
+            started = loop.time()
+            limit = client._timeout if timeout is None else timeout
+            try:
+                outcome: Any = await client.call("delayed", {"n": n, "delay": 0.4}, timeout=timeout)
+            except RpcUnavailable as exc:
+                outcome = str(exc)
+            return limit, loop.time() - started, outcome
+
+        calls = [asyncio.create_task(timed(n, None)) for n in range(3)]
+        await asyncio.sleep(0.05)
+        calls.append(asyncio.create_task(timed(9, 0.03)))  # due before the three queued ones
+        await asyncio.sleep(0)
+        # the three wait in the queue under one timer, the fourth has its own
+        assert len(conn._deadlines) == 3 and conn._expiry is not None
+        for limit, waited, outcome in await asyncio.gather(*calls):
+            assert outcome == "no reply to 'delayed' in time"
+            assert limit - 0.005 < waited < limit + 0.12
+        assert not conn.pending and not conn._deadlines and conn._expiry is None
+    finally:
+        await client.close()
+
+
+async def test_the_deadline_queue_forgets_answered_calls(client: RpcClient) -> None:
+    assert await client.call("echo", {"a": 0}) == {"a": 0}
+    conn = client._conn
+    assert conn is not None
+    for n in range(50):
+        assert await client.call("echo", {"n": n}) == {"n": n}
+    assert len(conn._deadlines) == 1 and not conn.pending  # only the last call's entry is left
+    await client.close()
+    assert conn._expiry is None and not conn._deadlines
+
+
 async def test_cancelled_call_leaves_nothing_pending(client: RpcClient) -> None:
     await client.call("echo")
     call = asyncio.create_task(client.call("delayed", {"n": 1, "delay": 0.2}))

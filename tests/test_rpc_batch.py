@@ -321,3 +321,27 @@ async def test_a_batched_call_of_an_unknown_method_fails_as_a_single_one_would(c
     outcomes = await _outcomes([client.call("nope", {"n": n}) for n in range(2)] + [client.call("nope")])
     assert all(isinstance(o, RpcError) and (o.code, o.message) == ("unknown_method", "unknown method 'nope'")
                for o in outcomes), outcomes
+
+
+async def test_params_given_encoded_travel_as_the_same_request(
+    client: RpcClient, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bytes params (a JSON object already encoded) reach the handler as the
+    dict would have, batched or alone, and a plain request's line is the
+    line the dict gives."""
+    params = {"n": 5, "text": "Ваш заказ \"готов\"\n", "none": None}
+    encoded = json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode()
+    assert await _outcomes([client.call("work", encoded), client.call("work", {"n": 6})]) == [{"n": 5}, {"n": 6}]
+    assert await client.call("work", encoded) == {"n": 5}
+    assert recorder.batches == [[params, {"n": 6}]] and recorder.singles == [params]
+    conn = client._conn
+    assert conn is not None
+    sent: list[bytes] = []
+    monkeypatch.setattr(conn.out, "send", sent.append)
+    unbatched = RpcClient(client._path, batched=())
+    unbatched._conn = conn
+    for given in (params, encoded):
+        with pytest.raises(RpcUnavailable):
+            await unbatched.call("plain", given, timeout=0.01)
+    assert sent[0] == rpc._encode({"id": 1, "method": "plain", "params": params})
+    assert sent[1] == rpc._encode({"id": 2, "method": "plain", "params": params})

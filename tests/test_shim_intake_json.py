@@ -1,0 +1,81 @@
+"""The intake params the shim writes directly are the bytes the RPC client's
+JSON encoding of the params dict gave, for any post the form parser lets
+through.
+
+``_reference_params`` is the params dict as the shim built it before; the
+client encoded it with ``rpc._encode_json``.
+"""
+
+from __future__ import annotations
+
+import random
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from shim import bitrix_form as bf
+from shim.app import _intake_json
+from smppd import rpc
+
+from .test_bitrix_form_fast import _random_form
+
+
+def _reference_params(post: bf.HandlerPost) -> dict[str, Any]:
+    auth = post.auth
+    params: dict[str, Any] = {
+        "member_id": auth.get("member_id"),
+        "domain": auth.get("domain"),
+        "application_token": auth.get("application_token"),
+        "code": post.code,
+        "message_id": post.message_id,
+        "to": post.message_to,
+        "text": post.message_body,
+        "module_id": post.module_id,
+        "bindings": [
+            {"owner_type_id": b.owner_type_id, "owner_id": b.owner_id} for b in post.bindings
+        ],
+        "ts": post.ts,
+    }
+    if post.document_id:
+        params["document_id"] = list(post.document_id)
+    return params
+
+
+def _check(post: bf.HandlerPost) -> None:
+    assert _intake_json(post) == rpc._encode_json(_reference_params(post)).encode(), post
+
+
+_AWKWARD = ['', 'plain', 'Ваш заказ готов', '"quoted" \\ back\\slash', 'tab\tnew\nline\r\x00\x1f\x7f',
+            '\u2028\u2029', '😀 emoji', '\ufffd', '</script>', '%s %d %b %%']
+
+
+@pytest.mark.parametrize("text", _AWKWARD)
+def test_awkward_strings_are_quoted_as_json_quotes_them(text: str) -> None:
+    auth = MappingProxyType({"member_id": text, "domain": text, "application_token": text})
+    _check(bf.HandlerPost(code=text, message_id="a" * 32, message_to=text, message_body=text, module_id=text,
+                          bindings=(bf.Binding(-5, 10**17), bf.Binding(0, 7)), ts=-1, auth=auth,
+                          document_id=(text, "crm", text)))
+
+
+def test_absent_parts_are_null_or_left_out() -> None:
+    post = bf.HandlerPost(code="c", message_id="a" * 32, message_to="+375291234567", message_body="x")
+    _check(post)
+    assert b'"member_id":null' in _intake_json(post) and b'"ts":null' in _intake_json(post)
+    assert b"document_id" not in _intake_json(post) and b'"bindings":[]' in _intake_json(post)
+    _check(bf.HandlerPost(code="c", message_id="a" * 32, message_to="1", message_body="x", document_id=()))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_random_posts_encode_as_their_params_dict(seed: int) -> None:
+    rng = random.Random(seed)
+    checked = 0
+    for _ in range(2000):
+        form = _random_form(rng)
+        try:
+            post = bf.parse_handler_post(form)
+        except bf.FormError:
+            continue
+        _check(post)
+        checked += 1
+    assert checked > 300
