@@ -483,50 +483,7 @@ class Store:
         this raises (the caller may retry them one by one).
         """
         now = self.clock()
-
-        def one(conn: sqlite3.Connection, m: NewMessage) -> IntakeResult:
-            row = conn.execute(
-                "SELECT id, status FROM message WHERE member_id=? AND b24_id=?", (m.member_id, m.b24_id)
-            ).fetchone()
-            if row is not None:
-                return IntakeResult(row[0], STATUS_OF[row[1]], duplicate=True)
-            reason, first = m.reason, None
-            if reason is None and m.phone is not None and m.duplicate_window > 0:
-                first = _first_of_repeat(conn, m, now - m.duplicate_window)
-                if first is not None and m.duplicate_fails:
-                    reason, first = f"duplicate of message {first[0]} (same number and text)", None
-            status = Status.FAILED if reason else Status.QUEUED
-            hold = None if reason or first else m.hold
-            ref = _next_concat_ref(conn, m.phone) if m.segments > 1 and not reason and not first else None
-            b24 = _b24_forward(None, status) if status is Status.FAILED else None
-            cur = conn.execute(
-                "INSERT INTO message (member_id, b24_id, code, route, sender, phone, text, encoding,"
-                " segments, module_id, status, reason, created_at, updated_at, hold, hold_until, entities,"
-                " duplicate_of, concat_ref, b24_status, final_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (m.member_id, m.b24_id, m.code, m.route, m.sender, m.phone, m.text, m.encoding,
-                 m.segments, m.module_id, STATUS_WORD[status], reason, now, now, hold, m.hold_until if hold else None,
-                 m.entities, first[0] if first else None, ref, b24,
-                 now if status is Status.FAILED else None),  # final at birth: never in message_open
-            )
-            mid = cur.lastrowid
-            assert mid is not None
-            if first is None:  # a repeat gets no segments: nothing of it is ever submitted
-                conn.executemany(
-                    "INSERT INTO segment (message_id, seq, route, status, updated_at) VALUES (?,?,?,?,?)",
-                    [(mid, seq, m.route, STATUS_WORD[status], now) for seq in range(m.segments)],
-                )
-            _event(conn, mid, None, status, True, reason or (f"held: {hold}" if hold else None), now)
-            if b24 is not None:
-                _to_outbox(conn, m.member_id, m.b24_id, m.code, b24, now)
-            if first is not None:
-                _event(conn, mid, None, status, True, f"repeat of message {first[0]}: follows its status", now)
-                _follow(conn, mid, m.member_id, m.b24_id, m.code, None, Status.QUEUED, Status(first[1]),
-                        f"duplicate of message {first[0]}", now)
-                status = Status(conn.execute("SELECT status FROM message WHERE id=?", (mid,)).fetchone()[0])
-            return IntakeResult(mid, status, duplicate=False, duplicate_of=first[0] if first else None,
-                                reason=reason, concat_ref=ref)
-
-        results = await self.execute(lambda conn: [one(conn, m) for m in messages])
+        results = await self.execute(lambda conn: [_intake(conn, m, now) for m in messages])
         if any((r.status is Status.FAILED or r.duplicate_of is not None) and not r.duplicate for r in results):
             self.outbox_changed.set()
         return results
@@ -967,22 +924,83 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
+# A message's row; a message_id already stored for the portal inserts nothing (rowcount 0), so
+# the common, new message costs no separate duplicate lookup.
+_INSERT_MESSAGE = (
+    "INSERT INTO message (member_id, b24_id, code, route, sender, phone, text, encoding,"
+    " segments, module_id, status, reason, created_at, updated_at, hold, hold_until, entities,"
+    " duplicate_of, concat_ref, b24_status, final_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT (member_id, b24_id) DO NOTHING"
+)
+
+
+def _intake(conn: sqlite3.Connection, m: NewMessage, now: float) -> IntakeResult:
+    """Store one message, or find the one already stored under its (portal, message_id).
+
+    The INSERT itself detects the duplicate (Bitrix24 retries are rare), so what it
+    stores is decided first, with reads only: a duplicate's repeat check is wasted
+    but harmless, and the concatenation counter moves only once the row is in.
+    """
+    reason, first = m.reason, None
+    if reason is None and m.phone is not None and m.duplicate_window > 0:
+        first = _first_of_repeat(conn, m, now - m.duplicate_window)
+        if first is not None and m.duplicate_fails:
+            reason, first = f"duplicate of message {first[0]} (same number and text)", None
+    status = Status.FAILED if reason else Status.QUEUED
+    hold = None if reason or first else m.hold
+    ref = _next_concat_ref(conn, m.phone) if m.segments > 1 and not reason and not first else None
+    b24 = _b24_forward(None, status) if status is Status.FAILED else None
+    cur = conn.execute(
+        _INSERT_MESSAGE,
+        (m.member_id, m.b24_id, m.code, m.route, m.sender, m.phone, m.text, m.encoding,
+         m.segments, m.module_id, STATUS_WORD[status], reason, now, now, hold, m.hold_until if hold else None,
+         m.entities, first[0] if first else None, ref, b24,
+         now if status is Status.FAILED else None),  # final at birth: never in message_open
+    )
+    if cur.rowcount == 0:  # this portal's message_id is stored already
+        row = conn.execute(
+            "SELECT id, status FROM message WHERE member_id=? AND b24_id=?", (m.member_id, m.b24_id)
+        ).fetchone()
+        return IntakeResult(row[0], STATUS_OF[row[1]], duplicate=True)
+    mid = cur.lastrowid
+    assert mid is not None
+    if ref is not None:
+        _take_concat_ref(conn, m.phone, ref)
+    if first is None:  # a repeat gets no segments: nothing of it is ever submitted
+        conn.executemany(
+            "INSERT INTO segment (message_id, seq, route, status, updated_at) VALUES (?,?,?,?,?)",
+            [(mid, seq, m.route, STATUS_WORD[status], now) for seq in range(m.segments)],
+        )
+    _event(conn, mid, None, status, True, reason or (f"held: {hold}" if hold else None), now)
+    if b24 is not None:
+        _to_outbox(conn, m.member_id, m.b24_id, m.code, b24, now)
+    if first is not None:
+        _event(conn, mid, None, status, True, f"repeat of message {first[0]}: follows its status", now)
+        _follow(conn, mid, m.member_id, m.b24_id, m.code, None, Status.QUEUED, Status(first[1]),
+                f"duplicate of message {first[0]}", now)
+        status = Status(conn.execute("SELECT status FROM message WHERE id=?", (mid,)).fetchone()[0])
+    return IntakeResult(mid, status, duplicate=False, duplicate_of=first[0] if first else None,
+                        reason=reason, concat_ref=ref)
+
+
 def _next_concat_ref(conn: sqlite3.Connection, phone: str | None) -> int:
-    """The next 16-bit concatenation reference for one destination (reference §6).
+    """The next 16-bit concatenation reference for one destination (reference §6); read only,
+    ``_take_concat_ref`` keeps it once the message is stored (a duplicate takes none).
 
     A per-destination counter: two long messages to one handset in flight at
     once never share a reference, which a global 8-bit counter or a random one
     (smpplib defect 12) cannot promise.  An 8-bit UDH uses the low octet, which
     still cycles through 256 values per destination.
     """
-    key = phone or ""
-    row = conn.execute("SELECT last FROM concat_counter WHERE phone=?", (key,)).fetchone()
-    ref = 0 if row is None else (row[0] + 1) & 0xFFFF
+    row = conn.execute("SELECT last FROM concat_counter WHERE phone=?", (phone or "",)).fetchone()
+    return 0 if row is None else (row[0] + 1) & 0xFFFF
+
+
+def _take_concat_ref(conn: sqlite3.Connection, phone: str | None, ref: int) -> None:
     conn.execute(
         "INSERT INTO concat_counter (phone, last) VALUES (?, ?) ON CONFLICT (phone) DO UPDATE SET last=excluded.last",
-        (key, ref),
+        (phone or "", ref),
     )
-    return ref
 
 
 def _accept_segment(conn: sqlite3.Connection, message_id: int, seq: int, provider_id: str, now: float) -> bool:

@@ -1,0 +1,77 @@
+"""Store intake: the INSERT itself finds a duplicate (ON CONFLICT DO NOTHING), so a duplicate
+must give exactly what the old look-up-first path gave and must write nothing at all."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from smppd.model import Status
+from smppd.store import NewMessage, Store
+
+PHONE = "+375291234567"
+
+
+def new(b24_id: str, *, text: str = "hello", segments: int = 1, window: float = 600.0, fails: bool = False,
+        reason: str | None = None, phone: str | None = PHONE) -> NewMessage:
+    return NewMessage(member_id="m1", b24_id=b24_id, code="by_life", route="life", sender="Shop", phone=phone,
+                      text=text, encoding="gsm7", segments=segments, reason=reason, duplicate_window=window,
+                      duplicate_fails=fails)
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = Store(str(tmp_path / "t.db"))
+    await s.open()
+    yield s
+    await s.close()
+
+
+def table_sizes(path: str) -> dict[str, int]:
+    conn = sqlite3.connect(path)
+    try:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("message", "segment", "event", "outbox", "concat_counter")}
+    finally:
+        conn.close()
+
+
+async def test_a_duplicate_of_a_long_message_takes_no_concatenation_reference(store):
+    first = await store.intake(new("a" * 32, text="long " * 40, segments=2))
+    again = await store.intake(new("a" * 32, text="long " * 40, segments=2))
+    other = await store.intake(new("b" * 32, text="other " * 40, segments=2))
+    assert (first.concat_ref, first.duplicate) == (0, False)
+    assert (again.id, again.duplicate, again.concat_ref) == (first.id, True, None)
+    assert other.concat_ref == 1  # the duplicate did not move the per-destination counter
+
+
+async def test_duplicates_write_nothing_and_report_the_stored_status(store):
+    stored = await store.intake_many([
+        new("a" * 32),                                    # sent
+        new("b" * 32),                                    # a repeat of a: follows it
+        new("c" * 32, reason="invalid number", phone=None),  # failed at intake
+        new("d" * 32, text="other", fails=True, window=600.0),
+        new("e" * 32, text="other", fails=True),          # a repeat that fails instead
+    ])
+    assert [r.status for r in stored] == [Status.QUEUED, Status.QUEUED, Status.FAILED, Status.QUEUED, Status.FAILED]
+    assert stored[1].duplicate_of == stored[0].id and stored[4].reason.startswith("duplicate of message")
+    await store.segment_accepted(stored[0].id, 0, "p1")  # the repeat follows: both accepted now
+    before = table_sizes(store.path)
+    again = await store.intake_many([new(b * 32) for b in "abcde"] + [new("c" * 32, segments=3)])
+    assert table_sizes(store.path) == before
+    assert [(r.id, r.status, r.duplicate, r.duplicate_of, r.reason, r.concat_ref) for r in again] == [
+        (stored[0].id, Status.ACCEPTED, True, None, None, None),
+        (stored[1].id, Status.ACCEPTED, True, None, None, None),
+        (stored[2].id, Status.FAILED, True, None, None, None),
+        (stored[3].id, Status.QUEUED, True, None, None, None),
+        (stored[4].id, Status.FAILED, True, None, None, None),
+        (stored[2].id, Status.FAILED, True, None, None, None),
+    ]
+
+
+async def test_a_message_id_twice_in_one_batch_is_stored_once(store):
+    first, again, later = await store.intake_many([new("a" * 32), new("a" * 32, text="changed"), new("b" * 32, text="x")])
+    assert (again.id, again.duplicate, again.status) == (first.id, True, Status.QUEUED)
+    assert not later.duplicate and later.id > first.id
+    assert table_sizes(store.path)["message"] == 2 and table_sizes(store.path)["event"] == 2
