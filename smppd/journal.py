@@ -27,12 +27,12 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import structlog
 
 from . import metrics
-from .model import FINAL, Status
+from .model import FINAL
 
 log = structlog.get_logger(__name__)
 
@@ -41,17 +41,32 @@ SNAPSHOT_INTERVAL = 10.0
 TAIL_BATCH = 5000
 
 _FINALS = "('delivered','undelivered','expired','rejected','failed')"
+_FINAL_WORDS = frozenset(s.value for s in FINAL)
+# Every new event, lean: what counting it needs, the receipt latency of an applied final (its
+# segment's accepted event is looked up for those only), and whether it may be the event that
+# settled its message (its status and time are the message's). Most events are counted and
+# nothing more, so their rows carry no ids or texts (a third less CPU per event): the few that
+# get a log line are read again by id (``_FINAL_SQL``, ``_IGNORED_SQL``), in the same read
+# transaction.
 _TAIL_SQL = f"""
-SELECT e.id, e.message_id, e.seq, e.status, e.applied, e.detail, e.at,
-       m.b24_id, m.route, m.status, m.reason, m.created_at, m.updated_at,
+SELECT e.id, e.message_id, e.status, e.applied, m.route,
        CASE WHEN e.applied = 1 AND e.status IN {_FINALS} THEN
-         (SELECT a.at FROM event a WHERE a.message_id = e.message_id AND a.seq = e.seq
-            AND a.status = 'accepted' AND a.applied = 1 ORDER BY a.id LIMIT 1)
-       END
+         e.at - (SELECT a.at FROM event a WHERE a.message_id = e.message_id AND a.seq = e.seq
+                   AND a.status = 'accepted' AND a.applied = 1 ORDER BY a.id LIMIT 1)
+       END,
+       e.status = m.status AND e.at = m.updated_at
 FROM event e
 JOIN message m ON m.id = e.message_id
 WHERE e.id > ? ORDER BY e.id LIMIT ?
 """
+# A settled message's one line: the message, and the provider ids of its segments.
+_FINAL_SQL = "SELECT id, b24_id, route, status, reason, updated_at - created_at FROM message WHERE id IN ({})"
+_PROVIDER_IDS_SQL = ("SELECT message_id, provider_id FROM segment WHERE message_id IN ({})"
+                     " AND provider_id IS NOT NULL ORDER BY message_id, seq")
+# An event that was not applied (a late or duplicated resp or receipt), for its debug line.
+_IGNORED_SQL = ("SELECT e.id, e.message_id, m.b24_id, m.route, e.seq, e.status, m.status, e.detail FROM event e"
+                " JOIN message m ON m.id = e.message_id WHERE e.id IN ({})")
+_CHUNK = 500  # ids per IN (...): well under SQLite's limit on parameters
 
 
 def connect_readonly(path: str) -> sqlite3.Connection:
@@ -138,46 +153,56 @@ class StoreWatcher:
         if self._last_event is None:  # start at the end: history was logged by the previous run
             self._last_event = db.execute("SELECT coalesce(max(id), 0) FROM event").fetchone()[0]
             return batch
-        rows = db.execute(_TAIL_SQL, (self._last_event, TAIL_BATCH)).fetchall()
-        if not rows:
+        db.execute("BEGIN")  # the lines' reads see what the tail saw
+        try:
+            rows = db.execute(_TAIL_SQL, (self._last_event, TAIL_BATCH)).fetchall()
+            if not rows:
+                return batch
+            self._last_event = rows[-1][0]
+            batch.events = len(rows)
+            counts, latencies = batch.counts, batch.latencies
+            final: dict[int, None] = {}  # messages settled by an event of this read, in event order
+            ignored: list[int] = []
+            for event_id, message_id, status, applied, route, latency, settles in rows:
+                if not applied:
+                    ignored.append(event_id)
+                    continue
+                key = (route, status)
+                counts[key] = counts.get(key, 0) + 1
+                if latency is not None:
+                    latencies.append((route, status, max(0.0, latency)))
+                if settles and status in _FINAL_WORDS:
+                    # This event settled its message's final status: the store stamps the message's
+                    # updated_at with the event's own time when the event moves it.
+                    final[message_id] = None
+            # Segments settled by one operation share its time, so each of their events looks like
+            # the one that settled the message: one line per message, also across two reads.
+            for mid in self._last_finals.intersection(final):
+                del final[mid]
+            self._last_finals = set(final)
+            batch.finals = self._final_lines(db, list(final))
+            batch.ignored = [
+                {"id": r[1], "b24_id": r[2], "route": r[3], "seq": r[4], "status": r[5], "message_status": r[6],
+                 "detail": r[7]}
+                for r in sorted(_by_ids(db, _IGNORED_SQL, ignored))
+            ]
             return batch
-        self._last_event = rows[-1][0]
-        batch.events = len(rows)
-        counts = batch.counts
-        final_rows: dict[int, tuple[Any, ...]] = {}
-        for row in rows:
-            _, message_id, seq, status, applied, detail, at, b24_id, route, message_status = row[:10]
-            if not applied:
-                batch.ignored.append({"id": message_id, "b24_id": b24_id, "route": route, "seq": seq,
-                                      "status": status, "message_status": message_status, "detail": detail})
-                continue
-            key = (route, status)
-            counts[key] = counts.get(key, 0) + 1
-            if row[13] is not None:
-                batch.latencies.append((route, status, max(0.0, at - row[13])))
-            if _made_final(row):
-                final_rows[message_id] = row
-        # Segments settled by one operation share its time, so each of their events looks like
-        # the one that settled the message: one line per message, also across two reads.
-        for mid in self._last_finals.intersection(final_rows):
-            del final_rows[mid]
-        self._last_finals = set(final_rows)
-        # The provider ids of the messages that became final in this batch, for their one line.
-        final = sorted(final_rows)
+        finally:
+            db.execute("COMMIT")
+
+    @staticmethod
+    def _final_lines(db: sqlite3.Connection, final: list[int]) -> list[dict[str, Any]]:
+        """The ``message_final`` line of each message, in the order given."""
         provider_ids: dict[int, list[str]] = {}
-        for i in range(0, len(final), 500):
-            chunk = final[i:i + 500]
-            for mid, pid in db.execute(
-                f"SELECT message_id, provider_id FROM segment WHERE message_id IN ({','.join('?' * len(chunk))})"
-                " AND provider_id IS NOT NULL ORDER BY message_id, seq", chunk,
-            ):
-                provider_ids.setdefault(mid, []).append(pid)
-        batch.finals = [
-            {"id": r[1], "b24_id": r[7], "route": r[8], "provider_ids": provider_ids.get(r[1], []),
-             "status": r[9], "reason": r[10], "seconds": round(r[12] - r[11], 3)}
-            for r in final_rows.values()
+        for mid, pid in _by_ids(db, _PROVIDER_IDS_SQL, sorted(final)):
+            provider_ids.setdefault(mid, []).append(pid)
+        messages = {r[0]: r for r in _by_ids(db, _FINAL_SQL, final)}
+        return [
+            {"id": mid, "b24_id": r[1], "route": r[2], "provider_ids": provider_ids.get(mid, []),
+             "status": r[3], "reason": r[4], "seconds": round(r[5], 3)}
+            for mid in final
+            for r in (messages[mid],)
         ]
-        return batch
 
     def _read_snapshot(self, portals: list[str]) -> metrics.StoreSnapshot:
         db = self._db()
@@ -208,14 +233,11 @@ class _Batch:
     ignored: list[dict[str, Any]] = field(default_factory=list)  # events not applied (debug lines)
 
 
-def _made_final(row: tuple[Any, ...]) -> bool:
-    """This applied event is the one that settled its message's final status.
-
-    The store stamps the message's updated_at with the event's own time when
-    the event moves the message, so equal times single it out.
-    """
-    status, applied, at, message_status, updated_at = row[3], row[4], row[6], row[9], row[12]
-    return bool(applied) and status == message_status and at == updated_at and Status(status) in FINAL
+def _by_ids(db: sqlite3.Connection, sql: str, ids: list[int]) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``sql`` (an ``IN ({})`` of ids) for all of ``ids``, ``_CHUNK`` at a time."""
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i:i + _CHUNK]
+        yield from db.execute(sql.format(",".join("?" * len(chunk))), chunk)
 
 
 _children: dict[tuple[str, str], Any] = {}
