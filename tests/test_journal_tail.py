@@ -120,3 +120,82 @@ async def test_the_lines_are_the_ones_the_life_should_give(database):
         ("early", "accepted", "ENROUTE"), ("back", "undelivered", "UNDELIV"), ("back", "accepted", "ENROUTE"),
         ("back", "accepted", None)]
     assert got["latencies"] and all(seconds >= 0 for _, _, seconds in got["latencies"])
+
+
+# --- the snapshot's message counts -------------------------------------------------------------
+
+FULL_COUNT = "SELECT route, status, count(*) FROM message GROUP BY 1, 2"
+
+
+def full_count(path: str) -> dict[tuple[str, str], int]:
+    conn = sqlite3.connect(path)
+    try:
+        return {(r, s): n for r, s, n in conn.execute(FULL_COUNT)}
+    finally:
+        conn.close()
+
+
+async def test_the_snapshot_counts_every_message_without_recounting_the_settled_ones(tmp_path):
+    from smppd.store import NewMessage, Store
+
+    path = str(tmp_path / "counts.db")
+    store = Store(path)
+    await store.open()
+    watcher = StoreWatcher(path, lambda: [])
+    snapshots = []
+
+    async def snapshot() -> None:
+        snap = await watcher.snapshot()
+        assert dict(snap.messages) == full_count(path)
+        snapshots.append(dict(snap.messages))
+
+    def new(n: int, route: str = "life", **kw: Any) -> NewMessage:
+        return NewMessage(member_id="m1", b24_id=f"{n:032x}", code="c", route=route, sender="S",
+                          phone=f"+37529{n:07d}", text=f"text {n}", encoding="gsm7", segments=1, **kw)
+
+    try:
+        await snapshot()  # empty
+        taken = await store.intake_many([new(i, "life" if i % 2 else "mts") for i in range(6)])
+        await snapshot()  # all open
+        await store.segments_accepted([(r.id, 0, f"p{r.id}") for r in taken])
+        await store.intake(new(50, reason="invalid number"))  # new, final at birth
+        await snapshot()
+        await store.apply_receipts("life", [(f"p{taken[1].id}", Status.DELIVERED, "DELIVRD")])
+        await store.apply_receipts("mts", [(f"p{taken[0].id}", Status.UNDELIVERED, "UNDELIV")])
+        await store.intake(new(60))  # new and open
+        await snapshot()  # two of the open ones closed since
+        await store.apply_receipts("life", [(f"p{taken[1].id}", Status.UNDELIVERED, "late")])  # never applied
+        await store.apply_receipts("life", [(f"p{taken[3].id}", Status.EXPIRED, "EXPIRED")])
+        await snapshot()
+        await snapshot()  # nothing changed: nothing counted twice
+        assert snapshots[-1] == snapshots[-2]
+        assert snapshots[-1][("life", "delivered")] == 1 and snapshots[-1][("life", "expired")] == 1
+        assert snapshots[-1][("life", "failed")] == 1 and snapshots[-1][("mts", "undelivered")] == 1
+        # A second watcher (a restart) starts with one full count and agrees.
+        assert dict((await StoreWatcher(path, lambda: []).snapshot()).messages) == snapshots[-1]
+    finally:
+        await watcher.aclose()
+        await store.close()
+
+
+async def test_a_failed_snapshot_read_counts_nothing_twice(tmp_path, monkeypatch):
+    from smppd.store import NewMessage, Store
+
+    path = str(tmp_path / "fail.db")
+    store = Store(path)
+    await store.open()
+    watcher = StoreWatcher(path, lambda: [])
+    try:
+        await watcher.snapshot()
+        await store.intake(NewMessage(member_id="m1", b24_id="a" * 32, code="c", route="life", sender="S",
+                                      phone=None, text="x", encoding="gsm7", segments=1, reason="invalid number"))
+        monkeypatch.setattr(journal, "_CLOSED_SQL", "SELECT nonsense FROM nowhere WHERE id IN ({})")
+        watcher._counts._open.add(10**9)  # so the closed read runs, after the new finals were read
+        with pytest.raises(sqlite3.Error):
+            await watcher.snapshot()
+        monkeypatch.undo()
+        watcher._counts._open.clear()
+        assert dict((await watcher.snapshot()).messages) == full_count(path) == {("life", "failed"): 1}
+    finally:
+        await watcher.aclose()
+        await store.close()
