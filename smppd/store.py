@@ -480,7 +480,7 @@ class Store:
         this raises (the caller may retry them one by one).
         """
         now = self.clock()
-        results = await self.execute(lambda conn: [_intake(conn, m, now) for m in messages])
+        results = await self.execute(lambda conn: _intake_many(conn, messages, now))
         if any((r.status is Status.FAILED or r.duplicate_of is not None) and not r.duplicate for r in results):
             self.outbox_changed.set()
         return results
@@ -931,8 +931,39 @@ _INSERT_MESSAGE = (
 )
 
 
-def _intake(conn: sqlite3.Connection, m: NewMessage, now: float) -> IntakeResult:
-    """Store one message, or find the one already stored under its (portal, message_id).
+def _intake_many(conn: sqlite3.Connection, messages: Sequence[NewMessage], now: float) -> list[IntakeResult]:
+    """Store messages in order; their segment and event rows go in as one executemany each.
+
+    Nothing in an intake reads the segment or event table, and the event rows keep their
+    order (a repeat writes the pending rows before its own events), so the database is
+    exactly what one message after the other leaves, event ids included.
+    """
+    rows = _IntakeRows()
+    results = [_intake(conn, m, now, rows) for m in messages]
+    rows.write(conn)
+    return results
+
+
+class _IntakeRows:
+    """The segment and event rows of a batch of intakes, not written yet."""
+
+    def __init__(self) -> None:
+        self.segments: list[tuple[Any, ...]] = []
+        self.events: list[tuple[Any, ...]] = []
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        if self.segments:
+            conn.executemany("INSERT INTO segment (message_id, seq, route, status, updated_at) VALUES (?,?,?,?,?)",
+                             self.segments)
+            self.segments = []
+        if self.events:
+            conn.executemany(_EVENT_INSERT, self.events)
+            self.events = []
+
+
+def _intake(conn: sqlite3.Connection, m: NewMessage, now: float, rows: _IntakeRows) -> IntakeResult:
+    """Store one message, or find the one already stored under its (portal, message_id);
+    its segment and intake event rows are left in ``rows``.
 
     The INSERT itself detects the duplicate (Bitrix24 retries are rare), so what it
     stores is decided first, with reads only: a duplicate's repeat check is wasted
@@ -947,10 +978,11 @@ def _intake(conn: sqlite3.Connection, m: NewMessage, now: float) -> IntakeResult
     hold = None if reason or first else m.hold
     ref = _next_concat_ref(conn, m.phone) if m.segments > 1 and not reason and not first else None
     b24 = _b24_forward(None, status) if status is Status.FAILED else None
+    word = STATUS_WORD[status]
     cur = conn.execute(
         _INSERT_MESSAGE,
         (m.member_id, m.b24_id, m.code, m.route, m.sender, m.phone, m.text, m.encoding,
-         m.segments, m.module_id, STATUS_WORD[status], reason, now, now, hold, m.hold_until if hold else None,
+         m.segments, m.module_id, word, reason, now, now, hold, m.hold_until if hold else None,
          m.entities, first[0] if first else None, ref, b24,
          now if status is Status.FAILED else None),  # final at birth: never in message_open
     )
@@ -964,14 +996,12 @@ def _intake(conn: sqlite3.Connection, m: NewMessage, now: float) -> IntakeResult
     if ref is not None:
         _take_concat_ref(conn, m.phone, ref)
     if first is None:  # a repeat gets no segments: nothing of it is ever submitted
-        conn.executemany(
-            "INSERT INTO segment (message_id, seq, route, status, updated_at) VALUES (?,?,?,?,?)",
-            [(mid, seq, m.route, STATUS_WORD[status], now) for seq in range(m.segments)],
-        )
-    _event(conn, mid, None, status, True, reason or (f"held: {hold}" if hold else None), now)
+        rows.segments += [(mid, seq, m.route, word, now) for seq in range(m.segments)]
+    rows.events.append((mid, None, word, 1, reason or (f"held: {hold}" if hold else None), now))
     if b24 is not None:
         _to_outbox(conn, m.member_id, m.b24_id, m.code, b24, now)
     if first is not None:
+        rows.write(conn)  # its own events follow its intake event
         _event(conn, mid, None, status, True, f"repeat of message {first[0]}: follows its status", now)
         _follow(conn, mid, m.member_id, m.b24_id, m.code, None, Status.QUEUED, Status(first[1]),
                 f"duplicate of message {first[0]}", now)
@@ -1057,12 +1087,12 @@ def _apply_receipt(conn: sqlite3.Connection, route: str, provider_id: str, statu
                                  message=row[3:10])
 
 
+_EVENT_INSERT = "INSERT INTO event (message_id, seq, status, applied, detail, at) VALUES (?,?,?,?,?,?)"
+
+
 def _event(conn: sqlite3.Connection, mid: int, seq: int | None, status: Status, applied: bool,
            detail: str | None, now: float) -> None:
-    conn.execute(
-        "INSERT INTO event (message_id, seq, status, applied, detail, at) VALUES (?,?,?,?,?,?)",
-        (mid, seq, STATUS_WORD[status], int(applied), detail, now),
-    )
+    conn.execute(_EVENT_INSERT, (mid, seq, STATUS_WORD[status], int(applied), detail, now))
 
 
 def _segment_status(conn: sqlite3.Connection, mid: int, seq: int, new: Status, detail: str | None,

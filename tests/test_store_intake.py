@@ -75,3 +75,60 @@ async def test_a_message_id_twice_in_one_batch_is_stored_once(store):
     assert (again.id, again.duplicate, again.status) == (first.id, True, Status.QUEUED)
     assert not later.duplicate and later.id > first.id
     assert table_sizes(store.path)["message"] == 2 and table_sizes(store.path)["event"] == 2
+
+
+TABLES = {
+    "message": "SELECT * FROM message ORDER BY id",
+    "segment": "SELECT * FROM segment ORDER BY message_id, seq",
+    "event": "SELECT * FROM event ORDER BY id",
+    "outbox": "SELECT * FROM outbox ORDER BY member_id, b24_id",
+    "concat_counter": "SELECT * FROM concat_counter ORDER BY phone",
+}
+
+
+def tables(path: str) -> dict[str, list[tuple]]:
+    conn = sqlite3.connect(path)
+    try:
+        return {name: conn.execute(sql).fetchall() for name, sql in TABLES.items()}
+    finally:
+        conn.close()
+
+
+# Every shape an intake can take, in one batch: new, long, held, refused, a repeat of a message
+# earlier in the batch, a repeat that fails instead, the same message_id again, and new ones after.
+BATCH = [
+    new("01" * 16),
+    new("02" * 16, text="long " * 40, segments=3),
+    NewMessage(member_id="m1", b24_id="03" * 16, code="by_life", route="life", sender="Shop", phone="+375297000003",
+               text="held", encoding="gsm7", segments=2, hold="quiet", hold_until=2000.0, duplicate_window=600.0),
+    new("04" * 16, reason="invalid number", phone=None),
+    new("05" * 16),                                   # a repeat of 01: follows it, no segments
+    new("06" * 16, text="long " * 40, segments=3, fails=True),  # a repeat of 02 that fails
+    new("01" * 16),                                   # a duplicate of 01
+    new("07" * 16, text="after", segments=2),
+    new("05" * 16),                                   # a duplicate of the repeat
+    new("08" * 16, text="last"),
+]
+
+
+async def test_a_batch_leaves_exactly_the_rows_one_by_one_leaves(tmp_path):
+    outcomes = {}
+    for way in ("one_by_one", "batch"):
+        s = Store(str(tmp_path / f"{way}.db"), clock=lambda: 1000.0)
+        await s.open()
+        try:
+            await s.intake(new("00" * 16, text="before"))  # something stored already
+            if way == "batch":
+                results = await s.intake_many(BATCH)
+            else:
+                results = [await s.intake(m) for m in BATCH]
+        finally:
+            await s.close()
+        outcomes[way] = (results, tables(s.path))
+    assert outcomes["batch"] == outcomes["one_by_one"]
+    results, rows = outcomes["batch"]
+    assert [r.duplicate for r in results] == [False] * 6 + [True, False, True, False]
+    assert results[4].duplicate_of == results[0].id and results[5].status is Status.FAILED
+    assert [e[1] for e in rows["event"]] == sorted(e[1] for e in rows["event"])  # message after message
+    per_message = [sum(1 for seg in rows["segment"] if seg[0] == r.id) for r in results]
+    assert per_message == [1, 3, 2, 1, 0, 3, 1, 2, 0, 1]  # a repeat has none; a refused one keeps its own
