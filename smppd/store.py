@@ -262,8 +262,10 @@ class NewMessage:
     duplicate_fails: bool = False  # a repeat fails, instead of following the first's status
 
 
-@dataclass(frozen=True)
-class IntakeResult:
+class IntakeResult(NamedTuple):
+    """What intake stored (or found). A NamedTuple like ``OutboxItem``: the writer thread
+    builds one per message, and a frozen dataclass's ``__init__`` costs 0.9 µs against 0.3."""
+
     id: int
     status: Status
     duplicate: bool
