@@ -132,3 +132,64 @@ async def test_a_batch_leaves_exactly_the_rows_one_by_one_leaves(tmp_path):
     assert [e[1] for e in rows["event"]] == sorted(e[1] for e in rows["event"])  # message after message
     per_message = [sum(1 for seg in rows["segment"] if seg[0] == r.id) for r in results]
     assert per_message == [1, 3, 2, 1, 0, 3, 1, 2, 0, 1]  # a repeat has none; a refused one keeps its own
+
+
+# --- the repeat check of a batch: one read for the batch, then its own messages --------------------
+
+from smppd import store as store_mod  # noqa: E402
+
+# The check as it was, one SELECT per message: the oracle for _Repeats.
+REPEAT_SQL = ("SELECT id, status FROM message WHERE member_id=? AND phone=? AND created_at>=? AND text=?"
+              " AND duplicate_of IS NULL AND status NOT IN ('failed', 'rejected') ORDER BY id LIMIT 1")
+
+
+class ReferenceRepeats:
+    def __init__(self, conn: sqlite3.Connection, messages: list[NewMessage], now: float) -> None:
+        self.conn = conn
+
+    def first_of(self, m: NewMessage, since: float):
+        return self.conn.execute(REPEAT_SQL, (m.member_id, m.phone, since, m.text, )).fetchone()
+
+    def stored(self, m: NewMessage, mid: int, now: float) -> None:
+        pass
+
+
+async def random_traffic(path: str, seed: int) -> tuple[list, dict[str, list[tuple]]]:
+    import random
+
+    rng = random.Random(seed)
+    now = [1000.0]
+    s = Store(path, clock=lambda: now[0])
+    await s.open()
+    results = []
+    try:
+        for _ in range(40):
+            batch = []
+            for _ in range(rng.randrange(1, 12)):
+                reason = "invalid number" if rng.random() < 0.08 else None
+                batch.append(NewMessage(
+                    member_id=rng.choice(["m1", "m1", "m2"]), b24_id=f"{rng.randrange(60):032x}", code="c",
+                    route="life", sender="S", phone=None if reason else rng.choice(["+375291", "+375292", "+375293"]),
+                    text=rng.choice(["a", "b", "a"]), encoding="gsm7", segments=rng.choice([1, 1, 2]), reason=reason,
+                    duplicate_window=rng.choice([0.0, 5.0, 600.0, 600.0]), duplicate_fails=rng.random() < 0.2,
+                    hold=rng.choice([None, None, "quiet"]), hold_until=2000.0))
+            taken = await s.intake_many(batch)
+            results.append(taken)
+            for r in taken:  # some stored messages fail at the operator, some are delivered
+                if not r.duplicate and r.duplicate_of is None and r.status is Status.QUEUED and rng.random() < 0.3:
+                    await s.segment_failed(r.id, 0, rng.choice([Status.REJECTED, Status.DELIVERED]), "x")
+            now[0] += rng.choice([0.0, 1.0, 3.0, 7.0])
+    finally:
+        await s.close()
+    return results, tables(path)
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_the_batch_repeat_check_finds_what_one_select_per_message_found(tmp_path, monkeypatch, seed):
+    got = await random_traffic(str(tmp_path / "batch.db"), seed)
+    monkeypatch.setattr(store_mod, "_Repeats", ReferenceRepeats)
+    want = await random_traffic(str(tmp_path / "reference.db"), seed)
+    assert got == want
+    results = [r for batch in got[0] for r in batch]
+    assert any(r.duplicate_of is not None for r in results) and any(r.duplicate for r in results)
+    assert any(r.reason and r.reason.startswith("duplicate of") for r in results)
