@@ -59,10 +59,12 @@ FROM event e
 JOIN message m ON m.id = e.message_id
 WHERE e.id > ? ORDER BY e.id LIMIT ?
 """
-# A settled message's one line: the message, and the provider ids of its segments.
-_FINAL_SQL = "SELECT id, b24_id, route, status, reason, updated_at - created_at FROM message WHERE id IN ({})"
-_PROVIDER_IDS_SQL = ("SELECT message_id, provider_id FROM segment WHERE message_id IN ({})"
-                     " AND provider_id IS NOT NULL ORDER BY message_id, seq")
+# A settled message's one line: the message, and the provider ids of its segments in their
+# order (one row per segment that has one, one row with NULL when none has).
+_FINAL_SQL = (
+    "SELECT m.id, m.b24_id, m.route, m.status, m.reason, m.updated_at - m.created_at, s.provider_id FROM message m"
+    " LEFT JOIN segment s ON s.message_id = m.id AND s.provider_id IS NOT NULL WHERE m.id IN ({}) ORDER BY m.id, s.seq"
+)
 # An event that was not applied (a late or duplicated resp or receipt), for its debug line.
 _IGNORED_SQL = ("SELECT e.id, e.message_id, m.b24_id, m.route, e.seq, e.status, m.status, e.detail FROM event e"
                 " JOIN message m ON m.id = e.message_id WHERE e.id IN ({})")
@@ -201,16 +203,15 @@ class StoreWatcher:
     @staticmethod
     def _final_lines(db: sqlite3.Connection, final: list[int]) -> list[dict[str, Any]]:
         """The ``message_final`` line of each message, in the order given."""
-        provider_ids: dict[int, list[str]] = {}
-        for mid, pid in _by_ids(db, _PROVIDER_IDS_SQL, sorted(final)):
-            provider_ids.setdefault(mid, []).append(pid)
-        messages = {r[0]: r for r in _by_ids(db, _FINAL_SQL, final)}
-        return [
-            {"id": mid, "b24_id": r[1], "route": r[2], "provider_ids": provider_ids.get(mid, []),
-             "status": r[3], "reason": r[4], "seconds": round(r[5], 3)}
-            for mid in final
-            for r in (messages[mid],)
-        ]
+        lines: dict[int, dict[str, Any]] = {}
+        for mid, b24_id, route, status, reason, seconds, provider_id in _by_ids(db, _FINAL_SQL, sorted(final)):
+            line = lines.get(mid)
+            if line is None:
+                line = lines[mid] = {"id": mid, "b24_id": b24_id, "route": route, "provider_ids": [],
+                                     "status": status, "reason": reason, "seconds": round(seconds, 3)}
+            if provider_id is not None:
+                line["provider_ids"].append(provider_id)
+        return [lines[mid] for mid in final]
 
     def _read_snapshot(self, portals: list[str]) -> metrics.StoreSnapshot:
         db = self._db()
