@@ -71,7 +71,8 @@ async def test_duplicates_write_nothing_and_report_the_stored_status(store):
 
 
 async def test_a_message_id_twice_in_one_batch_is_stored_once(store):
-    first, again, later = await store.intake_many([new("a" * 32), new("a" * 32, text="changed"), new("b" * 32, text="x")])
+    first, again, later = await store.intake_many(
+        [new("a" * 32), new("a" * 32, text="changed"), new("b" * 32, text="x")])
     assert (again.id, again.duplicate, again.status) == (first.id, True, Status.QUEUED)
     assert not later.duplicate and later.id > first.id
     assert table_sizes(store.path)["message"] == 2 and table_sizes(store.path)["event"] == 2
@@ -148,7 +149,7 @@ class ReferenceRepeats:
         self.conn = conn
 
     def first_of(self, m: NewMessage, since: float):
-        return self.conn.execute(REPEAT_SQL, (m.member_id, m.phone, since, m.text, )).fetchone()
+        return self.conn.execute(REPEAT_SQL, (m.member_id, m.phone, since, m.text)).fetchone()
 
     def stored(self, m: NewMessage, mid: int, now: float) -> None:
         pass
