@@ -9,7 +9,10 @@ event loop's share is not counted) in all and per step of the life, the whole
 process's CPU per message, and the SQL statements run per message (counted in a separate, shorter pass: the trace
 callback costs a Python call per statement). Medians of several runs.
 
-    .venv/bin/python bench/store_path.py [-n 20000] [--batch 100] [--runs 5]
+    .venv/bin/python bench/store_path.py [-n 20000] [--batch 100] [--intake-batch 18] [--runs 5]
+
+The intakes of a batch go to the store as ``intake_many`` calls of ``--intake-batch``
+messages, as the daemon's RPC batches bring them (1: one ``intake`` per message).
 """
 
 from __future__ import annotations
@@ -74,8 +77,8 @@ def message(run: int, i: int) -> NewMessage:
                       encoding="gsm7", segments=1, duplicate_window=600.0)
 
 
-async def drive(path: Path, n: int, batch: int, run: int,
-                count_statements: bool) -> tuple[float, float, float, dict[str, float]]:
+async def drive(path: Path, n: int, batch: int, run: int, count_statements: bool,
+                intake_batch: int = 1) -> tuple[float, float, float, dict[str, float]]:
     """(writer µs/msg, process µs/msg, statements/msg, writer µs/msg per step) for n messages
     through their whole life."""
     st = Store(str(path))
@@ -89,7 +92,10 @@ async def drive(path: Path, n: int, batch: int, run: int,
             cpu0 = time.process_time()
             for start in range(0, n, batch):
                 meter.step = "intake"
-                taken = await asyncio.gather(*(st.intake(message(run, i)) for i in range(start, min(n, start + batch))))
+                end = min(n, start + batch)
+                taken = [r for part in await asyncio.gather(*(
+                    st.intake_many([message(run, i) for i in range(first, min(end, first + intake_batch))])
+                    for first in range(start, end, intake_batch))) for r in part]
                 if any(r.duplicate or r.duplicate_of is not None for r in taken):
                     raise SystemExit("a message was taken as a repeat: the bench would measure the wrong path")
                 ids = [r.id for r in taken]
@@ -112,15 +118,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=20_000)
     p.add_argument("--batch", type=int, default=100, help="messages in flight together (default 100)")
+    p.add_argument("--intake-batch", type=int, default=18,
+                   help="messages per intake_many, as the daemon's RPC batches (default 18; 1: intake)")
     p.add_argument("--runs", type=int, default=5)
     args = p.parse_args()
     writer, process, steps = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "store.db"
-        _, _, statements, _ = asyncio.run(drive(path, 1000, args.batch, 999, True))
+        _, _, statements, _ = asyncio.run(drive(path, 1000, args.batch, 999, True, args.intake_batch))
         print(f"statements per message: {statements:.1f}")
         for run in range(args.runs):
-            w, pr, _, by_step = asyncio.run(drive(path, args.n, args.batch, run, False))
+            w, pr, _, by_step = asyncio.run(drive(path, args.n, args.batch, run, False, args.intake_batch))
             writer.append(w)
             process.append(pr)
             steps.append(by_step)

@@ -27,12 +27,12 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import structlog
 
 from . import metrics
-from .model import FINAL, Status
+from .model import FINAL
 
 log = structlog.get_logger(__name__)
 
@@ -41,17 +41,41 @@ SNAPSHOT_INTERVAL = 10.0
 TAIL_BATCH = 5000
 
 _FINALS = "('delivered','undelivered','expired','rejected','failed')"
+_FINAL_WORDS = frozenset(s.value for s in FINAL)
+# Every new event, lean: what counting it needs, the receipt latency of an applied final (its
+# segment's accepted event is looked up for those only), and whether it may be the event that
+# settled its message (its status and time are the message's). Most events are counted and
+# nothing more, so their rows carry no ids or texts (a third less CPU per event): the few that
+# get a log line are read again by id (``_FINAL_SQL``, ``_IGNORED_SQL``), in the same read
+# transaction.
 _TAIL_SQL = f"""
-SELECT e.id, e.message_id, e.seq, e.status, e.applied, e.detail, e.at,
-       m.b24_id, m.route, m.status, m.reason, m.created_at, m.updated_at,
+SELECT e.id, e.message_id, e.status, e.applied, m.route,
        CASE WHEN e.applied = 1 AND e.status IN {_FINALS} THEN
-         (SELECT a.at FROM event a WHERE a.message_id = e.message_id AND a.seq = e.seq
-            AND a.status = 'accepted' AND a.applied = 1 ORDER BY a.id LIMIT 1)
-       END
+         e.at - (SELECT a.at FROM event a WHERE a.message_id = e.message_id AND a.seq = e.seq
+                   AND a.status = 'accepted' AND a.applied = 1 ORDER BY a.id LIMIT 1)
+       END,
+       e.status = m.status AND e.at = m.updated_at
 FROM event e
 JOIN message m ON m.id = e.message_id
 WHERE e.id > ? ORDER BY e.id LIMIT ?
 """
+# A settled message's one line: the message, and the provider ids of its segments in their
+# order (one row per segment that has one, one row with NULL when none has).
+_FINAL_SQL = (
+    "SELECT m.id, m.b24_id, m.route, m.status, m.reason, m.updated_at - m.created_at, s.provider_id FROM message m"
+    " LEFT JOIN segment s ON s.message_id = m.id AND s.provider_id IS NOT NULL WHERE m.id IN ({}) ORDER BY m.id, s.seq"
+)
+# An event that was not applied (a late or duplicated resp or receipt), for its debug line.
+_IGNORED_SQL = ("SELECT e.id, e.message_id, m.b24_id, m.route, e.seq, e.status, m.status, e.detail FROM event e"
+                " JOIN message m ON m.id = e.message_id WHERE e.id IN ({})")
+_CHUNK = 500  # ids per IN (...): well under SQLite's limit on parameters
+# The snapshot's message counts (_MessageCounts): the open messages through the message_open
+# index (migration 7: final_at IS NULL), the final ones only among the ids new since the last
+# snapshot or open at it.
+_OPEN_SQL = "SELECT id, route, status FROM message WHERE final_at IS NULL"
+_NEW_FINALS_SQL = ("SELECT route, status, count(*) FROM message WHERE id > ? AND id <= ? AND final_at IS NOT NULL"
+                   " GROUP BY 1, 2")
+_CLOSED_SQL = "SELECT route, status, count(*) FROM message WHERE id IN ({}) GROUP BY 1, 2"
 
 
 def connect_readonly(path: str) -> sqlite3.Connection:
@@ -71,6 +95,7 @@ class StoreWatcher:
         self._conn: sqlite3.Connection | None = None
         self._last_event: int | None = None
         self._last_finals: set[int] = set()  # messages the previous read logged as final
+        self._counts = _MessageCounts()  # the snapshot's, kept between snapshots
         # One thread owns the connection: reads, and the close, queue up behind each other.
         # A cancelled await does not stop a read already running in the thread, so
         # closing from the event loop could pull the connection from under it.
@@ -138,53 +163,62 @@ class StoreWatcher:
         if self._last_event is None:  # start at the end: history was logged by the previous run
             self._last_event = db.execute("SELECT coalesce(max(id), 0) FROM event").fetchone()[0]
             return batch
-        rows = db.execute(_TAIL_SQL, (self._last_event, TAIL_BATCH)).fetchall()
-        if not rows:
+        db.execute("BEGIN")  # the lines' reads see what the tail saw
+        try:
+            rows = db.execute(_TAIL_SQL, (self._last_event, TAIL_BATCH)).fetchall()
+            if not rows:
+                return batch
+            self._last_event = rows[-1][0]
+            batch.events = len(rows)
+            counts, latencies = batch.counts, batch.latencies
+            final: dict[int, None] = {}  # messages settled by an event of this read, in event order
+            ignored: list[int] = []
+            for event_id, message_id, status, applied, route, latency, settles in rows:
+                if not applied:
+                    ignored.append(event_id)
+                    continue
+                key = (route, status)
+                counts[key] = counts.get(key, 0) + 1
+                if latency is not None:
+                    latencies.append((route, status, max(0.0, latency)))
+                if settles and status in _FINAL_WORDS:
+                    # This event settled its message's final status: the store stamps the message's
+                    # updated_at with the event's own time when the event moves it.
+                    final[message_id] = None
+            # Segments settled by one operation share its time, so each of their events looks like
+            # the one that settled the message: one line per message, also across two reads.
+            for mid in self._last_finals.intersection(final):
+                del final[mid]
+            self._last_finals = set(final)
+            batch.finals = self._final_lines(db, list(final))
+            batch.ignored = [
+                {"id": r[1], "b24_id": r[2], "route": r[3], "seq": r[4], "status": r[5], "message_status": r[6],
+                 "detail": r[7]}
+                for r in sorted(_by_ids(db, _IGNORED_SQL, ignored))
+            ]
             return batch
-        self._last_event = rows[-1][0]
-        batch.events = len(rows)
-        counts = batch.counts
-        final_rows: dict[int, tuple[Any, ...]] = {}
-        for row in rows:
-            _, message_id, seq, status, applied, detail, at, b24_id, route, message_status = row[:10]
-            if not applied:
-                batch.ignored.append({"id": message_id, "b24_id": b24_id, "route": route, "seq": seq,
-                                      "status": status, "message_status": message_status, "detail": detail})
-                continue
-            key = (route, status)
-            counts[key] = counts.get(key, 0) + 1
-            if row[13] is not None:
-                batch.latencies.append((route, status, max(0.0, at - row[13])))
-            if _made_final(row):
-                final_rows[message_id] = row
-        # Segments settled by one operation share its time, so each of their events looks like
-        # the one that settled the message: one line per message, also across two reads.
-        for mid in self._last_finals.intersection(final_rows):
-            del final_rows[mid]
-        self._last_finals = set(final_rows)
-        # The provider ids of the messages that became final in this batch, for their one line.
-        final = sorted(final_rows)
-        provider_ids: dict[int, list[str]] = {}
-        for i in range(0, len(final), 500):
-            chunk = final[i:i + 500]
-            for mid, pid in db.execute(
-                f"SELECT message_id, provider_id FROM segment WHERE message_id IN ({','.join('?' * len(chunk))})"
-                " AND provider_id IS NOT NULL ORDER BY message_id, seq", chunk,
-            ):
-                provider_ids.setdefault(mid, []).append(pid)
-        batch.finals = [
-            {"id": r[1], "b24_id": r[7], "route": r[8], "provider_ids": provider_ids.get(r[1], []),
-             "status": r[9], "reason": r[10], "seconds": round(r[12] - r[11], 3)}
-            for r in final_rows.values()
-        ]
-        return batch
+        finally:
+            db.execute("COMMIT")
+
+    @staticmethod
+    def _final_lines(db: sqlite3.Connection, final: list[int]) -> list[dict[str, Any]]:
+        """The ``message_final`` line of each message, in the order given."""
+        lines: dict[int, dict[str, Any]] = {}
+        for mid, b24_id, route, status, reason, seconds, provider_id in _by_ids(db, _FINAL_SQL, sorted(final)):
+            line = lines.get(mid)
+            if line is None:
+                line = lines[mid] = {"id": mid, "b24_id": b24_id, "route": route, "provider_ids": [],
+                                     "status": status, "reason": reason, "seconds": round(seconds, 3)}
+            if provider_id is not None:
+                line["provider_ids"].append(provider_id)
+        return [lines[mid] for mid in final]
 
     def _read_snapshot(self, portals: list[str]) -> metrics.StoreSnapshot:
         db = self._db()
         now = self.clock()
         db.execute("BEGIN")  # one consistent view of all three figures
         try:
-            messages = {(r, s): n for r, s, n in db.execute("SELECT route, status, count(*) FROM message GROUP BY 1, 2")}
+            messages = self._counts.read(db)
             outbox = {p: (0, 0.0) for p in portals}
             for member_id, n, oldest in db.execute(
                 "SELECT member_id, count(*), min(created_at) FROM outbox GROUP BY 1"
@@ -195,6 +229,42 @@ class StoreWatcher:
             db.execute("COMMIT")
         return metrics.StoreSnapshot(messages, outbox, pending)
 
+
+
+class _MessageCounts:
+    """Messages by (route, status), without counting the whole table every snapshot.
+
+    A final status never changes and rows are never deleted, so a final message is
+    counted once, when it is first seen final: among the ids new since the last
+    snapshot, or among the ones open at it. The open ones are read every time,
+    through the message_open index. Each snapshot then reads the open messages and
+    the new ones, not the million settled ones (a full count only at the first).
+    Run inside the snapshot's read transaction, in the journal's thread.
+    """
+
+    def __init__(self) -> None:
+        self._seen = 0  # the highest message id counted
+        self._open: set[int] = set()  # the ids open at the last read
+        self._finals: dict[tuple[str, str], int] = {}  # final messages with id <= _seen
+
+    def read(self, db: sqlite3.Connection) -> dict[tuple[str, str], int]:
+        finals = dict(self._finals)  # kept only when the whole read succeeds: no double counts
+        seen = db.execute("SELECT coalesce(max(id), 0) FROM message").fetchone()[0]
+        opened: dict[tuple[str, str], int] = {}
+        now_open: set[int] = set()
+        for mid, route, status in db.execute(_OPEN_SQL):
+            now_open.add(mid)
+            opened[(route, status)] = opened.get((route, status), 0) + 1
+        new = db.execute(_NEW_FINALS_SQL, (self._seen, seen))
+        closed = _by_ids(db, _CLOSED_SQL, sorted(self._open - now_open))
+        for rows in (new, closed):
+            for route, status, n in rows:
+                finals[(route, status)] = finals.get((route, status), 0) + n
+        self._seen, self._open, self._finals = seen, now_open, finals
+        messages = dict(finals)
+        for key, n in opened.items():
+            messages[key] = messages.get(key, 0) + n
+        return messages
 
 
 @dataclass
@@ -208,14 +278,11 @@ class _Batch:
     ignored: list[dict[str, Any]] = field(default_factory=list)  # events not applied (debug lines)
 
 
-def _made_final(row: tuple[Any, ...]) -> bool:
-    """This applied event is the one that settled its message's final status.
-
-    The store stamps the message's updated_at with the event's own time when
-    the event moves the message, so equal times single it out.
-    """
-    status, applied, at, message_status, updated_at = row[3], row[4], row[6], row[9], row[12]
-    return bool(applied) and status == message_status and at == updated_at and Status(status) in FINAL
+def _by_ids(db: sqlite3.Connection, sql: str, ids: list[int]) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``sql`` (an ``IN ({})`` of ids) for all of ``ids``, ``_CHUNK`` at a time."""
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i:i + _CHUNK]
+        yield from db.execute(sql.format(",".join("?" * len(chunk))), chunk)
 
 
 _children: dict[tuple[str, str], Any] = {}

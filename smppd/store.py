@@ -19,12 +19,11 @@ Status rules (what may move where, what Bitrix24 sees) come from ``model``.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Collection, Iterable, Iterator, NamedTuple, Sequence, TypeVar
 
 import aiosqlite
 import structlog
@@ -202,13 +201,11 @@ MIGRATIONS: dict[int, str] = {
 
 # One range of the outbox_due index (migration 6): the finals ((status = 'sent') = 0) or the
 # 'sent's (= 1) that are due, longest due first; no sort, and rows not due are never read.
-# The last parameter is a JSON array of Bitrix24 ids to leave out (the pusher's batches in
-# flight): skipped inside SQLite, not fetched into Python and dropped there.
+# Read lazily, a row at a time, until enough were taken (``outbox_due``).
 OUTBOX_DUE = (
     "SELECT o.member_id, o.b24_id, o.code, o.status, o.attempts, m.id FROM outbox o"
     " LEFT JOIN message m ON m.member_id = o.member_id AND m.b24_id = o.b24_id"
-    " WHERE o.member_id=? AND (o.status = 'sent') = ? AND o.next_at <= ?"
-    " AND o.b24_id NOT IN (SELECT value FROM json_each(?)) ORDER BY o.next_at LIMIT ?"
+    " WHERE o.member_id=? AND (o.status = 'sent') = ? AND o.next_at <= ? ORDER BY o.next_at"
 )
 
 
@@ -265,8 +262,11 @@ class NewMessage:
     duplicate_fails: bool = False  # a repeat fails, instead of following the first's status
 
 
-@dataclass(frozen=True)
-class IntakeResult:
+class IntakeResult(NamedTuple):
+    """What intake stored (or found). A NamedTuple like ``OutboxItem``: the writer thread
+    builds one per message, and a frozen dataclass's ``__init__`` with these keywords costs
+    1.6 µs against 0.7."""
+
     id: int
     status: Status
     duplicate: bool
@@ -302,8 +302,11 @@ class PollItem:
     created_at: float = 0.0
 
 
-@dataclass(frozen=True)
-class OutboxItem:
+class OutboxItem(NamedTuple):
+    """An update owed to Bitrix24. A NamedTuple, not a frozen dataclass: the writer thread
+    builds one per due row (up to 50 per read, a read per batch or more), and a frozen
+    dataclass's ``__init__`` costs 0.9 µs against 0.2."""
+
     member_id: str
     b24_id: str
     code: str
@@ -483,50 +486,7 @@ class Store:
         this raises (the caller may retry them one by one).
         """
         now = self.clock()
-
-        def one(conn: sqlite3.Connection, m: NewMessage) -> IntakeResult:
-            row = conn.execute(
-                "SELECT id, status FROM message WHERE member_id=? AND b24_id=?", (m.member_id, m.b24_id)
-            ).fetchone()
-            if row is not None:
-                return IntakeResult(row[0], STATUS_OF[row[1]], duplicate=True)
-            reason, first = m.reason, None
-            if reason is None and m.phone is not None and m.duplicate_window > 0:
-                first = _first_of_repeat(conn, m, now - m.duplicate_window)
-                if first is not None and m.duplicate_fails:
-                    reason, first = f"duplicate of message {first[0]} (same number and text)", None
-            status = Status.FAILED if reason else Status.QUEUED
-            hold = None if reason or first else m.hold
-            ref = _next_concat_ref(conn, m.phone) if m.segments > 1 and not reason and not first else None
-            b24 = _b24_forward(None, status) if status is Status.FAILED else None
-            cur = conn.execute(
-                "INSERT INTO message (member_id, b24_id, code, route, sender, phone, text, encoding,"
-                " segments, module_id, status, reason, created_at, updated_at, hold, hold_until, entities,"
-                " duplicate_of, concat_ref, b24_status, final_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (m.member_id, m.b24_id, m.code, m.route, m.sender, m.phone, m.text, m.encoding,
-                 m.segments, m.module_id, STATUS_WORD[status], reason, now, now, hold, m.hold_until if hold else None,
-                 m.entities, first[0] if first else None, ref, b24,
-                 now if status is Status.FAILED else None),  # final at birth: never in message_open
-            )
-            mid = cur.lastrowid
-            assert mid is not None
-            if first is None:  # a repeat gets no segments: nothing of it is ever submitted
-                conn.executemany(
-                    "INSERT INTO segment (message_id, seq, route, status, updated_at) VALUES (?,?,?,?,?)",
-                    [(mid, seq, m.route, STATUS_WORD[status], now) for seq in range(m.segments)],
-                )
-            _event(conn, mid, None, status, True, reason or (f"held: {hold}" if hold else None), now)
-            if b24 is not None:
-                _to_outbox(conn, m.member_id, m.b24_id, m.code, b24, now)
-            if first is not None:
-                _event(conn, mid, None, status, True, f"repeat of message {first[0]}: follows its status", now)
-                _follow(conn, mid, m.member_id, m.b24_id, m.code, None, Status.QUEUED, Status(first[1]),
-                        f"duplicate of message {first[0]}", now)
-                status = Status(conn.execute("SELECT status FROM message WHERE id=?", (mid,)).fetchone()[0])
-            return IntakeResult(mid, status, duplicate=False, duplicate_of=first[0] if first else None,
-                                reason=reason, concat_ref=ref)
-
-        results = await self.execute(lambda conn: [one(conn, m) for m in messages])
+        results = await self.execute(lambda conn: _intake_many(conn, messages, now))
         if any((r.status is Status.FAILED or r.duplicate_of is not None) and not r.duplicate for r in results):
             self.outbox_changed.set()
         return results
@@ -824,12 +784,12 @@ class Store:
         ``exclude``: Bitrix24 ids whose update is in a batch in flight (the pusher's
         pipeline), so no message is in two batches at once."""
         now = self.clock()
-        skip = json.dumps(list(exclude))
+        skip = frozenset(exclude)  # the pusher's set changes on the event loop meanwhile
 
         def op(conn: sqlite3.Connection) -> list[OutboxItem]:
             due: list[OutboxItem] = []
             for sent in (0, 1):  # the finals, then the 'sent's
-                due += [OutboxItem(*r) for r in conn.execute(OUTBOX_DUE, (member_id, sent, now, skip, limit - len(due)))]
+                due += _due_range(conn, member_id, sent, now, skip, limit - len(due))
                 if len(due) >= limit:
                     break
             return due
@@ -967,22 +927,141 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
+# A message's row; a message_id already stored for the portal inserts nothing (rowcount 0), so
+# the common, new message costs no separate duplicate lookup.
+_INSERT_MESSAGE = (
+    "INSERT INTO message (member_id, b24_id, code, route, sender, phone, text, encoding,"
+    " segments, module_id, status, reason, created_at, updated_at, hold, hold_until, entities,"
+    " duplicate_of, concat_ref, b24_status, final_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT (member_id, b24_id) DO NOTHING"
+)
+
+
+def _intake_many(conn: sqlite3.Connection, messages: Sequence[NewMessage], now: float) -> list[IntakeResult]:
+    """Store messages in order; their segment and event rows go in as one executemany each.
+
+    Nothing in an intake reads the segment or event table, and the event rows keep their
+    order (a repeat writes the pending rows before its own events), so the database is
+    exactly what one message after the other leaves, event ids included.
+    """
+    rows = _IntakeRows()
+    repeats = _Repeats(conn, messages, now)
+    results = [_intake(conn, m, now, rows, repeats) for m in messages]
+    rows.write(conn)
+    return results
+
+
+class _IntakeRows:
+    """The segment and event rows of a batch of intakes, not written yet."""
+
+    def __init__(self) -> None:
+        self.segments: list[tuple[Any, ...]] = []
+        self.events: list[tuple[Any, ...]] = []
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        if self.segments:
+            conn.executemany("INSERT INTO segment (message_id, seq, route, status, updated_at) VALUES (?,?,?,?,?)",
+                             self.segments)
+            self.segments = []
+        if self.events:
+            conn.executemany(_EVENT_INSERT, self.events)
+            self.events = []
+
+
+def _intake(conn: sqlite3.Connection, m: NewMessage, now: float, rows: _IntakeRows,
+            repeats: _Repeats) -> IntakeResult:
+    """Store one message, or find the one already stored under its (portal, message_id);
+    its segment and intake event rows are left in ``rows``.
+
+    The INSERT itself detects the duplicate (Bitrix24 retries are rare), so what it
+    stores is decided first, with reads only: a duplicate's repeat check is wasted
+    but harmless, and the concatenation counter moves only once the row is in.
+    """
+    reason, first = m.reason, None
+    if reason is None and m.phone is not None and m.duplicate_window > 0:
+        first = repeats.first_of(m, now - m.duplicate_window)
+        if first is not None and m.duplicate_fails:
+            reason, first = f"duplicate of message {first[0]} (same number and text)", None
+    status = Status.FAILED if reason else Status.QUEUED
+    hold = None if reason or first else m.hold
+    ref = _next_concat_ref(conn, m.phone) if m.segments > 1 and not reason and not first else None
+    b24 = _b24_forward(None, status) if status is Status.FAILED else None
+    word = STATUS_WORD[status]
+    cur = conn.execute(
+        _INSERT_MESSAGE,
+        (m.member_id, m.b24_id, m.code, m.route, m.sender, m.phone, m.text, m.encoding,
+         m.segments, m.module_id, word, reason, now, now, hold, m.hold_until if hold else None,
+         m.entities, first[0] if first else None, ref, b24,
+         now if status is Status.FAILED else None),  # final at birth: never in message_open
+    )
+    if cur.rowcount == 0:  # this portal's message_id is stored already
+        row = conn.execute(
+            "SELECT id, status FROM message WHERE member_id=? AND b24_id=?", (m.member_id, m.b24_id)
+        ).fetchone()
+        return IntakeResult(row[0], STATUS_OF[row[1]], duplicate=True)
+    mid = cur.lastrowid
+    assert mid is not None
+    if ref is not None:
+        _take_concat_ref(conn, m.phone, ref)
+    if status is Status.QUEUED and first is None:
+        repeats.stored(m, mid, now)
+    if first is None:  # a repeat gets no segments: nothing of it is ever submitted
+        rows.segments += [(mid, seq, m.route, word, now) for seq in range(m.segments)]
+    rows.events.append((mid, None, word, 1, reason or (f"held: {hold}" if hold else None), now))
+    if b24 is not None:
+        _to_outbox(conn, m.member_id, m.b24_id, m.code, b24, now)
+    if first is not None:
+        rows.write(conn)  # its own events follow its intake event
+        _event(conn, mid, None, status, True, f"repeat of message {first[0]}: follows its status", now)
+        _follow(conn, mid, m.member_id, m.b24_id, m.code, None, Status.QUEUED, Status(first[1]),
+                f"duplicate of message {first[0]}", now)
+        status = Status(conn.execute("SELECT status FROM message WHERE id=?", (mid,)).fetchone()[0])
+    return IntakeResult(mid, status, duplicate=False, duplicate_of=first[0] if first else None,
+                        reason=reason, concat_ref=ref)
+
+
 def _next_concat_ref(conn: sqlite3.Connection, phone: str | None) -> int:
-    """The next 16-bit concatenation reference for one destination (reference §6).
+    """The next 16-bit concatenation reference for one destination (reference §6); read only,
+    ``_take_concat_ref`` keeps it once the message is stored (a duplicate takes none).
 
     A per-destination counter: two long messages to one handset in flight at
     once never share a reference, which a global 8-bit counter or a random one
     (smpplib defect 12) cannot promise.  An 8-bit UDH uses the low octet, which
     still cycles through 256 values per destination.
     """
-    key = phone or ""
-    row = conn.execute("SELECT last FROM concat_counter WHERE phone=?", (key,)).fetchone()
-    ref = 0 if row is None else (row[0] + 1) & 0xFFFF
+    row = conn.execute("SELECT last FROM concat_counter WHERE phone=?", (phone or "",)).fetchone()
+    return 0 if row is None else (row[0] + 1) & 0xFFFF
+
+
+def _take_concat_ref(conn: sqlite3.Connection, phone: str | None, ref: int) -> None:
     conn.execute(
         "INSERT INTO concat_counter (phone, last) VALUES (?, ?) ON CONFLICT (phone) DO UPDATE SET last=excluded.last",
-        (key, ref),
+        (phone or "", ref),
     )
-    return ref
+
+
+def _due_range(conn: sqlite3.Connection, member_id: str, sent: int, now: float, skip: Collection[str],
+               limit: int) -> list[OutboxItem]:
+    """The first ``limit`` due rows of one outbox range (OUTBOX_DUE) whose Bitrix24 id is not in ``skip``.
+
+    The ids in flight are the updates handed out before, so they sit at the front of the
+    due range: stepping over them here costs less than handing SQLite the ids to leave
+    out (a JSON array through json_each built a table of them for each range, 140 -> 89
+    µs per call with 150 in flight). The statement is left unfinished and reset.
+    """
+    due: list[OutboxItem] = []
+    if limit <= 0:
+        return due
+    cur = conn.execute(OUTBOX_DUE, (member_id, sent, now))
+    try:
+        for row in cur:
+            if row[1] not in skip:
+                due.append(OutboxItem._make(row))
+                if len(due) >= limit:
+                    break
+    finally:
+        cur.close()
+    return due
 
 
 def _accept_segment(conn: sqlite3.Connection, message_id: int, seq: int, provider_id: str, now: float) -> bool:
@@ -1018,12 +1097,12 @@ def _apply_receipt(conn: sqlite3.Connection, route: str, provider_id: str, statu
                                  message=row[3:10])
 
 
+_EVENT_INSERT = "INSERT INTO event (message_id, seq, status, applied, detail, at) VALUES (?,?,?,?,?,?)"
+
+
 def _event(conn: sqlite3.Connection, mid: int, seq: int | None, status: Status, applied: bool,
            detail: str | None, now: float) -> None:
-    conn.execute(
-        "INSERT INTO event (message_id, seq, status, applied, detail, at) VALUES (?,?,?,?,?,?)",
-        (mid, seq, STATUS_WORD[status], int(applied), detail, now),
-    )
+    conn.execute(_EVENT_INSERT, (mid, seq, STATUS_WORD[status], int(applied), detail, now))
 
 
 def _segment_status(conn: sqlite3.Connection, mid: int, seq: int, new: Status, detail: str | None,
@@ -1098,17 +1177,53 @@ def _message_status(conn: sqlite3.Connection, mid: int, now: float, detail: str 
     return changed
 
 
-def _first_of_repeat(conn: sqlite3.Connection, m: NewMessage, since: float) -> tuple[int, str] | None:
-    """The earlier message this one repeats (same portal, number and text, in the window).
+class _Repeats:
+    """The repeat check of a batch of intakes: the earlier message each one repeats (same
+    portal, number and text, in its window), as ``ORDER BY id LIMIT 1`` over the stored
+    messages and the batch's own earlier ones would find it.
 
-    A message that failed or was refused does not count: sending it again is a retry,
-    not a double send.
+    One read of the stored messages for all of the batch's numbers and texts (the check ran
+    one SELECT per message, mostly finding nothing), then the batch's messages as they are
+    stored. A message that failed or was refused does not count: sending it again is a
+    retry, not a double send; nor does a repeat (it follows its first).
     """
-    return conn.execute(
-        "SELECT id, status FROM message WHERE member_id=? AND phone=? AND created_at>=? AND text=?"
-        " AND duplicate_of IS NULL AND status NOT IN ('failed', 'rejected') ORDER BY id LIMIT 1",
-        (m.member_id, m.phone, since, m.text),
-    ).fetchone()
+
+    def __init__(self, conn: sqlite3.Connection, messages: Sequence[NewMessage], now: float) -> None:
+        self._earlier: dict[tuple[str, str | None, str], list[tuple[int, str, float]]] = {}  # by id, oldest first
+        checked = [m for m in messages if m.reason is None and m.phone is not None and m.duplicate_window > 0]
+        if not checked:
+            return
+        since = now - max(m.duplicate_window for m in checked)
+        for member_id in {m.member_id for m in checked}:
+            of_member = [m for m in checked if m.member_id == member_id]
+            phones = sorted({m.phone for m in of_member if m.phone is not None})
+            texts = sorted({m.text for m in of_member})
+            for i in range(0, len(phones), 400):
+                for j in range(0, len(texts), 400):
+                    self._read(conn, member_id, phones[i:i + 400], texts[j:j + 400], since)
+
+    def _read(self, conn: sqlite3.Connection, member_id: str, phones: list[str], texts: list[str],
+              since: float) -> None:
+        for mid, phone, text, status, created_at in conn.execute(
+            f"SELECT id, phone, text, status, created_at FROM message WHERE member_id=?"
+            f" AND phone IN ({','.join('?' * len(phones))}) AND created_at>=?"
+            f" AND text IN ({','.join('?' * len(texts))})"
+            " AND duplicate_of IS NULL AND status NOT IN ('failed', 'rejected') ORDER BY id",
+            (member_id, *phones, since, *texts),
+        ):
+            self._earlier.setdefault((member_id, phone, text), []).append((mid, status, created_at))
+
+    def first_of(self, m: NewMessage, since: float) -> tuple[int, str] | None:
+        for mid, status, created_at in self._earlier.get((m.member_id, m.phone, m.text), ()):
+            if created_at >= since:
+                return mid, status
+        return None
+
+    def stored(self, m: NewMessage, mid: int, now: float) -> None:
+        """``m`` was stored as ``mid`` at ``now``, queued and no repeat: later messages of the
+        batch may repeat it."""
+        if m.phone is not None:
+            self._earlier.setdefault((m.member_id, m.phone, m.text), []).append((mid, "queued", now))
 
 
 def _follow(conn: sqlite3.Connection, mid: int, member_id: str, b24_id: str, code: str, b24_current: str | None,

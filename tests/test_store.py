@@ -175,7 +175,7 @@ async def test_outbox_due_reads_the_index_not_a_sort(store, tmp_path):
 
     conn = sqlite3.connect(tmp_path / "t.db")
     for sent in (0, 1):
-        plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + OUTBOX_DUE, ("m1", sent, 0.0, "[]", 50)))
+        plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + OUTBOX_DUE, ("m1", sent, 0.0)))
         # A range of the index up to now: the thousands of 'sent's that wait (SENT_COALESCE) are never read.
         assert "USING INDEX outbox_due (member_id=? AND <expr>=? AND next_at<?)" in plan, plan
         assert "TEMP B-TREE" not in plan

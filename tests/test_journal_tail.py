@@ -1,0 +1,201 @@
+"""The journal's lean tail gives exactly what the old one-wide-row-per-event tail gave.
+
+``_TAIL_SQL`` reads only what counting an event needs and reads the few events that get a
+log line again by id. The reference below is the tail as it was (every event's ids, texts
+and message columns in one wide row): on every shape of a message's life
+(test_store_status_path.life), read in batches of every size, both must give the same
+counts, latencies, ``message_final`` lines and ``message_status_ignored`` lines.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import pytest
+
+from smppd import journal
+from smppd.journal import StoreWatcher, connect_readonly
+from smppd.model import FINAL, Status
+
+from .test_store_status_path import life
+
+_FINALS = "('delivered','undelivered','expired','rejected','failed')"
+REFERENCE_SQL = f"""
+SELECT e.id, e.message_id, e.seq, e.status, e.applied, e.detail, e.at,
+       m.b24_id, m.route, m.status, m.reason, m.created_at, m.updated_at,
+       CASE WHEN e.applied = 1 AND e.status IN {_FINALS} THEN
+         (SELECT a.at FROM event a WHERE a.message_id = e.message_id AND a.seq = e.seq
+            AND a.status = 'accepted' AND a.applied = 1 ORDER BY a.id LIMIT 1)
+       END
+FROM event e
+JOIN message m ON m.id = e.message_id
+WHERE e.id > ? ORDER BY e.id LIMIT ?
+"""
+
+
+class ReferenceTail:
+    """The tail before the lean read, kept as the oracle."""
+
+    def __init__(self, path: str) -> None:
+        self.db = connect_readonly(path)
+        self.last_event = 0
+        self.last_finals: set[int] = set()
+
+    def read(self, limit: int) -> dict[str, Any]:
+        rows = self.db.execute(REFERENCE_SQL, (self.last_event, limit)).fetchall()
+        out: dict[str, Any] = {"events": len(rows), "counts": {}, "latencies": [], "finals": [], "ignored": []}
+        if not rows:
+            return out
+        self.last_event = rows[-1][0]
+        final_rows: dict[int, tuple[Any, ...]] = {}
+        for row in rows:
+            _, message_id, seq, status, applied, detail, at, b24_id, route, message_status = row[:10]
+            if not applied:
+                out["ignored"].append({"id": message_id, "b24_id": b24_id, "route": route, "seq": seq,
+                                       "status": status, "message_status": message_status, "detail": detail})
+                continue
+            out["counts"][(route, status)] = out["counts"].get((route, status), 0) + 1
+            if row[13] is not None:
+                out["latencies"].append((route, status, max(0.0, at - row[13])))
+            if status == message_status and at == row[12] and Status(status) in FINAL:
+                final_rows[message_id] = row
+        for mid in self.last_finals.intersection(final_rows):
+            del final_rows[mid]
+        self.last_finals = set(final_rows)
+        provider_ids: dict[int, list[str]] = {}
+        for mid, pid in self.db.execute(
+            f"SELECT message_id, provider_id FROM segment WHERE message_id IN ({','.join('?' * len(final_rows))})"
+            " AND provider_id IS NOT NULL ORDER BY message_id, seq", sorted(final_rows),
+        ):
+            provider_ids.setdefault(mid, []).append(pid)
+        out["finals"] = [
+            {"id": r[1], "b24_id": r[7], "route": r[8], "provider_ids": provider_ids.get(r[1], []),
+             "status": r[9], "reason": r[10], "seconds": round(r[12] - r[11], 3)}
+            for r in final_rows.values()
+        ]
+        return out
+
+
+def lean(watcher: StoreWatcher) -> dict[str, Any]:
+    b = watcher._read_events()
+    return {"events": b.events, "counts": b.counts, "latencies": b.latencies, "finals": b.finals,
+            "ignored": b.ignored}
+
+
+@pytest.fixture
+async def database(tmp_path) -> str:
+    path = str(tmp_path / "life.db")
+    await life(path)
+    return path
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 5, 7, 1000])
+async def test_the_lean_tail_gives_what_the_wide_rows_gave(database, batch, monkeypatch):
+    monkeypatch.setattr(journal, "TAIL_BATCH", batch)
+    reference, watcher = ReferenceTail(database), StoreWatcher(database, lambda: [])
+    watcher._last_event = 0  # from the start, as the reference
+    reads = 0
+    while True:
+        want, got = reference.read(batch), lean(watcher)
+        assert got == want, reads
+        reads += 1
+        if not want["events"]:
+            break
+    watcher._close()
+    assert reads > 1
+
+
+async def test_the_lines_are_the_ones_the_life_should_give(database):
+    watcher = StoreWatcher(database, lambda: [])
+    watcher._last_event = 0
+    got = lean(watcher)
+    watcher._close()
+    ids = {r[0]: r[1] for r in sqlite3.connect(database).execute("SELECT id, b24_id FROM message")}
+    finals = {ids[f["id"]]: (f["status"], f["provider_ids"]) for f in got["finals"]}
+    assert finals == {"plain": ("delivered", ["P1"]), "early": ("undelivered", ["E1"]),
+                      "multi": ("undelivered", ["M0", "M1", "M2"]), "first": ("delivered", ["F1"]),
+                      "repeat": ("delivered", []), "back": ("delivered", ["B1"]), "invalid": ("failed", [])}
+    assert [(ids[i["id"]], i["status"], i["detail"]) for i in got["ignored"]] == [
+        ("early", "accepted", "ENROUTE"), ("back", "undelivered", "UNDELIV"), ("back", "accepted", "ENROUTE"),
+        ("back", "accepted", None)]
+    assert got["latencies"] and all(seconds >= 0 for _, _, seconds in got["latencies"])
+
+
+# --- the snapshot's message counts -------------------------------------------------------------
+
+FULL_COUNT = "SELECT route, status, count(*) FROM message GROUP BY 1, 2"
+
+
+def full_count(path: str) -> dict[tuple[str, str], int]:
+    conn = sqlite3.connect(path)
+    try:
+        return {(r, s): n for r, s, n in conn.execute(FULL_COUNT)}
+    finally:
+        conn.close()
+
+
+async def test_the_snapshot_counts_every_message_without_recounting_the_settled_ones(tmp_path):
+    from smppd.store import NewMessage, Store
+
+    path = str(tmp_path / "counts.db")
+    store = Store(path)
+    await store.open()
+    watcher = StoreWatcher(path, lambda: [])
+    snapshots = []
+
+    async def snapshot() -> None:
+        snap = await watcher.snapshot()
+        assert dict(snap.messages) == full_count(path)
+        snapshots.append(dict(snap.messages))
+
+    def new(n: int, route: str = "life", **kw: Any) -> NewMessage:
+        return NewMessage(member_id="m1", b24_id=f"{n:032x}", code="c", route=route, sender="S",
+                          phone=f"+37529{n:07d}", text=f"text {n}", encoding="gsm7", segments=1, **kw)
+
+    try:
+        await snapshot()  # empty
+        taken = await store.intake_many([new(i, "life" if i % 2 else "mts") for i in range(6)])
+        await snapshot()  # all open
+        await store.segments_accepted([(r.id, 0, f"p{r.id}") for r in taken])
+        await store.intake(new(50, reason="invalid number"))  # new, final at birth
+        await snapshot()
+        await store.apply_receipts("life", [(f"p{taken[1].id}", Status.DELIVERED, "DELIVRD")])
+        await store.apply_receipts("mts", [(f"p{taken[0].id}", Status.UNDELIVERED, "UNDELIV")])
+        await store.intake(new(60))  # new and open
+        await snapshot()  # two of the open ones closed since
+        await store.apply_receipts("life", [(f"p{taken[1].id}", Status.UNDELIVERED, "late")])  # never applied
+        await store.apply_receipts("life", [(f"p{taken[3].id}", Status.EXPIRED, "EXPIRED")])
+        await snapshot()
+        await snapshot()  # nothing changed: nothing counted twice
+        assert snapshots[-1] == snapshots[-2]
+        assert snapshots[-1][("life", "delivered")] == 1 and snapshots[-1][("life", "expired")] == 1
+        assert snapshots[-1][("life", "failed")] == 1 and snapshots[-1][("mts", "undelivered")] == 1
+        # A second watcher (a restart) starts with one full count and agrees.
+        assert dict((await StoreWatcher(path, lambda: []).snapshot()).messages) == snapshots[-1]
+    finally:
+        await watcher.aclose()
+        await store.close()
+
+
+async def test_a_failed_snapshot_read_counts_nothing_twice(tmp_path, monkeypatch):
+    from smppd.store import NewMessage, Store
+
+    path = str(tmp_path / "fail.db")
+    store = Store(path)
+    await store.open()
+    watcher = StoreWatcher(path, lambda: [])
+    try:
+        await watcher.snapshot()
+        await store.intake(NewMessage(member_id="m1", b24_id="a" * 32, code="c", route="life", sender="S",
+                                      phone=None, text="x", encoding="gsm7", segments=1, reason="invalid number"))
+        monkeypatch.setattr(journal, "_CLOSED_SQL", "SELECT nonsense FROM nowhere WHERE id IN ({})")
+        watcher._counts._open.add(10**9)  # so the closed read runs, after the new finals were read
+        with pytest.raises(sqlite3.Error):
+            await watcher.snapshot()
+        monkeypatch.undo()
+        watcher._counts._open.clear()
+        assert dict((await watcher.snapshot()).messages) == full_count(path) == {("life", "failed"): 1}
+    finally:
+        await watcher.aclose()
+        await store.close()
