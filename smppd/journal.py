@@ -69,13 +69,6 @@ _FINAL_SQL = (
 _IGNORED_SQL = ("SELECT e.id, e.message_id, m.b24_id, m.route, e.seq, e.status, m.status, e.detail FROM event e"
                 " JOIN message m ON m.id = e.message_id WHERE e.id IN ({})")
 _CHUNK = 500  # ids per IN (...): well under SQLite's limit on parameters
-# The snapshot's message counts (_MessageCounts): the open messages through the message_open
-# index (migration 7: final_at IS NULL), the final ones only among the ids new since the last
-# snapshot or open at it.
-_OPEN_SQL = "SELECT id, route, status FROM message WHERE final_at IS NULL"
-_NEW_FINALS_SQL = ("SELECT route, status, count(*) FROM message WHERE id > ? AND id <= ? AND final_at IS NOT NULL"
-                   " GROUP BY 1, 2")
-_CLOSED_SQL = "SELECT route, status, count(*) FROM message WHERE id IN ({}) GROUP BY 1, 2"
 
 
 def connect_readonly(path: str) -> sqlite3.Connection:
@@ -95,7 +88,6 @@ class StoreWatcher:
         self._conn: sqlite3.Connection | None = None
         self._last_event: int | None = None
         self._last_finals: set[int] = set()  # messages the previous read logged as final
-        self._counts = _MessageCounts()  # the snapshot's, kept between snapshots
         # One thread owns the connection: reads, and the close, queue up behind each other.
         # A cancelled await does not stop a read already running in the thread, so
         # closing from the event loop could pull the connection from under it.
@@ -218,7 +210,7 @@ class StoreWatcher:
         now = self.clock()
         db.execute("BEGIN")  # one consistent view of all three figures
         try:
-            messages = self._counts.read(db)
+            messages = {(r, s): n for r, s, n in db.execute("SELECT route, status, count(*) FROM message GROUP BY 1, 2")}
             outbox = {p: (0, 0.0) for p in portals}
             for member_id, n, oldest in db.execute(
                 "SELECT member_id, count(*), min(created_at) FROM outbox GROUP BY 1"
@@ -229,42 +221,6 @@ class StoreWatcher:
             db.execute("COMMIT")
         return metrics.StoreSnapshot(messages, outbox, pending)
 
-
-
-class _MessageCounts:
-    """Messages by (route, status), without counting the whole table every snapshot.
-
-    A final status never changes and rows are never deleted, so a final message is
-    counted once, when it is first seen final: among the ids new since the last
-    snapshot, or among the ones open at it. The open ones are read every time,
-    through the message_open index. Each snapshot then reads the open messages and
-    the new ones, not the million settled ones (a full count only at the first).
-    Run inside the snapshot's read transaction, in the journal's thread.
-    """
-
-    def __init__(self) -> None:
-        self._seen = 0  # the highest message id counted
-        self._open: set[int] = set()  # the ids open at the last read
-        self._finals: dict[tuple[str, str], int] = {}  # final messages with id <= _seen
-
-    def read(self, db: sqlite3.Connection) -> dict[tuple[str, str], int]:
-        finals = dict(self._finals)  # kept only when the whole read succeeds: no double counts
-        seen = db.execute("SELECT coalesce(max(id), 0) FROM message").fetchone()[0]
-        opened: dict[tuple[str, str], int] = {}
-        now_open: set[int] = set()
-        for mid, route, status in db.execute(_OPEN_SQL):
-            now_open.add(mid)
-            opened[(route, status)] = opened.get((route, status), 0) + 1
-        new = db.execute(_NEW_FINALS_SQL, (self._seen, seen))
-        closed = _by_ids(db, _CLOSED_SQL, sorted(self._open - now_open))
-        for rows in (new, closed):
-            for route, status, n in rows:
-                finals[(route, status)] = finals.get((route, status), 0) + n
-        self._seen, self._open, self._finals = seen, now_open, finals
-        messages = dict(finals)
-        for key, n in opened.items():
-            messages[key] = messages.get(key, 0) + n
-        return messages
 
 
 @dataclass
