@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -488,22 +489,39 @@ async def test_refused_peer_gets_forbidden_and_is_closed(
     await cli.close()
 
 
-async def test_inflight_limit_stops_reading(
-    sock_path: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(rpc, "MAX_INFLIGHT", 2)
-    release = asyncio.Event()
-    started: list[int] = []
+class Gate:
+    """A handler that holds every call until ``release`` is set; ``started`` lists the
+    ``n`` of each call in the order the server started them."""
 
-    async def gate(params: dict[str, Any]) -> Any:
-        started.append(params["n"])
-        await release.wait()
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started: list[int] = []
+
+    async def __call__(self, params: dict[str, Any]) -> Any:
+        self.started.append(params["n"])
+        await self.release.wait()
         return params["n"]
 
+
+@contextlib.asynccontextmanager
+async def gated_server(sock_path: str) -> AsyncIterator[tuple[Gate, RawConnection]]:
+    """A server whose one method, "gate", is a ``Gate``, and a raw connection to it."""
+    gate = Gate()
     srv = RpcServer(sock_path, {"gate": gate})
     await srv.start()
     raw = await RawConnection.open(sock_path)
     try:
+        yield gate, raw
+    finally:
+        await raw.close()
+        await srv.close()
+
+
+async def test_inflight_limit_stops_reading(
+    sock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rpc, "MAX_INFLIGHT", 2)
+    async with gated_server(sock_path) as (gate, raw):
         raw.send(
             b"".join(
                 json.dumps({"id": n, "method": "gate", "params": {"n": n}}).encode() + b"\n"
@@ -511,13 +529,10 @@ async def test_inflight_limit_stops_reading(
             )
         )
         await asyncio.sleep(0.05)
-        assert started == [0, 1]
-        release.set()
+        assert gate.started == [0, 1]
+        gate.release.set()
         replies = [await raw.reply() for _ in range(5)]
         assert sorted(r["result"] for r in replies) == list(range(5))
-    finally:
-        await raw.close()
-        await srv.close()
 
 
 async def test_replies_ready_together_are_written_together() -> None:

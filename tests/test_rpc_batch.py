@@ -16,7 +16,7 @@ import pytest
 from smppd import rpc
 from smppd.rpc import MAX_LINE, RpcClient, RpcError, RpcServer, RpcUnavailable
 
-from .test_rpc import RawConnection
+from .test_rpc import RawConnection, gated_server
 
 
 @pytest.fixture
@@ -243,34 +243,21 @@ async def test_inflight_limit_counts_the_items_of_a_batch(
     sock_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(rpc, "MAX_INFLIGHT", 4)
-    release = asyncio.Event()
-    started: list[int] = []
 
-    async def gate(params: dict[str, Any]) -> Any:
-        started.append(params["n"])
-        await release.wait()
-        return params["n"]
+    def batch(request_id: int, ns: range) -> bytes:
+        return json.dumps({"id": request_id, "method": "gate.batch",
+                           "params": {"items": [{"n": n} for n in ns]}}).encode() + b"\n"
 
-    srv = RpcServer(sock_path, {"gate": gate})
-    await srv.start()
-    raw = await RawConnection.open(sock_path)
-    try:
-        def batch(request_id: int, ns: range) -> bytes:
-            return json.dumps({"id": request_id, "method": "gate.batch",
-                               "params": {"items": [{"n": n} for n in ns]}}).encode() + b"\n"
-
+    async with gated_server(sock_path) as (gate, raw):
         raw.send(batch(100, range(0, 3)) + batch(101, range(3, 6))
                  + json.dumps({"id": 6, "method": "gate", "params": {"n": 6}}).encode() + b"\n")
         await asyncio.sleep(0.05)
         # 3 items < 4: the second line is read; 6 items >= 4: the third is not.
-        assert sorted(started) == list(range(6))
-        release.set()
+        assert sorted(gate.started) == list(range(6))
+        gate.release.set()
         replies = {r["id"]: r["result"] for r in [await raw.reply() for _ in range(3)]}
         assert replies == {100: [{"result": n} for n in range(3)], 101: [{"result": n} for n in range(3, 6)], 6: 6}
-        assert started[-1] == 6
-    finally:
-        await raw.close()
-        await srv.close()
+        assert gate.started[-1] == 6
 
 
 async def test_connection_loss_fails_every_call_of_a_batch(sock_path: str) -> None:

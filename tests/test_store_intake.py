@@ -10,6 +10,8 @@ import pytest
 from smppd.model import Status
 from smppd.store import NewMessage, Store
 
+from .test_store import store  # noqa: F401 -- the fixture: an opened store on a temporary file
+
 PHONE = "+375291234567"
 
 
@@ -18,14 +20,6 @@ def new(b24_id: str, *, text: str = "hello", segments: int = 1, window: float = 
     return NewMessage(member_id="m1", b24_id=b24_id, code="by_life", route="life", sender="Shop", phone=phone,
                       text=text, encoding="gsm7", segments=segments, reason=reason, duplicate_window=window,
                       duplicate_fails=fails)
-
-
-@pytest.fixture
-async def store(tmp_path):
-    s = Store(str(tmp_path / "t.db"))
-    await s.open()
-    yield s
-    await s.close()
 
 
 def table_sizes(path: str) -> dict[str, int]:
