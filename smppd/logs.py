@@ -186,6 +186,15 @@ def _lean_method(name: str) -> Callable[..., Any]:
     return method
 
 
+def _has_lean_attributes(bound_logger: type) -> bool:
+    """Whether a bound logger keeps what the lean methods read (``_logger``, ``_processors``,
+    ``_context``), as every structlog since 15 does. These are private: should a release
+    move them, logging falls back to structlog's own methods instead of failing on the
+    first line."""
+    probe = bound_logger(structlog.PrintLogger(), [], {})
+    return all(hasattr(probe, name) for name in ("_logger", "_processors", "_context"))
+
+
 def lean_bound_logger(level: int) -> type:
     """``structlog.make_filtering_bound_logger(level)`` with its enabled level
     methods doing their work in one call instead of three.
@@ -197,6 +206,8 @@ def lean_bound_logger(level: int) -> type:
     structlog's own; the lines are the same, and ``capture_logs`` still sees them.
     """
     base = structlog.make_filtering_bound_logger(level)
+    if not _has_lean_attributes(base):  # a structlog that keeps its state elsewhere: its own methods
+        return base
     methods = {name: _lean_method(name) for name, at in _LEVEL_METHODS.items() if at >= level}
     methods.update({alias: methods[name] for alias, name in _ALIASES.items() if name in methods})
     return type(base.__name__, (base,), methods)

@@ -347,3 +347,28 @@ def test_lean_bound_logger_delivers_exactly_what_structlog_delivers(monkeypatch)
     lean = logs.lean_bound_logger(logging.WARNING)
     assert lean.info is structlog.make_filtering_bound_logger(logging.WARNING).info  # disabled: structlog's no-op
     assert issubclass(lean, structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def test_lean_bound_logger_falls_back_when_structlog_keeps_its_state_elsewhere(monkeypatch):
+    """The lean methods read structlog's private attributes; a release without them gets
+    structlog's own bound logger, which still logs, not one that fails on the first line."""
+    real = structlog.make_filtering_bound_logger
+
+    def moved(level):
+        base = real(level)
+
+        class Moved(base):  # type: ignore[misc, valid-type]
+            def __init__(self, logger, processors, context):
+                super().__init__(logger, processors, context)
+                self.state = (self._logger, self._processors, self._context)
+                del self._context
+
+        return Moved
+
+    monkeypatch.setattr(structlog, "make_filtering_bound_logger", moved)
+    fallback = logs.lean_bound_logger(logging.INFO)
+    assert fallback.__name__ == "Moved"
+    assert "info" not in vars(fallback)  # no lean method was put on it
+    monkeypatch.undo()
+    lean = logs.lean_bound_logger(logging.INFO)
+    assert "info" in vars(lean)
