@@ -18,7 +18,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from yarl._quoters import UNQUOTER_PLUS as _unquote_plus  # what aiohttp decodes forms with
+try:  # what aiohttp decodes forms with, in C
+    from yarl._quoters import UNQUOTER_PLUS as _unquote_plus
+except ImportError:  # a yarl that moved its private module: the standard library's, same result
+    from urllib.parse import unquote_plus as _unquote_plus
 
 __all__ = ["Binding", "FormError", "HandlerPost", "decode_form", "parse_handler_post"]
 

@@ -47,6 +47,18 @@ def test_random_bodies_decode_as_aiohttp_decodes_them(seed: int) -> None:
         assert list(got) == list(_aiohttp_form(body)), body  # the same key order
 
 
+def test_the_standard_library_fallback_unquotes_as_yarl_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without yarl's private unquoter (a yarl that moved it), decoding falls back to
+    urllib's unquote_plus; it must give the same forms."""
+    from urllib.parse import unquote_plus
+
+    rng = random.Random(99)
+    bodies = [_random_body(rng) for _ in range(3000)]
+    expected = [bf.decode_form(body) for body in bodies]
+    monkeypatch.setattr(bf, "_unquote_plus", unquote_plus)
+    assert [bf.decode_form(body) for body in bodies] == expected
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
