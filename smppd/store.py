@@ -1126,7 +1126,7 @@ def _segment_status(conn: sqlite3.Connection, mid: int, seq: int, new: Status, d
             conn.execute("UPDATE segment SET provider_id=? WHERE message_id=? AND seq=?", (provider_id, mid, seq))
         _event(conn, mid, seq, new, False, detail, now)
         return False
-    error = detail if new in FINAL and new is not Status.DELIVERED else None
+    error = _failure(new, detail)
     word = STATUS_WORD[new]
     if provider_id is None:  # a receipt: SQLite leaves the segment_provider index alone
         conn.execute("UPDATE segment SET status=?, error=coalesce(?, error), updated_at=? WHERE message_id=? AND seq=?",
@@ -1165,7 +1165,7 @@ def _message_status(conn: sqlite3.Connection, mid: int, now: float, detail: str 
         new = aggregate([STATUS_OF[s] for (s,) in parts])
     if not may_advance(current, new):
         return False
-    reason = detail if new in FINAL and new is not Status.DELIVERED else None
+    reason = _failure(new, detail)
     b24 = _b24_forward(b24_current, new)
     _move_message(conn, mid, new, reason, b24, now)
     changed = b24 is not None and _to_outbox(conn, member_id, b24_id, code, b24, now)
@@ -1232,9 +1232,15 @@ def _follow(conn: sqlite3.Connection, mid: int, member_id: str, b24_id: str, cod
     if not may_advance(current, new):
         return False
     b24 = _b24_forward(b24_current, new)
-    _move_message(conn, mid, new, reason if new in FINAL and new is not Status.DELIVERED else None, b24, now)
+    _move_message(conn, mid, new, _failure(new, reason), b24, now)
     _event(conn, mid, None, new, True, "follows its first message", now)
     return b24 is not None and _to_outbox(conn, member_id, b24_id, code, b24, now)
+
+
+def _failure(new: Status, detail: str | None) -> str | None:
+    """What a move to ``new`` keeps as the segment's error or the message's reason: the
+    detail of a final status other than delivered; earlier steps keep the one they had."""
+    return detail if new in FINAL and new is not Status.DELIVERED else None
 
 
 def _move_message(conn: sqlite3.Connection, mid: int, new: Status, reason: str | None, b24: str | None,
