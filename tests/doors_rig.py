@@ -138,6 +138,16 @@ sender_id = "DemoShop"
         self.procs["shim"].send_signal(signal.SIGHUP)
         await _wait_for(lambda: log.read_bytes().count(b"config_reloaded") > before, "shim reload")
 
+    async def hup_daemon(self, **changes: str) -> None:
+        """The same for the daemon (``[shim] posts_without_auth`` is read by its intake)."""
+        for name, value in changes.items():
+            setattr(self, name, value)
+        self.write_config()
+        log = self.tmp / "daemon.log"
+        before = log.read_bytes().count(b"config_reloaded")
+        self.procs["daemon"].send_signal(signal.SIGHUP)
+        await _wait_for(lambda: log.read_bytes().count(b"config_reloaded") > before, "daemon reload")
+
     async def stop(self) -> None:
         if self.http is not None:
             await self.http.close()

@@ -112,14 +112,7 @@ async def test_posts_without_auth_are_counted_logged_hourly_and_refusable(rig: D
     log = (rig.tmp / "daemon.log").read_text()
     assert log.count('"post_without_auth"') == 1  # one line per portal per hour, not per post
     # the admin's choice: refuse them
-    rig.shim_extra = 'posts_without_auth = "refuse"'
-    rig.write_config()
-    before = log.count("config_reloaded")
-    rig.procs["daemon"].send_signal(__import__("signal").SIGHUP)
-    deadline = time.monotonic() + 15
-    while (rig.tmp / "daemon.log").read_text().count("config_reloaded") == before:
-        assert time.monotonic() < deadline, "the daemon did not reload"
-        await asyncio.sleep(0.05)
+    await rig.hup_daemon(shim_extra='posts_without_auth = "refuse"')
     try:
         b24_id, form = rig.genuine(author=False)
         assert await rig.post(rig.handler_url(), form) == (403, {"error": "forbidden"})
@@ -127,9 +120,7 @@ async def test_posts_without_auth_are_counted_logged_hourly_and_refusable(rig: D
         b24_id, form = rig.genuine()  # a post with its auth block is unaffected
         assert (await rig.post(rig.handler_url(), form))[0] == 200
     finally:
-        rig.shim_extra = ""
-        rig.write_config()
-        rig.procs["daemon"].send_signal(__import__("signal").SIGHUP)
+        await rig.hup_daemon(shim_extra="")
 
 
 async def test_allow_from_admits_only_bitrix24_addresses(rig: Doors) -> None:
