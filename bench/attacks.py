@@ -140,7 +140,8 @@ class Drill:
     async def not_on_allow_from(self) -> bool:
         b24_id, form = self.genuine()
         outside = f"198.51.100.{self.rng.randrange(1, 255)}"
-        headers = self.rng.choice([None, {"X-Real-IP": outside}])
+        headers = self.rng.choice([None, {"X-Forwarded-For": outside},  # direct, via the proxy,
+                                   {"X-Forwarded-For": f"203.0.113.5, {outside}"}])  # claiming a listed one
         if self.rng.random() < 0.5:
             return await self.handler_case(form, b24_id, headers=headers)
         status, _ = await self.rig.post(self.rig.app_url(), {"event": "ONAPPUPDATE"}, headers=headers)

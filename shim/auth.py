@@ -83,20 +83,22 @@ def _key_matches(given: str | None, expected: bytes) -> bool:
 def peer_address(remote: str | None, headers: Mapping[str, str]) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The address the post came from.
 
-    Behind the reference nginx (``proxy_set_header X-Real-IP $remote_addr``) the
-    shim's peer is loopback and the client is in ``X-Real-IP``; that header is
-    believed only from a loopback peer, so a client talking to the shim directly
-    cannot name itself.
+    Behind the reference nginx (``proxy_set_header X-Forwarded-For
+    $proxy_add_x_forwarded_for``, deploy/nginx/smppd.conf) the shim's peer is
+    loopback and the client is the *last* ``X-Forwarded-For`` entry, the one
+    nginx appended itself; the entries before it are whatever the client sent,
+    so they are never read.  The header is believed only from a loopback peer,
+    so a client talking to the shim directly cannot name itself.
     """
     try:
         peer = ipaddress.ip_address(remote) if remote else None
     except ValueError:
         return None
     if peer is not None and any(peer in net for net in _LOOPBACK):
-        real = headers.get("X-Real-IP")
-        if real:
+        forwarded = headers.get("X-Forwarded-For")
+        if forwarded:
             try:
-                return ipaddress.ip_address(real.strip())
+                return ipaddress.ip_address(forwarded.rsplit(",", 1)[-1].strip())
             except ValueError:
                 return None
     return peer

@@ -365,7 +365,9 @@ def _shim_doors(t: Mapping[str, Any]) -> dict[str, Any]:
     networks = []
     for item in raw:
         try:
-            networks.append(ipaddress.ip_network(item, strict=False))
+            if not isinstance(item, str):  # ip_network(24) would be 0.0.0.24
+                raise TypeError(item)
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
         except (TypeError, ValueError):
             raise ConfigError("shim.allow_from", f"not an address or network (CIDR): {item!r}") from None
     return dict(posts_without_auth=no_auth, ts_window=_number(t, "shim", "ts_window", default=86400.0, low=0.0),

@@ -128,14 +128,15 @@ async def test_allow_from_admits_only_bitrix24_addresses(rig: Doors) -> None:
     try:
         b24_id, form = rig.genuine()
         # straight from 127.0.0.1, or through the proxy for an outside address
-        for headers in (None, {"X-Real-IP": "198.51.100.7"}):
+        for headers in (None, {"X-Forwarded-For": "198.51.100.7"},
+                        {"X-Forwarded-For": "203.0.113.9, 198.51.100.7"}):  # the client's own claim comes first
             status, body = await rig.post(rig.handler_url(), form, headers=headers)
             assert (status, body["error"]) == (403, "address_not_allowed")
             status, body = await rig.post(rig.app_url(), {"event": "ONAPPUPDATE"}, headers=headers)
             assert (status, body["error"]) == (403, "address_not_allowed")
         assert not rig.stored(b24_id)
         # a queue server's post, as nginx passes it on
-        status, _ = await rig.post(rig.handler_url(), form, headers={"X-Real-IP": "203.0.113.9"})
+        status, _ = await rig.post(rig.handler_url(), form, headers={"X-Forwarded-For": "203.0.113.9"})
         assert status == 200 and rig.stored(b24_id)
         # providers call /dlr/ from their own addresses: not on Bitrix24's list, still served
         status, _ = await rig.post(rig.dlr_url(), rig.signed_smsru(["sms_status\n000-allow\n103"]))
