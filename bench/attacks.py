@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.doors_rig import Doors, start_doors, stop_doors  # noqa: E402
+from tests.doors_rig import DoorsRig, start_doors, stop_doors  # noqa: E402
 
 
 def _set(form: list[tuple[str, str]], **fields: str | None) -> list[tuple[str, str]]:
@@ -35,7 +35,7 @@ def _set(form: list[tuple[str, str]], **fields: str | None) -> list[tuple[str, s
 
 
 class Drill:
-    def __init__(self, rig: Doors, cases: int, seed: int) -> None:
+    def __init__(self, rig: DoorsRig, cases: int, seed: int) -> None:
         self.rig = rig
         self.cases = cases
         self.rng = random.Random(seed)

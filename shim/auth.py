@@ -24,6 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
+from smppd.config import Config
+
 __all__ = ["DoorConfig", "Doors", "Refusal", "error_response", "peer_address", "ts_fresh"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -69,7 +71,7 @@ class DoorConfig:
     ts_window: float | None = None  # seconds either side of now; None or 0 = not checked
 
     @classmethod
-    def from_config(cls, cfg: Any, route_keys: Mapping[str, str]) -> "DoorConfig":
+    def from_config(cls, cfg: Config, route_keys: Mapping[str, str]) -> "DoorConfig":
         shim = cfg.shim
         return cls(handler_key=shim.handler_key, route_keys=dict(route_keys), allow_from=tuple(shim.allow_from),
                    ts_window=shim.ts_window or None)
@@ -109,11 +111,15 @@ def ts_fresh(ts: int | None, now: float, window: float | None) -> Refusal | None
 
     Bitrix24 posts within seconds of creating the message (its queue may delay a
     little), so a ``ts`` a day away is a replay or a forgery, never a late post.
+    A refused genuine post is lost for good (Bitrix24 never retries), so a ``ts``
+    in milliseconds is read as such rather than refused.
     """
     if not window:
         return None
     if ts is None:
         return Refusal(400, "bad_request", "ts", "missing")
+    if ts > 100_000_000_000:  # milliseconds (year 5138 in seconds): read, not refused, should the core ever switch
+        ts //= 1000
     if abs(ts - now) > window:
         return Refusal(403, "stale", "ts", f"more than {int(window)} s from now")
     return None

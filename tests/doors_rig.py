@@ -35,7 +35,7 @@ def free_port() -> int:
 
 
 @dataclass
-class Doors:
+class DoorsRig:
     tmp: Path
     portal: SimulatedPortal
     smsc: SmscSimulator
@@ -214,7 +214,7 @@ async def _wait_for(check: Any, what: str, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def start_doors(tmp: Path | None = None, *, shim_extra: str = "") -> Doors:
+async def start_doors(tmp: Path | None = None, *, shim_extra: str = "") -> DoorsRig:
     tmp = tmp or Path(tempfile.mkdtemp(prefix="smppd-doors-"))
     portal = SimulatedPortal(rate=None)
     await portal.start()
@@ -222,7 +222,7 @@ async def start_doors(tmp: Path | None = None, *, shim_extra: str = "") -> Doors
     await smsc.start()
     smsru = SmsRuSimulator(deliver_after=0.05)
     await smsru.start()
-    rig = Doors(tmp, portal, smsc, smsru, free_port(), free_port(), free_port(), shim_extra=shim_extra)
+    rig = DoorsRig(tmp, portal, smsc, smsru, free_port(), free_port(), free_port(), shim_extra=shim_extra)
     smsru.callback_url = rig.dlr_url()
     try:
         await rig.start()
@@ -232,7 +232,7 @@ async def start_doors(tmp: Path | None = None, *, shim_extra: str = "") -> Doors
     return rig
 
 
-async def stop_doors(rig: Doors) -> None:
+async def stop_doors(rig: DoorsRig) -> None:
     try:
         await rig.stop()
     finally:

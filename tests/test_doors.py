@@ -11,7 +11,7 @@ import time
 import pytest
 import pytest_asyncio
 
-from .doors_rig import Doors, start_doors, stop_doors
+from .doors_rig import DoorsRig, start_doors, stop_doors
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -35,7 +35,7 @@ def _without_auth(form: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in form if not k.startswith("auth[")]
 
 
-async def test_genuine_post_is_stored(rig: Doors) -> None:
+async def test_genuine_post_is_stored(rig: DoorsRig) -> None:
     b24_id, form = rig.genuine()
     status, body = await rig.post(rig.handler_url(), form)
     assert (status, body["duplicate"]) == (200, False) and rig.stored(b24_id)
@@ -48,7 +48,7 @@ async def test_genuine_post_is_stored(rig: Doors) -> None:
     {"auth_application_token": "forged-token"},  # the real member_id, a wrong token
     {"auth_member_id": "0" * 32},  # a portal we do not have
 ])
-async def test_a_wrong_token_is_refused_and_nothing_is_stored_sent_or_pushed(rig: Doors, auth) -> None:
+async def test_a_wrong_token_is_refused_and_nothing_is_stored_sent_or_pushed(rig: DoorsRig, auth) -> None:
     """§2: a token that opens no portal used to fall through to the only portal installed."""
     to = "+375291110001"
     b24_id, form = rig.genuine(to=to)
@@ -60,7 +60,7 @@ async def test_a_wrong_token_is_refused_and_nothing_is_stored_sent_or_pushed(rig
     assert rig.portal.messages[b24_id].history[-1][1] == "sent"  # no status pushed for it
 
 
-async def test_the_right_token_without_member_id_names_its_portal(rig: Doors) -> None:
+async def test_the_right_token_without_member_id_names_its_portal(rig: DoorsRig) -> None:
     b24_id, form = rig.genuine()
     status, _ = await rig.post(rig.handler_url(), _replace(form, auth_member_id=None))
     assert status == 200 and rig.stored(b24_id)
@@ -72,21 +72,21 @@ async def test_the_right_token_without_member_id_names_its_portal(rig: Doors) ->
     (str(int(time.time()) + 86400 + 120), (403, "stale")),
     (None, (400, "bad_request")),  # every genuine post has one (bitrix24.md §4)
 ])
-async def test_a_post_outside_the_ts_window_is_refused(rig: Doors, ts, answer) -> None:
+async def test_a_post_outside_the_ts_window_is_refused(rig: DoorsRig, ts, answer) -> None:
     b24_id, form = rig.genuine()
     status, body = await rig.post(rig.handler_url(), _replace(form, ts=ts))
     assert (status, body["error"], body["field"]) == (*answer, "ts")
     assert not rig.stored(b24_id)
 
 
-async def test_a_post_a_few_minutes_late_or_early_is_kept(rig: Doors) -> None:
+async def test_a_post_a_few_minutes_late_or_early_is_kept(rig: DoorsRig) -> None:
     for shift in (-3600, -60, 0, 90):
         b24_id, form = rig.genuine()
         status, _ = await rig.post(rig.handler_url(), _replace(form, ts=str(int(time.time()) + shift)))
         assert status == 200 and rig.stored(b24_id)
 
 
-async def test_a_captured_post_replayed_later_is_refused(rig: Doors) -> None:
+async def test_a_captured_post_replayed_later_is_refused(rig: DoorsRig) -> None:
     """A post captured yesterday, replayed with another number, text and message id."""
     b24_id, form = rig.genuine()
     assert (await rig.post(rig.handler_url(), form))[0] == 200
@@ -99,7 +99,7 @@ async def test_a_captured_post_replayed_later_is_refused(rig: Doors) -> None:
     assert (status, body["duplicate"]) == (200, True)
 
 
-async def test_posts_without_auth_are_counted_logged_hourly_and_refusable(rig: Doors) -> None:
+async def test_posts_without_auth_are_counted_logged_hourly_and_refusable(rig: DoorsRig) -> None:
     member = rig.portal.member_id
     ids = []
     for _ in range(3):
@@ -123,7 +123,7 @@ async def test_posts_without_auth_are_counted_logged_hourly_and_refusable(rig: D
         await rig.hup_daemon(shim_extra="")
 
 
-async def test_allow_from_admits_only_bitrix24_addresses(rig: Doors) -> None:
+async def test_allow_from_admits_only_bitrix24_addresses(rig: DoorsRig) -> None:
     await rig.hup_shim(shim_extra='allow_from = ["203.0.113.0/24", "2001:db8::/32"]')
     try:
         b24_id, form = rig.genuine()
@@ -145,7 +145,7 @@ async def test_allow_from_admits_only_bitrix24_addresses(rig: Doors) -> None:
         await rig.hup_shim(shim_extra="")
 
 
-async def test_unsigned_or_missigned_smsru_callbacks_change_nothing(rig: Doors) -> None:
+async def test_unsigned_or_missigned_smsru_callbacks_change_nothing(rig: DoorsRig) -> None:
     rig.smsru.callback_url = None  # the test speaks for SMS.ru
     b24_id, form = rig.genuine(to="+375291112233", text="via SMS.ru", code="by_smsru")  # not a repeat
     assert (await rig.post(rig.handler_url("by_smsru"), form))[0] == 200
@@ -171,7 +171,7 @@ async def test_unsigned_or_missigned_smsru_callbacks_change_nothing(rig: Doors) 
         assert conn.execute("SELECT status FROM message WHERE b24_id=?", (b24_id,)).fetchone()[0] == "delivered"
 
 
-async def test_sighup_rotates_the_key_of_every_door_together(rig: Doors) -> None:
+async def test_sighup_rotates_the_key_of_every_door_together(rig: DoorsRig) -> None:
     """§5: before, a SIGHUP rotated /bitrix24/ only; the old key kept opening the others."""
     old_key, old_route_key = rig.key, rig.route_key
     callback = rig.signed_smsru(["sms_status\n000-rotate\n103"])
@@ -188,3 +188,6 @@ async def test_sighup_rotates_the_key_of_every_door_together(rig: Doors) -> None
     assert 401 not in await doors(rig.key, rig.route_key)
     status, body = await rig.post(rig.handler_url(key=old_key), rig.genuine()[1])
     assert body == {"error": "unauthorized", "field": "key"}
+    for name in ("shim.log", "daemon.log"):  # no key of any door in a log line
+        text = (rig.tmp / name).read_text()
+        assert old_key not in text and rig.key not in text and old_route_key not in text

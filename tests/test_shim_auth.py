@@ -34,6 +34,8 @@ def test_peer_address(remote, headers, expected):
     (int(NOW) + 86401, 86400.0, (403, "stale")),
     (978307200, 86400.0, (403, "stale")),
     (None, 86400.0, (400, "bad_request")),
+    (int(NOW) * 1000 + 999, 86400.0, None),  # milliseconds: read, not refused
+    ((int(NOW) - 2 * 86400) * 1000, 86400.0, (403, "stale")),
     (None, None, None),  # the window off: nothing checked
     (978307200, 0.0, None),
 ])
