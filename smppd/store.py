@@ -705,16 +705,18 @@ class Store:
             ).fetchone()
             if row is None:
                 if keep_pending and pending_max != 0:
+                    # bounded on disk too: rows past their time or their place are deleted, not
+                    # kept as expired (the route counted each in its receipts_unmatched on arrival)
                     if pending_ttl is not None:
-                        conn.execute("UPDATE receipt_pending SET expired=1 WHERE route=? AND expired=0"
-                                     " AND received_at < ?", (route, now - pending_ttl))
+                        conn.execute("DELETE FROM receipt_pending WHERE route=? AND (expired=1 OR received_at < ?)",
+                                     (route, now - pending_ttl))
                     if pending_max is not None:
-                        kept = conn.execute("SELECT count(*) FROM receipt_pending WHERE route=? AND expired=0",
+                        kept = conn.execute("SELECT count(*) FROM receipt_pending WHERE route=?",
                                             (route,)).fetchone()[0]
                         if kept >= pending_max:  # the oldest give way
                             conn.execute(
-                                "UPDATE receipt_pending SET expired=1 WHERE id IN (SELECT id FROM receipt_pending"
-                                " WHERE route=? AND expired=0 ORDER BY id LIMIT ?)", (route, kept - pending_max + 1))
+                                "DELETE FROM receipt_pending WHERE id IN (SELECT id FROM receipt_pending"
+                                " WHERE route=? ORDER BY id LIMIT ?)", (route, kept - pending_max + 1))
                     conn.execute(
                         "INSERT INTO receipt_pending (route, provider_id, status, detail, received_at)"
                         " VALUES (?,?,?,?,?)",
