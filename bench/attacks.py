@@ -19,6 +19,7 @@ import asyncio
 import random
 import secrets
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -205,13 +206,14 @@ class Drill:
 
 
 async def main(cases: int, seed: int) -> int:
-    rig = await start_doors()
-    started = time.monotonic()
-    try:
-        drill = Drill(rig, cases, seed)
-        await drill.run()
-    finally:
-        await stop_doors(rig)
+    with tempfile.TemporaryDirectory(prefix="smppd-attacks-") as tmp:
+        rig = await start_doors(Path(tmp))
+        started = time.monotonic()
+        try:
+            drill = Drill(rig, cases, seed)
+            await drill.run()
+        finally:
+            await stop_doors(rig)
     print(f"\n{cases} cases per attack, {time.monotonic() - started:.1f} s, real smppd run + smppd-shim\n")
     print("| attack | cases | accepted |")
     print("|---|---:|---:|")
