@@ -15,14 +15,16 @@ from smppd import config as config_mod
 from smppd import logs, metrics, sdnotify
 from smppd.rpc import RpcClient
 
-from .app import HANDLER, make_app
+from .app import DOORS, HANDLER, make_app
+from .auth import DoorConfig
 from .dlr import dlr_keys
 
 log = structlog.get_logger("shim")
 
 
 def reload(app: web.Application, cfg: config_mod.Config, path: str) -> config_mod.Config:
-    """SIGHUP: take the new handler key and CODEs; listen addresses need a restart."""
+    """SIGHUP: take the new keys of every door, the address list, the ``ts``
+    window and CODEs, together; listen addresses need a restart."""
     try:
         new = config_mod.load(path)
     except config_mod.ConfigError as e:
@@ -33,7 +35,8 @@ def reload(app: web.Application, cfg: config_mod.Config, path: str) -> config_mo
         log.error("config_reload_refused", restart_needed=["shim.listen", "shim.metrics", "daemon.socket"],
                   hint="restart smppd-shim to apply these; nothing was changed")
         return cfg
-    app[HANDLER].reconfigure(handler_key=new.shim.handler_key, codes=frozenset(new.senders))
+    app[DOORS].rotate(DoorConfig.from_config(new, dlr_keys(new)))
+    app[HANDLER].reconfigure(codes=frozenset(new.senders))
     log.info("config_reloaded", codes=sorted(new.senders))
     return new
 
@@ -41,7 +44,7 @@ def reload(app: web.Application, cfg: config_mod.Config, path: str) -> config_mo
 async def serve(cfg: config_mod.Config, host: str, port: int, path: str | None = None) -> None:
     rpc = RpcClient(cfg.daemon.socket_path)
     app = make_app(handler_key=cfg.shim.handler_key, codes=frozenset(cfg.senders), rpc=rpc,
-                   dlr_keys=dlr_keys(cfg))
+                   doors=DoorConfig.from_config(cfg, dlr_keys(cfg)))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -9,11 +9,13 @@ daemon has replied with a result, which it does only after COMMIT.
 Answers (Bitrix24 ignores them, see reference/bitrix24.md §6; they are for
 us, proxies and monitoring):
 
+    403  the peer is not on ``[shim] allow_from`` (checked before anything else)
     401  URL key missing or wrong (checked first, so codes cannot be probed)
     404  unknown provider code
     413  body larger than ``max_body``
-    400  missing/malformed field, form code != URL code, empty text
-    403  the daemon refused the portal credentials
+    400  missing/malformed field, form code != URL code, empty text, no ``ts``
+    403  ``ts`` outside ``[shim] ts_window`` ("stale"), or the daemon refused
+         the portal credentials ("forbidden")
     503  the daemon did not answer (down, restarting, timeout)
     500  anything else
     200  stored: ``{"ok": true, "id", "status", "duplicate"}``
@@ -26,11 +28,11 @@ logged anyway: a refusal here, a stored message by the daemon's
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
 import time
+from dataclasses import replace
 from collections.abc import Collection, Mapping
 from json.encoder import encode_basestring  # what json quotes strings with when ensure_ascii=False
 from json.encoder import encode_basestring_ascii  # what json.dumps quotes strings with
@@ -41,6 +43,8 @@ from aiohttp import web
 
 from shim.app_events import PATH as APP_EVENT_PATH
 from shim.app_events import AppEventHandler
+from shim.auth import DoorConfig, Doors, Refusal, ts_fresh
+from shim.dlr import DlrHandler
 from shim.bitrix_form import FormError, HandlerPost, decode_form, parse_handler_post
 from smppd import metrics
 from smppd.phone import mask
@@ -144,6 +148,10 @@ class _Outcome(Exception):
         self.body = body
 
 
+def _refused(refusal: Refusal) -> _Outcome:
+    return _Outcome(refusal.status, refusal.error, refusal.body())
+
+
 def _bad_request(field: str | None, message: str) -> _Outcome:
     body = {"error": "bad_request", "message": message}
     if field is not None:
@@ -185,21 +193,19 @@ def _debug_enabled() -> bool:
 class BitrixHandler:
     """The request handlers, bound to one configuration and one RPC client."""
 
-    def __init__(
-        self, *, handler_key: str, codes: Collection[str], rpc: RpcClient, max_body: int
-    ) -> None:
-        if not handler_key:
-            raise ValueError("handler_key must not be empty")
-        self._key = handler_key.encode()
+    def __init__(self, *, doors: Doors, codes: Collection[str], rpc: RpcClient, max_body: int) -> None:
+        self._doors = doors
         self._codes = frozenset(codes)
         self._rpc = rpc
         self._max_body = max_body
 
-    def reconfigure(self, *, handler_key: str, codes: Collection[str]) -> None:
-        """SIGHUP: a new key or new provider CODEs apply to the next post."""
-        if not handler_key:
-            raise ValueError("handler_key must not be empty")
-        self._key, self._codes = handler_key.encode(), frozenset(codes)
+    def reconfigure(self, *, codes: Collection[str], handler_key: str | None = None) -> None:
+        """SIGHUP: new provider CODEs apply to the next post.  The keys live in
+        the shared ``Doors`` (rotate that); ``handler_key`` is kept for callers
+        that rotate the Bitrix24 key only."""
+        if handler_key is not None:
+            self._doors.rotate(replace(self._doors.config, handler_key=handler_key))
+        self._codes = frozenset(codes)
 
     async def post(self, request: web.Request) -> web.Response:
         """POST /bitrix24/{code}: one line of log per post, whatever happens.
@@ -229,7 +235,9 @@ class BitrixHandler:
 
     async def _accept(self, request: web.Request, ctx: _PostLog) -> Mapping[str, Any]:
         """The checks in their contractual order, then the intake call."""
-        self._check_key(request)
+        refusal = self._doors.check_bitrix24(request)
+        if refusal is not None:
+            raise _refused(refusal)
         code = request.match_info["code"]
         if code not in self._codes:
             raise _Outcome(404, "unknown_code", {"error": "unknown_code"})
@@ -239,13 +247,10 @@ class BitrixHandler:
             raise _bad_request("code", "form code does not match the URL")
         if not post.message_body.strip():
             raise _bad_request("message_body", "empty")
+        refusal = ts_fresh(post.ts, time.time(), self._doors.ts_window)
+        if refusal is not None:  # a replay or a forgery: Bitrix24 posts within seconds
+            raise _refused(refusal)
         return await self._intake(post)
-
-    def _check_key(self, request: web.Request) -> None:
-        key = request.query.get("key")
-        # compare_digest on str refuses non-ASCII; compare bytes instead.
-        if key is None or not hmac.compare_digest(key.encode(), self._key):
-            raise _Outcome(401, "unauthorized", {"error": "unauthorized"})
 
     async def _read_post(self, request: web.Request) -> HandlerPost:
         length = request.content_length
@@ -321,6 +326,7 @@ class BitrixHandler:
 
 
 HANDLER = web.AppKey("handler", BitrixHandler)
+DOORS = web.AppKey("doors", Doors)
 
 
 def make_app(
@@ -330,22 +336,26 @@ def make_app(
     rpc: RpcClient,
     max_body: int = 64 * 1024,
     dlr_keys: Mapping[str, str] | None = None,
+    doors: DoorConfig | None = None,
 ) -> web.Application:
     """Build the shim application.
 
     The caller owns ``rpc`` and closes it; the app never opens or closes it,
     so one client can serve the app for its whole life and across test apps.
+    ``doors`` (``DoorConfig.from_config``) carries the address list and ``ts``
+    window too; without it only the keys are checked.
     """
-    handler = BitrixHandler(handler_key=handler_key, codes=codes, rpc=rpc, max_body=max_body)
+    gate = Doors(doors or DoorConfig(handler_key=handler_key, route_keys=dict(dlr_keys or {})))
+    handler = BitrixHandler(doors=gate, codes=codes, rpc=rpc, max_body=max_body)
     app = web.Application(client_max_size=max_body)
     app.router.add_post("/bitrix24/{code}", handler.post)
     app.router.add_get("/healthz", handler.healthz)
-    if dlr_keys:  # HTTP providers' delivery callbacks (shim/dlr.py)
-        from shim.dlr import DlrHandler
-
-        dlr = DlrHandler(keys=dlr_keys, rpc=rpc)
-        app.router.add_route("POST", "/dlr/{route}", dlr.handle)
-        app.router.add_route("GET", "/dlr/{route}", dlr.handle)
-    app.router.add_post(APP_EVENT_PATH, AppEventHandler(handler_key=handler_key, rpc=rpc).post)
+    # HTTP providers' delivery callbacks (shim/dlr.py); always routed, so a
+    # route added by SIGHUP is served, and an unknown one is a 401 like a bad key
+    dlr = DlrHandler(doors=gate, rpc=rpc)
+    app.router.add_route("POST", "/dlr/{route}", dlr.handle)
+    app.router.add_route("GET", "/dlr/{route}", dlr.handle)
+    app.router.add_post(APP_EVENT_PATH, AppEventHandler(doors=gate, rpc=rpc).post)
     app[HANDLER] = handler
+    app[DOORS] = gate
     return app

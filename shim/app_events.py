@@ -6,18 +6,19 @@ without it), picks ``event`` and the ``auth[...]`` block, and forwards them; whe
 event is genuine is decided by the daemon (``smppd/bitrix24/install.py``), which holds
 the portal table. Tokens travel only in the RPC call, never into a log line.
 
-Answers: 401 bad key, 400 malformed, 403 refused, 503 daemon or portal unreachable, 200 done.
+Answers: 403 address_not_allowed or refused, 401 bad key (both from shim/auth.py), 400 malformed,
+503 daemon or portal unreachable, 200 done.
 """
 
 from __future__ import annotations
 
-import hmac
 import re
 from typing import Any
 
 import structlog
 from aiohttp import web
 
+from shim.auth import Doors, error_response
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
 
 __all__ = ["AppEventHandler", "PATH"]
@@ -30,14 +31,15 @@ _STATUS = {"bad_request": 400, "forbidden": 403, "unavailable": 503}
 
 
 class AppEventHandler:
-    def __init__(self, *, handler_key: str, rpc: RpcClient) -> None:
-        self._key = handler_key.encode()
+    def __init__(self, *, doors: Doors, rpc: RpcClient) -> None:
+        self._doors = doors
         self._rpc = rpc
 
     async def post(self, request: web.Request) -> web.Response:
-        key = request.query.get("key")
-        if key is None or not hmac.compare_digest(key.encode(), self._key):
-            return self._answer(401, "unauthorized", {})
+        refusal = self._doors.check_bitrix24(request)  # the one door check (shim/auth.py)
+        if refusal is not None:
+            log.warning("bitrix24.app_event_post", outcome=refusal.error, http_status=refusal.status)
+            return error_response(refusal)
         try:
             form = await request.post()
         except ValueError:

@@ -15,12 +15,10 @@ daemon that is down gets 503 and the provider retries later.
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Mapping
-
 import structlog
 from aiohttp import web
 
+from shim.auth import Doors, Refusal, error_response
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
 
 log = structlog.get_logger(__name__)
@@ -35,30 +33,31 @@ def dlr_keys(config: object) -> dict[str, str]:
 
 
 class DlrHandler:
-    def __init__(self, *, keys: Mapping[str, str], rpc: RpcClient) -> None:
-        self._keys = {route: key.encode() for route, key in keys.items()}
+    def __init__(self, *, doors: Doors, rpc: RpcClient) -> None:
+        self._doors = doors
         self._rpc = rpc
 
     async def handle(self, request: web.Request) -> web.Response:
         route = request.match_info["route"][:64]
-        expected = self._keys.get(route)
-        key = request.query.get("key")
-        if expected is None or key is None or not hmac.compare_digest(key.encode(), expected):
+        refusal = self._doors.check_route(request, route)  # the one door check (shim/auth.py)
+        if refusal is not None:
             log.warning("dlr.unauthorized", route=route)
-            return web.Response(status=401, text="unauthorized")
+            return error_response(refusal)
         try:
             form = [(k, str(v)) for k, v in (await request.post()).items()]
         except (ValueError, web.HTTPRequestEntityTooLarge):
-            return web.Response(status=400, text="unreadable form")
+            return error_response(Refusal(400, "bad_request", None, "unreadable form"))
         form += [(k, v) for k, v in request.query.items() if k != "key"]
         try:
             result = await self._rpc.call("dlr", {"route": route, "form": form})
         except RpcUnavailable as exc:
             log.warning("dlr.daemon_unavailable", route=route, reason=str(exc))
-            return web.Response(status=503, text="unavailable")
+            return error_response(Refusal(503, "unavailable"))
         except RpcError as exc:
             status = {"bad_request": 400, "forbidden": 403}.get(exc.code, 500)
             log.warning("dlr.refused", route=route, code=exc.code, message=exc.message)
-            return web.Response(status=status, text=exc.code)
+            field = exc.field or ("hash" if exc.code == "forbidden" else None)
+            return error_response(Refusal(status, exc.code if status != 500 else "internal", field,
+                                          exc.message if status != 500 else None))
         log.info("dlr.post", route=route, records=len(form))
         return web.Response(text=str(result.get("answer", "OK")))

@@ -8,6 +8,7 @@ Secrets are ``repr=False`` so a config object can be logged safely.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -36,6 +37,12 @@ DEFAULT_COUNTRIES: dict[str, frozenset[str] | None] = {"smpp": frozenset({"BY"})
 ANY_COUNTRY = "*"
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+NO_AUTH_CHOICES = ("accept", "refuse")
+UNKNOWN_RECEIPTS_MAX = 1000  # per HTTP route: callbacks kept for ids whose send answer is not in yet
+UNKNOWN_RECEIPTS_TTL = 600.0  # seconds such a callback waits for its id before it is dropped
+
+
 class ConfigError(ValueError):
     """A config problem, always tied to the key that has it."""
 
@@ -60,6 +67,10 @@ class ShimConfig:
     handler_key: str = field(repr=False)
     public_url: str | None = None
     metrics: tuple[str, int] | None = None
+    # issue 18: what the doors accept (README "What each door checks")
+    posts_without_auth: str = "accept"  # "accept" | "refuse": HANDLER posts with no auth[] block
+    ts_window: float = 86400.0  # seconds a post's ts may be from now, either way; 0 = not checked
+    allow_from: tuple[IPNetwork, ...] = ()  # Bitrix24 queue-server networks; () = any address
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,8 @@ class SmsRuRouteConfig:
     batch_size: int = 1  # numbers per sms/send request (up to 100) for identical texts
     batch_interval: float = 0.0
     callback_key: str = field(default="", repr=False)  # per-route ?key= of /dlr/{route}; "" = the shim key
+    unknown_receipts_max: int = UNKNOWN_RECEIPTS_MAX  # callbacks kept for ids not known yet (issue 18)
+    unknown_receipts_ttl: float = UNKNOWN_RECEIPTS_TTL  # seconds one waits for its id, then dropped
     rate: float = 0.0  # requests per second, 0 = no cap
     concurrency: int = 4
     timeout: float = 15.0
@@ -173,6 +186,8 @@ class SmscRouteConfig:
     viber_fallback: float = 300.0  # seconds Viber gets before the SMS goes out
     valid: int = 0  # lifetime in minutes, 0 = the provider's default
     callback_key: str = field(default="", repr=False)
+    unknown_receipts_max: int = UNKNOWN_RECEIPTS_MAX  # callbacks kept for ids not known yet (issue 18)
+    unknown_receipts_ttl: float = UNKNOWN_RECEIPTS_TTL  # seconds one waits for its id, then dropped
     rate: float = 0.0
     concurrency: int = 4
     timeout: float = 15.0
@@ -320,7 +335,8 @@ def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
 
 
 def _shim(t: Mapping[str, Any]) -> ShimConfig:
-    _only(t, "shim", {"listen", "handler_key", "public_url", "metrics"})
+    _only(t, "shim", {"listen", "handler_key", "public_url", "metrics", "posts_without_auth", "ts_window",
+                      "allow_from"})
     listen = _str(t, "shim", "listen")
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -334,7 +350,28 @@ def _shim(t: Mapping[str, Any]) -> ShimConfig:
         handler_key=key,
         public_url=_str(t, "shim", "public_url", default=None),
         metrics=_metrics(t, "shim"),
+        **_shim_doors(t),
     )
+
+
+def _shim_doors(t: Mapping[str, Any]) -> dict[str, Any]:
+    """The issue-18 door keys of ``[shim]``: who may post, and how old a post may be."""
+    no_auth = _str(t, "shim", "posts_without_auth", default="accept")
+    if no_auth not in NO_AUTH_CHOICES:
+        raise ConfigError("shim.posts_without_auth", f"must be one of {', '.join(NO_AUTH_CHOICES)}, got {no_auth!r}")
+    raw = _get(t, "shim", "allow_from", [])
+    if not isinstance(raw, list):
+        raise ConfigError("shim.allow_from", "must be a list of addresses or networks (CIDR)")
+    networks = []
+    for item in raw:
+        try:
+            if not isinstance(item, str):  # ip_network(24) would be 0.0.0.24
+                raise TypeError(item)
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except (TypeError, ValueError):
+            raise ConfigError("shim.allow_from", f"not an address or network (CIDR): {item!r}") from None
+    return dict(posts_without_auth=no_auth, ts_window=_number(t, "shim", "ts_window", default=86400.0, low=0.0),
+                allow_from=tuple(networks))
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -505,6 +542,9 @@ def _http_route(name: str, kind: str, t: Mapping[str, Any]) -> HttpRouteConfig:
         poll_interval=_number(t, key, "poll_interval", default=60.0, low=1.0),
         poll_for=_number(t, key, "poll_for", default=3 * 86400.0, low=60.0),
         countries=_countries(t, key, kind),
+        unknown_receipts_max=_int(t, key, "unknown_receipts_max", default=UNKNOWN_RECEIPTS_MAX, low=0,
+                                  high=1_000_000),
+        unknown_receipts_ttl=_number(t, key, "unknown_receipts_ttl", default=UNKNOWN_RECEIPTS_TTL, low=1.0),
     )
     if kind == "smsru":
         return SmsRuRouteConfig(

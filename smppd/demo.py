@@ -176,11 +176,12 @@ async def start_daemon(rig: Rig) -> None:
 async def start_shim(rig: Rig) -> None:
     from shim.app import make_app
 
+    from shim.auth import DoorConfig
     from shim.dlr import dlr_keys
 
     rig.rpc = RpcClient(rig.config.daemon.socket_path)
     app = make_app(handler_key=rig.config.shim.handler_key, codes=frozenset(rig.config.senders), rpc=rig.rpc,
-                   dlr_keys=dlr_keys(rig.config))
+                   doors=DoorConfig.from_config(rig.config, dlr_keys(rig.config)))
     rig.shim_runner = web.AppRunner(app, access_log=None)
     await rig.shim_runner.setup()
     site = web.TCPSite(rig.shim_runner, "127.0.0.1", 0)

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Container, Mapping, NamedTuple, Sequence
 
@@ -24,6 +25,25 @@ from .smpp.segments import route_encoding
 from .store import IntakeResult, NewMessage, OpenMessage, PortalRecord, Store
 
 log = structlog.get_logger(__name__)
+
+
+class OncePer:
+    """Sans-I/O: whether a line about ``key`` is due, at most once per ``period``
+    seconds per key (a busy portal must not fill the log with one line per post)."""
+
+    def __init__(self, period: float, limit: int = 10_000) -> None:
+        self.period = period
+        self._limit = limit
+        self._last: dict[str, float] = {}
+
+    def due(self, key: str, now: float) -> bool:
+        last = self._last.get(key)
+        if last is not None and now - last < self.period:
+            return False
+        if len(self._last) >= self._limit:  # a bound: keys are portals, but never trust that
+            self._last.clear()
+        self._last[key] = now
+        return True
 
 MESSAGE_ID_RE = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would let a trailing newline through
 MAX_TEXT = 10_000  # far above anything Bitrix24 sends; protects the store from junk
@@ -92,6 +112,7 @@ class Intake:
         self._stoplist = stoplist
         self._on_held = on_held
         self._warned_texts: set[bytes] = set()
+        self._no_auth_log = OncePer(3600.0)
 
     async def __call__(self, params: Mapping[str, Any]) -> dict[str, Any]:
         post = self._accept(params)
@@ -201,14 +222,22 @@ class Intake:
     def _authenticate(self, req: IntakeRequest, owner: str | None) -> PortalRecord:
         """The portal this post comes from, or RpcError("forbidden").
 
-        A post without an auth block (a message with no author) is accepted only
-        when the CODE leaves no doubt about the portal (bitrix24.md §5).
+        A post that carries an ``application_token`` is accepted only when the
+        token is that of the portal it names, or, naming none, of exactly one
+        installed portal (issue 18 §2): a token that opens no door must not
+        fall through to "the only portal there is".  A post without an auth
+        block (a message with no author) is accepted only when the CODE leaves
+        no doubt about the portal (bitrix24.md §5) and ``[shim]
+        posts_without_auth`` is "accept".
         """
         portals = self._portals()
+        if req.member_id is None and req.application_token is not None:
+            return self._by_token_alone(req.application_token, owner, portals)
         if req.member_id is None:
             candidates = [owner] if owner else list(portals)
             if len(candidates) != 1 or candidates[0] not in portals:
                 raise RpcError("forbidden", "no auth block and the portal is ambiguous")
+            self._without_auth(candidates[0], req.code)
             return portals[candidates[0]]
         portal = portals.get(req.member_id)
         if portal is None:
@@ -219,6 +248,31 @@ class Intake:
         if not hmac.compare_digest(token.encode(), portal.application_token.encode()):
             raise RpcError("forbidden", "application_token does not match")
         return portal
+
+    @staticmethod
+    def _by_token_alone(token: str, owner: str | None, portals: Mapping[str, PortalRecord]) -> PortalRecord:
+        """The one portal whose application_token this is (every portal compared,
+        in constant time each, so the answer's time does not tell which)."""
+        given = token.encode()
+        matches = [p for p in portals.values()
+                   if hmac.compare_digest(given, p.application_token.encode()) and p.application_token]
+        if len(matches) != 1:
+            raise RpcError("forbidden", "application_token does not match")
+        if owner is not None and owner != matches[0].member_id:
+            raise RpcError("forbidden", "this code belongs to another portal")
+        return matches[0]
+
+    def _without_auth(self, member_id: str, code: str) -> None:
+        """A post with no auth block: counted, logged once per portal per hour,
+        and refused when the admin chose so."""
+        refused = self.config.shim.posts_without_auth == "refuse"
+        metrics.post_without_auth(member_id, refused)
+        if self._no_auth_log.due(member_id, time.monotonic()):
+            log.warning("post_without_auth", member_id=member_id, code=code, refused=refused,
+                        hint="Bitrix24 omits auth[] for a message without an author; "
+                             "[shim] posts_without_auth decides (once per portal per hour)")
+        if refused:
+            raise RpcError("forbidden", "no auth block ([shim] posts_without_auth = refuse)")
 
     def _prepare(self, req: IntakeRequest, member_id: str, sender: SenderConfig, marketing: bool) -> NewMessage:
         route = self.config.routes.get(sender.route)

@@ -79,6 +79,10 @@ SHIM_REQUESTS = Counter(
     "smppd_shim_requests", "HANDLER posts answered by the shim, by HTTP status and outcome.",
     ["http_status", "outcome"],
 )
+POSTS_WITHOUT_AUTH = Counter(
+    "smppd_posts_without_auth", "HANDLER posts with no auth[] block (no author), by portal and whether "
+    "[shim] posts_without_auth refused them.", ["portal", "refused"],
+)
 SHIM_LATENCY = Histogram(
     "smppd_shim_request_seconds", "HANDLER post to answer, including the daemon's commit.", buckets=HTTP_BUCKETS,
 )
@@ -140,6 +144,10 @@ def message_received(route: str, status: str, segments: int, *, duplicate: bool 
 def shim_answered(http_status: int, outcome: str, seconds: float) -> None:
     _child(SHIM_REQUESTS, str(http_status), outcome).inc()
     SHIM_LATENCY.observe(seconds)
+
+
+def post_without_auth(portal: str, refused: bool) -> None:
+    _child(POSTS_WITHOUT_AUTH, portal, "true" if refused else "false").inc()
 
 
 def rest_error(portal: str, error: Any) -> None:

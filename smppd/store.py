@@ -617,9 +617,12 @@ class Store:
     # so, and the SMPP aggregate rules keep working unchanged.
 
     async def provider_accepted(self, message_id: int, provider_id: str, *, poll_at: float,
-                                channel: str | None = None) -> None:
-        """The provider took the message; apply any callback that beat its answer."""
+                                channel: str | None = None, pending_ttl: float | None = None) -> None:
+        """The provider took the message; apply any callback that beat its answer
+        (and is younger than ``pending_ttl``: an older one is a stale or forged
+        word about an id the provider happened to reuse)."""
         now = self.clock()
+        oldest = now - pending_ttl if pending_ttl is not None else float("-inf")
 
         def op(conn: sqlite3.Connection) -> bool:
             row = conn.execute("SELECT route FROM message WHERE id=?", (message_id,)).fetchone()
@@ -632,11 +635,13 @@ class Store:
                          (poll_at, channel, message_id))
             changed = _all_segments(conn, message_id, Status.ACCEPTED, None, now)
             early = conn.execute(
-                "SELECT id, status, detail FROM receipt_pending WHERE route=? AND provider_id=? ORDER BY id",
+                "SELECT id, status, detail, expired, received_at FROM receipt_pending"
+                " WHERE route=? AND provider_id=? ORDER BY id",
                 (route, provider_id),
             ).fetchall()
-            for rid, status, detail in early:
-                changed |= _all_segments(conn, message_id, Status(status), detail, now)
+            for rid, status, detail, expired, received_at in early:
+                if not expired and received_at >= oldest:
+                    changed |= _all_segments(conn, message_id, Status(status), detail, now)
                 conn.execute("DELETE FROM receipt_pending WHERE id=?", (rid,))
             return changed
 
@@ -681,11 +686,16 @@ class Store:
             self.outbox_changed.set()
 
     async def provider_receipt(self, route: str, provider_id: str, status: Status, detail: str,
-                               *, keep_pending: bool = True) -> int | None:
+                               *, keep_pending: bool = True, pending_max: int | None = None,
+                               pending_ttl: float | None = None) -> int | None:
         """Apply a callback or poll result; the message id, or None when the id is unknown.
 
         An unknown id is kept pending (its send answer may still be on the way)
         unless ``keep_pending`` is False (a poll answer for an id we asked about).
+        ``pending_max`` bounds how many such receipts the route keeps (the
+        oldest give way) and ``pending_ttl`` how long they wait: a send answer
+        comes within seconds, so a callback older than that names no message
+        of ours, and a flood of them must not grow the table (issue 18 §5).
         """
         now = self.clock()
 
@@ -694,7 +704,19 @@ class Store:
                 "SELECT message_id FROM segment WHERE route=? AND provider_id=?", (route, provider_id)
             ).fetchone()
             if row is None:
-                if keep_pending:
+                if keep_pending and pending_max != 0:
+                    # bounded on disk too: rows past their time or their place are deleted, not
+                    # kept as expired (the route counted each in its receipts_unmatched on arrival)
+                    if pending_ttl is not None:
+                        conn.execute("DELETE FROM receipt_pending WHERE route=? AND (expired=1 OR received_at < ?)",
+                                     (route, now - pending_ttl))
+                    if pending_max is not None:
+                        kept = conn.execute("SELECT count(*) FROM receipt_pending WHERE route=?",
+                                            (route,)).fetchone()[0]
+                        if kept >= pending_max:  # the oldest give way
+                            conn.execute(
+                                "DELETE FROM receipt_pending WHERE id IN (SELECT id FROM receipt_pending"
+                                " WHERE route=? ORDER BY id LIMIT ?)", (route, kept - pending_max + 1))
                     conn.execute(
                         "INSERT INTO receipt_pending (route, provider_id, status, detail, received_at)"
                         " VALUES (?,?,?,?,?)",

@@ -63,7 +63,9 @@ async def test_callback_doors(rig):
     # forged signature
     assert (await _post(dlr_url(rig, "smsru"), {"data[0]": record, "hash": "0" * 64}))[0] == 403
     # malformed
-    assert (await _post(dlr_url(rig, "smsru"), {"data[0]": "sms_status\nonly-two"}))[0] == 400
+    bad = "sms_status\nonly-two"
+    bad_hash = hashlib.sha256((api_id + bad).encode()).hexdigest()
+    assert (await _post(dlr_url(rig, "smsru"), {"data[0]": bad, "hash": bad_hash}))[0] == 400
     assert (await _post(dlr_url(rig, "smscru"), {"status": "1"}))[0] == 400
     # wrong key, no key, unknown route, an SMPP route: all the same 401
     assert (await _post(dlr_url(rig, "smsru", key="x" * 30), {"data[0]": record}))[0] == 401
@@ -116,4 +118,6 @@ async def test_smsru_callback_as_multipart_with_unnumbered_keys(rig):
     form = aiohttp.FormData()
     form.add_field("data[]", "callcheck_status\n1\n401", content_type="text/plain")
     form.add_field("data[]", f"sms_status\n{pid}\n103\n1700000000", content_type="text/plain")
+    signed = rig.http_sims["smsru"].api_id + "callcheck_status\n1\n401" + f"sms_status\n{pid}\n103\n1700000000"
+    form.add_field("hash", hashlib.sha256(signed.encode()).hexdigest())
     assert await _post(dlr_url(rig, "smsru"), form) == (200, "100")

@@ -243,7 +243,7 @@ async def test_bizproc_post_without_bindings(http: TestClient, daemon: FakeDaemo
 )
 async def test_bad_key_is_401(http: TestClient, daemon: FakeDaemon, url: str) -> None:
     status, answer = await post(http, body(), url)
-    assert (status, answer) == (401, {"error": "unauthorized"})
+    assert (status, answer) == (401, {"error": "unauthorized", "field": "key"})
     assert daemon.intakes == []
 
 

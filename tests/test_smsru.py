@@ -110,14 +110,17 @@ def test_callback_records_are_read_in_order_and_hash_checked():
     assert [(r.sms_id, r.code, r.ts) for r in out] == [("000000-1", 103, 1700000000), ("000000-2", 104, None)]
 
 
-def test_callback_without_hash_is_accepted_and_with_a_wrong_one_refused():
-    assert len(smsru.parse_callback([("data[]", "sms_status\n1\n103")], API_ID)) == 1
+def test_callback_without_hash_or_with_a_wrong_one_is_refused():
+    """Issue 18 §5: with the URL key alone, an unsigned record marked any message delivered."""
+    with pytest.raises(ForgedCallback, match="hash: missing"):
+        smsru.parse_callback([("data[]", "sms_status\n1\n103")], API_ID)
+    assert len(smsru.parse_callback([("data[]", "sms_status\n1\n103")], "")) == 1  # no api_id: nothing to check with
     with pytest.raises(ForgedCallback):
         smsru.parse_callback(_signed(["sms_status\n1\n103"], api_id="someone-else"), API_ID)
 
 
-@pytest.mark.parametrize("form", [[], [("foo", "bar")], [("data[0]", "sms_status\n1")],
-                                  [("data[0]", "sms_status\n1\nabc")]])
+@pytest.mark.parametrize("form", [[], [("foo", "bar")], _signed(["sms_status\n1"]),
+                                  _signed(["sms_status\n1\nabc"])])
 def test_malformed_callbacks_are_refused(form):
     with pytest.raises(BadCallback):
         smsru.parse_callback(form, API_ID)
@@ -301,6 +304,33 @@ async def test_callback_applies_and_early_callback_waits_for_the_send_answer(sim
     # A late "in transit" after delivered changes nothing (never backwards).
     await route.callback(_signed(["sms_status\nX-1\n102"]))
     assert (await status_of(store, m.id))[0] is Status.DELIVERED
+
+
+async def test_receipts_for_unknown_ids_are_bounded_in_number_and_age(sim, store):
+    """Issue 18 §5: callbacks for ids not known yet are kept (the send answer may
+    be late), but at most ``unknown_receipts_max`` per route and for at most
+    ``unknown_receipts_ttl`` seconds; an older one is never applied."""
+    route = SmsRuRoute(cfg(base_url=sim.base_url, unknown_receipts_max=3, unknown_receipts_ttl=60.0), store)
+    for i in range(10):
+        await route.callback(_signed([f"sms_status\nF-{i}\n103"]))
+    counts = await store.counts()
+    assert (counts["receipts_pending"], counts["receipts_unmatched"]) == (3, 0)  # bounded on disk: gone
+    assert route.stats["receipts_unmatched"] == 10  # each counted as it came
+    # the newest three are kept: one of them still applies to the message that gets its id
+    fresh = await add_message(store, "smsru")
+    await store.provider_accepted(fresh.id, "F-9", poll_at=store.clock() + 300, channel="sms",
+                                  pending_ttl=60.0)
+    assert (await status_of(store, fresh.id))[0] is Status.DELIVERED
+    # a kept one older than the ttl is dropped, not applied, when its id turns up
+    store.test_clock.advance(61)
+    late = await add_message(store, "smsru")
+    await store.provider_accepted(late.id, "F-8", poll_at=store.clock() + 300, channel="sms",
+                                  pending_ttl=60.0)
+    assert (await status_of(store, late.id))[0] is Status.ACCEPTED
+    # the next unknown id expires the old ones first
+    await route.callback(_signed(["sms_status\nF-10\n103"]))
+    counts = await store.counts()
+    assert counts["receipts_pending"] == 1
 
 
 async def test_multi_segment_message_moves_as_one(sim, store):

@@ -286,10 +286,14 @@ class HttpRoute:
         """Apply a status callback; the body to answer.  Raises BadCallback / ForgedCallback."""
         raise NotImplementedError
 
+    def unknown_receipts(self) -> dict[str, Any]:
+        """How many callbacks for ids not known yet the store keeps for this route, and how long."""
+        return {"pending_max": self.cfg.unknown_receipts_max, "pending_ttl": self.cfg.unknown_receipts_ttl}
+
     async def accepted(self, job: Job, provider_id: str) -> None:
         await self.store.provider_accepted(job.message.id, provider_id,
                                            poll_at=self.store.clock() + self.cfg.poll_after,
-                                           channel=job.channel)
+                                           channel=job.channel, pending_ttl=self.cfg.unknown_receipts_ttl)
 
     async def polled(self, item: PollItem, code: int, status: Status | None) -> bool:
         """Apply one poll answer; True when the message needs no more polling."""

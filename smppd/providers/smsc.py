@@ -346,7 +346,8 @@ class SmscRoute(HttpRoute):
     async def accepted(self, job: Job, pid: str) -> None:
         wait = self.cfg.viber_fallback if job.channel == "viber" else self.cfg.poll_after
         await self.store.provider_accepted(job.message.id, pid, poll_at=self.store.clock() + wait,
-                                           channel=STORE_CHANNEL[job.channel])
+                                           channel=STORE_CHANNEL[job.channel],
+                                           pending_ttl=self.cfg.unknown_receipts_ttl)
 
     # --- statuses ----------------------------------------------------------------
 
@@ -398,7 +399,7 @@ class SmscRoute(HttpRoute):
             if status is Status.DELIVERED:
                 self.stats["viber_delivered"] += 1
             detail += " (viber)"
-        mid = await self.store.provider_receipt(self.name, pid, status, detail)
+        mid = await self.store.provider_receipt(self.name, pid, status, detail, **self.unknown_receipts())
         if mid is None:
             self.stats["receipts_unmatched"] += 1
             log.info("smsc_callback_unmatched", route=self.name, provider_id=f"{cb.request_id}:"

@@ -139,7 +139,13 @@ class CallbackStatus:
 
 
 def parse_callback(form: Sequence[tuple[str, str]], api_id: str) -> list[CallbackStatus]:
-    """Read a callback POST (§1.6): ``data[n]`` records, sorted by n, hash checked when sent.
+    """Read a callback POST (§1.6): ``data[n]`` records, sorted by n, their hash required.
+
+    With an ``api_id`` the ``hash`` (sha256 of api_id and the records) must be
+    there and match (issue 18 §5): the URL key alone is in every callback URL the
+    provider's cabinet shows, and with it an unsigned ``sms_status\n<id>\n103``
+    would mark any message delivered.  A refused genuine callback is not lost:
+    SMS.ru retries until it gets ``100`` and the route polls ``sms/status``.
 
     Call-check records and unknown record kinds are skipped; a malformed
     ``sms_status`` record makes the whole post BadCallback, so SMS.ru retries
@@ -158,6 +164,8 @@ def parse_callback(form: Sequence[tuple[str, str]], api_id: str) -> list[Callbac
         raise BadCallback("no data[] entries")
     items.sort()
     values = [v for _, _, v in items]
+    if sent_hash is None and api_id:
+        raise ForgedCallback("hash: missing (required when the route has an api_id)")
     if sent_hash is not None:
         expect = hashlib.sha256((api_id + "".join(values)).encode()).hexdigest()
         if not hmac.compare_digest(sent_hash.strip().lower().encode(), expect.encode()):
@@ -250,7 +258,8 @@ class SmsRuRoute(HttpRoute):
             status = self._status(r.code)
             if status is None:
                 continue
-            mid = await self.store.provider_receipt(self.name, r.sms_id, status, f"smsru {r.code}")
+            mid = await self.store.provider_receipt(self.name, r.sms_id, status, f"smsru {r.code}",
+                                                    **self.unknown_receipts())
             if mid is None:
                 self.stats["receipts_unmatched"] += 1
                 log.info("smsru_callback_unmatched", route=self.name, provider_id=r.sms_id)

@@ -1,0 +1,241 @@
+"""The real shim and daemon processes (``smppd run``, ``smppd-shim``) behind one config
+file, with a simulated portal, SMSC and SMS.ru in this process: what the door tests
+(tests/test_doors.py) and the attack drill (bench/attacks.py) drive from outside, as
+Bitrix24, a provider or an attacker would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import socket
+import sqlite3
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from smppd.bitrix24.portal import SimulatedPortal
+from smppd.sims.smsru import SmsRuSimulator
+from smppd.smpp.simulator import SimulatorConfig, SmscSimulator
+
+KEY = "door-key-" + "k" * 24
+ROUTE_KEY = "route-key-" + "r" * 24
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class DoorsRig:
+    tmp: Path
+    portal: SimulatedPortal
+    smsc: SmscSimulator
+    smsru: SmsRuSimulator
+    shim_port: int
+    shim_metrics: int
+    daemon_metrics: int
+    key: str = KEY
+    route_key: str = ROUTE_KEY
+    shim_extra: str = ""
+    procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    http: aiohttp.ClientSession | None = None
+
+    @property
+    def conf(self) -> Path:
+        return self.tmp / "config.toml"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.shim_port}"
+
+    def handler_url(self, code: str = "by_life", key: str | None = None) -> str:
+        return f"{self.url}/bitrix24/{code}?key={self.key if key is None else key}"
+
+    def app_url(self, key: str | None = None) -> str:
+        return f"{self.url}/bitrix24-app?key={self.key if key is None else key}"
+
+    def dlr_url(self, key: str | None = None) -> str:
+        return f"{self.url}/dlr/smsru?key={self.route_key if key is None else key}"
+
+    def write_config(self) -> None:
+        self.conf.write_text(f"""
+[daemon]
+socket = "{self.tmp / 'smppd.sock'}"
+database = "{self.tmp / 'smppd.db'}"
+metrics = "127.0.0.1:{self.daemon_metrics}"
+
+[shim]
+listen = "127.0.0.1:{self.shim_port}"
+handler_key = "{self.key}"
+metrics = "127.0.0.1:{self.shim_metrics}"
+{self.shim_extra}
+
+{self.portal.portal_toml()}
+[route.life]
+host = "127.0.0.1"
+port = {self.smsc.port}
+system_id = "smppd"
+password = "secret"
+reconnect_min = 0.2
+
+[route.smsru]
+kind = "smsru"
+api_id = "{self.smsru.api_id}"
+base_url = "{self.smsru.base_url}"
+callback_key = "{self.route_key}"
+retry_min = 0.2
+poll_after = 600
+
+[sender.by_life]
+route = "life"
+sender_id = "DemoShop"
+
+[sender.by_smsru]
+route = "smsru"
+sender_id = "DemoShop"
+""")
+
+    async def _start(self, name: str, *args: str) -> None:
+        log = open(self.tmp / f"{name}.log", "ab")
+        self.procs[name] = await asyncio.create_subprocess_exec(
+            sys.executable, *args, "-c", str(self.conf), stdout=log, stderr=log, env={**os.environ})
+        log.close()
+
+    async def start(self) -> None:
+        self.write_config()
+        await self._start("daemon", "-m", "smppd.cli", "run")
+        await _wait_for(lambda: (self.tmp / "smppd.sock").exists(), "daemon socket")
+        await self._start("shim", "-m", "shim")
+        self.http = aiohttp.ClientSession()
+        await _wait_for(self._healthy, "shim healthz")
+        await _wait_for(lambda: self.smsc.binds >= 1, "SMPP bind")
+
+    async def _healthy(self) -> bool:
+        assert self.http is not None
+        try:
+            async with self.http.get(f"{self.url}/healthz") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    async def hup_shim(self, **changes: str) -> None:
+        """Rewrite the config with ``changes`` (key, route_key, shim_extra), SIGHUP the shim,
+        and wait until its log says it took them."""
+        for name, value in changes.items():
+            setattr(self, name, value)
+        self.write_config()
+        log = self.tmp / "shim.log"
+        before = log.read_bytes().count(b"config_reloaded")
+        self.procs["shim"].send_signal(signal.SIGHUP)
+        await _wait_for(lambda: log.read_bytes().count(b"config_reloaded") > before, "shim reload")
+
+    async def hup_daemon(self, **changes: str) -> None:
+        """The same for the daemon (``[shim] posts_without_auth`` is read by its intake)."""
+        for name, value in changes.items():
+            setattr(self, name, value)
+        self.write_config()
+        log = self.tmp / "daemon.log"
+        before = log.read_bytes().count(b"config_reloaded")
+        self.procs["daemon"].send_signal(signal.SIGHUP)
+        await _wait_for(lambda: log.read_bytes().count(b"config_reloaded") > before, "daemon reload")
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+        for name in ("shim", "daemon"):
+            p = self.procs.get(name)
+            if p is not None and p.returncode is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(p.wait(), 15)
+                except asyncio.TimeoutError:
+                    p.kill()
+                    await p.wait()
+
+    # --- what an outside caller does -------------------------------------------------
+
+    async def post(self, url: str, form: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        assert self.http is not None
+        async with self.http.post(url, data=form, headers=headers) as r:
+            text = await r.text()
+            try:
+                import json
+
+                return r.status, json.loads(text)
+            except ValueError:
+                return r.status, text
+
+    def genuine(self, to: str = "+375291234567", text: str = "Ваш заказ готов", code: str = "by_life",
+                **kw: Any) -> tuple[str, list[tuple[str, str]]]:
+        """A post as Bitrix24 sends it (the portal registers the message first)."""
+        return self.portal.create_message(code, to, text, **kw)
+
+    def signed_smsru(self, records: list[str]) -> dict[str, str]:
+        form = {f"data[{i}]": r for i, r in enumerate(records)}
+        form["hash"] = hashlib.sha256((self.smsru.api_id + "".join(records)).encode()).hexdigest()
+        return form
+
+    def db(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{self.tmp / 'smppd.db'}?mode=ro", uri=True)
+
+    def stored(self, b24_id: str) -> bool:
+        with self.db() as conn:
+            return conn.execute("SELECT count(*) FROM message WHERE b24_id=?", (b24_id,)).fetchone()[0] > 0
+
+    def messages(self) -> int:
+        with self.db() as conn:
+            return int(conn.execute("SELECT count(*) FROM message").fetchone()[0])
+
+    async def metrics(self, port: int) -> str:
+        assert self.http is not None
+        async with self.http.get(f"http://127.0.0.1:{port}/metrics") as r:
+            return await r.text()
+
+
+async def _wait_for(check: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        ok = check()
+        if asyncio.iscoroutine(ok):
+            ok = await ok
+        if ok:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{what}: not ready after {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def start_doors(tmp: Path | None = None, *, shim_extra: str = "") -> DoorsRig:
+    tmp = tmp or Path(tempfile.mkdtemp(prefix="smppd-doors-"))
+    portal = SimulatedPortal(rate=None)
+    await portal.start()
+    smsc = SmscSimulator(SimulatorConfig(system_id="LIFE", accounts={"smppd": "secret"}))
+    await smsc.start()
+    smsru = SmsRuSimulator(deliver_after=0.05)
+    await smsru.start()
+    rig = DoorsRig(tmp, portal, smsc, smsru, free_port(), free_port(), free_port(), shim_extra=shim_extra)
+    smsru.callback_url = rig.dlr_url()
+    try:
+        await rig.start()
+    except BaseException:
+        await stop_doors(rig)
+        raise
+    return rig
+
+
+async def stop_doors(rig: DoorsRig) -> None:
+    try:
+        await rig.stop()
+    finally:
+        await rig.smsru.stop()
+        await rig.smsc.stop()
+        await rig.portal.stop()
