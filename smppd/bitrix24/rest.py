@@ -258,6 +258,26 @@ class RestClient:
         payload = await self._request("batch", "&".join(parts))
         return _split_batch(payload.get("result"), commands)
 
+    async def call_as(self, access_token: str, method: str, params: Mapping[str, Any] | None = None) -> Any:
+        """One call with a token that is not this portal's (an app event's, a post's) on this
+        portal's budget and endpoint: one try, no refresh, every error raised.
+
+        Why shared: a proof sent beside the bucket would spend the portal's requests behind the
+        pusher's back and meet QUERY_LIMIT_EXCEEDED; why one try: the caller keeps the event
+        stored and retries it on its own back-off, for as long as it takes.
+        """
+        await self._bucket.acquire()
+        form = form_urlencode(encode_params(params))
+        auth = f"auth={_quote_plus(access_token)}"
+        status, payload = await self._post(method, f"{form}&{auth}" if form else auth)
+        if "result" in payload:
+            self._note_time(method, payload.get("time"))
+            return payload["result"]
+        error = str(payload.get("error", "bad_response"))
+        if error == _RATE_LIMITED:
+            self._bucket.saturate()
+        raise RestError(error, str(payload.get("error_description", "")), status)
+
     def adopt(self, auth: PortalAuth) -> None:
         """Take tokens that came from elsewhere (an app update event) and are already stored.
 
