@@ -11,6 +11,7 @@ import sqlite3
 from types import MappingProxyType
 
 import pytest
+from prometheus_client import REGISTRY
 
 from smppd.bitrix24 import install as install_mod
 from smppd.bitrix24.portal import SimulatedPortal
@@ -112,6 +113,7 @@ async def test_flood_of_unproven_installs_is_bounded_and_summed_up_at_start(rig,
     rows = stored_events(rig)
     assert len(rows) == 5 and rows[-1] == ("ONAPPINSTALL", "evil39.bitrix24.by")
     assert rig.daemon.app_events.outcomes["refused"] == 20
+    assert REGISTRY.get_sample_value("smppd_app_events_waiting_config") == 5
     assert len(rig.daemon.pushers) == 1 and await genuine_post_accepted(portal)
     await rig.daemon.stop()
     capsys.readouterr()
@@ -176,6 +178,8 @@ async def test_update_while_the_portal_answers_query_limit_exceeded(rig, monkeyp
     await until(lambda: rig.daemon.app_events.events and rig.daemon.app_events.events[0].attempts >= 2)
     assert stored_portal(rig, portal.member_id)[0] != portal.application_token  # not proven yet
     assert rig.daemon.app_events.figures()[0] == 1
+    assert REGISTRY.get_sample_value("smppd_app_events_unproven") == 1
+    assert REGISTRY.get_sample_value("smppd_app_events_unproven_oldest_seconds") > 0
     await rig.daemon.stop()  # the event survives a restart in the store
     assert [e for e, _ in stored_events(rig)] == ["ONAPPUPDATE"]
     await start_daemon(rig)
