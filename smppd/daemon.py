@@ -9,6 +9,7 @@ intake.  Stop order is the reverse: the socket closes first (the shim answers
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from types import MappingProxyType
@@ -21,6 +22,7 @@ from . import metrics, phone, rules, text
 from .bitrix24 import registration
 from .bitrix24.install import EventQueue, Prover
 from .bitrix24.pusher import StatusPusher
+from .bitrix24.recovery import TokenRecovery
 from .bitrix24.rest import PortalAuth, RestClient
 from .config import AppConfig, Config, RouteConfig
 from .consent import ConsentReader
@@ -100,8 +102,9 @@ class Daemon:
         for member_id in self.pushers:
             self._tasks.append(asyncio.create_task(self._register_one(member_id), name=f"register-{member_id}"))
         self._tasks.append(self._essential(self.holds.run(), "holds"))
+        self.token_recovery = TokenRecovery(_RecoveryHost(self))
         intake = self.intake = Intake(self.config, self.store, lambda: self._portals, self.dispatch, rules_=self.rules,
-                        stoplist=self.stoplist, on_held=self.holds.wake)
+                        stoplist=self.stoplist, on_held=self.holds.wake, recover=self.token_recovery)
         self._rpc = RpcServer(
             self.config.daemon.socket_path,
             {"intake": intake, "ping": self._ping, "status": self._status, "dlr": self._dlr, **self._stoplist_methods(),
@@ -397,3 +400,26 @@ class _EventHost:
     async def uninstalled(self, member_id: str) -> None:
         self._d._event_clients.pop(member_id, None)
         await self._d._uninstalled(member_id)
+
+
+class _RecoveryHost:
+    """The daemon as the token recovery sees it (``recovery.RecoveryHost``)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._d = daemon
+
+    def portals(self) -> Mapping[str, PortalRecord]:
+        return self._d._portals
+
+    def rest_client(self, member_id: str) -> RestClient | None:
+        return self._d._rest_client(member_id)
+
+    async def app_version(self, member_id: str) -> str | None:
+        return await self._d.store.app_version(member_id)
+
+    async def learned(self, member_id: str, application_token: str, version: str) -> None:
+        current = self._d._portals.get(member_id)
+        if current is None:
+            return
+        await self._d.store.set_app_version(member_id, version)
+        await self._d._installed(dataclasses.replace(current, application_token=application_token), "ONAPPUPDATE")

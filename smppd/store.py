@@ -220,7 +220,13 @@ MIGRATIONS: dict[int, str] = {
             'server_endpoint', server_endpoint, 'access_token', access_token, 'refresh_token', refresh_token),
             updated_at
         FROM portal WHERE client_id = '';
-    DELETE FROM portal WHERE client_id = ''
+    DELETE FROM portal WHERE client_id = '';
+    -- The app version (app.info VERSION) the last proven event showed: a post with an unknown
+    -- application_token teaches it only when the portal's version moved since (intake.py).
+    CREATE TABLE portal_version (
+        member_id TEXT PRIMARY KEY,
+        version TEXT NOT NULL
+    )
     """,
 }
 
@@ -556,6 +562,20 @@ class Store:
     async def delete_app_events(self, ids: Sequence[int]) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany("DELETE FROM app_event WHERE id=?", [(i,) for i in ids])
+
+        await self.execute(op)
+
+    async def app_version(self, member_id: str) -> str | None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT version FROM portal_version WHERE member_id=?", (member_id,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self.execute(op)
+
+    async def set_app_version(self, member_id: str, version: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO portal_version VALUES (?,?) ON CONFLICT (member_id) DO UPDATE"
+                         " SET version=excluded.version", (member_id, version))
 
         await self.execute(op)
 

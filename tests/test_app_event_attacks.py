@@ -230,3 +230,53 @@ def test_migration_turns_a_pending_portal_row_into_a_waiting_event(tmp_path):
             await store.close()
 
     asyncio.run(main())
+
+
+# --- issue 18 §2, last bullet: a missed ONAPPUPDATE is recovered from a post, once ---------------
+
+async def post_as(portal: SimulatedPortal, handler: str, application_token: str | None = None,
+                  access_token: str | None = None) -> int:
+    b24_id, form = portal.create_message("by_life", "+375291234567", "after the update")
+    swap = {"auth[application_token]": application_token, "auth[access_token]": access_token}
+    form = [(k, swap[k] if swap.get(k) is not None else v) for k, v in form]
+    status, _ = await post_form(handler, form)
+    return status
+
+
+async def test_missed_update_is_learned_from_a_genuine_post_once(rig, capsys):
+    portal = rig.portal
+    await install(rig, portal)
+    handler = portal.senders["by_life"]["HANDLER"]
+    portal.update_app()  # the ONAPPUPDATE form is lost on its way
+    capsys.readouterr()
+    assert await post_as(portal, handler) == 200  # recovered: the version moved, our tokens re-proved it
+    assert stored_portal(rig, portal.member_id)[0] == portal.application_token
+    out = capsys.readouterr().out
+    assert out.count("bitrix24.token_recovery.learned") == 1 and "[warning" in out
+    await until(lambda: set(portal.senders) == {"by_life", "by_mts"})  # providers registered again
+    assert await post_as(portal, handler) == 200
+    # Once: another unknown token for the same version teaches nothing.
+    captured = captured_post(portal)
+    assert await post_as(portal, handler, application_token=secrets.token_hex(16),
+                         access_token=captured["access_token"]) == 403
+    assert stored_portal(rig, portal.member_id)[0] == portal.application_token
+    assert rig.daemon.token_recovery.learned == 1
+
+
+async def test_unknown_token_without_a_missed_update_is_refused(rig):
+    portal = rig.portal
+    await install(rig, portal)
+    handler = portal.senders["by_life"]["HANDLER"]
+    before = stored_portal(rig, portal.member_id)
+    captured = captured_post(portal)
+    # A genuine author's access token with the attacker's application_token: the version is unchanged.
+    assert await post_as(portal, handler, application_token=secrets.token_hex(16),
+                         access_token=captured["access_token"]) == 403
+    # Another try right after costs the portal nothing (one recovery per minute per portal).
+    calls = portal.method_calls["app.info"]
+    assert await post_as(portal, handler, application_token=secrets.token_hex(16),
+                         access_token=secrets.token_hex(35)) == 403
+    assert portal.method_calls["app.info"] == calls
+    assert stored_portal(rig, portal.member_id) == before
+    assert rig.daemon.token_recovery.learned == 0
+    assert await genuine_post_accepted(portal)

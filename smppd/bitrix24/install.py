@@ -139,6 +139,7 @@ class Outcome:
     verdict: Verdict
     reason: str = ""
     record: PortalRecord | None = None
+    version: str | None = None  # app.info VERSION seen with the proven token
 
 
 def retry_delay(attempts: int) -> float:
@@ -171,6 +172,10 @@ class EventStore(Protocol):
     async def update_app_event(self, e: StoredAppEvent) -> None: ...
 
     async def delete_app_events(self, ids: list[int]) -> None: ...
+
+    async def set_app_version(self, member_id: str, version: str) -> None: ...
+
+    async def app_version(self, member_id: str) -> str | None: ...
 
 
 class Prover:
@@ -222,7 +227,14 @@ class Prover:
             return Outcome(Verdict.RETRY, f"user.admin: {type(exc).__name__}")
         if admin is not True:
             return Outcome(Verdict.REFUSE, "the event's user is not a portal administrator")
-        return Outcome(Verdict.APPLY, record=PortalRecord(
+        try:
+            info = await client.call_as(auth.access_token, "app.info")
+        except Exception as exc:
+            return Outcome(Verdict.RETRY, f"app.info: {getattr(exc, 'code', type(exc).__name__)}")
+        code = info.get("CODE") if isinstance(info, Mapping) else None
+        if not isinstance(code, str) or not hmac.compare_digest(code.encode(), app.client_id.encode()):
+            return Outcome(Verdict.REFUSE, "app.info names another application")
+        return Outcome(Verdict.APPLY, version=str(info.get("VERSION", "")), record=PortalRecord(
             member_id=e.member_id, domain=e.domain, client_endpoint=app.client_endpoint,
             server_endpoint=app.server_endpoint, client_id=app.client_id, client_secret=app.client_secret,
             application_token=event.application_token, access_token=e.auth["access_token"],
@@ -405,6 +417,8 @@ class EventQueue:
         if outcome.verdict is Verdict.APPLY:
             if outcome.record is not None:
                 await self._host.installed(outcome.record, e.event)
+                if outcome.version:
+                    await self._store.set_app_version(e.member_id, outcome.version)
             else:
                 await self._host.uninstalled(e.member_id)
             log.info("bitrix24.app_event", event_name=e.event, domain=e.domain, member_id=e.member_id,
