@@ -57,7 +57,7 @@ _AUTH_REFUSED = frozenset({"invalid_grant", "invalid_client", "member_mismatch",
                            "invalid_request", "unsupported_grant_type", "wrong_client"})
 #: An uninstalled app's tokens get these (bitrix24.md §10: invalid_client = app not installed).
 _APP_GONE = frozenset({"NO_AUTH_FOUND", "invalid_token", "invalid_grant", "invalid_client"})
-RETRY_MIN, RETRY_MAX = 1.0, 300.0
+RETRY_MIN, RETRY_MAX = 1.0, 60.0  # at most one try a minute: the portal's budget is the pusher's too
 
 
 @dataclass(frozen=True)
