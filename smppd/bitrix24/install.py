@@ -339,6 +339,9 @@ class EventQueue:
         log.info("bitrix24.app_event.stored", event_name=event.event, domain=event.domain,
                  member_id=event.member_id, unknown_domain=unknown)
         if unknown:
+            log.warning("bitrix24.app_event.waiting_config", event_name=event.event, domain=event.domain,
+                        hint=f'add an [[app]] with domain = "{event.domain}" and its client_id and client_secret,'
+                             " then restart or reload smppd")
             await self._bound_unknown()
         self._wake.set()
         return {"event": event.event, "member_id": event.member_id, "stored": True}

@@ -464,7 +464,8 @@ def _parse_token_response(auth: PortalAuth, status: int, text: str) -> PortalAut
     client_endpoint = str(data.get("client_endpoint") or auth.client_endpoint)
     # ``domain`` in the token response is the OAuth server's own host (oauth.bitrix.info),
     # so the portal domain is taken from client_endpoint, which follows a domain change.
-    domain = urlsplit(client_endpoint).hostname or auth.domain
+    parts = urlsplit(client_endpoint)
+    domain = f"{parts.hostname}:{parts.port}" if parts.hostname and parts.port else parts.hostname or auth.domain
     if client_endpoint == auth.client_endpoint:
         domain = auth.domain
     return replace(
