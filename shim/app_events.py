@@ -6,8 +6,9 @@ without it), picks ``event`` and the ``auth[...]`` block, and forwards them; whe
 event is genuine is decided by the daemon (``smppd/bitrix24/install.py``), which holds
 the portal table. Tokens travel only in the RPC call, never into a log line.
 
-Answers: 403 address_not_allowed or refused, 401 bad key (both from shim/auth.py), 400 malformed,
-503 daemon or portal unreachable, 200 done.
+Answers: 403 address_not_allowed, 401 bad key (both from shim/auth.py), 400 malformed,
+503 daemon unreachable, 200 stored (the daemon proves and applies the event in the
+background, or refuses it there).
 """
 
 from __future__ import annotations

@@ -113,6 +113,35 @@ class AppConfig:
 
 
 @dataclass(frozen=True)
+class AppEventsConfig:
+    """``[app_events]``: how long and how many unproven events for unknown domains are kept.
+
+    Why bounded: anyone holding the URL key can post installs for made-up domains; each is
+    kept (a genuine one may arrive before its ``[[app]]`` is written) but never more than
+    ``max_unknown`` at once, nor longer than ``unknown_max_age`` seconds.
+    """
+
+    max_unknown: int = 20
+    unknown_max_age: float = 7 * 86400.0
+
+
+_DOMAIN_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+(:[0-9]{1,5})?")
+
+
+def normalize_domain(value: str) -> str | None:
+    """A portal's ``host[:port]`` as Bitrix24 reports it in ``auth[domain]``, lower-cased; None if
+    it is not one. Why a port: an on-premise portal on a non-standard port reports
+    ``crm.example.by:8443``, and that is the string every event and post carries."""
+    domain = value.strip().lower()
+    if not _DOMAIN_RE.fullmatch(domain):
+        return None
+    host, _, port = domain.partition(":")
+    if port and not 0 < int(port) < 65536:
+        return None
+    return domain
+
+
+@dataclass(frozen=True)
 class SmppRouteConfig:
     """An SMPP operator connection (life:), MTS, A1)."""
 
@@ -243,6 +272,7 @@ class Config:
     senders: Mapping[str, SenderConfig]
     apps: Mapping[str, AppConfig] = field(default_factory=lambda: MappingProxyType({}))  # by domain
     rules: RulesConfig = field(default_factory=RulesConfig)
+    app_events: AppEventsConfig = field(default_factory=AppEventsConfig)
 
 
 def load(path: str | Path) -> Config:
@@ -296,7 +326,7 @@ def read_env_file(path: str | Path) -> dict[str, str]:
 
 def parse(raw: Mapping[str, Any]) -> Config:
     """Validate an already-decoded TOML document."""
-    _only(raw, "", {"daemon", "shim", "portal", "app", "route", "sender", "rules"})
+    _only(raw, "", {"daemon", "shim", "portal", "app", "route", "sender", "rules", "app_events"})
     daemon = _daemon(_table(raw, "daemon"))
     shim = _shim(_table(raw, "shim"))
     portals = _portals(raw.get("portal", []))
@@ -318,7 +348,26 @@ def parse(raw: Mapping[str, Any]) -> Config:
         senders=MappingProxyType(senders),
         apps=MappingProxyType(apps),
         rules=_rules(raw.get("rules", {})),
+        app_events=_app_events(raw.get("app_events", {})),
     )
+
+
+def _app_events(t: Any) -> AppEventsConfig:
+    if not isinstance(t, dict):
+        raise ConfigError("app_events", "must be a table")
+    _only(t, "app_events", {"max_unknown", "unknown_max_age"})
+    return AppEventsConfig(
+        max_unknown=_int(t, "app_events", "max_unknown", default=20, low=1, high=10_000),
+        unknown_max_age=_number(t, "app_events", "unknown_max_age", default=7 * 86400.0, low=60.0),
+    )
+
+
+def _domain(t: Mapping[str, Any], key: str) -> str:
+    domain = normalize_domain(_str(t, key, "domain"))
+    if domain is None:
+        raise ConfigError(f"{key}.domain", "must be the portal's host name with an optional port, as Bitrix24"
+                          f" reports it, e.g. example.bitrix24.by or crm.example.by:8443, got {t['domain']!r}")
+    return domain
 
 
 # --- sections -------------------------------------------------------------------
@@ -408,7 +457,7 @@ def _portals(items: Any) -> dict[str, PortalConfig]:
     for key, t in _tables(items, "portal", PortalConfig):
         p = PortalConfig(
             member_id=_str(t, key, "member_id"),
-            domain=_str(t, key, "domain"),
+            domain=_domain(t, key),
             client_endpoint=_url(t, key, "client_endpoint"),
             server_endpoint=_url(t, key, "server_endpoint"),
             client_id=_str(t, key, "client_id"),
@@ -428,9 +477,7 @@ def _portals(items: Any) -> dict[str, PortalConfig]:
 def _apps(items: Any) -> dict[str, AppConfig]:
     apps: dict[str, AppConfig] = {}
     for key, t in _tables(items, "app", AppConfig):
-        domain = _str(t, key, "domain").lower()
-        if "/" in domain or ":" in domain or "." not in domain:
-            raise ConfigError(f"{key}.domain", f"must be the portal's host name, e.g. example.bitrix24.by, got {domain!r}")
+        domain = _domain(t, key)
         client_endpoint = _url(t, key, "client_endpoint") if "client_endpoint" in t else f"https://{domain}/rest/"
         server_endpoint = (_url(t, key, "server_endpoint") if "server_endpoint" in t
                            else "https://oauth.bitrix.info/rest/")

@@ -9,6 +9,7 @@ intake.  Stop order is the reverse: the socket closes first (the shim answers
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from types import MappingProxyType
@@ -17,12 +18,13 @@ from typing import Any, Callable, Coroutine, Mapping
 import aiohttp
 import structlog
 
-from . import phone, rules, text
+from . import metrics, phone, rules, text
 from .bitrix24 import registration
-from .bitrix24.install import Installer, is_pending
+from .bitrix24.install import EventQueue, Prover
 from .bitrix24.pusher import StatusPusher
+from .bitrix24.recovery import TokenRecovery
 from .bitrix24.rest import PortalAuth, RestClient
-from .config import Config, RouteConfig
+from .config import AppConfig, Config, RouteConfig
 from .consent import ConsentReader
 from .holds import HoldWorker
 from .intake import Intake
@@ -56,6 +58,8 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._pusher_tasks: dict[str, asyncio.Task[Any]] = {}
         self._background: set[asyncio.Task[Any]] = set()  # registrations after install/update
+        self.app_events: EventQueue | None = None
+        self._event_clients: dict[str, RestClient] = {}  # portals being installed: their budget, kept for the pusher
         self.ops: Ops | None = None
         self.ready = asyncio.Event()
         self.crashed = asyncio.Event()  # a task the daemon cannot work without died: exit, let systemd restart
@@ -73,12 +77,13 @@ class Daemon:
             ))
         await self.stoplist.load()
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        installer = Installer(self.config, self._http, lambda: self._portals, installed=self._installed,
-                              uninstalled=self._uninstalled, pending=self._pending_install)
-        await self._activate_pending(installer)
         await self._load_portals()
         for portal in self._portals.values():
             self._attach(portal)
+        host = _EventHost(self)
+        self.app_events = EventQueue(self.config, self.store, Prover(self.config, self._http, host, self.store), host)
+        await self.app_events.load()
+        metrics.watch_app_events(self.app_events.figures)
         self.ops = await start_ops(self)
         for name, route_cfg in self.config.routes.items():
             route = self.new_route(route_cfg)
@@ -91,17 +96,19 @@ class Daemon:
         for member_id in self.pushers:
             self._start_pusher(member_id)
         self._tasks.append(self._essential(self._sweep_receipts(), "receipt-sweep"))
+        self._tasks.append(self._essential(self.app_events.run(), "app-events"))
         # Every start checks the providers (one sender.list per portal): Bitrix24 never
         # retries an event, and a lost ONAPPUPDATE leaves the portal without them.
         for member_id in self.pushers:
             self._tasks.append(asyncio.create_task(self._register_one(member_id), name=f"register-{member_id}"))
         self._tasks.append(self._essential(self.holds.run(), "holds"))
+        self.token_recovery = TokenRecovery(_RecoveryHost(self))
         intake = self.intake = Intake(self.config, self.store, lambda: self._portals, self.dispatch, rules_=self.rules,
-                        stoplist=self.stoplist, on_held=self.holds.wake)
+                        stoplist=self.stoplist, on_held=self.holds.wake, recover=self.token_recovery)
         self._rpc = RpcServer(
             self.config.daemon.socket_path,
             {"intake": intake, "ping": self._ping, "status": self._status, "dlr": self._dlr, **self._stoplist_methods(),
-             "app_event": installer, "register": self._register, "unregister": self._unregister, **Admin(self).methods()},
+             "app_event": self.app_events.receive, "register": self._register, "unregister": self._unregister, **Admin(self).methods()},
             group=self.config.daemon.socket_group, batch_handlers={"intake": intake.many},
         )
         await self._rpc.start()
@@ -200,7 +207,7 @@ class Daemon:
         return {"stoplist.add": add, "stoplist.remove": remove, "stoplist.list": entries}
 
     async def _load_portals(self) -> None:
-        self._portals = MappingProxyType({p.member_id: p for p in await self.store.portals() if not is_pending(p)})
+        self._portals = MappingProxyType({p.member_id: p for p in await self.store.portals() if p.client_id})
 
     async def _save_tokens(self, auth: PortalAuth) -> None:
         # Rotated refresh tokens are single-use: persist before the client uses them.
@@ -220,10 +227,26 @@ class Daemon:
         if pusher is not None:
             pusher.client.adopt(_auth(portal))
             return
-        assert self._http is not None
-        rate, burst = self._limits(portal)
-        client = RestClient(self._http, _auth(portal), rate=rate, burst=burst, on_tokens=self._save_tokens)
+        client = self._event_clients.pop(portal.member_id, None)  # the budget its install proof used
+        if client is not None:
+            client.adopt(_auth(portal))
+        else:
+            assert self._http is not None
+            rate, burst = self._limits(portal)
+            client = RestClient(self._http, _auth(portal), rate=rate, burst=burst, on_tokens=self._save_tokens)
         self.pushers[portal.member_id] = StatusPusher(self.store, client)
+
+    def _shared_client(self, member_id: str, app: AppConfig | None, auth: PortalAuth | None) -> RestClient | None:
+        """The portal's one REST client (one rate budget), made for a portal still being installed."""
+        pusher = self.pushers.get(member_id)
+        if pusher is not None:
+            return pusher.client
+        client = self._event_clients.get(member_id)
+        if client is None and auth is not None and app is not None:
+            assert self._http is not None
+            client = RestClient(self._http, auth, rate=app.rate, burst=app.burst, on_tokens=self._save_tokens)
+            self._event_clients[member_id] = client
+        return client
 
     def _start_pusher(self, member_id: str) -> None:
         pusher = self.pushers[member_id]
@@ -241,27 +264,6 @@ class Daemon:
         task = asyncio.create_task(self._register_one(portal.member_id), name=f"register-{portal.member_id}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _pending_install(self, portal: PortalRecord) -> None:
-        await self.store.upsert_portal(portal)
-
-    async def _activate_pending(self, installer: Installer) -> None:
-        """Installs that arrived before their [[app]] was configured: verify them now."""
-        for portal in await self.store.portals():
-            if not is_pending(portal):
-                continue
-            try:
-                record = await installer.activate(portal)
-            except RpcError as e:
-                log.error("bitrix24.pending_install_refused", domain=portal.domain, error=e.code,
-                          reason=e.message)
-                continue
-            if record is None:
-                log.warning("bitrix24.pending_install_waiting", domain=portal.domain,
-                            hint="add an [[app]] for this domain")
-                continue
-            await self.store.upsert_portal(record)
-            log.info("bitrix24.pending_install_activated", domain=portal.domain, member_id=portal.member_id)
 
     async def _uninstalled(self, member_id: str) -> None:
         await self.store.remove_portal(member_id)
@@ -373,3 +375,51 @@ def _auth(p: PortalRecord) -> PortalAuth:
         server_endpoint=p.server_endpoint, access_token=p.access_token, refresh_token=p.refresh_token,
         client_id=p.client_id, client_secret=p.client_secret,
     )
+
+
+class _EventHost:
+    """The daemon as the app-event queue sees it (``install.PortalHost``)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._d = daemon
+
+    def portals(self) -> Mapping[str, PortalRecord]:
+        return self._d._portals
+
+    def rest_client(self, member_id: str, app: AppConfig | None, auth: PortalAuth | None) -> RestClient | None:
+        return self._d._shared_client(member_id, app, auth)
+
+    def hold_pusher(self, member_id: str, held: bool) -> None:
+        pusher = self._d.pushers.get(member_id)
+        if pusher is not None:
+            (pusher.may_push.clear if held else pusher.may_push.set)()
+
+    async def installed(self, record: PortalRecord, event: str) -> None:
+        await self._d._installed(record, event)
+
+    async def uninstalled(self, member_id: str) -> None:
+        self._d._event_clients.pop(member_id, None)
+        await self._d._uninstalled(member_id)
+
+
+class _RecoveryHost:
+    """The daemon as the token recovery sees it (``recovery.RecoveryHost``)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._d = daemon
+
+    def portals(self) -> Mapping[str, PortalRecord]:
+        return self._d._portals
+
+    def rest_client(self, member_id: str) -> RestClient | None:
+        return self._d._rest_client(member_id)
+
+    async def app_version(self, member_id: str) -> str | None:
+        return await self._d.store.app_version(member_id)
+
+    async def learned(self, member_id: str, application_token: str, version: str) -> None:
+        current = self._d._portals.get(member_id)
+        if current is None:
+            return
+        await self._d.store.set_app_version(member_id, version)
+        await self._d._installed(dataclasses.replace(current, application_token=application_token), "ONAPPUPDATE")

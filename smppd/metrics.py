@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Iterable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, TypeVar
 
 from aiohttp import web
 from prometheus_client import (
@@ -31,6 +31,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -105,6 +106,29 @@ _submits: dict[tuple[str, Any], float] = {}
 
 
 _children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+# --- app events (bitrix24/install.py) ----------------------------------------------------
+
+APP_EVENTS = Counter("smppd_app_events", "App events (install/update/uninstall) settled, by outcome:"
+                     " applied, refused (not proven), dropped (unknown domain over the bound).", ["outcome"])
+APP_EVENTS_UNPROVEN = Gauge("smppd_app_events_unproven", "App events of configured portals stored and not"
+                            " proven yet (the portal or the OAuth server has not answered).")
+APP_EVENTS_UNPROVEN_OLDEST = Gauge("smppd_app_events_unproven_oldest_seconds",
+                                   "Age of the oldest app event of a configured portal not proven yet (0: none).")
+APP_EVENTS_WAITING_CONFIG = Gauge("smppd_app_events_waiting_config",
+                                  "Install events for domains without an [[app]] yet (bounded by [app_events]).")
+
+
+def app_events_done(outcome: str, n: int = 1) -> None:
+    APP_EVENTS.labels(outcome).inc(n)
+
+
+def watch_app_events(figures: Callable[[], tuple[int, float, int]]) -> None:
+    """Read the event queue at scrape time: its oldest event ages without anything happening."""
+    APP_EVENTS_UNPROVEN.set_function(lambda: figures()[0])
+    APP_EVENTS_UNPROVEN_OLDEST.set_function(lambda: figures()[1])
+    APP_EVENTS_WAITING_CONFIG.set_function(lambda: figures()[2])
 
 
 def _child(metric: Any, *values: str) -> Any:

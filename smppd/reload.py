@@ -85,6 +85,8 @@ async def apply(daemon: "Daemon", new: Config, *, drain_timeout: float = 10.0) -
         daemon.routes[name].retune(new.routes[name])
     daemon.config = new
     daemon.intake.config = new
+    if daemon.app_events is not None:  # installs waiting for their [[app]] are tried again
+        daemon.app_events.reconfigure(new)
     for name in p.rebind:
         await _rebind(daemon, name, new.routes[name], drain_timeout)
     for name in p.added:

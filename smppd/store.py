@@ -19,11 +19,12 @@ Status rules (what may move where, what Bitrix24 sees) come from ``model``.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterable, Iterator, NamedTuple, Sequence, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 
 import aiosqlite
 import structlog
@@ -54,7 +55,7 @@ MAX_GROUP = 2000
 # Seconds a ``sent`` waits in the outbox for the receipt that would replace it (_to_outbox).
 SENT_COALESCE = 10.0
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE portal (
@@ -196,6 +197,37 @@ MIGRATIONS: dict[int, str] = {
     DROP INDEX message_open;
     CREATE INDEX message_open ON message (route, id) WHERE final_at IS NULL;
     """,
+    # App events are stored before they are answered and proven in the background
+    # (bitrix24/events.py): Bitrix24 never posts one twice. An install kept "pending" in the
+    # portal table (empty client_id) becomes such an event, so a hand-written [[portal]] for
+    # that member is no longer blocked by it.
+    8: """
+    CREATE TABLE app_event (
+        id INTEGER PRIMARY KEY,
+        event TEXT NOT NULL,                -- ONAPPINSTALL, ONAPPUPDATE, ONAPPUNINSTALL
+        member_id TEXT NOT NULL,
+        domain TEXT NOT NULL,               -- host[:port], as auth[domain] said
+        auth TEXT NOT NULL,                 -- JSON of the auth block (tokens, like the portal table)
+        stage TEXT NOT NULL DEFAULT 'received',  -- 'refreshed': the event's refresh token is spent
+        received_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    INSERT INTO app_event (event, member_id, domain, auth, received_at)
+        SELECT 'ONAPPINSTALL', member_id, domain, json_object('member_id', member_id, 'domain', domain,
+            'application_token', application_token, 'client_endpoint', client_endpoint,
+            'server_endpoint', server_endpoint, 'access_token', access_token, 'refresh_token', refresh_token),
+            updated_at
+        FROM portal WHERE client_id = '';
+    DELETE FROM portal WHERE client_id = '';
+    -- The app version (app.info VERSION) the last proven event showed: a post with an unknown
+    -- application_token teaches it only when the portal's version moved since (intake.py).
+    CREATE TABLE portal_version (
+        member_id TEXT PRIMARY KEY,
+        version TEXT NOT NULL
+    )
+    """,
 }
 
 
@@ -328,6 +360,22 @@ class PortalRecord:
     refresh_token: str
 
 
+@dataclass
+class StoredAppEvent:
+    """An app event as kept until it is proven and applied, or refused (bitrix24/events.py)."""
+
+    id: int
+    event: str
+    member_id: str
+    domain: str
+    auth: dict[str, str] = field(repr=False)  # the auth[...] block; tokens rotate as the proof spends them
+    stage: str  # 'received', or 'refreshed' once the event's refresh token was spent
+    received_at: float
+    attempts: int
+    next_at: float
+    last_error: str | None
+
+
 class StoreClosed(RuntimeError):
     pass
 
@@ -419,9 +467,17 @@ class Store:
         """Add a portal from the config unless the store already knows it.
 
         The store's tokens win: a refresh may have rotated them since the
-        config was written.
+        config was written. A row nothing can use (no client_id: an install kept before
+        migration 8) is replaced, so a hand-written [[portal]] completes it.
         """
-        await self._put_portal(p, "DO NOTHING")
+        await self._put_portal(
+            p,
+            "DO UPDATE SET domain=excluded.domain, client_endpoint=excluded.client_endpoint,"
+            " server_endpoint=excluded.server_endpoint, client_id=excluded.client_id,"
+            " client_secret=excluded.client_secret, application_token=excluded.application_token,"
+            " access_token=excluded.access_token, refresh_token=excluded.refresh_token,"
+            " updated_at=excluded.updated_at WHERE portal.client_id = ''",
+        )
 
     async def upsert_portal(self, p: PortalRecord) -> None:
         """Store a portal from an install/update event: the event's tokens win (they are newest)."""
@@ -467,6 +523,59 @@ class Store:
                 "UPDATE portal SET access_token=?, refresh_token=?, updated_at=? WHERE member_id=?",
                 (access_token, refresh_token, self.clock(), member_id),
             )
+
+        await self.execute(op)
+
+    # --- app events (bitrix24/events.py) ----------------------------------------
+
+    async def add_app_event(self, event: str, member_id: str, domain: str, auth: Mapping[str, str]) -> StoredAppEvent:
+        """Store an app event before it is answered: durable on return."""
+        now = self.clock()
+        blob = json.dumps(dict(auth), separators=(",", ":"))
+
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute("INSERT INTO app_event (event, member_id, domain, auth, received_at, next_at)"
+                               " VALUES (?,?,?,?,?,?)", (event, member_id, domain, blob, now, now))
+            return int(cur.lastrowid or 0)
+
+        row_id = await self.execute(op)
+        return StoredAppEvent(row_id, event, member_id, domain, dict(auth), "received", now, 0, now, None)
+
+    async def app_events(self) -> list[StoredAppEvent]:
+        def op(conn: sqlite3.Connection) -> list[StoredAppEvent]:
+            rows = conn.execute("SELECT id, event, member_id, domain, auth, stage, received_at, attempts, next_at,"
+                                " last_error FROM app_event ORDER BY id").fetchall()
+            return [StoredAppEvent(r[0], r[1], r[2], r[3], json.loads(r[4]), *r[5:]) for r in rows]
+
+        return await self.execute(op)
+
+    async def update_app_event(self, e: StoredAppEvent) -> None:
+        """Keep what a proof step learned (a spent refresh token's successor first of all)."""
+        blob = json.dumps(dict(e.auth), separators=(",", ":"))
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE app_event SET auth=?, stage=?, attempts=?, next_at=?, last_error=? WHERE id=?",
+                         (blob, e.stage, e.attempts, e.next_at, e.last_error, e.id))
+
+        await self.execute(op)
+
+    async def delete_app_events(self, ids: Sequence[int]) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM app_event WHERE id=?", [(i,) for i in ids])
+
+        await self.execute(op)
+
+    async def app_version(self, member_id: str) -> str | None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT version FROM portal_version WHERE member_id=?", (member_id,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self.execute(op)
+
+    async def set_app_version(self, member_id: str, version: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO portal_version VALUES (?,?) ON CONFLICT (member_id) DO UPDATE"
+                         " SET version=excluded.version", (member_id, version))
 
         await self.execute(op)
 

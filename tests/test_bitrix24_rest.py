@@ -551,3 +551,20 @@ def test_command_value_is_the_command_encoded_twice():
         params = {rng.choice(["CODE", "MESSAGE_ID", "STATUS", word()]): value() for _ in range(rng.randrange(5))}
         whole = form_urlencode([("x", f"{method}?{form_urlencode(encode_params(params))}")])
         assert command_value(method, params) == whole[2:], (method, params)
+
+
+def test_a_moved_portal_keeps_the_port_of_its_domain():
+    """An on-premise portal on its own port (issue 18 §4): the domain taken from a token
+    answer's client_endpoint is host:port, as Bitrix24 reports it in auth[domain]."""
+    import json as _json
+
+    from smppd.bitrix24.rest import PortalAuth, _parse_token_response
+
+    auth = PortalAuth(member_id="m", domain="crm.example.by:8443", client_endpoint="https://old.example.by:8443/rest/",
+                      server_endpoint="https://oauth.bitrix.info/rest/", access_token="a", refresh_token="r",
+                      client_id="c", client_secret="s")
+    answer = {"access_token": "a2", "refresh_token": "r2", "member_id": "m",
+              "client_endpoint": "https://CRM.example.by:8443/rest/"}
+    assert _parse_token_response(auth, 200, _json.dumps(answer)).domain == "crm.example.by:8443"
+    answer["client_endpoint"] = "https://new.bitrix24.by/rest/"
+    assert _parse_token_response(auth, 200, _json.dumps(answer)).domain == "new.bitrix24.by"

@@ -201,3 +201,42 @@ def test_env_file_and_daemon_section_alone(tmp_path):
         config.read_env_file(env)
     d = config.load_daemon(EXAMPLE)
     assert d.socket_path == "/run/smppd/smppd.sock" and d.metrics == ("127.0.0.1", 9465)
+
+
+# --- issue 18 §4: a portal's domain may carry a port (on-premise Bitrix24) ------------------
+
+@pytest.mark.parametrize("domain, expected", [
+    ("crm.example.by:8443", "crm.example.by:8443"),
+    ("CRM.Example.BY", "crm.example.by"),
+    ("example.bitrix24.by", "example.bitrix24.by"),
+])
+def test_app_and_portal_domain_take_host_and_port(domain, expected):
+    r = raw()
+    r["app"][0]["domain"] = domain
+    r["app"][0]["client_endpoint"] = "https://crm.example.by:8443/rest/"
+    r["portal"][0]["domain"] = domain
+    cfg = config.parse(r)
+    assert expected in cfg.apps and cfg.portals["m1"].domain == expected
+
+
+@pytest.mark.parametrize("domain", ["crm.example.by:0", "crm.example.by:99999", "crm.example.by:", "localhost",
+                                    "crm.example.by/rest", "crm.example.by:84:43", "-x.example.by"])
+def test_bad_domain_names_the_key(domain):
+    for table in ("app", "portal"):
+        r = raw()
+        r[table][0]["domain"] = domain
+        with pytest.raises(config.ConfigError) as e:
+            config.parse(r)
+        assert e.value.key == f"{table}[0].domain" and "crm.example.by:8443" in str(e.value)
+
+
+def test_app_events_bounds():
+    r = raw()
+    assert config.parse(r).app_events == config.AppEventsConfig(max_unknown=20, unknown_max_age=7 * 86400.0)
+    r["app_events"] = {"max_unknown": 3, "unknown_max_age": 3600}
+    assert config.parse(r).app_events == config.AppEventsConfig(max_unknown=3, unknown_max_age=3600.0)
+    for change, key in (({"max_unknown": 0}, "app_events.max_unknown"), ({"keep": 1}, "app_events.keep")):
+        r["app_events"] = change
+        with pytest.raises(config.ConfigError) as e:
+            config.parse(r)
+        assert e.value.key == key

@@ -93,9 +93,25 @@ def owed_delivered(rig: Rig) -> int:
         conn.close()
 
 
+async def settled(rig: Rig, timeout: float = 10.0) -> None:
+    """Until every stored app event was proven and applied, or refused."""
+    assert rig.daemon is not None and rig.daemon.app_events is not None
+    queue = rig.daemon.app_events
+    await until(lambda: all(e.next_at == float("inf") for e in queue.events), timeout)
+
+
+def stored_events(rig: Rig) -> list[tuple[str, str]]:
+    conn = sqlite3.connect(rig.config.daemon.database)
+    try:
+        return conn.execute("SELECT event, domain FROM app_event ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
 async def install(rig: Rig, portal: SimulatedPortal) -> None:
     status, body = await post_form(event_url(rig), portal.install_event())
-    assert (status, body["event"]) == (200, "ONAPPINSTALL")
+    assert (status, body["event"], body["stored"]) == (200, "ONAPPINSTALL", True)
+    await settled(rig)
     await until(lambda: set(portal.senders) == set(rig.config.senders))
 
 
@@ -123,6 +139,8 @@ async def test_install_is_idempotent_and_register_readds_what_is_missing(rig):
     await install(rig, portal)
     status, _ = await post_form(event_url(rig), portal.install_event())  # a second install event
     assert status == 200
+    await settled(rig)
+    await asyncio.sleep(0.2)  # the registration the install started
     assert rig.rpc is not None
     result = await rig.rpc.call("register", {})
     assert result["portals"][0]["present"] == ["by_life", "by_mts"] and result["portals"][0]["added"] == []
@@ -142,6 +160,7 @@ async def test_app_update_rotates_the_token_and_reregisters(rig):
     assert portal.senders == {}
     status, _ = await post_form(event_url(rig), form)
     assert status == 200
+    await settled(rig)
     await until(lambda: set(portal.senders) == {"by_life", "by_mts"})
     assert stored_portal(rig, portal.member_id)[0] == portal.application_token != old_token
     b24_id, status = await send(portal, "by_life")
@@ -158,12 +177,14 @@ async def test_uninstall_forgets_the_portal(rig):
     await install(rig, portal)
     forged = [(k, "0" * 32 if k == "auth[application_token]" else v) for k, v in portal.uninstall_app()]
     status, _ = await post_form(event_url(rig), forged)
-    assert status == 403
+    assert status == 200  # stored, then refused: the application_token is not ours
+    await settled(rig)
     assert stored_portal(rig, portal.member_id) is not None
     handler = portal.senders.get("by_life") or None
     status, _ = await post_form(event_url(rig), [(k, v) for k, v in forged if k != "auth[application_token]"]
                                 + [("auth[application_token]", portal.application_token)])
     assert status == 200
+    await settled(rig)  # the portal no longer takes our tokens: the app is gone
     assert stored_portal(rig, portal.member_id) is None
     assert handler is None  # the portal dropped our providers itself
     _, form = portal.create_message("by_life", "+375291234567", "x")
@@ -173,20 +194,19 @@ async def test_uninstall_forgets_the_portal(rig):
     assert rig.daemon is not None and portal.member_id not in rig.daemon.pushers
 
 
-@pytest.mark.parametrize("forgery", ["key", "domain", "access_token", "client_endpoint", "server_endpoint",
+@pytest.mark.parametrize("forgery", ["key", "domain", "refresh_token", "client_endpoint", "server_endpoint",
                                      "other_app"])
 async def test_forged_install_is_refused_and_nothing_is_stored(rig, forgery):
     portal = rig.portal
     form = dict(portal.install_event())
     url = event_url(rig)
-    expected = 403
+    expected = 200  # stored, answered, then refused in the background
     if forgery == "key":
         url, expected = event_url(rig, "x" * 32), 401
-    elif forgery == "domain":  # kept pending (unused) until an [[app]] for it exists; see below
+    elif forgery == "domain":  # kept waiting (unused) until an [[app]] for it exists; see below
         form["auth[domain]"] = "evil.bitrix24.by"
-        expected = 200
-    elif forgery == "access_token":
-        form["auth[access_token]"] = secrets.token_hex(35)
+    elif forgery == "refresh_token":  # the access token alone proves nothing: every post carries one
+        form["auth[refresh_token]"] = secrets.token_hex(35)
     elif forgery == "client_endpoint":
         form["auth[client_endpoint]"] = "https://evil.example.com/rest/"
     elif forgery == "server_endpoint":  # would receive our client_secret on every refresh
@@ -195,7 +215,9 @@ async def test_forged_install_is_refused_and_nothing_is_stored(rig, forgery):
         portal.client_id = "local.someoneelse.1"
     status, _ = await post_form(url, form)
     assert status == expected
-    assert (stored_portal(rig, portal.member_id) is None) == (forgery != "domain")
+    await settled(rig)
+    assert stored_portal(rig, portal.member_id) is None
+    assert stored_events(rig) == ([("ONAPPINSTALL", "evil.bitrix24.by")] if forgery == "domain" else [])
     assert rig.daemon is not None and rig.daemon.pushers == {}
     assert portal.method_calls["messageservice.sender.add"] == 0
 
@@ -235,9 +257,10 @@ async def test_token_expiry_mid_run(rig):
     first = [(await send(portal, "by_life", f"m{i}"))[0] for i in range(3)]
     await until(lambda: all(portal.messages[i].status == "delivered" for i in first))
     portal.expire_access_token()
+    refreshes = portal.refreshes  # one already: the install's proof spent the event's refresh token
     later = [(await send(portal, "by_life", f"n{i}"))[0] for i in range(3)]
     await until(lambda: all(portal.messages[i].status == "delivered" for i in later))
-    assert portal.refreshes == 1
+    assert portal.refreshes == refreshes + 1
     # The rotated pair was persisted: a restart would use the only valid refresh token.
     assert stored_portal(rig, portal.member_id)[1:] == (portal.access_token, portal.refresh_token)
 
@@ -250,7 +273,9 @@ async def test_install_before_the_app_is_configured_waits_then_activates(tmp_pat
     rig = await start_app_rig(tmp_path, [portal], configured=False)
     try:
         status, body = await post_form(event_url(rig), portal.install_event())
-        assert status == 200 and body["pending"] is True
+        assert status == 200 and body["stored"] is True
+        await settled(rig)
+        assert stored_events(rig) == [("ONAPPINSTALL", portal.domain)]
         portal.senders.clear()
         assert rig.daemon is not None and rig.daemon.pushers == {}
         _, form = portal.create_message("by_life", "+375291234567", "x")
@@ -260,7 +285,8 @@ async def test_install_before_the_app_is_configured_waits_then_activates(tmp_pat
         portal.expire_access_token()
         rig.config = dataclasses.replace(rig.config, apps=MappingProxyType({portal.domain: app_for(portal)}))
         await start_daemon(rig)
-        assert set(rig.daemon.pushers) == {portal.member_id}
+        await settled(rig)
+        assert set(rig.daemon.pushers) == {portal.member_id} and stored_events(rig) == []
         await until(lambda: set(portal.senders) == {"by_life", "by_mts"})
         assert portal.refreshes == 1
         assert stored_portal(rig, portal.member_id)[2] == portal.refresh_token
@@ -283,7 +309,8 @@ async def test_pending_install_with_a_forged_token_is_never_activated(tmp_path):
         await rig.daemon.stop()
         rig.config = dataclasses.replace(rig.config, apps=MappingProxyType({portal.domain: app_for(portal)}))
         await start_daemon(rig)
-        assert rig.daemon.pushers == {}
+        await settled(rig)
+        assert rig.daemon.pushers == {} and stored_events(rig) == []
     finally:
         await stop_rig(rig)
 

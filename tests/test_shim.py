@@ -147,6 +147,7 @@ async def test_real_form_is_stored(http: TestClient, daemon: FakeDaemon) -> None
             "member_id": "a223c6b3710f85df22e9377d6c4f7553",
             "domain": "example.bitrix24.by",
             "application_token": APP_TOKEN,
+            "access_token": ACCESS_TOKEN,  # the daemon's recovery of a missed ONAPPUPDATE needs it
             "code": CODE,
             "message_id": "72dd742c8270db0ddbbab92f98877537",
             "to": "+375291234567",

@@ -27,6 +27,7 @@ def _reference_params(post: bf.HandlerPost) -> dict[str, Any]:
         "member_id": auth.get("member_id"),
         "domain": auth.get("domain"),
         "application_token": auth.get("application_token"),
+        "access_token": auth.get("access_token"),
         "code": post.code,
         "message_id": post.message_id,
         "to": post.message_to,

@@ -1,42 +1,63 @@
 """App lifecycle events: ONAPPINSTALL, ONAPPUPDATE, ONAPPUNINSTALL (bitrix24.md §11).
 
-The shim only checks the URL key and forwards the form; trust is decided here because
-the portal table lives in the daemon. Why each check:
+Bitrix24 posts each event once and never reads our answer, so an event is **stored first
+and answered 200**, then proven and applied in the background (`EventQueue`), retried on
+its own back-off for as long as the portal or the OAuth server needs. Nothing about a
+portal changes until its event is proven. What each proof rests on:
 
-* **install / update** carry fresh tokens but nothing we already know (update even brings a
-  *new* ``application_token``), so the event proves itself by working: its access token
-  must answer ``app.info`` with our ``client_id`` on the ``client_endpoint`` of the
-  configured ``[[app]]``, never on an endpoint taken from the event. The event's endpoints
-  must also equal the configured ones: ``server_endpoint`` receives our client secret on
-  every refresh, so it can never come from a post.
-* **install before configuration**: Bitrix24 installs a server-side local app the moment
-  the admin saves it, before they could copy its client_id and secret into ``[[app]]``
-  [inferred from the local-app flow]. Such an event (URL key correct, no ``[[app]]`` for its
-  domain) is kept as a *pending* portal (empty client_id), unused; ``activate_pending`` at
-  the next start verifies it exactly like a live event once ``[[app]]`` exists.
-* **uninstall** carries no token, only ``application_token``: it must match the stored one
-  (constant time), and the portal must be known.
+* **install / update** carry an ``access_token`` and a ``refresh_token``. Every HANDLER post
+  carries an author's access token and the ``application_token`` (so anyone who saw one
+  post has both), but never a refresh token. The proof therefore **spends the event's
+  refresh token** at the OAuth server of the configured ``[[app]]`` (``server_endpoint``
+  from the config, never from the event) with our ``client_id`` and ``client_secret``: only
+  a refresh token issued to our app answers, and its answer names the ``member_id`` and the
+  ``client_endpoint`` we compare. Refresh tokens are single-use, so the fresh pair is
+  stored in the event before anything else. Then ``user.admin`` with the fresh access token,
+  through the portal's own REST client (its rate budget, the pusher waits), must answer
+  true: the token is an administrator's, as ``messageservice.sender.*`` needs (§1).
+  The event's endpoints must also equal the configured ones.
+* **uninstall** carries no token. It is applied when its ``application_token`` is the
+  stored one *and* an outside check agrees: ``app.info`` with our own stored tokens
+  answers ``INSTALLED: false``, or the portal no longer accepts them (``NO_AUTH_FOUND``,
+  ``invalid_token``; a refresh ``invalid_grant``/``invalid_client``).
+* **unknown domains** (no ``[[app]]`` and no ``[[portal]]`` for them yet; Bitrix24 installs a
+  local app before its client_id/secret can be copied into the config) wait, unproven,
+  until the config names them: at most ``[app_events] max_unknown`` of them, none older than
+  ``unknown_max_age``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import hmac
+import math
+import random
+import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import aiohttp
 import structlog
 
-from ..config import AppConfig, Config
+from .. import metrics
+from ..config import AppConfig, Config, normalize_domain
 from ..rpc import RpcError
-from ..store import PortalRecord
-from .rest import PortalAuth, RestClient, RestError
+from ..store import PortalRecord, StoredAppEvent
+from .rest import PortalAuth, RestClient, RestError, refresh_tokens
 
 log = structlog.get_logger(__name__)
 
 EVENTS = ("ONAPPINSTALL", "ONAPPUPDATE", "ONAPPUNINSTALL")
 _TOKEN_KEYS = ("access_token", "refresh_token")
 _ALWAYS_KEYS = ("member_id", "domain", "application_token", "client_endpoint", "server_endpoint")
+#: Answers that mean "this token is not (or no longer) one the portal or OAuth server accepts".
+_AUTH_REFUSED = frozenset({"invalid_grant", "invalid_client", "member_mismatch", "NO_AUTH_FOUND", "invalid_token",
+                           "ACCESS_DENIED", "PAYMENT_REQUIRED", "insufficient_scope", "invalid_scope",
+                           "invalid_request", "unsupported_grant_type", "wrong_client"})
+#: An uninstalled app's tokens get these (bitrix24.md §10: invalid_client = app not installed).
+_APP_GONE = frozenset({"NO_AUTH_FOUND", "invalid_token", "invalid_grant", "invalid_client"})
+RETRY_MIN, RETRY_MAX = 1.0, 60.0  # at most one try a minute: the portal's budget is the pusher's too
 
 
 @dataclass(frozen=True)
@@ -66,135 +87,361 @@ class AppEvent:
         values: dict[str, str] = {}
         for key in needed:
             value = auth.get(key)
-            if not isinstance(value, str) or not value:
+            if not isinstance(value, str) or not value or len(value) > 1000:
                 raise RpcError("bad_request", f"auth[{key}]: missing", field=f"auth[{key}]")
             values[key] = value
-        values["domain"] = values["domain"].lower()
+        domain = normalize_domain(values["domain"])
+        if domain is None:
+            raise RpcError("bad_request", "auth[domain]: must be host[:port]", field="auth[domain]")
+        values["domain"] = domain
         for key in ("client_endpoint", "server_endpoint"):
+            if not values[key].startswith(("https://", "http://")):
+                raise RpcError("bad_request", f"auth[{key}]: must be an http(s) URL", field=f"auth[{key}]")
             if not values[key].endswith("/"):
                 values[key] += "/"
         return cls(event=event, **values)
 
+    @classmethod
+    def from_stored(cls, e: StoredAppEvent) -> AppEvent:
+        a = e.auth
+        return cls(event=e.event, member_id=e.member_id, domain=e.domain,
+                   application_token=a.get("application_token", ""), client_endpoint=a.get("client_endpoint", ""),
+                   server_endpoint=a.get("server_endpoint", ""), access_token=a.get("access_token", ""),
+                   refresh_token=a.get("refresh_token", ""))
 
-class Installer:
-    """Turns verified lifecycle events into portal records; the daemon does the wiring."""
+    def auth(self) -> dict[str, str]:
+        return {k: getattr(self, k) for k in _ALWAYS_KEYS + _TOKEN_KEYS if getattr(self, k)}
 
-    def __init__(
-        self,
-        config: Config,
-        http: aiohttp.ClientSession,
-        portals: Callable[[], Mapping[str, PortalRecord]],
-        *,
-        installed: Callable[[PortalRecord, str], Awaitable[None]],
-        uninstalled: Callable[[str], Awaitable[None]],
-        pending: Callable[[PortalRecord], Awaitable[None]] | None = None,
-    ) -> None:
+
+def credentials(config: Config, member_id: str, domain: str) -> AppConfig | None:
+    """What makes us trust an event for this portal: its ``[[app]]`` by domain, or a
+    hand-written ``[[portal]]`` for its member_id (which then completes a pending install)."""
+    app = config.apps.get(domain)
+    if app is not None:
+        return app
+    p = config.portals.get(member_id)
+    if p is not None and p.domain == domain:
+        return AppConfig(domain=p.domain, client_id=p.client_id, client_secret=p.client_secret,
+                         client_endpoint=p.client_endpoint, server_endpoint=p.server_endpoint,
+                         rate=p.rate, burst=p.burst)
+    return None
+
+
+class Verdict(enum.Enum):
+    APPLY = "applied"
+    REFUSE = "refused"
+    RETRY = "retry"  # the portal or the OAuth server could not answer: try again later
+    WAIT = "waiting_config"  # no [[app]] for the domain yet
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: Verdict
+    reason: str = ""
+    record: PortalRecord | None = None
+    version: str | None = None  # app.info VERSION seen with the proven token
+
+
+def retry_delay(attempts: int) -> float:
+    """Exponential back-off with jitter, capped: an outage of any length is waited out."""
+    return min(RETRY_MAX, RETRY_MIN * 2 ** max(0, attempts - 1)) * random.uniform(0.75, 1.0)
+
+
+class PortalHost(Protocol):
+    """What the queue needs from the daemon."""
+
+    def portals(self) -> Mapping[str, PortalRecord]: ...
+
+    def rest_client(self, member_id: str, app: AppConfig | None, auth: PortalAuth | None) -> RestClient | None:
+        """The portal's shared REST client (its budget); with ``auth``, made if it does not exist yet."""
+        ...
+
+    def hold_pusher(self, member_id: str, held: bool) -> None: ...
+
+    async def installed(self, record: PortalRecord, event: str) -> None: ...
+
+    async def uninstalled(self, member_id: str) -> None: ...
+
+
+class EventStore(Protocol):
+    async def add_app_event(self, event: str, member_id: str, domain: str,
+                            auth: Mapping[str, str]) -> StoredAppEvent: ...
+
+    async def app_events(self) -> list[StoredAppEvent]: ...
+
+    async def update_app_event(self, e: StoredAppEvent) -> None: ...
+
+    async def delete_app_events(self, ids: list[int]) -> None: ...
+
+    async def set_app_version(self, member_id: str, version: str) -> None: ...
+
+    async def app_version(self, member_id: str) -> str | None: ...
+
+
+class Prover:
+    """The proofs of the module docstring, one attempt each; the queue decides what follows."""
+
+    def __init__(self, config: Config, http: aiohttp.ClientSession, host: PortalHost, store: EventStore) -> None:
         self.config = config
         self._http = http
-        self._portals = portals
-        self._installed = installed
-        self._uninstalled = uninstalled
-        self._pending = pending
+        self._host = host
+        self._store = store
 
-    async def __call__(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        event = AppEvent.from_params(params)
-        if event.event == "ONAPPUNINSTALL":
-            await self._uninstall(event)
-            return {"event": event.event, "member_id": event.member_id}
-        if event.domain not in self.config.apps and self._pending is not None \
-                and event.member_id not in self._portals():
-            await self._pending(pending_record(event))
-            log.warning("bitrix24.app_event.pending", event_name=event.event, domain=event.domain,
-                        member_id=event.member_id,
-                        hint="add an [[app]] with this domain, client_id and client_secret, then restart smppd")
-            return {"event": event.event, "member_id": event.member_id, "pending": True}
-        app = self._app_for(event)
-        record = await self._verify(event, app)
-        await self._installed(record, event.event)
-        log.info("bitrix24.app_event", event_name=event.event, domain=event.domain, member_id=event.member_id)
-        return {"event": event.event, "member_id": event.member_id}
+    async def attempt(self, e: StoredAppEvent) -> Outcome:
+        if e.event == "ONAPPUNINSTALL":
+            return await self._uninstall(e)
+        return await self._install(e)
 
-    def _app_for(self, event: AppEvent) -> AppConfig:
-        app = self.config.apps.get(event.domain)
+    async def _install(self, e: StoredAppEvent) -> Outcome:
+        event = AppEvent.from_stored(e)
+        app = credentials(self.config, e.member_id, e.domain)
         if app is None:
-            log.warning("bitrix24.app_event.refused", event_name=event.event, domain=event.domain,
-                        reason="no [[app]] for this domain")
-            raise RpcError("forbidden", "no [[app]] is configured for this domain")
+            return Outcome(Verdict.WAIT, "no [[app]] for this domain")
         for key in ("client_endpoint", "server_endpoint"):
             if getattr(event, key) != getattr(app, key):
-                log.warning("bitrix24.app_event.refused", event_name=event.event, domain=event.domain,
-                            reason=f"{key} differs from the configured one")
-                raise RpcError("forbidden", f"{key} differs from app.{key}")
-        known = self._portals().get(event.member_id)
-        if known is not None and known.domain != event.domain:
-            raise RpcError("forbidden", "this member_id is installed under another domain")
-        return app
-
-    async def _verify(self, event: AppEvent, app: AppConfig) -> PortalRecord:
-        """Prove the tokens by using them; keep a pair the call itself may have rotated."""
-        auth = PortalAuth(member_id=event.member_id, domain=event.domain, client_endpoint=app.client_endpoint,
+                return Outcome(Verdict.REFUSE, f"{key} differs from the configured one")
+        known = self._host.portals().get(e.member_id)
+        if known is not None and known.domain != e.domain:
+            return Outcome(Verdict.REFUSE, "this member_id is installed under another domain")
+        auth = PortalAuth(member_id=e.member_id, domain=e.domain, client_endpoint=app.client_endpoint,
                           server_endpoint=app.server_endpoint, access_token=event.access_token,
                           refresh_token=event.refresh_token, client_id=app.client_id,
                           client_secret=app.client_secret)
-        latest = [auth]
-
-        async def keep(new: PortalAuth) -> None:
-            latest.append(new)
-
-        client = RestClient(self._http, auth, rate=None, on_tokens=keep, max_attempts=3)
+        if e.stage == "received":
+            spent = await self._spend(e, auth, app)
+            if spent is not None:
+                return spent
+            auth = _with_tokens(auth, e)
+        client = self._host.rest_client(e.member_id, app, auth)
+        assert client is not None
         try:
-            info = await client.call("app.info")
-        except RestError as e:
-            log.warning("bitrix24.app_event.refused", event_name=event.event, domain=event.domain,
-                        reason="app.info failed", error=e.code)
-            if e.code in ("network", "bad_response", "QUERY_LIMIT_EXCEEDED", "OVERLOAD_LIMIT"):
-                raise RpcError("unavailable", f"cannot verify the event with the portal: {e.code}") from None
-            raise RpcError("forbidden", "the event's token is not valid on the configured portal") from None
+            admin = await client.call_as(auth.access_token, "user.admin")
+        except RestError as exc:
+            if exc.code == "expired_token":  # waited past the hour: spend the refresh token we hold
+                spent = await self._spend(e, auth, app)
+                return spent or Outcome(Verdict.RETRY, "expired_token")
+            if exc.code in _AUTH_REFUSED:
+                return Outcome(Verdict.REFUSE, f"user.admin: {exc.code}")
+            return Outcome(Verdict.RETRY, f"user.admin: {exc.code}")
+        except Exception as exc:  # the transport of a REST call: retried like a network error
+            return Outcome(Verdict.RETRY, f"user.admin: {type(exc).__name__}")
+        if admin is not True:
+            return Outcome(Verdict.REFUSE, "the event's user is not a portal administrator")
+        try:
+            info = await client.call_as(auth.access_token, "app.info")
+        except Exception as exc:
+            return Outcome(Verdict.RETRY, f"app.info: {getattr(exc, 'code', type(exc).__name__)}")
         code = info.get("CODE") if isinstance(info, Mapping) else None
         if not isinstance(code, str) or not hmac.compare_digest(code.encode(), app.client_id.encode()):
-            log.warning("bitrix24.app_event.refused", event_name=event.event, domain=event.domain,
-                        reason="app.info names another application")
-            raise RpcError("forbidden", "the event's token belongs to another application")
-        final = latest[-1]
-        return PortalRecord(
-            member_id=event.member_id, domain=event.domain, client_endpoint=app.client_endpoint,
+            return Outcome(Verdict.REFUSE, "app.info names another application")
+        return Outcome(Verdict.APPLY, version=str(info.get("VERSION", "")), record=PortalRecord(
+            member_id=e.member_id, domain=e.domain, client_endpoint=app.client_endpoint,
             server_endpoint=app.server_endpoint, client_id=app.client_id, client_secret=app.client_secret,
-            application_token=event.application_token, access_token=final.access_token,
-            refresh_token=final.refresh_token,
-        )
+            application_token=event.application_token, access_token=e.auth["access_token"],
+            refresh_token=e.auth["refresh_token"]))
 
-    async def _uninstall(self, event: AppEvent) -> None:
-        known = self._portals().get(event.member_id)
-        if known is None or not hmac.compare_digest(event.application_token.encode(),
-                                                     known.application_token.encode()):
-            log.warning("bitrix24.app_event.refused", event_name=event.event, domain=event.domain,
-                        reason="unknown portal" if known is None else "application_token does not match")
-            raise RpcError("forbidden", "unknown portal or wrong application_token")
-        await self._uninstalled(event.member_id)
-        log.info("bitrix24.app_event", event_name=event.event, domain=event.domain, member_id=event.member_id)
+    async def _spend(self, e: StoredAppEvent, auth: PortalAuth, app: AppConfig) -> Outcome | None:
+        """Spend the refresh token held in ``e`` and store its successor; None when that worked."""
+        try:
+            fresh = await refresh_tokens(self._http, auth, timeout=aiohttp.ClientTimeout(total=30))
+        except RestError as exc:
+            if exc.code in _AUTH_REFUSED:
+                return Outcome(Verdict.REFUSE, f"refresh: {exc.code}")
+            return Outcome(Verdict.RETRY, f"refresh: {exc.code}")
+        e.auth.update(access_token=fresh.access_token, refresh_token=fresh.refresh_token)
+        e.stage = "refreshed"
+        await self._store.update_app_event(e)  # the only copy of a valid refresh token now
+        if fresh.client_endpoint != app.client_endpoint:
+            return Outcome(Verdict.REFUSE, "the OAuth server names another portal endpoint")
+        return None
+
+    async def _uninstall(self, e: StoredAppEvent) -> Outcome:
+        known = self._host.portals().get(e.member_id)
+        if known is None:
+            return Outcome(Verdict.REFUSE, "unknown portal")
+        token = e.auth.get("application_token", "")
+        if not hmac.compare_digest(token.encode(), known.application_token.encode()):
+            return Outcome(Verdict.REFUSE, "application_token does not match")
+        client = self._host.rest_client(e.member_id, None, None)
+        if client is None:
+            return Outcome(Verdict.RETRY, "no REST client for the portal yet")
+        try:
+            info = await client.call("app.info")
+        except RestError as exc:
+            if exc.code in _APP_GONE:
+                return Outcome(Verdict.APPLY, f"the portal refuses our tokens: {exc.code}")
+            return Outcome(Verdict.RETRY, f"app.info: {exc.code}")
+        if isinstance(info, Mapping) and info.get("INSTALLED") is False:
+            return Outcome(Verdict.APPLY, "app.info: not installed")
+        return Outcome(Verdict.REFUSE, "app.info says the app is still installed")
 
 
-    async def activate(self, pending: PortalRecord) -> PortalRecord | None:
-        """Verify a pending install now that ``[[app]]`` may exist; None while it does not."""
-        event = AppEvent(event="ONAPPINSTALL", member_id=pending.member_id, domain=pending.domain,
-                         application_token=pending.application_token,
-                         client_endpoint=pending.client_endpoint, server_endpoint=pending.server_endpoint,
-                         access_token=pending.access_token, refresh_token=pending.refresh_token)
-        if event.domain not in self.config.apps:
-            return None
-        return await self._verify(event, self._app_for(event))
+def _with_tokens(auth: PortalAuth, e: StoredAppEvent) -> PortalAuth:
+    return PortalAuth(member_id=auth.member_id, domain=auth.domain, client_endpoint=auth.client_endpoint,
+                      server_endpoint=auth.server_endpoint, access_token=e.auth["access_token"],
+                      refresh_token=e.auth["refresh_token"], client_id=auth.client_id,
+                      client_secret=auth.client_secret)
 
 
-def pending_record(event: AppEvent) -> PortalRecord:
-    """An install we cannot verify yet: no client_id, so nothing will ever use it as is."""
-    return PortalRecord(member_id=event.member_id, domain=event.domain, client_endpoint=event.client_endpoint,
-                        server_endpoint=event.server_endpoint, client_id="", client_secret="",
-                        application_token=event.application_token, access_token=event.access_token,
-                        refresh_token=event.refresh_token)
+class EventQueue:
+    """Stored app events, proven one at a time in the order they came, per portal.
+
+    An event waits for the ones of its portal received before it (an update is never
+    applied before the install it follows). A portal whose proof must wait does not hold
+    up the others.
+    """
+
+    def __init__(self, config: Config, store: EventStore, prover: Prover, host: PortalHost, *,
+                 clock: Callable[[], float] = time.time,
+                 delay: Callable[[int], float] = retry_delay) -> None:
+        self.config = config
+        self._store = store
+        self._prover = prover
+        self._host = host
+        self._clock = clock
+        self._delay = delay
+        self.events: list[StoredAppEvent] = []
+        self._wake = asyncio.Event()
+        self.outcomes: dict[str, int] = {}  # verdict value -> events, since start
+
+    async def load(self) -> None:
+        """The events a previous run left; one summary line, however many there are."""
+        self.events = await self._store.app_events()
+        self._prune(self._clock())
+        waiting = sum(1 for e in self.events if self._unknown(e))
+        if self.events:
+            log.info("bitrix24.app_events.loaded", pending=len(self.events) - waiting, waiting_config=waiting)
+        for e in self.events:
+            e.next_at = min(e.next_at, self._clock())  # a restart is a fresh chance
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: an event waiting for its [[app]] may be provable now."""
+        self.config = config
+        self._prover.config = config
+        self.rescan()
+
+    def figures(self) -> tuple[int, float, int]:
+        """(unproven events of configured portals, age of the oldest in seconds, events waiting for config)."""
+        now = self._clock()
+        known = [e for e in self.events if not self._unknown(e)]
+        oldest = max((now - e.received_at for e in known), default=0.0)
+        return len(known), oldest, len(self.events) - len(known)
+
+    def _unknown(self, e: StoredAppEvent) -> bool:
+        return credentials(self.config, e.member_id, e.domain) is None and e.member_id not in self._host.portals()
+
+    async def receive(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The RPC ``app_event``: validate, store, answer. Nothing is proven or applied here."""
+        event = AppEvent.from_params(params)
+        stored = await self._store.add_app_event(event.event, event.member_id, event.domain, event.auth())
+        self.events.append(stored)
+        unknown = self._unknown(stored)
+        log.info("bitrix24.app_event.stored", event_name=event.event, domain=event.domain,
+                 member_id=event.member_id, unknown_domain=unknown)
+        if unknown:
+            log.warning("bitrix24.app_event.waiting_config", event_name=event.event, domain=event.domain,
+                        hint=f'add an [[app]] with domain = "{event.domain}" and its client_id and client_secret,'
+                             " then restart or reload smppd")
+            await self._bound_unknown()
+        self._wake.set()
+        return {"event": event.event, "member_id": event.member_id, "stored": True}
+
+    def _prune(self, now: float) -> list[StoredAppEvent]:
+        """Unknown-domain events past their age; returns them (removed from ``events``)."""
+        old = [e for e in self.events
+               if self._unknown(e) and now - e.received_at > self.config.app_events.unknown_max_age]
+        self.events = [e for e in self.events if e not in old]
+        return old
+
+    async def _bound_unknown(self) -> None:
+        dropped = self._prune(self._clock())
+        unknown = [e for e in self.events if self._unknown(e)]
+        excess = len(unknown) - self.config.app_events.max_unknown
+        if excess > 0:
+            dropped += unknown[:excess]  # the oldest go: a genuine install is usually the latest
+            self.events = [e for e in self.events if e not in dropped]
+        if dropped:
+            await self._store.delete_app_events([e.id for e in dropped])
+            metrics.app_events_done("dropped", len(dropped))
+            log.warning("bitrix24.app_event.dropped", events=len(dropped), reason="unknown domain, too many or too old",
+                        keep=self.config.app_events.max_unknown)
+
+    def rescan(self) -> None:
+        """The config changed: events waiting for an [[app]] get a new chance."""
+        now = self._clock()
+        for e in self.events:
+            e.next_at = min(e.next_at, now)
+        self._wake.set()
+
+    def _due(self, now: float) -> tuple[StoredAppEvent | None, float]:
+        """The next event to try and the time the next one comes due (inf: none)."""
+        first_of_member: dict[str, StoredAppEvent] = {}
+        for e in self.events:
+            first_of_member.setdefault(e.member_id, e)
+        heads = sorted(first_of_member.values(), key=lambda e: (e.next_at, e.id))
+        for e in heads:
+            if e.next_at <= now:
+                return e, now
+        return None, heads[0].next_at if heads else math.inf
+
+    async def run(self) -> None:
+        while True:
+            now = self._clock()
+            event, when = self._due(now)
+            if event is None:
+                self._wake.clear()
+                timeout = None if when == math.inf else max(0.0, when - now)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            await self._step(event)
+
+    async def _step(self, e: StoredAppEvent) -> None:
+        self._host.hold_pusher(e.member_id, True)  # the pusher yields the portal's budget
+        try:
+            outcome = await self._prover.attempt(e)
+        except Exception as exc:  # a bug or the store: keep the event, try later
+            log.error("bitrix24.app_event.error", event_name=e.event, domain=e.domain, error=repr(exc))
+            outcome = Outcome(Verdict.RETRY, type(exc).__name__)
+        finally:
+            self._host.hold_pusher(e.member_id, False)
+        now = self._clock()
+        if outcome.verdict in (Verdict.RETRY, Verdict.WAIT):
+            e.attempts += outcome.verdict is Verdict.RETRY
+            e.last_error = outcome.reason
+            e.next_at = now + self._delay(e.attempts) if outcome.verdict is Verdict.RETRY else math.inf
+            await self._store.update_app_event(_finite(e))
+            if outcome.verdict is Verdict.RETRY:
+                log.info("bitrix24.app_event.retry", event_name=e.event, domain=e.domain, reason=outcome.reason,
+                         attempt=e.attempts, retry_in=round(e.next_at - now, 1))
+            return
+        if outcome.verdict is Verdict.APPLY:
+            if outcome.record is not None:
+                await self._host.installed(outcome.record, e.event)
+                if outcome.version:
+                    await self._store.set_app_version(e.member_id, outcome.version)
+            else:
+                await self._host.uninstalled(e.member_id)
+            log.info("bitrix24.app_event", event_name=e.event, domain=e.domain, member_id=e.member_id,
+                     outcome="applied", proof=outcome.reason or "refresh token spent, user.admin true",
+                     after_seconds=round(now - e.received_at, 1))
+        else:
+            log.warning("bitrix24.app_event.refused", event_name=e.event, domain=e.domain, member_id=e.member_id,
+                        reason=outcome.reason)
+        self.outcomes[outcome.verdict.value] = self.outcomes.get(outcome.verdict.value, 0) + 1
+        metrics.app_events_done(outcome.verdict.value)
+        await self._store.delete_app_events([e.id])
+        self.events = [x for x in self.events if x.id != e.id]
 
 
-def is_pending(portal: PortalRecord) -> bool:
-    return not portal.client_id
+def _finite(e: StoredAppEvent) -> StoredAppEvent:
+    """``next_at`` as stored: a waiting event (inf in memory) is tried again at the next start."""
+    if e.next_at != math.inf:
+        return e
+    return StoredAppEvent(**{**e.__dict__, "next_at": e.received_at})
 
 
-__all__ = ["AppEvent", "EVENTS", "Installer", "is_pending", "pending_record"]
+__all__ = ["AppEvent", "EVENTS", "EventQueue", "Outcome", "PortalHost", "Prover", "Verdict", "credentials",
+           "retry_delay"]

@@ -166,6 +166,8 @@ class SimulatedPortal:
     def __post_init__(self) -> None:
         self._tokens: dict[str, _Token] = {}
         self._refresh_tokens: dict[str, float] = {}
+        self._refresh_users: dict[str, int] = {}  # refresh token -> the user it was issued to
+        self._flooded_until = 0.0  # wall clock; see flood()
         self._token_uses: collections.Counter[str] = collections.Counter()
         self._bucket_level = 0.0
         self._bucket_at = time.monotonic()
@@ -269,6 +271,17 @@ class SimulatedPortal:
         """Simulate the per-method operating-time limit: 429 until ``seconds`` from now."""
         self._blocked[method.lower()] = time.time() + seconds
 
+    def flood(self, seconds: float) -> None:
+        """Every REST request answers 503 ``QUERY_LIMIT_EXCEEDED`` for ``seconds``: the portal's
+        bucket (per portal and source IP, bitrix24.md §8) is taken by other apps on our server."""
+        self._flooded_until = time.time() + seconds
+
+    def user_oauth_pair(self, user_id: int) -> tuple[str, str]:
+        """(access, refresh) of our app for any user who opened it: a real pair of our app, for a
+        user who is not necessarily an admin (``user.admin`` tells)."""
+        pair = self._issue_pair(user_id, keep=False)
+        return pair["access_token"], pair["refresh_token"]
+
     def unblock_method(self, method: str) -> None:
         self._blocked.pop(method.lower(), None)
 
@@ -303,12 +316,14 @@ class SimulatedPortal:
                                                ("data[LANGUAGE_ID]", "ru")], tokens=True)
 
     def uninstall_app(self) -> list[tuple[str, str]]:
-        """Uninstall: providers and tokens are gone; the ``ONAPPUNINSTALL`` form carries no
-        access or refresh token, only the ``application_token`` to prove itself."""
+        """Uninstall: providers and every token of the app are gone (REST answers NO_AUTH_FOUND,
+        a refresh invalid_grant); the ``ONAPPUNINSTALL`` form carries no access or refresh
+        token, only the ``application_token``."""
         self.installed = False
         self.senders.clear()
-        self._tokens = {k: t for k, t in self._tokens.items() if not t.is_admin}
+        self._tokens.clear()  # every token of the app is revoked with it
         self._refresh_tokens.clear()
+        self._refresh_users.clear()
         return self._app_event("ONAPPUNINSTALL", [("data[CLEAN]", "0"), ("data[LANGUAGE_ID]", "ru")],
                                tokens=False)
 
@@ -429,14 +444,18 @@ class SimulatedPortal:
 
     # ------------------------------------------------------------------ OAuth
 
-    def _issue_pair(self) -> dict[str, Any]:
+    def _issue_pair(self, user_id: int | None = None, *, keep: bool = True) -> dict[str, Any]:
+        """A new pair for ``user_id`` (the admin by default); ``keep``: it becomes the app's pair."""
         now = time.time()
-        self.access_token = secrets.token_hex(35)
-        self.refresh_token = secrets.token_hex(35)
-        self._tokens[self.access_token] = _Token(self.admin_user_id, now + self.access_ttl, True)
-        self._refresh_tokens[self.refresh_token] = now + self.refresh_ttl
+        user = self.admin_user_id if user_id is None else user_id
+        access, refresh = secrets.token_hex(35), secrets.token_hex(35)
+        if keep:
+            self.access_token, self.refresh_token = access, refresh
+        self._tokens[access] = _Token(user, now + self.access_ttl, user == self.admin_user_id)
+        self._refresh_tokens[refresh] = now + self.refresh_ttl
+        self._refresh_users[refresh] = user
         return {
-            "access_token": self.access_token,
+            "access_token": access,
             "expires": int(now + self.access_ttl),
             "expires_in": int(self.access_ttl),
             "scope": self.scope,
@@ -446,8 +465,8 @@ class SimulatedPortal:
             "status": "L",
             "client_endpoint": self.client_endpoint if self._base_url else "",
             "member_id": self.member_id,
-            "user_id": self.admin_user_id,
-            "refresh_token": self.refresh_token,
+            "user_id": user,
+            "refresh_token": refresh,
         }
 
     async def _handle_token(self, request: web.Request) -> web.Response:
@@ -468,16 +487,18 @@ class SimulatedPortal:
         if params.get("client_id") != self.client_id or params.get("client_secret") != self.client_secret:
             raise _ApiError("invalid_client", "Invalid client credentials", 401)
         old = str(params.get("refresh_token", ""))
+        # Single use: the token is gone whatever the outcome; spent twice it is invalid_grant.
+        user = self._refresh_users.pop(old, self.admin_user_id)
         if self._refresh_tokens.pop(old, 0.0) <= time.time():
             raise _ApiError("invalid_grant", "Invalid refresh token")
         self.refreshes += 1
-        return self._issue_pair()
+        return self._issue_pair(user, keep=user == self.admin_user_id)
 
     # ------------------------------------------------------------------ REST entry
 
     async def _handle_rest(self, request: web.Request) -> web.Response:
         self.requests += 1
-        if not self._take_from_bucket():
+        if self._flooded_until > time.time() or not self._take_from_bucket():
             self.rejected_rate_limited += 1
             return _json(_QUERY_LIMIT_BODY, 503)
         method = request.match_info["method"].lower().removesuffix(".json")
@@ -540,6 +561,7 @@ class SimulatedPortal:
             "messageservice.sender.delete": self._sender_delete,
             "messageservice.sender.list": self._sender_list,
             "app.info": self._app_info,
+            "user.admin": self._user_admin,
             **self._crm_methods(),
         }
 
@@ -662,6 +684,10 @@ class SimulatedPortal:
         """``app.info``: ``CODE`` is the app's client_id (for a local app ``local.…``) [inferred]."""
         return {"ID": 1, "CODE": self.client_id, "VERSION": self.app_version, "STATUS": "L",
                 "INSTALLED": self.installed, "PAYMENT_EXPIRED": "N", "DAYS": None, "LICENSE": "by_project"}
+
+    def _user_admin(self, params: dict[str, Any], token: _Token) -> bool:
+        """``user.admin``: whether the token's user may manage apps (true for the portal admin only)."""
+        return token.is_admin
 
     def _require_admin(self, token: _Token) -> None:
         if not token.is_admin:

@@ -51,6 +51,10 @@ class StatusPusher:
         self.failures = 0  # whole batches failed in a row (the portal is unreachable or refusing)
         self.paused_until = 0.0  # store clock; no request before this while failing
         self._inflight: set[str] = set()  # Bitrix24 ids of the updates in a batch in flight
+        # Cleared while an app event of this portal is being proven: the proof goes first in
+        # the portal's budget (an unproven update leaves every post refused), no new batch starts.
+        self.may_push = asyncio.Event()
+        self.may_push.set()
 
     async def run(self) -> None:
         """Keep up to ``PIPELINE`` full batches in flight; the REST client's bucket sets the pace.
@@ -64,6 +68,9 @@ class StatusPusher:
         try:
             while not self._stopping:
                 _raise_failed(inflight)
+                if not self.may_push.is_set():
+                    await self.may_push.wait()
+                    continue
                 pause = self.paused_until - self.store.clock()
                 if pause > 0:
                     await asyncio.sleep(pause)
@@ -108,6 +115,7 @@ class StatusPusher:
     def stop(self) -> None:
         self._stopping = True
         self.store.outbox_changed.set()
+        self.may_push.set()
 
     async def push(self, items: list[OutboxItem]) -> None:
         commands = {

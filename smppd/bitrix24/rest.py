@@ -258,6 +258,26 @@ class RestClient:
         payload = await self._request("batch", "&".join(parts))
         return _split_batch(payload.get("result"), commands)
 
+    async def call_as(self, access_token: str, method: str, params: Mapping[str, Any] | None = None) -> Any:
+        """One call with a token that is not this portal's (an app event's, a post's) on this
+        portal's budget and endpoint: one try, no refresh, every error raised.
+
+        Why shared: a proof sent beside the bucket would spend the portal's requests behind the
+        pusher's back and meet QUERY_LIMIT_EXCEEDED; why one try: the caller keeps the event
+        stored and retries it on its own back-off, for as long as it takes.
+        """
+        await self._bucket.acquire()
+        form = form_urlencode(encode_params(params))
+        auth = f"auth={_quote_plus(access_token)}"
+        status, payload = await self._post(method, f"{form}&{auth}" if form else auth)
+        if "result" in payload:
+            self._note_time(method, payload.get("time"))
+            return payload["result"]
+        error = str(payload.get("error", "bad_response"))
+        if error == _RATE_LIMITED:
+            self._bucket.saturate()
+        raise RestError(error, str(payload.get("error_description", "")), status)
+
     def adopt(self, auth: PortalAuth) -> None:
         """Take tokens that came from elsewhere (an app update event) and are already stored.
 
@@ -444,7 +464,8 @@ def _parse_token_response(auth: PortalAuth, status: int, text: str) -> PortalAut
     client_endpoint = str(data.get("client_endpoint") or auth.client_endpoint)
     # ``domain`` in the token response is the OAuth server's own host (oauth.bitrix.info),
     # so the portal domain is taken from client_endpoint, which follows a domain change.
-    domain = urlsplit(client_endpoint).hostname or auth.domain
+    parts = urlsplit(client_endpoint)
+    domain = f"{parts.hostname}:{parts.port}" if parts.hostname and parts.port else parts.hostname or auth.domain
     if client_endpoint == auth.client_endpoint:
         domain = auth.domain
     return replace(
