@@ -33,7 +33,7 @@ from .smpp.codec import ShortMessage
 from .stoplist import StopList
 from .admin import Admin
 from .ops import Ops, start_ops, stop_ops
-from .store import OpenMessage, PortalRecord, Store
+from .store import OpenMessage, PortalRecord, Store, StoreOpenError, open_problem
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +64,11 @@ class Daemon:
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.config.daemon.database)), exist_ok=True)
+        database = self.config.daemon.database
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+        except OSError as e:
+            raise StoreOpenError(database, open_problem(database, e)) from None
         await self.store.open()
         for p in self.config.portals.values():
             await self.store.seed_portal(PortalRecord(

@@ -19,6 +19,7 @@ Status rules (what may move where, what Bitrix24 sees) come from ``model``.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -332,6 +333,52 @@ class StoreClosed(RuntimeError):
     pass
 
 
+class StoreOpenError(RuntimeError):
+    """The database cannot be opened for writing at start (a read-only mount, a directory
+    the daemon may not write): one line naming the path and the problem, never a traceback,
+    and never a start that hangs (issue 19 item 4)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def write_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a writable database, in words an operator can act on, or None.
+
+    SQLite says only "unable to open database file" or "attempt to write a readonly
+    database"; the filesystem can say which of the usual causes it is. Checked before
+    SQLite opens the file too: a connection that fails to open leaves aiosqlite's thread
+    to report into a closed loop.
+    """
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    existing = directory
+    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    try:
+        if os.statvfs(existing).f_flag & os.ST_RDONLY:
+            return f"the directory {directory} is on a read-only filesystem"
+    except OSError as e:
+        return f"the directory {existing} cannot be read: {e.strerror}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"the directory {existing} is not writable by uid {os.geteuid()}"
+    for f in (path, path + "-wal", path + "-shm"):
+        if os.path.exists(f) and not os.access(f, os.R_OK | os.W_OK):
+            return f"{f} is not writable by uid {os.geteuid()}"
+    return None
+
+
+def open_problem(path: str, error: BaseException) -> str:
+    """``write_problem``, or what the error says when the filesystem looks fine."""
+    found = write_problem(path)
+    if found is not None:
+        return found
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error)
+
+
 class Store:
     def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
@@ -344,12 +391,24 @@ class Store:
     # --- lifecycle -------------------------------------------------------------
 
     async def open(self) -> None:
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: the shim's 200 promises the message survives power loss too.
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.execute("PRAGMA foreign_keys=ON")
-        await self._run(_migrate)
+        """Open (and migrate) the database; ``StoreOpenError`` when it cannot be written."""
+        problem = write_problem(self.path)
+        if problem is not None:
+            raise StoreOpenError(self.path, problem)
+        db = aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            self._db = await db
+            await self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: the shim's 200 promises the message survives power loss too.
+            await self._db.execute("PRAGMA synchronous=FULL")
+            await self._db.execute("PRAGMA foreign_keys=ON")
+            await self._run(_migrate)
+            # A read-only file opens and reads fine; the first write would fail much later.
+            await self._run(_probe_write)
+        except (sqlite3.Error, OSError) as e:
+            self._db = None
+            await db.close()  # its thread would keep the process alive: the hang at start
+            raise StoreOpenError(self.path, open_problem(self.path, e)) from None
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 
     async def close(self) -> None:
@@ -875,6 +934,18 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version={v}")
         conn.execute("COMMIT")
+
+
+def _probe_write(conn: sqlite3.Connection) -> None:
+    """A write that changes nothing, committed: fails now if the database cannot be written."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("PRAGMA user_version=%d" % conn.execute("PRAGMA user_version").fetchone()[0])
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _run_group(conn: sqlite3.Connection, ops: list[Operation[Any]]) -> list[tuple[bool, Any]]:
