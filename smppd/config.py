@@ -51,6 +51,11 @@ class DaemonConfig:
     database: str
     socket_group: str | None = None
     metrics: tuple[str, int] | None = None  # loopback host:port of /metrics, None = off
+    # A full disk (issue 19 item 3): the free space under the database below which the
+    # SmppdDiskSpaceLow alert fires (smppd_store_free_bytes vs _threshold_bytes), and how
+    # many receipts may wait in memory while the store cannot write.
+    min_free_mb: int = 500
+    max_held_receipts: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -310,12 +315,14 @@ def parse(raw: Mapping[str, Any]) -> Config:
 
 
 def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
-    _only(t, "daemon", {"socket", "database", "socket_group", "metrics"})
+    _only(t, "daemon", {"socket", "database", "socket_group", "metrics", "min_free_mb", "max_held_receipts"})
     return DaemonConfig(
         socket_path=_str(t, "daemon", "socket"),
         database=_str(t, "daemon", "database"),
         socket_group=_str(t, "daemon", "socket_group", default=None),
         metrics=_metrics(t, "daemon"),
+        min_free_mb=_int(t, "daemon", "min_free_mb", default=500, low=0, high=10**7),
+        max_held_receipts=_int(t, "daemon", "max_held_receipts", default=10_000, low=0, high=10**7),
     )
 
 

@@ -33,7 +33,7 @@ from .smpp.codec import ShortMessage
 from .stoplist import StopList
 from .admin import Admin
 from .ops import Ops, start_ops, stop_ops
-from .store import OpenMessage, PortalRecord, Store, StoreOpenError, open_problem
+from .store import OpenMessage, PortalRecord, Store, StoreOpenError, StoreUnavailable, open_problem
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +43,7 @@ RECEIPT_SWEEP_INTERVAL = 60.0
 class Daemon:
     def __init__(self, config: Config, *, wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
-        self.store = Store(config.daemon.database)
+        self.store = Store(config.daemon.database, max_held_receipts=config.daemon.max_held_receipts)
         self.rules = rules.Rules(config.rules, wall_clock)  # wall clock: quiet hours are a time of day
         self.stoplist = StopList(self.store)
         self.consent = ConsentReader(self._rest_client, config.rules.consent_field, config.rules.consent_cache_ttl)
@@ -332,7 +332,12 @@ class Daemon:
         ):
             raise RpcError("bad_request", "form: must be a list of [name, value] strings")
         try:
-            answer = await route.callback([(k, v) for k, v in form])
+            # A full disk: the callback waits in memory until stored (bounded); beyond the
+            # bound the shim answers 503 and the provider calls again later.
+            with self.store.receipt_slot():
+                answer = await route.callback([(k, v) for k, v in form])
+        except StoreUnavailable:
+            raise RpcError("unavailable", "the store cannot write now; try again later") from None
         except ForgedCallback as e:
             route.stats["callbacks_rejected"] += 1
             log.warning("dlr_forged", route=route.name, error=str(e))

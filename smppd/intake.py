@@ -21,7 +21,7 @@ from . import metrics, phone, rules, text
 from .config import Config, SenderConfig
 from .rpc import RpcError
 from .smpp.segments import route_encoding
-from .store import IntakeResult, NewMessage, OpenMessage, PortalRecord, Store
+from .store import IntakeResult, NewMessage, OpenMessage, PortalRecord, Store, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -95,7 +95,11 @@ class Intake:
 
     async def __call__(self, params: Mapping[str, Any]) -> dict[str, Any]:
         post = self._accept(params)
-        return self._finish(post, await self.store.intake(post.message))
+        try:
+            stored = await self.store.intake(post.message)
+        except StoreUnavailable as e:
+            raise _unavailable(e) from None
+        return self._finish(post, stored)
 
     async def many(self, batch: Sequence[Mapping[str, Any]]) -> list[dict[str, Any] | Exception]:
         """The RPC batch of ``__call__``: one outcome per post, in order, its
@@ -123,6 +127,8 @@ class Intake:
         results: list[Any]
         try:
             results = await self.store.intake_many(messages)
+        except StoreUnavailable as e:  # one by one would be refused alike
+            results = [_unavailable(e)] * len(messages)
         except Exception as e:
             log.warning("intake_batch_failed", error=type(e).__name__, messages=len(messages))
             results = await asyncio.gather(*(self.store.intake(m) for m in messages), return_exceptions=True)
@@ -248,3 +254,12 @@ class Intake:
             segments=encoded.segments, module_id=req.module_id, reason=reason, hold=hold, entities=entities,
             duplicate_window=cfg.duplicate_window, duplicate_fails=cfg.duplicate_outcome == "failed",
         )
+
+
+def _unavailable(e: StoreUnavailable) -> RpcError:
+    """The RPC answer to a post the store cannot take now (a full disk).
+
+    ``unavailable`` is the code the shim answers 503 for (and its spool keeps the post);
+    the store's log line says why, once, so the answer does not repeat it.
+    """
+    return RpcError("unavailable", "the store cannot write now; try again later")

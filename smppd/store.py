@@ -52,6 +52,13 @@ PENDING_RECEIPT_TTL = 600.0
 # replaying another account's traffic) must not grow the table without bound.
 MAX_PENDING_RECEIPTS = 100_000
 MAX_GROUP = 2000
+# A full disk (issue 19 item 3): how often the writer tries again the writes it holds, and
+# how many receipts (SMPP deliver_sm, HTTP callbacks) may wait in memory for the disk
+# before the next one is refused (the provider delivers it again later).
+UNAVAILABLE_RETRY = 1.0
+MAX_HELD_RECEIPTS = 10_000
+# Free bytes under the database before new posts are taken again after a full disk.
+RESUME_FREE_BYTES = 1 << 20
 # Seconds a ``sent`` waits in the outbox for the receipt that would replace it (_to_outbox).
 SENT_COALESCE = 10.0
 
@@ -333,6 +340,21 @@ class StoreClosed(RuntimeError):
     pass
 
 
+class StoreUnavailable(RuntimeError):
+    """The store cannot write now (the disk is full, an I/O error, a read-only remount).
+
+    Only the writes that have somewhere else to wait are refused with it: a new post
+    (the shim answers 503, its spool keeps the post) and a receipt beyond the held bound
+    (the provider delivers it again). Everything else waits in memory until it is written.
+    """
+
+
+# What ``Store.execute`` does with an operation while the store cannot write.
+HOLD = 0  # wait in memory, written when space returns (the daemon's own work: bounded by it)
+REFUSE = 1  # StoreUnavailable at once: the caller has a place to wait (the shim's spool)
+HOLD_BOUNDED = 2  # held up to ``max_held_receipts`` at once, then StoreUnavailable (receipts)
+
+
 class StoreOpenError(RuntimeError):
     """The database cannot be opened for writing at start (a read-only mount, a directory
     the daemon may not write): one line naming the path and the problem, never a traceback,
@@ -379,14 +401,59 @@ def open_problem(path: str, error: BaseException) -> str:
     return str(error)
 
 
+class _Queued(NamedTuple):
+    op: Operation[Any]
+    fut: asyncio.Future[Any]
+    policy: int
+
+
+def _probe_op(conn: sqlite3.Connection) -> None:
+    """Inside a retried group: a page write, so the group commits only if the disk takes writes."""
+    conn.execute("PRAGMA user_version=%d" % conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+class _NoFuture:
+    """The probe's stand-in future: nobody waits for it."""
+
+    @staticmethod
+    def done() -> bool:
+        return True
+
+
+_PROBE = _Queued(_probe_op, _NoFuture(), HOLD)  # type: ignore[arg-type]
+
+
+def _storage_problem(path: str, e: BaseException) -> str:
+    """What the disk under ``path`` lacks, for the one log line."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return str(e)
+    if st.f_flag & os.ST_RDONLY:
+        return f"{directory} is on a read-only filesystem ({e})"
+    return f"{e}; {st.f_bavail * st.f_frsize} bytes free in {directory}"
+
+
 class Store:
-    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.time,
+                 max_held_receipts: int = MAX_HELD_RECEIPTS, retry_interval: float = UNAVAILABLE_RETRY) -> None:
         self.path = path
         self.clock = clock
         self._db: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[tuple[Operation[Any], asyncio.Future[Any]] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Queued | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self.outbox_changed = asyncio.Event()  # set when an outbox row is added or changed
+        # A full disk: why the store cannot write (None while it can), the operations held
+        # in memory until it can, and how many of them are receipts (bounded).
+        self.unavailable: str | None = None
+        self.unavailable_since: float | None = None
+        self.held = 0
+        self.held_receipts = 0
+        self.max_held_receipts = max_held_receipts
+        self.refused = {"intake": 0, "receipts": 0}
+        self._refused_before = dict(self.refused)
+        self._retry_interval = retry_interval
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -430,47 +497,158 @@ class Store:
         return await self._db._execute(op, self._db._conn)  # type: ignore[attr-defined]
 
     async def _write_loop(self) -> None:
+        """Group, run, commit, resolve; on a full disk hold the group and try it again.
+
+        A group that fails for want of space resolves nobody: its operations (minus
+        the refusable ones) stay in order at the front and are run again, with what
+        queued meanwhile, every ``retry_interval`` seconds until a commit goes through.
+        While unavailable every group carries a write of its own (a group of reads alone
+        cannot pass for the disk having space again), and one is made every
+        ``retry_interval`` when nothing else is queued, so posts resume by themselves.
+        """
+        held: list[_Queued] = []
         stop = False
         while not stop:
-            first = await self._queue.get()
-            group = []
-            if first is None:
-                break
-            group.append(first)
+            if self.unavailable is None:
+                first = await self._queue.get()
+                if first is None:
+                    break
+                group = [first]
+            else:
+                group = [_PROBE, *held]
+                held = []
+                if len(group) > 1:
+                    await asyncio.sleep(self._retry_interval)
+                else:
+                    try:
+                        first = await asyncio.wait_for(self._queue.get(), self._retry_interval)
+                    except TimeoutError:
+                        first = _PROBE  # nothing to write: probe anyway, or posts would never resume
+                    if first is None:
+                        break
+                    if first is not _PROBE:
+                        group.append(first)
             while len(group) < MAX_GROUP and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:
                     stop = True
                     break
                 group.append(item)
+            if self.unavailable is not None:
+                group = self._shed(group)
             try:
-                results = await self._run(lambda conn: _run_group(conn, [op for op, _ in group]))
+                results = await self._run(lambda conn: _run_group(conn, [q.op for q in group]))
             except Exception as e:  # the commit itself failed: nobody's write is durable
+                if storage_error(e):
+                    self._became_unavailable(e)
+                    held = [q for q in self._shed(group) if q is not _PROBE]
+                    self.held = len(held)
+                    if stop:  # closing: nothing more can be written
+                        self._fail(held, StoreUnavailable(self.unavailable or str(e)))
+                    continue
                 log.error("store_commit_failed", error=str(e), ops=len(group))
-                for _, fut in group:
-                    if not fut.done():
-                        fut.set_exception(e)
+                self._fail(group, e)
                 continue
-            for (_, fut), (ok, value) in zip(group, results):
-                if fut.done():
+            if self.unavailable is not None and self._space_returned():
+                self._resumed()
+            for q, (ok, value) in zip(group, results):
+                if q.fut.done():
                     continue
                 if ok:
-                    fut.set_result(value)
+                    q.fut.set_result(value)
                 else:
-                    fut.set_exception(value)
+                    q.fut.set_exception(value)
+        if held:
+            self._fail(held, StoreUnavailable(self.unavailable or "the store closed"))
 
-    def execute(self, op: Operation[T]) -> asyncio.Future[T]:
+    def _space_returned(self) -> bool:
+        """A retry committed; posts resume only with ``RESUME_FREE_BYTES`` free, or the last
+        pages of the WAL would let a few in and the next commit fail again (flapping)."""
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.path)) or ".")
+        except OSError:
+            return True
+        return st.f_bavail * st.f_frsize >= RESUME_FREE_BYTES
+
+    def _shed(self, group: list[_Queued]) -> list[_Queued]:
+        """The operations that wait for the disk; refusable ones get StoreUnavailable now."""
+        kept = []
+        for q in group:
+            if q.policy == REFUSE:
+                if not q.fut.done():
+                    self.refused["intake"] += 1
+                    q.fut.set_exception(StoreUnavailable(self.unavailable or "the store cannot write"))
+            else:
+                kept.append(q)
+        return kept
+
+    @staticmethod
+    def _fail(group: list[_Queued], e: BaseException) -> None:
+        for q in group:
+            if not q.fut.done():
+                q.fut.set_exception(e)
+
+    def _became_unavailable(self, e: BaseException) -> None:
+        if self.unavailable is not None:
+            return
+        self._refused_before = dict(self.refused)
+        self.unavailable = _storage_problem(self.path, e)
+        self.unavailable_since = self.clock()
+        # Once, not per refused post: the line says why and what happens meanwhile.
+        log.error("store_unavailable", path=self.path, problem=self.unavailable,
+                  hint="new posts are refused (503), receipts wait in memory; writes resume by themselves"
+                       " when space returns")
+
+    def _resumed(self) -> None:
+        since = self.unavailable_since or self.clock()
+        before = self._refused_before
+        log.warning("store_resumed", path=self.path, after_seconds=round(self.clock() - since, 1),
+                    refused_posts=self.refused["intake"] - before.get("intake", 0),
+                    refused_receipts=self.refused["receipts"] - before.get("receipts", 0))
+        self.unavailable = None
+        self.unavailable_since = None
+        self.held = 0
+
+    def execute(self, op: Operation[T], policy: int = HOLD) -> asyncio.Future[T]:
         """Queue an operation; the future resolves after its group commits.
 
         An operation is a function of the database only (no side effects outside
         it): when another operation of its group fails, the group is rolled back
-        and run again (``_run_group``), so it may run twice.
+        and run again (``_run_group``), so it may run twice. ``policy`` says what
+        happens to it while the disk is full (``HOLD``, ``REFUSE``, ``HOLD_BOUNDED``).
         """
         if self._writer is None:
             raise StoreClosed("store is not open")
+        if self.unavailable is not None and policy != HOLD:
+            if policy == REFUSE:
+                self.refused["intake"] += 1
+                raise StoreUnavailable(self.unavailable)
+            if self.held_receipts >= self.max_held_receipts:
+                self.refused["receipts"] += 1
+                raise StoreUnavailable(f"{self.unavailable}; {self.held_receipts} receipts already held")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((op, fut))
+        if policy == HOLD_BOUNDED:
+            self.held_receipts += 1
+            fut.add_done_callback(self._receipt_done)
+        self._queue.put_nowait(_Queued(op, fut, policy))
         return fut
+
+    def _receipt_done(self, fut: asyncio.Future[Any]) -> None:
+        self.held_receipts -= 1
+
+    @contextmanager
+    def receipt_slot(self) -> Iterator[None]:
+        """A receipt stored through operations that do not know they carry one (an HTTP
+        callback runs the route's own code): it counts against ``max_held_receipts`` while
+        it waits, and beyond the bound it is refused (StoreUnavailable) before any work."""
+        if self.unavailable is not None and self.held_receipts >= self.max_held_receipts:
+            self.refused["receipts"] += 1
+            raise StoreUnavailable(f"{self.unavailable}; {self.held_receipts} receipts already held")
+        self.held_receipts += 1
+        try:
+            yield
+        finally:
+            self.held_receipts -= 1
 
     # --- portals ---------------------------------------------------------------
 
@@ -545,7 +723,7 @@ class Store:
         this raises (the caller may retry them one by one).
         """
         now = self.clock()
-        results = await self.execute(lambda conn: _intake_many(conn, messages, now))
+        results = await self.execute(lambda conn: _intake_many(conn, messages, now), REFUSE)
         if any((r.status is Status.FAILED or r.duplicate_of is not None) and not r.duplicate for r in results):
             self.outbox_changed.set()
         return results
@@ -610,7 +788,7 @@ class Store:
                 changed |= moved
             return matched, changed
 
-        return self._noting_outbox(self.execute(op))
+        return self._noting_outbox(self.execute(op, HOLD_BOUNDED))
 
     def _noting_outbox(self, fut: asyncio.Future[tuple[T, bool]]) -> asyncio.Future[T]:
         """The result of an operation that returns (result, outbox changed); the pushers are
@@ -647,7 +825,7 @@ class Store:
             assert cur.lastrowid is not None
             return cur.lastrowid
 
-        return await self.execute(op)
+        return await self.execute(op, HOLD_BOUNDED)
 
     async def expire_pending_receipts(self, ttl: float = PENDING_RECEIPT_TTL,
                                       max_pending: int = MAX_PENDING_RECEIPTS) -> int:
@@ -936,6 +1114,17 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
 
 
+# SQLite primary result codes that say the storage failed, not the operation: SQLITE_FULL
+# (ENOSPC), SQLITE_IOERR (EIO, EFBIG, a WAL or shm that cannot grow), SQLITE_READONLY
+# (the filesystem was remounted read-only under us).
+_STORAGE_ERRORS = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY})
+
+
+def storage_error(e: BaseException) -> bool:
+    """Whether ``e`` means the disk cannot take writes now (retry later), not a bad operation."""
+    return isinstance(e, sqlite3.Error) and (e.sqlite_errorcode & 0xFF) in _STORAGE_ERRORS
+
+
 def _probe_write(conn: sqlite3.Connection) -> None:
     """A write that changes nothing, committed: fails now if the database cannot be written."""
     conn.execute("BEGIN IMMEDIATE")
@@ -979,6 +1168,8 @@ def _run_group_isolated(conn: sqlite3.Connection, ops: list[Operation[Any]]) -> 
                 results.append((True, op(conn)))
                 conn.execute("RELEASE op")
             except Exception as e:
+                if storage_error(e):  # nobody's write can be kept: the whole group waits
+                    raise
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
                 results.append((False, e))
