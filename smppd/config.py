@@ -106,6 +106,15 @@ class AppConfig:
     burst: int = 50
 
 
+# Maximum message lengths (issue 19 item 7), from reference/providers.md: SMS.ru answers
+# error 205 above 8 parts; SMSC.ru's send.php takes `mes` of at most 1000 characters
+# (15 parts of 67 Cyrillic characters). SMPP operators commonly accept 10 (max_parts).
+SMPP_MAX_PARTS = 10
+SMSRU_MAX_PARTS = 8
+SMSC_MAX_CHARS = 1000
+SMSC_MAX_PARTS = 15
+
+
 @dataclass(frozen=True)
 class SmppRouteConfig:
     """An SMPP operator connection (life:), MTS, A1)."""
@@ -136,6 +145,7 @@ class SmppRouteConfig:
     numeric_ton: int = 1
     numeric_npi: int = 1
     countries: frozenset[str] | None = frozenset({"BY"})  # ISO regions it may send to; None = any
+    max_parts: int = SMPP_MAX_PARTS  # issue 19 item 7: a longer text fails with the reason (what operators accept)
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,7 @@ class SmsRuRouteConfig:
     poll_interval: float = 60.0
     poll_for: float = 3 * 86400.0  # stop asking about a message this long after it was received
     countries: frozenset[str] | None = None  # ISO regions it may send to; None = any
+    max_parts: int = SMSRU_MAX_PARTS  # SMS.ru refuses more (error 205): fail it here with the reason
     kind: str = "smsru"
 
 
@@ -187,6 +198,8 @@ class SmscRouteConfig:
     poll_interval: float = 60.0
     poll_for: float = 3 * 86400.0  # stop asking about a message this long after it was received
     countries: frozenset[str] | None = None
+    # SMSC.ru takes at most 1000 characters (SMSC_MAX_CHARS), 15 Cyrillic parts; fewer by config
+    max_parts: int = SMSC_MAX_PARTS
     kind: str = "smsc"
 
 
@@ -462,6 +475,7 @@ def _route(name: str, t: Any) -> RouteConfig:
         registered_delivery=_int(t, key, "registered_delivery", default=1, low=0, high=0xFF),
         **_route_profile(t, key),
         countries=countries,
+        max_parts=_int(t, key, "max_parts", default=SMPP_MAX_PARTS, low=1, high=255),
     )
 
 
@@ -512,6 +526,8 @@ def _http_route(name: str, kind: str, t: Mapping[str, Any]) -> HttpRouteConfig:
         poll_interval=_number(t, key, "poll_interval", default=60.0, low=1.0),
         poll_for=_number(t, key, "poll_for", default=3 * 86400.0, low=60.0),
         countries=_countries(t, key, kind),
+        max_parts=_int(t, key, "max_parts", default=cls.max_parts, low=1,
+                       high=SMSRU_MAX_PARTS if kind == "smsru" else SMSC_MAX_PARTS),
     )
     if kind == "smsru":
         return SmsRuRouteConfig(

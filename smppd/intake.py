@@ -18,7 +18,7 @@ from typing import Any, Callable, Container, Mapping, NamedTuple, Sequence
 import structlog
 
 from . import metrics, phone, rules, text
-from .config import Config, SenderConfig
+from .config import SMSC_MAX_CHARS, Config, RouteConfig, SenderConfig, SmppRouteConfig, SmscRouteConfig
 from .rpc import RpcError
 from .smpp.segments import route_encoding
 from .store import IntakeResult, NewMessage, OpenMessage, PortalRecord, Store, StoreUnavailable
@@ -240,6 +240,8 @@ class Intake:
             number = phone.normalize(req.to, allowed_regions=getattr(route, "countries", None))
         except phone.InvalidNumber as e:
             reason = f"invalid number: {e.reason}"
+        if reason is None:
+            reason = too_long(route, sender.route, req.text, encoded.segments)
         if reason is None and marketing:
             bound = rules.entities(req.bindings, req.document_id)
             if number in self._stoplist:
@@ -254,6 +256,25 @@ class Intake:
             segments=encoded.segments, module_id=req.module_id, reason=reason, hold=hold, entities=entities,
             duplicate_window=cfg.duplicate_window, duplicate_fails=cfg.duplicate_outcome == "failed",
         )
+
+
+def too_long(route: RouteConfig | None, name: str, body: str, segments: int) -> str | None:
+    """Why ``body`` is longer than ``route`` takes (issue 19 item 7), or None.
+
+    Stored and failed with this reason, not refused: Bitrix24 never reads our answer,
+    so only a ``failed`` status tells the manager. ``segments`` is what the route sends;
+    a ``message_payload`` route sends one submit_sm, but the handset is billed the parts
+    of the usual split.
+    """
+    if route is None:
+        return None
+    if isinstance(route, SmscRouteConfig) and len(body) > SMSC_MAX_CHARS:
+        return f"text too long: {len(body)} characters, SMSC.ru takes at most {SMSC_MAX_CHARS}"
+    if isinstance(route, SmppRouteConfig) and route.long_method == "payload" and segments == 1:
+        segments = text.count_segments(body)
+    if segments > route.max_parts:
+        return f"text too long: {segments} parts, route {name} takes at most {route.max_parts} (max_parts)"
+    return None
 
 
 def _unavailable(e: StoreUnavailable) -> RpcError:
