@@ -1122,7 +1122,9 @@ _STORAGE_ERRORS = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.
 
 def storage_error(e: BaseException) -> bool:
     """Whether ``e`` means the disk cannot take writes now (retry later), not a bad operation."""
-    return isinstance(e, sqlite3.Error) and (e.sqlite_errorcode & 0xFF) in _STORAGE_ERRORS
+    # sqlite_errorcode (3.11+) is set on errors SQLite raised, not on ones built in Python.
+    code = getattr(e, "sqlite_errorcode", 0) if isinstance(e, sqlite3.Error) else 0
+    return (code & 0xFF) in _STORAGE_ERRORS
 
 
 def _probe_write(conn: sqlite3.Connection) -> None:

@@ -201,10 +201,11 @@ async def test_full_disk_stays_up_refuses_posts_holds_receipts_and_resumes(tmp_p
         statuses_while_full = {i: portal.messages[i].status for i in ids}
 
         filler.unlink()
-        resumed_by = time.monotonic() + 10
+        freed = time.monotonic()
         while not _events(log, "store_resumed"):
-            assert time.monotonic() < resumed_by, "the store did not resume within 10 s of space returning"
-            await asyncio.sleep(0.1)
+            assert time.monotonic() - freed < 5, "the store did not resume within 5 s of space returning"
+            await asyncio.sleep(0.05)
+        print(f"resumed {time.monotonic() - freed:.2f} s after space returned")
         b24_id, status, reply = await post(rig, "by_life", "+375295558888", "After the disk")
         assert status == 200, reply
         ids.append(b24_id)
