@@ -225,6 +225,7 @@ async def test_full_disk_stays_up_refuses_posts_holds_receipts_and_resumes(tmp_p
         assert down[0]["path"] == cfg.daemon.database
         assert len(_events(log, "store_resumed")) == 1
         assert _events(log, "smpp_receipt_not_stored") == []
+        assert _events(log, "smpp_route_task_failed") == []
         assert _events(log, "daemon_task_crashed") == []
         assert await _metric(metrics_port, "smppd_store_available") == 1.0
     finally:

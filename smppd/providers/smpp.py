@@ -402,9 +402,12 @@ class SmppRoute:
 
         try:
             fut = self.store.apply_receipts(self.name, rows)
-        except Exception as err:  # the store is closed: nothing was written
+        except Exception as err:  # the store is closed, or full beyond the held receipts: nothing was written
             fut = asyncio.get_running_loop().create_future()
             fut.set_exception(err)
+            if isinstance(err, StoreUnavailable):  # answered 0x64 now; the store said why once
+                stored(fut)
+                return
         fut.add_done_callback(stored)
         self._background.track(fut)
 
