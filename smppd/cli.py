@@ -121,9 +121,10 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return EXIT_OK if asyncio.run(run_daemon(cfg, args.config)) else EXIT_FAILED
     except StoreOpenError as e:
-        # Exit 2, not 1: restarting cannot help (systemd's RestartPreventExitStatus=2).
+        # Exit 2: restarting cannot help (systemd's RestartPreventExitStatus=2): a read-only
+        # mount, a directory not ours. A full disk is exit 1: systemd starts it again later.
         structlog.get_logger("smppd.service").error("store_open_failed", path=e.path, problem=e.problem)
-        return EXIT_USAGE
+        return EXIT_FAILED if e.retry else EXIT_USAGE
 
 
 def _stoplist(args: argparse.Namespace) -> int:

@@ -360,10 +360,11 @@ class StoreOpenError(RuntimeError):
     the daemon may not write): one line naming the path and the problem, never a traceback,
     and never a start that hangs (issue 19 item 4)."""
 
-    def __init__(self, path: str, problem: str) -> None:
+    def __init__(self, path: str, problem: str, *, retry: bool = False) -> None:
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
+        self.retry = retry  # a full disk: starting again later can work (exit 1, systemd restarts)
 
 
 def write_problem(path: str) -> str | None:
@@ -471,11 +472,21 @@ class Store:
             await self._db.execute("PRAGMA foreign_keys=ON")
             await self._run(_migrate)
             # A read-only file opens and reads fine; the first write would fail much later.
-            await self._run(_probe_write)
+            try:
+                await self._run(_probe_write)
+            except sqlite3.Error as e:
+                if not storage_error(e) or write_problem(self.path) is not None:
+                    raise
+                # A full disk at start: start anyway (reads work, posts get 503, writes wait).
+                # Exiting would only loop through systemd's restarts until space returns.
+                self._became_unavailable(e)
         except (sqlite3.Error, OSError) as e:
             self._db = None
             await db.close()  # its thread would keep the process alive: the hang at start
-            raise StoreOpenError(self.path, open_problem(self.path, e)) from None
+            problem = write_problem(self.path)
+            if problem is None and storage_error(e):  # a full disk: WAL mode needs room for its -shm
+                raise StoreOpenError(self.path, _storage_problem(self.path, e), retry=True) from None
+            raise StoreOpenError(self.path, problem or open_problem(self.path, e)) from None
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 
     async def close(self) -> None:
@@ -502,9 +513,10 @@ class Store:
         A group that fails for want of space resolves nobody: its operations (minus
         the refusable ones) stay in order at the front and are run again, with what
         queued meanwhile, every ``retry_interval`` seconds until a commit goes through.
-        While unavailable every group carries a write of its own (a group of reads alone
-        cannot pass for the disk having space again), and one is made every
-        ``retry_interval`` when nothing else is queued, so posts resume by themselves.
+        Reads, and writes that still fit, commit meanwhile. Posts resume once a group
+        commits with ``RESUME_FREE_BYTES`` free (a commit alone proves little: a group of
+        reads, or a write into the WAL's last pages, commits on a full disk); when nothing
+        is queued a probe write is made every ``retry_interval``, so they resume by themselves.
         """
         held: list[_Queued] = []
         stop = False
@@ -515,9 +527,8 @@ class Store:
                     break
                 group = [first]
             else:
-                group = [_PROBE, *held]
-                held = []
-                if len(group) > 1:
+                group, held = held, []
+                if group:
                     await asyncio.sleep(self._retry_interval)
                 else:
                     try:
@@ -526,8 +537,7 @@ class Store:
                         first = _PROBE  # nothing to write: probe anyway, or posts would never resume
                     if first is None:
                         break
-                    if first is not _PROBE:
-                        group.append(first)
+                    group = [first]
             while len(group) < MAX_GROUP and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from smppd.model import Status
-from smppd.store import HOLD_BOUNDED, Store, StoreUnavailable, storage_error
+from smppd.store import HOLD_BOUNDED, Store, StoreOpenError, StoreUnavailable, storage_error
 
 from .test_store import new
 
@@ -130,3 +130,58 @@ def test_storage_errors_are_told_from_bad_operations():
     assert not storage_error(sqlite3.OperationalError("built in Python"))
     assert not storage_error(ValueError())
     assert HOLD_BOUNDED != 0
+
+
+async def test_a_full_disk_at_start_is_a_retryable_open_error_or_opens_unavailable(small_disk: Path):
+    """After a clean stop SQLite removed the -wal and -shm files; WAL mode cannot recreate
+    them on a full disk, so the store cannot open: StoreOpenError with retry (exit 1, systemd
+    starts it again), not exit 2 (RestartPreventExitStatus would leave it down for good)."""
+    path = str(small_disk / "t.db")
+    store = Store(path, retry_interval=0.1)
+    await store.open()
+    await store.intake(new("a" * 32))
+    await store.close()
+    filler = fill(small_disk)
+    store = Store(path, retry_interval=0.1)
+    with pytest.raises(StoreOpenError) as e:
+        await store.open()
+    assert e.value.retry and "bytes free" in e.value.problem
+    filler.unlink()
+    await store.open()
+    try:
+        assert store.unavailable is None
+        assert (await store.intake(new("b" * 32))).status is Status.QUEUED
+    finally:
+        await store.close()
+
+
+async def test_a_database_that_opens_on_a_full_disk_starts_unavailable_and_reads_work(small_disk: Path):
+    """With its -wal and -shm still there (a crash, a kill -9), the database opens and reads;
+    the start probe write fails: the daemon starts refusing posts instead of exiting."""
+    path = str(small_disk / "t.db")
+    holder = Store(path)
+    await holder.open()
+    await holder.intake(new("a" * 32))  # holder stays open: its -wal and -shm stay
+    filler = fill(small_disk)
+    store = Store(path, retry_interval=0.1)
+    try:
+        await store.open()
+    except StoreOpenError as e:
+        pytest.skip(f"this filesystem cannot open it either: {e}")
+    try:
+        if store.unavailable is None:  # the WAL still had room for the probe
+            while store.unavailable is None:
+                try:
+                    await store.intake(new(os.urandom(16).hex(), segments=3))
+                except StoreUnavailable:
+                    break
+        with pytest.raises(StoreUnavailable):
+            await store.intake(new("b" * 32))
+        counts = await asyncio.wait_for(store.counts(), 5)  # reads are not held behind the disk
+        assert counts["messages"]["life"]["queued"] >= 1
+        filler.unlink()
+        await until(lambda: store.unavailable is None)
+        assert (await store.intake(new("b" * 32))).status is Status.QUEUED
+    finally:
+        await store.close()
+        await holder.close()
