@@ -409,7 +409,8 @@ class _Queued(NamedTuple):
 
 
 def _probe_op(conn: sqlite3.Connection) -> None:
-    """Inside a retried group: a page write, so the group commits only if the disk takes writes."""
+    """While the store cannot write and nothing else is queued: a page write (the header's
+    user_version, unchanged) that commits only when the disk takes writes again."""
     conn.execute("PRAGMA user_version=%d" % conn.execute("PRAGMA user_version").fetchone()[0])
 
 
@@ -445,11 +446,10 @@ class Store:
         self._queue: asyncio.Queue[_Queued | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self.outbox_changed = asyncio.Event()  # set when an outbox row is added or changed
-        # A full disk: why the store cannot write (None while it can), the operations held
-        # in memory until it can, and how many of them are receipts (bounded).
+        # A full disk: why the store cannot write (None while it can), and how many receipts
+        # wait in memory for a commit (bounded while it cannot).
         self.unavailable: str | None = None
         self.unavailable_since: float | None = None
-        self.held = 0
         self.held_receipts = 0
         self.max_held_receipts = max_held_receipts
         self.refused = {"intake": 0, "receipts": 0}
@@ -552,7 +552,6 @@ class Store:
                 if storage_error(e):
                     self._became_unavailable(e)
                     held = [q for q in self._shed(group) if q is not _PROBE]
-                    self.held = len(held)
                     if stop:  # closing: nothing more can be written
                         self._fail(held, StoreUnavailable(self.unavailable or str(e)))
                     continue
@@ -617,7 +616,6 @@ class Store:
                     refused_receipts=self.refused["receipts"] - before.get("receipts", 0))
         self.unavailable = None
         self.unavailable_since = None
-        self.held = 0
 
     def execute(self, op: Operation[T], policy: int = HOLD) -> asyncio.Future[T]:
         """Queue an operation; the future resolves after its group commits.
