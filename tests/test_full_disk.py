@@ -242,3 +242,46 @@ async def test_full_disk_stays_up_refuses_posts_holds_receipts_and_resumes(tmp_p
                 proc.wait(5)
         await smsc.stop()
         await portal.stop()
+
+
+async def test_http_callbacks_wait_for_the_disk_and_beyond_the_bound_get_503(small_disk: Path) -> None:
+    """SMSC.ru calls back while the disk is full: the callback is answered only once it is
+    stored (the provider's request waits); beyond the held bound it gets 503 and calls again."""
+    from smppd.demo import start_rig, stop_rig
+    from smppd.providers.smsc import split_provider_id
+
+    from .e2e_rig import provider_ids
+    from .test_store_full import fill
+
+    rig = await start_rig(small_disk, seed=5, portal_rate=None, http=True)
+    try:
+        assert rig.daemon is not None
+        rig.http_sims["smscru"].deliver_after = 3600.0  # the test makes the callbacks
+        b24_id, status, _ = await post(rig, "by_smsc", "+375291234567", "hello")
+        assert status == 200
+        deadline = time.monotonic() + 10
+        while not any(provider_ids(rig, b24_id)):
+            assert time.monotonic() < deadline, "SMSC.ru never took the message"
+            await asyncio.sleep(0.05)
+        rid, number = split_provider_id(next(p for p in provider_ids(rig, b24_id) if p))
+        filler = fill(small_disk)
+        while rig.daemon.store.unavailable is None:  # the WAL's last pages take a post or two
+            _, status, _ = await post(rig, "by_smsc", "+375291234568", "while full")
+            assert status in (200, 503)
+        rig.daemon.store.max_held_receipts = 1
+        url = f"{rig.shim_url}/dlr/smscru?key={rig.config.shim.handler_key}"
+
+        async def callback(form: dict) -> tuple[int, str]:
+            async with aiohttp.ClientSession() as http:
+                async with http.post(url, data=form) as resp:
+                    return resp.status, await resp.text()
+
+        first = asyncio.ensure_future(callback({"id": str(rid), "phone": number, "status": "1"}))
+        await asyncio.sleep(1.5)
+        assert not first.done(), "a callback the store could not keep was answered"
+        assert (await callback({"id": "777", "phone": number, "status": "1"}))[0] == 503
+        filler.unlink()
+        assert await asyncio.wait_for(first, 10) == (200, "OK")
+        assert (await wait_final(rig, [b24_id]))[b24_id] == "delivered"
+    finally:
+        await stop_rig(rig)
