@@ -352,6 +352,8 @@ class Daemon:
         return {"ok": True}
 
     async def _status(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        # A full disk: the store's reads may queue behind held writes, so say so instead of waiting.
+        full = self.store.unavailable is not None
         return {
             "routes": {
                 name: r.status() if hasattr(r, "status") else {
@@ -360,9 +362,9 @@ class Daemon:
             },
             "pushers": {m: {"pushed": p.pushed, "dropped": p.dropped, "failures": p.failures}
                         for m, p in self.pushers.items()},
-            "store": await self.store.counts(),
+            "store": {"unavailable": self.store.unavailable} if full else await self.store.counts(),
             "rules": {**self.rules.stats.as_dict(), "stoplist": len(self.stoplist),
-                      "waiting": await self.holds.counts()},
+                      "waiting": {} if full else await self.holds.counts()},
         }
 
 

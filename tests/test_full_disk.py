@@ -280,6 +280,11 @@ async def test_http_callbacks_wait_for_the_disk_and_beyond_the_bound_get_503(sma
         await asyncio.sleep(1.5)
         assert not first.done(), "a callback the store could not keep was answered"
         assert (await callback({"id": "777", "phone": number, "status": "1"}))[0] == 503
+        # `smppd status` answers at once and says why (its store reads would wait for the disk).
+        st = await asyncio.wait_for(rig.rpc.call("status"), 5)
+        assert "disk is full" in st["store"]["unavailable"]
+        from smppd.admin_cli import render_status
+        assert "STORE CANNOT WRITE" in render_status(st)
         filler.unlink()
         assert await asyncio.wait_for(first, 10) == (200, "OK")
         assert (await wait_final(rig, [b24_id]))[b24_id] == "delivered"
