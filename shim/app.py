@@ -16,7 +16,8 @@ us, proxies and monitoring):
     400  missing/malformed field, form code != URL code, empty text, no ``ts``
     403  ``ts`` outside ``[shim] ts_window`` ("stale"), or the daemon refused
          the portal credentials ("forbidden")
-    503  the daemon did not answer (down, restarting, timeout)
+    503  the daemon did not answer (down, restarting, timeout), or answered
+         ``unavailable`` (its store cannot write: a full disk)
     500  anything else
     200  stored: ``{"ok": true, "id", "status", "duplicate"}``
 
@@ -297,6 +298,8 @@ class BitrixHandler:
             log.warning("bitrix24.daemon_unavailable", reason=str(exc))
             raise _Outcome(503, "unavailable", {"error": "unavailable"}) from None
         except RpcError as exc:
+            if exc.code == "unavailable":  # the daemon cannot store now (a full disk): as if it were down
+                raise _Outcome(503, "unavailable", {"error": "unavailable"}) from None
             raise self._refusal(exc) from None
         if not (isinstance(result, Mapping) and {"id", "status", "duplicate"} <= result.keys()):
             log.error("bitrix24.bad_intake_result", result_type=type(result).__name__)

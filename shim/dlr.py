@@ -10,7 +10,7 @@ daemon that is down gets 503 and the provider retries later.
     401  key missing or wrong, or no such route (not told apart: no probing)
     400  the daemon could not read the callback
     403  the provider's signature does not match
-    503  the daemon did not answer
+    503  the daemon did not answer, or its store cannot write now (``unavailable``)
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class DlrHandler:
             log.warning("dlr.daemon_unavailable", route=route, reason=str(exc))
             return error_response(Refusal(503, "unavailable"))
         except RpcError as exc:
-            status = {"bad_request": 400, "forbidden": 403}.get(exc.code, 500)
+            status = {"bad_request": 400, "forbidden": 403, "unavailable": 503}.get(exc.code, 500)
             log.warning("dlr.refused", route=route, code=exc.code, message=exc.message)
             field = exc.field or ("hash" if exc.code == "forbidden" else None)
             return error_response(Refusal(status, exc.code if status != 500 else "internal", field,

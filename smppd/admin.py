@@ -55,7 +55,8 @@ class Admin:
                     "SELECT member_id, count(*), min(created_at) FROM outbox GROUP BY 1")
             }
 
-        outbox = await self.daemon.store.execute(op)
+        # A full disk: the read could wait behind held writes; _status already says why.
+        outbox = {} if self.daemon.store.unavailable is not None else await self.daemon.store.execute(op)
         for member_id, p in out["pushers"].items():
             p.update(outbox.get(member_id, {"updates": 0, "oldest_seconds": 0.0}))
         return out

@@ -128,6 +128,7 @@ def status(args: argparse.Namespace) -> int:
     if code != EXIT_OK:
         return code
     down = [name for name, r in st["routes"].items() if not r.get("bound")]
+    down += ["store"] if st.get("store", {}).get("unavailable") else []  # a full disk: posts get 503
     if args.json:
         print(json.dumps(st, indent=2, ensure_ascii=False))
     else:
@@ -157,6 +158,8 @@ def render_status(st: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"receipts waiting for their resp: {store.get('receipts_pending', 0)},"
                  f" never matched: {store.get('receipts_unmatched', 0)}")
+    if store.get("unavailable"):
+        lines.append(f"STORE CANNOT WRITE (posts get 503, receipts wait): {store['unavailable']}")
     return "\n".join(lines)
 
 

@@ -11,6 +11,8 @@ import asyncio
 import os
 import sys
 
+import structlog
+
 from . import admin_cli
 from . import config as config_mod
 from . import logs
@@ -114,8 +116,15 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     logs.configure()
     from .service import run_daemon
+    from .store import StoreOpenError
 
-    return EXIT_OK if asyncio.run(run_daemon(cfg, args.config)) else EXIT_FAILED
+    try:
+        return EXIT_OK if asyncio.run(run_daemon(cfg, args.config)) else EXIT_FAILED
+    except StoreOpenError as e:
+        # Exit 2: restarting cannot help (systemd's RestartPreventExitStatus=2): a read-only
+        # mount, a directory not ours. A full disk is exit 1: systemd starts it again later.
+        structlog.get_logger("smppd.service").error("store_open_failed", path=e.path, problem=e.problem)
+        return EXIT_FAILED if e.retry else EXIT_USAGE
 
 
 def _stoplist(args: argparse.Namespace) -> int:

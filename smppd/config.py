@@ -58,6 +58,11 @@ class DaemonConfig:
     database: str
     socket_group: str | None = None
     metrics: tuple[str, int] | None = None  # loopback host:port of /metrics, None = off
+    # A full disk (issue 19 item 3): the free space under the database below which the
+    # SmppdDiskSpaceLow alert fires (smppd_store_free_bytes vs _threshold_bytes), and how
+    # many receipts may wait in memory while the store cannot write.
+    min_free_mb: int = 500
+    max_held_receipts: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,15 @@ class AppConfig:
     server_endpoint: str = "https://oauth.bitrix.info/rest/"
     rate: float = 2.0
     burst: int = 50
+
+
+# Maximum message lengths (issue 19 item 7), from reference/providers.md: SMS.ru answers
+# error 205 above 8 parts; SMSC.ru's send.php takes `mes` of at most 1000 characters
+# (15 parts of 67 Cyrillic characters). SMPP operators commonly accept 10 (max_parts).
+SMPP_MAX_PARTS = 10
+SMSRU_MAX_PARTS = 8
+SMSC_MAX_CHARS = 1000
+SMSC_MAX_PARTS = 15
 
 
 @dataclass(frozen=True)
@@ -171,6 +185,7 @@ class SmppRouteConfig:
     numeric_ton: int = 1
     numeric_npi: int = 1
     countries: frozenset[str] | None = frozenset({"BY"})  # ISO regions it may send to; None = any
+    max_parts: int = SMPP_MAX_PARTS  # issue 19 item 7: a longer text fails with the reason (what operators accept)
 
 
 @dataclass(frozen=True)
@@ -197,6 +212,7 @@ class SmsRuRouteConfig:
     poll_interval: float = 60.0
     poll_for: float = 3 * 86400.0  # stop asking about a message this long after it was received
     countries: frozenset[str] | None = None  # ISO regions it may send to; None = any
+    max_parts: int = SMSRU_MAX_PARTS  # SMS.ru refuses more (error 205): fail it here with the reason
     kind: str = "smsru"
 
 
@@ -226,6 +242,8 @@ class SmscRouteConfig:
     poll_interval: float = 60.0
     poll_for: float = 3 * 86400.0  # stop asking about a message this long after it was received
     countries: frozenset[str] | None = None
+    # SMSC.ru takes at most 1000 characters (SMSC_MAX_CHARS), 15 Cyrillic parts; fewer by config
+    max_parts: int = SMSC_MAX_PARTS
     kind: str = "smsc"
 
 
@@ -374,12 +392,14 @@ def _domain(t: Mapping[str, Any], key: str) -> str:
 
 
 def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
-    _only(t, "daemon", {"socket", "database", "socket_group", "metrics"})
+    _only(t, "daemon", {"socket", "database", "socket_group", "metrics", "min_free_mb", "max_held_receipts"})
     return DaemonConfig(
         socket_path=_str(t, "daemon", "socket"),
         database=_str(t, "daemon", "database"),
         socket_group=_str(t, "daemon", "socket_group", default=None),
         metrics=_metrics(t, "daemon"),
+        min_free_mb=_int(t, "daemon", "min_free_mb", default=500, low=0, high=10**7),
+        max_held_receipts=_int(t, "daemon", "max_held_receipts", default=10_000, low=0, high=10**7),
     )
 
 
@@ -539,6 +559,7 @@ def _route(name: str, t: Any) -> RouteConfig:
         registered_delivery=_int(t, key, "registered_delivery", default=1, low=0, high=0xFF),
         **_route_profile(t, key),
         countries=countries,
+        max_parts=_int(t, key, "max_parts", default=SMPP_MAX_PARTS, low=1, high=255),
     )
 
 
@@ -592,6 +613,8 @@ def _http_route(name: str, kind: str, t: Mapping[str, Any]) -> HttpRouteConfig:
         unknown_receipts_max=_int(t, key, "unknown_receipts_max", default=UNKNOWN_RECEIPTS_MAX, low=0,
                                   high=1_000_000),
         unknown_receipts_ttl=_number(t, key, "unknown_receipts_ttl", default=UNKNOWN_RECEIPTS_TTL, low=1.0),
+        max_parts=_int(t, key, "max_parts", default=cls.max_parts, low=1,
+                       high=SMSRU_MAX_PARTS if kind == "smsru" else SMSC_MAX_PARTS),
     )
     if kind == "smsru":
         return SmsRuRouteConfig(

@@ -35,7 +35,7 @@ from .smpp.codec import ShortMessage
 from .stoplist import StopList
 from .admin import Admin
 from .ops import Ops, start_ops, stop_ops
-from .store import OpenMessage, PortalRecord, Store
+from .store import OpenMessage, PortalRecord, Store, StoreOpenError, StoreUnavailable, open_problem
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +45,7 @@ RECEIPT_SWEEP_INTERVAL = 60.0
 class Daemon:
     def __init__(self, config: Config, *, wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
-        self.store = Store(config.daemon.database)
+        self.store = Store(config.daemon.database, max_held_receipts=config.daemon.max_held_receipts)
         self.rules = rules.Rules(config.rules, wall_clock)  # wall clock: quiet hours are a time of day
         self.stoplist = StopList(self.store)
         self.consent = ConsentReader(self._rest_client, config.rules.consent_field, config.rules.consent_cache_ttl)
@@ -68,7 +68,11 @@ class Daemon:
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.config.daemon.database)), exist_ok=True)
+        database = self.config.daemon.database
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+        except OSError as e:
+            raise StoreOpenError(database, open_problem(database, e)) from None
         await self.store.open()
         for p in self.config.portals.values():
             await self.store.seed_portal(PortalRecord(
@@ -330,7 +334,12 @@ class Daemon:
         ):
             raise RpcError("bad_request", "form: must be a list of [name, value] strings")
         try:
-            answer = await route.callback([(k, v) for k, v in form])
+            # A full disk: the callback waits in memory until stored (bounded); beyond the
+            # bound the shim answers 503 and the provider calls again later.
+            with self.store.receipt_slot():
+                answer = await route.callback([(k, v) for k, v in form])
+        except StoreUnavailable:
+            raise RpcError("unavailable", "the store cannot write now; try again later") from None
         except ForgedCallback as e:
             route.stats["callbacks_rejected"] += 1
             log.warning("dlr_forged", route=route.name, error=str(e))
@@ -345,6 +354,8 @@ class Daemon:
         return {"ok": True}
 
     async def _status(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        # A full disk: the store's reads may queue behind held writes, so say so instead of waiting.
+        full = self.store.unavailable is not None
         return {
             "routes": {
                 name: r.status() if hasattr(r, "status") else {
@@ -353,9 +364,9 @@ class Daemon:
             },
             "pushers": {m: {"pushed": p.pushed, "dropped": p.dropped, "failures": p.failures}
                         for m, p in self.pushers.items()},
-            "store": await self.store.counts(),
+            "store": {"unavailable": self.store.unavailable} if full else await self.store.counts(),
             "rules": {**self.rules.stats.as_dict(), "stoplist": len(self.stoplist),
-                      "waiting": await self.holds.counts()},
+                      "waiting": {} if full else await self.holds.counts()},
         }
 
 

@@ -19,10 +19,10 @@ from typing import Any, Awaitable, Callable, Container, Mapping, NamedTuple, Seq
 import structlog
 
 from . import metrics, phone, rules, text
-from .config import Config, SenderConfig
+from .config import SMSC_MAX_CHARS, Config, RouteConfig, SenderConfig, SmppRouteConfig, SmscRouteConfig
 from .rpc import RpcError
 from .smpp.segments import route_encoding
-from .store import IntakeResult, NewMessage, OpenMessage, PortalRecord, Store
+from .store import IntakeResult, NewMessage, OpenMessage, PortalRecord, Store, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +123,11 @@ class Intake:
             if not await self._recovered(params, e):
                 raise
             post = self._accept(params)
-        return self._finish(post, await self.store.intake(post.message))
+        try:
+            stored = await self.store.intake(post.message)
+        except StoreUnavailable as e:
+            raise _unavailable(e) from None
+        return self._finish(post, stored)
 
     async def _recovered(self, params: Mapping[str, Any], error: Exception) -> bool:
         """A refused post of a known portal whose application_token is not the stored one:
@@ -178,6 +182,8 @@ class Intake:
         results: list[Any]
         try:
             results = await self.store.intake_many(messages)
+        except StoreUnavailable as e:  # one by one would be refused alike
+            results = [_unavailable(e)] * len(messages)
         except Exception as e:
             log.warning("intake_batch_failed", error=type(e).__name__, messages=len(messages))
             results = await asyncio.gather(*(self.store.intake(m) for m in messages), return_exceptions=True)
@@ -322,6 +328,8 @@ class Intake:
             number = phone.normalize(req.to, allowed_regions=getattr(route, "countries", None))
         except phone.InvalidNumber as e:
             reason = f"invalid number: {e.reason}"
+        if reason is None:
+            reason = too_long(route, sender.route, req.text, encoded.segments)
         if reason is None and marketing:
             bound = rules.entities(req.bindings, req.document_id)
             if number in self._stoplist:
@@ -336,3 +344,31 @@ class Intake:
             segments=encoded.segments, module_id=req.module_id, reason=reason, hold=hold, entities=entities,
             duplicate_window=cfg.duplicate_window, duplicate_fails=cfg.duplicate_outcome == "failed",
         )
+
+
+def too_long(route: RouteConfig | None, name: str, body: str, segments: int) -> str | None:
+    """Why ``body`` is longer than ``route`` takes (issue 19 item 7), or None.
+
+    Stored and failed with this reason, not refused: Bitrix24 never reads our answer,
+    so only a ``failed`` status tells the manager. ``segments`` is what the route sends;
+    a ``message_payload`` route sends one submit_sm, but the handset is billed the parts
+    of the usual split.
+    """
+    if route is None:
+        return None
+    if isinstance(route, SmscRouteConfig) and len(body) > SMSC_MAX_CHARS:
+        return f"text too long: {len(body)} characters, SMSC.ru takes at most {SMSC_MAX_CHARS}"
+    if isinstance(route, SmppRouteConfig) and route.long_method == "payload" and segments == 1:
+        segments = text.count_segments(body)
+    if segments > route.max_parts:
+        return f"text too long: {segments} parts, route {name} takes at most {route.max_parts} (max_parts)"
+    return None
+
+
+def _unavailable(e: StoreUnavailable) -> RpcError:
+    """The RPC answer to a post the store cannot take now (a full disk).
+
+    ``unavailable`` is the code the shim answers 503 for (and its spool keeps the post);
+    the store's log line says why, once, so the answer does not repeat it.
+    """
+    return RpcError("unavailable", "the store cannot write now; try again later")

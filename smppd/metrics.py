@@ -21,6 +21,7 @@ and ``[shim] metrics`` in config.toml); nginx never exposes it.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, TypeVar
@@ -42,6 +43,7 @@ from .model import FINAL, Status
 
 if TYPE_CHECKING:
     from .daemon import Daemon
+    from .store import Store
 
 T = TypeVar("T")
 
@@ -243,6 +245,30 @@ class DaemonCollector(Collector):
             pushed.add_metric([member_id], pusher.pushed)
             dropped.add_metric([member_id], pusher.dropped)
         yield from (bind, binds, depth, inflight, window, *counters.values(), pushed, dropped)
+        yield from storage_families(self.daemon.store, self.daemon.config.daemon.min_free_mb)
+
+
+def storage_families(store: "Store", min_free_mb: int) -> Iterable[Any]:
+    """The disk under the database (issue 19 item 3), read at scrape time: one statvfs."""
+    available = GaugeMetricFamily(
+        "smppd_store_available", "1 while the store can write; 0 on a full (or failing) disk: posts get 503.")
+    available.add_metric([], 0.0 if store.unavailable is not None else 1.0)
+    free = GaugeMetricFamily("smppd_store_free_bytes", "Bytes free for the daemon on the database's filesystem.")
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(store.path)) or ".")
+        free.add_metric([], float(st.f_bavail * st.f_frsize))
+    except OSError:
+        pass  # no sample: the alert's absent() side says so
+    threshold = GaugeMetricFamily(
+        "smppd_store_free_threshold_bytes", "[daemon] min_free_mb: below it SmppdDiskSpaceLow fires.")
+    threshold.add_metric([], float(min_free_mb) * 1024 * 1024)
+    held = GaugeMetricFamily("smppd_store_held_receipts", "Receipts waiting in memory for the store to write.")
+    held.add_metric([], float(store.held_receipts if store.unavailable is not None else 0))
+    refused = CounterMetricFamily(
+        "smppd_store_refused", "Posts and receipts refused because the store could not write.", labels=["kind"])
+    for kind, n in store.refused.items():
+        refused.add_metric([kind], float(n))
+    yield from (available, free, threshold, held, refused)
 
 
 @dataclass(frozen=True)

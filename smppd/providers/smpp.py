@@ -28,7 +28,7 @@ from ..smpp.session import (
     SubmitRejected,
     SubmitUnconfirmed,
 )
-from ..store import OpenMessage, Store
+from ..store import OpenMessage, Store, StoreUnavailable
 from ..throttle import Aimd, SlidingWindowLimiter
 
 log = structlog.get_logger(__name__)
@@ -385,9 +385,13 @@ class SmppRoute:
         def stored(fut: asyncio.Future[list[bool]]) -> None:
             if fut.cancelled() or fut.exception() is not None:
                 error = "cancelled" if fut.cancelled() else repr(fut.exception())
+                # A full disk beyond the held bound: the store said why once; no line per receipt.
+                full = not fut.cancelled() and isinstance(fut.exception(), StoreUnavailable)
                 for e in known:
                     self.stats["receipts_unstored"] += 1
-                    log.error("smpp_receipt_not_stored", route=self.name, provider_id=e.receipt.message_id, error=error)
+                    if not full:
+                        log.error("smpp_receipt_not_stored", route=self.name, provider_id=e.receipt.message_id,
+                                  error=error)
                     connection.acknowledge(e.sequence, ESME_RX_T_APPN)
                 return
             for e, matched in zip(known, fut.result()):
@@ -398,9 +402,12 @@ class SmppRoute:
 
         try:
             fut = self.store.apply_receipts(self.name, rows)
-        except Exception as err:  # the store is closed: nothing was written
+        except Exception as err:  # the store is closed, or full beyond the held receipts: nothing was written
             fut = asyncio.get_running_loop().create_future()
             fut.set_exception(err)
+            if isinstance(err, StoreUnavailable):  # answered 0x64 now; the store said why once
+                stored(fut)
+                return
         fut.add_done_callback(stored)
         self._background.track(fut)
 
