@@ -37,3 +37,13 @@ def test_status_when_the_daemon_is_not_running(tmp_path):
 def test_no_command_prints_help():
     r = smppd()
     assert r.returncode == 2 and "demo" in r.stdout
+
+
+def test_a_reader_that_closes_the_pipe_gets_no_traceback():
+    """`smppd stuck | head`: the reader is gone before we print; every command goes through main()."""
+    p = subprocess.Popen([sys.executable, "-m", "smppd.cli", "text", "-"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # closed before the command can print: its first write meets EPIPE
+    _, err = p.communicate(b"a text read from stdin, so nothing is printed before the pipe is shut", timeout=30)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+    assert p.returncode == 141
