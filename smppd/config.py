@@ -131,6 +131,8 @@ class SmppRouteConfig:
     numeric_ton: int = 1
     numeric_npi: int = 1
     countries: frozenset[str] | None = frozenset({"BY"})  # ISO regions it may send to; None = any
+    # issue 14 item 12: true = phonenumbers' "not a valid number" is final, even for a mobile shape
+    strict_numbers: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,7 @@ class SmsRuRouteConfig:
     poll_for: float = 3 * 86400.0  # stop asking about a message this long after it was received
     countries: frozenset[str] | None = None  # ISO regions it may send to; None = any
     kind: str = "smsru"
+    strict_numbers: bool = False  # issue 14 item 12, see SmppRouteConfig
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,7 @@ class SmscRouteConfig:
     poll_for: float = 3 * 86400.0  # stop asking about a message this long after it was received
     countries: frozenset[str] | None = None
     kind: str = "smsc"
+    strict_numbers: bool = False  # issue 14 item 12, see SmppRouteConfig
 
 
 HttpRouteConfig = SmsRuRouteConfig | SmscRouteConfig
@@ -455,6 +459,7 @@ def _route(name: str, t: Any) -> RouteConfig:
         registered_delivery=_int(t, key, "registered_delivery", default=1, low=0, high=0xFF),
         **_route_profile(t, key),
         countries=countries,
+        strict_numbers=_bool(t, key, "strict_numbers", default=False),
     )
 
 
@@ -505,6 +510,7 @@ def _http_route(name: str, kind: str, t: Mapping[str, Any]) -> HttpRouteConfig:
         poll_interval=_number(t, key, "poll_interval", default=60.0, low=1.0),
         poll_for=_number(t, key, "poll_for", default=3 * 86400.0, low=60.0),
         countries=_countries(t, key, kind),
+        strict_numbers=_bool(t, key, "strict_numbers", default=False),
     )
     if kind == "smsru":
         return SmsRuRouteConfig(

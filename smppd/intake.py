@@ -231,9 +231,13 @@ class Intake:
         hold = None
         entities = None
         try:
-            number = phone.normalize(req.to, allowed_regions=getattr(route, "countries", None))
+            number, verdict = phone.normalize_verdict(req.to, allowed_regions=getattr(route, "countries", None),
+                                                      strict=getattr(route, "strict_numbers", False))
         except phone.InvalidNumber as e:
             reason = f"invalid number: {e.reason}"
+        else:
+            if verdict is not None:  # sent on its mobile shape; the library's refusal is kept as a count
+                metrics.NUMBERS_OUTSIDE_METADATA.labels(sender.route, verdict).inc()
         if reason is None and marketing:
             bound = rules.entities(req.bindings, req.document_id)
             if number in self._stoplist:

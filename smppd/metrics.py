@@ -83,6 +83,15 @@ SHIM_LATENCY = Histogram(
     "smppd_shim_request_seconds", "HANDLER post to answer, including the daemon's commit.", buckets=HTTP_BUCKETS,
 )
 
+# --- issue 14 item 12: numbers sent on their mobile shape alone ---------------------------
+
+NUMBERS_OUTSIDE_METADATA = Counter(
+    "smppd_numbers_outside_metadata",
+    "Numbers phonenumbers refused that were sent anyway because they have the country's mobile shape "
+    "(a rising count: new ranges the library lacks, or a shape rule to revisit).",
+    ["route", "reason"],
+)
+
 # --- observed by smppd.journal as it tails the store's status events ----------------------
 
 RECEIPT_LATENCY = Histogram(
