@@ -44,8 +44,6 @@ class Admin:
     async def status(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The daemon's status plus the figures an admin asks for next: window, binds, outbox per portal."""
         out = await self.daemon._status(params)
-        for name, route in self.daemon.routes.items():
-            out["routes"][name].update(inflight=route.inflight, window_size=getattr(route.cfg, "window", None))
 
         def op(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
             now = self.daemon.store.clock()
@@ -151,10 +149,7 @@ class Admin:
         rows = await self._select(params)
         ids = {i for i, *_ in rows}
         for route in self.daemon.routes.values():
-            kept = [j for j in route.queue if j.message_id not in ids]
-            if len(kept) != len(route.queue):
-                route.queue.clear()
-                route.queue.extend(kept)
+            route.cancel(ids)
 
         def segments(conn: sqlite3.Connection) -> list[tuple[int, int]]:
             q = ",".join("?" * len(ids)) or "NULL"

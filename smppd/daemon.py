@@ -26,7 +26,7 @@ from .config import Config, RouteConfig
 from .consent import ConsentReader
 from .holds import HoldWorker
 from .intake import Intake
-from .providers import make_route
+from .providers import Route, make_route
 from .providers.http_common import BadCallback, ForgedCallback, HttpRoute
 from .rpc import RpcError, RpcServer
 from .smpp.codec import ShortMessage
@@ -48,7 +48,7 @@ class Daemon:
         self.stoplist = StopList(self.store)
         self.consent = ConsentReader(self._rest_client, config.rules.consent_field, config.rules.consent_cache_ttl)
         self.holds = HoldWorker(self.store, self.rules, self.consent, self.dispatch, self.stoplist)
-        self.routes: dict[str, Any] = {}  # SmppRoute | HttpRoute, see providers.make_route
+        self.routes: dict[str, Route] = {}  # see providers.make_route
         self.pushers: dict[str, StatusPusher] = {}
         self._portals: Mapping[str, PortalRecord] = MappingProxyType({})
         self._http: aiohttp.ClientSession | None = None
@@ -132,7 +132,7 @@ class Daemon:
 
     # --- wiring ----------------------------------------------------------------
 
-    def run_route(self, route: Any) -> None:
+    def run_route(self, route: Route) -> None:
         self._tasks.append(self._essential(route.run(), f"route-{route.name}"))
 
     def _essential(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -153,12 +153,9 @@ class Daemon:
                   hint="the daemon exits; systemd restarts it and the store resumes the work")
         self.crashed.set()
 
-    def new_route(self, cfg: RouteConfig) -> Any:
+    def new_route(self, cfg: RouteConfig) -> Route:
         """A route of the config's kind, wired to the daemon (start-up and reload alike)."""
-        route = make_route(cfg, self.store, self._http)
-        if hasattr(route, "on_mo"):  # SMPP binds carry replies (STOP) too
-            route.on_mo = self._on_mo
-        return route
+        return make_route(cfg, self.store, self._http, on_mo=self._on_mo)
 
     def dispatch(self, message: OpenMessage) -> None:
         self.routes[message.route].enqueue(message)
@@ -344,17 +341,19 @@ class Daemon:
 
     async def _status(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {
-            "routes": {
-                name: r.status() if hasattr(r, "status") else {
-                    "bound": r.connection.bound if hasattr(r, "connection") else None, "queue": r.depth, **r.stats}
-                for name, r in self.routes.items()
-            },
+            "routes": {name: route_status(r) for name, r in self.routes.items()},
             "pushers": {m: {"pushed": p.pushed, "dropped": p.dropped, "failures": p.failures}
                         for m, p in self.pushers.items()},
             "store": await self.store.counts(),
             "rules": {**self.rules.stats.as_dict(), "stoplist": len(self.stoplist),
                       "waiting": await self.holds.counts()},
         }
+
+
+def route_status(route: Route) -> dict[str, Any]:
+    """What `smppd status` shows of a route: the common face first, then the kind's own figures."""
+    return {**route.status(), "kind": route.kind, "up": route.up, "queue": route.depth,
+            "inflight": route.inflight, "window_size": route.window_size}
 
 
 def _number_param(params: Mapping[str, Any]) -> str:

@@ -29,7 +29,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import aiohttp
 import structlog
@@ -158,6 +158,21 @@ class Batcher:
         times = [b.opened_at + self.interval for bs in self._open.values() for b in bs]
         return min(times) if times else None
 
+    def remove(self, message_ids: Collection[int]) -> int:
+        """Take these messages out of every batch (`smppd cancel`); how many were here."""
+        removed = 0
+        for batch in [*self._ready, *(b for bs in self._open.values() for b in bs)]:
+            kept = [j for j in batch.jobs if j.message.id not in message_ids]
+            removed += len(batch.jobs) - len(kept)
+            batch.jobs[:] = kept
+            batch.phones = {j.message.phone for j in kept}
+        self._ready = deque(b for b in self._ready if b.jobs)
+        for key in list(self._open):
+            self._open[key] = [b for b in self._open[key] if b.jobs]
+            if not self._open[key]:
+                del self._open[key]
+        return removed
+
     def jobs(self) -> list[Job]:
         """Every job waiting here, ready or still filling."""
         return [j for b in self._ready for j in b.jobs] + [j for bs in self._open.values() for b in bs for j in b.jobs]
@@ -203,6 +218,8 @@ class HttpRoute:
         self._on_wire: list[Batch] = []  # batches being sent, for busy_segments()
         self._stopping = False
         self._stop_event = asyncio.Event()
+        self._trouble: str | None = None  # why the last request got no usable answer; None: up
+        self._cancelled: set[int] = set()  # `smppd cancel`: never (re)queued again by this route
         self.stats: dict[str, int] = {
             "requests": 0, "accepted": 0, "refused": 0, "retries": 0, "ambiguous": 0,
             "ambiguous_resent": 0, "account_errors": 0, "callbacks": 0, "callbacks_rejected": 0,
@@ -215,6 +232,8 @@ class HttpRoute:
         self.add_job(Job(message, self.first_channel()))
 
     def add_job(self, job: Job) -> None:
+        if job.message.id in self._cancelled:  # a retry timer of a cancelled message
+            return
         self.batcher.add(job, self.monotonic())
         self._wake.set()
 
@@ -222,7 +241,10 @@ class HttpRoute:
         return "sms"
 
     async def load_open(self) -> int:
-        messages = await self.store.open_messages(self.name)
+        return await self._load_open(skip=set())
+
+    async def _load_open(self, skip: set[int]) -> int:
+        messages = [m for m in await self.store.open_messages(self.name) if m.id not in skip]
         for m in messages:
             self.enqueue(m)
         return len(messages)
@@ -265,6 +287,36 @@ class HttpRoute:
         if self._own_http and self.http is not None:
             await self.http.close()
             self.http = None
+
+    # --- the Route protocol (providers/base.py) ------------------------------------
+
+    @property
+    def up(self) -> bool:
+        return self._trouble is None
+
+    @property
+    def binds_made(self) -> int | None:
+        return None
+
+    @property
+    def window_size(self) -> int | None:
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {"queue": self.depth, "inflight": self._inflight, "concurrency": self.cfg.concurrency,
+                "trouble": self._trouble, **self.stats}
+
+    def retune(self, cfg: HttpRouteConfig) -> None:
+        """A new request rate from a SIGHUP reload; requests on the wire are untouched."""
+        self.cfg = cfg
+        self.limiter = SlidingWindowLimiter(cfg.rate, clock=self.monotonic)
+
+    async def resume(self) -> int:
+        return await self._load_open(skip={mid for mid, _ in self.busy_segments()})
+
+    def cancel(self, message_ids: Collection[int]) -> int:
+        self._cancelled.update(message_ids)
+        return self.batcher.remove(set(message_ids))
 
     # --- provider specifics ----------------------------------------------------
 
@@ -342,12 +394,18 @@ class HttpRoute:
         if planned:
             await self.store.provider_submitting(planned.items())
         while True:
+            if all(j.message.id in self._cancelled for j in batch.jobs):
+                return None  # `smppd cancel` took every message of it while it waited to be resent
             self.stats["requests"] += 1
             try:
-                return await self.submit(batch)
+                outcomes = await self.submit(batch)
+                self._trouble = None
+                return outcomes
             except Unavailable as e:
                 reason = f"unavailable: {e}"
+                self._trouble = reason
             except Ambiguous as e:
+                self._trouble = f"no answer: {e}"
                 self.stats["ambiguous"] += 1
                 confirmed = await self._confirm(batch)
                 if confirmed is not None:
@@ -355,6 +413,7 @@ class HttpRoute:
                 self.stats["ambiguous_resent"] += 1
                 reason = f"ambiguous, resending: {e}"
             except ProviderError as e:
+                self._trouble = f"{self.kind} {e.code}: {e.text}" if e.account else None
                 if e.account:
                     self.stats["account_errors"] += 1
                     log.error("provider_account_error", route=self.name, code=e.code, error=e.text)

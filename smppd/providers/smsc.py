@@ -256,15 +256,16 @@ class SmscRoute(HttpRoute):
     def first_channel(self) -> str:
         return "viber" if self.cfg.viber else "sms"
 
-    async def load_open(self) -> int:
-        """Queue what the store says is unsent.  Messages whose request was on
-        the wire at a crash are asked about first (``run``), not resent blindly."""
-        unsure = await self.store.submitted_unconfirmed(self.name)
-        skip = {u.id for u in unsure}
+    async def _load_open(self, skip: set[int]) -> int:
+        """Queue what the store says is unsent (``skip``: already in memory).  Messages
+        whose request was on the wire at a crash or a reload are asked about first
+        (``run``), not resent blindly."""
+        unsure = [u for u in await self.store.submitted_unconfirmed(self.name) if u.id not in skip]
+        skip = skip | {u.id for u in unsure}
         messages = [m for m in await self.store.open_messages(self.name) if m.id not in skip]
         for m in messages:
             self.enqueue(m)
-        owed = await self.store.fallbacks_owed(self.name)
+        owed = [m for m in await self.store.fallbacks_owed(self.name) if m.id not in skip]
         for m in owed:
             self.add_job(Job(m, "fallback"))
         self._unsure = unsure
