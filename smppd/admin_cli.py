@@ -219,9 +219,10 @@ def stuck(args: argparse.Namespace) -> int:
     elif not rows:
         print("no stuck messages")
     else:
-        print("id        route     status     unchanged for")
+        print("id        route     status     unchanged for  waiting for")
         for r in rows:
-            print(f"{r['id']:<9} {r['route']:<9} {r['status']:<10} {report_mod._duration(r['age_seconds'])}")
+            print(f"{r['id']:<9} {r['route']:<9} {r['status']:<10} {report_mod._duration(r['age_seconds']):<14}"
+                  f" {r.get('waiting', '')}")
     return EXIT_OK
 
 

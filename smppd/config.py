@@ -221,6 +221,8 @@ class RulesConfig:
     quiet_hours: tuple[int, int] | None = (21 * 60, 9 * 60)  # minutes after midnight, [start, end)
     timezone: str = "Europe/Minsk"
     stop_words: frozenset[str] = frozenset({"STOP", "СТОП"})
+    # issue 14 item 11: a message held longer than this (consent, quiet hours) fails with the hold's reason
+    hold_max_age: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -633,6 +635,7 @@ def _rules(t: Any) -> RulesConfig:
         quiet_hours=_quiet_hours(t, key, d.quiet_hours),
         timezone=timezone,
         stop_words=frozenset(w.strip().upper() for w in words),
+        hold_max_age=_number(t, key, "hold_max_age", default=d.hold_max_age, low=60.0),
     )
 
 
