@@ -47,3 +47,21 @@ def test_a_reader_that_closes_the_pipe_gets_no_traceback():
     _, err = p.communicate(b"a text read from stdin, so nothing is printed before the pipe is shut", timeout=30)
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
     assert p.returncode == 141
+
+
+def test_console_log_lines_into_a_closed_pipe_are_quiet():
+    """`smppd demo | head`: the demo logs to the console; a line after the reader left must not
+    raise inside whatever logged it (an SMPP callback printed a traceback per line)."""
+    import os
+
+    from smppd.logs import PipeSafe
+
+    r, w = os.pipe()
+    os.close(r)
+    out = os.fdopen(w, "w")
+    safe = PipeSafe(out)
+    safe.write("a log line\n")
+    safe.flush()  # EPIPE here: the descriptor now points at /dev/null
+    safe.write("another\n" * 10000)
+    safe.flush()
+    out.close()
