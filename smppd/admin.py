@@ -115,8 +115,7 @@ class Admin:
         if status == "accepted":
             return "the operator took it; waiting for its receipt"
         if route is not None and not route.up:
-            trouble = route.status().get("trouble")
-            return f"route {route_name} is down" + (f": {trouble}" if trouble else "")
+            return f"route {route_name} is down" + (f": {route.trouble}" if route.trouble else "")
         if status == "submitted":
             return "sent; waiting for the operator's answer"
         return f"queued on route {route_name}"

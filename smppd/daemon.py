@@ -346,13 +346,13 @@ class Daemon:
                         for m, p in self.pushers.items()},
             "store": await self.store.counts(),
             "rules": {**self.rules.stats.as_dict(), "stoplist": len(self.stoplist),
-                      "waiting": await self.holds.counts()},
+                      "waiting": await self.holds.counts(), "hold_expired": self.holds.expired},
         }
 
 
 def route_status(route: Route) -> dict[str, Any]:
     """What `smppd status` shows of a route: the common face first, then the kind's own figures."""
-    return {**route.status(), "kind": route.kind, "up": route.up, "queue": route.depth,
+    return {**route.status(), "kind": route.kind, "up": route.up, "trouble": route.trouble, "queue": route.depth,
             "inflight": route.inflight, "window_size": route.window_size}
 
 

@@ -130,6 +130,13 @@ async def test_cancel_works_with_every_route_kind(rig, route_name):
     b24_id, status, reply = await post(rig, KINDS[route_name], "+375291234567", "to be cancelled")
     assert status == 200, reply
     mid = db(rig).execute("SELECT id FROM message WHERE b24_id=?", (b24_id,)).fetchone()[0]
+    if route_name == "life":  # `smppd stuck` says why it waits
+        for _ in range(100):
+            if not rig.daemon.routes["life"].up:
+                break
+            await asyncio.sleep(0.02)
+        [row] = [r for r in await rig.rpc.call("stuck", {"older_than": 0}) if r["id"] == mid]
+        assert row["waiting"].startswith("route life is down: no bind to 127.0.0.1:")
     code, out, err = await smppd_cli(rig, "cancel", str(mid))
     assert code == 0 and f"cancelled: 1 ({mid})" in out, out + err
     finals = await wait_final(rig, [b24_id])

@@ -41,6 +41,11 @@ class Route(Protocol):
         ...
 
     @property
+    def trouble(self) -> str | None:
+        """Why the route is not up, in words an admin acts on; None while it is up."""
+        ...
+
+    @property
     def binds_made(self) -> int | None:
         """Successful binds since start; None for a kind without binds."""
         ...

@@ -307,6 +307,10 @@ class HttpRoute:
         return self._trouble is None
 
     @property
+    def trouble(self) -> str | None:
+        return self._trouble
+
+    @property
     def binds_made(self) -> int | None:
         return None
 
@@ -315,8 +319,7 @@ class HttpRoute:
         return None
 
     def status(self) -> dict[str, Any]:
-        return {"queue": self.depth, "inflight": self._inflight, "concurrency": self.cfg.concurrency,
-                "trouble": self._trouble, **self.stats}
+        return {"queue": self.depth, "inflight": self._inflight, "concurrency": self.cfg.concurrency, **self.stats}
 
     def retune(self, cfg: HttpRouteConfig) -> None:
         """A new request rate from a SIGHUP reload; requests on the wire are untouched."""

@@ -418,6 +418,13 @@ class SmppRoute:
     def window_size(self) -> int | None:
         return self.cfg.window
 
+    @property
+    def trouble(self) -> str | None:
+        if self.bound:
+            return None
+        failures = sum(c.bind_failures for c in self.connections)
+        return f"no bind to {self.cfg.host}:{self.cfg.port}" + (f" ({failures} failed binds)" if failures else "")
+
     async def resume(self) -> int:
         """Queue the open messages of the store that this route does not already hold."""
         held = {mid for mid, _ in self.busy_segments()}
