@@ -1,8 +1,7 @@
 """What every HTTP provider route shares: batching, rate, retries, polling.
 
-An HTTP route has the same small face as ``SmppRoute`` (``enqueue``,
-``load_open``, ``run``, ``stop``, ``depth``, ``stats``) so the daemon does not
-care which kind a CODE goes out on.  The provider modules (``smsru``,
+An HTTP route implements ``base.Route``, like ``SmppRoute``, so the daemon
+does not care which kind a CODE goes out on.  The provider modules (``smsru``,
 ``smsc``) only say how one batch is sent, how a status is asked for and how a
 callback is read; the rules that keep "nothing accepted is lost" and "nothing
 sent twice when the provider took it" live here once:
@@ -11,9 +10,13 @@ sent twice when the provider took it" live here once:
   (connection refused, HTTP 5xx) is retried with backoff;
 * a batch whose request may have reached the provider (timeout, dropped
   connection, unreadable answer) is *ambiguous*: the route asks the provider
-  whether it has it (``confirm``) before resending; a provider that cannot be
-  asked (SMS.ru has no lookup without its id) resends, at-least-once as
-  DESIGN.md decides, and counts it;
+  whether it has it (``confirm``), for as long as asking fails, before
+  resending; a provider that cannot be asked (SMS.ru has no lookup without its
+  id) resends, at-least-once as DESIGN.md decides, and counts it;
+* "duplicate request" (SMSC error 9) means the provider has it: asked, never
+  resent; a message a callback finished or an admin cancelled is never resent.
+  These rules are ``resend.ResendPolicy`` (sans-I/O); this module carries out
+  its decisions;
 * a message leaves memory only when the store has its outcome; what is in
   memory at a crash is still ``queued`` in the store and is reloaded.
 
