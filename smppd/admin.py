@@ -44,8 +44,6 @@ class Admin:
     async def status(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The daemon's status plus the figures an admin asks for next: window, binds, outbox per portal."""
         out = await self.daemon._status(params)
-        for name, route in self.daemon.routes.items():
-            out["routes"][name].update(inflight=route.inflight, window_size=getattr(route.cfg, "window", None))
 
         def op(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
             now = self.daemon.store.clock()
@@ -104,9 +102,24 @@ class Admin:
         }
 
     async def stuck(self, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Messages not final, unchanged for ``older_than`` seconds (optionally on one route)."""
+        """Messages not final, unchanged for ``older_than`` seconds (optionally on one route),
+        each with why it waits: an admin acts on the reason, not on the age."""
         rows = await self._select(params)
-        return [{"id": i, "route": r, "status": s, "age_seconds": round(a, 1)} for i, r, s, a in rows]
+        return [{"id": i, "route": r, "status": s, "age_seconds": round(a, 1),
+                 "waiting": self._why(r, s, member_id, hold, hold_until)}
+                for i, r, s, a, member_id, hold, hold_until in rows]
+
+    def _why(self, route_name: str, status: str, member_id: str, hold: str | None, hold_until: float | None) -> str:
+        if hold is not None:
+            return self.daemon.holds.why(member_id, hold, hold_until)
+        route = self.daemon.routes.get(route_name)
+        if status == "accepted":
+            return "the operator took it; waiting for its receipt"
+        if route is not None and not route.up:
+            return f"route {route_name} is down" + (f": {route.trouble}" if route.trouble else "")
+        if status == "submitted":
+            return "sent; waiting for the operator's answer"
+        return f"queued on route {route_name}"
 
     # --- acting ---------------------------------------------------------------------
 
@@ -152,10 +165,7 @@ class Admin:
         rows = await self._select(params)
         ids = {i for i, *_ in rows}
         for route in self.daemon.routes.values():
-            kept = [j for j in route.queue if j.message_id not in ids]
-            if len(kept) != len(route.queue):
-                route.queue.clear()
-                route.queue.extend(kept)
+            route.cancel(ids)
 
         def segments(conn: sqlite3.Connection) -> list[tuple[int, int]]:
             q = ",".join("?" * len(ids)) or "NULL"
@@ -164,13 +174,18 @@ class Admin:
                 (*ids, *OPEN),
             ).fetchall()
 
+        # A held message (consent, quiet hours) leaves its hold first, so the hold worker
+        # can never release what the admin ended.
+        await self.daemon.store.execute(lambda conn: conn.executemany(
+            "UPDATE message SET hold=NULL, hold_until=NULL WHERE id=? AND hold IS NOT NULL", [(i,) for i in ids]))
         for mid, seq in await self.daemon.store.execute(segments):
             await self.daemon.store.segment_failed(mid, seq, Status.FAILED, CANCELLED)
         cancelled = sorted(ids)
         log.warning("admin_cancel", messages=cancelled)
         return {"cancelled": cancelled}
 
-    async def _select(self, params: Mapping[str, Any]) -> list[tuple[int, str, str, float]]:
+    async def _select(self, params: Mapping[str, Any]) -> list[tuple[int, str, str, float, str, str | None,
+                                                                       float | None]]:
         """Open messages by ``ids`` and/or ``older_than`` seconds since their last change, ``route``."""
         ids = params.get("ids") or []
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
@@ -183,8 +198,9 @@ class Admin:
             raise RpcError("bad_request", f"route: no route named {route!r}", field="route")
         now = self.daemon.store.clock()
 
-        def op(conn: sqlite3.Connection) -> list[tuple[int, str, str, float]]:
-            sql = "SELECT id, route, status, ? - updated_at FROM message WHERE status IN (?,?,?)"
+        def op(conn: sqlite3.Connection) -> list[tuple[int, str, str, float, str, str | None, float | None]]:
+            sql = ("SELECT id, route, status, ? - updated_at, member_id, hold, hold_until FROM message"
+                   " WHERE status IN (?,?,?)")
             args: list[Any] = [now, *OPEN]
             if ids:
                 sql += f" AND id IN ({','.join('?' * len(ids))})"

@@ -127,7 +127,7 @@ def status(args: argparse.Namespace) -> int:
     code, st = _call(args, lambda c: c.call("status"))
     if code != EXIT_OK:
         return code
-    down = [name for name, r in st["routes"].items() if not r.get("bound")]
+    down = [name for name, r in st["routes"].items() if not r.get("up")]
     down += ["store"] if st.get("store", {}).get("unavailable") else []  # a full disk: posts get 503
     if args.json:
         print(json.dumps(st, indent=2, ensure_ascii=False))
@@ -143,12 +143,20 @@ def render_status(st: dict[str, Any]) -> str:
         m = messages.get(name, {})
         open_ = sum(m.get(s, 0) for s in ("queued", "submitted", "accepted"))
         failed = sum(m.get(s, 0) for s in ("undelivered", "expired", "rejected", "failed"))
-        window = f"{r.get('inflight', '?')}/{r.get('window', r.get('window_size', '?'))}"
+        # An HTTP route has no window (its requests carry batches) and names its figures as
+        # the provider does: requests sent, messages refused, callbacks and polls.
+        size = r.get("window", r.get("window_size"))
+        window = f"{r.get('inflight', '?')}/{'-' if size is None else size}"
+        submitted = r.get("submitted", r.get("requests", 0))
+        rejected = r.get("rejected", r.get("refused", 0))
+        receipts = r.get("receipts", r.get("callbacks", 0) + r.get("polled", 0))
         lines.append(
-            f"{name:<9} {'up' if r.get('bound') else 'DOWN':<6} {r.get('queue', 0):>5}  {window:>6}"
-            f"  {r.get('submitted', 0):>11}  {r.get('accepted', 0):>8}  {r.get('rejected', 0):>8}"
-            f"  {r.get('receipts', 0):>8}  {open_:>4}  {m.get('delivered', 0):>9}  {failed:>13}"
+            f"{name:<9} {'up' if r.get('up') else 'DOWN':<6} {r.get('queue', 0):>5}  {window:>6}"
+            f"  {submitted:>11}  {r.get('accepted', 0):>8}  {rejected:>8}"
+            f"  {receipts:>8}  {open_:>4}  {m.get('delivered', 0):>9}  {failed:>13}"
         )
+        if r.get("trouble"):
+            lines.append(f"          {r['trouble']}")
     lines.append("")
     lines.append("portal                            outbox  oldest  pushed  dropped")
     for member_id, p in st.get("pushers", {}).items():
@@ -214,9 +222,10 @@ def stuck(args: argparse.Namespace) -> int:
     elif not rows:
         print("no stuck messages")
     else:
-        print("id        route     status     unchanged for")
+        print("id        route     status     unchanged for  waiting for")
         for r in rows:
-            print(f"{r['id']:<9} {r['route']:<9} {r['status']:<10} {report_mod._duration(r['age_seconds'])}")
+            print(f"{r['id']:<9} {r['route']:<9} {r['status']:<10} {report_mod._duration(r['age_seconds']):<14}"
+                  f" {r.get('waiting', '')}")
     return EXIT_OK
 
 

@@ -27,7 +27,26 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    return args.func(args)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_went_away()
+    return code
+
+
+def _reader_went_away() -> int:
+    """``smppd stuck | head``: the reader closed the pipe, which is its right, not our failure.
+
+    Python would print a BrokenPipeError traceback, and another one when it
+    flushes stdout at exit; pointing stdout at /dev/null makes that final
+    flush quiet (the recipe in the ``signal`` module's documentation).  The
+    exit code is the shell's for a command killed by SIGPIPE.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13
 
 
 def _parser() -> argparse.ArgumentParser:

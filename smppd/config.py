@@ -186,6 +186,8 @@ class SmppRouteConfig:
     numeric_npi: int = 1
     countries: frozenset[str] | None = frozenset({"BY"})  # ISO regions it may send to; None = any
     max_parts: int = SMPP_MAX_PARTS  # issue 19 item 7: a longer text fails with the reason (what operators accept)
+    # issue 14 item 12: true = phonenumbers' "not a valid number" is final, even for a mobile shape
+    strict_numbers: bool = False
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,7 @@ class SmsRuRouteConfig:
     countries: frozenset[str] | None = None  # ISO regions it may send to; None = any
     max_parts: int = SMSRU_MAX_PARTS  # SMS.ru refuses more (error 205): fail it here with the reason
     kind: str = "smsru"
+    strict_numbers: bool = False  # issue 14 item 12, see SmppRouteConfig
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,7 @@ class SmscRouteConfig:
     # SMSC.ru takes at most 1000 characters (SMSC_MAX_CHARS), 15 Cyrillic parts; fewer by config
     max_parts: int = SMSC_MAX_PARTS
     kind: str = "smsc"
+    strict_numbers: bool = False  # issue 14 item 12, see SmppRouteConfig
 
 
 HttpRouteConfig = SmsRuRouteConfig | SmscRouteConfig
@@ -279,6 +283,8 @@ class RulesConfig:
     quiet_hours: tuple[int, int] | None = (21 * 60, 9 * 60)  # minutes after midnight, [start, end)
     timezone: str = "Europe/Minsk"
     stop_words: frozenset[str] = frozenset({"STOP", "СТОП"})
+    # issue 14 item 11: a message held longer than this (consent, quiet hours) fails with the hold's reason
+    hold_max_age: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -560,6 +566,7 @@ def _route(name: str, t: Any) -> RouteConfig:
         **_route_profile(t, key),
         countries=countries,
         max_parts=_int(t, key, "max_parts", default=SMPP_MAX_PARTS, low=1, high=255),
+        strict_numbers=_bool(t, key, "strict_numbers", default=False),
     )
 
 
@@ -615,6 +622,7 @@ def _http_route(name: str, kind: str, t: Mapping[str, Any]) -> HttpRouteConfig:
         unknown_receipts_ttl=_number(t, key, "unknown_receipts_ttl", default=UNKNOWN_RECEIPTS_TTL, low=1.0),
         max_parts=_int(t, key, "max_parts", default=cls.max_parts, low=1,
                        high=SMSRU_MAX_PARTS if kind == "smsru" else SMSC_MAX_PARTS),
+        strict_numbers=_bool(t, key, "strict_numbers", default=False),
     )
     if kind == "smsru":
         return SmsRuRouteConfig(
@@ -737,6 +745,7 @@ def _rules(t: Any) -> RulesConfig:
         quiet_hours=_quiet_hours(t, key, d.quiet_hours),
         timezone=timezone,
         stop_words=frozenset(w.strip().upper() for w in words),
+        hold_max_age=_number(t, key, "hold_max_age", default=d.hold_max_age, low=60.0),
     )
 
 

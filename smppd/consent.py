@@ -39,7 +39,25 @@ _PREFERENCE = (CONTACT, LEAD, COMPANY, DEAL)
 # How a Bitrix24 yes/no user field reads back over REST (and what people type in string fields).
 _YES = frozenset({"1", "y", "yes", "true", "да"})
 # Per-item errors that are answers about the entity, not outages: cached like a "no".
-_PERMANENT_ITEM_ERRORS = frozenset({"", "ERROR_NOT_FOUND", "NOT_FOUND", "ACCESS_DENIED", "insufficient_scope"})
+_NOT_FOUND_ERRORS = frozenset({"", "ERROR_NOT_FOUND", "NOT_FOUND"})
+# Errors that say the app may not read the CRM at all: no retry changes them, only the
+# portal's admin can (issue 14 item 11). What to tell the admin, once per portal and code.
+PERMISSION_HINTS = {
+    "insufficient_scope": "grant the app the crm scope (the app's settings in Bitrix24), then update the app",
+    "ERROR_METHOD_NOT_FOUND": "the portal answers no CRM method: enable the CRM, and give the app the crm scope",
+    "ACCESS_DENIED": "the user the app acts as may not read CRM contacts, leads and companies: grant read access",
+}
+_PERMANENT_ITEM_ERRORS = _NOT_FOUND_ERRORS | frozenset(PERMISSION_HINTS)
+
+
+def permanent(error: RestError) -> bool:
+    """An error that is an answer (the app may not read the CRM), not an outage to wait out."""
+    return error.code in PERMISSION_HINTS
+
+
+def permission_reason(error: RestError, what: str = "the CRM") -> str:
+    """The message's reason when consent cannot be read for good: the code and what to grant."""
+    return f"no consent: cannot read {what} ({error.code}: {PERMISSION_HINTS[error.code]})"
 
 
 def granted(value: Any) -> bool:
@@ -66,8 +84,19 @@ class ConsentReader:
         self.ttl = ttl
         self.clock = clock
         self._cache: dict[tuple[str, int, int], tuple[float, Any]] = {}  # -> (expires, Verdict | contact id)
-        self._numbers: dict[tuple[str, str], tuple[float, tuple[Entity, ...]]] = {}  # findbycomm answers
+        # findbycomm answers, or the refusal when the app may not ask
+        self._numbers: dict[tuple[str, str], tuple[float, tuple[Entity, ...] | Verdict]] = {}
         self.lookups = 0  # entities read over REST, for tests and status
+        self._warned: set[tuple[str, str]] = set()  # (member_id, code) told to the admin once
+
+    def warn_permission(self, member_id: str, error: RestError) -> None:
+        """One warning per portal and error code: a missing permission fails every marketing
+        message of the portal, and one line telling the admin what to grant is enough."""
+        if (member_id, error.code) in self._warned:
+            return
+        self._warned.add((member_id, error.code))
+        log.warning("consent_permission_missing", member_id=member_id, error=error.code,
+                    hint=PERMISSION_HINTS[error.code])
 
     async def check(self, member_id: str, messages: Iterable[tuple[tuple[Entity, ...], str | None]]) -> list[Verdict]:
         """One verdict per (bound entities, E.164 number); raises RestError when Bitrix24 is out of reach."""
@@ -76,7 +105,8 @@ class ConsentReader:
         await self._find_by_number(member_id, unbound)
         by_number = {i: self._cached_number(member_id, number)
                      for i, (entities, number) in enumerate(msgs) if not entities and number}
-        await self._fetch(member_id, {e for found in by_number.values() for e in found})
+        await self._fetch(member_id, {e for found in by_number.values() if not isinstance(found, Verdict)
+                                      for e in found})
         picked = [_pick(entities) for entities, _ in msgs]
         deals = {e for e in picked if e is not None and e.type_id == DEAL}
         await self._fetch(member_id, deals)
@@ -93,7 +123,8 @@ class ConsentReader:
         out = []
         for i, t in enumerate(targets):
             if i in by_number:
-                out.append(self._all_agree(member_id, by_number[i]))
+                found = by_number[i]
+                out.append(found if isinstance(found, Verdict) else self._all_agree(member_id, found))
             elif t is None:
                 out.append(Verdict(False, REASON_NO_BINDING))
             elif isinstance(t, Verdict):
@@ -117,9 +148,11 @@ class ConsentReader:
 
     # --- cache and REST ---------------------------------------------------------
 
-    def _cached_number(self, member_id: str, number: str) -> list[Entity]:
+    def _cached_number(self, member_id: str, number: str) -> list[Entity] | Verdict:
         hit = self._numbers.get((member_id, number))
-        return list(hit[1]) if hit is not None and hit[0] >= self.clock() else []
+        if hit is None or hit[0] < self.clock():
+            return []
+        return hit[1] if isinstance(hit[1], Verdict) else list(hit[1])
 
     async def _find_by_number(self, member_id: str, numbers: list[str]) -> None:
         """Which CRM entities hold each number: one findbycomm per number (its answer does not say which
@@ -140,8 +173,14 @@ class ConsentReader:
             for i, n in enumerate(chunk):
                 key = f"n{i}"
                 if key in errors:
-                    raise errors[key]
-                self._numbers[(member_id, n)] = (expires, _matches(results.get(key)))
+                    if not permanent(errors[key]):
+                        raise errors[key]  # an outage: the hold waits and asks again
+                    self.warn_permission(member_id, errors[key])
+                    found: tuple[Entity, ...] | Verdict = Verdict(
+                        False, permission_reason(errors[key], "the CRM contacts with this number"))
+                else:
+                    found = _matches(results.get(key))
+                self._numbers[(member_id, n)] = (expires, found)
                 self.lookups += 1
 
     def _cached(self, member_id: str, e: Entity) -> Any:
@@ -170,6 +209,8 @@ class ConsentReader:
                     err = errors[key]
                     if err.code not in _PERMANENT_ITEM_ERRORS:
                         raise err  # an outage of one item: retry the lot later
+                    if permanent(err):
+                        self.warn_permission(member_id, err)
                     value = Verdict(False, _item_reason(e, err))
                 else:
                     raise RestError("bad_response", f"batch answered nothing for {key}")
@@ -209,6 +250,6 @@ def _pick(entities: tuple[Entity, ...]) -> Entity | None:
 
 
 def _item_reason(e: Entity, err: RestError) -> str:
-    if err.code in ("", "ERROR_NOT_FOUND", "NOT_FOUND"):
+    if err.code in _NOT_FOUND_ERRORS:
         return f"no consent: {e.name} {e.id} not found"
-    return f"no consent: cannot read {e.name} {e.id} ({err.code}; does the app have the crm scope?)"
+    return permission_reason(err, f"{e.name} {e.id}")

@@ -28,7 +28,7 @@ from .config import AppConfig, Config, RouteConfig
 from .consent import ConsentReader
 from .holds import HoldWorker
 from .intake import Intake
-from .providers import make_route
+from .providers import Route, make_route
 from .providers.http_common import BadCallback, ForgedCallback, HttpRoute
 from .rpc import RpcError, RpcServer
 from .smpp.codec import ShortMessage
@@ -50,7 +50,7 @@ class Daemon:
         self.stoplist = StopList(self.store)
         self.consent = ConsentReader(self._rest_client, config.rules.consent_field, config.rules.consent_cache_ttl)
         self.holds = HoldWorker(self.store, self.rules, self.consent, self.dispatch, self.stoplist)
-        self.routes: dict[str, Any] = {}  # SmppRoute | HttpRoute, see providers.make_route
+        self.routes: dict[str, Route] = {}  # see providers.make_route
         self.pushers: dict[str, StatusPusher] = {}
         self._portals: Mapping[str, PortalRecord] = MappingProxyType({})
         self._http: aiohttp.ClientSession | None = None
@@ -143,7 +143,7 @@ class Daemon:
 
     # --- wiring ----------------------------------------------------------------
 
-    def run_route(self, route: Any) -> None:
+    def run_route(self, route: Route) -> None:
         self._tasks.append(self._essential(route.run(), f"route-{route.name}"))
 
     def _essential(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -164,12 +164,9 @@ class Daemon:
                   hint="the daemon exits; systemd restarts it and the store resumes the work")
         self.crashed.set()
 
-    def new_route(self, cfg: RouteConfig) -> Any:
+    def new_route(self, cfg: RouteConfig) -> Route:
         """A route of the config's kind, wired to the daemon (start-up and reload alike)."""
-        route = make_route(cfg, self.store, self._http)
-        if hasattr(route, "on_mo"):  # SMPP binds carry replies (STOP) too
-            route.on_mo = self._on_mo
-        return route
+        return make_route(cfg, self.store, self._http, on_mo=self._on_mo)
 
     def dispatch(self, message: OpenMessage) -> None:
         self.routes[message.route].enqueue(message)
@@ -357,17 +354,19 @@ class Daemon:
         # A full disk: the store's reads may queue behind held writes, so say so instead of waiting.
         full = self.store.unavailable is not None
         return {
-            "routes": {
-                name: r.status() if hasattr(r, "status") else {
-                    "bound": r.connection.bound if hasattr(r, "connection") else None, "queue": r.depth, **r.stats}
-                for name, r in self.routes.items()
-            },
+            "routes": {name: route_status(r) for name, r in self.routes.items()},
             "pushers": {m: {"pushed": p.pushed, "dropped": p.dropped, "failures": p.failures}
                         for m, p in self.pushers.items()},
             "store": {"unavailable": self.store.unavailable} if full else await self.store.counts(),
             "rules": {**self.rules.stats.as_dict(), "stoplist": len(self.stoplist),
-                      "waiting": {} if full else await self.holds.counts()},
+                      "waiting": {} if full else await self.holds.counts(), "hold_expired": self.holds.expired},
         }
+
+
+def route_status(route: Route) -> dict[str, Any]:
+    """What `smppd status` shows of a route: the common face first, then the kind's own figures."""
+    return {**route.status(), "kind": route.kind, "up": route.up, "trouble": route.trouble, "queue": route.depth,
+            "inflight": route.inflight, "window_size": route.window_size}
 
 
 def _number_param(params: Mapping[str, Any]) -> str:

@@ -14,6 +14,12 @@ Two holds (``rules.HOLD_*``):
 The hold lives in the message row, so a restart loses nothing: the worker
 simply finds the rows again, and ``Store.open_messages`` skips held rows so a
 restart cannot send them early.
+
+No hold lasts for ever (issue 14 item 11): Bitrix24 shows "sent" for as long as
+we hold, so a message held longer than ``[rules] hold_max_age`` (24 h) fails
+with the hold's reason, and a consent that cannot be read for good (the app
+lacks the crm scope, the portal has no CRM, the user may not read it) fails
+the message at once instead of being asked again every 30 s.
 """
 
 from __future__ import annotations
@@ -22,13 +28,15 @@ import asyncio
 import json
 import sqlite3
 from collections import defaultdict
+from datetime import datetime
+from zoneinfo import ZoneInfo
 from typing import Any, Callable, Container
 
 import structlog
 
 from . import phone
 from .bitrix24.rest import RestError
-from .consent import ConsentReader, Verdict
+from .consent import ConsentReader, Verdict, permanent, permission_reason
 from .model import Status
 from .rules import HOLD_CONSENT, HOLD_QUIET, REASON_STOPLIST, Entity, Rules
 from .store import OpenMessage, Store, _segment_status
@@ -43,6 +51,8 @@ IDLE_WAKE = 3600.0  # nothing due: look again anyway (cheap, and guards against 
 class HoldWorker:
     def __init__(self, store: Store, rules: Rules, consent: ConsentReader,
                  dispatch: Callable[[OpenMessage], None], stoplist: Container[str] = frozenset()) -> None:
+        self.failures: dict[str, str] = {}  # member_id -> the last consent lookup error, for `smppd stuck`
+        self.expired = 0  # messages failed for holding longer than hold_max_age
         self.store = store
         self.rules = rules
         self.consent = consent
@@ -71,6 +81,7 @@ class HoldWorker:
         """Judge what waits for consent, release what quiet hours held; seconds until the next due."""
         self._wake.clear()
         now = self.rules.clock()
+        await self._expire()
         await self.store.execute(lambda conn: _end_quiet(conn, now))
         more = await self._judge_consent()
         if more:
@@ -82,6 +93,41 @@ class HoldWorker:
             due.append(next_quiet - now)
         due += [at - now for at in self._retry_at.values() if at > now]
         return min(due)
+
+    def why(self, member_id: str, hold: str, hold_until: float | None) -> str:
+        """Why a held message waits, in words an admin acts on (`smppd stuck`)."""
+        if hold == HOLD_QUIET and hold_until is not None:
+            return f"quiet hours, until {_local(hold_until, self.rules)}"
+        if hold == HOLD_CONSENT:
+            failed = self.failures.get(member_id)
+            return "consent: reading the CRM" + (f" (last try failed: {failed})" if failed else "")
+        return f"held: {hold}"
+
+    def hold_reason(self, member_id: str, hold: str) -> str:
+        """The reason a message held too long fails with: its hold, and what kept it."""
+        hours = f"{self.rules.cfg.hold_max_age / 3600:g} h"
+        if hold == HOLD_QUIET:
+            return f"held over {hours} in quiet hours"
+        failed = self.failures.get(member_id)
+        return f"held over {hours}: consent could not be read" + (f" ({failed})" if failed else "")
+
+    async def _expire(self) -> None:
+        """Fail what has been held longer than ``hold_max_age``, with the hold's reason."""
+        cutoff = self.store.clock() - self.rules.cfg.hold_max_age
+        rows = await self.store.execute(lambda conn: conn.execute(
+            "SELECT id, member_id, hold FROM message WHERE hold IS NOT NULL AND created_at <= ? ORDER BY id LIMIT ?",
+            (cutoff, CONSENT_BATCH)).fetchall())
+        if not rows:
+            return
+        failed = [(mid, self.hold_reason(member_id, hold)) for mid, member_id, hold in rows]
+        stamp = self.store.clock()
+        await self.store.execute(lambda conn: [_fail(conn, mid, reason, stamp) for mid, reason in failed])
+        self.store.outbox_changed.set()
+        self.expired += len(failed)
+        for mid, reason in failed:
+            self.rules.stats.refuse(reason)
+        log.warning("holds_expired", messages=len(failed), max_age=self.rules.cfg.hold_max_age,
+                    reasons=sorted({r for _, r in failed}))
 
     async def counts(self) -> dict[str, int]:
         """Messages waiting per hold, for ``smppd status``: a stuck consent lookup shows here."""
@@ -121,27 +167,44 @@ class HoldWorker:
             try:
                 verdicts = await self.consent.check(member_id, [e for _, e in items])
             except RestError as e:
+                if permanent(e):  # the app may not read the CRM: no retry changes that, the admin must
+                    self.consent.warn_permission(member_id, e)
+                    verdicts = [Verdict(False, permission_reason(e)) for _ in items]
+                    self.failures.pop(member_id, None)
+                    await self._decide(items, verdicts)
+                    continue
+                self.failures[member_id] = e.code
                 self._retry_at[member_id] = now + RETRY_DELAY
                 log.warning("consent_lookup_failed", member_id=member_id, error=e.code, held=len(items),
                             retry_in=RETRY_DELAY)
                 continue
             self._retry_at.pop(member_id, None)
-            release_at = self.rules.quiet_release_at()
-            decisions = [(mid, v) for (mid, _), v in zip(items, verdicts)]
-            stamp = self.store.clock()
-            released = await self.store.execute(lambda conn: _apply_consent(conn, decisions, release_at, stamp))
-            if any(not v.consent for _, v in decisions):
-                self.store.outbox_changed.set()
-            for mid, v in decisions:
-                if not v.consent:
-                    assert v.reason is not None
-                    self.rules.stats.refuse(v.reason)
-                    log.info("message_refused", id=mid, reason=v.reason)
-                elif release_at is not None:
-                    self.rules.stats.hold(HOLD_QUIET)
-                    log.info("message_held", id=mid, hold=HOLD_QUIET, until=release_at)
-            await self._release(released)
+            self.failures.pop(member_id, None)
+            await self._decide(items, verdicts)
         return len(rows) == CONSENT_BATCH
+
+    async def _decide(self, items: list[tuple[int, tuple[tuple[Entity, ...], str | None]]],
+                      verdicts: list[Verdict]) -> None:
+        """Apply one portal's verdicts: fail the refused, hold for quiet hours or release the rest."""
+        release_at = self.rules.quiet_release_at()
+        decisions = [(mid, v) for (mid, _), v in zip(items, verdicts)]
+        stamp = self.store.clock()
+        released = await self.store.execute(lambda conn: _apply_consent(conn, decisions, release_at, stamp))
+        if any(not v.consent for _, v in decisions):
+            self.store.outbox_changed.set()
+        for mid, v in decisions:
+            if not v.consent:
+                assert v.reason is not None
+                self.rules.stats.refuse(v.reason)
+                log.info("message_refused", id=mid, reason=v.reason)
+            elif release_at is not None:
+                self.rules.stats.hold(HOLD_QUIET)
+                log.info("message_held", id=mid, hold=HOLD_QUIET, until=release_at)
+        await self._release(released)
+
+
+def _local(stamp: float, rules: Rules) -> str:
+    return datetime.fromtimestamp(stamp, ZoneInfo(rules.cfg.timezone)).strftime("%Y-%m-%d %H:%M %Z")
 
 
 def _entities(raw: Any) -> tuple[Entity, ...]:

@@ -325,9 +325,13 @@ class Intake:
         hold = None
         entities = None
         try:
-            number = phone.normalize(req.to, allowed_regions=getattr(route, "countries", None))
+            number, verdict = phone.normalize_verdict(req.to, allowed_regions=getattr(route, "countries", None),
+                                                      strict=getattr(route, "strict_numbers", False))
         except phone.InvalidNumber as e:
             reason = f"invalid number: {e.reason}"
+        else:
+            if verdict is not None:  # sent on its mobile shape; the library's refusal is kept as a count
+                metrics.NUMBERS_OUTSIDE_METADATA.labels(sender.route, verdict).inc()
         if reason is None:
             reason = too_long(route, sender.route, req.text, encoded.segments)
         if reason is None and marketing:

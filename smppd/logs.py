@@ -16,6 +16,7 @@ import datetime
 import json as json_mod
 import json.encoder as json_encoder
 import logging
+import os
 import sys
 import threading
 import time
@@ -277,6 +278,40 @@ class BatchedLines:
                 pass
 
 
+class PipeSafe:
+    """A console stream whose reader may go away (`smppd demo | head`, issue 14 item 14).
+
+    structlog's PrintLogger writes and flushes each line; into a closed pipe that raises
+    BrokenPipeError inside whatever logged (an SMPP callback, a route), which asyncio then
+    prints as a traceback per line.  The first EPIPE points the descriptor at /dev/null,
+    so this and every later write (ours, print's, the interpreter's final flush) is quiet.
+    """
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+
+    def write(self, text: str) -> int:
+        try:
+            return self._file.write(text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._file.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # not a real descriptor (a test's StringIO): nothing to point
+            pass
+
+
 def configure(*, json: bool | None = None, level: int = logging.INFO, cache: bool = True) -> None:
     """Configure structlog once per process.
 
@@ -293,7 +328,7 @@ def configure(*, json: bool | None = None, level: int = logging.INFO, cache: boo
         lines = BatchedLines(sys.stdout)
         factory: Any = lambda *args: lines  # noqa: E731 -- one writer for every logger
     else:  # a person at a terminal: every line at once, no batching
-        factory = structlog.PrintLoggerFactory(file=sys.stdout)
+        factory = structlog.PrintLoggerFactory(file=PipeSafe(sys.stdout))  # type: ignore[arg-type]
     structlog.configure(
         processors=[ProductionLine(renderer)],
         wrapper_class=lean_bound_logger(level),

@@ -90,6 +90,15 @@ SHIM_LATENCY = Histogram(
     "smppd_shim_request_seconds", "HANDLER post to answer, including the daemon's commit.", buckets=HTTP_BUCKETS,
 )
 
+# --- issue 14 item 12: numbers sent on their mobile shape alone ---------------------------
+
+NUMBERS_OUTSIDE_METADATA = Counter(
+    "smppd_numbers_outside_metadata",
+    "Numbers phonenumbers refused that were sent anyway because they have the country's mobile shape "
+    "(a rising count: new ranges the library lacks, or a shape rule to revisit).",
+    ["route", "reason"],
+)
+
 # --- observed by smppd.journal as it tails the store's status events ----------------------
 
 RECEIPT_LATENCY = Histogram(
@@ -226,11 +235,17 @@ class DaemonCollector(Collector):
         )
         window = GaugeMetricFamily("smppd_window_size", "The route's configured window.", labels=["route"])
         counters = {k: CounterMetricFamily(n, h, labels=["route"]) for k, (n, h) in ROUTE_COUNTERS.items()}
+        up = GaugeMetricFamily(
+            "smppd_route_up", "1 when the route can send: its SMPP bind is up, or its HTTP provider answered "
+            "the last request.", labels=["route", "kind"],
+        )
         for name, route in self.daemon.routes.items():
-            if hasattr(route, "connections"):  # SMPP: binds and a window; HTTP routes have neither
-                bind.add_metric([name], 1.0 if route.bound else 0.0)
+            up.add_metric([name, route.kind], 1.0 if route.up else 0.0)
+            if route.binds_made is not None:  # SMPP: binds and a window; HTTP routes have neither
+                bind.add_metric([name], 1.0 if route.up else 0.0)
                 binds.add_metric([name], route.binds_made)
-                window.add_metric([name], route.cfg.window)
+            if route.window_size is not None:
+                window.add_metric([name], route.window_size)
             depth.add_metric([name], route.depth)
             inflight.add_metric([name], route.inflight)
             for key, family in counters.items():
@@ -244,7 +259,7 @@ class DaemonCollector(Collector):
         for member_id, pusher in self.daemon.pushers.items():
             pushed.add_metric([member_id], pusher.pushed)
             dropped.add_metric([member_id], pusher.dropped)
-        yield from (bind, binds, depth, inflight, window, *counters.values(), pushed, dropped)
+        yield from (bind, binds, up, depth, inflight, window, *counters.values(), pushed, dropped)
         yield from storage_families(self.daemon.store, self.daemon.config.daemon.min_free_mb)
 
 

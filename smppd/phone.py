@@ -416,17 +416,89 @@ def normalize(
     *,
     default_region: str = "BY",
     allowed_regions: frozenset[str] | None = None,
+    strict: bool = False,
 ) -> str:
     """E.164 form ('+375291234567') of a number an SMS can be delivered to.
 
     Raises InvalidNumber rather than guessing, because a wrong guess sends a paid
-    SMS (possibly a one-time code) to a stranger.
+    SMS (possibly a one-time code) to a stranger.  ``strict=False`` (the default)
+    also takes a number of a known mobile shape that phonenumbers' metadata
+    does not list yet (see ``normalize_verdict``).
+    """
+    return normalize_verdict(raw, default_region=default_region, allowed_regions=allowed_regions,
+                             strict=strict)[0]
+
+
+# Mobile shapes of the countries we send to most, as their operators publish them: the
+# country code, then a mobile prefix and the subscriber digits.  phonenumbers lags the
+# operators (+375 25 1xx xx xx, the integrators' own example, is "invalid" in it), and a
+# gateway must not refuse a customer's number because a library's metadata is behind.
+MOBILE_SHAPES = {
+    "BY": re.compile(r"375(?:25|29|33|44)\d{7}"),
+    "RU": re.compile(r"79\d{9}"),
+}
+
+
+def normalize_verdict(
+    raw: str,
+    *,
+    default_region: str = "BY",
+    allowed_regions: frozenset[str] | None = None,
+    strict: bool = False,
+) -> tuple[str, str | None]:
+    """``normalize``, plus the library's refusal when only the mobile shape accepted the number.
+
+    The second item is None when phonenumbers itself calls the number a mobile;
+    otherwise it is phonenumbers' reason ("not a valid number"), which the
+    caller counts as a warning: the number is sent, and a rising count says
+    the shapes or the library need a look.  ``strict=True`` keeps the
+    library's verdict as final (a route that opts into strict validity).
     """
     number_digits, international = _digits_and_plus(raw)
-    number, kind, region = _best_reading(_readings(number_digits, international), default_region)
-    _check_region(region, allowed_regions)
-    _check_sms_capable(kind)
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    try:
+        number, kind, region = _best_reading(_readings(number_digits, international), default_region)
+        _check_region(region, allowed_regions)
+        _check_sms_capable(kind)
+    except InvalidNumber as refused:
+        if strict:
+            raise
+        shaped = _mobile_shape(number_digits, international, default_region)
+        if shaped is None:
+            raise
+        e164, shape_region = shaped
+        _check_region(shape_region, allowed_regions)
+        return e164, refused.reason
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None
+
+
+def _mobile_shape(number_digits: str, international: bool, default_region: str) -> tuple[str, str] | None:
+    """The E.164 form and region of the first reading of the digits that has a mobile shape.
+
+    The readings are the ones ``_readings`` tries, spelled out for the shapes:
+    '+'/'00' international, the country code without '+', and the national forms
+    of the default region (BY: '80' or nothing before the 9 digits; RU: '8' or
+    nothing before the 10), plus a Russian '8 9xx…' typed into a BY CRM.
+    """
+    if international:
+        candidates = [number_digits]
+    elif number_digits.startswith(_ITU_INTERNATIONAL_PREFIX):
+        candidates = [number_digits[len(_ITU_INTERNATIONAL_PREFIX):]]
+    else:
+        candidates = [number_digits]
+        if default_region == "BY":
+            if len(number_digits) == 9:
+                candidates.append("375" + number_digits)
+            elif len(number_digits) == 11 and number_digits.startswith("80"):
+                candidates.append("375" + number_digits[2:])
+        if default_region == "RU" and len(number_digits) == 10:
+            candidates.append("7" + number_digits)
+        if len(number_digits) == _RU_TRUNK_DIGITS and number_digits.startswith("8"):
+            candidates.append("7" + number_digits[1:])
+    for candidate in candidates:
+        for region, shape in MOBILE_SHAPES.items():
+            if shape.fullmatch(candidate):
+                return "+" + candidate, region
+    return None
 
 
 def digits(e164: str) -> str:

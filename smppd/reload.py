@@ -3,10 +3,12 @@
 What can change live, and how:
 
 * ``[sender.*]`` (codes, sender IDs, routes): intake reads the new table at once;
-* a route's ``throughput``: the new cap applies to the next segment, the bind stays;
-* any other setting of a route (host, credentials, window, timers...): that
-  route alone is drained and rebound; its queue is rebuilt from the store, so
-  nothing queued is lost, and the other binds are untouched;
+* a route's ``throughput`` (SMPP) or ``rate`` (HTTP): the new cap applies to the
+  next segment or request, the bind stays;
+* any other setting of a route (host, credentials, an SMS.ru/SMSC key, window,
+  timers...), of any kind: that route alone is drained and replaced; its queue
+  is rebuilt from the store (``Route.resume``), so nothing queued is lost, and
+  the other routes are untouched;
 * a new route: bound and started.
 
 What needs a restart, and is refused as a whole (the old config keeps
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-LIVE_ROUTE_KEYS = frozenset({"throughput"})
+LIVE_ROUTE_KEYS = frozenset({"throughput", "rate"})  # SMPP segments/s, HTTP requests/s
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ def plan(old: Config, new: Config) -> Plan:
     for name, cfg in new.routes.items():
         before = old.routes.get(name)
         if before is None or before == cfg:
+            continue
+        if type(cfg) is not type(before):  # another kind under the same name: a new route object
+            rebind.append(name)
             continue
         changed = {f.name for f in fields(cfg) if getattr(cfg, f.name) != getattr(before, f.name)}
         (retune if changed <= LIVE_ROUTE_KEYS else rebind).append(name)
@@ -112,8 +117,6 @@ async def _rebind(daemon: "Daemon", name: str, cfg: RouteConfig, drain_timeout: 
     # Like Daemon.stop: the route's own run task cancels the bind as it ends,
     # which can surface here as a CancelledError that is not ours.
     await asyncio.gather(old.stop(drain_timeout), return_exceptions=True)
-    queued = {job.message_id for job in new.queue}
-    for m in await daemon.store.open_messages(name):
-        if m.id not in queued:
-            new.enqueue(m)
+    resumed = await new.resume()
+    log.info("route_rebound", route=name, kind=new.kind, resumed=resumed)
     daemon.run_route(new)

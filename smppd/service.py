@@ -76,6 +76,15 @@ async def reload_config(daemon: Daemon, config_path: str, lock: asyncio.Lock | N
             except config_mod.ConfigError as e:
                 log.error("config_reload_failed", error=str(e), hint="the running config stays in force")
                 return None
-            return await reload.apply(daemon, new)
+            try:
+                return await reload.apply(daemon, new)
+            except Exception as e:
+                # Half applied (a route stopped, its successor not running): a daemon that stays
+                # up would look healthy while a provider silently sends nothing. Everything is in
+                # the store, so exit and let systemd start us with the new config.
+                log.error("config_reload_crashed", error=repr(e),
+                          hint="the daemon exits; systemd restarts it with the new config")
+                daemon.crashed.set()
+                return None
         finally:
             sdnotify.notify("READY=1")

@@ -37,3 +37,31 @@ def test_status_when_the_daemon_is_not_running(tmp_path):
 def test_no_command_prints_help():
     r = smppd()
     assert r.returncode == 2 and "demo" in r.stdout
+
+
+def test_a_reader_that_closes_the_pipe_gets_no_traceback():
+    """`smppd stuck | head`: the reader is gone before we print; every command goes through main()."""
+    p = subprocess.Popen([sys.executable, "-m", "smppd.cli", "text", "-"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # closed before the command can print: its first write meets EPIPE
+    _, err = p.communicate(b"a text read from stdin, so nothing is printed before the pipe is shut", timeout=30)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+    assert p.returncode == 141
+
+
+def test_console_log_lines_into_a_closed_pipe_are_quiet():
+    """`smppd demo | head`: the demo logs to the console; a line after the reader left must not
+    raise inside whatever logged it (an SMPP callback printed a traceback per line)."""
+    import os
+
+    from smppd.logs import PipeSafe
+
+    r, w = os.pipe()
+    os.close(r)
+    out = os.fdopen(w, "w")
+    safe = PipeSafe(out)
+    safe.write("a log line\n")
+    safe.flush()  # EPIPE here: the descriptor now points at /dev/null
+    safe.write("another\n" * 10000)
+    safe.flush()
+    out.close()

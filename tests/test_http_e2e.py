@@ -89,7 +89,7 @@ async def test_callback_while_the_daemon_is_down_gets_503_so_the_provider_retrie
 
 async def test_status_shows_http_routes(rig):
     status = await rig.rpc.call("status")
-    assert status["routes"]["smsru"]["bound"] is None and "requests" in status["routes"]["smscru"]
+    assert status["routes"]["smsru"]["up"] is True and "requests" in status["routes"]["smscru"]
 
 
 async def test_provider_outage_across_a_daemon_restart_loses_nothing(rig):

@@ -1,5 +1,6 @@
 import pytest
 
+from smppd import phone
 from smppd.phone import InvalidNumber, digits, mask, normalize
 
 BY_MOBILE = "+375291234567"
@@ -100,7 +101,6 @@ def test_toll_free_is_rejected_as_not_mobile():
         ("29123456", "too short"),
         ("+375 (29) 1-2-3", "too short"),
         ("+3752912345678", "too long"),
-        ("+375 29 0123456", "not a valid number"),  # 29 0… is not an allocated range
     ],
 )
 def test_garbage_is_rejected_with_reason(raw, reason):
@@ -175,3 +175,37 @@ def test_mask_never_shows_more_than_first_five_and_last_two_digits():
         shown = [c for c in mask(number) if c.isdigit()]
         assert len(shown) <= 7
         assert mask(number).count("*") >= min(length, 5)
+
+
+@pytest.mark.parametrize("raw", ["+375 25 123 45 67", "80251234567", "251234567", "375251234567",
+                                 "00375251234567", "+375 (25) 123-45-67"])
+def test_a_belarusian_mobile_the_metadata_does_not_know_is_sent_with_the_librarys_verdict(raw):
+    """+375 25 1xx xx xx: the integrators' own example; phonenumbers says "not a valid number"."""
+    with pytest.raises(phone.InvalidNumber, match="not a valid number"):
+        phone.normalize(raw, strict=True)
+    assert phone.normalize_verdict(raw) == ("+375251234567",
+                                            "not a valid number")
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ("+375241234567", "not a valid number"),  # 24 is no BY mobile prefix
+    ("+37525123456", "too short"), ("+3752512345678", "too long"),
+    ("+7951234567", "too short"), ("+7851234567", "too short"),
+    ("0251234567", "not a valid number"),
+])
+def test_the_mobile_shape_is_strict_about_prefix_and_length(raw, reason):
+    with pytest.raises(phone.InvalidNumber, match=reason):
+        phone.normalize(raw)
+
+
+def test_a_shaped_number_still_obeys_the_routes_countries():
+    with pytest.raises(phone.InvalidNumber, match="country not allowed: BY"):
+        phone.normalize("+375251234567", allowed_regions=frozenset({"RU"}))
+    assert phone.normalize("+375251234567", allowed_regions=frozenset({"BY"})) == "+375251234567"
+
+
+def test_an_unallocated_range_of_a_mobile_prefix_is_refused_only_by_a_strict_route():
+    """29 0… is not allocated today; operators open ranges before the library lists them."""
+    with pytest.raises(InvalidNumber, match="not a valid number"):
+        normalize("+375 29 0123456", strict=True)
+    assert phone.normalize_verdict("+375 29 0123456") == ("+375290123456", "not a valid number")

@@ -237,3 +237,77 @@ async def test_service_start_failure_is_one_clear_line_and_false(tmp_path):
         busy.close()
         await smsc.stop()
         await portal.stop()
+
+
+async def test_sighup_with_a_new_smsru_key_restarts_that_route(tmp_path, monkeypatch):
+    """The README's step: a new SMS.ru api_id in config.toml, then `systemctl reload smppd` (SIGHUP).
+    Before, reload read new.queue (SMPP only) and the SMS.ru route silently never started again."""
+    from smppd import config as config_mod
+    from smppd.sims.smsru import SmsRuSimulator
+
+    notify_path = str(tmp_path / "notify")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(notify_path)
+    listener.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_path)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    loop = asyncio.get_running_loop()
+
+    async def next_state(want: str) -> None:
+        while True:
+            msg = (await asyncio.wait_for(loop.sock_recv(listener, 4096), 5)).decode()
+            if msg.startswith(want):
+                return
+
+    portal = SimulatedPortal(rate=None)
+    await portal.start()
+    smsc = SmscSimulator(SimulatorConfig(system_id="LIFE", accounts={"smppd": "secret"}))
+    await smsc.start()
+    provider = SmsRuSimulator(api_id="old-api-id", outcomes={103: 1.0})
+    await provider.start()
+
+    def text(api_id: str) -> str:
+        return config_toml(tmp_path, portal, smsc, throughput=0) + f"""
+[route.smsru]
+kind = "smsru"
+api_id = "{api_id}"
+base_url = "{provider.base_url}"
+retry_min = 0.05
+retry_max = 0.5
+
+[sender.by_smsru]
+route = "smsru"
+sender_id = "DemoShop"
+"""
+
+    path = tmp_path / "config.toml"
+    path.write_text(text("old-api-id"))
+    service = asyncio.create_task(run_daemon(config_mod.load(path), str(path)))
+    client = RpcClient(str(tmp_path / "smppd.sock"))
+    try:
+        await next_state("READY=1")
+        provider.api_id = "new-api-id"  # rotated in the provider's cabinet ...
+        path.write_text(text("new-api-id"))  # ... and in config.toml
+        os.kill(os.getpid(), signal.SIGHUP)
+        await next_state("RELOADING=1")
+        await next_state("READY=1")
+        sent = await client.call("send", {"code": "by_smsru", "to": "+375291234567", "text": "after reload"})
+        for _ in range(250):
+            m = await client.call("message", {"id": sent["id"]})
+            if m["status"] in ("accepted", "delivered"):
+                break
+            await asyncio.sleep(0.02)
+        assert m["status"] in ("accepted", "delivered"), m
+        assert len(provider.messages) == 1
+        st = await client.call("status")
+        assert st["routes"]["smsru"]["up"] and st["routes"]["smsru"]["account_errors"] == 0
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(service, 10)
+    finally:
+        await client.close()
+        if not service.done():
+            service.cancel()
+        listener.close()
+        await provider.stop()
+        await smsc.stop()
+        await portal.stop()

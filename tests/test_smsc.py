@@ -449,3 +449,77 @@ async def test_after_a_crash_smsc_is_asked_before_anything_is_resent(sim, store)
         assert [f["phones"] for f in sends] == ["+375331234567"]  # only the one SMSC did not have
     finally:
         await _stop(route, task)
+
+
+# --- issue 14 item 9: error 9 and lost answers never become a second SMS -------------------
+
+
+async def test_lost_answer_while_status_php_fails_is_never_resent(sim, store):
+    """The issue's case: the answer is lost and status.php fails for a while. The old route gave up
+    asking after five tries, resent, got error 9, and sent again once SMSC's minute was over."""
+    sim.duplicate_window = 0.3  # SMSC's minute, shortened: a resend after it would be a new SMS
+    sim.fail_next("drop", "send")
+    sim.status_down_for(1.0)
+    route = SmscRoute(cfg(base_url=sim.base_url + "sys/", retry_min=0.02, retry_max=0.2), store)
+    ms = [await add_message(store, "smsc", f"+37529765432{i}", "lost answer") for i in range(3)]
+    for m in ms:
+        route.enqueue(m)
+    task = await _start(route)
+    try:
+        for m in ms:
+            await wait_status(store, m.id, {Status.ACCEPTED, Status.DELIVERED, Status.UNDELIVERED, Status.EXPIRED},
+                              timeout=10.0)
+        await asyncio.sleep(0.5)  # past the shortened window: nothing more goes out
+        assert sim.sent_twice() == [] and len(sim.sends) == 3
+        assert [n for n, _ in sim.requests].count("send") == 1
+        assert route.stats["ambiguous_resent"] == 0 and route.stats["ambiguous"] == 1
+    finally:
+        await _stop(route, task)
+
+
+async def test_error_9_means_smsc_has_it_learn_its_state_never_resend(sim, store):
+    """Error 9 on a send SMSC already holds; status.php fails meanwhile; the callback says delivered."""
+    route = SmscRoute(cfg(base_url=sim.base_url + "sys/", retry_min=0.02, retry_max=0.2, batch_interval=0.0),
+                      store)
+    m = await add_message(store, "smsc", "+375297654329", "held by smsc")
+    rid, digits = m.id, "375297654329"
+    sim.messages[(rid, digits)] = SimMessage(rid, digits, "held by smsc", "DemoShop", False, False)  # taken before
+    sim.fail_next("json", "send", body={"error": "duplicate request, wait a minute", "error_code": 9})
+    sim.status_down_for(0.6)
+    route.enqueue(m)
+    task = await _start(route)
+    try:
+        for _ in range(100):  # the route is asking status.php, which fails
+            if [n for n, _ in sim.requests].count("status") >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert route.stats["duplicates"] == 1
+        assert await route.callback([("id", str(rid)), ("phone", digits), ("status", "1"), ("err", "0")]) == "OK"
+        await wait_status(store, m.id, {Status.DELIVERED})
+        await asyncio.sleep(1.0)  # status.php is back; the route's doubt ended with the callback
+        assert sim.sends == [] and [n for n, _ in sim.requests].count("send") == 1
+        assert (await status_of(store, m.id))[0] is Status.DELIVERED
+    finally:
+        await _stop(route, task)
+
+
+async def test_error_9_for_too_many_requests_sends_once_smsc_says_it_has_nothing(sim, store):
+    """Error 9 is also SMSC's answer to 15+ concurrent requests (nothing taken): after status.php
+    says "no such message" and the duplicate window, the message goes, once."""
+    route = SmscRoute(cfg(base_url=sim.base_url + "sys/", retry_min=0.02, retry_max=0.2, batch_interval=0.0),
+                      store)
+    sim.concurrent_limit = 0  # every send now is "too many at once"
+    m = await add_message(store, "smsc", "+375297654328", "busy smsc")
+    route.enqueue(m)
+    task = await _start(route)
+    try:
+        for _ in range(100):
+            if route.stats["duplicates"]:
+                break
+            await asyncio.sleep(0.02)
+        sim.concurrent_limit = 15
+        await wait_status(store, m.id, {Status.ACCEPTED, Status.DELIVERED, Status.UNDELIVERED, Status.EXPIRED},
+                          timeout=10.0)
+        assert len(sim.sends) == 1 and "status" in [n for n, _ in sim.requests]
+    finally:
+        await _stop(route, task)

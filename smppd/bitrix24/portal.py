@@ -145,6 +145,10 @@ class SimulatedPortal:
 
     # Test knobs and observable state.
     overloaded: bool = field(default=False, init=False)  # manual block by support -> 503 OVERLOAD_LIMIT
+    # issue 14 item 11: a portal whose CRM reads answer with a permission error for good:
+    # "ERROR_METHOD_NOT_FOUND" (no CRM on the portal) or "ACCESS_DENIED" (the app's user may
+    # not read it); insufficient_scope comes from ``scope`` without "crm".
+    crm_error: str | None = field(default=None, init=False)
     messages: dict[str, SimMessage] = field(default_factory=dict, init=False)
     purged: dict[str, SimMessage] = field(default_factory=dict, init=False)
     senders: dict[str, dict[str, Any]] = field(default_factory=dict, init=False)
@@ -779,6 +783,10 @@ class SimulatedPortal:
         return methods
 
     def _require_crm_scope(self) -> None:
+        if self.crm_error == "ERROR_METHOD_NOT_FOUND":  # what the core answers for a method it lacks
+            raise _ApiError("ERROR_METHOD_NOT_FOUND", "Method not found!", 404)
+        if self.crm_error == "ACCESS_DENIED":
+            raise _access_denied()
         if "crm" not in self.scope.split(","):
             raise _ApiError("insufficient_scope",
                             "The request requires higher privileges than provided by the access token", 401)

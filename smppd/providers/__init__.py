@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Awaitable, Callable
 
 import aiohttp
 
 from ..config import RouteConfig, SmscRouteConfig, SmsRuRouteConfig
+from ..smpp.codec import ShortMessage
 from ..store import Store
+from .base import Route
+
+__all__ = ["Route", "make_route"]
 
 
-def make_route(cfg: RouteConfig, store: Store, http: aiohttp.ClientSession | None = None) -> Any:
-    """The route object for a config: SmppRoute, SmsRuRoute or SmscRoute (same small interface)."""
+def make_route(cfg: RouteConfig, store: Store, http: aiohttp.ClientSession | None = None, *,
+               on_mo: Callable[[str, ShortMessage], Awaitable[None]] | None = None) -> Route:
+    """The route object for a config: SmppRoute, SmsRuRoute or SmscRoute (one interface, ``Route``).
+
+    ``on_mo`` hears replies (a STOP) where the kind carries them: SMPP binds do.
+    """
     if isinstance(cfg, SmsRuRouteConfig):
         from .smsru import SmsRuRoute
 
@@ -22,4 +30,6 @@ def make_route(cfg: RouteConfig, store: Store, http: aiohttp.ClientSession | Non
         return SmscRoute(cfg, store, http)
     from .smpp import SmppRoute
 
-    return SmppRoute(cfg, store)
+    route = SmppRoute(cfg, store)
+    route.on_mo = on_mo
+    return route

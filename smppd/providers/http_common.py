@@ -1,8 +1,7 @@
 """What every HTTP provider route shares: batching, rate, retries, polling.
 
-An HTTP route has the same small face as ``SmppRoute`` (``enqueue``,
-``load_open``, ``run``, ``stop``, ``depth``, ``stats``) so the daemon does not
-care which kind a CODE goes out on.  The provider modules (``smsru``,
+An HTTP route implements ``base.Route``, like ``SmppRoute``, so the daemon
+does not care which kind a CODE goes out on.  The provider modules (``smsru``,
 ``smsc``) only say how one batch is sent, how a status is asked for and how a
 callback is read; the rules that keep "nothing accepted is lost" and "nothing
 sent twice when the provider took it" live here once:
@@ -11,9 +10,13 @@ sent twice when the provider took it" live here once:
   (connection refused, HTTP 5xx) is retried with backoff;
 * a batch whose request may have reached the provider (timeout, dropped
   connection, unreadable answer) is *ambiguous*: the route asks the provider
-  whether it has it (``confirm``) before resending; a provider that cannot be
-  asked (SMS.ru has no lookup without its id) resends, at-least-once as
-  DESIGN.md decides, and counts it;
+  whether it has it (``confirm``), for as long as asking fails, before
+  resending; a provider that cannot be asked (SMS.ru has no lookup without its
+  id) resends, at-least-once as DESIGN.md decides, and counts it;
+* "duplicate request" (SMSC error 9) means the provider has it: asked, never
+  resent; a message a callback finished or an admin cancelled is never resent.
+  These rules are ``resend.ResendPolicy`` (sans-I/O); this module carries out
+  its decisions;
 * a message leaves memory only when the store has its outcome; what is in
   memory at a crash is still ``queued`` in the store and is reloaded.
 
@@ -29,16 +32,17 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import aiohttp
 import structlog
 
 from ..background import Background
 from ..config import HttpRouteConfig
-from ..model import Status
+from ..model import FINAL, Status
 from ..store import OpenMessage, PollItem, Store
 from ..throttle import SlidingWindowLimiter
+from .resend import Ask, Keep, Resend, ResendPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +64,10 @@ class ProviderError(Exception):
         self.text = text
         self.retry_after = retry_after  # None: final
         self.account = account  # the account, not the message, is wrong: alert the admin
+
+
+class DuplicateRequest(ProviderError):
+    """The whole request is an identical one the provider already has (SMSC error 9)."""
 
 
 class BadCallback(ValueError):
@@ -87,7 +95,14 @@ class Retry:
     detail: str
 
 
-Outcome = Accepted | Refused | Retry
+@dataclass(frozen=True)
+class Duplicate:
+    """Per number: the provider says it has an identical request (SMSC error 9)."""
+
+    detail: str
+
+
+Outcome = Accepted | Refused | Retry | Duplicate
 
 
 @dataclass(frozen=True)
@@ -158,6 +173,21 @@ class Batcher:
         times = [b.opened_at + self.interval for bs in self._open.values() for b in bs]
         return min(times) if times else None
 
+    def remove(self, message_ids: Collection[int]) -> int:
+        """Take these messages out of every batch (`smppd cancel`); how many were here."""
+        removed = 0
+        for batch in [*self._ready, *(b for bs in self._open.values() for b in bs)]:
+            kept = [j for j in batch.jobs if j.message.id not in message_ids]
+            removed += len(batch.jobs) - len(kept)
+            batch.jobs[:] = kept
+            batch.phones = {j.message.phone for j in kept}
+        self._ready = deque(b for b in self._ready if b.jobs)
+        for key in list(self._open):
+            self._open[key] = [b for b in self._open[key] if b.jobs]
+            if not self._open[key]:
+                del self._open[key]
+        return removed
+
     def jobs(self) -> list[Job]:
         """Every job waiting here, ready or still filling."""
         return [j for b in self._ready for j in b.jobs] + [j for bs in self._open.values() for b in bs for j in b.jobs]
@@ -203,10 +233,12 @@ class HttpRoute:
         self._on_wire: list[Batch] = []  # batches being sent, for busy_segments()
         self._stopping = False
         self._stop_event = asyncio.Event()
+        self._trouble: str | None = None  # why the last request got no usable answer; None: up
+        self.policy = ResendPolicy(can_ask=self.can_confirm, retry_min=cfg.retry_min, retry_max=cfg.retry_max)
         self.stats: dict[str, int] = {
             "requests": 0, "accepted": 0, "refused": 0, "retries": 0, "ambiguous": 0,
             "ambiguous_resent": 0, "account_errors": 0, "callbacks": 0, "callbacks_rejected": 0,
-            "polled": 0, "poll_given_up": 0, "receipts_unmatched": 0, "unknown_status": 0,
+            "polled": 0, "poll_given_up": 0, "receipts_unmatched": 0, "unknown_status": 0, "duplicates": 0,
         }
 
     # --- the route interface ---------------------------------------------------
@@ -215,6 +247,8 @@ class HttpRoute:
         self.add_job(Job(message, self.first_channel()))
 
     def add_job(self, job: Job) -> None:
+        if self.policy.settled(job.message.id):  # a retry timer of a cancelled or finished message
+            return
         self.batcher.add(job, self.monotonic())
         self._wake.set()
 
@@ -222,7 +256,10 @@ class HttpRoute:
         return "sms"
 
     async def load_open(self) -> int:
-        messages = await self.store.open_messages(self.name)
+        return await self._load_open(skip=set())
+
+    async def _load_open(self, skip: set[int]) -> int:
+        messages = [m for m in await self.store.open_messages(self.name) if m.id not in skip]
         for m in messages:
             self.enqueue(m)
         return len(messages)
@@ -266,6 +303,39 @@ class HttpRoute:
             await self.http.close()
             self.http = None
 
+    # --- the Route protocol (providers/base.py) ------------------------------------
+
+    @property
+    def up(self) -> bool:
+        return self._trouble is None
+
+    @property
+    def trouble(self) -> str | None:
+        return self._trouble
+
+    @property
+    def binds_made(self) -> int | None:
+        return None
+
+    @property
+    def window_size(self) -> int | None:
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {"queue": self.depth, "inflight": self._inflight, "concurrency": self.cfg.concurrency, **self.stats}
+
+    def retune(self, cfg: HttpRouteConfig) -> None:
+        """A new request rate from a SIGHUP reload; requests on the wire are untouched."""
+        self.cfg = cfg
+        self.limiter = SlidingWindowLimiter(cfg.rate, clock=self.monotonic)
+
+    async def resume(self) -> int:
+        return await self._load_open(skip={mid for mid, _ in self.busy_segments()})
+
+    def cancel(self, message_ids: Collection[int]) -> int:
+        self.policy.settle(message_ids)
+        return self.batcher.remove(set(message_ids))
+
     # --- provider specifics ----------------------------------------------------
 
     async def submit(self, batch: Batch) -> dict[int, Outcome]:
@@ -299,9 +369,17 @@ class HttpRoute:
         """Apply one poll answer; True when the message needs no more polling."""
         if status is None:
             return False
-        await self.store.provider_receipt(self.name, item.provider_id, status, f"{self.kind} {code} (polled)",
-                                          keep_pending=False)
+        await self.receipt(item.provider_id, status, f"{self.kind} {code} (polled)", keep_pending=False)
         return True
+
+    async def receipt(self, provider_id: str, status: Status, detail: str, *, keep_pending: bool = True) -> int | None:
+        """Apply a callback's or poll's status; a final one settles the message for good:
+        whatever this route still holds of it (a resend timer, a doubt) never sends it again."""
+        mid = await self.store.provider_receipt(self.name, provider_id, status, detail, keep_pending=keep_pending,
+                                                **self.unknown_receipts())
+        if mid is not None and status in FINAL:
+            self.policy.settle([mid])
+        return mid
 
     # --- sending ---------------------------------------------------------------
 
@@ -341,67 +419,117 @@ class HttpRoute:
         return None
 
     async def _send_until_answered(self, batch: Batch) -> dict[int, Outcome] | None:
-        attempt = 0
+        """Send a batch until the provider answers it; what ``ResendPolicy`` allows, no more.
+
+        None: the route is stopping, or nothing of the batch may go any more (cancelled,
+        finished by a callback); what is open stays in the store for the next start.
+        """
         planned = self.planned_ids(batch)
         if planned:
             await self.store.provider_submitting(planned.items())
+        all_ids = [j.message.id for j in batch.jobs]
         while True:
+            ids = self.policy.sendable(all_ids)
+            if not ids:
+                return None
             self.stats["requests"] += 1
+            decision: Resend | Ask | Keep
+            reason = ""
             try:
-                return await self.submit(batch)
+                outcomes = await self.submit(batch)
             except Unavailable as e:
-                reason = f"unavailable: {e}"
+                self._trouble = reason = f"unavailable: {e}"
+                decision = self.policy.unavailable(ids, self.monotonic())
             except Ambiguous as e:
+                self._trouble = f"no answer: {e}"
                 self.stats["ambiguous"] += 1
-                confirmed = await self._confirm(batch)
-                if confirmed is not None:
-                    return confirmed
-                self.stats["ambiguous_resent"] += 1
-                reason = f"ambiguous, resending: {e}"
+                reason = f"no answer: {e}"
+                decision = self.policy.lost(ids, self.monotonic())
+                if isinstance(decision, Resend):
+                    self.stats["ambiguous_resent"] += 1  # the provider cannot be asked: at-least-once
+            except DuplicateRequest as e:
+                self._trouble = None
+                self.stats["duplicates"] += 1
+                log.warning("provider_duplicate_request", route=self.name, messages=len(ids), error=str(e),
+                            hint="the provider has this request: asking for its state, never resending it")
+                decision = self.policy.duplicate(ids, self.monotonic())
             except ProviderError as e:
+                self._trouble = f"{self.kind} {e.code}: {e.text}" if e.account else None
                 if e.account:
                     self.stats["account_errors"] += 1
                     log.error("provider_account_error", route=self.name, code=e.code, error=e.text)
+                self.policy.answered(ids)
                 if e.retry_after is None:
-                    return {j.message.id: Refused(Status.FAILED, f"{self.kind} {e.code}: {e.text}")
-                            for j in batch.jobs}
-                return {j.message.id: Retry(e.retry_after, f"{self.kind} {e.code}: {e.text}") for j in batch.jobs}
-            if self._stopping:
-                return None  # still queued in the store: the next start sends it
-            delay = backoff(attempt, self.cfg.retry_min, self.cfg.retry_max)
-            attempt += 1
+                    return {i: Refused(Status.FAILED, f"{self.kind} {e.code}: {e.text}") for i in ids}
+                return {i: Retry(e.retry_after, f"{self.kind} {e.code}: {e.text}") for i in ids}
+            else:
+                self._trouble = None
+                doubted = [i for i in ids if isinstance(outcomes.get(i), Duplicate)]
+                self.policy.answered(i for i in ids if i not in doubted)
+                if doubted:  # per number "duplicate": the provider has these; learn their state
+                    self.stats["duplicates"] += len(doubted)
+                    asked = await self._ask_until_answered(batch, self.policy.duplicate(doubted, self.monotonic()))
+                    if asked is None:
+                        return None
+                    outcomes = {**outcomes, **asked}
+                return {i: o for i, o in outcomes.items() if i in ids}
+            if isinstance(decision, Keep):
+                if planned:
+                    return {i: Accepted(planned[i]) for i in decision.ids}
+                # A provider that can neither be asked nor names its ids: leave the messages
+                # as the store has them rather than send a second SMS.
+                log.error("provider_duplicate_unrecorded", route=self.name, messages=len(decision.ids))
+                return None
+            if isinstance(decision, Ask):
+                return await self._ask_until_answered(batch, decision)
             self.stats["retries"] += 1
-            log.warning("provider_request_retry", route=self.name, reason=reason, attempt=attempt,
-                        delay=round(delay, 2), messages=len(batch.jobs))
+            delay = max(0.0, decision.at - self.monotonic())
+            log.warning("provider_request_retry", route=self.name, reason=reason, delay=round(delay, 2),
+                        messages=len(ids))
             if await self._pause(delay):
                 return None
 
-    async def _confirm(self, batch: Batch) -> dict[int, Outcome] | None:
-        try:
-            return await self.confirm(batch)
-        except (Unavailable, Ambiguous, ProviderError) as e:
-            log.warning("provider_confirm_failed", route=self.name, error=str(e))
-            return None if not self.can_confirm else await self._confirm_later(batch)
+    async def _ask_until_answered(self, batch: Batch, ask: Ask) -> dict[int, Outcome] | None:
+        """Ask the provider which of ``ask.ids`` it has, until it says; what it has is accepted.
 
-    async def _confirm_later(self, batch: Batch) -> dict[int, Outcome] | None:
-        """Asking failed too: wait and ask again rather than risk a duplicate."""
-        for attempt in range(5):
-            if self._stopping:
-                break
-            if await self._pause(backoff(attempt, self.cfg.retry_min, self.cfg.retry_max)):
-                break
+        The ones it does not have come back as ``Retry`` (``_apply`` queues them again,
+        unless a callback or `smppd cancel` settles them first).  None: stopping; the
+        messages stay ``submitted`` with their planned ids and the next start asks again.
+        """
+        while True:
+            if await self._pause(max(0.0, ask.at - self.monotonic())):
+                return None
+            ids = [i for i in ask.ids if not self.policy.settled(i)]
+            if not ids:
+                return {}
             try:
-                return await self.confirm(batch)
-            except (Unavailable, Ambiguous, ProviderError):
+                found = await self.confirm(batch)
+            except (Unavailable, Ambiguous, ProviderError) as e:
+                ask = self.policy.ask_failed(ids, self.monotonic())
+                log.warning("provider_confirm_failed", route=self.name, error=str(e), messages=len(ids),
+                            next_in=round(ask.at - self.monotonic(), 2))
                 continue
-        return None
+            assert found is not None  # the policy asks only a provider that can be asked
+            out: dict[int, Outcome] = {}
+            for d in self.policy.asked({i: isinstance(found.get(i), Accepted) for i in ids}, self.monotonic()):
+                if isinstance(d, Keep):
+                    out.update({i: found[i] for i in d.ids})
+                elif isinstance(d, Resend):
+                    out.update({i: Retry(max(0.0, d.at - self.monotonic()), f"{self.kind}: not received, resending")
+                                for i in d.ids})
+            log.info("provider_ambiguous_confirmed", route=self.name, had=sum(isinstance(o, Accepted)
+                                                                                for o in out.values()),
+                     resending=sum(isinstance(o, Retry) for o in out.values()))
+            return out
 
     async def _apply(self, batch: Batch, outcomes: Mapping[int, Outcome]) -> None:
         """Store every outcome of a batch; queued together, so one group commit, not one per number."""
         writes = []
         for job in batch.jobs:
+            if self.policy.settled(job.message.id):
+                continue  # a callback finished it, or an admin cancelled it, while it was on the wire
             out = outcomes.get(job.message.id)
-            if out is None:
+            if out is None or isinstance(out, Duplicate):
                 out = Retry(self.cfg.retry_min, "no answer for this number")
             if isinstance(out, Accepted):
                 self.stats["accepted"] += 1

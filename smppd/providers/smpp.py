@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Collection, Sequence
 
 import structlog
 
@@ -410,6 +410,47 @@ class SmppRoute:
                 return
         fut.add_done_callback(stored)
         self._background.track(fut)
+
+    # --- the Route protocol (providers/base.py), issue 14 item 10 --------------------
+    # Thin and self-contained on purpose: what the daemon, reload, admin and metrics
+    # need, read from the state above without changing how the route works.
+
+    kind = "smpp"
+
+    @property
+    def up(self) -> bool:
+        return self.bound
+
+    @property
+    def window_size(self) -> int | None:
+        return self.cfg.window
+
+    @property
+    def trouble(self) -> str | None:
+        if self.bound:
+            return None
+        failures = sum(c.bind_failures for c in self.connections)
+        return f"no bind to {self.cfg.host}:{self.cfg.port}" + (f" ({failures} failed binds)" if failures else "")
+
+    async def resume(self) -> int:
+        """Queue the open messages of the store that this route does not already hold."""
+        held = {mid for mid, _ in self.busy_segments()}
+        resumed = 0
+        for m in await self.store.open_messages(self.name):
+            if m.id not in held:
+                self.enqueue(m)
+                resumed += 1
+        return resumed
+
+    def cancel(self, message_ids: Collection[int]) -> int:
+        """Drop the queued segments of these messages; submit_sm on the wire get their resp."""
+        ids = set(message_ids)
+        kept = [j for j in self.queue if j.message_id not in ids]
+        dropped = len(self.queue) - len(kept)
+        if dropped:
+            self.queue.clear()
+            self.queue.extend(kept)
+        return dropped
 
     async def _mo(self, connection: Connection, e: MessageReceived) -> None:
         """Store the MO (a reply, a STOP), hand it to the rules, then answer.

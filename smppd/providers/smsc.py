@@ -44,6 +44,8 @@ from .http_common import (
     Ambiguous,
     BadCallback,
     Batch,
+    Duplicate,
+    DuplicateRequest,
     HttpRoute,
     Job,
     Outcome,
@@ -58,6 +60,7 @@ log = structlog.get_logger(__name__)
 
 MAX_ID = 2_147_483_647
 VIBER_ID_BASE = 1_000_000_000
+DUPLICATE = 9  # "duplicate request": SMSC has an identical one (or 15+ concurrent requests, §2.3)
 DUPLICATE_WAIT = 60.0  # error 9: "wait a minute" (§2.3)
 STORE_CHANNEL = {"sms": "sms", "viber": "viber", "fallback": "viber_fallback"}
 
@@ -126,18 +129,20 @@ def _int(v: Any, what: str) -> int:
         raise Ambiguous(f"{what} is not a number: {v!r}") from None
 
 
-def _raise_error(body: Any, cfg: SmscRouteConfig) -> None:
+def _raise_error(body: Any, cfg: SmscRouteConfig, *, sending: bool = False) -> None:
     if not isinstance(body, (dict, list)):
         raise Ambiguous("answer is not a JSON object")
     if isinstance(body, dict) and "error_code" in body:
         code = _int(body["error_code"], "error_code")
+        if sending and code == DUPLICATE:  # SMSC has an identical request: never send it again
+            raise DuplicateRequest(code, str(body.get("error", "")), retry_after=error_delay(code, cfg))
         raise ProviderError(code, str(body.get("error", "")), retry_after=error_delay(code, cfg),
                             account=code in SMSC_ACCOUNT)
 
 
 def parse_send(body: Any, numbers: Sequence[str], request_id: int, cfg: SmscRouteConfig) -> dict[str, Outcome]:
     """Per-number outcome (keyed by the number's digits) of a send.php answer with op=1."""
-    _raise_error(body, cfg)
+    _raise_error(body, cfg, sending=True)
     if not isinstance(body, dict) or "id" not in body:
         raise Ambiguous("send answer without id")
     rid = _int(body["id"], "id")
@@ -159,6 +164,9 @@ def parse_send(body: Any, numbers: Sequence[str], request_id: int, cfg: SmscRout
             out[d] = Accepted(provider_id(rid, d))
             continue
         detail = f"smsc error {err}"
+        if err == DUPLICATE:
+            out[d] = Duplicate(detail)
+            continue
         delay = error_delay(err, cfg)
         out[d] = Retry(delay, detail) if delay is not None else Refused(Status.FAILED, detail)
     return out
@@ -256,15 +264,16 @@ class SmscRoute(HttpRoute):
     def first_channel(self) -> str:
         return "viber" if self.cfg.viber else "sms"
 
-    async def load_open(self) -> int:
-        """Queue what the store says is unsent.  Messages whose request was on
-        the wire at a crash are asked about first (``run``), not resent blindly."""
-        unsure = await self.store.submitted_unconfirmed(self.name)
-        skip = {u.id for u in unsure}
+    async def _load_open(self, skip: set[int]) -> int:
+        """Queue what the store says is unsent (``skip``: already in memory).  Messages
+        whose request was on the wire at a crash or a reload are asked about first
+        (``run``), not resent blindly."""
+        unsure = [u for u in await self.store.submitted_unconfirmed(self.name) if u.id not in skip]
+        skip = skip | {u.id for u in unsure}
         messages = [m for m in await self.store.open_messages(self.name) if m.id not in skip]
         for m in messages:
             self.enqueue(m)
-        owed = await self.store.fallbacks_owed(self.name)
+        owed = [m for m in await self.store.fallbacks_owed(self.name) if m.id not in skip]
         for m in owed:
             self.add_job(Job(m, "fallback"))
         self._unsure = unsure
@@ -284,16 +293,16 @@ class SmscRoute(HttpRoute):
             chunk = items[i:i + 100]
             pairs = [split_provider_id(it.provider_id) for it in chunk]
             found: dict[tuple[int, str], dict[str, Any]] | None = None
-            for attempt in range(10):
+            attempt = 0
+            while found is None:  # until SMSC answers: a blind resend is the duplicate SMS of issue 14
                 try:
                     found = parse_status(await self.post(self.url("status.php"), status_form(self.cfg, pairs)),
                                          self.cfg)
-                    break
                 except (Unavailable, Ambiguous, ProviderError) as e:
                     log.warning("smsc_crash_confirm_retry", route=self.name, error=str(e))
                     if await self._pause(backoff(attempt, self.cfg.retry_min, self.cfg.retry_max)):
                         return
-            found = found or {}
+                    attempt += 1
             resent = 0
             for it, pair in zip(chunk, pairs):
                 st = found.get(pair)
@@ -339,9 +348,7 @@ class SmscRoute(HttpRoute):
             item = found.get(pair)
             if item is not None and _int(item["status"], "status") != -3:
                 out[job.message.id] = Accepted(provider_id(*pair))
-        missing = len(batch.jobs) - len(out)
-        log.info("smsc_ambiguous_confirmed", route=self.name, had=len(out), resending=missing)
-        return out  # the missing ones get Retry in _apply: resent, since SMSC does not have them
+        return out  # the missing ones: SMSC does not have them (ResendPolicy decides when they go again)
 
     async def accepted(self, job: Job, pid: str) -> None:
         wait = self.cfg.viber_fallback if job.channel == "viber" else self.cfg.poll_after
@@ -399,7 +406,7 @@ class SmscRoute(HttpRoute):
             if status is Status.DELIVERED:
                 self.stats["viber_delivered"] += 1
             detail += " (viber)"
-        mid = await self.store.provider_receipt(self.name, pid, status, detail, **self.unknown_receipts())
+        mid = await self.receipt(pid, status, detail)
         if mid is None:
             self.stats["receipts_unmatched"] += 1
             log.info("smsc_callback_unmatched", route=self.name, provider_id=f"{cb.request_id}:"

@@ -258,8 +258,7 @@ class SmsRuRoute(HttpRoute):
             status = self._status(r.code)
             if status is None:
                 continue
-            mid = await self.store.provider_receipt(self.name, r.sms_id, status, f"smsru {r.code}",
-                                                    **self.unknown_receipts())
+            mid = await self.receipt(r.sms_id, status, f"smsru {r.code}")
             if mid is None:
                 self.stats["receipts_unmatched"] += 1
                 log.info("smsru_callback_unmatched", route=self.name, provider_id=r.sms_id)

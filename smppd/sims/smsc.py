@@ -43,9 +43,22 @@ class SmscSimulator(SimBase):
     viber_share: float = 1.0  # share of numbers with Viber (by last digit) when viber_users is None
     viber_silent: bool = False  # Viber never reports (tests the fallback timeout)
     bad_numbers: frozenset[str] = frozenset()  # digits refused per number (error 7)
+    # §2.3: error 9 answers an identical send within a minute (SMSC has the first one) and,
+    # without taking anything, a client with this many requests open at once.
     duplicate_window: float = 60.0
+    concurrent_limit: int = 15
     messages: dict[tuple[int, str], SimMessage] = field(init=False, default_factory=dict)
+    sends: list[tuple[str, str]] = field(init=False, default_factory=list)  # (digits, text) per SMS taken
     _recent: dict[tuple[str, ...], float] = field(init=False, default_factory=dict)
+    _status_down_until: float = field(init=False, default=0.0)
+
+    def status_down_for(self, seconds: float) -> None:
+        """status.php answers HTTP 500 for this long (send.php keeps working): issue 14 item 9."""
+        self._status_down_until = time.monotonic() + seconds
+
+    def sent_twice(self) -> list[tuple[str, str]]:
+        """(digits, text) that went out as more than one SMS: what a gateway must never cause."""
+        return sorted({k for k in self.sends if self.sends.count(k) > 1})
 
     def routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/sys/{script:send|status|balance}.php", self.handle)
@@ -63,6 +76,10 @@ class SmscSimulator(SimBase):
         script = request.match_info["script"]
         f = await self.form(request)
         self.requests.append((script, f))
+        if script == "status" and time.monotonic() < self._status_down_until:
+            return web.Response(status=500, text="Internal Server Error")
+        if script == "send" and self.in_flight >= self.concurrent_limit:
+            return self._answer(self._err(9))  # "15+ concurrent requests": nothing taken
         fault = self._take_fault(script)
         if fault and fault.kind == "http500":
             return web.Response(status=500, text="Internal Server Error")
@@ -123,6 +140,7 @@ class SmscSimulator(SimBase):
             self.balance -= parts * self.price
             m = SimMessage(rid, d, text, f.get("sender", ""), viber, hlr, last_timestamp=int(time.time()))
             self.messages[(rid, d)] = m
+            self.sends.append((d, text))
             per.append({"phone": d, "mccmnc": "25701", "cost": f"{parts * self.price:.2f}", "status": "-1",
                         "error": "0"})
             self.later(self.deliver_after / 2, lambda m=m: self._advance(m, 0))
