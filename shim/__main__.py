@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 import sys
 
 import structlog
@@ -13,10 +14,12 @@ from aiohttp import web
 
 from smppd import config as config_mod
 from smppd import logs, metrics, sdnotify
+from smppd.listenfds import passed_socket
 from smppd.rpc import RpcClient
 
 from .app import HANDLER, make_app
 from .dlr import dlr_keys
+from .spool import Spool, SpoolError
 
 log = structlog.get_logger("shim")
 
@@ -40,11 +43,15 @@ def reload(app: web.Application, cfg: config_mod.Config, path: str) -> config_mo
 
 async def serve(cfg: config_mod.Config, host: str, port: int, path: str | None = None) -> None:
     rpc = RpcClient(cfg.daemon.socket_path)
+    spool = Spool(config_mod.spool_dir(cfg), max_bytes=cfg.shim.spool_max_bytes)
     app = make_app(handler_key=cfg.shim.handler_key, codes=frozenset(cfg.senders), rpc=rpc,
-                   dlr_keys=dlr_keys(cfg))
+                   dlr_keys=dlr_keys(cfg), spool=spool, spool_after=cfg.shim.spool_after)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    # systemd's smppd-shim.socket, when it passed one, outlives this process: posts
+    # wait in its backlog while the shim restarts instead of being refused.
+    passed = passed_socket((socket.AF_INET, socket.AF_INET6), "smppd-shim")
+    site = web.SockSite(runner, passed) if passed is not None else web.TCPSite(runner, host, port)
     await site.start()
     metrics_runner = await metrics.serve(*cfg.shim.metrics) if cfg.shim.metrics else None
     stopping = asyncio.Event()
@@ -77,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smppd-shim: config error: {e}", file=sys.stderr)
         return 2
     logs.configure()
-    asyncio.run(serve(cfg, cfg.shim.host, cfg.shim.port, args.config))
+    try:
+        asyncio.run(serve(cfg, cfg.shim.host, cfg.shim.port, args.config))
+    except SpoolError as e:  # another shim has this spool directory
+        print(f"smppd-shim: shim.spool_dir: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

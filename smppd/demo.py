@@ -177,10 +177,12 @@ async def start_shim(rig: Rig) -> None:
     from shim.app import make_app
 
     from shim.dlr import dlr_keys
+    from shim.spool import Spool
 
     rig.rpc = RpcClient(rig.config.daemon.socket_path)
+    spool = Spool(str(rig.tmp / "shim-spool"), max_bytes=rig.config.shim.spool_max_bytes)
     app = make_app(handler_key=rig.config.shim.handler_key, codes=frozenset(rig.config.senders), rpc=rig.rpc,
-                   dlr_keys=dlr_keys(rig.config))
+                   dlr_keys=dlr_keys(rig.config), spool=spool, spool_after=rig.config.shim.spool_after)
     rig.shim_runner = web.AppRunner(app, access_log=None)
     await rig.shim_runner.setup()
     site = web.TCPSite(rig.shim_runner, "127.0.0.1", 0)
