@@ -1,10 +1,12 @@
 """The HTTP front: Bitrix24 HANDLER posts in, ``intake`` calls to the daemon out.
 
-The shim is stateless on purpose -- it can be restarted or run several times
--- so everything that needs state (the portal's application_token, dedupe,
-the route) is decided by the daemon.  Per post the shim only parses, checks
-what it can check without state, forwards, and answers 200 only after the
-daemon has replied with a result, which it does only after COMMIT.
+The shim keeps no state but its spool (shim/spool.py) -- it can be restarted
+or run several times, each with its own spool -- so everything that needs
+state (the portal's application_token, dedupe, the route) is decided by the
+daemon.  Per post the shim only parses, checks what it can check without
+state, forwards, and answers 200 only after the daemon has replied with a
+result, which it does only after COMMIT, or after the spool has fsynced the
+post because the daemon did not answer in time.
 
 Answers (Bitrix24 ignores them, see reference/bitrix24.md §6; they are for
 us, proxies and monitoring):

@@ -209,3 +209,31 @@ def test_passed_socket_is_taken_by_family_and_name(monkeypatch):
         assert sock is not None and sock.fileno() == fd and sock.getsockname() == listener.getsockname()
         assert not sock.getblocking() and not sock.get_inheritable()
         sock.close()
+
+
+# --- config -------------------------------------------------------------------------
+
+
+def test_spool_config_keys_are_checked_and_named():
+    from smppd import config
+
+    from .test_config import raw
+
+    def parse(shim: dict) -> config.Config:
+        r = raw()
+        r["shim"].update(shim)
+        return config.parse(r)
+
+    cfg = parse({})
+    assert (cfg.shim.spool_dir, cfg.shim.spool_after, cfg.shim.spool_max_bytes) == ("", 0.5, 1 << 30)
+    beside_db = os.path.join(os.path.dirname(cfg.daemon.database), "shim-spool")
+    assert config.spool_dir(cfg, {}) == beside_db
+    assert config.spool_dir(cfg, {"STATE_DIRECTORY": "/var/lib/smppd-shim"}) == "/var/lib/smppd-shim/spool"
+    cfg = parse({"spool_dir": "/srv/spool-a", "spool_after": 0.25, "spool_max_bytes": 1 << 24})
+    assert config.spool_dir(cfg, {"STATE_DIRECTORY": "/var/lib/smppd-shim"}) == "/srv/spool-a"
+    assert (cfg.shim.spool_after, cfg.shim.spool_max_bytes) == (0.25, 1 << 24)
+    for bad, key in (({"spool_after": 0}, "shim.spool_after"), ({"spool_after": 60}, "shim.spool_after"),
+                     ({"spool_max_bytes": 10}, "shim.spool_max_bytes"), ({"spool_dir": 3}, "shim.spool_dir")):
+        with pytest.raises(config.ConfigError) as e:
+            parse(bad)
+        assert e.value.key == key
