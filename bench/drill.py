@@ -212,7 +212,8 @@ def drill_config(tmp: Path, portal: SimulatedPortal, smsc_port: int, shim_port: 
     return path
 
 
-async def open_loop(url: str, portal: SimulatedPortal, posts: list[Post], rate: float) -> None:
+async def open_loop(url: str, portal: SimulatedPortal, posts: list[Post], rate: float,
+                    errors: dict[str, int]) -> None:
     """``rate`` posts a second whatever the answers, each on its own connection, never retried."""
     conn = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=120)
@@ -223,8 +224,9 @@ async def open_loop(url: str, portal: SimulatedPortal, posts: list[Post], rate: 
         try:
             p.status, text = await portal.post_to_handler(http, url, p.body)
             p.spooled = '"spooled"' in text  # type: ignore[attr-defined]
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError) as exc:
             p.status = -1
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
 
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as http:
         t0 = loop.time()
@@ -306,7 +308,9 @@ async def run(args: argparse.Namespace, *, mode: str = "drill") -> dict[str, Any
             for p in posts:
                 p.spooled = False  # type: ignore[attr-defined]
             t0 = time.monotonic()
-            load = asyncio.create_task(open_loop(url, portal, posts, args.rate))
+            errors: dict[str, int] = {}
+            figures["errors"] = errors
+            load = asyncio.create_task(open_loop(url, portal, posts, args.rate, errors))
             if mode == "drill":
                 plan = schedule(args.duration, args.restarts, args.kills, args.stop, args.shim_restarts)
                 await faults(gw, plan, args.stop, t0)
@@ -365,7 +369,7 @@ def count(posts: list[Post], portal: SimulatedPortal, seen: dict[str, list[float
 def report(r: dict[str, Any]) -> None:
     print(f"{r['mode']}: sent {r['sent']}, answered 200 {r['answered_200']} (spooled {r['spooled']}), "
           f"other answers {r['answered_other']}, no answer {r['no_answer']} (of which sent anyway "
-          f"{r['no_answer_but_sent']})")
+          f"{r['no_answer_but_sent']}){' ' + str(r['errors']) if r['errors'] else ''}")
     print(f"  at the SMSC {r['at_smsc']}, final in the portal {r['final']}, MISSING {r['missing']}, "
           f"duplicates at the SMSC {r['duplicates']}, status regressions {r['regressions']}")
     print(f"  post -> SMSC p50 {r['smsc_p50_s']:.2f} s p99 {r['smsc_p99_s']:.2f} s; "

@@ -23,6 +23,9 @@ from .spool import Spool, SpoolError
 
 log = structlog.get_logger("shim")
 
+STOP_GRACE = 1.0
+"""Seconds a stopping shim keeps serving the connections it already accepted."""
+
 
 def reload(app: web.Application, cfg: config_mod.Config, path: str) -> config_mod.Config:
     """SIGHUP: take the new handler key and CODEs; listen addresses need a restart."""
@@ -68,6 +71,12 @@ async def serve(cfg: config_mod.Config, host: str, port: int, path: str | None =
     sdnotify.notify("READY=1")
     await stopping.wait()
     sdnotify.notify("STOPPING=1")
+    await site.stop()  # no new connections: they wait in the (passed) socket's backlog for the next shim
+    app[HANDLER].closing()
+    # aiohttp's cleanup closes every connection without a request under way, and a
+    # request may be on its way on a connection accepted a moment ago: give those
+    # requests time to arrive and be answered (each answer now closes its connection).
+    await asyncio.sleep(STOP_GRACE)
     await runner.cleanup()
     if metrics_runner is not None:
         await metrics_runner.cleanup()

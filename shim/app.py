@@ -226,6 +226,7 @@ class BitrixHandler:
         self._spool = spool
         self._spool_after = spool_after
         self._storing: set[asyncio.Task[Mapping[str, Any]]] = set()
+        self._closing = False
 
     def reconfigure(self, *, handler_key: str, codes: Collection[str]) -> None:
         """SIGHUP: a new key or new provider CODEs apply to the next post."""
@@ -257,7 +258,10 @@ class BitrixHandler:
             log.warning("bitrix24.post", **ctx.fields(), outcome=outcome, http_status=status)
         elif _debug_enabled():  # the number is masked only for a line that is written
             log.debug("bitrix24.post", **ctx.fields(), outcome=outcome, http_status=status)
-        return _json_response(status, body)
+        response = _json_response(status, body)
+        if self._closing:  # the shim is stopping: the client must not send its next post here
+            response.force_close()
+        return response
 
     async def _accept(self, request: web.Request, ctx: _PostLog) -> Mapping[str, Any]:
         """The checks in their contractual order, then the intake call."""
@@ -276,6 +280,10 @@ class BitrixHandler:
         self._storing.add(task)
         task.add_done_callback(self._storing.discard)
         return await asyncio.shield(task)
+
+    def closing(self) -> None:
+        """The shim is stopping: answers from now on close their connection."""
+        self._closing = True
 
     async def drain(self) -> None:
         """Wait for the posts being stored or spooled (their clients may be gone)."""
