@@ -224,6 +224,7 @@ async def open_loop(url: str, portal: SimulatedPortal, posts: list[Post], rate: 
         try:
             p.status, text = await portal.post_to_handler(http, url, p.body)
             p.spooled = '"spooled"' in text  # type: ignore[attr-defined]
+            p.answer_s = time.time() - p.posted_at  # type: ignore[attr-defined]
         except (aiohttp.ClientError, TimeoutError) as exc:
             p.status = -1
             errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
@@ -354,6 +355,7 @@ def count(posts: list[Post], portal: SimulatedPortal, seen: dict[str, list[float
     at_smsc = [p for p in posts if message_text(p.i) in seen]
     missing = [p for p in ok if message_text(p.i) not in seen or portal.messages[p.b24_id].status not in FINAL]
     latencies = [seen[message_text(p.i)][1] - p.posted_at for p in ok if message_text(p.i) in seen]
+    answers = [p.answer_s for p in ok if not p.spooled]  # type: ignore[attr-defined]
     return {
         "sent": len(posts), "answered_200": len(ok), "spooled": sum(bool(getattr(p, "spooled", False)) for p in ok),
         "answered_other": sum(1 for p in posts if p.status not in (200, -1)),
@@ -363,6 +365,8 @@ def count(posts: list[Post], portal: SimulatedPortal, seen: dict[str, list[float
         "duplicates": sum(1 for p in at_smsc if seen[message_text(p.i)][0] > 1),
         "regressions": sum(len(m.regressions()) for m in portal.messages.values()),
         "smsc_p50_s": pct(latencies, 0.5), "smsc_p99_s": pct(latencies, 0.99),
+        "answer_p50_ms": 1000 * pct(answers, 0.5), "answer_p99_ms": 1000 * pct(answers, 0.99),
+        "answer_p999_ms": 1000 * pct(answers, 0.999), "answer_max_ms": 1000 * max(answers, default=0.0),
     }
 
 
@@ -372,6 +376,8 @@ def report(r: dict[str, Any]) -> None:
           f"{r['no_answer_but_sent']}){' ' + str(r['errors']) if r['errors'] else ''}")
     print(f"  at the SMSC {r['at_smsc']}, final in the portal {r['final']}, MISSING {r['missing']}, "
           f"duplicates at the SMSC {r['duplicates']}, status regressions {r['regressions']}")
+    print(f"  post -> 200 from the daemon (not spooled) p50 {r['answer_p50_ms']:.1f} ms p99 {r['answer_p99_ms']:.1f} ms "
+          f"p99.9 {r['answer_p999_ms']:.1f} ms max {r['answer_max_ms']:.0f} ms")
     print(f"  post -> SMSC p50 {r['smsc_p50_s']:.2f} s p99 {r['smsc_p99_s']:.2f} s; "
           f"last final {r['final_wait_s']:.1f} s after the last post")
     if r["mode"] == "clean":

@@ -56,6 +56,8 @@ SEGMENT_BYTES = 8 * 1024 * 1024
 the drain goes instead of only when the whole spool is empty."""
 REPLAY_BATCH = 256
 """Posts sent to the daemon per replay round: one ``intake.batch`` line."""
+READ_BYTES = 1024 * 1024
+"""Bytes read from a segment per replay round (a round needs ~256 posts)."""
 RETRY_MIN, RETRY_MAX = 0.1, 2.0
 """Seconds between replay attempts while the daemon does not answer."""
 
@@ -286,11 +288,17 @@ class Spool:
             return []
         with open(seg.path, "rb") as f:
             f.seek(self._cursor)
-            data = f.read(seg.end - self._cursor)
+            data = f.read(min(seg.end - self._cursor, READ_BYTES))
+            if len(data) >= _HEADER.size:  # a first record longer than READ_BYTES is read whole
+                need = _HEADER.size + _HEADER.unpack_from(data)[0]
+                if need > len(data):
+                    data += f.read(min(need, seg.end - self._cursor) - len(data))
         out: list[tuple[int, float, bytes]] = []
         offset = 0
-        while offset < len(data) and len(out) < limit:
+        while offset + _HEADER.size <= len(data) and len(out) < limit:
             length, crc = _HEADER.unpack_from(data, offset)
+            if offset + _HEADER.size + length > len(data) and out and self._cursor + len(data) < seg.end:
+                break  # the rest of this record is past the chunk read: the next read starts with it
             payload = data[offset + _HEADER.size:offset + _HEADER.size + length]
             if len(payload) < max(length, _STAMP.size) or zlib.crc32(payload) != crc:
                 if out:  # hand over what came before; the next read starts at the bad record

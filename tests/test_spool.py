@@ -157,6 +157,17 @@ async def test_segments_rotate_and_replayed_ones_are_removed(tmp_path):
     await s.close()
 
 
+async def test_replay_reads_in_chunks_that_cut_records(tmp_path, monkeypatch):
+    monkeypatch.setattr(spool_mod, "READ_BYTES", 150)  # ~2 records a read, the third cut
+    s = Spool(str(tmp_path), max_bytes=1 << 20)
+    s.open()
+    big = b'{"text": "%s"}' % (b"x" * 400)  # longer than a whole read
+    for i in range(9):
+        await s.append(big if i == 4 else params(i))
+    assert await collect(s, 9) == [big if i == 4 else params(i) for i in range(9)]
+    await s.close()
+
+
 async def test_one_spool_directory_per_shim(tmp_path):
     first = Spool(str(tmp_path), max_bytes=1 << 20)
     first.open()
