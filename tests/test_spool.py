@@ -248,3 +248,36 @@ def test_spool_config_keys_are_checked_and_named():
         with pytest.raises(config.ConfigError) as e:
             parse(bad)
         assert e.value.key == key
+
+
+async def test_a_passed_daemon_socket_is_served_kept_and_never_removed(tmp_path):
+    """smppd.socket's file outlives the daemon; a call made between two daemons waits in
+    the backlog and the next daemon answers it."""
+    from smppd.rpc import RpcClient, RpcServer
+
+    async def ping(params: dict) -> str:
+        return "pong"
+
+    path = str(tmp_path / "smppd.sock")
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # what systemd holds
+    systemd.bind(path)
+    systemd.listen(64)
+    try:
+        first = RpcServer(str(tmp_path / "configured.sock"), {"ping": ping}, sock=systemd.dup())
+        await first.start()
+        assert first.path == path
+        client = RpcClient(path, timeout=5)
+        assert await client.call("ping") == "pong"
+        await first.close()
+        assert os.path.exists(path) and not os.path.exists(tmp_path / "configured.sock")
+        waiting = asyncio.create_task(client.call("ping"))  # no daemon now: the kernel holds it
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        second = RpcServer(path, {"ping": ping}, sock=systemd.dup())
+        await second.start()
+        assert await waiting == "pong"
+        await client.close()
+        await second.close()
+        assert os.path.exists(path)
+    finally:
+        systemd.close()
