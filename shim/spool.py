@@ -163,6 +163,12 @@ class Spool:
     def open(self) -> None:
         """Take the directory (one shim per spool), check every record,
         cut a torn tail off, and open the last segment for appending."""
+        try:
+            self._open()
+        except OSError as exc:
+            raise SpoolError(f"cannot use spool directory {self.directory}: {exc}") from exc
+
+    def _open(self) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         self._lock_fd = os.open(os.path.join(self.directory, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -203,11 +209,15 @@ class Spool:
     def _new_segment(self, seq: int) -> _Segment:
         path = os.path.join(self.directory, f"{seq:012d}.spool")
         seg = _Segment(seq, path, 0, os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            os.fsync(dir_fd)  # the new name survives a crash with the records in it
-        finally:
-            os.close(dir_fd)
+            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(dir_fd)  # the new name survives a crash with the records in it
+            finally:
+                os.close(dir_fd)
+        except OSError:
+            seg.close()
+            raise
         self._segments.append(seg)
         return seg
 
@@ -248,12 +258,12 @@ class Spool:
                 self._pending_bytes -= len(data)
                 async with self._io:
                     seg = self._segments[-1]
-                    if seg.end >= self._segment_bytes:
-                        seg.close()
-                        seg = self._new_segment(seg.seq + 1)
                     try:
+                        if seg.end >= self._segment_bytes:
+                            old, seg = seg, self._new_segment(seg.seq + 1)
+                            old.close()
                         await loop.run_in_executor(None, _write_synced, seg.fd, seg.end, data)
-                    except OSError as exc:
+                    except Exception as exc:  # OSError: the disk; anything else must not hang the posts
                         log.error("spool.write_failed", error=str(exc), posts=len(batch))
                         metrics.shim_spool_refused("disk")
                         for _, future in batch:

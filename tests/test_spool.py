@@ -281,3 +281,26 @@ async def test_a_passed_daemon_socket_is_served_kept_and_never_removed(tmp_path)
         assert os.path.exists(path)
     finally:
         systemd.close()
+
+
+async def test_a_new_segment_that_cannot_be_made_refuses_without_hanging(tmp_path, monkeypatch):
+    s = Spool(str(tmp_path), max_bytes=1 << 20, segment_bytes=1)
+    s.open()
+    await s.append(params(0))  # the segment is now past its size: the next append starts another
+
+    def no_new_file(seq: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(s, "_new_segment", no_new_file)
+    with pytest.raises(SpoolBroken):
+        await asyncio.wait_for(s.append(params(1)), 5)
+    monkeypatch.undo()
+    await s.append(params(2))
+    assert await collect(s, 2) == [params(0), params(2)]
+    await s.close()
+
+
+def test_an_unusable_spool_directory_is_a_spool_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SpoolError, match="cannot use spool directory"):
+        Spool(str(tmp_path / "file" / "spool"), max_bytes=1 << 20).open()
