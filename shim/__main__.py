@@ -39,6 +39,11 @@ def reload(app: web.Application, cfg: config_mod.Config, path: str) -> config_mo
         log.error("config_reload_refused", restart_needed=["shim.listen", "shim.metrics", "daemon.socket"],
                   hint="restart smppd-shim to apply these; nothing was changed")
         return cfg
+    spool = ("spool_dir", "spool_max_bytes", "spool_after")
+    if any(getattr(new.shim, key) != getattr(cfg.shim, key) for key in spool):
+        log.error("config_reload_refused", restart_needed=[f"shim.{key}" for key in spool],
+                  hint="restart smppd-shim to apply these (the spool is kept); nothing was changed")
+        return cfg
     app[HANDLER].reconfigure(handler_key=new.shim.handler_key, codes=frozenset(new.senders))
     log.info("config_reloaded", codes=sorted(new.senders))
     return new

@@ -304,3 +304,20 @@ def test_an_unusable_spool_directory_is_a_spool_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(SpoolError, match="cannot use spool directory"):
         Spool(str(tmp_path / "file" / "spool"), max_bytes=1 << 20).open()
+
+
+def test_a_sighup_does_not_move_the_spool(tmp_path):
+    """The spool's settings need a restart; a reload that changes them changes nothing."""
+    from shim.__main__ import reload as shim_reload
+    from smppd import config
+
+    from .test_config import EXAMPLE
+
+    text = EXAMPLE.read_text()
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    cfg = config.load(path)
+    path.write_text(text.replace("[shim]\n", '[shim]\nspool_after = 0.2\n', 1))
+    with structlog.testing.capture_logs() as logs:
+        assert shim_reload(None, cfg, str(path)) is cfg  # type: ignore[arg-type]
+    assert logs[0]["event"] == "config_reload_refused" and "shim.spool_after" in logs[0]["restart_needed"]
