@@ -10,7 +10,11 @@ broadcast. Prints the shim's CPU (utime + stime from /proc) per post for each ru
 their median, so a change to the shim's HTTP path shows as a number without the rest
 of the rig.
 
-    .venv/bin/python bench/shim_path.py [-n 20000] [--runs 5] [--concurrency 50]
+    .venv/bin/python bench/shim_path.py [-n 20000] [--runs 5] [--concurrency 50] [--no-spool]
+
+The shim runs with its spool (shim/spool.py), as ``smppd-shim`` does; ``--no-spool``
+runs it without, so the spool's cost on the normal path (the daemon answers in
+time: nothing is written) shows as the difference.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ async def drive(port: int, posts: list[bytes], concurrency: int) -> dict[int, in
     return statuses
 
 
-async def run(n: int, runs: int, concurrency: int) -> None:
+async def run(n: int, runs: int, concurrency: int, spool: bool = True) -> None:
     ids = itertools.count(1)
 
     async def intake(params: dict[str, Any]) -> Any:
@@ -102,7 +106,8 @@ async def run(n: int, runs: int, concurrency: int) -> None:
         server = RpcServer(sock, {"intake": intake, "ping": lambda params: asyncio.sleep(0, "pong")})
         await server.start()
         port = free_port()
-        shim = subprocess.Popen([PYTHON, __file__, "--serve", sock, str(port)],
+        shim = subprocess.Popen([PYTHON, __file__, "--serve", sock, str(port),
+                                 *(["--spool-dir", str(Path(tmp) / "spool")] if spool else [])],
                                 stdout=subprocess.DEVNULL)
         try:
             wait_for_port(port)
@@ -125,17 +130,19 @@ async def run(n: int, runs: int, concurrency: int) -> None:
             await portal.stop()
 
 
-async def serve(sock: str, port: int) -> None:
+async def serve(sock: str, port: int, spool_dir: str | None = None) -> None:
     """The shim as ``smppd-shim`` runs it (shim/__main__.py ``serve``), without signals."""
     from aiohttp import web
 
     from shim.app import make_app
+    from shim.spool import Spool
     from smppd import logs
     from smppd.rpc import RpcClient
 
     logs.configure(json=True)
     rpc = RpcClient(sock)
-    runner = web.AppRunner(make_app(handler_key=KEY, codes={CODE}, rpc=rpc), access_log=None)
+    spool = Spool(spool_dir, max_bytes=1 << 30) if spool_dir else None
+    runner = web.AppRunner(make_app(handler_key=KEY, codes={CODE}, rpc=rpc, spool=spool), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     await asyncio.Event().wait()
@@ -146,12 +153,14 @@ def main() -> None:
     p.add_argument("-n", type=int, default=20_000, help="posts per run")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--no-spool", action="store_true", help="run the shim without its spool")
     p.add_argument("--serve", nargs=2, metavar=("SOCKET", "PORT"), help=argparse.SUPPRESS)
+    p.add_argument("--spool-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve[0], int(args.serve[1])))
+        asyncio.run(serve(args.serve[0], int(args.serve[1]), args.spool_dir))
     else:
-        asyncio.run(run(args.n, args.runs, args.concurrency))
+        asyncio.run(run(args.n, args.runs, args.concurrency, spool=not args.no_spool))
 
 
 if __name__ == "__main__":

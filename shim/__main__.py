@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 import sys
 
 import structlog
@@ -13,13 +14,18 @@ from aiohttp import web
 
 from smppd import config as config_mod
 from smppd import logs, metrics, sdnotify
+from smppd.listenfds import passed_socket
 from smppd.rpc import RpcClient
 
 from .app import DOORS, HANDLER, make_app
 from .auth import DoorConfig
 from .dlr import dlr_keys
+from .spool import Spool, SpoolError
 
 log = structlog.get_logger("shim")
+
+STOP_GRACE = 1.0
+"""Seconds a stopping shim keeps serving the connections it already accepted."""
 
 
 def reload(app: web.Application, cfg: config_mod.Config, path: str) -> config_mod.Config:
@@ -35,6 +41,11 @@ def reload(app: web.Application, cfg: config_mod.Config, path: str) -> config_mo
         log.error("config_reload_refused", restart_needed=["shim.listen", "shim.metrics", "daemon.socket"],
                   hint="restart smppd-shim to apply these; nothing was changed")
         return cfg
+    spool = ("spool_dir", "spool_max_bytes", "spool_after")
+    if any(getattr(new.shim, key) != getattr(cfg.shim, key) for key in spool):
+        log.error("config_reload_refused", restart_needed=[f"shim.{key}" for key in spool],
+                  hint="restart smppd-shim to apply these (the spool is kept); nothing was changed")
+        return cfg
     app[DOORS].rotate(DoorConfig.from_config(new, dlr_keys(new)))
     app[HANDLER].reconfigure(codes=frozenset(new.senders))
     log.info("config_reloaded", codes=sorted(new.senders))
@@ -43,11 +54,15 @@ def reload(app: web.Application, cfg: config_mod.Config, path: str) -> config_mo
 
 async def serve(cfg: config_mod.Config, host: str, port: int, path: str | None = None) -> None:
     rpc = RpcClient(cfg.daemon.socket_path)
+    spool = Spool(config_mod.spool_dir(cfg), max_bytes=cfg.shim.spool_max_bytes)
     app = make_app(handler_key=cfg.shim.handler_key, codes=frozenset(cfg.senders), rpc=rpc,
-                   doors=DoorConfig.from_config(cfg, dlr_keys(cfg)))
+                   doors=DoorConfig.from_config(cfg, dlr_keys(cfg)), spool=spool, spool_after=cfg.shim.spool_after)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    # systemd's smppd-shim.socket, when it passed one, outlives this process: posts
+    # wait in its backlog while the shim restarts instead of being refused.
+    passed = passed_socket((socket.AF_INET, socket.AF_INET6), "smppd-shim")
+    site = web.SockSite(runner, passed) if passed is not None else web.TCPSite(runner, host, port)
     await site.start()
     metrics_runner = await metrics.serve(*cfg.shim.metrics) if cfg.shim.metrics else None
     stopping = asyncio.Event()
@@ -64,6 +79,12 @@ async def serve(cfg: config_mod.Config, host: str, port: int, path: str | None =
     sdnotify.notify("READY=1")
     await stopping.wait()
     sdnotify.notify("STOPPING=1")
+    await site.stop()  # no new connections: they wait in the (passed) socket's backlog for the next shim
+    app[HANDLER].closing()
+    # aiohttp's cleanup closes every connection without a request under way, and a
+    # request may be on its way on a connection accepted a moment ago: give those
+    # requests time to arrive and be answered (each answer now closes its connection).
+    await asyncio.sleep(STOP_GRACE)
     await runner.cleanup()
     if metrics_runner is not None:
         await metrics_runner.cleanup()
@@ -80,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smppd-shim: config error: {e}", file=sys.stderr)
         return 2
     logs.configure()
-    asyncio.run(serve(cfg, cfg.shim.host, cfg.shim.port, args.config))
+    try:
+        asyncio.run(serve(cfg, cfg.shim.host, cfg.shim.port, args.config))
+    except SpoolError as e:  # another shim has this spool directory
+        print(f"smppd-shim: shim.spool_dir: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

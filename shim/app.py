@@ -1,10 +1,12 @@
 """The HTTP front: Bitrix24 HANDLER posts in, ``intake`` calls to the daemon out.
 
-The shim is stateless on purpose -- it can be restarted or run several times
--- so everything that needs state (the portal's application_token, dedupe,
-the route) is decided by the daemon.  Per post the shim only parses, checks
-what it can check without state, forwards, and answers 200 only after the
-daemon has replied with a result, which it does only after COMMIT.
+The shim keeps no state but its spool (shim/spool.py) -- it can be restarted
+or run several times, each with its own spool -- so everything that needs
+state (the portal's application_token, dedupe, the route) is decided by the
+daemon.  Per post the shim only parses, checks what it can check without
+state, forwards, and answers 200 only after the daemon has replied with a
+result, which it does only after COMMIT, or after the spool has fsynced the
+post because the daemon did not answer in time.
 
 Answers (Bitrix24 ignores them, see reference/bitrix24.md §6; they are for
 us, proxies and monitoring):
@@ -16,10 +18,18 @@ us, proxies and monitoring):
     400  missing/malformed field, form code != URL code, empty text, no ``ts``
     403  ``ts`` outside ``[shim] ts_window`` ("stale"), or the daemon refused
          the portal credentials ("forbidden")
-    503  the daemon did not answer (down, restarting, timeout), or answered
-         ``unavailable`` (its store cannot write: a full disk)
+    503  the daemon did not answer (or answered ``unavailable``: a full disk) and
+         the spool could not keep the post (full, or its disk failed); without a
+         spool: the daemon did not answer or answered ``unavailable``
     500  anything else
-    200  stored: ``{"ok": true, "id", "status", "duplicate"}``
+    200  stored: ``{"ok": true, "id", "status", "duplicate"}``, or kept in
+         the spool (shim/spool.py) because the daemon did not commit within
+         ``shim.spool_after`` or answered "unavailable":
+         ``{"ok": true, "id": null, "status": "spooled", "duplicate": false}``
+
+A post whose body was read is stored or spooled even when the client goes
+away before the answer: that step runs in a task of its own, shielded from
+aiohttp's handler cancellation, and the shim waits for such tasks on stop.
 
 Deployment note: aiohttp's default access log prints the request line, which
 contains ``?key=``; run this app with ``access_log=None`` (every post is
@@ -29,12 +39,15 @@ logged anyway: a refusal here, a stored message by the daemon's
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import json
 import logging
 import re
 import time
 from dataclasses import replace
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from json.encoder import encode_basestring  # what json quotes strings with when ensure_ascii=False
 from json.encoder import encode_basestring_ascii  # what json.dumps quotes strings with
 from typing import Any
@@ -50,6 +63,8 @@ from shim.bitrix_form import FormError, HandlerPost, decode_form, parse_handler_
 from smppd import metrics
 from smppd.phone import mask
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
+
+from .spool import Spool, SpoolError
 
 __all__ = ["make_app"]
 
@@ -141,6 +156,19 @@ def _stored_body(result: Mapping[str, Any]) -> bytes:
     return json.dumps({"ok": True, "id": id_, "status": status, "duplicate": duplicate}).encode()
 
 
+_SPOOLED: Mapping[str, Any] = {"id": None, "status": "spooled", "duplicate": False}
+
+
+def _is_intake_result(result: Any) -> bool:
+    return isinstance(result, Mapping) and {"id", "status", "duplicate"} <= result.keys()
+
+
+def _stored_outcome(result: Mapping[str, Any]) -> str:
+    if result is _SPOOLED:
+        return "spooled"
+    return "duplicate" if result["duplicate"] else "stored"
+
+
 class _Outcome(Exception):
     """Ends a post early with a JSON answer; ``outcome`` is the log word."""
 
@@ -196,11 +224,18 @@ def _debug_enabled() -> bool:
 class BitrixHandler:
     """The request handlers, bound to one configuration and one RPC client."""
 
-    def __init__(self, *, doors: Doors, codes: Collection[str], rpc: RpcClient, max_body: int) -> None:
+    def __init__(
+        self, *, doors: Doors, codes: Collection[str], rpc: RpcClient, max_body: int,
+        spool: Spool | None = None, spool_after: float = 0.5,
+    ) -> None:
         self._doors = doors
         self._codes = frozenset(codes)
         self._rpc = rpc
         self._max_body = max_body
+        self._spool = spool
+        self._spool_after = spool_after
+        self._storing: set[asyncio.Task[Mapping[str, Any]]] = set()
+        self._closing = False
 
     def reconfigure(self, *, codes: Collection[str], handler_key: str | None = None) -> None:
         """SIGHUP: new provider CODEs apply to the next post.  The keys live in
@@ -223,7 +258,7 @@ class BitrixHandler:
         try:
             result = await self._accept(request, ctx)
             # a stored post, the usual answer, is not raised as an _Outcome
-            status, outcome, body = 200, "duplicate" if result["duplicate"] else "stored", _stored_body(result)
+            status, outcome, body = 200, _stored_outcome(result), _stored_body(result)
         except _Outcome as exc:
             status, outcome, body = exc.status, exc.outcome, exc.body
         except Exception:
@@ -234,7 +269,10 @@ class BitrixHandler:
             log.warning("bitrix24.post", **ctx.fields(), outcome=outcome, http_status=status)
         elif _debug_enabled():  # the number is masked only for a line that is written
             log.debug("bitrix24.post", **ctx.fields(), outcome=outcome, http_status=status)
-        return _json_response(status, body)
+        response = _json_response(status, body)
+        if self._closing:  # the shim is stopping: the client must not send its next post here
+            response.force_close()
+        return response
 
     async def _accept(self, request: web.Request, ctx: _PostLog) -> Mapping[str, Any]:
         """The checks in their contractual order, then the intake call."""
@@ -253,7 +291,57 @@ class BitrixHandler:
         refusal = ts_fresh(post.ts, time.time(), self._doors.ts_window)
         if refusal is not None:  # a replay or a forgery: Bitrix24 posts within seconds
             raise _refused(refusal)
-        return await self._intake(post)
+        # From here the post is ours: a client that goes away must not cancel it.
+        task = asyncio.create_task(self._store(post))
+        self._storing.add(task)
+        task.add_done_callback(self._storing.discard)
+        return await asyncio.shield(task)
+
+    def closing(self) -> None:
+        """The shim is stopping: answers from now on close their connection."""
+        self._closing = True
+
+    async def drain(self) -> None:
+        """Wait for the posts being stored or spooled (their clients may be gone)."""
+        while self._storing:
+            await asyncio.gather(*self._storing, return_exceptions=True)
+
+    async def _store(self, post: HandlerPost) -> Mapping[str, Any]:
+        """The daemon commits the post in time, or the spool keeps it."""
+        if self._spool is None:
+            return await self._intake(post)
+        params = _intake_json(post)
+        try:
+            result = await self._rpc.call("intake", params, timeout=self._spool_after)
+        except RpcUnavailable:
+            pass  # no answer in time: down, restarting, stopped or slow
+        except RpcError as exc:
+            if exc.code in _CLIENT_ERRORS:  # the post is wrong: spooling would not make it right
+                raise self._refusal(exc) from None
+            # "unavailable"/"storage full"/"internal": the daemon cannot keep it now
+        else:
+            if _is_intake_result(result):
+                return result
+            log.error("bitrix24.bad_intake_result", result_type=type(result).__name__)
+        try:
+            await self._spool.append(params)
+        except SpoolError as exc:
+            log.error("bitrix24.spool_refused", reason=str(exc), message_id=post.message_id, code=post.code)
+            raise _Outcome(503, "unavailable", {"error": "unavailable"}) from None
+        return _SPOOLED
+
+    async def replay(self, batch: list[bytes]) -> list[bool]:
+        """The spool's sender: True for each post the daemon is done with."""
+        outcomes = await asyncio.gather(*(self._rpc.call("intake", params) for params in batch),
+                                        return_exceptions=True)
+        done = []
+        for outcome in outcomes:
+            if isinstance(outcome, RpcError) and outcome.code in _CLIENT_ERRORS:
+                log.warning("bitrix24.spooled_post_refused", code=outcome.code, message=outcome.message)
+                done.append(True)
+            else:
+                done.append(not isinstance(outcome, BaseException) and _is_intake_result(outcome))
+        return done
 
     async def _read_post(self, request: web.Request) -> HandlerPost:
         length = request.content_length
@@ -301,7 +389,7 @@ class BitrixHandler:
             if exc.code == "unavailable":  # the daemon cannot store now (a full disk): as if it were down
                 raise _Outcome(503, "unavailable", {"error": "unavailable"}) from None
             raise self._refusal(exc) from None
-        if not (isinstance(result, Mapping) and {"id", "status", "duplicate"} <= result.keys()):
+        if not _is_intake_result(result):
             log.error("bitrix24.bad_intake_result", result_type=type(result).__name__)
             raise _Outcome(500, "internal", {"error": "internal"})
         return result
@@ -334,6 +422,21 @@ HANDLER = web.AppKey("handler", BitrixHandler)
 DOORS = web.AppKey("doors", Doors)
 
 
+async def _spooling(handler: BitrixHandler, spool: Spool, app: web.Application) -> AsyncIterator[None]:
+    """The spool's life: open (replaying what a previous run left), forward
+    in the background, and on stop let the posts under way finish first."""
+    spool.open()
+    replay = asyncio.create_task(spool.replay(handler.replay), name="spool-replay")
+    try:
+        yield
+    finally:
+        await handler.drain()
+        replay.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await replay
+        await spool.close()
+
+
 def make_app(
     *,
     handler_key: str,
@@ -342,6 +445,8 @@ def make_app(
     max_body: int = 64 * 1024,
     dlr_keys: Mapping[str, str] | None = None,
     doors: DoorConfig | None = None,
+    spool: Spool | None = None,
+    spool_after: float = 0.5,
 ) -> web.Application:
     """Build the shim application.
 
@@ -349,10 +454,15 @@ def make_app(
     so one client can serve the app for its whole life and across test apps.
     ``doors`` (``DoorConfig.from_config``) carries the address list and ``ts``
     window too; without it only the keys are checked.
+    ``spool``, when given, is opened with the app and closed after it, with
+    its replay task running in between.
     """
     gate = Doors(doors or DoorConfig(handler_key=handler_key, route_keys=dict(dlr_keys or {})))
-    handler = BitrixHandler(doors=gate, codes=codes, rpc=rpc, max_body=max_body)
+    handler = BitrixHandler(doors=gate, codes=codes, rpc=rpc, max_body=max_body,
+                            spool=spool, spool_after=spool_after)
     app = web.Application(client_max_size=max_body)
+    if spool is not None:
+        app.cleanup_ctx.append(functools.partial(_spooling, handler, spool))
     app.router.add_post("/bitrix24/{code}", handler.post)
     app.router.add_get("/healthz", handler.healthz)
     # HTTP providers' delivery callbacks (shim/dlr.py); always routed, so a

@@ -76,6 +76,11 @@ class ShimConfig:
     posts_without_auth: str = "accept"  # "accept" | "refuse": HANDLER posts with no auth[] block
     ts_window: float = 86400.0  # seconds a post's ts may be from now, either way; 0 = not checked
     allow_from: tuple[IPNetwork, ...] = ()  # Bitrix24 queue-server networks; () = any address
+    # The shim's durable spool (shim/spool.py): where, how big at most, and how long
+    # a post waits for the daemon's commit before it is spooled instead.
+    spool_dir: str = ""  # "" = $STATE_DIRECTORY/spool under systemd, else shim-spool next to the database
+    spool_max_bytes: int = 1024 * 1024 * 1024
+    spool_after: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -411,7 +416,7 @@ def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
 
 def _shim(t: Mapping[str, Any]) -> ShimConfig:
     _only(t, "shim", {"listen", "handler_key", "public_url", "metrics", "posts_without_auth", "ts_window",
-                      "allow_from"})
+                      "allow_from", "spool_dir", "spool_max_bytes", "spool_after"})
     listen = _str(t, "shim", "listen")
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -426,6 +431,7 @@ def _shim(t: Mapping[str, Any]) -> ShimConfig:
         public_url=_str(t, "shim", "public_url", default=None),
         metrics=_metrics(t, "shim"),
         **_shim_doors(t),
+        **_spool(t),
     )
 
 
@@ -447,6 +453,29 @@ def _shim_doors(t: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError("shim.allow_from", f"not an address or network (CIDR): {item!r}") from None
     return dict(posts_without_auth=no_auth, ts_window=_number(t, "shim", "ts_window", default=86400.0, low=0.0),
                 allow_from=tuple(networks))
+
+
+def _spool(t: Mapping[str, Any]) -> dict[str, Any]:
+    after = _number(t, "shim", "spool_after", 0.5, low=0.01)
+    if after > 30:
+        raise ConfigError("shim.spool_after", f"must be at most 30 seconds, got {after!r}")
+    return {
+        "spool_dir": _str(t, "shim", "spool_dir", default=""),
+        "spool_max_bytes": _int(t, "shim", "spool_max_bytes", 1024 * 1024 * 1024, low=1024 * 1024, high=2**50),
+        "spool_after": after,
+    }
+
+
+def spool_dir(cfg: Config, env: Mapping[str, str] | None = None) -> str:
+    """The shim's spool directory: ``shim.spool_dir``, or under systemd's
+    ``StateDirectory=`` (``$STATE_DIRECTORY``), or beside the database, so a
+    config written before the spool existed still gets one."""
+    if cfg.shim.spool_dir:
+        return cfg.shim.spool_dir
+    state = (os.environ if env is None else env).get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return os.path.join(state, "spool")
+    return os.path.join(os.path.dirname(os.path.abspath(cfg.daemon.database)), "shim-spool")
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import socket
 import time
 from types import MappingProxyType
 from typing import Any, Callable, Coroutine, Mapping
@@ -30,6 +31,7 @@ from .holds import HoldWorker
 from .intake import Intake
 from .providers import Route, make_route
 from .providers.http_common import BadCallback, ForgedCallback, HttpRoute
+from .listenfds import passed_socket
 from .rpc import RpcError, RpcServer
 from .smpp.codec import ShortMessage
 from .stoplist import StopList
@@ -114,6 +116,7 @@ class Daemon:
             {"intake": intake, "ping": self._ping, "status": self._status, "dlr": self._dlr, **self._stoplist_methods(),
              "app_event": self.app_events.receive, "register": self._register, "unregister": self._unregister, **Admin(self).methods()},
             group=self.config.daemon.socket_group, batch_handlers={"intake": intake.many},
+            sock=passed_socket((socket.AF_UNIX,), "smppd"),  # systemd's smppd.socket, if it passed one
         )
         await self._rpc.start()
         self.ready.set()

@@ -178,10 +178,13 @@ async def start_shim(rig: Rig) -> None:
 
     from shim.auth import DoorConfig
     from shim.dlr import dlr_keys
+    from shim.spool import Spool
 
     rig.rpc = RpcClient(rig.config.daemon.socket_path)
+    spool = Spool(str(rig.tmp / "shim-spool"), max_bytes=rig.config.shim.spool_max_bytes)
     app = make_app(handler_key=rig.config.shim.handler_key, codes=frozenset(rig.config.senders), rpc=rig.rpc,
-                   doors=DoorConfig.from_config(rig.config, dlr_keys(rig.config)))
+                   doors=DoorConfig.from_config(rig.config, dlr_keys(rig.config)), spool=spool,
+                   spool_after=rig.config.shim.spool_after)
     rig.shim_runner = web.AppRunner(app, access_log=None)
     await rig.shim_runner.setup()
     site = web.TCPSite(rig.shim_runner, "127.0.0.1", 0)

@@ -99,6 +99,44 @@ NUMBERS_OUTSIDE_METADATA = Counter(
     ["route", "reason"],
 )
 
+# --- the shim's spool (shim/spool.py): posts kept on disk while the daemon does not answer --
+
+SHIM_SPOOLED = Counter(
+    "smppd_shim_spooled", "HANDLER posts the shim kept in its spool because the daemon did not commit in time.",
+)
+SHIM_REPLAYED = Counter("smppd_shim_spool_replayed", "Spooled posts forwarded to the daemon and answered.")
+SHIM_SPOOL_REFUSED = Counter(
+    "smppd_shim_spool_refused", "Posts the spool could not keep (answered 503): reason=full or disk.", ["reason"],
+)
+SHIM_SPOOL_BYTES = Gauge("smppd_shim_spool_bytes", "Bytes of spooled posts on the shim's disk.")
+SHIM_SPOOL_LIMIT = Gauge("smppd_shim_spool_limit_bytes", "The spool's size cap (shim.spool_max_bytes).")
+SHIM_SPOOL_OLDEST = Gauge(
+    "smppd_shim_spool_oldest_seconds", "Age of the oldest post waiting in the spool; 0 when it is empty.",
+)
+
+
+def shim_spool_state(spool_bytes: int, limit: int, oldest_age: Any) -> None:
+    """A spool opened: its size, cap, and where its oldest post's age is read at scrape time."""
+    SHIM_SPOOL_BYTES.set(spool_bytes)
+    SHIM_SPOOL_LIMIT.set(limit)
+    SHIM_SPOOL_OLDEST.set_function(oldest_age)
+
+
+def shim_spooled(posts: int, spool_bytes: int) -> None:
+    if posts:
+        SHIM_SPOOLED.inc(posts)
+    SHIM_SPOOL_BYTES.set(spool_bytes)
+
+
+def shim_replayed(posts: int, spool_bytes: int) -> None:
+    SHIM_REPLAYED.inc(posts)
+    SHIM_SPOOL_BYTES.set(spool_bytes)
+
+
+def shim_spool_refused(reason: str) -> None:
+    _child(SHIM_SPOOL_REFUSED, reason).inc()
+
+
 # --- observed by smppd.journal as it tails the store's status events ----------------------
 
 RECEIPT_LATENCY = Histogram(

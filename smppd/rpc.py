@@ -556,6 +556,11 @@ class RpcServer:
     members (and root and our own user) may connect.  ``batch_handlers``
     serve ``<method>.batch`` for the methods that gain from doing many
     requests at once (see Batches above).
+
+    ``sock``, when given, is a listening socket someone else owns (systemd's
+    ``smppd.socket``, see ``smppd.listenfds``): it is served as it is, its
+    mode and group are the owner's, and its file is never removed, so
+    callers keep connecting (and wait in its backlog) while we restart.
     """
 
     def __init__(
@@ -565,8 +570,10 @@ class RpcServer:
         *,
         group: str | None = None,
         batch_handlers: Mapping[str, BatchHandler] | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         self._path = path
+        self._sock = sock
         self._handlers = handlers
         self._batch_handlers = batch_handlers or {}
         self._group = group
@@ -581,6 +588,9 @@ class RpcServer:
         return self._path
 
     async def start(self) -> None:
+        if self._sock is not None:
+            await self._start_passed(self._sock)
+            return
         gid = _group_id(self._group) if self._group is not None else None
         await _prepare_path(self._path)
         self._server = await asyncio.start_unix_server(
@@ -593,6 +603,18 @@ class RpcServer:
         self._socket_gid = st.st_gid
         self._socket_ino = st.st_ino
         log.info("rpc.listening", path=self._path, gid=self._socket_gid)
+
+    async def _start_passed(self, sock: socket.socket) -> None:
+        name = sock.getsockname()
+        if isinstance(name, str) and name and not name.startswith("\0"):
+            self._path = name
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_LINE)
+        try:
+            self._socket_gid = os.stat(self._path).st_gid
+        except OSError:  # an abstract or already removed path: root and our uid only
+            self._socket_gid = -1
+        self._socket_ino = None  # not ours to remove
+        log.info("rpc.listening", path=self._path, gid=self._socket_gid, passed=True)
 
     async def close(self, *, grace: float = 5.0) -> None:
         """Stop accepting and reading, give running requests up to ``grace``
@@ -616,7 +638,10 @@ class RpcServer:
         log.info("rpc.closed", path=self._path)
 
     def _remove_socket_file(self) -> None:
-        # Only our own file: a successor may already have bound the path.
+        # Only our own file: a successor may already have bound the path,
+        # and a passed socket's file belongs to whoever passed it.
+        if self._socket_ino is None:
+            return
         with contextlib.suppress(OSError):
             if os.stat(self._path).st_ino == self._socket_ino:
                 os.unlink(self._path)

@@ -51,7 +51,7 @@ def installed_copies(tmp_path: Path) -> list[Path]:
     """The units with ExecStart pointing at this checkout's console scripts, as an install would."""
     bindir = Path(sys.executable).parent
     copies = []
-    for u in ("smppd.service", "smppd-shim.service"):
+    for u in ("smppd.service", "smppd-shim.service", "smppd.socket", "smppd-shim.socket"):
         text = (UNITS / u).read_text().replace("/opt/smppd/bin/", f"{bindir}/")
         (tmp_path / u).write_text(text)
         copies.append(tmp_path / u)
@@ -174,3 +174,22 @@ def test_nginx_site_proxies_to_the_shim_and_keeps_the_key_out_of_logs():
     assert "$request_uri" not in log_format and "$request " not in log_format and "$args" not in log_format
     assert "access_log /var/log/nginx/smppd.access.log smppd_nokey;" in text
     assert "ssl_certificate " in text and "/metrics" not in re.sub(r"#.*", "", text)
+
+
+def test_socket_units_hold_what_the_config_names():
+    """smppd.socket and smppd-shim.socket outlive their services (issue 13): a restart or
+    an upgrade leaves connections in the backlog; the programs take them by name."""
+    cfg = config.load(ROOT / "config.toml")
+    sock, shim_sock = unit("smppd.socket"), unit("smppd-shim.socket")
+    daemon, shim = unit("smppd.service"), unit("smppd-shim.service")
+    assert sock["ListenStream"] == [cfg.daemon.socket_path]
+    assert shim_sock["ListenStream"] == [f"{cfg.shim.host}:{cfg.shim.port}"]
+    assert sock["FileDescriptorName"] == ["smppd"] and shim_sock["FileDescriptorName"] == ["smppd-shim"]
+    assert sock["SocketGroup"] == daemon["Group"] and sock["SocketMode"] == ["0660"]
+    assert sock["Service"] == ["smppd.service"] and shim_sock["Service"] == ["smppd-shim.service"]
+    assert "smppd.socket" in daemon["Requires"][0] and "smppd-shim.socket" in shim["Requires"][0]
+    # the socket's file lives in /run/smppd: a daemon restart must not remove it
+    assert daemon["RuntimeDirectoryPreserve"] == ["yes"]
+    # the shim's spool ($STATE_DIRECTORY/spool)
+    assert shim["StateDirectory"] == ["smppd-shim"] and not cfg.shim.spool_dir
+    assert config.spool_dir(cfg, {"STATE_DIRECTORY": "/var/lib/smppd-shim"}) == "/var/lib/smppd-shim/spool"

@@ -129,15 +129,16 @@ async def test_forged_posts_are_refused(rig):
     assert rig.smscs["life"].submitted == []
 
 
-async def test_daemon_down_means_503_and_nothing_stored(rig):
+async def test_daemon_down_means_spooled_then_sent(rig):
+    """Bitrix24 never retries: a post while the daemon is down is kept by the
+    shim's spool (200) and sent once the daemon is back."""
     await rig.daemon.stop()
     b24_id, status, reply = await post(rig, "by_life", "+375291234567", "hi")
-    assert status == 503
+    assert status == 200 and reply == {"ok": True, "id": None, "status": "spooled", "duplicate": False}
     await start_daemon(rig)
-    # Bitrix24 shows the failure; a manual resend is a new post and goes through.
-    b24_id, status, reply = await post(rig, "by_life", "+375291234567", "hi again")
-    assert status == 200
-    await wait_final(rig, [b24_id])
+    b24_again, status, reply = await post(rig, "by_life", "+375291234567", "hi again")
+    assert status == 200 and reply["status"] != "spooled"
+    await wait_final(rig, [b24_id, b24_again])
 
 
 async def test_operator_outage_and_daemon_restart_lose_nothing(rig):

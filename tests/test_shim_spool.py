@@ -1,0 +1,160 @@
+"""The shim with its spool: what is spooled, what is not, client disconnects, replays at the real daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from shim.app import HANDLER, _intake_json, make_app
+from shim.bitrix_form import decode_form, parse_handler_post
+from shim.spool import Spool
+from smppd.demo import start_rig, stop_rig
+from smppd.rpc import RpcClient, RpcError
+
+from .test_shim import CODE, FORM_CT, KEY, URL, FakeDaemon, body, daemon, rpc, rpc_server, sock_path  # noqa: F401
+
+pytestmark = pytest.mark.integration
+MID = "72dd742c8270db0ddbbab92f98877537"  # as the daemon gets it (parse_handler_post lowercases it)
+
+
+async def serve(rpc: RpcClient, spool_dir: str, *, spool_after: float = 0.3,
+                max_bytes: int = 1 << 20) -> tuple[web.AppRunner, str, Spool]:
+    """The shim app with a spool, as smppd-shim runs it, but with aiohttp's
+    handler cancellation on: the worst case for a client that goes away."""
+    spool = Spool(spool_dir, max_bytes=max_bytes)
+    app = make_app(handler_key=KEY, codes={CODE}, rpc=rpc, spool=spool, spool_after=spool_after)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}", spool
+
+
+async def http_post(base: str, data: bytes) -> tuple[int, dict[str, Any]]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + URL, data=data, headers=FORM_CT) as resp:
+            return resp.status, await resp.json()
+
+
+async def until(check, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("code", ["unavailable", "storage_full", "internal"])
+async def test_a_daemon_that_cannot_keep_the_post_gets_it_again_from_the_spool(
+        tmp_path, rpc_server, rpc, daemon: FakeDaemon, code: str):
+    runner, base, spool = await serve(rpc, str(tmp_path / "spool"))
+    try:
+        daemon.error = RpcError(code, "disk full")
+        status, reply = await http_post(base, body())
+        assert status == 200 and reply["status"] == "spooled" and spool.records == 1
+        daemon.error = None  # the daemon is well again: the replay brings the post
+        await until(lambda: daemon.intakes and spool.bytes == 0)
+        assert [p["message_id"] for p in daemon.intakes] == [MID]
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_post_the_daemon_refuses_as_invalid_is_not_spooled(tmp_path, rpc_server, rpc, daemon: FakeDaemon):
+    runner, base, spool = await serve(rpc, str(tmp_path / "spool"))
+    try:
+        daemon.error = RpcError("bad_request", "to: not a phone number", field="to")
+        status, reply = await http_post(base, body())
+        assert status == 400 and reply["field"] == "message_to"
+        assert spool.records == 0 and spool.bytes == 0
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_slow_daemon_is_not_waited_for_and_the_late_commit_is_not_a_second_message(
+        tmp_path, rpc_server, rpc, daemon: FakeDaemon):
+    runner, base, spool = await serve(rpc, str(tmp_path / "spool"), spool_after=0.1)
+    try:
+        daemon.delay = 0.5
+        status, reply = await http_post(base, body())
+        assert status == 200 and reply["status"] == "spooled"
+        daemon.delay = 0.0
+        await until(lambda: len(daemon.intakes) == 2 and spool.bytes == 0)
+        # the late commit and the replay: one message id, the second answered as a duplicate
+        assert {p["message_id"] for p in daemon.intakes} == {MID}
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_full_spool_answers_503_and_keeps_nothing_half_written(tmp_path, rpc):
+    runner, base, spool = await serve(rpc, str(tmp_path / "spool"))  # no daemon at all
+    try:
+        status, _ = await http_post(base, body())
+        assert status == 200 and spool.records == 1
+        spool.max_bytes = spool.bytes + 10  # room for less than one more post
+        size = spool.bytes
+        status, reply = await http_post(base, body(message_id="0" * 31 + "2"))
+        assert status == 503 and reply == {"error": "unavailable"}
+        files = [f for f in os.listdir(tmp_path / "spool") if f.endswith(".spool")]
+        assert spool.records == 1 and sum(os.path.getsize(tmp_path / "spool" / f) for f in files) == size
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_client_that_disconnects_after_the_body_does_not_cancel_the_post(
+        tmp_path, rpc_server, rpc, daemon: FakeDaemon):
+    runner, base, spool = await serve(rpc, str(tmp_path / "spool"), spool_after=5.0)
+    try:
+        daemon.delay = 0.5  # the daemon commits after the client is gone
+        host, port = base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        data = body()
+        writer.write(f"POST {URL} HTTP/1.1\r\nHost: x\r\nContent-Type: {FORM_CT['Content-Type']}\r\n"
+                     f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        await writer.drain()
+        writer.close()  # right after the body: no answer will be read
+        await writer.wait_closed()
+        await until(lambda: len(daemon.intakes) == 1)
+        assert daemon.intakes[0]["message_id"] == MID
+        assert spool.records == 0
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_client_that_disconnects_while_the_daemon_is_down_gets_its_post_spooled(tmp_path, rpc):
+    runner, base, spool = await serve(rpc, str(tmp_path / "spool"), spool_after=0.3)
+    try:
+        host, port = base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        data = body()
+        writer.write(f"POST {URL} HTTP/1.1\r\nHost: x\r\nContent-Type: {FORM_CT['Content-Type']}\r\n"
+                     f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        await writer.drain()
+        writer.close()
+        await until(lambda: spool.records == 1)
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_real_daemon_answers_a_replay_of_a_stored_post_as_success(tmp_path):
+    """Intake is idempotent on (member_id, message_id): a replay is stored once and answered ok."""
+    rig = await start_rig(tmp_path, portal_rate=None)
+    try:
+        b24_id, form = rig.portal.create_message("by_life", "+375291234567", "hello")
+        from smppd.bitrix24.portal import encode_form
+
+        params = _intake_json(parse_handler_post(decode_form(encode_form(form))))
+        first = await rig.rpc.call("intake", params)
+        handler = rig.shim_runner.app[HANDLER]
+        assert await handler.replay([params, params]) == [True, True]
+        again = await rig.rpc.call("intake", params)
+        assert again["duplicate"] is True and again["id"] == first["id"]
+        from .e2e_rig import db
+
+        assert db(rig).execute("SELECT count(*) FROM message WHERE b24_id=?", (b24_id,)).fetchone()[0] == 1
+    finally:
+        await stop_rig(rig)
