@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,15 +67,18 @@ class DoorConfig:
     """What the doors check, as one value: a SIGHUP swaps the whole of it at once."""
 
     handler_key: str = field(repr=False)
-    route_keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # /dlr/{route} -> its key
+    route_keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # /dlr/{route} -> its callback_key
+    keyless_routes: frozenset[str] = frozenset()  # HTTP routes without a callback_key: their /dlr/ is closed
     allow_from: tuple[IPNetwork, ...] = ()  # Bitrix24's queue servers; () = any address
     ts_window: float | None = None  # seconds either side of now; None or 0 = not checked
 
     @classmethod
     def from_config(cls, cfg: Config, route_keys: Mapping[str, str]) -> "DoorConfig":
         shim = cfg.shim
-        return cls(handler_key=shim.handler_key, route_keys=dict(route_keys), allow_from=tuple(shim.allow_from),
-                   ts_window=shim.ts_window or None)
+        keyless = frozenset(name for name, r in cfg.routes.items()
+                            if getattr(r, "kind", "smpp") in ("smsru", "smsc") and name not in route_keys)
+        return cls(handler_key=shim.handler_key, route_keys=dict(route_keys), keyless_routes=keyless,
+                   allow_from=tuple(shim.allow_from), ts_window=shim.ts_window or None)
 
 
 def _key_matches(given: str | None, expected: bytes) -> bool:
@@ -136,7 +140,8 @@ class Doors:
         if not config.handler_key:
             raise ValueError("handler_key must not be empty")
         self._handler_key = config.handler_key.encode()
-        self._route_keys = {route: key.encode() for route, key in config.route_keys.items()}
+        self._route_keys = {route: key.encode() for route, key in config.route_keys.items() if key}
+        self._nobody = secrets.token_bytes(32)
         self.config = config
 
     @property
@@ -163,14 +168,18 @@ class Doors:
         return None
 
     def check_route(self, request: web.BaseRequest, route: str) -> Refusal | None:
-        """``/dlr/{route}``: the route's key (its ``callback_key``, else the handler key).
+        """``/dlr/{route}``: the route's own ``callback_key``, and nothing else.
 
-        A route that does not exist is refused like a wrong key, so route names
-        cannot be probed.  Providers call from their own addresses, so
-        ``allow_from`` (Bitrix24's) does not apply here.
+        Never the handler key: every captured HANDLER post carries it in its URL,
+        and SMSC.ru's callbacks are not signed, so with it anyone could mark any
+        message delivered (issue 18).  A route without a ``callback_key`` has no
+        callback door at all (its statuses come by polling), and a route that
+        does not exist is refused like a wrong key, so route names cannot be
+        probed.  Providers call from their own addresses, so ``allow_from``
+        (Bitrix24's) does not apply here.
         """
         expected = self._route_keys.get(route)
-        # an unknown route is compared too, against the handler key, so it takes as long as a known one
-        if not _key_matches(request.query.get("key"), expected or self._handler_key) or expected is None:
+        # a closed or unknown route is compared too (against a key nobody has), so it takes as long
+        if not _key_matches(request.query.get("key"), expected or self._nobody) or expected is None:
             return UNAUTHORIZED
         return None

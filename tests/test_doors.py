@@ -191,3 +191,27 @@ async def test_sighup_rotates_the_key_of_every_door_together(rig: DoorsRig) -> N
     for name in ("shim.log", "daemon.log"):  # no key of any door in a log line
         text = (rig.tmp / name).read_text()
         assert old_key not in text and rig.key not in text and old_route_key not in text
+
+
+async def test_a_captured_handler_key_opens_no_callback_door(rig: DoorsRig) -> None:
+    """SMSC.ru callbacks are not signed: before, on a route without its own callback_key
+    the handler key (in every captured post's URL) opened /dlr/ and marked any message
+    delivered.  Now a route's callback door opens with its callback_key only."""
+    b24_id, form = rig.genuine(to="+375291114455", text="via SMSC", code="by_smsc")
+    assert (await rig.post(rig.handler_url("by_smsc"), form))[0] == 200
+    rid, _, digits = (await rig.provider_id(b24_id)).partition(":")
+    delivered = {"id": rid, "phone": digits, "status": "1", "err": "0"}
+    for key in (rig.key, None, "", rig.route_key):  # the handler key, none, empty, another route's
+        status, body = await rig.post(rig.smsc_dlr_url(key), delivered)
+        assert (status, body) == (401, {"error": "unauthorized", "field": "key"}), key
+    status, _ = await rig.post(rig.dlr_url(key=rig.key), rig.signed_smsru(["sms_status\n000-hk\n103"]))
+    assert status == 401  # nor SMS.ru's, signed or not
+    assert rig.status(b24_id) != "delivered"
+    await rig.log_has("shim", "no_callback_key")  # the admin is told why the provider's calls fail
+    assert rig.key not in (rig.tmp / "shim.log").read_text()
+    # the admin gives the route its own key (and the provider the URL check-config prints)
+    smsc_key = "smsc-callback-" + "c" * 24
+    await rig.hup_shim(smsc_callback=f'callback_key = "{smsc_key}"')
+    assert (await rig.post(rig.smsc_dlr_url(rig.key), delivered))[0] == 401
+    assert await rig.post(rig.smsc_dlr_url(smsc_key), delivered) == (200, "OK")
+    assert rig.status(b24_id) == "delivered"

@@ -22,7 +22,10 @@ async def rig(tmp_path):
 
 
 def dlr_url(rig, route: str, key: str | None = None) -> str:
-    return f"{rig.shim_url}/dlr/{route}?key={key if key is not None else rig.config.shim.handler_key}"
+    """The route's callback URL, with its own callback_key (never the handler key)."""
+    if key is None:
+        key = getattr(rig.config.routes.get(route), "callback_key", "") or "no-such-route-key"
+    return f"{rig.shim_url}/dlr/{route}?key={key}"
 
 
 async def test_smsru_and_smsc_messages_end_with_the_providers_status(rig):
@@ -72,6 +75,10 @@ async def test_callback_doors(rig):
     assert (await _post(f"{rig.shim_url}/dlr/smsru", {"data[0]": record}))[0] == 401
     assert (await _post(dlr_url(rig, "nosuch"), {"data[0]": record}))[0] == 401
     assert (await _post(dlr_url(rig, "life"), {"data[0]": record}))[0] == 401
+    # the handler key, in every HANDLER post's URL, opens no callback door
+    for route in ("smsru", "smscru"):
+        assert (await _post(dlr_url(rig, route, key=rig.config.shim.handler_key), {"id": "1", "phone": "1",
+                                                                                  "status": "1"}))[0] == 401
     stats = rig.daemon.routes["smsru"].stats
     assert stats["callbacks_rejected"] == 2
     # The pending record is in the store, not lost.
