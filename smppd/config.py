@@ -156,7 +156,7 @@ class SmsRuRouteConfig:
     test: bool = False  # SMS.ru sends and charges nothing, answers with dummy ids
     batch_size: int = 1  # numbers per sms/send request (up to 100) for identical texts
     batch_interval: float = 0.0
-    callback_key: str = field(default="", repr=False)  # per-route ?key= of /dlr/{route}; "" = the shim key
+    callback_key: str = field(default="", repr=False)  # ?key= of /dlr/{route}; "" = no callback door (issue 18)
     unknown_receipts_max: int = UNKNOWN_RECEIPTS_MAX  # callbacks kept for ids not known yet (issue 18)
     unknown_receipts_ttl: float = UNKNOWN_RECEIPTS_TTL  # seconds one waits for its id, then dropped
     rate: float = 0.0  # requests per second, 0 = no cap
