@@ -86,7 +86,7 @@ class DlrHandler:
         except RpcError as exc:
             status = {"bad_request": 400, "forbidden": 403}.get(exc.code, 500)
             log.warning("dlr.refused", route=route, code=exc.code, message=exc.message)
-            field = exc.field or ("hash" if exc.code == "forbidden" else None)
+            field = exc.field if status != 500 else None  # the daemon names the field (hash, data, id, ...)
             return error_response(Refusal(status, exc.code if status != 500 else "internal", field,
                                           exc.message if status != 500 else None))
         log.info("dlr.post", route=route, records=len(form))
