@@ -51,6 +51,7 @@ class DoorsRig:
     shim_extra: str = ""
     smsc_callback: str = ""  # [route.smsc] callback_line: "" = the route has no callback_key
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    sent: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)  # every (url, form) posted
     http: aiohttp.ClientSession | None = None
 
     @property
@@ -186,6 +187,7 @@ sender_id = "DemoShop"
 
     async def post(self, url: str, form: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         assert self.http is not None
+        self.sent.append((url, list(form.items() if isinstance(form, dict) else form)))
         async with self.http.post(url, data=form, headers=headers) as r:
             text = await r.text()
             try:

@@ -6,10 +6,13 @@ every door."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 import pytest_asyncio
+
+from smppd.logs import FLUSH_AFTER
 
 from .doors_rig import DoorsRig, start_doors, stop_doors
 
@@ -215,3 +218,29 @@ async def test_a_captured_handler_key_opens_no_callback_door(rig: DoorsRig) -> N
     assert (await rig.post(rig.smsc_dlr_url(rig.key), delivered))[0] == 401
     assert await rig.post(rig.smsc_dlr_url(smsc_key), delivered) == (200, "OK")
     assert rig.status(b24_id) == "delivered"
+
+
+# the form fields whose values never reach a log line: secrets, numbers, texts
+_NEVER_LOGGED = ("message_to", "message_body", "properties[phone_number]", "properties[message_text]",
+                 "auth[access_token]", "auth[application_token]", "auth[refresh_token]")
+
+
+async def test_zz_no_secret_number_or_text_of_any_post_reached_a_log_line(rig: DoorsRig) -> None:
+    """Runs last: every post this module made, genuine or forged, against both logs.
+
+    Keys (of every URL posted, right or wrong), tokens, full numbers and texts must
+    not appear, neither raw nor as JSON escapes them."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    values = {rig.portal.application_token, rig.portal.client_secret, rig.smsru.api_id, rig.smscru.psw}
+    for url, form in rig.sent:
+        values.update(v for k, v in parse_qsl(urlsplit(url).query) if k == "key")
+        values.update(v for k, v in form if k in _NEVER_LOGGED)
+        values.update(v.lstrip("+") for k, v in form if k == "message_to")
+    values = {v for v in values if len(v) >= 8}
+    assert len(values) > 20  # the module did post
+    await asyncio.sleep(FLUSH_AFTER + 0.3)  # the last lines are written
+    for name in ("shim.log", "daemon.log"):
+        text = (rig.tmp / name).read_text()
+        leaked = [v[:6] + "…" for v in values if v in text or json.dumps(v)[1:-1] in text]
+        assert leaked == [], name
