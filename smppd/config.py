@@ -71,6 +71,8 @@ class ShimConfig:
     posts_without_auth: str = "accept"  # "accept" | "refuse": HANDLER posts with no auth[] block
     ts_window: float = 86400.0  # seconds a post's ts may be from now, either way; 0 = not checked
     allow_from: tuple[IPNetwork, ...] = ()  # Bitrix24 queue-server networks; () = any address
+    # a rotation's old key, still accepted on /bitrix24/ and /bitrix24-app until removed (README)
+    handler_key_previous: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -336,7 +338,7 @@ def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
 
 def _shim(t: Mapping[str, Any]) -> ShimConfig:
     _only(t, "shim", {"listen", "handler_key", "public_url", "metrics", "posts_without_auth", "ts_window",
-                      "allow_from"})
+                      "allow_from", "handler_key_previous"})
     listen = _str(t, "shim", "listen")
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -370,8 +372,13 @@ def _shim_doors(t: Mapping[str, Any]) -> dict[str, Any]:
             networks.append(ipaddress.ip_network(item.strip(), strict=False))
         except (TypeError, ValueError):
             raise ConfigError("shim.allow_from", f"not an address or network (CIDR): {item!r}") from None
+    previous = _secret(t, "shim", "handler_key_previous", default="")
+    if previous and len(previous) < 24:
+        raise ConfigError("shim.handler_key_previous", "must be at least 24 random characters (the old handler_key)")
+    if previous and previous == _secret(t, "shim", "handler_key"):
+        raise ConfigError("shim.handler_key_previous", "is the same as handler_key: put the old key here")
     return dict(posts_without_auth=no_auth, ts_window=_number(t, "shim", "ts_window", default=86400.0, low=0.0),
-                allow_from=tuple(networks))
+                allow_from=tuple(networks), handler_key_previous=previous)
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

@@ -220,6 +220,28 @@ async def test_a_captured_handler_key_opens_no_callback_door(rig: DoorsRig) -> N
     assert rig.status(b24_id) == "delivered"
 
 
+async def test_a_key_rotation_loses_no_post_of_a_busy_portal(rig: DoorsRig) -> None:
+    """Bitrix24 keeps posting to the old HANDLER URL until `smppd register --update`
+    has run (and to the old app handler path until the admin edits it), and never
+    resends a refused post: the old key, moved to handler_key_previous, keeps the two
+    Bitrix24 doors open meanwhile; never the callback doors; and is refused once removed."""
+    old, new = rig.key, "door-key-" + "q" * 24
+    await rig.hup_shim(key=new, shim_extra=f'handler_key_previous = "{old}"')
+    try:
+        for key in (old, new):
+            b24_id, form = rig.genuine()
+            assert (await rig.post(rig.handler_url(key=key), form))[0] == 200 and rig.stored(b24_id)
+            status, _ = await rig.post(rig.app_url(key=key), {"event": "NOT_AN_EVENT"})
+            assert status != 401
+        assert (await rig.post(rig.dlr_url(key=old), rig.signed_smsru(["sms_status\n000-prev\n103"])))[0] == 401
+        await rig.log_has("shim", "door.previous_key_used")  # Bitrix24 still has the old URL: the admin is told
+    finally:
+        await rig.hup_shim(shim_extra="")
+    b24_id, form = rig.genuine()
+    assert (await rig.post(rig.handler_url(key=old), form))[0] == 401
+    assert (await rig.post(rig.handler_url(key=new), form))[0] == 200
+
+
 # the form fields whose values never reach a log line: secrets, numbers, texts
 _NEVER_LOGGED = ("message_to", "message_body", "properties[phone_number]", "properties[message_text]",
                  "auth[access_token]", "auth[application_token]", "auth[refresh_token]")
