@@ -119,8 +119,11 @@ def peer_address(remote: str | None, headers: Mapping[str, str]) -> ipaddress.IP
 def ts_fresh(ts: int | None, now: float, window: float | None) -> Refusal | None:
     """A HANDLER post's ``ts`` (Unix seconds, always sent: bitrix24.md §4) against the window.
 
-    Bitrix24 posts within seconds of creating the message (its queue may delay a
-    little), so a ``ts`` a day away is a replay or a forgery, never a late post.
+    Bitrix24 sets ``ts = time()`` when its queue agent hands the message to our
+    HANDLER (messageservice ``Sender\\Sms\\Rest::sendMessage``), not when the message
+    was created: a message its daily limit deferred to the next day still posts a
+    fresh ``ts``, and the REST queue delivers within seconds and never retries.  So
+    a ``ts`` a day away is a replay or a forgery, never a late genuine post.
     A refused genuine post is lost for good (Bitrix24 never retries), so a ``ts``
     in milliseconds is read as such rather than refused.
     """
