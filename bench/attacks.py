@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import secrets
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -248,6 +250,24 @@ class Drill:
         print(f"  unknown-id flood: {n} sent, {kept} kept (bound 1000)", file=sys.stderr)
 
 
+_NEVER_LOGGED = ("message_to", "message_body", "properties[phone_number]", "properties[message_text]",
+                 "auth[access_token]", "auth[application_token]", "auth[refresh_token]")
+
+
+def leaked_values(rig: DoorsRig) -> tuple[int, int]:
+    """(values checked, values found in a log line): every key of every URL posted,
+    every token, full number and text of every form, genuine or forged, raw or as JSON
+    escapes it, against both processes' logs."""
+    values = {rig.portal.application_token, rig.portal.client_secret, rig.smsru.api_id, rig.smscru.psw}
+    for url, form in rig.sent:
+        values.update(v for k, v in parse_qsl(urlsplit(url).query) if k == "key")
+        values.update(v for k, v in form if k in _NEVER_LOGGED)
+        values.update(v.lstrip("+") for k, v in form if k == "message_to")
+    values = {v for v in values if len(v) >= 8}
+    logs = "".join((rig.tmp / f"{name}.log").read_text() for name in ("shim", "daemon"))
+    return len(values), sum(1 for v in values if v in logs or json.dumps(v)[1:-1] in logs)
+
+
 async def main(cases: int, seed: int) -> int:
     with tempfile.TemporaryDirectory(prefix="smppd-attacks-") as tmp:
         rig = await start_doors(Path(tmp))
@@ -256,7 +276,8 @@ async def main(cases: int, seed: int) -> int:
             drill = Drill(rig, cases, seed)
             await drill.run()
         finally:
-            await stop_doors(rig)
+            await stop_doors(rig)  # the processes' last log lines are written as they stop
+        checked, leaked = leaked_values(rig)
     print(f"\n{cases} cases per attack, {time.monotonic() - started:.1f} s, real smppd run + smppd-shim\n")
     print("| attack | cases | accepted |")
     print("|---|---:|---:|")
@@ -264,10 +285,11 @@ async def main(cases: int, seed: int) -> int:
         print(f"| {name} | {n} | {accepted} |")
     n, kept = drill.flood
     print(f"\nsigned SMS.ru callbacks for {n} unknown ids: {kept} kept (unknown_receipts_max = 1000)")
+    print(f"keys, tokens, full numbers and texts posted: {checked} distinct, {leaked} found in a log line")
     controls = [r for r in drill.rows if r[0] in drill.controls]
     attacks = [r for r in drill.rows if r[0] not in drill.controls]
     bad = sum(a for _, _, a in attacks)
-    ok = all(a == n for _, n, a in controls) and bad == 0 and kept <= 1000
+    ok = all(a == n for _, n, a in controls) and bad == 0 and kept <= 1000 and leaked == 0 and checked > 0
     print("OK" if ok else "FAILED")
     return 0 if ok else 1
 
