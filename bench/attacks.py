@@ -264,7 +264,7 @@ def leaked_values(rig: DoorsRig) -> tuple[int, int]:
         values.update(v for k, v in form if k in _NEVER_LOGGED)
         values.update(v.lstrip("+") for k, v in form if k == "message_to")
     values = {v for v in values if len(v) >= 8}
-    logs = "".join((rig.tmp / f"{name}.log").read_text() for name in ("shim", "daemon"))
+    logs = rig.log("shim") + rig.log("daemon")
     return len(values), sum(1 for v in values if v in logs or json.dumps(v)[1:-1] in logs)
 
 

@@ -312,6 +312,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
             raise ConfigError(f"sender.{code}.route", f"no route named {s.route!r}")
         if s.portal is not None and s.portal not in portals:
             raise ConfigError(f"sender.{code}.portal", f"no portal with member_id {s.portal!r}")
+    _callback_keys_apart(shim, routes)
     return Config(
         daemon=daemon,
         shim=shim,
@@ -321,6 +322,18 @@ def parse(raw: Mapping[str, Any]) -> Config:
         apps=MappingProxyType(apps),
         rules=_rules(raw.get("rules", {})),
     )
+
+
+def _callback_keys_apart(shim: ShimConfig, routes: Mapping[str, Any]) -> None:
+    """A callback_key must be none of the handler keys, which every HANDLER post
+    carries in its URL (issue 18): the same string would open /dlr/ to anyone
+    holding one captured post, the very thing a route's own key is there to stop."""
+    handler_keys = {shim.handler_key, shim.handler_key_previous} - {""}
+    for name, route in routes.items():
+        key = getattr(route, "callback_key", "")
+        if key and key in handler_keys:
+            raise ConfigError(f"route.{name}.callback_key",
+                              "must not be the shim's handler_key: every HANDLER post carries that in its URL")
 
 
 # --- sections -------------------------------------------------------------------

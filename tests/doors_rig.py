@@ -215,10 +215,14 @@ sender_id = "DemoShop"
                 raise TimeoutError(f"message {b24_id}: no provider id after {timeout} s")
             await asyncio.sleep(0.02)
 
+    def log(self, process: str) -> str:
+        """The process's log so far; read while it may be writing, so a character cut in
+        half at the end does not fail the reader."""
+        return (self.tmp / f"{process}.log").read_bytes().decode("utf-8", "replace")
+
     async def log_has(self, process: str, text: str) -> None:
         """Wait for ``text`` in the process's log (lines are written in batches, smppd/logs.py)."""
-        path = self.tmp / f"{process}.log"
-        await _wait_for(lambda: text in path.read_text(), f"{text!r} in {process}.log", timeout=5.0)
+        await _wait_for(lambda: text in self.log(process), f"{text!r} in {process}.log", timeout=5.0)
 
     def status(self, b24_id: str) -> str | None:
         with self.db() as conn:

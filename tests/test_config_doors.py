@@ -67,3 +67,15 @@ def test_a_rotation_keeps_the_previous_handler_key_until_it_is_removed():
     d["shim"]["handler_key_previous"] = "old-key-" + "o" * 24
     shim = config.parse(d).shim
     assert shim.handler_key_previous == "old-key-" + "o" * 24 and shim.handler_key_previous not in repr(shim)
+
+
+@pytest.mark.parametrize("which", ["handler_key", "handler_key_previous"])
+def test_a_callback_key_equal_to_a_handler_key_is_refused_naming_it(which):
+    """The handler key is in every HANDLER post's URL: as a callback_key it would open /dlr/ again."""
+    d = raw()
+    d["shim"]["handler_key_previous"] = "old-key-" + "o" * 24
+    d["route"]["ru"] = {"kind": "smsru", "api_id": "x", "callback_key": d["shim"][which]}
+    with pytest.raises(config.ConfigError, match="route.ru.callback_key: must not be the shim's handler_key"):
+        config.parse(d)
+    d["route"]["ru"]["callback_key"] = "cb-key-" + "c" * 24
+    assert config.parse(d).routes["ru"].callback_key == "cb-key-" + "c" * 24
