@@ -62,10 +62,10 @@ class DlrHandler:
             self._refusals[(route, reason)] = (last, count + 1)
             return
         self._refusals[(route, reason)] = (now, 0)
-        hint = ("this route has no callback_key, so its callback door is closed and its statuses come by "
-                "polling; set [route.NAME] callback_key and give the provider the URL "
-                "`smppd check-config --callback-urls` prints" if keyless else None)
-        log.warning("dlr.unauthorized", route=route, reason=reason, refused_since_last_line=count, hint=hint)
+        extra = {"hint": "this route has no callback_key, so its callback door is closed and its statuses come "
+                         "by polling; set [route.NAME] callback_key and give the provider the URL "
+                         "`smppd check-config --callback-urls` prints"} if keyless else {}
+        log.warning("dlr.unauthorized", route=route, reason=reason, refused_since_last_line=count, **extra)
 
     async def handle(self, request: web.Request) -> web.Response:
         route = request.match_info["route"][:64]
