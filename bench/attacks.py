@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import secrets
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,6 +43,7 @@ class Drill:
         self.cases = cases
         self.rng = random.Random(seed)
         self.rows: list[tuple[str, int, int]] = []
+        self.controls: set[str] = set()  # rows of genuine traffic: every case must be accepted
         self._n = 0
 
     def number(self) -> str:
@@ -56,7 +59,9 @@ class Drill:
         status, _ = await self.rig.post(url or self.rig.handler_url(), form, headers=headers)
         return 200 <= status < 300 or self.rig.stored(b24_id)
 
-    async def row(self, name: str, attempt) -> None:  # type: ignore[no-untyped-def]
+    async def row(self, name: str, attempt, *, control: bool = False) -> None:  # type: ignore[no-untyped-def]
+        if control:
+            self.controls.add(name)
         accepted = 0
         for _ in range(self.cases):
             accepted += bool(await attempt())
@@ -164,6 +169,37 @@ class Drill:
                                             self.rig.signed_smsru(["sms_status\n1\n103"]))
         return 200 <= status < 300
 
+    async def handler_key_on_callback_doors(self) -> bool:
+        """The handler key (in every captured post's URL) on a route's /dlr/: SMSC.ru's
+        callbacks are unsigned, so this used to mark any message delivered on a route
+        without its own callback_key."""
+        b24_id, form = self.genuine(code="by_smsc")
+        await self.rig.post(self.rig.handler_url("by_smsc"), form)
+        rid, _, digits = (await self.rig.provider_id(b24_id)).partition(":")
+        key = self.rng.choice([self.rig.key, self.rig.key, "", None])
+        if self.rng.random() < 0.75:
+            status, _ = await self.rig.post(self.rig.smsc_dlr_url(key),
+                                            {"id": rid, "phone": digits, "status": "1", "err": "0"})
+        else:  # SMS.ru's door, signed for an id we never sent: its key is not the handler key either
+            status, _ = await self.rig.post(self.rig.dlr_url(key=key or ""),
+                                            self.rig.signed_smsru([f"sms_status\n{rid}\n103"]))
+        return 200 <= status < 300 or self.status_of(b24_id) == "delivered"
+
+    async def new_message_id_replay(self) -> bool:
+        """A captured post re-posted at once with only a new message_id (the ts too is the
+        captured one): accepted means sent a second time."""
+        b24_id, form = self.genuine()
+        await self.rig.post(self.rig.handler_url(), form)
+        replay_id = secrets.token_hex(16)
+        await self.rig.post(self.rig.handler_url(), _set(form, message_id=replay_id))
+        with self.rig.db() as conn:
+            row = conn.execute("SELECT duplicate_of FROM message WHERE b24_id=?", (replay_id,)).fetchone()
+        return row is not None and row[0] is None  # stored and not a repeat: it would go out again
+
+    async def previous_key_during_rotation(self) -> bool:
+        b24_id, form = self.genuine()
+        return await self.handler_case(form, b24_id, url=self.rig.handler_url(key=self._old[0]))
+
     async def genuine_post(self) -> bool:
         b24_id, form = self.genuine()
         return await self.handler_case(form, b24_id)
@@ -171,8 +207,9 @@ class Drill:
     async def run(self) -> None:
         rig = self.rig
         rig.smsru.callback_url = None  # this drill speaks for SMS.ru
-        await self.row("genuine posts (control: all accepted)", self.genuine_post)
-        await self.row("genuine posts without auth[] (control, default accept)", self.without_auth_refused)
+        await self.row("genuine posts (control: all accepted)", self.genuine_post, control=True)
+        await self.row("genuine posts without auth[] (control, default accept)", self.without_auth_refused,
+                       control=True)
         await self.row("wrong application_token, no member_id", self.forged_token_no_member)
         await self.row("wrong application_token, real member_id", self.forged_token_real_member)
         await self.row("unknown member_id", self.unknown_member)
@@ -181,6 +218,10 @@ class Drill:
         await self.row("captured post replayed a day later, other number/text/id", self.replayed_capture)
         await self.row("wrong URL key, any of the three doors", self.wrong_key)
         await self.row("SMS.ru callback unsigned or wrongly signed (URL key right)", self.smsru_unsigned)
+        await self.row("handler key (or none) on a /dlr/ door: SMSC.ru route without callback_key, SMS.ru",
+                       self.handler_key_on_callback_doors)
+        await self.row("captured post re-posted with only a new message_id: sent again",
+                       self.new_message_id_replay)
         refuse = 'posts_without_auth = "refuse"'
         await rig.hup_daemon(shim_extra=refuse)  # the daemon's intake reads it
         await self.row('no auth[] with posts_without_auth = "refuse"', self.without_auth_refused)
@@ -188,8 +229,12 @@ class Drill:
         # the daemon is not told of the new keys: it does not check them (and a changed
         # HTTP route would be rebound, which is not what this drill is about)
         self._old = (rig.key, rig.route_key)
+        # a rotation as the README says: the old key kept as handler_key_previous meanwhile
         await rig.hup_shim(key=secrets.token_urlsafe(32), route_key=secrets.token_urlsafe(32),
-                           shim_extra=refuse + '\nallow_from = ["203.0.113.0/24"]')
+                           shim_extra=refuse + f'\nhandler_key_previous = "{self._old[0]}"')
+        await self.row("genuine posts with the previous key during a rotation (control)",
+                       self.previous_key_during_rotation, control=True)
+        await rig.hup_shim(shim_extra=refuse + '\nallow_from = ["203.0.113.0/24"]')
         await self.row("old key after SIGHUP rotation, any of the three doors", self.old_key_after_rotation)
         await self.row("address not on [shim] allow_from (direct or via proxy)", self.not_on_allow_from)
 
@@ -205,6 +250,24 @@ class Drill:
         print(f"  unknown-id flood: {n} sent, {kept} kept (bound 1000)", file=sys.stderr)
 
 
+_NEVER_LOGGED = ("message_to", "message_body", "properties[phone_number]", "properties[message_text]",
+                 "auth[access_token]", "auth[application_token]", "auth[refresh_token]")
+
+
+def leaked_values(rig: DoorsRig) -> tuple[int, int]:
+    """(values checked, values found in a log line): every key of every URL posted,
+    every token, full number and text of every form, genuine or forged, raw or as JSON
+    escapes it, against both processes' logs."""
+    values = {rig.portal.application_token, rig.portal.client_secret, rig.smsru.api_id, rig.smscru.psw}
+    for url, form in rig.sent:
+        values.update(v for k, v in parse_qsl(urlsplit(url).query) if k == "key")
+        values.update(v for k, v in form if k in _NEVER_LOGGED)
+        values.update(v.lstrip("+") for k, v in form if k == "message_to")
+    values = {v for v in values if len(v) >= 8}
+    logs = rig.log("shim") + rig.log("daemon")
+    return len(values), sum(1 for v in values if v in logs or json.dumps(v)[1:-1] in logs)
+
+
 async def main(cases: int, seed: int) -> int:
     with tempfile.TemporaryDirectory(prefix="smppd-attacks-") as tmp:
         rig = await start_doors(Path(tmp))
@@ -213,7 +276,8 @@ async def main(cases: int, seed: int) -> int:
             drill = Drill(rig, cases, seed)
             await drill.run()
         finally:
-            await stop_doors(rig)
+            await stop_doors(rig)  # the processes' last log lines are written as they stop
+        checked, leaked = leaked_values(rig)
     print(f"\n{cases} cases per attack, {time.monotonic() - started:.1f} s, real smppd run + smppd-shim\n")
     print("| attack | cases | accepted |")
     print("|---|---:|---:|")
@@ -221,9 +285,11 @@ async def main(cases: int, seed: int) -> int:
         print(f"| {name} | {n} | {accepted} |")
     n, kept = drill.flood
     print(f"\nsigned SMS.ru callbacks for {n} unknown ids: {kept} kept (unknown_receipts_max = 1000)")
-    controls, attacks = drill.rows[:2], drill.rows[2:]
+    print(f"keys, tokens, full numbers and texts posted: {checked} distinct, {leaked} found in a log line")
+    controls = [r for r in drill.rows if r[0] in drill.controls]
+    attacks = [r for r in drill.rows if r[0] not in drill.controls]
     bad = sum(a for _, _, a in attacks)
-    ok = all(a == n for _, n, a in controls) and bad == 0 and kept <= 1000
+    ok = all(a == n for _, n, a in controls) and bad == 0 and kept <= 1000 and leaked == 0 and checked > 0
     print("OK" if ok else "FAILED")
     return 0 if ok else 1
 

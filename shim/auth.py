@@ -18,10 +18,13 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from smppd.config import Config
@@ -29,6 +32,8 @@ from smppd.config import Config
 __all__ = ["DoorConfig", "Doors", "Refusal", "error_response", "peer_address", "ts_fresh"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+PREVIOUS_KEY_LOG_EVERY = 600.0  # seconds between two door.previous_key_used lines
+log = structlog.get_logger(__name__)
 _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 _LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
@@ -66,15 +71,20 @@ class DoorConfig:
     """What the doors check, as one value: a SIGHUP swaps the whole of it at once."""
 
     handler_key: str = field(repr=False)
-    route_keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # /dlr/{route} -> its key
+    route_keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # /dlr/{route} -> its callback_key
+    keyless_routes: frozenset[str] = frozenset()  # HTTP routes without a callback_key: their /dlr/ is closed
     allow_from: tuple[IPNetwork, ...] = ()  # Bitrix24's queue servers; () = any address
     ts_window: float | None = None  # seconds either side of now; None or 0 = not checked
+    previous_key: str = field(default="", repr=False)  # a rotation's old handler key, accepted until removed
 
     @classmethod
     def from_config(cls, cfg: Config, route_keys: Mapping[str, str]) -> "DoorConfig":
         shim = cfg.shim
-        return cls(handler_key=shim.handler_key, route_keys=dict(route_keys), allow_from=tuple(shim.allow_from),
-                   ts_window=shim.ts_window or None)
+        keyless = frozenset(name for name, r in cfg.routes.items()
+                            if getattr(r, "kind", "smpp") in ("smsru", "smsc") and name not in route_keys)
+        return cls(handler_key=shim.handler_key, route_keys=dict(route_keys), keyless_routes=keyless,
+                   allow_from=tuple(shim.allow_from), ts_window=shim.ts_window or None,
+                   previous_key=shim.handler_key_previous)
 
 
 def _key_matches(given: str | None, expected: bytes) -> bool:
@@ -109,8 +119,11 @@ def peer_address(remote: str | None, headers: Mapping[str, str]) -> ipaddress.IP
 def ts_fresh(ts: int | None, now: float, window: float | None) -> Refusal | None:
     """A HANDLER post's ``ts`` (Unix seconds, always sent: bitrix24.md §4) against the window.
 
-    Bitrix24 posts within seconds of creating the message (its queue may delay a
-    little), so a ``ts`` a day away is a replay or a forgery, never a late post.
+    Bitrix24 sets ``ts = time()`` when its queue agent hands the message to our
+    HANDLER (messageservice ``Sender\\Sms\\Rest::sendMessage``), not when the message
+    was created: a message its daily limit deferred to the next day still posts a
+    fresh ``ts``, and the REST queue delivers within seconds and never retries.  So
+    a ``ts`` a day away is a replay or a forgery, never a late genuine post.
     A refused genuine post is lost for good (Bitrix24 never retries), so a ``ts``
     in milliseconds is read as such rather than refused.
     """
@@ -129,14 +142,22 @@ class Doors:
     """The door check shared by every handler of one shim."""
 
     def __init__(self, config: DoorConfig) -> None:
+        self.previous_key_posts = 0  # requests let in by handler_key_previous, since start
+        self._previous_logged = -PREVIOUS_KEY_LOG_EVERY
         self.rotate(config)
 
     def rotate(self, config: DoorConfig) -> None:
-        """SIGHUP: new keys, addresses and window apply to every door's next request together."""
+        """SIGHUP: new keys, addresses and window apply to every door's next request together.
+
+        A rotation without losing posts: the old key goes to ``handler_key_previous``
+        (still accepted on the Bitrix24 doors, never on ``/dlr/``) until ``smppd
+        register --update`` has given Bitrix24 the new HANDLER URL, then is removed."""
         if not config.handler_key:
             raise ValueError("handler_key must not be empty")
         self._handler_key = config.handler_key.encode()
-        self._route_keys = {route: key.encode() for route, key in config.route_keys.items()}
+        self._previous_key = config.previous_key.encode() if config.previous_key else None
+        self._route_keys = {route: key.encode() for route, key in config.route_keys.items() if key}
+        self._nobody = secrets.token_bytes(32)
         self.config = config
 
     @property
@@ -158,19 +179,38 @@ class Doors:
         """
         if not self._allowed(request):
             return NOT_ALLOWED
-        if not _key_matches(request.query.get("key"), self._handler_key):
-            return UNAUTHORIZED
-        return None
+        given = request.query.get("key")
+        if _key_matches(given, self._handler_key):
+            return None
+        if self._previous_key is not None and _key_matches(given, self._previous_key):
+            self._previous_used()
+            return None
+        return UNAUTHORIZED
+
+    def _previous_used(self) -> None:
+        """A post with the rotated-out key: kept (Bitrix24 never resends it), and the
+        admin told, a line per ten minutes, that Bitrix24 still has the old URL."""
+        self.previous_key_posts += 1
+        now = time.monotonic()
+        if now - self._previous_logged >= PREVIOUS_KEY_LOG_EVERY:
+            self._previous_logged = now
+            log.warning("door.previous_key_used", posts=self.previous_key_posts,
+                        hint="Bitrix24 still calls with [shim] handler_key_previous: run `smppd register "
+                             "--update` and update the app's handler path, then remove handler_key_previous")
 
     def check_route(self, request: web.BaseRequest, route: str) -> Refusal | None:
-        """``/dlr/{route}``: the route's key (its ``callback_key``, else the handler key).
+        """``/dlr/{route}``: the route's own ``callback_key``, and nothing else.
 
-        A route that does not exist is refused like a wrong key, so route names
-        cannot be probed.  Providers call from their own addresses, so
-        ``allow_from`` (Bitrix24's) does not apply here.
+        Never the handler key: every captured HANDLER post carries it in its URL,
+        and SMSC.ru's callbacks are not signed, so with it anyone could mark any
+        message delivered (issue 18).  A route without a ``callback_key`` has no
+        callback door at all (its statuses come by polling), and a route that
+        does not exist is refused like a wrong key, so route names cannot be
+        probed.  Providers call from their own addresses, so ``allow_from``
+        (Bitrix24's) does not apply here.
         """
         expected = self._route_keys.get(route)
-        # an unknown route is compared too, against the handler key, so it takes as long as a known one
-        if not _key_matches(request.query.get("key"), expected or self._handler_key) or expected is None:
+        # a closed or unknown route is compared too (against a key nobody has), so it takes as long
+        if not _key_matches(request.query.get("key"), expected or self._nobody) or expected is None:
             return UNAUTHORIZED
         return None

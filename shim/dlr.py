@@ -7,13 +7,16 @@ knows the provider's format and signature.  The body the provider expects
 only after the statuses are committed, so an answer means nothing is lost; a
 daemon that is down gets 503 and the provider retries later.
 
-    401  key missing or wrong, or no such route (not told apart: no probing)
+    401  key missing or wrong, no such route, or a route without a callback_key
+         (not told apart: no probing; the log line tells the admin which)
     400  the daemon could not read the callback
     403  the provider's signature does not match
     503  the daemon did not answer, or its store cannot write now (``unavailable``)
 """
 
 from __future__ import annotations
+
+import time
 
 import structlog
 from aiohttp import web
@@ -23,12 +26,22 @@ from smppd.rpc import RpcClient, RpcError, RpcUnavailable
 
 log = structlog.get_logger(__name__)
 
+REFUSAL_LOG_EVERY = 60.0
+"""Seconds between two ``dlr.unauthorized`` lines of one route and reason: a flood of
+forged callbacks is one line a minute with a count, not a line each."""
+
+
 def dlr_keys(config: object) -> dict[str, str]:
-    """route name → the key its callback URL must carry (per-route key, else the shim key)."""
+    """route name → the key its callback URL must carry: the route's own ``callback_key``.
+
+    Never the shim's handler key, which every HANDLER post carries in its URL
+    (issue 18): an HTTP route without a ``callback_key`` is left out, and its
+    ``/dlr/`` door stays closed.
+    """
     out = {}
     for name, r in getattr(config, "routes").items():
-        if getattr(r, "kind", "smpp") in ("smsru", "smsc"):
-            out[name] = getattr(r, "callback_key", "") or getattr(config, "shim").handler_key
+        if getattr(r, "kind", "smpp") in ("smsru", "smsc") and getattr(r, "callback_key", ""):
+            out[name] = getattr(r, "callback_key")
     return out
 
 
@@ -36,12 +49,29 @@ class DlrHandler:
     def __init__(self, *, doors: Doors, rpc: RpcClient) -> None:
         self._doors = doors
         self._rpc = rpc
+        self._refusals: dict[tuple[str, str], tuple[float, int]] = {}  # (route, reason) -> (last line, since)
+
+    def _log_refusal(self, route: str) -> None:
+        keyless = route in self._doors.config.keyless_routes
+        reason = "no_callback_key" if keyless else "wrong_key"
+        now = time.monotonic()
+        if len(self._refusals) > 1000:  # made-up route names must not grow this
+            self._refusals.clear()
+        last, count = self._refusals.get((route, reason), (-REFUSAL_LOG_EVERY, 0))
+        if now - last < REFUSAL_LOG_EVERY:
+            self._refusals[(route, reason)] = (last, count + 1)
+            return
+        self._refusals[(route, reason)] = (now, 0)
+        extra = {"hint": "this route has no callback_key, so its callback door is closed and its statuses come "
+                         "by polling; set [route.NAME] callback_key and give the provider the URL "
+                         "`smppd check-config --callback-urls` prints"} if keyless else {}
+        log.warning("dlr.unauthorized", route=route, reason=reason, refused_since_last_line=count, **extra)
 
     async def handle(self, request: web.Request) -> web.Response:
         route = request.match_info["route"][:64]
         refusal = self._doors.check_route(request, route)  # the one door check (shim/auth.py)
         if refusal is not None:
-            log.warning("dlr.unauthorized", route=route)
+            self._log_refusal(route)
             return error_response(refusal)
         try:
             form = [(k, str(v)) for k, v in (await request.post()).items()]
@@ -56,7 +86,7 @@ class DlrHandler:
         except RpcError as exc:
             status = {"bad_request": 400, "forbidden": 403, "unavailable": 503}.get(exc.code, 500)
             log.warning("dlr.refused", route=route, code=exc.code, message=exc.message)
-            field = exc.field or ("hash" if exc.code == "forbidden" else None)
+            field = exc.field if status != 500 else None  # the daemon names the field (hash, data, id, ...)
             return error_response(Refusal(status, exc.code if status != 500 else "internal", field,
                                           exc.message if status != 500 else None))
         log.info("dlr.post", route=route, records=len(form))

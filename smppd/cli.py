@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                            description="Validate a config file: prints ok, or the key that is wrong (exit 2).")
     check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     check.add_argument("--env-file", help="read the ${NAME} secrets from this file first (e.g. /etc/smppd/secrets.env)")
+    check.add_argument("--callback-urls", action="store_true",
+                       help="print each HTTP route's callback URL whole, key included, to give the provider")
     check.set_defaults(func=_check_config)
 
     admin_cli.add_commands(sub, DEFAULT_CONFIG)  # status, send, stuck, retry, cancel, report
@@ -126,7 +128,38 @@ def _check_config(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_USAGE
     print(f"{args.config}: ok ({len(cfg.routes)} routes, {len(cfg.senders)} senders, {len(cfg.portals)} portals)")
+    for line in _callback_lines(cfg, whole=args.callback_urls):
+        print(line)
     return EXIT_OK
+
+
+def _callback_lines(cfg: config_mod.Config, *, whole: bool) -> list[str]:
+    """What each HTTP route's provider must be given, or why it has no callback door.
+
+    The key is printed only when asked (``--callback-urls``): check-config's
+    output ends up in deploy logs, and the key is what opens the door.  The
+    handler key never opens ``/dlr/`` (issue 18), so a route without its own
+    ``callback_key`` gets its statuses by polling only.
+    """
+    from urllib.parse import quote
+
+    base = (cfg.shim.public_url or "https://YOUR-HOST").rstrip("/")
+    out = []
+    for name, route in cfg.routes.items():
+        if getattr(route, "kind", "smpp") not in ("smsru", "smsc"):
+            continue
+        key = getattr(route, "callback_key", "")
+        url = f"{base}/dlr/{quote(name, safe='')}?key="
+        if not key:
+            out.append(f"route {name}: no callback_key, so /dlr/{name} is closed and statuses come by polling "
+                       f"(poll_after = {getattr(route, 'poll_after', 0):g} s); set route.{name}.callback_key "
+                       "to receive the provider's callbacks")
+        elif whole:
+            out.append(f"route {name}: callback URL {url}{quote(key, safe='')}")
+        else:
+            out.append(f"route {name}: callback URL {url}<route.{name}.callback_key> "
+                       "(--callback-urls prints it whole)")
+    return out
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -81,6 +81,8 @@ class ShimConfig:
     spool_dir: str = ""  # "" = $STATE_DIRECTORY/spool under systemd, else shim-spool next to the database
     spool_max_bytes: int = 1024 * 1024 * 1024
     spool_after: float = 0.5
+    # a rotation's old key, still accepted on /bitrix24/ and /bitrix24-app until removed (README)
+    handler_key_previous: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ class SmsRuRouteConfig:
     test: bool = False  # SMS.ru sends and charges nothing, answers with dummy ids
     batch_size: int = 1  # numbers per sms/send request (up to 100) for identical texts
     batch_interval: float = 0.0
-    callback_key: str = field(default="", repr=False)  # per-route ?key= of /dlr/{route}; "" = the shim key
+    callback_key: str = field(default="", repr=False)  # ?key= of /dlr/{route}; "" = no callback door (issue 18)
     unknown_receipts_max: int = UNKNOWN_RECEIPTS_MAX  # callbacks kept for ids not known yet (issue 18)
     unknown_receipts_ttl: float = UNKNOWN_RECEIPTS_TTL  # seconds one waits for its id, then dropped
     rate: float = 0.0  # requests per second, 0 = no cap
@@ -369,6 +371,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
             raise ConfigError(f"sender.{code}.route", f"no route named {s.route!r}")
         if s.portal is not None and s.portal not in portals:
             raise ConfigError(f"sender.{code}.portal", f"no portal with member_id {s.portal!r}")
+    _callback_keys_apart(shim, routes)
     return Config(
         daemon=daemon,
         shim=shim,
@@ -399,6 +402,18 @@ def _domain(t: Mapping[str, Any], key: str) -> str:
     return domain
 
 
+def _callback_keys_apart(shim: ShimConfig, routes: Mapping[str, Any]) -> None:
+    """A callback_key must be none of the handler keys, which every HANDLER post
+    carries in its URL (issue 18): the same string would open /dlr/ to anyone
+    holding one captured post, the very thing a route's own key is there to stop."""
+    handler_keys = {shim.handler_key, shim.handler_key_previous} - {""}
+    for name, route in routes.items():
+        key = getattr(route, "callback_key", "")
+        if key and key in handler_keys:
+            raise ConfigError(f"route.{name}.callback_key",
+                              "must not be the shim's handler_key: every HANDLER post carries that in its URL")
+
+
 # --- sections -------------------------------------------------------------------
 
 
@@ -416,7 +431,7 @@ def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
 
 def _shim(t: Mapping[str, Any]) -> ShimConfig:
     _only(t, "shim", {"listen", "handler_key", "public_url", "metrics", "posts_without_auth", "ts_window",
-                      "allow_from", "spool_dir", "spool_max_bytes", "spool_after"})
+                      "allow_from", "spool_dir", "spool_max_bytes", "spool_after", "handler_key_previous"})
     listen = _str(t, "shim", "listen")
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -451,8 +466,13 @@ def _shim_doors(t: Mapping[str, Any]) -> dict[str, Any]:
             networks.append(ipaddress.ip_network(item.strip(), strict=False))
         except (TypeError, ValueError):
             raise ConfigError("shim.allow_from", f"not an address or network (CIDR): {item!r}") from None
+    previous = _secret(t, "shim", "handler_key_previous", default="")
+    if previous and len(previous) < 24:
+        raise ConfigError("shim.handler_key_previous", "must be at least 24 random characters (the old handler_key)")
+    if previous and previous == _secret(t, "shim", "handler_key"):
+        raise ConfigError("shim.handler_key_previous", "is the same as handler_key: put the old key here")
     return dict(posts_without_auth=no_auth, ts_window=_number(t, "shim", "ts_window", default=86400.0, low=0.0),
-                allow_from=tuple(networks))
+                allow_from=tuple(networks), handler_key_previous=previous)
 
 
 def _spool(t: Mapping[str, Any]) -> dict[str, Any]:

@@ -343,11 +343,11 @@ class Daemon:
         except ForgedCallback as e:
             route.stats["callbacks_rejected"] += 1
             log.warning("dlr_forged", route=route.name, error=str(e))
-            raise RpcError("forbidden", str(e)) from None
+            raise RpcError("forbidden", str(e), field=e.field) from None
         except BadCallback as e:
             route.stats["callbacks_rejected"] += 1
             log.warning("dlr_malformed", route=route.name, error=str(e))
-            raise RpcError("bad_request", str(e)) from None
+            raise RpcError("bad_request", str(e), field=e.field) from None
         return {"answer": answer}
 
     async def _ping(self, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -110,7 +110,8 @@ def make_config(tmp: Path, portal: SimulatedPortal, smscs: dict[str, SmscSimulat
     for name, sim in (http_sims or {}).items():
         if isinstance(sim, SmsRuSimulator):
             routes[name] = SmsRuRouteConfig(name=name, api_id=sim.api_id, base_url=sim.base_url, retry_min=0.2,
-                                            retry_max=5.0, poll_after=5.0, poll_interval=1.0)
+                                            retry_max=5.0, poll_after=5.0, poll_interval=1.0,
+                                            callback_key=secrets.token_urlsafe(24))
             senders["by_smsru"] = SenderConfig(code="by_smsru", route=name, sender_id="DemoShop",
                                                name="SMS via SMS.ru")
         else:
@@ -119,7 +120,7 @@ def make_config(tmp: Path, portal: SimulatedPortal, smscs: dict[str, SmscSimulat
             routes[name] = SmscRouteConfig(name=name, login=sim.login, password=sim.psw,
                                            base_url=sim.base_url + "sys/", batch_interval=0.2, retry_min=0.2,
                                            retry_max=5.0, poll_after=5.0, poll_interval=1.0,
-                                           viber=viber, viber_fallback=2.0)
+                                           viber=viber, viber_fallback=2.0, callback_key=secrets.token_urlsafe(24))
             code = "by_viber" if viber else "by_smsc"
             senders[code] = SenderConfig(code=code, route=name, sender_id="DemoShop",
                                          name="Viber, then SMS, via SMSC.ru" if viber else "SMS via SMSC.ru")
@@ -163,8 +164,8 @@ async def start_rig(tmp: Path, *, seed: int = 7, portal_rate: float | None = 2.0
               http_sims=http_sims)
     await start_daemon(rig)
     await start_shim(rig)
-    for name, sim in http_sims.items():  # the providers call back through the real shim
-        sim.callback_url = f"{rig.shim_url}/dlr/{name}?key={key}"
+    for name, sim in http_sims.items():  # the providers call back through the real shim, with the route's key
+        sim.callback_url = f"{rig.shim_url}/dlr/{name}?key={rig.config.routes[name].callback_key}"  # type: ignore[union-attr]
     return rig
 
 

@@ -285,7 +285,9 @@ class Intake:
         if owner is not None and owner != req.member_id:
             raise RpcError("forbidden", "this code belongs to another portal")
         token = req.application_token or ""
-        if not hmac.compare_digest(token.encode(), portal.application_token.encode()):
+        # a portal with no token on record (a store row from an event that carried
+        # none) must not be opened by a post that carries none either
+        if not hmac.compare_digest(token.encode(), portal.application_token.encode()) or not token:
             raise RpcError("forbidden", "application_token does not match")
         return portal
 

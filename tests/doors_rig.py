@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from smppd.bitrix24.portal import SimulatedPortal
+from smppd.sims.smsc import SmscSimulator as SmscRuSimulator
 from smppd.sims.smsru import SmsRuSimulator
 from smppd.smpp.simulator import SimulatorConfig, SmscSimulator
 
@@ -40,13 +42,16 @@ class DoorsRig:
     portal: SimulatedPortal
     smsc: SmscSimulator
     smsru: SmsRuSimulator
+    smscru: SmscRuSimulator
     shim_port: int
     shim_metrics: int
     daemon_metrics: int
     key: str = KEY
     route_key: str = ROUTE_KEY
     shim_extra: str = ""
+    smsc_callback: str = ""  # [route.smsc] callback_line: "" = the route has no callback_key
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    sent: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)  # every (url, form) posted
     http: aiohttp.ClientSession | None = None
 
     @property
@@ -65,6 +70,9 @@ class DoorsRig:
 
     def dlr_url(self, key: str | None = None) -> str:
         return f"{self.url}/dlr/smsru?key={self.route_key if key is None else key}"
+
+    def smsc_dlr_url(self, key: str | None) -> str:
+        return f"{self.url}/dlr/smsc" + ("" if key is None else f"?key={key}")
 
     def write_config(self) -> None:
         self.conf.write_text(f"""
@@ -95,12 +103,26 @@ callback_key = "{self.route_key}"
 retry_min = 0.2
 poll_after = 600
 
+[route.smsc]
+kind = "smsc"
+login = "{self.smscru.login}"
+password = "{self.smscru.psw}"
+base_url = "{self.smscru.base_url}sys/"
+batch_interval = 0.0
+retry_min = 0.2
+poll_after = 600
+{self.smsc_callback}
+
 [sender.by_life]
 route = "life"
 sender_id = "DemoShop"
 
 [sender.by_smsru]
 route = "smsru"
+sender_id = "DemoShop"
+
+[sender.by_smsc]
+route = "smsc"
 sender_id = "DemoShop"
 """)
 
@@ -165,6 +187,7 @@ sender_id = "DemoShop"
 
     async def post(self, url: str, form: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         assert self.http is not None
+        self.sent.append((url, list(form.items() if isinstance(form, dict) else form)))
         async with self.http.post(url, data=form, headers=headers) as r:
             text = await r.text()
             try:
@@ -178,6 +201,33 @@ sender_id = "DemoShop"
                 **kw: Any) -> tuple[str, list[tuple[str, str]]]:
         """A post as Bitrix24 sends it (the portal registers the message first)."""
         return self.portal.create_message(code, to, text, **kw)
+
+    async def provider_id(self, b24_id: str, timeout: float = 20.0) -> str:
+        """The provider's id of the message's first segment, once its route has one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.db() as conn:
+                row = conn.execute("SELECT s.provider_id FROM segment s JOIN message m ON m.id=s.message_id"
+                                   " WHERE m.b24_id=? AND s.provider_id IS NOT NULL", (b24_id,)).fetchone()
+            if row:
+                return str(row[0])
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"message {b24_id}: no provider id after {timeout} s")
+            await asyncio.sleep(0.02)
+
+    def log(self, process: str) -> str:
+        """The process's log so far; read while it may be writing, so a character cut in
+        half at the end does not fail the reader."""
+        return (self.tmp / f"{process}.log").read_bytes().decode("utf-8", "replace")
+
+    async def log_has(self, process: str, text: str) -> None:
+        """Wait for ``text`` in the process's log (lines are written in batches, smppd/logs.py)."""
+        await _wait_for(lambda: text in self.log(process), f"{text!r} in {process}.log", timeout=5.0)
+
+    def status(self, b24_id: str) -> str | None:
+        with self.db() as conn:
+            row = conn.execute("SELECT status FROM message WHERE b24_id=?", (b24_id,)).fetchone()
+        return row[0] if row else None
 
     def signed_smsru(self, records: list[str]) -> dict[str, str]:
         form = {f"data[{i}]": r for i, r in enumerate(records)}
@@ -222,7 +272,9 @@ async def start_doors(tmp: Path | None = None, *, shim_extra: str = "") -> Doors
     await smsc.start()
     smsru = SmsRuSimulator(deliver_after=0.05)
     await smsru.start()
-    rig = DoorsRig(tmp, portal, smsc, smsru, free_port(), free_port(), free_port(), shim_extra=shim_extra)
+    smscru = SmscRuSimulator(deliver_after=3600.0)  # the tests speak for SMSC.ru's callbacks themselves
+    await smscru.start()
+    rig = DoorsRig(tmp, portal, smsc, smsru, smscru, free_port(), free_port(), free_port(), shim_extra=shim_extra)
     smsru.callback_url = rig.dlr_url()
     try:
         await rig.start()
@@ -237,5 +289,6 @@ async def stop_doors(rig: DoorsRig) -> None:
         await rig.stop()
     finally:
         await rig.smsru.stop()
+        await rig.smscru.stop()
         await rig.smsc.stop()
         await rig.portal.stop()

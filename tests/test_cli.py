@@ -65,3 +65,28 @@ def test_console_log_lines_into_a_closed_pipe_are_quiet():
     safe.write("another\n" * 10000)
     safe.flush()
     out.close()
+
+
+def test_check_config_says_where_each_http_route_is_called_back(tmp_path):
+    """The handler key opens no /dlr/ door (issue 18): check-config tells the admin the
+    URL to give each provider, or that a route without a callback_key is polled only."""
+    conf = tmp_path / "config.toml"
+    key = "cb-" + "k" * 30
+    conf.write_text(EXAMPLE.read_text() + f"""  # public_url is not set there
+[route.smsru]
+kind = "smsru"
+api_id = "api-id-0123"
+callback_key = "{key}"
+
+[route.smsc]
+kind = "smsc"
+login = "me"
+password = "pw"
+""")
+    r = smppd("check-config", "-c", str(conf))
+    assert r.returncode == 0, r.stderr
+    assert "route smsru: callback URL https://YOUR-HOST/dlr/smsru?key=<route.smsru.callback_key>" in r.stdout
+    assert key not in r.stdout  # the key only when asked for
+    assert "route smsc: no callback_key, so /dlr/smsc is closed" in r.stdout
+    r = smppd("check-config", "-c", str(conf), "--callback-urls")
+    assert f"route smsru: callback URL https://YOUR-HOST/dlr/smsru?key={key}" in r.stdout

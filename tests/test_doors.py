@@ -6,10 +6,13 @@ every door."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 import pytest_asyncio
+
+from smppd.logs import FLUSH_AFTER
 
 from .doors_rig import DoorsRig, start_doors, stop_doors
 
@@ -109,7 +112,7 @@ async def test_posts_without_auth_are_counted_logged_hourly_and_refusable(rig: D
     assert all(rig.stored(i) for i in ids)
     metrics = await rig.metrics(rig.daemon_metrics)
     assert f'smppd_posts_without_auth_total{{portal="{member}",refused="false"}} 3.0' in metrics
-    log = (rig.tmp / "daemon.log").read_text()
+    log = rig.log("daemon")
     assert log.count('"post_without_auth"') == 1  # one line per portal per hour, not per post
     # the admin's choice: refuse them
     await rig.hup_daemon(shim_extra='posts_without_auth = "refuse"')
@@ -189,5 +192,81 @@ async def test_sighup_rotates_the_key_of_every_door_together(rig: DoorsRig) -> N
     status, body = await rig.post(rig.handler_url(key=old_key), rig.genuine()[1])
     assert body == {"error": "unauthorized", "field": "key"}
     for name in ("shim.log", "daemon.log"):  # no key of any door in a log line
-        text = (rig.tmp / name).read_text()
+        text = rig.log(name.removesuffix(".log"))
         assert old_key not in text and rig.key not in text and old_route_key not in text
+
+
+async def test_a_captured_handler_key_opens_no_callback_door(rig: DoorsRig) -> None:
+    """SMSC.ru callbacks are not signed: before, on a route without its own callback_key
+    the handler key (in every captured post's URL) opened /dlr/ and marked any message
+    delivered.  Now a route's callback door opens with its callback_key only."""
+    b24_id, form = rig.genuine(to="+375291114455", text="via SMSC", code="by_smsc")
+    assert (await rig.post(rig.handler_url("by_smsc"), form))[0] == 200
+    rid, _, digits = (await rig.provider_id(b24_id)).partition(":")
+    delivered = {"id": rid, "phone": digits, "status": "1", "err": "0"}
+    for key in (rig.key, None, "", rig.route_key):  # the handler key, none, empty, another route's
+        status, body = await rig.post(rig.smsc_dlr_url(key), delivered)
+        assert (status, body) == (401, {"error": "unauthorized", "field": "key"}), key
+    status, _ = await rig.post(rig.dlr_url(key=rig.key), rig.signed_smsru(["sms_status\n000-hk\n103"]))
+    assert status == 401  # nor SMS.ru's, signed or not
+    assert rig.status(b24_id) != "delivered"
+    await rig.log_has("shim", "no_callback_key")  # the admin is told why the provider's calls fail
+    log = rig.log("shim")
+    assert log.count("no_callback_key") == 1 and rig.key not in log  # one line a minute, not one per call
+    # the admin gives the route its own key (and the provider the URL check-config prints)
+    smsc_key = "smsc-callback-" + "c" * 24
+    await rig.hup_shim(smsc_callback=f'callback_key = "{smsc_key}"')
+    assert (await rig.post(rig.smsc_dlr_url(rig.key), delivered))[0] == 401
+    assert await rig.post(rig.smsc_dlr_url(smsc_key), delivered) == (200, "OK")
+    assert rig.status(b24_id) == "delivered"
+    # its message_final line names SMSC.ru's id, request:phone: the last test checks the number is masked
+    await rig.log_has("daemon", f'"b24_id": "{b24_id}", "route": "smsc", "provider_ids": ["{rid}:')
+
+
+async def test_a_key_rotation_loses_no_post_of_a_busy_portal(rig: DoorsRig) -> None:
+    """Bitrix24 keeps posting to the old HANDLER URL until `smppd register --update`
+    has run (and to the old app handler path until the admin edits it), and never
+    resends a refused post: the old key, moved to handler_key_previous, keeps the two
+    Bitrix24 doors open meanwhile; never the callback doors; and is refused once removed."""
+    old, new = rig.key, "door-key-" + "q" * 24
+    await rig.hup_shim(key=new, shim_extra=f'handler_key_previous = "{old}"')
+    try:
+        for key in (old, new):
+            b24_id, form = rig.genuine()
+            assert (await rig.post(rig.handler_url(key=key), form))[0] == 200 and rig.stored(b24_id)
+            status, _ = await rig.post(rig.app_url(key=key), {"event": "NOT_AN_EVENT"})
+            assert status != 401
+        assert (await rig.post(rig.dlr_url(key=old), rig.signed_smsru(["sms_status\n000-prev\n103"])))[0] == 401
+        await rig.log_has("shim", "door.previous_key_used")  # Bitrix24 still has the old URL: the admin is told
+    finally:
+        await rig.hup_shim(shim_extra="")
+    b24_id, form = rig.genuine()
+    assert (await rig.post(rig.handler_url(key=old), form))[0] == 401
+    assert (await rig.post(rig.handler_url(key=new), form))[0] == 200
+
+
+# the form fields whose values never reach a log line: secrets, numbers, texts
+_NEVER_LOGGED = ("message_to", "message_body", "properties[phone_number]", "properties[message_text]",
+                 "auth[access_token]", "auth[application_token]", "auth[refresh_token]")
+
+
+async def test_zz_no_secret_number_or_text_of_any_post_reached_a_log_line(rig: DoorsRig) -> None:
+    """Runs last: every post this module made, genuine or forged, against both logs.
+
+    Keys (of every URL posted, right or wrong), tokens, full numbers and texts must
+    not appear, neither raw nor as JSON escapes them."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    values = {rig.portal.application_token, rig.portal.client_secret, rig.smsru.api_id, rig.smscru.psw}
+    for url, form in rig.sent:
+        values.update(v for k, v in parse_qsl(urlsplit(url).query) if k == "key")
+        values.update(v for k, v in form if k in _NEVER_LOGGED)
+        values.update(v.lstrip("+") for k, v in form if k == "message_to")
+    values = {v for v in values if len(v) >= 8}
+    assert len(values) > 20  # the module did post
+    await asyncio.sleep(FLUSH_AFTER + 0.3)  # the last lines are written
+    for name in ("shim.log", "daemon.log"):
+        text = rig.log(name.removesuffix(".log"))
+        leaked = [(v[:6] + "…", next(line[:300] for line in text.splitlines() if v in line or json.dumps(v)[1:-1] in line))
+                  for v in values if v in text or json.dumps(v)[1:-1] in text]
+        assert leaked == [], name

@@ -269,7 +269,7 @@ async def test_http_callbacks_wait_for_the_disk_and_beyond_the_bound_get_503(sma
             _, status, _ = await post(rig, "by_smsc", "+375291234568", "while full")
             assert status in (200, 503)
         rig.daemon.store.max_held_receipts = 1
-        url = f"{rig.shim_url}/dlr/smscru?key={rig.config.shim.handler_key}"
+        url = f"{rig.shim_url}/dlr/smscru?key={rig.config.routes['smscru'].callback_key}"  # type: ignore[union-attr]
 
         async def callback(form: dict) -> tuple[int, str]:
             async with aiohttp.ClientSession() as http:

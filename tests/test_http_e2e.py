@@ -22,7 +22,10 @@ async def rig(tmp_path):
 
 
 def dlr_url(rig, route: str, key: str | None = None) -> str:
-    return f"{rig.shim_url}/dlr/{route}?key={key if key is not None else rig.config.shim.handler_key}"
+    """The route's callback URL, with its own callback_key (never the handler key)."""
+    if key is None:
+        key = getattr(rig.config.routes.get(route), "callback_key", "") or "no-such-route-key"
+    return f"{rig.shim_url}/dlr/{route}?key={key}"
 
 
 async def test_smsru_and_smsc_messages_end_with_the_providers_status(rig):
@@ -67,13 +70,29 @@ async def test_callback_doors(rig):
     bad_hash = hashlib.sha256((api_id + bad).encode()).hexdigest()
     assert (await _post(dlr_url(rig, "smsru"), {"data[0]": bad, "hash": bad_hash}))[0] == 400
     assert (await _post(dlr_url(rig, "smscru"), {"status": "1"}))[0] == 400
+    # every refusal names its field, as the daemon gave it
+    async with aiohttp.ClientSession() as http:
+        for route, form, answer in (
+                ("smsru", {"data[0]": record, "hash": "0" * 64}, (403, "forbidden", "hash")),
+                ("smsru", {"data[0]": record}, (403, "forbidden", "hash")),
+                ("smsru", {"hash": good_hash}, (400, "bad_request", "data")),
+                ("smsru", {"data[0]": bad, "hash": bad_hash}, (400, "bad_request", "data")),
+                ("smscru", {"id": "1", "phone": "375291234567", "status": "x"}, (400, "bad_request", "status")),
+                ("smscru", {"id": "1", "status": "1"}, (400, "bad_request", "phone"))):
+            async with http.post(dlr_url(rig, route), data=form) as resp:
+                body = await resp.json()
+                assert (resp.status, body["error"], body["field"]) == answer, (route, form)
     # wrong key, no key, unknown route, an SMPP route: all the same 401
     assert (await _post(dlr_url(rig, "smsru", key="x" * 30), {"data[0]": record}))[0] == 401
     assert (await _post(f"{rig.shim_url}/dlr/smsru", {"data[0]": record}))[0] == 401
     assert (await _post(dlr_url(rig, "nosuch"), {"data[0]": record}))[0] == 401
     assert (await _post(dlr_url(rig, "life"), {"data[0]": record}))[0] == 401
+    # the handler key, in every HANDLER post's URL, opens no callback door
+    for route in ("smsru", "smscru"):
+        assert (await _post(dlr_url(rig, route, key=rig.config.shim.handler_key), {"id": "1", "phone": "1",
+                                                                                  "status": "1"}))[0] == 401
     stats = rig.daemon.routes["smsru"].stats
-    assert stats["callbacks_rejected"] == 2
+    assert stats["callbacks_rejected"] == 6
     # The pending record is in the store, not lost.
     assert db(rig).execute("SELECT count(*) FROM receipt_pending WHERE provider_id='000000-1'").fetchone()[0] == 1
 

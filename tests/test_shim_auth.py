@@ -52,3 +52,30 @@ def test_rotation_replaces_every_key_at_once():
     assert doors.config.handler_key == "c" * 24 and doors.config.route_keys == {"smsru": "d" * 24}
     with pytest.raises(ValueError):
         doors.rotate(DoorConfig(handler_key=""))
+
+
+def _request(path: str):
+    from aiohttp.test_utils import make_mocked_request
+
+    return make_mocked_request("POST", path)
+
+
+def test_no_handler_key_opens_a_callback_door():
+    """issue 18: /dlr/ takes the route's own callback_key only; a route without one is closed."""
+    doors = Doors(DoorConfig(handler_key="h" * 24, route_keys={"smsru": "r" * 24, "smsc": ""},
+                             keyless_routes=frozenset({"smsc"}), previous_key="p" * 24))
+    assert doors.check_route(_request("/dlr/smsru?key=" + "r" * 24), "smsru") is None
+    for route, key in (("smsru", "h" * 24), ("smsru", "p" * 24), ("smsc", "h" * 24), ("smsc", ""),
+                       ("nosuch", "h" * 24)):
+        refusal = doors.check_route(_request(f"/dlr/{route}?key={key}"), route)
+        assert refusal is not None and (refusal.status, refusal.field) == (401, "key"), (route, key)
+
+
+def test_the_previous_handler_key_opens_the_bitrix24_doors_until_it_is_removed():
+    doors = Doors(DoorConfig(handler_key="h" * 24, previous_key="p" * 24))
+    for key in ("h" * 24, "p" * 24):
+        assert doors.check_bitrix24(_request("/bitrix24/x?key=" + key)) is None
+    assert doors.previous_key_posts == 1
+    assert doors.check_bitrix24(_request("/bitrix24/x?key=" + "q" * 24)) is not None
+    doors.rotate(DoorConfig(handler_key="h" * 24))
+    assert doors.check_bitrix24(_request("/bitrix24/x?key=" + "p" * 24)) is not None

@@ -71,11 +71,23 @@ class DuplicateRequest(ProviderError):
 
 
 class BadCallback(ValueError):
-    """A callback we cannot read: answered 400, logged, nothing applied."""
+    """A callback we cannot read: answered 400, logged, nothing applied.
+
+    ``field`` names the form field at fault, so the provider's support (or
+    whoever reads our answer) is told which one, as every door's error does.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ForgedCallback(ValueError):
-    """A callback whose signature does not match: answered 403."""
+    """A callback whose signature does not match: answered 403, naming the field."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,16 @@ class CallbackStatus:
     err: int
 
 
+def _first_bad(f: Mapping[str, str]) -> str:
+    """The first of id, status, err that is not an integer (the field a 400 names)."""
+    for name in ("id", "status", "err"):
+        try:
+            int(f.get(name) or (0 if name == "err" else ""))
+        except ValueError:
+            return name
+    return "id"
+
+
 def parse_callback(form: Sequence[tuple[str, str]]) -> CallbackStatus | None:
     """One status push (§2.5): id, phone, status, err.  None for other kinds of
     push (incoming SMS, call confirmation) that carry no status."""
@@ -208,16 +218,16 @@ def parse_callback(form: Sequence[tuple[str, str]]) -> CallbackStatus | None:
     if "status" not in f:
         if "id" in f or "phone" in f:
             return None
-        raise BadCallback("no id, phone or status field")
+        raise BadCallback("no id, phone or status field", field="status")
     try:
         rid = int(f["id"])
         code = int(f["status"])
         err = int(f.get("err") or 0)
     except (KeyError, ValueError):
-        raise BadCallback("id, status and err must be integers") from None
+        raise BadCallback("id, status and err must be integers", field=_first_bad(f)) from None
     digits = only_digits(f.get("phone", ""))
     if not digits:
-        raise BadCallback("phone missing")
+        raise BadCallback("phone missing", field="phone")
     return CallbackStatus(rid, digits, code, err)
 
 

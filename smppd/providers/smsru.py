@@ -161,22 +161,22 @@ def parse_callback(form: Sequence[tuple[str, str]], api_id: str) -> list[Callbac
         if m:
             items.append((int(m[1]) if m[1] else pos, pos, v))
     if not items:
-        raise BadCallback("no data[] entries")
+        raise BadCallback("no data[] entries", field="data")
     items.sort()
     values = [v for _, _, v in items]
     if sent_hash is None and api_id:
-        raise ForgedCallback("hash: missing (required when the route has an api_id)")
+        raise ForgedCallback("hash: missing (required when the route has an api_id)", field="hash")
     if sent_hash is not None:
         expect = hashlib.sha256((api_id + "".join(values)).encode()).hexdigest()
         if not hmac.compare_digest(sent_hash.strip().lower().encode(), expect.encode()):
-            raise ForgedCallback("hash does not match")
+            raise ForgedCallback("hash does not match", field="hash")
     out = []
     for v in values:
         lines = v.replace("\r\n", "\n").split("\n")
         if lines[0] != "sms_status":
             continue
         if len(lines) < 3 or not lines[1] or not lines[2].lstrip("-").isdigit():
-            raise BadCallback(f"malformed sms_status record ({len(lines)} lines)")
+            raise BadCallback(f"malformed sms_status record ({len(lines)} lines)", field="data")
         ts = int(lines[3]) if len(lines) > 3 and lines[3].isdigit() else None
         out.append(CallbackStatus(lines[1], int(lines[2]), ts))
     return out
