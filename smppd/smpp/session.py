@@ -27,10 +27,11 @@ socket. A new connection needs a new ``Session``.
 Decisions, in the same order as Kannel's ``gw/smsc/smsc_smpp.c``
 (``handle_pdu`` and ``io_thread``). Deviations from Kannel are marked.
 
-* ``ESME_RALYBND`` (0x05) in a bind_resp counts as success: ``Bound`` with
-  ``status=0x05`` (Kannel: "RALYBND on bind = success"). If the SMSC does not in
-  fact consider this connection bound, the first submit_sm_resp is
-  ``ESME_RINVBNDSTS``, and the session then ends itself (next point).
+* ``ESME_RALYBND`` (0x05) in a bind_resp is a bind failure (SMPP 3.4 §5.1.3,
+  reference §4 "back off and retry"): ``BindRejected(0x05)``, and nothing is
+  ever submitted on this connection. Deviation: Kannel takes it as success, and
+  against an SMSC still holding our stale session that pushed a full window of
+  submits into each closing socket (issue 14.2).
 * ``ESME_RINVBNDSTS`` (0x04) in a submit_sm_resp or generic_nack means the SMSC
   does not consider us bound. That submit is reported as a *temporary*
   ``SubmitRejected`` (the part is requeued, as reference §4 says), and the
@@ -127,6 +128,7 @@ ESME_RINVCMDID = 0x03
 ESME_RINVBNDSTS = 0x04
 ESME_RALYBND = 0x05
 ESME_RSYSERR = 0x08
+ESME_RX_T_APPN = 0x64
 
 # Status of the response to an undecodable deliver_sm/data_sm when the codec names none
 # (see the module docstring).
@@ -222,7 +224,7 @@ class Submit:
 @dataclass(frozen=True, slots=True)
 class Bound:
     system_id: str  # the SMSC's system_id from bind_resp ("" if absent)
-    status: int = ESME_ROK  # ESME_RALYBND when the SMSC said "already bound" (treated as success)
+    status: int = ESME_ROK
 
 
 @dataclass(frozen=True, slots=True)
@@ -712,7 +714,7 @@ class Session:
                 sequence=header.sequence,
             )
         status = header.status
-        if status not in (ESME_ROK, ESME_RALYBND):
+        if status != ESME_ROK:
             self._log.error(
                 "smpp.bind_rejected", status=status, status_name=codec.status_name(status)
             )
@@ -726,10 +728,7 @@ class Session:
             self._log.warning("smpp.bind_resp_body_unreadable", error=repr(exc))
         self._state = State.BOUND
         self._bind_seq = None
-        if status == ESME_RALYBND:
-            self._log.warning("smpp.bound_already_bound", smsc_system_id=system_id)
-        else:
-            self._log.info("smpp.bound", smsc_system_id=system_id)
+        self._log.info("smpp.bound", smsc_system_id=system_id)
         events.append(Bound(system_id, status))
 
     def _on_submit_resp(self, seq: int, status: int, raw: bytes, events: list[Event]) -> None:
@@ -860,7 +859,13 @@ class Session:
 
     def _on_deliver(self, command_id: int, seq: int, raw: bytes, events: list[Event]) -> None:
         resp = "deliver_sm_resp" if command_id == _DELIVER_SM else "data_sm_resp"
-        if self._state is not State.BOUND and self._state is not State.UNBINDING:
+        if self._state is State.UNBINDING:
+            # Our unbind is out: the answer could not wait for a store write (the unbind_resp
+            # may come first), so the SMSC is asked to deliver it again on the next bind.
+            self._log.info("smpp.deliver_while_unbinding", sequence=seq)
+            self._out.append(codec.encode(resp, seq, status=ESME_RX_T_APPN, message_id=""))
+            return
+        if self._state is not State.BOUND:
             self._log.warning("smpp.deliver_before_bound", sequence=seq, state=self._state.name)
             self._out.append(codec.encode(resp, seq, status=ESME_RINVBNDSTS, message_id=""))
             return
