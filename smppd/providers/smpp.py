@@ -29,7 +29,8 @@ from ..smpp.session import (
     SubmitUnconfirmed,
 )
 from ..store import OpenMessage, Store
-from ..throttle import Aimd, SlidingWindowLimiter
+from ..smpp.flow import FlowPolicy, Limits
+from ..throttle import SlidingWindowLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -37,12 +38,7 @@ TEMPORARY_RETRY_DELAY = 1.0  # an SMSC with a system error gets a breather befor
 # The operator meters arrivals: our coalesced writes and the network can bunch sends that
 # left us a second apart, so the cap is kept over a slightly longer window.
 CAP_SLACK = 0.05
-CONGESTION_PAUSE = 0.25
-# An uncapped route that gets throttled learns a cap from what it sent in the last second;
-# a second with a handful of sends says little about the operator's limit.
-LEARNED_RATE_FLOOR = 10.0  # after a throttle/queue-full cut, before the first resend
 ESME_RX_T_APPN = 0x64  # "try again later": the deliver_sm answer when we could not store it
-CONGESTION_STATUSES = frozenset({codec.ESME_RTHROTTLED, codec.ESME_RMSGQFUL})
 # At most this many segments wait in memory; the rest of a backlog (a day-long operator
 # outage is a million messages) stays in the store and is read back a page at a time as
 # the queue drains, so the daemon's RSS does not grow with the backlog.
@@ -67,14 +63,15 @@ class SmppRoute:
                 self.connections.append(Connection(
                     cfg.name, cfg.host, cfg.port, session_config_for(cfg, mode), self._on_events,
                     reconnect_min=cfg.reconnect_min, reconnect_max=cfg.reconnect_max,
+                    bind_retry_min=cfg.bind_retry_min,
                 ))
         self.connection = self.connections[0]  # the first bind, for `smppd status`
         self._senders = [c for c in self.connections if c.session_config.bind_mode != "receiver"]
-        # AIMD on ESME_RTHROTTLED / ESME_RMSGQFUL: the window of every bind, and the rate.
-        self.window_aimd = Aimd(cfg.window)
-        self.rate_aimd: Aimd | None = Aimd(cfg.throughput) if cfg.throughput > 0 else None
-        self._recent: deque[float] = deque(maxlen=100_000)  # send times, to learn an uncapped rate
-        self._paused_until = 0.0
+        # ESME_RMSGQFUL pauses, ESME_RTHROTTLED cuts rate and window (smppd/smpp/flow.py)
+        self.flow = self._flow_policy(cfg)
+        self._limits = Limits(cfg.throughput, cfg.window, 0.0)  # the limits last applied
+        # (message id, seq) -> (temporary refusals so far, time of the first): issue 14.5
+        self._temporary: dict[tuple[int, int], tuple[int, float]] = {}
         self._inflight: dict[Any, SegmentJob] = {}  # by Submit.ref, awaiting submit_sm_resp
         self._wake = asyncio.Event()
         self._background = Background("smpp_route_task_failed", route=cfg.name)
@@ -166,11 +163,18 @@ class SmppRoute:
         jobs = [*self.queue, *self._inflight.values()]
         return {(j.message_id, j.seq) for j in jobs}
 
+    @staticmethod
+    def _flow_policy(cfg: SmppRouteConfig) -> FlowPolicy:
+        return FlowPolicy(cfg.throughput, cfg.window, pause_min=cfg.queue_full_pause,
+                          pause_max=cfg.queue_full_pause_max, recovery=cfg.throttle_recovery)
+
     def retune(self, cfg: SmppRouteConfig) -> None:
         """A new throughput from a SIGHUP reload, without touching the binds."""
         self.cfg = cfg
         self.limiter = SlidingWindowLimiter(cfg.throughput, 1.0 + CAP_SLACK)
-        self.rate_aimd = Aimd(cfg.throughput) if cfg.throughput > 0 else None
+        self.flow.retune(cfg.throughput, cfg.window)
+        self._limits = Limits(cfg.throughput, cfg.window, 0.0)
+        self._apply_limits(asyncio.get_running_loop().time())
 
     def status(self) -> dict[str, Any]:
         """What `smppd status` shows for this route."""
@@ -181,8 +185,8 @@ class SmppRoute:
             "queue": self.depth,
             "backlog_in_store": self._spilled,
             "inflight": len(self._inflight),
-            "window": max(1, int(self.window_aimd.value)),
-            "rate_cap": int(self.rate_aimd.value) if self.rate_aimd else None,
+            "window": self._limits.window,
+            "rate_cap": int(self._limits.rate) if self._limits.rate > 0 else None,
             **self.stats,
         }
 
@@ -214,7 +218,8 @@ class SmppRoute:
             self._wake.clear()
             self._maybe_refill()
             while self.queue and not self._stopping:
-                pause = self._paused_until - loop.time()
+                now = loop.time()
+                pause = self._apply_limits(now) - now
                 if pause > 0:
                     loop.call_later(pause, self._wake.set)
                     break
@@ -236,7 +241,7 @@ class SmppRoute:
                     continue
                 self._inflight[job.submit.ref] = job
                 self.limiter.record()
-                self._recent.append(loop.time())
+                self.flow.sent(loop.time())
                 self.stats["submitted"] += 1
                 metrics.submit_sent(self.name, job.submit.ref)
 
@@ -255,46 +260,19 @@ class SmppRoute:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=max(0.1, deadline - loop.time()))
 
-    # --- AIMD --------------------------------------------------------------------
+    # --- flow control ------------------------------------------------------------
 
-    def _congestion(self) -> None:
-        """The SMSC said "too fast" (0x58) or "queue full" (0x14): halve window and rate, pause."""
-        self.stats["throttled"] += 1
-        if self.rate_aimd is None:
-            # No configured cap: start one at what we actually sent in the last second (the
-            # cut below halves it); once it grows back to twice that, the cap is lifted again.
-            now = asyncio.get_running_loop().time()
-            sent = max(LEARNED_RATE_FLOOR, float(sum(1 for t in self._recent if t > now - 1.0)))
-            self.rate_aimd = Aimd(2 * sent)
-            self.rate_aimd.value = sent
-        window_cut = self.window_aimd.congestion()
-        rate_cut = self.rate_aimd.congestion()
-        if window_cut or rate_cut:
-            self._apply_limits()
-            self._paused_until = asyncio.get_running_loop().time() + CONGESTION_PAUSE
-            log.warning("smpp_congestion", route=self.name, window=max(1, int(self.window_aimd.value)),
-                        rate=round(self.rate_aimd.value, 1))
-
-    def _success(self) -> None:
-        if self.rate_aimd is None and self.window_aimd.value >= self.window_aimd.ceiling:
-            return  # nothing to grow back: the common case, once per submit_sm_resp
-        before = (int(self.window_aimd.value), int(self.rate_aimd.value) if self.rate_aimd else 0)
-        self.window_aimd.success()
-        if self.rate_aimd is not None:
-            self.rate_aimd.success()
-            if self.cfg.throughput <= 0 and self.rate_aimd.value >= self.rate_aimd.ceiling:
-                self.rate_aimd = None  # the learned cap has grown back: uncapped again
-                self.limiter.set_cap(0)
-        after = (int(self.window_aimd.value), int(self.rate_aimd.value) if self.rate_aimd else 0)
-        if after != before:
-            self._apply_limits()
-
-    def _apply_limits(self) -> None:
-        window = max(1, int(self.window_aimd.value))
-        for c in self._senders:
-            c.set_window(window)
-        if self.rate_aimd is not None:
-            self.limiter.set_cap(max(1, int(self.rate_aimd.value)))
+    def _apply_limits(self, now: float) -> float:
+        """Hand the policy's current rate and window to the limiter and the binds; returns
+        when the route may submit again (a queue-full pause), <= now when it may now."""
+        limits = self.flow.limits(now)
+        if (limits.rate, limits.window) != (self._limits.rate, self._limits.window):
+            window = max(1, limits.window)
+            for c in self._senders:
+                c.set_window(window)
+            self.limiter.set_cap(max(1, int(limits.rate)) if limits.rate > 0 else 0)
+        self._limits = limits
+        return limits.resume_at
 
     # --- session events --------------------------------------------------------
 
@@ -309,7 +287,9 @@ class SmppRoute:
                 job = self._inflight.pop(e.ref, None)
                 if job:
                     self.stats["accepted"] += 1
-                    self._success()
+                    self.flow.accepted(asyncio.get_running_loop().time())
+                    if self._temporary:
+                        self._temporary.pop((job.message_id, job.seq), None)
                     accepted.append((job.message_id, job.seq, e.message_id))
             elif isinstance(e, ReceiptReceived):  # the other event of every message
                 receipts.append(e)
@@ -334,23 +314,54 @@ class SmppRoute:
         if job is None:
             return
         reason = codec.status_name(e.status)
-        if e.temporary:
-            self.stats["requeued"] += 1
-            metrics.THROTTLE_EVENTS.labels(self.name, reason).inc()
-            log.info("smpp_submit_temporary_error", route=self.name, message=job.message_id, b24_id=job.b24_id,
-                     seq=job.seq, status=reason)
-            if e.status in CONGESTION_STATUSES:
-                self._congestion()
-                self.queue.appendleft(job)  # the same segment, first in line once the pause ends
-            elif e.status == codec.ESME_RINVBNDSTS:
-                self.queue.appendleft(job)  # the session ends; the rebind's backoff is the delay
-            else:
-                self._spawn(self._requeue_later(job, TEMPORARY_RETRY_DELAY))
+        now = asyncio.get_running_loop().time()
+        if e.status == codec.ESME_RMSGQFUL:
+            # "Queue full": pause and resume at the rate we had (flow.py); the same part
+            # goes first once the pause ends. Not counted against temporary_retries: it says
+            # nothing about this part.
+            self._count_flow(reason)
+            before = self.flow.resume_at
+            resume = self.flow.queue_full(now)
+            if resume != before:
+                log.info("smpp_queue_full_pause", route=self.name, seconds=round(resume - now, 3))
+            self.queue.appendleft(job)
             return
+        if e.status == codec.ESME_RTHROTTLED:
+            self._count_flow(reason)
+            if self.flow.throttled(now):
+                limits = self.flow.limits(now)
+                log.warning("smpp_throttled", route=self.name, window=limits.window, rate=round(limits.rate, 1))
+            self.queue.appendleft(job)
+            return
+        if e.temporary and e.status == codec.ESME_RINVBNDSTS:
+            self.stats["requeued"] += 1
+            self.queue.appendleft(job)  # the session ends; the rebind's backoff is the delay
+            return
+        if e.temporary:
+            key = (job.message_id, job.seq)
+            count, first = self._temporary.get(key, (0, now))
+            count += 1
+            if count <= self.cfg.temporary_retries and now - first < self.cfg.temporary_retry_age:
+                self._temporary[key] = (count, first)
+                self.stats["requeued"] += 1
+                metrics.THROTTLE_EVENTS.labels(self.name, reason).inc()
+                log.info("smpp_submit_temporary_error", route=self.name, message=job.message_id, b24_id=job.b24_id,
+                         seq=job.seq, status=reason, attempt=count)
+                self._spawn(self._requeue_later(job, TEMPORARY_RETRY_DELAY))
+                return
+            # issue 14.5: bounded by count and age, then the part fails with the code as reason
+            self._temporary.pop(key, None)
+            log.warning("smpp_submit_retries_exhausted", route=self.name, message=job.message_id, b24_id=job.b24_id,
+                        seq=job.seq, status=reason, refusals=count, seconds=round(now - first, 1))
         self.stats["rejected"] += 1
         log.warning("smpp_submit_rejected", route=self.name, message=job.message_id, b24_id=job.b24_id,
                     seq=job.seq, status=reason)
         self._spawn(self.store.segment_failed(job.message_id, job.seq, Status.FAILED, reason))
+
+    def _count_flow(self, reason: str) -> None:
+        self.stats["requeued"] += 1
+        self.stats["throttled"] += 1
+        metrics.THROTTLE_EVENTS.labels(self.name, reason).inc()
 
     async def _requeue_later(self, job: SegmentJob, delay: float) -> None:
         await asyncio.sleep(delay)
