@@ -880,3 +880,20 @@ def test_deliver_sm_after_our_unbind_is_answered_try_later_at_once():
     header, _ = sent_one(s)
     assert (header.command, header.sequence, header.status) == ("deliver_sm_resp", 601, 0x64)
     assert s.unacknowledged == 0
+
+
+def test_query_sm_answered_with_the_smscs_state():
+    from smppd.smpp.session import QueryAnswered, QueryFailed
+    s = bound_session()
+    seq = s.query(("q", 1, 0), "5A000001", "MyShop", 5, 0, 1.0)
+    header, raw = sent_one(s)
+    assert (header.command, header.sequence) == ("query_sm", seq)
+    pdu = codec.decode(raw)
+    assert (pdu.message_id, pdu.source_addr, pdu.source_addr_ton) == (b"5A000001", b"MyShop", 5)
+    resp = codec.encode("query_sm_resp", seq, message_id="5A000001", final_date="", message_state=2, error_code=0)
+    assert s.receive_data(resp, 1.2) == [QueryAnswered(("q", 1, 0), 2, 0)]
+    seq2 = s.query("b", "77", "MyShop", 5, 0, 2.0)
+    assert s.receive_data(codec.generic_nack(seq2, 0x03), 2.1) == [QueryFailed("b", 0x03)]
+    s.query("c", "78", "MyShop", 5, 0, 3.0)
+    assert s.next_deadline() == 13.0
+    assert s.handle_timers(13.0) == [QueryFailed("c", 0)]

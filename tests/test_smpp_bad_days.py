@@ -96,15 +96,15 @@ async def test_throttle_cuts_the_rate_then_recovers_within_seconds(rigs, tmp_pat
 async def test_graceful_stop_answers_every_received_deliver_sm_before_unbind(rigs, tmp_path):
     # 14.4: receipts whose store write was under way went unanswered when the unbind went out
     rig = await rigs(tmp_path, window=20)
-    store_apply = rig.store.apply_receipts
+    store_apply = rig.store.match_receipts
 
-    def slow_apply(route, rows):
+    def slow_apply(*args):
         async def later():
             await asyncio.sleep(0.3)
-            return await store_apply(route, rows)
+            return await store_apply(*args)
         return asyncio.ensure_future(later())
 
-    rig.store.apply_receipts = slow_apply
+    rig.store.match_receipts = slow_apply
     for i in range(20):
         await rig.send(f"m{i}")
     await rig.wait(lambda: rig.smsc.receipts_sent >= 10, timeout=5)

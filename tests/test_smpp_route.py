@@ -235,7 +235,7 @@ async def test_receipt_that_cannot_be_stored_is_answered_try_later(rigs, tmp_pat
         fut.set_exception(RuntimeError("disk full"))
         return fut
 
-    rig.route.store.apply_receipts = broken  # type: ignore[method-assign]
+    rig.route.store.match_receipts = broken  # type: ignore[method-assign]
     with capture_logs() as logs:
         await rig.send()
         await rig.wait(lambda: rig.route.stats["receipts_unstored"] >= 1)

@@ -17,18 +17,20 @@ import structlog
 from .. import metrics, phone
 from ..background import Background
 from ..config import SmppRouteConfig
-from ..model import Status, UnknownReceiptState, receipt_status
+from ..model import FINAL, Status, UnknownReceiptState, receipt_status
 from ..smpp import codec
 from ..smpp.connection import Connection, session_config_for
 from ..smpp.segments import SegmentJob, build_segments
 from ..smpp.session import (
     MessageReceived,
+    QueryAnswered,
+    QueryFailed,
     ReceiptReceived,
     SubmitAccepted,
     SubmitRejected,
     SubmitUnconfirmed,
 )
-from ..store import OpenMessage, Store
+from ..store import OpenMessage, ReceiptRules, Store, Unreceipted
 from ..smpp.flow import FlowPolicy, Limits
 from ..throttle import SlidingWindowLimiter
 
@@ -44,6 +46,13 @@ ESME_RX_T_APPN = 0x64  # "try again later": the deliver_sm answer when we could 
 # the queue drains, so the daemon's RSS does not grow with the backlog.
 MEMORY_QUEUE = 20_000
 REFILL_PAGE = 5_000
+# How often to look for parts with no receipt (issue 14.8); shorter for short test validities.
+RECEIPT_WATCH_INTERVAL = 60.0
+# What each id-base reading means in the route's configuration (issue 14.6).
+ID_BASE_ADVICE = {
+    "hex": 'receipt_id_base = "hex" and resp_id_base = "dec"',
+    "dec": 'receipt_id_base = "dec" and resp_id_base = "hex"',
+}
 
 
 
@@ -72,6 +81,10 @@ class SmppRoute:
         self._limits = Limits(cfg.throughput, cfg.window, 0.0)  # the limits last applied
         # (message id, seq) -> (temporary refusals so far, time of the first): issue 14.5
         self._temporary: dict[tuple[int, int], tuple[int, float]] = {}
+        self.rules = ReceiptRules(id_readings=cfg.receipt_id_base == "auto", multipart=cfg.multipart_receipts)
+        self._base_warned: set[str] = set()  # the id-base readings already logged at warning level
+        self._to_query: deque[Unreceipted] = deque()  # query_sm to send, paced like submits
+        self._queried: dict[tuple[int, int], float] = {}  # part -> store time of its last query_sm
         self._inflight: dict[Any, SegmentJob] = {}  # by Submit.ref, awaiting submit_sm_resp
         self._wake = asyncio.Event()
         self._background = Background("smpp_route_task_failed", route=cfg.name)
@@ -86,7 +99,8 @@ class SmppRoute:
         self._dropped = 0  # enqueues left to the store while spilled
         self._refilling = False
         self.stats = {"submitted": 0, "accepted": 0, "rejected": 0, "requeued": 0, "throttled": 0,
-                      "receipts": 0, "receipts_unmatched": 0, "receipts_unstored": 0, "mo": 0}
+                      "receipts": 0, "receipts_unmatched": 0, "receipts_unstored": 0, "mo": 0,
+                      "no_receipt": 0, "queries": 0}
 
     # --- feeding ---------------------------------------------------------------
 
@@ -171,6 +185,7 @@ class SmppRoute:
     def retune(self, cfg: SmppRouteConfig) -> None:
         """A new throughput from a SIGHUP reload, without touching the binds."""
         self.cfg = cfg
+        self.rules = ReceiptRules(id_readings=cfg.receipt_id_base == "auto", multipart=cfg.multipart_receipts)
         self.limiter = SlidingWindowLimiter(cfg.throughput, 1.0 + CAP_SLACK)
         self.flow.retune(cfg.throughput, cfg.window)
         self._limits = Limits(cfg.throughput, cfg.window, 0.0)
@@ -195,11 +210,13 @@ class SmppRoute:
     async def run(self) -> None:
         conn_tasks = [asyncio.create_task(c.run(), name=f"smpp-{self.name}-{i}")
                       for i, c in enumerate(self.connections)]
+        watch = asyncio.create_task(self._receipt_watch(), name=f"smpp-{self.name}-receipts")
         try:
             await self._pump()
             # stop() unbinds each connection; their tasks end once the unbind is answered.
             await asyncio.gather(*conn_tasks, return_exceptions=True)
         finally:
+            watch.cancel()
             for t in conn_tasks:
                 t.cancel()
 
@@ -217,7 +234,7 @@ class SmppRoute:
             await self._wake.wait()
             self._wake.clear()
             self._maybe_refill()
-            while self.queue and not self._stopping:
+            while (self.queue or self._to_query) and not self._stopping:
                 now = loop.time()
                 pause = self._apply_limits(now) - now
                 if pause > 0:
@@ -230,6 +247,9 @@ class SmppRoute:
                 if wait > 0:
                     metrics.THROTTLE_EVENTS.labels(self.name, "throughput").inc()
                     await asyncio.sleep(wait)
+                    continue
+                if not self.queue:
+                    self._send_query(conn, self._to_query.popleft())
                     continue
                 job = self.queue.popleft()
                 if self._spilled:
@@ -244,6 +264,60 @@ class SmppRoute:
                 self.flow.sent(loop.time())
                 self.stats["submitted"] += 1
                 metrics.submit_sent(self.name, job.submit.ref)
+
+    def _send_query(self, conn: Connection, part: Unreceipted) -> None:
+        """query_sm for a part with no receipt, paced by the same cap as submits."""
+        self.limiter.record()
+        self.stats["queries"] += 1
+        self._queried[(part.message_id, part.seq)] = self.store.clock()
+        sender = part.sender
+        numeric = sender.lstrip("+").isdigit()
+        ton, npi = (self.cfg.numeric_ton, self.cfg.numeric_npi) if numeric else (self.cfg.alpha_ton, self.cfg.alpha_npi)
+        try:
+            conn.query(("query", part), self._smsc_id(part.provider_id), sender.lstrip("+") if numeric else sender,
+                       ton, npi)
+        except (ValueError, RuntimeError) as e:
+            log.warning("smpp_query_sm_not_sent", route=self.name, message=part.message_id, error=str(e))
+
+    def _smsc_id(self, stored: str) -> str:
+        """The id as the SMSC spelt it in the resp, from our canonical spelling."""
+        if self.cfg.resp_id_base == "hex" or (self.cfg.resp_id_base is None and self.cfg.receipt_id_base == "hex"):
+            return format(int(stored), "X")
+        return stored
+
+    async def _receipt_watch(self) -> None:
+        """Parts accepted with no receipt: query_sm after query_sm_delay (when the route has
+        query_sm = true), undelivered "no receipt" after validity (issue 14.8)."""
+        cfg = self.cfg
+        interval = min(RECEIPT_WATCH_INTERVAL, cfg.validity / 10)
+        if cfg.query_sm:
+            interval = min(interval, cfg.query_sm_delay / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._receipt_watch_once()
+            except Exception as e:  # the store is closing, or busy: the next round tries again
+                log.warning("smpp_receipt_watch_failed", route=self.name, error=repr(e))
+
+    async def _receipt_watch_once(self) -> None:
+        cfg = self.cfg
+        now = self.store.clock()
+        stale = await self.store.unreceipted(self.name, now - cfg.validity)
+        if stale:
+            ended = await self.store.no_receipt([(u.message_id, u.seq) for u in stale])
+            self.stats["no_receipt"] += ended
+            if ended:
+                log.warning("smpp_no_receipt", route=self.name, parts=ended, validity=cfg.validity)
+            for u in stale:
+                self._queried.pop((u.message_id, u.seq), None)
+        if cfg.query_sm:
+            waiting = {(q.message_id, q.seq) for q in self._to_query}
+            for u in await self.store.unreceipted(self.name, now - cfg.query_sm_delay):
+                key = (u.message_id, u.seq)
+                if key not in waiting and self._queried.get(key, float("-inf")) <= now - cfg.query_sm_delay:
+                    self._to_query.append(u)
+            if self._to_query:
+                self._wake.set()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking work, let outstanding resps arrive (bounded), unbind every bind.
@@ -302,8 +376,14 @@ class SmppRoute:
                     self.queue.appendleft(job)
             elif isinstance(e, MessageReceived):
                 self._spawn(self._mo(connection, e))
+            elif isinstance(e, QueryAnswered):
+                self._query_answered(e)
+            elif isinstance(e, QueryFailed):
+                part = e.ref[1]
+                log.info("smpp_query_sm_failed", route=self.name, message=part.message_id, seq=part.seq,
+                         status=codec.status_name(e.status) if e.status else "timeout")
         if accepted:
-            self._background.track(self.store.segments_accepted(accepted))
+            self._background.track(self.store.segments_accepted(accepted, self.rules))
         if receipts:
             self._receipts(connection, receipts)
         self._wake.set()
@@ -363,6 +443,20 @@ class SmppRoute:
         self.stats["throttled"] += 1
         metrics.THROTTLE_EVENTS.labels(self.name, reason).inc()
 
+    def _query_answered(self, e: QueryAnswered) -> None:
+        """A final message_state in a query_sm_resp is taken as that part's receipt."""
+        part: Unreceipted = e.ref[1]
+        try:
+            status = receipt_status(e.message_state, None)
+        except UnknownReceiptState:
+            return
+        if status not in FINAL:
+            return  # still en route: asked again after query_sm_delay, ended at validity
+        detail = f"query_sm message_state={e.message_state}"
+        if e.error_code:
+            detail += f" err:{e.error_code}"
+        self._spawn(self.store.match_receipts(self.name, [(part.provider_id, status, detail)], self.rules))
+
     async def _requeue_later(self, job: SegmentJob, delay: float) -> None:
         await asyncio.sleep(delay)
         self.queue.appendleft(job)
@@ -393,7 +487,7 @@ class SmppRoute:
         if not rows:
             return
 
-        def stored(fut: asyncio.Future[list[bool]]) -> None:
+        def stored(fut: asyncio.Future[list[str | None]]) -> None:
             if fut.cancelled() or fut.exception() is not None:
                 error = "cancelled" if fut.cancelled() else repr(fut.exception())
                 for e in known:
@@ -401,14 +495,18 @@ class SmppRoute:
                     log.error("smpp_receipt_not_stored", route=self.name, provider_id=e.receipt.message_id, error=error)
                     connection.acknowledge(e.sequence, ESME_RX_T_APPN)
                 return
-            for e, matched in zip(known, fut.result()):
-                if not matched:
+            for e, how in zip(known, fut.result()):
+                if how is None:
                     self.stats["receipts_unmatched"] += 1
                     log.info("smpp_receipt_before_resp", route=self.name, provider_id=e.receipt.message_id)
+                elif how != "as-is" and how not in self._base_warned:
+                    self._base_warned.add(how)
+                    log.warning("smpp_receipt_id_base_mismatch", route=self.name, provider_id=e.receipt.message_id,
+                                reading=how, advice=f"set {ID_BASE_ADVICE[how]} in [route.{self.name}]")
                 connection.acknowledge(e.sequence)
 
         try:
-            fut = self.store.apply_receipts(self.name, rows)
+            fut = self.store.match_receipts(self.name, rows, self.rules)
         except Exception as err:  # the store is closed: nothing was written
             fut = asyncio.get_running_loop().create_future()
             fut.set_exception(err)

@@ -54,6 +54,9 @@ Decisions, in the same order as Kannel's ``gw/smsc/smsc_smpp.c``
 * deliver_sm or data_sm on a transmitter bind, or before the bind completes, is
   answered with ``ESME_RINVBNDSTS`` and no event, so the SMSC can redeliver it
   on a proper bind. Kannel ignores it with no answer.
+* ``query(...)`` sends a query_sm (issue 14.8: a part with no receipt); its answer is
+  ``QueryAnswered`` or ``QueryFailed`` (error status, generic_nack or timeout). A
+  query uses no window slot: the route paces queries with its throughput cap.
 * Requests we do not serve (query_sm, replace_sm, cancel_sm, submit_sm,
   bind_*, outbind, unknown ids) get ``generic_nack(ESME_RINVCMDID)`` with
   their sequence, as in Kannel. ``alert_notification`` has no response in the
@@ -91,6 +94,8 @@ __all__ = [
     "Bound",
     "Event",
     "MessageReceived",
+    "QueryAnswered",
+    "QueryFailed",
     "ReceiptReceived",
     "Session",
     "SessionConfig",
@@ -112,6 +117,7 @@ _BIND_RECEIVER = 0x00000001
 _BIND_TRANSMITTER = 0x00000002
 _SUBMIT_SM = 0x00000004
 _SUBMIT_SM_RESP = 0x80000004
+_QUERY_SM_RESP = 0x80000003
 _DELIVER_SM = 0x00000005
 _UNBIND = 0x00000006
 _BIND_TRANSCEIVER = 0x00000009
@@ -276,6 +282,23 @@ class MessageReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class QueryAnswered:
+    """query_sm_resp: the SMSC's message_state (SMPP 3.4 §5.2.28) for the queried id."""
+
+    ref: Hashable
+    message_state: int
+    error_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFailed:
+    """No state for the queried id: an error status (0 for a timeout or a lost link)."""
+
+    ref: Hashable
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
 class Terminated:
     """The caller writes ``data_to_send()`` (it may hold an unbind_resp), then closes."""
 
@@ -290,6 +313,8 @@ Event = (
     | SubmitUnconfirmed
     | ReceiptReceived
     | MessageReceived
+    | QueryAnswered
+    | QueryFailed
     | Terminated
 )
 
@@ -340,6 +365,7 @@ class Session:
         )
         # seq -> _Outstanding, in send order: deadlines ascend because ``now`` never goes back.
         self._submits: dict[int, _Outstanding] = {}
+        self._queries: dict[int, _Outstanding] = {}  # query_sm awaiting query_sm_resp
         # Timed-out submits, seq -> ref, so a late resp can be logged meaningfully.
         self._expired: OrderedDict[int, Hashable] = OrderedDict()
         # deliver_sm/data_sm reported but not acknowledged yet: seq -> response command name.
@@ -465,6 +491,18 @@ class Session:
         self._queue(raw, now)
         return seq
 
+    def query(self, ref: Hashable, message_id: str, source_addr: str, source_addr_ton: int,
+              source_addr_npi: int, now: float) -> int:
+        """Queue a query_sm for an id the SMSC issued; returns its sequence number."""
+        if self._state is not State.BOUND or not self._can_transmit:
+            raise RuntimeError(f"cannot query: state={self._state.name} mode={self._config.bind_mode}")
+        seq = self._allocate_sequence()
+        raw = codec.encode("query_sm", seq, message_id=message_id, source_addr_ton=source_addr_ton,
+                           source_addr_npi=source_addr_npi, source_addr=source_addr)
+        self._queries[seq] = _Outstanding(ref, now + self._config.response_timeout)
+        self._queue(raw, now)
+        return seq
+
     def acknowledge(self, sequence: int, status: int = ESME_ROK) -> None:
         """Answer a reported deliver_sm/data_sm (deliver_sm_resp, empty message_id).
 
@@ -564,6 +602,8 @@ class Session:
             deadline = min(deadline, self._last_sent + cfg.enquire_link_interval)
         if self._submits:
             deadline = min(deadline, next(iter(self._submits.values())).deadline)
+        if self._queries:
+            deadline = min(deadline, next(iter(self._queries.values())).deadline)
         return deadline
 
     def handle_timers(self, now: float) -> list[Event]:
@@ -594,6 +634,13 @@ class Session:
             self._remember_expired(seq, entry.ref)
             self._log.warning("smpp.submit_resp_timeout", sequence=seq, ref=entry.ref)
             events.append(SubmitUnconfirmed(entry.ref, "submit_sm_resp timeout"))
+        queries = self._queries
+        while queries:
+            seq, entry = next(iter(queries.items()))
+            if entry.deadline > now:
+                break
+            del queries[seq]
+            events.append(QueryFailed(entry.ref, ESME_ROK))
 
         if (
             self._state is State.BOUND
@@ -614,7 +661,7 @@ class Session:
         while True:
             seq = self._next_seq
             self._next_seq = 1 if seq >= SEQUENCE_MAX else seq + 1
-            if seq not in self._submits:
+            if seq not in self._submits and seq not in self._queries:
                 return seq
 
     def _queue(self, raw: bytes, now: float) -> None:
@@ -636,6 +683,9 @@ class Session:
         for entry in self._submits.values():
             events.append(SubmitUnconfirmed(entry.ref, reason))
         self._submits.clear()
+        for entry in self._queries.values():
+            events.append(QueryFailed(entry.ref, ESME_ROK))
+        self._queries.clear()
         self._unacked.clear()
         self._enquire_seq = None
         self._state = State.CLOSED
@@ -670,6 +720,8 @@ class Session:
                 self._on_enquire_link_resp(header)
             elif cid == _GENERIC_NACK:
                 self._on_generic_nack(header, events)
+            elif cid == _QUERY_SM_RESP:
+                self._on_query_resp(header, raw, events)
             elif cid in _BIND_RESPS:
                 self._on_bind_resp(header, raw, events)
             elif cid == 0x80000006:  # unbind_resp
@@ -829,11 +881,30 @@ class Session:
             "smpp.unbind_resp_unexpected", sequence=header.sequence, state=self._state.name
         )
 
+    def _on_query_resp(self, header: codec.Header, raw: bytes, events: list[Event]) -> None:
+        entry = self._queries.pop(header.sequence, None)
+        if entry is None:
+            self._log.warning("smpp.query_sm_resp_unknown_sequence", sequence=header.sequence)
+            return
+        if header.status != ESME_ROK:
+            events.append(QueryFailed(entry.ref, header.status))
+            return
+        try:
+            pdu = codec.decode(raw)
+            events.append(QueryAnswered(entry.ref, int(pdu.message_state or 0), int(pdu.error_code or 0)))
+        except Exception as exc:
+            self._log.warning("smpp.query_sm_resp_unreadable", error=repr(exc), raw=raw[:_LOG_RAW_BYTES].hex())
+            events.append(QueryFailed(entry.ref, ESME_RSYSERR))
+
     def _on_generic_nack(self, header: codec.Header, events: list[Event]) -> None:
         seq, status = header.sequence, header.status
         entry = self._submits.pop(seq, None)
         if entry is not None:
             self._submit_failed(seq, entry.ref, status, events, source="generic_nack")
+            return
+        query = self._queries.pop(seq, None)
+        if query is not None:
+            events.append(QueryFailed(query.ref, status or ESME_RSYSERR))
             return
         if self._state is State.BINDING and seq == self._bind_seq:
             self._log.error("smpp.bind_nacked", status=status)
