@@ -172,6 +172,8 @@ ROUTE_COUNTERS = {  # SmppRoute.stats key -> (metric, help)
     "receipts": ("smppd_receipts_received", "Delivery receipts received (deliver_sm)."),
     "receipts_unmatched": ("smppd_receipts_before_resp", "Receipts that arrived before their submit_sm_resp."),
     "mo": ("smppd_mo_received", "Mobile-originated messages received."),
+    "no_receipt": ("smppd_parts_no_receipt", "Parts ended undelivered: no receipt within the route's validity."),
+    "queries": ("smppd_query_sm_sent", "query_sm sent for parts with no receipt (routes with query_sm = true)."),
 }
 
 

@@ -82,6 +82,7 @@ class SmppRoute:
         # (message id, seq) -> (temporary refusals so far, time of the first): issue 14.5
         self._temporary: dict[tuple[int, int], tuple[int, float]] = {}
         self.rules = ReceiptRules(id_readings=cfg.receipt_id_base == "auto", multipart=cfg.multipart_receipts)
+        metrics.RECEIPTS_UNMATCHED.labels(cfg.name)  # shown as 0 from the start: increase() sees the first
         self._base_warned: set[str] = set()  # the id-base readings already logged at warning level
         self._to_query: deque[Unreceipted] = deque()  # query_sm to send, paced like submits
         self._queried: dict[tuple[int, int], float] = {}  # part -> store time of its last query_sm
