@@ -13,8 +13,11 @@ def test_queue_full_pauses_without_touching_the_rate():
     p = FlowPolicy(50, 10, pause_min=0.1, pause_max=5.0)
     assert p.queue_full(10.0) == pytest.approx(10.1)
     limits = p.limits(10.05)
-    assert (limits.rate, limits.window, limits.resume_at) == (50, 10, pytest.approx(10.1))
+    assert (limits.rate, limits.resume_at) == (50, pytest.approx(10.1))
     assert p.limits(10.2).rate == 50, "resumes at the rate it had"
+    assert p.limits(10.2).window == 1, "one submit probes whether the queue drained"
+    p.accepted(10.3)
+    assert p.limits(10.3).window == 10, "and the whole window once it did"
 
 
 def test_queue_full_pause_grows_only_while_it_repeats():

@@ -114,6 +114,10 @@ async def test_query_sm_first_then_the_answer_is_the_receipt(rigs, tmp_path, mon
     assert await rig.wait_final(timeout=6) == {mid: "undelivered"}
     assert "query_sm" in (await rig.message(mid))["reason"]
     assert rig.smsc.queries == 1
+    later = await rig.send()
+    await rig.wait_final([later], timeout=6)
+    conn = rig.route.connection
+    assert conn.binds == 1 and conn.connect_attempts == 1, "the answer is handled without harm to the bind"
 
 
 async def test_query_sm_refused_by_the_smsc_still_ends_at_validity(rigs, tmp_path, monkeypatch):

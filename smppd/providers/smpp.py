@@ -30,8 +30,8 @@ from ..smpp.session import (
     SubmitRejected,
     SubmitUnconfirmed,
 )
-from ..store import OpenMessage, ReceiptRules, Store, Unreceipted
 from ..smpp.flow import FlowPolicy, Limits
+from ..store import OpenMessage, ReceiptRules, Store, Unreceipted
 from ..throttle import SlidingWindowLimiter
 
 log = structlog.get_logger(__name__)
@@ -189,11 +189,13 @@ class SmppRoute:
         self.rules = ReceiptRules(id_readings=cfg.receipt_id_base == "auto", multipart=cfg.multipart_receipts)
         self.limiter = SlidingWindowLimiter(cfg.throughput, 1.0 + CAP_SLACK)
         self.flow.retune(cfg.throughput, cfg.window)
-        self._limits = Limits(cfg.throughput, cfg.window, 0.0)
+        self._limits = Limits(-1, -1, 0.0)  # applied afresh: the new limiter, a new window
         self._apply_limits(asyncio.get_running_loop().time())
 
     def status(self) -> dict[str, Any]:
         """What `smppd status` shows for this route."""
+        now = asyncio.get_running_loop().time()
+        limits = self.flow.limits(now)
         return {
             "bound": self.bound,
             "binds": sum(1 for c in self.connections if c.bound),
@@ -201,8 +203,9 @@ class SmppRoute:
             "queue": self.depth,
             "backlog_in_store": self._spilled,
             "inflight": len(self._inflight),
-            "window": self._limits.window,
-            "rate_cap": int(self._limits.rate) if self._limits.rate > 0 else None,
+            "window": limits.window,
+            "rate_cap": int(limits.rate) if limits.rate > 0 else None,
+            "paused": limits.resume_at > now,
             **self.stats,
         }
 
@@ -456,7 +459,7 @@ class SmppRoute:
         detail = f"query_sm message_state={e.message_state}"
         if e.error_code:
             detail += f" err:{e.error_code}"
-        self._spawn(self.store.match_receipts(self.name, [(part.provider_id, status, detail)], self.rules))
+        self._background.track(self.store.match_receipts(self.name, [(part.provider_id, status, detail)], self.rules))
 
     async def _requeue_later(self, job: SegmentJob, delay: float) -> None:
         await asyncio.sleep(delay)

@@ -10,6 +10,7 @@ order the session produced them.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable
 from typing import Callable, Sequence, cast
 
 import structlog
@@ -85,7 +86,7 @@ class _Protocol(asyncio.Protocol):
         self.session.acknowledge(sequence, status)
         self._schedule_flush()
 
-    def query(self, ref: object, message_id: str, source_addr: str, ton: int, npi: int) -> None:
+    def query(self, ref: Hashable, message_id: str, source_addr: str, ton: int, npi: int) -> None:
         self.session.query(ref, message_id, source_addr, ton, npi, self._loop.time())
         self._schedule_flush()
         self._arm()
@@ -187,7 +188,7 @@ class Connection:
         assert self._protocol is not None
         return self._protocol.submit(item)
 
-    def query(self, ref: object, message_id: str, source_addr: str, ton: int, npi: int) -> None:
+    def query(self, ref: Hashable, message_id: str, source_addr: str, ton: int, npi: int) -> None:
         """query_sm for a part with no receipt; the answer comes as an event to the sink."""
         assert self._protocol is not None
         self._protocol.query(ref, message_id, source_addr, ton, npi)

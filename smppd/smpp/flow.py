@@ -12,8 +12,8 @@ issue 14):
   send too fast. Cutting the rate (what we did before) made every later burst
   cost more: one queue-full every 20 submits halved the rate again and again.
   So it pauses the route, for an interval that grows only while queue-full
-  repeats (each probe after a pause is refused again), and resumes at the
-  rate it had.
+  repeats (each probe after a pause is refused again; one submit probes, not a
+  window), and resumes at the rate and window it had once a submit is accepted.
 * ``ESME_RTHROTTLED`` (0x58) says we are over the operator's rate: halve rate
   and window (multiplicative decrease, at most once per ``hold``, since every
   submit in flight comes back refused too), then climb back to the configured
@@ -125,16 +125,19 @@ class FlowPolicy:
     # --- outputs ------------------------------------------------------------------------
 
     def limits(self, now: float) -> Limits:
+        # While a queue-full streak is open, one submit probes whether the queue drained: a
+        # full window sent after each pause would only come back refused (issue 14.3).
+        probing = self._pause > 0.0
         if self._cut_at is None:
-            return Limits(self.rate, self.window, self.resume_at)
+            return Limits(self.rate, 1 if probing else self.window, self.resume_at)
         since = now - self._cut_at - self.hold
         if since >= self.recovery:
             self._cut_at = None  # recovered: the configured limits again (uncapped: no cap)
-            return Limits(self.rate, self.window, self.resume_at)
+            return Limits(self.rate, 1 if probing else self.window, self.resume_at)
         share = max(0.0, since) / self.recovery
         rate = self._cut_rate + (self._ceiling_rate - self._cut_rate) * share
         window = self._cut_window + int((self.window - self._cut_window) * share)
-        return Limits(rate, max(1, window), self.resume_at)
+        return Limits(rate, 1 if probing else max(1, window), self.resume_at)
 
     def next_deadline(self, now: float) -> float | None:
         """When the limits change by themselves next: the pause ends, or the climb is done."""
