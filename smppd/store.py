@@ -227,6 +227,9 @@ _RESP_READ = (
     " EXISTS (SELECT 1 FROM receipt_pending p WHERE p.route = s.route AND p.provider_id = ?)"
     " FROM segment s JOIN message m ON m.id = s.message_id WHERE s.message_id=? AND s.seq=?"
 )
+# The same, when receipt_id_base = auto: a receipt may have come first under a hex/decimal
+# reading of the resp id (issue 14.6), so the pending check looks for three spellings.
+_RESP_READ_READINGS = _RESP_READ.replace("p.provider_id = ?", "p.provider_id IN (?, ?, ?)")
 # A receipt's segment, found by its provider id, and the segment's message.
 _RECEIPT_READ = (
     f"SELECT s.message_id, s.seq, s.status, {_MESSAGE_COLUMNS}"
@@ -1157,15 +1160,20 @@ def _accept_segment(conn: sqlite3.Connection, message_id: int, seq: int, provide
                     rules: ReceiptRules = NO_RULES) -> bool:
     """A submit_sm_resp: the segment is accepted under ``provider_id``, and any receipt that
     arrived first (receipt_pending) is applied now; True if the outbox changed."""
-    row = conn.execute(_RESP_READ, (provider_id, message_id, seq)).fetchone()
+    early_ids = [provider_id]
+    if rules.id_readings:  # a receipt that came first under another reading of this id
+        early_ids += [r for _, r in _resp_readings(provider_id)]
+        early_ids += [provider_id] * (3 - len(early_ids))  # one statement, cached: always 3 ids
+        row = conn.execute(_RESP_READ_READINGS, (*early_ids, message_id, seq)).fetchone()
+    else:
+        row = conn.execute(_RESP_READ, (provider_id, message_id, seq)).fetchone()
     if row is None:
         return False
     changed = _segment_status(conn, message_id, seq, Status.ACCEPTED, None, now,
                               current=STATUS_OF[row[1]], provider_id=provider_id, message=row[2:9])
-    early_ids = [provider_id] if row[9] else []
-    if rules.id_readings:  # a receipt that came first under another reading of this id
-        early_ids += [r for _, r in _resp_readings(provider_id)]
-    for early_id in early_ids:
+    if not row[9]:  # the usual case: no receipt came first
+        early_ids = []
+    for early_id in dict.fromkeys(early_ids):
         early = conn.execute(
             "SELECT id, status, detail FROM receipt_pending WHERE route=? AND provider_id=? AND expired=0 ORDER BY id",
             (row[0], early_id),
