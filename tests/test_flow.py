@@ -44,6 +44,7 @@ def test_throttle_halves_then_recovers_to_the_configured_rate_within_seconds():
     p = FlowPolicy(40, 10, hold=1.0, recovery=3.0)
     assert p.throttled(5.0)
     assert not p.throttled(5.5), "refusals within hold are one event"
+    assert p.limits(5.0).resume_at == pytest.approx(5.25), "a short breather first"
     assert p.limits(5.5).rate == 20 and p.limits(5.5).window == 5
     assert p.limits(6.0).rate == 20  # held for a second
     assert p.limits(7.5).rate == pytest.approx(30)  # half way up

@@ -14,11 +14,12 @@ issue 14):
   So it pauses the route, for an interval that grows only while queue-full
   repeats (each probe after a pause is refused again; one submit probes, not a
   window), and resumes at the rate and window it had once a submit is accepted.
-* ``ESME_RTHROTTLED`` (0x58) says we are over the operator's rate: halve rate
-  and window (multiplicative decrease, at most once per ``hold``, since every
-  submit in flight comes back refused too), then climb back to the configured
-  rate linearly within ``recovery`` seconds of the last throttle. The old
-  additive increase (+1/value per success) took minutes.
+* ``ESME_RTHROTTLED`` (0x58) says we are over the operator's rate: a short
+  breather (``throttle_pause``, as before), halve rate and window
+  (multiplicative decrease, at most once per ``hold``, since every submit in
+  flight comes back refused too), then climb back to the configured rate
+  linearly within ``recovery`` seconds of the last throttle. The old additive
+  increase (+1/value per success) took minutes.
 * A refused bind (``ESME_RALYBND`` from a stale session, ``RBINDFAIL``) must
   not be retried fast: some SMSCs lock an account after a burst of failed
   binds. A bind that was up and working, on the other hand, earns a prompt
@@ -50,7 +51,7 @@ class FlowPolicy:
 
     def __init__(self, rate: float, window: int, *, pause_min: float = 0.1, pause_max: float = 5.0,
                  hold: float = 1.0, recovery: float = 3.0, rate_floor: float = 1.0,
-                 learned_floor: float = 10.0) -> None:
+                 learned_floor: float = 10.0, throttle_pause: float = 0.25) -> None:
         if pause_min <= 0 or pause_max < pause_min:
             raise ValueError("need 0 < pause_min <= pause_max")
         self.rate = float(rate)  # the configured cap; 0 = none
@@ -61,7 +62,9 @@ class FlowPolicy:
         self.recovery = recovery
         self.rate_floor = rate_floor
         self.learned_floor = learned_floor
-        self.resume_at = 0.0
+        self.throttle_pause = throttle_pause
+        self.resume_at = 0.0  # the end of a queue-full pause
+        self._throttle_until = 0.0  # the end of the breather after a throttle
         self._pause = 0.0  # the last queue-full pause; 0 when no queue-full streak is open
         self._cut_at: float | None = None  # last throttle cut
         self._cut_rate = 0.0
@@ -111,6 +114,7 @@ class FlowPolicy:
         self._cut_rate = max(min(self.rate_floor, ceiling), rate / 2)
         self._cut_window = max(1, current.window // 2)
         self._cut_at = now
+        self._throttle_until = now + self.throttle_pause
         self.throttle_cuts += 1
         return True
 
@@ -128,22 +132,24 @@ class FlowPolicy:
         # While a queue-full streak is open, one submit probes whether the queue drained: a
         # full window sent after each pause would only come back refused (issue 14.3).
         probing = self._pause > 0.0
+        resume = max(self.resume_at, self._throttle_until)
         if self._cut_at is None:
-            return Limits(self.rate, 1 if probing else self.window, self.resume_at)
+            return Limits(self.rate, 1 if probing else self.window, resume)
         since = now - self._cut_at - self.hold
         if since >= self.recovery:
             self._cut_at = None  # recovered: the configured limits again (uncapped: no cap)
-            return Limits(self.rate, 1 if probing else self.window, self.resume_at)
+            return Limits(self.rate, 1 if probing else self.window, resume)
         share = max(0.0, since) / self.recovery
         rate = self._cut_rate + (self._ceiling_rate - self._cut_rate) * share
         window = self._cut_window + int((self.window - self._cut_window) * share)
-        return Limits(rate, 1 if probing else max(1, window), self.resume_at)
+        return Limits(rate, 1 if probing else max(1, window), resume)
 
     def next_deadline(self, now: float) -> float | None:
         """When the limits change by themselves next: the pause ends, or the climb is done."""
         times = []
-        if self.resume_at > now:
-            times.append(self.resume_at)
+        resume = max(self.resume_at, self._throttle_until)
+        if resume > now:
+            times.append(resume)
         if self._cut_at is not None:
             times.append(self._cut_at + self.hold + self.recovery)
         return min(times) if times else None
