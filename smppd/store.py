@@ -56,7 +56,7 @@ MAX_GROUP = 2000
 # Seconds a ``sent`` waits in the outbox for the receipt that would replace it (_to_outbox).
 SENT_COALESCE = 10.0
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE portal (
@@ -197,6 +197,13 @@ MIGRATIONS: dict[int, str] = {
     UPDATE message SET final_at = updated_at WHERE status IN ('delivered','undelivered','expired','rejected','failed');
     DROP INDEX message_open;
     CREATE INDEX message_open ON message (route, id) WHERE final_at IS NULL;
+    """,
+    # issue 14.8: the parts accepted and still waiting for a receipt, oldest first, for the
+    # route's no-receipt sweep and query_sm. Reading them through message_open scanned every
+    # open message (80 ms per sweep with 200,000 queued, in the writer thread); this index
+    # holds only the parts in 'accepted', a handful of seconds' worth on a healthy route.
+    8: """
+    CREATE INDEX segment_awaiting_receipt ON segment (route, updated_at) WHERE status = 'accepted';
     """,
 }
 
@@ -605,17 +612,14 @@ class Store:
         return self._noting_outbox(self.execute(op))
 
     async def unreceipted(self, route: str, accepted_before: float, *, limit: int = 1000) -> list[Unreceipted]:
-        """Parts accepted before ``accepted_before`` (store clock) that never got a receipt.
-
-        Read through the message_open index (only messages not final yet), never a scan of
-        the settled ones."""
+        """Parts accepted before ``accepted_before`` (store clock) that never got a receipt,
+        oldest first, read through the segment_awaiting_receipt index (migration 8)."""
 
         def op(conn: sqlite3.Connection) -> list[Unreceipted]:
             rows = conn.execute(
-                "SELECT s.message_id, s.seq, s.provider_id, m.sender, s.updated_at FROM message m"
-                " JOIN segment s ON s.message_id = m.id"
-                " WHERE m.route=? AND m.final_at IS NULL AND m.status IN ('queued','submitted','accepted')"
-                " AND s.status='accepted' AND s.provider_id IS NOT NULL AND s.updated_at < ?"
+                "SELECT s.message_id, s.seq, s.provider_id, m.sender, s.updated_at FROM segment s"
+                " INDEXED BY segment_awaiting_receipt JOIN message m ON m.id = s.message_id"
+                " WHERE s.route=? AND s.status='accepted' AND s.updated_at < ? AND s.provider_id IS NOT NULL"
                 " ORDER BY s.updated_at LIMIT ?",
                 (route, accepted_before, limit),
             ).fetchall()
