@@ -25,6 +25,8 @@ ALNUM_SENDER_RE = re.compile(r"^[A-Za-z0-9 .\-_&!'+]{1,11}$")
 NUMERIC_SENDER_RE = re.compile(r"^\+?[0-9]{1,15}$")
 BIND_MODES = ("transceiver", "transmitter", "receiver", "pair")
 ID_BASES = ("as-is", "hex", "dec")
+RECEIPT_ID_BASES = ("auto", *ID_BASES)  # issue 14.6: auto tries as-is, then the hex<->dec readings
+MULTIPART_RECEIPTS = ("all", "first", "last", "any")
 LONG_METHODS = ("udh8", "udh16", "sar", "payload")
 LATIN_CODINGS = (0x00, 0x01, 0x03)
 MESSAGE_TYPES = ("transactional", "marketing")
@@ -179,7 +181,7 @@ class SmppRouteConfig:
     response_timeout: float = 10.0
     reconnect_min: float = 1.0
     reconnect_max: float = 60.0
-    receipt_id_base: str = "as-is"
+    receipt_id_base: str = "auto"
     registered_delivery: int = 1
     kind: str = "smpp"
     # issue 3: operator profile knobs (see config.toml for what each one means)
@@ -195,6 +197,17 @@ class SmppRouteConfig:
     max_parts: int = SMPP_MAX_PARTS  # issue 19 item 7: a longer text fails with the reason (what operators accept)
     # issue 14 item 12: true = phonenumbers' "not a valid number" is final, even for a mobile shape
     strict_numbers: bool = False
+    # issue 14: operators on bad days (see config.toml for what each one means)
+    bind_retry_min: float = 5.0  # first wait after a refused bind (RALYBND, RBINDFAIL), doubling
+    queue_full_pause: float = 0.1  # first pause on ESME_RMSGQFUL, doubling while it repeats
+    queue_full_pause_max: float = 5.0
+    throttle_recovery: float = 3.0  # back to the configured rate this long after the last 0x58
+    temporary_retries: int = 5  # sends of a part refused with 0x08, 0x64, ... before it fails
+    temporary_retry_age: float = 600.0  # seconds from the first such refusal before it fails
+    multipart_receipts: str = "all"  # which parts of a long message the operator sends receipts for
+    validity: float = 172800.0  # no receipt this long after acceptance: undelivered, "no receipt"
+    query_sm: bool = False  # ask the SMSC with query_sm before giving up on a receipt
+    query_sm_delay: float = 3600.0  # after acceptance, before the first query_sm
 
 
 @dataclass(frozen=True)
@@ -584,9 +597,9 @@ def _route(name: str, t: Any) -> RouteConfig:
     bind_mode = _str(t, key, "bind_mode", default="transceiver")
     if bind_mode not in BIND_MODES:
         raise ConfigError(f"{key}.bind_mode", f"must be one of {', '.join(BIND_MODES)}")
-    id_base = _str(t, key, "receipt_id_base", default="as-is")
-    if id_base not in ID_BASES:
-        raise ConfigError(f"{key}.receipt_id_base", f"must be one of {', '.join(ID_BASES)}")
+    id_base = _str(t, key, "receipt_id_base", default="auto")
+    if id_base not in RECEIPT_ID_BASES:
+        raise ConfigError(f"{key}.receipt_id_base", f"must be one of {', '.join(RECEIPT_ID_BASES)}")
     system_id = _str(t, key, "system_id")
     if len(system_id) > 15:
         raise ConfigError(f"{key}.system_id", "at most 15 characters (SMPP 3.4)")
@@ -613,9 +626,35 @@ def _route(name: str, t: Any) -> RouteConfig:
         receipt_id_base=id_base,
         registered_delivery=_int(t, key, "registered_delivery", default=1, low=0, high=0xFF),
         **_route_profile(t, key),
+        **_route_bad_days(t, key),
         countries=countries,
         max_parts=_int(t, key, "max_parts", default=SMPP_MAX_PARTS, low=1, high=255),
         strict_numbers=_bool(t, key, "strict_numbers", default=False),
+    )
+
+
+def _route_bad_days(t: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The knobs of issue 14: refused binds, queue-full, throttling, retries, receipts."""
+    multipart = _str(t, key, "multipart_receipts", default="all")
+    if multipart not in MULTIPART_RECEIPTS:
+        raise ConfigError(f"{key}.multipart_receipts", f"must be one of {', '.join(MULTIPART_RECEIPTS)}")
+    pause = _number(t, key, "queue_full_pause", default=0.1, low=0.01)
+    validity = _number(t, key, "validity", default=172800.0, low=1.0)
+    query_delay = _number(t, key, "query_sm_delay", default=3600.0, low=1.0)
+    query = _bool(t, key, "query_sm", default=False)
+    if query and query_delay >= validity:
+        raise ConfigError(f"{key}.query_sm_delay", "must be shorter than validity, or no query_sm is ever sent")
+    return dict(
+        bind_retry_min=_number(t, key, "bind_retry_min", default=5.0, low=0.01),
+        queue_full_pause=pause,
+        queue_full_pause_max=_number(t, key, "queue_full_pause_max", default=max(5.0, pause), low=pause),
+        throttle_recovery=_number(t, key, "throttle_recovery", default=3.0, low=0.1),
+        temporary_retries=_int(t, key, "temporary_retries", default=5, low=1, high=1000),
+        temporary_retry_age=_number(t, key, "temporary_retry_age", default=600.0, low=1.0),
+        multipart_receipts=multipart,
+        validity=validity,
+        query_sm=query,
+        query_sm_delay=query_delay,
     )
 
 

@@ -70,6 +70,11 @@ THROTTLE_EVENTS = Counter(
     ["route", "reason"],
 )
 RECONNECTS = Counter("smppd_smpp_reconnects", "Connection attempts after a lost or failed bind.", ["route"])
+# issue 14.6: a receipt whose id matched no part we sent, as-is or in another base, even after
+# waiting for its submit_sm_resp; a steady count means a wrong receipt_id_base/resp_id_base.
+RECEIPTS_UNMATCHED = Counter(
+    "smppd_receipts_unmatched", "Receipts that never matched a part we sent (given up after waiting).", ["route"],
+)
 PUSH_LATENCY = Histogram(
     "smppd_bitrix24_push_latency_seconds", "One batch of status updates to Bitrix24, request to answer.",
     ["portal"], buckets=HTTP_BUCKETS,
@@ -248,6 +253,8 @@ ROUTE_COUNTERS = {  # SmppRoute.stats key -> (metric, help)
     "receipts": ("smppd_receipts_received", "Delivery receipts received (deliver_sm)."),
     "receipts_unmatched": ("smppd_receipts_before_resp", "Receipts that arrived before their submit_sm_resp."),
     "mo": ("smppd_mo_received", "Mobile-originated messages received."),
+    "no_receipt": ("smppd_parts_no_receipt", "Parts ended undelivered: no receipt within the route's validity."),
+    "queries": ("smppd_query_sm_sent", "query_sm sent for parts with no receipt (routes with query_sm = true)."),
 }
 
 

@@ -30,6 +30,8 @@ from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Named
 import aiosqlite
 import structlog
 
+from . import metrics
+
 from .model import (
     BITRIX24_RANK,
     FINAL,
@@ -63,7 +65,7 @@ RESUME_FREE_BYTES = 1 << 20
 # Seconds a ``sent`` waits in the outbox for the receipt that would replace it (_to_outbox).
 SENT_COALESCE = 10.0
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE portal (
@@ -235,6 +237,13 @@ MIGRATIONS: dict[int, str] = {
         member_id TEXT PRIMARY KEY,
         version TEXT NOT NULL
     )
+""",
+    # issue 14.8: the parts accepted and still waiting for a receipt, oldest first, for the
+    # route's no-receipt sweep and query_sm. Reading them through message_open scanned every
+    # open message (80 ms per sweep with 200,000 queued, in the writer thread); this index
+    # holds only the parts in 'accepted', a handful of seconds' worth on a healthy route.
+    9: """
+    CREATE INDEX segment_awaiting_receipt ON segment (route, updated_at) WHERE status = 'accepted';
     """,
 }
 
@@ -265,6 +274,9 @@ _RESP_READ = (
     " EXISTS (SELECT 1 FROM receipt_pending p WHERE p.route = s.route AND p.provider_id = ?)"
     " FROM segment s JOIN message m ON m.id = s.message_id WHERE s.message_id=? AND s.seq=?"
 )
+# The same, when receipt_id_base = auto: a receipt may have come first under a hex/decimal
+# reading of the resp id (issue 14.6), so the pending check looks for three spellings.
+_RESP_READ_READINGS = _RESP_READ.replace("p.provider_id = ?", "p.provider_id IN (?, ?, ?)")
 # A receipt's segment, found by its provider id, and the segment's message.
 _RECEIPT_READ = (
     f"SELECT s.message_id, s.seq, s.status, {_MESSAGE_COLUMNS}"
@@ -327,6 +339,32 @@ class OpenMessage:
     open_segments: tuple[int, ...]
     concat_ref: int | None = None  # per destination, stored: resent parts join their siblings
     b24_id: str = ""  # Bitrix24's message_id, for the log lines about this message
+
+
+@dataclass(frozen=True)
+class ReceiptRules:
+    """How an SMPP route's receipts find their parts (issue 14.6, 14.7)."""
+
+    # receipt_id_base = "auto": when the id as-is matches nothing, try its hex<->decimal
+    # readings against the parts still waiting for a receipt
+    id_readings: bool = False
+    # "all": every part has its own receipt; "first" / "last" / "any": the receipt of that
+    # part is the whole message's (operators that send one receipt per long message)
+    multipart: str = "all"
+
+
+NO_RULES = ReceiptRules()
+
+
+@dataclass(frozen=True)
+class Unreceipted:
+    """A part the operator accepted and never sent a receipt for."""
+
+    message_id: int
+    seq: int
+    provider_id: str
+    sender: str
+    accepted_at: float
 
 
 @dataclass(frozen=True)
@@ -868,7 +906,8 @@ class Store:
         """The operator took a segment; apply any receipt that beat the resp here."""
         await self.segments_accepted([(message_id, seq, provider_id)])
 
-    def segments_accepted(self, accepted: list[tuple[int, int, str]]) -> asyncio.Future[None]:
+    def segments_accepted(self, accepted: list[tuple[int, int, str]],
+                          rules: ReceiptRules = NO_RULES) -> asyncio.Future[None]:
         """The (message id, seq, provider id) of the submit_sm_resps of one read, as one operation.
 
         Not a coroutine: the route calls it from a protocol callback, and a task per
@@ -879,7 +918,7 @@ class Store:
         def op(conn: sqlite3.Connection) -> tuple[None, bool]:
             changed = False
             for message_id, seq, provider_id in accepted:
-                changed |= _accept_segment(conn, message_id, seq, provider_id, now)
+                changed |= _accept_segment(conn, message_id, seq, provider_id, now, rules)
             return None, changed
 
         return self._noting_outbox(self.execute(op))
@@ -895,17 +934,68 @@ class Store:
 
     def apply_receipts(self, route: str, receipts: list[tuple[str, Status, str]]) -> asyncio.Future[list[bool]]:
         """The receipts of one read as one operation; per receipt, whether its id was known."""
+        out: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+
+        def done(fut: asyncio.Future[list[str | None]]) -> None:
+            if fut.cancelled():
+                out.cancel()
+            elif fut.exception() is not None:
+                out.set_exception(fut.exception())  # type: ignore[arg-type]
+            else:
+                out.set_result([m is not None for m in fut.result()])
+
+        self.match_receipts(route, receipts).add_done_callback(done)
+        return out
+
+    def match_receipts(self, route: str, receipts: list[tuple[str, Status, str]],
+                       rules: ReceiptRules = NO_RULES) -> asyncio.Future[list[str | None]]:
+        """Like ``apply_receipts``; per receipt, how its id matched: "as-is", "hex" (the receipt
+        id read as hex matched a decimal resp id), "dec" (read as decimal matched a hex one),
+        or None (unknown: kept pending for its resp)."""
         now = self.clock()
 
-        def op(conn: sqlite3.Connection) -> tuple[list[bool], bool]:
-            matched, changed = [], False
+        def op(conn: sqlite3.Connection) -> tuple[list[str | None], bool]:
+            matched: list[str | None] = []
+            changed = False
             for provider_id, status, detail in receipts:
-                known, moved = _apply_receipt(conn, route, provider_id, status, detail, now)
-                matched.append(known)
+                how, moved = _apply_receipt(conn, route, provider_id, status, detail, now, rules)
+                matched.append(how)
                 changed |= moved
             return matched, changed
 
         return self._noting_outbox(self.execute(op, HOLD_BOUNDED))
+
+    async def unreceipted(self, route: str, accepted_before: float, *, limit: int = 1000) -> list[Unreceipted]:
+        """Parts accepted before ``accepted_before`` (store clock) that never got a receipt,
+        oldest first, read through the segment_awaiting_receipt index (migration 9)."""
+
+        def op(conn: sqlite3.Connection) -> list[Unreceipted]:
+            rows = conn.execute(
+                "SELECT s.message_id, s.seq, s.provider_id, m.sender, s.updated_at FROM segment s"
+                " INDEXED BY segment_awaiting_receipt JOIN message m ON m.id = s.message_id"
+                " WHERE s.route=? AND s.status='accepted' AND s.updated_at < ? AND s.provider_id IS NOT NULL"
+                " ORDER BY s.updated_at LIMIT ?",
+                (route, accepted_before, limit),
+            ).fetchall()
+            return [Unreceipted(*r) for r in rows]
+
+        return await self.execute(op)
+
+    async def no_receipt(self, parts: list[tuple[int, int]]) -> int:
+        """End parts that never got a receipt: undelivered, reason "no receipt" (issue 14.8)."""
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> tuple[int, bool]:
+            ended, changed = 0, False
+            for mid, seq in parts:
+                row = conn.execute("SELECT status FROM segment WHERE message_id=? AND seq=?", (mid, seq)).fetchone()
+                if row is None or row[0] != STATUS_WORD[Status.ACCEPTED]:
+                    continue  # a receipt came meanwhile
+                changed |= _segment_status(conn, mid, seq, Status.UNDELIVERED, "no receipt", now)
+                ended += 1
+            return ended, changed
+
+        return await self._noting_outbox(self.execute(op))
 
     def _noting_outbox(self, fut: asyncio.Future[tuple[T, bool]]) -> asyncio.Future[T]:
         """The result of an operation that returns (result, outbox changed); the pushers are
@@ -949,19 +1039,25 @@ class Store:
         """Mark receipts that never found their message as unmatched; returns how many."""
         cutoff = self.clock() - ttl
 
-        def op(conn: sqlite3.Connection) -> int:
-            expired = conn.execute(
-                "UPDATE receipt_pending SET expired=1 WHERE expired=0 AND received_at < ?", (cutoff,)
-            ).rowcount
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            by_route: dict[str, int] = {}
+            for route, n in conn.execute("SELECT route, count(*) FROM receipt_pending WHERE expired=0"
+                                         " AND received_at < ? GROUP BY route", (cutoff,)).fetchall():
+                by_route[route] = n
+            conn.execute("UPDATE receipt_pending SET expired=1 WHERE expired=0 AND received_at < ?", (cutoff,))
             over = conn.execute("SELECT count(*) FROM receipt_pending WHERE expired=0").fetchone()[0] - max_pending
             if over > 0:  # the oldest give way
-                expired += conn.execute(
-                    "UPDATE receipt_pending SET expired=1 WHERE id IN"
-                    " (SELECT id FROM receipt_pending WHERE expired=0 ORDER BY id LIMIT ?)", (over,)
-                ).rowcount
-            return expired
+                oldest = "SELECT id FROM receipt_pending WHERE expired=0 ORDER BY id LIMIT ?"
+                for route, n in conn.execute(f"SELECT route, count(*) FROM receipt_pending WHERE id IN ({oldest})"
+                                             " GROUP BY route", (over,)).fetchall():
+                    by_route[route] = by_route.get(route, 0) + n
+                conn.execute(f"UPDATE receipt_pending SET expired=1 WHERE id IN ({oldest})", (over,))
+            return by_route
 
-        return await self.execute(op)
+        by_route = await self.execute(op)
+        for route, n in by_route.items():
+            metrics.RECEIPTS_UNMATCHED.labels(route).inc(n)
+        return sum(by_route.values())
 
     # --- HTTP providers: one provider id per message ----------------------------
     #
@@ -1467,37 +1563,118 @@ def _due_range(conn: sqlite3.Connection, member_id: str, sent: int, now: float, 
     return due
 
 
-def _accept_segment(conn: sqlite3.Connection, message_id: int, seq: int, provider_id: str, now: float) -> bool:
+def _accept_segment(conn: sqlite3.Connection, message_id: int, seq: int, provider_id: str, now: float,
+                    rules: ReceiptRules = NO_RULES) -> bool:
     """A submit_sm_resp: the segment is accepted under ``provider_id``, and any receipt that
     arrived first (receipt_pending) is applied now; True if the outbox changed."""
-    row = conn.execute(_RESP_READ, (provider_id, message_id, seq)).fetchone()
+    early_ids = [provider_id]
+    if rules.id_readings:  # a receipt that came first under another reading of this id
+        early_ids += [r for _, r in _resp_readings(provider_id)]
+        early_ids += [provider_id] * (3 - len(early_ids))  # one statement, cached: always 3 ids
+        row = conn.execute(_RESP_READ_READINGS, (*early_ids, message_id, seq)).fetchone()
+    else:
+        row = conn.execute(_RESP_READ, (provider_id, message_id, seq)).fetchone()
     if row is None:
         return False
     changed = _segment_status(conn, message_id, seq, Status.ACCEPTED, None, now,
                               current=STATUS_OF[row[1]], provider_id=provider_id, message=row[2:9])
-    if row[9]:  # receipts beat the resp
+    if not row[9]:  # the usual case: no receipt came first
+        early_ids = []
+    for early_id in dict.fromkeys(early_ids):
         early = conn.execute(
-            "SELECT id, status, detail FROM receipt_pending WHERE route=? AND provider_id=? ORDER BY id",
-            (row[0], provider_id),
+            "SELECT id, status, detail FROM receipt_pending WHERE route=? AND provider_id=? AND expired=0 ORDER BY id",
+            (row[0], early_id),
         ).fetchall()
         for rid, status, detail in early:
             changed |= _segment_status(conn, message_id, seq, STATUS_OF[status], detail, now)
             conn.execute("DELETE FROM receipt_pending WHERE id=?", (rid,))
+            if rules.multipart != "all":
+                changed |= _whole_message(conn, message_id, seq, STATUS_OF[status], detail, now, rules)
+    if rules.multipart != "all" and row[7] > 1:
+        changed |= _from_representative(conn, message_id, seq, now, rules)
     return changed
 
 
+def _receipt_readings(receipt_id: str) -> list[tuple[str, str]]:
+    """The other spellings of a receipt id (canonical as-is) a resp may have used:
+    ("hex", decimal of it read as hex), ("dec", hex of it read as decimal)."""
+    out = []
+    if receipt_id and all(c in "0123456789ABCDEF" for c in receipt_id):
+        out.append(("hex", str(int(receipt_id, 16))))
+    if receipt_id.isdigit():
+        out.append(("dec", format(int(receipt_id), "X")))
+    return [(k, v) for k, v in out if v != receipt_id]
+
+
+def _resp_readings(resp_id: str) -> list[tuple[str, str]]:
+    """The spellings of a resp id a receipt that came first may have used (inverse of above)."""
+    out = []
+    if resp_id.isdigit():
+        out.append(("hex", format(int(resp_id), "X")))  # receipt in hex, resp in decimal
+    if resp_id and all(c in "0123456789ABCDEF" for c in resp_id):
+        out.append(("dec", str(int(resp_id, 16))))  # receipt in decimal, resp in hex
+    return [(k, v) for k, v in out if v != resp_id]
+
+
+_RECEIPT_READ_OPEN = _RECEIPT_READ + " AND s.status='accepted'"
+
+
 def _apply_receipt(conn: sqlite3.Connection, route: str, provider_id: str, status: Status, detail: str,
-                   now: float) -> tuple[bool, bool]:
-    """(id known, outbox changed); an unknown id waits in receipt_pending for its resp."""
+                   now: float, rules: ReceiptRules = NO_RULES) -> tuple[str | None, bool]:
+    """(how the id matched, or None; outbox changed); an unknown id waits in receipt_pending
+    for its resp."""
+    how: str | None = "as-is"
     row = conn.execute(_RECEIPT_READ, (route, provider_id)).fetchone()
+    if row is None and rules.id_readings:
+        for how, reading in _receipt_readings(provider_id):
+            row = conn.execute(_RECEIPT_READ_OPEN, (route, reading)).fetchone()
+            if row is not None:
+                break
     if row is None:
         conn.execute(
             "INSERT INTO receipt_pending (route, provider_id, status, detail, received_at) VALUES (?,?,?,?,?)",
             (route, provider_id, status, detail, now),
         )
-        return False, False
-    return True, _segment_status(conn, row[0], row[1], status, detail, now, current=STATUS_OF[row[2]],
-                                 message=row[3:10])
+        return None, False
+    mid, seq = row[0], row[1]
+    changed = _segment_status(conn, mid, seq, status, detail, now, current=STATUS_OF[row[2]], message=row[3:10])
+    if rules.multipart != "all" and row[8] > 1:
+        changed |= _whole_message(conn, mid, seq, status, detail, now, rules)
+    return how, changed
+
+
+def _stands_for_message(seq: int, segments: int, multipart: str) -> bool:
+    return multipart == "any" or (multipart == "first" and seq == 0) or (
+        multipart == "last" and seq == segments - 1)
+
+
+def _whole_message(conn: sqlite3.Connection, mid: int, seq: int, status: Status, detail: str | None,
+                   now: float, rules: ReceiptRules) -> bool:
+    """A receipt of the part that stands for the message (multipart_receipts) ends the other
+    parts the operator accepted; parts accepted later take it on acceptance."""
+    if status not in FINAL:
+        return False
+    segments = conn.execute("SELECT segments FROM message WHERE id=?", (mid,)).fetchone()[0]
+    if not _stands_for_message(seq, segments, rules.multipart):
+        return False
+    changed = False
+    accepted = STATUS_WORD[Status.ACCEPTED]
+    for (other,) in conn.execute("SELECT seq FROM segment WHERE message_id=? AND seq<>? AND status=?",
+                                 (mid, seq, accepted)).fetchall():
+        changed |= _segment_status(conn, mid, other, status, f"{detail} (receipt of part {seq + 1})", now)
+    return changed
+
+
+def _from_representative(conn: sqlite3.Connection, mid: int, seq: int, now: float, rules: ReceiptRules) -> bool:
+    """A part accepted after the receipt of the part that stands for its message."""
+    rows = conn.execute("SELECT seq, status, error FROM segment WHERE message_id=? AND seq<>?", (mid, seq)).fetchall()
+    segments = len(rows) + 1
+    for other, word, error in rows:
+        status = STATUS_OF[word]
+        if status in FINAL and _stands_for_message(other, segments, rules.multipart):
+            detail = f"{error or word} (receipt of part {other + 1})"
+            return _segment_status(conn, mid, seq, status, detail, now)
+    return False
 
 
 _EVENT_INSERT = "INSERT INTO event (message_id, seq, status, applied, detail, at) VALUES (?,?,?,?,?,?)"

@@ -240,3 +240,37 @@ def test_app_events_bounds():
         with pytest.raises(config.ConfigError) as e:
             config.parse(r)
         assert e.value.key == key
+
+
+@pytest.mark.parametrize(
+    "change, key, words",
+    [
+        ({"receipt_id_base": "base64"}, "route.life.receipt_id_base", "auto, as-is, hex, dec"),
+        ({"multipart_receipts": "middle"}, "route.life.multipart_receipts", "all, first, last, any"),
+        ({"temporary_retries": 0}, "route.life.temporary_retries", "integer from 1"),
+        ({"temporary_retry_age": "10m"}, "route.life.temporary_retry_age", "number"),
+        ({"queue_full_pause": 0}, "route.life.queue_full_pause", "number"),
+        ({"queue_full_pause": 2.0, "queue_full_pause_max": 1.0}, "route.life.queue_full_pause_max", "number ≥ 2.0"),
+        ({"bind_retry_min": -1}, "route.life.bind_retry_min", "number"),
+        ({"throttle_recovery": 0}, "route.life.throttle_recovery", "number"),
+        ({"validity": 0}, "route.life.validity", "number"),
+        ({"query_sm": "yes"}, "route.life.query_sm", "true or false"),
+        ({"query_sm": True, "query_sm_delay": 7200, "validity": 3600}, "route.life.query_sm_delay", "shorter than validity"),
+    ],
+)
+def test_bad_day_keys_errors_name_the_key(change, key, words):
+    e = _error(lambda r: r["route"]["life"].update(change))
+    assert e.key == key and words in str(e), str(e)
+
+
+def test_bad_day_defaults_and_values():
+    r = raw()
+    d = config.parse(r).routes["life"]
+    assert (d.receipt_id_base, d.multipart_receipts, d.validity, d.query_sm) == ("auto", "all", 172800.0, False)
+    assert (d.temporary_retries, d.temporary_retry_age, d.bind_retry_min) == (5, 600.0, 5.0)
+    assert (d.queue_full_pause, d.queue_full_pause_max, d.throttle_recovery) == (0.1, 5.0, 3.0)
+    r["route"]["life"].update(multipart_receipts="last", query_sm=True, query_sm_delay=600, validity=86400,
+                              temporary_retries=3, temporary_retry_age=120)
+    route = config.parse(r).routes["life"]
+    assert (route.multipart_receipts, route.query_sm, route.query_sm_delay, route.validity) == ("last", True, 600.0, 86400.0)
+    assert (route.temporary_retries, route.temporary_retry_age) == (3, 120.0)

@@ -217,14 +217,19 @@ def test_bind_rejected_closes_the_session():
     assert s.receive_data(raw_pdu(0x15, 5), 0.3) == []  # nothing is processed any more
 
 
-def test_bind_resp_already_bound_counts_as_bound_like_kannel():
+def test_bind_resp_already_bound_is_a_bind_failure_and_nothing_is_submitted():
+    # issue 14.2: a stale session at the SMSC answers RALYBND; Kannel took it as bound and
+    # pushed a window of submits into a socket the SMSC was about to close.
     s = Session(config())
     s.start(0.0)
     header, _ = sent_one(s)
     events = s.receive_data(bind_resp_for(BindMode.TRANSCEIVER, header.sequence, status=0x05), 0.2)
-    assert events == [Bound("", status=0x05)]
-    assert s.state is State.BOUND
-    assert s.can_submit()
+    assert events == [BindRejected(0x05)]
+    assert s.state is State.CLOSED
+    assert not s.can_submit()
+    with pytest.raises(RuntimeError):
+        s.submit(item("a"), 0.3)
+    assert s.data_to_send() == b""
 
 
 def test_bind_resp_timeout_terminates():
@@ -863,3 +868,32 @@ def test_config_validation():
     with pytest.raises(ValueError):
         config(response_timeout=0)
     assert config(bind_mode="receiver").bind_mode is BindMode.RECEIVER
+
+
+def test_deliver_sm_after_our_unbind_is_answered_try_later_at_once():
+    # issue 14.4: once our unbind is out, a store write could finish after the unbind_resp,
+    # and its answer would never go out; the SMSC is told to deliver it again instead.
+    s = bound_session()
+    s.unbind(1.0)
+    sent_one(s)
+    assert s.receive_data(receipt_pdu(601), 1.1) == []
+    header, _ = sent_one(s)
+    assert (header.command, header.sequence, header.status) == ("deliver_sm_resp", 601, 0x64)
+    assert s.unacknowledged == 0
+
+
+def test_query_sm_answered_with_the_smscs_state():
+    from smppd.smpp.session import QueryAnswered, QueryFailed
+    s = bound_session()
+    seq = s.query(("q", 1, 0), "5A000001", "MyShop", 5, 0, 1.0)
+    header, raw = sent_one(s)
+    assert (header.command, header.sequence) == ("query_sm", seq)
+    pdu = codec.decode(raw)
+    assert (pdu.message_id, pdu.source_addr, pdu.source_addr_ton) == (b"5A000001", b"MyShop", 5)
+    resp = codec.encode("query_sm_resp", seq, message_id="5A000001", final_date="", message_state=2, error_code=0)
+    assert s.receive_data(resp, 1.2) == [QueryAnswered(("q", 1, 0), 2, 0)]
+    seq2 = s.query("b", "77", "MyShop", 5, 0, 2.0)
+    assert s.receive_data(codec.generic_nack(seq2, 0x03), 2.1) == [QueryFailed("b", 0x03)]
+    s.query("c", "78", "MyShop", 5, 0, 3.0)
+    assert s.next_deadline() == 13.0
+    assert s.handle_timers(13.0) == [QueryFailed("c", 0)]

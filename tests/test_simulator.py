@@ -430,3 +430,48 @@ def test_config_is_checked() -> None:
         SimulatorConfig(outcomes={"DELIVERED": 1.0})
     with pytest.raises(ValueError, match="id_format"):
         SimulatorConfig(id_format="oct")
+
+
+def test_queue_full_bursts_block_for_the_given_time() -> None:
+    from smppd.smpp.simulator import QueueFullBursts
+
+    now = [0.0]
+    policy = QueueFullBursts(every=3, blocked=0.5, clock=lambda: now[0])
+    sm = SubmittedSm(raw=b"", sequence=1, system_id="s", service_type="", source_addr="A", source_addr_ton=5,
+                     source_addr_npi=0, destination_addr="1", dest_addr_ton=1, dest_addr_npi=1, esm_class=0,
+                     data_coding=0, registered_delivery=1, short_message=b"x")
+    statuses = []
+    for t in (0.0, 0.1, 0.2, 0.3, 0.69, 0.71, 0.8, 0.9):
+        now[0] = t
+        statuses.append(policy.decide(sm).status)
+    assert statuses == [0, 0, 0x14, 0x14, 0x14, 0, 0, 0x14]
+    assert policy.bursts == 2
+
+
+def test_part_of_reads_udh_and_sar() -> None:
+    from smppd.smpp.simulator import part_of
+
+    base = dict(raw=b"", sequence=1, system_id="s", service_type="", source_addr="A", source_addr_ton=5,
+                source_addr_npi=0, destination_addr="1", dest_addr_ton=1, dest_addr_npi=1, data_coding=0,
+                registered_delivery=1)
+    udh8 = SubmittedSm(esm_class=0x40, short_message=bytes([5, 0, 3, 7, 3, 2]) + b"text", **base)
+    udh16 = SubmittedSm(esm_class=0x40, short_message=bytes([6, 8, 4, 0, 7, 3, 3]) + b"text", **base)
+    sar = SubmittedSm(esm_class=0, short_message=b"text", sar_total_segments=4, sar_segment_seqnum=1, **base)
+    whole = SubmittedSm(esm_class=0, short_message=b"text", **base)
+    assert [part_of(s) for s in (udh8, udh16, sar, whole)] == [(3, 2), (3, 3), (4, 1), None]
+
+
+async def test_stale_session_refuses_binds_then_accepts() -> None:
+    sim = SmscSimulator(SimulatorConfig(stale_session=0.3))
+    await sim.start()
+    try:
+        first = await RawEsme.connect(sim)
+        assert (await first.bind()).status == codec.ESME_RALYBND
+        await asyncio.sleep(0.35)
+        second = await RawEsme.connect(sim)
+        assert (await second.bind()).status == codec.ESME_ROK
+        assert sim.bind_attempts == 2
+        for e in (first, second):
+            e.writer.close()
+    finally:
+        await sim.stop()

@@ -63,8 +63,8 @@ async def test_throttled_and_queue_full_requeue_the_same_segment_and_keep_the_bi
     assert [s for _, s in rig.smsc.rejected] == [codec.ESME_RTHROTTLED, codec.ESME_RMSGQFUL]
     assert rig.route.connection.binds == 1, "a throttle must not cost the bind"
     assert rig.route.stats["throttled"] == 2
-    assert rig.route.window_aimd.cuts == 1, "one burst of refusals is one congestion event"
-    assert rig.route.window_aimd.value < 8
+    assert rig.route.flow.throttle_cuts == 1, "one burst of refusals is one congestion event"
+    assert rig.route.flow.queue_full_pauses == 1
 
 
 async def test_against_an_operator_cap_aimd_converges_without_losing_anything(rigs, tmp_path):
@@ -172,18 +172,14 @@ async def test_wrong_password_retries_slowly_and_says_so_each_time(rigs, tmp_pat
     assert rig.route.status()["bind_failures"] == conn.bind_failures
 
 
-async def test_already_bound_then_not_bound_rebinds_and_sends(rigs, tmp_path):
-    # The SMSC still holds an old bind: it answers ESME_RALYBND, which counts as bound
-    # (Kannel); it then refuses the submit with ESME_RINVBNDSTS, so the session ends, the
-    # segment is requeued and the next bind, after backoff, carries it.
-    with capture_logs() as logs:
-        rig = await rigs(tmp_path, sim={"bind_refusals": [codec.ESME_RALYBND]})
-        mid = await rig.send()
-        assert await rig.wait_final() == {mid: "delivered"}
-    events = [e["event"] for e in logs]
-    assert "smpp.bound_already_bound" in events and "smpp.not_bound_per_smsc" in events
-    assert rig.route.connection.binds == 2
-    assert len(rig.smsc.submitted) == 1
+async def test_already_bound_is_a_refused_bind_and_the_next_bind_sends(rigs, tmp_path):
+    # The SMSC still holds an old bind: ESME_RALYBND is a refused bind (issue 14.2), so
+    # nothing is submitted on that socket; the next bind, after the back-off, carries it.
+    rig = await rigs(tmp_path, sim={"bind_refusals": [codec.ESME_RALYBND]}, bind_retry_min=0.05)
+    mid = await rig.send()
+    assert await rig.wait_final() == {mid: "delivered"}
+    assert rig.route.connection.binds == 1 and rig.route.connection.bind_failures == 1
+    assert len(rig.smsc.submitted) == 1 and not rig.smsc.rejected
 
 
 # --- receipts ----------------------------------------------------------------------
@@ -239,7 +235,7 @@ async def test_receipt_that_cannot_be_stored_is_answered_try_later(rigs, tmp_pat
         fut.set_exception(RuntimeError("disk full"))
         return fut
 
-    rig.route.store.apply_receipts = broken  # type: ignore[method-assign]
+    rig.route.store.match_receipts = broken  # type: ignore[method-assign]
     with capture_logs() as logs:
         await rig.send()
         await rig.wait(lambda: rig.route.stats["receipts_unstored"] >= 1)

@@ -17,19 +17,22 @@ import structlog
 from .. import metrics, phone
 from ..background import Background
 from ..config import SmppRouteConfig
-from ..model import Status, UnknownReceiptState, receipt_status
+from ..model import FINAL, Status, UnknownReceiptState, receipt_status
 from ..smpp import codec
 from ..smpp.connection import Connection, session_config_for
 from ..smpp.segments import SegmentJob, build_segments
 from ..smpp.session import (
     MessageReceived,
+    QueryAnswered,
+    QueryFailed,
     ReceiptReceived,
     SubmitAccepted,
     SubmitRejected,
     SubmitUnconfirmed,
 )
-from ..store import OpenMessage, Store, StoreUnavailable
-from ..throttle import Aimd, SlidingWindowLimiter
+from ..smpp.flow import FlowPolicy, Limits
+from ..store import OpenMessage, ReceiptRules, Store, StoreUnavailable, Unreceipted
+from ..throttle import SlidingWindowLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -37,17 +40,19 @@ TEMPORARY_RETRY_DELAY = 1.0  # an SMSC with a system error gets a breather befor
 # The operator meters arrivals: our coalesced writes and the network can bunch sends that
 # left us a second apart, so the cap is kept over a slightly longer window.
 CAP_SLACK = 0.05
-CONGESTION_PAUSE = 0.25
-# An uncapped route that gets throttled learns a cap from what it sent in the last second;
-# a second with a handful of sends says little about the operator's limit.
-LEARNED_RATE_FLOOR = 10.0  # after a throttle/queue-full cut, before the first resend
 ESME_RX_T_APPN = 0x64  # "try again later": the deliver_sm answer when we could not store it
-CONGESTION_STATUSES = frozenset({codec.ESME_RTHROTTLED, codec.ESME_RMSGQFUL})
 # At most this many segments wait in memory; the rest of a backlog (a day-long operator
 # outage is a million messages) stays in the store and is read back a page at a time as
 # the queue drains, so the daemon's RSS does not grow with the backlog.
 MEMORY_QUEUE = 20_000
 REFILL_PAGE = 5_000
+# How often to look for parts with no receipt (issue 14.8); shorter for short test validities.
+RECEIPT_WATCH_INTERVAL = 60.0
+# What each id-base reading means in the route's configuration (issue 14.6).
+ID_BASE_ADVICE = {
+    "hex": 'receipt_id_base = "hex" and resp_id_base = "dec"',
+    "dec": 'receipt_id_base = "dec" and resp_id_base = "hex"',
+}
 
 
 
@@ -67,14 +72,20 @@ class SmppRoute:
                 self.connections.append(Connection(
                     cfg.name, cfg.host, cfg.port, session_config_for(cfg, mode), self._on_events,
                     reconnect_min=cfg.reconnect_min, reconnect_max=cfg.reconnect_max,
+                    bind_retry_min=cfg.bind_retry_min,
                 ))
         self.connection = self.connections[0]  # the first bind, for `smppd status`
         self._senders = [c for c in self.connections if c.session_config.bind_mode != "receiver"]
-        # AIMD on ESME_RTHROTTLED / ESME_RMSGQFUL: the window of every bind, and the rate.
-        self.window_aimd = Aimd(cfg.window)
-        self.rate_aimd: Aimd | None = Aimd(cfg.throughput) if cfg.throughput > 0 else None
-        self._recent: deque[float] = deque(maxlen=100_000)  # send times, to learn an uncapped rate
-        self._paused_until = 0.0
+        # ESME_RMSGQFUL pauses, ESME_RTHROTTLED cuts rate and window (smppd/smpp/flow.py)
+        self.flow = self._flow_policy(cfg)
+        self._limits = Limits(cfg.throughput, cfg.window, 0.0)  # the limits last applied
+        # (message id, seq) -> (temporary refusals so far, time of the first): issue 14.5
+        self._temporary: dict[tuple[int, int], tuple[int, float]] = {}
+        self.rules = ReceiptRules(id_readings=cfg.receipt_id_base == "auto", multipart=cfg.multipart_receipts)
+        metrics.RECEIPTS_UNMATCHED.labels(cfg.name)  # shown as 0 from the start: increase() sees the first
+        self._base_warned: set[str] = set()  # the id-base readings already logged at warning level
+        self._to_query: deque[Unreceipted] = deque()  # query_sm to send, paced like submits
+        self._queried: dict[tuple[int, int], float] = {}  # part -> store time of its last query_sm
         self._inflight: dict[Any, SegmentJob] = {}  # by Submit.ref, awaiting submit_sm_resp
         self._wake = asyncio.Event()
         self._background = Background("smpp_route_task_failed", route=cfg.name)
@@ -89,7 +100,8 @@ class SmppRoute:
         self._dropped = 0  # enqueues left to the store while spilled
         self._refilling = False
         self.stats = {"submitted": 0, "accepted": 0, "rejected": 0, "requeued": 0, "throttled": 0,
-                      "receipts": 0, "receipts_unmatched": 0, "receipts_unstored": 0, "mo": 0}
+                      "receipts": 0, "receipts_unmatched": 0, "receipts_unstored": 0, "mo": 0,
+                      "no_receipt": 0, "queries": 0}
 
     # --- feeding ---------------------------------------------------------------
 
@@ -166,14 +178,24 @@ class SmppRoute:
         jobs = [*self.queue, *self._inflight.values()]
         return {(j.message_id, j.seq) for j in jobs}
 
+    @staticmethod
+    def _flow_policy(cfg: SmppRouteConfig) -> FlowPolicy:
+        return FlowPolicy(cfg.throughput, cfg.window, pause_min=cfg.queue_full_pause,
+                          pause_max=cfg.queue_full_pause_max, recovery=cfg.throttle_recovery)
+
     def retune(self, cfg: SmppRouteConfig) -> None:
         """A new throughput from a SIGHUP reload, without touching the binds."""
         self.cfg = cfg
+        self.rules = ReceiptRules(id_readings=cfg.receipt_id_base == "auto", multipart=cfg.multipart_receipts)
         self.limiter = SlidingWindowLimiter(cfg.throughput, 1.0 + CAP_SLACK)
-        self.rate_aimd = Aimd(cfg.throughput) if cfg.throughput > 0 else None
+        self.flow.retune(cfg.throughput, cfg.window)
+        self._limits = Limits(-1, -1, 0.0)  # applied afresh: the new limiter, a new window
+        self._apply_limits(asyncio.get_running_loop().time())
 
     def status(self) -> dict[str, Any]:
         """What `smppd status` shows for this route."""
+        now = asyncio.get_running_loop().time()
+        limits = self.flow.limits(now)
         return {
             "bound": self.bound,
             "binds": sum(1 for c in self.connections if c.bound),
@@ -181,8 +203,9 @@ class SmppRoute:
             "queue": self.depth,
             "backlog_in_store": self._spilled,
             "inflight": len(self._inflight),
-            "window": max(1, int(self.window_aimd.value)),
-            "rate_cap": int(self.rate_aimd.value) if self.rate_aimd else None,
+            "window": limits.window,
+            "rate_cap": int(limits.rate) if limits.rate > 0 else None,
+            "paused": limits.resume_at > now,
             **self.stats,
         }
 
@@ -191,11 +214,13 @@ class SmppRoute:
     async def run(self) -> None:
         conn_tasks = [asyncio.create_task(c.run(), name=f"smpp-{self.name}-{i}")
                       for i, c in enumerate(self.connections)]
+        watch = asyncio.create_task(self._receipt_watch(), name=f"smpp-{self.name}-receipts")
         try:
             await self._pump()
             # stop() unbinds each connection; their tasks end once the unbind is answered.
             await asyncio.gather(*conn_tasks, return_exceptions=True)
         finally:
+            watch.cancel()
             for t in conn_tasks:
                 t.cancel()
 
@@ -213,8 +238,9 @@ class SmppRoute:
             await self._wake.wait()
             self._wake.clear()
             self._maybe_refill()
-            while self.queue and not self._stopping:
-                pause = self._paused_until - loop.time()
+            while (self.queue or self._to_query) and not self._stopping:
+                now = loop.time()
+                pause = self._apply_limits(now) - now
                 if pause > 0:
                     loop.call_later(pause, self._wake.set)
                     break
@@ -226,6 +252,9 @@ class SmppRoute:
                     metrics.THROTTLE_EVENTS.labels(self.name, "throughput").inc()
                     await asyncio.sleep(wait)
                     continue
+                if not self.queue:
+                    self._send_query(conn, self._to_query.popleft())
+                    continue
                 job = self.queue.popleft()
                 if self._spilled:
                     self._maybe_refill()
@@ -236,9 +265,63 @@ class SmppRoute:
                     continue
                 self._inflight[job.submit.ref] = job
                 self.limiter.record()
-                self._recent.append(loop.time())
+                self.flow.sent(loop.time())
                 self.stats["submitted"] += 1
                 metrics.submit_sent(self.name, job.submit.ref)
+
+    def _send_query(self, conn: Connection, part: Unreceipted) -> None:
+        """query_sm for a part with no receipt, paced by the same cap as submits."""
+        self.limiter.record()
+        self.stats["queries"] += 1
+        self._queried[(part.message_id, part.seq)] = self.store.clock()
+        sender = part.sender
+        numeric = sender.lstrip("+").isdigit()
+        ton, npi = (self.cfg.numeric_ton, self.cfg.numeric_npi) if numeric else (self.cfg.alpha_ton, self.cfg.alpha_npi)
+        try:
+            conn.query(("query", part), self._smsc_id(part.provider_id), sender.lstrip("+") if numeric else sender,
+                       ton, npi)
+        except (ValueError, RuntimeError) as e:
+            log.warning("smpp_query_sm_not_sent", route=self.name, message=part.message_id, error=str(e))
+
+    def _smsc_id(self, stored: str) -> str:
+        """The id as the SMSC spelt it in the resp, from our canonical spelling."""
+        if self.cfg.resp_id_base == "hex" or (self.cfg.resp_id_base is None and self.cfg.receipt_id_base == "hex"):
+            return format(int(stored), "X")
+        return stored
+
+    async def _receipt_watch(self) -> None:
+        """Parts accepted with no receipt: query_sm after query_sm_delay (when the route has
+        query_sm = true), undelivered "no receipt" after validity (issue 14.8)."""
+        cfg = self.cfg
+        interval = min(RECEIPT_WATCH_INTERVAL, cfg.validity / 10)
+        if cfg.query_sm:
+            interval = min(interval, cfg.query_sm_delay / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._receipt_watch_once()
+            except Exception as e:  # the store is closing, or busy: the next round tries again
+                log.warning("smpp_receipt_watch_failed", route=self.name, error=repr(e))
+
+    async def _receipt_watch_once(self) -> None:
+        cfg = self.cfg
+        now = self.store.clock()
+        stale = await self.store.unreceipted(self.name, now - cfg.validity)
+        if stale:
+            ended = await self.store.no_receipt([(u.message_id, u.seq) for u in stale])
+            self.stats["no_receipt"] += ended
+            if ended:
+                log.warning("smpp_no_receipt", route=self.name, parts=ended, validity=cfg.validity)
+            for u in stale:
+                self._queried.pop((u.message_id, u.seq), None)
+        if cfg.query_sm:
+            waiting = {(q.message_id, q.seq) for q in self._to_query}
+            for u in await self.store.unreceipted(self.name, now - cfg.query_sm_delay):
+                key = (u.message_id, u.seq)
+                if key not in waiting and self._queried.get(key, float("-inf")) <= now - cfg.query_sm_delay:
+                    self._to_query.append(u)
+            if self._to_query:
+                self._wake.set()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking work, let outstanding resps arrive (bounded), unbind every bind.
@@ -255,46 +338,19 @@ class SmppRoute:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=max(0.1, deadline - loop.time()))
 
-    # --- AIMD --------------------------------------------------------------------
+    # --- flow control ------------------------------------------------------------
 
-    def _congestion(self) -> None:
-        """The SMSC said "too fast" (0x58) or "queue full" (0x14): halve window and rate, pause."""
-        self.stats["throttled"] += 1
-        if self.rate_aimd is None:
-            # No configured cap: start one at what we actually sent in the last second (the
-            # cut below halves it); once it grows back to twice that, the cap is lifted again.
-            now = asyncio.get_running_loop().time()
-            sent = max(LEARNED_RATE_FLOOR, float(sum(1 for t in self._recent if t > now - 1.0)))
-            self.rate_aimd = Aimd(2 * sent)
-            self.rate_aimd.value = sent
-        window_cut = self.window_aimd.congestion()
-        rate_cut = self.rate_aimd.congestion()
-        if window_cut or rate_cut:
-            self._apply_limits()
-            self._paused_until = asyncio.get_running_loop().time() + CONGESTION_PAUSE
-            log.warning("smpp_congestion", route=self.name, window=max(1, int(self.window_aimd.value)),
-                        rate=round(self.rate_aimd.value, 1))
-
-    def _success(self) -> None:
-        if self.rate_aimd is None and self.window_aimd.value >= self.window_aimd.ceiling:
-            return  # nothing to grow back: the common case, once per submit_sm_resp
-        before = (int(self.window_aimd.value), int(self.rate_aimd.value) if self.rate_aimd else 0)
-        self.window_aimd.success()
-        if self.rate_aimd is not None:
-            self.rate_aimd.success()
-            if self.cfg.throughput <= 0 and self.rate_aimd.value >= self.rate_aimd.ceiling:
-                self.rate_aimd = None  # the learned cap has grown back: uncapped again
-                self.limiter.set_cap(0)
-        after = (int(self.window_aimd.value), int(self.rate_aimd.value) if self.rate_aimd else 0)
-        if after != before:
-            self._apply_limits()
-
-    def _apply_limits(self) -> None:
-        window = max(1, int(self.window_aimd.value))
-        for c in self._senders:
-            c.set_window(window)
-        if self.rate_aimd is not None:
-            self.limiter.set_cap(max(1, int(self.rate_aimd.value)))
+    def _apply_limits(self, now: float) -> float:
+        """Hand the policy's current rate and window to the limiter and the binds; returns
+        when the route may submit again (a queue-full pause), <= now when it may now."""
+        limits = self.flow.limits(now)
+        if (limits.rate, limits.window) != (self._limits.rate, self._limits.window):
+            window = max(1, limits.window)
+            for c in self._senders:
+                c.set_window(window)
+            self.limiter.set_cap(max(1, int(limits.rate)) if limits.rate > 0 else 0)
+        self._limits = limits
+        return limits.resume_at
 
     # --- session events --------------------------------------------------------
 
@@ -309,7 +365,9 @@ class SmppRoute:
                 job = self._inflight.pop(e.ref, None)
                 if job:
                     self.stats["accepted"] += 1
-                    self._success()
+                    self.flow.accepted(asyncio.get_running_loop().time())
+                    if self._temporary:
+                        self._temporary.pop((job.message_id, job.seq), None)
                     accepted.append((job.message_id, job.seq, e.message_id))
             elif isinstance(e, ReceiptReceived):  # the other event of every message
                 receipts.append(e)
@@ -322,8 +380,14 @@ class SmppRoute:
                     self.queue.appendleft(job)
             elif isinstance(e, MessageReceived):
                 self._spawn(self._mo(connection, e))
+            elif isinstance(e, QueryAnswered):
+                self._query_answered(e)
+            elif isinstance(e, QueryFailed):
+                part = e.ref[1]
+                log.info("smpp_query_sm_failed", route=self.name, message=part.message_id, seq=part.seq,
+                         status=codec.status_name(e.status) if e.status else "timeout")
         if accepted:
-            self._background.track(self.store.segments_accepted(accepted))
+            self._background.track(self.store.segments_accepted(accepted, self.rules))
         if receipts:
             self._receipts(connection, receipts)
         self._wake.set()
@@ -334,23 +398,68 @@ class SmppRoute:
         if job is None:
             return
         reason = codec.status_name(e.status)
-        if e.temporary:
-            self.stats["requeued"] += 1
-            metrics.THROTTLE_EVENTS.labels(self.name, reason).inc()
-            log.info("smpp_submit_temporary_error", route=self.name, message=job.message_id, b24_id=job.b24_id,
-                     seq=job.seq, status=reason)
-            if e.status in CONGESTION_STATUSES:
-                self._congestion()
-                self.queue.appendleft(job)  # the same segment, first in line once the pause ends
-            elif e.status == codec.ESME_RINVBNDSTS:
-                self.queue.appendleft(job)  # the session ends; the rebind's backoff is the delay
-            else:
-                self._spawn(self._requeue_later(job, TEMPORARY_RETRY_DELAY))
+        now = asyncio.get_running_loop().time()
+        if e.status == codec.ESME_RMSGQFUL:
+            # "Queue full": pause and resume at the rate we had (flow.py); the same part
+            # goes first once the pause ends. Not counted against temporary_retries: it says
+            # nothing about this part.
+            self._count_flow(reason)
+            before = self.flow.resume_at
+            resume = self.flow.queue_full(now)
+            if resume != before:
+                log.info("smpp_queue_full_pause", route=self.name, seconds=round(resume - now, 3))
+            self.queue.appendleft(job)
             return
+        if e.status == codec.ESME_RTHROTTLED:
+            self._count_flow(reason)
+            if self.flow.throttled(now):
+                limits = self.flow.limits(now)
+                log.warning("smpp_throttled", route=self.name, window=limits.window, rate=round(limits.rate, 1))
+            self.queue.appendleft(job)
+            return
+        if e.temporary and e.status == codec.ESME_RINVBNDSTS:
+            self.stats["requeued"] += 1
+            self.queue.appendleft(job)  # the session ends; the rebind's backoff is the delay
+            return
+        if e.temporary:
+            key = (job.message_id, job.seq)
+            count, first = self._temporary.get(key, (0, now))
+            count += 1
+            if count <= self.cfg.temporary_retries and now - first < self.cfg.temporary_retry_age:
+                self._temporary[key] = (count, first)
+                self.stats["requeued"] += 1
+                metrics.THROTTLE_EVENTS.labels(self.name, reason).inc()
+                log.info("smpp_submit_temporary_error", route=self.name, message=job.message_id, b24_id=job.b24_id,
+                         seq=job.seq, status=reason, attempt=count)
+                self._spawn(self._requeue_later(job, TEMPORARY_RETRY_DELAY))
+                return
+            # issue 14.5: bounded by count and age, then the part fails with the code as reason
+            self._temporary.pop(key, None)
+            log.warning("smpp_submit_retries_exhausted", route=self.name, message=job.message_id, b24_id=job.b24_id,
+                        seq=job.seq, status=reason, refusals=count, seconds=round(now - first, 1))
         self.stats["rejected"] += 1
         log.warning("smpp_submit_rejected", route=self.name, message=job.message_id, b24_id=job.b24_id,
                     seq=job.seq, status=reason)
         self._spawn(self.store.segment_failed(job.message_id, job.seq, Status.FAILED, reason))
+
+    def _count_flow(self, reason: str) -> None:
+        self.stats["requeued"] += 1
+        self.stats["throttled"] += 1
+        metrics.THROTTLE_EVENTS.labels(self.name, reason).inc()
+
+    def _query_answered(self, e: QueryAnswered) -> None:
+        """A final message_state in a query_sm_resp is taken as that part's receipt."""
+        part: Unreceipted = e.ref[1]
+        try:
+            status = receipt_status(e.message_state, None)
+        except UnknownReceiptState:
+            return
+        if status not in FINAL:
+            return  # still en route: asked again after query_sm_delay, ended at validity
+        detail = f"query_sm message_state={e.message_state}"
+        if e.error_code:
+            detail += f" err:{e.error_code}"
+        self._background.track(self.store.match_receipts(self.name, [(part.provider_id, status, detail)], self.rules))
 
     async def _requeue_later(self, job: SegmentJob, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -382,7 +491,7 @@ class SmppRoute:
         if not rows:
             return
 
-        def stored(fut: asyncio.Future[list[bool]]) -> None:
+        def stored(fut: asyncio.Future[list[str | None]]) -> None:
             if fut.cancelled() or fut.exception() is not None:
                 error = "cancelled" if fut.cancelled() else repr(fut.exception())
                 # A full disk beyond the held bound: the store said why once; no line per receipt.
@@ -394,14 +503,18 @@ class SmppRoute:
                                   error=error)
                     connection.acknowledge(e.sequence, ESME_RX_T_APPN)
                 return
-            for e, matched in zip(known, fut.result()):
-                if not matched:
+            for e, how in zip(known, fut.result()):
+                if how is None:
                     self.stats["receipts_unmatched"] += 1
                     log.info("smpp_receipt_before_resp", route=self.name, provider_id=e.receipt.message_id)
+                elif how != "as-is" and how not in self._base_warned:
+                    self._base_warned.add(how)
+                    log.warning("smpp_receipt_id_base_mismatch", route=self.name, provider_id=e.receipt.message_id,
+                                reading=how, advice=f"set {ID_BASE_ADVICE[how]} in [route.{self.name}]")
                 connection.acknowledge(e.sequence)
 
         try:
-            fut = self.store.apply_receipts(self.name, rows)
+            fut = self.store.match_receipts(self.name, rows, self.rules)
         except Exception as err:  # the store is closed, or full beyond the held receipts: nothing was written
             fut = asyncio.get_running_loop().create_future()
             fut.set_exception(err)

@@ -10,7 +10,7 @@ order the session produced them.
 from __future__ import annotations
 
 import asyncio
-import random
+from collections.abc import Hashable
 from typing import Callable, Sequence, cast
 
 import structlog
@@ -18,6 +18,7 @@ import structlog
 from .. import metrics
 from ..config import SmppRouteConfig
 from .codec import status_name
+from .flow import CREDENTIAL_STATUSES, Outcome, ReconnectBackoff
 from .session import (
     BindMode,
     BindRejected,
@@ -29,9 +30,6 @@ from .session import (
 )
 
 log = structlog.get_logger(__name__)
-
-# bind refusals that retrying soon cannot fix: RBINDFAIL, RINVPASWD, RINVSYSID
-_CREDENTIAL_STATUSES = frozenset({0x0D, 0x0E, 0x0F})
 
 EventSink = Callable[["Connection", Sequence[object]], None]
 
@@ -88,6 +86,11 @@ class _Protocol(asyncio.Protocol):
         self.session.acknowledge(sequence, status)
         self._schedule_flush()
 
+    def query(self, ref: Hashable, message_id: str, source_addr: str, ton: int, npi: int) -> None:
+        self.session.query(ref, message_id, source_addr, ton, npi, self._loop.time())
+        self._schedule_flush()
+        self._arm()
+
     def unbind(self) -> None:
         self.session.unbind(self._loop.time())
         self._flush()
@@ -139,7 +142,8 @@ class Connection:
     """One bind to an SMSC, kept up for as long as the route runs."""
 
     def __init__(self, name: str, host: str, port: int, session_config: SessionConfig, sink: EventSink, *,
-                 reconnect_min: float = 1.0, reconnect_max: float = 60.0) -> None:
+                 reconnect_min: float = 1.0, reconnect_max: float = 60.0,
+                 bind_retry_min: float | None = None) -> None:
         self.name = name
         self.host = host
         self.port = port
@@ -154,7 +158,13 @@ class Connection:
         self.binds = 0  # successful binds so far, for status and tests
         self.bind_failures = 0  # bind_resp refusals, for status and metrics
         self.connect_attempts = 0
-        self._refused_credentials = False
+        # RALYBND, RBINDFAIL: the refused-bind clock (5 s unless configured, never below reconnect_min)
+        self.backoff = ReconnectBackoff(
+            reconnect_min, reconnect_max,
+            max(reconnect_min, bind_retry_min if bind_retry_min is not None else 5.0),
+        )
+        self._outcome = Outcome.CONNECT_FAILED  # how the current attempt ended, set by _on_events
+        self._unacked_drained = asyncio.Event()
         self._window: int | None = None  # AIMD override of session_config.window
 
     @property
@@ -178,6 +188,11 @@ class Connection:
         assert self._protocol is not None
         return self._protocol.submit(item)
 
+    def query(self, ref: Hashable, message_id: str, source_addr: str, ton: int, npi: int) -> None:
+        """query_sm for a part with no receipt; the answer comes as an event to the sink."""
+        assert self._protocol is not None
+        self._protocol.query(ref, message_id, source_addr, ton, npi)
+
     def acknowledge(self, sequence: int, status: int = 0) -> None:
         """Answer a deliver_sm, if the session that received it is still up.
 
@@ -187,33 +202,26 @@ class Connection:
             self._protocol.acknowledge(sequence, status)
 
     async def run(self) -> None:
-        delay = self.reconnect_min
         while not self._stopping:
-            reason, was_bound = await self._once()
+            reason, outcome = await self._once()
             if self._stopping:
                 break
-            if was_bound:
-                delay = self.reconnect_min
-            if self._refused_credentials:
-                # Wrong password or system_id: no fix will come from retrying fast, and some
-                # SMSCs lock the account after a burst of failed binds. Retry slowly.
-                delay = self.reconnect_max
-            wait = random.uniform(delay / 2, delay)  # jitter: binds of several daemons don't sync up
+            wait = self.backoff.next_delay(outcome)
             metrics.RECONNECTS.labels(self.name).inc()
-            log.warning("smpp_reconnect", route=self.name, reason=reason, in_seconds=round(wait, 2))
+            log.warning("smpp_reconnect", route=self.name, reason=reason, after=outcome.value,
+                        in_seconds=round(wait, 2))
             try:
                 await asyncio.wait_for(self._stop_requested.wait(), wait)
             except asyncio.TimeoutError:
                 pass
-            delay = min(delay * 2, self.reconnect_max)
 
-    async def _once(self) -> tuple[str, bool]:
+    async def _once(self) -> tuple[str, Outcome]:
         loop = asyncio.get_running_loop()
         session = Session(self.session_config)
         if self._window is not None:
             session.window = self._window
         self.connect_attempts += 1
-        self._refused_credentials = False
+        self._outcome = Outcome.CONNECT_FAILED
 
         def factory() -> _Protocol:
             # Known before create_connection returns: the bind_resp (and the
@@ -228,14 +236,12 @@ class Connection:
             )
         except (OSError, asyncio.TimeoutError) as e:
             self._protocol = None
-            return f"connect failed: {e or type(e).__name__}", False
+            return f"connect failed: {e or type(e).__name__}", Outcome.CONNECT_FAILED
         if self._stopping:  # stop() came while we were connecting
             protocol.abort()
-        was_bound = False
         try:
             # shielded: cancelling this task must not cancel the future stop() is waiting on
             reason = await asyncio.shield(protocol.closed)
-            was_bound = self._bound
         except asyncio.CancelledError:
             # A cancelled route must not leave a live bind behind: the SMSC
             # would keep sending it receipts that nobody stores or answers.
@@ -244,7 +250,9 @@ class Connection:
         finally:
             self._protocol = None
             self._bound = False
-        return reason, was_bound
+        # Read from _outcome, set when the Bound / BindRejected event came: _bound itself is
+        # already cleared by the Terminated event that ended the session (issue 14.1).
+        return reason, self._outcome
 
     def _on_events(self, events: Sequence[object]) -> None:
         for e in events:
@@ -252,11 +260,12 @@ class Connection:
                 continue  # submit results, receipts: the route's business, most events
             if isinstance(e, Bound):
                 self._bound = True
+                self._outcome = Outcome.WAS_BOUND
                 self.binds += 1
                 log.info("smpp_bound", route=self.name, smsc=e.system_id, mode=str(self.session_config.bind_mode))
             elif isinstance(e, BindRejected):
                 self.bind_failures += 1
-                self._refused_credentials = e.status in _CREDENTIAL_STATUSES
+                self._outcome = Outcome.CREDENTIALS if e.status in CREDENTIAL_STATUSES else Outcome.BIND_REFUSED
                 log.error("smpp_bind_rejected", route=self.name, status=status_name(e.status),
                           attempt=self.connect_attempts, failures=self.bind_failures)
             elif isinstance(e, Terminated):
@@ -273,6 +282,18 @@ class Connection:
         if protocol is None:
             return
         if self._bound:
+            # Every deliver_sm already received is answered before the unbind (issue 14.4):
+            # its store write is under way, and after the unbind_resp the answer could no
+            # longer go out (the SMSC would deliver it again). Bounded: a store that never
+            # answers must not keep the daemon from stopping.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout / 2
+            while (protocol.session.unacknowledged and not protocol.closed.done()
+                   and loop.time() < deadline):
+                await asyncio.sleep(0.01)
+            if protocol.session.unacknowledged:
+                log.warning("smpp_stop_unanswered_deliver_sm", route=self.name,
+                            count=protocol.session.unacknowledged)
             protocol.unbind()
         else:
             protocol.abort()
@@ -292,6 +313,7 @@ def session_config_for(cfg: SmppRouteConfig, bind_mode: str | None = None) -> Se
         window=cfg.window,
         enquire_link_interval=cfg.enquire_link_interval,
         response_timeout=cfg.response_timeout,
-        receipt_id_base=cfg.receipt_id_base,
-        resp_id_base=getattr(cfg, "resp_id_base", None),
+        # auto: both ids read as-is here; the route then tries the hex<->dec readings (issue 14.6)
+        receipt_id_base="as-is" if cfg.receipt_id_base == "auto" else cfg.receipt_id_base,
+        resp_id_base=cfg.resp_id_base,
     )

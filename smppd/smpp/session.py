@@ -27,10 +27,11 @@ socket. A new connection needs a new ``Session``.
 Decisions, in the same order as Kannel's ``gw/smsc/smsc_smpp.c``
 (``handle_pdu`` and ``io_thread``). Deviations from Kannel are marked.
 
-* ``ESME_RALYBND`` (0x05) in a bind_resp counts as success: ``Bound`` with
-  ``status=0x05`` (Kannel: "RALYBND on bind = success"). If the SMSC does not in
-  fact consider this connection bound, the first submit_sm_resp is
-  ``ESME_RINVBNDSTS``, and the session then ends itself (next point).
+* ``ESME_RALYBND`` (0x05) in a bind_resp is a bind failure (SMPP 3.4 §5.1.3,
+  reference §4 "back off and retry"): ``BindRejected(0x05)``, and nothing is
+  ever submitted on this connection. Deviation: Kannel takes it as success, and
+  against an SMSC still holding our stale session that pushed a full window of
+  submits into each closing socket (issue 14.2).
 * ``ESME_RINVBNDSTS`` (0x04) in a submit_sm_resp or generic_nack means the SMSC
   does not consider us bound. That submit is reported as a *temporary*
   ``SubmitRejected`` (the part is requeued, as reference §4 says), and the
@@ -53,6 +54,9 @@ Decisions, in the same order as Kannel's ``gw/smsc/smsc_smpp.c``
 * deliver_sm or data_sm on a transmitter bind, or before the bind completes, is
   answered with ``ESME_RINVBNDSTS`` and no event, so the SMSC can redeliver it
   on a proper bind. Kannel ignores it with no answer.
+* ``query(...)`` sends a query_sm (issue 14.8: a part with no receipt); its answer is
+  ``QueryAnswered`` or ``QueryFailed`` (error status, generic_nack or timeout). A
+  query uses no window slot: the route paces queries with its throughput cap.
 * Requests we do not serve (query_sm, replace_sm, cancel_sm, submit_sm,
   bind_*, outbind, unknown ids) get ``generic_nack(ESME_RINVCMDID)`` with
   their sequence, as in Kannel. ``alert_notification`` has no response in the
@@ -90,6 +94,8 @@ __all__ = [
     "Bound",
     "Event",
     "MessageReceived",
+    "QueryAnswered",
+    "QueryFailed",
     "ReceiptReceived",
     "Session",
     "SessionConfig",
@@ -111,6 +117,7 @@ _BIND_RECEIVER = 0x00000001
 _BIND_TRANSMITTER = 0x00000002
 _SUBMIT_SM = 0x00000004
 _SUBMIT_SM_RESP = 0x80000004
+_QUERY_SM_RESP = 0x80000003
 _DELIVER_SM = 0x00000005
 _UNBIND = 0x00000006
 _BIND_TRANSCEIVER = 0x00000009
@@ -127,6 +134,7 @@ ESME_RINVCMDID = 0x03
 ESME_RINVBNDSTS = 0x04
 ESME_RALYBND = 0x05
 ESME_RSYSERR = 0x08
+ESME_RX_T_APPN = 0x64
 
 # Status of the response to an undecodable deliver_sm/data_sm when the codec names none
 # (see the module docstring).
@@ -222,7 +230,7 @@ class Submit:
 @dataclass(frozen=True, slots=True)
 class Bound:
     system_id: str  # the SMSC's system_id from bind_resp ("" if absent)
-    status: int = ESME_ROK  # ESME_RALYBND when the SMSC said "already bound" (treated as success)
+    status: int = ESME_ROK
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +282,23 @@ class MessageReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class QueryAnswered:
+    """query_sm_resp: the SMSC's message_state (SMPP 3.4 §5.2.28) for the queried id."""
+
+    ref: Hashable
+    message_state: int
+    error_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFailed:
+    """No state for the queried id: an error status (0 for a timeout or a lost link)."""
+
+    ref: Hashable
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
 class Terminated:
     """The caller writes ``data_to_send()`` (it may hold an unbind_resp), then closes."""
 
@@ -288,6 +313,8 @@ Event = (
     | SubmitUnconfirmed
     | ReceiptReceived
     | MessageReceived
+    | QueryAnswered
+    | QueryFailed
     | Terminated
 )
 
@@ -338,6 +365,7 @@ class Session:
         )
         # seq -> _Outstanding, in send order: deadlines ascend because ``now`` never goes back.
         self._submits: dict[int, _Outstanding] = {}
+        self._queries: dict[int, _Outstanding] = {}  # query_sm awaiting query_sm_resp
         # Timed-out submits, seq -> ref, so a late resp can be logged meaningfully.
         self._expired: OrderedDict[int, Hashable] = OrderedDict()
         # deliver_sm/data_sm reported but not acknowledged yet: seq -> response command name.
@@ -463,6 +491,18 @@ class Session:
         self._queue(raw, now)
         return seq
 
+    def query(self, ref: Hashable, message_id: str, source_addr: str, source_addr_ton: int,
+              source_addr_npi: int, now: float) -> int:
+        """Queue a query_sm for an id the SMSC issued; returns its sequence number."""
+        if self._state is not State.BOUND or not self._can_transmit:
+            raise RuntimeError(f"cannot query: state={self._state.name} mode={self._config.bind_mode}")
+        seq = self._allocate_sequence()
+        raw = codec.encode("query_sm", seq, message_id=message_id, source_addr_ton=source_addr_ton,
+                           source_addr_npi=source_addr_npi, source_addr=source_addr)
+        self._queries[seq] = _Outstanding(ref, now + self._config.response_timeout)
+        self._queue(raw, now)
+        return seq
+
     def acknowledge(self, sequence: int, status: int = ESME_ROK) -> None:
         """Answer a reported deliver_sm/data_sm (deliver_sm_resp, empty message_id).
 
@@ -562,6 +602,8 @@ class Session:
             deadline = min(deadline, self._last_sent + cfg.enquire_link_interval)
         if self._submits:
             deadline = min(deadline, next(iter(self._submits.values())).deadline)
+        if self._queries:
+            deadline = min(deadline, next(iter(self._queries.values())).deadline)
         return deadline
 
     def handle_timers(self, now: float) -> list[Event]:
@@ -592,6 +634,13 @@ class Session:
             self._remember_expired(seq, entry.ref)
             self._log.warning("smpp.submit_resp_timeout", sequence=seq, ref=entry.ref)
             events.append(SubmitUnconfirmed(entry.ref, "submit_sm_resp timeout"))
+        queries = self._queries
+        while queries:
+            seq, entry = next(iter(queries.items()))
+            if entry.deadline > now:
+                break
+            del queries[seq]
+            events.append(QueryFailed(entry.ref, ESME_ROK))
 
         if (
             self._state is State.BOUND
@@ -612,7 +661,7 @@ class Session:
         while True:
             seq = self._next_seq
             self._next_seq = 1 if seq >= SEQUENCE_MAX else seq + 1
-            if seq not in self._submits:
+            if seq not in self._submits and seq not in self._queries:
                 return seq
 
     def _queue(self, raw: bytes, now: float) -> None:
@@ -634,6 +683,9 @@ class Session:
         for entry in self._submits.values():
             events.append(SubmitUnconfirmed(entry.ref, reason))
         self._submits.clear()
+        for entry in self._queries.values():
+            events.append(QueryFailed(entry.ref, ESME_ROK))
+        self._queries.clear()
         self._unacked.clear()
         self._enquire_seq = None
         self._state = State.CLOSED
@@ -668,6 +720,8 @@ class Session:
                 self._on_enquire_link_resp(header)
             elif cid == _GENERIC_NACK:
                 self._on_generic_nack(header, events)
+            elif cid == _QUERY_SM_RESP:
+                self._on_query_resp(header, raw, events)
             elif cid in _BIND_RESPS:
                 self._on_bind_resp(header, raw, events)
             elif cid == 0x80000006:  # unbind_resp
@@ -712,7 +766,7 @@ class Session:
                 sequence=header.sequence,
             )
         status = header.status
-        if status not in (ESME_ROK, ESME_RALYBND):
+        if status != ESME_ROK:
             self._log.error(
                 "smpp.bind_rejected", status=status, status_name=codec.status_name(status)
             )
@@ -726,10 +780,7 @@ class Session:
             self._log.warning("smpp.bind_resp_body_unreadable", error=repr(exc))
         self._state = State.BOUND
         self._bind_seq = None
-        if status == ESME_RALYBND:
-            self._log.warning("smpp.bound_already_bound", smsc_system_id=system_id)
-        else:
-            self._log.info("smpp.bound", smsc_system_id=system_id)
+        self._log.info("smpp.bound", smsc_system_id=system_id)
         events.append(Bound(system_id, status))
 
     def _on_submit_resp(self, seq: int, status: int, raw: bytes, events: list[Event]) -> None:
@@ -830,11 +881,30 @@ class Session:
             "smpp.unbind_resp_unexpected", sequence=header.sequence, state=self._state.name
         )
 
+    def _on_query_resp(self, header: codec.Header, raw: bytes, events: list[Event]) -> None:
+        entry = self._queries.pop(header.sequence, None)
+        if entry is None:
+            self._log.warning("smpp.query_sm_resp_unknown_sequence", sequence=header.sequence)
+            return
+        if header.status != ESME_ROK:
+            events.append(QueryFailed(entry.ref, header.status))
+            return
+        try:
+            pdu = codec.decode(raw)
+            events.append(QueryAnswered(entry.ref, int(pdu.message_state or 0), int(pdu.error_code or 0)))
+        except Exception as exc:
+            self._log.warning("smpp.query_sm_resp_unreadable", error=repr(exc), raw=raw[:_LOG_RAW_BYTES].hex())
+            events.append(QueryFailed(entry.ref, ESME_RSYSERR))
+
     def _on_generic_nack(self, header: codec.Header, events: list[Event]) -> None:
         seq, status = header.sequence, header.status
         entry = self._submits.pop(seq, None)
         if entry is not None:
             self._submit_failed(seq, entry.ref, status, events, source="generic_nack")
+            return
+        query = self._queries.pop(seq, None)
+        if query is not None:
+            events.append(QueryFailed(query.ref, status or ESME_RSYSERR))
             return
         if self._state is State.BINDING and seq == self._bind_seq:
             self._log.error("smpp.bind_nacked", status=status)
@@ -860,7 +930,13 @@ class Session:
 
     def _on_deliver(self, command_id: int, seq: int, raw: bytes, events: list[Event]) -> None:
         resp = "deliver_sm_resp" if command_id == _DELIVER_SM else "data_sm_resp"
-        if self._state is not State.BOUND and self._state is not State.UNBINDING:
+        if self._state is State.UNBINDING:
+            # Our unbind is out: the answer could not wait for a store write (the unbind_resp
+            # may come first), so the SMSC is asked to deliver it again on the next bind.
+            self._log.info("smpp.deliver_while_unbinding", sequence=seq)
+            self._out.append(codec.encode(resp, seq, status=ESME_RX_T_APPN, message_id=""))
+            return
+        if self._state is not State.BOUND:
             self._log.warning("smpp.deliver_before_bound", sequence=seq, state=self._state.name)
             self._out.append(codec.encode(resp, seq, status=ESME_RINVBNDSTS, message_id=""))
             return

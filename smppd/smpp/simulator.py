@@ -11,8 +11,14 @@ Like a real SMSC it routes a receipt to any receiver-capable bind of the same
 account, keeps receipts while no such bind exists, and delivers again the
 receipts whose ``deliver_sm_resp`` never came when a bind drops.
 
-Fault modes (throttling, drops, slow resps) go into a ``SubmitPolicy``; the
-default accepts everything.
+Fault modes (throttling, drops, slow resps, queue-full bursts) go into a
+``SubmitPolicy``; the default accepts everything. The bind and receipt faults of
+issue 14 are ``SimulatorConfig`` fields, each modelled on what the peers' trackers
+and reference §4/§8 describe, not on our code: a stale session that answers
+``ESME_RALYBND`` for a while after a crash, periodic SMSC unbinds (maintenance,
+load balancers), hex resp ids with decimal receipt ids (Nexmo), one receipt per
+long message for its first or last part (Jasmin #1123, #1136, go-smpp #74), no
+receipt at all, and ``query_sm`` answered from the SMSC's own state.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ from .codec import (
     SUBMIT_SM,
     UNBIND,
 )
+
+QUERY_SM: Final = codec.COMMAND_IDS["query_sm"]
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +92,12 @@ class SimulatorConfig:
     receipt_ids_decimal: bool = False  # hex resp ids, the same ids in decimal in receipts
     # statuses for the first binds, in order (e.g. ESME_RALYBND while an old bind lingers)
     bind_refusals: list[int] = field(default_factory=list)
+    # every bind within this many seconds of start() gets ESME_RALYBND (our old session lingers)
+    stale_session: float = 0.0
+    unbind_every: float = 0.0  # SMSC-initiated unbind of every bind this often (0: never)
+    receipts: bool = True  # False: accepts everything and never sends a receipt
+    long_receipts: str = "all"  # "all" | "first" | "last": the parts of a long message that get one
+    query_sm: bool = True  # answer query_sm (False: generic_nack RINVCMDID, as many SMSCs do)
 
     def __post_init__(self) -> None:
         unknown = set(self.outcomes) - set(MESSAGE_STATES)
@@ -95,6 +109,8 @@ class SimulatorConfig:
             raise ValueError(f"id_format must be 'hex' or 'dec', not {self.id_format!r}")
         if self.receipt_delay < 0:
             raise ValueError("receipt_delay must be >= 0")
+        if self.long_receipts not in ("all", "first", "last"):
+            raise ValueError(f"long_receipts must be all, first or last, not {self.long_receipts!r}")
 
 
 @dataclass
@@ -219,6 +235,51 @@ class ThrottlePolicy(SubmitPolicy):
         return ACCEPT
 
 
+class QueueFullBursts(SubmitPolicy):
+    """Every ``every``-th submit finds the SMSC's queue full: it and every submit for the next
+    ``blocked`` seconds get ESME_RMSGQFUL (0x14), then the queue drains and all is accepted."""
+
+    def __init__(self, every: int = 20, blocked: float = 0.5, *, clock: Any = time.monotonic) -> None:
+        self.every = every
+        self.blocked = blocked
+        self.clock = clock
+        self.blocked_until = 0.0
+        self.bursts = 0
+        self.refused = 0
+        self._count = 0
+
+    def decide(self, sm: SubmittedSm) -> SubmitVerdict:
+        now = self.clock()
+        if now < self.blocked_until:
+            self.refused += 1
+            return SubmitVerdict(status=codec.ESME_RMSGQFUL)
+        self._count += 1
+        if self._count % self.every == 0:
+            self.blocked_until = now + self.blocked
+            self.bursts += 1
+            self.refused += 1
+            return SubmitVerdict(status=codec.ESME_RMSGQFUL)
+        return ACCEPT
+
+
+def part_of(sm: SubmittedSm) -> tuple[int, int] | None:
+    """(total, 1-based seqnum) of a concatenated part, from its UDH or sar_* TLVs; None if whole."""
+    if sm.sar_total_segments:
+        return sm.sar_total_segments, sm.sar_segment_seqnum or 1
+    if sm.esm_class & 0x40 and sm.short_message:
+        udh = sm.short_message[1:1 + sm.short_message[0]]
+        i = 0
+        while i + 2 <= len(udh):
+            iei, length = udh[i], udh[i + 1]
+            data = udh[i + 2:i + 2 + length]
+            if iei == 0x00 and length == 3:
+                return data[1], data[2]
+            if iei == 0x08 and length == 4:
+                return data[2], data[3]
+            i += 2 + length
+    return None
+
+
 def max_in_any_second(times: list[float], period: float = 1.0) -> int:
     """The most events inside any window of ``period`` seconds (what an operator's meter sees)."""
     ordered = sorted(times)
@@ -313,6 +374,14 @@ class SmscSimulator:
         self.rejected: list[tuple[SubmittedSm, int]] = []
         self.receipts_sent = 0
         self.receipts_acked = 0
+        self.bind_attempts = 0
+        self.submits_unbound = 0  # submit_sm on a connection that is not bound (must stay 0)
+        self.unbinds_sent = 0
+        self.queries = 0
+        # deliver_sm still unanswered when an ESME's unbind arrived (must stay 0, issue 14.4)
+        self.unanswered_at_unbind = 0
+        self._started_at = 0.0
+        self._unbinder: asyncio.Task[Any] | None = None
         self._rng = random.Random(config.seed)
         self._next_id = config.first_message_id
         self._outcomes: dict[str, str] = {}
@@ -329,13 +398,20 @@ class SmscSimulator:
     async def start(self) -> None:
         """Listen; after stop() this is the operator coming back, on the same port."""
         self._stopping = False
+        self._started_at = time.monotonic()
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        if self.config.unbind_every > 0 and self._unbinder is None:
+            self._unbinder = asyncio.get_running_loop().create_task(self._unbind_periodically())
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("smsc.listening", smsc=self.config.system_id, host=self.host, port=self.port)
 
     async def stop(self) -> None:
         """Close the listener and every bind at once, without unbind (a crashed SMSC)."""
         self._stopping = True
+        if self._unbinder is not None:
+            self._unbinder.cancel()
+            await asyncio.gather(self._unbinder, return_exceptions=True)
+            self._unbinder = None
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections):
@@ -361,11 +437,17 @@ class SmscSimulator:
         for conn in [c for c in self._connections if c.bound]:
             conn.unbound = loop.create_future()
             conn.send(codec.encode("unbind", conn.next_sequence()))
+            self.unbinds_sent += 1
             waits.append(conn.unbound)
         if waits:
             await asyncio.wait(waits, timeout=timeout)
         for conn in [c for c in self._connections if c.unbound is not None]:
             conn.close()
+
+    async def _unbind_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.unbind_every)
+            await self.unbind_all()
 
     @property
     def binds(self) -> int:
@@ -428,7 +510,10 @@ class SmscSimulator:
             SUBMIT_SM: self._on_submit,
             ENQUIRE_LINK: self._on_enquire_link,
             UNBIND: self._on_unbind,
+            QUERY_SM: self._on_query,
         }.get(header.command_id)
+        if header.command_id == QUERY_SM and not self.config.query_sm:
+            handler = None
         if handler is None:  # data_sm, query_sm, replace_sm, ... and unknown ids
             conn.send(codec.generic_nack(header.sequence, ESME_RINVCMDID))
             return
@@ -468,6 +553,7 @@ class SmscSimulator:
         if not conn.bound:
             conn.send(codec.encode("unbind_resp", header.sequence, status=ESME_RINVBNDSTS))
             return
+        self.unanswered_at_unbind += len(conn.in_flight)
         conn.send(codec.encode("unbind_resp", header.sequence))
         log.info("smsc.unbound", smsc=self.config.system_id, system_id=conn.system_id)
         conn.close()
@@ -490,8 +576,11 @@ class SmscSimulator:
             self._flush_waiting(system_id)
 
     def _check_bind(self, conn: _EsmeConnection, system_id: str, password: str) -> int:
+        self.bind_attempts += 1
         if conn.bound:
             return ESME_RALYBND
+        if time.monotonic() - self._started_at < self.config.stale_session:
+            return ESME_RALYBND  # the ESME's previous session is still held here
         if self.config.bind_refusals:
             return self.config.bind_refusals.pop(0)
         expected = self.config.accounts.get(system_id)
@@ -506,6 +595,8 @@ class SmscSimulator:
     def _on_submit(self, conn: _EsmeConnection, header: codec.Header, pdu: Any,
                    raw: bytes) -> None:
         if not conn.can_transmit:
+            if not conn.bound:
+                self.submits_unbound += 1
             conn.send(codec.encode("submit_sm_resp", header.sequence, status=ESME_RINVBNDSTS))
             return
         assert conn.system_id is not None
@@ -535,13 +626,36 @@ class SmscSimulator:
         self.submitted.append(sm)
         resp = codec.encode("submit_sm_resp", header.sequence,
                             message_id="0" * self.config.id_leading_zeros + sm.message_id)
-        wants = _wants_receipt(sm.registered_delivery, outcome)
+        wants = _wants_receipt(sm.registered_delivery, outcome) and self._receipt_for_part(sm)
         if wants and self.config.receipt_first:
             self._deliver(_Outbound(sm.system_id, self._receipt_fields(sm, outcome), is_receipt=True))
             wants = False
         self._answer(conn, resp, verdict.delay)
         if wants:
             self._spawn(self._receipt_later(sm, outcome))
+
+    def _receipt_for_part(self, sm: SubmittedSm) -> bool:
+        if not self.config.receipts:
+            return False
+        part = part_of(sm)
+        if part is None or self.config.long_receipts == "all":
+            return True
+        total, seq = part
+        return seq == (1 if self.config.long_receipts == "first" else total)
+
+    def _on_query(self, conn: _EsmeConnection, header: codec.Header, pdu: Any, raw: bytes) -> None:
+        """query_sm (SMPP 3.4 §4.8): the state the SMSC holds for a message id it issued."""
+        self.queries += 1
+        message_id = (pdu.message_id or b"").decode("latin-1")
+        sm = next((m for m in self.submitted if m.message_id == message_id), None)
+        if sm is None:
+            conn.send(codec.encode("query_sm_resp", header.sequence, status=0x0C))  # ESME_RINVMSGID
+            return
+        outcome = self._outcomes[message_id]
+        done = time.time() - sm.submitted_at >= self.config.receipt_delay
+        state = MESSAGE_STATES[outcome] if done else MESSAGE_STATES["ENROUTE"]
+        conn.send(codec.encode("query_sm_resp", header.sequence, message_id=message_id,
+                               final_date="", message_state=state, error_code=0))
 
     def _answer(self, conn: _EsmeConnection, resp: bytes, delay: float) -> None:
         if delay > 0:
