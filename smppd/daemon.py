@@ -19,6 +19,7 @@ import structlog
 
 from . import phone, rules, text
 from .bitrix24 import registration
+from .bitrix24.contacts import ContactsJobs, RpcRefused
 from .bitrix24.install import Installer, is_pending
 from .bitrix24.pusher import StatusPusher
 from .bitrix24.rest import PortalAuth, RestClient
@@ -56,6 +57,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._pusher_tasks: dict[str, asyncio.Task[Any]] = {}
         self._background: set[asyncio.Task[Any]] = set()  # registrations after install/update
+        self.contacts = ContactsJobs(lambda: {m: p.client for m, p in self.pushers.items()}, self.store)
         self.ops: Ops | None = None
         self.ready = asyncio.Event()
         self.crashed = asyncio.Event()  # a task the daemon cannot work without died: exit, let systemd restart
@@ -101,7 +103,8 @@ class Daemon:
         self._rpc = RpcServer(
             self.config.daemon.socket_path,
             {"intake": intake, "ping": self._ping, "status": self._status, "dlr": self._dlr, **self._stoplist_methods(),
-             "app_event": installer, "register": self._register, "unregister": self._unregister, **Admin(self).methods()},
+             "app_event": installer, "register": self._register, "unregister": self._unregister, **Admin(self).methods(),
+             **self._contacts_methods()},
             group=self.config.daemon.socket_group, batch_handlers={"intake": intake.many},
         )
         await self._rpc.start()
@@ -114,6 +117,7 @@ class Daemon:
         if self._rpc is not None:
             await self._rpc.close()
         await asyncio.gather(*(r.stop(timeout) for r in self.routes.values()), return_exceptions=True)
+        await self.contacts.close()
         for p in self.pushers.values():
             p.stop()
         tasks = [*self._tasks, *self._pusher_tasks.values(), *self._background]
@@ -184,6 +188,19 @@ class Daemon:
             return
         self.rules.stats.stop_words += 1
         await self.stoplist.add(number, f"mo:{route}")
+
+    def _contacts_methods(self) -> dict[str, Any]:
+        """``smppd contacts``: jobs over the pushers' REST clients (one budget per portal)."""
+
+        def wrap(method: Callable[[Mapping[str, Any]], Any]) -> Callable[[Mapping[str, Any]], Any]:
+            async def call(params: Mapping[str, Any]) -> Any:
+                try:
+                    return await method(params)
+                except RpcRefused as e:
+                    raise RpcError("bad_request", str(e), field=e.field) from None
+            return call
+
+        return {name: wrap(m) for name, m in self.contacts.methods().items()}
 
     def _stoplist_methods(self) -> dict[str, Any]:
         async def add(params: Mapping[str, Any]) -> dict[str, Any]:

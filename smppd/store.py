@@ -54,7 +54,7 @@ MAX_GROUP = 2000
 # Seconds a ``sent`` waits in the outbox for the receipt that would replace it (_to_outbox).
 SENT_COALESCE = 10.0
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE portal (
@@ -195,6 +195,17 @@ MIGRATIONS: dict[int, str] = {
     UPDATE message SET final_at = updated_at WHERE status IN ('delivered','undelivered','expired','rejected','failed');
     DROP INDEX message_open;
     CREATE INDEX message_open ON message (route, id) WHERE final_at IS NULL;
+    """,
+    # ``smppd contacts normalize --apply`` (issue 16): per portal and CRM entity, every id up
+    # to after_id is clean, so a run cut short resumes there. Cleared when a run completes.
+    8: """
+    CREATE TABLE contacts_progress (
+        member_id TEXT NOT NULL,
+        entity TEXT NOT NULL,                -- contact, lead, company
+        after_id INTEGER NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (member_id, entity)
+    );
     """,
 }
 
@@ -469,6 +480,22 @@ class Store:
             )
 
         await self.execute(op)
+
+    # --- contacts normalize progress (issue 16) ----------------------------------
+
+    async def contacts_progress(self, member_id: str) -> dict[str, int]:
+        rows = await self.execute(lambda conn: conn.execute(
+            "SELECT entity, after_id FROM contacts_progress WHERE member_id=?", (member_id,)).fetchall())
+        return {entity: int(after_id) for entity, after_id in rows}
+
+    async def contacts_progress_save(self, member_id: str, entity: str, after_id: int) -> None:
+        await self.execute(lambda conn: conn.execute(
+            "INSERT INTO contacts_progress (member_id, entity, after_id, updated_at) VALUES (?,?,?,?)"
+            " ON CONFLICT (member_id, entity) DO UPDATE SET after_id=excluded.after_id, updated_at=excluded.updated_at",
+            (member_id, entity, after_id, self.clock())))
+
+    async def contacts_progress_clear(self, member_id: str) -> None:
+        await self.execute(lambda conn: conn.execute("DELETE FROM contacts_progress WHERE member_id=?", (member_id,)))
 
     # --- intake ----------------------------------------------------------------
 

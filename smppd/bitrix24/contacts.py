@@ -1,0 +1,499 @@
+"""``smppd contacts``: read and clean the phone numbers of a portal's CRM before a campaign.
+
+Why in the daemon and not in the CLI: the daemon owns each portal's tokens (a refresh rotates
+them, one owner only) and its REST budget (~2 requests a second shared with the status
+pusher). A job here uses the same `RestClient` at ``PRIORITY_BULK``, so it only takes what
+the pusher leaves (rest.py), and a 429/503 slows it down instead of failing it.
+
+How a base of tens of thousands is read within that budget (b24-rest-docs):
+* ``crm.<entity>.list`` with ``start=-1``, ``order[ID]=ASC`` and an ``ID`` filter skips the
+  count a normal page pays for (api-reference/performance/huge-data.md); a page is 50 rows.
+* ``batch`` runs 50 commands as one request (bitrix24.md §9), so each request reads 50
+  *windows of ids* at once (``>ID`` lo, ``<=ID`` hi); a window that comes back full (50 rows)
+  goes round again from its last id. One counted call per entity (``start=0``: ``total``) and
+  one ``order[ID]=DESC`` call (highest id) size the windows and the progress bar.
+* ``PHONE`` is a multiple field: only read when named in ``select`` and written back by its
+  value ``ID`` with ``VALUE`` and ``VALUE_TYPE`` (api-reference/crm/contacts/crm-contact-update.md,
+  "Working with Multiple Fields"), so other numbers of the entity are left alone.
+* ``UF_CRM_SMS_INVALID`` is created with ``crm.<entity>.userfield.add`` (``FIELD_NAME`` without
+  the ``UF_CRM_`` prefix, which the core adds; crm-contact-userfield-add.md) when
+  ``crm.<entity>.userfield.list`` does not have it.
+
+The job logic is plain code over three small pieces: `classify` (phone.py's verdict on a
+stored value), `ScanReport` (what a scan found) and `plan_update` (what normalize writes for
+one row). Nothing here logs a phone number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
+
+import phonenumbers
+import structlog
+
+from .. import phone
+from .rest import BATCH_MAX_COMMANDS, PRIORITY_BULK, RestError
+
+log = structlog.get_logger(__name__)
+
+ENTITIES = ("contact", "lead", "company")
+PAGE = 50  # rows per list page, fixed by Bitrix24 (crm-contact-list.md, ``start``)
+INVALID_FIELD = "UF_CRM_SMS_INVALID"
+#: Errors that only mean "later": the job waits and asks again, however long that takes.
+TRANSIENT = frozenset({"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT", "network", "token_persist_failed"})
+PAUSE_MIN, PAUSE_MAX = 1.0, 60.0
+#: The usual assignment of the Belarusian mobile codes (providers.md §5, [unconfirmed]);
+#: numbers move between operators since 2012, so this is the prefix, not the operator.
+BY_CODES = {"25": "life:)", "29": "A1/MTS", "33": "MTS", "44": "A1"}
+
+
+class BulkClient(Protocol):
+    """What a job needs of `rest.RestClient`."""
+
+    async def call(self, method: str, params: Mapping[str, Any] | None = None, *,
+                   priority: int = ...) -> Any: ...
+
+    async def batch_answer(
+        self, commands: Mapping[str, tuple[str, Mapping[str, Any]]], *, halt: bool = False, priority: int = ...
+    ) -> tuple[dict[str, Any], dict[str, RestError], dict[str, Any]]: ...
+
+
+# ---------------------------------------------------------------------------- verdicts
+
+
+@dataclass(frozen=True)
+class Verdict:
+    e164: str | None
+    reason: str = ""  # why invalid
+    country: str = ""  # ISO region of a valid number
+    by_code: str = ""  # 25/29/33/44 for a Belarusian mobile
+
+
+def classify(raw: str, default_region: str = "BY") -> Verdict:
+    try:
+        e164 = phone.normalize(raw, default_region=default_region)
+    except phone.InvalidNumber as e:
+        return Verdict(None, e.reason)
+    region = phonenumbers.region_code_for_number(phonenumbers.parse(e164)) or "ZZ"
+    return Verdict(e164, "", region, e164[4:6] if e164.startswith("+375") else "")
+
+
+# ---------------------------------------------------------------------------- scan report
+
+
+@dataclass
+class ScanReport:
+    """Everything ``scan`` prints; ``normalize`` fills the same one plus its own counts."""
+
+    entities: Counter[str] = field(default_factory=Counter)  # rows read per entity
+    numbers: int = 0
+    valid: int = 0
+    by_country: Counter[str] = field(default_factory=Counter)
+    by_prefix: Counter[str] = field(default_factory=Counter)
+    differs: int = 0  # valid, but stored in another form than E.164
+    invalid: list[tuple[str, int, str, str]] = field(default_factory=list)  # entity, id, value, reason
+    owners: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # e164 -> entities
+    changes: list[tuple[str, int, str, str]] = field(default_factory=list)  # entity, id, old, new
+    updated: int = 0  # entities written (normalize --apply)
+    failed: list[tuple[str, int, str]] = field(default_factory=list)  # entity, id, error
+
+    def add(self, entity: str, row: Mapping[str, Any]) -> None:
+        entity_id = int(row["ID"])
+        self.entities[entity] += 1
+        for value in row.get("PHONE") or ():
+            raw = str(value.get("VALUE", ""))
+            self.numbers += 1
+            verdict = classify(raw)
+            if verdict.e164 is None:
+                self.invalid.append((entity, entity_id, raw, verdict.reason))
+                continue
+            self.valid += 1
+            self.by_country[verdict.country] += 1
+            if verdict.by_code:
+                self.by_prefix[verdict.by_code] += 1
+            if raw != verdict.e164:
+                self.differs += 1
+            self.owners.setdefault(verdict.e164, set()).add((entity, entity_id))
+
+    def shared(self) -> list[tuple[str, list[tuple[str, int]]]]:
+        return sorted((n, sorted(o)) for n, o in self.owners.items() if len(o) > 1)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "entities": dict(self.entities), "numbers": self.numbers, "valid": self.valid,
+            "invalid": len(self.invalid), "differs_from_e164": self.differs,
+            "by_country": dict(self.by_country.most_common()),
+            "by_prefix": {f"+375 {code} ({BY_CODES.get(code, '?')})": n for code, n in sorted(self.by_prefix.items())},
+            "shared_numbers": sum(1 for o in self.owners.values() if len(o) > 1),
+            "changes": len(self.changes), "updated": self.updated, "failed": len(self.failed),
+        }
+
+    def rows(self, kind: str) -> list[list[Any]]:
+        if kind == "invalid":
+            return [list(r) for r in self.invalid]
+        if kind == "changes":
+            return [list(r) for r in self.changes]
+        if kind == "failed":
+            return [list(r) for r in self.failed]
+        if kind == "shared":
+            return [[n, " ".join(f"{e}:{i}" for e, i in o)] for n, o in self.shared()]
+        raise ValueError(kind)
+
+
+def plan_update(row: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The ``fields`` of ``crm.<entity>.update`` that make one row clean, and the (old, new)
+    number changes; empty when the row is clean already (so a second run writes nothing).
+
+    Each changed value is named by its multi-field ``ID`` and keeps its ``VALUE_TYPE``;
+    ``UF_CRM_SMS_INVALID`` says whether any number of the row cannot receive an SMS, and is
+    only written when that differs from what it holds.
+    """
+    phones: list[dict[str, str]] = []
+    changes: list[tuple[str, str]] = []
+    invalid = False
+    for value in row.get("PHONE") or ():
+        raw = str(value.get("VALUE", ""))
+        verdict = classify(raw)
+        if verdict.e164 is None:
+            invalid = True
+        elif verdict.e164 != raw:
+            phones.append({"ID": str(value["ID"]), "VALUE": verdict.e164,
+                           "VALUE_TYPE": str(value.get("VALUE_TYPE") or "WORK")})
+            changes.append((raw, verdict.e164))
+    fields: dict[str, Any] = {}
+    if phones:
+        fields["PHONE"] = phones
+    held = str(row.get(INVALID_FIELD) or "0")
+    if invalid and held != "1":
+        fields[INVALID_FIELD] = "1"
+    elif not invalid and held == "1":
+        fields[INVALID_FIELD] = "0"
+    return fields, changes
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+@dataclass
+class Progress:
+    total: int = 0  # entities to read (from the counted calls)
+    done: int = 0
+    requests: int = 0
+    started: float = field(default_factory=time.monotonic)
+    phase: str = "starting"
+
+    def as_dict(self) -> dict[str, Any]:
+        elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = max(0, self.total - self.done)
+        return {"phase": self.phase, "total": self.total, "done": self.done, "requests": self.requests,
+                "elapsed": round(elapsed, 1), "per_minute": round(rate * 60),
+                "eta": round(left / rate, 1) if rate > 0 and self.total else None}
+
+
+# ---------------------------------------------------------------------------- the job
+
+
+ProgressStore = Callable[[str, int], Awaitable[None]]  # (entity, all ids up to here are done)
+
+
+class ContactsJob:
+    """One ``scan`` or ``normalize`` over one portal.
+
+    ``resume``: per entity, the id up to which an interrupted ``normalize --apply`` was done
+    (from the store); ``save``: called after each round with the new such id.
+    """
+
+    def __init__(self, client: BulkClient, *, apply: bool = False, normalize: bool = False,
+                 entities: Iterable[str] = ENTITIES, resume: Mapping[str, int] | None = None,
+                 save: ProgressStore | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.client = client
+        self.normalize = normalize
+        self.apply = apply and normalize
+        self.entities = tuple(entities)
+        self.resume = dict(resume or {})
+        self.save = save
+        self.sleep = sleep
+        self.report = ScanReport()
+        self.progress = Progress()
+        self.waits = 0  # transient refusals waited out
+
+    async def run(self) -> ScanReport:
+        self.progress.phase = "counting"
+        tops, totals = await self._size()
+        self.progress.total = sum(totals.values())
+        if self.apply and any(totals.values()):
+            self.progress.phase = "user fields"
+            await self._ensure_field([e for e in self.entities if totals.get(e)])
+        self.progress.phase = "normalizing" if self.normalize else "scanning"
+        for entity in self.entities:
+            if totals.get(entity):
+                await self._walk(entity, tops[entity], totals[entity])
+        self.progress.phase = "done"
+        return self.report
+
+    # --- REST, with the waiting -------------------------------------------------
+
+    async def _batch(self, commands: dict[str, tuple[str, Mapping[str, Any]]]
+                     ) -> tuple[dict[str, Any], dict[str, RestError], dict[str, Any]]:
+        pause = PAUSE_MIN
+        while True:
+            try:
+                self.progress.requests += 1
+                return await self.client.batch_answer(commands, priority=PRIORITY_BULK)
+            except RestError as e:
+                if e.code not in TRANSIENT:
+                    raise
+                self.waits += 1
+                log.info("contacts.waiting", error=e.code, pause=pause)
+                await self.sleep(pause)
+                pause = min(PAUSE_MAX, pause * 2)
+
+    async def _size(self) -> tuple[dict[str, int], dict[str, int]]:
+        commands: dict[str, tuple[str, Mapping[str, Any]]] = {}
+        for e in self.entities:
+            commands[f"top_{e}"] = (f"crm.{e}.list", {"order": {"ID": "DESC"}, "select": ["ID"], "start": -1})
+            commands[f"count_{e}"] = (f"crm.{e}.list", {"select": ["ID"], "start": 0,
+                                                        "filter": {">ID": self.resume.get(e, 0)}})
+        ok, errors, paging = await self._batch(commands)
+        _raise_first(errors)
+        tops = {e: int(ok[f"top_{e}"][0]["ID"]) if ok.get(f"top_{e}") else 0 for e in self.entities}
+        totals = {e: int((paging.get(f"count_{e}") or {}).get("total") or len(ok.get(f"count_{e}") or ()))
+                  for e in self.entities}
+        return tops, totals
+
+    async def _ensure_field(self, entities: list[str]) -> None:
+        listed = {e: (f"crm.{e}.userfield.list", {"filter": {"FIELD_NAME": INVALID_FIELD}}) for e in entities}
+        ok, errors, _ = await self._batch(listed)
+        _raise_first(errors)
+        missing = {e: (f"crm.{e}.userfield.add", {"fields": {
+            "FIELD_NAME": INVALID_FIELD.removeprefix("UF_CRM_"), "USER_TYPE_ID": "boolean",
+            "LABEL": "SMS: invalid phone number", "SHOW_FILTER": "Y", "EDIT_IN_LIST": "N"}})
+            for e in entities if not ok.get(e)}
+        if not missing:
+            return
+        added, errors, _ = await self._batch(missing)
+        for e, err in errors.items():
+            # Someone made it between our list and add: fine if it is there now.
+            again, _, _ = await self._batch({e: listed[e]})
+            if not again.get(e):
+                raise err
+        log.info("contacts.user_field_created", field=INVALID_FIELD, entities=sorted(added))
+
+    # --- windows of ids -------------------------------------------------------------
+
+    async def _walk(self, entity: str, top: int, total: int) -> None:
+        """Read every row of ``entity`` with id in (resume, top], 50 windows a request."""
+        cursor = self.resume.get(entity, 0)
+        density = total / max(1, top - cursor)
+        width = max(PAGE, int(PAGE * 0.9 / max(density, 1e-6)))
+        leftovers: list[tuple[int, int]] = []
+        select = ["ID", "PHONE"] + ([INVALID_FIELD] if self.normalize else [])
+        while leftovers or cursor < top:
+            windows: list[tuple[int, int]] = []
+            while leftovers and len(windows) < BATCH_MAX_COMMANDS:
+                windows.append(leftovers.pop(0))
+            while cursor < top and len(windows) < BATCH_MAX_COMMANDS:
+                windows.append((cursor, min(top, cursor + width)))
+                cursor = windows[-1][1]
+            commands = {f"w{i}": (f"crm.{entity}.list", {"order": {"ID": "ASC"}, "filter": {">ID": lo, "<=ID": hi},
+                                                         "select": select, "start": -1})
+                        for i, (lo, hi) in enumerate(windows)}
+            ok, errors, _ = await self._batch(commands)
+            rows: list[Mapping[str, Any]] = []
+            for i, (lo, hi) in enumerate(windows):
+                key = f"w{i}"
+                if key in errors:
+                    if errors[key].code not in TRANSIENT:
+                        raise errors[key]
+                    leftovers.append((lo, hi))
+                    continue
+                page = ok.get(key) or []
+                rows.extend(page)
+                if len(page) >= PAGE:
+                    leftovers.append((int(page[-1]["ID"]), hi))
+            for row in rows:
+                self.report.add(entity, row)
+            self.progress.done += len(rows)
+            if self.normalize:
+                await self._normalize(entity, rows)
+            if self.apply and self.save is not None:
+                await self.save(entity, min([lo for lo, _ in leftovers] + [cursor]))
+
+    async def _normalize(self, entity: str, rows: list[Mapping[str, Any]]) -> None:
+        updates: list[tuple[int, dict[str, Any]]] = []
+        for row in rows:
+            fields, changes = plan_update(row)
+            entity_id = int(row["ID"])
+            self.report.changes.extend((entity, entity_id, old, new) for old, new in changes)
+            if fields:
+                updates.append((entity_id, fields))
+        if not self.apply:
+            return
+        for chunk in _chunks(updates, BATCH_MAX_COMMANDS):
+            pending = {f"u{entity_id}": (f"crm.{entity}.update", {
+                "id": entity_id, "fields": fields, "params": {"REGISTER_SONET_EVENT": "N"}})
+                for entity_id, fields in chunk}
+            while pending:
+                ok, errors, _ = await self._batch(pending)
+                retry = {}
+                for key, command in pending.items():
+                    err = errors.get(key)
+                    if err is None and key in ok:
+                        self.report.updated += 1
+                    elif err is not None and err.code in TRANSIENT:
+                        retry[key] = command
+                    else:
+                        self.report.failed.append((entity, int(key[1:]), err.description or err.code if err else
+                                                   "not run"))
+                pending = retry
+
+
+def _raise_first(errors: Mapping[str, RestError]) -> None:
+    for err in errors.values():
+        raise err
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+# ---------------------------------------------------------------------------- daemon side
+
+
+class ProgressTable(Protocol):
+    """The store's ``contacts_progress`` table (migration 8)."""
+
+    async def contacts_progress(self, member_id: str) -> dict[str, int]: ...
+
+    async def contacts_progress_save(self, member_id: str, entity: str, after_id: int) -> None: ...
+
+    async def contacts_progress_clear(self, member_id: str) -> None: ...
+
+
+class RpcRefused(Exception):
+    """A request the caller must fix: (field, message); the daemon maps it to ``bad_request``."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field_name
+
+
+@dataclass
+class _Running:
+    member_id: str
+    action: str
+    job: ContactsJob
+    task: asyncio.Task[ScanReport]
+    resumed: dict[str, int]
+
+
+class ContactsJobs:
+    """The ``contacts.*`` RPC methods: start a job in the background, watch it, page its lists.
+
+    Why jobs and not one long call: a scan of 50,000 contacts takes minutes at the portal's
+    limit, longer than any socket timeout, and the CLI wants a progress bar meanwhile.
+    One job per portal at a time: two would only split the same budget.
+    """
+
+    def __init__(self, clients: Callable[[], Mapping[str, BulkClient]], store: ProgressTable) -> None:
+        self._clients = clients
+        self._store = store
+        self._jobs: dict[str, _Running] = {}
+        self._ids = itertools.count(1)
+
+    def methods(self) -> dict[str, Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]]:
+        return {"contacts.start": self.start, "contacts.job": self.status, "contacts.rows": self.rows}
+
+    async def start(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        action = params.get("action")
+        if action not in ("scan", "normalize"):
+            raise RpcRefused("action", "action: must be scan or normalize")
+        apply = params.get("apply") is True
+        clients = self._clients()
+        member_id = params.get("portal")
+        if member_id is None:
+            if len(clients) != 1:
+                raise RpcRefused("portal", f"portal: {len(clients)} portals installed, name one (member_id)")
+            member_id = next(iter(clients))
+        if not isinstance(member_id, str) or member_id not in clients:
+            raise RpcRefused("portal", f"portal: no installed portal {member_id!r}")
+        entities = params.get("entities", list(ENTITIES))
+        if not isinstance(entities, list) or not entities or any(e not in ENTITIES for e in entities):
+            raise RpcRefused("entities", f"entities: a list of {', '.join(ENTITIES)}")
+        if any(r.member_id == member_id and not r.task.done() for r in self._jobs.values()):
+            raise RpcRefused("portal", "portal: a contacts job is already running there")
+        resume = await self._store.contacts_progress(member_id) if apply else {}
+
+        async def save(entity: str, after_id: int) -> None:
+            await self._store.contacts_progress_save(member_id, entity, after_id)
+
+        job = ContactsJob(clients[member_id], normalize=action == "normalize", apply=apply, entities=entities,
+                          resume=resume, save=save)
+        job_id = str(next(self._ids))
+        task = asyncio.create_task(self._run(member_id, job, apply), name=f"contacts-{job_id}")
+        self._jobs[job_id] = _Running(member_id, action, job, task, resume)
+        log.info("contacts.job_started", job=job_id, portal=member_id, action=action, apply=apply,
+                 resumed=bool(resume))
+        return {"job": job_id, "portal": member_id, "resumed": resume}
+
+    async def _run(self, member_id: str, job: ContactsJob, apply: bool) -> ScanReport:
+        report = await job.run()
+        if apply:
+            await self._store.contacts_progress_clear(member_id)  # done: the next run starts over
+        log.info("contacts.job_done", portal=member_id, **{k: v for k, v in report.summary().items()
+                                                          if isinstance(v, int)})
+        return report
+
+    def _job(self, params: Mapping[str, Any]) -> _Running:
+        running = self._jobs.get(str(params.get("job")))
+        if running is None:
+            raise RpcRefused("job", f"job: no job {params.get('job')!r}")
+        return running
+
+    async def status(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        running = self._job(params)
+        out: dict[str, Any] = {"action": running.action, "portal": running.member_id, "resumed": running.resumed,
+                               "progress": running.job.progress.as_dict(), "waits": running.job.waits,
+                               "apply": running.job.apply}
+        if not running.task.done():
+            out["state"] = "running"
+        elif running.task.cancelled():
+            out["state"] = "failed"
+            out["error"] = "cancelled"
+        elif running.task.exception() is not None:
+            exc = running.task.exception()
+            out["state"] = "failed"
+            out["error"] = f"{exc.code}: {exc.description}" if isinstance(exc, RestError) else type(exc).__name__
+        else:
+            out["state"] = "done"
+        out["summary"] = running.job.report.summary()
+        return out
+
+    async def rows(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        running = self._job(params)
+        kind = params.get("kind")
+        if kind not in ("invalid", "changes", "shared", "failed"):
+            raise RpcRefused("kind", "kind: invalid, changes, shared or failed")
+        offset, limit = params.get("offset", 0), params.get("limit", 1000)
+        if not isinstance(offset, int) or not isinstance(limit, int) or offset < 0 or not 0 < limit <= 5000:
+            raise RpcRefused("limit", "offset/limit: integers, limit 1..5000")
+        everything = running.job.report.rows(kind)
+        return {"rows": everything[offset:offset + limit], "total": len(everything)}
+
+    async def close(self) -> None:
+        for running in self._jobs.values():
+            running.task.cancel()
+        await asyncio.gather(*(r.task for r in self._jobs.values()), return_exceptions=True)
+
+
+__all__ = ["ContactsJobs", "RpcRefused", "BY_CODES", "ContactsJob", "ENTITIES", "INVALID_FIELD", "Progress", "ScanReport", "Verdict",
+           "classify", "plan_update"]

@@ -1,0 +1,236 @@
+"""smppd contacts (issue 16): the simulated portal's CRM list/update/userfield methods, the
+scan and normalize job over the real REST client, the shared budget with the pusher."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import aiohttp
+import pytest
+
+from smppd.bitrix24.contacts import INVALID_FIELD, ContactsJob, classify, plan_update
+from smppd.bitrix24.portal import SimulatedPortal
+from smppd.bitrix24.rest import PRIORITY_BULK, PortalAuth, RestClient, RestError
+
+
+def _auth(portal: SimulatedPortal) -> PortalAuth:
+    return PortalAuth(member_id=portal.member_id, domain=portal.domain, client_endpoint=portal.client_endpoint,
+                      server_endpoint=portal.server_endpoint, access_token=portal.access_token,
+                      refresh_token=portal.refresh_token, client_id=portal.client_id,
+                      client_secret=portal.client_secret)
+
+
+@pytest.fixture
+async def crm():
+    portal = SimulatedPortal(rate=None, scope="messageservice,crm")
+    await portal.start()
+    async with aiohttp.ClientSession() as http:
+        yield portal, RestClient(http, _auth(portal), rate=None, max_attempts=3, backoff_base=0.01)
+    await portal.stop()
+
+
+# ------------------------------------------------------------------ simulated portal formats
+
+
+async def test_list_pages_with_next_and_total_and_fast_paging_without(crm):
+    portal, client = crm
+    for i in range(1, 121):
+        portal.add_crm_entity("contact", i * 3, phones=["+375291234567"], NAME=f"n{i}")
+    first = await client._request("crm.contact.list", "select[0]=ID&start=0")
+    assert len(first["result"]) == 50 and first["total"] == 120 and first["next"] == 50
+    last = await client._request("crm.contact.list", "select[0]=ID&start=100")
+    assert len(last["result"]) == 20 and "next" not in last
+    fast = await client._request("crm.contact.list", "order[ID]=ASC&filter[%3EID]=300&select[0]=ID&start=-1")
+    assert [r["ID"] for r in fast["result"]] == [str(i * 3) for i in range(101, 121)]
+    assert fast["total"] == 0 and "next" not in fast  # huge-data.md: no count with start=-1
+
+
+async def test_multifield_only_when_selected_and_update_by_value_id(crm):
+    portal, client = crm
+    portal.add_crm_entity("contact", 7, phones=[("80291234567", "MOBILE"), ("+375 44 765-43-21", "WORK")])
+    rows = await client.call("crm.contact.list", {"select": ["ID"], "start": -1})
+    assert "PHONE" not in rows[0]
+    rows = await client.call("crm.contact.list", {"select": ["ID", "PHONE"], "start": -1})
+    phones = rows[0]["PHONE"]
+    assert {p["VALUE_TYPE"] for p in phones} == {"MOBILE", "WORK"} and all(p["TYPE_ID"] == "PHONE" for p in phones)
+    assert await client.call("crm.contact.update", {"id": 7, "fields": {"PHONE": [
+        {"ID": phones[0]["ID"], "VALUE": "+375291234567", "VALUE_TYPE": "MOBILE"}]}}) is True
+    after = portal.crm["contact"][7]["PHONE"]
+    assert after[0] == {**phones[0], "VALUE": "+375291234567"} and after[1] == phones[1]  # the other is untouched
+    with pytest.raises(RestError) as e:
+        await client.call("crm.contact.update", {"id": 8, "fields": {"NAME": "x"}})
+    assert e.value.code == "" and "not found" in e.value.description
+
+
+async def test_userfield_add_prefix_errors_and_list(crm):
+    portal, client = crm
+    assert await client.call("crm.lead.userfield.list", {"filter": {"FIELD_NAME": INVALID_FIELD}}) == []
+    new_id = await client.call("crm.lead.userfield.add", {"fields": {"FIELD_NAME": "SMS_INVALID",
+                                                                      "USER_TYPE_ID": "boolean"}})
+    assert isinstance(new_id, int)
+    listed = await client.call("crm.lead.userfield.list", {"filter": {"FIELD_NAME": INVALID_FIELD}})
+    assert listed[0]["FIELD_NAME"] == INVALID_FIELD and listed[0]["ENTITY_ID"] == "CRM_LEAD"
+    for fields, text in (({"USER_TYPE_ID": "string"}, "'FIELD_NAME'"),
+                         ({"FIELD_NAME": "SMS_INVALID", "USER_TYPE_ID": "boolean"}, "already exists"),
+                         ({"FIELD_NAME": "bad-name", "USER_TYPE_ID": "string"}, "invalid characters"),
+                         ({"FIELD_NAME": "X"}, "'USER_TYPE_ID'")):
+        with pytest.raises(RestError) as e:
+            await client.call("crm.lead.userfield.add", {"fields": fields})
+        assert text in e.value.description
+
+
+async def test_list_inside_batch_has_result_next_and_total(crm):
+    portal, client = crm
+    for i in range(1, 61):
+        portal.add_crm_entity("company", i, phones=["+375447654321"])
+    ok, errors, paging = await client.batch_answer({
+        "a": ("crm.company.list", {"select": ["ID"], "start": 0}),
+        "b": ("crm.company.list", {"select": ["ID"], "start": -1, "filter": {">ID": 55}, "order": {"ID": "ASC"}}),
+        "c": ("crm.nothing.list", {}),
+    })
+    assert len(ok["a"]) == 50 and paging["a"] == {"next": 50, "total": 60}
+    assert [r["ID"] for r in ok["b"]] == ["56", "57", "58", "59", "60"] and paging["b"]["next"] is None
+    assert errors["c"].code == "ERROR_METHOD_NOT_FOUND"
+
+
+# ------------------------------------------------------------------ verdicts
+
+
+def test_classify_and_plan_update_keep_value_type_and_are_idempotent():
+    assert classify("80291234567").e164 == "+375291234567"
+    assert classify("80291234567").by_code == "29"
+    assert classify("12345").e164 is None
+    row = {"ID": "5", "PHONE": [{"ID": "11", "VALUE": "8 (029) 123-45-67", "VALUE_TYPE": "MOBILE"},
+                                {"ID": "12", "VALUE": "12345", "VALUE_TYPE": "HOME"},
+                                {"ID": "13", "VALUE": "+375447654321", "VALUE_TYPE": "WORK"}]}
+    fields, changes = plan_update(row)
+    assert fields == {"PHONE": [{"ID": "11", "VALUE": "+375291234567", "VALUE_TYPE": "MOBILE"}], INVALID_FIELD: "1"}
+    assert changes == [("8 (029) 123-45-67", "+375291234567")]
+    clean = {"ID": "5", INVALID_FIELD: "1", "PHONE": [{"ID": "11", "VALUE": "+375291234567"},
+                                                      {"ID": "12", "VALUE": "12345"}]}
+    assert plan_update(clean) == ({}, [])
+    fixed = {"ID": "5", INVALID_FIELD: "1", "PHONE": [{"ID": "11", "VALUE": "+375291234567"}]}
+    assert plan_update(fixed) == ({INVALID_FIELD: "0"}, [])
+
+
+# ------------------------------------------------------------------ the job
+
+
+def _messy_base(portal: SimulatedPortal, n: int, seed: int = 3) -> dict[str, int]:
+    rnd = random.Random(seed)
+    forms = ["+375291234{:03d}", "8029123{:04d}", "375 44 765-{:04d}", "29 12{:05d}", "+7 916 123-{:04d}",
+             "12{:03d}", "+375331112{:03d}"]
+    expected = {"invalid": 0, "differs": 0}
+    next_id = 1
+    for i in range(n):
+        next_id += rnd.choice((1, 1, 2, 9))  # gaps, as deleted rows leave them
+        form = rnd.choice(forms)
+        value = form.format(rnd.randrange(1000))
+        v = classify(value)
+        expected["invalid"] += v.e164 is None
+        expected["differs"] += v.e164 is not None and v.e164 != value
+        portal.add_crm_entity(rnd.choice(("contact", "contact", "lead", "company")), next_id, phones=[value])
+    return expected
+
+
+async def test_scan_reads_every_row_in_windows_and_reports(crm):
+    portal, client = crm
+    expected = _messy_base(portal, 700)
+    portal.add_crm_entity("lead", 99_000, phones=["+375291234001"])  # a far id after a long gap
+    portal.add_crm_entity("contact", 99_001, phones=["+375291234001"])
+    job = ContactsJob(client)
+    report = await job.run()
+    assert sum(report.entities.values()) == 702 and report.numbers == 702
+    assert len(report.invalid) == expected["invalid"] and report.differs == expected["differs"]
+    assert ("lead", 99_000) in dict(report.shared())["+375291234001"]
+    assert report.by_prefix["29"] and report.by_country["RU"]
+    # a batch reads many pages: far fewer requests than pages of 50
+    assert job.progress.requests < 702 / 50
+    assert portal.crm_writes == {}  # a scan never writes
+
+
+async def test_normalize_dry_run_writes_nothing_apply_writes_then_is_idempotent(crm):
+    portal, client = crm
+    expected = _messy_base(portal, 300)
+    dry = await ContactsJob(client, normalize=True).run()
+    assert len(dry.changes) == expected["differs"] and portal.crm_writes == {} and portal.user_fields == {}
+    applied = await ContactsJob(client, normalize=True, apply=True).run()
+    assert applied.updated > 0 and not applied.failed
+    assert set(portal.user_fields) == {"contact", "lead", "company"}
+    for entity, rows in portal.crm.items():
+        for row in rows.values():
+            for value in row["PHONE"]:
+                v = classify(value["VALUE"])
+                assert v.e164 is None or v.e164 == value["VALUE"]
+                if v.e164 is None:
+                    assert row[INVALID_FIELD] == "1"
+    writes = sum(portal.crm_writes.values())
+    again = await ContactsJob(client, normalize=True, apply=True).run()
+    assert again.updated == 0 and not again.changes and sum(portal.crm_writes.values()) == writes
+    assert portal.user_fields_added == 3  # not created twice
+
+
+async def test_normalize_resumes_from_saved_progress(crm):
+    portal, client = crm
+    for i in range(1, 401):
+        portal.add_crm_entity("contact", i, phones=[f"80291{i:06d}"])
+    saved: dict[str, int] = {}
+
+    async def save(entity: str, after_id: int) -> None:
+        saved[entity] = after_id
+
+    job = ContactsJob(client, normalize=True, apply=True, entities=["contact"], save=save)
+    task = asyncio.create_task(job.run())
+    while not saved.get("contact"):
+        await asyncio.sleep(0.001)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    cut = saved["contact"]
+    assert 0 < cut < 400
+    assert all(portal.crm["contact"][i]["PHONE"][0]["VALUE"].startswith("+") for i in range(1, cut + 1))
+    writes = portal.crm_writes["contact"]
+    resumed = ContactsJob(client, normalize=True, apply=True, entities=["contact"], resume=saved)
+    report = await resumed.run()
+    assert report.entities["contact"] == 400 - cut  # the done part is not read again
+    assert writes + report.updated == 400
+    assert all(portal.crm["contact"][i]["PHONE"][0]["VALUE"].startswith("+") for i in range(1, 401))
+
+
+async def test_rate_limit_slows_the_job_it_does_not_fail_it(crm):
+    portal, client = crm
+    for i in range(1, 201):
+        portal.add_crm_entity("contact", i, phones=["+375291234567"])
+    portal.rate, portal.burst = 50.0, 2  # the portal refuses most of what an unlimited client sends
+    sleeps: list[float] = []
+
+    async def sleep(s: float) -> None:
+        sleeps.append(s)
+        await asyncio.sleep(0.05)
+
+    job = ContactsJob(client, sleep=sleep)
+    report = await job.run()
+    assert report.entities["contact"] == 200
+    assert portal.rejected_rate_limited > 0
+
+
+async def test_bulk_calls_leave_the_burst_to_normal_calls():
+    """A bulk caller stops at burst - headroom; a normal call then goes at once."""
+    portal = SimulatedPortal(rate=2.0, burst=50, scope="messageservice,crm")
+    await portal.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            client = RestClient(http, _auth(portal), rate=2.0, burst=50)
+            loop = asyncio.get_running_loop()
+            bulk = [asyncio.create_task(client.call("app.info", priority=PRIORITY_BULK)) for _ in range(45)]
+            await asyncio.sleep(0.3)
+            done_bulk = sum(t.done() for t in bulk)
+            assert 38 <= done_bulk <= 42 and client.bulk_waiting
+            t0 = loop.time()
+            await client.call("app.info")
+            assert loop.time() - t0 < 0.3  # the pusher's call did not queue behind the bulk ones
+            for t in bulk:
+                t.cancel()
+            await asyncio.gather(*bulk, return_exceptions=True)
+    finally:
+        await portal.stop()
