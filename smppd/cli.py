@@ -11,7 +11,7 @@ import asyncio
 import os
 import sys
 
-from . import admin_cli
+from . import admin_cli, contacts_cli
 from . import config as config_mod
 from . import logs
 
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_check_config)
 
     admin_cli.add_commands(sub, DEFAULT_CONFIG)  # status, send, stuck, retry, cancel, report
+    contacts_cli.add_commands(sub, DEFAULT_CONFIG)  # contacts scan | normalize (issue 16)
 
     stop = sub.add_parser("stoplist", help="numbers that opted out of marketing: add, remove, list")
     stop.add_argument("action", choices=("add", "remove", "list"))

@@ -4,6 +4,7 @@ scan and normalize job over the real REST client, the shared budget with the pus
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 import aiohttp
@@ -234,3 +235,71 @@ async def test_bulk_calls_leave_the_burst_to_normal_calls():
             await asyncio.gather(*bulk, return_exceptions=True)
     finally:
         await portal.stop()
+
+
+# ------------------------------------------------------------------ through the real daemon
+
+
+@pytest.fixture
+async def rig(tmp_path):
+    from smppd.demo import stop_rig
+    from tests.rules_rig import start_rules_rig
+
+    rig = await start_rules_rig(tmp_path)
+    yield rig
+    await stop_rig(rig)
+
+
+async def _cli(rig, action: str, *extra: str) -> tuple[int, str, str]:
+    import argparse
+    import io
+
+    from smppd.contacts_cli import drive
+
+    args = argparse.Namespace(json="--json" in extra, csv="--csv" in extra, apply="--apply" in extra)
+    params = {"action": action, "apply": args.apply, "entities": ["contact", "lead", "company"]}
+    for item in extra:
+        if item.startswith("portal="):
+            params["portal"] = item.removeprefix("portal=")
+    out, err = io.StringIO(), io.StringIO()
+    code = await drive(rig.config.daemon.socket_path, params, args, out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+async def test_cli_scan_normalize_apply_idempotent_through_the_daemon(rig):
+    import csv
+    import io
+    import json
+
+    expected = _messy_base(rig.portal, 250)
+    code, out, _ = await _cli(rig, "scan", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["state"] == "done"
+    assert report["summary"]["invalid"] == expected["invalid"] == len(report["invalid"])
+    assert report["summary"]["differs_from_e164"] == expected["differs"]
+
+    code, out, _ = await _cli(rig, "normalize")  # dry run: a table, nothing written
+    assert code == 0 and "dry run" in out and sum(rig.portal.crm_writes.values()) == 0
+
+    code, out, _ = await _cli(rig, "normalize", "--apply", "--csv")
+    rows = list(csv.reader(io.StringIO(out)))
+    assert code == 0 and sum(1 for r in rows if r[0] == "changes") == expected["differs"]
+    assert await rig.daemon.store.contacts_progress(rig.portal.member_id) == {}  # done: nothing to resume
+
+    code, out, _ = await _cli(rig, "normalize", "--apply", "--json")
+    assert code == 0 and json.loads(out)["summary"]["changes"] == 0 and json.loads(out)["summary"]["updated"] == 0
+
+    code, _, err = await _cli(rig, "scan", "portal=nope")
+    assert code == 2 and "no installed portal" in err
+
+
+async def test_a_normalize_cut_short_resumes_from_the_store(rig):
+    for i in range(1, 301):
+        rig.portal.add_crm_entity("contact", i, phones=[f"80291{i:06d}"])
+    member = rig.portal.member_id
+    await rig.daemon.store.contacts_progress_save(member, "contact", 200)  # as a killed run leaves it
+    code, out, err = await _cli(rig, "normalize", "--apply", "--json")
+    assert code == 0 and "resuming" in err and "contact after id 200" in err
+    assert json.loads(out)["summary"]["entities"] == {"contact": 100}
+    assert rig.portal.crm["contact"][150]["PHONE"][0]["VALUE"] == "80291000150"  # before the cut: not read again
+    assert rig.portal.crm["contact"][250]["PHONE"][0]["VALUE"] == "+375291000250"

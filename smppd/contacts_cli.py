@@ -1,0 +1,160 @@
+"""``smppd contacts scan | normalize [--apply]``: the CRM's phone numbers before a campaign.
+
+The work runs in the daemon (it holds the portal's tokens and REST budget, shared with the
+status pusher, which goes first); this command starts a job there, draws its progress on a
+terminal and prints the report: a table on screen, ``--json`` or ``--csv`` for the rest.
+Exit codes as every ``smppd`` command: 0 done, 1 the job failed, 2 bad usage, 3 no daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+from typing import Any, TextIO
+
+from . import config as config_mod
+from .rpc import RpcClient, RpcError, RpcUnavailable
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+POLL = 0.5
+PAGE = 5000
+SCREEN_ROWS = 20  # lines of each list in the on-screen table; --json/--csv have them all
+LISTS = {"scan": ("invalid", "shared"), "normalize": ("changes", "invalid", "failed")}
+HEADERS = {"invalid": ["entity", "id", "value", "reason"], "shared": ["number", "entities"],
+           "changes": ["entity", "id", "stored", "e164"], "failed": ["entity", "id", "error"]}
+
+
+def add_commands(sub: Any, default_config: str) -> None:
+    p = sub.add_parser("contacts", help="scan or normalize the CRM's phone numbers (before a campaign)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = p.add_subparsers(metavar="ACTION")
+    for name, text in (("scan", "count the numbers: valid per country and prefix, not E.164, invalid, shared"),
+                       ("normalize", "write numbers back in E.164 and mark invalid ones (dry run without --apply)")):
+        a = actions.add_parser(name, help=text, description=text)
+        a.add_argument("-c", "--config", default=default_config, help=f"config file (default {default_config})")
+        a.add_argument("--portal", metavar="MEMBER_ID", help="the portal (needed when several are installed)")
+        a.add_argument("--entities", default="contact,lead,company",
+                       help="which CRM entities, comma-separated (default contact,lead,company)")
+        out = a.add_mutually_exclusive_group()
+        out.add_argument("--json", action="store_true", help="print the whole report as JSON")
+        out.add_argument("--csv", action="store_true", help="print the lists as CSV (kind,...)")
+        if name == "normalize":
+            a.add_argument("--apply", action="store_true", help="write the changes (default: only show them)")
+        a.set_defaults(func=run, action=name)
+    p.set_defaults(func=lambda args: (p.print_help(), EXIT_USAGE)[1])
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as e:
+        print(f"smppd: config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    params: dict[str, Any] = {"action": args.action, "apply": bool(getattr(args, "apply", False)),
+                              "entities": [e.strip() for e in args.entities.split(",") if e.strip()]}
+    if args.portal:
+        params["portal"] = args.portal
+    try:
+        return asyncio.run(drive(cfg.daemon.socket_path, params, args, sys.stdout, sys.stderr))
+    except RpcUnavailable as e:
+        print(f"smppd: daemon unreachable at {cfg.daemon.socket_path}: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+
+
+async def drive(socket_path: str, params: dict[str, Any], args: argparse.Namespace,
+                out: TextIO, err: TextIO) -> int:
+    """Start the job, follow it, print its report. Separate from `run` so tests call it in-process."""
+    client = RpcClient(socket_path, timeout=30)
+    try:
+        try:
+            started = await client.call("contacts.start", params)
+        except RpcError as e:
+            print(f"smppd: {e.message}", file=err)
+            return EXIT_USAGE if e.code == "bad_request" else EXIT_FAILED
+        job = started["job"]
+        if started.get("resumed"):
+            where = ", ".join(f"{k} after id {v}" for k, v in started["resumed"].items())
+            print(f"resuming an interrupted run: {where}", file=err)
+        tty = err.isatty()
+        while True:
+            state = await client.call("contacts.job", {"job": job})
+            if tty:
+                err.write("\r" + _bar(state["progress"]))
+                err.flush()
+            if state["state"] != "running":
+                break
+            await asyncio.sleep(POLL)
+        if tty:
+            err.write("\n")
+        lists = {kind: await _all_rows(client, job, kind, None if (args.json or args.csv) else SCREEN_ROWS)
+                 for kind in LISTS[params["action"]]}
+    finally:
+        await client.close()
+    if args.json:
+        json.dump({"state": state["state"], "error": state.get("error"), "summary": state["summary"],
+                   "progress": state["progress"], **{k: v[1] for k, v in lists.items()}}, out, ensure_ascii=False)
+        out.write("\n")
+    elif args.csv:
+        writer = csv.writer(out)
+        for kind, (_, rows) in lists.items():
+            writer.writerow(["kind", *HEADERS[kind]])
+            writer.writerows([kind, *r] for r in rows)
+    else:
+        _table(out, params, state, lists)
+    if state["state"] != "done":
+        print(f"smppd: the job failed: {state.get('error')}", file=err)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+async def _all_rows(client: RpcClient, job: str, kind: str, cap: int | None) -> tuple[int, list[list[Any]]]:
+    rows: list[list[Any]] = []
+    total = 0
+    while cap is None or len(rows) < cap:
+        limit = PAGE if cap is None else min(PAGE, cap - len(rows))
+        page = await client.call("contacts.rows", {"job": job, "kind": kind, "offset": len(rows), "limit": limit})
+        total = page["total"]
+        rows += page["rows"]
+        if not page["rows"] or len(rows) >= total:
+            break
+    return total, rows
+
+
+def _bar(p: dict[str, Any], width: int = 30) -> str:
+    total, done = p.get("total") or 0, p.get("done") or 0
+    filled = int(width * min(1.0, done / total)) if total else 0
+    eta = p.get("eta")
+    eta_text = f"ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else "ETA --:--"
+    return (f"{p.get('phase', ''):<12} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+            f"{p.get('per_minute', 0)}/min {eta_text}   ")
+
+
+def _table(out: TextIO, params: dict[str, Any], state: dict[str, Any],
+           lists: dict[str, tuple[int, list[list[Any]]]]) -> None:
+    s, p = state["summary"], state["progress"]
+    w = out.write
+    w(f"entities read     {sum(s['entities'].values())} ({', '.join(f'{k} {v}' for k, v in s['entities'].items())})\n")
+    w(f"numbers           {s['numbers']}\n")
+    w(f"valid             {s['valid']}\n")
+    for country, n in s["by_country"].items():
+        w(f"  {country:<16}{n}\n")
+    for prefix, n in s["by_prefix"].items():
+        w(f"    {prefix:<22}{n}\n")
+    w(f"not in E.164      {s['differs_from_e164']}\n")
+    w(f"invalid           {s['invalid']}\n")
+    w(f"shared numbers    {s['shared_numbers']} (the same number on several entities)\n")
+    if params["action"] == "normalize":
+        verb = "written" if params["apply"] else "would be written (dry run: add --apply)"
+        w(f"changes           {s['changes']} numbers {verb}\n")
+        if params["apply"]:
+            w(f"entities updated  {s['updated']}, failed {s['failed']}\n")
+    w(f"time              {p['elapsed']} s, {p['per_minute']} entities/min, {p['requests']} requests\n")
+    for kind, (total, rows) in lists.items():
+        if not total:
+            continue
+        w(f"\n{kind} ({total}{', first ' + str(len(rows)) if len(rows) < total else ''}):\n")
+        for r in rows:
+            w("  " + "  ".join(str(x) for x in r) + "\n")
