@@ -1,4 +1,4 @@
-"""``smppd contacts scan | normalize [--apply]``: the CRM's phone numbers before a campaign.
+"""``smppd contacts scan | normalize [--apply] | cost``: the CRM's phone numbers before a campaign.
 
 The work runs in the daemon (it holds the portal's tokens and REST budget, shared with the
 status pusher, which goes first); this command starts a job there, draws its progress on a
@@ -44,6 +44,17 @@ def add_commands(sub: Any, default_config: str) -> None:
         if name == "normalize":
             a.add_argument("--apply", action="store_true", help="write the changes (default: only show them)")
         a.set_defaults(func=run, action=name)
+    c = actions.add_parser("cost", help="price a broadcast to the CRM's valid numbers through a CODE's route, "
+                                        "without sending", description="Read the CRM's numbers (as scan does), then "
+                           "ask the CODE's provider what the text would cost (SMS.ru sms/cost, SMSC.ru cost=1) and "
+                           "which numbers it would refuse. Nothing is sent.")
+    c.add_argument("-c", "--config", default=default_config, help=f"config file (default {default_config})")
+    c.add_argument("--portal", metavar="MEMBER_ID", help="the portal (needed when several are installed)")
+    c.add_argument("--entities", default="contact,lead,company", help="which CRM entities (default all three)")
+    c.add_argument("--code", required=True, help="the Bitrix24 provider CODE whose route and sender to price")
+    c.add_argument("--text", required=True, help="the message text")
+    c.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+    c.set_defaults(func=run, action="cost", csv=False)
     p.set_defaults(func=lambda args: (p.print_help(), EXIT_USAGE)[1])
 
 
@@ -53,15 +64,106 @@ def run(args: argparse.Namespace) -> int:
     except config_mod.ConfigError as e:
         print(f"smppd: config error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    params: dict[str, Any] = {"action": args.action, "apply": bool(getattr(args, "apply", False)),
+    if args.action == "cost" and args.code not in cfg.senders:
+        print(f"smppd: no sender with code {args.code!r}", file=sys.stderr)
+        return EXIT_USAGE
+    params: dict[str, Any] = {"action": "scan" if args.action == "cost" else args.action, "apply": bool(getattr(args, "apply", False)),
                               "entities": [e.strip() for e in args.entities.split(",") if e.strip()]}
     if args.portal:
         params["portal"] = args.portal
     try:
+        if args.action == "cost":
+            return asyncio.run(drive_cost(cfg, params, args, sys.stdout, sys.stderr))
         return asyncio.run(drive(cfg.daemon.socket_path, params, args, sys.stdout, sys.stderr))
     except RpcUnavailable as e:
         print(f"smppd: daemon unreachable at {cfg.daemon.socket_path}: {e}", file=sys.stderr)
         return EXIT_UNREACHABLE
+
+
+async def _follow(client: RpcClient, params: dict[str, Any], err: TextIO) -> tuple[str, dict[str, Any]] | int:
+    """Start the job and wait for its end, drawing progress on a terminal; an exit code if refused."""
+    try:
+        started = await client.call("contacts.start", params)
+    except RpcError as e:
+        print(f"smppd: {e.message}", file=err)
+        return EXIT_USAGE if e.code == "bad_request" else EXIT_FAILED
+    job = started["job"]
+    if started.get("resumed"):
+        where = ", ".join(f"{k} after id {v}" for k, v in started["resumed"].items())
+        print(f"resuming an interrupted run: {where}", file=err)
+    tty = err.isatty()
+    while True:
+        state = await client.call("contacts.job", {"job": job})
+        if tty:
+            err.write("\r" + _bar(state["progress"]))
+            err.flush()
+        if state["state"] != "running":
+            break
+        await asyncio.sleep(POLL)
+    if tty:
+        err.write("\n")
+    return job, state
+
+
+async def drive_cost(cfg: config_mod.Config, params: dict[str, Any], args: argparse.Namespace,
+                     out: TextIO, err: TextIO) -> int:
+    """Read the numbers through the daemon, then price them at the provider, 100 a request
+    (SMS.ru takes at most 100 numbers per request, providers.md §1)."""
+    from .cost import quote
+    from .providers.http_common import Ambiguous, ProviderError, Unavailable
+
+    client = RpcClient(cfg.daemon.socket_path, timeout=30)
+    try:
+        followed = await _follow(client, params, err)
+        if isinstance(followed, int):
+            return followed
+        job, state = followed
+        if state["state"] != "done":
+            print(f"smppd: reading the CRM failed: {state.get('error')}", file=err)
+            return EXIT_FAILED
+        _, numbers = await _all_rows(client, job, "numbers", None)
+    finally:
+        await client.close()
+    totals = {"numbers": len(numbers), "invalid_in_crm": state["summary"]["invalid"], "refused": 0,
+              "sms": 0, "cost": None}
+    refused: list[list[str]] = []
+    cost = 0.0
+    try:
+        for i in range(0, len(numbers), 100):
+            chunk = [n[0] for n in numbers[i:i + 100]]
+            try:
+                q = await quote(cfg, args.code, args.text, chunk)
+            except ProviderError as e:
+                if e.code != 7:  # SMSC.ru: every number of the request is invalid
+                    raise
+                refused += [[n, f"SMSC.ru error {e.code}"] for n in chunk]
+                continue
+            refused += [[n, note] for n, parts, _, note in q.rows if parts is None]
+            totals["sms"] += q.total_sms or 0
+            if q.total_cost is not None:
+                cost += q.total_cost
+                totals["cost"] = round(cost, 2)
+    except ProviderError as e:
+        print(f"smppd: the provider refused: {e}", file=err)
+        return EXIT_FAILED
+    except (Unavailable, Ambiguous) as e:
+        print(f"smppd: provider unreachable: {e}", file=err)
+        return EXIT_UNREACHABLE
+    totals["refused"] = len(refused)
+    if args.json:
+        json.dump({**totals, "refused_numbers": refused}, out)
+        out.write("\n")
+        return EXIT_OK
+    route = cfg.senders[args.code].route
+    out.write(f"route             {route} (CODE {args.code})\n")
+    out.write(f"valid numbers     {totals['numbers']} (and {totals['invalid_in_crm']} invalid in the CRM, not priced)\n")
+    out.write(f"provider refuses  {totals['refused']}\n")
+    out.write(f"SMS parts         {totals['sms']}\n")
+    price = "no price API (SMPP)" if totals["cost"] is None else f"{totals['cost']:.2f}"
+    out.write(f"cost              {price}\n")
+    for n, note in refused[:SCREEN_ROWS]:
+        out.write(f"  {n}  {note}\n")
+    return EXIT_OK
 
 
 async def drive(socket_path: str, params: dict[str, Any], args: argparse.Namespace,
@@ -69,26 +171,10 @@ async def drive(socket_path: str, params: dict[str, Any], args: argparse.Namespa
     """Start the job, follow it, print its report. Separate from `run` so tests call it in-process."""
     client = RpcClient(socket_path, timeout=30)
     try:
-        try:
-            started = await client.call("contacts.start", params)
-        except RpcError as e:
-            print(f"smppd: {e.message}", file=err)
-            return EXIT_USAGE if e.code == "bad_request" else EXIT_FAILED
-        job = started["job"]
-        if started.get("resumed"):
-            where = ", ".join(f"{k} after id {v}" for k, v in started["resumed"].items())
-            print(f"resuming an interrupted run: {where}", file=err)
-        tty = err.isatty()
-        while True:
-            state = await client.call("contacts.job", {"job": job})
-            if tty:
-                err.write("\r" + _bar(state["progress"]))
-                err.flush()
-            if state["state"] != "running":
-                break
-            await asyncio.sleep(POLL)
-        if tty:
-            err.write("\n")
+        followed = await _follow(client, params, err)
+        if isinstance(followed, int):
+            return followed
+        job, state = followed
         lists = {kind: await _all_rows(client, job, kind, None if (args.json or args.csv) else SCREEN_ROWS)
                  for kind in LISTS[params["action"]]}
     finally:

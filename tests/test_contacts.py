@@ -303,3 +303,38 @@ async def test_a_normalize_cut_short_resumes_from_the_store(rig):
     assert json.loads(out)["summary"]["entities"] == {"contact": 100}
     assert rig.portal.crm["contact"][150]["PHONE"][0]["VALUE"] == "80291000150"  # before the cut: not read again
     assert rig.portal.crm["contact"][250]["PHONE"][0]["VALUE"] == "+375291000250"
+
+
+async def test_cost_prices_the_crm_numbers_per_route_without_sending(rig):
+    import argparse
+    import dataclasses
+    import io
+
+    from smppd.contacts_cli import drive_cost
+    from smppd.sims.smsc import SmscSimulator
+    from smppd.sims.smsru import SmsRuSimulator
+
+    from .test_cost import cfg_with
+
+    for i in range(1, 151):
+        rig.portal.add_crm_entity("contact", i, phones=[f"80291{i:06d}"])
+    rig.portal.add_crm_entity("lead", 1, phones=["12345", "+375291000001"])  # invalid; shared with contact 1
+    ru, sc = SmsRuSimulator(refuse={"375291000007": 207}), SmscSimulator(bad_numbers=frozenset({"375291000008"}))
+    await ru.start()
+    await sc.start()
+    try:
+        cfg = dataclasses.replace(cfg_with(ru.base_url, sc.base_url + "sys/"), daemon=rig.config.daemon)
+        params = {"action": "scan", "apply": False, "entities": ["contact", "lead", "company"]}
+        for code, sim in (("by_ru", ru), ("by_sc", sc)):
+            out, err = io.StringIO(), io.StringIO()
+            args = argparse.Namespace(code=code, text="Здравствуйте! " * 10, json=True)
+            assert await drive_cost(cfg, params, args, out, err) == 0, err.getvalue()
+            answer = json.loads(out.getvalue())
+            assert answer["numbers"] == 150 and answer["invalid_in_crm"] == 1 and answer["refused"] == 1
+            assert answer["sms"] == 149 * 3 and answer["cost"] == pytest.approx(149 * 3 * sim.price)
+            assert len(sim.requests) == 2  # 100 numbers a request
+            assert not sim.messages  # nothing was sent
+        assert all(f.get("op") == "1" and f.get("cost") == "1" for _, f in sc.requests)
+    finally:
+        await ru.stop()
+        await sc.stop()

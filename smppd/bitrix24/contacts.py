@@ -140,6 +140,8 @@ class ScanReport:
             return [list(r) for r in self.changes]
         if kind == "failed":
             return [list(r) for r in self.failed]
+        if kind == "numbers":  # every valid number once, E.164 (what ``contacts cost`` prices)
+            return [[n] for n in sorted(self.owners)]
         if kind == "shared":
             return [[n, " ".join(f"{e}:{i}" for e, i in o)] for n, o in self.shared()]
         raise ValueError(kind)
@@ -481,8 +483,8 @@ class ContactsJobs:
     async def rows(self, params: Mapping[str, Any]) -> dict[str, Any]:
         running = self._job(params)
         kind = params.get("kind")
-        if kind not in ("invalid", "changes", "shared", "failed"):
-            raise RpcRefused("kind", "kind: invalid, changes, shared or failed")
+        if kind not in ("invalid", "changes", "shared", "failed", "numbers"):
+            raise RpcRefused("kind", "kind: invalid, changes, shared, failed or numbers")
         offset, limit = params.get("offset", 0), params.get("limit", 1000)
         if not isinstance(offset, int) or not isinstance(limit, int) or offset < 0 or not 0 < limit <= 5000:
             raise RpcRefused("limit", "offset/limit: integers, limit 1..5000")

@@ -36,7 +36,7 @@ PIPELINE = 4
 # BATCH_SIZE updates leaves at most this often: the updates wait a moment and go out fuller,
 # instead of spending every request slot on a few updates each and starving the job.
 # A full batch (a backlog) never waits: the pusher keeps its priority.
-PARTIAL_GAP_UNDER_BULK = 1.0
+PARTIAL_GAP_UNDER_BULK = 2.0
 # Bitrix24 purges messages after 14 days; an update for one can never succeed.
 TERMINAL_ERRORS = frozenset({"ERROR_MESSAGE_NOT_FOUND"})
 

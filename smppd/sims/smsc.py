@@ -111,7 +111,13 @@ class SmscSimulator(SimBase):
         if not good:
             return self._err(7, id=rid)
         if f.get("cost") == "1":  # price only, nothing is sent (§2.2)
-            return {"cost": f"{parts * self.price * len(good):.2f}", "cnt": parts * len(good)}
+            priced: dict[str, Any] = {"cost": f"{parts * self.price * len(good):.2f}", "cnt": parts * len(good)}
+            if f.get("op") == "1":  # per-number phones array (§2.3): a refused number has its error
+                priced["phones"] = [
+                    {"phone": self._digits(p), "mccmnc": "25701" if p in good else "0",
+                     "cost": f"{parts * self.price:.2f}" if p in good else "0",
+                     "status": "0" if p in good else "-3", "error": "0" if p in good else "7"} for p in phones]
+            return priced
         if self.balance < parts * self.price * len(good):
             return self._err(3, id=rid)
         per = []
