@@ -1,4 +1,4 @@
-"""``smppd contacts scan | normalize [--apply] | cost``: the CRM's phone numbers before a campaign.
+"""``smppd contacts scan | normalize [--apply] | cost | hlr``: the CRM's phone numbers before a campaign.
 
 The work runs in the daemon (it holds the portal's tokens and REST budget, shared with the
 status pusher, which goes first); this command starts a job there, draws its progress on a
@@ -55,6 +55,19 @@ def add_commands(sub: Any, default_config: str) -> None:
     c.add_argument("--text", required=True, help="the message text")
     c.add_argument("--json", action="store_true", help="print the whole answer as JSON")
     c.set_defaults(func=run, action="cost", csv=False)
+    h = actions.add_parser("hlr", help="check the valid numbers by HLR through a CODE's SMSC.ru route (paid)",
+                           description="Check the CRM's valid numbers by HLR through the SMSC.ru route of a CODE: "
+                           "prints the count and the price and asks first; writes UF_CRM_OPERATOR, UF_CRM_REGION "
+                           "and UF_CRM_SMS_REACHABLE (created if missing). Results are kept per number, so a "
+                           "rerun within --cache-days does not pay twice.")
+    h.add_argument("-c", "--config", default=default_config, help=f"config file (default {default_config})")
+    h.add_argument("--portal", metavar="MEMBER_ID", help="the portal (needed when several are installed)")
+    h.add_argument("--entities", default="contact,lead,company", help="which CRM entities (default all three)")
+    h.add_argument("--code", required=True, help="a CODE whose route is SMSC.ru")
+    h.add_argument("--cache-days", type=float, default=30.0, help="reuse results this recent (default 30)")
+    h.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
+    h.add_argument("--json", action="store_true", help="print the summary as JSON")
+    h.set_defaults(func=run, action="hlr", csv=False)
     p.set_defaults(func=lambda args: (p.print_help(), EXIT_USAGE)[1])
 
 
@@ -71,7 +84,11 @@ def run(args: argparse.Namespace) -> int:
                               "entities": [e.strip() for e in args.entities.split(",") if e.strip()]}
     if args.portal:
         params["portal"] = args.portal
+    if args.action == "hlr":
+        params.update(code=args.code, cache_ttl=args.cache_days * 86400)
     try:
+        if args.action == "hlr":
+            return asyncio.run(drive_hlr(cfg.daemon.socket_path, params, args, sys.stdout, sys.stderr))
         if args.action == "cost":
             return asyncio.run(drive_cost(cfg, params, args, sys.stdout, sys.stderr))
         return asyncio.run(drive(cfg.daemon.socket_path, params, args, sys.stdout, sys.stderr))
@@ -91,6 +108,11 @@ async def _follow(client: RpcClient, params: dict[str, Any], err: TextIO) -> tup
     if started.get("resumed"):
         where = ", ".join(f"{k} after id {v}" for k, v in started["resumed"].items())
         print(f"resuming an interrupted run: {where}", file=err)
+    return job, await _watch(client, job, err)
+
+
+async def _watch(client: RpcClient, job: str, err: TextIO) -> dict[str, Any]:
+    """Until the job is no longer running (done, failed, or waiting for a confirmation)."""
     tty = err.isatty()
     while True:
         state = await client.call("contacts.job", {"job": job})
@@ -102,7 +124,48 @@ async def _follow(client: RpcClient, params: dict[str, Any], err: TextIO) -> tup
         await asyncio.sleep(POLL)
     if tty:
         err.write("\n")
-    return job, state
+    return state
+
+
+async def drive_hlr(socket_path: str, params: dict[str, Any], args: argparse.Namespace,
+                    out: TextIO, err: TextIO, ask: Any = input) -> int:
+    """Scan, show the count and the price, ask (or --yes), check, write back."""
+    client = RpcClient(socket_path, timeout=30)
+    try:
+        followed = await _follow(client, params, err)
+        if isinstance(followed, int):
+            return followed
+        job, state = followed
+        if state["state"] == "confirm":
+            q = state["quote"]
+            print(f"HLR: {q['to_check']} numbers to check ({q['cached']} known from the last "
+                  f"{params.get('cache_ttl', 0) / 86400:g} days, not paid again), price {q['price']:.2f}", file=err)
+            if not args.yes and (not q["to_check"] or ask("proceed? [y/N] ").strip().lower() not in ("y", "yes")):
+                if q["to_check"]:
+                    await client.call("contacts.cancel", {"job": job})
+                    print("smppd: not confirmed, nothing was checked", file=err)
+                    return EXIT_FAILED
+            await client.call("contacts.confirm", {"job": job})
+            state = await _watch(client, job, err)
+    finally:
+        await client.close()
+    if state["state"] != "done":
+        print(f"smppd: the job failed: {state.get('error')}", file=err)
+        return EXIT_FAILED
+    summary = state["summary"]
+    if args.json:
+        json.dump(summary, out)
+        out.write("\n")
+        return EXIT_OK
+    h = summary.get("hlr", {})
+    out.write(f"numbers           {summary['valid']} valid ({summary['invalid']} invalid, not checked)\n")
+    out.write(f"checked now       {h.get('checked', 0)} ({h.get('reachable', 0)} reachable), "
+              f"{h.get('unanswered', 0)} without an answer in time\n")
+    out.write(f"from the cache    {h.get('cached', 0)}\n")
+    out.write(f"price             {h.get('price', 0):.2f}\n")
+    out.write(f"entities written  {summary['updated']} (UF_CRM_OPERATOR, UF_CRM_REGION, UF_CRM_SMS_REACHABLE), "
+              f"failed {summary['failed']}\n")
+    return EXIT_OK
 
 
 async def drive_cost(cfg: config_mod.Config, params: dict[str, Any], args: argparse.Namespace,

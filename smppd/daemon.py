@@ -19,7 +19,7 @@ import structlog
 
 from . import phone, rules, text
 from .bitrix24 import registration
-from .bitrix24.contacts import ContactsJobs, RpcRefused
+from .bitrix24.contacts import ContactsJobs, RpcRefused, SmscHlr
 from .bitrix24.install import Installer, is_pending
 from .bitrix24.pusher import StatusPusher
 from .bitrix24.rest import PortalAuth, RestClient
@@ -57,7 +57,9 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._pusher_tasks: dict[str, asyncio.Task[Any]] = {}
         self._background: set[asyncio.Task[Any]] = set()  # registrations after install/update
-        self.contacts = ContactsJobs(lambda: {m: p.client for m, p in self.pushers.items()}, self.store)
+        self.hlr_poll = 2.0  # seconds between status.php polls of an HLR request
+        self.contacts = ContactsJobs(lambda: {m: p.client for m, p in self.pushers.items()}, self.store,
+                                     self._hlr_for)
         self.ops: Ops | None = None
         self.ready = asyncio.Event()
         self.crashed = asyncio.Event()  # a task the daemon cannot work without died: exit, let systemd restart
@@ -188,6 +190,20 @@ class Daemon:
             return
         self.rules.stats.stop_words += 1
         await self.stoplist.add(number, f"mo:{route}")
+
+    def _hlr_for(self, code: str) -> Any:
+        """An SMSC.ru HLR client with the CODE's route credentials, or why there is none."""
+        from .config import SmscRouteConfig
+        from .providers.smsc import SmscRoute, auth
+
+        sender = self.config.senders.get(code)
+        if sender is None:
+            return f"no sender with code {code!r}"
+        route_cfg = self.config.routes.get(sender.route)
+        if not isinstance(route_cfg, SmscRouteConfig):
+            return f"{code} goes through route {sender.route!r}, not SMSC.ru: HLR needs an SMSC.ru route"
+        route = SmscRoute(route_cfg, None)  # type: ignore[arg-type]  # no store: HLR sends no message
+        return SmscHlr(route, auth(route_cfg), poll=self.hlr_poll), route.close
 
     def _contacts_methods(self) -> dict[str, Any]:
         """``smppd contacts``: jobs over the pushers' REST clients (one budget per portal)."""

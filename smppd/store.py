@@ -206,6 +206,13 @@ MIGRATIONS: dict[int, str] = {
         updated_at REAL NOT NULL,
         PRIMARY KEY (member_id, entity)
     );
+    CREATE TABLE hlr_cache (                 -- smppd contacts hlr: a number is not paid for twice within the TTL
+        phone TEXT PRIMARY KEY,              -- E.164
+        reachable INTEGER NOT NULL,
+        operator TEXT NOT NULL,
+        region TEXT NOT NULL,
+        checked_at REAL NOT NULL
+    );
     """,
 }
 
@@ -496,6 +503,29 @@ class Store:
 
     async def contacts_progress_clear(self, member_id: str) -> None:
         await self.execute(lambda conn: conn.execute("DELETE FROM contacts_progress WHERE member_id=?", (member_id,)))
+
+    async def hlr_cached(self, phones: list[str], since: float) -> dict[str, tuple[bool, str, str]]:
+        """(reachable, operator, region) of the numbers checked since ``since``."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, tuple[bool, str, str]]:
+            out = {}
+            for i in range(0, len(phones), 500):
+                chunk = phones[i:i + 500]
+                rows = conn.execute(
+                    f"SELECT phone, reachable, operator, region FROM hlr_cache WHERE checked_at >= ?"
+                    f" AND phone IN ({','.join('?' * len(chunk))})", (since, *chunk)).fetchall()
+                out.update({p: (bool(r), o, g) for p, r, o, g in rows})
+            return out
+
+        return await self.execute(op)
+
+    async def hlr_save(self, results: Iterable[tuple[str, bool, str, str]]) -> None:
+        """(phone, reachable, operator, region) as checked now."""
+        now = self.clock()
+        rows = [(p, int(r), o, g, now) for p, r, o, g in results]
+        await self.execute(lambda conn: conn.executemany(
+            "INSERT OR REPLACE INTO hlr_cache (phone, reachable, operator, region, checked_at) VALUES (?,?,?,?,?)",
+            rows))
 
     # --- intake ----------------------------------------------------------------
 

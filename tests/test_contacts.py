@@ -338,3 +338,72 @@ async def test_cost_prices_the_crm_numbers_per_route_without_sending(rig):
     finally:
         await ru.stop()
         await sc.stop()
+
+
+@pytest.fixture
+async def http_rig(tmp_path):
+    from smppd.demo import start_rig, stop_rig
+
+    rig = await start_rig(tmp_path, portal_rate=None, http=True)
+    rig.portal.scope = "crm,messageservice"
+    rig.daemon.hlr_poll = 0.05
+    yield rig
+    await stop_rig(rig)
+    for sim in rig.http_sims.values():
+        await sim.stop()
+
+
+async def test_hlr_asks_checks_writes_fields_and_caches(http_rig):
+    import argparse
+    import io
+
+    from smppd.contacts_cli import drive_hlr
+
+    rig = http_rig
+    sim = rig.http_sims["smscru"]
+    sim.hlr_unreachable = frozenset({"375291000003"})
+    for i in range(1, 6):
+        rig.portal.add_crm_entity("contact", i, phones=[f"80291{i:06d}"])
+    rig.portal.add_crm_entity("lead", 9, phones=["+375291000001", "bad"])  # shares contact 1's number
+    params = {"action": "hlr", "apply": False, "entities": ["contact", "lead", "company"], "code": "by_smsc",
+              "cache_ttl": 86400.0}
+    socket = rig.config.daemon.socket_path
+
+    asked: list[str] = []
+    out, err = io.StringIO(), io.StringIO()
+    code = await drive_hlr(socket, params, argparse.Namespace(yes=False, json=True), out, err,
+                           ask=lambda prompt: asked.append(prompt) or "n")
+    assert code == 1 and asked and "5 numbers to check" in err.getvalue() and "price 2.00" in err.getvalue()
+    assert not [m for m in sim.messages.values() if m.hlr]  # declined: nothing paid
+    assert all(f.get("cost") == "1" for s, f in sim.requests if s == "send")
+
+    out, err = io.StringIO(), io.StringIO()
+    assert await drive_hlr(socket, params, argparse.Namespace(yes=True, json=True), out, err) == 0, err.getvalue()
+    summary = json.loads(out.getvalue())
+    assert summary["hlr"]["checked"] == 5 and summary["hlr"]["reachable"] == 4
+    contact3, contact1, lead = rig.portal.crm["contact"][3], rig.portal.crm["contact"][1], rig.portal.crm["lead"][9]
+    assert contact3["UF_CRM_SMS_REACHABLE"] == "0"
+    assert contact1["UF_CRM_SMS_REACHABLE"] == "1" and contact1["UF_CRM_OPERATOR"] == "A1"
+    assert contact1["UF_CRM_REGION"] == "Belarus" and lead["UF_CRM_OPERATOR"] == "A1"
+    assert {"UF_CRM_OPERATOR", "UF_CRM_REGION", "UF_CRM_SMS_REACHABLE"} <= set(rig.portal.user_fields["contact"])
+    paid = len([m for m in sim.messages.values() if m.hlr])
+    assert paid == 5
+
+    out, err = io.StringIO(), io.StringIO()  # a rerun within the TTL pays nothing
+    assert await drive_hlr(socket, params, argparse.Namespace(yes=False, json=True), out, err,
+                           ask=lambda prompt: pytest.fail("nothing to pay: no question")) == 0
+    assert json.loads(out.getvalue())["hlr"]["cached"] == 5
+    assert len([m for m in sim.messages.values() if m.hlr]) == paid
+
+
+async def test_hlr_refuses_a_code_that_is_not_smsc(http_rig):
+    import argparse
+    import io
+
+    from smppd.contacts_cli import drive_hlr
+
+    err = io.StringIO()
+    params = {"action": "hlr", "apply": False, "entities": ["contact"], "code": "by_smsru", "cache_ttl": 0}
+    assert await drive_hlr(http_rig.config.daemon.socket_path, params, argparse.Namespace(yes=True, json=False),
+                           io.StringIO(), err) == 2
+    assert "not SMSC.ru" in err.getvalue()

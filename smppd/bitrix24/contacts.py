@@ -99,6 +99,7 @@ class ScanReport:
     invalid: list[tuple[str, int, str, str]] = field(default_factory=list)  # entity, id, value, reason
     owners: dict[str, set[tuple[str, int]]] = field(default_factory=dict)  # e164 -> entities
     changes: list[tuple[str, int, str, str]] = field(default_factory=list)  # entity, id, old, new
+    hlr: dict[str, Any] = field(default_factory=dict)  # hlr: checked, reachable, unanswered, cached, price
     updated: int = 0  # entities written (normalize --apply)
     failed: list[tuple[str, int, str]] = field(default_factory=list)  # entity, id, error
 
@@ -131,6 +132,7 @@ class ScanReport:
             "by_prefix": {f"+375 {code} ({BY_CODES.get(code, '?')})": n for code, n in sorted(self.by_prefix.items())},
             "shared_numbers": sum(1 for o in self.owners.values() if len(o) > 1),
             "changes": len(self.changes), "updated": self.updated, "failed": len(self.failed),
+            **({"hlr": self.hlr} if self.hlr else {}),
         }
 
     def rows(self, kind: str) -> list[list[Any]]:
@@ -271,22 +273,36 @@ class ContactsJob:
         return tops, totals
 
     async def _ensure_field(self, entities: list[str]) -> None:
-        listed = {e: (f"crm.{e}.userfield.list", {"filter": {"FIELD_NAME": INVALID_FIELD}}) for e in entities}
+        await self.ensure_fields(entities, [(INVALID_FIELD, "boolean", "SMS: invalid phone number")])
+
+    async def ensure_fields(self, entities: list[str], specs: list[tuple[str, str, str]]) -> None:
+        """Create the user fields (name, USER_TYPE_ID, label) that ``userfield.list`` lacks."""
+        listed = {f"{e}.{name}": (f"crm.{e}.userfield.list", {"filter": {"FIELD_NAME": name}})
+                  for e in entities for name, _, _ in specs}
         ok, errors, _ = await self._batch(listed)
         _raise_first(errors)
-        missing = {e: (f"crm.{e}.userfield.add", {"fields": {
-            "FIELD_NAME": INVALID_FIELD.removeprefix("UF_CRM_"), "USER_TYPE_ID": "boolean",
-            "LABEL": "SMS: invalid phone number", "SHOW_FILTER": "Y", "EDIT_IN_LIST": "N"}})
-            for e in entities if not ok.get(e)}
+        kinds = {name: (type_id, label) for name, type_id, label in specs}
+        missing = {key: (f"crm.{key.split('.')[0]}.userfield.add", {"fields": {
+            "FIELD_NAME": key.split(".")[1].removeprefix("UF_CRM_"), "USER_TYPE_ID": kinds[key.split(".")[1]][0],
+            "LABEL": kinds[key.split(".")[1]][1], "SHOW_FILTER": "Y", "EDIT_IN_LIST": "N"}})
+            for key in listed if not ok.get(key)}
         if not missing:
             return
         added, errors, _ = await self._batch(missing)
-        for e, err in errors.items():
+        for key, err in errors.items():
             # Someone made it between our list and add: fine if it is there now.
-            again, _, _ = await self._batch({e: listed[e]})
-            if not again.get(e):
+            again, _, _ = await self._batch({key: listed[key]})
+            if not again.get(key):
                 raise err
-        log.info("contacts.user_field_created", field=INVALID_FIELD, entities=sorted(added))
+        log.info("contacts.user_fields_created", fields=sorted(added))
+
+    async def write(self, updates: Mapping[tuple[str, int], dict[str, Any]]) -> None:
+        """``crm.<entity>.update`` of many rows, 50 a request, transient refusals retried."""
+        by_entity: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for (entity, entity_id), fields in sorted(updates.items()):
+            by_entity.setdefault(entity, []).append((entity_id, fields))
+        for entity, items in by_entity.items():
+            await self._update(entity, items)
 
     # --- windows of ids -------------------------------------------------------------
 
@@ -336,8 +352,10 @@ class ContactsJob:
             self.report.changes.extend((entity, entity_id, old, new) for old, new in changes)
             if fields:
                 updates.append((entity_id, fields))
-        if not self.apply:
-            return
+        if self.apply:
+            await self._update(entity, updates)
+
+    async def _update(self, entity: str, updates: list[tuple[int, dict[str, Any]]]) -> None:
         for chunk in _chunks(updates, BATCH_MAX_COMMANDS):
             pending = {f"u{entity_id}": (f"crm.{entity}.update", {
                 "id": entity_id, "fields": fields, "params": {"REGISTER_SONET_EVENT": "N"}})
@@ -355,6 +373,100 @@ class ContactsJob:
                         self.report.failed.append((entity, int(key[1:]), err.description or err.code if err else
                                                    "not run"))
                 pending = retry
+
+
+# ---------------------------------------------------------------------------- HLR
+
+
+HLR_FIELDS = [("UF_CRM_OPERATOR", "string", "SMS: operator (HLR)"), ("UF_CRM_REGION", "string", "SMS: region (HLR)"),
+              ("UF_CRM_SMS_REACHABLE", "boolean", "SMS: reachable (HLR)")]
+HLR_CHUNK = 100  # numbers per send.php request (the route's batch size, providers.md §2)
+
+
+@dataclass(frozen=True)
+class HlrResult:
+    reachable: bool
+    operator: str
+    region: str
+
+
+class HttpPoster(Protocol):
+    """What SMSC.ru HLR needs of `providers.smsc.SmscRoute`: its POST and its URLs."""
+
+    async def post(self, url: str, form: Mapping[str, str]) -> Any: ...
+
+    def url(self, script: str) -> str: ...
+
+
+class HlrFailed(Exception):
+    pass
+
+
+# Request ids of HLR requests, unique in this process and unlikely to meet a previous run's
+# (SMSC.ru refuses a request identical to one of the last minute, error 9).
+_HLR_IDS = itertools.count(int(time.time()) % 10_000_000 * 10)
+
+
+class SmscHlr:
+    """SMSC.ru HLR over HTTP (providers.md §2.5, https://smscentre.com/api/smpp/send/hlr/):
+    ``send.php`` with ``hlr=1`` (``mes`` may be empty) answers the usual ``id``/``cnt``; with
+    ``cost=1`` only the price. The result is a status: ``status.php`` with ``all=1`` adds
+    ``imsi``, ``mcc``, ``mnc``, ``cn`` (country), ``net`` (operator), ``rcn``/``rnet`` (roaming).
+    Status 1 (delivered) is a reachable subscriber; a final failure (20, 25, -3...) is not."""
+
+    PENDING = {-1, 0}
+
+    def __init__(self, route: HttpPoster, auth: Mapping[str, str], *, poll: float = 2.0, timeout: float = 600.0,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.route, self.auth = route, dict(auth)
+        self.poll, self.timeout, self.sleep = poll, timeout, sleep
+        self._ids = _HLR_IDS
+
+    async def _send(self, form: dict[str, str]) -> Any:
+        answer = await self.route.post(self.route.url("send.php"), {**self.auth, "fmt": "3", "hlr": "1", **form})
+        if isinstance(answer, dict) and "error_code" in answer:
+            raise HlrFailed(f"SMSC.ru error {answer['error_code']}: {answer.get('error', '')}")
+        return answer
+
+    async def price(self, numbers: list[str]) -> float:
+        total = 0.0
+        for chunk in _chunks(numbers, HLR_CHUNK):
+            # an id of its own: SMSC.ru refuses a request identical to one of the last minute (error 9)
+            answer = await self._send({"phones": ",".join(chunk), "cost": "1", "id": str(next(self._ids))})
+            total += float(answer.get("cost") or 0)
+        return round(total, 2)
+
+    async def check(self, numbers: list[str], done: Callable[[int], None] = lambda n: None) -> dict[str, HlrResult]:
+        results: dict[str, HlrResult] = {}
+        for chunk in _chunks(numbers, HLR_CHUNK):
+            rid = str(next(self._ids))
+            await self._send({"phones": ",".join(chunk), "id": rid})
+            waiting = {phone.digits(n): n for n in chunk}
+            deadline = time.monotonic() + self.timeout
+            while waiting and time.monotonic() < deadline:
+                await self.sleep(self.poll)
+                answer = await self.route.post(self.route.url("status.php"), {
+                    **self.auth, "fmt": "3", "all": "1", "phone": ",".join(waiting) + ",",
+                    "id": ",".join([rid] * len(waiting)) + ","})
+                for item in answer if isinstance(answer, list) else ():
+                    number = waiting.get(str(item.get("phone", "")))
+                    status = int(item.get("status", -1))
+                    if number is None or status in self.PENDING:
+                        continue
+                    results[number] = HlrResult(status == 1 and str(item.get("err", "0")) in ("0", "000"),
+                                                str(item.get("net") or ""), str(item.get("cn") or ""))
+                    del waiting[phone.digits(number)]
+                    done(1)
+        return results
+
+
+def hlr_fields(results: Iterable[HlrResult]) -> dict[str, str]:
+    """One entity's HLR fields from its numbers' results: reachable if any number is, and
+    the operator and region of the first reachable one (else of the first)."""
+    ordered = sorted(results, key=lambda r: not r.reachable)
+    first = ordered[0]
+    return {"UF_CRM_OPERATOR": first.operator, "UF_CRM_REGION": first.region,
+            "UF_CRM_SMS_REACHABLE": "1" if first.reachable else "0"}
 
 
 def _raise_first(errors: Mapping[str, RestError]) -> None:
@@ -380,6 +492,21 @@ class ProgressTable(Protocol):
 
     async def contacts_progress_clear(self, member_id: str) -> None: ...
 
+    async def hlr_cached(self, phones: list[str], since: float) -> dict[str, tuple[bool, str, str]]: ...
+
+    async def hlr_save(self, results: Iterable[tuple[str, bool, str, str]]) -> None: ...
+
+
+class HlrSource(Protocol):
+    async def price(self, numbers: list[str]) -> float: ...
+
+    async def check(self, numbers: list[str], done: Callable[[int], None] = ...) -> dict[str, HlrResult]: ...
+
+
+#: CODE -> (HLR source, its closer), or a message saying why that CODE cannot do HLR.
+HlrFor = Callable[[str], "tuple[HlrSource, Callable[[], Awaitable[None]]] | str"]
+HLR_TTL = 30 * 86400.0
+
 
 class RpcRefused(Exception):
     """A request the caller must fix: (field, message); the daemon maps it to ``bad_request``."""
@@ -396,6 +523,8 @@ class _Running:
     job: ContactsJob
     task: asyncio.Task[ScanReport]
     resumed: dict[str, int]
+    quote: dict[str, Any] | None = None  # hlr: what it would check and cost, before the go-ahead
+    confirmed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class ContactsJobs:
@@ -406,19 +535,23 @@ class ContactsJobs:
     One job per portal at a time: two would only split the same budget.
     """
 
-    def __init__(self, clients: Callable[[], Mapping[str, BulkClient]], store: ProgressTable) -> None:
+    def __init__(self, clients: Callable[[], Mapping[str, BulkClient]], store: ProgressTable,
+                 hlr_for: HlrFor | None = None, clock: Callable[[], float] = time.time) -> None:
         self._clients = clients
         self._store = store
+        self._hlr_for = hlr_for
+        self._clock = clock
         self._jobs: dict[str, _Running] = {}
         self._ids = itertools.count(1)
 
     def methods(self) -> dict[str, Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]]:
-        return {"contacts.start": self.start, "contacts.job": self.status, "contacts.rows": self.rows}
+        return {"contacts.start": self.start, "contacts.job": self.status, "contacts.rows": self.rows,
+                "contacts.confirm": self.confirm, "contacts.cancel": self.cancel}
 
     async def start(self, params: Mapping[str, Any]) -> dict[str, Any]:
         action = params.get("action")
-        if action not in ("scan", "normalize"):
-            raise RpcRefused("action", "action: must be scan or normalize")
+        if action not in ("scan", "normalize", "hlr"):
+            raise RpcRefused("action", "action: must be scan, normalize or hlr")
         apply = params.get("apply") is True
         clients = self._clients()
         member_id = params.get("portal")
@@ -433,6 +566,16 @@ class ContactsJobs:
             raise RpcRefused("entities", f"entities: a list of {', '.join(ENTITIES)}")
         if any(r.member_id == member_id and not r.task.done() for r in self._jobs.values()):
             raise RpcRefused("portal", "portal: a contacts job is already running there")
+        hlr = None
+        if action == "hlr":
+            code = params.get("code")
+            made = self._hlr_for(code) if self._hlr_for is not None and isinstance(code, str) else "no HLR here"
+            if isinstance(made, str):
+                raise RpcRefused("code", f"code: {made}")
+            hlr = made
+            ttl = params.get("cache_ttl", HLR_TTL)
+            if not isinstance(ttl, (int, float)) or ttl < 0:
+                raise RpcRefused("cache_ttl", "cache_ttl: seconds, 0 or more")
         resume = await self._store.contacts_progress(member_id) if apply else {}
 
         async def save(entity: str, after_id: int) -> None:
@@ -441,8 +584,14 @@ class ContactsJobs:
         job = ContactsJob(clients[member_id], normalize=action == "normalize", apply=apply, entities=entities,
                           resume=resume, save=save)
         job_id = str(next(self._ids))
-        task = asyncio.create_task(self._run(member_id, job, apply), name=f"contacts-{job_id}")
-        self._jobs[job_id] = _Running(member_id, action, job, task, resume)
+        if hlr is not None:
+            running = _Running(member_id, action, job, None, resume)  # type: ignore[arg-type]
+            running.task = asyncio.create_task(self._run_hlr(running, *hlr, float(ttl)), name=f"contacts-{job_id}")
+        else:
+            running = _Running(member_id, action, job,
+                               asyncio.create_task(self._run(member_id, job, apply), name=f"contacts-{job_id}"),
+                               resume)
+        self._jobs[job_id] = running
         log.info("contacts.job_started", job=job_id, portal=member_id, action=action, apply=apply,
                  resumed=bool(resume))
         return {"job": job_id, "portal": member_id, "resumed": resume}
@@ -454,6 +603,59 @@ class ContactsJobs:
         log.info("contacts.job_done", portal=member_id, **{k: v for k, v in report.summary().items()
                                                           if isinstance(v, int)})
         return report
+
+    async def _run_hlr(self, running: _Running, hlr: HlrSource, close: Callable[[], Awaitable[None]],
+                       ttl: float) -> ScanReport:
+        """Scan, price what the cache does not know, wait for the go-ahead, check, write back."""
+        job = running.job
+        try:
+            report = await job.run()
+            numbers = sorted(report.owners)
+            cached = await self._store.hlr_cached(numbers, self._clock() - ttl)
+            todo = [n for n in numbers if n not in cached]
+            job.progress.phase = "pricing"
+            running.quote = {"numbers": len(numbers), "cached": len(cached), "to_check": len(todo),
+                             "price": await hlr.price(todo) if todo else 0.0}
+            job.progress.phase = "confirm"
+            await running.confirmed.wait()
+            job.progress.phase = "hlr"
+            job.progress.total, job.progress.done = len(todo), 0
+            job.progress.started = time.monotonic()
+
+            def done(n: int) -> None:
+                job.progress.done += n
+
+            fresh = await hlr.check(todo, done)
+            await self._store.hlr_save((n, r.reachable, r.operator, r.region) for n, r in fresh.items())
+        finally:
+            await close()
+        job.progress.phase = "writing"
+        owners: dict[tuple[str, int], list[HlrResult]] = {}
+        for number, result in fresh.items():
+            for owner in report.owners[number]:
+                owners.setdefault(owner, []).append(result)
+        if owners:
+            await job.ensure_fields(sorted({e for e, _ in owners}), HLR_FIELDS)
+            await job.write({owner: hlr_fields(results) for owner, results in owners.items()})
+        report.hlr = {"checked": len(fresh), "reachable": sum(r.reachable for r in fresh.values()),
+                      "unanswered": len(todo) - len(fresh), "cached": len(cached),
+                      "price": running.quote["price"] if running.quote else 0.0}
+        job.progress.phase = "done"
+        return report
+
+    async def confirm(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        running = self._job(params)
+        if running.quote is None:
+            raise RpcRefused("job", "job: not waiting for a confirmation")
+        running.confirmed.set()
+        return {"confirmed": True}
+
+    async def cancel(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Stop a job (an hlr not confirmed, a scan no longer wanted); a normalize keeps its progress."""
+        running = self._job(params)
+        running.task.cancel()
+        await asyncio.gather(running.task, return_exceptions=True)
+        return {"cancelled": True}
 
     def _job(self, params: Mapping[str, Any]) -> _Running:
         running = self._jobs.get(str(params.get("job")))
@@ -467,14 +669,17 @@ class ContactsJobs:
                                "progress": running.job.progress.as_dict(), "waits": running.job.waits,
                                "apply": running.job.apply}
         if not running.task.done():
-            out["state"] = "running"
+            out["state"] = "confirm" if running.quote is not None and not running.confirmed.is_set() else "running"
+            if running.quote is not None:
+                out["quote"] = running.quote
         elif running.task.cancelled():
             out["state"] = "failed"
             out["error"] = "cancelled"
         elif running.task.exception() is not None:
             exc = running.task.exception()
             out["state"] = "failed"
-            out["error"] = f"{exc.code}: {exc.description}" if isinstance(exc, RestError) else type(exc).__name__
+            out["error"] = (f"{exc.code}: {exc.description}" if isinstance(exc, RestError)
+                            else f"{type(exc).__name__}: {exc}")
         else:
             out["state"] = "done"
         out["summary"] = running.job.report.summary()

@@ -43,6 +43,7 @@ class SmscSimulator(SimBase):
     viber_share: float = 1.0  # share of numbers with Viber (by last digit) when viber_users is None
     viber_silent: bool = False  # Viber never reports (tests the fallback timeout)
     bad_numbers: frozenset[str] = frozenset()  # digits refused per number (error 7)
+    hlr_unreachable: frozenset[str] = frozenset()  # digits whose HLR request ends in status 20 (err 1)
     duplicate_window: float = 60.0
     messages: dict[tuple[int, str], SimMessage] = field(init=False, default_factory=dict)
     _recent: dict[tuple[str, ...], float] = field(init=False, default_factory=dict)
@@ -135,7 +136,7 @@ class SmscSimulator(SimBase):
             if viber and self.viber_silent:
                 continue
             if hlr:
-                final = 1
+                final = 20 if d in self.hlr_unreachable else 1
             elif viber and not self.has_viber(d):
                 final = 20
             else:
