@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import tempfile
 import time
 
@@ -30,26 +29,6 @@ from smppd.bitrix24.pusher import StatusPusher
 from smppd.bitrix24.rest import PortalAuth, RestClient
 from smppd.model import Status
 from smppd.store import NewMessage, Store
-
-FORMS = ("+375291{:06d}", "80291{:06d}", "375 44 7{:02d}-{:02d}-{:02d}", "29 1{:06d}", "+7 916 1{:02d}-{:02d}-{:02d}",
-         "8 (033) 1{:06d}", "+37525{:07d}", "1{:04d}")
-
-
-def seed_base(portal: SimulatedPortal, contacts: int, seed: int = 11) -> None:
-    """A messy base: ids with gaps, several phones on some rows, one number in ten shared."""
-    rnd = random.Random(seed)
-    next_id = {"contact": 0, "lead": 0, "company": 0}
-    for entity, count in (("contact", contacts), ("lead", contacts // 10), ("company", contacts // 10)):
-        for _ in range(count):
-            next_id[entity] += rnd.choice((1, 1, 1, 2, 5))
-            phones = []
-            for _ in range(rnd.choice((1, 1, 1, 2))):
-                form = rnd.choice(FORMS)
-                n = rnd.randrange(10**6) if rnd.random() > 0.1 else rnd.randrange(100)
-                parts = (n // 10000 % 100, n // 100 % 100, n % 100) if form.count("{") == 3 else (n,)
-                phones.append((form.format(*parts), rnd.choice(("WORK", "MOBILE", "HOME"))))
-            portal.add_crm_entity(entity, next_id[entity], phones=phones)
-
 
 class StatusFeed:
     """Messages the operator accepted; a receipt for one of them every 1/rate seconds."""
@@ -100,7 +79,7 @@ async def main(contacts: int, statuses: float, rate: float, burst: int) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     portal = SimulatedPortal(rate=rate, burst=burst, scope="crm,messageservice")
     t0 = time.monotonic()
-    seed_base(portal, contacts)
+    portal.seed_crm(contacts)
     print(f"base                {contacts} contacts, {contacts // 10} leads, {contacts // 10} companies "
           f"(seeded in {time.monotonic() - t0:.1f} s); portal {rate:g} req/s, burst {burst}; statuses at {statuses:g}/s")
     await portal.start()

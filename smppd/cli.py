@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="random seed for texts, numbers and outcomes")
     demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for final statuses")
     demo.add_argument("--verbose", action="store_true", help="show the daemon's and shim's log lines")
+    demo.add_argument("--contacts", type=int, default=0, metavar="N",
+                      help="instead of messages: a generated CRM of N contacts through smppd contacts "
+                           "(scan, normalize --apply, normalize again)")
     demo.set_defaults(func=_demo)
     return p
 

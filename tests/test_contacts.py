@@ -407,3 +407,13 @@ async def test_hlr_refuses_a_code_that_is_not_smsc(http_rig):
     assert await drive_hlr(http_rig.config.daemon.socket_path, params, argparse.Namespace(yes=True, json=False),
                            io.StringIO(), err) == 2
     assert "not SMSC.ru" in err.getvalue()
+
+
+def test_demo_contacts_shows_scan_then_normalize_then_nothing_left(capsys):
+    from smppd import cli
+
+    assert cli.main(["demo", "--contacts", "300", "--seed", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("$ smppd contacts") == 3 and "entities read     360" in out
+    applied, again = out.split("$ smppd contacts normalize")[1:]
+    assert "entities updated" in applied and "changes           0 numbers" in again

@@ -31,6 +31,7 @@ import functools
 import hashlib
 import ipaddress
 import json
+import random
 import re
 import secrets
 import time
@@ -779,6 +780,23 @@ class SimulatedPortal:
         self._next_multi_id += 1
         return {"ID": str(self._next_multi_id), "VALUE_TYPE": value_type, "VALUE": value, "TYPE_ID": "PHONE"}
 
+    def seed_crm(self, contacts: int, seed: int = 11) -> None:
+        """A messy CRM for the demo and the bench: ``contacts`` contacts and a tenth as many
+        leads and companies, ids with gaps, some rows with two numbers, numbers stored the
+        ways CRMs hold them (``8029…``, ``375 44 …``, ``29 1…``, ``+7 …``, typos), some shared."""
+        rnd = random.Random(seed)
+        for entity, count in (("contact", contacts), ("lead", contacts // 10), ("company", contacts // 10)):
+            next_id = max(self.crm.get(entity) or {0: None})
+            for _ in range(count):
+                next_id += rnd.choice((1, 1, 1, 2, 5))
+                phones = []
+                for _ in range(rnd.choice((1, 1, 1, 2))):
+                    form = rnd.choice(_SEED_FORMS)
+                    n = rnd.randrange(10**6) if rnd.random() > 0.1 else rnd.randrange(100)
+                    parts = (n // 10000 % 100, n // 100 % 100, n % 100) if form.count("{") == 3 else (n,)
+                    phones.append((form.format(*parts), rnd.choice(("WORK", "MOBILE", "HOME"))))
+                self.add_crm_entity(entity, next_id, phones=phones)
+
     def add_user_field(self, entity: str, field_name: str, user_type_id: str = "string") -> None:
         """A user field that exists before the test (the admin made it in the UI)."""
         self._uf_add(entity, {"FIELD_NAME": field_name, "USER_TYPE_ID": user_type_id})
@@ -980,6 +998,8 @@ class SimulatedPortal:
 
 
 _LISTED_ENTITIES = ("contact", "lead", "company")
+_SEED_FORMS = ("+375291{:06d}", "80291{:06d}", "375 44 7{:02d}-{:02d}-{:02d}", "29 1{:06d}",
+               "+7 916 1{:02d}-{:02d}-{:02d}", "8 (033) 1{:06d}", "+375255{:06d}", "1{:04d}")
 #: USER_TYPE_ID values crm-contact-userfield-add.md lists (custom types left out).
 _UF_TYPES = frozenset({"string", "integer", "double", "boolean", "datetime", "date", "money", "url", "address",
                        "enumeration", "file", "employee", "crm_status", "iblock_section", "iblock_element", "crm"})
