@@ -18,9 +18,30 @@ cites), including the inconvenient parts:
   so a client that derives the token URL from ``client_endpoint`` instead of
   ``server_endpoint`` fails here too.
 
+CRM methods for ``smppd contacts`` (issue 16), from Bitrix24's REST docs (b24-rest-docs,
+``api-reference/…``; each method below cites its page):
+
+* ``crm.{contact,lead,company}.list`` (crm/contacts/crm-contact-list.md): pages of 50,
+  ``start`` = offset, ``total`` and (when more rows match) ``next`` beside ``result``;
+  ``select`` ``*`` leaves out user fields and multiple fields, ``UF_*`` is every user field,
+  ``PHONE`` only when named; filter prefixes ``>``, ``>=``, ``<``, ``<=``, ``@``, ``!``.
+  ``start=-1`` skips the count: ``total`` 0, no ``next``; page by ``order[ID]=ASC`` and
+  ``filter[>ID]`` = the last id, stop at a short page (performance/huge-data.md).
+* A multiple-field value is ``{ID, VALUE_TYPE, VALUE, TYPE_ID}`` with string ids;
+  ``crm.*.update`` rewrites the value whose ``ID`` it names, removes it with ``DELETE=Y`` or
+  an empty ``VALUE``, adds one without ``ID`` (crm/contacts/crm-contact-update.md, "Working
+  with Multiple Fields"); ``result`` is ``true``; unknown id: HTTP 400, empty code, "Contact
+  is not found"; unknown fields are ignored.
+* ``crm.*.userfield.list``/``.add`` (crm/contacts/userfield/crm-contact-userfield-list.md,
+  -add.md): administrators only; ``FIELD_NAME`` of ``A-Z0-9_``, ``UF_CRM_`` put in front,
+  20 characters in all; ``USER_TYPE_ID`` required; errors HTTP 400 with an empty code and
+  texts such as "The 'FIELD_NAME' field is not found."; ``add`` answers the new id.
+* Inside ``batch`` a list command's ``next``/``total`` come in ``result_next``/``result_total``.
+
 Deliberate simplifications (documented, not hidden): one app per portal, ``$result[...]``
 back-references inside ``batch`` are not expanded, PHP's "." -> "_" key mangling is not
-reproduced, the source IP is ignored by the rate bucket.
+reproduced, the source IP is ignored by the rate bucket; CRM list filters know ID ranges and
+exact matches only, and a duplicate user field's refusal text is inferred (not in the docs).
 """
 
 from __future__ import annotations
