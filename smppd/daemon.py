@@ -19,7 +19,7 @@ import structlog
 
 from . import phone, rules, text
 from .bitrix24 import registration
-from .bitrix24.contacts import ContactsJobs, RpcRefused, SmscHlr
+from .bitrix24.contacts import ContactsJobs, PreferredChannel, RpcRefused, SmscHlr
 from .bitrix24.install import Installer, is_pending
 from .bitrix24.pusher import StatusPusher
 from .bitrix24.rest import PortalAuth, RestClient
@@ -29,6 +29,7 @@ from .holds import HoldWorker
 from .intake import Intake
 from .providers import make_route
 from .providers.http_common import BadCallback, ForgedCallback, HttpRoute
+from .providers.smsc import SmscRoute
 from .rpc import RpcError, RpcServer
 from .smpp.codec import ShortMessage
 from .stoplist import StopList
@@ -57,6 +58,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._pusher_tasks: dict[str, asyncio.Task[Any]] = {}
         self._background: set[asyncio.Task[Any]] = set()  # registrations after install/update
+        self.channels = PreferredChannel(self.store, lambda: {m: p.client for m, p in self.pushers.items()})
         self.hlr_poll = 2.0  # seconds between status.php polls of an HLR request
         self.contacts = ContactsJobs(lambda: {m: p.client for m, p in self.pushers.items()}, self.store,
                                      self._hlr_for)
@@ -84,6 +86,8 @@ class Daemon:
         for portal in self._portals.values():
             self._attach(portal)
         self.ops = await start_ops(self)
+        await self.channels.load()
+        self._tasks.append(asyncio.create_task(self.channels.run(), name="preferred-channel"))
         for name, route_cfg in self.config.routes.items():
             route = self.new_route(route_cfg)
             reloaded = await route.load_open()
@@ -164,6 +168,8 @@ class Daemon:
         route = make_route(cfg, self.store, self._http)
         if hasattr(route, "on_mo"):  # SMPP binds carry replies (STOP) too
             route.on_mo = self._on_mo
+        if isinstance(route, SmscRoute):  # how its Viber cascades end, per number (issue 16)
+            route.channel_sink = self.channels
         return route
 
     def dispatch(self, message: OpenMessage) -> None:

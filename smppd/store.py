@@ -213,6 +213,11 @@ MIGRATIONS: dict[int, str] = {
         region TEXT NOT NULL,
         checked_at REAL NOT NULL
     );
+    CREATE TABLE preferred_channel (         -- how a Viber-first cascade last ended per number
+        phone TEXT PRIMARY KEY,              -- E.164
+        channel TEXT NOT NULL,               -- 'sms' (Viber failed, SMS went) or 'viber'
+        updated_at REAL NOT NULL
+    );
     """,
 }
 
@@ -503,6 +508,24 @@ class Store:
 
     async def contacts_progress_clear(self, member_id: str) -> None:
         await self.execute(lambda conn: conn.execute("DELETE FROM contacts_progress WHERE member_id=?", (member_id,)))
+
+    async def channel_marks(self) -> dict[str, str]:
+        rows = await self.execute(lambda conn: conn.execute("SELECT phone, channel FROM preferred_channel").fetchall())
+        return dict(rows)
+
+    async def channel_mark(self, phone: str, channel: str) -> bool:
+        """Remember the channel; True when it differs from what was kept."""
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT channel FROM preferred_channel WHERE phone=?", (phone,)).fetchone()
+            if row is not None and row[0] == channel:
+                return False
+            conn.execute("INSERT OR REPLACE INTO preferred_channel (phone, channel, updated_at) VALUES (?,?,?)",
+                         (phone, channel, now))
+            return True
+
+        return await self.execute(op)
 
     async def hlr_cached(self, phones: list[str], since: float) -> dict[str, tuple[bool, str, str]]:
         """(reachable, operator, region) of the numbers checked since ``since``."""

@@ -409,11 +409,59 @@ async def test_hlr_refuses_a_code_that_is_not_smsc(http_rig):
     assert "not SMSC.ru" in err.getvalue()
 
 
-def test_demo_contacts_shows_scan_then_normalize_then_nothing_left(capsys):
+async def test_demo_contacts_shows_scan_then_normalize_then_nothing_left(capsys):
     from smppd import cli
+    from smppd.demo import _contacts_demo
 
-    assert cli.main(["demo", "--contacts", "300", "--seed", "5"]) == 0
+    assert cli._parser().parse_args(["demo", "--contacts", "300"]).contacts == 300
+    # the coroutine, not cli.main: main reconfigures logging for the whole test session
+    assert await _contacts_demo(300, 5)
     out = capsys.readouterr().out
     assert out.count("$ smppd contacts") == 3 and "entities read     360" in out
     applied, again = out.split("$ smppd contacts normalize")[1:]
     assert "entities updated" in applied and "changes           0 numbers" in again
+
+
+async def test_preferred_channel_is_written_and_skips_viber_when_asked(http_rig):
+    import dataclasses
+
+    from smppd.demo import handler_url
+
+    rig = http_rig
+    rig.daemon.channels._flush = 0.05
+    sim = rig.http_sims["smscru_viber"]
+    sim.viber_users = frozenset({"375291000001"})
+    rig.portal.add_crm_entity("contact", 1, phones=["+375291000009"])  # no Viber: falls back to SMS
+    rig.portal.add_crm_entity("contact", 2, phones=["8 029 100-00-01"])  # Viber delivers
+    async with aiohttp.ClientSession() as http:
+        async def send(to: str, text: str = "Ваш заказ готов") -> str:
+            b24_id, form = rig.portal.create_message("by_viber", to, text)
+            status, _ = await rig.portal.post_to_handler(http, handler_url(rig, "by_viber"), form)
+            assert status == 200
+            return b24_id
+
+        ids = [await send("+375291000009"), await send("+375291000001")]
+        for _ in range(400):
+            c1, c2 = rig.portal.crm["contact"][1], rig.portal.crm["contact"][2]
+            if c1.get("UF_CRM_SMS_CHANNEL") and c2.get("UF_CRM_SMS_CHANNEL") and all(
+                    rig.portal.messages[b].status == "delivered" for b in ids):
+                break
+            await asyncio.sleep(0.05)
+        assert (c1.get("UF_CRM_SMS_CHANNEL"), c2.get("UF_CRM_SMS_CHANNEL")) == ("sms", "viber")
+        assert all(rig.portal.messages[b].status == "delivered" for b in ids)
+        assert "UF_CRM_SMS_CHANNEL" in rig.portal.user_fields["contact"]
+
+        route = rig.daemon.routes["smscru_viber"]
+        route.cfg = dataclasses.replace(route.cfg, skip_viber_for_sms_contacts=True)
+        sent_before = len(sim.requests)
+        third = await send("+375291000009", "Ваш заказ доставлен")
+        for _ in range(200):
+            if rig.portal.messages[third].status == "delivered":
+                break
+            await asyncio.sleep(0.05)
+        sends = [f for script, f in sim.requests[sent_before:] if script == "send" and "375291000009" in f["phones"]]
+        assert sends and all(f.get("viber") != "1" for f in sends)  # straight to SMS, no Viber wait
+        assert route.stats["viber_skipped"] == 1
+    writes = sum(rig.portal.crm_writes.values())
+    await asyncio.sleep(0.2)
+    assert sum(rig.portal.crm_writes.values()) == writes  # the same ending again is not written again

@@ -993,11 +993,11 @@ class SimulatedPortal:
         values = list(values.values()) if isinstance(values, dict) else values
         if not isinstance(values, list) or not values or len(values) > 20:
             raise _ApiError("", "Communication values are not defined or too many (20 at most).")
-        wanted = {re.sub(r"\D", "", str(v)) for v in values}
+        wanted = {_comm_key(str(v)) for v in values}
         found: dict[str, list[int]] = {}
         for entity in ("lead", "contact", "company"):
             for entity_id, row in sorted(self.crm.get(entity, {}).items()):
-                phones = {re.sub(r"\D", "", p.get("VALUE", "")) for p in row.get("PHONE", [])}
+                phones = {_comm_key(p.get("VALUE", "")) for p in row.get("PHONE", [])}
                 if phones & wanted:
                     found.setdefault(entity.upper(), []).append(entity_id)
         self.crm_reads["findbycomm"] += 1
@@ -1103,6 +1103,17 @@ def _uf_value(type_id: str, value: Any) -> Any:
     if type_id == "boolean":
         return "1" if str(value).upper() in ("1", "Y", "TRUE") else "0"
     return value if isinstance(value, (list, dict)) else str(value)
+
+
+def _comm_key(value: str) -> str:
+    """What findbycomm compares: the core normalizes a phone before it looks (so
+    ``8 029 100-00-01`` and ``+375291000001`` meet); digits when it cannot be read."""
+    from .. import phone
+
+    try:
+        return phone.normalize(value)
+    except phone.InvalidNumber:
+        return re.sub(r"\D", "", value)
 
 
 def _crm_value(value: Any) -> Any:
