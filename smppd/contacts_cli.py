@@ -38,6 +38,7 @@ def add_commands(sub: Any, default_config: str) -> None:
         a.add_argument("--portal", metavar="MEMBER_ID", help="the portal (needed when several are installed)")
         a.add_argument("--entities", default="contact,lead,company",
                        help="which CRM entities, comma-separated (default contact,lead,company)")
+        _filter_arg(a)
         out = a.add_mutually_exclusive_group()
         out.add_argument("--json", action="store_true", help="print the whole report as JSON")
         out.add_argument("--csv", action="store_true", help="print the lists as CSV (kind,...)")
@@ -51,6 +52,7 @@ def add_commands(sub: Any, default_config: str) -> None:
     c.add_argument("-c", "--config", default=default_config, help=f"config file (default {default_config})")
     c.add_argument("--portal", metavar="MEMBER_ID", help="the portal (needed when several are installed)")
     c.add_argument("--entities", default="contact,lead,company", help="which CRM entities (default all three)")
+    _filter_arg(c)
     c.add_argument("--code", required=True, help="the Bitrix24 provider CODE whose route and sender to price")
     c.add_argument("--text", required=True, help="the message text")
     c.add_argument("--json", action="store_true", help="print the whole answer as JSON")
@@ -63,12 +65,19 @@ def add_commands(sub: Any, default_config: str) -> None:
     h.add_argument("-c", "--config", default=default_config, help=f"config file (default {default_config})")
     h.add_argument("--portal", metavar="MEMBER_ID", help="the portal (needed when several are installed)")
     h.add_argument("--entities", default="contact,lead,company", help="which CRM entities (default all three)")
+    _filter_arg(h)
     h.add_argument("--code", required=True, help="a CODE whose route is SMSC.ru")
     h.add_argument("--cache-days", type=float, default=30.0, help="reuse results this recent (default 30)")
     h.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
     h.add_argument("--json", action="store_true", help="print the summary as JSON")
     h.set_defaults(func=run, action="hlr", csv=False)
     p.set_defaults(func=lambda args: (p.print_help(), EXIT_USAGE)[1])
+
+
+def _filter_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
+                   help="only rows matching this crm.*.list filter (repeatable; prefixes as Bitrix24's: "
+                        "TYPE_ID=CLIENT, >=DATE_CREATE=2026-01-01, UF_CRM_SMS_INVALID=0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
                               "entities": [e.strip() for e in args.entities.split(",") if e.strip()]}
     if args.portal:
         params["portal"] = args.portal
+    if args.filter:
+        if not all("=" in f.lstrip("<>=!") for f in args.filter):
+            print("smppd: --filter takes FIELD=VALUE", file=sys.stderr)
+            return EXIT_USAGE
+        params["filter"] = dict(_split_filter(f) for f in args.filter)
     if args.action == "hlr":
         params.update(code=args.code, cache_ttl=args.cache_days * 86400)
     try:
@@ -227,6 +241,14 @@ async def drive_cost(cfg: config_mod.Config, params: dict[str, Any], args: argpa
     for n, note in refused[:SCREEN_ROWS]:
         out.write(f"  {n}  {note}\n")
     return EXIT_OK
+
+
+def _split_filter(text: str) -> tuple[str, str]:
+    """``>=DATE_CREATE=2026-01-01`` -> (``>=DATE_CREATE``, ``2026-01-01``): the operator prefix
+    belongs to the field, the first ``=`` after it separates the value."""
+    head = len(text) - len(text.lstrip("<>=!@%"))
+    field, _, value = text[head:].partition("=")
+    return text[:head] + field, value
 
 
 async def drive(socket_path: str, params: dict[str, Any], args: argparse.Namespace,

@@ -465,3 +465,25 @@ async def test_preferred_channel_is_written_and_skips_viber_when_asked(http_rig)
     writes = sum(rig.portal.crm_writes.values())
     await asyncio.sleep(0.2)
     assert sum(rig.portal.crm_writes.values()) == writes  # the same ending again is not written again
+
+
+def test_filter_argument_keeps_the_operator_with_the_field():
+    from smppd.contacts_cli import _split_filter
+
+    assert _split_filter("TYPE_ID=CLIENT") == ("TYPE_ID", "CLIENT")
+    assert _split_filter(">=DATE_CREATE=2026-01-01") == (">=DATE_CREATE", "2026-01-01")
+
+
+async def test_filter_narrows_the_job_and_id_is_refused(crm):
+    portal, client = crm
+    for i in range(1, 201):
+        portal.add_crm_entity("contact", i, phones=["+375291234567"], TYPE_ID="CLIENT" if i % 4 == 0 else "OTHER")
+    report = await ContactsJob(client, entities=["contact"], where={"TYPE_ID": "CLIENT"}).run()
+    assert report.entities["contact"] == 50
+
+    from smppd.bitrix24.contacts import ContactsJobs, RpcRefused
+
+    jobs = ContactsJobs(lambda: {"m": client}, store=None)  # type: ignore[arg-type]
+    with pytest.raises(RpcRefused) as e:
+        await jobs.start({"action": "scan", "filter": {">ID": "5"}})
+    assert e.value.field == "filter"

@@ -215,13 +215,14 @@ class ContactsJob:
 
     def __init__(self, client: BulkClient, *, apply: bool = False, normalize: bool = False,
                  entities: Iterable[str] = ENTITIES, resume: Mapping[str, int] | None = None,
-                 save: ProgressStore | None = None,
+                 save: ProgressStore | None = None, where: Mapping[str, str] | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.client = client
         self.normalize = normalize
         self.apply = apply and normalize
         self.entities = tuple(entities)
         self.resume = dict(resume or {})
+        self.where = dict(where or {})  # extra list filter (``--filter``), e.g. {"TYPE_ID": "CLIENT"}
         self.save = save
         self.sleep = sleep
         self.report = ScanReport()
@@ -264,7 +265,7 @@ class ContactsJob:
         for e in self.entities:
             commands[f"top_{e}"] = (f"crm.{e}.list", {"order": {"ID": "DESC"}, "select": ["ID"], "start": -1})
             commands[f"count_{e}"] = (f"crm.{e}.list", {"select": ["ID"], "start": 0,
-                                                        "filter": {">ID": self.resume.get(e, 0)}})
+                                                        "filter": {**self.where, ">ID": self.resume.get(e, 0)}})
         ok, errors, paging = await self._batch(commands)
         _raise_first(errors)
         tops = {e: int(ok[f"top_{e}"][0]["ID"]) if ok.get(f"top_{e}") else 0 for e in self.entities}
@@ -320,7 +321,8 @@ class ContactsJob:
             while cursor < top and len(windows) < BATCH_MAX_COMMANDS:
                 windows.append((cursor, min(top, cursor + width)))
                 cursor = windows[-1][1]
-            commands = {f"w{i}": (f"crm.{entity}.list", {"order": {"ID": "ASC"}, "filter": {">ID": lo, "<=ID": hi},
+            commands = {f"w{i}": (f"crm.{entity}.list", {"order": {"ID": "ASC"},
+                                                         "filter": {**self.where, ">ID": lo, "<=ID": hi},
                                                          "select": select, "start": -1})
                         for i, (lo, hi) in enumerate(windows)}
             ok, errors, _ = await self._batch(commands)
@@ -564,6 +566,10 @@ class ContactsJobs:
         entities = params.get("entities", list(ENTITIES))
         if not isinstance(entities, list) or not entities or any(e not in ENTITIES for e in entities):
             raise RpcRefused("entities", f"entities: a list of {', '.join(ENTITIES)}")
+        where = params.get("filter", {})
+        if not isinstance(where, dict) or not all(isinstance(k, str) and isinstance(v, str) and k
+                                                  and k.lstrip("<>=!@%").upper() != "ID" for k, v in where.items()):
+            raise RpcRefused("filter", "filter: a map of field to value (not ID: the job pages by ID)")
         if any(r.member_id == member_id and not r.task.done() for r in self._jobs.values()):
             raise RpcRefused("portal", "portal: a contacts job is already running there")
         hlr = None
@@ -582,7 +588,7 @@ class ContactsJobs:
             await self._store.contacts_progress_save(member_id, entity, after_id)
 
         job = ContactsJob(clients[member_id], normalize=action == "normalize", apply=apply, entities=entities,
-                          resume=resume, save=save)
+                          resume=resume, save=save, where=where)
         job_id = str(next(self._ids))
         if hlr is not None:
             running = _Running(member_id, action, job, None, resume)  # type: ignore[arg-type]
