@@ -487,3 +487,62 @@ async def test_filter_narrows_the_job_and_id_is_refused(crm):
     with pytest.raises(RpcRefused) as e:
         await jobs.start({"action": "scan", "filter": {">ID": "5"}})
     assert e.value.field == "filter"
+
+
+async def test_pusher_spaces_partial_batches_while_a_bulk_job_waits(tmp_path, monkeypatch):
+    """Few updates at a time go out at most every PARTIAL_GAP_UNDER_BULK while a bulk job
+    waits (so it gets request slots), and at once again when none waits."""
+    from smppd.bitrix24 import pusher as pusher_mod
+    from smppd.bitrix24.pusher import StatusPusher
+    from smppd.model import Status
+    from smppd.store import NewMessage, Store
+
+    made = iter(range(10_000))
+
+    async def accepted_and_delivered(portal, store, n):  # type: ignore[no-untyped-def]
+        for _ in range(n):
+            i = next(made)
+            b24_id, _ = portal.create_message("by_life", "+375291234567", f"m{i}")
+            r = await store.intake(NewMessage(portal.member_id, b24_id, "by_life", "life", "Shop",
+                                              "+375291234567", f"m{i}", "gsm7", 1))
+            await store.segment_accepted(r.id, 0, f"Q{i}")
+            await store.apply_receipt("life", f"Q{i}", Status.DELIVERED, "DELIVRD")
+
+    monkeypatch.setattr(pusher_mod, "PARTIAL_GAP_UNDER_BULK", 0.4)
+    portal = SimulatedPortal(rate=None)
+    await portal.start()
+    store = Store(str(tmp_path / "p.db"))
+    await store.open()
+    async with aiohttp.ClientSession() as http:
+        client = RestClient(http, _auth(portal), rate=None)
+        pusher = StatusPusher(store, client)
+        sent: list[float] = []
+        push = pusher.push
+
+        async def timed(items):  # type: ignore[no-untyped-def]
+            sent.append(asyncio.get_running_loop().time())
+            await push(items)
+
+        pusher.push = timed  # type: ignore[method-assign]
+        task = asyncio.create_task(pusher.run())
+        client._bucket.bulk_waiting = 1  # a contacts job waits for budget
+        for _ in range(4):
+            await accepted_and_delivered(portal, store, 2)
+            await asyncio.sleep(0.15)
+        await asyncio.sleep(0.5)
+        gaps = [b - a for a, b in zip(sent, sent[1:])]
+        assert len(sent) >= 2 and all(g >= 0.39 for g in gaps), gaps
+        client._bucket.bulk_waiting = 0
+        monkeypatch.setattr(pusher_mod, "PARTIAL_GAP_UNDER_BULK", 30.0)
+        before = len(sent)
+        await accepted_and_delivered(portal, store, 1)
+        for _ in range(30):
+            if len(sent) > before:
+                break
+            await asyncio.sleep(0.1)
+        assert len(sent) == before + 1  # nobody waits: not held for the (now 30 s) gap
+        pusher.stop()
+        await task
+    assert all(m.status == "delivered" for m in portal.messages.values())
+    await store.close()
+    await portal.stop()
