@@ -549,3 +549,29 @@ async def test_pusher_spaces_partial_batches_while_a_bulk_job_waits(tmp_path, mo
     assert all(m.status == "delivered" for m in portal.messages.values())
     await store.close()
     await portal.stop()
+
+
+async def test_smsc_hlr_sends_every_hundred_then_polls_them_together():
+    from smppd.bitrix24.contacts import SmscHlr
+    from smppd.config import SmscRouteConfig
+    from smppd.providers.smsc import SmscRoute, auth
+    from smppd.sims.smsc import SmscSimulator
+
+    sim = SmscSimulator(hlr_unreachable=frozenset({"375291000007", "375291000207"}), deliver_after=0.05)
+    await sim.start()
+    cfg = SmscRouteConfig(name="sc", login=sim.login, password=sim.psw, base_url=sim.base_url + "sys/")
+    route = SmscRoute(cfg, None)  # type: ignore[arg-type]
+    try:
+        hlr = SmscHlr(route, auth(cfg), poll=0.1, timeout=10)
+        numbers = [f"+375291{i:06d}" for i in range(250)]
+        assert await hlr.price(numbers) == pytest.approx(250 * sim.price)
+        counted: list[int] = []
+        results = await hlr.check(numbers, counted.append)
+        assert len(results) == 250 == sum(counted)
+        assert {n for n, r in results.items() if not r.reachable} == {"+375291000007", "+375291000207"}
+        assert results["+375291000001"].operator == "A1"
+        sends = [f for script, f in sim.requests if script == "send" and f.get("cost") != "1"]
+        assert len(sends) == 3 and all(f["hlr"] == "1" for f in sends)
+    finally:
+        await route.close()
+        await sim.stop()

@@ -439,14 +439,18 @@ class SmscHlr:
         return round(total, 2)
 
     async def check(self, numbers: list[str], done: Callable[[int], None] = lambda n: None) -> dict[str, HlrResult]:
+        """Send every request first, then poll them all: the lookups run side by side at
+        SMSC.ru, so a base takes the send time plus a few polls, not a wait per hundred."""
         results: dict[str, HlrResult] = {}
+        pending: dict[str, dict[str, str]] = {}  # request id -> digits -> E.164
         for chunk in _chunks(numbers, HLR_CHUNK):
             rid = str(next(self._ids))
             await self._send({"phones": ",".join(chunk), "id": rid})
-            waiting = {phone.digits(n): n for n in chunk}
-            deadline = time.monotonic() + self.timeout
-            while waiting and time.monotonic() < deadline:
-                await self.sleep(self.poll)
+            pending[rid] = {phone.digits(n): n for n in chunk}
+        deadline = time.monotonic() + self.timeout
+        while pending and time.monotonic() < deadline:
+            await self.sleep(self.poll)
+            for rid, waiting in list(pending.items()):
                 answer = await self.route.post(self.route.url("status.php"), {
                     **self.auth, "fmt": "3", "all": "1", "phone": ",".join(waiting) + ",",
                     "id": ",".join([rid] * len(waiting)) + ","})
@@ -459,6 +463,8 @@ class SmscHlr:
                                                 str(item.get("net") or ""), str(item.get("cn") or ""))
                     del waiting[phone.digits(number)]
                     done(1)
+                if not waiting:
+                    del pending[rid]
         return results
 
 
