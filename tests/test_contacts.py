@@ -575,3 +575,10 @@ async def test_smsc_hlr_sends_every_hundred_then_polls_them_together():
     finally:
         await route.close()
         await sim.stop()
+
+
+async def test_without_the_crm_scope_the_job_fails_with_the_fix(rig):
+    rig.portal.scope = "messageservice"
+    rig.portal.add_crm_entity("contact", 1, phones=["+375291234567"])
+    code, _, err = await _cli(rig, "scan")
+    assert code == 1 and "insufficient_scope" in err and "crm scope" in err

@@ -692,6 +692,10 @@ class ContactsJobs:
             out["state"] = "failed"
             out["error"] = (f"{exc.code}: {exc.description}" if isinstance(exc, RestError)
                             else f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, RestError) and exc.code == "insufficient_scope":
+                out["error"] += " (give the local app the crm scope besides messageservice, then reinstall it)"
+            elif isinstance(exc, RestError) and exc.code == "ACCESS_DENIED":
+                out["error"] += " (user fields need an administrator's token: install the app as an admin)"
         else:
             out["state"] = "done"
         out["summary"] = running.job.report.summary()
