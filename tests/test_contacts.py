@@ -582,3 +582,14 @@ async def test_without_the_crm_scope_the_job_fails_with_the_fix(rig):
     rig.portal.add_crm_entity("contact", 1, phones=["+375291234567"])
     code, _, err = await _cli(rig, "scan")
     assert code == 1 and "insufficient_scope" in err and "crm scope" in err
+
+
+async def test_operating_time_limit_429_slows_the_job_it_does_not_fail_it(crm):
+    portal, client = crm
+    for i in range(1, 101):
+        portal.add_crm_entity("contact", i, phones=["80291234567"])
+    portal.block_method("batch", 1.0)  # 429 OPERATION_TIME_LIMIT until a second from now
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    report = await ContactsJob(client, normalize=True, apply=True, entities=["contact"]).run()
+    assert report.updated == 100 and loop.time() - t0 >= 0.5
