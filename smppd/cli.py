@@ -13,7 +13,7 @@ import sys
 
 import structlog
 
-from . import admin_cli
+from . import admin_cli, contacts_cli
 from . import config as config_mod
 from . import logs
 
@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_check_config)
 
     admin_cli.add_commands(sub, DEFAULT_CONFIG)  # status, send, stuck, retry, cancel, report
+    contacts_cli.add_commands(sub, DEFAULT_CONFIG)  # contacts scan | normalize (issue 16)
 
     stop = sub.add_parser("stoplist", help="numbers that opted out of marketing: add, remove, list")
     stop.add_argument("action", choices=("add", "remove", "list"))
@@ -105,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="random seed for texts, numbers and outcomes")
     demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for final statuses")
     demo.add_argument("--verbose", action="store_true", help="show the daemon's and shim's log lines")
+    demo.add_argument("--contacts", type=int, default=0, metavar="N",
+                      help="instead of messages: a generated CRM of N contacts through smppd contacts "
+                           "(scan, normalize --apply, normalize again)")
     demo.set_defaults(func=_demo)
     return p
 

@@ -252,6 +252,7 @@ class SmscRouteConfig:
     batch_interval: float = 2.0  # seconds a batch waits for more numbers
     viber: bool = False  # Viber first, SMS when Viber does not deliver
     viber_fallback: float = 300.0  # seconds Viber gets before the SMS goes out
+    skip_viber_for_sms_contacts: bool = False  # issue 16: SMS at once to numbers whose Viber last failed
     valid: int = 0  # lifetime in minutes, 0 = the provider's default
     callback_key: str = field(default="", repr=False)
     unknown_receipts_max: int = UNKNOWN_RECEIPTS_MAX  # callbacks kept for ids not known yet (issue 18)
@@ -737,6 +738,7 @@ def _http_route(name: str, kind: str, t: Mapping[str, Any]) -> HttpRouteConfig:
         batch_interval=_number(t, key, "batch_interval", default=2.0, low=0.0),
         viber=_bool(t, key, "viber", default=False),
         viber_fallback=_number(t, key, "viber_fallback", default=300.0, low=1.0),
+        skip_viber_for_sms_contacts=_bool(t, key, "skip_viber_for_sms_contacts", default=False),
         valid=_int(t, key, "valid", default=0, low=0, high=24 * 60),
         **common,
     )

@@ -57,13 +57,17 @@ async def quote(cfg: Config, code: str, body: str, numbers: list[str]) -> Quote:
         try:
             answer = await r2.post(r2.url("send.php"), {
                 **auth(route), "phones": ",".join(valid), "mes": body, "sender": sender.sender_id,
-                "cost": "1", "fmt": "3", "charset": "utf-8"})
+                "cost": "1", "op": "1", "fmt": "3", "charset": "utf-8"})
         finally:
             await r2.close()
         if isinstance(answer, dict) and "error_code" in answer:
             raise ProviderError(int(answer["error_code"]), str(answer.get("error", "")))
+        # op=1: a per-number array whose ``error`` names what SMSC.ru would refuse (§2.3)
+        refused = {str(p.get("phone")): str(p.get("error")) for p in answer.get("phones") or ()
+                   if isinstance(p, dict) and str(p.get("error", "0")) != "0"}
         for n in valid:
-            q.rows.append((n, q.segments, None, ""))
+            error = refused.get(phone.digits(n))
+            q.rows.append((n, None if error else q.segments, None, f"SMSC.ru error {error}" if error else ""))
         q.total_cost = float(answer.get("cost", 0))
         q.total_sms = int(answer.get("cnt", 0))
     else:

@@ -21,6 +21,7 @@ import structlog
 
 from . import metrics, phone, rules, text
 from .bitrix24 import registration
+from .bitrix24.contacts import ContactsJobs, PreferredChannel, RpcRefused, SmscHlr
 from .bitrix24.install import EventQueue, Prover
 from .bitrix24.pusher import StatusPusher
 from .bitrix24.recovery import TokenRecovery
@@ -32,6 +33,7 @@ from .intake import Intake
 from .providers import Route, make_route
 from .providers.http_common import BadCallback, ForgedCallback, HttpRoute
 from .listenfds import passed_socket
+from .providers.smsc import SmscRoute
 from .rpc import RpcError, RpcServer
 from .smpp.codec import ShortMessage
 from .stoplist import StopList
@@ -62,6 +64,10 @@ class Daemon:
         self._background: set[asyncio.Task[Any]] = set()  # registrations after install/update
         self.app_events: EventQueue | None = None
         self._event_clients: dict[str, RestClient] = {}  # portals being installed: their budget, kept for the pusher
+        self.channels = PreferredChannel(self.store, lambda: {m: p.client for m, p in self.pushers.items()})
+        self.hlr_poll = 2.0  # seconds between status.php polls of an HLR request
+        self.contacts = ContactsJobs(lambda: {m: p.client for m, p in self.pushers.items()}, self.store,
+                                     self._hlr_for)
         self.ops: Ops | None = None
         self.ready = asyncio.Event()
         self.crashed = asyncio.Event()  # a task the daemon cannot work without died: exit, let systemd restart
@@ -91,6 +97,8 @@ class Daemon:
         await self.app_events.load()
         metrics.watch_app_events(self.app_events.figures)
         self.ops = await start_ops(self)
+        await self.channels.load()
+        self._tasks.append(asyncio.create_task(self.channels.run(), name="preferred-channel"))
         for name, route_cfg in self.config.routes.items():
             route = self.new_route(route_cfg)
             reloaded = await route.load_open()
@@ -114,7 +122,8 @@ class Daemon:
         self._rpc = RpcServer(
             self.config.daemon.socket_path,
             {"intake": intake, "ping": self._ping, "status": self._status, "dlr": self._dlr, **self._stoplist_methods(),
-             "app_event": self.app_events.receive, "register": self._register, "unregister": self._unregister, **Admin(self).methods()},
+             "app_event": self.app_events.receive, "register": self._register, "unregister": self._unregister, **Admin(self).methods(),
+             **self._contacts_methods()},
             group=self.config.daemon.socket_group, batch_handlers={"intake": intake.many},
             sock=passed_socket((socket.AF_UNIX,), "smppd"),  # systemd's smppd.socket, if it passed one
         )
@@ -128,6 +137,7 @@ class Daemon:
         if self._rpc is not None:
             await self._rpc.close()
         await asyncio.gather(*(r.stop(timeout) for r in self.routes.values()), return_exceptions=True)
+        await self.contacts.close()
         for p in self.pushers.values():
             p.stop()
         tasks = [*self._tasks, *self._pusher_tasks.values(), *self._background]
@@ -169,7 +179,10 @@ class Daemon:
 
     def new_route(self, cfg: RouteConfig) -> Route:
         """A route of the config's kind, wired to the daemon (start-up and reload alike)."""
-        return make_route(cfg, self.store, self._http, on_mo=self._on_mo)
+        route = make_route(cfg, self.store, self._http, on_mo=self._on_mo)
+        if isinstance(route, SmscRoute):  # how its Viber cascades end, per number (issue 16)
+            route.channel_sink = self.channels
+        return route
 
     def dispatch(self, message: OpenMessage) -> None:
         self.routes[message.route].enqueue(message)
@@ -195,6 +208,33 @@ class Daemon:
             return
         self.rules.stats.stop_words += 1
         await self.stoplist.add(number, f"mo:{route}")
+
+    def _hlr_for(self, code: str) -> Any:
+        """An SMSC.ru HLR client with the CODE's route credentials, or why there is none."""
+        from .config import SmscRouteConfig
+        from .providers.smsc import SmscRoute, auth
+
+        sender = self.config.senders.get(code)
+        if sender is None:
+            return f"no sender with code {code!r}"
+        route_cfg = self.config.routes.get(sender.route)
+        if not isinstance(route_cfg, SmscRouteConfig):
+            return f"{code} goes through route {sender.route!r}, not SMSC.ru: HLR needs an SMSC.ru route"
+        route = SmscRoute(route_cfg, None)  # type: ignore[arg-type]  # no store: HLR sends no message
+        return SmscHlr(route, auth(route_cfg), poll=self.hlr_poll), route.close
+
+    def _contacts_methods(self) -> dict[str, Any]:
+        """``smppd contacts``: jobs over the pushers' REST clients (one budget per portal)."""
+
+        def wrap(method: Callable[[Mapping[str, Any]], Any]) -> Callable[[Mapping[str, Any]], Any]:
+            async def call(params: Mapping[str, Any]) -> Any:
+                try:
+                    return await method(params)
+                except RpcRefused as e:
+                    raise RpcError("bad_request", str(e), field=e.field) from None
+            return call
+
+        return {name: wrap(m) for name, m in self.contacts.methods().items()}
 
     def _stoplist_methods(self) -> dict[str, Any]:
         async def add(params: Mapping[str, Any]) -> dict[str, Any]:

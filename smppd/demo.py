@@ -15,6 +15,7 @@ import logging
 import random
 import secrets
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -338,7 +339,39 @@ def _channels(rig: Rig) -> dict[str, int]:
 
 def run_demo(args: argparse.Namespace) -> bool:
     logs.configure(json=False, level=logging.INFO if args.verbose else logging.WARNING)
+    if getattr(args, "contacts", 0):
+        return asyncio.run(_contacts_demo(args.contacts, args.seed))
     return asyncio.run(_demo(args.messages, args.concurrency, args.seed, args.timeout))
+
+
+async def _contacts_demo(n: int, seed: int) -> bool:
+    """``smppd demo --contacts N``: a generated CRM through ``smppd contacts`` (issue 16):
+    scan, normalize --apply, and a second normalize that finds nothing left to change, at
+    the portal's real limit (2 requests/s, burst 50) shared with the status pusher."""
+    import io
+
+    from .contacts_cli import drive
+
+    with tempfile.TemporaryDirectory(prefix="smppd-demo-") as tmp:
+        rig = await start_rig(Path(tmp), seed=seed)
+        rig.portal.scope = "crm,messageservice"
+        rig.portal.seed_crm(n, seed)
+        crm = {e: len(rows) for e, rows in rig.portal.crm.items()}
+        print(f"smppd demo --contacts: simulated Bitrix24 portal at {rig.portal.base_url} (2 requests/s, burst 50) "
+              f"with {', '.join(f'{v} {k} rows' for k, v in crm.items())}; real daemon and REST client")
+        ok = True
+        try:
+            for title, action, flags in (("smppd contacts scan", "scan", ()),
+                                         ("smppd contacts normalize --apply", "normalize", ("apply",)),
+                                         ("smppd contacts normalize (again: nothing left to change)", "normalize", ())):
+                print(f"\n$ {title}")
+                args = argparse.Namespace(json=False, csv=False, apply="apply" in flags)
+                params = {"action": action, "apply": args.apply, "entities": ["contact", "lead", "company"]}
+                code = await drive(rig.config.daemon.socket_path, params, args, sys.stdout, io.StringIO())
+                ok = ok and code == 0
+        finally:
+            await stop_rig(rig)
+        return ok
 
 
 async def _demo(n: int, concurrency: int, seed: int, timeout: float) -> bool:

@@ -65,7 +65,7 @@ RESUME_FREE_BYTES = 1 << 20
 # Seconds a ``sent`` waits in the outbox for the receipt that would replace it (_to_outbox).
 SENT_COALESCE = 10.0
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE portal (
@@ -244,6 +244,29 @@ MIGRATIONS: dict[int, str] = {
     # holds only the parts in 'accepted', a handful of seconds' worth on a healthy route.
     9: """
     CREATE INDEX segment_awaiting_receipt ON segment (route, updated_at) WHERE status = 'accepted';
+    """,
+    # ``smppd contacts normalize --apply`` (issue 16): per portal and CRM entity, every id up
+    # to after_id is clean, so a run cut short resumes there. Cleared when a run completes.
+    10: """
+    CREATE TABLE contacts_progress (
+        member_id TEXT NOT NULL,
+        entity TEXT NOT NULL,                -- contact, lead, company
+        after_id INTEGER NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (member_id, entity)
+    );
+    CREATE TABLE hlr_cache (                 -- smppd contacts hlr: a number is not paid for twice within the TTL
+        phone TEXT PRIMARY KEY,              -- E.164
+        reachable INTEGER NOT NULL,
+        operator TEXT NOT NULL,
+        region TEXT NOT NULL,
+        checked_at REAL NOT NULL
+    );
+    CREATE TABLE preferred_channel (         -- how a Viber-first cascade last ended per number
+        phone TEXT PRIMARY KEY,              -- E.164
+        channel TEXT NOT NULL,               -- 'sms' (Viber failed, SMS went) or 'viber'
+        updated_at REAL NOT NULL
+    );
     """,
 }
 
@@ -861,6 +884,63 @@ class Store:
                          " SET version=excluded.version", (member_id, version))
 
         await self.execute(op)
+
+    # --- contacts normalize progress (issue 16) ----------------------------------
+
+    async def contacts_progress(self, member_id: str) -> dict[str, int]:
+        rows = await self.execute(lambda conn: conn.execute(
+            "SELECT entity, after_id FROM contacts_progress WHERE member_id=?", (member_id,)).fetchall())
+        return {entity: int(after_id) for entity, after_id in rows}
+
+    async def contacts_progress_save(self, member_id: str, entity: str, after_id: int) -> None:
+        await self.execute(lambda conn: conn.execute(
+            "INSERT INTO contacts_progress (member_id, entity, after_id, updated_at) VALUES (?,?,?,?)"
+            " ON CONFLICT (member_id, entity) DO UPDATE SET after_id=excluded.after_id, updated_at=excluded.updated_at",
+            (member_id, entity, after_id, self.clock())))
+
+    async def contacts_progress_clear(self, member_id: str) -> None:
+        await self.execute(lambda conn: conn.execute("DELETE FROM contacts_progress WHERE member_id=?", (member_id,)))
+
+    async def channel_marks(self) -> dict[str, str]:
+        rows = await self.execute(lambda conn: conn.execute("SELECT phone, channel FROM preferred_channel").fetchall())
+        return dict(rows)
+
+    async def channel_mark(self, phone: str, channel: str) -> bool:
+        """Remember the channel; True when it differs from what was kept."""
+        now = self.clock()
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT channel FROM preferred_channel WHERE phone=?", (phone,)).fetchone()
+            if row is not None and row[0] == channel:
+                return False
+            conn.execute("INSERT OR REPLACE INTO preferred_channel (phone, channel, updated_at) VALUES (?,?,?)",
+                         (phone, channel, now))
+            return True
+
+        return await self.execute(op)
+
+    async def hlr_cached(self, phones: list[str], since: float) -> dict[str, tuple[bool, str, str]]:
+        """(reachable, operator, region) of the numbers checked since ``since``."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, tuple[bool, str, str]]:
+            out = {}
+            for i in range(0, len(phones), 500):
+                chunk = phones[i:i + 500]
+                rows = conn.execute(
+                    f"SELECT phone, reachable, operator, region FROM hlr_cache WHERE checked_at >= ?"
+                    f" AND phone IN ({','.join('?' * len(chunk))})", (since, *chunk)).fetchall()
+                out.update({p: (bool(r), o, g) for p, r, o, g in rows})
+            return out
+
+        return await self.execute(op)
+
+    async def hlr_save(self, results: Iterable[tuple[str, bool, str, str]]) -> None:
+        """(phone, reachable, operator, region) as checked now."""
+        now = self.clock()
+        rows = [(p, int(r), o, g, now) for p, r, o, g in results]
+        await self.execute(lambda conn: conn.executemany(
+            "INSERT OR REPLACE INTO hlr_cache (phone, reachable, operator, region, checked_at) VALUES (?,?,?,?,?)",
+            rows))
 
     # --- intake ----------------------------------------------------------------
 

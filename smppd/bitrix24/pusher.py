@@ -32,6 +32,11 @@ OUTAGE_MAX = 60.0
 # the portal's limit however many are in flight; more than one lets the outbox drain at that
 # limit even when each batch waits on the store and the network.
 PIPELINE = 4
+# While a bulk job (``smppd contacts``) waits for the portal's budget, a batch of fewer than
+# BATCH_SIZE updates leaves at most this often: the updates wait a moment and go out fuller,
+# instead of spending every request slot on a few updates each and starving the job.
+# A full batch (a backlog) never waits: the pusher keeps its priority.
+PARTIAL_GAP_UNDER_BULK = 2.0
 # Bitrix24 purges messages after 14 days; an update for one can never succeed.
 TERMINAL_ERRORS = frozenset({"ERROR_MESSAGE_NOT_FOUND"})
 
@@ -55,6 +60,7 @@ class StatusPusher:
         # the portal's budget (an unproven update leaves every post refused), no new batch starts.
         self.may_push = asyncio.Event()
         self.may_push.set()
+        self._last_sent = float("-inf")  # event-loop time of the last batch started
 
     async def run(self) -> None:
         """Keep up to ``PIPELINE`` full batches in flight; the REST client's bucket sets the pace.
@@ -90,6 +96,12 @@ class StatusPusher:
                     # on a few updates each.
                     await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                     continue
+                if len(items) < BATCH_SIZE and self.client.bulk_waiting:
+                    hold = self._last_sent + PARTIAL_GAP_UNDER_BULK - asyncio.get_running_loop().time()
+                    if hold > 0:
+                        await asyncio.sleep(hold)
+                        continue
+                self._last_sent = asyncio.get_running_loop().time()
                 self._inflight.update(i.b24_id for i in items)  # before the next read, not when the task starts
                 inflight.add(asyncio.create_task(self._push_held(items)))
         finally:

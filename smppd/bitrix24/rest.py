@@ -26,6 +26,14 @@ log = structlog.get_logger(__name__)
 
 BATCH_MAX_COMMANDS = 50
 
+#: Call priorities (issue 16). ``PRIORITY_NORMAL`` is everything that always was (the status
+#: pusher, registration); ``PRIORITY_BULK`` is a long job (``smppd contacts``) that must never
+#: delay the others: it only takes budget the normal callers leave unused.
+PRIORITY_BULK = 0
+PRIORITY_NORMAL = 1
+#: Units of the burst a bulk caller never takes, so a normal call finds room at once.
+BULK_HEADROOM = 10
+
 #: Errors that mean "slow down and try again".
 _RATE_LIMITED = "QUERY_LIMIT_EXCEEDED"
 _OPERATION_LIMITED = "OPERATION_TIME_LIMIT"
@@ -151,6 +159,9 @@ class _LeakyBucket:
 
     Each request reserves one unit at once (no lock needed in asyncio) and sleeps until the
     level it reserved is back under ``burst``; concurrent callers therefore queue in order.
+    A bulk request instead waits, without reserving, until the level is below
+    ``burst - BULK_HEADROOM``: normal callers (who reserve at once) always go first, and
+    ``bulk_waiting`` tells them someone would use what they leave.
     """
 
     def __init__(self, rate: float | None, burst: int, clock: Callable[[], float],
@@ -161,6 +172,7 @@ class _LeakyBucket:
         self._sleep = sleep
         self._level = 0.0
         self._at = clock()
+        self.bulk_waiting = 0
 
     def _drain(self) -> None:
         now = self._clock()
@@ -168,14 +180,31 @@ class _LeakyBucket:
             self._level = max(0.0, self._level - (now - self._at) * self._rate)
         self._at = now
 
-    async def acquire(self) -> None:
+    async def acquire(self, priority: int = PRIORITY_NORMAL) -> None:
         if self._rate is None:
+            return
+        if priority < PRIORITY_NORMAL:
+            await self._acquire_bulk()
             return
         self._drain()
         self._level += 1
         excess = self._level - self._burst
         if excess > 0:
             await self._sleep(excess / self._rate)
+
+    async def _acquire_bulk(self) -> None:
+        ceiling = max(1.0, self._burst - BULK_HEADROOM)
+        self.bulk_waiting += 1
+        try:
+            while True:
+                self._drain()
+                if self._level + 1 <= ceiling:
+                    self._level += 1
+                    return
+                assert self._rate is not None
+                await self._sleep(max(0.01, (self._level + 1 - ceiling) / self._rate))
+        finally:
+            self.bulk_waiting -= 1
 
     def saturate(self) -> None:
         """The portal said its bucket is full: assume ours is too, so others slow down."""
@@ -233,30 +262,59 @@ class RestClient:
 
     # ------------------------------------------------------------------ public API
 
-    async def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
+    async def call(self, method: str, params: Mapping[str, Any] | None = None, *,
+                   priority: int = PRIORITY_NORMAL) -> Any:
         """Call one method and return its ``result``; raise `RestError` on failure."""
-        payload = await self._request(method, form_urlencode(encode_params(params)))
+        payload = await self._request(method, form_urlencode(encode_params(params)), priority)
         return payload.get("result")
 
+    @property
+    def bulk_waiting(self) -> bool:
+        """A bulk job waits for budget: a normal caller with little to send may hold it back a bit."""
+        return self._bucket.bulk_waiting > 0
+
+    async def batch_answer(
+        self, commands: Mapping[str, tuple[str, Mapping[str, Any]]], *, halt: bool = False,
+        priority: int = PRIORITY_NORMAL,
+    ) -> tuple[dict[str, Any], dict[str, RestError], dict[str, Any]]:
+        """`batch`, plus each command's ``next``/``total`` (``result_next``/``result_total``)
+        for list methods: {key: {"next": n, "total": t}} where the portal sent them."""
+        payload = await self._batch_payload(commands, halt, priority)
+        if payload is None:
+            return {}, {}, {}
+        ok, failed = _split_batch(payload.get("result"), commands)
+        block = payload.get("result") if isinstance(payload.get("result"), dict) else {}
+        nexts, totals = _as_map(block.get("result_next")), _as_map(block.get("result_total"))
+        paging = {k: {"next": nexts.get(k), "total": totals.get(k)} for k in commands if k in nexts or k in totals}
+        return ok, failed, paging
+
     async def batch(
-        self, commands: Mapping[str, tuple[str, Mapping[str, Any]]], *, halt: bool = False
+        self, commands: Mapping[str, tuple[str, Mapping[str, Any]]], *, halt: bool = False,
+        priority: int = PRIORITY_NORMAL,
     ) -> tuple[dict[str, Any], dict[str, RestError]]:
         """Run ≤50 commands as one request; return (results by key, errors by key).
 
         Why split: ``batch`` answers 200 even when items fail, and each item must be handled
         on its own (bitrix24.md §9). With ``halt`` a key missing from both maps was not run.
         """
+        payload = await self._batch_payload(commands, halt, priority)
+        if payload is None:
+            return {}, {}
+        return _split_batch(payload.get("result"), commands)
+
+    async def _batch_payload(
+        self, commands: Mapping[str, tuple[str, Mapping[str, Any]]], halt: bool, priority: int
+    ) -> dict[str, Any] | None:
         if len(commands) > BATCH_MAX_COMMANDS:
             raise ValueError(f"batch takes at most {BATCH_MAX_COMMANDS} commands, got {len(commands)}")
         if not commands:
-            return {}, {}
+            return None
         parts = ["halt=1" if halt else "halt=0"]
         for key, (method, params) in commands.items():
             if any(c in key for c in "[]&=") or not key:
                 raise ValueError(f"batch key {key!r} cannot be encoded as cmd[<key>]")
             parts.append(f"cmd%5B{_quote_plus(key)}%5D={command_value(method, params)}")
-        payload = await self._request("batch", "&".join(parts))
-        return _split_batch(payload.get("result"), commands)
+        return await self._request("batch", "&".join(parts), priority)
 
     async def call_as(self, access_token: str, method: str, params: Mapping[str, Any] | None = None) -> Any:
         """One call with a token that is not this portal's (an app event's, a post's) on this
@@ -288,13 +346,13 @@ class RestClient:
 
     # ------------------------------------------------------------------ request loop
 
-    async def _request(self, method: str, form: str) -> dict[str, Any]:
+    async def _request(self, method: str, form: str, priority: int = PRIORITY_NORMAL) -> dict[str, Any]:
         """POST ``form`` (urlencoded, without the token) until it gets an answer or gives up."""
         attempts = _Attempts(self._max_attempts)
         refreshed = False
         while True:
             await self._ensure_persisted()
-            await self._bucket.acquire()
+            await self._bucket.acquire(priority)
             token = self.auth.access_token
             try:
                 status, payload = await self._post(method, f"{form}&auth={_quote_plus(token)}" if form
@@ -511,5 +569,5 @@ def _split_batch(
     return ok, failed
 
 
-__all__ = ["BATCH_MAX_COMMANDS", "PortalAuth", "RestClient", "RestError", "encode_params",
+__all__ = ["BATCH_MAX_COMMANDS", "PRIORITY_BULK", "PRIORITY_NORMAL", "PortalAuth", "RestClient", "RestError", "encode_params",
            "refresh_tokens", "token_url"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import structlog
 
@@ -257,9 +257,19 @@ def parse_hlr(item: Mapping[str, Any]) -> HlrResult:
 # --- the route ------------------------------------------------------------------
 
 
+class ChannelSink(Protocol):
+    """Told how a Viber-first cascade ended per number (issue 16; bitrix24/contacts.py
+    `PreferredChannel`), and asked whether a number should skip Viber."""
+
+    def note(self, phone_e164: str, channel: str) -> None: ...
+
+    def prefers_sms(self, phone_e164: str) -> bool: ...
+
+
 class SmscRoute(HttpRoute):
     kind = "smsc"
     can_confirm = True
+    channel_sink: ChannelSink | None = None  # set by the daemon
 
     def __init__(self, cfg: SmscRouteConfig, *args: Any, **kw: Any) -> None:
         self.batch_size = cfg.batch_size
@@ -273,6 +283,16 @@ class SmscRoute(HttpRoute):
 
     def first_channel(self) -> str:
         return "viber" if self.cfg.viber else "sms"
+
+    def enqueue(self, message: OpenMessage) -> None:
+        """``skip_viber_for_sms_contacts``: a number whose Viber last fell back to SMS gets
+        the SMS at once, without waiting ``viber_fallback`` for a Viber that will not come."""
+        channel = self.first_channel()
+        if (channel == "viber" and self.cfg.skip_viber_for_sms_contacts and self.channel_sink is not None
+                and self.channel_sink.prefers_sms(message.phone)):
+            channel = "sms"
+            self.stats["viber_skipped"] = self.stats.get("viber_skipped", 0) + 1
+        self.add_job(Job(message, channel))
 
     async def _load_open(self, skip: set[int]) -> int:
         """Queue what the store says is unsent (``skip``: already in memory).  Messages
@@ -393,6 +413,8 @@ class SmscRoute(HttpRoute):
             # The fallback time is up (that is when a Viber message is polled).
             await self._fall_back(item, f"smsc {code} (viber, polled)")
             return True
+        if rid >= VIBER_ID_BASE and item.channel == "viber" and self.channel_sink is not None:
+            self.channel_sink.note(item.phone, "viber")
         if status is None or status is Status.ACCEPTED:
             return False
         return await super().polled(item, code, status)
@@ -415,6 +437,8 @@ class SmscRoute(HttpRoute):
                     return "OK"
             if status is Status.DELIVERED:
                 self.stats["viber_delivered"] += 1
+                if self.channel_sink is not None:
+                    self.channel_sink.note("+" + cb.phone.lstrip("+"), "viber")
             detail += " (viber)"
         mid = await self.receipt(pid, status, detail)
         if mid is None:
@@ -426,6 +450,8 @@ class SmscRoute(HttpRoute):
     async def _fall_back(self, item: PollItem, detail: str) -> None:
         """Viber did not deliver: owe the message an SMS, durably, then queue it."""
         self.stats["viber_fallbacks"] += 1
+        if self.channel_sink is not None:
+            self.channel_sink.note(item.phone, "sms")
         await self.store.record_event(item.id, Status.UNDELIVERED, detail + ": falling back to SMS")
         await self.store.start_fallback(item.id)
         log.info("viber_fallback_to_sms", route=self.name, message=item.id)

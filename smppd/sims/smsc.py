@@ -43,6 +43,7 @@ class SmscSimulator(SimBase):
     viber_share: float = 1.0  # share of numbers with Viber (by last digit) when viber_users is None
     viber_silent: bool = False  # Viber never reports (tests the fallback timeout)
     bad_numbers: frozenset[str] = frozenset()  # digits refused per number (error 7)
+    hlr_unreachable: frozenset[str] = frozenset()  # digits whose HLR request ends in status 20 (err 1)
     # §2.3: error 9 answers an identical send within a minute (SMSC has the first one) and,
     # without taking anything, a client with this many requests open at once.
     duplicate_window: float = 60.0
@@ -128,7 +129,13 @@ class SmscSimulator(SimBase):
         if not good:
             return self._err(7, id=rid)
         if f.get("cost") == "1":  # price only, nothing is sent (§2.2)
-            return {"cost": f"{parts * self.price * len(good):.2f}", "cnt": parts * len(good)}
+            priced: dict[str, Any] = {"cost": f"{parts * self.price * len(good):.2f}", "cnt": parts * len(good)}
+            if f.get("op") == "1":  # per-number phones array (§2.3): a refused number has its error
+                priced["phones"] = [
+                    {"phone": self._digits(p), "mccmnc": "25701" if p in good else "0",
+                     "cost": f"{parts * self.price:.2f}" if p in good else "0",
+                     "status": "0" if p in good else "-3", "error": "0" if p in good else "7"} for p in phones]
+            return priced
         if self.balance < parts * self.price * len(good):
             return self._err(3, id=rid)
         per = []
@@ -147,7 +154,7 @@ class SmscSimulator(SimBase):
             if viber and self.viber_silent:
                 continue
             if hlr:
-                final = 1
+                final = 20 if d in self.hlr_unreachable else 1
             elif viber and not self.has_viber(d):
                 final = 20
             else:
