@@ -35,8 +35,8 @@ import structlog
 
 from smppd import text as sms_text
 
-from . import codec
-from .codec import (
+from ..smpp import codec
+from ..smpp.codec import (
     BIND_RECEIVER,
     BIND_TRANSCEIVER,
     BIND_TRANSMITTER,
