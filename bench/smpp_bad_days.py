@@ -40,7 +40,8 @@ import structlog  # noqa: E402
 from smppd.config import SmppRouteConfig  # noqa: E402
 from smppd.providers.smpp import SmppRoute  # noqa: E402
 from smppd.smpp.segments import route_encoding  # noqa: E402
-from smppd.sims.smpp import QueueFullBursts, SimulatorConfig, SmscSimulator, SubmitPolicy  # noqa: E402
+from smppd.sims.smpp import SimulatorConfig, SmscSimulator  # noqa: E402
+from smppd.sims.smpp_policy import QueueFullBursts, SubmitPolicy  # noqa: E402
 from smppd.store import NewMessage, OpenMessage, Store  # noqa: E402
 
 FINAL = {"delivered", "undelivered", "expired", "rejected", "failed"}

@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from smppd.smpp import codec
-from smppd.sims.smpp import (
+from smppd.sims.smpp_policy import (
     ScriptedPolicy,
     SubmitVerdict,
     ThrottlePolicy,
