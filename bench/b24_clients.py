@@ -18,7 +18,7 @@ import time
 
 import aiohttp
 
-from smppd.bitrix24.portal import SimulatedPortal
+from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.bitrix24.rest import PortalAuth, RestClient, RestError
 
 CODE = "by_sms_main"

@@ -22,7 +22,7 @@ import time
 import aiohttp
 import structlog
 
-from smppd.bitrix24.portal import SimulatedPortal
+from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.bitrix24.pusher import StatusPusher
 from smppd.bitrix24.rest import PortalAuth, RestClient
 from smppd.model import Status

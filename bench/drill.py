@@ -49,7 +49,7 @@ import structlog  # noqa: E402
 
 from bench.e2e import CODE, FINAL, Post, daemon_config, message_text, prepare_posts  # noqa: E402
 from bench.procs import PYTHON, ROOT, Smsc, free_port, pct, proc_stats  # noqa: E402
-from smppd.bitrix24.portal import SimulatedPortal  # noqa: E402
+from smppd.sims.bitrix24 import SimulatedPortal  # noqa: E402
 
 # Starts a program the way systemd does for a socket unit: the socket at fd 3,
 # LISTEN_PID = the pid that execs the program (this one: exec keeps it).

@@ -37,7 +37,7 @@ import aiohttp  # noqa: E402
 import structlog  # noqa: E402
 
 from bench.procs import PYTHON, ROOT, Smsc, free_port, pct, self_stats, stats_of, stop_in_order, wait_for_port  # noqa: E402
-from smppd.bitrix24.portal import SimulatedPortal, encode_form  # noqa: E402
+from smppd.sims.bitrix24 import SimulatedPortal, encode_form  # noqa: E402
 
 FINAL = frozenset({"delivered", "undelivered", "failed"})
 CODE = "by_bench"

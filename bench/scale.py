@@ -36,7 +36,7 @@ import structlog  # noqa: E402
 
 from bench.e2e import CODE, Gateway, daemon_config, post_load, prepare_posts  # noqa: E402
 from bench.procs import Smsc, free_port, proc_stats  # noqa: E402
-from smppd.bitrix24.portal import SimulatedPortal  # noqa: E402
+from smppd.sims.bitrix24 import SimulatedPortal  # noqa: E402
 
 
 async def run(n: int, concurrency: int, cap: int, drain_seconds: float, drain_all: bool) -> int:

@@ -36,7 +36,7 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.procs import PYTHON, free_port, proc_stats, wait_for_port  # noqa: E402
-from smppd.bitrix24.portal import SimulatedPortal, encode_form  # noqa: E402
+from smppd.sims.bitrix24 import SimulatedPortal, encode_form  # noqa: E402
 from smppd.rpc import RpcServer  # noqa: E402
 
 CODE = "by_bench"

@@ -6,7 +6,7 @@
 
 What runs is what the daemon runs for an SMPP route (store, queue, flow policy, the
 sans-I/O session over asyncio, default reconnect settings unless a flag says
-otherwise) against ``smpp/simulator.py`` on loopback in the same process:
+otherwise) against ``sims/smpp.py`` on loopback in the same process:
 
 * queue-full: one ESME_RMSGQFUL every ``--every`` submits, the SMSC blocked for
   ``--blocked`` seconds each time, ``-n`` parts at a ``--cap`` segments/s route.
@@ -40,7 +40,8 @@ import structlog  # noqa: E402
 from smppd.config import SmppRouteConfig  # noqa: E402
 from smppd.providers.smpp import SmppRoute  # noqa: E402
 from smppd.smpp.segments import route_encoding  # noqa: E402
-from smppd.smpp.simulator import QueueFullBursts, SimulatorConfig, SmscSimulator, SubmitPolicy  # noqa: E402
+from smppd.sims.smpp import SimulatorConfig, SmscSimulator  # noqa: E402
+from smppd.sims.smpp_policy import QueueFullBursts, SubmitPolicy  # noqa: E402
 from smppd.store import NewMessage, OpenMessage, Store  # noqa: E402
 
 FINAL = {"delivered", "undelivered", "expired", "rejected", "failed"}

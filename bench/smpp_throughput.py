@@ -5,7 +5,7 @@
 
 What runs is what the daemon runs for an SMPP route: durable intake into SQLite
 (WAL, group commit), the route's queue, window and cap, the sans-I/O session over
-asyncio, and receipts applied to the store; the SMSC is ``smpp/simulator.py`` on
+asyncio, and receipts applied to the store; the SMSC is ``sims/smpp.py`` on
 loopback in the same process (so the CPU and RSS figures include it).  The shim
 and the Unix socket are not in this path (see the demo for the whole path).
 
@@ -37,7 +37,8 @@ from smppd.providers.smpp import SmppRoute  # noqa: E402
 from smppd.smpp.connection import Connection  # noqa: E402
 from smppd.smpp.segments import route_encoding  # noqa: E402
 from smppd.smpp.session import SubmitAccepted  # noqa: E402
-from smppd.smpp.simulator import SimulatorConfig, SmscSimulator, max_in_any_second  # noqa: E402
+from smppd.sims.smpp import SimulatorConfig, SmscSimulator  # noqa: E402
+from smppd.sims.smpp_policy import max_in_any_second  # noqa: E402
 from smppd.store import NewMessage, OpenMessage, Store  # noqa: E402
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import structlog  # noqa: E402
 
-from smppd.smpp.simulator import SimulatorConfig, SmscSimulator  # noqa: E402
+from smppd.sims.smpp import SimulatorConfig, SmscSimulator  # noqa: E402
 
 
 async def serve(args: argparse.Namespace) -> None:

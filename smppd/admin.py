@@ -13,18 +13,46 @@ import dataclasses
 
 import sqlite3
 import uuid
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import structlog
 
 from . import phone
+from .config import Config
+from .holds import HoldWorker
 from .model import Status
+from .providers.base import Route
 from .rpc import RpcError
-
-if TYPE_CHECKING:
-    from .daemon import Daemon
+from .store import PortalRecord, Store
 
 log = structlog.get_logger(__name__)
+
+
+class AdminHost(Protocol):
+    """The live daemon as the admin methods act on it; the daemon hands in a view of itself.
+
+    A protocol, not the daemon's class: the daemon wires the parts, so no part
+    imports it (tests/test_structure.py holds that).
+    """
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def routes(self) -> Mapping[str, Route]: ...
+    @property
+    def holds(self) -> HoldWorker: ...
+    @property
+    def portals(self) -> Mapping[str, PortalRecord]: ...
+
+    async def intake(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A HANDLER post's parameters through intake, as the shim would send them."""
+        ...
+
+    async def status(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The daemon's ``status`` RPC answer: routes, pushers, store counts, rules."""
+        ...
 
 OPEN = ("queued", "submitted", "accepted")
 CANCELLED = "cancelled by admin"
@@ -32,7 +60,7 @@ MAX_SELECT = 10_000  # one retry/cancel call touches at most this many messages
 
 
 class Admin:
-    def __init__(self, daemon: "Daemon") -> None:
+    def __init__(self, daemon: AdminHost) -> None:
         self.daemon = daemon
 
     def methods(self) -> dict[str, Any]:
@@ -43,7 +71,7 @@ class Admin:
 
     async def status(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The daemon's status plus the figures an admin asks for next: window, binds, outbox per portal."""
-        out = await self.daemon._status(params)
+        out = await self.daemon.status(params)
 
         def op(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
             now = self.daemon.store.clock()
@@ -53,7 +81,7 @@ class Admin:
                     "SELECT member_id, count(*), min(created_at) FROM outbox GROUP BY 1")
             }
 
-        # A full disk: the read could wait behind held writes; _status already says why.
+        # A full disk: the read could wait behind held writes; the status above already says why.
         outbox = {} if self.daemon.store.unavailable is not None else await self.daemon.store.execute(op)
         for member_id, p in out["pushers"].items():
             p.update(outbox.get(member_id, {"updates": 0, "oldest_seconds": 0.0}))
@@ -72,7 +100,7 @@ class Admin:
         sender = self.daemon.config.senders.get(code)
         if sender is None:
             raise RpcError("unknown_code", f"no sender with code {code!r}", field="code")
-        portals = self.daemon._portals
+        portals = self.daemon.portals
         member_id = sender.portal or (next(iter(portals)) if len(portals) == 1 else None)
         if member_id is None or member_id not in portals:
             raise RpcError("bad_request", f"sender.{code}.portal: set it, the portal of this code is ambiguous",

@@ -122,7 +122,7 @@ class Daemon:
         self._rpc = RpcServer(
             self.config.daemon.socket_path,
             {"intake": intake, "ping": self._ping, "status": self._status, "dlr": self._dlr, **self._stoplist_methods(),
-             "app_event": self.app_events.receive, "register": self._register, "unregister": self._unregister, **Admin(self).methods(),
+             "app_event": self.app_events.receive, "register": self._register, "unregister": self._unregister, **Admin(_AdminHost(self)).methods(),
              **self._contacts_methods()},
             group=self.config.daemon.socket_group, batch_handlers={"intake": intake.many},
             sock=passed_socket((socket.AF_UNIX,), "smppd"),  # systemd's smppd.socket, if it passed one
@@ -453,6 +453,39 @@ class _EventHost:
     async def uninstalled(self, member_id: str) -> None:
         self._d._event_clients.pop(member_id, None)
         await self._d._uninstalled(member_id)
+
+
+class _AdminHost:
+    """The daemon as the admin methods see it (``admin.AdminHost``)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._d = daemon
+
+    @property
+    def config(self) -> Config:
+        return self._d.config
+
+    @property
+    def store(self) -> Store:
+        return self._d.store
+
+    @property
+    def routes(self) -> Mapping[str, Route]:
+        return self._d.routes
+
+    @property
+    def holds(self) -> HoldWorker:
+        return self._d.holds
+
+    @property
+    def portals(self) -> Mapping[str, PortalRecord]:
+        return self._d._portals
+
+    async def intake(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._d.intake(params)
+
+    async def status(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._d._status(params)
 
 
 class _RecoveryHost:

@@ -26,7 +26,7 @@ import aiohttp
 from aiohttp import web
 
 from . import logs, text
-from .bitrix24.portal import SimulatedPortal
+from .sims.bitrix24 import SimulatedPortal
 from .config import (
     Config,
     DaemonConfig,
@@ -41,7 +41,7 @@ from .daemon import Daemon
 from .rpc import RpcClient
 from .sims.smsc import SmscSimulator as SmscRuSimulator
 from .sims.smsru import SmsRuSimulator
-from .smpp.simulator import SimulatorConfig, SmscSimulator
+from .sims.smpp import SimulatorConfig, SmscSimulator
 
 FINAL_B24 = frozenset({"delivered", "undelivered", "failed"})
 OUTCOMES = {"DELIVRD": 0.85, "UNDELIV": 0.07, "EXPIRED": 0.05, "REJECTD": 0.03}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol, TypeVar
 
 from aiohttp import web
 from prometheus_client import (
@@ -39,13 +39,70 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .config import Config
 from .model import FINAL, Status
 
-if TYPE_CHECKING:
-    from .daemon import Daemon
-    from .store import Store
-
 T = TypeVar("T")
+
+
+# --- what a scrape reads of the running daemon ---------------------------------------
+# The daemon passes itself in (it satisfies LiveState structurally): metrics is a part
+# that the route, the pusher and the store count into, so it may import none of them,
+# nor the daemon that wires them.
+
+
+class RouteGauges(Protocol):
+    """A route as the scrape sees it (a subset of ``providers.base.Route``)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def up(self) -> bool: ...
+    @property
+    def binds_made(self) -> int | None: ...
+    @property
+    def window_size(self) -> int | None: ...
+    @property
+    def depth(self) -> int: ...
+    @property
+    def inflight(self) -> int: ...
+    @property
+    def stats(self) -> Mapping[str, int]: ...
+
+
+class PusherCounts(Protocol):
+    """A Bitrix24 status pusher's counters (``bitrix24.pusher.StatusPusher``)."""
+
+    @property
+    def pushed(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+
+
+class StoreGauges(Protocol):
+    """The store's disk and back-pressure state (``store.Store``)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def unavailable(self) -> str | None: ...
+    @property
+    def held_receipts(self) -> int: ...
+    @property
+    def refused(self) -> Mapping[str, int]: ...
+
+
+class LiveState(Protocol):
+    """The daemon as ``DaemonCollector`` and ``smppd.ops`` see it."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def routes(self) -> Mapping[str, RouteGauges]: ...
+    @property
+    def pushers(self) -> Mapping[str, PusherCounts]: ...
+    @property
+    def store(self) -> StoreGauges: ...
 
 # Seconds.  An SMSC answers submit_sm in milliseconds; a resp after seconds
 # means it is overloaded.  Receipts take seconds to days.
@@ -265,7 +322,7 @@ class DaemonCollector(Collector):
     loop), so it reads the routes without locks.
     """
 
-    def __init__(self, daemon: "Daemon") -> None:
+    def __init__(self, daemon: LiveState) -> None:
         self.daemon = daemon
 
     def describe(self) -> Iterable[Any]:
@@ -308,7 +365,7 @@ class DaemonCollector(Collector):
         yield from storage_families(self.daemon.store, self.daemon.config.daemon.min_free_mb)
 
 
-def storage_families(store: "Store", min_free_mb: int) -> Iterable[Any]:
+def storage_families(store: StoreGauges, min_free_mb: int) -> Iterable[Any]:
     """The disk under the database (issue 19 item 3), read at scrape time: one statvfs."""
     available = GaugeMetricFamily(
         "smppd_store_available", "1 while the store can write; 0 on a full (or failing) disk: posts get 503.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -17,9 +17,6 @@ from prometheus_client import REGISTRY
 
 from . import metrics
 from .journal import StoreWatcher
-
-if TYPE_CHECKING:
-    from .daemon import Daemon
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +30,7 @@ class Ops:
     metrics_port: int | None = None
 
 
-async def start_ops(daemon: "Daemon") -> Ops:
+async def start_ops(daemon: metrics.LiveState) -> Ops:
     watcher = StoreWatcher(daemon.config.daemon.database, lambda: list(daemon.pushers))
     ops = Ops(watcher)
     for collector in (metrics.DaemonCollector(daemon), watcher.collector):

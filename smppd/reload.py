@@ -22,14 +22,35 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import MutableMapping, Protocol
 
 import structlog
 
+from .bitrix24.install import EventQueue
 from .config import Config, RouteConfig
+from .intake import Intake
+from .providers.base import Route
 
-if TYPE_CHECKING:
-    from .daemon import Daemon
+
+class ReloadHost(Protocol):
+    """The running daemon as a reload changes it (``Daemon`` satisfies it).
+
+    A protocol, not the daemon's class: the daemon wires the parts, so no part
+    imports it (tests/test_structure.py holds that).
+    """
+
+    config: Config
+
+    @property
+    def routes(self) -> MutableMapping[str, Route]: ...
+    @property
+    def intake(self) -> Intake: ...
+    @property
+    def app_events(self) -> EventQueue | None: ...
+
+    def new_route(self, cfg: RouteConfig) -> Route: ...
+    def run_route(self, route: Route) -> None: ...
+
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +100,7 @@ def plan(old: Config, new: Config) -> Plan:
     )
 
 
-async def apply(daemon: "Daemon", new: Config, *, drain_timeout: float = 10.0) -> Plan:
+async def apply(daemon: ReloadHost, new: Config, *, drain_timeout: float = 10.0) -> Plan:
     """Apply ``new`` to a running daemon as far as ``plan`` allows; returns the plan."""
     p = plan(daemon.config, new)
     if not p.applicable:
@@ -104,7 +125,7 @@ async def apply(daemon: "Daemon", new: Config, *, drain_timeout: float = 10.0) -
     return p
 
 
-async def _rebind(daemon: "Daemon", name: str, cfg: RouteConfig, drain_timeout: float) -> None:
+async def _rebind(daemon: ReloadHost, name: str, cfg: RouteConfig, drain_timeout: float) -> None:
     """Swap in a new route object first, so intake never hands a message to the stopping one.
 
     Messages dispatched to the new route while the old one drains are queued

@@ -21,10 +21,10 @@ from typing import Any
 
 import aiohttp
 
-from smppd.bitrix24.portal import SimulatedPortal
+from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.sims.smsc import SmscSimulator as SmscRuSimulator
 from smppd.sims.smsru import SmsRuSimulator
-from smppd.smpp.simulator import SimulatorConfig, SmscSimulator
+from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 KEY = "door-key-" + "k" * 24
 ROUTE_KEY = "route-key-" + "r" * 24

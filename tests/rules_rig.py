@@ -10,11 +10,11 @@ from pathlib import Path
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
-from smppd.bitrix24.portal import SimulatedPortal
+from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.config import RulesConfig, SenderConfig
 from smppd.daemon import Daemon
 from smppd.demo import Rig, make_config, start_shim, stop_rig
-from smppd.smpp.simulator import SimulatorConfig, SmscSimulator
+from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 MINSK = ZoneInfo("Europe/Minsk")
 

@@ -12,7 +12,8 @@ from typing import Any
 from smppd.config import SmppRouteConfig
 from smppd.providers.smpp import SmppRoute
 from smppd.smpp.segments import route_encoding
-from smppd.smpp.simulator import SimulatorConfig, SmscSimulator, SubmitPolicy
+from smppd.sims.smpp import SimulatorConfig, SmscSimulator
+from smppd.sims.smpp_policy import SubmitPolicy
 from smppd.store import NewMessage, OpenMessage, Store
 
 FINAL = {"delivered", "undelivered", "expired", "rejected", "failed"}

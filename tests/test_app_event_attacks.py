@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from smppd.bitrix24 import install as install_mod
-from smppd.bitrix24.portal import SimulatedPortal
+from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.config import AppEventsConfig
 from smppd.demo import start_daemon, stop_rig
 from tests.test_install import (app_for, event_url, install, post_form, rig, send, settled,  # noqa: F401

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from smppd.bitrix24.portal import SimulatedPortal
+from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.bitrix24.rest import PortalAuth, RestClient, RestError, encode_params, refresh_tokens, token_url
 
 CODE = "by_sms_main"

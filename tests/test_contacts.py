@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from smppd.bitrix24.contacts import INVALID_FIELD, ContactsJob, classify, plan_update
-from smppd.bitrix24.portal import SimulatedPortal
+from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.bitrix24.rest import PRIORITY_BULK, PortalAuth, RestClient, RestError
 
 

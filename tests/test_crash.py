@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from smppd import config as config_mod
-from smppd.bitrix24.portal import SimulatedPortal
+from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.demo import OUTCOMES, Rig, start_shim
 from smppd.rpc import RpcClient, RpcUnavailable
-from smppd.smpp.simulator import SimulatorConfig, SmscSimulator
+from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 from .e2e_rig import post, wait_final
 

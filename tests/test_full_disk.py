@@ -25,10 +25,10 @@ import aiohttp
 import pytest
 
 from smppd import config as config_mod
-from smppd.bitrix24.portal import SimulatedPortal
+from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.demo import Rig, start_shim
 from smppd.smpp import codec
-from smppd.smpp.simulator import SimulatorConfig, SmscSimulator
+from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 from .e2e_rig import post, wait_final
 from .test_crash import wait_ready

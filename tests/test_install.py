@@ -14,10 +14,10 @@ from types import MappingProxyType
 import aiohttp
 import pytest
 
-from smppd.bitrix24.portal import SimulatedPortal
+from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.config import AppConfig
 from smppd.demo import FINAL_B24, Rig, make_config, start_daemon, start_shim, stop_rig
-from smppd.smpp.simulator import SimulatorConfig, SmscSimulator
+from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 
 def app_for(portal: SimulatedPortal) -> AppConfig:

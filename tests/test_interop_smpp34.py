@@ -18,7 +18,7 @@ import pytest
 import smpp34
 
 from smppd import text
-from smppd.bitrix24.portal import SimulatedPortal
+from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.demo import Rig, make_config, start_daemon, start_shim, stop_rig
 
 from .e2e_rig import post, wait_final

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from smppd.bitrix24.portal import _phpify
+from smppd.sims.bitrix24.wire import _phpify
 
 
 def _phpify_plain(value: Any) -> Any:

@@ -11,8 +11,8 @@ import sys
 
 import aiohttp
 
-from smppd.bitrix24.portal import SimulatedPortal
-from smppd.smpp.simulator import SimulatorConfig, SmscSimulator
+from smppd.sims.bitrix24 import SimulatedPortal
+from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 from .test_reload import config_toml
 

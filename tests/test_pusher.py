@@ -3,7 +3,7 @@
 import aiohttp
 import pytest
 
-from smppd.bitrix24.portal import SimulatedPortal
+from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.bitrix24.pusher import OUTAGE_MAX, StatusPusher
 from smppd.bitrix24.rest import PortalAuth, RestClient
 from smppd.model import Status

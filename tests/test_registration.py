@@ -6,7 +6,7 @@ import dataclasses
 import aiohttp
 import pytest
 
-from smppd.bitrix24.portal import SimulatedPortal
+from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.bitrix24.registration import explain, handler_url, register, unregister
 from smppd.bitrix24.rest import PortalAuth, RestClient, RestError
 from smppd.config import SenderConfig

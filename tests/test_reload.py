@@ -16,8 +16,8 @@ from smppd.config import SenderConfig
 from smppd.demo import start_rig, stop_rig
 from smppd.rpc import RpcClient
 from smppd.service import reload_config, run_daemon
-from smppd.bitrix24.portal import SimulatedPortal
-from smppd.smpp.simulator import SimulatorConfig, SmscSimulator
+from smppd.sims.bitrix24 import SimulatedPortal
+from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 from .e2e_rig import post, wait_final
 

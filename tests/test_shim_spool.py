@@ -145,7 +145,7 @@ async def test_the_real_daemon_answers_a_replay_of_a_stored_post_as_success(tmp_
     rig = await start_rig(tmp_path, portal_rate=None)
     try:
         b24_id, form = rig.portal.create_message("by_life", "+375291234567", "hello")
-        from smppd.bitrix24.portal import encode_form
+        from smppd.sims.bitrix24 import encode_form
 
         params = _intake_json(parse_handler_post(decode_form(encode_form(form))))
         first = await rig.rpc.call("intake", params)

@@ -1,4 +1,4 @@
-"""smppd.smpp.simulator driven with raw codec PDUs over a real loopback socket."""
+"""smppd.sims.smpp driven with raw codec PDUs over a real loopback socket."""
 
 from __future__ import annotations
 
@@ -9,13 +9,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from smppd.smpp import codec
-from smppd.smpp.simulator import (
-    SimulatorConfig,
-    SmscSimulator,
-    SubmitPolicy,
-    SubmittedSm,
-    SubmitVerdict,
-)
+from smppd.sims.smpp import SimulatorConfig, SmscSimulator
+from smppd.sims.smpp_policy import SubmitPolicy, SubmittedSm, SubmitVerdict
 
 TIMEOUT = 2.0
 
@@ -433,7 +428,7 @@ def test_config_is_checked() -> None:
 
 
 def test_queue_full_bursts_block_for_the_given_time() -> None:
-    from smppd.smpp.simulator import QueueFullBursts
+    from smppd.sims.smpp_policy import QueueFullBursts
 
     now = [0.0]
     policy = QueueFullBursts(every=3, blocked=0.5, clock=lambda: now[0])
@@ -449,7 +444,7 @@ def test_queue_full_bursts_block_for_the_given_time() -> None:
 
 
 def test_part_of_reads_udh_and_sar() -> None:
-    from smppd.smpp.simulator import part_of
+    from smppd.sims.smpp_policy import part_of
 
     base = dict(raw=b"", sequence=1, system_id="s", service_type="", source_addr="A", source_addr_ton=5,
                 source_addr_npi=0, destination_addr="1", dest_addr_ton=1, dest_addr_npi=1, data_coding=0,

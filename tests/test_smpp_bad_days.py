@@ -1,7 +1,7 @@
 """Issue 14 items 1-5: binds and flow control against an SMSC on a bad day, on loopback.
 
 Each test runs the real route, store and connections against the simulated SMSC in
-the fault mode the issue describes (smppd/smpp/simulator.py).
+the fault mode the issue describes (smppd/sims/smpp_policy.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 import pytest
 
 from smppd.smpp import codec
-from smppd.smpp.simulator import QueueFullBursts, ScriptedPolicy, SubmitVerdict
+from smppd.sims.smpp_policy import QueueFullBursts, ScriptedPolicy, SubmitVerdict
 
 from .smpp_route_rig import make_rig
 

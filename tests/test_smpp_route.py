@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from smppd.smpp import codec
-from smppd.smpp.simulator import (
+from smppd.sims.smpp_policy import (
     ScriptedPolicy,
     SubmitVerdict,
     ThrottlePolicy,
@@ -217,7 +217,7 @@ async def test_receipt_for_an_unknown_id_is_recorded_and_counted(rigs, tmp_path)
                   dest_addr_ton=5, dest_addr_npi=0, destination_addr="MyShop", esm_class=0x04,
                   data_coding=0, short_message=b"id:DEADBEEF sub:001 dlvrd:001 submit date:2501011200 "
                                                b"done date:2501011201 stat:DELIVRD err:000 text:")
-    from smppd.smpp.simulator import _Outbound
+    from smppd.sims.smpp import _Outbound
     rig.smsc._deliver(_Outbound("smppd", fields, is_receipt=True))
     await rig.wait(lambda: rig.smsc.receipts_acked == 1)
     assert rig.route.stats["receipts_unmatched"] == 1

@@ -9,7 +9,7 @@ import time
 
 from structlog.testing import capture_logs
 
-from smppd.smpp.simulator import SimulatorConfig, SmscSimulator
+from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 CONFIG = """
 [daemon]

@@ -1,6 +1,8 @@
-"""Simulated HTTP SMS providers (SMS.ru, SMSC.ru) on loopback, for tests and ``smppd demo``.
+"""Every simulated peer of smppd, on loopback: the demo's and the tests' peers, not the product.
 
-They follow reference/providers.md to the letter, including the error answers
-and the status callbacks, and can be told to fail (HTTP 500, a dropped
-connection after the send was taken, a request-level error) to test outages.
+``smpp`` an SMSC over SMPP 3.4 (its verdicts and fault modes in ``smpp_policy``),
+``bitrix24`` a Bitrix24 portal with its OAuth server, ``smsru`` and ``smsc`` the HTTP
+providers SMS.ru and SMSC.ru.  Each follows ``shared/reference/`` and the peers'
+documented behaviour, including their error answers, and can be told to fail.
+No product module imports this package (tests/test_structure.py holds that).
 """
