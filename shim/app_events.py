@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from shim.body import read_form
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
 
 __all__ = ["AppEventHandler", "PATH"]
@@ -38,10 +39,7 @@ class AppEventHandler:
         key = request.query.get("key")
         if key is None or not hmac.compare_digest(key.encode(), self._key):
             return self._answer(401, "unauthorized", {})
-        try:
-            form = await request.post()
-        except ValueError:
-            return self._answer(400, "bad_request", {})
+        form = await read_form(request)  # a BodyError is answered by shim.body.guard
         auth = {}
         for name, value in form.items():
             match = _AUTH_KEY.fullmatch(name)

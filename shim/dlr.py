@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import structlog
 from aiohttp import web
 
+from shim.body import read_form
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
 
 log = structlog.get_logger(__name__)
@@ -46,10 +47,7 @@ class DlrHandler:
         if expected is None or key is None or not hmac.compare_digest(key.encode(), expected):
             log.warning("dlr.unauthorized", route=route)
             return web.Response(status=401, text="unauthorized")
-        try:
-            form = [(k, str(v)) for k, v in (await request.post()).items()]
-        except (ValueError, web.HTTPRequestEntityTooLarge):
-            return web.Response(status=400, text="unreadable form")
+        form = list((await read_form(request)).items())  # a BodyError is answered by shim.body.guard
         form += [(k, v) for k, v in request.query.items() if k != "key"]
         try:
             result = await self._rpc.call("dlr", {"route": route, "form": form})

@@ -1,0 +1,187 @@
+"""Reading a request's body for every door of the shim, refusing what is malformed first.
+
+Bitrix24, SMS.ru and SMSC.ru post forms (urlencoded, SMS.ru sometimes multipart). Anything
+else -- a charset no codec knows, a Content-Encoding aiohttp cannot undo, a gzip body that
+does not inflate, a file where a text field belongs, a client that hangs up mid-body -- is
+the client's fault and must end in a 400/413/415 that names the field, never a 500, a
+traceback or an echo of the bytes received (a body carries numbers, texts and tokens).
+
+``guard`` is the middleware: it checks the headers before any handler runs (cheap, no body
+read) and turns a ``BodyError`` raised while a handler reads the body into its answer. The
+handlers read bodies only through ``read_bytes`` and ``read_form``, so every door has the
+same limits and the same answers.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import BodyPartReader, web
+from multidict import MultiDict, MultiDictProxy
+
+__all__ = ["BodyError", "ClientGone", "guard", "read_bytes", "read_form"]
+
+log = structlog.get_logger(__name__)
+
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
+"""Content-Encodings aiohttp undoes without optional packages (zlib is in the standard library)."""
+
+MAX_FIELDS = 1000
+"""Most fields one multipart form may carry (a HANDLER post has ~25)."""
+
+_ERROR_WORD = {400: "bad_request", 413: "too_large", 415: "unsupported_media_type"}
+
+
+class BodyError(Exception):
+    """The request's body (or a header about it) cannot be read; ``field`` names the culprit."""
+
+    def __init__(self, status: int, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.status = status
+        self.field = field
+        self.problem = problem
+
+    def answer(self) -> dict[str, str]:
+        """The JSON body: fixed words and the field's name, never anything the client sent
+        (a field name comes from a fixed list or from the form's own keys, shortened)."""
+        return {"error": _ERROR_WORD.get(self.status, "bad_request"), "field": self.field[:64],
+                "message": self.problem}
+
+
+class ClientGone(BodyError):
+    """The client hung up before its body arrived: nobody is left to answer."""
+
+    def __init__(self) -> None:
+        super().__init__(400, "body", "client disconnected before the body was complete")
+
+
+def _known_charset(name: str) -> bool:
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True
+
+
+def check_headers(request: web.BaseRequest) -> BodyError | None:
+    """What is wrong with the headers describing the body, before any of it is read."""
+    if not request.body_exists:
+        return None
+    if "Content-Type" in request.headers and request.content_type not in FORM_TYPES:
+        return BodyError(415, "Content-Type", "must be application/x-www-form-urlencoded or multipart/form-data")
+    charset = request.charset
+    if charset is not None and not _known_charset(charset):
+        return BodyError(415, "charset", "unknown charset")
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ENCODINGS:
+        return BodyError(415, "Content-Encoding", "must be gzip, deflate or identity")
+    return None
+
+
+def _payload_error(exc: BaseException) -> BodyError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return BodyError(413, "body", "too large")
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError)):
+        return ClientGone()
+    if isinstance(exc, web.RequestPayloadError) and "encoding" in str(exc).lower():
+        return BodyError(400, "Content-Encoding", "the body does not decode")
+    return BodyError(400, "body", "unreadable")
+
+
+async def read_bytes(request: web.BaseRequest) -> bytes:
+    """The whole (decompressed) body, at most the app's ``client_max_size``."""
+    try:
+        return await request.read()
+    except (web.HTTPRequestEntityTooLarge, web.RequestPayloadError, ConnectionResetError,
+            ConnectionAbortedError) as exc:
+        raise _payload_error(exc) from None
+
+
+async def read_form(request: web.BaseRequest) -> MultiDictProxy[str]:
+    """The form's fields, every value text; a file field, a nested multipart or a body that does
+    not decode is a ``BodyError``. Multipart is read part by part so a file is refused from its
+    headers, before its content is read or written anywhere."""
+    if request.content_type == "multipart/form-data":
+        return await _read_multipart(request)
+    try:
+        form = await request.post()
+    except (web.HTTPRequestEntityTooLarge, web.RequestPayloadError, ConnectionResetError,
+            ConnectionAbortedError) as exc:
+        raise _payload_error(exc) from None
+    except (ValueError, LookupError):  # undecodable text, a charset the codec refuses mid-way
+        raise BodyError(400, "body", "not a form in its charset") from None
+    out: MultiDict[str] = MultiDict()
+    for name, value in form.items():
+        if not isinstance(value, str):
+            raise BodyError(400, name, "must be a text field, not a file")
+        out.add(name, value)
+    return MultiDictProxy(out)
+
+
+async def _read_multipart(request: web.BaseRequest) -> MultiDictProxy[str]:
+    limit = request.client_max_size
+    size = 0
+    out: MultiDict[str] = MultiDict()
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise BodyError(400, "body", "nested multipart is not a form field")
+            name = part.name
+            if name is None:
+                raise BodyError(400, "body", "a part without a field name")
+            if part.filename is not None:
+                raise BodyError(400, name, "must be a text field, not a file")
+            if len(out) >= MAX_FIELDS:
+                raise BodyError(413, "body", "too many fields")
+            raw = bytearray()
+            while chunk := await part.read_chunk():
+                size += len(chunk)
+                if limit and size > limit:
+                    raise BodyError(413, "body", "too large")
+                raw += chunk
+            charset = part.get_charset(default=request.charset or "utf-8")
+            if not _known_charset(charset):
+                raise BodyError(415, name, "unknown charset")
+            try:
+                out.add(name, part.decode(bytes(raw)).decode(charset))
+            except (ValueError, RuntimeError):  # bad transfer encoding, undecodable text
+                raise BodyError(400, name, "does not decode") from None
+    except BodyError:
+        raise
+    except (web.RequestPayloadError, ConnectionResetError, ConnectionAbortedError) as exc:
+        raise _payload_error(exc) from None
+    except (ValueError, AssertionError, RuntimeError, LookupError):  # a malformed multipart envelope
+        raise BodyError(400, "body", "not a multipart form") from None
+    return MultiDictProxy(out)
+
+
+def error_response(exc: BodyError) -> web.Response:
+    return web.json_response(exc.answer(), status=exc.status)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse bad body headers before the handler runs; answer a ``BodyError`` it raises.
+
+    A client that hung up mid-body gets one info line and no traceback: it is not our error,
+    and there is nobody to answer.
+    """
+    problem = check_headers(request)
+    if problem is not None:
+        log.info("http.refused", path=request.rel_url.path[:64], http_status=problem.status, field=problem.field)
+        return error_response(problem)
+    try:
+        return await handler(request)
+    except ClientGone:
+        log.info("http.client_gone", path=request.rel_url.path[:64])
+        return error_response(ClientGone())
+    except BodyError as exc:
+        log.info("http.refused", path=request.rel_url.path[:64], http_status=exc.status, field=exc.field)
+        return error_response(exc)
