@@ -15,6 +15,7 @@ from smppd import config as config_mod
 from smppd import logs, metrics, sdnotify
 from smppd.rpc import RpcClient
 
+from . import edge
 from .app import HANDLER, make_app
 from .dlr import dlr_keys
 
@@ -44,8 +45,7 @@ async def serve(cfg: config_mod.Config, host: str, port: int, path: str | None =
                    dlr_keys=dlr_keys(cfg))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    listener = await edge.listen(runner, edge.EdgeLimits(), host=host, port=port)  # conn cap, header deadline
     metrics_runner = await metrics.serve(*cfg.shim.metrics) if cfg.shim.metrics else None
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -61,6 +61,7 @@ async def serve(cfg: config_mod.Config, host: str, port: int, path: str | None =
     sdnotify.notify("READY=1")
     await stopping.wait()
     sdnotify.notify("STOPPING=1")
+    await listener.close()
     await runner.cleanup()
     if metrics_runner is not None:
         await metrics_runner.cleanup()

@@ -14,6 +14,7 @@ same limits and the same answers.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 from collections.abc import Awaitable, Callable
 
@@ -32,7 +33,12 @@ ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
 MAX_FIELDS = 1000
 """Most fields one multipart form may carry (a HANDLER post has ~25)."""
 
-_ERROR_WORD = {400: "bad_request", 413: "too_large", 415: "unsupported_media_type"}
+BODY_TIMEOUT = 10.0
+"""Seconds a request's whole body may take once its headers are in (Bitrix24 posts a few kB at
+once); a slower client holds a connection and a handler for nothing. The headers' own deadline
+is in ``shim.edge``."""
+
+_ERROR_WORD = {400: "bad_request", 408: "timeout", 413: "too_large", 415: "unsupported_media_type"}
 
 
 class BodyError(Exception):
@@ -94,7 +100,10 @@ def _payload_error(exc: BaseException) -> BodyError:
 async def read_bytes(request: web.BaseRequest) -> bytes:
     """The whole (decompressed) body, at most the app's ``client_max_size``."""
     try:
-        return await request.read()
+        async with asyncio.timeout(BODY_TIMEOUT):
+            return await request.read()
+    except TimeoutError:
+        raise BodyError(408, "body", "not received in time") from None
     except (web.HTTPRequestEntityTooLarge, web.RequestPayloadError, ConnectionResetError,
             ConnectionAbortedError) as exc:
         raise _payload_error(exc) from None
@@ -104,10 +113,13 @@ async def read_form(request: web.BaseRequest) -> MultiDictProxy[str]:
     """The form's fields, every value text; a file field, a nested multipart or a body that does
     not decode is a ``BodyError``. Multipart is read part by part so a file is refused from its
     headers, before its content is read or written anywhere."""
-    if request.content_type == "multipart/form-data":
-        return await _read_multipart(request)
     try:
-        form = await request.post()
+        async with asyncio.timeout(BODY_TIMEOUT):
+            if request.content_type == "multipart/form-data":
+                return await _read_multipart(request)
+            form = await request.post()
+    except TimeoutError:
+        raise BodyError(408, "body", "not received in time") from None
     except (web.HTTPRequestEntityTooLarge, web.RequestPayloadError, ConnectionResetError,
             ConnectionAbortedError) as exc:
         raise _payload_error(exc) from None

@@ -1,0 +1,218 @@
+"""The shim's listening socket: a cap on connections and a deadline for a request's headers.
+
+aiohttp bounds the time between requests (``keepalive_timeout``) but not the time a client
+takes to send one: 1,144 connections trickling a header byte now and then held all the file
+handles of a shim once, and genuine posts timed out. aiohttp has no header-read timeout, so
+its protocol factory (``AppRunner.server``, the documented ``web.Server``) is wrapped here
+in a plain ``asyncio.Protocol`` that
+
+* refuses (closes at once) a connection beyond ``max_connections``, so the process never
+  runs out of file handles however many clients open sockets, and
+* closes a connection whose request has not *started being handled* within
+  ``header_timeout`` seconds of its first byte (``guard_deadlines`` marks the start and the
+  end of each request from inside the app; the body has its own deadline in ``shim.body``).
+
+The policy is ``Deadline``, sans-I/O: it is told when bytes arrive and when a request
+starts and ends, with ``now``, and answers with the deadline to arm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+__all__ = ["EdgeLimits", "Deadline", "guard_deadlines", "listen"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """How much of the shim one client, and all of them, may hold."""
+
+    max_connections: int = 4096
+    """Open connections at once; the unit's LimitNOFILE leaves room for these and the rest."""
+    header_timeout: float = 10.0
+    """Seconds from a request's first byte to its headers read (Bitrix24 sends a post at once)."""
+    body_timeout: float = 10.0
+    """Seconds for a request's whole body once its headers are read (``shim.body``)."""
+
+
+class Deadline:
+    """When a connection that is sending a request must have sent its headers by.
+
+    Idle (between requests) a first byte arms the deadline; the app starting on the request
+    disarms it; the request's end makes the connection idle again. Bytes arriving while a
+    request is handled (a pipelined next request) arm nothing: once that request ends, the next
+    byte does, and a request already complete in the buffer starts at once.
+    """
+
+    __slots__ = ("_busy", "due", "_timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._busy = False
+        self.due: float | None = None
+
+    def received(self, now: float) -> float | None:
+        if not self._busy and self.due is None:
+            self.due = now + self._timeout
+            return self.due
+        return None
+
+    def request_started(self) -> None:
+        self._busy, self.due = True, None
+
+    def request_ended(self) -> None:
+        self._busy = False
+
+    def expired(self, now: float) -> bool:
+        return self.due is not None and now >= self.due
+
+
+class _Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one connection, behind the cap and the header deadline."""
+
+    def __init__(self, gate: _Gate) -> None:
+        self._gate = gate
+        self._inner: asyncio.Protocol | None = None
+        self._transport: asyncio.Transport | None = None
+        self.deadline = Deadline(gate.limits.header_timeout)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        if not self._gate.admit():
+            transport.abort()
+            return
+        self._inner = self._gate.factory()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is None:
+            return
+        loop = asyncio.get_running_loop()
+        due = self.deadline.received(loop.time())
+        if due is not None:
+            self._timer = loop.call_at(due, self._check)
+        self._inner.data_received(data)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.deadline.expired(asyncio.get_running_loop().time()) and self._transport is not None:
+            self._gate.timed_out()
+            self._transport.abort()
+
+    def request_started(self) -> None:
+        self.deadline.request_started()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def request_ended(self) -> None:
+        self.deadline.request_ended()
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._inner is not None:
+            self._gate.release()
+            self._inner.connection_lost(exc)
+            self._inner = None
+
+
+class _Gate:
+    """The live-connection count and the factory of aiohttp's protocols."""
+
+    def __init__(self, factory: Callable[[], asyncio.Protocol], limits: EdgeLimits) -> None:
+        self.factory = factory
+        self.limits = limits
+        self.live = 0
+        self.refused = 0
+        self.expired = 0
+
+    def admit(self) -> bool:
+        if self.live >= self.limits.max_connections:
+            self.refused += 1
+            log.warning("http.connection_refused", reason="max_connections", limit=self.limits.max_connections)
+            return False
+        self.live += 1
+        return True
+
+    def release(self) -> None:
+        self.live -= 1
+
+    def timed_out(self) -> None:
+        self.expired += 1
+        log.info("http.header_timeout", limit_s=self.limits.header_timeout)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def guard_deadlines(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tell the connection's ``_Guarded`` (if the app is served through ``listen``) that its
+    request's headers are in and when the request is done."""
+    transport = request.transport
+    protocol: Any = transport.get_protocol() if transport is not None else None
+    if not isinstance(protocol, _Guarded):
+        return await handler(request)
+    protocol.request_started()
+    try:
+        return await handler(request)
+    finally:
+        protocol.request_ended()
+
+
+class Listener:
+    """The asyncio server ``listen`` started, with its gate's counts for tests and benches."""
+
+    def __init__(self, server: asyncio.AbstractServer, gate: _Gate) -> None:
+        self.server = server
+        self.gate = gate
+
+    @property
+    def port(self) -> int:
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def listen(runner: web.AppRunner, limits: EdgeLimits, *, host: str | None = None, port: int | None = None,
+                 sock: socket.socket | None = None, backlog: int = 1024) -> Listener:
+    """Serve ``runner``'s app on ``host:port`` (or an already bound ``sock``) behind the limits.
+
+    Used instead of ``web.TCPSite``: a site hands the loop aiohttp's factory itself; this
+    hands it the guarded one. ``runner.cleanup()`` still closes the connections; close the
+    returned ``Listener`` before it so no new one is accepted.
+    """
+    if runner.server is None:
+        raise RuntimeError("call runner.setup() first")
+    gate = _Gate(runner.server, limits)
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        server = await loop.create_server(lambda: _Guarded(gate), sock=sock, backlog=backlog)
+    else:
+        server = await loop.create_server(lambda: _Guarded(gate), host, port, backlog=backlog, reuse_address=True)
+    return Listener(server, gate)
