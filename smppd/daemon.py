@@ -28,7 +28,7 @@ from .holds import HoldWorker
 from .intake import Intake
 from .providers import make_route
 from .providers.http_common import BadCallback, ForgedCallback, HttpRoute
-from .rpc import RpcError, RpcServer
+from .rpc import ListOf, MapOf, ParamTypes, RpcError, RpcServer
 from .smpp.codec import ShortMessage
 from .stoplist import StopList
 from .admin import Admin
@@ -36,6 +36,23 @@ from .ops import Ops, start_ops, stop_ops
 from .store import OpenMessage, PortalRecord, Store
 
 log = structlog.get_logger(__name__)
+
+_TEXT_OR_NULL = (str, None)
+PARAM_TYPES: dict[str, ParamTypes] = {
+    # The doors' parameters by JSON type, checked by the RPC server before a handler runs
+    # (rpc.check_params): a list where a string belongs, a deep structure or a huge integer is
+    # a bad_request naming the parameter, never an "internal" error inside a handler.
+    "intake": {"member_id": _TEXT_OR_NULL, "domain": _TEXT_OR_NULL, "application_token": _TEXT_OR_NULL,
+               "code": str, "message_id": str, "to": str, "text": str, "module_id": _TEXT_OR_NULL,
+               "bindings": (ListOf(MapOf((int, str), 8), 64), None), "ts": (int, None),
+               "document_id": (ListOf(str, 8), None)},
+    "dlr": {"route": str, "form": ListOf(ListOf(str, 2), 1000)},
+    "app_event": {"event": _TEXT_OR_NULL, "auth": MapOf(str, 64)},
+    "stoplist.add": {"phone": str, "source": _TEXT_OR_NULL},
+    "stoplist.remove": {"phone": str},
+    "register": {"portal": _TEXT_OR_NULL, "update": (bool, None)},
+    "unregister": {"portal": _TEXT_OR_NULL},
+}
 
 RECEIPT_SWEEP_INTERVAL = 60.0
 
@@ -102,7 +119,7 @@ class Daemon:
             self.config.daemon.socket_path,
             {"intake": intake, "ping": self._ping, "status": self._status, "dlr": self._dlr, **self._stoplist_methods(),
              "app_event": installer, "register": self._register, "unregister": self._unregister, **Admin(self).methods()},
-            group=self.config.daemon.socket_group, batch_handlers={"intake": intake.many},
+            group=self.config.daemon.socket_group, batch_handlers={"intake": intake.many}, params=PARAM_TYPES,
         )
         await self._rpc.start()
         self.ready.set()
