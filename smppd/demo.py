@@ -332,7 +332,9 @@ def _channels(rig: Rig) -> dict[str, int]:
 
 
 def run_demo(args: argparse.Namespace) -> bool:
-    logs.configure(json=False, level=logging.INFO if args.verbose else logging.WARNING)
+    # Without --verbose the screen is the progress and the table: only an error (something
+    # really broken) gets a log line among them.
+    logs.configure(json=False, level=logging.INFO if args.verbose else logging.ERROR)
     return asyncio.run(_demo(args.messages, args.concurrency, args.seed, args.timeout))
 
 
