@@ -30,6 +30,25 @@ _AUTH_KEY = re.compile(r"auth\[([a-z_]{1,64})\]")
 _STATUS = {"bad_request": 400, "forbidden": 403, "unavailable": 503}
 
 
+_EVENTS = frozenset({"ONAPPINSTALL", "ONAPPUPDATE", "ONAPPUNINSTALL"})
+_DOMAIN = re.compile(r"[a-z0-9.-]{1,253}(:[0-9]{1,5})?")
+
+
+def _loggable_event(event: object) -> str | None:
+    """The event's name for a log line: one of Bitrix24's, else "other" (a client's arbitrary
+    string never reaches a log)."""
+    if not isinstance(event, str):
+        return None
+    return event.upper() if event.upper() in _EVENTS else "other"
+
+
+def _loggable_domain(domain: str | None) -> str | None:
+    """The portal's domain for a log line when it looks like a host name, else "invalid"."""
+    if domain is None:
+        return None
+    return domain.lower() if _DOMAIN.fullmatch(domain.lower()) else "invalid"
+
+
 class AppEventHandler:
     def __init__(self, *, handler_key: str, rpc: RpcClient) -> None:
         self._key = handler_key.encode()
@@ -46,7 +65,7 @@ class AppEventHandler:
             if match and isinstance(value, str):
                 auth[match[1]] = value
         event = form.get("event")
-        ctx = {"event_name": event if isinstance(event, str) else None, "domain": auth.get("domain")}
+        ctx = {"event_name": _loggable_event(event), "domain": _loggable_domain(auth.get("domain"))}
         try:
             result = await self._rpc.call("app_event", {"event": event, "auth": auth})
         except RpcUnavailable:

@@ -166,7 +166,8 @@ async def _read_multipart(request: web.BaseRequest) -> MultiDictProxy[str]:
         raise
     except (web.RequestPayloadError, ConnectionResetError, ConnectionAbortedError) as exc:
         raise _payload_error(exc) from None
-    except (ValueError, AssertionError, RuntimeError, LookupError):  # a malformed multipart envelope
+    except Exception:  # noqa: BLE001 -- whatever aiohttp's multipart parser raises (InvalidHeader for a NUL
+        # in a part's header, ValueError, AssertionError...) is about the client's bytes, never ours
         raise BodyError(400, "body", "not a multipart form") from None
     return MultiDictProxy(out)
 

@@ -52,6 +52,11 @@ PARAM_TYPES: dict[str, ParamTypes] = {
     "stoplist.remove": {"phone": str},
     "register": {"portal": _TEXT_OR_NULL, "update": (bool, None)},
     "unregister": {"portal": _TEXT_OR_NULL},
+    # smppd's own commands (admin.py)
+    "send": {"code": str, "to": str, "text": str},
+    "message": {"id": int},
+    **{name: {"ids": (ListOf(int, 100_000), None), "older_than": (float, None), "route": _TEXT_OR_NULL,
+              "outbox": (bool, None)} for name in ("stuck", "retry", "cancel")},
 }
 
 RECEIPT_SWEEP_INTERVAL = 60.0
