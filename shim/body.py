@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import re
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import BodyPartReader, web
 from multidict import MultiDict, MultiDictProxy
+
+from smppd.logs import RepeatLimiter
 
 __all__ = ["BodyError", "ClientGone", "guard", "read_bytes", "read_form"]
 
@@ -38,6 +42,8 @@ BODY_TIMEOUT = 10.0
 once); a slower client holds a connection and a handler for nothing. The headers' own deadline
 is in ``shim.edge``."""
 
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,31}(\[[A-Za-z0-9_]{0,32}\]){0,3}")
+
 _ERROR_WORD = {400: "bad_request", 408: "timeout", 413: "too_large", 415: "unsupported_media_type"}
 
 
@@ -45,6 +51,9 @@ class BodyError(Exception):
     """The request's body (or a header about it) cannot be read; ``field`` names the culprit."""
 
     def __init__(self, status: int, field: str, problem: str) -> None:
+        # a form's own field names come from the client: named back only when they look like a
+        # form key (``auth[domain]``), never as arbitrary bytes (a number, a text, a token)
+        field = field if _FIELD_NAME.fullmatch(field) else "(a field name)"
         super().__init__(f"{field}: {problem}")
         self.status = status
         self.field = field
@@ -53,7 +62,7 @@ class BodyError(Exception):
     def answer(self) -> dict[str, str]:
         """The JSON body: fixed words and the field's name, never anything the client sent
         (a field name comes from a fixed list or from the form's own keys, shortened)."""
-        return {"error": _ERROR_WORD.get(self.status, "bad_request"), "field": self.field[:64],
+        return {"error": _ERROR_WORD.get(self.status, "bad_request"), "field": self.field,
                 "message": self.problem}
 
 
@@ -178,6 +187,16 @@ def error_response(exc: BodyError) -> web.Response:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+_lines = RepeatLimiter(burst=10, window=60.0)
+"""Refusals here are info lines (the client's fault), so the logging set-up does not limit
+them; a fuzzer or a broken client sending thousands must not write thousands."""
+
+
+def _log_refused(event: str, request: web.Request, **fields: object) -> None:
+    write, left_out = _lines.admit(event, time.monotonic())
+    if write:
+        log.info(event, path=request.rel_url.path[:64], **fields, **({"repeated": left_out} if left_out else {}))
+
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -188,13 +207,13 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """
     problem = check_headers(request)
     if problem is not None:
-        log.info("http.refused", path=request.rel_url.path[:64], http_status=problem.status, field=problem.field)
+        _log_refused("http.refused", request, http_status=problem.status, field=problem.field)
         return error_response(problem)
     try:
         return await handler(request)
     except ClientGone:
-        log.info("http.client_gone", path=request.rel_url.path[:64])
+        _log_refused("http.client_gone", request)
         return error_response(ClientGone())
     except BodyError as exc:
-        log.info("http.refused", path=request.rel_url.path[:64], http_status=exc.status, field=exc.field)
+        _log_refused("http.refused", request, http_status=exc.status, field=exc.field)
         return error_response(exc)

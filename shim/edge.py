@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from aiohttp import web
+
+from smppd.logs import RepeatLimiter
 
 __all__ = ["EdgeLimits", "Deadline", "guard_deadlines", "listen"]
 
@@ -148,11 +151,16 @@ class _Gate:
         self.live = 0
         self.refused = 0
         self.expired = 0
+        # a flood of slow clients is one line a minute per kind, with the count, not a line each
+        self._lines = RepeatLimiter(burst=1, window=60.0)
 
     def admit(self) -> bool:
         if self.live >= self.limits.max_connections:
             self.refused += 1
-            log.warning("http.connection_refused", reason="max_connections", limit=self.limits.max_connections)
+            write, left_out = self._lines.admit("refused", time.monotonic())
+            if write:
+                log.warning("http.connection_refused", reason="max_connections", limit=self.limits.max_connections,
+                            since_last=left_out + 1)
             return False
         self.live += 1
         return True
@@ -162,7 +170,9 @@ class _Gate:
 
     def timed_out(self) -> None:
         self.expired += 1
-        log.info("http.header_timeout", limit_s=self.limits.header_timeout)
+        write, left_out = self._lines.admit("header_timeout", time.monotonic())
+        if write:
+            log.info("http.header_timeout", limit_s=self.limits.header_timeout, since_last=left_out + 1)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
