@@ -6,11 +6,13 @@ handles of a shim once, and genuine posts timed out. aiohttp has no header-read 
 its protocol factory (``AppRunner.server``, the documented ``web.Server``) is wrapped here
 in a plain ``asyncio.Protocol`` that
 
-* refuses (closes at once) a connection beyond ``max_connections``, so the process never
-  runs out of file handles however many clients open sockets, and
+* keeps at most ``max_connections`` open, so the process never runs out of file handles
+  however many clients open sockets: at the cap a new connection replaces the one that has
+  owed its request's headers longest (a slow client), and is refused only when none does;
 * closes a connection whose request has not *started being handled* within
-  ``header_timeout`` seconds of its first byte (``guard_deadlines`` marks the start and the
-  end of each request from inside the app; the body has its own deadline in ``shim.body``).
+  ``header_timeout`` seconds of its opening or of the first byte after the previous request
+  (``guard_deadlines`` marks the start and the end of each request from inside the app; the
+  body has its own deadline in ``shim.body``).
 
 The policy is ``Deadline``, sans-I/O: it is told when bytes arrive and when a request
 starts and ends, with ``now``, and answers with the deadline to arm.
@@ -97,24 +99,39 @@ class _Guarded(asyncio.Protocol):
             return
         self._inner = self._gate.factory()
         self._inner.connection_made(transport)
+        self._arm()  # a new connection owes its first request's headers too, byte or no byte
 
-    def data_received(self, data: bytes) -> None:
-        if self._inner is None:
-            return
+    def _arm(self) -> None:
         loop = asyncio.get_running_loop()
         due = self.deadline.received(loop.time())
         if due is not None:
             self._timer = loop.call_at(due, self._check)
+            self._gate.pending[self] = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is None:
+            return
+        self._arm()
         self._inner.data_received(data)
 
     def _check(self) -> None:
         self._timer = None
-        if self.deadline.expired(asyncio.get_running_loop().time()) and self._transport is not None:
+        if self.deadline.expired(asyncio.get_running_loop().time()):
             self._gate.timed_out()
+            self.drop()
+
+    def drop(self) -> None:
+        """Close now and give the connection's place back at once (``connection_lost`` comes later)."""
+        self._gate.pending.pop(self, None)
+        if self._inner is not None and self._transport is not None:
+            inner, self._inner = self._inner, None
+            self._gate.release()
             self._transport.abort()
+            inner.connection_lost(None)
 
     def request_started(self) -> None:
         self.deadline.request_started()
+        self._gate.pending.pop(self, None)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -136,32 +153,49 @@ class _Guarded(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        self._gate.pending.pop(self, None)
         if self._inner is not None:
+            inner, self._inner = self._inner, None
             self._gate.release()
-            self._inner.connection_lost(exc)
-            self._inner = None
+            inner.connection_lost(exc)
 
 
 class _Gate:
-    """The live-connection count and the factory of aiohttp's protocols."""
+    """The live-connection count and the factory of aiohttp's protocols.
+
+    At the cap, a new connection takes the place of the one that has been owing its request's
+    headers longest (``pending``, oldest first): a genuine client sends its headers within
+    milliseconds of connecting, so it is never the oldest debtor, while slow clients push each
+    other out. Only when no connection owes headers (every one is being served) is the new one
+    refused.
+    """
 
     def __init__(self, factory: Callable[[], asyncio.Protocol], limits: EdgeLimits) -> None:
         self.factory = factory
         self.limits = limits
         self.live = 0
         self.refused = 0
+        self.evicted = 0
         self.expired = 0
+        self.pending: dict[_Guarded, None] = {}  # connections owing headers, oldest first
         # a flood of slow clients is one line a minute per kind, with the count, not a line each
         self._lines = RepeatLimiter(burst=1, window=60.0)
 
+    def _line(self, kind: str, level: str, **fields: Any) -> None:
+        write, left_out = self._lines.admit(kind, time.monotonic())
+        if write:
+            getattr(log, level)(kind, limit=self.limits.max_connections, since_last=left_out + 1, **fields)
+
     def admit(self) -> bool:
         if self.live >= self.limits.max_connections:
-            self.refused += 1
-            write, left_out = self._lines.admit("refused", time.monotonic())
-            if write:
-                log.warning("http.connection_refused", reason="max_connections", limit=self.limits.max_connections,
-                            since_last=left_out + 1)
-            return False
+            oldest = next(iter(self.pending), None)
+            if oldest is None:
+                self.refused += 1
+                self._line("http.connection_refused", "warning", reason="max_connections")
+                return False
+            self.evicted += 1
+            self._line("http.slow_connection_evicted", "info")
+            oldest.drop()
         self.live += 1
         return True
 
@@ -170,9 +204,7 @@ class _Gate:
 
     def timed_out(self) -> None:
         self.expired += 1
-        write, left_out = self._lines.admit("header_timeout", time.monotonic())
-        if write:
-            log.info("http.header_timeout", limit_s=self.limits.header_timeout, since_last=left_out + 1)
+        self._line("http.header_timeout", "info", header_timeout_s=self.limits.header_timeout)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
