@@ -264,7 +264,11 @@ class HttpDoor:
                             self.samples.append(repr((method, path.split("?")[0], headers, body[:200])))
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     self.client_errors += 1
-                    self.error_kinds[type(exc).__name__] += 1
+                    what = (headers.get("Content-Encoding", "") or headers.get("Content-Type", "")[:20]
+                            or "no body") + (" >64k" if len(body) > 65536 else "")
+                    self.error_kinds[f"{type(exc).__name__}: {what}: {str(exc)[:50]}"] += 1
+                    if os.environ.get("FUZZ_DEBUG") and len(self.samples) < 8:
+                        self.samples.append(repr((method, path.split("key=")[0], headers, len(body), body[:150])))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
@@ -273,7 +277,7 @@ class HttpDoor:
         out = {"cases": self.cases, "answers": dict(sorted(self.answers.items())), "5xx_not_503": bad,
                "connection_errors": self.client_errors, "connection_error_kinds": dict(self.error_kinds)}
         if self.samples:
-            out["samples_5xx"] = self.samples
+            out["samples"] = self.samples
         return out
 
 

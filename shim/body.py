@@ -198,6 +198,16 @@ def _log_refused(event: str, request: web.Request, **fields: object) -> None:
         log.info(event, path=request.rel_url.path[:64], **fields, **({"repeated": left_out} if left_out else {}))
 
 
+def _closing_if_unread(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """``Connection: close`` on an answer given before the body was read to its end (a 401
+    before the form, a 415 from the headers, a body that would not decode): aiohttp closes
+    such a connection after the answer, and a client told so does not send its next request
+    into a closing socket."""
+    if request.body_exists and not request.content.at_eof():
+        response.force_close()
+    return response
+
+
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse bad body headers before the handler runs; answer a ``BodyError`` it raises.
@@ -208,12 +218,12 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     problem = check_headers(request)
     if problem is not None:
         _log_refused("http.refused", request, http_status=problem.status, field=problem.field)
-        return error_response(problem)
+        return _closing_if_unread(request, error_response(problem))
     try:
-        return await handler(request)
+        return _closing_if_unread(request, await handler(request))
     except ClientGone:
         _log_refused("http.client_gone", request)
-        return error_response(ClientGone())
+        return _closing_if_unread(request, error_response(ClientGone()))
     except BodyError as exc:
         _log_refused("http.refused", request, http_status=exc.status, field=exc.field)
-        return error_response(exc)
+        return _closing_if_unread(request, error_response(exc))
