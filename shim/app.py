@@ -43,7 +43,6 @@ from shim.app_events import PATH as APP_EVENT_PATH
 from shim.app_events import AppEventHandler
 from shim.bitrix_form import FormError, HandlerPost, decode_form, parse_handler_post
 from shim.body import BodyError, ClientGone, guard, read_bytes, read_form
-from shim.edge import guard_deadlines
 from smppd import metrics
 from smppd.phone import mask
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
@@ -344,7 +343,7 @@ def make_app(
     so one client can serve the app for its whole life and across test apps.
     """
     handler = BitrixHandler(handler_key=handler_key, codes=codes, rpc=rpc, max_body=max_body)
-    app = web.Application(client_max_size=max_body, middlewares=[guard_deadlines, guard])
+    app = web.Application(client_max_size=max_body, middlewares=[guard])
     app.router.add_post("/bitrix24/{code}", handler.post)
     app.router.add_get("/healthz", handler.healthz)
     if dlr_keys:  # HTTP providers' delivery callbacks (shim/dlr.py)

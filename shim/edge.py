@@ -11,8 +11,8 @@ in a plain ``asyncio.Protocol`` that
   owed its request's headers longest (a slow client), and is refused only when none does;
 * closes a connection whose request has not *started being handled* within
   ``header_timeout`` seconds of its opening or of the first byte after the previous request
-  (``guard_deadlines`` marks the start and the end of each request from inside the app; the
-  body has its own deadline in ``shim.body``).
+  (``shim.body.guard`` marks the start and the end of each request from inside the app,
+  through ``request_started``; the body has its own deadline in ``shim.body``).
 
 The policy is ``Deadline``, sans-I/O: it is told when bytes arrive and when a request
 starts and ends, with ``now``, and answers with the deadline to arm.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from aiohttp import web
 
 from smppd.logs import RepeatLimiter
 
-__all__ = ["EdgeLimits", "Deadline", "guard_deadlines", "listen"]
+__all__ = ["EdgeLimits", "Deadline", "listen", "request_started"]
 
 log = structlog.get_logger(__name__)
 
@@ -207,22 +207,16 @@ class _Gate:
         self._line("http.header_timeout", "info", header_timeout_s=self.limits.header_timeout)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def guard_deadlines(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tell the connection's ``_Guarded`` (if the app is served through ``listen``) that its
-    request's headers are in and when the request is done."""
+def request_started(request: web.BaseRequest) -> _Guarded | None:
+    """Tell the request's connection (when served through ``listen``) that its headers are in;
+    the caller calls ``request_ended()`` on what this returns when the request is done.
+    ``shim.body.guard`` does, for every request."""
     transport = request.transport
-    protocol: Any = transport.get_protocol() if transport is not None else None
-    if not isinstance(protocol, _Guarded):
-        return await handler(request)
-    protocol.request_started()
-    try:
-        return await handler(request)
-    finally:
-        protocol.request_ended()
+    protocol = transport.get_protocol() if transport is not None else None
+    if isinstance(protocol, _Guarded):
+        protocol.request_started()
+        return protocol
+    return None
 
 
 class Listener:
