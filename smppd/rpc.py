@@ -297,6 +297,47 @@ def check_params(types: ParamTypes, params: Mapping[str, Any]) -> RpcError | Non
     return None
 
 
+_TYPE_SETS = {str: (str,), int: (int,), bool: (bool,), float: (int, float), None: (type(None),)}
+
+
+def compile_spec(spec: Spec) -> Callable[[Any], bool]:
+    """``conforms(spec, ·)`` as a closure built once: the intake's ~12 parameters are checked
+    per post, and the generic walk cost ~9 µs of it where this costs ~2."""
+    alternatives = spec if isinstance(spec, tuple) and not isinstance(spec, (ListOf, MapOf)) else (spec,)
+    simple = frozenset(t for a in alternatives if not isinstance(a, (ListOf, MapOf)) for t in _TYPE_SETS[a])
+    nested = [a for a in alternatives if isinstance(a, (ListOf, MapOf))]
+    if not nested:
+        return lambda value: type(value) in simple
+    checks: list[Callable[[Any], bool]] = []
+    for a in nested:
+        inner = compile_spec(a.item if isinstance(a, ListOf) else a.value)
+        if isinstance(a, ListOf):
+            checks.append(lambda v, f=inner, n=a.max_len: type(v) is list and len(v) <= n and all(map(f, v)))
+        else:
+            checks.append(lambda v, f=inner, n=a.max_len: type(v) is dict and len(v) <= n
+                          and all(map(f, v.values())))
+    return lambda value: type(value) in simple or any(check(value) for check in checks)
+
+
+class _ParamChecks:
+    """One method's declared parameter types, compiled (see ``compile_spec``)."""
+
+    __slots__ = ("_checks", "_types")
+
+    def __init__(self, types: ParamTypes) -> None:
+        self._types = types
+        self._checks = {name: compile_spec(spec) for name, spec in types.items()}
+
+    def __call__(self, params: Mapping[str, Any]) -> RpcError | None:
+        checks = self._checks
+        for name, value in params.items():
+            check = checks.get(name)
+            if check is not None and not check(value):
+                spec = self._types[name]
+                return RpcError("bad_request", f"{name}: must be {_type_name(spec)}", field=name)
+        return None
+
+
 class _OutOfRange(ValueError):
     pass
 
@@ -310,6 +351,10 @@ def _bounded_int(text: str) -> int:
 
 def _no_constant(name: str) -> Any:
     raise _OutOfRange
+
+
+# Built once: json.loads with keyword arguments builds a decoder per call (~1 µs).
+_decode_request = json.JSONDecoder(parse_int=_bounded_int, parse_constant=_no_constant).decode
 
 
 def _valid_id(value: Any) -> bool:
@@ -451,7 +496,7 @@ class _BadRequest(Exception):
 def _parse_request(line: bytes) -> tuple[str | int, str, dict[str, Any]]:
     """Split one request line into (id, method, params) or raise _BadRequest."""
     try:
-        request = json.loads(line, parse_int=_bounded_int, parse_constant=_no_constant)
+        request = _decode_request(line.decode("utf-8"))
     except _OutOfRange:
         raise _BadRequest(None, "numbers must be integers of at most 64 bits or finite decimals") from None
     except RecursionError:
@@ -490,7 +535,7 @@ class _Connection:
     ) -> None:
         self._handlers = handlers
         self._batch_handlers = batch_handlers or {}
-        self._params = params or {}
+        self._params = {m: _ParamChecks(t) for m, t in (params or {}).items()}
         self._reader = reader
         self._out = _LineWriter(writer)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -555,8 +600,8 @@ class _Connection:
             return
         handler = self._handlers.get(method)
         if handler is not None:
-            types = self._params.get(method)
-            wrong = check_params(types, params) if types is not None else None
+            checks = self._params.get(method)
+            wrong = checks(params) if checks is not None else None
             if wrong is not None:
                 self._out.send(_error_line(request_id, wrong))
                 return
@@ -628,11 +673,11 @@ class _Connection:
 
     async def _run_batch(self, method: str, items: list[Any]) -> list[Any]:
         outcomes: list[Any] = [_NOT_AN_OBJECT] * len(items)
-        types = self._params.get(method)
+        checks = self._params.get(method)
         at = []
         for i, params in enumerate(items):
             if isinstance(params, dict):
-                wrong = check_params(types, params) if types is not None else None
+                wrong = checks(params) if checks is not None else None
                 if wrong is None:
                     at.append(i)
                 else:

@@ -110,3 +110,15 @@ async def test_memory_does_not_grow_with_the_number_of_bad_requests(server):
     assert after - before < 4_000, (before, after)
     assert calls == []
     writer.close()
+
+
+def test_the_compiled_checks_agree_with_conforms():
+    from smppd.rpc import compile_spec
+
+    values = [None, True, 0, -5, 1.5, "", "x", [], [1], ["a", "b"], [["a", "b"]], [["a", 1]], {}, {"a": 1},
+              {"a": "b"}, [{"owner_id": 1}], [{"owner_id": [1]}], ["a"] * 9]
+    for types in PARAM_TYPES.values():
+        for spec in types.values():
+            check = compile_spec(spec)
+            for value in values:
+                assert check(value) == conforms(spec, value), (spec, value)
