@@ -17,6 +17,7 @@ from smppd import logs, metrics, sdnotify
 from smppd.listenfds import passed_socket
 from smppd.rpc import RpcClient
 
+from . import edge
 from .app import DOORS, HANDLER, make_app
 from .auth import DoorConfig
 from .dlr import dlr_keys
@@ -62,8 +63,8 @@ async def serve(cfg: config_mod.Config, host: str, port: int, path: str | None =
     # systemd's smppd-shim.socket, when it passed one, outlives this process: posts
     # wait in its backlog while the shim restarts instead of being refused.
     passed = passed_socket((socket.AF_INET, socket.AF_INET6), "smppd-shim")
-    site = web.SockSite(runner, passed) if passed is not None else web.TCPSite(runner, host, port)
-    await site.start()
+    # conn cap, header deadline (shim/edge.py), on the passed socket or our own
+    listener = await edge.listen(runner, edge.EdgeLimits(), host=host, port=port, sock=passed)
     metrics_runner = await metrics.serve(*cfg.shim.metrics) if cfg.shim.metrics else None
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -79,13 +80,14 @@ async def serve(cfg: config_mod.Config, host: str, port: int, path: str | None =
     sdnotify.notify("READY=1")
     await stopping.wait()
     sdnotify.notify("STOPPING=1")
-    await site.stop()  # no new connections: they wait in the (passed) socket's backlog for the next shim
+    listener.stop_accepting()  # no new connections: they wait in the (passed) socket's backlog for the next shim
     app[HANDLER].closing()
     # aiohttp's cleanup closes every connection without a request under way, and a
     # request may be on its way on a connection accepted a moment ago: give those
     # requests time to arrive and be answered (each answer now closes its connection).
     await asyncio.sleep(STOP_GRACE)
     await runner.cleanup()
+    await listener.close()
     if metrics_runner is not None:
         await metrics_runner.cleanup()
     await rpc.close()

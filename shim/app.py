@@ -60,6 +60,7 @@ from shim.app_events import AppEventHandler
 from shim.auth import DoorConfig, Doors, Refusal, ts_fresh
 from shim.dlr import DlrHandler
 from shim.bitrix_form import FormError, HandlerPost, decode_form, parse_handler_post
+from shim.body import BodyError, ClientGone, guard, read_bytes, read_form
 from smppd import metrics
 from smppd.phone import mask
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
@@ -349,10 +350,15 @@ class BitrixHandler:
             raise self._too_large()
         try:
             form = await self._read_form(request)
-        except web.HTTPRequestEntityTooLarge:  # chunked body over client_max_size
-            raise self._too_large() from None
-        except ValueError as exc:  # undecodable form
-            raise _bad_request(None, f"unreadable form: {exc}") from None
+        except BodyError as exc:  # shim/body.py: the field at fault, never the bytes or the exception
+            if isinstance(exc, ClientGone):
+                raise _Outcome(400, "client_gone", exc.answer()) from None
+            if exc.status == 413:
+                raise self._too_large() from None
+            raise _Outcome(exc.status, {400: "bad_request", 408: "timeout"}.get(exc.status, "unsupported"),
+                           exc.answer()) from None
+        except ValueError:  # the fast path's UTF-8 decoding
+            raise _bad_request("body", "not UTF-8") from None
         try:
             return parse_handler_post(form)
         except FormError as exc:
@@ -360,7 +366,7 @@ class BitrixHandler:
 
     def _too_large(self) -> _Outcome:
         # built when needed: an exception object and its body per post cost ~0.7 µs
-        return _Outcome(413, "too_large", {"error": "too_large", "limit": self._max_body})
+        return _Outcome(413, "too_large", {"error": "too_large", "field": "body", "limit": self._max_body})
 
     @staticmethod
     async def _read_form(request: web.Request) -> Mapping[str, Any]:
@@ -373,11 +379,11 @@ class BitrixHandler:
         already read and answers as it always did.
         """
         if request.content_type == _URLENCODED and request.charset in (None, "utf-8"):
-            body = await request.read()
+            body = await read_bytes(request)
             limit = request.client_max_fields
             if limit <= 0 or body.count(b"&") < limit:
                 return decode_form(body)
-        return await request.post()
+        return await read_form(request)
 
     async def _intake(self, post: HandlerPost) -> Mapping[str, Any]:
         try:
@@ -460,7 +466,7 @@ def make_app(
     gate = Doors(doors or DoorConfig(handler_key=handler_key, route_keys=dict(dlr_keys or {})))
     handler = BitrixHandler(doors=gate, codes=codes, rpc=rpc, max_body=max_body,
                             spool=spool, spool_after=spool_after)
-    app = web.Application(client_max_size=max_body)
+    app = web.Application(client_max_size=max_body, middlewares=[guard])
     if spool is not None:
         app.cleanup_ctx.append(functools.partial(_spooling, handler, spool))
     app.router.add_post("/bitrix24/{code}", handler.post)

@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from shim.auth import Doors, error_response
+from shim.body import read_form
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
 
 __all__ = ["AppEventHandler", "PATH"]
@@ -29,6 +30,25 @@ log = structlog.get_logger(__name__)
 PATH = "/bitrix24-app"
 _AUTH_KEY = re.compile(r"auth\[([a-z_]{1,64})\]")
 _STATUS = {"bad_request": 400, "forbidden": 403, "unavailable": 503}
+
+
+_EVENTS = frozenset({"ONAPPINSTALL", "ONAPPUPDATE", "ONAPPUNINSTALL"})
+_DOMAIN = re.compile(r"[a-z0-9.-]{1,253}(:[0-9]{1,5})?")
+
+
+def _loggable_event(event: object) -> str | None:
+    """The event's name for a log line: one of Bitrix24's, else "other" (a client's arbitrary
+    string never reaches a log)."""
+    if not isinstance(event, str):
+        return None
+    return event.upper() if event.upper() in _EVENTS else "other"
+
+
+def _loggable_domain(domain: str | None) -> str | None:
+    """The portal's domain for a log line when it looks like a host name, else "invalid"."""
+    if domain is None:
+        return None
+    return domain.lower() if _DOMAIN.fullmatch(domain.lower()) else "invalid"
 
 
 class AppEventHandler:
@@ -41,17 +61,14 @@ class AppEventHandler:
         if refusal is not None:
             log.warning("bitrix24.app_event_post", outcome=refusal.error, http_status=refusal.status)
             return error_response(refusal)
-        try:
-            form = await request.post()
-        except ValueError:
-            return self._answer(400, "bad_request", {})
+        form = await read_form(request)  # a BodyError is answered by shim.body.guard
         auth = {}
         for name, value in form.items():
             match = _AUTH_KEY.fullmatch(name)
             if match and isinstance(value, str):
                 auth[match[1]] = value
         event = form.get("event")
-        ctx = {"event_name": event if isinstance(event, str) else None, "domain": auth.get("domain")}
+        ctx = {"event_name": _loggable_event(event), "domain": _loggable_domain(auth.get("domain"))}
         try:
             result = await self._rpc.call("app_event", {"event": event, "auth": auth})
         except RpcUnavailable:

@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 
 from shim.auth import Doors, Refusal, error_response
+from shim.body import read_form
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
 
 log = structlog.get_logger(__name__)
@@ -73,10 +74,7 @@ class DlrHandler:
         if refusal is not None:
             self._log_refusal(route)
             return error_response(refusal)
-        try:
-            form = [(k, str(v)) for k, v in (await request.post()).items()]
-        except (ValueError, web.HTTPRequestEntityTooLarge):
-            return error_response(Refusal(400, "bad_request", None, "unreadable form"))
+        form = list((await read_form(request)).items())  # a BodyError is answered by shim.body.guard
         form += [(k, v) for k, v in request.query.items() if k != "key"]
         try:
             result = await self._rpc.call("dlr", {"route": route, "form": form})

@@ -34,7 +34,7 @@ from .providers import Route, make_route
 from .providers.http_common import BadCallback, ForgedCallback, HttpRoute
 from .listenfds import passed_socket
 from .providers.smsc import SmscRoute
-from .rpc import RpcError, RpcServer
+from .rpc import ListOf, MapOf, ParamTypes, RpcError, RpcServer
 from .smpp.codec import ShortMessage
 from .stoplist import StopList
 from .admin import Admin
@@ -42,6 +42,28 @@ from .ops import Ops, start_ops, stop_ops
 from .store import OpenMessage, PortalRecord, Store, StoreOpenError, StoreUnavailable, open_problem
 
 log = structlog.get_logger(__name__)
+
+_TEXT_OR_NULL = (str, None)
+PARAM_TYPES: dict[str, ParamTypes] = {
+    # The doors' parameters by JSON type, checked by the RPC server before a handler runs
+    # (rpc.check_params): a list where a string belongs, a deep structure or a huge integer is
+    # a bad_request naming the parameter, never an "internal" error inside a handler.
+    "intake": {"member_id": _TEXT_OR_NULL, "domain": _TEXT_OR_NULL, "application_token": _TEXT_OR_NULL,
+               "code": str, "message_id": str, "to": str, "text": str, "module_id": _TEXT_OR_NULL,
+               "bindings": (ListOf(MapOf((int, str), 8), 64), None), "ts": (int, None),
+               "document_id": (ListOf(str, 8), None)},
+    "dlr": {"route": str, "form": ListOf(ListOf(str, 2), 1000)},
+    "app_event": {"event": _TEXT_OR_NULL, "auth": MapOf(str, 64)},
+    "stoplist.add": {"phone": str, "source": _TEXT_OR_NULL},
+    "stoplist.remove": {"phone": str},
+    "register": {"portal": _TEXT_OR_NULL, "update": (bool, None)},
+    "unregister": {"portal": _TEXT_OR_NULL},
+    # smppd's own commands (admin.py)
+    "send": {"code": str, "to": str, "text": str},
+    "message": {"id": int},
+    **{name: {"ids": (ListOf(int, 100_000), None), "older_than": (float, None), "route": _TEXT_OR_NULL,
+              "outbox": (bool, None)} for name in ("stuck", "retry", "cancel")},
+}
 
 RECEIPT_SWEEP_INTERVAL = 60.0
 
@@ -124,7 +146,7 @@ class Daemon:
             {"intake": intake, "ping": self._ping, "status": self._status, "dlr": self._dlr, **self._stoplist_methods(),
              "app_event": self.app_events.receive, "register": self._register, "unregister": self._unregister, **Admin(_AdminHost(self)).methods(),
              **self._contacts_methods()},
-            group=self.config.daemon.socket_group, batch_handlers={"intake": intake.many},
+            group=self.config.daemon.socket_group, batch_handlers={"intake": intake.many}, params=PARAM_TYPES,
             sock=passed_socket((socket.AF_UNIX,), "smppd"),  # systemd's smppd.socket, if it passed one
         )
         await self._rpc.start()

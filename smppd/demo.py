@@ -338,7 +338,9 @@ def _channels(rig: Rig) -> dict[str, int]:
 
 
 def run_demo(args: argparse.Namespace) -> bool:
-    logs.configure(json=False, level=logging.INFO if args.verbose else logging.WARNING)
+    # Without --verbose the screen is the progress and the table: only an error (something
+    # really broken) gets a log line among them.
+    logs.configure(json=False, level=logging.INFO if args.verbose else logging.ERROR)
     if getattr(args, "contacts", 0):
         return asyncio.run(_contacts_demo(args.contacts, args.seed))
     return asyncio.run(_demo(args.messages, args.concurrency, args.seed, args.timeout))

@@ -42,7 +42,13 @@ Error codes produced by this module
     ``bad_request``     the line is not JSON, not an object, or has a missing
                         or invalid ``id``/``method``/``params`` (``id`` is
                         echoed when it could be read, else ``null``); the
-                        connection stays open.
+                        connection stays open.  Also: an integer outside
+                        a signed 64-bit range, ``NaN``/``Infinity``, nesting
+                        deeper than the decoder allows, or a parameter whose
+                        JSON type is not the one the method declares
+                        (``RpcServer(params=...)``, see ``ListOf``/``MapOf``);
+                        these never reach a handler, and the error names
+                        the parameter in ``field``.
     ``unknown_method``  no handler of that name.
     ``internal``        the handler crashed; the details are in the daemon's
                         log, never in the reply.
@@ -77,12 +83,16 @@ import stat
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
 __all__ = [
     "BATCHED",
+    "INT_LIMIT",
+    "ListOf",
+    "MapOf",
+    "ParamTypes",
     "MAX_LINE",
     "BatchHandler",
     "Handler",
@@ -216,6 +226,135 @@ def _request_lines(method: str, items: list[tuple[int, bytes]]) -> list[tuple[by
     if group:
         close_group()
     return lines
+
+
+# --------------------------------------------------------------------------
+# what a request may hold, checked before any handler runs
+
+INT_LIMIT = 2**63
+"""Integers a request may carry: signed 64 bits, what SQLite and every id we keep can hold."""
+
+
+class ListOf(NamedTuple):
+    """A JSON array of ``item`` values, at most ``max_len`` of them."""
+
+    item: Any
+    max_len: int = MAX_INFLIGHT
+
+
+class MapOf(NamedTuple):
+    """A JSON object with ``value`` values, at most ``max_len`` keys."""
+
+    value: Any
+    max_len: int = 256
+
+
+Spec = Any
+"""A parameter's type: ``str``, ``int``, ``bool``, ``float``, ``None``, a ``ListOf``/``MapOf``,
+or a tuple of these (any of them). ``int`` never admits a bool, as JSON tells them apart."""
+
+ParamTypes = Mapping[str, Spec]
+"""A method's parameters by name and type; a parameter not named is not checked, and one
+that is named may be absent (whether it is required is the handler's business)."""
+
+
+def conforms(spec: Spec, value: Any) -> bool:
+    """Whether ``value`` (decoded JSON) has the type ``spec`` declares."""
+    if isinstance(spec, tuple) and not isinstance(spec, (ListOf, MapOf)):  # both are tuples too
+        return any(conforms(s, value) for s in spec)
+    if spec is None:
+        return value is None
+    if spec is int:
+        return type(value) is int
+    if spec is float:
+        return type(value) in (int, float)
+    if isinstance(spec, ListOf):
+        return (type(value) is list and len(value) <= spec.max_len
+                and all(conforms(spec.item, v) for v in value))
+    if isinstance(spec, MapOf):
+        return (type(value) is dict and len(value) <= spec.max_len
+                and all(conforms(spec.value, v) for v in value.values()))
+    return type(value) is spec
+
+
+def _type_name(spec: Spec) -> str:
+    if isinstance(spec, tuple) and not isinstance(spec, (ListOf, MapOf)):
+        return " or ".join(_type_name(s) for s in spec)
+    if spec is None:
+        return "null"
+    if isinstance(spec, ListOf):
+        return f"a list of {_type_name(spec.item)} (at most {spec.max_len})"
+    if isinstance(spec, MapOf):
+        return f"an object of {_type_name(spec.value)} (at most {spec.max_len} keys)"
+    return {str: "a string", int: "an integer", bool: "true or false", float: "a number"}.get(spec, spec.__name__)
+
+
+def check_params(types: ParamTypes, params: Mapping[str, Any]) -> RpcError | None:
+    """The error for the first parameter whose type is not the declared one, else None."""
+    for name, spec in types.items():
+        if name in params and not conforms(spec, params[name]):
+            return RpcError("bad_request", f"{name}: must be {_type_name(spec)}", field=name)
+    return None
+
+
+_TYPE_SETS = {str: (str,), int: (int,), bool: (bool,), float: (int, float), None: (type(None),)}
+
+
+def compile_spec(spec: Spec) -> Callable[[Any], bool]:
+    """``conforms(spec, ·)`` as a closure built once: the intake's ~12 parameters are checked
+    per post, and the generic walk cost ~9 µs of it where this costs ~2."""
+    alternatives = spec if isinstance(spec, tuple) and not isinstance(spec, (ListOf, MapOf)) else (spec,)
+    simple = frozenset(t for a in alternatives if not isinstance(a, (ListOf, MapOf)) for t in _TYPE_SETS[a])
+    nested = [a for a in alternatives if isinstance(a, (ListOf, MapOf))]
+    if not nested:
+        return lambda value: type(value) in simple
+    checks: list[Callable[[Any], bool]] = []
+    for a in nested:
+        inner = compile_spec(a.item if isinstance(a, ListOf) else a.value)
+        if isinstance(a, ListOf):
+            checks.append(lambda v, f=inner, n=a.max_len: type(v) is list and len(v) <= n and all(map(f, v)))
+        else:
+            checks.append(lambda v, f=inner, n=a.max_len: type(v) is dict and len(v) <= n
+                          and all(map(f, v.values())))
+    return lambda value: type(value) in simple or any(check(value) for check in checks)
+
+
+class _ParamChecks:
+    """One method's declared parameter types, compiled (see ``compile_spec``)."""
+
+    __slots__ = ("_checks", "_types")
+
+    def __init__(self, types: ParamTypes) -> None:
+        self._types = types
+        self._checks = {name: compile_spec(spec) for name, spec in types.items()}
+
+    def __call__(self, params: Mapping[str, Any]) -> RpcError | None:
+        checks = self._checks
+        for name, value in params.items():
+            check = checks.get(name)
+            if check is not None and not check(value):
+                spec = self._types[name]
+                return RpcError("bad_request", f"{name}: must be {_type_name(spec)}", field=name)
+        return None
+
+
+class _OutOfRange(ValueError):
+    pass
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text)
+    if not -INT_LIMIT <= value < INT_LIMIT:
+        raise _OutOfRange
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise _OutOfRange
+
+
+# Built once: json.loads with keyword arguments builds a decoder per call (~1 µs).
+_decode_request = json.JSONDecoder(parse_int=_bounded_int, parse_constant=_no_constant).decode
 
 
 def _valid_id(value: Any) -> bool:
@@ -357,7 +496,11 @@ class _BadRequest(Exception):
 def _parse_request(line: bytes) -> tuple[str | int, str, dict[str, Any]]:
     """Split one request line into (id, method, params) or raise _BadRequest."""
     try:
-        request = json.loads(line)
+        request = _decode_request(line.decode("utf-8"))
+    except _OutOfRange:
+        raise _BadRequest(None, "numbers must be integers of at most 64 bits or finite decimals") from None
+    except RecursionError:
+        raise _BadRequest(None, "nested too deeply") from None
     except ValueError:  # includes UnicodeDecodeError
         raise _BadRequest(None, "line is not valid UTF-8 JSON") from None
     if not isinstance(request, dict):
@@ -388,9 +531,11 @@ class _Connection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         batch_handlers: Mapping[str, BatchHandler] | None = None,
+        params: Mapping[str, ParamTypes] | None = None,
     ) -> None:
         self._handlers = handlers
         self._batch_handlers = batch_handlers or {}
+        self._params = {m: _ParamChecks(t) for m, t in (params or {}).items()}
         self._reader = reader
         self._out = _LineWriter(writer)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -455,6 +600,11 @@ class _Connection:
             return
         handler = self._handlers.get(method)
         if handler is not None:
+            checks = self._params.get(method)
+            wrong = checks(params) if checks is not None else None
+            if wrong is not None:
+                self._out.send(_error_line(request_id, wrong))
+                return
             self._start(self._call(handler, request_id, method, params), 1)
             return
         name = method.removesuffix(BATCH_SUFFIX)
@@ -523,7 +673,15 @@ class _Connection:
 
     async def _run_batch(self, method: str, items: list[Any]) -> list[Any]:
         outcomes: list[Any] = [_NOT_AN_OBJECT] * len(items)
-        at = [i for i, params in enumerate(items) if isinstance(params, dict)]
+        checks = self._params.get(method)
+        at = []
+        for i, params in enumerate(items):
+            if isinstance(params, dict):
+                wrong = checks(params) if checks is not None else None
+                if wrong is None:
+                    at.append(i)
+                else:
+                    outcomes[i] = wrong
         if not at:
             return outcomes
         params = [items[i] for i in at]
@@ -571,11 +729,13 @@ class RpcServer:
         group: str | None = None,
         batch_handlers: Mapping[str, BatchHandler] | None = None,
         sock: socket.socket | None = None,
+        params: Mapping[str, ParamTypes] | None = None,
     ) -> None:
         self._path = path
         self._sock = sock
         self._handlers = handlers
         self._batch_handlers = batch_handlers or {}
+        self._params = params or {}
         self._group = group
         self._server: asyncio.AbstractServer | None = None
         self._socket_gid = -1
@@ -659,7 +819,7 @@ class RpcServer:
                 out.send(_error_line(None, RpcError("forbidden", "peer not allowed")))
                 await out.close()
                 return
-            conn = _Connection(self._handlers, reader, writer, self._batch_handlers)
+            conn = _Connection(self._handlers, reader, writer, self._batch_handlers, self._params)
             self._connections.add(conn)
             try:
                 await conn.run()

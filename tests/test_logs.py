@@ -372,3 +372,62 @@ def test_lean_bound_logger_falls_back_when_structlog_keeps_its_state_elsewhere(m
     monkeypatch.undo()
     lean = logs.lean_bound_logger(logging.INFO)
     assert "info" in vars(lean)
+
+
+# --- repeated lines and the libraries' loggers (issue 19 §2, §6) -------------------------------
+
+def test_repeat_limiter_writes_a_burst_per_window_then_counts_what_it_left_out():
+    limiter = logs.RepeatLimiter(burst=3, window=10.0)
+    seen = [limiter.admit("accept_failed", t * 0.01) for t in range(100)]
+    assert [w for w, _ in seen].count(True) == 3
+    assert limiter.admit("accept_failed", 10.5) == (True, 97)  # the next window says how many were dropped
+    assert limiter.admit("other", 10.5) == (True, 0)  # kinds are counted apart
+
+
+def test_repeat_limiter_memory_is_bounded_by_kinds():
+    limiter = logs.RepeatLimiter(burst=1, window=60.0, max_kinds=100)
+    for n in range(10_000):
+        limiter.admit(n, 0.0)
+    assert len(limiter._kinds) <= 100
+
+
+def test_a_flood_of_one_warning_is_a_few_lines_and_info_lines_are_never_dropped():
+    def flood(log):
+        for _ in range(500):
+            log.warning("bitrix24.post", outcome="unauthorized", http_status=401)
+        for n in range(500):
+            log.info("message_received", id=n)
+
+    lines = capture_json(flood)
+    assert sum(1 for line in lines if line["event"] == "bitrix24.post") == 10
+    assert sum(1 for line in lines if line["event"] == "message_received") == 500
+
+
+def test_library_records_keep_the_template_and_the_exception_type_never_the_bytes():
+    buf = io.StringIO()
+    logs.configure(json=True, level=logging.INFO, file=buf, cache=False)
+    try:
+        from aiohttp.http_exceptions import BadHttpMessage
+
+        secret = "key=SeCrEt123&message_to=%2B375291234567&message_body=Hello+there"
+        try:
+            raise BadHttpMessage(f"Invalid header value: {secret!r}")
+        except BadHttpMessage:
+            logging.getLogger("aiohttp.server").exception("Error handling request from %s: %r", "1.2.3.4", secret)
+        logging.getLogger("asyncio").error("Task exception was never retrieved\nfuture: %r", secret)
+        try:
+            raise RuntimeError(secret)
+        except RuntimeError:
+            logging.getLogger().error("boom %s", secret, exc_info=True)
+        structlog.get_logger("t").info("flush")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    text = buf.getvalue()
+    assert "SeCrEt123" not in text and "375291234567" not in text and "Hello" not in text and "1.2.3.4" not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    server = next(line for line in lines if line.get("logger") == "aiohttp.server")
+    assert server["error"] == "BadHttpMessage" and server["level"] == "info" and server["client_fault"]
+    assert next(line for line in lines if line.get("logger") == "asyncio")["event"] == "Task exception was never retrieved"
+    root = next(line for line in lines if line.get("logger") == "root")
+    assert root["level"] == "error" and root["error"] == "RuntimeError" and root["where"].startswith("test_logs.py:")

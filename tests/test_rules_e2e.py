@@ -307,10 +307,25 @@ async def test_a_template_over_one_segment_warns_once_and_is_counted(rig):
         ids = [(await post(rig, "by_life", f"+37529123456{i}", body))[0] for i in range(3)]
     warnings = [e for e in logs if e["event"] == "template_over_one_segment"]
     assert len(warnings) == 1 and warnings[0]["segments"] == 2 and warnings[0]["encoding"] == "ucs2"
-    assert rig.daemon.rules.stats.multi_segment == 3
+    assert warnings[0]["count"] == 1 and warnings[0]["code"] == "by_life"
+    assert not any(word in repr(warnings) for word in ("Здравствуйте", "заказ", "магазине"))  # no text
+    with capture_logs() as logs:  # another personalised text of the same CODE: counted, not warned
+        ids.append((await post(rig, "by_life", "+375291234569", body.replace("9 до 21", "10 до 20")))[0])
+    assert [e for e in logs if e["event"] == "template_over_one_segment"] == []
+    assert rig.daemon.rules.stats.multi_segment == 4
     await wait_final(rig, ids)
     status = await rig.rpc.call("status")
-    assert status["rules"]["multi_segment"] == 3
+    assert status["rules"]["multi_segment"] == 4
+
+
+def test_segment_warnings_once_per_code_per_hour_with_the_count():
+    from smppd.intake import SegmentWarnings
+
+    w = SegmentWarnings(every=3600.0)
+    assert w.note("by_life", 0.0) == 1
+    assert [w.note("by_life", t) for t in (1.0, 2.0, 3599.0)] == [None, None, None]
+    assert w.note("by_mts", 10.0) == 1  # CODEs apart
+    assert w.note("by_life", 3600.0) == 4  # the three counted since, and this one
 
 
 async def test_a_stop_during_quiet_hours_cancels_the_held_marketing(tmp_path):

@@ -961,7 +961,8 @@ class Session:
                 error=str(exc),
                 error_type=type(exc).__name__,
                 answered_status=codec.status_name(status),
-                raw=raw[:_LOG_RAW_BYTES].hex(),
+                # the header only: the body holds the number and the text (issue 19 §6)
+                header=raw[:16].hex(), length=len(raw),
             )
             self._out.append(codec.encode(resp, seq, status=status, message_id=""))
             return
