@@ -30,9 +30,9 @@ from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Named
 import aiosqlite
 import structlog
 
-from . import metrics
+from .. import metrics
 
-from .model import (
+from ..model import (
     BITRIX24_RANK,
     FINAL,
     STATUS_OF,
