@@ -41,7 +41,8 @@ from smppd.config import SmppRouteConfig  # noqa: E402
 from smppd.providers.smpp import SmppRoute  # noqa: E402
 from smppd.smpp.segments import route_encoding  # noqa: E402
 from smppd.smpp.simulator import QueueFullBursts, SimulatorConfig, SmscSimulator, SubmitPolicy  # noqa: E402
-from smppd.store import NewMessage, OpenMessage, Store  # noqa: E402
+from smppd.model import NewMessage, OpenMessage  # noqa: E402
+from smppd.store import Store  # noqa: E402
 
 FINAL = {"delivered", "undelivered", "expired", "rejected", "failed"}
 

@@ -13,7 +13,8 @@ from smppd.config import SmppRouteConfig
 from smppd.providers.smpp import SmppRoute
 from smppd.smpp.segments import route_encoding
 from smppd.smpp.simulator import SimulatorConfig, SmscSimulator, SubmitPolicy
-from smppd.store import NewMessage, OpenMessage, Store
+from smppd.model import NewMessage, OpenMessage
+from smppd.store import Store
 
 FINAL = {"delivered", "undelivered", "expired", "rejected", "failed"}
 
