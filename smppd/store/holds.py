@@ -53,7 +53,12 @@ class Holds(Writer):
         follow them and the Bitrix24 outbox learn it too."""
         rows = list(failed)
         now = self.clock()
-        await self.execute(lambda conn: [_fail(conn, mid, reason, now) for mid, reason in rows])
+
+        def op(conn: sqlite3.Connection) -> None:
+            for mid, reason in rows:
+                _fail(conn, mid, reason, now)
+
+        await self.execute(op)
 
     async def judged(self, hold: str, decisions: list[tuple[int, str | None]], then: str | None,
                      then_until: float | None) -> list[OpenMessage]:
