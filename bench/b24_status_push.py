@@ -26,7 +26,8 @@ from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.bitrix24.pusher import StatusPusher
 from smppd.bitrix24.rest import PortalAuth, RestClient
 from smppd.model import Status
-from smppd.store import NewMessage, Store
+from smppd.model import NewMessage
+from smppd.store import Store
 
 
 async def main(n: int, rate: float, burst: int, receipts_per_s: float) -> None:

@@ -21,7 +21,8 @@ from prometheus_client import REGISTRY, generate_latest
 from smppd import logs, metrics
 from smppd.journal import StoreWatcher
 from smppd.model import Status
-from smppd.store import NewMessage, Store
+from smppd.model import NewMessage
+from smppd.store import Store
 
 
 def per_call(fn, n: int = 200_000, runs: int = 5) -> float:

@@ -28,7 +28,8 @@ from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.bitrix24.pusher import StatusPusher
 from smppd.bitrix24.rest import PortalAuth, RestClient
 from smppd.model import Status
-from smppd.store import NewMessage, Store
+from smppd.model import NewMessage
+from smppd.store import Store
 
 class StatusFeed:
     """Messages the operator accepted; a receipt for one of them every 1/rate seconds."""

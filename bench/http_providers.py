@@ -29,7 +29,8 @@ from smppd.providers.smsc import SmscRoute  # noqa: E402
 from smppd.providers.smsru import SmsRuRoute  # noqa: E402
 from smppd.sims.smsc import SmscSimulator  # noqa: E402
 from smppd.sims.smsru import SmsRuSimulator  # noqa: E402
-from smppd.store import NewMessage, OpenMessage, Store  # noqa: E402
+from smppd.model import NewMessage, OpenMessage  # noqa: E402
+from smppd.store import Store  # noqa: E402
 
 
 def micro(fn, repeat: int = 2000) -> float:

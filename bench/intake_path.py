@@ -31,7 +31,7 @@ from smppd import logs, phone, text  # noqa: E402
 from smppd.intake import Intake, IntakeRequest  # noqa: E402
 from smppd.model import Status  # noqa: E402
 from smppd.smpp.segments import build_segments, route_encoding  # noqa: E402
-from smppd.store import IntakeResult, OpenMessage, PortalRecord  # noqa: E402
+from smppd.model import IntakeResult, OpenMessage, PortalRecord  # noqa: E402
 
 MEMBER = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 TOKEN = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from smppd import rules
 from smppd.stoplist import StopList
-from smppd.store import NewMessage, Store
+from smppd.model import NewMessage
+from smppd.store import Store
 
 
 def messages(n: int, run: int, window: float, repeat_every: int) -> list[NewMessage]:

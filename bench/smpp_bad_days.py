@@ -42,7 +42,8 @@ from smppd.providers.smpp import SmppRoute  # noqa: E402
 from smppd.smpp.segments import route_encoding  # noqa: E402
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator  # noqa: E402
 from smppd.sims.smpp_policy import QueueFullBursts, SubmitPolicy  # noqa: E402
-from smppd.store import NewMessage, OpenMessage, Store  # noqa: E402
+from smppd.model import NewMessage, OpenMessage  # noqa: E402
+from smppd.store import Store  # noqa: E402
 
 FINAL = {"delivered", "undelivered", "expired", "rejected", "failed"}
 

@@ -39,7 +39,8 @@ from smppd.smpp.segments import route_encoding  # noqa: E402
 from smppd.smpp.session import SubmitAccepted  # noqa: E402
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator  # noqa: E402
 from smppd.sims.smpp_policy import max_in_any_second  # noqa: E402
-from smppd.store import NewMessage, OpenMessage, Store  # noqa: E402
+from smppd.model import NewMessage, OpenMessage  # noqa: E402
+from smppd.store import Store  # noqa: E402
 
 
 class TimedRoute(SmppRoute):

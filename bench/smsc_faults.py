@@ -27,7 +27,8 @@ from smppd.config import SmscRouteConfig  # noqa: E402
 from smppd.model import FINAL, Status  # noqa: E402
 from smppd.providers.smsc import SmscRoute  # noqa: E402
 from smppd.sims.smsc import SmscSimulator  # noqa: E402
-from smppd.store import NewMessage, OpenMessage, Store  # noqa: E402
+from smppd.model import NewMessage, OpenMessage  # noqa: E402
+from smppd.store import Store  # noqa: E402
 
 
 async def run_once(n: int, drops: int, status_down: float, window: float, tmp: Path) -> tuple[int, float]:

@@ -27,9 +27,10 @@ from pathlib import Path
 from collections import Counter
 from typing import Any
 
-from smppd import store as store_mod
+from smppd.store import writer as writer_mod
 from smppd.model import Status
-from smppd.store import NewMessage, Store
+from smppd.model import NewMessage
+from smppd.store import Store
 
 MEMBER = "m" * 32
 
@@ -43,7 +44,7 @@ class WriterMeter:
         self.steps: Counter[str] = Counter()  # writer CPU seconds per step
         self.statements = 0
         self._count = count_statements
-        self._original = store_mod._run_group
+        self._original = writer_mod.run_group
 
     def __enter__(self) -> "WriterMeter":
         def metered(conn: sqlite3.Connection, ops: list[Any]) -> list[Any]:
@@ -58,14 +59,14 @@ class WriterMeter:
                 self.steps[self.step] += cpu
                 conn.set_trace_callback(None)
 
-        store_mod._run_group = metered
+        writer_mod.run_group = metered
         return self
 
     def _traced(self, _sql: str) -> None:
         self.statements += 1
 
     def __exit__(self, *exc: object) -> None:
-        store_mod._run_group = self._original
+        writer_mod.run_group = self._original
 
 
 def message(run: int, i: int) -> NewMessage:

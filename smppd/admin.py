@@ -10,8 +10,6 @@ methods need no authentication of their own.
 from __future__ import annotations
 
 import dataclasses
-
-import sqlite3
 import uuid
 from typing import Any, Mapping, Protocol
 
@@ -72,17 +70,10 @@ class Admin:
     async def status(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The daemon's status plus the figures an admin asks for next: window, binds, outbox per portal."""
         out = await self.daemon.status(params)
-
-        def op(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
-            now = self.daemon.store.clock()
-            return {
-                m: {"updates": n, "oldest_seconds": round(now - oldest, 1)}
-                for m, n, oldest in conn.execute(
-                    "SELECT member_id, count(*), min(created_at) FROM outbox GROUP BY 1")
-            }
-
         # A full disk: the read could wait behind held writes; the status above already says why.
-        outbox = {} if self.daemon.store.unavailable is not None else await self.daemon.store.execute(op)
+        by_portal = {} if self.daemon.store.unavailable is not None else await self.daemon.store.outbox_by_portal()
+        now = self.daemon.store.clock()
+        outbox = {m: {"updates": n, "oldest_seconds": round(now - oldest, 1)} for m, (n, oldest) in by_portal.items()}
         for member_id, p in out["pushers"].items():
             p.update(outbox.get(member_id, {"updates": 0, "oldest_seconds": 0.0}))
         return out
@@ -161,8 +152,7 @@ class Admin:
         """
         outbox = 0
         if params.get("outbox"):
-            outbox = await self.daemon.store.execute(
-                lambda conn: conn.execute("UPDATE outbox SET next_at=0 WHERE next_at > 0").rowcount)
+            outbox = await self.daemon.store.outbox_due_now()
             self.daemon.store.outbox_changed.set()
         if not _selects(params) and not params.get("outbox"):
             raise RpcError("bad_request", "name message ids, older_than or outbox", field="ids")
@@ -195,18 +185,10 @@ class Admin:
         for route in self.daemon.routes.values():
             route.cancel(ids)
 
-        def segments(conn: sqlite3.Connection) -> list[tuple[int, int]]:
-            q = ",".join("?" * len(ids)) or "NULL"
-            return conn.execute(
-                f"SELECT message_id, seq FROM segment WHERE message_id IN ({q}) AND status IN (?,?,?)",
-                (*ids, *OPEN),
-            ).fetchall()
-
         # A held message (consent, quiet hours) leaves its hold first, so the hold worker
         # can never release what the admin ended.
-        await self.daemon.store.execute(lambda conn: conn.executemany(
-            "UPDATE message SET hold=NULL, hold_until=NULL WHERE id=? AND hold IS NOT NULL", [(i,) for i in ids]))
-        for mid, seq in await self.daemon.store.execute(segments):
+        await self.daemon.store.unhold(ids)
+        for mid, seq in await self.daemon.store.open_segments(ids, OPEN):
             await self.daemon.store.segment_failed(mid, seq, Status.FAILED, CANCELLED)
         cancelled = sorted(ids)
         log.warning("admin_cancel", messages=cancelled)
@@ -224,24 +206,8 @@ class Admin:
         route = params.get("route")
         if route is not None and route not in self.daemon.routes:
             raise RpcError("bad_request", f"route: no route named {route!r}", field="route")
-        now = self.daemon.store.clock()
-
-        def op(conn: sqlite3.Connection) -> list[tuple[int, str, str, float, str, str | None, float | None]]:
-            sql = ("SELECT id, route, status, ? - updated_at, member_id, hold, hold_until FROM message"
-                   " WHERE status IN (?,?,?)")
-            args: list[Any] = [now, *OPEN]
-            if ids:
-                sql += f" AND id IN ({','.join('?' * len(ids))})"
-                args += ids
-            if older is not None:
-                sql += " AND updated_at <= ?"
-                args.append(now - older)
-            if route is not None:
-                sql += " AND route = ?"
-                args.append(route)
-            return conn.execute(sql + " ORDER BY id LIMIT ?", (*args, MAX_SELECT)).fetchall()
-
-        return await self.daemon.store.execute(op)
+        return await self.daemon.store.select_messages(OPEN, ids=ids, older_than=older, route=route,
+                                                       limit=MAX_SELECT)
 
 
 def _selects(params: Mapping[str, Any]) -> bool:

@@ -39,7 +39,8 @@ from .smpp.codec import ShortMessage
 from .stoplist import StopList
 from .admin import Admin
 from .ops import Ops, start_ops, stop_ops
-from .store import OpenMessage, PortalRecord, Store, StoreOpenError, StoreUnavailable, open_problem
+from .model import OpenMessage, PortalRecord
+from .store import Store, StoreOpenError, StoreUnavailable, open_problem
 
 log = structlog.get_logger(__name__)
 

@@ -328,13 +328,13 @@ CHANNEL_WORDS = {"viber": "went by Viber", "viber_fallback": "fell back to SMS"}
 
 def _channels(rig: Rig) -> dict[str, int]:
     """How the Viber route's messages went out, from the store's channel column."""
-    import sqlite3
+    from .store import reader
 
-    with sqlite3.connect(rig.config.daemon.database) as conn:
-        rows = conn.execute(
-            "SELECT channel, count(*) FROM message WHERE channel IN ('viber', 'viber_fallback') GROUP BY 1"
-        ).fetchall()
-    return {c: n for c, n in rows}
+    db = reader.connect_readonly(rig.config.daemon.database)
+    try:
+        return reader.channels(db)
+    finally:
+        db.close()
 
 
 def run_demo(args: argparse.Namespace) -> bool:

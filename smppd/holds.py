@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from collections import defaultdict
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -37,9 +36,9 @@ import structlog
 from . import phone
 from .bitrix24.rest import RestError
 from .consent import ConsentReader, Verdict, permanent, permission_reason
-from .model import Status
 from .rules import HOLD_CONSENT, HOLD_QUIET, REASON_STOPLIST, Entity, Rules
-from .store import OpenMessage, Store, _segment_status
+from .model import OpenMessage
+from .store import Store
 
 log = structlog.get_logger(__name__)
 
@@ -82,12 +81,12 @@ class HoldWorker:
         self._wake.clear()
         now = self.rules.clock()
         await self._expire()
-        await self.store.execute(lambda conn: _end_quiet(conn, now))
+        # quiet hours are over for these: back to the consent hold for a fresh verdict
+        await self.store.holds_ended(HOLD_QUIET, HOLD_CONSENT, now)
         more = await self._judge_consent()
         if more:
             return 0.0
-        next_quiet = await self.store.execute(
-            lambda conn: conn.execute("SELECT min(hold_until) FROM message WHERE hold=?", (HOLD_QUIET,)).fetchone()[0])
+        next_quiet = await self.store.next_hold_end(HOLD_QUIET)
         due = [IDLE_WAKE]
         if next_quiet is not None:
             due.append(next_quiet - now)
@@ -114,14 +113,11 @@ class HoldWorker:
     async def _expire(self) -> None:
         """Fail what has been held longer than ``hold_max_age``, with the hold's reason."""
         cutoff = self.store.clock() - self.rules.cfg.hold_max_age
-        rows = await self.store.execute(lambda conn: conn.execute(
-            "SELECT id, member_id, hold FROM message WHERE hold IS NOT NULL AND created_at <= ? ORDER BY id LIMIT ?",
-            (cutoff, CONSENT_BATCH)).fetchall())
+        rows = await self.store.held_since(cutoff, CONSENT_BATCH)
         if not rows:
             return
         failed = [(mid, self.hold_reason(member_id, hold)) for mid, member_id, hold in rows]
-        stamp = self.store.clock()
-        await self.store.execute(lambda conn: [_fail(conn, mid, reason, stamp) for mid, reason in failed])
+        await self.store.fail_held(failed)
         self.store.outbox_changed.set()
         self.expired += len(failed)
         for mid, reason in failed:
@@ -131,16 +127,13 @@ class HoldWorker:
 
     async def counts(self) -> dict[str, int]:
         """Messages waiting per hold, for ``smppd status``: a stuck consent lookup shows here."""
-        rows = await self.store.execute(lambda conn: conn.execute(
-            "SELECT hold, count(*) FROM message WHERE hold IS NOT NULL GROUP BY hold").fetchall())
-        return {hold: n for hold, n in rows}
+        return await self.store.held_counts()
 
     async def _release(self, messages: list[OpenMessage]) -> None:
         """Dispatch what a hold let go, unless the number opted out while it waited."""
         stopped = {m.id for m in messages if m.phone in self.stoplist}
         if stopped:
-            stamp = self.store.clock()
-            await self.store.execute(lambda conn: [_fail(conn, mid, REASON_STOPLIST, stamp) for mid in stopped])
+            await self.store.fail_held((mid, REASON_STOPLIST) for mid in stopped)
             self.store.outbox_changed.set()
         for m in messages:
             if m.id in stopped:
@@ -155,11 +148,7 @@ class HoldWorker:
         """One round of consent lookups; True when more held messages are waiting than one round takes."""
         now = self.rules.clock()
         self._retry_at = {m: at for m, at in self._retry_at.items() if at > now}
-        waiting = sorted(self._retry_at)
-        marks = ",".join("?" * len(waiting))
-        rows = await self.store.execute(lambda conn: conn.execute(
-            f"SELECT id, member_id, entities, phone FROM message WHERE hold=? AND member_id NOT IN ({marks})"
-            " ORDER BY id LIMIT ?", (HOLD_CONSENT, *waiting, CONSENT_BATCH)).fetchall())
+        rows = await self.store.held(HOLD_CONSENT, self._retry_at, CONSENT_BATCH)
         by_portal: dict[str, list[tuple[int, tuple[tuple[Entity, ...], str | None]]]] = defaultdict(list)
         for mid, member_id, entities, number in rows:
             by_portal[member_id].append((mid, (_entities(entities), number)))
@@ -188,8 +177,10 @@ class HoldWorker:
         """Apply one portal's verdicts: fail the refused, hold for quiet hours or release the rest."""
         release_at = self.rules.quiet_release_at()
         decisions = [(mid, v) for (mid, _), v in zip(items, verdicts)]
-        stamp = self.store.clock()
-        released = await self.store.execute(lambda conn: _apply_consent(conn, decisions, release_at, stamp))
+        # the refused fail through the status path (repeats and the outbox follow), the rest go
+        released = await self.store.judged(
+            HOLD_CONSENT, [(mid, None if v.consent else (v.reason or "no consent")) for mid, v in decisions],
+            HOLD_QUIET if release_at is not None else None, release_at)
         if any(not v.consent for _, v in decisions):
             self.store.outbox_changed.set()
         for mid, v in decisions:
@@ -212,41 +203,4 @@ def _entities(raw: Any) -> tuple[Entity, ...]:
         return tuple(Entity(int(t), int(i)) for t, i in json.loads(raw or "[]"))
     except (ValueError, TypeError):
         return ()
-
-
-def _open(conn: sqlite3.Connection, mid: int) -> OpenMessage:
-    r = conn.execute("SELECT id, route, sender, phone, text, segments, concat_ref, b24_id FROM message WHERE id=?",
-                     (mid,)).fetchone()
-    return OpenMessage(r[0], r[1], r[2], r[3], r[4], tuple(range(r[5])), r[6], r[7])
-
-
-def _apply_consent(conn: sqlite3.Connection, decisions: list[tuple[int, Verdict]],
-                   release_at: float | None, now: float) -> list[OpenMessage]:
-    """Fail the refused (through the segment path, so repeats and the outbox follow), release the rest."""
-    released = []
-    for mid, v in decisions:
-        still = conn.execute("SELECT 1 FROM message WHERE id=? AND hold=?", (mid, HOLD_CONSENT)).fetchone()
-        if still is None:
-            continue
-        if not v.consent:
-            _fail(conn, mid, v.reason or "no consent", now)
-        elif release_at is not None:
-            conn.execute("UPDATE message SET hold=?, hold_until=? WHERE id=?", (HOLD_QUIET, release_at, mid))
-        else:
-            conn.execute("UPDATE message SET hold=NULL, hold_until=NULL WHERE id=?", (mid,))
-            released.append(_open(conn, mid))
-    return released
-
-
-def _fail(conn: sqlite3.Connection, mid: int, reason: str, now: float) -> None:
-    """Through the segment path, so repeats that follow it and the Bitrix24 outbox learn it too."""
-    conn.execute("UPDATE message SET hold=NULL, hold_until=NULL WHERE id=?", (mid,))
-    for (seq,) in conn.execute("SELECT seq FROM segment WHERE message_id=?", (mid,)).fetchall():
-        _segment_status(conn, mid, seq, Status.FAILED, reason, now)
-
-
-def _end_quiet(conn: sqlite3.Connection, now: float) -> int:
-    """Quiet hours are over for these: back to the consent hold for a fresh verdict."""
-    return conn.execute("UPDATE message SET hold=?, hold_until=NULL WHERE hold=? AND hold_until<=?",
-                        (HOLD_CONSENT, HOLD_QUIET, now)).rowcount
 

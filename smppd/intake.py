@@ -21,7 +21,8 @@ from . import metrics, phone, rules, text
 from .config import SMSC_MAX_CHARS, Config, RouteConfig, SenderConfig, SmppRouteConfig, SmscRouteConfig
 from .rpc import RpcError
 from .smpp.segments import route_encoding
-from .store import IntakeResult, NewMessage, OpenMessage, PortalRecord, Store, StoreUnavailable
+from .model import IntakeResult, NewMessage, OpenMessage, PortalRecord
+from .store import Store, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 

@@ -27,13 +27,15 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import structlog
 
 from . import metrics, phone
 from .model import FINAL
 from .phone import mask
+from .store import reader
+from .store.reader import connect_readonly
 
 log = structlog.get_logger(__name__)
 
@@ -41,42 +43,7 @@ TAIL_INTERVAL = 1.0
 SNAPSHOT_INTERVAL = 10.0
 TAIL_BATCH = 5000
 
-_FINALS = "('delivered','undelivered','expired','rejected','failed')"
 _FINAL_WORDS = frozenset(s.value for s in FINAL)
-# Every new event, lean: what counting it needs, the receipt latency of an applied final (its
-# segment's accepted event is looked up for those only), and whether it may be the event that
-# settled its message (its status and time are the message's). Most events are counted and
-# nothing more, so their rows carry no ids or texts (a third less CPU per event): the few that
-# get a log line are read again by id (``_FINAL_SQL``, ``_IGNORED_SQL``), in the same read
-# transaction.
-_TAIL_SQL = f"""
-SELECT e.id, e.message_id, e.status, e.applied, m.route,
-       CASE WHEN e.applied = 1 AND e.status IN {_FINALS} THEN
-         e.at - (SELECT a.at FROM event a WHERE a.message_id = e.message_id AND a.seq = e.seq
-                   AND a.status = 'accepted' AND a.applied = 1 ORDER BY a.id LIMIT 1)
-       END,
-       e.status = m.status AND e.at = m.updated_at
-FROM event e
-JOIN message m ON m.id = e.message_id
-WHERE e.id > ? ORDER BY e.id LIMIT ?
-"""
-# A settled message's one line: the message, and the provider ids of its segments in their
-# order (one row per segment that has one, one row with NULL when none has).
-_FINAL_SQL = (
-    "SELECT m.id, m.b24_id, m.route, m.status, m.reason, m.updated_at - m.created_at, s.provider_id FROM message m"
-    " LEFT JOIN segment s ON s.message_id = m.id AND s.provider_id IS NOT NULL WHERE m.id IN ({}) ORDER BY m.id, s.seq"
-)
-# An event that was not applied (a late or duplicated resp or receipt), for its debug line.
-_IGNORED_SQL = ("SELECT e.id, e.message_id, m.b24_id, m.route, e.seq, e.status, m.status, e.detail FROM event e"
-                " JOIN message m ON m.id = e.message_id WHERE e.id IN ({})")
-_CHUNK = 500  # ids per IN (...): well under SQLite's limit on parameters
-
-
-def connect_readonly(path: str) -> sqlite3.Connection:
-    """A read-only connection that never takes the writer's lock."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-    conn.execute("PRAGMA query_only=1")
-    return conn
 
 
 class StoreWatcher:
@@ -154,11 +121,10 @@ class StoreWatcher:
         db = self._db()
         batch = _Batch()
         if self._last_event is None:  # start at the end: history was logged by the previous run
-            self._last_event = db.execute("SELECT coalesce(max(id), 0) FROM event").fetchone()[0]
+            self._last_event = reader.last_event(db)
             return batch
-        db.execute("BEGIN")  # the lines' reads see what the tail saw
-        try:
-            rows = db.execute(_TAIL_SQL, (self._last_event, TAIL_BATCH)).fetchall()
+        with reader.view(db):  # the lines' reads see what the tail saw
+            rows = reader.events_after(db, self._last_event, TAIL_BATCH)
             if not rows:
                 return batch
             self._last_event = rows[-1][0]
@@ -187,17 +153,15 @@ class StoreWatcher:
             batch.ignored = [
                 {"id": r[1], "b24_id": r[2], "route": r[3], "seq": r[4], "status": r[5], "message_status": r[6],
                  "detail": r[7]}
-                for r in sorted(_by_ids(db, _IGNORED_SQL, ignored))
+                for r in sorted(reader.events(db, ignored))
             ]
             return batch
-        finally:
-            db.execute("COMMIT")
 
     @staticmethod
     def _final_lines(db: sqlite3.Connection, final: list[int]) -> list[dict[str, Any]]:
         """The ``message_final`` line of each message, in the order given."""
         lines: dict[int, dict[str, Any]] = {}
-        for mid, b24_id, route, status, reason, seconds, provider_id in _by_ids(db, _FINAL_SQL, sorted(final)):
+        for mid, b24_id, route, status, reason, seconds, provider_id in reader.finals(db, sorted(final)):
             line = lines.get(mid)
             if line is None:
                 line = lines[mid] = {"id": mid, "b24_id": b24_id, "route": route, "provider_ids": [],
@@ -207,19 +171,13 @@ class StoreWatcher:
         return [lines[mid] for mid in final]
 
     def _read_snapshot(self, portals: list[str]) -> metrics.StoreSnapshot:
-        db = self._db()
         now = self.clock()
-        db.execute("BEGIN")  # one consistent view of all three figures
-        try:
-            messages = {(r, s): n for r, s, n in db.execute("SELECT route, status, count(*) FROM message GROUP BY 1, 2")}
-            outbox = {p: (0, 0.0) for p in portals}
-            for member_id, n, oldest in db.execute(
-                "SELECT member_id, count(*), min(created_at) FROM outbox GROUP BY 1"
-            ):
-                outbox[member_id] = (n, max(0.0, now - oldest))
-            pending = db.execute("SELECT count(*) FROM receipt_pending WHERE expired=0").fetchone()[0]
-        finally:
-            db.execute("COMMIT")
+        db = self._db()
+        with reader.view(db):  # one consistent view of all three figures
+            messages, by_portal, pending = reader.figures(db)
+        outbox = {p: (0, 0.0) for p in portals}
+        for member_id, (n, oldest) in by_portal.items():
+            outbox[member_id] = (n, max(0.0, now - oldest))
         return metrics.StoreSnapshot(messages, outbox, pending)
 
 
@@ -232,13 +190,6 @@ class _Batch:
     latencies: list[tuple[str, str, float]] = field(default_factory=list)  # accepted → final, seconds
     finals: list[dict[str, Any]] = field(default_factory=list)  # one message_final line each
     ignored: list[dict[str, Any]] = field(default_factory=list)  # events not applied (debug lines)
-
-
-def _by_ids(db: sqlite3.Connection, sql: str, ids: list[int]) -> Iterator[tuple[Any, ...]]:
-    """The rows of ``sql`` (an ``IN ({})`` of ids) for all of ``ids``, ``_CHUNK`` at a time."""
-    for i in range(0, len(ids), _CHUNK):
-        chunk = ids[i:i + _CHUNK]
-        yield from db.execute(sql.format(",".join("?" * len(chunk))), chunk)
 
 
 _children: dict[tuple[str, str], Any] = {}

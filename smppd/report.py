@@ -13,7 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .journal import connect_readonly
+from .store import reader
+from .store.reader import connect_readonly
 
 UNDELIVERED = ("undelivered", "expired")
 FAILED = ("rejected", "failed")
@@ -48,20 +49,13 @@ def daily(database: str, since: float, *, now: float | None = None, utc: bool = 
 
 
 def _daily(conn: sqlite3.Connection, cutoff: float, utc: bool) -> list[DayRow]:
-    day = "date(created_at, 'unixepoch')" if utc else "date(created_at, 'unixepoch', 'localtime')"
     counts: dict[tuple[str, str], dict[str, int]] = {}
-    for d, route, status, n, segs in conn.execute(
-        f"SELECT {day}, route, status, count(*), sum(segments) FROM message WHERE created_at >= ?"
-        " GROUP BY 1, 2, 3", (cutoff,)
-    ):
+    for d, route, status, n, segs in reader.daily_counts(conn, cutoff, utc):
         c = counts.setdefault((d, route), {"segments": 0})
         c[status] = c.get(status, 0) + n
         c["segments"] += segs
     times: dict[tuple[str, str], list[float]] = {}
-    for d, route, seconds in conn.execute(
-        f"SELECT {day}, route, updated_at - created_at FROM message"
-        " WHERE created_at >= ? AND status = 'delivered'", (cutoff,)
-    ):
+    for d, route, seconds in reader.delivery_times(conn, cutoff, utc):
         times.setdefault((d, route), []).append(seconds)
     rows = []
     for (d, route), c in sorted(counts.items()):

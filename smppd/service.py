@@ -25,8 +25,7 @@ log = structlog.get_logger(__name__)
 
 def healthy(daemon: Daemon) -> bool:
     """The daemon can still commit: its store writer task is alive."""
-    writer = daemon.store._writer
-    return writer is not None and not writer.done()
+    return daemon.store.writing
 
 
 async def run_daemon(cfg: config_mod.Config, config_path: str) -> bool:

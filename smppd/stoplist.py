@@ -8,7 +8,6 @@ then to the set, so the set never claims more than the disk holds.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import structlog
@@ -25,8 +24,7 @@ class StopList:
         self._numbers: set[str] = set()
 
     async def load(self) -> int:
-        rows = await self.store.execute(lambda conn: conn.execute("SELECT phone FROM stoplist").fetchall())
-        self._numbers = {r[0] for r in rows}
+        self._numbers = await self.store.stoplist_numbers()
         return len(self._numbers)
 
     def __contains__(self, e164: object) -> bool:
@@ -37,28 +35,18 @@ class StopList:
 
     async def add(self, e164: str, source: str) -> bool:
         """Add a normalized number; False when it was already there (the first record is kept)."""
-        now = self.store.clock()
-
-        def op(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute("INSERT OR IGNORE INTO stoplist (phone, source, added_at) VALUES (?,?,?)",
-                               (e164, source, now))
-            return cur.rowcount == 1
-
-        added = await self.store.execute(op)
+        added = await self.store.stoplist_add(e164, source)
         self._numbers.add(e164)
         if added:
             log.info("stoplist_added", to=phone.mask(e164), source=source)
         return added
 
     async def remove(self, e164: str) -> bool:
-        removed = await self.store.execute(
-            lambda conn: conn.execute("DELETE FROM stoplist WHERE phone=?", (e164,)).rowcount == 1)
+        removed = await self.store.stoplist_remove(e164)
         self._numbers.discard(e164)
         if removed:
             log.info("stoplist_removed", to=phone.mask(e164))
         return removed
 
     async def entries(self) -> list[dict[str, Any]]:
-        rows = await self.store.execute(
-            lambda conn: conn.execute("SELECT phone, source, added_at FROM stoplist ORDER BY added_at").fetchall())
-        return [{"phone": r[0], "source": r[1], "added_at": r[2]} for r in rows]
+        return [{"phone": p, "source": source, "added_at": at} for p, source, at in await self.store.stoplist()]

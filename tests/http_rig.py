@@ -10,7 +10,8 @@ import pytest
 
 from smppd import text
 from smppd.model import Status
-from smppd.store import NewMessage, OpenMessage, Store
+from smppd.model import NewMessage, OpenMessage
+from smppd.store import Store
 
 _n = 0
 

@@ -14,7 +14,8 @@ from smppd.providers.smpp import SmppRoute
 from smppd.smpp.segments import route_encoding
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 from smppd.sims.smpp_policy import SubmitPolicy
-from smppd.store import NewMessage, OpenMessage, Store
+from smppd.model import NewMessage, OpenMessage
+from smppd.store import Store
 
 FINAL = {"delivered", "undelivered", "expired", "rejected", "failed"}
 

@@ -196,7 +196,9 @@ def test_migration_turns_a_pending_portal_row_into_a_waiting_event(tmp_path):
     which blocked a hand-written [[portal]]; migration 8 makes it an event."""
     import asyncio
 
-    from smppd.store import MIGRATIONS, PortalRecord, Store
+    from smppd.model import PortalRecord
+
+    from smppd.store import MIGRATIONS, Store
 
     path = str(tmp_path / "old.db")
     conn = sqlite3.connect(path)

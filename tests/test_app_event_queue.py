@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 from smppd.bitrix24.install import EventQueue, Outcome, Verdict
 from smppd.config import AppConfig, Config, DaemonConfig, ShimConfig
-from smppd.store import PortalRecord, StoredAppEvent
+from smppd.model import PortalRecord, StoredAppEvent
 
 
 class FakeStore:

@@ -498,7 +498,8 @@ async def test_pusher_spaces_partial_batches_while_a_bulk_job_waits(tmp_path, mo
     from smppd.bitrix24 import pusher as pusher_mod
     from smppd.bitrix24.pusher import StatusPusher
     from smppd.model import Status
-    from smppd.store import NewMessage, Store
+    from smppd.model import NewMessage
+    from smppd.store import Store
 
     made = iter(range(10_000))
 

@@ -16,7 +16,8 @@ from smppd import config as config_mod
 from smppd.demo import start_rig, stop_rig
 from smppd.intake import Intake
 from smppd.rpc import RpcClient, RpcError
-from smppd.store import OpenMessage, PortalRecord, Store
+from smppd.model import OpenMessage, PortalRecord
+from smppd.store import Store
 
 from .test_rpc import RawConnection
 

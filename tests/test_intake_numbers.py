@@ -11,7 +11,8 @@ import pytest
 from smppd import config as config_mod, metrics
 from smppd.config import ConfigError
 from smppd.intake import Intake
-from smppd.store import OpenMessage, PortalRecord, Store
+from smppd.model import OpenMessage, PortalRecord
+from smppd.store import Store
 
 from .test_intake_batch import CONFIG, MEMBER, TOKEN, post
 

@@ -10,7 +10,8 @@ import pytest
 from smppd import config as config_mod
 from smppd.intake import Intake
 from smppd.rpc import RpcError
-from smppd.store import PortalRecord, Store
+from smppd.model import PortalRecord
+from smppd.store import Store
 
 from .test_intake_batch import CONFIG, MEMBER, post
 

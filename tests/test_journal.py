@@ -7,7 +7,8 @@ import threading
 import time
 
 from smppd.journal import StoreWatcher
-from smppd.store import NewMessage, Store
+from smppd.model import NewMessage
+from smppd.store import Store
 
 
 async def test_close_waits_for_a_read_that_a_cancel_left_running(tmp_path):

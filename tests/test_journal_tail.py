@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from smppd import journal
-from smppd.journal import StoreWatcher, connect_readonly
+from smppd.journal import StoreWatcher
+from smppd.store.reader import connect_readonly
 from smppd.model import FINAL, Status
 
 from .test_store_status_path import life

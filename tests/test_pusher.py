@@ -7,7 +7,8 @@ from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.bitrix24.pusher import OUTAGE_MAX, StatusPusher
 from smppd.bitrix24.rest import PortalAuth, RestClient
 from smppd.model import Status
-from smppd.store import NewMessage, Store
+from smppd.model import NewMessage
+from smppd.store import Store
 
 
 @pytest.fixture
@@ -144,7 +145,7 @@ async def test_per_command_errors_are_handled_one_by_one(setup):
 
 async def test_final_statuses_leave_before_sent(setup, monkeypatch):
     """Under load a waiting 'sent' should be coalesced into its final status, not spent."""
-    from smppd import store as store_mod
+    from smppd.store import outbox as store_mod
 
     monkeypatch.setattr(store_mod, "SENT_COALESCE", 0.0)  # here: the order once both are due
     portal, store, pusher = setup

@@ -8,7 +8,8 @@ import pytest
 
 from smppd import report
 from smppd.model import Status
-from smppd.store import NewMessage, Store
+from smppd.model import NewMessage
+from smppd.store import Store
 
 DAY1 = calendar.timegm((2026, 11, 20, 9, 0, 0))
 DAY2 = calendar.timegm((2026, 11, 21, 9, 0, 0))

@@ -12,7 +12,8 @@ from smppd.bitrix24.rest import RestError
 from smppd.config import SenderConfig
 from smppd.consent import ConsentReader, granted
 from smppd.rules import CONTACT, DEAL, LEAD, Entity, QuietHours
-from smppd.store import NewMessage, Store
+from smppd.model import NewMessage
+from smppd.store import Store
 
 from .rules_rig import MINSK
 

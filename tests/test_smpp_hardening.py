@@ -88,7 +88,7 @@ def test_limiter_cap_can_shrink_and_grow_on_the_fly():
 from smppd import text  # noqa: E402
 from smppd.config import SmppRouteConfig  # noqa: E402
 from smppd.smpp.segments import build_segments, route_encoding  # noqa: E402
-from smppd.store import OpenMessage  # noqa: E402
+from smppd.model import OpenMessage  # noqa: E402
 
 
 def _cfg(**kw):

@@ -12,7 +12,7 @@ from smppd.providers import smsc
 from smppd.providers.http_common import Accepted, Ambiguous, BadCallback, Batcher, Job, ProviderError, Refused
 from smppd.providers.smsc import VIBER_ID_BASE, SmscRoute
 from smppd.sims.smsc import SimMessage, SmscSimulator
-from smppd.store import OpenMessage
+from smppd.model import OpenMessage
 
 from .http_rig import add_message, status_of, wait_status
 from .http_rig import store  # noqa: F401  (the fixture, by import)

@@ -4,8 +4,9 @@ import sqlite3
 import pytest
 
 from smppd.model import Status
-from smppd import store as store_mod
-from smppd.store import SCHEMA_VERSION, NewMessage, Store
+from smppd.store import outbox as store_mod
+from smppd.model import NewMessage
+from smppd.store import SCHEMA_VERSION, Store
 
 
 def new(b24_id: str = "a" * 32, segments: int = 1, reason: str | None = None, member: str = "m1") -> NewMessage:

@@ -8,7 +8,8 @@ import sqlite3
 import pytest
 
 from smppd.model import Status
-from smppd.store import NewMessage, Store
+from smppd.model import NewMessage
+from smppd.store import Store
 
 from .test_store import store  # noqa: F401 -- the fixture: an opened store on a temporary file
 
@@ -131,7 +132,7 @@ async def test_a_batch_leaves_exactly_the_rows_one_by_one_leaves(tmp_path):
 
 # --- the repeat check of a batch: one read for the batch, then its own messages --------------------
 
-from smppd import store as store_mod  # noqa: E402
+from smppd.store import intake as store_mod  # noqa: E402
 
 # The check as it was, one SELECT per message: the oracle for _Repeats.
 REPEAT_SQL = ("SELECT id, status FROM message WHERE member_id=? AND phone=? AND created_at>=? AND text=?"

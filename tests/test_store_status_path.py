@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from smppd import store as store_mod
+from smppd.store import intake as intake_mod, schema as schema_mod, status as status_mod, writer as writer_mod
 from smppd.model import STATUS_OF, STATUS_WORD, Status
-from smppd.store import NewMessage, Store
+from smppd.model import NewMessage
+from smppd.store import Store
 
 TABLES = {
     "message": "SELECT id, b24_id, status, reason, b24_status, duplicate_of, updated_at, final_at FROM message"
@@ -99,12 +100,12 @@ async def fast(tmp_path):
 
 
 async def test_the_read_with_the_segment_leaves_what_the_separate_reads_leave(fast, tmp_path, monkeypatch):
-    original = store_mod._segment_status
+    original = status_mod.segment_status
 
     def reading_itself(conn, mid, seq, new, detail, now, *, current=None, provider_id=None, message=None):
         return original(conn, mid, seq, new, detail, now, provider_id=provider_id)
 
-    monkeypatch.setattr(store_mod, "_segment_status", reading_itself)
+    monkeypatch.setattr(status_mod, "segment_status", reading_itself)
     slow = await life(str(tmp_path / "slow.db"))
     for table in (*TABLES, "open_messages"):
         assert fast[table] == slow[table], table
@@ -152,7 +153,7 @@ async def test_a_resp_and_a_receipt_run_no_lookup_they_do_not_need(tmp_path):
     try:
         mid = (await s.intake(new("q"))).id
         statements: list[str] = []
-        original = store_mod._run_group
+        original = writer_mod.run_group
 
         def traced(conn, ops):
             conn.set_trace_callback(statements.append)
@@ -161,12 +162,12 @@ async def test_a_resp_and_a_receipt_run_no_lookup_they_do_not_need(tmp_path):
             finally:
                 conn.set_trace_callback(None)
 
-        store_mod._run_group = traced
+        writer_mod.run_group = traced
         try:
             await s.segment_accepted(mid, 0, "Q1")
             assert await s.apply_receipt("life", "Q1", Status.DELIVERED, "DELIVRD")
         finally:
-            store_mod._run_group = original
+            writer_mod.run_group = original
     finally:
         await s.close()
     work = [q for q in statements if q not in ("BEGIN IMMEDIATE", "COMMIT")]
@@ -213,8 +214,8 @@ async def test_final_at_is_stamped_by_the_move_that_makes_a_message_final(fast):
 
 def test_open_messages_reads_a_range_of_the_open_index(tmp_path):
     conn = sqlite3.connect(tmp_path / "plan.db", isolation_level=None)
-    store_mod._migrate(conn)
-    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + store_mod.OPEN_MESSAGES, ("life", 0, 10))]
+    schema_mod.migrate(conn)
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + intake_mod.OPEN_MESSAGES, ("life", 0, 10))]
     assert plan[0] == "SEARCH m USING INDEX message_open (route=? AND id>?)", plan
     assert not [step for step in plan if step.startswith("SCAN")], plan
 
@@ -224,7 +225,7 @@ async def test_migration_7_marks_the_settled_messages_and_keeps_the_open_ones(tm
     path = tmp_path / "v6.db"
     conn = sqlite3.connect(path, isolation_level=None)
     for v in range(1, 7):
-        for statement in store_mod.MIGRATIONS[v].split(";"):
+        for statement in schema_mod.MIGRATIONS[v].split(";"):
             if statement.strip():
                 conn.execute(statement)
     conn.execute("PRAGMA user_version=6")
@@ -244,7 +245,7 @@ async def test_migration_7_marks_the_settled_messages_and_keeps_the_open_ones(tm
     finally:
         await s.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_mod.SCHEMA_VERSION
     assert dict(conn.execute("SELECT status, final_at FROM message")) == {
         "queued": None, "accepted": None, "delivered": 13.0, "failed": 14.0, "submitted": None}
     conn.close()

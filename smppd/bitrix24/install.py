@@ -43,7 +43,7 @@ import structlog
 from .. import metrics
 from ..config import AppConfig, Config, normalize_domain
 from ..rpc import RpcError
-from ..store import PortalRecord, StoredAppEvent
+from ..model import PortalRecord, StoredAppEvent
 from .rest import PortalAuth, RestClient, RestError, refresh_tokens
 
 log = structlog.get_logger(__name__)

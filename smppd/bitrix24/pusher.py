@@ -17,7 +17,8 @@ import random
 import structlog
 
 from .. import metrics
-from ..store import OutboxItem, Store
+from ..model import OutboxItem
+from ..store import Store
 from .rest import RestClient, RestError
 
 log = structlog.get_logger(__name__)

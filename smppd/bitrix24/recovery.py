@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import structlog
 
-from ..store import PortalRecord
+from ..model import PortalRecord
 from .rest import RestClient, RestError
 
 log = structlog.get_logger(__name__)

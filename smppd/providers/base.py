@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Collection, Protocol, runtime_checkable
 
 from ..config import RouteConfig
-from ..store import OpenMessage
+from ..model import OpenMessage
 
 
 @runtime_checkable

@@ -40,7 +40,8 @@ import structlog
 from ..background import Background
 from ..config import HttpRouteConfig
 from ..model import FINAL, Status
-from ..store import OpenMessage, PollItem, Store
+from ..model import OpenMessage, PollItem
+from ..store import Store
 from ..throttle import SlidingWindowLimiter
 from .resend import Ask, Keep, Resend, ResendPolicy
 

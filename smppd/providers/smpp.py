@@ -31,7 +31,8 @@ from ..smpp.session import (
     SubmitUnconfirmed,
 )
 from ..smpp.flow import FlowPolicy, Limits
-from ..store import OpenMessage, ReceiptRules, Store, StoreUnavailable, Unreceipted
+from ..model import OpenMessage, ReceiptRules, Unreceipted
+from ..store import Store, StoreUnavailable
 from ..throttle import SlidingWindowLimiter
 
 log = structlog.get_logger(__name__)

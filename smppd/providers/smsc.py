@@ -38,7 +38,7 @@ from ..model import (
     UnknownProviderStatus,
     smsc_status,
 )
-from ..store import OpenMessage, PollItem
+from ..model import OpenMessage, PollItem
 from .http_common import (
     Accepted,
     Ambiguous,

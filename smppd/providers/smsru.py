@@ -31,7 +31,7 @@ from ..model import (
     UnknownProviderStatus,
     smsru_status,
 )
-from ..store import PollItem
+from ..model import PollItem
 from .http_common import (
     Accepted,
     Ambiguous,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .. import phone, text
 from ..config import SmppRouteConfig
-from ..store import OpenMessage
+from ..model import OpenMessage
 from .session import Submit
 
 UDH8, UDH16, SAR, PAYLOAD = "udh8", "udh16", "sar", "payload"

@@ -1,0 +1,129 @@
+"""The store read from the side: a read-only connection, apart from the writer.
+
+WAL lets it read while the writer writes; it never takes the writer's lock and never
+queues work on it. The journal (``smppd.journal``: status log lines, the store's
+metrics) and ``smppd report`` (which works with the daemon stopped) read through it.
+The caller owns the connection (``connect_readonly``); these are the reads over it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
+
+_FINALS = "('delivered','undelivered','expired','rejected','failed')"
+# Every new event, lean: what counting it needs, the receipt latency of an applied final (its
+# segment's accepted event is looked up for those only), and whether it may be the event that
+# settled its message (its status and time are the message's). Most events are counted and
+# nothing more, so their rows carry no ids or texts (a third less CPU per event): the few that
+# get a log line are read again by id (``_FINAL_SQL``, ``_IGNORED_SQL``), in the same read
+# transaction.
+_TAIL_SQL = f"""
+SELECT e.id, e.message_id, e.status, e.applied, m.route,
+       CASE WHEN e.applied = 1 AND e.status IN {_FINALS} THEN
+         e.at - (SELECT a.at FROM event a WHERE a.message_id = e.message_id AND a.seq = e.seq
+                   AND a.status = 'accepted' AND a.applied = 1 ORDER BY a.id LIMIT 1)
+       END,
+       e.status = m.status AND e.at = m.updated_at
+FROM event e
+JOIN message m ON m.id = e.message_id
+WHERE e.id > ? ORDER BY e.id LIMIT ?
+"""
+# A settled message's one line: the message, and the provider ids of its segments in their
+# order (one row per segment that has one, one row with NULL when none has).
+_FINAL_SQL = (
+    "SELECT m.id, m.b24_id, m.route, m.status, m.reason, m.updated_at - m.created_at, s.provider_id FROM message m"
+    " LEFT JOIN segment s ON s.message_id = m.id AND s.provider_id IS NOT NULL WHERE m.id IN ({}) ORDER BY m.id, s.seq"
+)
+# An event that was not applied (a late or duplicated resp or receipt), for its debug line.
+_IGNORED_SQL = ("SELECT e.id, e.message_id, m.b24_id, m.route, e.seq, e.status, m.status, e.detail FROM event e"
+                " JOIN message m ON m.id = e.message_id WHERE e.id IN ({})")
+_CHUNK = 500  # ids per IN (...): well under SQLite's limit on parameters
+
+
+def connect_readonly(path: str) -> sqlite3.Connection:
+    """A read-only connection that never takes the writer's lock."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    conn.execute("PRAGMA query_only=1")
+    return conn
+
+
+@contextmanager
+def view(db: sqlite3.Connection) -> Iterator[None]:
+    """One consistent view for the reads inside (a read transaction)."""
+    db.execute("BEGIN")
+    try:
+        yield
+    finally:
+        db.execute("COMMIT")
+
+
+# --- the journal ----------------------------------------------------------------------
+
+
+def last_event(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT coalesce(max(id), 0) FROM event").fetchone()[0])
+
+
+def events_after(db: sqlite3.Connection, after: int,
+                 limit: int) -> list[tuple[int, int, str, int, str, float | None, int]]:
+    """(event id, message id, status, applied, route, receipt latency of an applied final or
+    None, whether it may be the event that settled its message), oldest first."""
+    return db.execute(_TAIL_SQL, (after, limit)).fetchall()
+
+
+def finals(db: sqlite3.Connection, ids: list[int]) -> Iterator[tuple[Any, ...]]:
+    """(id, b24_id, route, status, reason, seconds taken, provider id) per message and
+    segment with a provider id (one row with None when none has), by message and seq."""
+    return _by_ids(db, _FINAL_SQL, ids)
+
+
+def events(db: sqlite3.Connection, ids: list[int]) -> Iterator[tuple[Any, ...]]:
+    """(event id, message id, b24_id, route, seq, status, the message's status, detail)."""
+    return _by_ids(db, _IGNORED_SQL, ids)
+
+
+def figures(db: sqlite3.Connection) -> tuple[dict[tuple[str, str], int], dict[str, tuple[int, float]], int]:
+    """Messages per (route, status); per portal the outbox's size and oldest created_at;
+    receipts waiting for their resp. Call inside ``view`` for one consistent set."""
+    messages = {(r, s): n for r, s, n in db.execute("SELECT route, status, count(*) FROM message GROUP BY 1, 2")}
+    outbox = {m: (n, oldest) for m, n, oldest in db.execute(
+        "SELECT member_id, count(*), min(created_at) FROM outbox GROUP BY 1")}
+    pending = db.execute("SELECT count(*) FROM receipt_pending WHERE expired=0").fetchone()[0]
+    return messages, outbox, pending
+
+
+# --- smppd report ---------------------------------------------------------------------
+
+
+def daily_counts(db: sqlite3.Connection, cutoff: float, utc: bool) -> Iterable[tuple[str, str, str, int, int]]:
+    """(day, route, status, messages, segments) of the messages received since ``cutoff``."""
+    return db.execute(
+        f"SELECT {_day(utc)}, route, status, count(*), sum(segments) FROM message WHERE created_at >= ?"
+        " GROUP BY 1, 2, 3", (cutoff,))
+
+
+def delivery_times(db: sqlite3.Connection, cutoff: float, utc: bool) -> Iterable[tuple[str, str, float]]:
+    """(day, route, seconds from intake to delivered) of the delivered messages received since ``cutoff``."""
+    return db.execute(
+        f"SELECT {_day(utc)}, route, updated_at - created_at FROM message"
+        " WHERE created_at >= ? AND status = 'delivered'", (cutoff,))
+
+
+def channels(db: sqlite3.Connection) -> dict[str, int]:
+    """How a Viber-first route's messages went out (the channel column): Viber or the SMS fallback."""
+    rows = db.execute(
+        "SELECT channel, count(*) FROM message WHERE channel IN ('viber', 'viber_fallback') GROUP BY 1").fetchall()
+    return {c: int(n) for c, n in rows}
+
+
+def _day(utc: bool) -> str:
+    return "date(created_at, 'unixepoch')" if utc else "date(created_at, 'unixepoch', 'localtime')"
+
+
+def _by_ids(db: sqlite3.Connection, sql: str, ids: list[int]) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``sql`` (an ``IN ({})`` of ids) for all of ``ids``, ``_CHUNK`` at a time."""
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i:i + _CHUNK]
+        yield from db.execute(sql.format(",".join("?" * len(chunk))), chunk)
