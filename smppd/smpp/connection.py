@@ -17,17 +17,10 @@ import structlog
 
 from .. import metrics
 from ..config import SmppRouteConfig
-from .codec import status_name
-from .flow import CREDENTIAL_STATUSES, Outcome, ReconnectBackoff
-from .session import (
-    BindMode,
-    BindRejected,
-    Bound,
-    Session,
-    SessionConfig,
-    Submit,
-    Terminated,
-)
+from .events import BindRejected, Bound, Terminated
+from .flow import Outcome, ReconnectBackoff
+from .pdu import CREDENTIAL_STATUSES, status_name
+from .session import BindMode, Session, SessionConfig, Submit
 
 log = structlog.get_logger(__name__)
 

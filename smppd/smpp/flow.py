@@ -35,8 +35,6 @@ from enum import Enum
 
 from ..backoff import backoff
 
-# bind refusals that retrying cannot fix: RINVPASWD, RINVSYSID (reference §4: stop and alert)
-CREDENTIAL_STATUSES = frozenset({0x0E, 0x0F})
 
 
 @dataclass(frozen=True, slots=True)
