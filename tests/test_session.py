@@ -200,6 +200,22 @@ def test_bind_resp_ok_binds(mode, can_submit):
             s.submit(item("r"), 1.0)
 
 
+def test_the_session_reports_bind_and_end_and_leaves_their_log_lines_to_the_caller():
+    """One log line per event (issue 15): smpp.bound, smpp.bind_rejected and smpp.terminated
+    are written once, by the connection, which knows the route; the session only reports."""
+    lifecycle = {"smpp.bound", "smpp.bind_rejected", "smpp.terminated", "smpp_bound", "smpp_bind_rejected",
+                 "smpp_terminated"}
+    with capture_logs() as logs:
+        s = bound_session()
+        assert any(isinstance(e, Terminated) for e in s.receive_data(encode("unbind", 9), 1.0))
+        r = Session(config())
+        r.start(0.0)
+        header, _ = sent_one(r)
+        assert r.receive_data(bind_resp_for(BindMode.TRANSCEIVER, header.sequence, status=0x0E), 0.2) == [
+            BindRejected(0x0E)]
+    assert [e["event"] for e in logs if e["event"] in lifecycle] == []
+
+
 def test_bind_rejected_closes_the_session():
     s = Session(config())
     s.start(0.0)

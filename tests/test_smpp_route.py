@@ -175,7 +175,7 @@ async def test_wrong_password_retries_slowly_and_says_so_each_time(rigs, tmp_pat
     # at 10 ms doubling it would be dozens; the credential rule waits 0.125..0.25 s each time
     assert 2 <= conn.connect_attempts <= 6
     assert conn.bind_failures == conn.connect_attempts or conn.bind_failures == conn.connect_attempts - 1
-    refusals = [e for e in logs if e["event"] == "smpp_bind_rejected"]
+    refusals = [e for e in logs if e["event"] == "smpp.bind_rejected"]
     assert len(refusals) == conn.bind_failures
     assert all("RINVPASWD" in e["status"] for e in refusals)
     assert not any("secret" in str(e) or "other" in str(e.get("password", "")) for e in logs)

@@ -599,8 +599,7 @@ class Session:
 
     def _terminate(self, events: list[Event], reason: str) -> list[Event]:
         self._close(events, reason)
-        events.append(Terminated(reason))
-        self._log.info("smpp.terminated", reason=reason)
+        events.append(Terminated(reason))  # logged by the caller, with the route (connection.py)
         return events
 
     def _remember_expired(self, seq: int, ref: Hashable) -> None:
@@ -674,11 +673,8 @@ class Session:
             )
         status = header.status
         if status != ESME_ROK:
-            self._log.error(
-                "smpp.bind_rejected", status=status, status_name=status_name(status)
-            )
             self._close(events, "bind rejected")
-            events.append(BindRejected(status))
+            events.append(BindRejected(status))  # logged by the caller, with the route
             return
         system_id = ""
         try:
@@ -687,8 +683,7 @@ class Session:
             self._log.warning("smpp.bind_resp_body_unreadable", error=repr(exc))
         self._state = State.BOUND
         self._bind_seq = None
-        self._log.info("smpp.bound", smsc_system_id=system_id)
-        events.append(Bound(system_id, status))
+        events.append(Bound(system_id, status))  # logged by the caller, with the route
 
     def _on_submit_resp(self, seq: int, status: int, raw: bytes, events: list[Event]) -> None:
         entry = self._submits.pop(seq, None)
