@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from smppd.smpp.encode import encode, generic_nack
-from smppd.smpp.pdu import Framer, Header, decode, read_header
+from smppd.smpp.pdu import MAX_SEQUENCE, Framer, Header, decode, read_header
 from smppd.smpp.events import (
     BindRejected,
     Bound,
@@ -19,7 +19,7 @@ from smppd.smpp.events import (
     SubmitUnconfirmed,
     Terminated,
 )
-from smppd.smpp.session import SEQUENCE_MAX, BindMode, Session, SessionConfig, State, Submit
+from smppd.smpp.session import BindMode, Session, SessionConfig, State, Submit
 
 PASSWORD = "s3cr3tpw"
 RESP_TIMEOUT = 10.0
@@ -792,22 +792,22 @@ def test_alert_notification_is_not_answered():
 
 
 def test_sequence_wraps_to_one_never_zero():
-    s = Session(config(), first_sequence=SEQUENCE_MAX - 1)
+    s = Session(config(), first_sequence=MAX_SEQUENCE - 1)
     s.start(0.0)
     header, _ = sent_one(s)
-    assert header.sequence == SEQUENCE_MAX - 1
+    assert header.sequence == MAX_SEQUENCE - 1
     s.receive_data(bind_resp_for(BindMode.TRANSCEIVER, header.sequence), 0.1)
     seqs = [s.submit(item(i), 1.0) for i in range(3)]
-    assert seqs == [SEQUENCE_MAX, 1, 2]
+    assert seqs == [MAX_SEQUENCE, 1, 2]
     assert [h.sequence for h, _ in sent(s)] == seqs
-    events = s.receive_data(submit_resp(SEQUENCE_MAX, "M"), 1.1)
+    events = s.receive_data(submit_resp(MAX_SEQUENCE, "M"), 1.1)
     assert events == [SubmitAccepted(0, "M", "M")]
 
 
 def test_sequence_skips_numbers_still_outstanding():
-    s = Session(config(), first_sequence=SEQUENCE_MAX)
+    s = Session(config(), first_sequence=MAX_SEQUENCE)
     s.start(0.0)  # takes 0x7FFFFFFF
-    s.receive_data(bind_resp_for(BindMode.TRANSCEIVER, SEQUENCE_MAX), 0.1)
+    s.receive_data(bind_resp_for(BindMode.TRANSCEIVER, MAX_SEQUENCE), 0.1)
     assert s.submit(item("a"), 1.0) == 1
     s._next_seq = 1  # as if 2**31 numbers had gone by while "a" was outstanding
     assert s.submit(item("b"), 1.0) == 2

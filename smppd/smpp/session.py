@@ -140,10 +140,9 @@ __all__ = [
     "SessionConfig",
     "State",
     "Submit",
-    "SEQUENCE_MAX",
     "UNDECODABLE_DELIVER_STATUS",
 ]
-SEQUENCE_MAX = MAX_SEQUENCE
+
 _BIND_RESPS = frozenset({BIND_RECEIVER_RESP, BIND_TRANSMITTER_RESP, BIND_TRANSCEIVER_RESP})
 
 # Status of the response to an undecodable deliver_sm/data_sm when the codec names none
@@ -262,8 +261,8 @@ class Session:
         first_sequence: int = 1,
         logger: Any = None,
     ) -> None:
-        if not 1 <= first_sequence <= SEQUENCE_MAX:
-            raise ValueError(f"first_sequence must be in 1..{SEQUENCE_MAX:#x}")
+        if not 1 <= first_sequence <= MAX_SEQUENCE:
+            raise ValueError(f"first_sequence must be in 1..{MAX_SEQUENCE:#x}")
         self._config = config
         self._log = (logger if logger is not None else log).bind(
             system_id=config.system_id, bind_mode=str(config.bind_mode)
@@ -567,7 +566,7 @@ class Session:
         """1..0x7FFFFFFF, wrapping to 1, never 0, skipping numbers still outstanding."""
         while True:
             seq = self._next_seq
-            self._next_seq = 1 if seq >= SEQUENCE_MAX else seq + 1
+            self._next_seq = 1 if seq >= MAX_SEQUENCE else seq + 1
             if seq not in self._submits and seq not in self._queries:
                 return seq
 
