@@ -50,7 +50,8 @@ import aiohttp  # noqa: E402
 from bench.e2e import Gateway  # noqa: E402
 from bench.procs import free_port, proc_stats  # noqa: E402
 from smppd.sims.bitrix24 import SimulatedPortal  # noqa: E402
-from smppd.smpp import codec  # noqa: E402
+from smppd.smpp.encode import encode  # noqa: E402
+from smppd.smpp.pdu import COMMAND_NAMES  # noqa: E402
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator  # noqa: E402
 
 DOORS = ("handler", "dlr", "app", "socket", "smsc")
@@ -371,12 +372,12 @@ class HostileSmsc:
                 body = await reader.readexactly(max(0, length - 16))
                 if cid in (0x1, 0x2, 0x9):
                     self.binds += 1
-                    writer.write(codec.encode(codec.COMMAND_NAMES[cid | 0x80000000], seq, system_id="HOSTILE"))
+                    writer.write(encode(COMMAND_NAMES[cid | 0x80000000], seq, system_id="HOSTILE"))
                     await self._bound.put(writer)
                 elif cid == 0x15:
                     writer.write(struct.pack(">IIII", 16, 0x80000015, 0, seq))
                 elif cid == 0x4:
-                    writer.write(codec.encode("submit_sm_resp", seq, message_id=str(self.rng.randint(1, 10**9))))
+                    writer.write(encode("submit_sm_resp", seq, message_id=str(self.rng.randint(1, 10**9))))
                 elif cid == 0x6:
                     writer.write(struct.pack(">IIII", 16, 0x80000006, 0, seq))
                 elif cid & 0x80000000:
@@ -396,7 +397,7 @@ class HostileSmsc:
                     f"stat:{stat} err:000 text:{MARK}").encode("utf-8", "replace")
             if rng.random() < 0.3:
                 text = f"{MARK} {rand_text(rng, 30)}".encode("utf-8", "replace")[:250]
-            raw = bytearray(codec.encode("deliver_sm", seq, source_addr=phone(rng, self.s).lstrip("+"),
+            raw = bytearray(encode("deliver_sm", seq, source_addr=phone(rng, self.s).lstrip("+"),
                                          destination_addr="DemoShop", esm_class=rng.choice([0, 4, 4, 0x40]),
                                          data_coding=rng.choice([0, 8, 3, 0xF0]), short_message=text[:254]))
             for _ in range(rng.randint(0, 6)):  # flip bytes in the body; the length stays right

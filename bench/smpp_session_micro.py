@@ -25,8 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import structlog  # noqa: E402
 
-from smppd.smpp import codec  # noqa: E402
-from smppd.smpp.session import Session, SessionConfig, Submit, SubmitAccepted  # noqa: E402
+from smppd.smpp.encode import empty_id_resp, encode  # noqa: E402
+from smppd.smpp.pdu import response_message_id  # noqa: E402
+from smppd.smpp.receipts import parse_receipt  # noqa: E402
+from smppd.smpp.events import SubmitAccepted  # noqa: E402
+from smppd.smpp.session import Session, SessionConfig, Submit  # noqa: E402
 
 BURST = 25
 TEXT = b"Order 123 is ready for pickup, see you 9:00-21:00"
@@ -36,7 +39,7 @@ def receipt(sequence: int, message_id: str) -> bytes:
     """A receipt as bench/smsc_proc.py sends it: Appendix B text plus the two TLVs."""
     text = (f"id:{message_id} sub:001 dlvrd:001 submit date:2611220555 done date:2611220555 "
             f"stat:DELIVRD err:000 text:Order 123 is ready f")
-    return codec.encode("deliver_sm", sequence, source_addr_ton=1, source_addr_npi=1,
+    return encode("deliver_sm", sequence, source_addr_ton=1, source_addr_npi=1,
                         source_addr="375291234567", dest_addr_ton=5, destination_addr="DemoShop",
                         esm_class=4, short_message=text.encode(), receipted_message_id=message_id,
                         message_state=2)
@@ -48,7 +51,7 @@ def prepare(n: int) -> list[tuple[list[Submit], bytes, bytes]]:
         first = 2 + b * BURST  # sequence 1 is the bind
         submits = [Submit(ref=(b, i), source_addr="DemoShop", source_addr_ton=5, source_addr_npi=0,
                           destination_addr="375291234567", short_message=TEXT) for i in range(BURST)]
-        resps = b"".join(codec.encode("submit_sm_resp", first + i, message_id=f"{0x1000 + first + i:X}")
+        resps = b"".join(encode("submit_sm_resp", first + i, message_id=f"{0x1000 + first + i:X}")
                          for i in range(BURST))
         receipts = b"".join(receipt(first + i, f"{0x1000 + first + i:X}") for i in range(BURST))
         bursts.append((submits, resps, receipts))
@@ -60,7 +63,7 @@ def session_run(bursts: list[tuple[list[Submit], bytes, bytes]]) -> float:
     s = Session(SessionConfig(system_id="smppd", password="x", window=BURST))
     s.start(0.0)
     s.data_to_send()
-    s.receive_data(codec.encode("bind_transceiver_resp", 1, system_id="SMSC"), 0.0)
+    s.receive_data(encode("bind_transceiver_resp", 1, system_id="SMSC"), 0.0)
     start = time.perf_counter()
     for submits, resps, receipts in bursts:
         for item in submits:
@@ -87,14 +90,14 @@ def main() -> None:
     fields = dict(source_addr_ton=5, source_addr_npi=0, source_addr="DemoShop", dest_addr_ton=1,
                   dest_addr_npi=1, destination_addr="375291234567", esm_class=0,
                   registered_delivery=1, data_coding=0, short_message=TEXT)
-    env = {"codec": codec, "fields": fields, "args": tuple(fields.values()), "rc": receipt(7, "1A2B3C"),
-           "resp": codec.encode("submit_sm_resp", 9, message_id="1A2B3C")}
+    env = {"encode": encode, "response_message_id": response_message_id, "parse_receipt": parse_receipt,
+           "empty_id_resp": empty_id_resp, "fields": fields, "rc": receipt(7, "1A2B3C"),
+           "resp": encode("submit_sm_resp", 9, message_id="1A2B3C")}
     for label, stmt in [
-        ("encode_submit_sm", "codec.encode_submit_sm(5, *args)"),
-        ("encode('submit_sm')", "codec.encode('submit_sm', 5, service_type='', **fields)"),
-        ("response_message_id", "codec.response_message_id(resp)"),
-        ("parse_receipt", "codec.parse_receipt(rc)"),
-        ("empty_id_resp", "codec.empty_id_resp('deliver_sm_resp', 5, 0)"),
+        ("encode('submit_sm')", "encode('submit_sm', 5, service_type='', **fields)"),
+        ("response_message_id", "response_message_id(resp)"),
+        ("parse_receipt", "parse_receipt(rc)"),
+        ("empty_id_resp", "empty_id_resp('deliver_sm_resp', 5, 0)"),
     ]:
         print(f"{label:<23} {per_call(stmt, env):6.2f} µs")
 

@@ -36,7 +36,7 @@ from smppd.config import SmppRouteConfig  # noqa: E402
 from smppd.providers.smpp import SmppRoute  # noqa: E402
 from smppd.smpp.connection import Connection  # noqa: E402
 from smppd.smpp.segments import route_encoding  # noqa: E402
-from smppd.smpp.session import SubmitAccepted  # noqa: E402
+from smppd.smpp.events import SubmitAccepted  # noqa: E402
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator  # noqa: E402
 from smppd.sims.smpp_policy import max_in_any_second  # noqa: E402
 from smppd.model import NewMessage, OpenMessage  # noqa: E402

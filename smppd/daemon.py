@@ -35,7 +35,7 @@ from .providers.http_common import BadCallback, ForgedCallback, HttpRoute
 from .listenfds import passed_socket
 from .providers.smsc import SmscRoute
 from .rpc import ListOf, MapOf, ParamTypes, RpcError, RpcServer
-from .smpp.codec import ShortMessage
+from .smpp.receipts import ShortMessage
 from .stoplist import StopList
 from .admin import Admin
 from .ops import Ops, start_ops, stop_ops

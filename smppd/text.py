@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .smpp.pdu import ESM_CLASS_UDHI
+
 GSM7_BASIC: str = (
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
@@ -27,7 +29,6 @@ DATA_CODING_GSM7 = 0x00
 DATA_CODING_IA5 = 0x01
 DATA_CODING_LATIN1 = 0x03
 DATA_CODING_UCS2 = 0x08
-ESM_CLASS_UDHI = 0x40
 
 GSM7_SINGLE_UNITS = 160
 GSM7_PART_UNITS = 153  # 160 septets minus the 6-octet UDH (7 septets once packed)

@@ -1,4 +1,4 @@
-"""smppd.smpp.codec: framing, encode/decode over smpplib, TLVs, receipts (no sockets).
+"""The SMPP codec (smppd/smpp/pdu.py, encode.py, receipts.py): framing, encode/decode over smpplib, TLVs, receipts (no sockets).
 
 PDUs that smpplib cannot produce (TLVs without NUL, 2-octet message_state, TLVs it
 refuses in deliver_sm, truncated bodies) are built by hand with struct.
@@ -10,13 +10,41 @@ import struct
 
 import pytest
 
-from smppd.smpp import codec
-from smppd.smpp.codec import (
-    DELIVER_SM,
+from smppd.smpp.encode import encode, generic_nack
+from smppd.smpp.pdu import (
+    COMMAND_IDS,
+    COMMAND_NAMES,
     DATA_SM,
+    DELIVER_SM,
+    ESME_RINVCMDID,
+    ESME_RINVCMDLEN,
+    ESME_RINVMSGLEN,
+    ESME_RINVPASWD,
+    ESME_RTHROTTLED,
+    MAX_PDU_LENGTH,
+    STATUS_NAMES,
+    TAG_RECEIPTED_MESSAGE_ID,
+    TAG_SAR_MSG_REF_NUM,
+    TAG_SAR_SEGMENT_SEQNUM,
+    TAG_SAR_TOTAL_SEGMENTS,
+    TEMPORARY_STATUSES,
+    Framer,
     FramingError,
+    Header,
     PduDecodeError,
+    decode,
+    is_temporary,
+    parse_tlvs,
+    read_header,
+    status_name,
+)
+from smppd.smpp.receipts import (
     Receipt,
+    ShortMessage,
+    canonical_message_id,
+    is_receipt,
+    parse_deliver,
+    parse_receipt,
 )
 
 # --- hand-built PDUs ---------------------------------------------------------------
@@ -69,8 +97,8 @@ def deliver(body: bytes, sequence: int = 77) -> bytes:
 
 
 def test_framer_joins_a_pdu_split_across_feeds() -> None:
-    raw = codec.encode("enquire_link", 5)
-    framer = codec.Framer()
+    raw = encode("enquire_link", 5)
+    framer = Framer()
     out: list[bytes] = []
     for i in range(len(raw)):
         out += framer.feed(raw[i:i + 1])
@@ -79,52 +107,52 @@ def test_framer_joins_a_pdu_split_across_feeds() -> None:
 
 
 def test_framer_splits_several_pdus_in_one_feed_and_keeps_the_rest() -> None:
-    a = codec.encode("enquire_link", 1)
-    b = codec.encode("submit_sm_resp", 2, message_id="ABC")
-    c = codec.encode("unbind", 3)
-    framer = codec.Framer()
+    a = encode("enquire_link", 1)
+    b = encode("submit_sm_resp", 2, message_id="ABC")
+    c = encode("unbind", 3)
+    framer = Framer()
     assert framer.feed(a + b + c[:5]) == [a, b]
     assert framer.pending == 5
     assert framer.feed(c[5:]) == [c]
 
 
-@pytest.mark.parametrize("length", [0, 15, codec.MAX_PDU_LENGTH + 1, 0xFFFFFFFF])
+@pytest.mark.parametrize("length", [0, 15, MAX_PDU_LENGTH + 1, 0xFFFFFFFF])
 def test_framer_rejects_bad_command_length_as_soon_as_it_is_seen(length: int) -> None:
     with pytest.raises(FramingError):
-        codec.Framer().feed(struct.pack(">L", length))  # no need to wait for the header
+        Framer().feed(struct.pack(">L", length))  # no need to wait for the header
 
 
 def test_framer_accepts_the_limits() -> None:
-    framer = codec.Framer()
+    framer = Framer()
     assert framer.feed(pdu(0x15, 1)) == [pdu(0x15, 1)]
-    big = struct.pack(">LLLL", codec.MAX_PDU_LENGTH, 0x4, 0, 1) + bytes(codec.MAX_PDU_LENGTH - 16)
+    big = struct.pack(">LLLL", MAX_PDU_LENGTH, 0x4, 0, 1) + bytes(MAX_PDU_LENGTH - 16)
     assert framer.feed(big) == [big]
 
 
 def test_read_header() -> None:
-    header = codec.read_header(codec.generic_nack(9, codec.ESME_RINVCMDID))
-    assert header == codec.Header(16, 0x80000000, 3, 9)
+    header = read_header(generic_nack(9, ESME_RINVCMDID))
+    assert header == Header(16, 0x80000000, 3, 9)
     assert header.is_response and header.command == "generic_nack"
     with pytest.raises(FramingError):
-        codec.read_header(b"\0" * 15)
+        read_header(b"\0" * 15)
 
 
 def test_command_tables() -> None:
-    assert codec.COMMAND_IDS["generic_nack"] == 0x80000000
-    assert codec.COMMAND_NAMES[0x80000009] == "bind_transceiver_resp"
-    assert codec.COMMAND_NAMES[0x103] == "data_sm"
+    assert COMMAND_IDS["generic_nack"] == 0x80000000
+    assert COMMAND_NAMES[0x80000009] == "bind_transceiver_resp"
+    assert COMMAND_NAMES[0x103] == "data_sm"
 
 
 # --- encode / decode ---------------------------------------------------------------
 
 
 def test_bind_transceiver_round_trip_is_exact_on_the_wire() -> None:
-    raw = codec.encode(
+    raw = encode(
         "bind_transceiver", 1, system_id="smppd", password="secret", system_type="",
         interface_version=0x34, addr_ton=0, addr_npi=0, address_range="",
     )
     assert raw == pdu(0x09, 1, cstr("smppd") + cstr("secret") + cstr("") + bytes([0x34, 0, 0]) + cstr(""))
-    bind = codec.decode(raw)
+    bind = decode(raw)
     assert bind.command == "bind_transceiver"
     assert (bind.sequence, bind.system_id, bind.password, bind.interface_version) == (
         1, b"smppd", b"secret", 0x34,
@@ -132,99 +160,99 @@ def test_bind_transceiver_round_trip_is_exact_on_the_wire() -> None:
 
 
 def test_bind_resp_with_sc_interface_version_and_error_resp_without_body() -> None:
-    ok = codec.encode("bind_transceiver_resp", 1, system_id="SMSC", sc_interface_version=0x34)
+    ok = encode("bind_transceiver_resp", 1, system_id="SMSC", sc_interface_version=0x34)
     assert ok == pdu(0x80000009, 1, cstr("SMSC") + tlv(0x0210, b"\x34"))
-    assert codec.decode(ok).sc_interface_version == 0x34
-    refused = codec.encode("bind_transceiver_resp", 1, status=codec.ESME_RINVPASWD, system_id="SMSC")
+    assert decode(ok).sc_interface_version == 0x34
+    refused = encode("bind_transceiver_resp", 1, status=ESME_RINVPASWD, system_id="SMSC")
     assert refused == pdu(0x80000009, 1, status=0x0E)  # SMPP 3.4 §4.1.2: no body on error
-    assert codec.decode(refused).status == 0x0E
+    assert decode(refused).status == 0x0E
 
 
 def test_submit_sm_ucs2_with_udh_round_trip() -> None:
     udh = b"\x05\x00\x03\x2A\x02\x01"
     body = udh + "Ваш код: 1234".encode("utf-16-be")
-    raw = codec.encode(
+    raw = encode(
         "submit_sm", 7, service_type="", source_addr_ton=5, source_addr_npi=0,
         source_addr="MyBrand", dest_addr_ton=1, dest_addr_npi=1,
         destination_addr="375291234567", esm_class=0x40, registered_delivery=1,
         data_coding=0x08, short_message=body,
     )
-    header = codec.read_header(raw)
+    header = read_header(raw)
     assert (header.command_id, header.sequence, header.length) == (0x04, 7, len(raw))
-    sm = codec.decode(raw)
+    sm = decode(raw)
     assert sm.short_message == body and sm.sm_length == len(body)
     assert (sm.esm_class, sm.data_coding, sm.registered_delivery) == (0x40, 0x08, 1)
     assert (sm.source_addr, sm.source_addr_ton, sm.destination_addr) == (b"MyBrand", 5, b"375291234567")
     # our walker agrees with smpplib on where the body ends
-    assert codec.parse_tlvs(raw) == {}
+    assert parse_tlvs(raw) == {}
 
 
 def test_submit_sm_with_sar_tlvs_and_message_payload() -> None:
-    raw = codec.encode(
+    raw = encode(
         "submit_sm", 8, source_addr="MyBrand", destination_addr="375291234567",
         short_message=b"part one", sar_msg_ref_num=0x1234, sar_total_segments=2,
         sar_segment_seqnum=1,
     )
-    tlvs = codec.parse_tlvs(raw)
-    assert tlvs[codec.TAG_SAR_MSG_REF_NUM] == b"\x12\x34"
-    assert tlvs[codec.TAG_SAR_TOTAL_SEGMENTS] == b"\x02"
-    assert tlvs[codec.TAG_SAR_SEGMENT_SEQNUM] == b"\x01"
-    sm = codec.decode(raw)
+    tlvs = parse_tlvs(raw)
+    assert tlvs[TAG_SAR_MSG_REF_NUM] == b"\x12\x34"
+    assert tlvs[TAG_SAR_TOTAL_SEGMENTS] == b"\x02"
+    assert tlvs[TAG_SAR_SEGMENT_SEQNUM] == b"\x01"
+    sm = decode(raw)
     assert (sm.sar_msg_ref_num, sm.sar_total_segments, sm.sar_segment_seqnum) == (0x1234, 2, 1)
 
     long_text = b"x" * 1000  # message_payload is not bound by smpplib's max=260
-    raw = codec.encode("submit_sm", 9, source_addr="A", destination_addr="1", message_payload=long_text)
-    sm = codec.decode(raw)
+    raw = encode("submit_sm", 9, source_addr="A", destination_addr="1", message_payload=long_text)
+    sm = decode(raw)
     assert sm.sm_length == 0 and sm.message_payload == long_text
     with pytest.raises(ValueError, match="exclusive"):
-        codec.encode("submit_sm", 9, short_message=b"a", message_payload=b"b")
+        encode("submit_sm", 9, short_message=b"a", message_payload=b"b")
 
 
 def test_deliver_sm_round_trip() -> None:
-    raw = codec.encode(
+    raw = encode(
         "deliver_sm", 3, source_addr="375291234567", destination_addr="MyBrand",
         esm_class=0x04, short_message=receipt_text(), receipted_message_id="5A000001",
         message_state=2,
     )
-    dlr = codec.decode(raw)
+    dlr = decode(raw)
     assert dlr.receipted_message_id == b"5A000001" and dlr.message_state == 2
-    assert codec.parse_tlvs(raw)[codec.TAG_RECEIPTED_MESSAGE_ID] == b"5A000001\0"
+    assert parse_tlvs(raw)[TAG_RECEIPTED_MESSAGE_ID] == b"5A000001\0"
 
 
 def test_deliver_sm_resp_carries_an_empty_message_id() -> None:
-    assert codec.encode("deliver_sm_resp", 77) == pdu(0x80000005, 77, b"\0")
+    assert encode("deliver_sm_resp", 77) == pdu(0x80000005, 77, b"\0")
 
 
 def test_sequence_is_set_on_the_pdu_not_ignored() -> None:
     # defect 2: smpplib ignores sequence= and would number everything 0
-    assert codec.read_header(codec.encode("enquire_link", 0x7FFFFFFF)).sequence == 0x7FFFFFFF
-    assert codec.read_header(codec.encode("enquire_link_resp", 12)).sequence == 12
+    assert read_header(encode("enquire_link", 0x7FFFFFFF)).sequence == 0x7FFFFFFF
+    assert read_header(encode("enquire_link_resp", 12)).sequence == 12
 
 
 def test_decode_never_consumes_a_sequence_number() -> None:
     # defect 3: parsing a request draws client.next_sequence(); ours must come back intact
-    raw = codec.encode("submit_sm", 41, source_addr="A", destination_addr="1", short_message=b"x")
-    assert [codec.decode(raw).sequence for _ in range(3)] == [41, 41, 41]
-    assert codec.read_header(codec.encode("submit_sm", 42, short_message=b"x")).sequence == 42
+    raw = encode("submit_sm", 41, source_addr="A", destination_addr="1", short_message=b"x")
+    assert [decode(raw).sequence for _ in range(3)] == [41, 41, 41]
+    assert read_header(encode("submit_sm", 42, short_message=b"x")).sequence == 42
 
 
 @pytest.mark.parametrize("sequence", [0, 0x80000000, -1])
 def test_request_sequence_out_of_range(sequence: int) -> None:
     with pytest.raises(ValueError, match="sequence"):
-        codec.encode("enquire_link", sequence)
+        encode("enquire_link", sequence)
 
 
 def test_generic_nack() -> None:
-    raw = codec.generic_nack(5, codec.ESME_RINVCMDID)
+    raw = generic_nack(5, ESME_RINVCMDID)
     assert raw == pdu(0x80000000, 5, status=3)
-    nack = codec.decode(raw)
+    nack = decode(raw)
     assert nack.command == "generic_nack" and nack.is_response() and nack.status == 3
 
 
 def test_error_submit_sm_resp_has_no_body_and_no_message_id() -> None:
-    raw = codec.encode("submit_sm_resp", 5, status=codec.ESME_RTHROTTLED, message_id="ignored")
+    raw = encode("submit_sm_resp", 5, status=ESME_RTHROTTLED, message_id="ignored")
     assert len(raw) == 16
-    resp = codec.decode(raw)
+    resp = decode(raw)
     assert resp.status == 0x58 and resp.message_id is None
 
 
@@ -233,38 +261,38 @@ def test_error_submit_sm_resp_has_no_body_and_no_message_id() -> None:
 
 def test_over_long_source_addr_is_refused_not_truncated() -> None:
     with pytest.raises(ValueError, match="source_addr"):
-        codec.encode("submit_sm", 1, source_addr="1" * 21, destination_addr="1")
-    codec.encode("submit_sm", 1, source_addr="1" * 20, destination_addr="1")  # 20 + NUL fits
+        encode("submit_sm", 1, source_addr="1" * 21, destination_addr="1")
+    encode("submit_sm", 1, source_addr="1" * 20, destination_addr="1")  # 20 + NUL fits
 
 
 def test_255_octet_short_message_is_refused() -> None:
     with pytest.raises(ValueError, match="short_message"):
-        codec.encode("submit_sm", 1, short_message=b"x" * 255)
-    raw = codec.encode("submit_sm", 1, short_message=b"x" * 254)
-    assert codec.decode(raw).sm_length == 254
+        encode("submit_sm", 1, short_message=b"x" * 255)
+    raw = encode("submit_sm", 1, short_message=b"x" * 254)
+    assert decode(raw).sm_length == 254
 
 
 def test_too_long_password_error_does_not_echo_it() -> None:
     with pytest.raises(ValueError, match="password") as info:
-        codec.encode("bind_transmitter", 1, system_id="smppd", password="sup3rs3cret")
+        encode("bind_transmitter", 1, system_id="smppd", password="sup3rs3cret")
     assert "sup3rs3cret" not in str(info.value)
 
 
 def test_field_types_and_charsets() -> None:
     with pytest.raises(TypeError, match="source_addr"):
-        codec.encode("submit_sm", 1, source_addr=b"MyBrand")
+        encode("submit_sm", 1, source_addr=b"MyBrand")
     with pytest.raises(TypeError, match="short_message"):
-        codec.encode("submit_sm", 1, short_message="text")
+        encode("submit_sm", 1, short_message="text")
     with pytest.raises(ValueError, match="source_addr"):
-        codec.encode("submit_sm", 1, source_addr="Магазин")
+        encode("submit_sm", 1, source_addr="Магазин")
     with pytest.raises(ValueError, match="esm_class"):
-        codec.encode("submit_sm", 1, esm_class=256)
+        encode("submit_sm", 1, esm_class=256)
     with pytest.raises(ValueError, match="no field"):
-        codec.encode("submit_sm", 1, destination="375291234567")  # a typo is not ignored
+        encode("submit_sm", 1, destination="375291234567")  # a typo is not ignored
     with pytest.raises(ValueError, match="validity_period"):
-        codec.encode("submit_sm", 1, validity_period="1d")
+        encode("submit_sm", 1, validity_period="1d")
     with pytest.raises(ValueError, match="cannot encode"):
-        codec.encode("cancel_sm", 1)
+        encode("cancel_sm", 1)
 
 
 # --- decode failures ---------------------------------------------------------------
@@ -274,7 +302,7 @@ def test_truncated_deliver_sm_is_a_decode_error_with_its_sequence() -> None:
     full = deliver(sm_body(short_message=receipt_text()), sequence=1234)
     cut = full[:40]
     cut = struct.pack(">L", len(cut)) + cut[4:]  # a consistent but truncated PDU (defect 8)
-    for parse in (codec.decode, codec.parse_receipt, codec.parse_tlvs):
+    for parse in (decode, parse_receipt, parse_tlvs):
         with pytest.raises(PduDecodeError) as info:
             parse(cut)
         assert info.value.sequence == 1234 and info.value.command_id == DELIVER_SM
@@ -283,23 +311,23 @@ def test_truncated_deliver_sm_is_a_decode_error_with_its_sequence() -> None:
 def test_sm_length_past_the_end_is_a_decode_error() -> None:
     body = sm_body(short_message=b"hello")[:-2]  # sm_length says 5, 3 octets follow
     with pytest.raises(PduDecodeError) as info:
-        codec.decode(deliver(body, sequence=8))
-    assert info.value.nack_status == codec.ESME_RINVMSGLEN
+        decode(deliver(body, sequence=8))
+    assert info.value.nack_status == ESME_RINVMSGLEN
 
 
 def test_command_length_must_match_the_bytes() -> None:
-    raw = codec.encode("enquire_link", 4) + b"\0"
+    raw = encode("enquire_link", 4) + b"\0"
     with pytest.raises(PduDecodeError) as info:
-        codec.decode(raw)
-    assert (info.value.sequence, info.value.nack_status) == (4, codec.ESME_RINVCMDLEN)
+        decode(raw)
+    assert (info.value.sequence, info.value.nack_status) == (4, ESME_RINVCMDLEN)
 
 
 @pytest.mark.parametrize("command_id", [0x07, 0x08, 0x21, 0x0B, 0x99])
 def test_unknown_or_unsupported_command_asks_for_rinvcmdid(command_id: int) -> None:
     with pytest.raises(PduDecodeError) as info:
-        codec.decode(pdu(command_id, 6))
+        decode(pdu(command_id, 6))
     assert (info.value.command_id, info.value.sequence) == (command_id, 6)
-    assert info.value.nack_status == codec.ESME_RINVCMDID
+    assert info.value.nack_status == ESME_RINVCMDID
 
 
 # --- receipts ------------------------------------------------------------------------
@@ -307,7 +335,7 @@ def test_unknown_or_unsupported_command_asks_for_rinvcmdid(command_id: int) -> N
 
 def test_receipt_text_only() -> None:
     raw = deliver(sm_body(short_message=receipt_text("0A1B2C3D", "UNDELIV", "001")))
-    assert codec.parse_receipt(raw) == Receipt(
+    assert parse_receipt(raw) == Receipt(
         message_id="A1B2C3D", raw_message_id="0A1B2C3D", state=None, stat="UNDELIV",
         error="001", submit_date="2403011200", done_date="2403011201",
     )
@@ -315,7 +343,7 @@ def test_receipt_text_only() -> None:
 
 def test_receipt_tlv_only() -> None:
     body = sm_body(short_message=b"") + tlv(0x001E, b"5a000001\0") + tlv(0x0427, b"\x02")
-    receipt = codec.parse_receipt(deliver(body))
+    receipt = parse_receipt(deliver(body))
     assert receipt is not None
     assert (receipt.message_id, receipt.raw_message_id, receipt.state, receipt.stat) == (
         "5A000001", "5a000001", 2, None,
@@ -327,23 +355,23 @@ def test_receipt_tlv_wins_over_a_truncated_text_id() -> None:
         sm_body(short_message=receipt_text("5A00000", "DELIVRD"))
         + tlv(0x001E, b"5A000001\0") + tlv(0x0427, b"\x02")
     )
-    receipt = codec.parse_receipt(deliver(body))
+    receipt = parse_receipt(deliver(body))
     assert receipt is not None
     assert (receipt.message_id, receipt.state, receipt.stat) == ("5A000001", 2, "DELIVRD")
 
 
 def test_esm_class_0x44_is_a_receipt_and_mo_is_not() -> None:
-    assert codec.is_receipt(0x04) and codec.is_receipt(0x44) and codec.is_receipt(0x08)
-    assert codec.is_receipt(0x20) and not codec.is_receipt(0x00) and not codec.is_receipt(0x40)
-    assert codec.parse_receipt(deliver(sm_body(esm_class=0x44, short_message=receipt_text())))
+    assert is_receipt(0x04) and is_receipt(0x44) and is_receipt(0x08)
+    assert is_receipt(0x20) and not is_receipt(0x00) and not is_receipt(0x40)
+    assert parse_receipt(deliver(sm_body(esm_class=0x44, short_message=receipt_text())))
     mo = deliver(sm_body(esm_class=0x00, short_message=b"id:123 stat:DELIVRD is just text"))
-    assert codec.parse_receipt(mo) is None
+    assert parse_receipt(mo) is None
 
 
 def test_receipted_message_id_tlv_alone_marks_a_receipt() -> None:
     # some SMSCs forget the esm_class bits; the TLV never appears in an MO message
     body = sm_body(esm_class=0x00) + tlv(0x001E, b"77\0") + tlv(0x0427, b"\x05")
-    receipt = codec.parse_receipt(deliver(body))
+    receipt = parse_receipt(deliver(body))
     assert receipt is not None and receipt.message_id == "77" and receipt.state == 5
 
 
@@ -358,45 +386,45 @@ def test_receipted_message_id_tlv_alone_marks_a_receipt() -> None:
     ],
 )
 def test_receipt_ids_in_each_base(text_id: str, base: str, expected: str) -> None:
-    receipt = codec.parse_receipt(deliver(sm_body(short_message=receipt_text(text_id))), id_base=base)
+    receipt = parse_receipt(deliver(sm_body(short_message=receipt_text(text_id))), id_base=base)
     assert receipt is not None and receipt.message_id == expected and receipt.raw_message_id == text_id
 
 
 def test_canonical_message_id() -> None:
-    assert codec.canonical_message_id(" 0e999f21\0") == "E999F21"
-    assert codec.canonical_message_id("E999F21") == codec.canonical_message_id("0e999f21")
-    assert codec.canonical_message_id("5A000000", "hex") == codec.canonical_message_id("1509949440", "dec")
-    assert codec.canonical_message_id("0x5A", "as-is") == "X5A"
+    assert canonical_message_id(" 0e999f21\0") == "E999F21"
+    assert canonical_message_id("E999F21") == canonical_message_id("0e999f21")
+    assert canonical_message_id("5A000000", "hex") == canonical_message_id("1509949440", "dec")
+    assert canonical_message_id("0x5A", "as-is") == "X5A"
     for raw, base in [("xyz", "hex"), ("5A", "dec"), ("", "as-is"), ("\0 ", "hex"), ("1", "oct")]:
         with pytest.raises(ValueError):
-            codec.canonical_message_id(raw, base)
+            canonical_message_id(raw, base)
 
 
 def test_receipt_id_that_the_base_cannot_parse_is_a_decode_error() -> None:
     with pytest.raises(PduDecodeError):
-        codec.parse_receipt(deliver(sm_body(short_message=receipt_text("ZZ-1"))), id_base="hex")
+        parse_receipt(deliver(sm_body(short_message=receipt_text("ZZ-1"))), id_base="hex")
 
 
 def test_receipt_without_any_id_is_a_decode_error() -> None:
     with pytest.raises(PduDecodeError) as info:
-        codec.parse_receipt(deliver(sm_body(short_message=b"stat:DELIVRD err:000"), sequence=3))
+        parse_receipt(deliver(sm_body(short_message=b"stat:DELIVRD err:000"), sequence=3))
     assert info.value.sequence == 3
 
 
 def test_receipted_message_id_without_nul_keeps_its_last_char() -> None:
     body = sm_body() + tlv(0x001E, b"0A1B2C3D") + tlv(0x0427, b"\x02")
     raw = deliver(body)
-    assert codec.decode(raw).receipted_message_id == b"0A1B2C3"  # defect 6, for the record
-    receipt = codec.parse_receipt(raw)
+    assert decode(raw).receipted_message_id == b"0A1B2C3"  # defect 6, for the record
+    receipt = parse_receipt(raw)
     assert receipt is not None and receipt.raw_message_id == "0A1B2C3D"
 
 
 def test_two_octet_message_state() -> None:
     raw = deliver(sm_body(short_message=receipt_text()) + tlv(0x0427, b"\x00\x02"), sequence=91)
     with pytest.raises(PduDecodeError) as info:
-        codec.decode(raw)  # defect 7: smpplib raises struct.error
+        decode(raw)  # defect 7: smpplib raises struct.error
     assert info.value.sequence == 91
-    receipt = codec.parse_receipt(raw)
+    receipt = parse_receipt(raw)
     assert receipt is not None and receipt.state == 2
 
 
@@ -408,29 +436,29 @@ def test_two_octet_message_state() -> None:
 def test_tlvs_smpplib_refuses_in_deliver_sm(extra: bytes) -> None:
     raw = deliver(sm_body(short_message=receipt_text()) + tlv(0x001E, b"5A000001\0") + extra, 55)
     with pytest.raises(PduDecodeError) as info:
-        codec.decode(raw)  # defect 4: KeyError even with allow_unknown_opt_params
+        decode(raw)  # defect 4: KeyError even with allow_unknown_opt_params
     assert (info.value.command_id, info.value.sequence) == (DELIVER_SM, 55)
-    receipt = codec.parse_receipt(raw)
+    receipt = parse_receipt(raw)
     assert receipt is not None and receipt.message_id == "5A000001" and receipt.stat == "DELIVRD"
 
 
 def test_vendor_tlv_is_skipped() -> None:
     raw = deliver(sm_body(short_message=receipt_text()) + tlv(0x1400, b"\x01\x02\x03") + tlv(0x0427, b"\x02"))
-    assert codec.decode(raw).message_state == 2  # defect 5: fine with allow_unknown_opt_params
-    assert codec.parse_tlvs(raw)[0x1400] == b"\x01\x02\x03"
-    receipt = codec.parse_receipt(raw)
+    assert decode(raw).message_state == 2  # defect 5: fine with allow_unknown_opt_params
+    assert parse_tlvs(raw)[0x1400] == b"\x01\x02\x03"
+    receipt = parse_receipt(raw)
     assert receipt is not None and receipt.state == 2
 
 
 @pytest.mark.parametrize("word", ["DELIVERED", "UNDELIVERABLE", "REJECTED", "ENROUTE", "delivrd"])
 def test_a1_full_state_words(word: str) -> None:
-    receipt = codec.parse_receipt(deliver(sm_body(short_message=receipt_text(stat=word))))
+    receipt = parse_receipt(deliver(sm_body(short_message=receipt_text(stat=word))))
     assert receipt is not None and receipt.stat == word.upper()
 
 
 def test_receipt_text_variants() -> None:
     text = b"id:12345 submit_date:240301120000 done_date:240301120100 Stat:EXPIRED Err:0x1F Text:stat:DELIVRD"
-    receipt = codec.parse_receipt(deliver(sm_body(esm_class=0x04, short_message=text)))
+    receipt = parse_receipt(deliver(sm_body(esm_class=0x04, short_message=text)))
     assert receipt is not None
     assert (receipt.stat, receipt.error) == ("EXPIRED", "0x1F")  # the user's text does not count
     assert (receipt.submit_date, receipt.done_date) == ("240301120000", "240301120100")
@@ -438,16 +466,16 @@ def test_receipt_text_variants() -> None:
 
 def test_ucs2_receipt_text() -> None:
     text = receipt_text("ABC", "UNDELIV").decode().encode("utf-16-be")
-    receipt = codec.parse_receipt(deliver(sm_body(short_message=text, data_coding=0x08)))
+    receipt = parse_receipt(deliver(sm_body(short_message=text, data_coding=0x08)))
     assert receipt is not None and (receipt.message_id, receipt.stat) == ("ABC", "UNDELIV")
 
 
 def test_network_error_code_tlv() -> None:
     body = sm_body() + tlv(0x001E, b"9\0") + tlv(0x0427, b"\x05") + tlv(0x0423, b"\x03\x00\x01")
-    receipt = codec.parse_receipt(deliver(body))
+    receipt = parse_receipt(deliver(body))
     assert receipt is not None and receipt.error == receipt.network_error == "GSM:0x0001"
     body = sm_body(short_message=receipt_text(err="069")) + tlv(0x0423, b"\x08\x01\x00")
-    receipt = codec.parse_receipt(deliver(body))
+    receipt = parse_receipt(deliver(body))
     assert receipt is not None and (receipt.error, receipt.network_error) == ("069", "SMSC:0x0100")
 
 
@@ -457,13 +485,13 @@ def test_data_sm_receipt_in_message_payload() -> None:
         + bytes([0x04, 0, 0])  # esm_class, registered_delivery, data_coding
         + tlv(0x0424, receipt_text("FF01", "REJECTD"))
     )
-    receipt = codec.parse_receipt(pdu(DATA_SM, 5, body), id_base="hex")
+    receipt = parse_receipt(pdu(DATA_SM, 5, body), id_base="hex")
     assert receipt is not None and (receipt.message_id, receipt.stat) == ("65281", "REJECTD")
 
 
 def test_parse_receipt_refuses_other_commands() -> None:
     with pytest.raises(ValueError):
-        codec.parse_receipt(codec.encode("submit_sm", 1, short_message=b"x"))
+        parse_receipt(encode("submit_sm", 1, short_message=b"x"))
 
 
 # --- MO ------------------------------------------------------------------------------
@@ -472,23 +500,47 @@ def test_parse_receipt_refuses_other_commands() -> None:
 def test_parse_deliver_mo() -> None:
     text = "Привет".encode("utf-16-be")
     raw = deliver(sm_body(esm_class=0x00, short_message=text, data_coding=0x08) + tlv(0x001D, b"x\0"))
-    mo = codec.parse_deliver(raw)
-    assert mo == codec.ShortMessage(
+    mo = parse_deliver(raw)
+    assert mo == ShortMessage(
         source_addr="375291234567", destination_addr="MyBrand", esm_class=0,
         data_coding=0x08, short_message=text,
     )
     payload = deliver(sm_body(esm_class=0x00) + tlv(0x0424, b"long text"))
-    assert codec.parse_deliver(payload).short_message == b"long text"
+    assert parse_deliver(payload).short_message == b"long text"
 
 
 # --- statuses --------------------------------------------------------------------------
 
 
 def test_status_names_and_classes() -> None:
-    assert codec.status_name(0x58) == "ESME_RTHROTTLED (0x58)"
-    assert codec.status_name(0) == "ESME_ROK (0x00)"
-    assert codec.status_name(0xAB) == "0x000000AB"
-    assert codec.STATUS_NAMES[0x0E] == "ESME_RINVPASWD"
-    assert codec.TEMPORARY_STATUSES == {0x08, 0x14, 0x58, 0x64}
-    assert codec.is_temporary(0x58) and codec.is_temporary(0x14)
-    assert not codec.is_temporary(0x0A) and not codec.is_temporary(0x45)
+    assert status_name(0x58) == "ESME_RTHROTTLED (0x58)"
+    assert status_name(0) == "ESME_ROK (0x00)"
+    assert status_name(0xAB) == "0x000000AB"
+    assert STATUS_NAMES[0x0E] == "ESME_RINVPASWD"
+    assert TEMPORARY_STATUSES == {0x08, 0x14, 0x58, 0x64}
+    assert is_temporary(0x58) and is_temporary(0x14)
+    assert not is_temporary(0x0A) and not is_temporary(0x45)
+
+
+def test_smpp_constants_are_defined_in_pdu_only() -> None:
+    """Command ids, command_status values, TLV tags and esm_class bits have one home
+    (smppd/smpp/pdu.py, issue 15): a copy elsewhere drifts.  The simulators, the SMSC's
+    side, are another peer and keep their own."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parent.parent / "smppd"
+    constant = re.compile(
+        r"^\s*_?(ESME_\w+|TAG_\w+|ESM_CLASS_\w+|CREDENTIAL_STATUSES|GENERIC_NACK|BIND_\w+|SUBMIT_SM\w*"
+        r"|DELIVER_SM\w*|DATA_SM\w*|UNBIND\w*|ENQUIRE_LINK\w*|QUERY_SM\w*|ALERT_NOTIFICATION)\s*(:[^=]*)?="
+        r"\s*(0x[0-9A-Fa-f]+|\d+|frozenset\(\{\s*0x)"  # a literal value: a copy, not an import or a derivation
+    )
+    copies = [
+        f"{path.relative_to(root)}:{n}: {line.strip()}"
+        for path in root.rglob("*.py")
+        if path.relative_to(root).as_posix() not in {"smpp/pdu.py"}
+        and "sims" not in path.parts
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if constant.match(line)
+    ]
+    assert copies == []

@@ -15,7 +15,27 @@ from typing import Any, Callable
 
 import pytest
 
-from smppd.smpp import codec
+from smppd.smpp import receipts
+from smppd.smpp.encode import _check_sequence, _encode_smpplib, empty_id_resp, encode
+from smppd.smpp.pdu import (
+    DATA_SM,
+    MAX_SEQUENCE,
+    SUBMIT_SM,
+    PduDecodeError,
+    checked_header,
+    decode,
+    read_header,
+    response_message_id,
+    walk_mandatory,
+    walk_tlvs,
+)
+from smppd.smpp.receipts import (
+    _RECEIPT_CANONICAL,
+    _deliver_sm_fast,
+    _parse_receipt_text,
+    _parse_receipt_text_general,
+    parse_receipt,
+)
 from tests.test_codec import deliver, pdu, receipt_text, sm_body, tlv
 
 # --- receipt text ----------------------------------------------------------------------
@@ -86,8 +106,8 @@ def _texts(rng: random.Random) -> list[str]:
 
 def test_canonical_receipt_text_takes_the_fast_path() -> None:
     text = _CANONICAL.format(id="5A000001", dlvrd="001", stat="DELIVRD", err="000", text="Hi")
-    assert codec._RECEIPT_CANONICAL.match(text) is not None
-    assert codec._parse_receipt_text(text) == {
+    assert _RECEIPT_CANONICAL.match(text) is not None
+    assert _parse_receipt_text(text) == {
         "id": "5A000001", "sub": "001", "dlvrd": "001", "submit date": "2611220555",
         "done date": "2611220556", "stat": "DELIVRD", "err": "000",
     }
@@ -97,8 +117,8 @@ def test_receipt_text_fast_path_equals_the_general_parser() -> None:
     rng = random.Random(7)
     fast = 0
     for text in _texts(rng):
-        assert codec._parse_receipt_text(text) == codec._parse_receipt_text_general(text), text
-        fast += codec._RECEIPT_CANONICAL.match(text) is not None
+        assert _parse_receipt_text(text) == _parse_receipt_text_general(text), text
+        fast += _RECEIPT_CANONICAL.match(text) is not None
     assert fast > 500  # the comparison covered the fast path, not only the fallback
 
 
@@ -108,7 +128,7 @@ def test_receipt_text_fast_path_equals_the_general_parser() -> None:
 def _outcome(parse: Callable[[], Any]) -> Any:
     try:
         return ("ok", parse())
-    except codec.PduDecodeError as exc:
+    except PduDecodeError as exc:
         return ("decode", str(exc), exc.command_id, exc.status, exc.sequence, exc.nack_status)
     except Exception as exc:  # noqa: BLE001 -- the type and text must match too
         return (type(exc).__name__, str(exc))
@@ -116,8 +136,8 @@ def _outcome(parse: Callable[[], Any]) -> Any:
 
 def _general(raw: bytes, id_base: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     with monkeypatch.context() as m:
-        m.setattr(codec, "_deliver_sm_fast", lambda raw: None)
-        return _outcome(lambda: codec.parse_receipt(raw, id_base=id_base))
+        m.setattr(receipts, "_deliver_sm_fast", lambda raw: None)
+        return _outcome(lambda: parse_receipt(raw, id_base=id_base))
 
 
 def _pdus(rng: random.Random) -> list[bytes]:
@@ -137,8 +157,8 @@ def _pdus(rng: random.Random) -> list[bytes]:
         sm_body(short_message=text, source_addr="", destination_addr=""),
     ]
     raws = [deliver(b, sequence=9) for b in bodies]
-    raws.append(pdu(codec.DATA_SM, 5, bytes(4) + b"\x04\0\0" + tlv(0x0424, text)))
-    raws.append(codec.encode("submit_sm", 1, short_message=b"x"))
+    raws.append(pdu(DATA_SM, 5, bytes(4) + b"\x04\0\0" + tlv(0x0424, text)))
+    raws.append(encode("submit_sm", 1, short_message=b"x"))
     out = list(raws)
     for raw in raws:
         for cut in range(len(raw)):  # every truncation, with the length fixed up or not
@@ -161,17 +181,17 @@ def test_parse_receipt_fast_path_equals_the_general_walk(
     rng = random.Random(11)
     fast = 0
     for raw in _pdus(rng):
-        got = _outcome(lambda: codec.parse_receipt(raw, id_base=id_base))
+        got = _outcome(lambda: parse_receipt(raw, id_base=id_base))
         assert got == _general(raw, id_base, monkeypatch), raw.hex()
-        fast += codec._deliver_sm_fast(raw) is not None
+        fast += _deliver_sm_fast(raw) is not None
     assert fast > 500
 
 
 def test_deliver_sm_fast_reads_the_same_fields_as_the_walker() -> None:
     raw = deliver(sm_body(esm_class=0x44, data_coding=0x08, short_message=b"\0a\0b") + tlv(0x0427, b"\x02"))
-    esm_class, data_coding, short_message, pos = codec._deliver_sm_fast(raw) or (None,) * 4
-    header = codec.read_header(raw)
-    fields, tlv_pos = codec._walk_mandatory(raw, header)
+    esm_class, data_coding, short_message, pos = _deliver_sm_fast(raw) or (None,) * 4
+    header = read_header(raw)
+    fields, tlv_pos = walk_mandatory(raw, header)
     assert (esm_class, data_coding, short_message, pos) == (
         fields["esm_class"], fields["data_coding"], fields["short_message"], tlv_pos,
     ) == (0x44, 0x08, b"\0a\0b", len(raw) - 5)
@@ -179,20 +199,20 @@ def test_deliver_sm_fast_reads_the_same_fields_as_the_walker() -> None:
 
 def test_deliver_sm_fast_declines_what_it_does_not_take() -> None:
     good = deliver(sm_body(short_message=receipt_text()))
-    assert codec._deliver_sm_fast(good) is not None
-    assert codec._deliver_sm_fast(good + b"\0") is None  # command_length no longer matches
-    assert codec._deliver_sm_fast(good[:15]) is None
-    assert codec._deliver_sm_fast(pdu(codec.DATA_SM, 1, bytes(10))) is None
-    assert codec._deliver_sm_fast(deliver(sm_body(short_message=b"abc")[:-2])) is None  # sm_length too long
+    assert _deliver_sm_fast(good) is not None
+    assert _deliver_sm_fast(good + b"\0") is None  # command_length no longer matches
+    assert _deliver_sm_fast(good[:15]) is None
+    assert _deliver_sm_fast(pdu(DATA_SM, 1, bytes(10))) is None
+    assert _deliver_sm_fast(deliver(sm_body(short_message=b"abc")[:-2])) is None  # sm_length too long
 
 
 # --- submit_sm_resp message_id -------------------------------------------------------------
 
 
 def _general_message_id(raw: bytes) -> Any:
-    header = codec._checked_header(raw)
-    fields, pos = codec._walk_mandatory(raw, header)
-    codec._walk_tlvs(raw, pos, header)
+    header = checked_header(raw)
+    fields, pos = walk_mandatory(raw, header)
+    walk_tlvs(raw, pos, header)
     value = fields.get("message_id")
     return value.decode("latin-1") if value else ""
 
@@ -200,10 +220,10 @@ def _general_message_id(raw: bytes) -> Any:
 def test_response_message_id_fast_path_equals_the_walk() -> None:
     rng = random.Random(5)
     raws = [
-        codec.encode("submit_sm_resp", 9, message_id="5A000001"),
-        codec.encode("submit_sm_resp", 9, message_id=""),
-        codec.encode("deliver_sm_resp", 9, message_id="x"),
-        codec.encode("submit_sm_resp", 9, status=0x58),  # header only
+        encode("submit_sm_resp", 9, message_id="5A000001"),
+        encode("submit_sm_resp", 9, message_id=""),
+        encode("deliver_sm_resp", 9, message_id="x"),
+        encode("submit_sm_resp", 9, status=0x58),  # header only
         pdu(0x80000004, 9, b"5A\0" + tlv(0x0427, b"\x02")),
         pdu(0x80000004, 9, b"5A\0\0"),
         pdu(0x80000004, 9, b"5A"),
@@ -224,7 +244,7 @@ def test_response_message_id_fast_path_equals_the_walk() -> None:
             raws.append(bytes(b))
     fast = 0
     for raw in raws:
-        assert _outcome(lambda: codec.response_message_id(raw)) == _outcome(
+        assert _outcome(lambda: response_message_id(raw)) == _outcome(
             lambda: _general_message_id(raw)), raw.hex()
         fast += len(raw) > 16 and raw.find(b"\0", 16) == len(raw) - 1
     assert fast > 20
@@ -261,32 +281,56 @@ def _submit_cases(rng: random.Random) -> list[tuple[int, dict[str, Any]]]:
         "short_message": [b"", b"x" * 254, b"x" * 255, bytearray(b"abc"), memoryview(b"abc"),
                           "text", None, bytes(range(256))[:200]],
     }
-    cases: list[tuple[int, dict[str, Any]]] = [(1, good), (codec.MAX_SEQUENCE, good)]
-    cases += [(seq, good) for seq in (0, -1, codec.MAX_SEQUENCE + 1, True, 5.0, None)]
+    cases: list[tuple[int, dict[str, Any]]] = [(1, good), (MAX_SEQUENCE, good)]
+    cases += [(seq, good) for seq in (0, -1, MAX_SEQUENCE + 1, True, 5.0, None)]
     for name, values in odd.items():
         cases += [(7, {**good, name: value}) for value in values]
     for _ in range(500):  # several odd fields at once
         fields = dict(good)
         for name in rng.sample(list(odd), rng.randint(1, 4)):
             fields[name] = rng.choice(odd[name])
-        cases.append((rng.choice((1, 99, codec.MAX_SEQUENCE, 0)), fields))
+        cases.append((rng.choice((1, 99, MAX_SEQUENCE, 0)), fields))
     return cases
 
 
-def test_encode_submit_sm_equals_encode() -> None:
+def test_table_driven_submit_sm_equals_smpplib() -> None:
+    """The table-driven submit_sm (the hand-built encode_submit_sm is gone, issue 15) over odd
+    inputs: smpplib's bytes whenever it builds one (the refusals: the next test)."""
     rng = random.Random(3)
-    fast = 0
+    built = 0
     for seq, fields in _submit_cases(rng):
-        got = _outcome(lambda: codec.encode_submit_sm(seq, *(fields[n] for n in _SUBMIT_FIELDS)))
-        want = _outcome(lambda: codec.encode("submit_sm", seq, service_type="", **fields))
+        got = _outcome(lambda: encode("submit_sm", seq, service_type="", **fields))
+        if got[0] != "ok":
+            continue  # refused before any encoder ran, or by the same field check smpplib's path uses
+        want = _outcome(lambda: _encode_smpplib("submit_sm", seq, 0, {"service_type": "", **fields}))
         assert got == want, (seq, fields)
-        fast += got[0] == "ok"
-    assert fast > 30
+        built += 1
+    assert built > 30
+
+
+def test_table_driven_submit_sm_refuses_what_smpplib_path_refuses() -> None:
+    rng = random.Random(3)
+    refused = 0
+    for seq, fields in _submit_cases(rng):
+        got = _outcome(lambda: encode("submit_sm", seq, service_type="", **fields))
+        if got[0] == "ok":
+            continue
+        refused += 1
+        assert got[0] in ("TypeError", "ValueError"), (seq, fields, got)
+        # smpplib's path with the same fields (after the same sequence check) refuses too
+        def smpplib_path() -> bytes:
+            _check_sequence("submit_sm", SUBMIT_SM, seq)
+            return _encode_smpplib("submit_sm", seq, 0, {"service_type": "", **fields})
+        assert _outcome(smpplib_path)[0] != "ok", (seq, fields)
+    assert refused > 30
 
 
 def test_encode_submit_sm_bytes_decode_back() -> None:
-    raw = codec.encode_submit_sm(42, 5, 0, "DemoShop", 1, 1, "375291234567", 0x40, 1, 8, b"\x05\x00\x03\x01\x02\x01hi")
-    sm = codec.decode(raw)
+    raw = encode("submit_sm", 42, service_type="", source_addr_ton=5, source_addr_npi=0,
+                       source_addr="DemoShop", dest_addr_ton=1, dest_addr_npi=1,
+                       destination_addr="375291234567", esm_class=0x40, registered_delivery=1,
+                       data_coding=8, short_message=b"\x05\x00\x03\x01\x02\x01hi")
+    sm = decode(raw)
     assert (sm.sequence, sm.source_addr, sm.destination_addr, sm.esm_class, sm.data_coding) == (
         42, b"DemoShop", b"375291234567", 0x40, 8)
     assert sm.short_message == b"\x05\x00\x03\x01\x02\x01hi" and sm.registered_delivery == 1
@@ -297,16 +341,16 @@ def test_encode_submit_sm_bytes_decode_back() -> None:
 
 def test_empty_id_resp_equals_encode() -> None:
     commands = ["deliver_sm_resp", "data_sm_resp", "submit_sm_resp", "generic_nack", "bogus"]
-    sequences = [0, 1, 77, codec.MAX_SEQUENCE, 0xFFFFFFFF, 0x100000000, -1, True, 5.0, None]
+    sequences = [0, 1, 77, MAX_SEQUENCE, 0xFFFFFFFF, 0x100000000, -1, True, 5.0, None]
     statuses = [0, 0x08, 0x64, 0xFFFFFFFF, 0x100000000, -1, False, True, None, "0"]
     fast = 0
     for command in commands:
         for seq in sequences:
             for status in statuses:
-                got = _outcome(lambda: codec.empty_id_resp(command, seq, status))
-                want = _outcome(lambda: codec.encode(command, seq, status=status, message_id=""))
+                got = _outcome(lambda: empty_id_resp(command, seq, status))
+                want = _outcome(lambda: encode(command, seq, status=status, message_id=""))
                 assert got == want, (command, seq, status)
                 fast += got[0] == "ok"
     assert fast > 20
-    assert codec.empty_id_resp("data_sm_resp", 3, 0x64) == struct.pack(">LLLL", 16, 0x80000103, 0x64, 3)
-    assert codec.empty_id_resp("deliver_sm_resp", 3, 0x64) == struct.pack(">LLLL", 17, 0x80000005, 0x64, 3) + b"\0"
+    assert empty_id_resp("data_sm_resp", 3, 0x64) == struct.pack(">LLLL", 16, 0x80000103, 0x64, 3)
+    assert empty_id_resp("deliver_sm_resp", 3, 0x64) == struct.pack(">LLLL", 17, 0x80000005, 0x64, 3) + b"\0"

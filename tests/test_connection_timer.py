@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 
-from smppd.smpp import codec
+from smppd.smpp.encode import encode
 from smppd.smpp.connection import _Protocol
-from smppd.smpp.session import Session, SessionConfig, Submit, SubmitUnconfirmed
+from smppd.smpp.events import SubmitUnconfirmed
+from smppd.smpp.session import Session, SessionConfig, Submit
 
 
 class _Transport:
@@ -40,7 +41,7 @@ async def _bound(response_timeout: float) -> tuple[_Protocol, list[object]]:
                            enquire_link_interval=60.0, inactivity_timeout=120.0)
     protocol = _Protocol(Session(config), events.extend)
     protocol.connection_made(_Transport())  # type: ignore[arg-type]
-    protocol.data_received(codec.encode("bind_transceiver_resp", 1, system_id="SMSC"))
+    protocol.data_received(encode("bind_transceiver_resp", 1, system_id="SMSC"))
     events.clear()
     return protocol, events
 

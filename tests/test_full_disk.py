@@ -27,7 +27,7 @@ import pytest
 from smppd import config as config_mod
 from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.demo import Rig, start_shim
-from smppd.smpp import codec
+from smppd.smpp.pdu import COMMAND_IDS
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 from .e2e_rig import post, wait_final
@@ -53,7 +53,7 @@ class RedeliveringSmsc(SmscSimulator):
     def _on_response(self, conn, header) -> None:  # type: ignore[no-untyped-def]
         outbound = conn.in_flight.get(header.sequence)
         super()._on_response(conn, header)
-        if (outbound is not None and header.command_id == codec.COMMAND_IDS["deliver_sm_resp"]
+        if (outbound is not None and header.command_id == COMMAND_IDS["deliver_sm_resp"]
                 and header.status == ESME_RX_T_APPN):
             self.temporary_answers += 1
             asyncio.get_running_loop().call_later(self.redeliver_after, self._deliver, outbound)

@@ -7,23 +7,19 @@ import struct
 import pytest
 from structlog.testing import capture_logs
 
-from smppd.smpp import codec
-from smppd.smpp.session import (
-    SEQUENCE_MAX,
-    BindMode,
+from smppd.smpp.encode import encode, generic_nack
+from smppd.smpp.pdu import MAX_SEQUENCE, Framer, Header, decode, read_header
+from smppd.smpp.events import (
     BindRejected,
     Bound,
     MessageReceived,
     ReceiptReceived,
-    Session,
-    SessionConfig,
-    State,
-    Submit,
     SubmitAccepted,
     SubmitRejected,
     SubmitUnconfirmed,
     Terminated,
 )
+from smppd.smpp.session import BindMode, Session, SessionConfig, State, Submit
 
 PASSWORD = "s3cr3tpw"
 RESP_TIMEOUT = 10.0
@@ -51,16 +47,16 @@ def config(**overrides) -> SessionConfig:
     return SessionConfig(**values)
 
 
-def sent(session: Session) -> list[tuple[codec.Header, bytes]]:
+def sent(session: Session) -> list[tuple[Header, bytes]]:
     """Everything the session wants to write, cut into PDUs (and checked to frame cleanly)."""
     data = session.data_to_send()
-    framer = codec.Framer()
+    framer = Framer()
     raws = framer.feed(data)
     assert framer.pending == 0
-    return [(codec.read_header(raw), raw) for raw in raws]
+    return [(read_header(raw), raw) for raw in raws]
 
 
-def sent_one(session: Session) -> tuple[codec.Header, bytes]:
+def sent_one(session: Session) -> tuple[Header, bytes]:
     pdus = sent(session)
     assert len(pdus) == 1, [h.command for h, _ in pdus]
     return pdus[0]
@@ -73,8 +69,8 @@ def bind_resp_for(mode: BindMode, seq: int, status: int = 0, system_id: str = "S
         BindMode.RECEIVER: "bind_receiver_resp",
     }[mode]
     if status:
-        return codec.encode(name, seq, status=status)
-    return codec.encode(name, seq, system_id=system_id)
+        return encode(name, seq, status=status)
+    return encode(name, seq, system_id=system_id)
 
 
 def bound_session(now: float = 0.0, **overrides) -> Session:
@@ -101,8 +97,8 @@ def item(ref, text: bytes = b"Hello", **kw) -> Submit:
 
 def submit_resp(seq: int, message_id: str = "", status: int = 0) -> bytes:
     if status:
-        return codec.encode("submit_sm_resp", seq, status=status)
-    return codec.encode("submit_sm_resp", seq, message_id=message_id)
+        return encode("submit_sm_resp", seq, status=status)
+    return encode("submit_sm_resp", seq, message_id=message_id)
 
 
 def receipt_pdu(seq: int, *, command: str = "deliver_sm", **kw) -> bytes:
@@ -124,11 +120,11 @@ def receipt_pdu(seq: int, *, command: str = "deliver_sm", **kw) -> bytes:
     else:
         fields["message_payload"] = RECEIPT_TEXT
     fields.update(kw)
-    return codec.encode(command, seq, **fields)
+    return encode(command, seq, **fields)
 
 
 def mo_pdu(seq: int) -> bytes:
-    return codec.encode(
+    return encode(
         "deliver_sm",
         seq,
         service_type="",
@@ -175,7 +171,7 @@ def test_start_sends_bind_for_the_mode(mode, command):
     header, raw = sent_one(s)
     assert header.command == command
     assert header.sequence == 1
-    pdu = codec.decode(raw)
+    pdu = decode(raw)
     assert pdu.system_id == b"esme01"
     assert pdu.password == PASSWORD.encode()
     assert pdu.system_type == b"VMA"
@@ -202,6 +198,22 @@ def test_bind_resp_ok_binds(mode, can_submit):
     if not can_submit:
         with pytest.raises(RuntimeError):
             s.submit(item("r"), 1.0)
+
+
+def test_the_session_reports_bind_and_end_and_leaves_their_log_lines_to_the_caller():
+    """One log line per event (issue 15): smpp.bound, smpp.bind_rejected and smpp.terminated
+    are written once, by the connection, which knows the route; the session only reports."""
+    lifecycle = {"smpp.bound", "smpp.bind_rejected", "smpp.terminated", "smpp_bound", "smpp_bind_rejected",
+                 "smpp_terminated"}
+    with capture_logs() as logs:
+        s = bound_session()
+        assert any(isinstance(e, Terminated) for e in s.receive_data(encode("unbind", 9), 1.0))
+        r = Session(config())
+        r.start(0.0)
+        header, _ = sent_one(r)
+        assert r.receive_data(bind_resp_for(BindMode.TRANSCEIVER, header.sequence, status=0x0E), 0.2) == [
+            BindRejected(0x0E)]
+    assert [e["event"] for e in logs if e["event"] in lifecycle] == []
 
 
 def test_bind_rejected_closes_the_session():
@@ -247,7 +259,7 @@ def test_generic_nack_to_bind_is_a_rejection():
     s = Session(config())
     s.start(0.0)
     header, _ = sent_one(s)
-    events = s.receive_data(codec.generic_nack(header.sequence, 0x03), 0.1)
+    events = s.receive_data(generic_nack(header.sequence, 0x03), 0.1)
     assert events == [BindRejected(0x03)]
     assert s.state is State.CLOSED
 
@@ -281,7 +293,7 @@ def test_submit_encodes_the_segment():
     header, raw = sent_one(s)
     assert header.command == "submit_sm"
     assert header.sequence == seq == 2  # 1 went to the bind
-    pdu = codec.decode(raw)
+    pdu = decode(raw)
     assert pdu.source_addr == b"MyBrand"
     assert (pdu.source_addr_ton, pdu.source_addr_npi) == (5, 0)
     assert pdu.destination_addr == b"375291234567"
@@ -294,20 +306,21 @@ def test_submit_encodes_the_segment():
 
 
 def test_submit_without_tlvs_sends_what_the_general_encoder_builds():
-    # Submits without TLVs take codec.encode_submit_sm; the bytes must be encode()'s.
+    # Every submit, with or without TLVs, is the table-driven encode()'s bytes (the hand-built
+    # encode_submit_sm fast path is gone, issue 15).
     s = bound_session()
     for i, (text, esm, dc) in enumerate([(b"Hello", 0, 0), (b"", 0, 0), (b"\x05\x00\x03\x07\x02\x01x", 0x40, 8),
                                          (b"y" * 254, 0, 0xF0)]):
         seq = s.submit(item(i, text=text, esm_class=esm, data_coding=dc, registered_delivery=i % 2), 1.0)
         _, raw = sent_one(s)
-        assert raw == codec.encode(
+        assert raw == encode(
             "submit_sm", seq, service_type="", source_addr_ton=5, source_addr_npi=0, source_addr="MyBrand",
             dest_addr_ton=1, dest_addr_npi=1, destination_addr="375291234567", esm_class=esm,
             registered_delivery=i % 2, data_coding=dc, short_message=text,
         )
     s.submit(item("vp", tlvs={"validity_period": "000001000000000R"}), 1.0)
     _, raw = sent_one(s)
-    assert codec.decode(raw).validity_period == b"000001000000000R"
+    assert decode(raw).validity_period == b"000001000000000R"
     with pytest.raises(ValueError):
         s.submit(item("long-sender", source_addr="S" * 21), 1.0)
     with pytest.raises(TypeError):
@@ -322,7 +335,7 @@ def test_submit_passes_tlvs_to_the_codec():
         1.0,
     )
     _, raw = sent_one(s)
-    pdu = codec.decode(raw)
+    pdu = decode(raw)
     assert pdu.message_payload == b"x" * 300
     assert pdu.sar_msg_ref_num == 7
     assert not pdu.short_message
@@ -423,10 +436,10 @@ def test_not_bound_status_requeues_and_ends_the_session():
 def test_generic_nack_matching_a_submit_is_its_rejection():
     s = bound_session()
     seqs = submit_n(s, ["a", "b"])
-    events = s.receive_data(codec.generic_nack(seqs["b"], 0x58), 1.1)
+    events = s.receive_data(generic_nack(seqs["b"], 0x58), 1.1)
     assert events == [SubmitRejected("b", 0x58, True)]
     assert s.outstanding == 1
-    events = s.receive_data(codec.generic_nack(seqs["a"], 0x02), 1.2)
+    events = s.receive_data(generic_nack(seqs["a"], 0x02), 1.2)
     assert events == [SubmitRejected("a", 0x02, False)]
 
 
@@ -434,7 +447,7 @@ def test_generic_nack_with_unknown_sequence_keeps_the_bind():
     s = bound_session()
     submit_n(s, ["a"])
     sent(s)
-    assert s.receive_data(codec.generic_nack(999, 0x03), 1.1) == []
+    assert s.receive_data(generic_nack(999, 0x03), 1.1) == []
     assert s.state is State.BOUND
     assert s.outstanding == 1
     assert s.data_to_send() == b""  # a nack is never answered
@@ -465,9 +478,9 @@ def test_unexpected_responses_are_ignored():
     sent(s)
     data = (
         submit_resp(4242, "X")
-        + codec.encode("deliver_sm_resp", 7, message_id="")
-        + codec.encode("enquire_link_resp", 99)
-        + codec.encode("unbind_resp", 98)
+        + encode("deliver_sm_resp", 7, message_id="")
+        + encode("enquire_link_resp", 99)
+        + encode("unbind_resp", 98)
         + raw_pdu(0x80000099, 5)
         + bind_resp_for(BindMode.TRANSCEIVER, 1)
     )
@@ -488,7 +501,7 @@ def test_enquire_link_is_sent_when_idle_and_its_resp_clears_it():
     header, _ = sent_one(s)
     assert header.command == "enquire_link"
     assert s.next_deadline() == 30.0 + RESP_TIMEOUT
-    assert s.receive_data(codec.encode("enquire_link_resp", header.sequence), 31.0) == []
+    assert s.receive_data(encode("enquire_link_resp", header.sequence), 31.0) == []
     assert s.next_deadline() == 60.0
     assert s.handle_timers(40.0) == []  # nothing due: no second enquire_link, no timeout
     assert s.data_to_send() == b""
@@ -507,7 +520,7 @@ def test_traffic_postpones_the_enquire_link():
 
 def test_idle_means_nothing_sent_received_traffic_does_not_postpone():
     s = bound_session(now=0.0)
-    s.receive_data(codec.encode("enquire_link", 5), 25.0)
+    s.receive_data(encode("enquire_link", 5), 25.0)
     sent(s)  # our enquire_link_resp: a response, it does not count as traffic of ours
     assert s.next_deadline() == INTERVAL
     s.handle_timers(30.0)
@@ -534,7 +547,7 @@ def test_enquire_link_timeout_terminates_with_outstanding_unconfirmed():
 
 def test_inactivity_timeout_terminates():
     s = bound_session(now=0.0, enquire_link_interval=1000.0, inactivity_timeout=300.0)
-    s.receive_data(codec.encode("enquire_link", 5), 100.0)  # anything received resets it
+    s.receive_data(encode("enquire_link", 5), 100.0)  # anything received resets it
     assert s.next_deadline() == 400.0
     assert s.handle_timers(399.0) == []
     assert s.handle_timers(400.0) == [Terminated("inactivity timeout")]
@@ -542,7 +555,7 @@ def test_inactivity_timeout_terminates():
 
 def test_incoming_enquire_link_is_answered_with_its_sequence():
     s = bound_session()
-    assert s.receive_data(codec.encode("enquire_link", 0x1234), 1.0) == []
+    assert s.receive_data(encode("enquire_link", 0x1234), 1.0) == []
     header, raw = sent_one(s)
     assert header.command == "enquire_link_resp"
     assert header.sequence == 0x1234
@@ -554,7 +567,7 @@ def test_incoming_enquire_link_is_answered_before_the_bind_completes():
     s = Session(config())
     s.start(0.0)
     sent(s)
-    s.receive_data(codec.encode("enquire_link", 3), 0.1)
+    s.receive_data(encode("enquire_link", 3), 0.1)
     header, _ = sent_one(s)
     assert (header.command, header.sequence) == ("enquire_link_resp", 3)
     assert s.state is State.BINDING
@@ -567,7 +580,7 @@ def test_incoming_unbind_is_answered_and_terminates():
     s = bound_session()
     submit_n(s, ["a"])
     sent(s)
-    events = s.receive_data(codec.encode("unbind", 77) + codec.encode("enquire_link", 78), 2.0)
+    events = s.receive_data(encode("unbind", 77) + encode("enquire_link", 78), 2.0)
     assert events == [SubmitUnconfirmed("a", "unbound by SMSC"), Terminated("unbound by SMSC")]
     header, _ = sent_one(s)  # the enquire_link after the unbind is not processed
     assert (header.command, header.sequence, header.status) == ("unbind_resp", 77, 0)
@@ -587,7 +600,7 @@ def test_graceful_unbind():
     assert header.command == "unbind"
     # Responses to earlier submits are still matched.
     assert s.receive_data(submit_resp(seq, "9"), 2.5) == [SubmitAccepted("a", "9", "9")]
-    assert s.receive_data(codec.encode("unbind_resp", header.sequence), 3.0) == [Terminated("unbound")]
+    assert s.receive_data(encode("unbind_resp", header.sequence), 3.0) == [Terminated("unbound")]
     assert s.state is State.CLOSED
     s.unbind(4.0)  # idempotent
     assert s.data_to_send() == b""
@@ -779,22 +792,22 @@ def test_alert_notification_is_not_answered():
 
 
 def test_sequence_wraps_to_one_never_zero():
-    s = Session(config(), first_sequence=SEQUENCE_MAX - 1)
+    s = Session(config(), first_sequence=MAX_SEQUENCE - 1)
     s.start(0.0)
     header, _ = sent_one(s)
-    assert header.sequence == SEQUENCE_MAX - 1
+    assert header.sequence == MAX_SEQUENCE - 1
     s.receive_data(bind_resp_for(BindMode.TRANSCEIVER, header.sequence), 0.1)
     seqs = [s.submit(item(i), 1.0) for i in range(3)]
-    assert seqs == [SEQUENCE_MAX, 1, 2]
+    assert seqs == [MAX_SEQUENCE, 1, 2]
     assert [h.sequence for h, _ in sent(s)] == seqs
-    events = s.receive_data(submit_resp(SEQUENCE_MAX, "M"), 1.1)
+    events = s.receive_data(submit_resp(MAX_SEQUENCE, "M"), 1.1)
     assert events == [SubmitAccepted(0, "M", "M")]
 
 
 def test_sequence_skips_numbers_still_outstanding():
-    s = Session(config(), first_sequence=SEQUENCE_MAX)
+    s = Session(config(), first_sequence=MAX_SEQUENCE)
     s.start(0.0)  # takes 0x7FFFFFFF
-    s.receive_data(bind_resp_for(BindMode.TRANSCEIVER, SEQUENCE_MAX), 0.1)
+    s.receive_data(bind_resp_for(BindMode.TRANSCEIVER, MAX_SEQUENCE), 0.1)
     assert s.submit(item("a"), 1.0) == 1
     s._next_seq = 1  # as if 2**31 numbers had gone by while "a" was outstanding
     assert s.submit(item("b"), 1.0) == 2
@@ -825,7 +838,7 @@ def test_several_pdus_in_one_feed():
     sent(s)
     data = (
         submit_resp(seqs["a"], "1")
-        + codec.encode("enquire_link", 50)
+        + encode("enquire_link", 50)
         + receipt_pdu(51)
         + submit_resp(seqs["b"], status=0x58)
     )
@@ -853,7 +866,7 @@ def test_data_to_send_coalesces():
     s = bound_session()
     submit_n(s, ["a", "b", "c"])
     data = s.data_to_send()
-    assert len(codec.Framer().feed(data)) == 3
+    assert len(Framer().feed(data)) == 3
     assert s.data_to_send() == b""
 
 
@@ -883,17 +896,17 @@ def test_deliver_sm_after_our_unbind_is_answered_try_later_at_once():
 
 
 def test_query_sm_answered_with_the_smscs_state():
-    from smppd.smpp.session import QueryAnswered, QueryFailed
+    from smppd.smpp.events import QueryAnswered, QueryFailed
     s = bound_session()
     seq = s.query(("q", 1, 0), "5A000001", "MyShop", 5, 0, 1.0)
     header, raw = sent_one(s)
     assert (header.command, header.sequence) == ("query_sm", seq)
-    pdu = codec.decode(raw)
+    pdu = decode(raw)
     assert (pdu.message_id, pdu.source_addr, pdu.source_addr_ton) == (b"5A000001", b"MyShop", 5)
-    resp = codec.encode("query_sm_resp", seq, message_id="5A000001", final_date="", message_state=2, error_code=0)
+    resp = encode("query_sm_resp", seq, message_id="5A000001", final_date="", message_state=2, error_code=0)
     assert s.receive_data(resp, 1.2) == [QueryAnswered(("q", 1, 0), 2, 0)]
     seq2 = s.query("b", "77", "MyShop", 5, 0, 2.0)
-    assert s.receive_data(codec.generic_nack(seq2, 0x03), 2.1) == [QueryFailed("b", 0x03)]
+    assert s.receive_data(generic_nack(seq2, 0x03), 2.1) == [QueryFailed("b", 0x03)]
     s.query("c", "78", "MyShop", 5, 0, 3.0)
     assert s.next_deadline() == 13.0
     assert s.handle_timers(13.0) == [QueryFailed("c", 0)]

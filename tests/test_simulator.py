@@ -8,7 +8,28 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from smppd.smpp import codec
+from smppd.smpp.encode import encode
+from smppd.smpp.pdu import (
+    COMMAND_IDS,
+    ESME_RALYBND,
+    ESME_RINVBNDSTS,
+    ESME_RINVCMDID,
+    ESME_RINVDSTADR,
+    ESME_RINVMSGLEN,
+    ESME_RINVPASWD,
+    ESME_RINVSYSID,
+    ESME_ROK,
+    ESME_RTHROTTLED,
+    GENERIC_NACK,
+    RESPONSE_BIT,
+    TAG_RECEIPTED_MESSAGE_ID,
+    Framer,
+    Header,
+    decode,
+    parse_tlvs,
+    read_header,
+)
+from smppd.smpp.receipts import parse_deliver, parse_receipt
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 from smppd.sims.smpp_policy import SubmitPolicy, SubmittedSm, SubmitVerdict
 
@@ -20,7 +41,7 @@ class RawEsme:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
-        self.framer = codec.Framer()
+        self.framer = Framer()
         self.inbox: list[bytes] = []
         self.sequence = 0
 
@@ -36,34 +57,34 @@ class RawEsme:
         self.writer.write(raw)
         await self.writer.drain()
 
-    async def recv(self, match: Callable[[codec.Header], bool] = lambda h: True,
+    async def recv(self, match: Callable[[Header], bool] = lambda h: True,
                    timeout: float = TIMEOUT) -> bytes:
         """The first PDU (kept back or new) that matches; the others stay in the inbox."""
         while True:
             for i, raw in enumerate(self.inbox):
-                if match(codec.read_header(raw)):
+                if match(read_header(raw)):
                     return self.inbox.pop(i)
             data = await asyncio.wait_for(self.reader.read(65536), timeout)
             if not data:
                 raise EOFError
             self.inbox += self.framer.feed(data)
 
-    async def request(self, command: str, **fields: object) -> tuple[codec.Header, bytes]:
+    async def request(self, command: str, **fields: object) -> tuple[Header, bytes]:
         """Send a request and wait for its response; receipts arriving meanwhile wait."""
         sequence = self.next_sequence()
-        await self.send(codec.encode(command, sequence, **fields))
+        await self.send(encode(command, sequence, **fields))
         raw = await self.recv(lambda h: h.is_response and h.sequence == sequence)
-        return codec.read_header(raw), raw
+        return read_header(raw), raw
 
     async def bind(self, command: str = "bind_transceiver", system_id: str = "smppd",
-                   password: str = "secret") -> codec.Header:
+                   password: str = "secret") -> Header:
         header, _ = await self.request(command, system_id=system_id, password=password,
                                        system_type="", interface_version=0x34)
-        assert header.command_id == codec.COMMAND_IDS[command] | codec.RESPONSE_BIT
+        assert header.command_id == COMMAND_IDS[command] | RESPONSE_BIT
         return header
 
     async def submit(self, text: str = "Hello world", registered_delivery: int = 1,
-                     **fields: object) -> tuple[codec.Header, str | None]:
+                     **fields: object) -> tuple[Header, str | None]:
         submit: dict[str, object] = dict(
             source_addr="MyBrand", source_addr_ton=5, source_addr_npi=0,
             destination_addr="375291234567", dest_addr_ton=1, dest_addr_npi=1,
@@ -71,14 +92,14 @@ class RawEsme:
         )
         header, raw = await self.request("submit_sm", **(submit | fields))
         assert header.command == "submit_sm_resp"
-        resp = codec.decode(raw)
+        resp = decode(raw)
         return header, resp.message_id.decode() if resp.message_id else None
 
     async def next_deliver(self, ack: bool = True) -> bytes:
         raw = await self.recv(lambda h: h.command == "deliver_sm")
-        header = codec.read_header(raw)
+        header = read_header(raw)
         if ack:
-            await self.send(codec.encode("deliver_sm_resp", header.sequence))
+            await self.send(encode("deliver_sm_resp", header.sequence))
         return raw
 
     async def assert_silent(self) -> None:
@@ -127,10 +148,10 @@ async def eventually(predicate, timeout: float = TIMEOUT) -> None:  # type: igno
 
 async def test_bind_ok(sim: SmscSimulator, esme: RawEsme) -> None:
     sequence = esme.next_sequence()
-    await esme.send(codec.encode("bind_transceiver", sequence, system_id="smppd",
+    await esme.send(encode("bind_transceiver", sequence, system_id="smppd",
                                  password="secret", system_type="", interface_version=0x34))
     raw = await esme.recv()
-    resp = codec.decode(raw)
+    resp = decode(raw)
     assert (resp.command, resp.sequence, resp.status) == ("bind_transceiver_resp", sequence, 0)
     assert resp.system_id == b"SIMSMSC" and resp.sc_interface_version == 0x34
     assert sim.binds == 1
@@ -138,7 +159,7 @@ async def test_bind_ok(sim: SmscSimulator, esme: RawEsme) -> None:
 
 @pytest.mark.parametrize(
     ("system_id", "password", "status"),
-    [("smppd", "wrong", codec.ESME_RINVPASWD), ("nobody", "secret", codec.ESME_RINVSYSID)],
+    [("smppd", "wrong", ESME_RINVPASWD), ("nobody", "secret", ESME_RINVSYSID)],
 )
 async def test_bind_refused(sim: SmscSimulator, esme: RawEsme, system_id: str, password: str,
                             status: int) -> None:
@@ -149,18 +170,18 @@ async def test_bind_refused(sim: SmscSimulator, esme: RawEsme, system_id: str, p
 
 async def test_second_bind_on_one_connection_is_already_bound(esme: RawEsme) -> None:
     assert (await esme.bind()).status == 0
-    assert (await esme.bind()).status == codec.ESME_RALYBND
+    assert (await esme.bind()).status == ESME_RALYBND
 
 
 async def test_submit_before_bind_is_invalid_bind_status(esme: RawEsme) -> None:
     header, message_id = await esme.submit()
-    assert header.status == codec.ESME_RINVBNDSTS and message_id is None
+    assert header.status == ESME_RINVBNDSTS and message_id is None
 
 
 async def test_submit_on_a_receiver_bind_is_invalid_bind_status(esme: RawEsme) -> None:
     await esme.bind("bind_receiver")
     header, _ = await esme.submit()
-    assert header.status == codec.ESME_RINVBNDSTS
+    assert header.status == ESME_RINVBNDSTS
 
 
 # --- submit and receipts ---------------------------------------------------------------
@@ -174,7 +195,7 @@ async def test_submit_gets_an_id_then_a_receipt_with_tlvs_and_text(
     assert header.status == 0 and message_id == "5A000000"
 
     raw = await esme.next_deliver()
-    dlr = codec.decode(raw)
+    dlr = decode(raw)
     assert dlr.esm_class == 0x04 and dlr.data_coding == 0
     assert (dlr.source_addr, dlr.destination_addr) == (b"375291234567", b"MyBrand")
     assert (dlr.source_addr_ton, dlr.dest_addr_ton) == (1, 5)
@@ -182,9 +203,9 @@ async def test_submit_gets_an_id_then_a_receipt_with_tlvs_and_text(
     text = dlr.short_message.decode()
     assert text.startswith("id:5A000000 sub:001 dlvrd:001 submit date:")
     assert " stat:DELIVRD err:000 text:Hello world, this is" in text
-    assert codec.parse_tlvs(raw)[codec.TAG_RECEIPTED_MESSAGE_ID] == b"5A000000\0"
+    assert parse_tlvs(raw)[TAG_RECEIPTED_MESSAGE_ID] == b"5A000000\0"
 
-    receipt = codec.parse_receipt(raw)
+    receipt = parse_receipt(raw)
     assert receipt is not None
     assert (receipt.message_id, receipt.state, receipt.stat) == ("5A000000", 2, "DELIVRD")
     assert len(receipt.submit_date or "") == 10 and len(receipt.done_date or "") == 10
@@ -196,7 +217,7 @@ async def test_submit_gets_an_id_then_a_receipt_with_tlvs_and_text(
     assert (sm.source_addr, sm.source_addr_ton, sm.source_addr_npi) == ("MyBrand", 5, 0)
     assert (sm.destination_addr, sm.registered_delivery) == ("375291234567", 1)
     assert sm.text == "Hello world, this is a test"
-    assert codec.read_header(sm.raw).command == "submit_sm"
+    assert read_header(sm.raw).command == "submit_sm"
 
 
 async def test_message_ids_are_unique_and_decimal_when_asked() -> None:
@@ -208,8 +229,8 @@ async def test_message_ids_are_unique_and_decimal_when_asked() -> None:
         assert ids == [str(0x5A000000 + i) for i in range(3)]
         _, message_id = await esme.submit()
         raw = await esme.next_deliver()
-        assert codec.parse_tlvs(raw) == {}  # text only
-        receipt = codec.parse_receipt(raw, id_base="dec")
+        assert parse_tlvs(raw) == {}  # text only
+        receipt = parse_receipt(raw, id_base="dec")
         assert receipt is not None and receipt.raw_message_id == message_id
         assert receipt.state is None and receipt.stat == "DELIVRD"
     finally:
@@ -230,7 +251,7 @@ async def test_ucs2_long_message_part_and_sar_fields_are_recorded(
     assert (ucs2.esm_class, ucs2.data_coding, ucs2.short_message) == (0x40, 0x08, body)
     assert ucs2.text == "Ваш код 1234"
     assert (sar.sar_msg_ref_num, sar.sar_total_segments, sar.sar_segment_seqnum) == (7, 2, 2)
-    receipt = codec.decode(await esme.next_deliver()).short_message
+    receipt = decode(await esme.next_deliver()).short_message
     assert receipt.endswith(b"text:??? ??? 1234")  # receipt texts are ASCII
 
 
@@ -245,7 +266,7 @@ async def test_outcome_mix_is_reproducible_with_a_seed() -> None:
             ids = [(await esme.submit())[1] for _ in range(30)]
             stats = {}
             for _ in ids:
-                receipt = codec.parse_receipt(await esme.next_deliver(), id_base="hex")
+                receipt = parse_receipt(await esme.next_deliver(), id_base="hex")
                 assert receipt is not None
                 stats[receipt.raw_message_id] = (receipt.stat, receipt.state)
             chosen = [sim.outcome_of(i) for i in ids if i]
@@ -269,7 +290,7 @@ async def test_registered_delivery_decides_which_receipts_come() -> None:
         await asyncio.sleep(0.02)
         await esme.assert_silent()
         _, message_id = await esme.submit(registered_delivery=2)  # failures only: UNDELIV qualifies
-        receipt = codec.parse_receipt(await esme.next_deliver())
+        receipt = parse_receipt(await esme.next_deliver())
         assert receipt is not None and receipt.raw_message_id == message_id
         assert receipt.stat == "UNDELIV" and receipt.error == "003"
         sim.config.outcomes = {"DELIVRD": 1.0}
@@ -288,7 +309,7 @@ async def test_receipt_goes_to_the_receiver_of_a_tx_rx_pair(sim: SmscSimulator) 
         await rx.bind("bind_receiver")
         assert sim.binds == 2
         _, message_id = await tx.submit()
-        receipt = codec.parse_receipt(await rx.next_deliver())
+        receipt = parse_receipt(await rx.next_deliver())
         assert receipt is not None and receipt.raw_message_id == message_id
         await tx.assert_silent()
     finally:
@@ -308,12 +329,12 @@ async def test_receipt_waits_for_a_receiver_and_unacked_ones_come_again(
     rx = await RawEsme.connect(sim)
     await rx.bind("bind_receiver")
     raw = await rx.next_deliver(ack=False)  # taken, never acknowledged
-    assert codec.decode(raw).receipted_message_id == first.encode()  # type: ignore[union-attr]
+    assert decode(raw).receipted_message_id == first.encode()  # type: ignore[union-attr]
     await rx.close()
 
     rx = await RawEsme.connect(sim)
     await rx.bind("bind_receiver")
-    again = codec.decode(await rx.next_deliver())
+    again = decode(await rx.next_deliver())
     assert again.receipted_message_id == first.encode()  # type: ignore[union-attr]
     await eventually(lambda: sim.receipts_acked == 1)
     assert sim.receipts_sent == 2
@@ -326,16 +347,16 @@ async def test_policy_hook_rejects_or_drops_a_submit(sim: SmscSimulator, esme: R
         def decide(self, sm: SubmittedSm) -> SubmitVerdict:
             if sm.destination_addr.endswith("9"):
                 return SubmitVerdict(respond=False)
-            return SubmitVerdict(status=codec.ESME_RTHROTTLED)
+            return SubmitVerdict(status=ESME_RTHROTTLED)
 
     await esme.bind()
     sim.policy = Throttle()
     header, message_id = await esme.submit()
-    assert header.status == codec.ESME_RTHROTTLED and message_id is None and header.length == 16
-    await esme.send(codec.encode("submit_sm", esme.next_sequence(), destination_addr="375291234569",
+    assert header.status == ESME_RTHROTTLED and message_id is None and header.length == 16
+    await esme.send(encode("submit_sm", esme.next_sequence(), destination_addr="375291234569",
                                  short_message=b"x"))
     await esme.assert_silent()  # swallowed: no resp
-    assert sim.submitted == [] and [s for _, s in sim.rejected] == [codec.ESME_RTHROTTLED]
+    assert sim.submitted == [] and [s for _, s in sim.rejected] == [ESME_RTHROTTLED]
     sim.policy = SubmitPolicy()
     header, message_id = await esme.submit(registered_delivery=0)
     assert header.status == 0 and message_id == "5A000000"
@@ -344,14 +365,14 @@ async def test_policy_hook_rejects_or_drops_a_submit(sim: SmscSimulator, esme: R
 async def test_empty_destination_is_refused(esme: RawEsme) -> None:
     await esme.bind()
     header, _ = await esme.submit(destination_addr="")
-    assert header.status == codec.ESME_RINVDSTADR
+    assert header.status == ESME_RINVDSTADR
 
 
 async def test_deliver_mo(sim: SmscSimulator, esme: RawEsme) -> None:
     await esme.bind("bind_receiver")
     await sim.deliver_mo("smppd", "375291234567", "MyBrand", "Да".encode("utf-16-be"), data_coding=8)
-    mo = codec.parse_deliver(await esme.next_deliver())
-    assert codec.parse_receipt(codec.encode("deliver_sm", 1, short_message=mo.short_message)) is None
+    mo = parse_deliver(await esme.next_deliver())
+    assert parse_receipt(encode("deliver_sm", 1, short_message=mo.short_message)) is None
     assert (mo.source_addr, mo.data_coding, mo.short_message) == ("375291234567", 8, "Да".encode("utf-16-be"))
     assert sim.receipts_sent == 0
 
@@ -380,9 +401,9 @@ async def test_smsc_initiated_unbind(sim: SmscSimulator, esme: RawEsme) -> None:
     await esme.bind()
     task = asyncio.create_task(sim.unbind_all())
     raw = await esme.recv()
-    header = codec.read_header(raw)
+    header = read_header(raw)
     assert header.command == "unbind"
-    await esme.send(codec.encode("unbind_resp", header.sequence))
+    await esme.send(encode("unbind_resp", header.sequence))
     await asyncio.wait_for(task, TIMEOUT)
     with pytest.raises(EOFError):
         await esme.recv()
@@ -391,16 +412,16 @@ async def test_smsc_initiated_unbind(sim: SmscSimulator, esme: RawEsme) -> None:
 @pytest.mark.parametrize("command_id", [0x00000099, 0x00000007, 0x00000103])
 async def test_unknown_or_unserved_command_is_nacked(esme: RawEsme, command_id: int) -> None:
     await esme.send(struct.pack(">LLLL", 16, command_id, 0, 31))
-    header = codec.read_header(await esme.recv())
-    assert header == codec.Header(16, codec.GENERIC_NACK, codec.ESME_RINVCMDID, 31)
+    header = read_header(await esme.recv())
+    assert header == Header(16, GENERIC_NACK, ESME_RINVCMDID, 31)
 
 
 async def test_malformed_submit_is_nacked_with_its_sequence(esme: RawEsme) -> None:
     await esme.bind()
-    raw = codec.encode("submit_sm", 44, short_message=b"hello")[:-2]
+    raw = encode("submit_sm", 44, short_message=b"hello")[:-2]
     await esme.send(struct.pack(">L", len(raw)) + raw[4:])
-    header = codec.read_header(await esme.recv())
-    assert (header.command, header.sequence, header.status) == ("generic_nack", 44, codec.ESME_RINVMSGLEN)
+    header = read_header(await esme.recv())
+    assert (header.command, header.sequence, header.status) == ("generic_nack", 44, ESME_RINVMSGLEN)
 
 
 async def test_framing_error_drops_the_connection(esme: RawEsme) -> None:
@@ -461,10 +482,10 @@ async def test_stale_session_refuses_binds_then_accepts() -> None:
     await sim.start()
     try:
         first = await RawEsme.connect(sim)
-        assert (await first.bind()).status == codec.ESME_RALYBND
+        assert (await first.bind()).status == ESME_RALYBND
         await asyncio.sleep(0.35)
         second = await RawEsme.connect(sim)
-        assert (await second.bind()).status == codec.ESME_ROK
+        assert (await second.bind()).status == ESME_ROK
         assert sim.bind_attempts == 2
         for e in (first, second):
             e.writer.close()

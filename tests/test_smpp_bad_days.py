@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from smppd.smpp import codec
+from smppd.smpp.pdu import ESME_RSYSERR, ESME_RTHROTTLED, ESME_RX_T_APPN
 from smppd.sims.smpp_policy import QueueFullBursts, ScriptedPolicy, SubmitVerdict
 
 from .smpp_route_rig import make_rig
@@ -81,7 +81,7 @@ async def test_queue_full_bursts_pause_and_resume_at_the_rate_before(rigs, tmp_p
 
 
 async def test_throttle_cuts_the_rate_then_recovers_within_seconds(rigs, tmp_path):
-    policy = ScriptedPolicy([SubmitVerdict(status=codec.ESME_RTHROTTLED)])
+    policy = ScriptedPolicy([SubmitVerdict(status=ESME_RTHROTTLED)])
     rig = await rigs(tmp_path, policy=policy, throughput=40, throttle_recovery=0.5)
     mid = await rig.send()
     assert await rig.wait_final() == {mid: "delivered"}
@@ -115,7 +115,7 @@ async def test_graceful_stop_answers_every_received_deliver_sm_before_unbind(rig
 async def test_temporary_errors_are_retried_a_bounded_number_of_times(rigs, tmp_path, monkeypatch):
     # 14.5: a part refused with 0x08 for ever used to be resent for ever
     monkeypatch.setattr("smppd.providers.smpp.TEMPORARY_RETRY_DELAY", 0.01)
-    policy = ScriptedPolicy([], then=SubmitVerdict(status=codec.ESME_RSYSERR))
+    policy = ScriptedPolicy([], then=SubmitVerdict(status=ESME_RSYSERR))
     rig = await rigs(tmp_path, policy=policy, temporary_retries=3)
     mid = await rig.send()
     assert await rig.wait_final() == {mid: "failed"}
@@ -125,7 +125,7 @@ async def test_temporary_errors_are_retried_a_bounded_number_of_times(rigs, tmp_
 
 async def test_temporary_errors_are_retried_for_a_bounded_time(rigs, tmp_path, monkeypatch):
     monkeypatch.setattr("smppd.providers.smpp.TEMPORARY_RETRY_DELAY", 0.05)
-    policy = ScriptedPolicy([], then=SubmitVerdict(status=codec.ESME_RX_T_APPN))
+    policy = ScriptedPolicy([], then=SubmitVerdict(status=ESME_RX_T_APPN))
     rig = await rigs(tmp_path, policy=policy, temporary_retries=1000, temporary_retry_age=0.4)
     mid = await rig.send()
     assert await rig.wait_final() == {mid: "failed"}

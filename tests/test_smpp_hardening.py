@@ -6,8 +6,21 @@ import struct
 
 import pytest
 
-from smppd.smpp import codec
-from smppd.smpp.session import ReceiptReceived, SubmitAccepted, SubmitUnconfirmed, Terminated
+from smppd.smpp.encode import _SM_FAST, _encode_fast, _encode_smpplib, encode, generic_nack
+from smppd.smpp.pdu import (
+    COMMAND_IDS,
+    HEADER,
+    MAX_PDU_LENGTH,
+    TAG_SAR_MSG_REF_NUM,
+    Framer,
+    FramingError,
+    PduDecodeError,
+    decode,
+    parse_tlvs,
+    read_header,
+    response_message_id,
+)
+from smppd.smpp.events import ReceiptReceived, SubmitAccepted, SubmitUnconfirmed, Terminated
 
 from .test_session import bound_session, receipt_pdu, sent, submit_n, submit_resp
 
@@ -16,19 +29,19 @@ from .test_session import bound_session, receipt_pdu, sent, submit_n, submit_res
 
 
 def test_framer_returns_good_pdus_before_a_bad_length_then_raises():
-    framer = codec.Framer()
-    good = codec.encode("enquire_link", 7)
+    framer = Framer()
+    good = encode("enquire_link", 7)
     pdus = framer.feed(good + struct.pack(">L", 5) + b"junk")
     assert pdus == [good]
     assert framer.error is not None
-    with pytest.raises(codec.FramingError):
-        framer.feed(codec.encode("enquire_link", 8))
+    with pytest.raises(FramingError):
+        framer.feed(encode("enquire_link", 8))
 
 
-@pytest.mark.parametrize("length", [0, 15, codec.MAX_PDU_LENGTH + 1, 0xFFFFFFFF])
+@pytest.mark.parametrize("length", [0, 15, MAX_PDU_LENGTH + 1, 0xFFFFFFFF])
 def test_framer_rejects_length_outside_bounds(length):
-    with pytest.raises(codec.FramingError):
-        codec.Framer().feed(struct.pack(">L", length) + b"\0" * 12)
+    with pytest.raises(FramingError):
+        Framer().feed(struct.pack(">L", length) + b"\0" * 12)
 
 
 def test_session_handles_pdus_before_garbage_then_drops_the_connection():
@@ -146,7 +159,7 @@ import smpplib.smpp  # noqa: E402
 def test_defect_1_make_pdu_without_client_fails_but_codec_encode_does_not():
     with pytest.raises(AttributeError):
         smpplib.smpp.make_pdu("enquire_link")
-    assert codec.read_header(codec.encode("enquire_link", 5)).sequence == 5
+    assert read_header(encode("enquire_link", 5)).sequence == 5
 
 
 def test_defect_12_concat_ref_is_not_random():
@@ -159,7 +172,7 @@ def test_defect_16_generic_nack_does_not_end_our_session():
     from smppd.smpp.session import State
 
     s = bound_session()
-    s.receive_data(codec.generic_nack(999, 0x03), 2.0)
+    s.receive_data(generic_nack(999, 0x03), 2.0)
     assert s.state is State.BOUND
 
 
@@ -173,7 +186,7 @@ def test_fast_sm_encoder_matches_smpplib(command):
     rng = random.Random(command)
     for i in range(200):
         fields = {}
-        for name, kind, limit in codec._SM_FAST:
+        for name, kind, limit in _SM_FAST:
             if rng.random() < 0.3:
                 continue  # absent: both must default the same way
             if name in ("schedule_delivery_time", "validity_period"):
@@ -185,8 +198,8 @@ def test_fast_sm_encoder_matches_smpplib(command):
             else:
                 fields[name] = bytes(rng.randrange(256) for _ in range(rng.randint(0, limit)))
         status = rng.choice([0, 0, 0x58])
-        fast = codec._encode_fast(command, codec.COMMAND_IDS[command], i + 1, status, dict(fields))
-        assert fast == codec._encode_smpplib(command, i + 1, status, dict(fields)), fields
+        fast = _encode_fast(command, COMMAND_IDS[command], i + 1, status, dict(fields))
+        assert fast == _encode_smpplib(command, i + 1, status, dict(fields)), fields
 
 
 @pytest.mark.parametrize("command", ["submit_sm_resp", "deliver_sm_resp", "data_sm_resp", "enquire_link",
@@ -196,35 +209,35 @@ def test_fast_response_encoders_match_smpplib(command):
         [{}, {"message_id": ""}, {"message_id": "0E999F21"}]
     for fields in cases:
         for status in (0, 0x64):
-            fast = codec._encode_fast(command, codec.COMMAND_IDS[command], 42, status, dict(fields))
+            fast = _encode_fast(command, COMMAND_IDS[command], 42, status, dict(fields))
             assert fast is not None
-            assert fast == codec._encode_smpplib(command, 42, status, dict(fields))
+            assert fast == _encode_smpplib(command, 42, status, dict(fields))
 
 
 def test_fast_encoder_keeps_the_checks():
     with pytest.raises(ValueError, match="source_addr"):
-        codec.encode("submit_sm", 1, source_addr="x" * 21)
+        encode("submit_sm", 1, source_addr="x" * 21)
     with pytest.raises(ValueError, match="short_message"):
-        codec.encode("submit_sm", 1, short_message=b"x" * 255)
+        encode("submit_sm", 1, short_message=b"x" * 255)
     with pytest.raises(TypeError):
-        codec.encode("submit_sm", 1, esm_class="4")
+        encode("submit_sm", 1, esm_class="4")
     with pytest.raises(ValueError):
-        codec.encode("submit_sm", 1, data_coding=256)
+        encode("submit_sm", 1, data_coding=256)
     with pytest.raises(ValueError, match="validity_period"):
-        codec.encode("submit_sm", 1, validity_period="1d")
+        encode("submit_sm", 1, validity_period="1d")
     # TLVs still go through smpplib and come out right
-    raw = codec.encode("submit_sm", 1, destination_addr="375291234567", sar_msg_ref_num=7,
+    raw = encode("submit_sm", 1, destination_addr="375291234567", sar_msg_ref_num=7,
                        sar_total_segments=2, sar_segment_seqnum=1, short_message=b"hi")
-    assert codec.parse_tlvs(raw)[codec.TAG_SAR_MSG_REF_NUM] == b"\x00\x07"
+    assert parse_tlvs(raw)[TAG_SAR_MSG_REF_NUM] == b"\x00\x07"
 
 
 def test_response_message_id_reads_what_smpplib_reads():
     for mid in ("", "5A000001", "0e999f21"):
-        raw = codec.encode("submit_sm_resp", 3, message_id=mid)
-        assert codec.response_message_id(raw) == mid == (codec.decode(raw).message_id or b"").decode()
-    assert codec.response_message_id(codec.encode("submit_sm_resp", 3, status=0x58)) == ""
-    with pytest.raises(codec.PduDecodeError):
-        codec.response_message_id(codec.HEADER.pack(20, 0x80000004, 0, 3) + b"abcd")  # no NUL
+        raw = encode("submit_sm_resp", 3, message_id=mid)
+        assert response_message_id(raw) == mid == (decode(raw).message_id or b"").decode()
+    assert response_message_id(encode("submit_sm_resp", 3, status=0x58)) == ""
+    with pytest.raises(PduDecodeError):
+        response_message_id(HEADER.pack(20, 0x80000004, 0, 3) + b"abcd")  # no NUL
 
 
 async def test_pending_receipts_are_bounded(tmp_path):

@@ -7,13 +7,18 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from smppd.smpp import codec
-from smppd.sims.smpp_policy import (
-    ScriptedPolicy,
-    SubmitVerdict,
-    ThrottlePolicy,
-    max_in_any_second,
+from smppd.smpp.pdu import (
+    ESME_RALYBND,
+    ESME_RINVCMDID,
+    ESME_RINVDSTADR,
+    ESME_RINVMSGLEN,
+    ESME_RINVSRCADR,
+    ESME_RMSGQFUL,
+    ESME_RSYSERR,
+    ESME_RTHROTTLED,
+    ESME_RX_T_APPN,
 )
+from smppd.sims.smpp_policy import ScriptedPolicy, SubmitVerdict, ThrottlePolicy, max_in_any_second
 from smppd.text import gsm7_decode
 
 from .smpp_route_rig import make_rig
@@ -51,8 +56,8 @@ async def test_cap_holds_in_any_one_second_window(rigs, tmp_path):
 
 
 async def test_throttled_and_queue_full_requeue_the_same_segment_and_keep_the_bind(rigs, tmp_path):
-    policy = ScriptedPolicy([SubmitVerdict(status=codec.ESME_RTHROTTLED),
-                             SubmitVerdict(status=codec.ESME_RMSGQFUL)])
+    policy = ScriptedPolicy([SubmitVerdict(status=ESME_RTHROTTLED),
+                             SubmitVerdict(status=ESME_RMSGQFUL)])
     rig = await rigs(tmp_path, policy=policy, window=8)
     first = await rig.send("first")
     second = await rig.send("second")
@@ -60,7 +65,7 @@ async def test_throttled_and_queue_full_requeue_the_same_segment_and_keep_the_bi
     refused = [sm.text for sm, _ in rig.smsc.rejected]
     accepted = [sm.text for sm in rig.smsc.submitted]
     assert len(refused) == 2 and sorted(accepted) == ["first", "second"], "each sent until accepted, once"
-    assert [s for _, s in rig.smsc.rejected] == [codec.ESME_RTHROTTLED, codec.ESME_RMSGQFUL]
+    assert [s for _, s in rig.smsc.rejected] == [ESME_RTHROTTLED, ESME_RMSGQFUL]
     assert rig.route.connection.binds == 1, "a throttle must not cost the bind"
     assert rig.route.stats["throttled"] == 2
     assert rig.route.flow.throttle_cuts == 1, "one burst of refusals is one congestion event"
@@ -81,7 +86,7 @@ async def test_against_an_operator_cap_aimd_converges_without_losing_anything(ri
     assert policy.refused < 60
 
 
-@pytest.mark.parametrize("status", [codec.ESME_RSYSERR, codec.ESME_RX_T_APPN])
+@pytest.mark.parametrize("status", [ESME_RSYSERR, ESME_RX_T_APPN])
 async def test_other_temporary_errors_requeue(rigs, tmp_path, status, monkeypatch):
     monkeypatch.setattr("smppd.providers.smpp.TEMPORARY_RETRY_DELAY", 0.01)
     rig = await rigs(tmp_path, policy=ScriptedPolicy([SubmitVerdict(status=status)]))
@@ -90,7 +95,7 @@ async def test_other_temporary_errors_requeue(rigs, tmp_path, status, monkeypatc
     assert len(rig.smsc.rejected) == 1 and len(rig.smsc.submitted) == 1
 
 
-@pytest.mark.parametrize("status", [codec.ESME_RINVDSTADR, codec.ESME_RINVSRCADR, 0x45, 0xFF])
+@pytest.mark.parametrize("status", [ESME_RINVDSTADR, ESME_RINVSRCADR, 0x45, 0xFF])
 async def test_final_error_fails_the_message_with_the_code_kept(rigs, tmp_path, status):
     from structlog.testing import capture_logs
 
@@ -106,8 +111,8 @@ async def test_final_error_fails_the_message_with_the_code_kept(rigs, tmp_path, 
 
 
 async def test_generic_nack_for_a_submit(rigs, tmp_path):
-    policy = ScriptedPolicy([SubmitVerdict(status=codec.ESME_RTHROTTLED, nack=True),
-                             SubmitVerdict(status=codec.ESME_RINVCMDID, nack=True)])
+    policy = ScriptedPolicy([SubmitVerdict(status=ESME_RTHROTTLED, nack=True),
+                             SubmitVerdict(status=ESME_RINVCMDID, nack=True)])
     rig = await rigs(tmp_path, policy=policy, window=1)
     first = await rig.send("first")
     second = await rig.send("second")
@@ -165,7 +170,7 @@ async def test_wrong_password_retries_slowly_and_says_so_each_time(rigs, tmp_pat
     # at 10 ms doubling it would be dozens; the credential rule waits 0.125..0.25 s each time
     assert 2 <= conn.connect_attempts <= 6
     assert conn.bind_failures == conn.connect_attempts or conn.bind_failures == conn.connect_attempts - 1
-    refusals = [e for e in logs if e["event"] == "smpp_bind_rejected"]
+    refusals = [e for e in logs if e["event"] == "smpp.bind_rejected"]
     assert len(refusals) == conn.bind_failures
     assert all("RINVPASWD" in e["status"] for e in refusals)
     assert not any("secret" in str(e) or "other" in str(e.get("password", "")) for e in logs)
@@ -175,7 +180,7 @@ async def test_wrong_password_retries_slowly_and_says_so_each_time(rigs, tmp_pat
 async def test_already_bound_is_a_refused_bind_and_the_next_bind_sends(rigs, tmp_path):
     # The SMSC still holds an old bind: ESME_RALYBND is a refused bind (issue 14.2), so
     # nothing is submitted on that socket; the next bind, after the back-off, carries it.
-    rig = await rigs(tmp_path, sim={"bind_refusals": [codec.ESME_RALYBND]}, bind_retry_min=0.05)
+    rig = await rigs(tmp_path, sim={"bind_refusals": [ESME_RALYBND]}, bind_retry_min=0.05)
     mid = await rig.send()
     assert await rig.wait_final() == {mid: "delivered"}
     assert rig.route.connection.binds == 1 and rig.route.connection.bind_failures == 1
@@ -359,7 +364,7 @@ async def test_numeric_sender_uses_the_numeric_ton_npi(rigs, tmp_path):
 
 
 async def test_one_failing_segment_fails_the_message_and_all_delivered_delivers(rigs, tmp_path):
-    policy = ScriptedPolicy([SubmitVerdict(), SubmitVerdict(status=codec.ESME_RINVMSGLEN)])
+    policy = ScriptedPolicy([SubmitVerdict(), SubmitVerdict(status=ESME_RINVMSGLEN)])
     rig = await rigs(tmp_path, policy=policy, window=1)
     bad = await rig.send(LONG_LATIN)
     good = await rig.send(LONG_LATIN, to="+375293333333")

@@ -32,7 +32,6 @@ import asyncio
 import enum
 import hmac
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
@@ -41,6 +40,7 @@ import aiohttp
 import structlog
 
 from .. import metrics
+from ..backoff import backoff
 from ..config import AppConfig, Config, normalize_domain
 from ..rpc import RpcError
 from ..model import PortalRecord, StoredAppEvent
@@ -143,8 +143,8 @@ class Outcome:
 
 
 def retry_delay(attempts: int) -> float:
-    """Exponential back-off with jitter, capped: an outage of any length is waited out."""
-    return min(RETRY_MAX, RETRY_MIN * 2 ** max(0, attempts - 1)) * random.uniform(0.75, 1.0)
+    """Capped, so an outage of any length is waited out; bounds read at call time (tests shorten them)."""
+    return backoff(attempts, RETRY_MIN, RETRY_MAX)
 
 
 class PortalHost(Protocol):

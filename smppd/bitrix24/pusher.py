@@ -12,11 +12,11 @@ on its own is retried on its own backoff; ``ERROR_MESSAGE_NOT_FOUND`` ends it.
 from __future__ import annotations
 
 import asyncio
-import random
 
 import structlog
 
 from .. import metrics
+from ..backoff import backoff
 from ..model import OutboxItem
 from ..store import Store
 from .rest import RestClient, RestError
@@ -42,8 +42,9 @@ PARTIAL_GAP_UNDER_BULK = 2.0
 TERMINAL_ERRORS = frozenset({"ERROR_MESSAGE_NOT_FOUND"})
 
 
-def backoff(attempts: int) -> float:
-    return min(RETRY_MAX, RETRY_MIN * 2 ** attempts) * random.uniform(0.5, 1.0)
+def retry_delay(attempts: int) -> float:
+    """``attempts`` counts from 0; the bounds are read at call time (tests shorten them)."""
+    return backoff(attempts + 1, RETRY_MIN, RETRY_MAX)
 
 
 class StatusPusher:
@@ -148,7 +149,7 @@ class StatusPusher:
             if self.failures > failures_before:  # a batch sent alongside already counted this failure
                 return
             self.failures += 1
-            delay = min(OUTAGE_MAX, backoff(self.failures - 1))
+            delay = min(OUTAGE_MAX, retry_delay(self.failures - 1))
             self.paused_until = self.store.clock() + delay
             log.warning("bitrix24_push_failed", portal=self.member_id, method="batch", error=e.code,
                         updates=len(items), failures=self.failures, retry_in=round(delay, 1))
@@ -176,7 +177,7 @@ class StatusPusher:
         if done:
             await self.store.outbox_done(done)
         for item in retry:
-            await self.store.outbox_retry([item], backoff(item.attempts))
+            await self.store.outbox_retry([item], retry_delay(item.attempts))
 
 
 def _raise_failed(tasks: set[asyncio.Task[None]]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import abc
-import random
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Mapping
@@ -21,6 +20,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
+
+from ..backoff import backoff
 
 log = structlog.get_logger(__name__)
 
@@ -410,9 +411,7 @@ class RestClient:
         await self._sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
-        """Exponential with "equal jitter": half fixed, half random, so callers spread out."""
-        ceiling = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return backoff(attempt, self._backoff_base, self._backoff_max)
 
     async def _wait_operating(
         self, method: str, payload: dict[str, Any], attempts: _Attempts, exc: RestError
@@ -500,7 +499,7 @@ async def refresh_tokens(
         except aiohttp.ClientConnectorError as exc:
             if attempt == 2:
                 raise RestError("network", type(exc).__name__) from exc
-            await asyncio.sleep(0.5 * 2**attempt)
+            await asyncio.sleep(backoff(attempt + 1, 0.5, 1.0))
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise RestError("network", type(exc).__name__) from exc
     return _parse_token_response(auth, status, text)

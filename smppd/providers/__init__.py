@@ -7,7 +7,7 @@ from typing import Awaitable, Callable
 import aiohttp
 
 from ..config import RouteConfig, SmscRouteConfig, SmsRuRouteConfig
-from ..smpp.codec import ShortMessage
+from ..smpp.receipts import ShortMessage
 from ..store import Store
 from .base import Route
 

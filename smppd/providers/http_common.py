@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -209,11 +208,6 @@ class Batcher:
         return sum(len(b.jobs) for b in self._ready) + sum(
             len(b.jobs) for bs in self._open.values() for b in bs
         )
-
-
-def backoff(attempt: int, low: float, high: float, rng: random.Random = random.Random()) -> float:
-    """Doubling delay with ±20 % jitter, so many routes do not retry in step."""
-    return min(high, low * 2 ** attempt) * rng.uniform(0.8, 1.2)
 
 
 class HttpRoute:

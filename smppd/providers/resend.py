@@ -33,6 +33,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Collection, Iterable, Mapping
 
+from ..backoff import backoff
+
 
 @dataclass(frozen=True)
 class Resend:
@@ -182,5 +184,5 @@ class ResendPolicy:
         return attempt
 
     def _backoff(self, attempt: int) -> float:
-        """Doubling, capped, ±20 % jitter so many routes do not retry in step."""
-        return min(self.retry_max, self.retry_min * 2 ** min(attempt, 30)) * self.rng.uniform(0.8, 1.2)
+        """``attempt`` counts from 0 here: the first resend waits ``retry_min``."""
+        return backoff(attempt + 1, self.retry_min, self.retry_max, self.rng)

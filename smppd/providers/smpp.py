@@ -18,10 +18,12 @@ from .. import metrics, phone
 from ..background import Background
 from ..config import SmppRouteConfig
 from ..model import FINAL, Status, UnknownReceiptState, receipt_status
-from ..smpp import codec
+# ESME_RX_T_APPN, "try again later": the deliver_sm answer when we could not store it
+from ..smpp.pdu import ESME_RINVBNDSTS, ESME_RMSGQFUL, ESME_RTHROTTLED, ESME_RX_T_APPN, status_name
+from ..smpp.receipts import ShortMessage
 from ..smpp.connection import Connection, session_config_for
 from ..smpp.segments import SegmentJob, build_segments
-from ..smpp.session import (
+from ..smpp.events import (
     MessageReceived,
     QueryAnswered,
     QueryFailed,
@@ -41,7 +43,6 @@ TEMPORARY_RETRY_DELAY = 1.0  # an SMSC with a system error gets a breather befor
 # The operator meters arrivals: our coalesced writes and the network can bunch sends that
 # left us a second apart, so the cap is kept over a slightly longer window.
 CAP_SLACK = 0.05
-ESME_RX_T_APPN = 0x64  # "try again later": the deliver_sm answer when we could not store it
 # At most this many segments wait in memory; the rest of a backlog (a day-long operator
 # outage is a million messages) stays in the store and is read back a page at a time as
 # the queue drains, so the daemon's RSS does not grow with the backlog.
@@ -94,7 +95,7 @@ class SmppRoute:
         self._spawn = self._background.spawn
         self._stopping = False
         # Business rules read MO texts (a STOP reply); awaited before the deliver_sm is acknowledged.
-        self.on_mo: Callable[[str, codec.ShortMessage], Awaitable[None]] | None = None
+        self.on_mo: Callable[[str, ShortMessage], Awaitable[None]] | None = None
         self.memory_queue = MEMORY_QUEUE
         self._spilled = False  # open messages of this route are in the store but not in memory
         self._loaded_max = 0  # highest message id ever queued in memory
@@ -386,7 +387,7 @@ class SmppRoute:
             elif isinstance(e, QueryFailed):
                 part = e.ref[1]
                 log.info("smpp_query_sm_failed", route=self.name, message=part.message_id, seq=part.seq,
-                         status=codec.status_name(e.status) if e.status else "timeout")
+                         status=status_name(e.status) if e.status else "timeout")
         if accepted:
             self._background.track(self.store.segments_accepted(accepted, self.rules))
         if receipts:
@@ -398,9 +399,9 @@ class SmppRoute:
         job = self._inflight.pop(e.ref, None)
         if job is None:
             return
-        reason = codec.status_name(e.status)
+        reason = status_name(e.status)
         now = asyncio.get_running_loop().time()
-        if e.status == codec.ESME_RMSGQFUL:
+        if e.status == ESME_RMSGQFUL:
             # "Queue full": pause and resume at the rate we had (flow.py); the same part
             # goes first once the pause ends. Not counted against temporary_retries: it says
             # nothing about this part.
@@ -411,14 +412,14 @@ class SmppRoute:
                 log.info("smpp_queue_full_pause", route=self.name, seconds=round(resume - now, 3))
             self.queue.appendleft(job)
             return
-        if e.status == codec.ESME_RTHROTTLED:
+        if e.status == ESME_RTHROTTLED:
             self._count_flow(reason)
             if self.flow.throttled(now):
                 limits = self.flow.limits(now)
                 log.warning("smpp_throttled", route=self.name, window=limits.window, rate=round(limits.rate, 1))
             self.queue.appendleft(job)
             return
-        if e.temporary and e.status == codec.ESME_RINVBNDSTS:
+        if e.temporary and e.status == ESME_RINVBNDSTS:
             self.stats["requeued"] += 1
             self.queue.appendleft(job)  # the session ends; the rebind's backoff is the delay
             return

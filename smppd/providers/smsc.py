@@ -28,6 +28,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import structlog
 
 from .. import phone
+from ..backoff import backoff
 from ..config import SmscRouteConfig
 from ..model import (
     FINAL,
@@ -53,7 +54,6 @@ from .http_common import (
     Refused,
     Retry,
     Unavailable,
-    backoff,
 )
 
 log = structlog.get_logger(__name__)
@@ -330,7 +330,7 @@ class SmscRoute(HttpRoute):
                                          self.cfg)
                 except (Unavailable, Ambiguous, ProviderError) as e:
                     log.warning("smsc_crash_confirm_retry", route=self.name, error=str(e))
-                    if await self._pause(backoff(attempt, self.cfg.retry_min, self.cfg.retry_max)):
+                    if await self._pause(backoff(attempt + 1, self.cfg.retry_min, self.cfg.retry_max)):
                         return
                     attempt += 1
             resent = 0

@@ -1,7 +1,7 @@
 """An SMSC on loopback, for the demo and the tests.
 
-It speaks SMPP 3.4 on a real socket, built only from ``codec`` (and so from
-smpplib's encoder), because it is used to show that our ESME works against real
+It speaks SMPP 3.4 on a real socket, built only from our codec (``smppd.smpp.pdu``,
+``encode``, and so from smpplib's encoder), because it is used to show that our ESME works against real
 SMSCs: binds with a password check, ``submit_sm`` answered with a fresh
 message id, delivery receipts in the common text form (Appendix B) plus the
 ``receipted_message_id`` / ``message_state`` TLVs, ``enquire_link``, ``unbind``,
@@ -36,11 +36,12 @@ from typing import Any, Final
 
 import structlog
 
-from ..smpp import codec
-from ..smpp.codec import (
+from ..smpp.encode import encode, generic_nack
+from ..smpp.pdu import (
     BIND_RECEIVER,
     BIND_TRANSCEIVER,
     BIND_TRANSMITTER,
+    COMMAND_IDS,
     ENQUIRE_LINK,
     ESME_RALYBND,
     ESME_RINVBNDSTS,
@@ -49,8 +50,16 @@ from ..smpp.codec import (
     ESME_RINVPASWD,
     ESME_RINVSYSID,
     ESME_ROK,
+    Framer,
+    FramingError,
+    Header,
+    MAX_SEQUENCE,
+    PduDecodeError,
     SUBMIT_SM,
     UNBIND,
+    decode,
+    read_header,
+    status_name,
 )
 from .smpp_policy import (
     _ERR_CODES,
@@ -64,7 +73,7 @@ from .smpp_policy import (
     part_of,
 )
 
-QUERY_SM: Final = codec.COMMAND_IDS["query_sm"]
+QUERY_SM: Final = COMMAND_IDS["query_sm"]
 
 log = structlog.get_logger(__name__)
 
@@ -73,8 +82,8 @@ _BIND_COMMANDS: Final = {
     BIND_RECEIVER: "bind_receiver",
     BIND_TRANSCEIVER: "bind_transceiver",
 }
-_DELIVER_SM_RESP: Final = codec.COMMAND_IDS["deliver_sm_resp"]
-_UNBIND_RESP: Final = codec.COMMAND_IDS["unbind_resp"]
+_DELIVER_SM_RESP: Final = COMMAND_IDS["deliver_sm_resp"]
+_UNBIND_RESP: Final = COMMAND_IDS["unbind_resp"]
 
 
 @dataclass
@@ -131,7 +140,7 @@ class _EsmeConnection:
         self.sim = sim
         self.reader = reader
         self.writer = writer
-        self.framer = codec.Framer()
+        self.framer = Framer()
         self.peer = writer.get_extra_info("peername")
         self.system_id: str | None = None
         self.bind_command: int | None = None
@@ -153,7 +162,7 @@ class _EsmeConnection:
         return self.bind_command in (BIND_TRANSMITTER, BIND_TRANSCEIVER)
 
     def next_sequence(self) -> int:
-        self._sequence = self._sequence % codec.MAX_SEQUENCE + 1
+        self._sequence = self._sequence % MAX_SEQUENCE + 1
         return self._sequence
 
     def send(self, raw: bytes) -> None:
@@ -175,7 +184,7 @@ class _EsmeConnection:
                     if self.closing:
                         break
                 await self.writer.drain()
-        except codec.FramingError as exc:
+        except FramingError as exc:
             log.warning("smsc.framing_error", smsc=self.sim.config.system_id, error=str(exc))
         except ConnectionError:
             pass
@@ -259,7 +268,7 @@ class SmscSimulator:
         waits = []
         for conn in [c for c in self._connections if c.bound]:
             conn.unbound = loop.create_future()
-            conn.send(codec.encode("unbind", conn.next_sequence()))
+            conn.send(encode("unbind", conn.next_sequence()))
             self.unbinds_sent += 1
             waits.append(conn.unbound)
         if waits:
@@ -322,7 +331,7 @@ class SmscSimulator:
     def _handle(self, conn: _EsmeConnection, raw: bytes) -> None:
         if self.frozen:
             return  # a hung SMSC: the TCP connection stays up, nothing is answered
-        header = codec.read_header(raw)
+        header = read_header(raw)
         if header.is_response:
             self._on_response(conn, header)
             return
@@ -338,24 +347,24 @@ class SmscSimulator:
         if header.command_id == QUERY_SM and not self.config.query_sm:
             handler = None
         if handler is None:  # data_sm, query_sm, replace_sm, ... and unknown ids
-            conn.send(codec.generic_nack(header.sequence, ESME_RINVCMDID))
+            conn.send(generic_nack(header.sequence, ESME_RINVCMDID))
             return
         try:
-            pdu = codec.decode(raw)
-        except codec.PduDecodeError as exc:
+            pdu = decode(raw)
+        except PduDecodeError as exc:
             log.warning("smsc.bad_pdu", smsc=self.config.system_id, error=str(exc))
-            conn.send(codec.generic_nack(exc.sequence, exc.nack_status))
+            conn.send(generic_nack(exc.sequence, exc.nack_status))
             return
         handler(conn, header, pdu, raw)
 
-    def _on_response(self, conn: _EsmeConnection, header: codec.Header) -> None:
+    def _on_response(self, conn: _EsmeConnection, header: Header) -> None:
         if header.command_id == _UNBIND_RESP and conn.unbound is not None:
             if not conn.unbound.done():
                 conn.unbound.set_result(None)
             return
         outbound = conn.in_flight.pop(header.sequence, None)
         if outbound is None:
-            if header.command_id != codec.COMMAND_IDS["enquire_link_resp"]:
+            if header.command_id != COMMAND_IDS["enquire_link_resp"]:
                 log.warning("smsc.stray_response", smsc=self.config.system_id,
                             command=header.command, sequence=header.sequence)
             return
@@ -364,35 +373,35 @@ class SmscSimulator:
                 self.receipts_acked += 1
         else:
             log.warning("smsc.deliver_refused", smsc=self.config.system_id,
-                        command=header.command, status=codec.status_name(header.status))
+                        command=header.command, status=status_name(header.status))
 
-    def _on_enquire_link(self, conn: _EsmeConnection, header: codec.Header, pdu: Any,
+    def _on_enquire_link(self, conn: _EsmeConnection, header: Header, pdu: Any,
                          raw: bytes) -> None:
         # answered in any state: ESMEs probe links before binding, and SMSCs tolerate it
-        conn.send(codec.encode("enquire_link_resp", header.sequence))
+        conn.send(encode("enquire_link_resp", header.sequence))
 
-    def _on_unbind(self, conn: _EsmeConnection, header: codec.Header, pdu: Any,
+    def _on_unbind(self, conn: _EsmeConnection, header: Header, pdu: Any,
                    raw: bytes) -> None:
         if not conn.bound:
-            conn.send(codec.encode("unbind_resp", header.sequence, status=ESME_RINVBNDSTS))
+            conn.send(encode("unbind_resp", header.sequence, status=ESME_RINVBNDSTS))
             return
         self.unanswered_at_unbind += len(conn.in_flight)
-        conn.send(codec.encode("unbind_resp", header.sequence))
+        conn.send(encode("unbind_resp", header.sequence))
         log.info("smsc.unbound", smsc=self.config.system_id, system_id=conn.system_id)
         conn.close()
 
-    def _on_bind(self, conn: _EsmeConnection, header: codec.Header, pdu: Any,
+    def _on_bind(self, conn: _EsmeConnection, header: Header, pdu: Any,
                  raw: bytes) -> None:
         command = _BIND_COMMANDS[header.command_id]
         system_id = (pdu.system_id or b"").decode("latin-1")
         status = self._check_bind(conn, system_id, (pdu.password or b"").decode("latin-1"))
         if status != ESME_ROK:
             log.info("smsc.bind_refused", smsc=self.config.system_id, system_id=system_id,
-                     bind=command, status=codec.status_name(status))
-            conn.send(codec.encode(f"{command}_resp", header.sequence, status=status))
+                     bind=command, status=status_name(status))
+            conn.send(encode(f"{command}_resp", header.sequence, status=status))
             return
         conn.system_id, conn.bind_command = system_id, header.command_id
-        conn.send(codec.encode(f"{command}_resp", header.sequence,
+        conn.send(encode(f"{command}_resp", header.sequence,
                                system_id=self.config.system_id, sc_interface_version=0x34))
         log.info("smsc.bound", smsc=self.config.system_id, system_id=system_id, bind=command)
         if conn.can_receive:
@@ -415,12 +424,12 @@ class SmscSimulator:
 
     # --- submit_sm and receipts ------------------------------------------------------
 
-    def _on_submit(self, conn: _EsmeConnection, header: codec.Header, pdu: Any,
+    def _on_submit(self, conn: _EsmeConnection, header: Header, pdu: Any,
                    raw: bytes) -> None:
         if not conn.can_transmit:
             if not conn.bound:
                 self.submits_unbound += 1
-            conn.send(codec.encode("submit_sm_resp", header.sequence, status=ESME_RINVBNDSTS))
+            conn.send(encode("submit_sm_resp", header.sequence, status=ESME_RINVBNDSTS))
             return
         assert conn.system_id is not None
         sm = _submitted_sm(raw, pdu, conn.system_id)
@@ -437,9 +446,9 @@ class SmscSimulator:
         if verdict.status != ESME_ROK or verdict.nack:
             self.rejected.append((sm, verdict.status))
             if verdict.nack:
-                resp = codec.generic_nack(header.sequence, verdict.status)
+                resp = generic_nack(header.sequence, verdict.status)
             else:
-                resp = codec.encode("submit_sm_resp", header.sequence, status=verdict.status)
+                resp = encode("submit_sm_resp", header.sequence, status=verdict.status)
             self._answer(conn, resp, verdict.delay)
             return
         sm.message_id = self._new_message_id()
@@ -447,7 +456,7 @@ class SmscSimulator:
                                     weights=list(self.config.outcomes.values()))[0]
         self._outcomes[sm.message_id] = outcome
         self.submitted.append(sm)
-        resp = codec.encode("submit_sm_resp", header.sequence,
+        resp = encode("submit_sm_resp", header.sequence,
                             message_id="0" * self.config.id_leading_zeros + sm.message_id)
         wants = _wants_receipt(sm.registered_delivery, outcome) and self._receipt_for_part(sm)
         if wants and self.config.receipt_first:
@@ -466,18 +475,18 @@ class SmscSimulator:
         total, seq = part
         return seq == (1 if self.config.long_receipts == "first" else total)
 
-    def _on_query(self, conn: _EsmeConnection, header: codec.Header, pdu: Any, raw: bytes) -> None:
+    def _on_query(self, conn: _EsmeConnection, header: Header, pdu: Any, raw: bytes) -> None:
         """query_sm (SMPP 3.4 §4.8): the state the SMSC holds for a message id it issued."""
         self.queries += 1
         message_id = (pdu.message_id or b"").decode("latin-1")
         sm = next((m for m in self.submitted if m.message_id == message_id), None)
         if sm is None:
-            conn.send(codec.encode("query_sm_resp", header.sequence, status=0x0C))  # ESME_RINVMSGID
+            conn.send(encode("query_sm_resp", header.sequence, status=0x0C))  # ESME_RINVMSGID
             return
         outcome = self._outcomes[message_id]
         done = time.time() - sm.submitted_at >= self.config.receipt_delay
         state = MESSAGE_STATES[outcome] if done else MESSAGE_STATES["ENROUTE"]
-        conn.send(codec.encode("query_sm_resp", header.sequence, message_id=message_id,
+        conn.send(encode("query_sm_resp", header.sequence, message_id=message_id,
                                final_date="", message_state=state, error_code=0))
 
     def _answer(self, conn: _EsmeConnection, resp: bytes, delay: float) -> None:
@@ -534,7 +543,7 @@ class SmscSimulator:
             return
         sequence = conn.next_sequence()
         conn.in_flight[sequence] = outbound
-        conn.send(codec.encode("deliver_sm", sequence, **outbound.fields))
+        conn.send(encode("deliver_sm", sequence, **outbound.fields))
         if outbound.is_receipt:
             self.receipts_sent += 1
 

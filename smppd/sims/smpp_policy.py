@@ -15,8 +15,7 @@ from typing import Any, Final
 
 from smppd import text as sms_text
 
-from ..smpp import codec
-from ..smpp.codec import ESME_ROK
+from ..smpp.pdu import ESME_RMSGQFUL, ESME_ROK, parse_tlvs
 
 _RECEIPT_PREVIEW_CHARS: Final = 20
 
@@ -90,7 +89,7 @@ def _submitted_sm(raw: bytes, pdu: Any, system_id: str) -> SubmittedSm:
         sar_msg_ref_num=pdu.sar_msg_ref_num,
         sar_total_segments=pdu.sar_total_segments,
         sar_segment_seqnum=pdu.sar_segment_seqnum,
-        tlvs=codec.parse_tlvs(raw),
+        tlvs=parse_tlvs(raw),
     )
 
 
@@ -171,13 +170,13 @@ class QueueFullBursts(SubmitPolicy):
         now = self.clock()
         if now < self.blocked_until:
             self.refused += 1
-            return SubmitVerdict(status=codec.ESME_RMSGQFUL)
+            return SubmitVerdict(status=ESME_RMSGQFUL)
         self._count += 1
         if self._count % self.every == 0:
             self.blocked_until = now + self.blocked
             self.bursts += 1
             self.refused += 1
-            return SubmitVerdict(status=codec.ESME_RMSGQFUL)
+            return SubmitVerdict(status=ESME_RMSGQFUL)
         return ACCEPT
 
 

@@ -17,17 +17,10 @@ import structlog
 
 from .. import metrics
 from ..config import SmppRouteConfig
-from .codec import status_name
-from .flow import CREDENTIAL_STATUSES, Outcome, ReconnectBackoff
-from .session import (
-    BindMode,
-    BindRejected,
-    Bound,
-    Session,
-    SessionConfig,
-    Submit,
-    Terminated,
-)
+from .events import BindRejected, Bound, Terminated
+from .flow import Outcome, ReconnectBackoff
+from .pdu import CREDENTIAL_STATUSES, status_name
+from .session import BindMode, Session, SessionConfig, Submit
 
 log = structlog.get_logger(__name__)
 
@@ -262,16 +255,16 @@ class Connection:
                 self._bound = True
                 self._outcome = Outcome.WAS_BOUND
                 self.binds += 1
-                log.info("smpp_bound", route=self.name, smsc=e.system_id, mode=str(self.session_config.bind_mode))
+                log.info("smpp.bound", route=self.name, smsc=e.system_id, mode=str(self.session_config.bind_mode))
             elif isinstance(e, BindRejected):
                 self.bind_failures += 1
                 self._outcome = Outcome.CREDENTIALS if e.status in CREDENTIAL_STATUSES else Outcome.BIND_REFUSED
-                log.error("smpp_bind_rejected", route=self.name, status=status_name(e.status),
+                log.error("smpp.bind_rejected", route=self.name, status=status_name(e.status),
                           attempt=self.connect_attempts, failures=self.bind_failures)
             elif isinstance(e, Terminated):
                 self._bound = False
                 level = log.info if self._stopping else log.warning
-                level("smpp_terminated", route=self.name, reason=e.reason)
+                level("smpp.terminated", route=self.name, reason=e.reason)
         self._sink(self, events)
 
     async def stop(self, timeout: float = 10.0) -> None:

@@ -33,8 +33,8 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-# bind refusals that retrying cannot fix: RINVPASWD, RINVSYSID (reference §4: stop and alert)
-CREDENTIAL_STATUSES = frozenset({0x0E, 0x0F})
+from ..backoff import backoff
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +168,8 @@ class ReconnectBackoff:
     Connect failures double from ``minimum`` (an operator that is down); a bind that
     was up restarts at ``minimum`` (a maintenance unbind costs about a second);
     refused binds double from ``bind_refused_min``, since each one counts towards an
-    account lock at some SMSCs; wrong credentials wait ``maximum``. Jitter (half to
-    all of the delay) keeps the binds of several daemons apart.
+    account lock at some SMSCs; wrong credentials wait ``maximum``. The jitter of
+    ``smppd.backoff`` keeps the binds of several daemons apart.
     """
 
     def __init__(self, minimum: float, maximum: float, bind_refused_min: float, *,
@@ -184,17 +184,17 @@ class ReconnectBackoff:
     def next_delay(self, outcome: Outcome) -> float:
         if outcome is Outcome.WAS_BOUND:
             self._connect_failures = self._bind_refusals = 0
-            delay = self.minimum
-        elif outcome is Outcome.CREDENTIALS:
+            return backoff(1, self.minimum, self.maximum, self._rng)
+        if outcome is Outcome.CREDENTIALS:
             self._bind_refusals += 1
-            delay = self.maximum
-        elif outcome is Outcome.BIND_REFUSED:
+            return backoff(1, self.maximum, self.maximum, self._rng)
+        if outcome is Outcome.BIND_REFUSED:
             self._bind_refusals += 1
-            delay = self.bind_refused_min * 2 ** (self._bind_refusals - 1)
-        else:
-            self._connect_failures += 1
-            # a bind refused before keeps the longer clock: the SMSC still knows the account
-            base = self.bind_refused_min * 2 ** (self._bind_refusals - 1) if self._bind_refusals else self.minimum
-            delay = base * 2 ** (self._connect_failures - 1)
-        delay = min(delay, self.maximum)
-        return self._rng.uniform(delay / 2, delay)
+            return backoff(self._bind_refusals, self.bind_refused_min, self.maximum, self._rng)
+        self._connect_failures += 1
+        if self._bind_refusals:
+            # a bind refused before keeps the longer clock: the SMSC still knows the account,
+            # and each connect failure doubles it further
+            attempt = self._bind_refusals + self._connect_failures - 1
+            return backoff(attempt, self.bind_refused_min, self.maximum, self._rng)
+        return backoff(self._connect_failures, self.minimum, self.maximum, self._rng)

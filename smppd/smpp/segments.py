@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .. import phone, text
 from ..config import SmppRouteConfig
 from ..model import OpenMessage
+from .pdu import ESM_CLASS_UDHI
 from .session import Submit
 
 UDH8, UDH16, SAR, PAYLOAD = "udh8", "udh16", "sar", "payload"
@@ -79,7 +80,7 @@ def build_segments(message: OpenMessage, cfg: SmppRouteConfig | None = None, *,
             tlvs.update(sar_msg_ref_num=ref, sar_total_segments=total, sar_segment_seqnum=seq + 1)
         elif total > 1:
             body = text.udh_concat(ref, total, seq + 1, ref16=method == UDH16) + body
-            esm_class = text.ESM_CLASS_UDHI
+            esm_class = ESM_CLASS_UDHI
         jobs.append(
             SegmentJob(
                 message.id,

@@ -84,57 +84,66 @@ from typing import Any
 
 import structlog
 
-from smppd.smpp import codec
+from .encode import empty_id_resp, encode, generic_nack
+from .events import (
+    BindRejected,
+    Bound,
+    Event,
+    MessageReceived,
+    QueryAnswered,
+    QueryFailed,
+    ReceiptReceived,
+    SubmitAccepted,
+    SubmitRejected,
+    SubmitUnconfirmed,
+    Terminated,
+)
+from .pdu import (
+    ALERT_NOTIFICATION,
+    BIND_RECEIVER_RESP,
+    BIND_TRANSCEIVER_RESP,
+    BIND_TRANSMITTER_RESP,
+    COMMAND_NAMES,
+    DATA_SM,
+    DELIVER_SM,
+    ENQUIRE_LINK,
+    ENQUIRE_LINK_RESP,
+    ESME_RINVBNDSTS,
+    ESME_RINVCMDID,
+    ESME_ROK,
+    ESME_RSYSERR,
+    ESME_RX_T_APPN,
+    GENERIC_NACK,
+    HEADER,
+    MAX_SEQUENCE,
+    QUERY_SM_RESP,
+    RESPONSE_BIT,
+    SUBMIT_SM_RESP,
+    UNBIND,
+    UNBIND_RESP,
+    Framer,
+    FramingError,
+    Header,
+    decode,
+    is_temporary,
+    read_header,
+    response_message_id,
+    status_name,
+)
+from .receipts import canonical_message_id, parse_deliver, parse_receipt
 
 log = structlog.get_logger(__name__)
 
 __all__ = [
     "BindMode",
-    "BindRejected",
-    "Bound",
-    "Event",
-    "MessageReceived",
-    "QueryAnswered",
-    "QueryFailed",
-    "ReceiptReceived",
     "Session",
     "SessionConfig",
     "State",
     "Submit",
-    "SubmitAccepted",
-    "SubmitRejected",
-    "SubmitUnconfirmed",
-    "Terminated",
-    "SEQUENCE_MAX",
     "UNDECODABLE_DELIVER_STATUS",
 ]
 
-SEQUENCE_MAX = 0x7FFFFFFF
-
-# command_ids (SMPP 3.4 §5.1.2.1): protocol constants, kept here for cheap dispatch.
-_GENERIC_NACK = 0x80000000
-_BIND_RECEIVER = 0x00000001
-_BIND_TRANSMITTER = 0x00000002
-_SUBMIT_SM = 0x00000004
-_SUBMIT_SM_RESP = 0x80000004
-_QUERY_SM_RESP = 0x80000003
-_DELIVER_SM = 0x00000005
-_UNBIND = 0x00000006
-_BIND_TRANSCEIVER = 0x00000009
-_ENQUIRE_LINK = 0x00000015
-_ALERT_NOTIFICATION = 0x00000102
-_DATA_SM = 0x00000103
-_RESP = 0x80000000
-_HEADER = codec.HEADER
-_BIND_RESPS = frozenset({_BIND_RECEIVER | _RESP, _BIND_TRANSMITTER | _RESP, _BIND_TRANSCEIVER | _RESP})
-
-# command_status values this module acts on.
-ESME_ROK = 0x00
-ESME_RINVCMDID = 0x03
-ESME_RINVBNDSTS = 0x04
-ESME_RALYBND = 0x05
-ESME_RSYSERR = 0x08
-ESME_RX_T_APPN = 0x64
+_BIND_RESPS = frozenset({BIND_RECEIVER_RESP, BIND_TRANSMITTER_RESP, BIND_TRANSCEIVER_RESP})
 
 # Status of the response to an undecodable deliver_sm/data_sm when the codec names none
 # (see the module docstring).
@@ -180,7 +189,7 @@ class SessionConfig:
     enquire_link_interval: float = 30.0  # sent when nothing has been sent for this long
     response_timeout: float = 10.0  # bind_resp, enquire_link_resp, submit_sm_resp, unbind_resp
     inactivity_timeout: float = 300.0  # nothing received at all for this long -> terminate
-    receipt_id_base: str = "as-is"  # "as-is" | "hex" | "dec": passed to codec.parse_receipt
+    receipt_id_base: str = "as-is"  # "as-is" | "hex" | "dec": passed to parse_receipt
     # Base of the message_id in submit_sm_resp, when it differs from the receipts'
     # (Kannel msg-id-type bit 0 vs bit 1, Jasmin dlr_msgid 1/2). None: same as receipt_id_base.
     resp_id_base: str | None = None
@@ -196,7 +205,7 @@ class SessionConfig:
             base = getattr(self, name)
             if base is not None:
                 try:
-                    codec.canonical_message_id("1", base)
+                    canonical_message_id("1", base)
                 except ValueError:
                     raise ValueError(f"{name} must be as-is, hex or dec, got {base!r}") from None
 
@@ -219,104 +228,9 @@ class Submit:
     data_coding: int = 0
     registered_delivery: int = 1
     short_message: bytes = b""
-    # Extra fields for codec.encode: sar_* TLVs, message_payload (then short_message must be
+    # Extra fields for encode: sar_* TLVs, message_payload (then short_message must be
     # empty), validity_period, ...
     tlvs: Mapping[str, Any] = field(default_factory=lambda: _NO_TLVS)
-
-
-# --- events ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Bound:
-    system_id: str  # the SMSC's system_id from bind_resp ("" if absent)
-    status: int = ESME_ROK
-
-
-@dataclass(frozen=True, slots=True)
-class BindRejected:
-    """Terminal, like Terminated: the caller closes the socket and backs off.
-
-    0x0E/0x0F (bad password/system_id): stop and alert, never loop.
-    """
-
-    status: int
-
-
-@dataclass(frozen=True, slots=True)
-class SubmitAccepted:
-    ref: Hashable
-    message_id: str  # canonical, comparable with Receipt.message_id ("" if the SMSC sent none)
-    raw_message_id: str  # as the SMSC sent it
-
-
-@dataclass(frozen=True, slots=True)
-class SubmitRejected:
-    ref: Hashable
-    status: int
-    temporary: bool  # requeue the same part (0x08, 0x14, 0x58, 0x64 and our 0x04 rule)
-
-
-@dataclass(frozen=True, slots=True)
-class SubmitUnconfirmed:
-    """No verdict: resp timeout or link gone. The caller requeues (at-least-once)."""
-
-    ref: Hashable
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ReceiptReceived:
-    """The caller stores it, then MUST call ``session.acknowledge(sequence)``."""
-
-    sequence: int
-    receipt: codec.Receipt
-
-
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
-    """MO message. The caller stores it, then MUST call ``session.acknowledge(sequence)``."""
-
-    sequence: int
-    message: codec.ShortMessage
-
-
-@dataclass(frozen=True, slots=True)
-class QueryAnswered:
-    """query_sm_resp: the SMSC's message_state (SMPP 3.4 §5.2.28) for the queried id."""
-
-    ref: Hashable
-    message_state: int
-    error_code: int
-
-
-@dataclass(frozen=True, slots=True)
-class QueryFailed:
-    """No state for the queried id: an error status (0 for a timeout or a lost link)."""
-
-    ref: Hashable
-    status: int
-
-
-@dataclass(frozen=True, slots=True)
-class Terminated:
-    """The caller writes ``data_to_send()`` (it may hold an unbind_resp), then closes."""
-
-    reason: str
-
-
-Event = (
-    Bound
-    | BindRejected
-    | SubmitAccepted
-    | SubmitRejected
-    | SubmitUnconfirmed
-    | ReceiptReceived
-    | MessageReceived
-    | QueryAnswered
-    | QueryFailed
-    | Terminated
-)
 
 
 @dataclass(slots=True)
@@ -347,14 +261,14 @@ class Session:
         first_sequence: int = 1,
         logger: Any = None,
     ) -> None:
-        if not 1 <= first_sequence <= SEQUENCE_MAX:
-            raise ValueError(f"first_sequence must be in 1..{SEQUENCE_MAX:#x}")
+        if not 1 <= first_sequence <= MAX_SEQUENCE:
+            raise ValueError(f"first_sequence must be in 1..{MAX_SEQUENCE:#x}")
         self._config = config
         self._log = (logger if logger is not None else log).bind(
             system_id=config.system_id, bind_mode=str(config.bind_mode)
         )
         self._state = State.IDLE
-        self._framer = codec.Framer()
+        self._framer = Framer()
         self._out: list[bytes] = []
         self._next_seq = first_sequence
         self._window = config.window
@@ -430,7 +344,7 @@ class Session:
         cfg = self._config
         seq = self._allocate_sequence()
         self._queue(
-            codec.encode(
+            encode(
                 _BIND_COMMAND[cfg.bind_mode],
                 seq,
                 system_id=cfg.system_id,
@@ -456,36 +370,28 @@ class Session:
                 f"cannot submit: state={self._state.name} mode={self._config.bind_mode} "
                 f"outstanding={len(self._submits)} window={self._window}"
             )
-        if not item.tlvs:  # a single segment, or UDH: most submits
-            seq = self._allocate_sequence()
-            raw = codec.encode_submit_sm(
-                seq, item.source_addr_ton, item.source_addr_npi, item.source_addr,
-                item.dest_addr_ton, item.dest_addr_npi, item.destination_addr, item.esm_class,
-                item.registered_delivery, item.data_coding, item.short_message,
-            )
+        fields: dict[str, Any] = dict(item.tlvs)  # sar_* TLVs, message_payload, validity_period, ...
+        if "message_payload" in fields:
+            if item.short_message:
+                raise ValueError("short_message and message_payload are mutually exclusive")
         else:
-            fields: dict[str, Any] = dict(item.tlvs)
-            if "message_payload" in fields:
-                if item.short_message:
-                    raise ValueError("short_message and message_payload are mutually exclusive")
-            else:
-                fields["short_message"] = item.short_message
-            seq = self._allocate_sequence()
-            raw = codec.encode(
-                "submit_sm",
-                seq,
-                service_type="",
-                source_addr_ton=item.source_addr_ton,
-                source_addr_npi=item.source_addr_npi,
-                source_addr=item.source_addr,
-                dest_addr_ton=item.dest_addr_ton,
-                dest_addr_npi=item.dest_addr_npi,
-                destination_addr=item.destination_addr,
-                esm_class=item.esm_class,
-                registered_delivery=item.registered_delivery,
-                data_coding=item.data_coding,
-                **fields,
-            )
+            fields["short_message"] = item.short_message
+        seq = self._allocate_sequence()
+        raw = encode(
+            "submit_sm",
+            seq,
+            service_type="",
+            source_addr_ton=item.source_addr_ton,
+            source_addr_npi=item.source_addr_npi,
+            source_addr=item.source_addr,
+            dest_addr_ton=item.dest_addr_ton,
+            dest_addr_npi=item.dest_addr_npi,
+            destination_addr=item.destination_addr,
+            esm_class=item.esm_class,
+            registered_delivery=item.registered_delivery,
+            data_coding=item.data_coding,
+            **fields,
+        )
         # Registered only once encoding succeeded: an encoding error raises and uses no slot.
         self._submits[seq] = _Outstanding(item.ref, now + self._config.response_timeout)
         self._queue(raw, now)
@@ -497,7 +403,7 @@ class Session:
         if self._state is not State.BOUND or not self._can_transmit:
             raise RuntimeError(f"cannot query: state={self._state.name} mode={self._config.bind_mode}")
         seq = self._allocate_sequence()
-        raw = codec.encode("query_sm", seq, message_id=message_id, source_addr_ton=source_addr_ton,
+        raw = encode("query_sm", seq, message_id=message_id, source_addr_ton=source_addr_ton,
                            source_addr_npi=source_addr_npi, source_addr=source_addr)
         self._queries[seq] = _Outstanding(ref, now + self._config.response_timeout)
         self._queue(raw, now)
@@ -517,7 +423,7 @@ class Session:
         if command is None:
             self._log.warning("smpp.ack_unknown_sequence", sequence=sequence)
             return
-        self._out.append(codec.empty_id_resp(command, sequence, status))
+        self._out.append(empty_id_resp(command, sequence, status))
 
     def unbind(self, now: float) -> None:
         """Graceful close: queue unbind and submit no more. Then Terminated on unbind_resp or timeout.
@@ -532,7 +438,7 @@ class Session:
             self._state = State.CLOSED
             return
         seq = self._allocate_sequence()
-        self._queue(codec.encode("unbind", seq), now)
+        self._queue(encode("unbind", seq), now)
         self._unbind_seq = seq
         self._unbind_deadline = now + self._config.response_timeout
         self._enquire_seq = None  # keep-alive no longer matters
@@ -569,7 +475,7 @@ class Session:
         self._last_received = now
         try:
             pdus = self._framer.feed(data)
-        except codec.FramingError as exc:
+        except FramingError as exc:
             self._log.error("smpp.framing_error", error=str(exc))
             return self._terminate(events, f"framing error: {exc}")
         for raw in pdus:
@@ -648,7 +554,7 @@ class Session:
             and now >= self._last_sent + cfg.enquire_link_interval
         ):
             seq = self._allocate_sequence()
-            self._queue(codec.encode("enquire_link", seq), now)
+            self._queue(encode("enquire_link", seq), now)
             self._enquire_seq = seq
             self._enquire_deadline = now + cfg.response_timeout
             self._log.debug("smpp.enquire_link_sent", sequence=seq)
@@ -660,7 +566,7 @@ class Session:
         """1..0x7FFFFFFF, wrapping to 1, never 0, skipping numbers still outstanding."""
         while True:
             seq = self._next_seq
-            self._next_seq = 1 if seq >= SEQUENCE_MAX else seq + 1
+            self._next_seq = 1 if seq >= MAX_SEQUENCE else seq + 1
             if seq not in self._submits and seq not in self._queries:
                 return seq
 
@@ -675,7 +581,7 @@ class Session:
         self._last_sent = now
 
     def _generic_nack(self, sequence: int, status: int) -> None:
-        self._out.append(codec.generic_nack(sequence, status))
+        self._out.append(generic_nack(sequence, status))
 
     # --- internals: termination -------------------------------------------------------------
 
@@ -692,8 +598,7 @@ class Session:
 
     def _terminate(self, events: list[Event], reason: str) -> list[Event]:
         self._close(events, reason)
-        events.append(Terminated(reason))
-        self._log.info("smpp.terminated", reason=reason)
+        events.append(Terminated(reason))  # logged by the caller, with the route (connection.py)
         return events
 
     def _remember_expired(self, seq: int, ref: Hashable) -> None:
@@ -707,52 +612,52 @@ class Session:
         # The two PDUs of every message first, from the header's fields: a Header object
         # per PDU is a measurable share of the receive path.  The framer only hands over
         # whole PDUs, so the header is always there.
-        _, cid, status, sequence = _HEADER.unpack_from(raw)
-        if cid == _SUBMIT_SM_RESP:
+        _, cid, status, sequence = HEADER.unpack_from(raw)
+        if cid == SUBMIT_SM_RESP:
             self._on_submit_resp(sequence, status, raw, events)
             return
-        if cid == _DELIVER_SM:
+        if cid == DELIVER_SM:
             self._on_deliver(cid, sequence, raw, events)
             return
-        header = codec.read_header(raw)
-        if cid & _RESP:
-            if cid == 0x80000015:  # enquire_link_resp
+        header = read_header(raw)
+        if cid & RESPONSE_BIT:
+            if cid == ENQUIRE_LINK_RESP:
                 self._on_enquire_link_resp(header)
-            elif cid == _GENERIC_NACK:
+            elif cid == GENERIC_NACK:
                 self._on_generic_nack(header, events)
-            elif cid == _QUERY_SM_RESP:
+            elif cid == QUERY_SM_RESP:
                 self._on_query_resp(header, raw, events)
             elif cid in _BIND_RESPS:
                 self._on_bind_resp(header, raw, events)
-            elif cid == 0x80000006:  # unbind_resp
+            elif cid == UNBIND_RESP:
                 self._on_unbind_resp(header, events)
             else:
                 self._log.warning(
                     "smpp.unexpected_response",
-                    command=codec.COMMAND_NAMES.get(cid, f"{cid:#010x}"),
+                    command=COMMAND_NAMES.get(cid, f"{cid:#010x}"),
                     sequence=header.sequence,
                     status=header.status,
                 )
             return
-        if cid == _DATA_SM:
+        if cid == DATA_SM:
             self._on_deliver(cid, header.sequence, raw, events)
-        elif cid == _ENQUIRE_LINK:
-            self._out.append(codec.encode("enquire_link_resp", header.sequence))
-        elif cid == _UNBIND:
-            self._out.append(codec.encode("unbind_resp", header.sequence))
+        elif cid == ENQUIRE_LINK:
+            self._out.append(encode("enquire_link_resp", header.sequence))
+        elif cid == UNBIND:
+            self._out.append(encode("unbind_resp", header.sequence))
             self._log.warning("smpp.unbind_received", sequence=header.sequence)
             self._terminate(events, "unbound by SMSC")
-        elif cid == _ALERT_NOTIFICATION:
+        elif cid == ALERT_NOTIFICATION:
             self._log.info("smpp.alert_notification_ignored", sequence=header.sequence)
         else:
             self._log.warning(
                 "smpp.unsupported_request",
-                command=codec.COMMAND_NAMES.get(cid, f"{cid:#010x}"),
+                command=COMMAND_NAMES.get(cid, f"{cid:#010x}"),
                 sequence=header.sequence,
             )
             self._generic_nack(header.sequence, ESME_RINVCMDID)
 
-    def _on_bind_resp(self, header: codec.Header, raw: bytes, events: list[Event]) -> None:
+    def _on_bind_resp(self, header: Header, raw: bytes, events: list[Event]) -> None:
         if self._state is not State.BINDING:
             self._log.warning(
                 "smpp.bind_resp_ignored", state=self._state.name, sequence=header.sequence
@@ -767,31 +672,27 @@ class Session:
             )
         status = header.status
         if status != ESME_ROK:
-            self._log.error(
-                "smpp.bind_rejected", status=status, status_name=codec.status_name(status)
-            )
             self._close(events, "bind rejected")
-            events.append(BindRejected(status))
+            events.append(BindRejected(status))  # logged by the caller, with the route
             return
         system_id = ""
         try:
-            system_id = _text(codec.decode(raw).system_id)
+            system_id = _text(decode(raw).system_id)
         except Exception as exc:  # an unreadable body does not undo a successful bind
             self._log.warning("smpp.bind_resp_body_unreadable", error=repr(exc))
         self._state = State.BOUND
         self._bind_seq = None
-        self._log.info("smpp.bound", smsc_system_id=system_id)
-        events.append(Bound(system_id, status))
+        events.append(Bound(system_id, status))  # logged by the caller, with the route
 
     def _on_submit_resp(self, seq: int, status: int, raw: bytes, events: list[Event]) -> None:
         entry = self._submits.pop(seq, None)
         if entry is None:
-            self._log_stray_submit_resp(codec.read_header(raw), raw)
+            self._log_stray_submit_resp(read_header(raw), raw)
             return
         if status == ESME_ROK:
             raw_id = ""
             try:
-                raw_id = codec.response_message_id(raw)
+                raw_id = response_message_id(raw)
             except Exception as exc:
                 # Kannel: accepted without a message_id is still accepted. Requeueing would
                 # send a duplicate. The receipt cannot be matched, and polling must settle it.
@@ -817,19 +718,19 @@ class Session:
             self._terminate(events, "SMSC reports session not bound (ESME_RINVBNDSTS)")
             return
         # A generic_nack with status 0 is nonsense. It is still not an acceptance, so requeue.
-        temporary = status == ESME_ROK or codec.is_temporary(status)
+        temporary = status == ESME_ROK or is_temporary(status)
         self._log.info(
             "smpp.submit_rejected",
             sequence=seq,
             ref=ref,
             status=status,
-            status_name=codec.status_name(status),
+            status_name=status_name(status),
             temporary=temporary,
             via=source,
         )
         events.append(SubmitRejected(ref, status, temporary))
 
-    def _log_stray_submit_resp(self, header: codec.Header, raw: bytes) -> None:
+    def _log_stray_submit_resp(self, header: Header, raw: bytes) -> None:
         seq = header.sequence
         ref = self._expired.pop(seq, None)
         if ref is None:
@@ -842,7 +743,7 @@ class Session:
         message_id = ""
         if header.status == ESME_ROK:
             try:
-                message_id = codec.response_message_id(raw)
+                message_id = response_message_id(raw)
             except Exception:
                 pass
         self._log.warning(
@@ -857,13 +758,13 @@ class Session:
         if not raw_id:
             return ""
         try:
-            return codec.canonical_message_id(raw_id, self._resp_id_base)
+            return canonical_message_id(raw_id, self._resp_id_base)
         except ValueError:
             # e.g. base 16 configured but the SMSC sent something else: keep it comparable.
             self._log.warning("smpp.message_id_not_in_base", raw=raw_id, base=self._resp_id_base)
-            return codec.canonical_message_id(raw_id, "as-is")
+            return canonical_message_id(raw_id, "as-is")
 
-    def _on_enquire_link_resp(self, header: codec.Header) -> None:
+    def _on_enquire_link_resp(self, header: Header) -> None:
         if self._enquire_seq is not None and header.sequence == self._enquire_seq:
             self._enquire_seq = None
             if header.status != ESME_ROK:
@@ -872,7 +773,7 @@ class Session:
             return
         self._log.debug("smpp.enquire_link_resp_unexpected", sequence=header.sequence)
 
-    def _on_unbind_resp(self, header: codec.Header, events: list[Event]) -> None:
+    def _on_unbind_resp(self, header: Header, events: list[Event]) -> None:
         if self._state is State.UNBINDING and header.sequence == self._unbind_seq:
             self._log.info("smpp.unbound", status=header.status)
             self._terminate(events, "unbound")
@@ -881,7 +782,7 @@ class Session:
             "smpp.unbind_resp_unexpected", sequence=header.sequence, state=self._state.name
         )
 
-    def _on_query_resp(self, header: codec.Header, raw: bytes, events: list[Event]) -> None:
+    def _on_query_resp(self, header: Header, raw: bytes, events: list[Event]) -> None:
         entry = self._queries.pop(header.sequence, None)
         if entry is None:
             self._log.warning("smpp.query_sm_resp_unknown_sequence", sequence=header.sequence)
@@ -890,13 +791,13 @@ class Session:
             events.append(QueryFailed(entry.ref, header.status))
             return
         try:
-            pdu = codec.decode(raw)
+            pdu = decode(raw)
             events.append(QueryAnswered(entry.ref, int(pdu.message_state or 0), int(pdu.error_code or 0)))
         except Exception as exc:
             self._log.warning("smpp.query_sm_resp_unreadable", error=repr(exc), raw=raw[:_LOG_RAW_BYTES].hex())
             events.append(QueryFailed(entry.ref, ESME_RSYSERR))
 
-    def _on_generic_nack(self, header: codec.Header, events: list[Event]) -> None:
+    def _on_generic_nack(self, header: Header, events: list[Event]) -> None:
         seq, status = header.sequence, header.status
         entry = self._submits.pop(seq, None)
         if entry is not None:
@@ -925,32 +826,32 @@ class Session:
             "smpp.generic_nack",
             sequence=seq,
             status=status,
-            status_name=codec.status_name(status),
+            status_name=status_name(status),
         )
 
     def _on_deliver(self, command_id: int, seq: int, raw: bytes, events: list[Event]) -> None:
-        resp = "deliver_sm_resp" if command_id == _DELIVER_SM else "data_sm_resp"
+        resp = "deliver_sm_resp" if command_id == DELIVER_SM else "data_sm_resp"
         if self._state is State.UNBINDING:
             # Our unbind is out: the answer could not wait for a store write (the unbind_resp
             # may come first), so the SMSC is asked to deliver it again on the next bind.
             self._log.info("smpp.deliver_while_unbinding", sequence=seq)
-            self._out.append(codec.encode(resp, seq, status=ESME_RX_T_APPN, message_id=""))
+            self._out.append(encode(resp, seq, status=ESME_RX_T_APPN, message_id=""))
             return
         if self._state is not State.BOUND:
             self._log.warning("smpp.deliver_before_bound", sequence=seq, state=self._state.name)
-            self._out.append(codec.encode(resp, seq, status=ESME_RINVBNDSTS, message_id=""))
+            self._out.append(encode(resp, seq, status=ESME_RINVBNDSTS, message_id=""))
             return
         if not self._can_receive:
             self._log.warning("smpp.deliver_on_transmitter", sequence=seq)
-            self._out.append(codec.encode(resp, seq, status=ESME_RINVBNDSTS, message_id=""))
+            self._out.append(encode(resp, seq, status=ESME_RINVBNDSTS, message_id=""))
             return
         event: Event
         try:
-            receipt = codec.parse_receipt(raw, id_base=self._config.receipt_id_base)
+            receipt = parse_receipt(raw, id_base=self._config.receipt_id_base)
             if receipt is not None:
                 event = ReceiptReceived(seq, receipt)
             else:
-                event = MessageReceived(seq, codec.parse_deliver(raw))
+                event = MessageReceived(seq, parse_deliver(raw))
         except Exception as exc:
             # Not only PduDecodeError: whatever the codec trips over, the SMSC gets its answer.
             status = getattr(exc, "nack_status", None) or UNDECODABLE_DELIVER_STATUS
@@ -960,11 +861,11 @@ class Session:
                 sequence=seq,
                 error=str(exc),
                 error_type=type(exc).__name__,
-                answered_status=codec.status_name(status),
+                answered_status=status_name(status),
                 # the header only: the body holds the number and the text (issue 19 §6)
                 header=raw[:16].hex(), length=len(raw),
             )
-            self._out.append(codec.encode(resp, seq, status=status, message_id=""))
+            self._out.append(encode(resp, seq, status=status, message_id=""))
             return
         if seq in self._unacked:
             self._log.warning("smpp.deliver_sequence_reused", sequence=seq)
