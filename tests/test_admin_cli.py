@@ -12,6 +12,8 @@ from smppd.demo import start_rig, stop_rig
 
 from .test_reload import config_toml
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 
 @pytest.fixture
 async def rig(tmp_path):

@@ -29,6 +29,7 @@ async def sims():
     await sc.stop()
 
 
+@pytest.mark.integration
 async def test_cost_per_route_kind_and_nothing_is_sent(sims):
     ru, sc = sims
     cfg = cfg_with(ru.base_url, sc.base_url + "sys/")

@@ -24,6 +24,8 @@ from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 from .e2e_rig import post, wait_final
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 
 def write_config(tmp: Path, portal: SimulatedPortal, life: SmscSimulator, mts: SmscSimulator) -> Path:
     path = tmp / "config.toml"

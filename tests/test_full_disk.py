@@ -33,6 +33,8 @@ from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 from .e2e_rig import post, wait_final
 from .test_crash import wait_ready
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 ESME_RX_T_APPN = 0x64
 
 

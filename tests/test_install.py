@@ -19,6 +19,8 @@ from smppd.config import AppConfig
 from smppd.demo import FINAL_B24, Rig, make_config, start_daemon, start_shim, stop_rig
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 
 def app_for(portal: SimulatedPortal) -> AppConfig:
     return AppConfig(domain=portal.domain, client_id=portal.client_id, client_secret=portal.client_secret,

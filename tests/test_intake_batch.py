@@ -181,6 +181,7 @@ async def test_a_batch_of_refused_posts_never_touches_the_store(
         ("unknown_code", "no sender with code 'nope'"), ("bad_request", "to: must be a string")]
 
 
+@pytest.mark.integration
 async def test_the_daemon_serves_intake_batches_and_single_intakes(tmp_path: Path) -> None:
     rig = await start_rig(tmp_path, seed=5, portal_rate=None)
     portal = rig.portal

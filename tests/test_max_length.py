@@ -26,6 +26,7 @@ def stored(rig, b24_id):
     return db(rig).execute("SELECT status, reason, segments FROM message WHERE b24_id=?", (b24_id,)).fetchone()
 
 
+@pytest.mark.integration
 async def test_a_5000_character_text_fails_with_the_reason_and_10_parts_go_out(tmp_path):
     rig = await start_rules_rig(tmp_path)
     try:

@@ -9,6 +9,8 @@ from smppd.bitrix24.rest import PortalAuth, RestClient
 from smppd.model import Status
 from smppd.store import NewMessage, Store
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 
 @pytest.fixture
 async def setup(tmp_path):

@@ -21,6 +21,8 @@ from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 from .e2e_rig import post, wait_final
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 
 @pytest.fixture
 async def rig(tmp_path):

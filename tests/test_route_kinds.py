@@ -20,6 +20,8 @@ from smppd.providers import Route
 
 from .e2e_rig import db, post, wait_final
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 KINDS = {"life": "by_life", "smsru": "by_smsru", "smscru": "by_smsc"}  # route -> a CODE on it
 
 

@@ -207,6 +207,7 @@ def test_listen_fds_are_only_for_the_named_pid():
     assert listenfds.listen_fds({"LISTEN_PID": "x", "LISTEN_FDS": "1"}, pid=7) == []
 
 
+@pytest.mark.integration
 def test_passed_socket_is_taken_by_family_and_name(monkeypatch):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", 0))
@@ -250,6 +251,7 @@ def test_spool_config_keys_are_checked_and_named():
         assert e.value.key == key
 
 
+@pytest.mark.integration
 async def test_a_passed_daemon_socket_is_served_kept_and_never_removed(tmp_path):
     """smppd.socket's file outlives the daemon; a call made between two daemons waits in
     the backlog and the next daemon answers it."""
