@@ -76,13 +76,9 @@ class Rig:
 
 
 @pytest.fixture
-async def rigs(tmp_path: Path):
-    stores = [Store(str(tmp_path / f"{name}.db")) for name in ("one", "many")]
-    for s in stores:
-        await s.open()
-    yield Rig(stores[0]), Rig(stores[1])
-    for s in stores:
-        await s.close()
+async def rigs(tmp_path: Path, make_store):
+    stores = [await make_store(tmp_path / f"{name}.db") for name in ("one", "many")]
+    return Rig(stores[0]), Rig(stores[1])
 
 
 def _outcome(value: Any) -> Any:

@@ -8,7 +8,7 @@ import pytest
 
 from smppd import report
 from smppd.model import Status
-from smppd.store import NewMessage, Store
+from smppd.store import NewMessage
 
 DAY1 = calendar.timegm((2026, 11, 20, 9, 0, 0))
 DAY2 = calendar.timegm((2026, 11, 21, 9, 0, 0))
@@ -40,10 +40,9 @@ async def message(store, clock, at, n, route, *, segments=1, outcome=None, after
 
 
 @pytest.fixture
-async def db(tmp_path):
+async def db(tmp_path, make_store):
     clock = Clock()
-    store = Store(str(tmp_path / "s.db"), clock=clock)
-    await store.open()
+    store = await make_store(tmp_path / "s.db", clock=clock)
     await message(store, clock, DAY1, 1, "life", outcome=Status.DELIVERED, after=10)
     await message(store, clock, DAY1 + 60, 2, "life", outcome=Status.DELIVERED, after=30)
     await message(store, clock, DAY1 + 120, 3, "life", outcome=Status.UNDELIVERED, after=99)

@@ -12,7 +12,6 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from smppd.model import Status
-from smppd.store import Store
 
 from .smpp_route_rig import make_rig
 
@@ -58,17 +57,12 @@ async def test_as_is_still_means_as_is(rigs, tmp_path):
     assert (await rig.message(mid))["status"] == "accepted"
 
 
-async def test_receipts_that_never_match_are_counted_per_route(tmp_path):
-    store = Store(str(tmp_path / "s.db"))
-    await store.open()
-    try:
-        before = REGISTRY.get_sample_value("smppd_receipts_unmatched_total", {"route": "mts"}) or 0
-        assert not await store.apply_receipt("mts", "DEADBEEF", Status.DELIVERED, "DELIVRD")
-        assert not await store.apply_receipt("mts", "DEADBEF0", Status.DELIVERED, "DELIVRD")
-        assert await store.expire_pending_receipts(ttl=-1) == 2
-        assert REGISTRY.get_sample_value("smppd_receipts_unmatched_total", {"route": "mts"}) == before + 2
-    finally:
-        await store.close()
+async def test_receipts_that_never_match_are_counted_per_route(store):
+    before = REGISTRY.get_sample_value("smppd_receipts_unmatched_total", {"route": "mts"}) or 0
+    assert not await store.apply_receipt("mts", "DEADBEEF", Status.DELIVERED, "DELIVRD")
+    assert not await store.apply_receipt("mts", "DEADBEF0", Status.DELIVERED, "DELIVRD")
+    assert await store.expire_pending_receipts(ttl=-1) == 2
+    assert REGISTRY.get_sample_value("smppd_receipts_unmatched_total", {"route": "mts"}) == before + 2
 
 
 @pytest.mark.integration

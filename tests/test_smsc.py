@@ -15,7 +15,7 @@ from smppd.sims.smsc import SimMessage, SmscSimulator
 from smppd.store import OpenMessage
 
 from .http_rig import add_message, status_of, wait_status
-from .http_rig import store  # noqa: F401  (the fixture, by import)
+from .http_rig import store_clock  # noqa: F401  (the fixture, by import: a clock moved by hand)
 
 
 def cfg(**kw) -> SmscRouteConfig:
@@ -193,7 +193,7 @@ async def test_callbacks_and_polling_finish_messages(sim, store):
         assert await route.callback([("id", str(rid)), ("phone", digits), ("status", "0"), ("err", "0")]) == "OK"
         assert (await status_of(store, a.id))[0] is Status.ACCEPTED
         # by polling once the poll time has come
-        store.test_clock.advance(301)
+        store.clock.advance(301)
         assert await route.poll_once() == 1
         assert (await status_of(store, a.id))[0] is smsc_status(final)
         poll = [f for name, f in sim.requests if name == "status"][-1]
@@ -341,9 +341,9 @@ async def test_silent_viber_falls_back_after_the_timeout_even_across_a_restart(s
     route.enqueue(m)
     task = await _start(route)
     await wait_status(store, m.id, {Status.ACCEPTED})
-    store.test_clock.advance(599)
+    store.clock.advance(599)
     assert await route.poll_once() == 0
-    store.test_clock.advance(2)
+    store.clock.advance(2)
     # The poller decides to fall back; stop before the SMS is sent (a crash would do the same).
     route.add_job = lambda job: None  # type: ignore[method-assign]
     assert await route.poll_once() == 1
@@ -435,7 +435,7 @@ async def test_credentials_stay_out_of_urls_and_logs(sim, store):
         task = await _start(route)
         try:
             await wait_status(store, m.id, {Status.ACCEPTED})
-            store.test_clock.advance(301)
+            store.clock.advance(301)
             await route.poll_once()
         finally:
             await _stop(route, task)

@@ -10,7 +10,6 @@ import pytest
 from smppd.model import Status
 from smppd.store import NewMessage, Store
 
-from .test_store import store  # noqa: F401 -- the fixture: an opened store on a temporary file
 
 PHONE = "+375291234567"
 
