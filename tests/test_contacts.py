@@ -329,7 +329,7 @@ async def test_cost_prices_the_crm_numbers_per_route_without_sending(rig):
     from smppd.sims.smsc import SmscSimulator
     from smppd.sims.smsru import SmsRuSimulator
 
-    from .test_cost import cfg_with
+    from .config_rig import cfg_with
 
     for i in range(1, 151):
         rig.portal.add_crm_entity("contact", i, phones=[f"80291{i:06d}"])

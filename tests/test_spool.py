@@ -229,7 +229,7 @@ def test_passed_socket_is_taken_by_family_and_name(monkeypatch):
 def test_spool_config_keys_are_checked_and_named():
     from smppd import config
 
-    from .test_config import raw
+    from .config_rig import raw
 
     def parse(shim: dict) -> config.Config:
         r = raw()
@@ -313,7 +313,7 @@ def test_a_sighup_does_not_move_the_spool(tmp_path):
     from shim.__main__ import reload as shim_reload
     from smppd import config
 
-    from .test_config import EXAMPLE
+    from .config_rig import EXAMPLE
 
     text = EXAMPLE.read_text()
     path = tmp_path / "config.toml"
