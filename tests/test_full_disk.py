@@ -31,7 +31,7 @@ from smppd.smpp import codec
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 from .e2e_rig import post, wait_final
-from .test_crash import wait_ready
+from .process_rig import wait_ready
 
 pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 

@@ -12,7 +12,7 @@ from smppd.config import ConfigError
 from smppd.intake import Intake
 from smppd.store import OpenMessage, PortalRecord, Store
 
-from .test_intake_batch import CONFIG, MEMBER, TOKEN, post
+from .intake_rig import CONFIG, MEMBER, TOKEN, post
 
 NEW_RANGE = "+375 25 123 45 67"  # the integrators' own example; phonenumbers says "not a valid number"
 

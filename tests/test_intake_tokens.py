@@ -11,7 +11,7 @@ from smppd.intake import Intake
 from smppd.rpc import RpcError
 from smppd.store import PortalRecord, Store
 
-from .test_intake_batch import CONFIG, MEMBER, post
+from .intake_rig import CONFIG, MEMBER, post
 
 
 @pytest.mark.parametrize("posted", [None, ""])

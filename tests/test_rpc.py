@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -17,6 +16,8 @@ import pytest
 
 from smppd import rpc
 from smppd.rpc import MAX_LINE, RpcClient, RpcError, RpcServer, RpcUnavailable
+
+from .rpc_rig import RawConnection, gated_server
 
 
 @pytest.fixture
@@ -60,29 +61,6 @@ async def client(server: RpcServer) -> AsyncIterator[RpcClient]:
     cli = RpcClient(server.path, timeout=5)
     yield cli
     await cli.close()
-
-
-class RawConnection:
-    """A hand-driven client, for sending what RpcClient never would."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, path: str) -> RawConnection:
-        return cls(*await asyncio.open_unix_connection(path, limit=MAX_LINE))
-
-    def send(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    async def reply(self) -> dict[str, Any]:
-        line = await asyncio.wait_for(self.reader.readline(), 5)
-        assert line.endswith(b"\n"), line
-        return json.loads(line)
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
 
 
 @pytest.mark.integration
@@ -512,34 +490,6 @@ async def test_refused_peer_gets_forbidden_and_is_closed(
     with pytest.raises(RpcUnavailable, match="forbidden"):
         await cli.call("echo")
     await cli.close()
-
-
-class Gate:
-    """A handler that holds every call until ``release`` is set; ``started`` lists the
-    ``n`` of each call in the order the server started them."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self.started: list[int] = []
-
-    async def __call__(self, params: dict[str, Any]) -> Any:
-        self.started.append(params["n"])
-        await self.release.wait()
-        return params["n"]
-
-
-@contextlib.asynccontextmanager
-async def gated_server(sock_path: str) -> AsyncIterator[tuple[Gate, RawConnection]]:
-    """A server whose one method, "gate", is a ``Gate``, and a raw connection to it."""
-    gate = Gate()
-    srv = RpcServer(sock_path, {"gate": gate})
-    await srv.start()
-    raw = await RawConnection.open(sock_path)
-    try:
-        yield gate, raw
-    finally:
-        await raw.close()
-        await srv.close()
 
 
 @pytest.mark.integration

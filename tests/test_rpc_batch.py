@@ -16,7 +16,7 @@ import pytest
 from smppd import rpc
 from smppd.rpc import MAX_LINE, RpcClient, RpcError, RpcServer, RpcUnavailable
 
-from .test_rpc import RawConnection, gated_server
+from .rpc_rig import RawConnection, gated_server
 
 
 @pytest.fixture
