@@ -253,7 +253,7 @@ async def test_http_callbacks_wait_for_the_disk_and_beyond_the_bound_get_503(sma
     from smppd.providers.smsc import split_provider_id
 
     from .e2e_rig import provider_ids
-    from .test_store_full import fill
+    from .store_rig import fill
 
     rig = await start_rig(small_disk, seed=5, portal_rate=None, http=True)
     try:

@@ -3,13 +3,9 @@ import sqlite3
 
 from smppd.model import Status
 from smppd import store as store_mod
-from smppd.store import SCHEMA_VERSION, NewMessage, Store
+from smppd.store import SCHEMA_VERSION, Store
 
-
-def new(b24_id: str = "a" * 32, segments: int = 1, reason: str | None = None, member: str = "m1") -> NewMessage:
-    return NewMessage(member_id=member, b24_id=b24_id, code="by_life", route="life", sender="Shop",
-                      phone=None if reason else "+375291234567", text="hello", encoding="gsm7",
-                      segments=segments, reason=reason)
+from .store_rig import new
 
 
 async def test_wal_and_schema(store, store_path):

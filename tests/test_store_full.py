@@ -18,7 +18,7 @@ import pytest
 from smppd.model import Status
 from smppd.store import HOLD_BOUNDED, Store, StoreOpenError, StoreUnavailable, storage_error
 
-from .test_store import new
+from .store_rig import fill, new
 
 
 @pytest.fixture
@@ -34,18 +34,6 @@ def small_disk(tmp_path: Path):
         yield state
     finally:
         subprocess.run(["umount", "-l", str(state)], check=False)
-
-
-def fill(state: Path) -> Path:
-    filler = state / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (65536, 4096, 512):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError:
-                pass
-    return filler
 
 
 async def until(predicate, timeout: float = 5.0) -> None:
