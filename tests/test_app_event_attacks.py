@@ -18,8 +18,8 @@ from smppd.bitrix24 import install as install_mod
 from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.config import AppEventsConfig
 from smppd.demo import start_daemon, stop_rig
-from tests.test_install import (app_for, event_url, install, post_form, rig, send, settled,  # noqa: F401
-                                start_app_rig, stored_events, stored_portal, until)
+from .install_rig import (app_for, event_url, install, post_form, rig, send, settled,  # noqa: F401
+                          start_app_rig, stored_events, stored_portal, until)
 
 
 

@@ -91,7 +91,7 @@ def test_invalid_utf8_body_is_refused_as_aiohttp_refuses_it() -> None:
 
 
 def test_a_real_post_decodes_to_the_same_handler_post() -> None:
-    from tests.test_shim import EXAMPLE
+    from .shim_rig import EXAMPLE
 
     body = urlencode(EXAMPLE + [("message_body", "second value"), ("note", "a&b=c %")]).encode()
     form = bf.decode_form(body)
