@@ -18,7 +18,7 @@ from smppd import journal
 from smppd.journal import StoreWatcher, connect_readonly
 from smppd.model import FINAL, Status
 
-from .test_store_status_path import life
+from .status_rig import life
 
 _FINALS = "('delivered','undelivered','expired','rejected','failed')"
 REFERENCE_SQL = f"""
