@@ -10,7 +10,9 @@ import pytest
 
 from smppd.demo import start_rig, stop_rig
 
-from .test_reload import config_toml
+from .config_rig import config_toml
+
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
 
 @pytest.fixture

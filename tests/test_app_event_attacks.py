@@ -18,8 +18,8 @@ from smppd.bitrix24 import install as install_mod
 from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.config import AppEventsConfig
 from smppd.demo import start_daemon, stop_rig
-from tests.test_install import (app_for, event_url, install, post_form, rig, send, settled,  # noqa: F401
-                                start_app_rig, stored_events, stored_portal, until)
+from .install_rig import (app_for, event_url, install, post_form, rig, send, settled,  # noqa: F401
+                          start_app_rig, stored_events, stored_portal, until)
 
 
 
@@ -41,6 +41,7 @@ async def genuine_post_accepted(portal: SimulatedPortal) -> bool:
     return status == 200
 
 
+@pytest.mark.integration
 async def test_forged_update_with_a_non_admin_token_and_junk_refresh_token_changes_nothing(rig):
     portal = rig.portal
     await install(rig, portal)
@@ -62,6 +63,7 @@ async def test_forged_update_with_a_non_admin_token_and_junk_refresh_token_chang
     assert status == 403
 
 
+@pytest.mark.integration
 async def test_forged_update_with_a_real_refresh_token_of_a_non_admin_is_refused(rig):
     """A user who opened the app has a genuine pair of ours; user.admin tells them apart."""
     portal = rig.portal
@@ -78,6 +80,7 @@ async def test_forged_update_with_a_real_refresh_token_of_a_non_admin_is_refused
     assert await genuine_post_accepted(portal)
 
 
+@pytest.mark.integration
 async def test_forged_uninstall_with_the_captured_application_token_is_refused(rig):
     portal = rig.portal
     await install(rig, portal)
@@ -96,6 +99,7 @@ async def test_forged_uninstall_with_the_captured_application_token_is_refused(r
     assert stored_portal(rig, portal.member_id) is None
 
 
+@pytest.mark.integration
 async def test_flood_of_unproven_installs_is_bounded_and_summed_up_at_start(rig, capsys):
     portal = rig.portal
     await install(rig, portal)
@@ -124,6 +128,7 @@ async def test_flood_of_unproven_installs_is_bounded_and_summed_up_at_start(rig,
     assert "bitrix24.app_events.loaded" in out and "waiting_config=5" in out
 
 
+@pytest.mark.integration
 async def test_domain_with_a_port_installs_and_serves(tmp_path):
     portal = SimulatedPortal(domain="crm.example.by:8443")
     rig = await start_app_rig(tmp_path, [portal])
@@ -138,6 +143,7 @@ async def test_domain_with_a_port_installs_and_serves(tmp_path):
         await stop_rig(rig)
 
 
+@pytest.mark.integration
 async def test_waiting_install_is_completed_by_a_hand_written_portal_entry(tmp_path):
     """An install for a domain the config does not name waits; a [[portal]] written by hand
     for that member (with its client_id and secret) completes it at the next start."""
@@ -166,6 +172,7 @@ async def test_waiting_install_is_completed_by_a_hand_written_portal_entry(tmp_p
         await stop_rig(rig)
 
 
+@pytest.mark.integration
 async def test_update_while_the_portal_answers_query_limit_exceeded(rig, monkeypatch):
     """The update is answered 200 at once, waits out the limit (and a restart), then applies."""
     monkeypatch.setattr(install_mod, "RETRY_MIN", 0.2)
@@ -247,6 +254,7 @@ async def post_as(portal: SimulatedPortal, handler: str, application_token: str 
     return status
 
 
+@pytest.mark.integration
 async def test_missed_update_is_learned_from_a_genuine_post_once(rig, capsys):
     portal = rig.portal
     await install(rig, portal)
@@ -267,6 +275,7 @@ async def test_missed_update_is_learned_from_a_genuine_post_once(rig, capsys):
     assert rig.daemon.token_recovery.learned == 1
 
 
+@pytest.mark.integration
 async def test_unknown_token_without_a_missed_update_is_refused(rig, monkeypatch):
     from smppd.bitrix24 import recovery
 

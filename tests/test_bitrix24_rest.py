@@ -63,6 +63,7 @@ async def raw(http: aiohttp.ClientSession, sim: SimulatedPortal, method: str, **
 # ---------------------------------------------------------------------- status.update
 
 
+@pytest.mark.integration
 async def test_status_update_ok(http, portal):
     client = make_client(http, portal)
     message_id = new_message(portal)
@@ -76,6 +77,7 @@ async def test_status_update_ok(http, portal):
                                              "date_finish", "operating", "operating_reset_at"} <= set(client.last_time)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("params", "code", "description"),
     [
@@ -101,6 +103,7 @@ async def test_status_update_errors(http, portal, params, code, description):
     assert portal.requests == 1  # not retried
 
 
+@pytest.mark.integration
 async def test_purged_message_is_not_found(http, portal):
     client = make_client(http, portal)
     message_id = new_message(portal)
@@ -112,6 +115,7 @@ async def test_purged_message_is_not_found(http, portal):
     assert message_id not in portal.messages and message_id in portal.purged
 
 
+@pytest.mark.integration
 async def test_simulator_applies_backwards_moves_and_records_them(http, portal):
     """Like the real core there is no monotonic guard; the history must show the regression."""
     client = make_client(http, portal)
@@ -123,6 +127,7 @@ async def test_simulator_applies_backwards_moves_and_records_them(http, portal):
     assert message.regressions() == [("delivered", "sent")]
 
 
+@pytest.mark.integration
 async def test_same_status_is_a_noop(http, portal):
     client = make_client(http, portal)
     message_id = new_message(portal)
@@ -133,6 +138,7 @@ async def test_same_status_is_a_noop(http, portal):
     assert portal.messages[message_id].regressions() == []
 
 
+@pytest.mark.integration
 async def test_params_are_case_insensitive_and_auth_travels_in_the_body(portal):
     urls: list[str] = []
 
@@ -150,6 +156,7 @@ async def test_params_are_case_insensitive_and_auth_travels_in_the_body(portal):
     assert all(portal.access_token not in u and "auth=" not in u for u in urls)
 
 
+@pytest.mark.integration
 async def test_simulator_accepts_get_json_suffix_and_json_body(http, portal):
     message_id = new_message(portal)
     query = urlencode({"auth": portal.access_token, "CODE": CODE, "MESSAGE_ID": message_id, "STATUS": "queued"})
@@ -162,6 +169,7 @@ async def test_simulator_accepts_get_json_suffix_and_json_body(http, portal):
     assert portal.messages[message_id].status == "delivered"
 
 
+@pytest.mark.integration
 async def test_missing_and_unknown_token(http, portal):
     status, data = await raw(http, portal, "messageservice.sender.list", data={})
     assert (status, data["error"]) == (401, "NO_AUTH_FOUND")
@@ -169,6 +177,7 @@ async def test_missing_and_unknown_token(http, portal):
     assert (status, data) == (404, {"error": "ERROR_METHOD_NOT_FOUND", "error_description": "Method not found!"})
 
 
+@pytest.mark.integration
 async def test_author_token_is_not_admin(http, portal):
     """The handler post carries the *author's* token: fine for its own message, not for admin methods."""
     message_id, form = portal.create_message(CODE, "+375291234567", "hi")
@@ -183,6 +192,7 @@ async def test_author_token_is_not_admin(http, portal):
 # ---------------------------------------------------------------------- batch
 
 
+@pytest.mark.integration
 async def test_batch_of_50_with_mixed_results(http, portal):
     client = make_client(http, portal)
     known = [new_message(portal) for _ in range(40)]
@@ -198,6 +208,7 @@ async def test_batch_of_50_with_mixed_results(http, portal):
     assert portal.requests == 1 and portal.method_calls["batch"] == 1 and portal.method_calls[UPDATE] == 50
 
 
+@pytest.mark.integration
 async def test_batch_of_51_is_refused_before_sending(http, portal):
     client = make_client(http, portal)
     commands = {f"m{i}": (UPDATE, {"CODE": CODE, "MESSAGE_ID": "x", "STATUS": "sent"}) for i in range(51)}
@@ -206,6 +217,7 @@ async def test_batch_of_51_is_refused_before_sending(http, portal):
     assert portal.requests == 0
 
 
+@pytest.mark.integration
 async def test_batch_halt_stops_at_first_error(http, portal):
     client = make_client(http, portal)
     ids = [new_message(portal) for _ in range(4)]
@@ -218,6 +230,7 @@ async def test_batch_halt_stops_at_first_error(http, portal):
     assert portal.messages[ids[2]].status == "sent"  # never ran
 
 
+@pytest.mark.integration
 async def test_batch_numeric_keys_come_back_as_php_lists(http, portal):
     client = make_client(http, portal)
     ids = [new_message(portal) for _ in range(3)]
@@ -227,6 +240,7 @@ async def test_batch_numeric_keys_come_back_as_php_lists(http, portal):
     assert results == {"0": True, "1": True, "2": True} and errors == {}
 
 
+@pytest.mark.integration
 async def test_batch_wire_format(http, portal):
     """Form ``cmd[key]=method?query`` (encoded once more); empty maps are PHP ``[]``."""
     ok_id = new_message(portal)
@@ -255,6 +269,7 @@ async def test_batch_wire_format(http, portal):
     }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("mode", ["per_command", "http_400"])
 async def test_simulator_batch_overflow_modes(http, mode):
     async with SimulatedPortal(rate=None, batch_overflow=mode) as sim:
@@ -282,6 +297,7 @@ def test_token_url_is_derived_from_server_endpoint():
     assert token_url("https://oauth.bitrix24.tech/rest/") == "https://oauth.bitrix24.tech/oauth/token/"
 
 
+@pytest.mark.integration
 async def test_expired_token_refreshes_exactly_once_for_20_concurrent_calls(http, portal):
     persisted: list[PortalAuth] = []
 
@@ -310,6 +326,7 @@ async def test_expired_token_refreshes_exactly_once_for_20_concurrent_calls(http
     assert info.value.code == "invalid_grant"
 
 
+@pytest.mark.integration
 async def test_second_expiry_in_one_call_is_not_refreshed_again(http, portal):
     client = make_client(http, portal, on_tokens=None)
     portal.access_ttl = -1  # every issued token is born expired
@@ -319,6 +336,7 @@ async def test_second_expiry_in_one_call_is_not_refreshed_again(http, portal):
     assert info.value.code == "expired_token" and portal.refreshes == 1
 
 
+@pytest.mark.integration
 async def test_refresh_with_wrong_client_secret(http, portal):
     from dataclasses import replace
 
@@ -329,6 +347,7 @@ async def test_refresh_with_wrong_client_secret(http, portal):
     assert info.value.code == "invalid_client"
 
 
+@pytest.mark.integration
 async def test_failed_persist_keeps_new_tokens_pending(http, portal):
     calls = 0
 
@@ -351,6 +370,7 @@ async def test_failed_persist_keeps_new_tokens_pending(http, portal):
 # ---------------------------------------------------------------------- limits and retries
 
 
+@pytest.mark.integration
 async def test_rate_limit_storm_is_ridden_out(http):
     started = time.monotonic()
     async with SimulatedPortal(rate=20.0, burst=5) as sim:
@@ -365,6 +385,7 @@ async def test_rate_limit_storm_is_ridden_out(http):
     assert time.monotonic() - started < 3.0
 
 
+@pytest.mark.integration
 async def test_client_bucket_keeps_under_the_portal_limit(http):
     # Three requests of headroom under the portal's burst: a loaded CI machine can wake the
     # client's sleepers 100 ms late, and they then go out together. Without the bucket, 7 of
@@ -375,6 +396,7 @@ async def test_client_bucket_keeps_under_the_portal_limit(http):
     assert sim.rejected_rate_limited == 0
 
 
+@pytest.mark.integration
 async def test_overload_limit_is_not_retried(http, portal):
     client = make_client(http, portal)
     portal.overloaded = True
@@ -384,6 +406,7 @@ async def test_overload_limit_is_not_retried(http, portal):
     assert portal.requests == 1
 
 
+@pytest.mark.integration
 async def test_operation_time_limit_backs_off_until_unblocked(http, portal):
     client = make_client(http, portal, max_attempts=50)
     portal.block_method("messageservice.sender.list", 0.15)
@@ -391,6 +414,7 @@ async def test_operation_time_limit_backs_off_until_unblocked(http, portal):
     assert portal.requests > 1
 
 
+@pytest.mark.integration
 async def test_operation_time_limit_waits_until_operating_reset_at(http, portal):
     slept: list[float] = []
 
@@ -405,6 +429,7 @@ async def test_operation_time_limit_waits_until_operating_reset_at(http, portal)
     assert len(slept) == 1 and 590 < slept[0] <= 600
 
 
+@pytest.mark.integration
 async def test_network_errors_retry_then_raise(http):
     slept: list[float] = []
 
@@ -423,6 +448,7 @@ async def test_network_errors_retry_then_raise(http):
 # ---------------------------------------------------------------------- HANDLER form and senders
 
 
+@pytest.mark.integration
 async def test_create_message_form_has_the_section_4_layout(http, portal):
     received: list[dict[str, str]] = []
 
@@ -462,6 +488,7 @@ async def test_create_message_form_has_the_section_4_layout(http, portal):
     assert portal.messages[message_id].status == "sent"
 
 
+@pytest.mark.integration
 def test_create_message_bizproc_and_no_author(portal):
     _, form = portal.create_message(CODE, "+79161234567", "x", module_id="bizproc", author=False)
     data = dict(form)
@@ -471,6 +498,7 @@ def test_create_message_bizproc_and_no_author(portal):
     assert not any(k.startswith(("bindings", "auth[")) for k in data)
 
 
+@pytest.mark.integration
 async def test_sender_add_list_delete(http, portal):
     client = make_client(http, portal)
     handler = f"{portal.base_url}/b24/handler?k=secret"
@@ -500,6 +528,7 @@ async def test_sender_add_list_delete(http, portal):
     assert (info.value.code, info.value.description) == ("ERROR_SENDER_NOT_FOUND", "Sender not found!")
 
 
+@pytest.mark.integration
 async def test_sender_add_refuses_loopback_like_the_cloud(http):
     async with SimulatedPortal(rate=None, allow_local_handler=False) as sim:
         client = make_client(http, sim)

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLE = Path(__file__).parent.parent / "config.toml"
 
 
@@ -11,11 +13,13 @@ def smppd(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "smppd.cli", *args], capture_output=True, text=True, timeout=30)
 
 
+@pytest.mark.integration
 def test_check_config_ok():
     r = smppd("check-config", "-c", str(EXAMPLE))
     assert r.returncode == 0 and "ok" in r.stdout
 
 
+@pytest.mark.integration
 def test_bad_config_is_one_line_naming_the_key(tmp_path):
     bad = tmp_path / "config.toml"
     bad.write_text(EXAMPLE.read_text().replace("port = 2775", "port = 99999", 1))
@@ -27,6 +31,7 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path):
         assert lines == ["smppd: config error: route.life.port: must be an integer from 1 to 65535, got 99999"]
 
 
+@pytest.mark.integration
 def test_status_when_the_daemon_is_not_running(tmp_path):
     cfg = tmp_path / "config.toml"
     cfg.write_text(EXAMPLE.read_text().replace("/run/smppd/smppd.sock", str(tmp_path / "none.sock")))
@@ -34,11 +39,13 @@ def test_status_when_the_daemon_is_not_running(tmp_path):
     assert r.returncode == 3 and "unreachable" in r.stderr
 
 
+@pytest.mark.integration
 def test_no_command_prints_help():
     r = smppd()
     assert r.returncode == 2 and "demo" in r.stdout
 
 
+@pytest.mark.integration
 def test_a_reader_that_closes_the_pipe_gets_no_traceback():
     """`smppd stuck | head`: the reader is gone before we print; every command goes through main()."""
     p = subprocess.Popen([sys.executable, "-m", "smppd.cli", "text", "-"], stdin=subprocess.PIPE,
@@ -67,6 +74,7 @@ def test_console_log_lines_into_a_closed_pipe_are_quiet():
     out.close()
 
 
+@pytest.mark.integration
 def test_check_config_says_where_each_http_route_is_called_back(tmp_path):
     """The handler key opens no /dlr/ door (issue 18): check-config tells the admin the
     URL to give each provider, or that a route without a callback_key is polled only."""

@@ -1,26 +1,8 @@
-import tomllib
-from pathlib import Path
-
 import pytest
 
 from smppd import config
 
-EXAMPLE = Path(__file__).parent.parent / "config.toml"
-
-
-# The example config installs by [[app]]; the manual [[portal]] form is still checked.
-MANUAL_PORTAL = {
-    "member_id": "m1", "domain": "example.bitrix24.by", "client_endpoint": "https://example.bitrix24.by/rest/",
-    "server_endpoint": "https://oauth.bitrix.info/rest/", "client_id": "local.x", "client_secret": "s",
-    "application_token": "t",
-}
-
-
-def raw() -> dict:
-    with open(EXAMPLE, "rb") as f:
-        d = tomllib.load(f)
-    d.setdefault("portal", [dict(MANUAL_PORTAL)])
-    return d
+from .config_rig import EXAMPLE, raw
 
 
 def test_example_config_loads():

@@ -8,7 +8,7 @@ import pytest
 
 from smppd import config
 
-from .test_config import raw
+from .config_rig import raw
 
 
 def test_defaults_accept_posts_without_auth_and_check_ts_a_day_either_way():

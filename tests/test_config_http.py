@@ -4,13 +4,7 @@ import pytest
 
 from smppd import config
 
-from .test_config import raw
-
-
-def with_route(name: str, table: dict) -> dict:
-    r = raw()
-    r["route"][name] = table
-    return r
+from .config_rig import with_route
 
 
 def test_smsru_route_with_defaults():

@@ -34,6 +34,7 @@ async def crm():
 # ------------------------------------------------------------------ simulated portal formats
 
 
+@pytest.mark.integration
 async def test_list_pages_with_next_and_total_and_fast_paging_without(crm):
     portal, client = crm
     for i in range(1, 121):
@@ -47,6 +48,7 @@ async def test_list_pages_with_next_and_total_and_fast_paging_without(crm):
     assert fast["total"] == 0 and "next" not in fast  # huge-data.md: no count with start=-1
 
 
+@pytest.mark.integration
 async def test_multifield_only_when_selected_and_update_by_value_id(crm):
     portal, client = crm
     portal.add_crm_entity("contact", 7, phones=[("80291234567", "MOBILE"), ("+375 44 765-43-21", "WORK")])
@@ -64,6 +66,7 @@ async def test_multifield_only_when_selected_and_update_by_value_id(crm):
     assert e.value.code == "" and "not found" in e.value.description
 
 
+@pytest.mark.integration
 async def test_userfield_add_prefix_errors_and_list(crm):
     portal, client = crm
     assert await client.call("crm.lead.userfield.list", {"filter": {"FIELD_NAME": INVALID_FIELD}}) == []
@@ -81,6 +84,7 @@ async def test_userfield_add_prefix_errors_and_list(crm):
         assert text in e.value.description
 
 
+@pytest.mark.integration
 async def test_list_inside_batch_has_result_next_and_total(crm):
     portal, client = crm
     for i in range(1, 61):
@@ -135,6 +139,7 @@ def _messy_base(portal: SimulatedPortal, n: int, seed: int = 3) -> dict[str, int
     return expected
 
 
+@pytest.mark.integration
 async def test_scan_reads_every_row_in_windows_and_reports(crm):
     portal, client = crm
     expected = _messy_base(portal, 700)
@@ -151,6 +156,7 @@ async def test_scan_reads_every_row_in_windows_and_reports(crm):
     assert portal.crm_writes == {}  # a scan never writes
 
 
+@pytest.mark.integration
 async def test_normalize_dry_run_writes_nothing_apply_writes_then_is_idempotent(crm):
     portal, client = crm
     expected = _messy_base(portal, 300)
@@ -172,6 +178,7 @@ async def test_normalize_dry_run_writes_nothing_apply_writes_then_is_idempotent(
     assert portal.user_fields_added == 3  # not created twice
 
 
+@pytest.mark.integration
 async def test_normalize_resumes_from_saved_progress(crm):
     portal, client = crm
     for i in range(1, 401):
@@ -198,6 +205,7 @@ async def test_normalize_resumes_from_saved_progress(crm):
     assert all(portal.crm["contact"][i]["PHONE"][0]["VALUE"].startswith("+") for i in range(1, 401))
 
 
+@pytest.mark.integration
 async def test_rate_limit_slows_the_job_it_does_not_fail_it(crm):
     portal, client = crm
     for i in range(1, 201):
@@ -215,6 +223,7 @@ async def test_rate_limit_slows_the_job_it_does_not_fail_it(crm):
     assert portal.rejected_rate_limited > 0
 
 
+@pytest.mark.integration
 async def test_bulk_calls_leave_the_burst_to_normal_calls():
     """A bulk caller stops at burst - headroom; a normal call then goes at once."""
     portal = SimulatedPortal(rate=2.0, burst=50, scope="messageservice,crm")
@@ -269,6 +278,7 @@ async def _cli(rig, action: str, *extra: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.integration
 async def test_cli_scan_normalize_apply_idempotent_through_the_daemon(rig):
     import csv
     import io
@@ -296,6 +306,7 @@ async def test_cli_scan_normalize_apply_idempotent_through_the_daemon(rig):
     assert code == 2 and "no installed portal" in err
 
 
+@pytest.mark.integration
 async def test_a_normalize_cut_short_resumes_from_the_store(rig):
     for i in range(1, 301):
         rig.portal.add_crm_entity("contact", i, phones=[f"80291{i:06d}"])
@@ -308,6 +319,7 @@ async def test_a_normalize_cut_short_resumes_from_the_store(rig):
     assert rig.portal.crm["contact"][250]["PHONE"][0]["VALUE"] == "+375291000250"
 
 
+@pytest.mark.integration
 async def test_cost_prices_the_crm_numbers_per_route_without_sending(rig):
     import argparse
     import dataclasses
@@ -317,7 +329,7 @@ async def test_cost_prices_the_crm_numbers_per_route_without_sending(rig):
     from smppd.sims.smsc import SmscSimulator
     from smppd.sims.smsru import SmsRuSimulator
 
-    from .test_cost import cfg_with
+    from .config_rig import cfg_with
 
     for i in range(1, 151):
         rig.portal.add_crm_entity("contact", i, phones=[f"80291{i:06d}"])
@@ -356,6 +368,7 @@ async def http_rig(tmp_path):
         await sim.stop()
 
 
+@pytest.mark.integration
 async def test_hlr_asks_checks_writes_fields_and_caches(http_rig):
     import argparse
     import io
@@ -399,6 +412,7 @@ async def test_hlr_asks_checks_writes_fields_and_caches(http_rig):
     assert len([m for m in sim.messages.values() if m.hlr]) == paid
 
 
+@pytest.mark.integration
 async def test_hlr_refuses_a_code_that_is_not_smsc(http_rig):
     import argparse
     import io
@@ -412,6 +426,7 @@ async def test_hlr_refuses_a_code_that_is_not_smsc(http_rig):
     assert "not SMSC.ru" in err.getvalue()
 
 
+@pytest.mark.integration
 async def test_demo_contacts_shows_scan_then_normalize_then_nothing_left(capsys):
     from smppd import cli
     from smppd.demo import _contacts_demo
@@ -425,6 +440,7 @@ async def test_demo_contacts_shows_scan_then_normalize_then_nothing_left(capsys)
     assert "entities updated" in applied and "changes           0 numbers" in again
 
 
+@pytest.mark.integration
 async def test_preferred_channel_is_written_and_skips_viber_when_asked(http_rig):
     import dataclasses
 
@@ -477,6 +493,7 @@ def test_filter_argument_keeps_the_operator_with_the_field():
     assert _split_filter(">=DATE_CREATE=2026-01-01") == (">=DATE_CREATE", "2026-01-01")
 
 
+@pytest.mark.integration
 async def test_filter_narrows_the_job_and_id_is_refused(crm):
     portal, client = crm
     for i in range(1, 201):
@@ -492,6 +509,7 @@ async def test_filter_narrows_the_job_and_id_is_refused(crm):
     assert e.value.field == "filter"
 
 
+@pytest.mark.integration
 async def test_pusher_spaces_partial_batches_while_a_bulk_job_waits(tmp_path, monkeypatch):
     """Few updates at a time go out at most every PARTIAL_GAP_UNDER_BULK while a bulk job
     waits (so it gets request slots), and at once again when none waits."""
@@ -552,6 +570,7 @@ async def test_pusher_spaces_partial_batches_while_a_bulk_job_waits(tmp_path, mo
     await portal.stop()
 
 
+@pytest.mark.integration
 async def test_smsc_hlr_sends_every_hundred_then_polls_them_together():
     from smppd.bitrix24.contacts import SmscHlr
     from smppd.config import SmscRouteConfig
@@ -578,6 +597,7 @@ async def test_smsc_hlr_sends_every_hundred_then_polls_them_together():
         await sim.stop()
 
 
+@pytest.mark.integration
 async def test_without_the_crm_scope_the_job_fails_with_the_fix(rig):
     rig.portal.scope = "messageservice"
     rig.portal.add_crm_entity("contact", 1, phones=["+375291234567"])
@@ -585,6 +605,7 @@ async def test_without_the_crm_scope_the_job_fails_with_the_fix(rig):
     assert code == 1 and "insufficient_scope" in err and "crm scope" in err
 
 
+@pytest.mark.integration
 async def test_operating_time_limit_429_slows_the_job_it_does_not_fail_it(crm):
     portal, client = crm
     for i in range(1, 101):

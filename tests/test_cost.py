@@ -2,21 +2,12 @@
 
 import pytest
 
-from smppd import cli, config
+from smppd import cli
 from smppd.cost import quote
 from smppd.sims.smsc import SmscSimulator
 from smppd.sims.smsru import SmsRuSimulator
 
-from .test_config import raw
-
-
-def cfg_with(ru_url: str, sc_url: str) -> config.Config:
-    r = raw()
-    r["route"]["ru"] = {"kind": "smsru", "api_id": "sim-api-id", "base_url": ru_url}
-    r["route"]["sc"] = {"kind": "smsc", "login": "smppd", "password": "sim-password", "base_url": sc_url}
-    r["sender"]["by_ru"] = {"route": "ru", "sender_id": "DemoShop"}
-    r["sender"]["by_sc"] = {"route": "sc", "sender_id": "DemoShop"}
-    return config.parse(r)
+from .config_rig import cfg_with
 
 
 @pytest.fixture
@@ -29,6 +20,7 @@ async def sims():
     await sc.stop()
 
 
+@pytest.mark.integration
 async def test_cost_per_route_kind_and_nothing_is_sent(sims):
     ru, sc = sims
     cfg = cfg_with(ru.base_url, sc.base_url + "sys/")
@@ -46,7 +38,7 @@ async def test_cost_per_route_kind_and_nothing_is_sent(sims):
 
 def test_cost_command_usage_errors(tmp_path, capsys):
     assert cli.main(["cost", "-c", str(tmp_path / "none.toml"), "--code", "x", "--text", "t", "1"]) == 2
-    from .test_config import EXAMPLE
+    from .config_rig import EXAMPLE
 
     assert cli.main(["cost", "-c", str(EXAMPLE), "--code", "nosuch", "--text", "t", "+375291234567"]) == 2
     assert "no sender with code" in capsys.readouterr().err

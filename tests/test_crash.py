@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,12 @@ import pytest
 from smppd import config as config_mod
 from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.demo import OUTCOMES, Rig, start_shim
-from smppd.rpc import RpcClient, RpcUnavailable
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 from .e2e_rig import post, wait_final
+from .process_rig import wait_ready
+
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
 
 def write_config(tmp: Path, portal: SimulatedPortal, life: SmscSimulator, mts: SmscSimulator) -> Path:
@@ -69,22 +70,6 @@ def start_daemon(cfg_path: Path, log: Path) -> subprocess.Popen:
         [sys.executable, "-m", "smppd.cli", "run", "-c", str(cfg_path)],
         stdout=open(log, "ab"), stderr=subprocess.STDOUT,
     )
-
-
-async def wait_ready(socket_path: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    client = RpcClient(socket_path, timeout=1.0)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "daemon exited"
-            try:
-                await client.call("ping")
-                return
-            except RpcUnavailable:
-                await asyncio.sleep(0.1)
-        raise AssertionError("daemon did not become ready")
-    finally:
-        await client.close()
 
 
 @pytest.fixture

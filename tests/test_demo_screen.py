@@ -4,6 +4,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 LOG_LINE = re.compile(r"\[(debug|info|warning|error|critical)\s*\]")
 
 

@@ -58,6 +58,7 @@ def installed_copies(tmp_path: Path) -> list[Path]:
     return copies
 
 
+@pytest.mark.integration
 def test_units_pass_systemd_analyze_verify(tmp_path):
     exe = tool("systemd-analyze")
     r = subprocess.run([exe, "verify", *map(str, installed_copies(tmp_path))], capture_output=True, text=True)
@@ -65,6 +66,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["smppd.service", "smppd-shim.service"])
 def test_units_exposure_is_low(tmp_path, name):
     exe = tool("systemd-analyze")
@@ -98,6 +100,7 @@ def test_units_agree_with_the_example_config():
     assert "ProtectProc" not in daemon
 
 
+@pytest.mark.integration
 def test_alert_rules_pass_promtool(tmp_path):
     exe = tool("promtool")
     r = subprocess.run([exe, "check", "rules", str(PROM / "smppd-alerts.yml")], capture_output=True, text=True)
@@ -106,6 +109,7 @@ def test_alert_rules_pass_promtool(tmp_path):
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
 
 
+@pytest.mark.integration
 def test_scrape_config_and_rules_load_in_prometheus(tmp_path):
     """The README's Prometheus step, as promtool sees it: our scrape jobs plus our rule file."""
     exe = tool("promtool")
@@ -133,6 +137,7 @@ def referenced_metrics() -> dict[str, set[str]]:
     }
 
 
+@pytest.mark.integration
 async def test_every_metric_the_rules_and_dashboard_use_is_exported(tmp_path):
     rig = await start_rig(tmp_path, portal_rate=None)
     try:

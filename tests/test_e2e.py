@@ -16,6 +16,8 @@ from smppd.model import aggregate, bitrix24_status, receipt_status
 
 from .e2e_rig import post, provider_ids, wait_final
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 
 @pytest.fixture
 async def rig(tmp_path):

@@ -31,7 +31,9 @@ from smppd.smpp.pdu import COMMAND_IDS
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 from .e2e_rig import post, wait_final
-from .test_crash import wait_ready
+from .process_rig import wait_ready
+
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
 ESME_RX_T_APPN = 0x64
 
@@ -251,7 +253,7 @@ async def test_http_callbacks_wait_for_the_disk_and_beyond_the_bound_get_503(sma
     from smppd.providers.smsc import split_provider_id
 
     from .e2e_rig import provider_ids
-    from .test_store_full import fill
+    from .store_rig import fill
 
     rig = await start_rig(small_disk, seed=5, portal_rate=None, http=True)
     try:

@@ -13,7 +13,9 @@ from structlog.testing import capture_logs
 
 from .e2e_rig import db, post, wait_final
 from .rules_rig import WallClock, settle, start_rules_rig, stop_rig
-from .test_route_kinds import smppd_cli
+from .process_rig import smppd_cli
+
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
 CONSENT = "UF_CRM_SMS_CONSENT"
 

@@ -13,6 +13,8 @@ from smppd.providers.smsc import split_provider_id
 
 from .e2e_rig import db, post, provider_ids, wait_final
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 
 @pytest.fixture
 async def rig(tmp_path):

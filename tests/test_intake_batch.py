@@ -19,36 +19,8 @@ from smppd.rpc import RpcClient, RpcError
 from smppd.model import OpenMessage, PortalRecord
 from smppd.store import Store
 
-from .test_rpc import RawConnection
-
-MEMBER = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
-TOKEN = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
-CONFIG = """
-[daemon]
-socket = "/tmp/unused.sock"
-database = "/tmp/unused.db"
-
-[shim]
-listen = "127.0.0.1:8080"
-handler_key = "test-handler-key-0123456789abcdef"
-
-[route.life]
-kind = "smpp"
-host = "127.0.0.1"
-port = 2775
-system_id = "smppd"
-password = "secret"
-
-[sender.by_life]
-route = "life"
-sender_id = "DemoShop"
-name = "SMS"
-"""
-
-
-def post(n: int, **kw: Any) -> dict[str, Any]:
-    return {"member_id": MEMBER, "application_token": TOKEN, "code": "by_life", "message_id": f"{n:032x}",
-            "to": f"+37529{1000000 + n:07d}", "text": f"Order {n} is ready", "module_id": "crm", **kw}
+from .intake_rig import CONFIG, MEMBER, TOKEN, post
+from .rpc_rig import RawConnection
 
 
 # One of each outcome: stored, refused before the store (each with its own code), stored as failed,
@@ -77,13 +49,9 @@ class Rig:
 
 
 @pytest.fixture
-async def rigs(tmp_path: Path):
-    stores = [Store(str(tmp_path / f"{name}.db")) for name in ("one", "many")]
-    for s in stores:
-        await s.open()
-    yield Rig(stores[0]), Rig(stores[1])
-    for s in stores:
-        await s.close()
+async def rigs(tmp_path: Path, make_store):
+    stores = [await make_store(tmp_path / f"{name}.db") for name in ("one", "many")]
+    return Rig(stores[0]), Rig(stores[1])
 
 
 def _outcome(value: Any) -> Any:
@@ -182,6 +150,7 @@ async def test_a_batch_of_refused_posts_never_touches_the_store(
         ("unknown_code", "no sender with code 'nope'"), ("bad_request", "to: must be a string")]
 
 
+@pytest.mark.integration
 async def test_the_daemon_serves_intake_batches_and_single_intakes(tmp_path: Path) -> None:
     rig = await start_rig(tmp_path, seed=5, portal_rate=None)
     portal = rig.portal

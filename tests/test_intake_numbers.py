@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import tomllib
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,7 @@ from smppd.intake import Intake
 from smppd.model import OpenMessage, PortalRecord
 from smppd.store import Store
 
-from .test_intake_batch import CONFIG, MEMBER, TOKEN, post
+from .intake_rig import CONFIG, MEMBER, TOKEN, post
 
 NEW_RANGE = "+375 25 123 45 67"  # the integrators' own example; phonenumbers says "not a valid number"
 
@@ -31,14 +30,6 @@ def intake(store: Store, strict: bool | None) -> tuple[Intake, list[OpenMessage]
 def counted(reason: str = "not a valid number") -> float:
     return metrics.REGISTRY.get_sample_value("smppd_numbers_outside_metadata_total",
                                              {"route": "life", "reason": reason}) or 0.0
-
-
-@pytest.fixture
-async def store(tmp_path: Path):
-    s = Store(str(tmp_path / "db.sqlite"))
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def test_a_mobile_shaped_number_is_sent_and_the_librarys_verdict_counted(store: Store) -> None:

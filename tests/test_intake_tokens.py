@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 import pytest
 
@@ -13,20 +12,15 @@ from smppd.rpc import RpcError
 from smppd.model import PortalRecord
 from smppd.store import Store
 
-from .test_intake_batch import CONFIG, MEMBER, post
+from .intake_rig import CONFIG, MEMBER, post
 
 
 @pytest.mark.parametrize("posted", [None, ""])
-async def test_a_portal_without_a_token_on_record_is_not_opened_by_a_post_without_one(tmp_path: Path,
+async def test_a_portal_without_a_token_on_record_is_not_opened_by_a_post_without_one(store: Store,
                                                                                       posted) -> None:
-    store = Store(str(tmp_path / "s.db"))
-    await store.open()
-    try:
-        portal = PortalRecord(MEMBER, "shop.bitrix24.by", "", "", "", "", "", "", "")
-        dispatched: list = []
-        intake = Intake(config_mod.parse(tomllib.loads(CONFIG)), store, lambda: {MEMBER: portal}, dispatched.append)
-        with pytest.raises(RpcError) as err:
-            await intake(post(1, application_token=posted))
-        assert err.value.code == "forbidden" and dispatched == []
-    finally:
-        await store.close()
+    portal = PortalRecord(MEMBER, "shop.bitrix24.by", "", "", "", "", "", "", "")
+    dispatched: list = []
+    intake = Intake(config_mod.parse(tomllib.loads(CONFIG)), store, lambda: {MEMBER: portal}, dispatched.append)
+    with pytest.raises(RpcError) as err:
+        await intake(post(1, application_token=posted))
+    assert err.value.code == "forbidden" and dispatched == []

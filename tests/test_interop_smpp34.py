@@ -23,6 +23,8 @@ from smppd.demo import Rig, make_config, start_daemon, start_shim, stop_rig
 
 from .e2e_rig import post, wait_final
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -19,7 +19,7 @@ from smppd.journal import StoreWatcher
 from smppd.store.reader import connect_readonly
 from smppd.model import FINAL, Status
 
-from .test_store_status_path import life
+from .status_rig import life
 
 _FINALS = "('delivered','undelivered','expired','rejected','failed')"
 REFERENCE_SQL = f"""

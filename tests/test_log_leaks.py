@@ -10,6 +10,8 @@ Two runs with every line captured through the production logging set-up:
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import re
@@ -18,6 +20,8 @@ import sys
 from pathlib import Path
 
 from smppd import phone
+
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,8 +12,7 @@ from smppd.intake import too_long
 
 from .e2e_rig import db, post, wait_final
 from .rules_rig import start_rules_rig, stop_rig
-from .test_config import raw
-from .test_config_http import with_route
+from .config_rig import raw, with_route
 
 CYRILLIC_PART = 67  # UCS-2 characters per part of a long message (8-bit UDH)
 
@@ -26,6 +25,7 @@ def stored(rig, b24_id):
     return db(rig).execute("SELECT status, reason, segments FROM message WHERE b24_id=?", (b24_id,)).fetchone()
 
 
+@pytest.mark.integration
 async def test_a_5000_character_text_fails_with_the_reason_and_10_parts_go_out(tmp_path):
     rig = await start_rules_rig(tmp_path)
     try:

@@ -21,6 +21,8 @@ import pytest
 
 from smppd.demo import start_rig, stop_rig
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "deploy" / "nginx" / "smppd.conf"
 

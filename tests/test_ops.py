@@ -15,6 +15,8 @@ from smppd.rpc import RpcClient, RpcError
 
 from .e2e_rig import db, post, wait_final
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 NUMBERS = ["+375291234567", "+375297654321", "+375447000011", "+375336543210"]
 
 

@@ -14,7 +14,10 @@ import aiohttp
 from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
-from .test_reload import config_toml
+from .config_rig import config_toml
+import pytest
+
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
 
 def free_port() -> int:

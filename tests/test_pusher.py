@@ -10,13 +10,13 @@ from smppd.model import Status
 from smppd.model import NewMessage
 from smppd.store import Store
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 
 @pytest.fixture
-async def setup(tmp_path):
+async def setup(store):
     portal = SimulatedPortal(rate=None)
     await portal.start()
-    store = Store(str(tmp_path / "p.db"))
-    await store.open()
     http = aiohttp.ClientSession()
     auth = PortalAuth(member_id=portal.member_id, domain=portal.domain, client_endpoint=portal.client_endpoint,
                       server_endpoint=portal.server_endpoint, access_token=portal.access_token,
@@ -25,7 +25,6 @@ async def setup(tmp_path):
     client = RestClient(http, auth, rate=None, max_attempts=2, backoff_base=0.01, backoff_max=0.02)
     yield portal, store, StatusPusher(store, client)
     await http.close()
-    await store.close()
     await portal.stop()
 
 
@@ -109,13 +108,11 @@ async def test_outage_of_an_hour_loses_nothing_and_drains_in_full_batches(setup)
     assert all(portal.messages[i].status == "delivered" and portal.messages[i].regressions() == [] for i in ids)
 
 
-async def test_rate_limit_storm_is_ridden_out(tmp_path):
+async def test_rate_limit_storm_is_ridden_out(store):
     """The portal's bucket is far smaller than the client believes (another app on the same
     IP shares it): 503 QUERY_LIMIT_EXCEEDED storms, retries, nothing lost or reordered."""
     portal = SimulatedPortal(rate=20.0, burst=1)
     await portal.start()
-    store = Store(str(tmp_path / "s.db"))
-    await store.open()
     async with aiohttp.ClientSession() as http:
         a = portal.install_auth()
         auth = PortalAuth(**{k: a[k] for k in ("member_id", "domain", "client_endpoint", "server_endpoint",
@@ -128,7 +125,6 @@ async def test_rate_limit_storm_is_ridden_out(tmp_path):
     assert portal.rejected_rate_limited > 0
     assert pusher.pushed == 300
     assert all(portal.messages[i].status == "delivered" and portal.messages[i].regressions() == [] for i in ids)
-    await store.close()
     await portal.stop()
 
 

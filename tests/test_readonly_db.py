@@ -103,6 +103,7 @@ def _assert_one_line(rc: int, lines: list[str], took: float, db: Path, problem: 
     assert "Traceback" not in lines[0]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("existing", [False, True], ids=["new-database", "existing-database"])
 def test_read_only_database_directory(tmp_path: Path, existing: bool) -> None:
     state = tmp_path / "state"
@@ -117,6 +118,7 @@ def test_read_only_database_directory(tmp_path: Path, existing: bool) -> None:
     _assert_one_line(rc, lines, took, db, expected)
 
 
+@pytest.mark.integration
 def test_missing_directory_on_a_read_only_filesystem(tmp_path: Path) -> None:
     """The daemon creates its state directory; on a read-only parent that fails the same way."""
     state = tmp_path / "state"

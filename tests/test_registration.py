@@ -31,6 +31,7 @@ async def client(portal):
                          rate=None, backoff_base=0.01, backoff_max=0.02, max_attempts=2)
 
 
+@pytest.mark.integration
 async def test_register_adds_then_finds_present(portal, client):
     report = await register(client, SENDERS, public_url=PUBLIC, handler_key=KEY)
     assert report.ok and report.added == ["by_life", "by_mts"]
@@ -44,6 +45,7 @@ async def test_register_adds_then_finds_present(portal, client):
     assert (await unregister(client, SENDERS)).removed == []
 
 
+@pytest.mark.integration
 async def test_loopback_handler_is_refused_with_a_hint(client):
     report = await register(client, SENDERS[:1], public_url="http://127.0.0.1:8080", handler_key=KEY)
     assert not report.ok
@@ -51,6 +53,7 @@ async def test_loopback_handler_is_refused_with_a_hint(client):
     assert "shim.public_url" in report.errors["by_life"]
 
 
+@pytest.mark.integration
 async def test_non_admin_token_is_explained(portal, client):
     _, form = portal.create_message("by_life", "+375291234567", "x")
     client.adopt(dataclasses.replace(client.auth, access_token=dict(form)["auth[access_token]"]))
@@ -59,6 +62,7 @@ async def test_non_admin_token_is_explained(portal, client):
     assert "administrator" in report.errors["*"] and portal.senders == {}
 
 
+@pytest.mark.integration
 async def test_overload_is_explained_not_retried(portal, client):
     portal.overloaded = True
     report = await register(client, SENDERS, public_url=PUBLIC, handler_key=KEY)
@@ -73,6 +77,7 @@ def test_handler_url_quotes_the_key():
     assert handler_url("https://h.by/", "by_sms", "a/b+c") == "https://h.by/bitrix24/by_sms?key=a%2Fb%2Bc"
 
 
+@pytest.mark.integration
 async def test_update_rewrites_the_handler_of_present_codes(portal, client):
     await register(client, SENDERS, public_url=PUBLIC, handler_key=KEY)
     report = await register(client, SENDERS, public_url=PUBLIC, handler_key="n" * 32, update=True)

@@ -20,6 +20,9 @@ from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 from .e2e_rig import post, wait_final
+from .config_rig import config_toml
+
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
 
 @pytest.fixture
@@ -91,30 +94,6 @@ async def test_bad_config_file_on_reload_keeps_the_running_one(rig, tmp_path):
 
 
 # --- the service: READY only once the socket listens; SIGHUP; SIGTERM ------------------------
-
-
-def config_toml(tmp_path, portal: SimulatedPortal, smsc: SmscSimulator, throughput: float) -> str:
-    return f"""
-[daemon]
-socket = "{tmp_path / 'smppd.sock'}"
-database = "{tmp_path / 'smppd.db'}"
-
-[shim]
-listen = "127.0.0.1:0"
-handler_key = "a-handler-key-of-enough-length-000"
-
-{portal.portal_toml()}
-[route.life]
-host = "127.0.0.1"
-port = {smsc.port}
-system_id = "smppd"
-password = "secret"
-throughput = {throughput}
-
-[sender.by_life]
-route = "life"
-sender_id = "DemoShop"
-"""
 
 
 async def test_service_notifies_ready_reloads_on_hup_and_stops_on_term(tmp_path, monkeypatch):

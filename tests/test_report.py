@@ -41,10 +41,9 @@ async def message(store, clock, at, n, route, *, segments=1, outcome=None, after
 
 
 @pytest.fixture
-async def db(tmp_path):
+async def db(tmp_path, make_store):
     clock = Clock()
-    store = Store(str(tmp_path / "s.db"), clock=clock)
-    await store.open()
+    store = await make_store(tmp_path / "s.db", clock=clock)
     await message(store, clock, DAY1, 1, "life", outcome=Status.DELIVERED, after=10)
     await message(store, clock, DAY1 + 60, 2, "life", outcome=Status.DELIVERED, after=30)
     await message(store, clock, DAY1 + 120, 3, "life", outcome=Status.UNDELIVERED, after=99)

@@ -16,6 +16,8 @@ from smppd.providers.smpp import SmppRoute
 
 from .smpp_route_rig import make_rig, route_config
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 
 @pytest.fixture
 def small_pages(monkeypatch):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sys
 from types import MappingProxyType
 
 import pytest
@@ -19,6 +18,9 @@ from smppd.demo import start_rig, stop_rig
 from smppd.providers import Route
 
 from .e2e_rig import db, post, wait_final
+from .process_rig import smppd_cli
+
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
 KINDS = {"life": "by_life", "smsru": "by_smsru", "smscru": "by_smsc"}  # route -> a CODE on it
 
@@ -28,17 +30,6 @@ async def rig(tmp_path):
     r = await start_rig(tmp_path, seed=11, portal_rate=None, http=True)
     yield r
     await stop_rig(r)
-
-
-async def smppd_cli(rig, *args: str) -> tuple[int, str, str]:
-    """The real command in a child process; the daemon keeps serving on this loop meanwhile."""
-    cfg = rig.tmp / "cli.toml"
-    cfg.write_text(f'[daemon]\nsocket = "{rig.config.daemon.socket_path}"\n'
-                   f'database = "{rig.config.daemon.database}"\n')
-    p = await asyncio.create_subprocess_exec(sys.executable, "-m", "smppd.cli", *args, "-c", str(cfg),
-                                             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(p.communicate(), 60)
-    return p.returncode or 0, out.decode(), err.decode()
 
 
 def with_routes(cfg, **changes):

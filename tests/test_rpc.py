@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -17,6 +16,8 @@ import pytest
 
 from smppd import rpc
 from smppd.rpc import MAX_LINE, RpcClient, RpcError, RpcServer, RpcUnavailable
+
+from .rpc_rig import RawConnection, gated_server
 
 
 @pytest.fixture
@@ -62,35 +63,14 @@ async def client(server: RpcServer) -> AsyncIterator[RpcClient]:
     await cli.close()
 
 
-class RawConnection:
-    """A hand-driven client, for sending what RpcClient never would."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, path: str) -> RawConnection:
-        return cls(*await asyncio.open_unix_connection(path, limit=MAX_LINE))
-
-    def send(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    async def reply(self) -> dict[str, Any]:
-        line = await asyncio.wait_for(self.reader.readline(), 5)
-        assert line.endswith(b"\n"), line
-        return json.loads(line)
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
-
-
+@pytest.mark.integration
 async def test_round_trip(client: RpcClient) -> None:
     params = {"text": "Ваш заказ готов", "n": 1, "nested": {"a": [1, None]}}
     assert await client.call("echo", params) == params
     assert await client.call("echo") == {}
 
 
+@pytest.mark.integration
 async def test_pipelined_calls_share_one_connection_and_complete_out_of_order(
     server: RpcServer,
 ) -> None:
@@ -114,6 +94,7 @@ async def test_pipelined_calls_share_one_connection_and_complete_out_of_order(
     assert replies[0]["id"] == count - 1
 
 
+@pytest.mark.integration
 async def test_client_multiplexes_concurrent_calls(client: RpcClient) -> None:
     count = 200
     results = await asyncio.gather(
@@ -124,11 +105,13 @@ async def test_client_multiplexes_concurrent_calls(client: RpcClient) -> None:
     assert conn is not None and not conn.closed and not conn.pending
 
 
+@pytest.mark.integration
 async def test_client_uses_one_connection(server: RpcServer, client: RpcClient) -> None:
     await asyncio.gather(*(client.call("echo", {"n": n}) for n in range(10)))
     assert len(server._connections) == 1
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("line", "expected_id"),
     [
@@ -157,12 +140,14 @@ async def test_malformed_line_gets_bad_request_and_connection_survives(
     await raw.close()
 
 
+@pytest.mark.integration
 async def test_unknown_method(client: RpcClient) -> None:
     with pytest.raises(RpcError) as info:
         await client.call("nope")
     assert info.value.code == "unknown_method"
 
 
+@pytest.mark.integration
 async def test_handler_rpc_error_reaches_client_with_field(client: RpcClient) -> None:
     with pytest.raises(RpcError) as info:
         await client.call("refuse", {})
@@ -173,6 +158,7 @@ async def test_handler_rpc_error_reaches_client_with_field(client: RpcClient) ->
     )
 
 
+@pytest.mark.integration
 async def test_handler_crash_is_internal_and_generic(client: RpcClient) -> None:
     with pytest.raises(RpcError) as info:
         await client.call("crash")
@@ -181,6 +167,7 @@ async def test_handler_crash_is_internal_and_generic(client: RpcClient) -> None:
     assert await client.call("echo", {"still": "up"}) == {"still": "up"}
 
 
+@pytest.mark.integration
 async def test_unserializable_result_is_internal(sock_path: str) -> None:
     async def weird(params: dict[str, Any]) -> Any:
         return object()
@@ -197,6 +184,7 @@ async def test_unserializable_result_is_internal(sock_path: str) -> None:
         await srv.close()
 
 
+@pytest.mark.integration
 async def test_over_long_line_is_refused_and_connection_closed(server: RpcServer) -> None:
     raw = await RawConnection.open(server.path)
     raw.send(b'{"id": 1, "method": "echo", "params": {"x": "' + b"a" * MAX_LINE + b'"}}\n')
@@ -206,6 +194,7 @@ async def test_over_long_line_is_refused_and_connection_closed(server: RpcServer
     await raw.close()
 
 
+@pytest.mark.integration
 async def test_line_of_exactly_max_line_is_accepted(server: RpcServer) -> None:
     raw = await RawConnection.open(server.path)
     head, tail = b'{"id":1,"method":"echo","params":{"x":"', b'"}}'
@@ -215,6 +204,7 @@ async def test_line_of_exactly_max_line_is_accepted(server: RpcServer) -> None:
     await raw.close()
 
 
+@pytest.mark.integration
 async def test_unavailable_when_no_server(sock_path: str) -> None:
     cli = RpcClient(sock_path, timeout=1)
     with pytest.raises(RpcUnavailable):
@@ -222,12 +212,14 @@ async def test_unavailable_when_no_server(sock_path: str) -> None:
     await cli.close()
 
 
+@pytest.mark.integration
 async def test_timeout_is_unavailable_and_connection_kept(client: RpcClient) -> None:
     with pytest.raises(RpcUnavailable):
         await client.call("delayed", {"n": 1, "delay": 1}, timeout=0.05)
     assert await client.call("echo", {"a": 1}) == {"a": 1}
 
 
+@pytest.mark.integration
 async def test_timeout_on_a_live_connection_fails_the_call_and_ignores_the_late_reply(
     client: RpcClient,
 ) -> None:
@@ -244,6 +236,7 @@ async def test_timeout_on_a_live_connection_fails_the_call_and_ignores_the_late_
     assert await client.call("echo", {"a": 1}) == {"a": 1}
 
 
+@pytest.mark.integration
 async def test_calls_sharing_a_timeout_share_one_timer_and_each_fails_on_time(server: RpcServer) -> None:
     """Calls of one timeout wait in the connection's deadline queue under one
     timer; each still fails at its own deadline, never later, and a call
@@ -278,6 +271,7 @@ async def test_calls_sharing_a_timeout_share_one_timer_and_each_fails_on_time(se
         await client.close()
 
 
+@pytest.mark.integration
 async def test_the_deadline_queue_forgets_answered_calls(client: RpcClient) -> None:
     assert await client.call("echo", {"a": 0}) == {"a": 0}
     conn = client._conn
@@ -289,6 +283,7 @@ async def test_the_deadline_queue_forgets_answered_calls(client: RpcClient) -> N
     assert conn._expiry is None and not conn._deadlines
 
 
+@pytest.mark.integration
 async def test_cancelled_call_leaves_nothing_pending(client: RpcClient) -> None:
     await client.call("echo")
     call = asyncio.create_task(client.call("delayed", {"n": 1, "delay": 0.2}))
@@ -302,6 +297,7 @@ async def test_cancelled_call_leaves_nothing_pending(client: RpcClient) -> None:
     assert await client.call("delayed", {"n": 2, "delay": 0}) == 2
 
 
+@pytest.mark.integration
 async def test_connect_and_backpressure_take_the_waiting_path(
     client: RpcClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -333,6 +329,7 @@ def test_encoded_lines_are_what_json_dumps_wrote() -> None:
         assert _encode(obj) == json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
+@pytest.mark.integration
 async def test_reconnect_after_server_restart(sock_path: str) -> None:
     srv = RpcServer(sock_path, HANDLERS)
     await srv.start()
@@ -350,6 +347,7 @@ async def test_reconnect_after_server_restart(sock_path: str) -> None:
         await srv.close()
 
 
+@pytest.mark.integration
 async def test_connection_loss_fails_pending_calls(sock_path: str) -> None:
     started = asyncio.Event()
 
@@ -372,6 +370,7 @@ async def test_connection_loss_fails_pending_calls(sock_path: str) -> None:
         await srv.close()
 
 
+@pytest.mark.integration
 async def test_close_lets_running_requests_answer(sock_path: str) -> None:
     srv = RpcServer(sock_path, HANDLERS)
     await srv.start()
@@ -385,6 +384,7 @@ async def test_close_lets_running_requests_answer(sock_path: str) -> None:
         await cli.close()
 
 
+@pytest.mark.integration
 async def test_socket_file_mode_and_stale_socket(sock_path: str) -> None:
     # A stale socket from a crashed daemon: bound, never listening.
     os.makedirs(os.path.dirname(sock_path))
@@ -402,6 +402,7 @@ async def test_socket_file_mode_and_stale_socket(sock_path: str) -> None:
     assert not os.path.exists(sock_path)
 
 
+@pytest.mark.integration
 async def test_live_socket_and_regular_file_are_not_replaced(
     server: RpcServer, sock_path: str
 ) -> None:
@@ -418,6 +419,7 @@ async def test_live_socket_and_regular_file_are_not_replaced(
         assert f.read() == "keep me"
 
 
+@pytest.mark.integration
 async def test_group_option(sock_path: str) -> None:
     import grp
 
@@ -473,6 +475,7 @@ def test_supplementary_groups_reads_proc() -> None:
     assert rpc._supplementary_groups(2**22 + 12345) == frozenset()
 
 
+@pytest.mark.integration
 async def test_refused_peer_gets_forbidden_and_is_closed(
     server: RpcServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -489,34 +492,7 @@ async def test_refused_peer_gets_forbidden_and_is_closed(
     await cli.close()
 
 
-class Gate:
-    """A handler that holds every call until ``release`` is set; ``started`` lists the
-    ``n`` of each call in the order the server started them."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self.started: list[int] = []
-
-    async def __call__(self, params: dict[str, Any]) -> Any:
-        self.started.append(params["n"])
-        await self.release.wait()
-        return params["n"]
-
-
-@contextlib.asynccontextmanager
-async def gated_server(sock_path: str) -> AsyncIterator[tuple[Gate, RawConnection]]:
-    """A server whose one method, "gate", is a ``Gate``, and a raw connection to it."""
-    gate = Gate()
-    srv = RpcServer(sock_path, {"gate": gate})
-    await srv.start()
-    raw = await RawConnection.open(sock_path)
-    try:
-        yield gate, raw
-    finally:
-        await raw.close()
-        await srv.close()
-
-
+@pytest.mark.integration
 async def test_inflight_limit_stops_reading(
     sock_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,7 +16,7 @@ import pytest
 from smppd import rpc
 from smppd.rpc import MAX_LINE, RpcClient, RpcError, RpcServer, RpcUnavailable
 
-from .test_rpc import RawConnection, gated_server
+from .rpc_rig import RawConnection, gated_server
 
 
 @pytest.fixture
@@ -93,6 +93,7 @@ def _check_mixed(outcomes: list[Any]) -> None:
 MIXED = [{"n": 0}, {"n": 1, "refuse": True}, {"n": 2, "crash": True}, {"n": 3}]
 
 
+@pytest.mark.integration
 async def test_calls_issued_together_go_as_one_batch_each_with_its_own_outcome(
     client: RpcClient, recorder: Recorder
 ) -> None:
@@ -102,11 +103,13 @@ async def test_calls_issued_together_go_as_one_batch_each_with_its_own_outcome(
     assert conn is not None and not conn.pending and not conn._batches
 
 
+@pytest.mark.integration
 async def test_a_lone_call_goes_as_a_plain_request(client: RpcClient, recorder: Recorder) -> None:
     assert await client.call("work", {"n": 7}) == {"n": 7}
     assert recorder.batches == [] and recorder.singles == [{"n": 7}]
 
 
+@pytest.mark.integration
 async def test_a_method_without_batch_handler_runs_its_items_one_by_one(
     client: RpcClient, recorder: Recorder
 ) -> None:
@@ -114,6 +117,7 @@ async def test_a_method_without_batch_handler_runs_its_items_one_by_one(
     assert recorder.batches == [] and sorted(p["n"] for p in recorder.singles) == [0, 1, 2, 3]
 
 
+@pytest.mark.integration
 async def test_batches_are_split_to_fit_the_line_limit(
     sock_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -161,6 +165,7 @@ def test_request_lines_fit_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     assert any(len(ids) == 4 for _, ids in lines)
 
 
+@pytest.mark.integration
 async def test_each_call_of_a_batch_keeps_its_own_timeout(client: RpcClient, recorder: Recorder) -> None:
     recorder.delay = 0.2
     short = client.call("work", {"n": 1}, timeout=0.05)
@@ -173,6 +178,7 @@ async def test_each_call_of_a_batch_keeps_its_own_timeout(client: RpcClient, rec
     assert conn is not None and not conn.closed and not conn.pending and not conn._batches
 
 
+@pytest.mark.integration
 async def test_a_call_cancelled_before_the_batch_leaves_is_not_sent(
     client: RpcClient, recorder: Recorder
 ) -> None:
@@ -185,6 +191,7 @@ async def test_a_call_cancelled_before_the_batch_leaves_is_not_sent(
     assert recorder.batches == [[{"n": 1}, {"n": 3}]]
 
 
+@pytest.mark.integration
 async def test_an_error_for_the_whole_batch_is_every_calls_error(sock_path: str) -> None:
     async def refuse_all(batch: list[dict[str, Any]]) -> list[Any]:
         raise RpcError("busy", "try later")
@@ -213,6 +220,7 @@ async def test_an_error_for_the_whole_batch_is_every_calls_error(sock_path: str)
         await srv.close()
 
 
+@pytest.mark.integration
 async def test_malformed_batches_get_clear_errors(recorder: Recorder, sock_path: str) -> None:
     raw = await RawConnection.open(sock_path)
     try:
@@ -239,6 +247,7 @@ async def test_malformed_batches_get_clear_errors(recorder: Recorder, sock_path:
         await raw.close()
 
 
+@pytest.mark.integration
 async def test_inflight_limit_counts_the_items_of_a_batch(
     sock_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -260,6 +269,7 @@ async def test_inflight_limit_counts_the_items_of_a_batch(
         assert gate.started[-1] == 6
 
 
+@pytest.mark.integration
 async def test_connection_loss_fails_every_call_of_a_batch(sock_path: str) -> None:
     entered = asyncio.Event()
 
@@ -289,6 +299,7 @@ def test_max_line_is_unchanged() -> None:
     assert MAX_LINE == 1024 * 1024 and rpc.MAX_BATCH < rpc.MAX_INFLIGHT
 
 
+@pytest.mark.integration
 async def test_a_batch_of_exactly_max_inflight_items_is_served(
     recorder: Recorder, sock_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -304,12 +315,14 @@ async def test_a_batch_of_exactly_max_inflight_items_is_served(
         await raw.close()
 
 
+@pytest.mark.integration
 async def test_a_batched_call_of_an_unknown_method_fails_as_a_single_one_would(client: RpcClient) -> None:
     outcomes = await _outcomes([client.call("nope", {"n": n}) for n in range(2)] + [client.call("nope")])
     assert all(isinstance(o, RpcError) and (o.code, o.message) == ("unknown_method", "unknown method 'nope'")
                for o in outcomes), outcomes
 
 
+@pytest.mark.integration
 async def test_params_given_encoded_travel_as_the_same_request(
     client: RpcClient, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

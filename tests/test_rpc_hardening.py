@@ -55,6 +55,7 @@ GOOD = {"code": "by_life", "message_id": "a" * 32, "to": "+375291234567", "text"
         "bindings": [{"owner_type_id": 2, "owner_id": 5}]}
 
 
+@pytest.mark.integration
 async def test_bad_requests_are_refused_before_the_handler_and_the_connection_stays(server):
     path, calls = server
     reader, writer = await asyncio.open_unix_connection(path, limit=2**21)
@@ -88,6 +89,7 @@ def _rss_kb() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
+@pytest.mark.integration
 async def test_memory_does_not_grow_with_the_number_of_bad_requests(server):
     path, calls = server
     reader, writer = await asyncio.open_unix_connection(path, limit=2**21)

@@ -178,6 +178,7 @@ async def test_a_version_1_database_migrates_and_keeps_its_open_messages(tmp_pat
         await s.close()
 
 
+@pytest.mark.integration
 def test_stoplist_cli_usage_and_unreachable_daemon(capsys, tmp_path):
     from pathlib import Path
 

@@ -19,6 +19,8 @@ from smppd.demo import handler_url
 from .e2e_rig import db, post, wait_final
 from .rules_rig import WallClock, settle, start_rules_daemon, start_rules_rig, stop_rig
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 CONSENT = "UF_CRM_SMS_CONSENT"
 
 

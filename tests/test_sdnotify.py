@@ -28,12 +28,14 @@ def received(s: socket.socket) -> list[str]:
             return out
 
 
+@pytest.mark.integration
 def test_ready_reaches_the_socket(listener):
     path, s = listener
     assert sdnotify.notify("READY=1\nSTATUS=serving", {"NOTIFY_SOCKET": path})
     assert received(s) == ["READY=1\nSTATUS=serving"]
 
 
+@pytest.mark.integration
 def test_abstract_namespace_socket():
     name = f"smppd-test-{os.getpid()}"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -46,6 +48,7 @@ def test_abstract_namespace_socket():
         s.close()
 
 
+@pytest.mark.integration
 def test_without_systemd_nothing_is_sent_and_nothing_raises(tmp_path):
     assert sdnotify.notify("READY=1", {}) is False
     # A socket that went away: logged, not raised.
@@ -60,6 +63,7 @@ def test_watchdog_interval_is_half_of_watchdog_sec():
     assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "0"}) is None
 
 
+@pytest.mark.integration
 async def test_watchdog_pings_only_while_healthy(listener):
     path, s = listener
     env = {"NOTIFY_SOCKET": path}

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,92 +16,8 @@ from shim.app import make_app
 from shim.bitrix_form import Binding, FormError, parse_handler_post
 from smppd.rpc import RpcClient, RpcError, RpcServer
 
-KEY = "k3y-0f-at-least-32-random-chars-xyz"
-CODE = "by_sms_main"
-APP_TOKEN = "51856fefc120afa4b628cc82d3935cce"
-ACCESS_TOKEN = "s3cr3t-access-token"
-URL = f"/bitrix24/{CODE}?key={KEY}"
-FORM_CT = {"Content-Type": "application/x-www-form-urlencoded"}
-
-# reference/bitrix24.md §4, a CRM-card send; keys out of order on purpose.
-EXAMPLE: list[tuple[str, str]] = [
-    ("module_id", "crm"),
-    ("bindings[1][OWNER_TYPE_ID]", "3"),
-    ("bindings[1][OWNER_ID]", "877"),
-    ("bindings[0][OWNER_TYPE_ID]", "2"),
-    ("bindings[0][OWNER_ID]", "1541"),
-    ("properties[phone_number]", "+375291234567"),
-    ("properties[message_text]", "Ваш заказ готов"),
-    ("type", "SMS"),
-    ("code", CODE),
-    ("message_id", "72DD742C8270DB0DDBBAB92F98877537"),
-    ("message_to", "+375291234567"),
-    ("message_body", "Ваш заказ готов"),
-    ("ts", "1767225600"),
-    ("auth[application_token]", APP_TOKEN),
-    ("auth[member_id]", "a223c6b3710f85df22e9377d6c4f7553"),
-    ("auth[domain]", "example.bitrix24.by"),
-    ("auth[access_token]", ACCESS_TOKEN),
-    ("auth[expires_in]", "3600"),
-    ("auth[scope]", "messageservice"),
-    ("auth[user_id]", "7"),
-    ("auth[client_endpoint]", "https://example.bitrix24.by/rest/"),
-    ("auth[server_endpoint]", "https://oauth.bitrix.info/rest/"),
-]
-
-
-def body(fields: list[tuple[str, str]] = EXAMPLE, **changes: str | None) -> bytes:
-    """The example form, URL-encoded as Bitrix24 sends it, with fields
-    replaced (value) or removed (None)."""
-    out = [(k, changes.get(k, v)) for k, v in fields if changes.get(k, v) is not None]
-    out += [(k, v) for k, v in changes.items() if v is not None and k not in dict(fields)]
-    return urlencode(out, encoding="utf-8").encode("ascii")
-
-
-class FakeDaemon:
-    """Stands in for smppd's intake: records params, answers as told."""
-
-    def __init__(self) -> None:
-        self.intakes: list[dict[str, Any]] = []
-        self.error: Exception | None = None
-        self.delay = 0.0
-
-    async def intake(self, params: dict[str, Any]) -> Any:
-        await asyncio.sleep(self.delay)
-        if self.error is not None:
-            raise self.error
-        self.intakes.append(params)
-        return {"id": 41, "status": "queued", "duplicate": len(self.intakes) > 1}
-
-    async def ping(self, params: dict[str, Any]) -> Any:
-        return "pong"
-
-
-@pytest.fixture
-def sock_path() -> Iterator[str]:
-    directory = tempfile.mkdtemp(prefix="shim", dir="/tmp")
-    yield os.path.join(directory, "smppd.sock")
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def daemon() -> FakeDaemon:
-    return FakeDaemon()
-
-
-@pytest.fixture
-async def rpc_server(sock_path: str, daemon: FakeDaemon) -> AsyncIterator[RpcServer]:
-    server = RpcServer(sock_path, {"intake": daemon.intake, "ping": daemon.ping})
-    await server.start()
-    yield server
-    await server.close()
-
-
-@pytest.fixture
-async def rpc(sock_path: str) -> AsyncIterator[RpcClient]:
-    client = RpcClient(sock_path, timeout=1)
-    yield client
-    await client.close()
+from .shim_rig import (ACCESS_TOKEN, APP_TOKEN, CODE, EXAMPLE, FORM_CT, KEY, URL, FakeDaemon, body,  # noqa: F401
+                       daemon, rpc, rpc_server, sock_path)  # (the fixtures, by import)
 
 
 async def _client(rpc: RpcClient, **kwargs: Any) -> TestClient:
@@ -138,6 +50,7 @@ async def post(http: TestClient, data: bytes, url: str = URL) -> tuple[int, dict
 # the happy path
 
 
+@pytest.mark.integration
 async def test_real_form_is_stored(http: TestClient, daemon: FakeDaemon) -> None:
     with capture_logs() as logs:
         status, answer = await post(http, body())
@@ -175,6 +88,7 @@ async def test_real_form_is_stored(http: TestClient, daemon: FakeDaemon) -> None
         assert secret not in dumped
 
 
+@pytest.mark.integration
 async def test_at_info_level_the_shim_logs_refusals_not_stored_posts(http: TestClient, daemon: FakeDaemon) -> None:
     """The daemon logs every stored message (message_received); the shim's
     own line is for what the daemon never sees, with the number masked."""
@@ -201,12 +115,14 @@ async def test_at_info_level_the_shim_logs_refusals_not_stored_posts(http: TestC
     assert len(daemon.intakes) == 1
 
 
+@pytest.mark.integration
 async def test_duplicate_is_reported(http: TestClient, daemon: FakeDaemon) -> None:
     await post(http, body())
     status, answer = await post(http, body())
     assert status == 200 and answer["duplicate"] is True
 
 
+@pytest.mark.integration
 async def test_post_without_auth_block_forwards_nones(http: TestClient, daemon: FakeDaemon) -> None:
     fields = [(k, v) for k, v in EXAMPLE if not k.startswith("auth[")]
     status, _ = await post(http, body(fields))
@@ -219,6 +135,7 @@ async def test_post_without_auth_block_forwards_nones(http: TestClient, daemon: 
     )
 
 
+@pytest.mark.integration
 async def test_bizproc_post_without_bindings(http: TestClient, daemon: FakeDaemon) -> None:
     fields = [(k, v) for k, v in EXAMPLE if not k.startswith("bindings[")] + [
         ("workflow_id", "59ce38567ff2a5.26351167"),
@@ -239,6 +156,7 @@ async def test_bizproc_post_without_bindings(http: TestClient, daemon: FakeDaemo
 # refusals by the shim, in their contractual order
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "url", [f"/bitrix24/{CODE}", f"/bitrix24/{CODE}?key=wrong", f"/bitrix24/{CODE}?key=ключ"]
 )
@@ -248,17 +166,20 @@ async def test_bad_key_is_401(http: TestClient, daemon: FakeDaemon, url: str) ->
     assert daemon.intakes == []
 
 
+@pytest.mark.integration
 async def test_bad_key_beats_unknown_code(http: TestClient) -> None:
     status, _ = await post(http, body(), "/bitrix24/nope?key=wrong")
     assert status == 401
 
 
+@pytest.mark.integration
 async def test_unknown_code_is_404(http: TestClient, daemon: FakeDaemon) -> None:
     status, answer = await post(http, body(code="nope"), f"/bitrix24/nope?key={KEY}")
     assert (status, answer["error"]) == (404, "unknown_code")
     assert daemon.intakes == []
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("field", ["code", "message_id", "message_to", "message_body"])
 async def test_missing_required_field_is_400_naming_it(
     http: TestClient, daemon: FakeDaemon, field: str
@@ -269,6 +190,7 @@ async def test_missing_required_field_is_400_naming_it(
     assert daemon.intakes == []
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
@@ -293,6 +215,7 @@ async def test_malformed_field_is_400(
     assert daemon.intakes == []
 
 
+@pytest.mark.integration
 async def test_body_over_limit_is_413(rpc_server: RpcServer, rpc: RpcClient, daemon: FakeDaemon) -> None:
     http = await _client(rpc, max_body=1024)
     try:
@@ -316,6 +239,7 @@ async def test_body_over_limit_is_413(rpc_server: RpcServer, rpc: RpcClient, dae
         await http.close()
 
 
+@pytest.mark.integration
 async def test_key_checked_before_size(rpc: RpcClient) -> None:
     http = await _client(rpc, max_body=10)
     try:
@@ -329,6 +253,7 @@ async def test_key_checked_before_size(rpc: RpcClient) -> None:
 # the daemon's answers
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("error", "status", "expected"),
     [
@@ -377,11 +302,13 @@ async def test_daemon_refusals_are_mapped(
     assert await post(http, body()) == (status, expected)
 
 
+@pytest.mark.integration
 async def test_daemon_down_is_503(http_no_daemon: TestClient) -> None:
     status, answer = await post(http_no_daemon, body())
     assert (status, answer) == (503, {"error": "unavailable"})
 
 
+@pytest.mark.integration
 async def test_daemon_down_stores_nothing_and_recovers(
     sock_path: str, rpc: RpcClient, daemon: FakeDaemon
 ) -> None:
@@ -400,12 +327,14 @@ async def test_daemon_down_stores_nothing_and_recovers(
         await server.close()
 
 
+@pytest.mark.integration
 async def test_daemon_timeout_is_503(http: TestClient, daemon: FakeDaemon) -> None:
     daemon.delay = 2  # the client's timeout is 1 s
     status, answer = await post(http, body())
     assert (status, answer) == (503, {"error": "unavailable"})
 
 
+@pytest.mark.integration
 async def test_malformed_daemon_result_is_500(
     sock_path: str, rpc: RpcClient
 ) -> None:
@@ -426,12 +355,14 @@ async def test_malformed_daemon_result_is_500(
 # health
 
 
+@pytest.mark.integration
 async def test_healthz_ok(http: TestClient) -> None:
     response = await http.get("/healthz")
     assert response.status == 200
     assert await response.json() == {"shim": "ok", "daemon": "ok"}
 
 
+@pytest.mark.integration
 async def test_healthz_daemon_down(http_no_daemon: TestClient) -> None:
     response = await http_no_daemon.get("/healthz")
     assert response.status == 503
@@ -466,6 +397,7 @@ def test_parse_error_names_the_field() -> None:
     assert info.value.field == "code"
 
 
+@pytest.mark.integration
 async def test_unexpected_shim_error_is_500_json(
     http: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -483,12 +415,14 @@ async def test_unexpected_shim_error_is_500_json(
 # UTF-8 posts, aiohttp's for everything else; the answers are the same
 
 
+@pytest.mark.integration
 async def test_repeated_field_counts_with_its_first_value(http: TestClient, daemon: FakeDaemon) -> None:
     data = body() + b"&message_body=second&message_to=%2B375290000000"
     assert (await post(http, data))[0] == 200
     assert (daemon.intakes[0]["text"], daemon.intakes[0]["to"]) == ("Ваш заказ готов", "+375291234567")
 
 
+@pytest.mark.integration
 async def test_invalid_utf8_body_is_400(http: TestClient, daemon: FakeDaemon) -> None:
     status, answer = await post(http, body() + b"&note=\xff\xfe")
     assert status == 400
@@ -496,11 +430,13 @@ async def test_invalid_utf8_body_is_400(http: TestClient, daemon: FakeDaemon) ->
     assert daemon.intakes == []
 
 
+@pytest.mark.integration
 async def test_invalid_utf8_inside_an_escape_is_replaced_not_refused(http: TestClient, daemon: FakeDaemon) -> None:
     assert (await post(http, body(message_body="x").replace(b"message_body=x", b"message_body=x%FF")))[0] == 200
     assert daemon.intakes[0]["text"] == "x\ufffd"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "content_type",
     ["application/x-www-form-urlencoded; charset=utf-8", "application/x-www-form-urlencoded; charset=UTF-8"],
@@ -511,6 +447,7 @@ async def test_urlencoded_with_utf8_charset(http: TestClient, daemon: FakeDaemon
     assert daemon.intakes[0]["text"] == "Ваш заказ готов"
 
 
+@pytest.mark.integration
 async def test_urlencoded_in_another_charset_is_read_by_aiohttp(http: TestClient, daemon: FakeDaemon) -> None:
     fields = [(k, "Grüße" if v == "Ваш заказ готов" else v) for k, v in EXAMPLE]
     data = urlencode(fields, encoding="latin-1").encode()
@@ -519,6 +456,7 @@ async def test_urlencoded_in_another_charset_is_read_by_aiohttp(http: TestClient
     assert daemon.intakes[0]["text"] == "Grüße"
 
 
+@pytest.mark.integration
 async def test_multipart_post_is_read_by_aiohttp(http: TestClient, daemon: FakeDaemon) -> None:
     import aiohttp
 
@@ -528,6 +466,7 @@ async def test_multipart_post_is_read_by_aiohttp(http: TestClient, daemon: FakeD
     assert daemon.intakes[0]["text"] == "Ваш заказ готов"
 
 
+@pytest.mark.integration
 async def test_post_with_a_content_type_that_is_no_form_is_415(http: TestClient, daemon: FakeDaemon) -> None:
     response = await http.post(URL, data=body(), headers={"Content-Type": "text/plain"})
     assert response.status == 415
@@ -535,6 +474,7 @@ async def test_post_with_a_content_type_that_is_no_form_is_415(http: TestClient,
     assert daemon.intakes == []
 
 
+@pytest.mark.integration
 async def test_too_many_fields_is_413(http: TestClient, daemon: FakeDaemon) -> None:
     data = body() + b"&x=1" * 1000
     response = await http.post(URL, data=data, headers=FORM_CT)

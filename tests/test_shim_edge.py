@@ -43,6 +43,7 @@ async def edge(tmp_path):
     await stop_rig(rig)
 
 
+@pytest.mark.integration
 async def test_slow_clients_are_capped_and_timed_out_while_genuine_posts_are_served(edge):
     rig, listener = edge
     port = listener.port
@@ -75,6 +76,7 @@ async def test_slow_clients_are_capped_and_timed_out_while_genuine_posts_are_ser
         writer.close()
 
 
+@pytest.mark.integration
 async def test_a_keep_alive_connection_idle_between_requests_is_not_cut(edge):
     rig, listener = edge
     key = rig.config.shim.handler_key
@@ -87,6 +89,7 @@ async def test_a_keep_alive_connection_idle_between_requests_is_not_cut(edge):
     assert listener.gate.expired == 0
 
 
+@pytest.mark.integration
 async def test_a_body_sent_too_slowly_is_408_naming_the_body(edge, monkeypatch):
     rig, listener = edge
     monkeypatch.setattr(body_mod, "BODY_TIMEOUT", 0.3)

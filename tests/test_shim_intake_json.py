@@ -18,7 +18,7 @@ from shim import bitrix_form as bf
 from shim.app import _intake_json
 from smppd import rpc
 
-from .test_bitrix_form_fast import _random_form
+from .form_rig import random_form
 
 
 def _reference_params(post: bf.HandlerPost) -> dict[str, Any]:
@@ -72,7 +72,7 @@ def test_random_posts_encode_as_their_params_dict(seed: int) -> None:
     rng = random.Random(seed)
     checked = 0
     for _ in range(2000):
-        form = _random_form(rng)
+        form = random_form(rng)
         try:
             post = bf.parse_handler_post(form)
         except bf.FormError:

@@ -13,6 +13,8 @@ from structlog.testing import capture_logs
 
 from smppd.demo import start_rig, stop_rig
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 SENTINEL = "Zq9SecretTextZq9"
 
 

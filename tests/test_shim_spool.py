@@ -15,7 +15,7 @@ from shim.spool import Spool
 from smppd.demo import start_rig, stop_rig
 from smppd.rpc import RpcClient, RpcError
 
-from .test_shim import CODE, FORM_CT, KEY, URL, FakeDaemon, body, daemon, rpc, rpc_server, sock_path  # noqa: F401
+from .shim_rig import CODE, FORM_CT, KEY, URL, FakeDaemon, body, daemon, rpc, rpc_server, sock_path  # noqa: F401
 
 pytestmark = pytest.mark.integration
 MID = "72dd742c8270db0ddbbab92f98877537"  # as the daemon gets it (parse_handler_post lowercases it)

@@ -146,6 +146,7 @@ async def eventually(predicate, timeout: float = TIMEOUT) -> None:  # type: igno
 # --- binds ---------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_bind_ok(sim: SmscSimulator, esme: RawEsme) -> None:
     sequence = esme.next_sequence()
     await esme.send(encode("bind_transceiver", sequence, system_id="smppd",
@@ -157,6 +158,7 @@ async def test_bind_ok(sim: SmscSimulator, esme: RawEsme) -> None:
     assert sim.binds == 1
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("system_id", "password", "status"),
     [("smppd", "wrong", ESME_RINVPASWD), ("nobody", "secret", ESME_RINVSYSID)],
@@ -168,16 +170,19 @@ async def test_bind_refused(sim: SmscSimulator, esme: RawEsme, system_id: str, p
     assert sim.binds == 0
 
 
+@pytest.mark.integration
 async def test_second_bind_on_one_connection_is_already_bound(esme: RawEsme) -> None:
     assert (await esme.bind()).status == 0
     assert (await esme.bind()).status == ESME_RALYBND
 
 
+@pytest.mark.integration
 async def test_submit_before_bind_is_invalid_bind_status(esme: RawEsme) -> None:
     header, message_id = await esme.submit()
     assert header.status == ESME_RINVBNDSTS and message_id is None
 
 
+@pytest.mark.integration
 async def test_submit_on_a_receiver_bind_is_invalid_bind_status(esme: RawEsme) -> None:
     await esme.bind("bind_receiver")
     header, _ = await esme.submit()
@@ -187,6 +192,7 @@ async def test_submit_on_a_receiver_bind_is_invalid_bind_status(esme: RawEsme) -
 # --- submit and receipts ---------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_submit_gets_an_id_then_a_receipt_with_tlvs_and_text(
     sim: SmscSimulator, esme: RawEsme,
 ) -> None:
@@ -220,6 +226,7 @@ async def test_submit_gets_an_id_then_a_receipt_with_tlvs_and_text(
     assert read_header(sm.raw).command == "submit_sm"
 
 
+@pytest.mark.integration
 async def test_message_ids_are_unique_and_decimal_when_asked() -> None:
     sim = await start(id_format="dec", receipt_tlvs=False, receipt_delay=0)
     esme = await RawEsme.connect(sim)
@@ -238,6 +245,7 @@ async def test_message_ids_are_unique_and_decimal_when_asked() -> None:
         await sim.stop()
 
 
+@pytest.mark.integration
 async def test_ucs2_long_message_part_and_sar_fields_are_recorded(
     sim: SmscSimulator, esme: RawEsme,
 ) -> None:
@@ -255,6 +263,7 @@ async def test_ucs2_long_message_part_and_sar_fields_are_recorded(
     assert receipt.endswith(b"text:??? ??? 1234")  # receipt texts are ASCII
 
 
+@pytest.mark.integration
 async def test_outcome_mix_is_reproducible_with_a_seed() -> None:
     outcomes = {"DELIVRD": 2.0, "UNDELIV": 1.0, "EXPIRED": 1.0, "REJECTD": 1.0}
     seen = []
@@ -281,6 +290,7 @@ async def test_outcome_mix_is_reproducible_with_a_seed() -> None:
     assert set(seen[0]) == {"DELIVRD", "UNDELIV", "EXPIRED", "REJECTD"}
 
 
+@pytest.mark.integration
 async def test_registered_delivery_decides_which_receipts_come() -> None:
     sim = await start(outcomes={"UNDELIV": 1.0}, receipt_delay=0)
     esme = await RawEsme.connect(sim)
@@ -302,6 +312,7 @@ async def test_registered_delivery_decides_which_receipts_come() -> None:
         await sim.stop()
 
 
+@pytest.mark.integration
 async def test_receipt_goes_to_the_receiver_of_a_tx_rx_pair(sim: SmscSimulator) -> None:
     tx, rx = await RawEsme.connect(sim), await RawEsme.connect(sim)
     try:
@@ -317,6 +328,7 @@ async def test_receipt_goes_to_the_receiver_of_a_tx_rx_pair(sim: SmscSimulator) 
         await rx.close()
 
 
+@pytest.mark.integration
 async def test_receipt_waits_for_a_receiver_and_unacked_ones_come_again(
     sim: SmscSimulator,
 ) -> None:
@@ -342,6 +354,7 @@ async def test_receipt_waits_for_a_receiver_and_unacked_ones_come_again(
     await rx.close()
 
 
+@pytest.mark.integration
 async def test_policy_hook_rejects_or_drops_a_submit(sim: SmscSimulator, esme: RawEsme) -> None:
     class Throttle(SubmitPolicy):
         def decide(self, sm: SubmittedSm) -> SubmitVerdict:
@@ -362,12 +375,14 @@ async def test_policy_hook_rejects_or_drops_a_submit(sim: SmscSimulator, esme: R
     assert header.status == 0 and message_id == "5A000000"
 
 
+@pytest.mark.integration
 async def test_empty_destination_is_refused(esme: RawEsme) -> None:
     await esme.bind()
     header, _ = await esme.submit(destination_addr="")
     assert header.status == ESME_RINVDSTADR
 
 
+@pytest.mark.integration
 async def test_deliver_mo(sim: SmscSimulator, esme: RawEsme) -> None:
     await esme.bind("bind_receiver")
     await sim.deliver_mo("smppd", "375291234567", "MyBrand", "Да".encode("utf-16-be"), data_coding=8)
@@ -380,6 +395,7 @@ async def test_deliver_mo(sim: SmscSimulator, esme: RawEsme) -> None:
 # --- keep-alive, unbind, errors ------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_enquire_link(esme: RawEsme) -> None:
     header, raw = await esme.request("enquire_link")
     assert (header.command, header.status, len(raw)) == ("enquire_link_resp", 0, 16)
@@ -388,6 +404,7 @@ async def test_enquire_link(esme: RawEsme) -> None:
     assert header.command == "enquire_link_resp"
 
 
+@pytest.mark.integration
 async def test_unbind_answers_and_closes(sim: SmscSimulator, esme: RawEsme) -> None:
     await esme.bind()
     header, _ = await esme.request("unbind")
@@ -397,6 +414,7 @@ async def test_unbind_answers_and_closes(sim: SmscSimulator, esme: RawEsme) -> N
     await eventually(lambda: sim.binds == 0)
 
 
+@pytest.mark.integration
 async def test_smsc_initiated_unbind(sim: SmscSimulator, esme: RawEsme) -> None:
     await esme.bind()
     task = asyncio.create_task(sim.unbind_all())
@@ -409,6 +427,7 @@ async def test_smsc_initiated_unbind(sim: SmscSimulator, esme: RawEsme) -> None:
         await esme.recv()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command_id", [0x00000099, 0x00000007, 0x00000103])
 async def test_unknown_or_unserved_command_is_nacked(esme: RawEsme, command_id: int) -> None:
     await esme.send(struct.pack(">LLLL", 16, command_id, 0, 31))
@@ -416,6 +435,7 @@ async def test_unknown_or_unserved_command_is_nacked(esme: RawEsme, command_id: 
     assert header == Header(16, GENERIC_NACK, ESME_RINVCMDID, 31)
 
 
+@pytest.mark.integration
 async def test_malformed_submit_is_nacked_with_its_sequence(esme: RawEsme) -> None:
     await esme.bind()
     raw = encode("submit_sm", 44, short_message=b"hello")[:-2]
@@ -424,12 +444,14 @@ async def test_malformed_submit_is_nacked_with_its_sequence(esme: RawEsme) -> No
     assert (header.command, header.sequence, header.status) == ("generic_nack", 44, ESME_RINVMSGLEN)
 
 
+@pytest.mark.integration
 async def test_framing_error_drops_the_connection(esme: RawEsme) -> None:
     await esme.send(b"GET / HTTP/1.1\r\n\r\n")
     with pytest.raises(EOFError):
         await esme.recv()
 
 
+@pytest.mark.integration
 async def test_stop_closes_every_bind() -> None:
     sim = await start()
     esme = await RawEsme.connect(sim)
@@ -477,6 +499,7 @@ def test_part_of_reads_udh_and_sar() -> None:
     assert [part_of(s) for s in (udh8, udh16, sar, whole)] == [(3, 2), (3, 3), (4, 1), None]
 
 
+@pytest.mark.integration
 async def test_stale_session_refuses_binds_then_accepts() -> None:
     sim = SmscSimulator(SimulatorConfig(stale_session=0.3))
     await sim.start()

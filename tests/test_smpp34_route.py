@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 smpp34 = pytest.importorskip("smpp34")
 
 from smppd.model import Status  # noqa: E402

@@ -16,6 +16,8 @@ from smppd.sims.smpp_policy import QueueFullBursts, ScriptedPolicy, SubmitVerdic
 
 from .smpp_route_rig import make_rig
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 
 
 @pytest.fixture

@@ -21,6 +21,9 @@ from smppd.demo import OUTCOMES, Rig, make_config, start_daemon, start_shim, sto
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 from .e2e_rig import post, wait_final
+import pytest
+
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
 LONG = "Your order 42 is ready for pickup at the shop on Main street. " * 3  # 3 parts
 

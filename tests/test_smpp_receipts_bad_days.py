@@ -12,7 +12,6 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from smppd.model import Status
-from smppd.store import Store
 
 from .smpp_route_rig import make_rig
 
@@ -33,6 +32,7 @@ async def rigs():
         await rig.close()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("receipt_first", [False, True])
 async def test_auto_base_matches_decimal_receipts_of_hex_resp_ids_and_warns_once(rigs, tmp_path, receipt_first):
     # 14.6: with the old default (as-is) 62 of 62 such messages never got a final status
@@ -49,6 +49,7 @@ async def test_auto_base_matches_decimal_receipts_of_hex_resp_ids_and_warns_once
         assert 'receipt_id_base = "dec"' in warnings[0]["advice"] and 'resp_id_base = "hex"' in warnings[0]["advice"]
 
 
+@pytest.mark.integration
 async def test_as_is_still_means_as_is(rigs, tmp_path):
     rig = await rigs(tmp_path, sim={"id_format": "hex", "receipt_ids_decimal": True}, receipt_id_base="as-is")
     mid = await rig.send()
@@ -56,19 +57,15 @@ async def test_as_is_still_means_as_is(rigs, tmp_path):
     assert (await rig.message(mid))["status"] == "accepted"
 
 
-async def test_receipts_that_never_match_are_counted_per_route(tmp_path):
-    store = Store(str(tmp_path / "s.db"))
-    await store.open()
-    try:
-        before = REGISTRY.get_sample_value("smppd_receipts_unmatched_total", {"route": "mts"}) or 0
-        assert not await store.apply_receipt("mts", "DEADBEEF", Status.DELIVERED, "DELIVRD")
-        assert not await store.apply_receipt("mts", "DEADBEF0", Status.DELIVERED, "DELIVRD")
-        assert await store.expire_pending_receipts(ttl=-1) == 2
-        assert REGISTRY.get_sample_value("smppd_receipts_unmatched_total", {"route": "mts"}) == before + 2
-    finally:
-        await store.close()
+async def test_receipts_that_never_match_are_counted_per_route(store):
+    before = REGISTRY.get_sample_value("smppd_receipts_unmatched_total", {"route": "mts"}) or 0
+    assert not await store.apply_receipt("mts", "DEADBEEF", Status.DELIVERED, "DELIVRD")
+    assert not await store.apply_receipt("mts", "DEADBEF0", Status.DELIVERED, "DELIVRD")
+    assert await store.expire_pending_receipts(ttl=-1) == 2
+    assert REGISTRY.get_sample_value("smppd_receipts_unmatched_total", {"route": "mts"}) == before + 2
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("part", ["first", "last"])
 async def test_one_receipt_per_long_message_finishes_it(rigs, tmp_path, part):
     # 14.7: Jasmin #1123/#1136, go-smpp #74: the operator reports on one part only
@@ -80,12 +77,14 @@ async def test_one_receipt_per_long_message_finishes_it(rigs, tmp_path, part):
     assert rig.smsc.receipts_sent == 1
 
 
+@pytest.mark.integration
 async def test_any_takes_whichever_part_reports(rigs, tmp_path):
     rig = await rigs(tmp_path, sim={"long_receipts": "last"}, multipart_receipts="any")
     mid = await rig.send(LONG)
     assert await rig.wait_final() == {mid: "delivered"}
 
 
+@pytest.mark.integration
 async def test_all_waits_for_every_part(rigs, tmp_path):
     rig = await rigs(tmp_path, sim={"long_receipts": "first"})
     mid = await rig.send(LONG)
@@ -95,6 +94,7 @@ async def test_all_waits_for_every_part(rigs, tmp_path):
     assert [r["status"] for r in m["segment_rows"]] == ["delivered", "accepted", "accepted"]
 
 
+@pytest.mark.integration
 async def test_no_receipt_after_validity_ends_undelivered(rigs, tmp_path, monkeypatch):
     # 14.8: a part accepted and never reported on stayed "sent" for ever
     monkeypatch.setattr("smppd.providers.smpp.RECEIPT_WATCH_INTERVAL", 0.1)
@@ -106,6 +106,7 @@ async def test_no_receipt_after_validity_ends_undelivered(rigs, tmp_path, monkey
     assert rig.smsc.queries == 0, "query_sm only where the route asks for it"
 
 
+@pytest.mark.integration
 async def test_query_sm_first_then_the_answer_is_the_receipt(rigs, tmp_path, monkeypatch):
     monkeypatch.setattr("smppd.providers.smpp.RECEIPT_WATCH_INTERVAL", 0.1)
     rig = await rigs(tmp_path, sim={"receipts": False, "outcomes": {"UNDELIV": 1}}, validity=30.0,
@@ -120,6 +121,7 @@ async def test_query_sm_first_then_the_answer_is_the_receipt(rigs, tmp_path, mon
     assert conn.binds == 1 and conn.connect_attempts == 1, "the answer is handled without harm to the bind"
 
 
+@pytest.mark.integration
 async def test_query_sm_refused_by_the_smsc_still_ends_at_validity(rigs, tmp_path, monkeypatch):
     monkeypatch.setattr("smppd.providers.smpp.RECEIPT_WATCH_INTERVAL", 0.1)
     rig = await rigs(tmp_path, sim={"receipts": False, "query_sm": False}, validity=1.5,

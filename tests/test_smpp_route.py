@@ -23,6 +23,8 @@ from smppd.text import gsm7_decode
 
 from .smpp_route_rig import make_rig
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 LONG_LATIN = "Order 42 is ready. " * 20  # 380 GSM-7 chars: 3 parts
 LONG_CYRILLIC = "Ваш заказ готов. " * 10  # 170 UCS-2 units: 3 parts
 

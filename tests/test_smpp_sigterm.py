@@ -10,6 +10,9 @@ import time
 from structlog.testing import capture_logs
 
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
+import pytest
+
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
 CONFIG = """
 [daemon]

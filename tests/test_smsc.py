@@ -15,7 +15,7 @@ from smppd.sims.smsc import SimMessage, SmscSimulator
 from smppd.model import OpenMessage
 
 from .http_rig import add_message, status_of, wait_status
-from .http_rig import store  # noqa: F401  (the fixture, by import)
+from .http_rig import store_clock  # noqa: F401  (the fixture, by import: a clock moved by hand)
 
 
 def cfg(**kw) -> SmscRouteConfig:
@@ -137,6 +137,7 @@ async def _stop(route: SmscRoute, task: asyncio.Task) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
+@pytest.mark.integration
 async def test_identical_texts_go_in_one_request_and_map_back(sim, store):
     sim.bad_numbers = frozenset({"375447654321"})
     route = SmscRoute(cfg(base_url=sim.base_url + "sys/"), store)
@@ -163,6 +164,7 @@ async def test_identical_texts_go_in_one_request_and_map_back(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_batch_flushes_at_size(sim, store):
     route = SmscRoute(cfg(base_url=sim.base_url + "sys/", batch_size=2, batch_interval=30.0), store)
     ms = [await add_message(store, "smsc", f"+37529123456{i}", "same") for i in range(2)]
@@ -176,6 +178,7 @@ async def test_batch_flushes_at_size(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_callbacks_and_polling_finish_messages(sim, store):
     route = SmscRoute(cfg(base_url=sim.base_url + "sys/"), store)
     a = await add_message(store, "smsc", "+375291234567")
@@ -190,7 +193,7 @@ async def test_callbacks_and_polling_finish_messages(sim, store):
         assert await route.callback([("id", str(rid)), ("phone", digits), ("status", "0"), ("err", "0")]) == "OK"
         assert (await status_of(store, a.id))[0] is Status.ACCEPTED
         # by polling once the poll time has come
-        store.test_clock.advance(301)
+        store.clock.advance(301)
         assert await route.poll_once() == 1
         assert (await status_of(store, a.id))[0] is smsc_status(final)
         poll = [f for name, f in sim.requests if name == "status"][-1]
@@ -199,6 +202,7 @@ async def test_callbacks_and_polling_finish_messages(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_duplicate_error_9_waits_and_retries(sim, store):
     sim.fail_next("json", "send", body={"error": "duplicate request, wait a minute", "error_code": 9})
     route = SmscRoute(cfg(base_url=sim.base_url + "sys/"), store)
@@ -212,6 +216,7 @@ async def test_duplicate_error_9_waits_and_retries(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_lost_answer_is_checked_with_status_php_not_resent(sim, store):
     sim.fail_next("drop", "send")
     route = SmscRoute(cfg(base_url=sim.base_url + "sys/"), store)
@@ -229,6 +234,7 @@ async def test_lost_answer_is_checked_with_status_php_not_resent(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_outage_then_recovery(sim, store):
     sim.fail_next("http500", "send", times=3)
     route = SmscRoute(cfg(base_url=sim.base_url + "sys/"), store)
@@ -242,6 +248,7 @@ async def test_outage_then_recovery(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_api_key_auth_and_wrong_credentials(sim, store):
     sim.apikey = "the-key"
     route = SmscRoute(SmscRouteConfig(name="smsc", apikey="the-key", base_url=sim.base_url + "sys/",
@@ -271,6 +278,7 @@ async def test_api_key_auth_and_wrong_credentials(sim, store):
 # --- Viber cascade ------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_viber_delivered_stays_viber(sim, store):
     sim.outcomes = {1: 1.0}
     sim.callback_url = None
@@ -292,6 +300,7 @@ async def test_viber_delivered_stays_viber(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_viber_failure_falls_back_to_sms(sim, store):
     sim.viber_users = frozenset()  # nobody has Viber: status 20
     sim.outcomes = {1: 1.0}
@@ -322,6 +331,7 @@ async def test_viber_failure_falls_back_to_sms(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_silent_viber_falls_back_after_the_timeout_even_across_a_restart(sim, store):
     sim.viber_silent = True
     sim.outcomes = {1: 1.0}
@@ -331,9 +341,9 @@ async def test_silent_viber_falls_back_after_the_timeout_even_across_a_restart(s
     route.enqueue(m)
     task = await _start(route)
     await wait_status(store, m.id, {Status.ACCEPTED})
-    store.test_clock.advance(599)
+    store.clock.advance(599)
     assert await route.poll_once() == 0
-    store.test_clock.advance(2)
+    store.clock.advance(2)
     # The poller decides to fall back; stop before the SMS is sent (a crash would do the same).
     route.add_job = lambda job: None  # type: ignore[method-assign]
     assert await route.poll_once() == 1
@@ -366,6 +376,7 @@ async def test_silent_viber_falls_back_after_the_timeout_even_across_a_restart(s
 # --- HLR ---------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_hlr_request_and_result(sim, store):
     route = SmscRoute(cfg(base_url=sim.base_url + "sys/"), store)
     try:
@@ -380,6 +391,7 @@ async def test_hlr_request_and_result(sim, store):
         await route.close()
 
 
+@pytest.mark.integration
 async def test_timeout_is_ambiguous_and_checked_before_any_resend(sim, store):
     sim.fail_next("slow", "send", body=1.0)
     route = SmscRoute(cfg(base_url=sim.base_url + "sys/", timeout=0.2), store)
@@ -394,6 +406,7 @@ async def test_timeout_is_ambiguous_and_checked_before_any_resend(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_concurrency_cap_per_route(sim, store):
     sim.latency = 0.05
     route = SmscRoute(cfg(base_url=sim.base_url + "sys/", batch_size=1, batch_interval=0.0, concurrency=2), store)
@@ -409,6 +422,7 @@ async def test_concurrency_cap_per_route(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_credentials_stay_out_of_urls_and_logs(sim, store):
     from structlog.testing import capture_logs
 
@@ -421,7 +435,7 @@ async def test_credentials_stay_out_of_urls_and_logs(sim, store):
         task = await _start(route)
         try:
             await wait_status(store, m.id, {Status.ACCEPTED})
-            store.test_clock.advance(301)
+            store.clock.advance(301)
             await route.poll_once()
         finally:
             await _stop(route, task)
@@ -429,6 +443,7 @@ async def test_credentials_stay_out_of_urls_and_logs(sim, store):
     assert all(not ({"psw", "login", "apikey", "phones", "phone"} & p) for p in sim.url_params)
 
 
+@pytest.mark.integration
 async def test_after_a_crash_smsc_is_asked_before_anything_is_resent(sim, store):
     c = cfg(base_url=sim.base_url + "sys/")
     had = await add_message(store, "smsc", "+375291234567")
@@ -454,6 +469,7 @@ async def test_after_a_crash_smsc_is_asked_before_anything_is_resent(sim, store)
 # --- issue 14 item 9: error 9 and lost answers never become a second SMS -------------------
 
 
+@pytest.mark.integration
 async def test_lost_answer_while_status_php_fails_is_never_resent(sim, store):
     """The issue's case: the answer is lost and status.php fails for a while. The old route gave up
     asking after five tries, resent, got error 9, and sent again once SMSC's minute was over."""
@@ -477,6 +493,7 @@ async def test_lost_answer_while_status_php_fails_is_never_resent(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_error_9_means_smsc_has_it_learn_its_state_never_resend(sim, store):
     """Error 9 on a send SMSC already holds; status.php fails meanwhile; the callback says delivered."""
     route = SmscRoute(cfg(base_url=sim.base_url + "sys/", retry_min=0.02, retry_max=0.2, batch_interval=0.0),
@@ -503,6 +520,7 @@ async def test_error_9_means_smsc_has_it_learn_its_state_never_resend(sim, store
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_error_9_for_too_many_requests_sends_once_smsc_says_it_has_nothing(sim, store):
     """Error 9 is also SMSC's answer to 15+ concurrent requests (nothing taken): after status.php
     says "no such message" and the duplicate window, the message goes, once."""

@@ -18,6 +18,8 @@ from smppd.demo import start_rig, stop_rig
 
 from .e2e_rig import post, wait_final
 
+pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
+
 
 @pytest.fixture
 async def rig(tmp_path):

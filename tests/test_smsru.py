@@ -17,7 +17,7 @@ from smppd.providers.smsru import SmsRuRoute
 from smppd.sims.smsru import SmsRuSimulator
 
 from .http_rig import add_message, status_of, wait_status
-from .http_rig import store  # noqa: F401  (the fixture, by import)
+from .http_rig import store_clock  # noqa: F401  (the fixture, by import: a clock moved by hand)
 
 API_ID = "sim-api-id"
 
@@ -148,6 +148,7 @@ async def _stop(route: SmsRuRoute, task: asyncio.Task) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
+@pytest.mark.integration
 async def test_send_then_poll_brings_the_final_status(sim, store):
     route = SmsRuRoute(cfg(base_url=sim.base_url, poll_after=300.0), store)
     m = await add_message(store, "smsru")
@@ -160,7 +161,7 @@ async def test_send_then_poll_brings_the_final_status(sim, store):
         assert sim.requests[0][1]["to"] == "375291234567" and sim.requests[0][1]["json"] == "1"
         await asyncio.sleep(0.1)  # the simulator has a final status; no callback URL is set
         assert await route.poll_once() == 0  # not due yet: 5 minutes by default
-        store.test_clock.advance(301)
+        store.clock.advance(301)
         assert await route.poll_once() == 1
         st, row = await status_of(store, m.id)
         assert st is Status(smsru_status(sim.messages[pid].code))
@@ -169,6 +170,7 @@ async def test_send_then_poll_brings_the_final_status(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_poll_of_a_message_still_in_transit_asks_again_a_minute_later(sim, store):
     sim.deliver_after = 60.0
     route = SmsRuRoute(cfg(base_url=sim.base_url), store)
@@ -177,23 +179,24 @@ async def test_poll_of_a_message_still_in_transit_asks_again_a_minute_later(sim,
     task = await _run(route)
     try:
         await wait_status(store, m.id, {Status.ACCEPTED})
-        store.test_clock.advance(301)
+        store.clock.advance(301)
         assert await route.poll_once() == 1
         assert await route.poll_once() == 0
-        store.test_clock.advance(59)
+        store.clock.advance(59)
         assert await route.poll_once() == 0
-        store.test_clock.advance(2)
+        store.clock.advance(2)
         assert await route.poll_once() == 1
         assert (await status_of(store, m.id))[0] is Status.ACCEPTED
         # after poll_for (3 days) the provider is not asked any more
-        store.test_clock.advance(3 * 86400)
+        store.clock.advance(3 * 86400)
         assert await route.poll_once() == 1 and route.stats["poll_given_up"] == 1
-        store.test_clock.advance(86400)
+        store.clock.advance(86400)
         assert await route.poll_once() == 0
     finally:
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_refused_number_fails_its_message_only(sim, store):
     sim.refuse["375447654321"] = 207
     route = SmsRuRoute(cfg(base_url=sim.base_url, batch_size=10, batch_interval=0.05), store)
@@ -212,6 +215,7 @@ async def test_refused_number_fails_its_message_only(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_outage_5xx_and_temporary_errors_are_retried_then_sent_once(sim, store):
     sim.fail_next("http500", "sms/send", times=2)
     sim.fail_next("json", "sms/send", body={"status": "ERROR", "status_code": 220, "status_text": "later"})
@@ -227,6 +231,7 @@ async def test_outage_5xx_and_temporary_errors_are_retried_then_sent_once(sim, s
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_provider_down_keeps_the_message_queued_and_sends_when_back(store, sim):
     port = sim.port
     await sim.stop()
@@ -249,6 +254,7 @@ async def test_provider_down_keeps_the_message_queued_and_sends_when_back(store,
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_account_error_is_counted_and_the_message_waits(sim, store):
     sim.balance = 0.0
     route = SmsRuRoute(cfg(base_url=sim.base_url, retry_max=0.05), store)
@@ -265,6 +271,7 @@ async def test_account_error_is_counted_and_the_message_waits(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_unapproved_sender_fails_the_message(sim, store):
     route = SmsRuRoute(cfg(base_url=sim.base_url), store)
     m = await add_message(store, "smsru", sender="Unknown")
@@ -277,6 +284,7 @@ async def test_unapproved_sender_fails_the_message(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_lost_answer_is_resent_and_counted(sim, store):
     sim.fail_next("drop", "sms/send")
     route = SmsRuRoute(cfg(base_url=sim.base_url), store)
@@ -292,6 +300,7 @@ async def test_lost_answer_is_resent_and_counted(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_callback_applies_and_early_callback_waits_for_the_send_answer(sim, store):
     route = SmsRuRoute(cfg(base_url=sim.base_url), store)
     m = await add_message(store, "smsru")
@@ -306,6 +315,7 @@ async def test_callback_applies_and_early_callback_waits_for_the_send_answer(sim
     assert (await status_of(store, m.id))[0] is Status.DELIVERED
 
 
+@pytest.mark.integration
 async def test_receipts_for_unknown_ids_are_bounded_in_number_and_age(sim, store):
     """Issue 18 §5: callbacks for ids not known yet are kept (the send answer may
     be late), but at most ``unknown_receipts_max`` per route and for at most
@@ -322,7 +332,7 @@ async def test_receipts_for_unknown_ids_are_bounded_in_number_and_age(sim, store
                                   pending_ttl=60.0)
     assert (await status_of(store, fresh.id))[0] is Status.DELIVERED
     # a kept one older than the ttl is dropped, not applied, when its id turns up
-    store.test_clock.advance(61)
+    store.clock.advance(61)
     late = await add_message(store, "smsru")
     await store.provider_accepted(late.id, "F-8", poll_at=store.clock() + 300, channel="sms",
                                   pending_ttl=60.0)
@@ -333,6 +343,7 @@ async def test_receipts_for_unknown_ids_are_bounded_in_number_and_age(sim, store
     assert counts["receipts_pending"] == 1
 
 
+@pytest.mark.integration
 async def test_multi_segment_message_moves_as_one(sim, store):
     route = SmsRuRoute(cfg(base_url=sim.base_url), store)
     m = await add_message(store, "smsru", body="Длинный текст " * 20)
@@ -343,6 +354,7 @@ async def test_multi_segment_message_moves_as_one(sim, store):
     assert st is Status.DELIVERED and all(s["status"] == "delivered" for s in row["segment_rows"])
 
 
+@pytest.mark.integration
 async def test_cost_without_sending(sim, store):
     route = SmsRuRoute(cfg(base_url=sim.base_url), store)
     task = await _run(route)
@@ -355,6 +367,7 @@ async def test_cost_without_sending(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_api_id_stays_out_of_urls_and_logs(sim, store):
     from structlog.testing import capture_logs
 
@@ -373,6 +386,7 @@ async def test_api_id_stays_out_of_urls_and_logs(sim, store):
     assert all(not ({"api_id", "to"} & p) for p in sim.url_params)
 
 
+@pytest.mark.integration
 async def test_request_rate_cap(sim, store):
     now = [100.0]
 
@@ -397,6 +411,7 @@ async def test_request_rate_cap(sim, store):
         await _stop(route, task)
 
 
+@pytest.mark.integration
 async def test_stop_does_not_wait_for_retry_timers_and_the_message_stays_queued(sim, store):
     sim.balance = 0.0  # account error: the message waits retry_max
     route = SmsRuRoute(cfg(base_url=sim.base_url, retry_max=300.0), store)

@@ -207,6 +207,7 @@ def test_listen_fds_are_only_for_the_named_pid():
     assert listenfds.listen_fds({"LISTEN_PID": "x", "LISTEN_FDS": "1"}, pid=7) == []
 
 
+@pytest.mark.integration
 def test_passed_socket_is_taken_by_family_and_name(monkeypatch):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", 0))
@@ -228,7 +229,7 @@ def test_passed_socket_is_taken_by_family_and_name(monkeypatch):
 def test_spool_config_keys_are_checked_and_named():
     from smppd import config
 
-    from .test_config import raw
+    from .config_rig import raw
 
     def parse(shim: dict) -> config.Config:
         r = raw()
@@ -250,6 +251,7 @@ def test_spool_config_keys_are_checked_and_named():
         assert e.value.key == key
 
 
+@pytest.mark.integration
 async def test_a_passed_daemon_socket_is_served_kept_and_never_removed(tmp_path):
     """smppd.socket's file outlives the daemon; a call made between two daemons waits in
     the backlog and the next daemon answers it."""
@@ -311,7 +313,7 @@ def test_a_sighup_does_not_move_the_spool(tmp_path):
     from shim.__main__ import reload as shim_reload
     from smppd import config
 
-    from .test_config import EXAMPLE
+    from .config_rig import EXAMPLE
 
     text = EXAMPLE.read_text()
     path = tmp_path / "config.toml"

@@ -1,30 +1,15 @@
 import asyncio
 import sqlite3
 
-import pytest
-
 from smppd.model import Status
 from smppd.store import outbox as store_mod
-from smppd.model import NewMessage
 from smppd.store import SCHEMA_VERSION, Store
 
-
-def new(b24_id: str = "a" * 32, segments: int = 1, reason: str | None = None, member: str = "m1") -> NewMessage:
-    return NewMessage(member_id=member, b24_id=b24_id, code="by_life", route="life", sender="Shop",
-                      phone=None if reason else "+375291234567", text="hello", encoding="gsm7",
-                      segments=segments, reason=reason)
+from .store_rig import new
 
 
-@pytest.fixture
-async def store(tmp_path):
-    s = Store(str(tmp_path / "t.db"))
-    await s.open()
-    yield s
-    await s.close()
-
-
-async def test_wal_and_schema(store, tmp_path):
-    conn = sqlite3.connect(tmp_path / "t.db")
+async def test_wal_and_schema(store, store_path):
+    conn = sqlite3.connect(store_path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
@@ -37,14 +22,11 @@ async def test_intake_is_idempotent_per_portal_and_message(store):
     assert not other_portal.duplicate and other_portal.id != first.id
 
 
-async def test_intake_is_durable_when_it_returns(tmp_path):
-    s = Store(str(tmp_path / "d.db"))
-    await s.open()
-    r = await s.intake(new(segments=2))
+async def test_intake_is_durable_when_it_returns(store, store_path):
+    r = await store.intake(new(segments=2))
     # Another connection sees the committed row right away.
-    conn = sqlite3.connect(tmp_path / "d.db")
+    conn = sqlite3.connect(store_path)
     assert conn.execute("SELECT count(*) FROM segment WHERE message_id=?", (r.id,)).fetchone()[0] == 2
-    await s.close()
 
 
 async def test_group_commit_many_concurrent_intakes(store):
@@ -170,11 +152,11 @@ async def test_open_messages_survive_restart(tmp_path):
     await s.close()
 
 
-async def test_outbox_due_reads_the_index_not_a_sort(store, tmp_path):
+async def test_outbox_due_reads_the_index_not_a_sort(store, store_path):
     """Twice a second in the writer thread: a sort of a large backlog would stall intake."""
     from smppd.store import OUTBOX_DUE
 
-    conn = sqlite3.connect(tmp_path / "t.db")
+    conn = sqlite3.connect(store_path)
     for sent in (0, 1):
         plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + OUTBOX_DUE, ("m1", sent, 0.0)))
         # A range of the index up to now: the thousands of 'sent's that wait (SENT_COALESCE) are never read.
@@ -198,12 +180,11 @@ async def test_one_operation_for_the_resps_and_one_for_the_receipts_of_a_read(st
     assert (await store.counts())["receipts_pending"] == 0
 
 
-async def test_a_sent_waits_for_its_receipt_a_final_status_does_not(tmp_path):
+async def test_a_sent_waits_for_its_receipt_a_final_status_does_not(make_store):
     """Bitrix24 shows SENT since the hand-off: our 'sent' is due only after SENT_COALESCE,
     so a receipt in the meantime replaces it and the portal gets one update, not two."""
     now = [1000.0]
-    s = Store(str(tmp_path / "c.db"), clock=lambda: now[0])
-    await s.open()
+    s = await make_store(clock=lambda: now[0])
     a, b = await s.intake(new("a" * 32)), await s.intake(new("b" * 32))
     await s.segments_accepted([(a.id, 0, "PA"), (b.id, 0, "PB")])
     assert await s.outbox_due("m1") == []

@@ -18,7 +18,7 @@ import pytest
 from smppd.model import Status
 from smppd.store import HOLD_BOUNDED, Store, StoreOpenError, StoreUnavailable, storage_error
 
-from .test_store import new
+from .store_rig import fill, new
 
 
 @pytest.fixture
@@ -36,18 +36,6 @@ def small_disk(tmp_path: Path):
         subprocess.run(["umount", "-l", str(state)], check=False)
 
 
-def fill(state: Path) -> Path:
-    filler = state / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (65536, 4096, 512):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError:
-                pass
-    return filler
-
-
 async def until(predicate, timeout: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
@@ -55,6 +43,7 @@ async def until(predicate, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.integration
 async def test_full_disk_holds_writes_refuses_posts_bounds_receipts_and_resumes(small_disk: Path):
     store = Store(str(small_disk / "t.db"), max_held_receipts=2, retry_interval=0.1)
     await store.open()
@@ -96,6 +85,7 @@ async def test_full_disk_holds_writes_refuses_posts_bounds_receipts_and_resumes(
     assert rows == 2
 
 
+@pytest.mark.integration
 async def test_an_update_bitrix24_took_is_done_after_the_disk_returns_not_pushed_again(small_disk: Path):
     store = Store(str(small_disk / "t.db"), retry_interval=0.1)
     await store.open()
@@ -132,6 +122,7 @@ def test_storage_errors_are_told_from_bad_operations():
     assert HOLD_BOUNDED != 0
 
 
+@pytest.mark.integration
 async def test_a_full_disk_at_start_is_a_retryable_open_error_or_opens_unavailable(small_disk: Path):
     """After a clean stop SQLite removed the -wal and -shm files; WAL mode cannot recreate
     them on a full disk, so the store cannot open: StoreOpenError with retry (exit 1, systemd
@@ -155,6 +146,7 @@ async def test_a_full_disk_at_start_is_a_retryable_open_error_or_opens_unavailab
         await store.close()
 
 
+@pytest.mark.integration
 async def test_a_database_that_opens_on_a_full_disk_starts_unavailable_and_reads_work(small_disk: Path):
     """With its -wal and -shm still there (a crash, a kill -9), the database opens and reads;
     the start probe write fails: the daemon starts refusing posts instead of exiting."""

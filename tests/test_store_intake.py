@@ -11,7 +11,6 @@ from smppd.model import Status
 from smppd.model import NewMessage
 from smppd.store import Store
 
-from .test_store import store  # noqa: F401 -- the fixture: an opened store on a temporary file
 
 PHONE = "+375291234567"
 

@@ -41,9 +41,14 @@ def reference(path: str, member_id: str, limit: int, exclude: list[str]) -> list
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = Store(str(tmp_path / "o.db"), clock=lambda: NOW)
-    await s.open()
+def store_clock():
+    return lambda: NOW
+
+
+@pytest.fixture
+async def store(store):
+    """conftest's store, filled with 300 updates and the message rows of most of them."""
+    s = store
     rng = random.Random(7)
 
     def fill(conn: sqlite3.Connection) -> None:
@@ -60,8 +65,7 @@ async def store(tmp_path):
                          (member, b24, "c", status, i % 3, 0.0, rng.choice([0.0, 500.0, 999.0, 1000.0, 2000.0])))
 
     await s.execute(fill)
-    yield s
-    await s.close()
+    return s
 
 
 async def test_leaving_out_the_updates_in_flight_gives_what_the_old_query_gave(store):
