@@ -448,7 +448,7 @@ def make_app(
     handler_key: str,
     codes: Collection[str],
     rpc: RpcClient,
-    max_body: int = 64 * 1024,
+    max_body: int = 512 * 1024,  # a 50,000-character Cyrillic text (intake.MAX_TEXT) is ~300 KB as a form
     dlr_keys: Mapping[str, str] | None = None,
     doors: DoorConfig | None = None,
     spool: Spool | None = None,

@@ -46,7 +46,7 @@ class OncePer:
         return True
 
 MESSAGE_ID_RE = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would let a trailing newline through
-MAX_TEXT = 10_000  # far above anything Bitrix24 sends; protects the store from junk
+MAX_TEXT = 50_000  # far above anything an operator joins (255 parts); protects the store from junk
 
 
 @dataclass(frozen=True)
@@ -340,11 +340,15 @@ class Intake:
 
     def _prepare(self, req: IntakeRequest, member_id: str, sender: SenderConfig, marketing: bool) -> NewMessage:
         route = self.config.routes.get(sender.route)
+        reason = None
         try:
             encoded = route_encoding(route, req.text)
         except ValueError as e:  # a lone surrogate, or more than 255 segments
-            raise RpcError("bad_request", f"text: cannot be sent as SMS ({e})") from None
-        reason = None
+            try:  # the text is sound, only too long to join: stored and failed with the reason
+                encoded = text.encode(req.text, split=False)
+            except ValueError:
+                raise RpcError("bad_request", f"text: cannot be sent as SMS ({e})") from None
+            reason = f"text too long: {e}"
         number = None
         hold = None
         entities = None

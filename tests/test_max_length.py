@@ -26,24 +26,31 @@ def stored(rig, b24_id):
 
 
 @pytest.mark.integration
-async def test_a_5000_character_text_fails_with_the_reason_and_10_parts_go_out(tmp_path):
+async def test_long_texts_fail_with_the_reason_and_10_parts_go_out(tmp_path):
     rig = await start_rules_rig(tmp_path)
     try:
-        # The issue's 10,000 Cyrillic characters are ~60 KB of form: over the shim's body cap
-        # (64 KiB with the other fields), a door of its own. Half of it is 75 parts.
+        # Half the issue's text is 75 parts; the issue's 10,000 Cyrillic characters (~60 KB of
+        # form) are 150; 20,000 are more than the 255 parts a handset can join at all.
         body = "Ж" * 5_000
         long_id, status, reply = await post(rig, "by_life", "+375291234567", body)
         assert status == 200, reply  # Bitrix24 never reads the answer: the status tells the manager
         assert reply["status"] == "failed"
+        issue_id, status, reply = await post(rig, "by_life", "+375291234570", "Ж" * 10_000)
+        assert status == 200 and reply["status"] == "failed", reply
+        huge_id, status, reply = await post(rig, "by_life", "+375291234571", "Ж" * 20_000)
+        assert status == 200 and reply["status"] == "failed", reply
         ten_id, status, reply = await post(rig, "by_life", "+375291234568", cyrillic(10))
         assert status == 200 and reply["status"] == "queued", reply
         eleven_id, status, reply = await post(rig, "by_mts", "+375331234569", cyrillic(10) + "ю")
         assert status == 200 and reply["status"] == "failed", reply
 
-        finals = await wait_final(rig, [long_id, ten_id, eleven_id])
-        assert finals == {long_id: "failed", ten_id: "delivered", eleven_id: "failed"}
+        finals = await wait_final(rig, [long_id, ten_id, eleven_id, issue_id, huge_id])
+        assert finals == {long_id: "failed", ten_id: "delivered", eleven_id: "failed", issue_id: "failed",
+                          huge_id: "failed"}
         row = stored(rig, long_id)
         assert row["reason"] == "text too long: 75 parts, route life takes at most 10 (max_parts)"
+        assert stored(rig, issue_id)["reason"] == "text too long: 150 parts, route life takes at most 10 (max_parts)"
+        assert stored(rig, huge_id)["reason"] == "text too long: message needs 299 parts, at most 255 can be joined"
         assert stored(rig, eleven_id)["reason"] == "text too long: 11 parts, route mts takes at most 10 (max_parts)"
         assert stored(rig, ten_id)["segments"] == 10
         # Nothing of the failed ones reached an operator; all ten parts of the other did.

@@ -187,7 +187,7 @@ async def test_every_door_of_the_shim_is_routed_and_a_burst_is_stored_whole(rig,
             assert resp.status == 403  # limit_except: HANDLER posts only
 
         # Refusals nginx makes itself, and a 502 with the shim gone: the key must not be logged.
-        async with http.post(f"{base}/bitrix24/by_life?key={key}", data=b"x" * 100_000) as resp:
+        async with http.post(f"{base}/bitrix24/by_life?key={key}", data=b"x" * 600_000) as resp:
             assert resp.status == 413
         await rig.shim_runner.cleanup()
         rig.shim_runner = None
