@@ -10,7 +10,11 @@ broadcast. Prints the shim's CPU (utime + stime from /proc) per post for each ru
 their median, so a change to the shim's HTTP path shows as a number without the rest
 of the rig.
 
-    .venv/bin/python bench/shim_path.py [-n 20000] [--runs 5] [--concurrency 50] [--no-spool]
+    .venv/bin/python bench/shim_path.py [-n 20000] [--runs 5] [--concurrency 50] [--no-spool] [--plain-site]
+
+The shim listens through ``shim.edge.listen`` (connection cap, header deadline), as
+``smppd-shim`` does; ``--plain-site`` serves it through ``web.TCPSite`` instead, so the
+edge's cost shows as the difference (and figures compare with runs from before the edge).
 
 The shim runs with its spool (shim/spool.py), as ``smppd-shim`` does; ``--no-spool``
 runs it without, so the spool's cost on the normal path (the daemon answers in
@@ -92,7 +96,7 @@ async def drive(port: int, posts: list[bytes], concurrency: int) -> dict[int, in
     return statuses
 
 
-async def run(n: int, runs: int, concurrency: int, spool: bool = True) -> None:
+async def run(n: int, runs: int, concurrency: int, spool: bool = True, plain_site: bool = False) -> None:
     ids = itertools.count(1)
 
     async def intake(params: dict[str, Any]) -> Any:
@@ -107,7 +111,8 @@ async def run(n: int, runs: int, concurrency: int, spool: bool = True) -> None:
         await server.start()
         port = free_port()
         shim = subprocess.Popen([PYTHON, __file__, "--serve", sock, str(port),
-                                 *(["--spool-dir", str(Path(tmp) / "spool")] if spool else [])],
+                                 *(["--spool-dir", str(Path(tmp) / "spool")] if spool else []),
+                                 *(["--plain-site"] if plain_site else [])],
                                 stdout=subprocess.DEVNULL)
         try:
             wait_for_port(port)
@@ -130,10 +135,11 @@ async def run(n: int, runs: int, concurrency: int, spool: bool = True) -> None:
             await portal.stop()
 
 
-async def serve(sock: str, port: int, spool_dir: str | None = None) -> None:
+async def serve(sock: str, port: int, spool_dir: str | None = None, plain_site: bool = False) -> None:
     """The shim as ``smppd-shim`` runs it (shim/__main__.py ``serve``), without signals."""
     from aiohttp import web
 
+    from shim import edge
     from shim.app import make_app
     from shim.spool import Spool
     from smppd import logs
@@ -144,7 +150,10 @@ async def serve(sock: str, port: int, spool_dir: str | None = None) -> None:
     spool = Spool(spool_dir, max_bytes=1 << 30) if spool_dir else None
     runner = web.AppRunner(make_app(handler_key=KEY, codes={CODE}, rpc=rpc, spool=spool), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    if plain_site:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    else:  # behind the connection cap and header deadline, as smppd-shim serves (shim/__main__.py)
+        await edge.listen(runner, edge.EdgeLimits(), host="127.0.0.1", port=port)
     await asyncio.Event().wait()
 
 
@@ -154,13 +163,15 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--no-spool", action="store_true", help="run the shim without its spool")
+    p.add_argument("--plain-site", action="store_true",
+                   help="serve through web.TCPSite instead of shim.edge.listen (the figure before the edge existed)")
     p.add_argument("--serve", nargs=2, metavar=("SOCKET", "PORT"), help=argparse.SUPPRESS)
     p.add_argument("--spool-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve[0], int(args.serve[1]), args.spool_dir))
+        asyncio.run(serve(args.serve[0], int(args.serve[1]), args.spool_dir, args.plain_site))
     else:
-        asyncio.run(run(args.n, args.runs, args.concurrency, spool=not args.no_spool))
+        asyncio.run(run(args.n, args.runs, args.concurrency, spool=not args.no_spool, plain_site=args.plain_site))
 
 
 if __name__ == "__main__":

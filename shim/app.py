@@ -235,7 +235,7 @@ class BitrixHandler:
         self._max_body = max_body
         self._spool = spool
         self._spool_after = spool_after
-        self._storing: set[asyncio.Task[Mapping[str, Any]]] = set()
+        self._storing: dict[asyncio.Task[None], asyncio.Future[Mapping[str, Any]]] = {}  # post being stored -> its handler's waiter
         self._closing = False
 
     def reconfigure(self, *, codes: Collection[str], handler_key: str | None = None) -> None:
@@ -292,11 +292,33 @@ class BitrixHandler:
         refusal = ts_fresh(post.ts, time.time(), self._doors.ts_window)
         if refusal is not None:  # a replay or a forgery: Bitrix24 posts within seconds
             raise _refused(refusal)
-        # From here the post is ours: a client that goes away must not cancel it.
-        task = asyncio.create_task(self._store(post))
-        self._storing.add(task)
-        task.add_done_callback(self._storing.discard)
-        return await asyncio.shield(task)
+        # From here the post is ours: a client that goes away must not cancel it. The store
+        # runs in a task of its own and settles ``waiter``, which is all this handler awaits:
+        # cancelling the handler cancels the waiter, never the task (asyncio.shield's guarantee,
+        # without its extra future and two callback hops: ~3 µs of every post).
+        waiter: asyncio.Future[Mapping[str, Any]] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._settle(post, waiter))
+        self._storing[task] = waiter
+        task.add_done_callback(self._stored)
+        return await waiter
+
+    async def _settle(self, post: HandlerPost, waiter: asyncio.Future[Mapping[str, Any]]) -> None:
+        """``_store``'s outcome into ``waiter``, unless the handler has gone (its waiter
+        cancelled): the outcome then has nobody to go to, as with a shielded task whose
+        awaiter was cancelled."""
+        try:
+            result = await self._store(post)
+        except Exception as exc:  # an _Outcome (a refusal, a 503) or a bug: the handler answers it
+            if not waiter.done():
+                waiter.set_exception(exc)
+        else:
+            if not waiter.done():
+                waiter.set_result(result)
+
+    def _stored(self, task: asyncio.Task[None]) -> None:
+        waiter = self._storing.pop(task)
+        if not waiter.done():  # the task was cancelled (the loop stopping) before it settled
+            waiter.cancel()
 
     def closing(self) -> None:
         """The shim is stopping: answers from now on close their connection."""

@@ -90,6 +90,32 @@ async def test_a_keep_alive_connection_idle_between_requests_is_not_cut(edge):
 
 
 @pytest.mark.integration
+async def test_a_later_request_trickling_on_a_kept_alive_connection_is_cut_at_its_own_deadline(edge):
+    """The connection's one timer is re-armed lazily (shim/edge.py ``_check``): after a request
+    served in time, a next request that never finishes its headers must still be cut, not
+    left open because the timer from the first request found nothing due."""
+    rig, listener = edge
+    key = rig.config.shim.handler_key
+    _, fields = rig.portal.create_message("by_life", "+375291234561", "first, in time")
+    data = urlencode(fields).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(f"POST /bitrix24/by_life?key={key} HTTP/1.1\r\nHost: a\r\n"
+                 f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(data)}\r\n"
+                 f"\r\n".encode() + data)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:])
+    await reader.readexactly(length)
+    await asyncio.sleep(0.3)  # within the first request's deadline window: its timer is still set
+    writer.write(b"POST /bitrix24/by_life?key=x HTTP/1.1\r\nHost: a\r\n")  # and never the rest
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert 0.4 <= time.monotonic() - started < 2.0  # its own 0.5 s, not the first request's
+    assert listener.gate.expired == 1
+    writer.close()
+
+
+@pytest.mark.integration
 async def test_a_body_sent_too_slowly_is_408_naming_the_body(edge, monkeypatch):
     rig, listener = edge
     monkeypatch.setattr(body_mod, "BODY_TIMEOUT", 0.3)

@@ -125,6 +125,59 @@ async def test_a_client_that_disconnects_after_the_body_does_not_cancel_the_post
         await runner.cleanup()
 
 
+async def test_a_refusal_for_a_client_that_has_gone_is_dropped_quietly_and_the_post_is_forgotten(
+        tmp_path, rpc_server, rpc, daemon: FakeDaemon):
+    """The store task settles its handler's waiter (shim/app.py ``_settle``), not a shield: when
+    the handler was cancelled (the client went away) the outcome has nobody to go to and must
+    neither surface as an unretrieved task exception nor leave the task in the drain set."""
+    import gc
+
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    runner, base, spool = await serve(rpc, str(tmp_path / "spool"), spool_after=5.0)
+    try:
+        handler = runner.app[HANDLER]
+        daemon.delay = 0.5
+        daemon.error = RpcError("bad_request", "to: not a number")  # a refusal, after the client left
+        host, port = base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        data = body()
+        writer.write(f"POST {URL} HTTP/1.1\r\nHost: x\r\nContent-Type: {FORM_CT['Content-Type']}\r\n"
+                     f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        await writer.drain()
+        await until(lambda: len(handler._storing) == 1)
+        writer.close()
+        await writer.wait_closed()
+        await until(lambda: not handler._storing)
+        await asyncio.sleep(0.05)
+        gc.collect()
+        await asyncio.sleep(0)
+        assert errors == [] and spool.records == 0
+    finally:
+        loop.set_exception_handler(None)
+        await runner.cleanup()
+
+
+async def test_a_store_task_cancelled_before_it_settles_cancels_its_handler_instead_of_hanging(
+        tmp_path, rpc_server, rpc, daemon: FakeDaemon):
+    runner, base, spool = await serve(rpc, str(tmp_path / "spool"), spool_after=5.0)
+    try:
+        handler = runner.app[HANDLER]
+        daemon.delay = 5.0
+        post = asyncio.create_task(http_post(base, body()))
+        await until(lambda: len(handler._storing) == 1)
+        (task, waiter), = handler._storing.items()
+        task.cancel()  # as the loop's shutdown does to whatever is left
+        await until(lambda: not handler._storing)
+        assert waiter.cancelled()
+        post.cancel()
+        with pytest.raises((asyncio.CancelledError, Exception)):
+            await post
+    finally:
+        await runner.cleanup()
+
+
 async def test_a_client_that_disconnects_while_the_daemon_is_down_gets_its_post_spooled(tmp_path, rpc):
     runner, base, spool = await serve(rpc, str(tmp_path / "spool"), spool_after=0.3)
     try:
