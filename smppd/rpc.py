@@ -302,21 +302,51 @@ _TYPE_SETS = {str: (str,), int: (int,), bool: (bool,), float: (int, float), None
 
 def compile_spec(spec: Spec) -> Callable[[Any], bool]:
     """``conforms(spec, ·)`` as a closure built once: the intake's ~12 parameters are checked
-    per post, and the generic walk cost ~9 µs of it where this costs ~2."""
+    per post, and the generic walk cost ~9 µs of it where this costs ~2. Lists and objects
+    get a plain loop each (a lambda per item through ``all(map(...))`` cost ~2.7 µs on a
+    post's bindings and document_id, the loop ~1)."""
     alternatives = spec if isinstance(spec, tuple) and not isinstance(spec, (ListOf, MapOf)) else (spec,)
     simple = frozenset(t for a in alternatives if not isinstance(a, (ListOf, MapOf)) for t in _TYPE_SETS[a])
-    nested = [a for a in alternatives if isinstance(a, (ListOf, MapOf))]
+    nested = [_compile_container(a) for a in alternatives if isinstance(a, (ListOf, MapOf))]
     if not nested:
         return lambda value: type(value) in simple
-    checks: list[Callable[[Any], bool]] = []
-    for a in nested:
-        inner = compile_spec(a.item if isinstance(a, ListOf) else a.value)
-        if isinstance(a, ListOf):
-            checks.append(lambda v, f=inner, n=a.max_len: type(v) is list and len(v) <= n and all(map(f, v)))
-        else:
-            checks.append(lambda v, f=inner, n=a.max_len: type(v) is dict and len(v) <= n
-                          and all(map(f, v.values())))
-    return lambda value: type(value) in simple or any(check(value) for check in checks)
+    if len(nested) == 1:
+        only = nested[0]
+        if not simple:
+            return only
+        return lambda value: type(value) in simple or only(value)
+    return lambda value: type(value) in simple or any(check(value) for check in nested)
+
+
+def _compile_container(spec: ListOf | MapOf) -> Callable[[Any], bool]:
+    """A ``ListOf``/``MapOf`` check: its container type and length, then each item or value."""
+    inner_spec = spec.item if isinstance(spec, ListOf) else spec.value
+    container, max_len = (list, spec.max_len) if isinstance(spec, ListOf) else (dict, spec.max_len)
+    inner_alternatives = (inner_spec if isinstance(inner_spec, tuple) and not isinstance(inner_spec, (ListOf, MapOf))
+                          else (inner_spec,))
+    if not any(isinstance(a, (ListOf, MapOf)) for a in inner_alternatives):
+        types = frozenset(t for a in inner_alternatives for t in _TYPE_SETS[a])
+
+        def flat(value: Any) -> bool:
+            if type(value) is not container or len(value) > max_len:
+                return False
+            for item in (value if container is list else value.values()):
+                if type(item) not in types:
+                    return False
+            return True
+
+        return flat
+    inner = compile_spec(inner_spec)
+
+    def deep(value: Any) -> bool:
+        if type(value) is not container or len(value) > max_len:
+            return False
+        for item in (value if container is list else value.values()):
+            if not inner(item):
+                return False
+        return True
+
+    return deep
 
 
 class _ParamChecks:

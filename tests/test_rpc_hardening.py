@@ -124,3 +124,22 @@ def test_the_compiled_checks_agree_with_conforms():
             check = compile_spec(spec)
             for value in values:
                 assert check(value) == conforms(spec, value), (spec, value)
+
+
+def test_the_compiled_container_checks_agree_with_conforms_at_their_bounds():
+    """The loop-per-container checks (rpc._compile_container) against the generic walk: lengths
+    at and past each bound, a bool where an int belongs, nesting, several container alternatives."""
+    from smppd.rpc import compile_spec
+
+    specs = [ListOf(str, 2), MapOf((int, str), 2), ListOf(MapOf((int, str), 2), 2), (ListOf(int, 2), None),
+             (ListOf(int, 1), MapOf(str, 1), str), ListOf(ListOf(float, 2), 2), MapOf(ListOf(str, 1), 1),
+             ListOf((str, None), 3), MapOf(MapOf(bool, 1), 2)]
+    values = [None, True, 1, 1.5, "a", [], {}, ["a"], ["a", "b"], ["a", "b", "c"], [None, "a"], [1], [True],
+              [1, 2, 3], {"a": 1}, {"a": 1, "b": "x"}, {"a": 1, "b": 2, "c": 3}, {"a": True}, [{"a": 1}],
+              [{"a": 1}, {"b": "c"}], [{"a": 1}, {"b": "c"}, {}], [{"a": [1]}], [[1.5, 2]], [[1, 2, 3]], [["a"]],
+              {"k": ["a"]}, {"k": ["a", "b"]}, {"k": {"x": True}}, {"k": {"x": 1}}, {"k": {"x": True, "y": False}},
+              {"a": "b"}, {"a": "b", "c": "d"}]
+    for spec in specs:
+        check = compile_spec(spec)
+        for value in values:
+            assert check(value) == conforms(spec, value), (spec, value)
