@@ -28,6 +28,7 @@ import structlog
 from aiohttp import web
 
 from smppd.config import Config
+from smppd.logs import LinePacer
 
 __all__ = ["DoorConfig", "Doors", "Refusal", "error_response", "peer_address", "ts_fresh"]
 
@@ -143,7 +144,7 @@ class Doors:
 
     def __init__(self, config: DoorConfig) -> None:
         self.previous_key_posts = 0  # requests let in by handler_key_previous, since start
-        self._previous_logged = -PREVIOUS_KEY_LOG_EVERY
+        self._previous_log = LinePacer(PREVIOUS_KEY_LOG_EVERY)
         self.rotate(config)
 
     def rotate(self, config: DoorConfig) -> None:
@@ -191,9 +192,7 @@ class Doors:
         """A post with the rotated-out key: kept (Bitrix24 never resends it), and the
         admin told, a line per ten minutes, that Bitrix24 still has the old URL."""
         self.previous_key_posts += 1
-        now = time.monotonic()
-        if now - self._previous_logged >= PREVIOUS_KEY_LOG_EVERY:
-            self._previous_logged = now
+        if self._previous_log.note(None, time.monotonic()) is not None:
             log.warning("door.previous_key_used", posts=self.previous_key_posts,
                         hint="Bitrix24 still calls with [shim] handler_key_previous: run `smppd register "
                              "--update` and update the app's handler path, then remove handler_key_previous")

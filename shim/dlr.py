@@ -23,6 +23,7 @@ from aiohttp import web
 
 from shim.auth import Doors, Refusal, error_response
 from shim.body import read_form
+from smppd.logs import LinePacer
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
 
 log = structlog.get_logger(__name__)
@@ -50,23 +51,18 @@ class DlrHandler:
     def __init__(self, *, doors: Doors, rpc: RpcClient) -> None:
         self._doors = doors
         self._rpc = rpc
-        self._refusals: dict[tuple[str, str], tuple[float, int]] = {}  # (route, reason) -> (last line, since)
+        self._refusals = LinePacer(REFUSAL_LOG_EVERY, max_keys=1000)  # per (route, reason); made-up routes bounded
 
     def _log_refusal(self, route: str) -> None:
         keyless = route in self._doors.config.keyless_routes
         reason = "no_callback_key" if keyless else "wrong_key"
-        now = time.monotonic()
-        if len(self._refusals) > 1000:  # made-up route names must not grow this
-            self._refusals.clear()
-        last, count = self._refusals.get((route, reason), (-REFUSAL_LOG_EVERY, 0))
-        if now - last < REFUSAL_LOG_EVERY:
-            self._refusals[(route, reason)] = (last, count + 1)
+        count = self._refusals.note((route, reason), time.monotonic())
+        if count is None:
             return
-        self._refusals[(route, reason)] = (now, 0)
         extra = {"hint": "this route has no callback_key, so its callback door is closed and its statuses come "
                          "by polling; set [route.NAME] callback_key and give the provider the URL "
                          "`smppd check-config --callback-urls` prints"} if keyless else {}
-        log.warning("dlr.unauthorized", route=route, reason=reason, refused_since_last_line=count, **extra)
+        log.warning("dlr.unauthorized", route=route, reason=reason, refused_since_last_line=count - 1, **extra)
 
     async def handle(self, request: web.Request) -> web.Response:
         route = request.match_info["route"][:64]

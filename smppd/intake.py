@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, Container, Mapping, NamedTuple, Seq
 import structlog
 
 from . import metrics, phone, rules, text
+from .logs import LinePacer
 from .config import SMSC_MAX_CHARS, Config, RouteConfig, SenderConfig, SmppRouteConfig, SmscRouteConfig
 from .rpc import RpcError
 from .smpp.segments import route_encoding
@@ -26,24 +27,6 @@ from .store import Store, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
-
-class OncePer:
-    """Sans-I/O: whether a line about ``key`` is due, at most once per ``period``
-    seconds per key (a busy portal must not fill the log with one line per post)."""
-
-    def __init__(self, period: float, limit: int = 10_000) -> None:
-        self.period = period
-        self._limit = limit
-        self._last: dict[str, float] = {}
-
-    def due(self, key: str, now: float) -> bool:
-        last = self._last.get(key)
-        if last is not None and now - last < self.period:
-            return False
-        if len(self._last) >= self._limit:  # a bound: keys are portals, but never trust that
-            self._last.clear()
-        self._last[key] = now
-        return True
 
 MESSAGE_ID_RE = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would let a trailing newline through
 MAX_TEXT = 50_000  # far above anything an operator joins (255 parts); protects the store from junk
@@ -100,30 +83,6 @@ def _optional_string(p: Mapping[str, Any], name: str) -> str | None:
     return None if value is None else _string(p, name)
 
 
-class SegmentWarnings:
-    """When to warn that a CODE's texts cost more than one SMS: once per CODE per ``every``
-    seconds, with the number of such messages since the last warning. A personalised template
-    differs in every message, so once per text was a warning per message (193 of 400 in the
-    demo); once per CODE tells the admin the same thing. Sans-I/O: ``now`` is given."""
-
-    def __init__(self, every: float = 3600.0, max_codes: int = 10_000) -> None:
-        self.every = every
-        self._max_codes = max_codes
-        self._due: dict[str, float] = {}
-        self._count: dict[str, int] = {}
-
-    def note(self, code: str, now: float) -> int | None:
-        """Count one message over a segment; the count to warn with, or None for no warning now."""
-        if code not in self._due and len(self._due) >= self._max_codes:
-            self._due.clear()
-            self._count.clear()
-        self._count[code] = self._count.get(code, 0) + 1
-        if now < self._due.get(code, float("-inf")):
-            return None
-        self._due[code] = now + self.every
-        return self._count.pop(code)
-
-
 class Intake:
     def __init__(self, config: Config, store: Store, portals: Callable[[], Mapping[str, PortalRecord]],
                  dispatch: Callable[[OpenMessage], None], *, rules_: rules.Rules | None = None,
@@ -136,8 +95,8 @@ class Intake:
         self.rules = rules_ or rules.Rules(config.rules)
         self._stoplist = stoplist
         self._on_held = on_held
-        self._segment_warnings = SegmentWarnings()
-        self._no_auth_log = OncePer(3600.0)
+        self._segment_warnings = LinePacer(3600.0)  # once per CODE per hour, with the count
+        self._no_auth_log = LinePacer(3600.0)  # once per portal per hour
         self._recover = recover  # bitrix24/recovery.py: a missed ONAPPUPDATE's token, learned once
 
     async def __call__(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -331,7 +290,7 @@ class Intake:
         and refused when the admin chose so."""
         refused = self.config.shim.posts_without_auth == "refuse"
         metrics.post_without_auth(member_id, refused)
-        if self._no_auth_log.due(member_id, time.monotonic()):
+        if self._no_auth_log.note(member_id, time.monotonic()) is not None:
             log.warning("post_without_auth", member_id=member_id, code=code, refused=refused,
                         hint="Bitrix24 omits auth[] for a message without an author; "
                              "[shim] posts_without_auth decides (once per portal per hour)")

@@ -145,6 +145,33 @@ class ProductionLine:
         return self._render(logger, method, event)
 
 
+class LinePacer:
+    """At most one line per key every ``every`` seconds, with how many occurrences it stands for.
+
+    Sans-I/O (``now`` is given). Every "say it once per portal, CODE or route per period" of
+    ours goes through this: a busy portal or a hostile caller must not turn one warning into a
+    line per post. ``note`` counts one occurrence; it returns the occurrences since the last
+    line, this one included, when a line is due, else None. Keys are bounded (``max_keys``):
+    made-up route names or CODEs cannot grow it.
+    """
+
+    def __init__(self, every: float, max_keys: int = 10_000) -> None:
+        self.every = every
+        self._max_keys = max_keys
+        self._due: dict[Any, float] = {}
+        self._count: dict[Any, int] = {}
+
+    def note(self, key: Any, now: float) -> int | None:
+        if key not in self._due and len(self._due) >= self._max_keys:
+            self._due.clear()
+            self._count.clear()
+        self._count[key] = self._count.get(key, 0) + 1
+        if now < self._due.get(key, float("-inf")):
+            return None
+        self._due[key] = now + self.every
+        return self._count.pop(key)
+
+
 class RepeatLimiter:
     """Which lines of a kind to write: the first ``burst`` per ``window`` seconds, then none
     until the window ends; the next line written says how many were left out.

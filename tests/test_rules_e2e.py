@@ -321,9 +321,9 @@ async def test_a_template_over_one_segment_warns_once_and_is_counted(rig):
 
 
 def test_segment_warnings_once_per_code_per_hour_with_the_count():
-    from smppd.intake import SegmentWarnings
+    from smppd.logs import LinePacer
 
-    w = SegmentWarnings(every=3600.0)
+    w = LinePacer(every=3600.0)
     assert w.note("by_life", 0.0) == 1
     assert [w.note("by_life", t) for t in (1.0, 2.0, 3599.0)] == [None, None, None]
     assert w.note("by_mts", 10.0) == 1  # CODEs apart
