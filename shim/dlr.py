@@ -23,6 +23,7 @@ from aiohttp import web
 
 from shim.auth import Doors, Refusal, error_response
 from shim.body import read_form
+from smppd.config import Config, SmscRouteConfig, SmsRuRouteConfig
 from smppd.logs import LinePacer
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
 
@@ -33,18 +34,15 @@ REFUSAL_LOG_EVERY = 60.0
 forged callbacks is one line a minute with a count, not a line each."""
 
 
-def dlr_keys(config: object) -> dict[str, str]:
+def dlr_keys(config: Config) -> dict[str, str]:
     """route name → the key its callback URL must carry: the route's own ``callback_key``.
 
     Never the shim's handler key, which every HANDLER post carries in its URL
     (issue 18): an HTTP route without a ``callback_key`` is left out, and its
     ``/dlr/`` door stays closed.
     """
-    out = {}
-    for name, r in getattr(config, "routes").items():
-        if getattr(r, "kind", "smpp") in ("smsru", "smsc") and getattr(r, "callback_key", ""):
-            out[name] = getattr(r, "callback_key")
-    return out
+    return {name: r.callback_key for name, r in config.routes.items()
+            if isinstance(r, (SmsRuRouteConfig, SmscRouteConfig)) and r.callback_key}
 
 
 class DlrHandler:
