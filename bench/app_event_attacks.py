@@ -28,7 +28,7 @@ import structlog
 
 from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.config import AppConfig, AppEventsConfig
-from smppd.demo import Rig, make_config, start_daemon, start_shim, stop_rig
+from smppd.cli.demo import Rig, make_config, start_daemon, start_shim, stop_rig
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import structlog
 from prometheus_client import REGISTRY, generate_latest
 
-from smppd import logs, metrics
-from smppd.journal import StoreWatcher
+from smppd.ops import logs
+from smppd.ops import metrics
+from smppd.ops.journal import StoreWatcher
 from smppd.model import Status
 from smppd.model import NewMessage
 from smppd.store import Store

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from smppd import text  # noqa: E402
 from smppd.config import SmscRouteConfig, SmsRuRouteConfig  # noqa: E402
 from smppd.model import Status  # noqa: E402
-from smppd.providers import smsc, smsru  # noqa: E402
-from smppd.providers.smsc import SmscRoute  # noqa: E402
-from smppd.providers.smsru import SmsRuRoute  # noqa: E402
+from smppd.routes import smsc, smsru  # noqa: E402
+from smppd.routes.smsc import SmscRoute  # noqa: E402
+from smppd.routes.smsru import SmsRuRoute  # noqa: E402
 from smppd.sims.smsc import SmscSimulator  # noqa: E402
 from smppd.sims.smsru import SmsRuSimulator  # noqa: E402
 from smppd.model import NewMessage, OpenMessage  # noqa: E402

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import structlog  # noqa: E402
 
 from smppd import config as config_mod  # noqa: E402
-from smppd import logs, phone, text  # noqa: E402
+from smppd import phone, text
+from smppd.ops import logs  # noqa: E402
 from smppd.intake import Intake, IntakeRequest  # noqa: E402
 from smppd.model import Status  # noqa: E402
 from smppd.smpp.segments import build_segments, route_encoding  # noqa: E402

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from smppd import rules
-from smppd.stoplist import StopList
+from smppd.rules.stoplist import StopList
 from smppd.model import NewMessage
 from smppd.store import Store
 

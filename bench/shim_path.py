@@ -142,7 +142,7 @@ async def serve(sock: str, port: int, spool_dir: str | None = None, plain_site: 
     from shim import edge
     from shim.app import make_app
     from shim.spool import Spool
-    from smppd import logs
+    from smppd.ops import logs
     from smppd.rpc import RpcClient
 
     logs.configure(json=True)

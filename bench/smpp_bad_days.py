@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import structlog  # noqa: E402
 
 from smppd.config import SmppRouteConfig  # noqa: E402
-from smppd.providers.smpp import SmppRoute  # noqa: E402
+from smppd.routes.smpp import SmppRoute  # noqa: E402
 from smppd.smpp.segments import route_encoding  # noqa: E402
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator  # noqa: E402
 from smppd.sims.smpp_policy import QueueFullBursts, SubmitPolicy  # noqa: E402

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from smppd import text  # noqa: E402
 from smppd.config import SmscRouteConfig  # noqa: E402
 from smppd.model import FINAL, Status  # noqa: E402
-from smppd.providers.smsc import SmscRoute  # noqa: E402
+from smppd.routes.smsc import SmscRoute  # noqa: E402
 from smppd.sims.smsc import SmscSimulator  # noqa: E402
 from smppd.model import NewMessage, OpenMessage  # noqa: E402
 from smppd.store import Store  # noqa: E402

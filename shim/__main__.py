@@ -13,8 +13,10 @@ import structlog
 from aiohttp import web
 
 from smppd import config as config_mod
-from smppd import logs, metrics, sdnotify
-from smppd.listenfds import passed_socket
+from smppd.ops import logs
+from smppd.ops import metrics
+from smppd.ops import sdnotify
+from smppd.ops.listenfds import passed_socket
 from smppd.rpc import RpcClient
 
 from . import edge

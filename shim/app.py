@@ -61,7 +61,7 @@ from shim.auth import DoorConfig, Doors, Refusal, ts_fresh
 from shim.dlr import DlrHandler
 from shim.bitrix_form import FormError, HandlerPost, decode_form, parse_handler_post
 from shim.body import BodyError, ClientGone, guard, read_bytes, read_form
-from smppd import metrics
+from smppd.ops import metrics
 from smppd.phone import mask
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
 

@@ -28,7 +28,7 @@ import structlog
 from aiohttp import web
 
 from smppd.config import Config
-from smppd.logs import LinePacer
+from smppd.ops.logs import LinePacer
 
 __all__ = ["DoorConfig", "Doors", "Refusal", "error_response", "peer_address", "ts_fresh"]
 

@@ -25,7 +25,7 @@ from aiohttp import BodyPartReader, web
 from multidict import MultiDict, MultiDictProxy
 
 from shim import edge
-from smppd.logs import RepeatLimiter
+from smppd.ops.logs import RepeatLimiter
 
 __all__ = ["BodyError", "ClientGone", "guard", "read_bytes", "read_form"]
 

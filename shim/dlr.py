@@ -24,7 +24,7 @@ from aiohttp import web
 from shim.auth import Doors, Refusal, error_response
 from shim.body import read_form
 from smppd.config import Config, SmscRouteConfig, SmsRuRouteConfig
-from smppd.logs import LinePacer
+from smppd.ops.logs import LinePacer
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
 
 log = structlog.get_logger(__name__)

@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from smppd.logs import RepeatLimiter
+from smppd.ops.logs import RepeatLimiter
 
 __all__ = ["EdgeLimits", "Deadline", "listen", "request_started"]
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from smppd import metrics
+from smppd.ops import metrics
 
 __all__ = ["Spool", "SpoolBroken", "SpoolError", "SpoolFull", "Replayed", "encode_record"]
 

@@ -19,7 +19,8 @@ from typing import Any, Callable, Coroutine, Mapping
 import aiohttp
 import structlog
 
-from . import metrics, phone, rules, text
+from .ops import metrics
+from . import phone, rules, text
 from .bitrix24 import registration
 from .bitrix24.contacts import ContactsJobs, PreferredChannel, RpcRefused, SmscHlr
 from .bitrix24.install import EventQueue, Prover
@@ -27,18 +28,18 @@ from .bitrix24.pusher import StatusPusher
 from .bitrix24.recovery import TokenRecovery
 from .bitrix24.rest import PortalAuth, RestClient
 from .config import AppConfig, Config, RouteConfig
-from .consent import ConsentReader
-from .holds import HoldWorker
+from .rules.consent import ConsentReader
+from .rules.holds import HoldWorker
 from .intake import Intake
-from .providers import Route, make_route
-from .providers.http_common import BadCallback, ForgedCallback, HttpRoute
-from .listenfds import passed_socket
-from .providers.smsc import SmscRoute
+from .routes import Route, make_route
+from .routes.http import BadCallback, ForgedCallback, HttpRoute
+from .ops.listenfds import passed_socket
+from .routes.smsc import SmscRoute
 from .rpc import ListOf, MapOf, ParamTypes, RpcError, RpcServer
 from .smpp.receipts import ShortMessage
-from .stoplist import StopList
-from .admin import Admin
-from .ops import Ops, start_ops, stop_ops
+from .rules.stoplist import StopList
+from .ops.admin import Admin
+from .ops.runner import Ops, start_ops, stop_ops
 from .model import OpenMessage, PortalRecord
 from .store import Store, StoreOpenError, StoreUnavailable, open_problem
 
@@ -235,7 +236,7 @@ class Daemon:
     def _hlr_for(self, code: str) -> Any:
         """An SMSC.ru HLR client with the CODE's route credentials, or why there is none."""
         from .config import SmscRouteConfig
-        from .providers.smsc import SmscRoute, auth
+        from .routes.smsc import SmscRoute, auth
 
         sender = self.config.senders.get(code)
         if sender is None:

@@ -17,8 +17,9 @@ from typing import Any, Awaitable, Callable, Container, Mapping, NamedTuple, Seq
 
 import structlog
 
-from . import metrics, phone, rules, text
-from .logs import LinePacer
+from .ops import metrics
+from . import phone, rules, text
+from .ops.logs import LinePacer
 from .config import SMSC_MAX_CHARS, Config, RouteConfig, SenderConfig, SmppRouteConfig, SmscRouteConfig
 from .rpc import RpcError
 from .smpp.segments import route_encoding

@@ -746,7 +746,7 @@ class RpcServer:
     requests at once (see Batches above).
 
     ``sock``, when given, is a listening socket someone else owns (systemd's
-    ``smppd.socket``, see ``smppd.listenfds``): it is served as it is, its
+    ``smppd.socket``, see ``smppd.ops.listenfds``): it is served as it is, its
     mode and group are the owner's, and its file is never removed, so
     callers keep connecting (and wait in its backlog) while we restart.
     """

@@ -175,7 +175,7 @@ _witness: dict[str, set[str]] = {"secrets": set(), "numbers": set(), "texts": se
 
 
 def _record_rigs() -> None:
-    from smppd import demo
+    from smppd.cli import demo
     from smppd.sims.bitrix24 import SimulatedPortal
 
     create = SimulatedPortal.create_message
@@ -201,7 +201,7 @@ def _record_rigs() -> None:
 def pytest_configure(config: Any) -> None:
     if not _CAPTURE:
         return
-    from smppd import logs
+    from smppd.ops import logs
 
     out = open(Path(_CAPTURE) / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 -- open for the run
     logs.configure(json=True, cache=False, file=out)

@@ -221,7 +221,7 @@ sender_id = "DemoShop"
         return (self.tmp / f"{process}.log").read_bytes().decode("utf-8", "replace")
 
     async def log_has(self, process: str, text: str) -> None:
-        """Wait for ``text`` in the process's log (lines are written in batches, smppd/logs.py)."""
+        """Wait for ``text`` in the process's log (lines are written in batches, smppd/ops/logs.py)."""
         await _wait_for(lambda: text in self.log(process), f"{text!r} in {process}.log", timeout=5.0)
 
     def status(self, b24_id: str) -> str | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from smppd.demo import FINAL_B24, Rig, handler_url
+from smppd.cli.demo import FINAL_B24, Rig, handler_url
 
 
 async def post(rig: Rig, code: str, to: str, body: str, **kw: object) -> tuple[str, int, dict]:

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from smppd.config import AppConfig
-from smppd.demo import Rig, make_config, start_daemon, start_shim, stop_rig
+from smppd.cli.demo import Rig, make_config, start_daemon, start_shim, stop_rig
 from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.config import RulesConfig, SenderConfig
 from smppd.daemon import Daemon
-from smppd.demo import Rig, make_config, start_shim, stop_rig
+from smppd.cli.demo import Rig, make_config, start_shim, stop_rig
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 MINSK = ZoneInfo("Europe/Minsk")

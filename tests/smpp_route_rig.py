@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from smppd.config import SmppRouteConfig
-from smppd.providers.smpp import SmppRoute
+from smppd.routes.smpp import SmppRoute
 from smppd.smpp.segments import route_encoding
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 from smppd.sims.smpp_policy import SubmitPolicy

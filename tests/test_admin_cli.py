@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from smppd.demo import start_rig, stop_rig
+from smppd.cli.demo import start_rig, stop_rig
 
 from .config_rig import config_toml
 

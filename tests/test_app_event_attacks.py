@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from smppd.bitrix24 import install as install_mod
 from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.config import AppEventsConfig
-from smppd.demo import start_daemon, stop_rig
+from smppd.cli.demo import start_daemon, stop_rig
 from .install_rig import (app_for, event_url, install, post_form, rig, send, settled,  # noqa: F401
                           start_app_rig, stored_events, stored_portal, until)
 

@@ -61,7 +61,7 @@ def test_console_log_lines_into_a_closed_pipe_are_quiet():
     raise inside whatever logged it (an SMPP callback printed a traceback per line)."""
     import os
 
-    from smppd.logs import PipeSafe
+    from smppd.ops.logs import PipeSafe
 
     r, w = os.pipe()
     os.close(r)

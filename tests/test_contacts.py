@@ -254,7 +254,7 @@ async def test_bulk_calls_leave_the_burst_to_normal_calls():
 
 @pytest.fixture
 async def rig(tmp_path):
-    from smppd.demo import stop_rig
+    from smppd.cli.demo import stop_rig
     from tests.rules_rig import start_rules_rig
 
     rig = await start_rules_rig(tmp_path)
@@ -266,7 +266,7 @@ async def _cli(rig, action: str, *extra: str) -> tuple[int, str, str]:
     import argparse
     import io
 
-    from smppd.contacts_cli import drive
+    from smppd.cli.contacts import drive
 
     args = argparse.Namespace(json="--json" in extra, csv="--csv" in extra, apply="--apply" in extra)
     params = {"action": action, "apply": args.apply, "entities": ["contact", "lead", "company"]}
@@ -325,7 +325,7 @@ async def test_cost_prices_the_crm_numbers_per_route_without_sending(rig):
     import dataclasses
     import io
 
-    from smppd.contacts_cli import drive_cost
+    from smppd.cli.contacts import drive_cost
     from smppd.sims.smsc import SmscSimulator
     from smppd.sims.smsru import SmsRuSimulator
 
@@ -357,7 +357,7 @@ async def test_cost_prices_the_crm_numbers_per_route_without_sending(rig):
 
 @pytest.fixture
 async def http_rig(tmp_path):
-    from smppd.demo import start_rig, stop_rig
+    from smppd.cli.demo import start_rig, stop_rig
 
     rig = await start_rig(tmp_path, portal_rate=None, http=True)
     rig.portal.scope = "crm,messageservice"
@@ -373,7 +373,7 @@ async def test_hlr_asks_checks_writes_fields_and_caches(http_rig):
     import argparse
     import io
 
-    from smppd.contacts_cli import drive_hlr
+    from smppd.cli.contacts import drive_hlr
 
     rig = http_rig
     sim = rig.http_sims["smscru"]
@@ -417,7 +417,7 @@ async def test_hlr_refuses_a_code_that_is_not_smsc(http_rig):
     import argparse
     import io
 
-    from smppd.contacts_cli import drive_hlr
+    from smppd.cli.contacts import drive_hlr
 
     err = io.StringIO()
     params = {"action": "hlr", "apply": False, "entities": ["contact"], "code": "by_smsru", "cache_ttl": 0}
@@ -428,8 +428,8 @@ async def test_hlr_refuses_a_code_that_is_not_smsc(http_rig):
 
 @pytest.mark.integration
 async def test_demo_contacts_shows_scan_then_normalize_then_nothing_left(capsys):
-    from smppd import cli
-    from smppd.demo import _contacts_demo
+    from smppd.cli import main as cli
+    from smppd.cli.demo import _contacts_demo
 
     assert cli._parser().parse_args(["demo", "--contacts", "300"]).contacts == 300
     # the coroutine, not cli.main: main reconfigures logging for the whole test session
@@ -444,7 +444,7 @@ async def test_demo_contacts_shows_scan_then_normalize_then_nothing_left(capsys)
 async def test_preferred_channel_is_written_and_skips_viber_when_asked(http_rig):
     import dataclasses
 
-    from smppd.demo import handler_url
+    from smppd.cli.demo import handler_url
 
     rig = http_rig
     rig.daemon.channels._flush = 0.05
@@ -487,7 +487,7 @@ async def test_preferred_channel_is_written_and_skips_viber_when_asked(http_rig)
 
 
 def test_filter_argument_keeps_the_operator_with_the_field():
-    from smppd.contacts_cli import _split_filter
+    from smppd.cli.contacts import _split_filter
 
     assert _split_filter("TYPE_ID=CLIENT") == ("TYPE_ID", "CLIENT")
     assert _split_filter(">=DATE_CREATE=2026-01-01") == (">=DATE_CREATE", "2026-01-01")
@@ -574,7 +574,7 @@ async def test_pusher_spaces_partial_batches_while_a_bulk_job_waits(tmp_path, mo
 async def test_smsc_hlr_sends_every_hundred_then_polls_them_together():
     from smppd.bitrix24.contacts import SmscHlr
     from smppd.config import SmscRouteConfig
-    from smppd.providers.smsc import SmscRoute, auth
+    from smppd.routes.smsc import SmscRoute, auth
     from smppd.sims.smsc import SmscSimulator
 
     sim = SmscSimulator(hlr_unreachable=frozenset({"375291000007", "375291000207"}), deliver_after=0.05)

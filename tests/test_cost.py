@@ -2,8 +2,8 @@
 
 import pytest
 
-from smppd import cli
-from smppd.cost import quote
+from smppd.cli import main as cli
+from smppd.cli.cost import quote
 from smppd.sims.smsc import SmscSimulator
 from smppd.sims.smsru import SmsRuSimulator
 

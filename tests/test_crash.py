@@ -17,7 +17,7 @@ import pytest
 
 from smppd import config as config_mod
 from smppd.sims.bitrix24 import SimulatedPortal
-from smppd.demo import OUTCOMES, Rig, start_shim
+from smppd.cli.demo import OUTCOMES, Rig, start_shim
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 from .e2e_rig import post, wait_final
@@ -138,7 +138,7 @@ async def test_a_crashed_route_stops_the_daemon_so_systemd_restarts_it(tmp_path,
     """A daemon whose route task died would look healthy while that queue never moves."""
     from structlog.testing import capture_logs
 
-    from smppd import service
+    from smppd.cli import run as service
     from smppd.daemon import Daemon
 
     portal, life, mts = peers

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from smppd import config
-from smppd.demo import start_rig, stop_rig
+from smppd.cli.demo import start_rig, stop_rig
 
 ROOT = Path(__file__).parent.parent
 UNITS = ROOT / "systemd"
@@ -147,7 +147,7 @@ async def test_every_metric_the_rules_and_dashboard_use_is_exported(tmp_path):
         await wait_final(rig, [b24_id])
         await rig.daemon.ops.watcher.tail()
         await rig.daemon.ops.watcher.snapshot()
-        from smppd import metrics
+        from smppd.ops import metrics
 
         metrics.THROTTLE_EVENTS.labels("life", "throughput")  # a labelled family shows once it has a child
         metrics.RECONNECTS.labels("life")

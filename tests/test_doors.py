@@ -12,7 +12,7 @@ import time
 import pytest
 import pytest_asyncio
 
-from smppd.logs import FLUSH_AFTER
+from smppd.ops.logs import FLUSH_AFTER
 
 from .doors_rig import DoorsRig, start_doors, stop_doors
 

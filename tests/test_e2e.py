@@ -11,7 +11,7 @@ import random
 import pytest
 
 from smppd import text
-from smppd.demo import demo_messages, start_daemon, start_rig, stop_rig
+from smppd.cli.demo import demo_messages, start_daemon, start_rig, stop_rig
 from smppd.model import aggregate, bitrix24_status, receipt_status
 
 from .e2e_rig import post, provider_ids, wait_final
@@ -56,7 +56,7 @@ async def test_repost_is_idempotent(rig):
     b24_id, form = rig.portal.create_message("by_life", "+375291234567", "Your code 1234")
     import aiohttp
 
-    from smppd.demo import handler_url
+    from smppd.cli.demo import handler_url
 
     async with aiohttp.ClientSession() as http:
         replies = []
@@ -114,7 +114,7 @@ async def test_forged_posts_are_refused(rig):
     b24_id, form = rig.portal.create_message("by_life", "+375291234567", "hi")
     import aiohttp
 
-    from smppd.demo import handler_url
+    from smppd.cli.demo import handler_url
 
     forged = [(k, "x" * 32 if k == "auth[application_token]" else v) for k, v in form]
     other_portal = [(k, "f" * 32 if k == "auth[member_id]" else v) for k, v in form]

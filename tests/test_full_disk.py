@@ -26,7 +26,7 @@ import pytest
 
 from smppd import config as config_mod
 from smppd.sims.bitrix24 import SimulatedPortal
-from smppd.demo import Rig, start_shim
+from smppd.cli.demo import Rig, start_shim
 from smppd.smpp.pdu import COMMAND_IDS
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
@@ -249,8 +249,8 @@ async def test_full_disk_stays_up_refuses_posts_holds_receipts_and_resumes(tmp_p
 async def test_http_callbacks_wait_for_the_disk_and_beyond_the_bound_get_503(small_disk: Path) -> None:
     """SMSC.ru calls back while the disk is full: the callback is answered only once it is
     stored (the provider's request waits); beyond the held bound it gets 503 and calls again."""
-    from smppd.demo import start_rig, stop_rig
-    from smppd.providers.smsc import split_provider_id
+    from smppd.cli.demo import start_rig, stop_rig
+    from smppd.routes.smsc import split_provider_id
 
     from .e2e_rig import provider_ids
     from .store_rig import fill
@@ -285,7 +285,7 @@ async def test_http_callbacks_wait_for_the_disk_and_beyond_the_bound_get_503(sma
         # `smppd status` answers at once and says why (its store reads would wait for the disk).
         st = await asyncio.wait_for(rig.rpc.call("status"), 5)
         assert "disk is full" in st["store"]["unavailable"]
-        from smppd.admin_cli import render_status
+        from smppd.cli.admin import render_status
         assert "STORE CANNOT WRITE" in render_status(st)
         filler.unlink()
         assert await asyncio.wait_for(first, 10) == (200, "OK")

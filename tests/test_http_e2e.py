@@ -7,9 +7,9 @@ import hashlib
 import aiohttp
 import pytest
 
-from smppd.demo import start_rig, stop_rig
+from smppd.cli.demo import start_rig, stop_rig
 from smppd.model import bitrix24_status, smsc_status, smsru_status
-from smppd.providers.smsc import split_provider_id
+from smppd.routes.smsc import split_provider_id
 
 from .e2e_rig import db, post, provider_ids, wait_final
 
@@ -114,7 +114,7 @@ async def test_status_shows_http_routes(rig):
 
 
 async def test_provider_outage_across_a_daemon_restart_loses_nothing(rig):
-    from smppd.demo import start_daemon
+    from smppd.cli.demo import start_daemon
     from smppd.sims.smsru import SmsRuSimulator
 
     sim = rig.http_sims["smsru"]

@@ -12,7 +12,7 @@ from types import MappingProxyType
 import pytest
 
 from smppd.sims.bitrix24 import SimulatedPortal
-from smppd.demo import FINAL_B24, start_daemon, stop_rig
+from smppd.cli.demo import FINAL_B24, start_daemon, stop_rig
 
 from .install_rig import (app_for, event_url, install, owed_delivered, post_form, rig, send,  # noqa: F401 (rig: the fixture)
                           settled, start_app_rig, stored_events, stored_portal, until)
@@ -222,7 +222,7 @@ async def test_pending_install_with_a_forged_token_is_never_activated(tmp_path):
 
 async def test_smppd_register_and_unregister_commands(rig, monkeypatch, capsys):
     """The admin commands end to end: through the daemon's socket to the portal and back."""
-    from smppd import cli
+    from smppd.cli import main as cli
 
     portal = rig.portal
     await install(rig, portal)

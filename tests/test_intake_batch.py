@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from smppd import config as config_mod
-from smppd.demo import start_rig, stop_rig
+from smppd.cli.demo import start_rig, stop_rig
 from smppd.intake import Intake
 from smppd.rpc import RpcClient, RpcError
 from smppd.model import OpenMessage, PortalRecord

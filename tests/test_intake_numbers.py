@@ -7,7 +7,8 @@ import tomllib
 
 import pytest
 
-from smppd import config as config_mod, metrics
+from smppd import config as config_mod
+from smppd.ops import metrics
 from smppd.config import ConfigError
 from smppd.intake import Intake
 from smppd.model import OpenMessage, PortalRecord

@@ -19,7 +19,7 @@ import smpp34
 
 from smppd import text
 from smppd.sims.bitrix24 import SimulatedPortal
-from smppd.demo import Rig, make_config, start_daemon, start_shim, stop_rig
+from smppd.cli.demo import Rig, make_config, start_daemon, start_shim, stop_rig
 
 from .e2e_rig import post, wait_final
 

@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 
-from smppd.journal import StoreWatcher
+from smppd.ops.journal import StoreWatcher
 from smppd.model import NewMessage
 from smppd.store import Store
 

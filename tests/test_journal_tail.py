@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from smppd import journal
-from smppd.journal import StoreWatcher
+from smppd.ops import journal
+from smppd.ops.journal import StoreWatcher
 from smppd.store.reader import connect_readonly
 from smppd.model import FINAL, Status
 

@@ -9,7 +9,8 @@ import logging
 import pytest
 import structlog
 
-from smppd import logs, phone
+from smppd import phone
+from smppd.ops import logs
 
 
 def capture_json(fn) -> list[dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
-from smppd import metrics
+from smppd.ops import metrics
 
 
 def _count(route: str) -> float:

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from smppd.demo import start_rig, stop_rig
+from smppd.cli.demo import start_rig, stop_rig
 
 pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from smppd.demo import start_rig, stop_rig
+from smppd.cli.demo import start_rig, stop_rig
 from smppd.rpc import RpcClient, RpcError
 
 from .e2e_rig import db, post, wait_final

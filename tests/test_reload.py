@@ -11,11 +11,11 @@ from types import MappingProxyType
 
 import pytest
 
-from smppd import reload
+from smppd.ops import reload
 from smppd.config import SenderConfig
-from smppd.demo import start_rig, stop_rig
+from smppd.cli.demo import start_rig, stop_rig
 from smppd.rpc import RpcClient
-from smppd.service import reload_config, run_daemon
+from smppd.cli.run import reload_config, run_daemon
 from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 

@@ -6,7 +6,7 @@ import calendar
 
 import pytest
 
-from smppd import report
+from smppd.cli import report
 from smppd.model import Status
 from smppd.model import NewMessage
 from smppd.store import Store

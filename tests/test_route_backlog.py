@@ -11,8 +11,8 @@ from collections import Counter
 
 import pytest
 
-from smppd.providers import smpp as smpp_route
-from smppd.providers.smpp import SmppRoute
+from smppd.routes import smpp as smpp_route
+from smppd.routes.smpp import SmppRoute
 
 from .smpp_route_rig import make_rig, route_config
 

@@ -13,9 +13,9 @@ from types import MappingProxyType
 
 import pytest
 
-from smppd import reload
-from smppd.demo import start_rig, stop_rig
-from smppd.providers import Route
+from smppd.ops import reload
+from smppd.cli.demo import start_rig, stop_rig
+from smppd.routes import Route
 
 from .e2e_rig import db, post, wait_final
 from .process_rig import smppd_cli

@@ -10,7 +10,7 @@ import pytest
 from smppd import rules, store as store_mod
 from smppd.bitrix24.rest import RestError
 from smppd.config import SenderConfig
-from smppd.consent import ConsentReader, granted
+from smppd.rules.consent import ConsentReader, granted
 from smppd.rules import CONTACT, DEAL, LEAD, Entity, QuietHours
 from smppd.model import NewMessage
 from smppd.store import Store
@@ -182,7 +182,7 @@ async def test_a_version_1_database_migrates_and_keeps_its_open_messages(tmp_pat
 def test_stoplist_cli_usage_and_unreachable_daemon(capsys, tmp_path):
     from pathlib import Path
 
-    from smppd import cli
+    from smppd.cli import main as cli
 
     text = (Path(__file__).parent.parent / "config.toml").read_text()
     conf = tmp_path / "c.toml"

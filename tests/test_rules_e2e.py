@@ -12,9 +12,10 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from smppd import cli, rules
+from smppd import rules
+from smppd.cli import main as cli
 from smppd.config import RulesConfig
-from smppd.demo import handler_url
+from smppd.cli.demo import handler_url
 
 from .e2e_rig import db, post, wait_final
 from .rules_rig import WallClock, settle, start_rules_daemon, start_rules_rig, stop_rig
@@ -321,7 +322,7 @@ async def test_a_template_over_one_segment_warns_once_and_is_counted(rig):
 
 
 def test_segment_warnings_once_per_code_per_hour_with_the_count():
-    from smppd.logs import LinePacer
+    from smppd.ops.logs import LinePacer
 
     w = LinePacer(every=3600.0)
     assert w.note("by_life", 0.0) == 1

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from smppd import sdnotify
+from smppd.ops import sdnotify
 
 
 @pytest.fixture

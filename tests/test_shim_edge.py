@@ -15,7 +15,7 @@ from shim import body as body_mod
 from shim.app import make_app
 from shim.dlr import dlr_keys
 from shim.edge import Deadline, EdgeLimits, listen
-from smppd.demo import start_rig, stop_rig
+from smppd.cli.demo import start_rig, stop_rig
 
 
 def test_deadline_is_armed_by_a_first_byte_and_cleared_when_the_request_starts():

@@ -11,7 +11,7 @@ import logging
 import pytest
 from structlog.testing import capture_logs
 
-from smppd.demo import start_rig, stop_rig
+from smppd.cli.demo import start_rig, stop_rig
 
 pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 

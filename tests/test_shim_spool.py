@@ -12,7 +12,7 @@ from aiohttp import web
 from shim.app import HANDLER, _intake_json, make_app
 from shim.bitrix_form import decode_form, parse_handler_post
 from shim.spool import Spool
-from smppd.demo import start_rig, stop_rig
+from smppd.cli.demo import start_rig, stop_rig
 from smppd.rpc import RpcClient, RpcError
 
 from .shim_rig import CODE, FORM_CT, KEY, URL, FakeDaemon, body, daemon, rpc, rpc_server, sock_path  # noqa: F401

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration  # starts servers, processes or sockets (se
 smpp34 = pytest.importorskip("smpp34")
 
 from smppd.model import Status  # noqa: E402
-from smppd.providers.smpp import SmppRoute  # noqa: E402
+from smppd.routes.smpp import SmppRoute  # noqa: E402
 from smppd.store import Store  # noqa: E402
 
 from .smpp_route_rig import RouteRig, route_config  # noqa: E402

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from structlog.testing import capture_logs
 
 from smppd.sims.bitrix24 import SimulatedPortal
-from smppd.demo import OUTCOMES, Rig, make_config, start_daemon, start_shim, stop_rig
+from smppd.cli.demo import OUTCOMES, Rig, make_config, start_daemon, start_shim, stop_rig
 from smppd.sims.smpp import SimulatorConfig, SmscSimulator
 
 from .e2e_rig import post, wait_final

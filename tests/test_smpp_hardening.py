@@ -58,7 +58,7 @@ def test_session_handles_pdus_before_garbage_then_drops_the_connection():
 
 # --- AIMD --------------------------------------------------------------------------
 
-from smppd.throttle import Aimd, SlidingWindowLimiter  # noqa: E402
+from smppd.routes.throttle import Aimd, SlidingWindowLimiter  # noqa: E402
 
 
 def test_aimd_halves_once_per_hold_and_grows_back_additively():

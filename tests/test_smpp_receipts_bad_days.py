@@ -97,7 +97,7 @@ async def test_all_waits_for_every_part(rigs, tmp_path):
 @pytest.mark.integration
 async def test_no_receipt_after_validity_ends_undelivered(rigs, tmp_path, monkeypatch):
     # 14.8: a part accepted and never reported on stayed "sent" for ever
-    monkeypatch.setattr("smppd.providers.smpp.RECEIPT_WATCH_INTERVAL", 0.1)
+    monkeypatch.setattr("smppd.routes.smpp.RECEIPT_WATCH_INTERVAL", 0.1)
     rig = await rigs(tmp_path, sim={"receipts": False}, validity=1.0)
     ids = [await rig.send("short"), await rig.send(LONG)]
     statuses = await rig.wait_final(ids, timeout=6)
@@ -108,7 +108,7 @@ async def test_no_receipt_after_validity_ends_undelivered(rigs, tmp_path, monkey
 
 @pytest.mark.integration
 async def test_query_sm_first_then_the_answer_is_the_receipt(rigs, tmp_path, monkeypatch):
-    monkeypatch.setattr("smppd.providers.smpp.RECEIPT_WATCH_INTERVAL", 0.1)
+    monkeypatch.setattr("smppd.routes.smpp.RECEIPT_WATCH_INTERVAL", 0.1)
     rig = await rigs(tmp_path, sim={"receipts": False, "outcomes": {"UNDELIV": 1}}, validity=30.0,
                      query_sm=True, query_sm_delay=0.4, throughput=50)
     mid = await rig.send()
@@ -123,7 +123,7 @@ async def test_query_sm_first_then_the_answer_is_the_receipt(rigs, tmp_path, mon
 
 @pytest.mark.integration
 async def test_query_sm_refused_by_the_smsc_still_ends_at_validity(rigs, tmp_path, monkeypatch):
-    monkeypatch.setattr("smppd.providers.smpp.RECEIPT_WATCH_INTERVAL", 0.1)
+    monkeypatch.setattr("smppd.routes.smpp.RECEIPT_WATCH_INTERVAL", 0.1)
     rig = await rigs(tmp_path, sim={"receipts": False, "query_sm": False}, validity=1.5,
                      query_sm=True, query_sm_delay=0.3)
     mid = await rig.send()

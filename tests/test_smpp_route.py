@@ -90,7 +90,7 @@ async def test_against_an_operator_cap_aimd_converges_without_losing_anything(ri
 
 @pytest.mark.parametrize("status", [ESME_RSYSERR, ESME_RX_T_APPN])
 async def test_other_temporary_errors_requeue(rigs, tmp_path, status, monkeypatch):
-    monkeypatch.setattr("smppd.providers.smpp.TEMPORARY_RETRY_DELAY", 0.01)
+    monkeypatch.setattr("smppd.routes.smpp.TEMPORARY_RETRY_DELAY", 0.01)
     rig = await rigs(tmp_path, policy=ScriptedPolicy([SubmitVerdict(status=status)]))
     mid = await rig.send()
     assert await rig.wait_final() == {mid: "delivered"}

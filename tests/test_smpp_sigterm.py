@@ -43,7 +43,7 @@ async def test_sigterm_unbinds_every_bind_and_exits_cleanly(tmp_path):
     cfg = tmp_path / "config.toml"
     cfg.write_text(CONFIG.format(tmp=tmp_path, port=smsc.port))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import sys; from smppd.cli import main; sys.exit(main())", "run", "-c", str(cfg),
+        sys.executable, "-c", "import sys; from smppd.cli.main import main; sys.exit(main())", "run", "-c", str(cfg),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     try:

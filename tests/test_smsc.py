@@ -8,9 +8,9 @@ import pytest
 
 from smppd.config import SmscRouteConfig
 from smppd.model import SMSC_STATUS, Status, UnknownProviderStatus, smsc_status
-from smppd.providers import smsc
-from smppd.providers.http_common import Accepted, Ambiguous, BadCallback, Batcher, Job, ProviderError, Refused
-from smppd.providers.smsc import VIBER_ID_BASE, SmscRoute
+from smppd.routes import smsc
+from smppd.routes.http import Accepted, Ambiguous, BadCallback, Batcher, Job, ProviderError, Refused
+from smppd.routes.smsc import VIBER_ID_BASE, SmscRoute
 from smppd.sims.smsc import SimMessage, SmscSimulator
 from smppd.model import OpenMessage
 

@@ -13,8 +13,8 @@ from types import MappingProxyType
 
 import pytest
 
-from smppd import reload
-from smppd.demo import start_rig, stop_rig
+from smppd.ops import reload
+from smppd.cli.demo import start_rig, stop_rig
 
 from .e2e_rig import post, wait_final
 

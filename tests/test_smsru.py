@@ -9,11 +9,11 @@ import pytest
 
 from smppd.config import SmsRuRouteConfig
 from smppd.model import SMSRU_STATUS, Status, smsru_status, UnknownProviderStatus
-from smppd.providers import smsru
-from smppd.providers.http_common import (
+from smppd.routes import smsru
+from smppd.routes.http import (
     Accepted, Ambiguous, BadCallback, ForgedCallback, ProviderError, Refused, Retry,
 )
-from smppd.providers.smsru import SmsRuRoute
+from smppd.routes.smsru import SmsRuRoute
 from smppd.sims.smsru import SmsRuSimulator
 
 from .http_rig import add_message, status_of, wait_status

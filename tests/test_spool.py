@@ -13,7 +13,8 @@ import structlog
 
 from shim import spool as spool_mod
 from shim.spool import Spool, SpoolBroken, SpoolError, SpoolFull, encode_record
-from smppd import listenfds, metrics
+from smppd.ops import listenfds
+from smppd.ops import metrics
 
 
 def params(i: int) -> bytes:

@@ -19,12 +19,12 @@ PACKAGES = ("smppd", "shim")
 
 # The entry points: they start the daemon, so they may import it.
 DAEMON = "smppd.daemon"
-MAY_IMPORT_DAEMON = frozenset({"smppd.service", "smppd.demo"})
+MAY_IMPORT_DAEMON = frozenset({"smppd.cli.run", "smppd.cli.demo"})
 
 # The simulators and who may use them: the demo runs them as the peers of a
 # real daemon on a fresh machine; the tests and bench/ (not walked here) too.
 SIMS = "smppd.sims"
-MAY_IMPORT_SIMS = frozenset({"smppd.demo"})
+MAY_IMPORT_SIMS = frozenset({"smppd.cli.demo"})
 
 
 def _module_name(path: Path) -> str:
@@ -152,7 +152,7 @@ def test_walker_sees_relative_function_level_and_type_checking_imports(tmp_path:
 
 def test_walker_reads_the_whole_product() -> None:
     graph = import_graph()
-    assert {"smppd.daemon", "smppd.metrics", "shim.app", "smppd.sims"} <= set(graph)
+    assert {"smppd.daemon", "smppd.ops.metrics", "shim.app", "smppd.sims"} <= set(graph)
     assert "smppd.config" in graph["smppd.daemon"]
 
 

@@ -1,6 +1,7 @@
 """``smppd text``: what a text costs before a broadcast goes out."""
 
-from smppd import cli, text
+from smppd import text
+from smppd.cli import main as cli
 
 
 def run(capsys, *argv):

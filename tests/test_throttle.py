@@ -1,4 +1,4 @@
-from smppd.throttle import SlidingWindowLimiter
+from smppd.routes.throttle import SlidingWindowLimiter
 
 
 class Clock:

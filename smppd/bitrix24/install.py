@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Protocol
 import aiohttp
 import structlog
 
-from .. import metrics
+from ..ops import metrics
 from ..backoff import backoff
 from ..config import AppConfig, Config, normalize_domain
 from ..rpc import RpcError

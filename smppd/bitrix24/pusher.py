@@ -15,7 +15,7 @@ import asyncio
 
 import structlog
 
-from .. import metrics
+from ..ops import metrics
 from ..backoff import backoff
 from ..model import OutboxItem
 from ..store import Store

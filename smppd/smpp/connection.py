@@ -15,7 +15,7 @@ from typing import Callable, Sequence, cast
 
 import structlog
 
-from .. import metrics
+from ..ops import metrics
 from ..config import SmppRouteConfig
 from .events import BindRejected, Bound, Terminated
 from .flow import Outcome, ReconnectBackoff

@@ -2,7 +2,7 @@
 
 Nothing here reads a clock or touches a socket: every call takes ``now`` (a
 monotonic float, ``loop.time()``) and returns what to do; the asyncio route and
-connection (``providers/smpp.py``, ``connection.py``) only apply the answers.
+connection (``routes/smpp.py``, ``connection.py``) only apply the answers.
 That keeps the decisions testable second by second without an SMSC.
 
 Why the three congestion signals are treated differently (reference §4, §8,

@@ -12,7 +12,7 @@ from .writer import Writer
 class Contacts(Writer):
     """Per-number records and the contact-base tools' progress."""
 
-    # --- the stop list (smppd/stoplist.py keeps it in memory too) -----------------
+    # --- the stop list (smppd/rules/stoplist.py keeps it in memory too) -----------------
 
     async def stoplist_numbers(self) -> set[str]:
         rows = await self.execute(lambda conn: conn.execute("SELECT phone FROM stoplist").fetchall())

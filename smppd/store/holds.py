@@ -2,7 +2,7 @@
 
 The hold lives in the message row (``hold``, ``hold_until``), so a restart loses
 nothing and ``open_messages`` never sends a held message early. The worker that
-judges and releases them is ``smppd.holds``; this is what it reads and writes.
+judges and releases them is ``smppd.rules.holds``; this is what it reads and writes.
 """
 
 from __future__ import annotations

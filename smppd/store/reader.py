@@ -1,7 +1,7 @@
 """The store read from the side: a read-only connection, apart from the writer.
 
 WAL lets it read while the writer writes; it never takes the writer's lock and never
-queues work on it. The journal (``smppd.journal``: status log lines, the store's
+queues work on it. The journal (``smppd.ops.journal``: status log lines, the store's
 metrics) and ``smppd report`` (which works with the daemon stopped) read through it.
 The caller owns the connection (``connect_readonly``); these are the reads over it.
 """

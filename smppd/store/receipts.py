@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
-from .. import metrics
+from ..ops import metrics
 from ..model import NO_RULES, STATUS_WORD, ReceiptRules, Status, Unreceipted
 from .status import accept_segment, apply_receipt, segment_status
 from .writer import HOLD_BOUNDED, Writer

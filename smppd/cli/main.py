@@ -13,9 +13,9 @@ import sys
 
 import structlog
 
-from . import admin_cli, contacts_cli
-from . import config as config_mod
-from . import logs
+from . import admin as admin_cli, contacts as contacts_cli
+from .. import config as config_mod
+from ..ops import logs
 
 DEFAULT_CONFIG = "/etc/smppd/config.toml"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -171,15 +171,15 @@ def _run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_USAGE
     logs.configure()
-    from .service import run_daemon
-    from .store import StoreOpenError
+    from .run import run_daemon
+    from ..store import StoreOpenError
 
     try:
         return EXIT_OK if asyncio.run(run_daemon(cfg, args.config)) else EXIT_FAILED
     except StoreOpenError as e:
         # Exit 2: restarting cannot help (systemd's RestartPreventExitStatus=2): a read-only
         # mount, a directory not ours. A full disk is exit 1: systemd starts it again later.
-        structlog.get_logger("smppd.service").error("store_open_failed", path=e.path, problem=e.problem)
+        structlog.get_logger("smppd.cli.run").error("store_open_failed", path=e.path, problem=e.problem)
         return EXIT_FAILED if e.retry else EXIT_USAGE
 
 
@@ -191,8 +191,8 @@ def _stoplist(args: argparse.Namespace) -> int:
     if (args.action == "list") == bool(args.numbers):
         print("smppd: stoplist add/remove take numbers, list takes none", file=sys.stderr)
         return EXIT_USAGE
-    from .phone import mask
-    from .rpc import RpcClient, RpcError, RpcUnavailable
+    from ..phone import mask
+    from ..rpc import RpcClient, RpcError, RpcUnavailable
 
     async def run() -> int:
         client = RpcClient(cfg.daemon.socket_path)
@@ -223,7 +223,7 @@ def _stoplist(args: argparse.Namespace) -> int:
 
 
 def _text(args: argparse.Namespace) -> int:
-    from . import text
+    from .. import text
 
     if args.text == "-":
         args.text = sys.stdin.read().removesuffix("\n")
@@ -262,7 +262,7 @@ def _registration(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_USAGE
-    from .rpc import RpcClient, RpcError, RpcUnavailable
+    from ..rpc import RpcClient, RpcError, RpcUnavailable
 
     async def ask() -> object:
         client = RpcClient(cfg.daemon.socket_path, timeout=120)

@@ -15,8 +15,8 @@ import json
 import sys
 from typing import Any, TextIO
 
-from . import config as config_mod
-from .rpc import RpcClient, RpcError, RpcUnavailable
+from .. import config as config_mod
+from ..rpc import RpcClient, RpcError, RpcUnavailable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 POLL = 0.5
@@ -187,7 +187,7 @@ async def drive_cost(cfg: config_mod.Config, params: dict[str, Any], args: argpa
     """Read the numbers through the daemon, then price them at the provider, 100 a request
     (SMS.ru takes at most 100 numbers per request, providers.md §1)."""
     from .cost import quote
-    from .providers.http_common import Ambiguous, ProviderError, Unavailable
+    from ..routes.http import Ambiguous, ProviderError, Unavailable
 
     client = RpcClient(cfg.daemon.socket_path, timeout=30)
     try:

@@ -19,9 +19,9 @@ import sys
 import time
 from typing import Any, Callable
 
-from . import config as config_mod
+from .. import config as config_mod
 from . import report as report_mod
-from .rpc import RpcClient, RpcError, RpcUnavailable
+from ..rpc import RpcClient, RpcError, RpcUnavailable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 FINAL = ("delivered", "undelivered", "expired", "rejected", "failed")

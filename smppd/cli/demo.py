@@ -25,9 +25,10 @@ from types import MappingProxyType
 import aiohttp
 from aiohttp import web
 
-from . import logs, text
-from .sims.bitrix24 import SimulatedPortal
-from .config import (
+from ..ops import logs
+from .. import text
+from ..sims.bitrix24 import SimulatedPortal
+from ..config import (
     Config,
     DaemonConfig,
     PortalConfig,
@@ -37,11 +38,11 @@ from .config import (
     SmscRouteConfig,
     SmsRuRouteConfig,
 )
-from .daemon import Daemon
-from .rpc import RpcClient
-from .sims.smsc import SmscSimulator as SmscRuSimulator
-from .sims.smsru import SmsRuSimulator
-from .sims.smpp import SimulatorConfig, SmscSimulator
+from ..daemon import Daemon
+from ..rpc import RpcClient
+from ..sims.smsc import SmscSimulator as SmscRuSimulator
+from ..sims.smsru import SmsRuSimulator
+from ..sims.smpp import SimulatorConfig, SmscSimulator
 
 FINAL_B24 = frozenset({"delivered", "undelivered", "failed"})
 OUTCOMES = {"DELIVRD": 0.85, "UNDELIV": 0.07, "EXPIRED": 0.05, "REJECTD": 0.03}
@@ -328,7 +329,7 @@ CHANNEL_WORDS = {"viber": "went by Viber", "viber_fallback": "fell back to SMS"}
 
 def _channels(rig: Rig) -> dict[str, int]:
     """How the Viber route's messages went out, from the store's channel column."""
-    from .store import reader
+    from ..store import reader
 
     db = reader.connect_readonly(rig.config.daemon.database)
     try:
@@ -352,7 +353,7 @@ async def _contacts_demo(n: int, seed: int) -> bool:
     the portal's real limit (2 requests/s, burst 50) shared with the status pusher."""
     import io
 
-    from .contacts_cli import drive
+    from .contacts import drive
 
     with tempfile.TemporaryDirectory(prefix="smppd-demo-") as tmp:
         rig = await start_rig(Path(tmp), seed=seed)

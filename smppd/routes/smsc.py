@@ -40,7 +40,7 @@ from ..model import (
     smsc_status,
 )
 from ..model import OpenMessage, PollItem
-from .http_common import (
+from .http import (
     Accepted,
     Ambiguous,
     BadCallback,

@@ -15,13 +15,13 @@ from typing import Any, Mapping, Protocol
 
 import structlog
 
-from . import phone
-from .config import Config
-from .holds import HoldWorker
-from .model import Status
-from .providers.base import Route
-from .rpc import RpcError
-from .store import PortalRecord, Store
+from .. import phone
+from ..config import Config
+from ..rules.holds import HoldWorker
+from ..model import Status
+from ..routes.base import Route
+from ..rpc import RpcError
+from ..store import PortalRecord, Store
 
 log = structlog.get_logger(__name__)
 

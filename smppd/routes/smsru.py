@@ -32,7 +32,7 @@ from ..model import (
     smsru_status,
 )
 from ..model import PollItem
-from .http_common import (
+from .http import (
     Accepted,
     Ambiguous,
     BadCallback,

@@ -3,7 +3,7 @@
 Start: the daemon opens its store and its socket, then tells systemd
 ``READY=1`` (``Type=notify``), so ``smppd-shim.service`` ordered after it
 starts against a socket that answers.  While it runs it pings the watchdog
-from the event loop.  SIGHUP reloads the config (``smppd.reload``); SIGTERM
+from the event loop.  SIGHUP reloads the config (``smppd.ops.reload``); SIGTERM
 and SIGINT stop it: ``STOPPING=1``, the socket closes first, routes drain
 their windows and unbind, the store closes last.
 """
@@ -16,9 +16,9 @@ from typing import Any
 
 import structlog
 
-from . import config as config_mod
-from . import reload, sdnotify
-from .daemon import Daemon
+from .. import config as config_mod
+from ..ops import reload, sdnotify
+from ..daemon import Daemon
 
 log = structlog.get_logger(__name__)
 

@@ -33,12 +33,12 @@ from typing import Any, Callable, Container
 
 import structlog
 
-from . import phone
-from .bitrix24.rest import RestError
+from .. import phone
+from ..bitrix24.rest import RestError
 from .consent import ConsentReader, Verdict, permanent, permission_reason
-from .rules import HOLD_CONSENT, HOLD_QUIET, REASON_STOPLIST, Entity, Rules
-from .model import OpenMessage
-from .store import Store
+from . import HOLD_CONSENT, HOLD_QUIET, REASON_STOPLIST, Entity, Rules
+from ..model import OpenMessage
+from ..store import Store
 
 log = structlog.get_logger(__name__)
 

@@ -14,7 +14,8 @@ from typing import Any, Awaitable, Callable, Collection, Sequence
 
 import structlog
 
-from .. import metrics, phone
+from ..ops import metrics
+from .. import phone
 from ..background import Background
 from ..config import SmppRouteConfig
 from ..model import FINAL, Status, UnknownReceiptState, receipt_status
@@ -35,7 +36,7 @@ from ..smpp.events import (
 from ..smpp.flow import FlowPolicy, Limits
 from ..model import OpenMessage, ReceiptRules, Unreceipted
 from ..store import Store, StoreUnavailable
-from ..throttle import SlidingWindowLimiter
+from .throttle import SlidingWindowLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -526,7 +527,7 @@ class SmppRoute:
         fut.add_done_callback(stored)
         self._background.track(fut)
 
-    # --- the Route protocol (providers/base.py), issue 14 item 10 --------------------
+    # --- the Route protocol (routes/base.py), issue 14 item 10 --------------------
     # Thin and self-contained on purpose: what the daemon, reload, admin and metrics
     # need, read from the state above without changing how the route works.
 

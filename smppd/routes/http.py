@@ -41,7 +41,7 @@ from ..config import HttpRouteConfig
 from ..model import FINAL, Status
 from ..model import OpenMessage, PollItem
 from ..store import Store
-from ..throttle import SlidingWindowLimiter
+from .throttle import SlidingWindowLimiter
 from .resend import Ask, Keep, Resend, ResendPolicy
 
 log = structlog.get_logger(__name__)
@@ -310,7 +310,7 @@ class HttpRoute:
             await self.http.close()
             self.http = None
 
-    # --- the Route protocol (providers/base.py) ------------------------------------
+    # --- the Route protocol (routes/base.py) ------------------------------------
 
     @property
     def up(self) -> bool:

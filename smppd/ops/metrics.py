@@ -8,7 +8,7 @@ Three kinds of source, so the hot path pays next to nothing:
 * **read at scrape time** from live objects (``DaemonCollector``): bind state,
   queue depth, window occupancy and the counters the route already keeps in
   ``stats``;
-* **read from the store** in the background by ``smppd.journal`` (its own
+* **read from the store** in the background by ``smppd.ops.journal`` (its own
   read-only connection, never the writer): messages by route and status, the
   Bitrix24 outbox, receipt latency (``StoreCollector``).
 
@@ -39,8 +39,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .config import Config
-from .model import FINAL, Status
+from ..config import Config
+from ..model import FINAL, Status
 
 T = TypeVar("T")
 
@@ -93,7 +93,7 @@ class StoreGauges(Protocol):
 
 
 class LiveState(Protocol):
-    """The daemon as ``DaemonCollector`` and ``smppd.ops`` see it."""
+    """The daemon as ``DaemonCollector`` and ``smppd.ops.runner`` see it."""
 
     @property
     def config(self) -> Config: ...
@@ -199,7 +199,7 @@ def shim_spool_refused(reason: str) -> None:
     _child(SHIM_SPOOL_REFUSED, reason).inc()
 
 
-# --- observed by smppd.journal as it tails the store's status events ----------------------
+# --- observed by smppd.ops.journal as it tails the store's status events ----------------------
 
 RECEIPT_LATENCY = Histogram(
     "smppd_receipt_latency_seconds", "Segment accepted by the operator to its final receipt.", ["route", "status"],
@@ -390,7 +390,7 @@ def storage_families(store: StoreGauges, min_free_mb: int) -> Iterable[Any]:
 
 @dataclass(frozen=True)
 class StoreSnapshot:
-    """Figures read from the store in one read transaction (by ``smppd.journal``)."""
+    """Figures read from the store in one read transaction (by ``smppd.ops.journal``)."""
 
     messages: Mapping[tuple[str, str], int]  # (route, status) -> messages
     outbox: Mapping[str, tuple[int, float]]  # portal -> (updates owed, age of the oldest in seconds)

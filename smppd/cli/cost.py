@@ -13,9 +13,9 @@ import asyncio
 import sys
 from dataclasses import dataclass, field
 
-from . import phone, text
-from .config import Config, SmscRouteConfig, SmsRuRouteConfig
-from .providers.http_common import Ambiguous, ProviderError, Unavailable
+from .. import phone, text
+from ..config import Config, SmscRouteConfig, SmsRuRouteConfig
+from ..routes.http import Ambiguous, ProviderError, Unavailable
 
 
 @dataclass
@@ -39,7 +39,7 @@ async def quote(cfg: Config, code: str, body: str, numbers: list[str]) -> Quote:
     if not valid:
         return q
     if isinstance(route, SmsRuRouteConfig):
-        from .providers.smsru import SmsRuRoute
+        from ..routes.smsru import SmsRuRoute
 
         r = SmsRuRoute(route, None)  # type: ignore[arg-type]  # no store: nothing is sent
         try:
@@ -51,7 +51,7 @@ async def quote(cfg: Config, code: str, body: str, numbers: list[str]) -> Quote:
             q.rows.append((n, parts, cost, "" if code_ == 100 else f"SMS.ru {code_}"))
         q.total_cost, q.total_sms = c.total_cost, c.total_sms
     elif isinstance(route, SmscRouteConfig):
-        from .providers.smsc import SmscRoute, auth
+        from ..routes.smsc import SmscRoute, auth
 
         r2 = SmscRoute(route, None)  # type: ignore[arg-type]
         try:

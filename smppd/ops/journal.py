@@ -31,11 +31,12 @@ from typing import Any, Callable, Iterable
 
 import structlog
 
-from . import metrics, phone
-from .model import FINAL
-from .phone import mask
-from .store import reader
-from .store.reader import connect_readonly
+from . import metrics
+from .. import phone
+from ..model import FINAL
+from ..phone import mask
+from ..store import reader
+from ..store.reader import connect_readonly
 
 log = structlog.get_logger(__name__)
 

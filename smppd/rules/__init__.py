@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping
 from zoneinfo import ZoneInfo
 
-from .config import RulesConfig, SenderConfig
+from ..config import RulesConfig, SenderConfig
 
 MARKETING_MODULE = "sender"  # Bitrix24's CRM marketing module posts with this module_id
 

@@ -13,8 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .store import reader
-from .store.reader import connect_readonly
+from ..store import reader
+from ..store.reader import connect_readonly
 
 UNDELIVERED = ("undelivered", "expired")
 FAILED = ("rejected", "failed")

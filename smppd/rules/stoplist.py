@@ -12,8 +12,8 @@ from typing import Any
 
 import structlog
 
-from . import phone
-from .store import Store
+from .. import phone
+from ..store import Store
 
 log = structlog.get_logger(__name__)
 

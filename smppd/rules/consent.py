@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterable
 
 import structlog
 
-from .bitrix24.rest import BATCH_MAX_COMMANDS, RestClient, RestError
-from .rules import COMPANY, CONTACT, DEAL, LEAD, REASON_NO_BINDING, Entity
+from ..bitrix24.rest import BATCH_MAX_COMMANDS, RestClient, RestError
+from . import COMPANY, CONTACT, DEAL, LEAD, REASON_NO_BINDING, Entity
 
 log = structlog.get_logger(__name__)
 

@@ -26,10 +26,10 @@ from typing import MutableMapping, Protocol
 
 import structlog
 
-from .bitrix24.install import EventQueue
-from .config import Config, RouteConfig
-from .intake import Intake
-from .providers.base import Route
+from ..bitrix24.install import EventQueue
+from ..config import Config, RouteConfig
+from ..intake import Intake
+from ..routes.base import Route
 
 
 class ReloadHost(Protocol):

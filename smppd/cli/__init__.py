@@ -1,0 +1,1 @@
+"""The ``smppd`` commands: run, demo, admin, report, cost, text, contacts."""
