@@ -133,11 +133,11 @@ class LimitRepeats:
 
 def _orjson_text(obj: Any, **kw: Any) -> str:
     """``orjson.dumps`` as structlog's JSONRenderer calls its serializer, as text (what
-    ``BatchedLines`` and structlog's PrintLogger write).  Dict keys that are not strings
-    become strings, as ``json.dumps`` does them; an int beyond 64 bits, which orjson
-    refuses, makes the line ``json.dumps``'s, so a line is never lost to its values."""
+    ``BatchedLines`` and structlog's PrintLogger write).  What orjson refuses and
+    ``json.dumps`` takes (a dict key that is not a string, an int beyond 64 bits) is
+    ``json.dumps``' line, so no line is lost to its values."""
     try:
-        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS, **kw).decode()
+        return orjson.dumps(obj, **kw).decode()
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return json_mod.dumps(obj, **kw)
 
