@@ -34,6 +34,7 @@ SECRET_KEYS = frozenset({
 
 
 def redact_secrets(logger: object, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A processor: top-level values under ``SECRET_KEYS`` never reach a line."""
     for k in SECRET_KEYS.intersection(event):
         if event[k]:
             event[k] = "[redacted]"
@@ -148,11 +149,12 @@ def json_renderer() -> structlog.processors.JSONRenderer:
     return structlog.processors.JSONRenderer(serializer=_orjson_text)
 
 
-def processors(renderer: structlog.types.Processor, repeats: RepeatLimiter | None = None) -> list[Any]:
-    """Every line's chain, in order: the repeat limit (when given), bound context variables,
-    redaction, the level, a UTC ISO timestamp, a formatted traceback, the renderer."""
-    chain: list[Any] = [] if repeats is None else [LimitRepeats(repeats)]
-    return chain + [
+def processors(renderer: structlog.types.Processor, repeats: RepeatLimiter) -> list[Any]:
+    """Every line's chain, in order: the repeat limit first (a dropped line costs nothing
+    more), bound context variables, redaction, the level, a UTC ISO timestamp, a formatted
+    traceback, the renderer."""
+    return [
+        LimitRepeats(repeats),
         structlog.contextvars.merge_contextvars,
         redact_secrets,
         structlog.processors.add_log_level,
