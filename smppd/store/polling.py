@@ -158,7 +158,7 @@ class Polling(Writer):
         return await self.execute(op)
 
     async def poll_item(self, route: str, smsc_id: str) -> PollItem | None:
-        """The message a SMSC id belongs to, whatever its status."""
+        """The message an SMSC id belongs to, whatever its status."""
 
         def op(conn: sqlite3.Connection) -> PollItem | None:
             row = conn.execute(

@@ -75,7 +75,7 @@ def events_after(db: sqlite3.Connection, after: int,
 
 def finals(db: sqlite3.Connection, ids: list[int]) -> Iterator[tuple[Any, ...]]:
     """(id, b24_id, route, status, reason, seconds taken, SMSC id) per message and
-    segment with a SMSC id (one row with None when none has), by message and seq."""
+    segment with an SMSC id (one row with None when none has), by message and seq."""
     return _by_ids(db, _FINAL_SQL, ids)
 
 
