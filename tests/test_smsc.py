@@ -9,7 +9,10 @@ import pytest
 from smppd.config import SmscRouteConfig
 from smppd.model import SMSC_STATUS, Status, UnknownProviderStatus, smsc_status
 from smppd.routes import smsc
-from smppd.routes.http import Accepted, Ambiguous, BadCallback, Batcher, Job, ProviderError, Refused
+from smppd.http_client import Ambiguous
+from smppd.routes.answers import Accepted, ProviderError, Refused
+from smppd.routes.http import BadCallback
+from smppd.routes.policy.batch import Batcher, Job
 from smppd.routes.smsc import VIBER_ID_BASE, SmscRoute
 from smppd.sims.smsc import SimMessage, SmscSimulator
 from smppd.model import OpenMessage

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from .. import phone, text
 from ..config import Config, SmscRouteConfig, SmsRuRouteConfig
-from ..routes.http import Ambiguous, ProviderError, Unavailable
+from ..http_client import Ambiguous, Unavailable
+from ..routes.answers import ProviderError
 
 
 @dataclass

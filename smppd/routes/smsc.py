@@ -40,21 +40,10 @@ from ..model import (
     smsc_status,
 )
 from ..model import OpenMessage, PollItem
-from .http import (
-    Accepted,
-    Ambiguous,
-    BadCallback,
-    Batch,
-    Duplicate,
-    DuplicateRequest,
-    HttpRoute,
-    Job,
-    Outcome,
-    ProviderError,
-    Refused,
-    Retry,
-    Unavailable,
-)
+from ..http_client import Ambiguous, Unavailable
+from .answers import Accepted, Duplicate, DuplicateRequest, Outcome, ProviderError, Refused, Retry
+from .http import BadCallback, HttpRoute
+from .policy.batch import Batch, Job
 
 log = structlog.get_logger(__name__)
 

@@ -3,7 +3,7 @@
 Wire format: reference/providers.md §1.  The functions at the top are the
 sans-I/O part (build a form, read an answer, read a callback) and carry all
 the provider knowledge; ``SmsRuRoute`` is the thin asyncio shell over
-``http_common.HttpRoute``.
+``http.HttpRoute``.
 
 SMS.ru has no idempotency key and no lookup by number, so a send whose answer
 was lost cannot be checked: it is resent (at-least-once, DESIGN.md) and
@@ -32,18 +32,10 @@ from ..model import (
     smsru_status,
 )
 from ..model import PollItem
-from .http import (
-    Accepted,
-    Ambiguous,
-    BadCallback,
-    Batch,
-    ForgedCallback,
-    HttpRoute,
-    Outcome,
-    ProviderError,
-    Refused,
-    Retry,
-)
+from ..http_client import Ambiguous
+from .answers import Accepted, Outcome, ProviderError, Refused, Retry
+from .http import BadCallback, ForgedCallback, HttpRoute
+from .policy.batch import Batch
 
 log = structlog.get_logger(__name__)
 
