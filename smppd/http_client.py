@@ -59,13 +59,16 @@ class Answer:
 
 
 async def post(http: aiohttp.ClientSession, url: str, data: Mapping[str, str] | str | bytes, *,
-               timeout: float | aiohttp.ClientTimeout, headers: Mapping[str, str] | None = None) -> Answer:
+               timeout: float | aiohttp.ClientTimeout | None, headers: Mapping[str, str] | None = None) -> Answer:
     """POST ``data`` (a form: credentials in the body, never in the URL) and read the answer.
 
+    ``timeout`` in seconds for the whole request, or None for the session's own.
     Raises ``Unavailable`` when no connection was made, ``Ambiguous`` when it broke or
     timed out after the request may have been sent. Any HTTP status is an ``Answer``.
     """
-    if not isinstance(timeout, aiohttp.ClientTimeout):
+    if timeout is None:
+        timeout = http.timeout
+    elif not isinstance(timeout, aiohttp.ClientTimeout):
         timeout = aiohttp.ClientTimeout(total=timeout)
     body = dict(data) if isinstance(data, Mapping) else data
     try:
