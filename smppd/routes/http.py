@@ -36,12 +36,12 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 import aiohttp
 import structlog
 
-from .. import http_client
 from ..background import Background
 from ..config import HttpRouteConfig
 from ..http_client import Ambiguous, Unavailable
 from ..model import FINAL, OpenMessage, PollItem, Status
 from ..store import Store
+from .provider_client import ProviderClient
 from .answers import Accepted, Duplicate, DuplicateRequest, Outcome, ProviderError, Refused, Retry
 from .policy.batch import Batch, Batcher, Job
 from .policy.cap import SlidingWindowLimiter
@@ -84,8 +84,7 @@ class HttpRoute:
         self.cfg = cfg
         self.name = cfg.name
         self.store = store
-        self._own_http = http is None
-        self.http = http
+        self.client = ProviderClient(cfg, http)  # the provider's URL and its POST: provider_client.py
         self.monotonic = monotonic
         self.batcher = Batcher(self.batch_size, self.batch_interval)
         self.limiter = SlidingWindowLimiter(cfg.rate)
@@ -166,9 +165,7 @@ class HttpRoute:
         await self.close()
 
     async def close(self) -> None:
-        if self._own_http and self.http is not None:
-            await self.http.close()
-            self.http = None
+        await self.client.close()
 
     # --- the Route protocol (routes/base.py) ------------------------------------
 
@@ -194,6 +191,7 @@ class HttpRoute:
     def retune(self, cfg: HttpRouteConfig) -> None:
         """A new request rate from a SIGHUP reload; requests on the wire are untouched."""
         self.cfg = cfg
+        self.client.cfg = cfg
         self.limiter = SlidingWindowLimiter(cfg.rate)
 
     async def resume(self) -> int:
@@ -468,22 +466,3 @@ class HttpRoute:
                 await asyncio.wait_for(self._poll_wake.wait(), max(wait, 0.05))
             except asyncio.TimeoutError:
                 pass
-
-    # --- helpers ---------------------------------------------------------------
-
-    async def post(self, url: str, form: Mapping[str, str]) -> Any:
-        """POST a form (credentials in the body, never the URL) and decode its JSON.
-
-        The transport's failures are ``http_client``'s; what is ours: a provider's 5xx
-        or other non-200 says it did not take the request (``Unavailable``), a body that
-        is not JSON may hide an acceptance (``Ambiguous``).
-        """
-        if self.http is None:  # no shared session given (admin commands, tests): our own
-            self.http = aiohttp.ClientSession()
-        answer = await http_client.post(self.http, url, form, timeout=self.cfg.timeout)
-        if answer.status != 200:
-            raise Unavailable(f"HTTP {answer.status}")
-        try:
-            return answer.json()
-        except ValueError:
-            raise Ambiguous(f"answer is not JSON: {answer.body[:80]!r}") from None

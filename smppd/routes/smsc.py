@@ -267,9 +267,6 @@ class SmscRoute(HttpRoute):
         self.cfg: SmscRouteConfig = cfg
         self.stats.update({"viber_delivered": 0, "viber_fallbacks": 0})
 
-    def url(self, script: str) -> str:
-        return self.cfg.base_url + script
-
     def first_channel(self) -> str:
         return "viber" if self.cfg.viber else "sms"
 
@@ -315,7 +312,7 @@ class SmscRoute(HttpRoute):
             attempt = 0
             while found is None:  # until SMSC answers: a blind resend is the duplicate SMS of issue 14
                 try:
-                    found = parse_status(await self.post(self.url("status.php"), status_form(self.cfg, pairs)),
+                    found = parse_status(await self.client.post(self.client.url("status.php"), status_form(self.cfg, pairs)),
                                          self.cfg)
                 except (Unavailable, Ambiguous, ProviderError) as e:
                     log.warning("smsc_crash_confirm_retry", route=self.name, error=str(e))
@@ -352,7 +349,7 @@ class SmscRoute(HttpRoute):
         rid, numbers = self._request(batch)
         sender, text, channel = batch.key
         form = send_form(self.cfg, numbers, text, sender, rid, viber=channel == "viber")
-        body = await self.post(self.url("send.php"), form)
+        body = await self.client.post(self.client.url("send.php"), form)
         by_digits = parse_send(body, numbers, rid, self.cfg)
         return {j.message.id: by_digits[only_digits(n)] for j, n in zip(batch.jobs, numbers)
                 if only_digits(n) in by_digits}
@@ -361,7 +358,7 @@ class SmscRoute(HttpRoute):
         """Ask status.php about the request id and every number: what SMSC has was accepted."""
         rid, numbers = self._request(batch)
         pairs = [(rid, only_digits(n)) for n in numbers]
-        found = parse_status(await self.post(self.url("status.php"), status_form(self.cfg, pairs)), self.cfg)
+        found = parse_status(await self.client.post(self.client.url("status.php"), status_form(self.cfg, pairs)), self.cfg)
         out: dict[int, Outcome] = {}
         for job, pair in zip(batch.jobs, pairs):
             item = found.get(pair)
@@ -387,7 +384,7 @@ class SmscRoute(HttpRoute):
 
     async def poll(self, items: Sequence[PollItem]) -> dict[int, tuple[int, Status | None]]:
         pairs = [split_provider_id(i.provider_id) for i in items]
-        found = parse_status(await self.post(self.url("status.php"), status_form(self.cfg, pairs)), self.cfg)
+        found = parse_status(await self.client.post(self.client.url("status.php"), status_form(self.cfg, pairs)), self.cfg)
         out: dict[int, tuple[int, Status | None]] = {}
         for item, pair in zip(items, pairs):
             st = found.get(pair)
@@ -453,14 +450,14 @@ class SmscRoute(HttpRoute):
         rid = random.randint(2 * VIBER_ID_BASE, MAX_ID)  # outside the ranges of message ids
         form = {**auth(self.cfg), "phones": number, "mes": "", "hlr": "1", "id": str(rid), "fmt": "3",
                 "charset": "utf-8"}
-        body = await self.post(self.url("send.php"), form)
+        body = await self.client.post(self.client.url("send.php"), form)
         _raise_error(body, self.cfg)
         return _int(body.get("id", rid), "id") if isinstance(body, dict) else rid
 
     async def hlr_result(self, request_id: int, number: str) -> HlrResult | None:
         """The HLR answer, or None while the home network has not replied."""
         pair = (request_id, only_digits(number))
-        found = parse_status(await self.post(self.url("status.php"), status_form(self.cfg, [pair], full=True)),
+        found = parse_status(await self.client.post(self.client.url("status.php"), status_form(self.cfg, [pair], full=True)),
                              self.cfg)
         item = found.get(pair)
         if item is None or _int(item.get("status"), "status") in (-1, 0):

@@ -35,6 +35,7 @@ from ..model import PollItem
 from ..http_client import Ambiguous
 from .answers import Accepted, Outcome, ProviderError, Refused, Retry
 from .http import BadCallback, ForgedCallback, HttpRoute
+from .provider_client import ProviderClient
 from .policy.batch import Batch
 
 log = structlog.get_logger(__name__)
@@ -196,6 +197,15 @@ def parse_cost(body: Any, cfg: SmsRuRouteConfig) -> Cost:
     return Cost(per, float(body.get("total_cost") or 0), int(body.get("total_sms") or 0))
 
 
+async def quote(client: ProviderClient, cfg: SmsRuRouteConfig, numbers: Sequence[str], text: str,
+                sender: str) -> Cost:
+    """sms/cost: what ``text`` to ``numbers`` would cost, without sending; no route or store needed."""
+    form = send_form(cfg, numbers, text, sender)
+    form.pop("ttl", None)
+    form.pop("test", None)
+    return parse_cost(await client.post(client.url("sms/cost"), form), cfg)
+
+
 # --- the route ------------------------------------------------------------------
 
 
@@ -208,18 +218,15 @@ class SmsRuRoute(HttpRoute):
         super().__init__(cfg, *args, **kw)
         self.cfg: SmsRuRouteConfig = cfg
 
-    def url(self, method: str) -> str:
-        return self.cfg.base_url + method
-
     async def submit(self, batch: Batch) -> dict[int, Outcome]:
         numbers = [phone.digits(j.message.phone) for j in batch.jobs]
         sender, text, _ = batch.key
-        body = await self.post(self.url("sms/send"), send_form(self.cfg, numbers, text, sender))
+        body = await self.client.post(self.client.url("sms/send"), send_form(self.cfg, numbers, text, sender))
         by_number = parse_send(body, numbers, self.cfg)
         return {j.message.id: by_number[n] for j, n in zip(batch.jobs, numbers) if n in by_number}
 
     async def poll(self, items: Sequence[PollItem]) -> dict[int, tuple[int, Status | None]]:
-        body = await self.post(self.url("sms/status"), {
+        body = await self.client.post(self.client.url("sms/status"), {
             "api_id": self.cfg.api_id, "sms_id": ",".join(i.provider_id for i in items), "json": "1"})
         codes = parse_status(body, self.cfg)
         out: dict[int, tuple[int, Status | None]] = {}
@@ -258,8 +265,4 @@ class SmsRuRoute(HttpRoute):
 
     async def cost(self, numbers: Sequence[str], text: str, sender: str) -> Cost:
         """Price and segment count without sending (``smppd cost``)."""
-        form = send_form(self.cfg, numbers, text, sender)
-        form.pop("ttl", None)
-        form.pop("test", None)
-        body = await self.post(self.url("sms/cost"), form)
-        return parse_cost(body, self.cfg)
+        return await quote(self.client, self.cfg, numbers, text, sender)
