@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 import aiohttp
 import structlog
 
-from .. import http_client
 from ..backoff import backoff
 
 log = structlog.get_logger(__name__)
@@ -382,14 +381,16 @@ class RestClient:
     async def _post(self, method: str, form: str) -> tuple[int, dict[str, Any]]:
         """One POST; network trouble and non-JSON 5xx become retryable ``RestError("network")``."""
         url = f"{self.auth.client_endpoint}{method}"
+        body = form.encode()
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         try:
-            answer = await http_client.post(self._http, url, form.encode(), headers=headers, timeout=self._timeout)
-        except (http_client.Unavailable, http_client.Ambiguous) as exc:
-            raise RestError("network", exc.cause) from exc
-        status = answer.status
+            async with self._http.post(url, data=body, headers=headers, timeout=self._timeout) as resp:
+                text = await resp.text()
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise RestError("network", type(exc).__name__) from exc
         try:
-            payload = answer.json()
+            payload = json.loads(text)
         except ValueError:
             payload = None
         if not isinstance(payload, dict):
@@ -492,15 +493,16 @@ async def refresh_tokens(
     url = token_url(auth.server_endpoint)
     for attempt in range(3):
         try:
-            answer = await http_client.post(http, url, form, timeout=timeout)
+            async with http.post(url, data=form, timeout=timeout) as resp:
+                status, text = resp.status, await resp.text()
             break
-        except http_client.Unavailable as exc:
+        except aiohttp.ClientConnectorError as exc:
             if attempt == 2:
-                raise RestError("network", exc.cause) from exc
+                raise RestError("network", type(exc).__name__) from exc
             await asyncio.sleep(backoff(attempt + 1, 0.5, 1.0))
-        except http_client.Ambiguous as exc:
-            raise RestError("network", exc.cause) from exc
-    return _parse_token_response(auth, answer.status, answer.text())
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise RestError("network", type(exc).__name__) from exc
+    return _parse_token_response(auth, status, text)
 
 
 def _parse_token_response(auth: PortalAuth, status: int, text: str) -> PortalAuth:
