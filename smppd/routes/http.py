@@ -75,8 +75,6 @@ class HttpRoute:
     ``submit``, ``confirm``, ``poll`` and ``callback``."""
 
     kind = "http"
-    batch_size = 1
-    batch_interval = 0.0
     can_confirm = False  # True when confirm() can ask the provider about a request
 
     def __init__(self, cfg: HttpRouteConfig, store: Store, http: aiohttp.ClientSession | None = None,
@@ -86,7 +84,7 @@ class HttpRoute:
         self.store = store
         self.client = ProviderClient(cfg, http)  # the provider's URL and its POST: provider_client.py
         self.monotonic = monotonic
-        self.batcher = Batcher(self.batch_size, self.batch_interval)
+        self.batcher = Batcher(cfg.batch_size, cfg.batch_interval)
         self.limiter = SlidingWindowLimiter(cfg.rate)
         self.rate_sleep = asyncio.sleep  # replaced with the clock in tests
         self._slots = asyncio.Semaphore(cfg.concurrency)

@@ -22,9 +22,11 @@ Viber), ``viber_fallback`` (fell back to SMS) or ``sms``.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
+import aiohttp
 import structlog
 
 from .. import phone
@@ -42,6 +44,7 @@ from ..model import (
 from ..model import OpenMessage, PollItem
 from ..http_client import Ambiguous, Unavailable
 from .answers import Accepted, Duplicate, DuplicateRequest, Outcome, ProviderError, Refused, Retry
+from ..store import Store
 from .http import BadCallback, HttpRoute
 from .policy.batch import Batch, Job
 
@@ -260,10 +263,9 @@ class SmscRoute(HttpRoute):
     can_confirm = True
     channel_sink: ChannelSink | None = None  # set by the daemon
 
-    def __init__(self, cfg: SmscRouteConfig, *args: Any, **kw: Any) -> None:
-        self.batch_size = cfg.batch_size
-        self.batch_interval = cfg.batch_interval
-        super().__init__(cfg, *args, **kw)
+    def __init__(self, cfg: SmscRouteConfig, store: Store, http: aiohttp.ClientSession | None = None, *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(cfg, store, http, monotonic=monotonic)
         self.cfg: SmscRouteConfig = cfg
         self.stats.update({"viber_delivered": 0, "viber_fallbacks": 0})
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import aiohttp
 import structlog
 
 from .. import phone
@@ -34,6 +36,7 @@ from ..model import (
 from ..model import PollItem
 from ..http_client import Ambiguous
 from .answers import Accepted, Outcome, ProviderError, Refused, Retry
+from ..store import Store
 from .http import BadCallback, ForgedCallback, HttpRoute
 from .provider_client import ProviderClient
 from .policy.batch import Batch
@@ -212,10 +215,9 @@ async def quote(client: ProviderClient, cfg: SmsRuRouteConfig, numbers: Sequence
 class SmsRuRoute(HttpRoute):
     kind = "smsru"
 
-    def __init__(self, cfg: SmsRuRouteConfig, *args: Any, **kw: Any) -> None:
-        self.batch_size = cfg.batch_size
-        self.batch_interval = cfg.batch_interval
-        super().__init__(cfg, *args, **kw)
+    def __init__(self, cfg: SmsRuRouteConfig, store: Store, http: aiohttp.ClientSession | None = None, *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(cfg, store, http, monotonic=monotonic)
         self.cfg: SmsRuRouteConfig = cfg
 
     async def submit(self, batch: Batch) -> dict[int, Outcome]:
