@@ -31,7 +31,7 @@ class DuplicateRequest(ProviderError):
 
 @dataclass(frozen=True)
 class Accepted:
-    provider_id: str
+    smsc_id: str
 
 
 @dataclass(frozen=True)

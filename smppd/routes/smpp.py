@@ -144,9 +144,9 @@ class SmppRoute:
         return sum(c.binds for c in self.connections)
 
     def busy_segments(self) -> set[tuple[int, int]]:
-        """(message id, segment) this route holds in memory: `smppd retry` must not add them twice."""
+        """(row id, segment) this route holds in memory: `smppd retry` must not add them twice."""
         jobs = [*self.queue, *self._inflight.values()]
-        return {(j.message_id, j.seq) for j in jobs}
+        return {(j.row_id, j.seq) for j in jobs}
 
     def retune(self, cfg: SmppRouteConfig) -> None:
         """A new throughput from a SIGHUP reload, without touching the binds."""
@@ -226,7 +226,7 @@ class SmppRoute:
                 try:
                     conn.submit(job.submit)
                 except ValueError as e:  # the codec refused a field: no retry can fix it
-                    self._spawn(self.store.segment_failed(job.message_id, job.seq, Status.FAILED, f"invalid: {e}"))
+                    self._spawn(self.store.segment_failed(job.row_id, job.seq, Status.FAILED, f"invalid: {e}"))
                     continue
                 self._inflight[job.submit.ref] = job
                 policy.sent(now)
@@ -237,17 +237,17 @@ class SmppRoute:
         """query_sm for a part with no receipt, paced by the same cap as submits."""
         self.policy.queried(now)
         self.stats["queries"] += 1
-        self._queried[(part.message_id, part.seq)] = self.store.clock()
+        self._queried[(part.row_id, part.seq)] = self.store.clock()
         sender = part.sender
         numeric = sender.lstrip("+").isdigit()
         ton, npi = (self.cfg.numeric_ton, self.cfg.numeric_npi) if numeric else (self.cfg.alpha_ton, self.cfg.alpha_npi)
         try:
-            conn.query(("query", part), self._smsc_id(part.provider_id), sender.lstrip("+") if numeric else sender,
+            conn.query(("query", part), self._resp_spelling(part.smsc_id), sender.lstrip("+") if numeric else sender,
                        ton, npi)
         except (ValueError, RuntimeError) as e:
-            log.warning("smpp_query_sm_not_sent", route=self.name, message=part.message_id, error=str(e))
+            log.warning("smpp_query_sm_not_sent", route=self.name, message=part.row_id, error=str(e))
 
-    def _smsc_id(self, stored: str) -> str:
+    def _resp_spelling(self, stored: str) -> str:
         """The id as the SMSC spelt it in the resp, from our canonical spelling."""
         if self.cfg.resp_id_base == "hex" or (self.cfg.resp_id_base is None and self.cfg.receipt_id_base == "hex"):
             return format(int(stored), "X")
@@ -272,16 +272,16 @@ class SmppRoute:
         now = self.store.clock()
         stale = await self.store.unreceipted(self.name, now - cfg.validity)
         if stale:
-            ended = await self.store.no_receipt([(u.message_id, u.seq) for u in stale])
+            ended = await self.store.no_receipt([(u.row_id, u.seq) for u in stale])
             self.stats["no_receipt"] += ended
             if ended:
                 log.warning("smpp_no_receipt", route=self.name, parts=ended, validity=cfg.validity)
             for u in stale:
-                self._queried.pop((u.message_id, u.seq), None)
+                self._queried.pop((u.row_id, u.seq), None)
         if cfg.query_sm:
-            waiting = {(q.message_id, q.seq) for q in self._to_query}
+            waiting = {(q.row_id, q.seq) for q in self._to_query}
             for u in await self.store.unreceipted(self.name, now - cfg.query_sm_delay):
-                key = (u.message_id, u.seq)
+                key = (u.row_id, u.seq)
                 if key not in waiting and self._queried.get(key, float("-inf")) <= now - cfg.query_sm_delay:
                     self._to_query.append(u)
             if self._to_query:
@@ -328,8 +328,8 @@ class SmppRoute:
                 job = self._inflight.pop(e.ref, None)
                 if job:
                     self.stats["accepted"] += 1
-                    self.policy.accepted(job.message_id, job.seq, now)
-                    accepted.append((job.message_id, job.seq, e.message_id))
+                    self.policy.accepted(job.row_id, job.seq, now)
+                    accepted.append((job.row_id, job.seq, e.smsc_id))
             elif isinstance(e, ReceiptReceived):  # the other event of every message
                 receipts.append(e)
             elif isinstance(e, SubmitRejected):
@@ -345,7 +345,7 @@ class SmppRoute:
                 self.incoming.query_answered(e)
             elif isinstance(e, QueryFailed):
                 part = e.ref[1]
-                log.info("smpp_query_sm_failed", route=self.name, message=part.message_id, seq=part.seq,
+                log.info("smpp_query_sm_failed", route=self.name, message=part.row_id, seq=part.seq,
                          status=status_name(e.status) if e.status else "timeout")
         if accepted:
             self._background.track(self.store.segments_accepted(accepted, self.incoming.rules))
@@ -360,7 +360,7 @@ class SmppRoute:
         if job is None:
             return
         reason = status_name(e.status)
-        verdict = self.policy.refused(job.message_id, job.seq, e.status, e.temporary, now)
+        verdict = self.policy.refused(job.row_id, job.seq, e.status, e.temporary, now)
         if isinstance(verdict, Paused):  # the same part goes first once the pause ends
             self._count_flow(reason)
             if verdict.new:
@@ -378,18 +378,18 @@ class SmppRoute:
         elif isinstance(verdict, RetryLater):
             self.stats["requeued"] += 1
             metrics.THROTTLE_EVENTS.labels(self.name, reason).inc()
-            log.info("smpp_submit_temporary_error", route=self.name, message=job.message_id, b24_id=job.b24_id,
+            log.info("smpp_submit_temporary_error", route=self.name, message=job.row_id, b24_id=job.b24_id,
                      seq=job.seq, status=reason, attempt=verdict.attempt)
             self._spawn(self._requeue_later(job, verdict.at - now))
         else:
             if verdict.refusals:
-                log.warning("smpp_submit_retries_exhausted", route=self.name, message=job.message_id,
+                log.warning("smpp_submit_retries_exhausted", route=self.name, message=job.row_id,
                             b24_id=job.b24_id, seq=job.seq, status=reason, refusals=verdict.refusals,
                             seconds=round(verdict.seconds, 1))
             self.stats["rejected"] += 1
-            log.warning("smpp_submit_rejected", route=self.name, message=job.message_id, b24_id=job.b24_id,
+            log.warning("smpp_submit_rejected", route=self.name, message=job.row_id, b24_id=job.b24_id,
                         seq=job.seq, status=reason)
-            self._spawn(self.store.segment_failed(job.message_id, job.seq, Status.FAILED, reason))
+            self._spawn(self.store.segment_failed(job.row_id, job.seq, Status.FAILED, reason))
 
     def _count_flow(self, reason: str) -> None:
         self.stats["requeued"] += 1
@@ -441,11 +441,11 @@ class SmppRoute:
                 resumed += 1
         return resumed
 
-    def cancel(self, message_ids: Collection[int]) -> int:
+    def cancel(self, row_ids: Collection[int]) -> int:
         """Drop the queued segments of these messages; submit_sm on the wire get their resp."""
-        ids = set(message_ids)
+        ids = set(row_ids)
         self.policy.forget(ids)
-        kept = [j for j in self.queue if j.message_id not in ids]
+        kept = [j for j in self.queue if j.row_id not in ids]
         dropped = len(self.queue) - len(kept)
         if dropped:
             self.queue.clear()

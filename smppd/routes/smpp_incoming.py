@@ -62,7 +62,7 @@ class SmppIncoming:
         detail = f"query_sm message_state={e.message_state}"
         if e.error_code:
             detail += f" err:{e.error_code}"
-        self._background.track(self.store.match_receipts(self.name, [(part.provider_id, status, detail)], self.rules))
+        self._background.track(self.store.match_receipts(self.name, [(part.smsc_id, status, detail)], self.rules))
 
     def receipts(self, connection: Connection, events: list[ReceiptReceived]) -> None:
         """Store the receipts, then answer each deliver_sm: an unanswered one is redelivered.
@@ -78,14 +78,14 @@ class SmppIncoming:
             try:
                 status = receipt_status(r.state, r.stat)
             except UnknownReceiptState as err:
-                log.warning("smpp_receipt_unknown_state", route=self.name, provider_id=r.message_id, error=str(err))
+                log.warning("smpp_receipt_unknown_state", route=self.name, smsc_id=r.smsc_id, error=str(err))
                 connection.acknowledge(e.sequence)
                 continue
             detail = r.stat or f"message_state={r.state}"
             if r.error and r.error.strip("0"):
                 detail += f" err:{r.error}"
             known.append(e)
-            rows.append((r.message_id, status, detail))
+            rows.append((r.smsc_id, status, detail))
         if not rows:
             return
 
@@ -97,17 +97,17 @@ class SmppIncoming:
                 for e in known:
                     self.stats["receipts_unstored"] += 1
                     if not full:
-                        log.error("smpp_receipt_not_stored", route=self.name, provider_id=e.receipt.message_id,
+                        log.error("smpp_receipt_not_stored", route=self.name, smsc_id=e.receipt.smsc_id,
                                   error=error)
                     connection.acknowledge(e.sequence, ESME_RX_T_APPN)
                 return
             for e, how in zip(known, fut.result()):
                 if how is None:
                     self.stats["receipts_unmatched"] += 1
-                    log.info("smpp_receipt_before_resp", route=self.name, provider_id=e.receipt.message_id)
+                    log.info("smpp_receipt_before_resp", route=self.name, smsc_id=e.receipt.smsc_id)
                 elif how != "as-is" and how not in self._base_warned:
                     self._base_warned.add(how)
-                    log.warning("smpp_receipt_id_base_mismatch", route=self.name, provider_id=e.receipt.message_id,
+                    log.warning("smpp_receipt_id_base_mismatch", route=self.name, smsc_id=e.receipt.smsc_id,
                                 reading=how, advice=f"set {ID_BASE_ADVICE[how]} in [route.{self.name}]")
                 connection.acknowledge(e.sequence)
 

@@ -36,7 +36,7 @@ _ERR_CODES: Final[dict[str, str]] = {
 
 @dataclass
 class SubmittedSm:
-    """One submit_sm as the SMSC saw it; ``message_id`` is set once it is accepted."""
+    """One submit_sm as the SMSC saw it; ``smsc_id`` is set once it is accepted."""
 
     raw: bytes
     sequence: int
@@ -57,7 +57,7 @@ class SubmittedSm:
     sar_total_segments: int | None = None
     sar_segment_seqnum: int | None = None
     tlvs: dict[int, bytes] = field(default_factory=dict)
-    message_id: str | None = None
+    smsc_id: str | None = None
     submitted_at: float = field(default_factory=time.time)
     received_at: float = field(default_factory=time.monotonic)  # for rate measurements
 
@@ -240,7 +240,7 @@ class SimulatorConfig:
     id_format: str = "hex"  # "hex" (upper case) or "dec"
     receipt_tlvs: bool = True  # receipted_message_id + message_state besides the text
     seed: int | None = None  # makes the outcome of each submit reproducible
-    first_message_id: int = 0x5A000000
+    first_smsc_id: int = 0x5A000000
     receipt_first: bool = False  # send the receipt before the submit_sm_resp (routine under load)
     id_leading_zeros: int = 0  # pad resp ids with zeros ("0E999F21"), receipts drop them
     id_lower_case_in_receipt: bool = False  # hex ids lower-case in the receipt only
@@ -270,13 +270,13 @@ class SimulatorConfig:
 
 def receipt_fields(sm: SubmittedSm, outcome: str, config: SimulatorConfig) -> dict[str, Any]:
     """The deliver_sm fields of the receipt of ``sm``, as ``config`` has the SMSC spell it."""
-    assert sm.message_id is not None
+    assert sm.smsc_id is not None
     submit_date = time.strftime("%y%m%d%H%M", time.gmtime(sm.submitted_at))
     done_date = time.strftime("%y%m%d%H%M", time.gmtime())
     delivered = "001" if outcome == "DELIVRD" else "000"
-    receipt_id = sm.message_id.lower() if config.id_lower_case_in_receipt else sm.message_id
+    receipt_id = sm.smsc_id.lower() if config.id_lower_case_in_receipt else sm.smsc_id
     if config.receipt_ids_decimal and config.id_format == "hex":
-        receipt_id = str(int(sm.message_id, 16))
+        receipt_id = str(int(sm.smsc_id, 16))
     text = (
         f"id:{receipt_id} sub:001 dlvrd:{delivered} submit date:{submit_date} "
         f"done date:{done_date} stat:{outcome} err:{_ERR_CODES[outcome]} "

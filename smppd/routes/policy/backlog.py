@@ -34,18 +34,18 @@ class Backlog:
         self.memory = MEMORY_QUEUE if memory is None else memory  # read at construction: tests shrink them
         self.page = REFILL_PAGE if page is None else page
         self.spilled = False  # open messages of the route are in the store but not in memory
-        self.loaded_max = 0  # highest message id ever queued in memory
+        self.loaded_max = 0  # highest row id ever queued in memory
         self.left_in_store = 0  # messages left to the store while spilled, since start
         self._refilling = False
 
-    def admit(self, message_id: int, depth: int) -> bool:
+    def admit(self, row_id: int, depth: int) -> bool:
         """A message arrives with ``depth`` segments queued: True to queue it, False to leave it to the store."""
-        if message_id > self.loaded_max:
+        if row_id > self.loaded_max:
             if self.spilled or depth >= self.memory:
                 self.spilled = True
                 self.left_in_store += 1
                 return False
-            self.loaded_max = message_id
+            self.loaded_max = row_id
         return True
 
     def loaded(self, count: int) -> None:

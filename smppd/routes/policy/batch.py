@@ -83,11 +83,11 @@ class Batcher:
         times = [b.opened_at + self.interval for bs in self._open.values() for b in bs]
         return min(times) if times else None
 
-    def remove(self, message_ids: Collection[int]) -> int:
+    def remove(self, row_ids: Collection[int]) -> int:
         """Take these messages out of every batch (`smppd cancel`); how many were here."""
         removed = 0
         for batch in [*self._ready, *(b for bs in self._open.values() for b in bs)]:
-            kept = [j for j in batch.jobs if j.message.id not in message_ids]
+            kept = [j for j in batch.jobs if j.message.id not in row_ids]
             removed += len(batch.jobs) - len(kept)
             batch.jobs[:] = kept
             batch.phones = {j.message.phone for j in kept}

@@ -30,7 +30,7 @@ from .flow import FlowPolicy, Limits
 TEMPORARY_RETRY_DELAY = 1.0  # an SMSC with a system error gets a breather before the same segment
 CAP_SLACK = 0.05  # the operator meters arrivals: the cap is kept over 1.05 s
 
-PartKey = tuple[int, int]  # (message id, segment)
+PartKey = tuple[int, int]  # (row id, segment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,15 +138,15 @@ class SubmitPolicy:
         """A query_sm left: paced by the same cap, not counted as traffic the flow learns from."""
         self.cap.record(now)
 
-    def accepted(self, message_id: int, seq: int, now: float) -> None:
-        """A submit_sm_resp without error for part ``seq`` of ``message_id``."""
+    def accepted(self, row_id: int, seq: int, now: float) -> None:
+        """A submit_sm_resp without error for part ``seq`` of message ``row_id``."""
         self.flow.accepted(now)
         if self._temporary:
-            self._temporary.pop((message_id, seq), None)
+            self._temporary.pop((row_id, seq), None)
 
-    def refused(self, message_id: int, seq: int, status: int, temporary: bool, now: float) -> Verdict:
+    def refused(self, row_id: int, seq: int, status: int, temporary: bool, now: float) -> Verdict:
         """A submit_sm_resp with an error: what becomes of the part."""
-        part = (message_id, seq)
+        part = (row_id, seq)
         if status == ESME_RMSGQFUL:
             before = self.flow.resume_at
             until = self.flow.queue_full(now)
@@ -165,7 +165,7 @@ class SubmitPolicy:
         self._temporary.pop(part, None)
         return Fail(count, now - first)
 
-    def forget(self, message_ids: set[int]) -> None:
+    def forget(self, row_ids: set[int]) -> None:
         """Cancelled messages: their retry counts go too."""
-        for part in [p for p in self._temporary if p[0] in message_ids]:
+        for part in [p for p in self._temporary if p[0] in row_ids]:
             del self._temporary[part]
