@@ -30,7 +30,6 @@ import aiohttp
 import structlog
 
 from .. import phone
-from ..backoff import backoff
 from ..config import SmscRouteConfig
 from ..model import (
     FINAL,
@@ -47,6 +46,7 @@ from .answers import Accepted, Duplicate, DuplicateRequest, Outcome, ProviderErr
 from ..store import Store
 from .http import BadCallback, HttpRoute
 from .policy.batch import Batch, Job
+from .policy.resend import Ask, Keep
 
 log = structlog.get_logger(__name__)
 
@@ -162,6 +162,11 @@ def parse_send(body: Any, numbers: Sequence[str], request_id: int, cfg: SmscRout
         delay = error_delay(err, cfg)
         out[d] = Retry(delay, detail) if delay is not None else Refused(Status.FAILED, detail)
     return out
+
+
+def _has(item: Mapping[str, Any] | None) -> bool:
+    """Whether a status.php item says SMSC has the message (-3: "not found")."""
+    return item is not None and _int(item["status"], "status") != -3
 
 
 def status_form(cfg: SmscRouteConfig, pairs: Sequence[tuple[int, str]], *, full: bool = False) -> dict[str, str]:
@@ -306,33 +311,45 @@ class SmscRoute(HttpRoute):
         await super().run()
 
     async def _confirm_unsure(self, items: list[PollItem]) -> None:
-        """After a crash: what SMSC has is accepted, the rest is sent (again)."""
-        for i in range(0, len(items), 100):
-            chunk = items[i:i + 100]
-            pairs = [split_smsc_id(it.smsc_id) for it in chunk]
-            found: dict[tuple[int, str], dict[str, Any]] | None = None
-            attempt = 0
-            while found is None:  # until SMSC answers: a blind resend is the duplicate SMS of issue 14
+        """After a crash: what SMSC has is accepted, the rest is sent (again).
+
+        Their requests were on the wire when the daemon stopped, so their answers are lost:
+        ``ResendPolicy.lost`` messages, asked about until SMSC answers (a blind resend is the
+        duplicate SMS of issue 14), then kept or resent as the policy decides. A message a
+        callback finished meanwhile is neither.
+        """
+        for start in range(0, len(items), 100):
+            chunk = {it.id: it for it in items[start:start + 100]}
+            pairs = {row_id: split_smsc_id(it.smsc_id) for row_id, it in chunk.items()}
+            ask = self.policy.lost(list(chunk), self.monotonic())
+            assert isinstance(ask, Ask)  # SMSC can be asked (can_confirm)
+            while True:
+                if await self._pause(max(0.0, ask.at - self.monotonic())):
+                    return  # stopping: still `submitted` in the store, the next start asks again
+                ids = [i for i in ask.ids if not self.policy.settled(i)]
+                if not ids:  # callbacks settled every one of them
+                    found = {}
+                    break
                 try:
-                    found = parse_status(await self.client.post(self.client.url("status.php"), status_form(self.cfg, pairs)),
-                                         self.cfg)
+                    found = parse_status(await self.client.post(
+                        self.client.url("status.php"), status_form(self.cfg, [pairs[i] for i in ids])), self.cfg)
+                    break
                 except (Unavailable, Ambiguous, ProviderError) as e:
+                    ask = self.policy.ask_failed(ids, self.monotonic())
                     log.warning("smsc_crash_confirm_retry", route=self.name, error=str(e))
-                    if await self._pause(backoff(attempt + 1, self.cfg.retry_min, self.cfg.retry_max)):
-                        return
-                    attempt += 1
-            resent = 0
-            for it, pair in zip(chunk, pairs):
-                st = found.get(pair)
-                rid = pair[0]
-                channel = "viber" if rid >= VIBER_ID_BASE else "sms"
-                job = Job(OpenMessage(it.id, self.name, it.sender, it.phone, it.text, (0,)), channel)
-                if st is not None and _int(st["status"], "status") != -3:
-                    await self.accepted(job, it.smsc_id)
-                else:
-                    resent += 1
-                    self.add_job(job)
-            log.info("smsc_crash_confirmed", route=self.name, had=len(chunk) - resent, resending=resent)
+            had = resent = 0
+            for decision in self.policy.asked({i: _has(found.get(pairs[i])) for i in ids}, self.monotonic()):
+                for row_id in decision.ids:
+                    it = chunk[row_id]
+                    channel = "viber" if pairs[row_id][0] >= VIBER_ID_BASE else "sms"
+                    job = Job(OpenMessage(it.id, self.name, it.sender, it.phone, it.text, (0,)), channel)
+                    if isinstance(decision, Keep):
+                        had += 1
+                        await self.accepted(job, it.smsc_id)
+                    else:  # Resend: SMSC does not have it
+                        resent += 1
+                        self.add_job(job)
+            log.info("smsc_crash_confirmed", route=self.name, had=had, resending=resent)
 
     def planned_ids(self, batch: Batch) -> dict[int, str] | None:
         if batch.key[2] == "fallback":
@@ -363,8 +380,7 @@ class SmscRoute(HttpRoute):
         found = parse_status(await self.client.post(self.client.url("status.php"), status_form(self.cfg, pairs)), self.cfg)
         out: dict[int, Outcome] = {}
         for job, pair in zip(batch.jobs, pairs):
-            item = found.get(pair)
-            if item is not None and _int(item["status"], "status") != -3:
+            if _has(found.get(pair)):
                 out[job.message.id] = Accepted(smsc_id(*pair))
         return out  # the missing ones: SMSC does not have them (ResendPolicy decides when they go again)
 
