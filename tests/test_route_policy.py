@@ -266,3 +266,14 @@ def test_a_start_that_read_a_full_page_knows_more_waits():
     b2 = Backlog(memory=8)
     b2.loaded(7)
     assert not b2.spilled
+
+
+def test_next_deadline_is_when_the_limits_change_by_themselves():
+    p = submit_policy()
+    assert p.next_deadline(0.0) is None, "nothing pending: no timer"
+    p.refused(1, 0, ESME_RMSGQFUL, True, 10.0)
+    assert p.next_deadline(10.05) == pytest.approx(10.1), "the pause ends"
+    p = submit_policy()
+    p.refused(1, 0, ESME_RTHROTTLED, True, 5.0)
+    assert p.next_deadline(5.1) == pytest.approx(5.25), "the breather ends first"
+    assert p.next_deadline(5.3) == pytest.approx(9.0), "then the climb is done (hold 1 s + recovery 3 s)"

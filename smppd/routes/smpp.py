@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Awaitable, Callable, Collection, Sequence
+from typing import Any, Awaitable, Callable, Collection, Hashable, Sequence
 
 import structlog
 
@@ -74,7 +74,7 @@ class SmppRoute:
         metrics.RECEIPTS_UNMATCHED.labels(cfg.name)  # shown as 0 from the start: increase() sees the first
         self._to_query: deque[Unreceipted] = deque()  # query_sm to send, paced like submits
         self._queried: dict[tuple[int, int], float] = {}  # part -> store time of its last query_sm
-        self._inflight: dict[Any, SegmentJob] = {}  # by Submit.ref, awaiting submit_sm_resp
+        self._inflight: dict[Hashable, SegmentJob] = {}  # by Submit.ref, awaiting submit_sm_resp
         self._wake = asyncio.Event()
         self._background = Background("smpp_route_task_failed", route=cfg.name)
         self._tasks = self._background.tasks
