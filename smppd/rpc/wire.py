@@ -105,6 +105,7 @@ post, many at once under load."""
 MAX_BATCH = 256
 """Most requests a client puts in one batch line; well under MAX_INFLIGHT so
 one batch never fills a connection's allowance alone."""
+
 INT_LIMIT = 2**63
 """Integers a request may carry: signed 64 bits, what SQLite and every id we keep can hold."""
 
@@ -141,6 +142,8 @@ class RpcUnavailable(Exception):
     a request that timed out may still have been carried out.
     """
 
+
+# --- writing a line ---------------------------------------------------------------------
 
 # json.dumps with arguments builds a new encoder per call; this one is built
 # once and writes exactly the same bytes.
@@ -198,9 +201,11 @@ def request_lines(method: str, items: list[tuple[int, bytes]]) -> list[tuple[byt
     return lines
 
 
+# --- reading a request line -------------------------------------------------------------
+
 
 class _OutOfRange(ValueError):
-    pass
+    """A number the decoder must refuse: an integer past 64 bits, NaN or Infinity."""
 
 
 def _bounded_int(text: str) -> int:
@@ -222,6 +227,42 @@ def valid_id(value: Any) -> bool:
     """Whether ``value`` may be a request id: an integer or a string."""
     # bool is an int subclass; true/false as ids would be a client bug.
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+class BadRequest(Exception):
+    """A line that is not a request; answered ``bad_request`` at once, the connection kept."""
+
+    def __init__(self, request_id: Any, message: str) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.message = message
+
+
+def parse_request(line: bytes) -> tuple[str | int, str, dict[str, Any]]:
+    """Split one request line into (id, method, params) or raise BadRequest."""
+    try:
+        request = _decode_request(line.decode("utf-8"))
+    except _OutOfRange:
+        raise BadRequest(None, "numbers must be integers of at most 64 bits or finite decimals") from None
+    except RecursionError:
+        raise BadRequest(None, "nested too deeply") from None
+    except ValueError:  # includes UnicodeDecodeError
+        raise BadRequest(None, "line is not valid UTF-8 JSON") from None
+    if not isinstance(request, dict):
+        raise BadRequest(None, "request must be a JSON object")
+    request_id = request.get("id")
+    if not valid_id(request_id):
+        raise BadRequest(None, "id must be an integer or a string")
+    method = request.get("method")
+    if not isinstance(method, str) or not method:
+        raise BadRequest(request_id, "method must be a non-empty string")
+    params = request.get("params", {})
+    if not isinstance(params, dict):
+        raise BadRequest(request_id, "params must be an object")
+    return request_id, method, params
+
+
+# --- sending lines, both sides ----------------------------------------------------------
 
 
 class LineWriter:
@@ -273,36 +314,3 @@ class LineWriter:
             self._writer.transport.abort()
         except OSError:
             pass
-
-
-class BadRequest(Exception):
-    """A line that is not a request; answered ``bad_request`` at once, the connection kept."""
-
-    def __init__(self, request_id: Any, message: str) -> None:
-        super().__init__(message)
-        self.request_id = request_id
-        self.message = message
-
-
-def parse_request(line: bytes) -> tuple[str | int, str, dict[str, Any]]:
-    """Split one request line into (id, method, params) or raise BadRequest."""
-    try:
-        request = _decode_request(line.decode("utf-8"))
-    except _OutOfRange:
-        raise BadRequest(None, "numbers must be integers of at most 64 bits or finite decimals") from None
-    except RecursionError:
-        raise BadRequest(None, "nested too deeply") from None
-    except ValueError:  # includes UnicodeDecodeError
-        raise BadRequest(None, "line is not valid UTF-8 JSON") from None
-    if not isinstance(request, dict):
-        raise BadRequest(None, "request must be a JSON object")
-    request_id = request.get("id")
-    if not valid_id(request_id):
-        raise BadRequest(None, "id must be an integer or a string")
-    method = request.get("method")
-    if not isinstance(method, str) or not method:
-        raise BadRequest(request_id, "method must be a non-empty string")
-    params = request.get("params", {})
-    if not isinstance(params, dict):
-        raise BadRequest(request_id, "params must be an object")
-    return request_id, method, params
