@@ -370,7 +370,7 @@ class TailEvent(NamedTuple):
     """A new status event, lean: what counting it and judging it needs."""
 
     event_id: int
-    message_id: int
+    row_id: int
     status: str
     applied: bool
     route: str
@@ -379,23 +379,23 @@ class TailEvent(NamedTuple):
 
 
 class SettledRow(NamedTuple):
-    """A settled message and one of its segments' provider ids (None when no segment has one):
+    """A settled message and one of its segments' SMSC ids (None when no segment has one):
     the rows behind one ``message_final`` line."""
 
-    message_id: int
+    row_id: int
     b24_id: str
     route: str
     status: str
     reason: str | None
     seconds: float  # from intake to the final status
-    provider_id: str | None
+    smsc_id: str | None
 
 
 class IgnoredEvent(NamedTuple):
     """An event that was recorded but not applied (a late or duplicated resp or receipt)."""
 
     event_id: int
-    message_id: int
+    row_id: int
     b24_id: str
     route: str
     seq: int

@@ -151,7 +151,7 @@ class StoreWatcher:
             self._last_finals = set(final)
             batch.finals = self._final_lines(db, list(final))
             batch.ignored = [
-                {"id": e.message_id, "b24_id": e.b24_id, "route": e.route, "seq": e.seq, "status": e.status,
+                {"id": e.row_id, "b24_id": e.b24_id, "route": e.route, "seq": e.seq, "status": e.status,
                  "message_status": e.message_status, "detail": e.detail}
                 for e in sorted(reader.events(db, ignored))
             ]

@@ -86,7 +86,7 @@ def events_after(db: Connection, after: int, limit: int) -> list[TailEvent]:
 
 
 def finals(db: Connection, ids: list[int]) -> Iterator[SettledRow]:
-    """Per message of ``ids``, one row per segment with a provider id (one row with None when
+    """Per message of ``ids``, one row per segment with an SMSC id (one row with None when
     none has), by message and seq."""
     return map(SettledRow._make, _by_ids(db, _FINAL_SQL, ids))
 
