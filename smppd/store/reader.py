@@ -33,25 +33,25 @@ _FINALS = "(" + ",".join(f"'{s.value}'" for s in sorted(FINAL)) + ")"  # the mod
 # get a log line are read again by id (``_FINAL_SQL``, ``_IGNORED_SQL``), in the same read
 # transaction.
 _TAIL_SQL = f"""
-SELECT e.id, e.message_id, e.status, e.applied, m.route,
+SELECT e.id, e.row_id, e.status, e.applied, m.route,
        CASE WHEN e.applied = 1 AND e.status IN {_FINALS} THEN
-         e.at - (SELECT a.at FROM event a WHERE a.message_id = e.message_id AND a.seq = e.seq
+         e.at - (SELECT a.at FROM event a WHERE a.row_id = e.row_id AND a.seq = e.seq
                    AND a.status = 'accepted' AND a.applied = 1 ORDER BY a.id LIMIT 1)
        END,
        e.status = m.status AND e.at = m.updated_at
 FROM event e
-JOIN message m ON m.id = e.message_id
+JOIN message m ON m.id = e.row_id
 WHERE e.id > ? ORDER BY e.id LIMIT ?
 """
-# A settled message's one line: the message, and the provider ids of its segments in their
+# A settled message's one line: the message, and the SMSC ids of its segments in their
 # order (one row per segment that has one, one row with NULL when none has).
 _FINAL_SQL = (
-    "SELECT m.id, m.b24_id, m.route, m.status, m.reason, m.updated_at - m.created_at, s.provider_id FROM message m"
-    " LEFT JOIN segment s ON s.message_id = m.id AND s.provider_id IS NOT NULL WHERE m.id IN ({}) ORDER BY m.id, s.seq"
+    "SELECT m.id, m.b24_id, m.route, m.status, m.reason, m.updated_at - m.created_at, s.smsc_id FROM message m"
+    " LEFT JOIN segment s ON s.row_id = m.id AND s.smsc_id IS NOT NULL WHERE m.id IN ({}) ORDER BY m.id, s.seq"
 )
 # An event that was not applied (a late or duplicated resp or receipt), for its debug line.
-_IGNORED_SQL = ("SELECT e.id, e.message_id, m.b24_id, m.route, e.seq, e.status, m.status, e.detail FROM event e"
-                " JOIN message m ON m.id = e.message_id WHERE e.id IN ({})")
+_IGNORED_SQL = ("SELECT e.id, e.row_id, m.b24_id, m.route, e.seq, e.status, m.status, e.detail FROM event e"
+                " JOIN message m ON m.id = e.row_id WHERE e.id IN ({})")
 _CHUNK = 500  # ids per IN (...): well under SQLite's limit on parameters
 
 
