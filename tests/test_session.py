@@ -21,6 +21,8 @@ from smppd.smpp.events import (
 )
 from smppd.smpp.session import BindMode, Session, SessionConfig, State, Submit
 
+from .config_rig import session_config
+
 PASSWORD = "s3cr3tpw"
 RESP_TIMEOUT = 10.0
 INTERVAL = 30.0
@@ -44,7 +46,7 @@ def config(**overrides) -> SessionConfig:
         window=10,
     )
     values.update(overrides)
-    return SessionConfig(**values)
+    return session_config(**values)
 
 
 def sent(session: Session) -> list[tuple[Header, bytes]]:
@@ -90,6 +92,7 @@ def item(ref, text: bytes = b"Hello", **kw) -> Submit:
         source_addr_ton=5,
         source_addr_npi=0,
         destination_addr=kw.pop("destination_addr", "375291234567"),
+        registered_delivery=kw.pop("registered_delivery", 1),
         short_message=text,
         **kw,
     )
@@ -874,11 +877,12 @@ def test_data_to_send_coalesces():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError):
+    # Checked once, by smppd.config, naming the key; SessionConfig has no checks of its own.
+    with pytest.raises(ValueError, match=r"route\.op\.window"):
         config(window=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"route\.op\.receipt_id_base"):
         config(receipt_id_base="16")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"route\.op\.response_timeout"):
         config(response_timeout=0)
     assert config(bind_mode="receiver").bind_mode is BindMode.RECEIVER
 
