@@ -12,6 +12,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -205,3 +207,61 @@ def test_the_scan_sees_a_repeated_default() -> None:
     seen = {(n, ast.literal_eval(e)) for n, e in _named_defaults(tree)}
     defaults = _config_defaults()
     assert {n for n, v in seen if any(_same(v, d) for d in defaults[n])} == {"window", "reconnect_min"}
+
+
+# --- config.toml's commented defaults are the classes' --------------------------------------
+
+EXAMPLE = ROOT / "config.toml"
+# The sections whose commented ``# key = value`` lines document the defaults, by (header,
+# whether the header itself is commented out): the operator profiles further down (a
+# commented [route.life], [route.mts], ...) and [[portal]] hold examples, not defaults.
+_KEY = "k" * 24
+DOCUMENTED = {
+    ("daemon", False): (config.DaemonConfig, lambda t: processes.daemon({"socket": "/s", "database": "/d", **t})),
+    ("shim", False): (config.ShimConfig,
+                      lambda t: processes.shim({"listen": "127.0.0.1:8080", "handler_key": _KEY, **t})),
+    ("app", False): (config.AppConfig, lambda t: portals.apps(
+        [{"domain": "x.bitrix24.by", "client_id": "c", "client_secret": "s", **t}])["x.bitrix24.by"]),
+    ("app_events", True): (config.AppEventsConfig, portals.app_events),
+    ("route.life", False): (config.SmppRouteConfig, lambda t: routes.route("r", {**SMPP_ROUTE, **t})),
+    ("route.smsru", True): (config.SmsRuRouteConfig,
+                            lambda t: routes.route("r", {"kind": "smsru", "api_id": "k", **t})),
+    ("route.smsc", True): (config.SmscRouteConfig,
+                           lambda t: routes.route("r", {"kind": "smsc", "apikey": "k", **t})),
+    ("rules", True): (config.RulesConfig, rules.rules),
+    ("sender.by_sms_main", False): (config.SenderConfig,
+                                    lambda t: rules.sender("c", {"route": "r", "sender_id": "Shop", **t})),
+}
+# Commented lines that show an example value, not the default (each says so in its comment).
+EXAMPLE_KEYS = frozenset({"socket_group", "public_url", "allow_from", "spool_dir", "handler_key_previous",
+                          "client_endpoint", "resp_id_base", "portal", "marketing_sender_id", "login", "password",
+                          "api_id", "host", "port", "system_id"})
+
+
+def test_config_toml_documents_the_class_defaults() -> None:
+    """README: every route key is "explained next to its default in config.toml"; that copy must not drift."""
+    section: tuple[str, bool] | None = None
+    checked, wrong = 0, []
+    for n, line in enumerate(EXAMPLE.read_text(encoding="utf-8").splitlines(), 1):
+        header = re.match(r"^(#\s*)?\[\[?([a-z0-9_.]+)\]\]?", line)
+        if header:
+            section = (header[2], header[1] is not None)
+            continue
+        m = re.match(r"^#\s?([a-z_]+\s*=.*)$", line)
+        if m is None or section not in DOCUMENTED:
+            continue
+        try:
+            table = tomllib.loads(m[1])
+        except tomllib.TOMLDecodeError:
+            continue  # prose that happens to contain "="
+        (key, value), = table.items()
+        if key in EXAMPLE_KEYS:
+            continue
+        cls, parse = DOCUMENTED[section]
+        got, default = getattr(parse({key: value}), key), getattr(cls, key)
+        checked += 1
+        if got != default:
+            wrong.append(f"config.toml:{n}: {key} = {value!r} reads as {got!r}, "
+                         f"but {cls.__name__}.{key} = {default!r}")
+    assert not wrong, "config.toml documents another default than the code has:\n" + "\n".join(wrong)
+    assert checked >= 60, f"only {checked} documented defaults found: has config.toml's layout changed?"

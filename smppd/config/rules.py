@@ -110,7 +110,8 @@ def rules(t: Any) -> RulesConfig:
         raise ConfigError(f"{key}.stop_words", "must be a list of non-empty strings")
     field_name = string(t, key, "consent_field", default=d.consent_field)
     if not re.fullmatch(r"[A-Z][A-Z0-9_]*", field_name):
-        raise ConfigError(f"{key}.consent_field", f"must be a CRM field name like UF_CRM_SMS_CONSENT, got {field_name!r}")
+        raise ConfigError(f"{key}.consent_field",
+                          f"must be a CRM field name like UF_CRM_SMS_CONSENT, got {field_name!r}")
     return RulesConfig(
         consent_field=field_name,
         consent_cache_ttl=number(t, key, "consent_cache_ttl", default=d.consent_cache_ttl, low=0.0),
