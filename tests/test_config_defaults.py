@@ -265,3 +265,17 @@ def test_config_toml_documents_the_class_defaults() -> None:
                          f"but {cls.__name__}.{key} = {default!r}")
     assert not wrong, "config.toml documents another default than the code has:\n" + "\n".join(wrong)
     assert checked >= 60, f"only {checked} documented defaults found: has config.toml's layout changed?"
+
+
+def test_readme_route_key_table_shows_the_class_defaults() -> None:
+    """README's "When the operator has a bad day" table is a third copy: held to the class too."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("### When the operator has a bad day"):]
+    table = table[:table.index("\n\n", table.index("| Key |"))]
+    checked = 0
+    for keys, values in re.findall(r"^\| ((?:`[a-z_]+`(?:, )?)+) \| ((?:`[^`]+`(?:, )?)+) \|", table, re.M):
+        for key, value in zip(re.findall(r"`([a-z_]+)`", keys), re.findall(r"`([^`]+)`", values), strict=True):
+            got = getattr(routes.route("r", {**SMPP_ROUTE, key: tomllib.loads(f"v = {value}")["v"]}), key)
+            assert got == getattr(config.SmppRouteConfig, key), f"README: {key} = {value}"
+            checked += 1
+    assert checked >= 10, f"only {checked} defaults found in README's table: has its layout changed?"
