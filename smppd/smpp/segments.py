@@ -22,7 +22,7 @@ UDH8, UDH16, SAR, PAYLOAD = LONG_METHODS  # the names config accepts for long_me
 
 @dataclass(frozen=True)
 class SegmentJob:
-    message_id: int
+    row_id: int
     seq: int
     submit: Submit
     b24_id: str = ""  # for the log lines about this segment
