@@ -146,6 +146,9 @@ KNOWN = {
     ("smppd/routes/policy/flow.py", "pause_min"): "FlowPolicy: the SMPP route passes cfg.queue_full_pause",
     ("smppd/routes/policy/flow.py", "pause_max"): "FlowPolicy: the SMPP route passes cfg.queue_full_pause_max",
     ("smppd/routes/policy/flow.py", "recovery"): "FlowPolicy: the SMPP route passes cfg.throttle_recovery",
+    ("smppd/routes/policy/submit.py", "pause_min"): "SubmitPolicy.for_route passes cfg.queue_full_pause",
+    ("smppd/routes/policy/submit.py", "pause_max"): "SubmitPolicy.for_route passes cfg.queue_full_pause_max",
+    ("smppd/routes/policy/submit.py", "recovery"): "SubmitPolicy.for_route passes cfg.throttle_recovery",
 }
 
 
