@@ -78,7 +78,8 @@ class SubmitPolicy:
     """The cap, the flow (pause, AIMD) and the bounded requeue of one SMPP route."""
 
     def __init__(self, rate: float, window: int, *, temporary_retries: int, temporary_retry_age: float,
-                 pause_min: float = 0.1, pause_max: float = 5.0, recovery: float = 3.0) -> None:
+                 pause_min: float, pause_max: float, recovery: float) -> None:
+        # No defaults: the route's config has them (smppd.config), written once.
         self.flow = FlowPolicy(rate, window, pause_min=pause_min, pause_max=pause_max, recovery=recovery)
         self.cap = SlidingWindowLimiter(rate, 1.0 + CAP_SLACK)
         self.window = max(1, int(window))  # what the binds' windows should be now
