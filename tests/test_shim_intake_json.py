@@ -2,7 +2,8 @@
 ``intake`` expects, encoded as the RPC client encodes params (UTF-8 JSON, no spaces),
 for any post the form parser lets through.
 
-``_reference_params`` is that dict, written out field by field.
+``_reference_params`` is that dict, written out field by field; the RPC client encodes
+params with ``smppd.rpc.wire.encode_json``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 
 from shim import bitrix_form as bf
 from shim.app import _intake_json
+from smppd.rpc import wire
 
 from .form_rig import random_form
 
@@ -45,7 +47,7 @@ def _reference_params(post: bf.HandlerPost) -> dict[str, Any]:
 def _check(post: bf.HandlerPost) -> None:
     encoded = _intake_json(post)
     assert json.loads(encoded) == _reference_params(post), post
-    assert encoded == json.dumps(_reference_params(post), ensure_ascii=False, separators=(",", ":")).encode(), post
+    assert encoded == wire.encode_json(_reference_params(post)).encode(), post
 
 
 _AWKWARD = ['', 'plain', 'Ваш заказ готов', '"quoted" \\ back\\slash', 'tab\tnew\nline\r\x00\x1f\x7f',
