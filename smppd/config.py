@@ -20,6 +20,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 
+from .model import PortalRecord
+
 CODE_RE = re.compile(r"^[a-z0-9.\-_]+$")  # Bitrix24's rule for provider CODEs
 ALNUM_SENDER_RE = re.compile(r"^[A-Za-z0-9 .\-_&!'+]{1,11}$")
 NUMERIC_SENDER_RE = re.compile(r"^\+?[0-9]{1,15}$")
@@ -88,22 +90,13 @@ class ShimConfig:
 
 
 @dataclass(frozen=True)
-class PortalConfig:
-    """One Bitrix24 portal (one install of our local app), keyed by member_id.
+class PortalConfig(PortalRecord):
+    """A ``[[portal]]``: the portal's one record (``model.PortalRecord``) and its REST budget.
 
     The tokens here only seed the store: once the app install event arrives,
     or a refresh rotates them, the store's copy wins.
     """
 
-    member_id: str
-    domain: str
-    client_endpoint: str
-    server_endpoint: str
-    client_id: str
-    client_secret: str = field(repr=False)
-    application_token: str = field(repr=False)
-    access_token: str = field(default="", repr=False)
-    refresh_token: str = field(default="", repr=False)
     rate: float = 2.0
     burst: int = 50
 
