@@ -18,7 +18,7 @@ import aiohttp
 import structlog
 
 from .ops import metrics
-from . import phone, rules, text
+from . import rules
 from .bitrix24.contacts import ContactsJobs, PreferredChannel
 from .bitrix24.contacts.hlr import smsc_hlr_for
 from .bitrix24.install import EventQueue, Prover
@@ -130,7 +130,7 @@ class Daemon:
         self._rpc = RpcServer(
             self.config.daemon.socket_path,
             {"intake": intake, "ping": self._ping, "status": self._status, "dlr": self._dlr,
-             **self._stoplist_methods(), "app_event": self.app_events.receive, **self.portals.methods(),
+             **self.stoplist.methods(), "app_event": self.app_events.receive, **self.portals.methods(),
              **Admin(_AdminHost(self)).methods(), **self.contacts.methods()},
             group=self.config.daemon.socket_group, batch_handlers={"intake": intake.many}, params=PARAM_TYPES,
             sock=passed_socket((socket.AF_UNIX,), "smppd"),  # systemd's smppd.socket, if it passed one
@@ -199,37 +199,11 @@ class Daemon:
         """One status pusher per served portal (``bitrix24.portals``): status and metrics read them."""
         return self.portals.pushers
 
-    # --- stop list ---------------------------------------------------------------
+    # --- what arrives ---------------------------------------------------------------
 
     async def _on_mo(self, route: str, mo: ShortMessage) -> None:
-        """An SMS reply of just a stop word puts its sender on the stop list."""
-        try:
-            body = text.decode(mo.data_coding, text.strip_udh(mo.esm_class, mo.short_message)[1])
-        except ValueError:
-            return
-        if not rules.is_stop_word(body, self.config.rules.stop_words):
-            return
-        try:
-            number = phone.normalize(mo.source_addr)  # TON 1 digits (375…) or a national form
-        except phone.InvalidNumber as e:
-            log.warning("stop_word_from_invalid_number", route=route, reason=e.reason)
-            return
-        self.rules.stats.stop_words += 1
-        await self.stoplist.add(number, f"mo:{route}")
-
-    def _stoplist_methods(self) -> dict[str, Any]:
-        async def add(params: Mapping[str, Any]) -> dict[str, Any]:
-            number = _number_param(params)
-            return {"phone": number, "added": await self.stoplist.add(number, str(params.get("source") or "cli"))}
-
-        async def remove(params: Mapping[str, Any]) -> dict[str, Any]:
-            number = _number_param(params)
-            return {"phone": number, "removed": await self.stoplist.remove(number)}
-
-        async def entries(params: Mapping[str, Any]) -> dict[str, Any]:
-            return {"numbers": await self.stoplist.entries()}
-
-        return {"stoplist.add": add, "stoplist.remove": remove, "stoplist.list": entries}
+        if await self.stoplist.on_reply(route, mo, self.config.rules.stop_words):
+            self.rules.stats.stop_words += 1
 
     async def _sweep_receipts(self) -> None:
         while True:
@@ -284,16 +258,6 @@ def route_status(route: Route) -> dict[str, Any]:
     """What `smppd status` shows of a route: the common face first, then the kind's own figures."""
     return {**route.status(), "kind": route.kind, "up": route.up, "trouble": route.trouble, "queue": route.depth,
             "inflight": route.inflight, "window_size": route.window_size}
-
-
-def _number_param(params: Mapping[str, Any]) -> str:
-    raw = params.get("phone")
-    if not isinstance(raw, str):
-        raise RpcError("bad_request", "phone: must be a string", field="phone")
-    try:
-        return phone.normalize(raw)
-    except phone.InvalidNumber as e:
-        raise RpcError("bad_request", f"phone: {e.reason}", field="phone") from None
 
 
 class _AdminHost:
