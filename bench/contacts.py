@@ -4,7 +4,7 @@ while the status pusher keeps delivering a steady stream of statuses to the same
 A simulated portal (2 requests/s, burst 50, 503 ``QUERY_LIMIT_EXCEEDED`` beyond) holds
 ``--contacts`` contacts (plus a tenth as many leads and companies) whose numbers are stored
 the ways CRMs hold them (``8029…``, ``375 44 …``, ``29 1…``, ``+7 …``, typos). The real job
-(bitrix24/contacts.py) runs through the real REST client at bulk priority, the real pusher
+(bitrix24/contacts/) runs through the real REST client at bulk priority, the real pusher
 drains the real store's outbox through the same client; receipts arrive at ``--statuses``/s.
 Printed per phase: time, entities per minute, requests, against the ceiling the budget
 allows (2 × 50 = 100 entities a second when each request carries 50 entities), and the

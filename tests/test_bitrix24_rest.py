@@ -554,7 +554,7 @@ def test_form_urlencode_is_urlencode_byte_for_byte():
 
 
 def test_command_value_is_the_command_encoded_twice():
-    """A batch command's form value, built piecewise, equals quoting the whole command (rest.py)."""
+    """A batch command's form value, built piecewise, equals quoting the whole command (rest/form.py)."""
     import random
 
     from smppd.bitrix24.rest import command_value, encode_params, form_urlencode

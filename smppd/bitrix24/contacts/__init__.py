@@ -3,7 +3,7 @@
 Why in the daemon and not in the CLI: the daemon owns each portal's tokens (a refresh rotates
 them, one owner only) and its REST budget (~2 requests a second shared with the status
 pusher). A job here uses the same `RestClient` at ``PRIORITY_BULK``, so it only takes what
-the pusher leaves (rest.py), and a 429/503 slows it down instead of failing it.
+the pusher leaves (rest/budget.py), and a 429/503 slows it down instead of failing it.
 
 How a base of tens of thousands is read within that budget (b24-rest-docs):
 * ``crm.<entity>.list`` with ``start=-1``, ``order[ID]=ASC`` and an ``ID`` filter skips the
