@@ -148,7 +148,7 @@ def retry_delay(attempts: int) -> float:
 
 
 class PortalHost(Protocol):
-    """What the queue needs from the daemon."""
+    """What the queue needs of the served portals (``portals.LivePortals`` is one)."""
 
     def portals(self) -> Mapping[str, PortalRecord]: ...
 

@@ -37,7 +37,7 @@ HLR_TTL = 30 * 86400.0
 
 
 class RpcRefused(Exception):
-    """A request the caller must fix: (field, message); the daemon maps it to ``bad_request``."""
+    """A request the caller must fix: (field, message); ``methods()`` answers it as ``bad_request``."""
 
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(message)
