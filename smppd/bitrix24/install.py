@@ -41,7 +41,7 @@ import structlog
 
 from ..ops import metrics
 from ..backoff import backoff
-from ..config import AppConfig, Config, normalize_domain
+from ..config import AppConfig, Config, PortalConfig, normalize_domain
 from ..rpc import RpcError
 from ..model import PortalRecord, StoredAppEvent
 from .rest import RestClient, RestError, refresh_tokens
@@ -113,18 +113,19 @@ class AppEvent:
         return {k: getattr(self, k) for k in _ALWAYS_KEYS + _TOKEN_KEYS if getattr(self, k)}
 
 
-def credentials(config: Config, member_id: str, domain: str) -> AppConfig | None:
+#: Our app's credentials, endpoints and REST budget on one portal: an ``[[app]]``, or a
+#: ``[[portal]]``, which carries the same fields (and the tokens an event would bring).
+Credentials = AppConfig | PortalConfig
+
+
+def credentials(config: Config, member_id: str, domain: str) -> Credentials | None:
     """What makes us trust an event for this portal: its ``[[app]]`` by domain, or a
     hand-written ``[[portal]]`` for its member_id (which then completes a pending install)."""
     app = config.apps.get(domain)
     if app is not None:
         return app
     p = config.portals.get(member_id)
-    if p is not None and p.domain == domain:
-        return AppConfig(domain=p.domain, client_id=p.client_id, client_secret=p.client_secret,
-                         client_endpoint=p.client_endpoint, server_endpoint=p.server_endpoint,
-                         rate=p.rate, burst=p.burst)
-    return None
+    return p if p is not None and p.domain == domain else None
 
 
 class Verdict(enum.Enum):
@@ -152,7 +153,7 @@ class PortalHost(Protocol):
 
     def portals(self) -> Mapping[str, PortalRecord]: ...
 
-    def rest_client(self, member_id: str, app: AppConfig | None = None,
+    def rest_client(self, member_id: str, app: Credentials | None = None,
                     portal: PortalRecord | None = None) -> RestClient | None:
         """The portal's shared REST client (its budget); with ``app`` and ``portal``, made if it does not exist yet."""
         ...
@@ -239,7 +240,7 @@ class Prover:
             return Outcome(Verdict.REFUSE, "app.info names another application")
         return Outcome(Verdict.APPLY, version=str(info.get("VERSION", "")), record=record)
 
-    async def _spend(self, e: StoredAppEvent, record: PortalRecord, app: AppConfig) -> Outcome | None:
+    async def _spend(self, e: StoredAppEvent, record: PortalRecord, app: Credentials) -> Outcome | None:
         """Spend the refresh token held in ``e`` and store its successor; None when that worked."""
         try:
             fresh = await refresh_tokens(self._http, record, timeout=aiohttp.ClientTimeout(total=30))

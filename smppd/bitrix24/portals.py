@@ -20,11 +20,12 @@ from typing import Any, Callable, Coroutine, Mapping
 import aiohttp
 import structlog
 
-from ..config import AppConfig, Config
+from ..config import Config
 from ..model import PortalRecord
 from ..rpc import RpcError
 from ..store import Store
 from . import registration
+from .install import Credentials
 from .pusher import StatusPusher
 from .rest import RestClient
 
@@ -85,7 +86,7 @@ class LivePortals:
         """Each served portal's one client (its one budget), for the contacts jobs and channel marks."""
         return {m: p.client for m, p in self.pushers.items()}
 
-    def rest_client(self, member_id: str, app: AppConfig | None = None,
+    def rest_client(self, member_id: str, app: Credentials | None = None,
                     portal: PortalRecord | None = None) -> RestClient | None:
         """The portal's one REST client; with ``app`` and ``portal``, made for a portal still being proven."""
         pusher = self.pushers.get(member_id)
