@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -593,3 +594,37 @@ def test_a_moved_portal_keeps_the_port_of_its_domain():
     assert parse_token_response(auth, 200, _json.dumps(answer)).domain == "crm.example.by:8443"
     answer["client_endpoint"] = "https://new.bitrix24.by/rest/"
     assert parse_token_response(auth, 200, _json.dumps(answer)).domain == "new.bitrix24.by"
+
+
+@pytest.mark.integration
+async def test_refresh_retries_only_what_never_reached_the_oauth_server(http):
+    """A refresh that may have reached the server is never sent again: the server may have
+    rotated (spent) the refresh token, and a second try would only turn into invalid_grant.
+    One that could not connect is retried (http_client.Unavailable)."""
+    import socket
+
+    record = PortalRecord("m", "shop.bitrix24.by", "http://127.0.0.1:1/rest/", "", "c", "s", "app", "a", "r")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(RestError) as info:
+        await refresh_tokens(http, dataclasses.replace(record, server_endpoint=f"http://127.0.0.1:{port}/rest/"))
+    assert (info.value.code, info.value.description) == ("network", "ClientConnectorError")
+
+    connections: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)  # reads the request, never answers
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(RestError) as info:
+            await refresh_tokens(http, dataclasses.replace(record, server_endpoint=f"http://127.0.0.1:{port}/rest/"),
+                                 timeout=aiohttp.ClientTimeout(total=0.3))
+        assert info.value.code == "network" and len(connections) == 1
+    finally:
+        for w in connections:
+            w.close()
+        server.close()
+        await server.wait_closed()
