@@ -154,8 +154,8 @@ class PortalHost(Protocol):
     def portals(self) -> Mapping[str, PortalRecord]: ...
 
     def rest_client(self, member_id: str, app: Credentials | None = None,
-                    portal: PortalRecord | None = None) -> RestClient | None:
-        """The portal's shared REST client (its budget); with ``app`` and ``portal``, made if it does not exist yet."""
+                    record: PortalRecord | None = None) -> RestClient | None:
+        """The portal's shared REST client (its budget); with ``app`` and ``record``, made if it does not exist yet."""
         ...
 
     def hold_pusher(self, member_id: str, held: bool) -> None: ...

@@ -20,7 +20,7 @@ from typing import Any, Callable, Coroutine, Mapping
 import aiohttp
 import structlog
 
-from ..config import Config
+from ..config import Config, PortalConfig
 from ..model import PortalRecord
 from ..rpc import RpcError
 from ..store import Store
@@ -87,14 +87,14 @@ class LivePortals:
         return {m: p.client for m, p in self.pushers.items()}
 
     def rest_client(self, member_id: str, app: Credentials | None = None,
-                    portal: PortalRecord | None = None) -> RestClient | None:
-        """The portal's one REST client; with ``app`` and ``portal``, made for a portal still being proven."""
+                    record: PortalRecord | None = None) -> RestClient | None:
+        """The portal's one REST client; with ``app`` and ``record``, made for a portal still being proven."""
         pusher = self.pushers.get(member_id)
         if pusher is not None:
             return pusher.client
         client = self._installing.get(member_id)
-        if client is None and portal is not None and app is not None:
-            client = self._client(portal, app.rate, app.burst)
+        if client is None and record is not None and app is not None:
+            client = self._client(record, app.rate, app.burst)
             self._installing[member_id] = client
         return client
 
@@ -206,7 +206,7 @@ class LivePortals:
         """The portal's request budget: its ``[[app]]`` (by domain), else its ``[[portal]]``, else Bitrix24's default."""
         config = self._config()
         cfg = config.apps.get(portal.domain) or config.portals.get(portal.member_id)
-        return (cfg.rate, cfg.burst) if cfg else (2.0, 50)
+        return (cfg.rate, cfg.burst) if cfg else (PortalConfig.rate, PortalConfig.burst)
 
     def _client(self, portal: PortalRecord, rate: float, burst: int) -> RestClient:
         assert self._http is not None, "load() first"

@@ -54,8 +54,8 @@ class RestClient:
         http: aiohttp.ClientSession,
         portal: PortalRecord,
         *,
-        rate: float | None = 2.0,
-        burst: int = 50,
+        rate: float | None,
+        burst: int = 0,
         on_tokens: SaveTokens | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -66,6 +66,10 @@ class RestClient:
         max_operating_wait: float = 600.0,
         request_timeout: float = 65.0,
     ) -> None:
+        """``rate`` and ``burst`` are the portal's budget, from its ``[[app]]`` or ``[[portal]]``
+        (config holds the defaults, once); ``rate=None`` leaves the client unmetered (tests, benches)."""
+        if rate is not None and burst < 1:
+            raise ValueError("a rate needs its burst: both come from the portal's [[app]] or [[portal]]")
         self._http = http
         self._sleep = sleep
         self._wall = wall_clock
