@@ -22,7 +22,7 @@ from smppd.smpp.pdu import (
 )
 from smppd.smpp.events import ReceiptReceived, SubmitAccepted, SubmitUnconfirmed, Terminated
 
-from .test_session import bound_session, receipt_pdu, sent, submit_n, submit_resp
+from .session_rig import bound_session, receipt_pdu, sent, submit_n, submit_resp
 
 
 # --- framing -----------------------------------------------------------------------
