@@ -10,6 +10,8 @@ from smppd.smpp.events import Bound
 from smppd.smpp.pdu import Framer, Header, read_header
 from smppd.smpp.session import BindMode, Session, SessionConfig, State, Submit
 
+from .config_rig import session_config
+
 PASSWORD = "s3cr3tpw"
 RESP_TIMEOUT = 10.0
 INTERVAL = 30.0
@@ -30,7 +32,7 @@ def config(**overrides) -> SessionConfig:
         window=10,
     )
     values.update(overrides)
-    return SessionConfig(**values)
+    return session_config(**values)  # the way the daemon builds one: from a parsed route
 
 
 def sent(session: Session) -> list[tuple[Header, bytes]]:
@@ -76,6 +78,7 @@ def item(ref, text: bytes = b"Hello", **kw) -> Submit:
         source_addr_ton=5,
         source_addr_npi=0,
         destination_addr=kw.pop("destination_addr", "375291234567"),
+        registered_delivery=kw.pop("registered_delivery", 1),
         short_message=text,
         **kw,
     )

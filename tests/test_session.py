@@ -757,11 +757,12 @@ def test_data_to_send_coalesces():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError):
+    # Checked once, by smppd.config, naming the key; SessionConfig has no checks of its own.
+    with pytest.raises(ValueError, match=r"route\.op\.window"):
         config(window=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"route\.op\.receipt_id_base"):
         config(receipt_id_base="16")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"route\.op\.response_timeout"):
         config(response_timeout=0)
     assert config(bind_mode="receiver").bind_mode is BindMode.RECEIVER
 
