@@ -18,7 +18,7 @@ import structlog
 from ..ops import metrics
 from ..config import SmppRouteConfig
 from .events import BindRejected, Bound, Terminated
-from .flow import Outcome, ReconnectBackoff
+from .reconnect import Outcome, ReconnectBackoff
 from .pdu import CREDENTIAL_STATUSES, status_name
 from .session import BindMode, Session, SessionConfig, Submit
 

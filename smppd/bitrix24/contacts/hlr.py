@@ -14,7 +14,8 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
 from ... import phone
 from ...config import Config, SmscRouteConfig
-from ...routes.smsc import SmscRoute, auth
+from ...routes.provider_client import ProviderClient
+from ...routes.smsc import auth
 from .scan import chunks
 
 
@@ -31,7 +32,7 @@ class HlrResult:
 
 
 class HttpPoster(Protocol):
-    """What SMSC.ru HLR needs of `providers.smsc.SmscRoute`: its POST and its URLs."""
+    """What SMSC.ru HLR needs of `routes.provider_client.ProviderClient`: its POST and its URLs."""
 
     async def post(self, url: str, form: Mapping[str, str]) -> Any: ...
 
@@ -134,5 +135,5 @@ def smsc_hlr_for(config: Config, code: str, *, poll: float = 2.0
     route_cfg = config.routes.get(sender.route)
     if not isinstance(route_cfg, SmscRouteConfig):
         return f"{code} goes through route {sender.route!r}, not SMSC.ru: HLR needs an SMSC.ru route"
-    route = SmscRoute(route_cfg, None)  # type: ignore[arg-type]  # no store: HLR sends no message
-    return SmscHlr(route, auth(route_cfg), poll=poll), route.close
+    client = ProviderClient(route_cfg)  # no route, no store: HLR sends no message
+    return SmscHlr(client, auth(route_cfg), poll=poll), client.close
