@@ -48,7 +48,6 @@ import re
 import time
 from dataclasses import replace
 from collections.abc import AsyncIterator, Collection, Mapping
-from json.encoder import encode_basestring_ascii  # what json.dumps quotes strings with
 from typing import Any
 
 import orjson
@@ -168,7 +167,7 @@ def _stored_body(result: Mapping[str, Any]) -> bytes:
     id_, status, duplicate = result["id"], result["status"], result["duplicate"]
     if type(id_) is int and type(status) is str and type(duplicate) is bool:
         return b'{"ok": true, "id": %d, "status": %s, "duplicate": %s}' % (
-            id_, encode_basestring_ascii(status).encode(), b"true" if duplicate else b"false")
+            id_, json.dumps(status).encode(), b"true" if duplicate else b"false")
     return json.dumps({"ok": True, "id": id_, "status": status, "duplicate": duplicate}).encode()
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from . import wire
+from . import json_fast, wire
 from .wire import (
     BATCHED,
     LineWriter,
@@ -142,7 +142,9 @@ class _ClientConnection:
         sends just before it hangs up on us; it is kept as the reason.
         """
         try:
-            reply = json.loads(line)
+            reply = json_fast.loads(line)
+            if reply is None:
+                reply = json.loads(line)
             request_id = reply["id"]
         except (ValueError, TypeError, KeyError):
             request_id = reply = None

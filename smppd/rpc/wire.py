@@ -67,6 +67,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from . import json_fast
+
 __all__ = [
     "BATCHED",
     "BATCH_SUFFIX",
@@ -152,7 +154,10 @@ encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 def encode_line(obj: Mapping[str, Any]) -> bytes:
     """``obj`` as one line of the wire format: the form every reply and request takes."""
-    return encode_json(obj).encode() + b"\n"
+    encoded = json_fast.dumps(obj)
+    if encoded is None:
+        encoded = encode_json(obj).encode()
+    return encoded + b"\n"
 
 
 def error_line(request_id: Any, error: RpcError) -> bytes:
@@ -238,10 +243,19 @@ class BadRequest(Exception):
         self.message = message
 
 
+def decode_line(line: bytes) -> Any:
+    """One line's JSON, with the refusals of the ``Error codes`` above: raises
+    ``_OutOfRange``, ``RecursionError`` or ``ValueError``."""
+    decoded = json_fast.loads(line)
+    if decoded is None:
+        decoded = _decode_request(line.decode("utf-8"))
+    return decoded
+
+
 def parse_request(line: bytes) -> tuple[str | int, str, dict[str, Any]]:
     """Split one request line into (id, method, params) or raise BadRequest."""
     try:
-        request = _decode_request(line.decode("utf-8"))
+        request = decode_line(line)
     except _OutOfRange:
         raise BadRequest(None, "numbers must be integers of at most 64 bits or finite decimals") from None
     except RecursionError:

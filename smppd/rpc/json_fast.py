@@ -1,0 +1,60 @@
+"""The RPC wire's JSON through orjson, where orjson's answer is the standard
+library's answer; ``None`` hands the line back to ``wire``'s exact decoder.
+
+Why: the RPC's JSON was ~4 µs per message over the daemon and the shim
+(an ``intake.batch`` line decoded 2.1 µs per post against 0.8, its answer
+encoded 1.5 against 0.1 and decoded 1.6 against 0.25; BENCHMARKS.md,
+"Issue 15: the bar").
+
+Where orjson and ``json`` part ways, and how each is handed back:
+
+- integers: orjson reads ``[2**63, 2**64)`` as ints and anything wider as a
+  float, silently; the wire refuses everything outside a signed 64-bit
+  range.  Any run of 19 or more digits in the line (the shortest integer
+  that can be out of range has 19) sends the line to the exact decoder;
+  a digit run inside a string does too, which costs time, never a verdict.
+- everything orjson refuses (NaN, Infinity, ``1e400``, a lone surrogate
+  escape, nesting past 1024, bad UTF-8, bad JSON) goes to the exact
+  decoder as well, so every refusal keeps its old message and every line
+  ``json`` took it still takes.
+
+Encoding: orjson writes what ``json`` with ``ensure_ascii=False`` and no
+spaces writes for the types the daemon answers with (str, int, bool, None,
+lists, str-keyed dicts; tested), except that floats may be spelled
+differently with the same value.  A value orjson refuses (an int past 64
+bits, a non-str key, a lone surrogate) is ``None`` here and written by
+``json``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+__all__ = ["dumps", "loads"]
+
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+
+
+def loads(line: bytes) -> Any | None:
+    """``line`` decoded, or ``None`` when only the exact decoder may answer.
+
+    ``None`` is also what a line holding JSON ``null`` would give, which the
+    exact decoder then reads again: harmless, a request or a reply is never null.
+    """
+    if _LONG_NUMBER.search(line) is not None:
+        return None
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def dumps(obj: Any) -> bytes | None:
+    """``obj`` as compact UTF-8 JSON, or ``None`` when orjson refuses it."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        return None
