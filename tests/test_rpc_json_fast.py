@@ -33,7 +33,7 @@ def _posts(seed: int, n: int) -> list[bytes]:
 def test_an_intake_batch_line_and_its_answer_take_the_fast_path() -> None:
     posts = _posts(1, 400)
     # Hex b24_ids may hold 19 digits in a row now and then; those go the exact way.
-    usual = [p for p in posts if json_fast._LONG_NUMBER.search(p) is None]
+    usual = [p for p in posts if not json_fast.long_number(p)]
     assert len(usual) > 100
     [(line, ids)] = wire.request_lines("intake", list(enumerate(usual[:200], 1)))
     assert json_fast.loads(line) is not None, "a usual intake.batch line fell back to json"
@@ -114,6 +114,15 @@ def test_lines_orjson_reads_otherwise_get_the_exact_decoders_verdict(line: bytes
         return request["id"], request["method"], request.get("params", {})
 
     assert verdict(wire.parse_request) == verdict(exact)
+
+
+def test_long_numbers_are_found_wherever_they_are() -> None:
+    for n in range(30):
+        assert json_fast.long_number(b"x" * n + b"1234567890123456789") is True
+        assert json_fast.long_number(b"1234567890123456789" + b"," * n) is True
+    assert json_fast.long_number(b"123456789012345678,123456789012345678") is False
+    assert json_fast.long_number(b"-9223372036854775808") is True
+    assert json_fast.long_number(bytes(range(256)) * 3) is False
 
 
 def test_integers_at_the_64_bit_bounds_are_taken() -> None:

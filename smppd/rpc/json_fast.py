@@ -28,14 +28,21 @@ bits, a non-str key, a lone surrogate) is ``None`` here and written by
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 
-__all__ = ["dumps", "loads"]
+__all__ = ["dumps", "loads", "long_number"]
 
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+# Every digit read as "0", then one substring search: ~0.1 µs per post where
+# re's [0-9]{19} took ~2.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+
+
+def long_number(line: bytes) -> bool:
+    """Whether ``line`` holds 19 or more digits in a row."""
+    return _LONG_NUMBER in line.translate(_DIGITS_AS_ZERO)
 
 
 def loads(line: bytes) -> Any | None:
@@ -44,7 +51,7 @@ def loads(line: bytes) -> Any | None:
     ``None`` is also what a line holding JSON ``null`` would give, which the
     exact decoder then reads again: harmless, a request or a reply is never null.
     """
-    if _LONG_NUMBER.search(line) is not None:
+    if long_number(line):
         return None
     try:
         return orjson.loads(line)
