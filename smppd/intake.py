@@ -12,7 +12,6 @@ import hmac
 import json
 import re
 import time
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Container, Mapping, NamedTuple, Sequence
 
 import structlog
@@ -33,8 +32,10 @@ B24_ID_RE = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would let a trailing n
 MAX_TEXT = 50_000  # far above anything an operator joins (255 parts); protects the store from junk
 
 
-@dataclass(frozen=True)
-class IntakeRequest:
+class IntakeRequest(NamedTuple):
+    """One post's params, checked. A NamedTuple, not a frozen dataclass: built once per
+    message, and the frozen ``__init__`` of these nine fields cost 1.0 µs against 0.2."""
+
     member_id: str | None
     application_token: str | None
     code: str

@@ -244,8 +244,11 @@ def smsc_status(code: int) -> Status:
 
 # --- the records that describe messages on their way (stored and read by ``store``) ------------
 
-@dataclass(frozen=True)
-class NewMessage:
+class NewMessage(NamedTuple):
+    """A post that passed intake's checks, for the store. A NamedTuple like ``IntakeResult``:
+    built once per message, and a frozen dataclass's ``__init__`` of these fields cost 1.9 µs
+    against 0.6."""
+
     member_id: str
     b24_id: str
     code: str
