@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+from typing import Any
 
-from smppd.store import NewMessage
+from smppd.store import NewMessage, is_postgresql
 
 
 def new(b24_id: str = "a" * 32, segments: int = 1, reason: str | None = None, member: str = "m1") -> NewMessage:
@@ -23,3 +25,14 @@ def fill(state: Path) -> Path:
             except OSError:
                 pass
     return filler
+
+
+def connect(database: Path | str) -> Any:
+    """A plain connection to a store's database for a test to look into or arrange rows:
+    sqlite3's, or on PostgreSQL one that takes the same SQL (``smppd.store.postgres``);
+    both begin a transaction on the first write, and ``commit()`` ends it."""
+    if not is_postgresql(str(database)):
+        return sqlite3.connect(database)
+    from smppd.store.postgres import PostgresEngine
+
+    return PostgresEngine(str(database)).connect_plain()
