@@ -252,7 +252,7 @@ class PostgresEngine(Engine):
         zone = _local_zone()
         if zone:
             try:
-                conn.execute("SELECT set_config('TimeZone', %s, false)", (zone,))
+                conn.execute("SELECT set_config('TimeZone', ?, false)", (zone,))
             except psycopg.DataError:
                 pass  # a zone PostgreSQL does not know: the server's
         return conn
