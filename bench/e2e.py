@@ -69,7 +69,7 @@ database = "{database or f"{tmp}/smppd.db"}"
 [shim]
 listen = "127.0.0.1:{shim_port}"
 handler_key = "{key}"
-spool_dir = "{tmp}/shim-spool"
+{f'spool_dir = "{tmp}/shim-spool"' if database else ""}
 
 {portal.portal_toml(rate=1000.0, burst=10000)}
 [route.bench]
