@@ -104,6 +104,8 @@ def _translate(sql: str, many: bool) -> tuple[str, bool]:
         at = m.end()
     parts.append(text[at:].replace("%", "%%").replace("?", "%s"))
     text = "".join(parts).rstrip().rstrip(";")
+    if re.search(r"\bIN\s*\(\s*\)", text, re.I):
+        raise ValueError(f"an empty IN () list (SQLite takes it, PostgreSQL does not): {sql.strip()[:80]}")
     if ignore and not re.search(r"\bON\s+CONFLICT\b", text, re.I):
         text += " ON CONFLICT DO NOTHING"
     returning = False
