@@ -237,7 +237,8 @@ class Daemon:
     def _hlr_for(self, code: str) -> Any:
         """An SMSC.ru HLR client with the CODE's route credentials, or why there is none."""
         from .config import SmscRouteConfig
-        from .routes.smsc import SmscRoute, auth
+        from .routes.provider_client import ProviderClient
+        from .routes.smsc import auth
 
         sender = self.config.senders.get(code)
         if sender is None:
@@ -245,8 +246,8 @@ class Daemon:
         route_cfg = self.config.routes.get(sender.route)
         if not isinstance(route_cfg, SmscRouteConfig):
             return f"{code} goes through route {sender.route!r}, not SMSC.ru: HLR needs an SMSC.ru route"
-        route = SmscRoute(route_cfg, None)  # type: ignore[arg-type]  # no store: HLR sends no message
-        return SmscHlr(route, auth(route_cfg), poll=self.hlr_poll), route.close
+        client = ProviderClient(route_cfg)  # no route, no store: HLR sends no message
+        return SmscHlr(client, auth(route_cfg), poll=self.hlr_poll), client.close
 
     def _contacts_methods(self) -> dict[str, Any]:
         """``smppd contacts``: jobs over the pushers' REST clients (one budget per portal)."""
