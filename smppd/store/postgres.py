@@ -137,10 +137,20 @@ class _NumericAsNumber(Loader):
 
 
 class PgCursor(psycopg.Cursor[Any]):
-    """psycopg's cursor plus sqlite3's ``lastrowid`` (from the RETURNING ``translate`` added)."""
+    """psycopg's cursor plus sqlite3's ``lastrowid`` (from the RETURNING ``translate`` added),
+    and a ``rowcount`` that is there in pipeline mode too (it syncs when it is not yet)."""
 
     returning = False
     _lastrowid: int | None = None
+
+    @property
+    def rowcount(self) -> int:
+        n = super().rowcount
+        pipeline = getattr(self.connection, "active_pipeline", None)
+        if n == -1 and pipeline is not None:  # pipeline mode: the statement's result is not back yet
+            pipeline.sync()
+            n = super().rowcount
+        return n
 
     @property
     def lastrowid(self) -> int | None:
@@ -156,6 +166,19 @@ class PgConnection(psycopg.Connection[Any]):
 
     suspect = False  # a storage error was seen: open a new connection before the next group
     read_only = False
+    active_pipeline: Any = None
+
+    @contextmanager
+    def pipelined(self) -> Iterator[None]:
+        """The statements inside in pipeline mode: a write whose result nobody reads goes out
+        with the next statement instead of waiting for its own round trip; a read, or a
+        ``rowcount``, syncs. Errors surface at the sync, at the latest when this ends."""
+        with self.pipeline() as pipeline:
+            self.active_pipeline = pipeline
+            try:
+                yield
+            finally:
+                self.active_pipeline = None
 
     def execute(self, query: Any, params: Any = (), /, **kw: Any) -> Any:  # type: ignore[override]
         if isinstance(query, str) and query.strip().upper() == "BEGIN" and self.read_only:
@@ -222,6 +245,7 @@ class PostgresEngine(Engine):
     """A PostgreSQL database (several nodes may share it): ``[daemon] database = "postgresql://…"``."""
 
     name = "postgresql"
+    reconnect_after_storage_error = True
 
     @property
     def display(self) -> str:
