@@ -79,7 +79,7 @@ def test_no_module_outside_the_store_imports_a_database_engine():
     found = [hit for p in _outside_the_store() for hit in _engine_imports(p)]
     assert found == [], f"a database engine imported outside smppd/store/: {found}"
     # and the check sees an engine where there is one
-    assert _engine_imports(STORE / "reader.py") and _engine_imports(STORE / "writer.py")
+    assert _engine_imports(STORE / "sqlite.py") and _engine_imports(STORE / "postgres.py")
 
 
 def test_no_module_outside_the_store_executes_sql():

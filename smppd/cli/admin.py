@@ -22,7 +22,7 @@ from .. import config as config_mod
 from . import report as report_mod
 from ..model import FINAL, OPEN, Status
 from ..rpc import RpcClient, RpcError, RpcUnavailable
-from ..store.reader import READ_ERRORS
+from ..store.reader import read_errors, redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -277,8 +277,8 @@ def report(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         rows = report_mod.daily(cfg.database, args.since, utc=args.utc)
-    except READ_ERRORS as e:
-        print(f"smppd: cannot read {cfg.database}: {e}", file=sys.stderr)
+    except read_errors() as e:
+        print(f"smppd: cannot read {redact(cfg.database)}: {e}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))

@@ -88,10 +88,13 @@ def _callback_keys_apart(shim: ShimConfig, routes: Mapping[str, RouteConfig]) ->
 def spool_dir(cfg: Config, env: Mapping[str, str] | None = None) -> str:
     """The shim's spool directory: ``shim.spool_dir``, or under systemd's
     ``StateDirectory=`` (``$STATE_DIRECTORY``), or beside the database, so a
-    config written before the spool existed still gets one."""
+    config written before the spool existed still gets one (a PostgreSQL database has no
+    directory: ``shim-spool`` in the working directory then; README says to set it)."""
     if cfg.shim.spool_dir:
         return cfg.shim.spool_dir
     state = (os.environ if env is None else env).get("STATE_DIRECTORY", "").split(":")[0]
     if state:
         return os.path.join(state, "spool")
+    if cfg.daemon.database.startswith(("postgresql://", "postgres://")):  # store.engine.is_postgresql
+        return os.path.abspath("shim-spool")
     return os.path.join(os.path.dirname(os.path.abspath(cfg.daemon.database)), "shim-spool")

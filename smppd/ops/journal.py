@@ -35,7 +35,7 @@ from .. import phone
 from ..model import FINAL
 from ..phone import mask
 from ..store import reader
-from ..store.reader import READ_ERRORS, Connection, connect_readonly
+from ..store.reader import Connection, connect_readonly, read_errors
 
 log = structlog.get_logger(__name__)
 
@@ -72,8 +72,10 @@ class StoreWatcher:
                 if loop.time() >= next_snapshot:
                     await self.snapshot()
                     next_snapshot = loop.time() + snapshot_interval
-            except READ_ERRORS as e:  # a locked or missing file must not kill the daemon
+            except read_errors() as e:  # a locked or missing file, a lost server: never kill the daemon
                 log.warning("journal_read_failed", error=str(e))
+                # The next read opens a new connection (PostgreSQL: after a failover, the new primary).
+                await loop.run_in_executor(self._thread, self._close)
             await asyncio.sleep(tail_interval)
 
     async def aclose(self) -> None:

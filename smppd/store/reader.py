@@ -1,29 +1,33 @@
 """The store read from the side: a read-only connection, apart from the writer.
 
-WAL lets it read while the writer writes; it never takes the writer's lock and never
+Either engine (``engine.connect_readonly``): SQLite's WAL, or PostgreSQL's MVCC, lets it
+read while the writer writes; it never takes the writer's lock and never
 queues work on it. The journal (``smppd.ops.journal``: status log lines, the store's
 metrics) and ``smppd report`` (which works with the daemon stopped) read through it.
 The caller owns the connection (``connect_readonly``); these are the reads over it, each
 a plain function of the connection that returns records of ``smppd.model``, so no module
-outside the store writes SQL or imports the engine: ``Connection`` and ``READ_ERRORS`` are
-what a caller names instead. The SQL is kept plain (no engine-specific functions beyond
-the day of a timestamp in ``_day``) so another engine can run it.
+outside the store writes SQL or imports the engine: ``Connection`` and ``read_errors`` are
+what a caller names instead. The SQL is kept plain (the day of a timestamp in ``_day`` is
+SQLite's spelling, which the PostgreSQL connection translates) so either engine runs it.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ..model import FINAL, DayCount, DeliveryTime, IgnoredEvent, SettledRow, Status, StoreFigures, TailEvent
+from .database import engine_for
+from .engine import Connection, database_errors, redact  # noqa: F401 -- named by callers through reader
 
-Connection = sqlite3.Connection
-"""A read-only connection as ``connect_readonly`` opens it (the type callers annotate with)."""
 
-READ_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
-"""What a read raises when the store cannot be read (missing file, no permission, locked):
-callers catch these, never the engine's own classes."""
+def read_errors() -> tuple[type[BaseException], ...]:
+    """What a read raises when the store cannot be read (missing file, no permission, locked,
+    a PostgreSQL server gone): callers catch these (``except read_errors()``), never the
+    engines' own classes. A function, not a constant: psycopg's errors are included once it
+    is loaded, and it is loaded only for a PostgreSQL store (it costs ~80 ms to import)."""
+    return database_errors()
+
 
 _FINALS = "(" + ",".join(f"'{s.value}'" for s in sorted(FINAL)) + ")"  # the model's words, as an SQL list
 # Every new event, lean: what counting it needs, the receipt latency of an applied final (its
@@ -55,16 +59,15 @@ _IGNORED_SQL = ("SELECT e.id, e.row_id, m.b24_id, m.route, e.seq, e.status, m.st
 _CHUNK = 500  # ids per IN (...): well under SQLite's limit on parameters
 
 
-def connect_readonly(path: str) -> Connection:
-    """A read-only connection that never takes the writer's lock."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-    conn.execute("PRAGMA query_only=1")
-    return conn
+def connect_readonly(database: str) -> Connection:
+    """A read-only connection that never takes the writer's lock (SQLite path or PostgreSQL URL)."""
+    return engine_for(database).connect_readonly()
 
 
 @contextmanager
 def view(db: Connection) -> Iterator[None]:
-    """One consistent view for the reads inside (a read transaction)."""
+    """One consistent view for the reads inside (a read transaction; on PostgreSQL a
+    repeatable-read one, as SQLite's snapshot is)."""
     db.execute("BEGIN")
     try:
         yield
