@@ -1,0 +1,288 @@
+"""The asyncio shell of the lease policy: one dedicated PostgreSQL connection per node.
+
+Per lease name the node holds a session-level advisory lock while it owns the name (a
+contender takes it only for the moment of an attempt) and a row in ``lease`` whose
+``expires_at`` it pushes forward every ``renew`` seconds. A takeover needs the row to
+have expired by the database's clock, and bumps the fencing token. The policy decides;
+this module only sends statements, measures when they were sent, and runs the start and
+stop callbacks in order (a stop never overtakes the start it undoes).
+
+A watchdog task applies the deadlines on its own: a statement stuck on a dead network
+cannot keep a node submitting past its fence deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import psycopg
+import structlog
+
+from .fence import LEASE_SCHEMA, Fence
+from .policy import LeasePolicy, LeaseTiming, Step
+
+log = structlog.get_logger(__name__)
+
+LOCK_CLASS = 0x5350  # "SP": the first key of every smppd advisory lock
+WATCH_INTERVAL = 0.1
+
+Start = Callable[[Fence], Awaitable[None]]
+Stop = Callable[[str, str], Awaitable[None]]  # (name, reason)
+
+_TRY_LOCK = "SELECT pg_try_advisory_lock(%s, hashtext(%s))"
+_UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(%s))"
+_ACQUIRE = (
+    "INSERT INTO lease AS l (name, node, token, expires_at) VALUES (%(name)s, %(node)s, 1,"
+    " now() + make_interval(secs => %(ttl)s))"
+    " ON CONFLICT (name) DO UPDATE SET node = EXCLUDED.node, token = l.token + 1,"
+    " expires_at = EXCLUDED.expires_at, acquired_at = now() WHERE l.expires_at < now()"
+    " RETURNING token"
+)
+_RENEW = (
+    "UPDATE lease SET expires_at = now() + make_interval(secs => %(ttl)s)"
+    " WHERE name = %(name)s AND node = %(node)s AND token = %(token)s AND expires_at > now() RETURNING token"
+)
+_RELEASE = (
+    "UPDATE lease SET expires_at = now() - interval '1 millisecond'"
+    " WHERE name = %(name)s AND node = %(node)s AND token = %(token)s"
+)
+OWNERS = (
+    "SELECT name, node, token, expires_at > now(), extract(epoch FROM expires_at - now())::float8,"
+    " extract(epoch FROM now() - acquired_at)::float8 FROM lease ORDER BY name"
+)
+
+
+@dataclass
+class _Lease:
+    name: str
+    policy: LeasePolicy
+    start: Start
+    stop: Stop
+    next_at: float = 0.0
+    locked_on: int = -1  # the connection generation holding our advisory lock
+    running: bool = False  # the start callback was called and no stop since
+    chain: asyncio.Task[None] | None = None  # the last start/stop callback, awaited by the next
+    wanted: bool = True
+
+
+@dataclass
+class LeaseFigures:
+    """Counters for metrics and ``smppd status``: lease churn is an alert (ops/metrics)."""
+
+    gained: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)  # by reason: fenced, lost, released
+    connection_losses: int = 0
+
+
+class LeaseKeeper:
+    """Keeps the leases this node wants: acquires, renews, self-fences, releases."""
+
+    def __init__(self, conninfo: str, node: str, timing: LeaseTiming | None = None, *,
+                 clock: Callable[[], float] = time.monotonic, statement_timeout: float | None = None) -> None:
+        self.conninfo = conninfo
+        self.node = node
+        self.timing = timing or LeaseTiming()
+        self.clock = clock
+        self.statement_timeout = statement_timeout or self.timing.renew
+        self.figures = LeaseFigures()
+        self._leases: dict[str, _Lease] = {}
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._generation = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+
+    # --- what the daemon asks -------------------------------------------------------
+
+    def want(self, name: str, start: Start, stop: Stop) -> None:
+        """Contend for ``name``: ``start(fence)`` when won, ``stop(name, reason)`` when lost."""
+        if name in self._leases and self._leases[name].wanted:
+            return
+        self._leases[name] = _Lease(name, LeasePolicy(self.timing), start, stop)
+        self._wake.set()
+
+    def owned(self) -> dict[str, int]:
+        """The names this node holds now, with their tokens."""
+        return {n: l.policy.token for n, l in self._leases.items() if l.policy.held and l.policy.token is not None}
+
+    def running(self, name: str) -> bool:
+        lease = self._leases.get(name)
+        return lease is not None and lease.running
+
+    async def owners(self) -> list[dict[str, Any]]:
+        """Every lease row (every node's), for ``smppd status``; [] when the database is unreachable."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return []
+        try:
+            cur = await asyncio.wait_for(conn.execute(OWNERS), self.statement_timeout)
+            rows = await cur.fetchall()
+        except (psycopg.Error, TimeoutError):
+            return []
+        return [{"name": r[0], "node": r[1], "token": r[2], "live": r[3], "expires_in": round(r[4], 1),
+                 "held_for": round(r[5], 1)} for r in rows]
+
+    # --- the loop -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        watchdog = asyncio.create_task(self._watch(), name="lease-watchdog")
+        try:
+            while not self._closing:
+                await self._round()
+                now = self.clock()
+                due = min((l.next_at for l in self._leases.values()), default=now + self.timing.retry)
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, due - now))
+                except TimeoutError:
+                    pass
+        finally:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop every owned work first, then clear our rows so another node takes over at once."""
+        self._closing = True
+        self._wake.set()
+        for lease in list(self._leases.values()):
+            token = lease.policy.token
+            if lease.policy.held:
+                self._apply(lease, lease.policy.released(self.clock()))
+            if lease.chain is not None:
+                await asyncio.gather(lease.chain, return_exceptions=True)
+            if token is not None and self._conn is not None and not self._conn.closed:
+                try:
+                    await self._exec(_RELEASE, {"name": lease.name, "node": self.node, "token": token})
+                except (psycopg.Error, TimeoutError):
+                    pass  # the row expires by itself
+        await self._disconnect()
+
+    async def _round(self) -> None:
+        conn = await self._connection()
+        now = self.clock()
+        if conn is None:
+            for lease in self._leases.values():
+                self._apply(lease, lease.policy.connection_lost(now))
+            return
+        for lease in list(self._leases.values()):
+            if self._closing or lease.next_at > self.clock():
+                continue
+            try:
+                if lease.policy.held:
+                    await self._renew(lease)
+                else:
+                    await self._acquire(lease)
+            except (psycopg.Error, TimeoutError, OSError) as e:
+                log.warning("lease_connection_lost", node=self.node, error=type(e).__name__)
+                self.figures.connection_losses += 1
+                await self._disconnect()
+                now = self.clock()
+                for other in self._leases.values():
+                    self._apply(other, other.policy.connection_lost(now))
+                return
+
+    async def _acquire(self, lease: _Lease) -> None:
+        sent = self.clock()
+        if not await self._lock(lease):
+            self._apply(lease, lease.policy.tick(self.clock()))
+            return
+        row = await self._exec(_ACQUIRE, {"name": lease.name, "node": self.node, "ttl": self.timing.ttl})
+        if row is None:  # held elsewhere and not expired: let go of the lock until the next try
+            await self._exec(_UNLOCK, (LOCK_CLASS, lease.name))
+            lease.locked_on = -1
+            self._apply(lease, lease.policy.tick(self.clock()))
+            return
+        self._apply(lease, lease.policy.acquired(self.clock(), int(row[0]), sent))
+
+    async def _renew(self, lease: _Lease) -> None:
+        token = lease.policy.token
+        sent = self.clock()
+        await self._lock(lease)  # after a reconnect: take our lock back if nobody is mid-attempt
+        row = await self._exec(_RENEW, {"name": lease.name, "node": self.node, "ttl": self.timing.ttl,
+                                        "token": token})
+        now = self.clock()
+        self._apply(lease, lease.policy.renewed(now, sent) if row is not None else lease.policy.lost(now))
+
+    async def _lock(self, lease: _Lease) -> bool:
+        if lease.locked_on == self._generation:
+            return True
+        row = await self._exec(_TRY_LOCK, (LOCK_CLASS, lease.name))
+        if row is not None and row[0]:
+            lease.locked_on = self._generation
+            return True
+        return False
+
+    async def _watch(self) -> None:
+        """Deadlines on their own clock: a hung statement must not delay a self-fence."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            now = self.clock()
+            for lease in list(self._leases.values()):
+                if lease.policy.held:
+                    step = lease.policy.tick(now)
+                    if step.stop:
+                        self._apply(lease, step)
+
+    def _apply(self, lease: _Lease, step: Step) -> None:
+        lease.next_at = step.next_at
+        if step.start:
+            token = lease.policy.token
+            assert token is not None
+            fence = Fence(lease.name, token)
+            self.figures.gained[lease.name] = self.figures.gained.get(lease.name, 0) + 1
+            log.info("lease_gained", lease=lease.name, node=self.node, token=token)
+            lease.running = True
+            self._chain(lease, lease.start(fence))
+        if step.stop:
+            self.figures.lost[step.reason or "lost"] = self.figures.lost.get(step.reason or "lost", 0) + 1
+            log.warning("lease_lost", lease=lease.name, node=self.node, reason=step.reason)
+            lease.running = False
+            self._chain(lease, lease.stop(lease.name, step.reason or "lost"))
+
+    def _chain(self, lease: _Lease, work: Awaitable[None]) -> None:
+        before = lease.chain
+
+        async def after() -> None:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+            try:
+                await work
+            except Exception as e:  # a route that fails to start or stop must not stop the keeper
+                log.error("lease_callback_failed", lease=lease.name, error=repr(e))
+
+        lease.chain = asyncio.create_task(after(), name=f"lease-{lease.name}")
+
+    # --- the connection ---------------------------------------------------------------
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any] | None:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        try:
+            conn = await asyncio.wait_for(
+                psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, application_name=f"smppd-lease-{self.node}",
+                                                connect_timeout=max(2, int(self.timing.renew * 2))),
+                self.timing.renew * 2)
+            await asyncio.wait_for(conn.execute(LEASE_SCHEMA), self.statement_timeout)
+        except (psycopg.Error, TimeoutError, OSError) as e:
+            log.warning("lease_connect_failed", node=self.node, error=type(e).__name__)
+            return None
+        self._conn = conn
+        self._generation += 1
+        return conn
+
+    async def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), 1.0)
+            except (psycopg.Error, TimeoutError, OSError):
+                pass
+
+    async def _exec(self, sql: str, params: Any) -> Any:
+        conn = self._conn
+        if conn is None:
+            raise psycopg.OperationalError("no lease connection")
+        cur = await asyncio.wait_for(conn.execute(sql, params), self.statement_timeout)
+        return await cur.fetchone() if cur.description is not None else None
