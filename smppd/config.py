@@ -65,6 +65,9 @@ class DaemonConfig:
     # many receipts may wait in memory while the store cannot write.
     min_free_mb: int = 500
     max_held_receipts: int = 10_000
+    # Several daemons on one PostgreSQL (README "Two machines"): this node's name in the
+    # lease table and in `smppd status`; "" = the host name.
+    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -432,7 +435,7 @@ def _callback_keys_apart(shim: ShimConfig, routes: Mapping[str, Any]) -> None:
 
 
 def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
-    _only(t, "daemon", {"socket", "database", "socket_group", "metrics", "min_free_mb", "max_held_receipts"})
+    _only(t, "daemon", {"socket", "database", "socket_group", "metrics", "min_free_mb", "max_held_receipts", "node"})
     return DaemonConfig(
         socket_path=_str(t, "daemon", "socket"),
         database=_str(t, "daemon", "database"),
@@ -440,6 +443,7 @@ def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
         metrics=_metrics(t, "daemon"),
         min_free_mb=_int(t, "daemon", "min_free_mb", default=500, low=0, high=10**7),
         max_held_receipts=_int(t, "daemon", "max_held_receipts", default=10_000, low=0, high=10**7),
+        node=_str(t, "daemon", "node", default=""),
     )
 
 

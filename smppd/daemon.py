@@ -27,6 +27,7 @@ from .bitrix24.install import EventQueue, Prover
 from .bitrix24.pusher import StatusPusher
 from .bitrix24.recovery import TokenRecovery
 from .bitrix24.rest import PortalAuth, RestClient
+from .cluster import ClusterStore, Ownership, default_node, lease_name
 from .config import AppConfig, Config, RouteConfig
 from .rules.consent import ConsentReader
 from .rules.holds import HoldWorker
@@ -73,7 +74,13 @@ RECEIPT_SWEEP_INTERVAL = 60.0
 class Daemon:
     def __init__(self, config: Config, *, wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
-        self.store = Store(config.daemon.database, max_held_receipts=config.daemon.max_held_receipts)
+        # PostgreSQL means maybe several nodes: owned work runs where its lease is held
+        # (smppd.cluster), and its writes check the lease's fencing token.
+        clustered = config.daemon.database.startswith(("postgresql://", "postgres://"))
+        self.store = (ClusterStore if clustered else Store)(config.daemon.database,
+                                                            max_held_receipts=config.daemon.max_held_receipts)
+        self.cluster: Ownership | None = None
+        self.node = config.daemon.node or default_node()
         self.rules = rules.Rules(config.rules, wall_clock)  # wall clock: quiet hours are a time of day
         self.stoplist = StopList(self.store)
         self.consent = ConsentReader(self._rest_client, config.rules.consent_field, config.rules.consent_cache_ttl)
@@ -106,6 +113,8 @@ class Daemon:
         except OSError as e:
             raise StoreOpenError(database, open_problem(database, e)) from None
         await self.store.open()
+        if isinstance(self.store, ClusterStore):
+            self.cluster = Ownership(self.config.daemon.database, self.node, self.store)
         for p in self.config.portals.values():
             await self.store.seed_portal(PortalRecord(
                 p.member_id, p.domain, p.client_endpoint, p.server_endpoint, p.client_id, p.client_secret,
@@ -123,23 +132,31 @@ class Daemon:
         self.ops = await start_ops(self)
         await self.channels.load()
         self._tasks.append(asyncio.create_task(self.channels.run(), name="preferred-channel"))
-        for name, route_cfg in self.config.routes.items():
-            route = self.new_route(route_cfg)
-            reloaded = await route.load_open()
-            if reloaded:
-                log.info("route_reloaded_open_messages", route=name, messages=reloaded, segments=route.depth)
-            self.routes[name] = route
-        for route in self.routes.values():
-            self.run_route(route)
+        if self.cluster is not None:
+            for name, route_cfg in self.config.routes.items():
+                self.routes[name] = self.new_route(route_cfg)  # idle until its lease is won (callbacks, status)
+                self._own_route(name)
+        else:
+            for name, route_cfg in self.config.routes.items():
+                route = self.new_route(route_cfg)
+                await self._load_route(route)
+                self.routes[name] = route
+            for route in self.routes.values():
+                self.run_route(route)
         for member_id in self.pushers:
             self._start_pusher(member_id)
+        if self.cluster is not None:
+            self._tasks.append(self._essential(self.cluster.run(), "cluster"))
         self._tasks.append(self._essential(self._sweep_receipts(), "receipt-sweep"))
         self._tasks.append(self._essential(self.app_events.run(), "app-events"))
         # Every start checks the providers (one sender.list per portal): Bitrix24 never
         # retries an event, and a lost ONAPPUPDATE leaves the portal without them.
         for member_id in self.pushers:
             self._tasks.append(asyncio.create_task(self._register_one(member_id), name=f"register-{member_id}"))
-        self._tasks.append(self._essential(self.holds.run(), "holds"))
+        if self.cluster is not None:  # one node releases held messages at a time
+            self.cluster.own(lease_name("job", "holds"), self._start_holds, self._stop_task)
+        else:
+            self._tasks.append(self._essential(self.holds.run(), "holds"))
         self.token_recovery = TokenRecovery(_RecoveryHost(self))
         intake = self.intake = Intake(self.config, self.store, lambda: self._portals, self.dispatch, rules_=self.rules,
                         stoplist=self.stoplist, on_held=self.holds.wake, recover=self.token_recovery)
@@ -160,6 +177,8 @@ class Daemon:
         log.info("daemon_stopping")
         if self._rpc is not None:
             await self._rpc.close()
+        if self.cluster is not None:  # stops the owned routes and pushers, then frees their leases
+            await self.cluster.close()
         await asyncio.gather(*(r.stop(timeout) for r in self.routes.values()), return_exceptions=True)
         await self.contacts.close()
         for p in self.pushers.values():
@@ -209,7 +228,47 @@ class Daemon:
         return route
 
     def dispatch(self, message: OpenMessage) -> None:
+        if self.cluster is not None and not self.cluster.route_running(message.route):
+            self.cluster.ring(message.route, message.id)  # stored; its owner sends it
+            return
         self.routes[message.route].enqueue(message)
+
+    async def _load_route(self, route: Route) -> None:
+        reloaded = await route.load_open()
+        if reloaded:
+            log.info("route_reloaded_open_messages", route=route.name, messages=reloaded, segments=route.depth)
+
+    # --- cluster: work that runs where its lease is held (smppd.cluster) ---------------
+
+    def _own_route(self, name: str) -> None:
+        assert self.cluster is not None
+        cluster = self.cluster
+
+        async def start() -> tuple[Route, asyncio.Task[Any]]:
+            route = self.new_route(self.config.routes[name])  # a fresh one: the last owner's state is the store's
+            await self._load_route(route)
+            self.routes[name] = route
+            task = self._essential(route.run(), f"route-{name}")
+            cluster.route_started(name, route)
+            return route, task
+
+        async def stop(handle: tuple[Route, asyncio.Task[Any]], reason: str) -> None:
+            route, task = handle
+            cluster.route_stopped(name)
+            # Within the lease's margin: no new submit now, the binds unbound before anyone may bind.
+            await route.stop(timeout=1.0)
+            await self._stop_task(task, reason)
+
+        cluster.own(lease_name("route", name), start, stop)
+
+    async def _start_holds(self) -> asyncio.Task[Any]:
+        return self._essential(self.holds.run(), "holds")
+
+    @staticmethod
+    async def _stop_task(task: asyncio.Task[Any], reason: str) -> None:
+        """A lease lost: cancel the owned task (a cancelled essential task is no crash)."""
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     def _rest_client(self, member_id: str) -> RestClient | None:
         pusher = self.pushers.get(member_id)
@@ -317,8 +376,24 @@ class Daemon:
         return client
 
     def _start_pusher(self, member_id: str) -> None:
+        if self.cluster is not None:  # one node pushes a portal's outbox: one REST budget
+            self.cluster.own(lease_name("portal", member_id), lambda: self._run_pusher(member_id), self._stop_pusher)
+            return
         pusher = self.pushers[member_id]
         self._pusher_tasks[member_id] = self._essential(pusher.run(), f"pusher-{member_id}")
+
+    async def _run_pusher(self, member_id: str) -> str:
+        old = self.pushers[member_id]
+        pusher = self.pushers[member_id] = StatusPusher(self.store, old.client)  # a stopped pusher stays stopped
+        self._pusher_tasks[member_id] = self._essential(pusher.run(), f"pusher-{member_id}")
+        return member_id
+
+    async def _stop_pusher(self, member_id: str, reason: str) -> None:
+        pusher, task = self.pushers.get(member_id), self._pusher_tasks.pop(member_id, None)
+        if pusher is not None:
+            pusher.stop()
+        if task is not None:
+            await self._stop_task(task, reason)
 
     async def _installed(self, portal: PortalRecord, event: str) -> None:
         """Persist first (the event's tokens are the only copy), then serve, then register."""
@@ -336,6 +411,8 @@ class Daemon:
     async def _uninstalled(self, member_id: str) -> None:
         await self.store.remove_portal(member_id)
         await self._load_portals()
+        if self.cluster is not None:
+            await self.cluster.disown(lease_name("portal", member_id))
         pusher = self.pushers.pop(member_id, None)
         task = self._pusher_tasks.pop(member_id, None)
         if pusher is not None:
@@ -427,6 +504,7 @@ class Daemon:
             "store": {"unavailable": self.store.unavailable} if full else await self.store.counts(),
             "rules": {**self.rules.stats.as_dict(), "stoplist": len(self.stoplist),
                       "waiting": {} if full else await self.holds.counts(), "hold_expired": self.holds.expired},
+            **({"cluster": await self.cluster.status()} if self.cluster is not None else {}),
         }
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from smppd.cluster.fence import LEASE_SCHEMA, Fence, Fenced, fenced
+from smppd.cluster.fence import Fence, Fenced, fenced
+from smppd.store.leases import LEASE_SCHEMA
 from smppd.cluster.lease import LeaseKeeper
 from smppd.cluster.policy import LeaseTiming
 
@@ -176,6 +177,22 @@ async def test_a_short_outage_of_the_lease_connection_keeps_the_owner(clean: PgC
         await b.close()
 
 
+class Qmark:
+    """The store's SQL spelling ("?") on a bare psycopg connection, as the store's own does."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        return self.conn.execute(sql.replace("?", "%s"), params)
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+
 def test_the_fencing_token_refuses_a_stale_writer(pg: PgCluster) -> None:
     with psycopg.connect(pg.conninfo, autocommit=True) as conn:
         conn.execute(LEASE_SCHEMA)
@@ -191,7 +208,8 @@ def test_the_fencing_token_refuses_a_stale_writer(pg: PgCluster) -> None:
         return op
 
     old = Fence("route:f", 4)
-    with psycopg.connect(pg.conninfo) as stale, psycopg.connect(pg.conninfo) as newer:
+    with psycopg.connect(pg.conninfo) as raw_stale, psycopg.connect(pg.conninfo) as raw_newer:
+        stale, newer = Qmark(raw_stale), Qmark(raw_newer)
         assert fenced(write(1), old)(stale) == 1
         # The check holds the lease row FOR SHARE until COMMIT: a takeover waits for it.
         newer.execute("SET lock_timeout = '200ms'")

@@ -6,8 +6,10 @@
   transaction, and the context that carries a route's or pusher's token to the store;
 * ``lease``: the asyncio shell: one dedicated PostgreSQL connection per node holding
   advisory locks and renewing lease rows;
+* ``bell``: LISTEN/NOTIFY, so a route's owner hears of posts another node stored;
 * ``ownership``: what the daemon hands the keeper (start this, stop that) and the
-  wake-up of an owner when another node stored work for it.
+  feeding of an owned route;
+* ``store``: ``ClusterStore``, the store whose owned operations are fenced.
 
 SQLite means one machine: none of this runs, nothing changes.
 """
@@ -15,6 +17,9 @@ SQLite means one machine: none of this runs, nothing changes.
 from __future__ import annotations
 
 from .fence import Fence, Fenced, current_fence, fenced, lease_name
+from .ownership import Ownership, default_node
 from .policy import LeasePolicy, LeaseTiming, Step
+from .store import ClusterStore
 
-__all__ = ["Fence", "Fenced", "LeasePolicy", "LeaseTiming", "Step", "current_fence", "fenced", "lease_name"]
+__all__ = ["ClusterStore", "Fence", "Fenced", "LeasePolicy", "LeaseTiming", "Ownership", "Step", "current_fence",
+           "default_node", "fenced", "lease_name"]

@@ -23,22 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
+from ..store.leases import FENCE_CHECK
+
 T = TypeVar("T")
-
-# Created by the keeper at start on every node (idempotent), not by the store's migrations:
-# SQLite never has it, and it is the cluster's own table.
-LEASE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS lease (
-    name TEXT PRIMARY KEY,             -- 'route:<name>' or 'portal:<member_id>'
-    node TEXT NOT NULL,                -- [daemon] node of the holder
-    token BIGINT NOT NULL,             -- the fencing token: +1 at every acquisition
-    expires_at TIMESTAMPTZ NOT NULL,   -- database clock; another node may take it after this
-    acquired_at TIMESTAMPTZ NOT NULL DEFAULT now()
-)
-"""
-
-_CHECK = "SELECT token FROM lease WHERE name = %s FOR SHARE"
-
 
 class Fenced(RuntimeError):
     """This node's lease on the name was taken over: the write was not made."""
@@ -69,6 +56,12 @@ def current_fence() -> Fence | None:
     return _current.get()
 
 
+def adopt(fence: Fence) -> None:
+    """The current task (and every task it creates from now on) carries ``fence``: for a
+    lease's start callback, which runs in a task of its own."""
+    _current.set(fence)
+
+
 @contextmanager
 def owning(fence: Fence) -> Iterator[None]:
     """Tasks created inside carry ``fence`` (and so does everything they create)."""
@@ -81,10 +74,22 @@ def owning(fence: Fence) -> Iterator[None]:
 
 def check(conn: Any, fence: Fence) -> None:
     """Raise ``Fenced`` unless the lease row still carries ``fence.token``; lock it FOR SHARE."""
-    row = conn.execute(_CHECK, (fence.name,)).fetchone()
+    row = conn.execute(FENCE_CHECK, (fence.name,)).fetchone()
     current = None if row is None else int(row[0])
     if current != fence.token:
         raise Fenced(fence.name, fence.token, current)
+
+
+class FencedWrites:
+    """Put before ``Store`` in a class's bases (``class ClusterStore(FencedWrites, Store)``):
+    every operation queued from owned work runs behind its fence. Reads too: a node that
+    lost a route has no business loading its queue either."""
+
+    def execute(self, op: Callable[[Any], T], policy: int = 0) -> Any:
+        fence = _current.get()
+        if fence is not None:
+            op = fenced(op, fence)
+        return super().execute(op, policy)  # type: ignore[misc]
 
 
 def fenced(op: Callable[[Any], T], fence: Fence) -> Callable[[Any], T]:

@@ -21,7 +21,8 @@ from typing import Any, Awaitable, Callable
 import psycopg
 import structlog
 
-from .fence import LEASE_SCHEMA, Fence
+from ..store.leases import ACQUIRE, LEASE_SCHEMA, OWNERS, RELEASE, RENEW, TRY_LOCK, UNLOCK
+from .fence import Fence
 from .policy import LeasePolicy, LeaseTiming, Step
 
 log = structlog.get_logger(__name__)
@@ -31,29 +32,6 @@ WATCH_INTERVAL = 0.1
 
 Start = Callable[[Fence], Awaitable[None]]
 Stop = Callable[[str, str], Awaitable[None]]  # (name, reason)
-
-_TRY_LOCK = "SELECT pg_try_advisory_lock(%s, hashtext(%s))"
-_UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(%s))"
-_ACQUIRE = (
-    "INSERT INTO lease AS l (name, node, token, expires_at) VALUES (%(name)s, %(node)s, 1,"
-    " now() + make_interval(secs => %(ttl)s))"
-    " ON CONFLICT (name) DO UPDATE SET node = EXCLUDED.node, token = l.token + 1,"
-    " expires_at = EXCLUDED.expires_at, acquired_at = now() WHERE l.expires_at < now()"
-    " RETURNING token"
-)
-_RENEW = (
-    "UPDATE lease SET expires_at = now() + make_interval(secs => %(ttl)s)"
-    " WHERE name = %(name)s AND node = %(node)s AND token = %(token)s AND expires_at > now() RETURNING token"
-)
-_RELEASE = (
-    "UPDATE lease SET expires_at = now() - interval '1 millisecond'"
-    " WHERE name = %(name)s AND node = %(node)s AND token = %(token)s"
-)
-OWNERS = (
-    "SELECT name, node, token, expires_at > now(), extract(epoch FROM expires_at - now())::float8,"
-    " extract(epoch FROM now() - acquired_at)::float8 FROM lease ORDER BY name"
-)
-
 
 @dataclass
 class _Lease:
@@ -103,6 +81,27 @@ class LeaseKeeper:
         self._leases[name] = _Lease(name, LeasePolicy(self.timing), start, stop)
         self._wake.set()
 
+    async def unwant(self, name: str) -> None:
+        """Stop contending for ``name``: stop its work if it runs, then release the row."""
+        lease = self._leases.pop(name, None)
+        if lease is None:
+            return
+        await self._release(lease)
+
+    async def _release(self, lease: _Lease) -> None:
+        token = lease.policy.token
+        if lease.policy.held:
+            self._apply(lease, lease.policy.released(self.clock()))
+        if lease.chain is not None:
+            await asyncio.gather(lease.chain, return_exceptions=True)
+        if token is not None and self._conn is not None and not self._conn.closed:
+            try:
+                await self._exec(RELEASE, {"name": lease.name, "node": self.node, "token": token})
+                if lease.locked_on == self._generation:
+                    await self._exec(UNLOCK, (LOCK_CLASS, lease.name))
+            except (psycopg.Error, TimeoutError):
+                pass  # the row expires by itself
+
     def owned(self) -> dict[str, int]:
         """The names this node holds now, with their tokens."""
         return {n: l.policy.token for n, l in self._leases.items() if l.policy.held and l.policy.token is not None}
@@ -146,17 +145,7 @@ class LeaseKeeper:
         """Stop every owned work first, then clear our rows so another node takes over at once."""
         self._closing = True
         self._wake.set()
-        for lease in list(self._leases.values()):
-            token = lease.policy.token
-            if lease.policy.held:
-                self._apply(lease, lease.policy.released(self.clock()))
-            if lease.chain is not None:
-                await asyncio.gather(lease.chain, return_exceptions=True)
-            if token is not None and self._conn is not None and not self._conn.closed:
-                try:
-                    await self._exec(_RELEASE, {"name": lease.name, "node": self.node, "token": token})
-                except (psycopg.Error, TimeoutError):
-                    pass  # the row expires by itself
+        await asyncio.gather(*(self._release(lease) for lease in list(self._leases.values())))
         await self._disconnect()
 
     async def _round(self) -> None:
@@ -188,9 +177,9 @@ class LeaseKeeper:
         if not await self._lock(lease):
             self._apply(lease, lease.policy.tick(self.clock()))
             return
-        row = await self._exec(_ACQUIRE, {"name": lease.name, "node": self.node, "ttl": self.timing.ttl})
+        row = await self._exec(ACQUIRE, {"name": lease.name, "node": self.node, "ttl": self.timing.ttl})
         if row is None:  # held elsewhere and not expired: let go of the lock until the next try
-            await self._exec(_UNLOCK, (LOCK_CLASS, lease.name))
+            await self._exec(UNLOCK, (LOCK_CLASS, lease.name))
             lease.locked_on = -1
             self._apply(lease, lease.policy.tick(self.clock()))
             return
@@ -200,7 +189,7 @@ class LeaseKeeper:
         token = lease.policy.token
         sent = self.clock()
         await self._lock(lease)  # after a reconnect: take our lock back if nobody is mid-attempt
-        row = await self._exec(_RENEW, {"name": lease.name, "node": self.node, "ttl": self.timing.ttl,
+        row = await self._exec(RENEW, {"name": lease.name, "node": self.node, "ttl": self.timing.ttl,
                                         "token": token})
         now = self.clock()
         self._apply(lease, lease.policy.renewed(now, sent) if row is not None else lease.policy.lost(now))
@@ -208,7 +197,7 @@ class LeaseKeeper:
     async def _lock(self, lease: _Lease) -> bool:
         if lease.locked_on == self._generation:
             return True
-        row = await self._exec(_TRY_LOCK, (LOCK_CLASS, lease.name))
+        row = await self._exec(TRY_LOCK, (LOCK_CLASS, lease.name))
         if row is not None and row[0]:
             lease.locked_on = self._generation
             return True

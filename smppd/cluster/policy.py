@@ -103,7 +103,9 @@ class LeasePolicy:
 
     def released(self, now: float) -> Step:
         """We give the lease up (the daemon stops): stop, then the shell clears the row."""
-        return self.lost(now)
+        if self.state is not State.HELD:
+            return Step(False, False, self._next(now))
+        return self._lose(now, "released")
 
     def tick(self, now: float, *, retry_soon: bool = False) -> Step:
         if self.state is State.HELD and now >= self.fence_at:

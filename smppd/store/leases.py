@@ -1,0 +1,47 @@
+"""The cluster's SQL (PostgreSQL only): the lease table, its statements, the fencing check.
+
+Kept here because every SQL text of smppd lives in the store package; the asyncio shell
+that sends these (``smppd.cluster.lease``) runs them on a connection of its own, never
+the writer's, with psycopg's ``%s`` placeholders. ``FENCE_CHECK`` alone runs inside the
+writer's operations and so is spelled like the store's other SQL (``?``).
+"""
+
+from __future__ import annotations
+
+# Created by the lease keeper at start on every node (idempotent), not by the store's
+# migrations: SQLite never has it, and nothing but the cluster reads it.
+LEASE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS lease (
+    name TEXT PRIMARY KEY,             -- 'route:<name>', 'portal:<member_id>', 'job:<name>'
+    node TEXT NOT NULL,                -- [daemon] node of the holder
+    token BIGINT NOT NULL,             -- the fencing token: +1 at every acquisition
+    expires_at TIMESTAMPTZ NOT NULL,   -- database clock; another node may take it after this
+    acquired_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)
+"""
+
+TRY_LOCK = "SELECT pg_try_advisory_lock(%s, hashtext(%s))"
+UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(%s))"
+# A takeover only of an expired row (by the database's clock), and the token goes up.
+ACQUIRE = (
+    "INSERT INTO lease AS l (name, node, token, expires_at) VALUES (%(name)s, %(node)s, 1,"
+    " now() + make_interval(secs => %(ttl)s))"
+    " ON CONFLICT (name) DO UPDATE SET node = EXCLUDED.node, token = l.token + 1,"
+    " expires_at = EXCLUDED.expires_at, acquired_at = now() WHERE l.expires_at < now()"
+    " RETURNING token"
+)
+RENEW = (
+    "UPDATE lease SET expires_at = now() + make_interval(secs => %(ttl)s)"
+    " WHERE name = %(name)s AND node = %(node)s AND token = %(token)s AND expires_at > now() RETURNING token"
+)
+RELEASE = (
+    "UPDATE lease SET expires_at = now() - interval '1 millisecond'"
+    " WHERE name = %(name)s AND node = %(node)s AND token = %(token)s"
+)
+OWNERS = (
+    "SELECT name, node, token, expires_at > now(), extract(epoch FROM expires_at - now())::float8,"
+    " extract(epoch FROM now() - acquired_at)::float8 FROM lease ORDER BY name"
+)
+# FOR SHARE: a takeover's UPDATE of the row waits for the transaction that passed the check.
+FENCE_CHECK = "SELECT token FROM lease WHERE name = ? FOR SHARE"
+NOTIFY = "SELECT pg_notify(%s, %s)"
