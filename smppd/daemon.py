@@ -497,14 +497,20 @@ class Daemon:
     async def _status(self, params: Mapping[str, Any]) -> dict[str, Any]:
         # A full disk: the store's reads may queue behind held writes, so say so instead of waiting.
         full = self.store.unavailable is not None
+        cluster = await self.cluster.status() if self.cluster is not None else None
+        routes = {name: route_status(r) for name, r in self.routes.items()}
+        if cluster is not None:  # who runs each route: this node, another, or nobody (None)
+            live = {row["name"]: row["node"] for row in cluster["leases"] if row["live"]}
+            for name, r in routes.items():
+                r["owner"] = live.get(lease_name("route", name))
         return {
-            "routes": {name: route_status(r) for name, r in self.routes.items()},
+            "routes": routes,
             "pushers": {m: {"pushed": p.pushed, "dropped": p.dropped, "failures": p.failures}
                         for m, p in self.pushers.items()},
             "store": {"unavailable": self.store.unavailable} if full else await self.store.counts(),
             "rules": {**self.rules.stats.as_dict(), "stoplist": len(self.stoplist),
                       "waiting": {} if full else await self.holds.counts(), "hold_expired": self.holds.expired},
-            **({"cluster": await self.cluster.status()} if self.cluster is not None else {}),
+            **({"cluster": cluster} if cluster is not None else {}),
         }
 
 

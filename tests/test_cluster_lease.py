@@ -152,7 +152,7 @@ async def test_a_node_that_loses_its_connection_stops_before_its_lease_can_be_ta
         assert a_stop[0] < b_start  # a stopped before b started
         assert b_start - a_stop[0] >= FAST.margin - 0.3  # with the margin to unbind in between
         assert a_stop[0] - cut < FAST.ttl  # a's own deadline, not b's takeover, stopped it
-        assert a.keeper.figures.lost.get("fenced") == 1
+        assert a.keeper.figures.changes.get(("route:life", "fenced")) == 1
         await a.close()
         await b.close()
         await admin.execute("DROP ROLE node_a")

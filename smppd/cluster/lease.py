@@ -50,9 +50,19 @@ class _Lease:
 class LeaseFigures:
     """Counters for metrics and ``smppd status``: lease churn is an alert (ops/metrics)."""
 
-    gained: dict[str, int] = field(default_factory=dict)
-    lost: dict[str, int] = field(default_factory=dict)  # by reason: fenced, lost, released
+    # (lease, change) -> count; change: gained, or why it ended: fenced (our own deadline),
+    # lost (the row said another owner), released (we stopped)
+    changes: dict[tuple[str, str], int] = field(default_factory=dict)
     connection_losses: int = 0
+
+    def count(self, lease: str, change: str) -> None:
+        self.changes[(lease, change)] = self.changes.get((lease, change), 0) + 1
+
+    def totals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (_, change), n in self.changes.items():
+            out[change] = out.get(change, 0) + n
+        return out
 
 
 class LeaseKeeper:
@@ -101,6 +111,10 @@ class LeaseKeeper:
                     await self._exec(UNLOCK, (LOCK_CLASS, lease.name))
             except (psycopg.Error, TimeoutError):
                 pass  # the row expires by itself
+
+    def contended(self) -> dict[str, bool]:
+        """Every lease this node wants: held here or not (the metrics' smppd_lease_held)."""
+        return {n: l.policy.held for n, l in self._leases.items()}
 
     def owned(self) -> dict[str, int]:
         """The names this node holds now, with their tokens."""
@@ -220,12 +234,12 @@ class LeaseKeeper:
             token = lease.policy.token
             assert token is not None
             fence = Fence(lease.name, token)
-            self.figures.gained[lease.name] = self.figures.gained.get(lease.name, 0) + 1
+            self.figures.count(lease.name, "gained")
             log.info("lease_gained", lease=lease.name, node=self.node, token=token)
             lease.running = True
             self._chain(lease, lease.start(fence))
         if step.stop:
-            self.figures.lost[step.reason or "lost"] = self.figures.lost.get(step.reason or "lost", 0) + 1
+            self.figures.count(lease.name, step.reason or "lost")
             log.warning("lease_lost", lease=lease.name, node=self.node, reason=step.reason)
             lease.running = False
             self._chain(lease, lease.stop(lease.name, step.reason or "lost"))

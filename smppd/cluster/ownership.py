@@ -164,9 +164,21 @@ class Ownership:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    # --- what a scrape reads (ops.metrics.ClusterGauges) ------------------------------------
+
+    def leases(self) -> dict[str, bool]:
+        return self.keeper.contended()
+
+    def lease_changes(self) -> dict[tuple[str, str], int]:
+        return dict(self.keeper.figures.changes)
+
+    @property
+    def connection_losses(self) -> int:
+        return self.keeper.figures.connection_losses
+
     async def status(self) -> dict[str, Any]:
         """What ``smppd status`` shows: this node, and who holds every lease."""
         return {"node": self.node, "owned": sorted(self.keeper.owned()), "leases": await self.keeper.owners(),
-                "lease_changes": {"gained": sum(self.keeper.figures.gained.values()), **self.keeper.figures.lost},
+                "lease_changes": self.keeper.figures.totals(),
                 "connection_losses": self.keeper.figures.connection_losses,
                 "fed": self.fed, "rescued": self.rescued, "rung": self.bell.rung}
