@@ -57,7 +57,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DaemonConfig:
     socket_path: str
-    database: str
+    database: str = field(repr=False)  # a PostgreSQL URL carries a password: "${NAME}" allowed
     socket_group: str | None = None
     metrics: tuple[str, int] | None = None  # loopback host:port of /metrics, None = off
     # A full disk (issue 19 item 3): the free space under the database below which the
@@ -438,7 +438,7 @@ def _daemon(t: Mapping[str, Any]) -> DaemonConfig:
     _only(t, "daemon", {"socket", "database", "socket_group", "metrics", "min_free_mb", "max_held_receipts", "node"})
     return DaemonConfig(
         socket_path=_str(t, "daemon", "socket"),
-        database=_str(t, "daemon", "database"),
+        database=_secret(t, "daemon", "database"),
         socket_group=_str(t, "daemon", "socket_group", default=None),
         metrics=_metrics(t, "daemon"),
         min_free_mb=_int(t, "daemon", "min_free_mb", default=500, low=0, high=10**7),

@@ -15,7 +15,7 @@ from smppd.store.leases import LEASE_SCHEMA
 from smppd.cluster.lease import LeaseKeeper
 from smppd.cluster.policy import LeaseTiming
 
-from .pg_rig import PgCluster, remove_cluster, start_cluster
+from bench.pgcluster import PgCluster, remove_cluster, start_cluster
 
 pytestmark = pytest.mark.integration
 

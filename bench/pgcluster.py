@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL cluster for the cluster tests: initdb + pg_ctl, Unix socket only.
+"""A throwaway PostgreSQL cluster (bench/failover.py, the cluster tests): initdb + pg_ctl, Unix socket only.
 
 Skips (never fails) where Debian's postgresql package is not installed. The server
 listens on no TCP port (``listen_addresses=''``), only on a socket in its temp dir, so
