@@ -81,6 +81,7 @@ class LeaseKeeper:
         self._generation = 0
         self._wake = asyncio.Event()
         self._closing = False
+        self._round_lock = asyncio.Lock()  # close() waits for a round in flight: it may acquire
 
     # --- what the daemon asks -------------------------------------------------------
 
@@ -143,7 +144,10 @@ class LeaseKeeper:
         watchdog = asyncio.create_task(self._watch(), name="lease-watchdog")
         try:
             while not self._closing:
-                await self._round()
+                async with self._round_lock:
+                    if self._closing:
+                        break
+                    await self._round()
                 now = self.clock()
                 due = min((l.next_at for l in self._leases.values()), default=now + self.timing.retry)
                 self._wake.clear()
@@ -159,6 +163,8 @@ class LeaseKeeper:
         """Stop every owned work first, then clear our rows so another node takes over at once."""
         self._closing = True
         self._wake.set()
+        async with self._round_lock:
+            pass
         await asyncio.gather(*(self._release(lease) for lease in list(self._leases.values())))
         await self._disconnect()
 
@@ -235,7 +241,7 @@ class LeaseKeeper:
             assert token is not None
             fence = Fence(lease.name, token)
             self.figures.count(lease.name, "gained")
-            log.info("lease_gained", lease=lease.name, node=self.node, token=token)
+            log.info("lease_gained", lease=lease.name, node=self.node, fencing_token=token)
             lease.running = True
             self._chain(lease, lease.start(fence))
         if step.stop:
