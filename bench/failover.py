@@ -27,15 +27,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -71,15 +74,14 @@ async def leases(conninfo: str) -> dict[str, tuple[str, bool]]:
         return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
 
 
-async def wait_owner(conninfo: str, node: str, names: set[str] | None, timeout: float) -> tuple[float, set[str]]:
-    """Seconds until ``node`` holds every lease in ``names`` (every lease there is, if None)."""
+async def wait_owner(conninfo: str, node: str, want: set[str], timeout: float) -> tuple[float, set[str]]:
+    """Seconds until ``node`` holds every lease in ``want``."""
     t0 = time.monotonic()
     while True:
         found = await leases(conninfo)
-        want = names if names is not None else set(found)
         held = {n for n, (owner, live) in found.items() if owner == node and live}
-        if want and want <= held:
-            return time.monotonic() - t0, held
+        if want <= held:
+            return time.monotonic() - t0, want
         if time.monotonic() - t0 > timeout:
             raise TimeoutError(f"node {node} holds {sorted(held)}, not {sorted(want)}: {found}")
         await asyncio.sleep(0.05)
@@ -134,7 +136,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("PostgreSQL is not installed (Debian: apt-get install postgresql)")
     figures: dict[str, Any] = {}
     gateways: dict[str, Gateway] = {}
-    with tempfile.TemporaryDirectory(prefix="smppd-failover-") as root_s:
+    with (_kept(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="smppd-failover-")) as root_s:
         root = Path(root_s)
         portal = SimulatedPortal(rate=None)
         await portal.start()
@@ -151,7 +153,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             a.start_daemon()
             a.start_shim()
             await a.wait_daemon()
-            _, a_leases = await wait_owner(pg.conninfo, "a", None, 30)
+            # Everything node A contends for: the route, the portal's outbox, the holds worker.
+            _, a_leases = await wait_owner(pg.conninfo, "a", {"route:bench", f"portal:{portal.member_id}",
+                                                              "job:holds"}, 30)
             b.start_daemon()
             b.start_shim()
             await b.wait_daemon()
@@ -187,8 +191,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     figures.update(count(posts, portal, seen))
     figures["peak_binds"] = peak[0]
     figures["smsc_gap_s"] = smsc_gap(seen, killed_at)
-    figures["posts_to_b_after_kill"] = sum(1 for p in posts if p.posted_at >= killed_at)
+    figures.update(phases(posts, seen, killed_at))
     return figures
+
+
+def phases(posts: list[Post], seen: dict[str, list[float]], killed_at: float) -> dict[str, Any]:
+    """Before the kill, and after it: how many posts the shims spooled, post -> SMSC latency."""
+    out: dict[str, Any] = {}
+    for phase, chosen in (("before", [p for p in posts if p.posted_at < killed_at]),
+                          ("after", [p for p in posts if p.posted_at >= killed_at])):
+        lat = sorted(seen[message_text(p.i)][1] - p.posted_at for p in chosen if message_text(p.i) in seen)
+        out[f"posts_{phase}_kill"] = len(chosen)
+        out[f"spooled_{phase}"] = sum(1 for p in chosen if getattr(p, "spooled", False))
+        out[f"smsc_p50_{phase}_s"] = lat[len(lat) // 2] if lat else float("nan")
+    return out
 
 
 async def status(gw: Gateway) -> dict[str, Any]:
@@ -211,8 +227,18 @@ def report(n: int, r: dict[str, Any]) -> None:
           f"SMSC {r['smsc_gap_s']:.2f} s; peak binds of the account {r['peak_binds']}")
     print(f"  at the SMSC {r['at_smsc']}, final in the portal {r['final']}, MISSING {r['missing']}, "
           f"duplicates at the SMSC {r['duplicates']}, status regressions {r['regressions']}")
+    print(f"  before the kill: spooled {r['spooled_before']}, post -> SMSC p50 {r['smsc_p50_before_s']:.2f} s; "
+          f"after: spooled {r['spooled_after']}, p50 {r['smsc_p50_after_s']:.2f} s")
     print(f"  post -> SMSC p50 {r['smsc_p50_s']:.2f} s p99 {r['smsc_p99_s']:.2f} s; last final "
           f"{r['final_wait_s']:.1f} s after the last post; node B after: {r['b_status']}")
+
+
+@contextlib.contextmanager
+def _kept(path: str) -> Iterator[str]:
+    """--keep DIR: the nodes' logs and state stay there after the run (emptied first)."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    yield path
 
 
 def parser() -> argparse.ArgumentParser:
@@ -224,6 +250,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the last final status")
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    p.add_argument("--keep", help="run in this directory and keep the logs (default: a temporary one)")
     return p
 
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from smppd.cluster.fence import Fence, Fenced, fenced
-from smppd.store.leases import LEASE_SCHEMA
+from smppd.store.leases import LEASE_SCHEMA, TAKEOVER_LOCK
 from smppd.cluster.lease import LeaseKeeper
 from smppd.cluster.policy import LeaseTiming
 
@@ -211,12 +211,16 @@ def test_the_fencing_token_refuses_a_stale_writer(pg: PgCluster) -> None:
     with psycopg.connect(pg.conninfo) as raw_stale, psycopg.connect(pg.conninfo) as raw_newer:
         stale, newer = Qmark(raw_stale), Qmark(raw_newer)
         assert fenced(write(1), old)(stale) == 1
-        # The check holds the lease row FOR SHARE until COMMIT: a takeover waits for it.
+        # The check holds the lease row FOR KEY SHARE until COMMIT: the holder's renewal does
+        # not wait for it, a takeover (FOR UPDATE first) does.
         newer.execute("SET lock_timeout = '200ms'")
+        newer.execute("UPDATE lease SET expires_at = now() WHERE name = 'route:f'")
+        newer.commit()
         with pytest.raises(psycopg.errors.LockNotAvailable):
-            newer.execute("UPDATE lease SET node = 'b', token = token + 1 WHERE name = 'route:f'")
+            newer.execute(TAKEOVER_LOCK.replace("%s", "'route:f'"))
         newer.rollback()
         stale.commit()
+        newer.execute(TAKEOVER_LOCK.replace("%s", "'route:f'"))
         newer.execute("UPDATE lease SET node = 'b', token = token + 1 WHERE name = 'route:f'")
         newer.commit()
         with pytest.raises(Fenced) as e:

@@ -4,9 +4,10 @@ The lease keeper stops the work before the lease can be taken (``policy``), but 
 a request to a running task; a write already queued in the store's writer, or a node
 paused for longer than its lease (a VM stall, a GC pause), would still land after another
 node took over. So every write made on behalf of an owned route or portal runs, in its own
-transaction, behind a check of the lease row: ``SELECT token ... FOR SHARE`` that must
-read the token the writer was given. FOR SHARE makes a takeover's ``UPDATE lease`` wait
-for that transaction, so a check that passed still holds at COMMIT.
+transaction, behind a check of the lease row: ``SELECT token ... FOR KEY SHARE`` that must
+read the token the writer was given. A takeover locks the row ``FOR UPDATE`` before it
+bumps the token, which waits for that transaction: a check that passed still holds at
+COMMIT. (A renewal, a plain UPDATE of ``expires_at``, does not wait for the writer.)
 
 Which writes are fenced is decided by *where they come from*, not by a list of store
 methods: the daemon starts a route's or pusher's task inside ``owning(fence)``; asyncio
@@ -73,7 +74,7 @@ def owning(fence: Fence) -> Iterator[None]:
 
 
 def check(conn: Any, fence: Fence) -> None:
-    """Raise ``Fenced`` unless the lease row still carries ``fence.token``; lock it FOR SHARE."""
+    """Raise ``Fenced`` unless the lease row still carries ``fence.token``; lock it FOR KEY SHARE."""
     row = conn.execute(FENCE_CHECK, (fence.name,)).fetchone()
     current = None if row is None else int(row[0])
     if current != fence.token:

@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable
 import psycopg
 import structlog
 
-from ..store.leases import ACQUIRE, LEASE_SCHEMA, OWNERS, RELEASE, RENEW, TRY_LOCK, UNLOCK
+from ..store.leases import ACQUIRE, FREE, LEASE_SCHEMA, OWNERS, RELEASE, RENEW, TAKEOVER_LOCK, TRY_LOCK, UNLOCK
 from .fence import Fence
 from .policy import LeasePolicy, LeaseTiming, Step
 
@@ -74,7 +74,9 @@ class LeaseKeeper:
         self.node = node
         self.timing = timing or LeaseTiming()
         self.clock = clock
-        self.statement_timeout = statement_timeout or self.timing.renew
+        # Longer than a renewal interval: an event loop busy for a moment (a route loading its
+        # queue) must not read as a lost connection. The fence deadline decides safety anyway.
+        self.statement_timeout = statement_timeout or max(self.timing.renew, self.timing.ttl - self.timing.margin - self.timing.renew)
         self.figures = LeaseFigures()
         self._leases: dict[str, _Lease] = {}
         self._conn: psycopg.AsyncConnection[Any] | None = None
@@ -197,13 +199,31 @@ class LeaseKeeper:
         if not await self._lock(lease):
             self._apply(lease, lease.policy.tick(self.clock()))
             return
-        row = await self._exec(ACQUIRE, {"name": lease.name, "node": self.node, "ttl": self.timing.ttl})
+        row = await self._takeover(lease)
         if row is None:  # held elsewhere and not expired: let go of the lock until the next try
             await self._exec(UNLOCK, (LOCK_CLASS, lease.name))
             lease.locked_on = -1
             self._apply(lease, lease.policy.tick(self.clock()))
             return
         self._apply(lease, lease.policy.acquired(self.clock(), int(row[0]), sent))
+
+    async def _takeover(self, lease: _Lease) -> Any:
+        """The row if it was free (expired) and is ours now, else None; FOR UPDATE first, so a
+        takeover waits for the old holder's writes that already passed their fence check."""
+        conn = self._conn
+        if conn is None:
+            raise psycopg.OperationalError("no lease connection")
+
+        async def attempt() -> Any:
+            free = await (await conn.execute(FREE, (lease.name,))).fetchone()
+            if not free or not free[0]:
+                return None
+            async with conn.transaction():
+                await conn.execute(TAKEOVER_LOCK, (lease.name,))
+                cur = await conn.execute(ACQUIRE, {"name": lease.name, "node": self.node, "ttl": self.timing.ttl})
+                return await cur.fetchone()
+
+        return await asyncio.wait_for(attempt(), self.statement_timeout)
 
     async def _renew(self, lease: _Lease) -> None:
         token = lease.policy.token
@@ -271,8 +291,8 @@ class LeaseKeeper:
         try:
             conn = await asyncio.wait_for(
                 psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, application_name=f"smppd-lease-{self.node}",
-                                                connect_timeout=max(2, int(self.timing.renew * 2))),
-                self.timing.renew * 2)
+                                                connect_timeout=max(2, int(self.statement_timeout * 2))),
+                self.statement_timeout * 2)
             await asyncio.wait_for(conn.execute(LEASE_SCHEMA), self.statement_timeout)
         except (psycopg.Error, TimeoutError, OSError) as e:
             log.warning("lease_connect_failed", node=self.node, error=type(e).__name__)

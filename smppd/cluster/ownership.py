@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generic, Protocol, TypeVar
 
@@ -30,6 +32,10 @@ log = structlog.get_logger(__name__)
 
 H = TypeVar("H")
 SAFETY_READ = 10.0
+# Rings heard for a route this node does not run are kept this long: a node that wins the
+# route moments later feeds them (posts committed after its first read of the queue).
+RING_MEMORY = 30.0
+RING_MEMORY_MAX = 100_000
 
 
 def default_node() -> str:
@@ -70,6 +76,7 @@ class Ownership:
         self._locks: dict[str, asyncio.Lock] = {}
         self._idle_open: dict[str, set[int]] = {}  # the safety read's previous sighting per route
         self._tasks: list[asyncio.Task[Any]] = []
+        self._unowned_rings: dict[str, deque[tuple[float, int]]] = {}
         self.fed = 0  # messages queued from rings
         self.rescued = 0  # messages queued by the safety read (a lost ring)
 
@@ -104,6 +111,10 @@ class Ownership:
 
     def route_started(self, name: str, route: Fed) -> None:
         self._routes[name] = route
+        kept = self._unowned_rings.pop(name, None)
+        if kept:
+            since = time.monotonic() - RING_MEMORY
+            self._spawn_feed(name, [i for at, i in kept if at >= since])
 
     def route_stopped(self, name: str) -> None:
         self._routes.pop(name, None)
@@ -118,16 +129,35 @@ class Ownership:
 
     def _heard(self, route: str, ids: list[int]) -> None:
         if route in self._routes:
+            self._spawn_feed(route, ids)
+            return
+        kept = self._unowned_rings.setdefault(route, deque(maxlen=RING_MEMORY_MAX))
+        now = time.monotonic()
+        kept.extend((now, i) for i in ids)
+        while kept and kept[0][0] < now - RING_MEMORY:
+            kept.popleft()
+
+    def _spawn_feed(self, route: str, ids: list[int]) -> None:
+        if ids:
             self._tasks.append(asyncio.create_task(self._feed(route, ids)))
             self._tasks = [t for t in self._tasks if not t.done()]
 
     async def _feed(self, route: str, ids: list[int]) -> None:
+        """Queue the rung messages that are still open and that the route does not hold.
+
+        "Does not hold" is asked before the read and after it: a submit in flight when the
+        read was queued may have its resp (and its write, queued behind the read) by the
+        time the read answers "open".
+        """
         async with self._locks.setdefault(route, asyncio.Lock()):
-            found = await asyncio.gather(*(self.store.open_messages(route, after_id=i - 1, limit=1) for i in ids))
             target = self._routes.get(route)
             if target is None:
                 return
-            busy = {mid for mid, _ in target.busy_segments()}
+            before = {mid for mid, _ in target.busy_segments()}
+            found = await asyncio.gather(*(self.store.open_messages(route, after_id=i - 1, limit=1) for i in ids))
+            if self._routes.get(route) is not target:
+                return
+            busy = before | {mid for mid, _ in target.busy_segments()}
             for i, page in zip(ids, found):
                 if page and page[0].id == i and i not in busy:
                     target.enqueue(page[0])

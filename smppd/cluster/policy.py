@@ -24,9 +24,9 @@ class LeaseTiming:
     """Seconds. ``ttl`` bounds the takeover after a crash (about ``ttl + retry``);
     ``margin`` must cover stopping a route (its unbind) and clock rate drift."""
 
-    ttl: float = 5.0
+    ttl: float = 6.0
     renew: float = 1.0  # a held lease is renewed this often
-    retry: float = 1.0  # a lease held elsewhere (or lost) is tried this often
+    retry: float = 0.5  # a lease held elsewhere (or lost) is tried this often
     margin: float = 2.0
 
     def __post_init__(self) -> None:

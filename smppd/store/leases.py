@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS lease (
 
 TRY_LOCK = "SELECT pg_try_advisory_lock(%s, hashtext(%s))"
 UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(%s))"
-# A takeover only of an expired row (by the database's clock), and the token goes up.
+# A takeover only of an expired row (by the database's clock), and the token goes up; run in
+# one transaction after TAKEOVER_LOCK.
 ACQUIRE = (
     "INSERT INTO lease AS l (name, node, token, expires_at) VALUES (%(name)s, %(node)s, 1,"
     " now() + make_interval(secs => %(ttl)s))"
@@ -42,6 +43,12 @@ OWNERS = (
     "SELECT name, node, token, expires_at > now(), extract(epoch FROM expires_at - now())::float8,"
     " extract(epoch FROM now() - acquired_at)::float8 FROM lease ORDER BY name"
 )
-# FOR SHARE: a takeover's UPDATE of the row waits for the transaction that passed the check.
-FENCE_CHECK = "SELECT token FROM lease WHERE name = ? FOR SHARE"
+# FOR KEY SHARE: a takeover (which locks the row FOR UPDATE first: TAKEOVER_LOCK) waits for
+# every transaction that passed the check, while the holder's renewals (a plain UPDATE of
+# expires_at, FOR NO KEY UPDATE) never wait for its own writer's transactions.
+FENCE_CHECK = "SELECT token FROM lease WHERE name = ? FOR KEY SHARE"
+TAKEOVER_LOCK = "SELECT 1 FROM lease WHERE name = %s FOR UPDATE"
+# Before a takeover, without a lock: is the row free at all? (A contender polls; it must not
+# queue FOR UPDATE behind the holder's writes every time it looks.)
+FREE = "SELECT NOT EXISTS (SELECT 1 FROM lease WHERE name = %s AND expires_at >= now())"
 NOTIFY = "SELECT pg_notify(%s, %s)"
