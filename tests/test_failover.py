@@ -15,6 +15,7 @@ pytestmark = pytest.mark.integration
 async def test_kill_9_of_node_a_loses_nothing_and_b_takes_over_within_10_s() -> None:
     if pg_bin() is None:
         pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    pytest.importorskip("smppd.store.postgres", reason="the PostgreSQL store (branch pg-store) is not merged yet")
     args = parser().parse_args(["--rate", "50", "--duration", "16", "--kill-at", "6", "--timeout", "25"])
     r = await run(args)
     assert len(r["a_leases"]) == 3, r  # the route, the portal's outbox, the holds worker
