@@ -130,8 +130,8 @@ class Drill:
         deadline = time.monotonic() + 20
         while True:
             with self.rig.db() as conn:
-                row = conn.execute("SELECT s.provider_id FROM segment s JOIN message m ON m.id=s.message_id"
-                                   " WHERE m.b24_id=? AND s.provider_id IS NOT NULL", (b24_id,)).fetchone()
+                row = conn.execute("SELECT s.smsc_id FROM segment s JOIN message m ON m.id=s.row_id"
+                                   " WHERE m.b24_id=? AND s.smsc_id IS NOT NULL", (b24_id,)).fetchone()
             if row:
                 return row[0], b24_id
             if time.monotonic() > deadline:
@@ -175,7 +175,7 @@ class Drill:
         without its own callback_key."""
         b24_id, form = self.genuine(code="by_smsc")
         await self.rig.post(self.rig.handler_url("by_smsc"), form)
-        rid, _, digits = (await self.rig.provider_id(b24_id)).partition(":")
+        rid, _, digits = (await self.rig.smsc_id(b24_id)).partition(":")
         key = self.rng.choice([self.rig.key, self.rig.key, "", None])
         if self.rng.random() < 0.75:
             status, _ = await self.rig.post(self.rig.smsc_dlr_url(key),

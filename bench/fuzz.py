@@ -294,7 +294,7 @@ class HttpDoor:
 
 def socket_case(rng: random.Random, s: Secrets) -> bytes:
     r = rng.random()
-    good = {"code": "by_good", "message_id": secrets.token_hex(16), "to": phone(rng, s), "text": f"{MARK} x"}
+    good = {"code": "by_good", "b24_id": secrets.token_hex(16), "to": phone(rng, s), "text": f"{MARK} x"}
     if r < 0.1:
         return b"[" * rng.randint(1000, 100_000)
     if r < 0.2:
@@ -309,7 +309,7 @@ def socket_case(rng: random.Random, s: Secrets) -> bytes:
     value_pool = [None, True, 1, -1, 2**62, 1.5, "", "x" * 300, [], {}, [1, [2, [3]]], {"a": {"b": [None]}},
                   phone(rng, s), f"{MARK} {rand_text(rng, 8)}"]
     params: Any = dict(good)
-    for name in rng.sample(["code", "message_id", "to", "text", "bindings", "ts", "route", "form", "event", "auth",
+    for name in rng.sample(["code", "b24_id", "to", "text", "bindings", "ts", "route", "form", "event", "auth",
                             "member_id", "id", "ids", "older_than", "portal"], rng.randint(1, 5)):
         params[name] = rng.choice(value_pool)
     if method == "intake.batch":

@@ -76,7 +76,7 @@ class _Store:
 def params(i: int, body: Callable[[int], str]) -> dict[str, Any]:
     return {
         "member_id": MEMBER, "domain": "bench.bitrix24.by", "application_token": TOKEN,
-        "code": "by_bench", "message_id": f"{i:032x}", "to": f"+37529{1000000 + i % 9000000:07d}",
+        "code": "by_bench", "b24_id": f"{i:032x}", "to": f"+37529{1000000 + i % 9000000:07d}",
         "text": body(i), "module_id": "crm",
         "bindings": [{"owner_type_id": 2, "owner_id": 1541}, {"owner_type_id": 3, "owner_id": 877}],
         "ts": 1700000000 + i,

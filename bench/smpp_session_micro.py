@@ -35,13 +35,13 @@ BURST = 25
 TEXT = b"Order 123 is ready for pickup, see you 9:00-21:00"
 
 
-def receipt(sequence: int, message_id: str) -> bytes:
+def receipt(sequence: int, smsc_id: str) -> bytes:
     """A receipt as bench/smsc_proc.py sends it: Appendix B text plus the two TLVs."""
-    text = (f"id:{message_id} sub:001 dlvrd:001 submit date:2611220555 done date:2611220555 "
+    text = (f"id:{smsc_id} sub:001 dlvrd:001 submit date:2611220555 done date:2611220555 "
             f"stat:DELIVRD err:000 text:Order 123 is ready f")
     return encode("deliver_sm", sequence, source_addr_ton=1, source_addr_npi=1,
                         source_addr="375291234567", dest_addr_ton=5, destination_addr="DemoShop",
-                        esm_class=4, short_message=text.encode(), receipted_message_id=message_id,
+                        esm_class=4, short_message=text.encode(), receipted_message_id=smsc_id,
                         message_state=2)
 
 

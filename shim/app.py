@@ -67,7 +67,7 @@ from smppd.rpc import RpcClient, RpcError, RpcUnavailable
 
 from .spool import Spool, SpoolError
 
-__all__ = ["make_app"]
+__all__ = ["make_app", "spooled_params"]
 
 log = structlog.get_logger(__name__)
 
@@ -80,8 +80,8 @@ _CLIENT_ERRORS = {"forbidden": 403, "unknown_code": 404, "bad_request": 400}
 
 # intake parameter -> the form field Bitrix24 sent it in, so a 400 names
 # what the poster can recognise.
-_FORM_FIELD = {"to": "message_to", "text": "message_body"}
-_FIELD_PREFIX = re.compile(r"([a-z_]+): ")
+_FORM_FIELD = {"b24_id": "message_id", "to": "message_to", "text": "message_body"}
+_FIELD_PREFIX = re.compile(r"([a-z][a-z0-9_]*): ")
 _URLENCODED = "application/x-www-form-urlencoded"
 
 
@@ -96,7 +96,7 @@ def _refused_field(exc: RpcError) -> str | None:
 
 
 _INTAKE_JSON = (
-    '{"member_id":%s,"domain":%s,"application_token":%s,"access_token":%s,"code":%s,"message_id":%s,"to":%s,"text":%s,'
+    '{"member_id":%s,"domain":%s,"application_token":%s,"access_token":%s,"code":%s,"b24_id":%s,"to":%s,"text":%s,'
     '"module_id":%s,"bindings":[%s],"ts":%s%s}'
 )
 
@@ -113,7 +113,7 @@ def _intake_json(post: HandlerPost) -> bytes:
 
     The params are ``member_id``, ``domain``, ``application_token``, ``access_token`` (from
     the auth block, null when absent; the access token lets the daemon recover a missed
-    app update, intake.py), ``code``, ``message_id``, ``to``,
+    app update, intake.py), ``code``, ``b24_id``, ``to``,
     ``text``, ``module_id``, ``bindings`` (``owner_type_id``/``owner_id``
     objects), ``ts`` (null when absent) and, for a robot's post that names
     its CRM document instead of bindings (rules.py), ``document_id``.
@@ -128,10 +128,30 @@ def _intake_json(post: HandlerPost) -> bytes:
         _json_text(auth.get("member_id")), _json_text(auth.get("domain")),
         _json_text(auth.get("application_token")), _json_text(auth.get("access_token")),
         encode_basestring(post.code),
-        encode_basestring(post.message_id), encode_basestring(post.message_to),
+        encode_basestring(post.b24_id), encode_basestring(post.message_to),
         encode_basestring(post.message_body), encode_basestring(post.module_id), bindings,
         "null" if post.ts is None else "%d" % post.ts, document_id,
     )).encode()
+
+
+def spooled_params(params: bytes) -> bytes:
+    """A spooled post's ``intake`` params as today's daemon takes them.
+
+    A spool written before issue 15.2 named Bitrix24's id ``message_id``, as the form does;
+    the daemon now takes ``b24_id`` and would refuse such a line as a bad request, which the
+    replay counts as done with: the post would be lost. A JSON key cannot hide inside a
+    string value (its quotes would be escaped there), so the byte test is exact and a
+    current line costs no parse."""
+    if b'"b24_id":' in params or b'"message_id":' not in params:
+        return params
+    try:
+        old = json.loads(params)
+    except ValueError:
+        return params  # not ours to mend: the daemon's refusal names what is wrong
+    if not isinstance(old, dict) or "b24_id" in old:
+        return params
+    renamed = {("b24_id" if key == "message_id" else key): value for key, value in old.items()}
+    return json.dumps(renamed, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}  # as web.json_response sets it
@@ -197,20 +217,20 @@ class _PostLog:
     the only way out of here to a log line, so the mask costs nothing for a
     post whose line is not written."""
 
-    __slots__ = ("code", "message_id", "number")
+    __slots__ = ("code", "b24_id", "number")
 
     def __init__(self, code: str) -> None:
         self.code = code
-        self.message_id: str | None = None
+        self.b24_id: str | None = None
         self.number: str | None = None
 
     def __repr__(self) -> str:  # never the number
-        return f"_PostLog(code={self.code!r}, message_id={self.message_id!r})"
+        return f"_PostLog(code={self.code!r}, b24_id={self.b24_id!r})"
 
     def fields(self) -> dict[str, Any]:
         if self.number is None:
             return {"code": self.code}
-        return {"code": self.code, "message_id": self.message_id, "to": mask(self.number)}
+        return {"code": self.code, "b24_id": self.b24_id, "to": mask(self.number)}
 
 
 def _debug_enabled() -> bool:
@@ -284,7 +304,7 @@ class BitrixHandler:
         if code not in self._codes:
             raise _Outcome(404, "unknown_code", {"error": "unknown_code"})
         post = await self._read_post(request)
-        ctx.message_id, ctx.number = post.message_id, post.message_to
+        ctx.b24_id, ctx.number = post.b24_id, post.message_to
         if post.code != code:
             raise _bad_request("code", "form code does not match the URL")
         if not post.message_body.strip():
@@ -349,13 +369,13 @@ class BitrixHandler:
         try:
             await self._spool.append(params)
         except SpoolError as exc:
-            log.error("bitrix24.spool_refused", reason=str(exc), message_id=post.message_id, code=post.code)
+            log.error("bitrix24.spool_refused", reason=str(exc), b24_id=post.b24_id, code=post.code)
             raise _Outcome(503, "unavailable", {"error": "unavailable"}) from None
         return _SPOOLED
 
     async def replay(self, batch: list[bytes]) -> list[bool]:
         """The spool's sender: True for each post the daemon is done with."""
-        outcomes = await asyncio.gather(*(self._rpc.call("intake", params) for params in batch),
+        outcomes = await asyncio.gather(*(self._rpc.call("intake", spooled_params(params)) for params in batch),
                                         return_exceptions=True)
         done = []
         for outcome in outcomes:

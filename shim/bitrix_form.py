@@ -27,7 +27,7 @@ __all__ = ["Binding", "FormError", "HandlerPost", "decode_form", "parse_handler_
 
 REQUIRED = ("code", "message_id", "message_to", "message_body")
 
-_MESSAGE_ID = re.compile(r"[0-9a-fA-F]{32}")
+_B24_ID = re.compile(r"[0-9a-fA-F]{32}")
 _INT = re.compile(r"-?[0-9]{1,18}")
 _BINDING_KEY = re.compile(r"bindings\[([0-9]{1,6})\]\[(OWNER_TYPE_ID|OWNER_ID)\]")
 _AUTH_KEY = re.compile(r"auth\[([^\[\]]+)\]")
@@ -68,7 +68,7 @@ _NO_AUTH: Mapping[str, str] = MappingProxyType({})
 class HandlerPost(NamedTuple):
     """One message as Bitrix24 handed it to us.
 
-    ``message_id`` stays a lowercase string: it is an md5, the only key for
+    ``b24_id`` (the form's ``message_id``) stays a lowercase string: it is an md5, the only key for
     status updates, and casting it to int is a classic bug.  The phone
     number, text and ``auth`` block are kept out of ``repr`` so that logging
     a post by accident leaks neither personal data nor tokens.
@@ -79,7 +79,7 @@ class HandlerPost(NamedTuple):
     """
 
     code: str
-    message_id: str
+    b24_id: str
     message_to: str
     message_body: str
     type: str | None = None
@@ -92,7 +92,7 @@ class HandlerPost(NamedTuple):
 
     def __repr__(self) -> str:  # never the number, the text or the auth block
         return (
-            f"HandlerPost(code={self.code!r}, message_id={self.message_id!r}, type={self.type!r}, "
+            f"HandlerPost(code={self.code!r}, b24_id={self.b24_id!r}, type={self.type!r}, "
             f"module_id={self.module_id!r}, bindings={self.bindings!r}, ts={self.ts!r}, "
             f"workflow_id={self.workflow_id!r}, document_id={self.document_id!r})"
         )
@@ -246,7 +246,7 @@ def parse_handler_post(form: Mapping[str, Any]) -> HandlerPost:
     for key in ("code", "message_to"):
         if not values[key].strip():
             raise FormError(key, "empty")
-    if not _MESSAGE_ID.fullmatch(values["message_id"]):
+    if not _B24_ID.fullmatch(values["message_id"]):
         raise FormError("message_id", "must be 32 hexadecimal characters")
 
     message_type = _text(form, "type")
@@ -257,7 +257,7 @@ def parse_handler_post(form: Mapping[str, Any]) -> HandlerPost:
 
     return HandlerPost(
         code=values["code"],
-        message_id=values["message_id"].lower(),
+        b24_id=values["message_id"].lower(),
         message_to=values["message_to"],
         message_body=values["message_body"],
         type=message_type,

@@ -7,7 +7,7 @@ disk full) would be an SMS that silently never leaves.  So when the daemon
 does not commit a post in time, the shim appends the post here, fsyncs, and
 only then answers 200; a task forwards spooled posts, oldest first, as soon
 as the daemon answers again.  The daemon's intake is idempotent on
-(member_id, message_id), so a post both spooled and (late) stored by the
+(member_id, b24_id), so a post both spooled and (late) stored by the
 daemon is stored once: the replay is answered as a duplicate.
 
 On the normal path (the daemon answers in time) nothing here runs: no write,

@@ -52,7 +52,7 @@ PARAM_TYPES: dict[str, ParamTypes] = {
     # (rpc.check_params): a list where a string belongs, a deep structure or a huge integer is
     # a bad_request naming the parameter, never an "internal" error inside a handler.
     "intake": {"member_id": _TEXT_OR_NULL, "domain": _TEXT_OR_NULL, "application_token": _TEXT_OR_NULL,
-               "code": str, "message_id": str, "to": str, "text": str, "module_id": _TEXT_OR_NULL,
+               "code": str, "b24_id": str, "to": str, "text": str, "module_id": _TEXT_OR_NULL,
                "bindings": (ListOf(MapOf((int, str), 8), 64), None), "ts": (int, None),
                "document_id": (ListOf(str, 8), None)},
     "dlr": {"route": str, "form": ListOf(ListOf(str, 2), 1000)},

@@ -29,7 +29,7 @@ from .store import Store, StoreUnavailable
 log = structlog.get_logger(__name__)
 
 
-MESSAGE_ID_RE = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would let a trailing newline through
+B24_ID_RE = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would let a trailing newline through
 MAX_TEXT = 50_000  # far above anything an operator joins (255 parts); protects the store from junk
 
 
@@ -38,7 +38,7 @@ class IntakeRequest:
     member_id: str | None
     application_token: str | None
     code: str
-    message_id: str
+    b24_id: str
     to: str
     text: str
     module_id: str
@@ -51,15 +51,15 @@ class IntakeRequest:
         member_id = _optional_string(p, "member_id")
         application_token = _optional_string(p, "application_token")
         code = _string(p, "code")
-        message_id = _string(p, "message_id").lower()
+        b24_id = _string(p, "b24_id").lower()
         to = _string(p, "to")
         body = _string(p, "text")
         module_id = _optional_string(p, "module_id") or ""
-        if not MESSAGE_ID_RE.fullmatch(message_id):
-            raise RpcError("bad_request", "message_id: must be 32 hex characters")
+        if not B24_ID_RE.fullmatch(b24_id):
+            raise RpcError("bad_request", "b24_id: must be 32 hex characters")
         if not body or len(body) > MAX_TEXT:
             raise RpcError("bad_request", f"text: must be 1 to {MAX_TEXT} characters")
-        return cls(member_id, application_token, code, message_id, to, body, module_id,
+        return cls(member_id, application_token, code, b24_id, to, body, module_id,
                    p.get("bindings"), p.get("document_id"))
 
 
@@ -198,7 +198,7 @@ class Intake:
         held = message.hold if result.reason is None and result.duplicate_of is None else None
         status = str(result.status)
         log.info(
-            "message_received", id=result.id, b24_id=req.message_id, code=req.code, route=sender.route,
+            "message_received", id=result.id, b24_id=req.b24_id, code=req.code, route=sender.route,
             to=phone.mask(message.phone or req.to), segments=message.segments, status=status,
             duplicate=result.duplicate, reason=result.reason, marketing=marketing, held=held,
             repeat_of=result.duplicate_of,
@@ -212,7 +212,7 @@ class Intake:
         elif result.reason is None and result.duplicate_of is None:
             assert message.phone is not None
             self._dispatch(OpenMessage(result.id, sender.route, message.sender, message.phone, req.text,
-                                       tuple(range(message.segments)), result.concat_ref, req.message_id))
+                                       tuple(range(message.segments)), result.concat_ref, req.b24_id))
         return self._answer(result, held)
 
     @staticmethod
@@ -331,7 +331,7 @@ class Intake:
                 entities = json.dumps([[e.type_id, e.id] for e in bound])
         cfg = self.config.rules
         return NewMessage(
-            member_id=member_id, b24_id=req.message_id, code=req.code, route=sender.route,
+            member_id=member_id, b24_id=req.b24_id, code=req.code, route=sender.route,
             sender=sender.sender_for(marketing), phone=number, text=req.text, encoding=encoded.encoding,
             segments=encoded.segments, module_id=req.module_id, reason=reason, hold=hold, entities=entities,
             duplicate_window=cfg.duplicate_window, duplicate_fails=cfg.duplicate_outcome == "failed",

@@ -6,6 +6,17 @@ Bitrix24 see for each of our statuses". Everything else asks this module.
 The records that describe a message on its way (``NewMessage`` in, ``OpenMessage`` to
 send, ``OutboxItem`` owed to Bitrix24, ...) live here too: the store keeps them, the
 routes, the pusher and intake pass them around, and none of those is their home.
+
+A message has three ids, and each has one name everywhere (records, store columns, RPC
+parameters, log fields):
+
+* ``b24_id``: Bitrix24's 32-hex id (the form's and the REST API's ``message_id``), the key
+  of idempotent intake and of every status update owed to Bitrix24;
+* the row id: our ``message.id``; ``row_id`` wherever something else refers to it (a
+  segment, an event, a Python name);
+* ``smsc_id``: the id the SMSC (``submit_sm_resp``) or HTTP provider gave a part, which
+  its receipts and callbacks name. ``message_id`` is left to the SMPP codec, where it is
+  the PDU field.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ class Status(StrEnum):
 
     queued → submitted → accepted → one of the finals.  ``submitted`` means a
     submit_sm is on the wire without its resp; ``accepted`` means the operator
-    took it (has a message id).
+    took it (has an smsc_id).
     """
 
     QUEUED = "queued"
@@ -269,7 +280,7 @@ class OpenMessage:
     text: str
     open_segments: tuple[int, ...]
     concat_ref: int | None = None  # per destination, stored: resent parts join their siblings
-    b24_id: str = ""  # Bitrix24's message_id, for the log lines about this message
+    b24_id: str = ""  # Bitrix24's id of the message, for the log lines about it
 
 
 @dataclass(frozen=True)
@@ -291,9 +302,9 @@ NO_RULES = ReceiptRules()
 class Unreceipted:
     """A part the operator accepted and never sent a receipt for."""
 
-    message_id: int
+    row_id: int
     seq: int
-    provider_id: str
+    smsc_id: str
     sender: str
     accepted_at: float
 
@@ -303,7 +314,7 @@ class PollItem:
     """A message an HTTP provider accepted and never gave a final status for."""
 
     id: int
-    provider_id: str
+    smsc_id: str
     phone: str
     channel: str | None
     sender: str
@@ -321,7 +332,7 @@ class OutboxItem(NamedTuple):
     code: str
     status: str
     attempts: int
-    message_id: int | None = None  # ours, for the log lines; None if the message row is gone
+    row_id: int | None = None  # ours, for the log lines; None if the message row is gone
 
 
 @dataclass(frozen=True)

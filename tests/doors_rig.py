@@ -202,17 +202,17 @@ sender_id = "DemoShop"
         """A post as Bitrix24 sends it (the portal registers the message first)."""
         return self.portal.create_message(code, to, text, **kw)
 
-    async def provider_id(self, b24_id: str, timeout: float = 20.0) -> str:
-        """The provider's id of the message's first segment, once its route has one."""
+    async def smsc_id(self, b24_id: str, timeout: float = 20.0) -> str:
+        """The smsc_id of the message's first segment, once its route has one."""
         deadline = time.monotonic() + timeout
         while True:
             with self.db() as conn:
-                row = conn.execute("SELECT s.provider_id FROM segment s JOIN message m ON m.id=s.message_id"
-                                   " WHERE m.b24_id=? AND s.provider_id IS NOT NULL", (b24_id,)).fetchone()
+                row = conn.execute("SELECT s.smsc_id FROM segment s JOIN message m ON m.id = s.row_id"
+                                   " WHERE m.b24_id=? AND s.smsc_id IS NOT NULL", (b24_id,)).fetchone()
             if row:
                 return str(row[0])
             if time.monotonic() > deadline:
-                raise TimeoutError(f"message {b24_id}: no provider id after {timeout} s")
+                raise TimeoutError(f"message {b24_id}: no SMSC id after {timeout} s")
             await asyncio.sleep(0.02)
 
     def log(self, process: str) -> str:

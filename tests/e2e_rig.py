@@ -37,9 +37,9 @@ def db(rig: Rig) -> sqlite3.Connection:
     return conn
 
 
-def provider_ids(rig: Rig, b24_id: str) -> list[str]:
+def smsc_ids(rig: Rig, b24_id: str) -> list[str]:
     rows = db(rig).execute(
-        "SELECT s.provider_id FROM segment s JOIN message m ON m.id = s.message_id"
+        "SELECT s.smsc_id FROM segment s JOIN message m ON m.id = s.row_id"
         " WHERE m.b24_id=? ORDER BY s.seq", (b24_id,)
     ).fetchall()
     return [r[0] for r in rows]

@@ -31,5 +31,5 @@ name = "SMS"
 
 
 def post(n: int, **kw: Any) -> dict[str, Any]:
-    return {"member_id": MEMBER, "application_token": TOKEN, "code": "by_life", "message_id": f"{n:032x}",
+    return {"member_id": MEMBER, "application_token": TOKEN, "code": "by_life", "b24_id": f"{n:032x}",
             "to": f"+37529{1000000 + n:07d}", "text": f"Order {n} is ready", "module_id": "crm", **kw}

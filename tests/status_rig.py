@@ -12,10 +12,10 @@ from smppd.store import NewMessage, Store
 TABLES = {
     "message": "SELECT id, b24_id, status, reason, b24_status, duplicate_of, updated_at, final_at FROM message"
                " ORDER BY id",
-    "segment": "SELECT message_id, seq, provider_id, status, error, updated_at FROM segment ORDER BY message_id, seq",
-    "event": "SELECT id, message_id, seq, status, applied, detail, at FROM event ORDER BY id",
+    "segment": "SELECT row_id, seq, smsc_id, status, error, updated_at FROM segment ORDER BY row_id, seq",
+    "event": "SELECT id, row_id, seq, status, applied, detail, at FROM event ORDER BY id",
     "outbox": "SELECT member_id, b24_id, status, next_at FROM outbox ORDER BY b24_id",
-    "receipt_pending": "SELECT route, provider_id, status, detail, expired FROM receipt_pending ORDER BY id",
+    "receipt_pending": "SELECT route, smsc_id, status, detail, expired FROM receipt_pending ORDER BY id",
 }
 
 
@@ -39,7 +39,7 @@ async def life(path: str) -> dict[str, Any]:
         # plain: resp, then its receipt
         ids["plain"] = (await s.intake(new("plain", phone="+375291000001"))).id
         # early: two receipts before the resp (ENROUTE, then the final word), on our route;
-        # a receipt with the same provider id on another route must stay pending
+        # a receipt with the same SMSC id on another route must stay pending
         ids["early"] = (await s.intake(new("early", phone="+375291000002"))).id
         # multi: three parts, resps and receipts interleaved, one part fails
         ids["multi"] = (await s.intake(new("multi", phone="+375291000003", segments=3))).id

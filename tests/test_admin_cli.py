@@ -59,7 +59,7 @@ async def test_send_waits_for_the_receipt_and_exits_by_it(rig, conf):
     final = out.strip().splitlines()[-1]
     assert final.split()[0] in ("delivered", "undelivered", "expired", "rejected"), out
     assert rc == (0 if final.startswith("delivered") else 1)
-    assert "provider ids 0:" in final and "1234567" not in out
+    assert "SMSC ids 0:" in final and "1234567" not in out
     [submit] = rig.smscs["life"].submitted
     assert submit.destination_addr == "375291234567"
 

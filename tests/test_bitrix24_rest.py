@@ -51,8 +51,8 @@ def make_client(http: aiohttp.ClientSession, sim: SimulatedPortal, **kw) -> Rest
 
 
 def new_message(sim: SimulatedPortal, code: str = CODE) -> str:
-    message_id, _ = sim.create_message(code, "+375291234567", "Ваш заказ готов")
-    return message_id
+    b24_id, _ = sim.create_message(code, "+375291234567", "Ваш заказ готов")
+    return b24_id
 
 
 async def raw(http: aiohttp.ClientSession, sim: SimulatedPortal, method: str, **kw) -> tuple[int, dict]:
@@ -66,10 +66,10 @@ async def raw(http: aiohttp.ClientSession, sim: SimulatedPortal, method: str, **
 @pytest.mark.integration
 async def test_status_update_ok(http, portal):
     client = make_client(http, portal)
-    message_id = new_message(portal)
-    result = await client.call(UPDATE, {"CODE": CODE, "MESSAGE_ID": message_id, "STATUS": "delivered"})
+    b24_id = new_message(portal)
+    result = await client.call(UPDATE, {"CODE": CODE, "MESSAGE_ID": b24_id, "STATUS": "delivered"})
     assert result is True
-    message = portal.messages[message_id]
+    message = portal.messages[b24_id]
     assert message.status == "delivered"
     assert [s for _, s in message.history] == ["sent", "delivered"]
     assert portal.updates_applied == 1
@@ -94,35 +94,35 @@ async def test_status_update_ok(http, portal):
 )
 async def test_status_update_errors(http, portal, params, code, description):
     client = make_client(http, portal)
-    message_id = new_message(portal)
-    params = {k: (message_id if k == "MESSAGE_ID" and v is None else v) for k, v in params.items()}
+    b24_id = new_message(portal)
+    params = {k: (b24_id if k == "MESSAGE_ID" and v is None else v) for k, v in params.items()}
     with pytest.raises(RestError) as info:
         await client.call(UPDATE, params)
     assert (info.value.code, info.value.description, info.value.http_status) == (code, description, 400)
-    assert portal.messages[message_id].status == "sent"
+    assert portal.messages[b24_id].status == "sent"
     assert portal.requests == 1  # not retried
 
 
 @pytest.mark.integration
 async def test_purged_message_is_not_found(http, portal):
     client = make_client(http, portal)
-    message_id = new_message(portal)
-    await client.call(UPDATE, {"CODE": CODE, "MESSAGE_ID": message_id, "STATUS": "queued"})
-    portal.purge(message_id)
+    b24_id = new_message(portal)
+    await client.call(UPDATE, {"CODE": CODE, "MESSAGE_ID": b24_id, "STATUS": "queued"})
+    portal.purge(b24_id)
     with pytest.raises(RestError) as info:
-        await client.call(UPDATE, {"CODE": CODE, "MESSAGE_ID": message_id, "STATUS": "delivered"})
+        await client.call(UPDATE, {"CODE": CODE, "MESSAGE_ID": b24_id, "STATUS": "delivered"})
     assert info.value.code == "ERROR_MESSAGE_NOT_FOUND"
-    assert message_id not in portal.messages and message_id in portal.purged
+    assert b24_id not in portal.messages and b24_id in portal.purged
 
 
 @pytest.mark.integration
 async def test_simulator_applies_backwards_moves_and_records_them(http, portal):
     """Like the real core there is no monotonic guard; the history must show the regression."""
     client = make_client(http, portal)
-    message_id = new_message(portal)
+    b24_id = new_message(portal)
     for status in ("delivered", "sent"):
-        assert await client.call(UPDATE, {"CODE": CODE, "MESSAGE_ID": message_id, "STATUS": status}) is True
-    message = portal.messages[message_id]
+        assert await client.call(UPDATE, {"CODE": CODE, "MESSAGE_ID": b24_id, "STATUS": status}) is True
+    message = portal.messages[b24_id]
     assert message.status == "sent"
     assert message.regressions() == [("delivered", "sent")]
 
@@ -130,12 +130,12 @@ async def test_simulator_applies_backwards_moves_and_records_them(http, portal):
 @pytest.mark.integration
 async def test_same_status_is_a_noop(http, portal):
     client = make_client(http, portal)
-    message_id = new_message(portal)
+    b24_id = new_message(portal)
     for _ in range(2):
-        await client.call(UPDATE, {"CODE": CODE, "MESSAGE_ID": message_id, "STATUS": "delivered"})
-    assert [s for _, s in portal.messages[message_id].history] == ["sent", "delivered"]
+        await client.call(UPDATE, {"CODE": CODE, "MESSAGE_ID": b24_id, "STATUS": "delivered"})
+    assert [s for _, s in portal.messages[b24_id].history] == ["sent", "delivered"]
     assert (portal.updates_applied, portal.updates_noop) == (1, 1)
-    assert portal.messages[message_id].regressions() == []
+    assert portal.messages[b24_id].regressions() == []
 
 
 @pytest.mark.integration
@@ -149,24 +149,24 @@ async def test_params_are_case_insensitive_and_auth_travels_in_the_body(portal):
     trace.on_request_start.append(on_start)
     async with aiohttp.ClientSession(trace_configs=[trace]) as http:
         client = make_client(http, portal)
-        message_id = new_message(portal)
-        assert await client.call(UPDATE, {"code": CODE, "message_id": message_id, "status": "failed"}) is True
-    assert portal.messages[message_id].status == "failed"
+        b24_id = new_message(portal)
+        assert await client.call(UPDATE, {"code": CODE, "message_id": b24_id, "status": "failed"}) is True
+    assert portal.messages[b24_id].status == "failed"
     assert urls == [f"{portal.client_endpoint}{UPDATE}"]
     assert all(portal.access_token not in u and "auth=" not in u for u in urls)
 
 
 @pytest.mark.integration
 async def test_simulator_accepts_get_json_suffix_and_json_body(http, portal):
-    message_id = new_message(portal)
-    query = urlencode({"auth": portal.access_token, "CODE": CODE, "MESSAGE_ID": message_id, "STATUS": "queued"})
+    b24_id = new_message(portal)
+    query = urlencode({"auth": portal.access_token, "CODE": CODE, "MESSAGE_ID": b24_id, "STATUS": "queued"})
     async with http.get(f"{portal.client_endpoint}{UPDATE}.json?{query}") as resp:
         assert resp.status == 200
         assert (await resp.json())["result"] is True
-    body = {"auth": portal.access_token, "code": CODE, "message_id": message_id, "status": "delivered"}
+    body = {"auth": portal.access_token, "code": CODE, "message_id": b24_id, "status": "delivered"}
     status, data = await raw(http, portal, UPDATE, json=body)
     assert (status, data["result"]) == (200, True)
-    assert portal.messages[message_id].status == "delivered"
+    assert portal.messages[b24_id].status == "delivered"
 
 
 @pytest.mark.integration
@@ -180,10 +180,10 @@ async def test_missing_and_unknown_token(http, portal):
 @pytest.mark.integration
 async def test_author_token_is_not_admin(http, portal):
     """The handler post carries the *author's* token: fine for its own message, not for admin methods."""
-    message_id, form = portal.create_message(CODE, "+375291234567", "hi")
+    b24_id, form = portal.create_message(CODE, "+375291234567", "hi")
     author_token = dict(form)["auth[access_token]"]
     status, data = await raw(http, portal, UPDATE, data={"auth": author_token, "CODE": CODE,
-                                                          "MESSAGE_ID": message_id, "STATUS": "delivered"})
+                                                          "MESSAGE_ID": b24_id, "STATUS": "delivered"})
     assert (status, data["result"]) == (200, True)
     status, data = await raw(http, portal, "messageservice.sender.list", data={"auth": author_token})
     assert (status, data["error"]) == (403, "ACCESS_DENIED")
@@ -465,7 +465,7 @@ async def test_create_message_form_has_the_section_4_layout(http, portal):
     await site.start()
     host, port = runner.addresses[0][:2]
     try:
-        message_id, form = portal.create_message(CODE, "+375291234567", "Ваш заказ готов")
+        b24_id, form = portal.create_message(CODE, "+375291234567", "Ваш заказ готов")
         status, body = await portal.post_to_handler(http, f"http://{host}:{port}/b24/handler?k=s3cret", form)
     finally:
         await runner.cleanup()
@@ -480,12 +480,12 @@ async def test_create_message_form_has_the_section_4_layout(http, portal):
         assert f"auth[{key}]" in keys
     assert "auth[refresh_token]" not in keys and "message_from" not in keys
     got = received[0]
-    assert re.fullmatch(r"[0-9a-f]{32}", got["message_id"]) and got["message_id"] == message_id
+    assert re.fullmatch(r"[0-9a-f]{32}", got["message_id"]) and got["message_id"] == b24_id
     assert got["code"] == CODE and got["type"] == "SMS" and got["message_body"] == "Ваш заказ готов"
     assert got["properties[phone_number]"] == got["message_to"] == "+375291234567"
     assert got["auth[application_token]"] == portal.application_token
     assert got["auth[member_id]"] == portal.member_id and got["auth[domain]"] == portal.domain
-    assert portal.messages[message_id].status == "sent"
+    assert portal.messages[b24_id].status == "sent"
 
 
 @pytest.mark.integration

@@ -41,7 +41,7 @@ from smppd.smpp.pdu import (
 from smppd.smpp.receipts import (
     Receipt,
     ShortMessage,
-    canonical_message_id,
+    canonical_smsc_id,
     is_receipt,
     parse_deliver,
     parse_receipt,
@@ -336,7 +336,7 @@ def test_unknown_or_unsupported_command_asks_for_rinvcmdid(command_id: int) -> N
 def test_receipt_text_only() -> None:
     raw = deliver(sm_body(short_message=receipt_text("0A1B2C3D", "UNDELIV", "001")))
     assert parse_receipt(raw) == Receipt(
-        message_id="A1B2C3D", raw_message_id="0A1B2C3D", state=None, stat="UNDELIV",
+        smsc_id="A1B2C3D", raw_smsc_id="0A1B2C3D", state=None, stat="UNDELIV",
         error="001", submit_date="2403011200", done_date="2403011201",
     )
 
@@ -345,7 +345,7 @@ def test_receipt_tlv_only() -> None:
     body = sm_body(short_message=b"") + tlv(0x001E, b"5a000001\0") + tlv(0x0427, b"\x02")
     receipt = parse_receipt(deliver(body))
     assert receipt is not None
-    assert (receipt.message_id, receipt.raw_message_id, receipt.state, receipt.stat) == (
+    assert (receipt.smsc_id, receipt.raw_smsc_id, receipt.state, receipt.stat) == (
         "5A000001", "5a000001", 2, None,
     )
 
@@ -357,7 +357,7 @@ def test_receipt_tlv_wins_over_a_truncated_text_id() -> None:
     )
     receipt = parse_receipt(deliver(body))
     assert receipt is not None
-    assert (receipt.message_id, receipt.state, receipt.stat) == ("5A000001", 2, "DELIVRD")
+    assert (receipt.smsc_id, receipt.state, receipt.stat) == ("5A000001", 2, "DELIVRD")
 
 
 def test_esm_class_0x44_is_a_receipt_and_mo_is_not() -> None:
@@ -372,7 +372,7 @@ def test_receipted_message_id_tlv_alone_marks_a_receipt() -> None:
     # some SMSCs forget the esm_class bits; the TLV never appears in an MO message
     body = sm_body(esm_class=0x00) + tlv(0x001E, b"77\0") + tlv(0x0427, b"\x05")
     receipt = parse_receipt(deliver(body))
-    assert receipt is not None and receipt.message_id == "77" and receipt.state == 5
+    assert receipt is not None and receipt.smsc_id == "77" and receipt.state == 5
 
 
 @pytest.mark.parametrize(
@@ -387,17 +387,17 @@ def test_receipted_message_id_tlv_alone_marks_a_receipt() -> None:
 )
 def test_receipt_ids_in_each_base(text_id: str, base: str, expected: str) -> None:
     receipt = parse_receipt(deliver(sm_body(short_message=receipt_text(text_id))), id_base=base)
-    assert receipt is not None and receipt.message_id == expected and receipt.raw_message_id == text_id
+    assert receipt is not None and receipt.smsc_id == expected and receipt.raw_smsc_id == text_id
 
 
-def test_canonical_message_id() -> None:
-    assert canonical_message_id(" 0e999f21\0") == "E999F21"
-    assert canonical_message_id("E999F21") == canonical_message_id("0e999f21")
-    assert canonical_message_id("5A000000", "hex") == canonical_message_id("1509949440", "dec")
-    assert canonical_message_id("0x5A", "as-is") == "X5A"
+def test_canonical_smsc_id() -> None:
+    assert canonical_smsc_id(" 0e999f21\0") == "E999F21"
+    assert canonical_smsc_id("E999F21") == canonical_smsc_id("0e999f21")
+    assert canonical_smsc_id("5A000000", "hex") == canonical_smsc_id("1509949440", "dec")
+    assert canonical_smsc_id("0x5A", "as-is") == "X5A"
     for raw, base in [("xyz", "hex"), ("5A", "dec"), ("", "as-is"), ("\0 ", "hex"), ("1", "oct")]:
         with pytest.raises(ValueError):
-            canonical_message_id(raw, base)
+            canonical_smsc_id(raw, base)
 
 
 def test_receipt_id_that_the_base_cannot_parse_is_a_decode_error() -> None:
@@ -416,7 +416,7 @@ def test_receipted_message_id_without_nul_keeps_its_last_char() -> None:
     raw = deliver(body)
     assert decode(raw).receipted_message_id == b"0A1B2C3"  # defect 6, for the record
     receipt = parse_receipt(raw)
-    assert receipt is not None and receipt.raw_message_id == "0A1B2C3D"
+    assert receipt is not None and receipt.raw_smsc_id == "0A1B2C3D"
 
 
 def test_two_octet_message_state() -> None:
@@ -439,7 +439,7 @@ def test_tlvs_smpplib_refuses_in_deliver_sm(extra: bytes) -> None:
         decode(raw)  # defect 4: KeyError even with allow_unknown_opt_params
     assert (info.value.command_id, info.value.sequence) == (DELIVER_SM, 55)
     receipt = parse_receipt(raw)
-    assert receipt is not None and receipt.message_id == "5A000001" and receipt.stat == "DELIVRD"
+    assert receipt is not None and receipt.smsc_id == "5A000001" and receipt.stat == "DELIVRD"
 
 
 def test_vendor_tlv_is_skipped() -> None:
@@ -467,7 +467,7 @@ def test_receipt_text_variants() -> None:
 def test_ucs2_receipt_text() -> None:
     text = receipt_text("ABC", "UNDELIV").decode().encode("utf-16-be")
     receipt = parse_receipt(deliver(sm_body(short_message=text, data_coding=0x08)))
-    assert receipt is not None and (receipt.message_id, receipt.stat) == ("ABC", "UNDELIV")
+    assert receipt is not None and (receipt.smsc_id, receipt.stat) == ("ABC", "UNDELIV")
 
 
 def test_network_error_code_tlv() -> None:
@@ -486,7 +486,7 @@ def test_data_sm_receipt_in_message_payload() -> None:
         + tlv(0x0424, receipt_text("FF01", "REJECTD"))
     )
     receipt = parse_receipt(pdu(DATA_SM, 5, body), id_base="hex")
-    assert receipt is not None and (receipt.message_id, receipt.stat) == ("65281", "REJECTD")
+    assert receipt is not None and (receipt.smsc_id, receipt.stat) == ("65281", "REJECTD")
 
 
 def test_parse_receipt_refuses_other_commands() -> None:

@@ -14,7 +14,7 @@ from smppd import text
 from smppd.cli.demo import demo_messages, start_daemon, start_rig, stop_rig
 from smppd.model import aggregate, bitrix24_status, receipt_status
 
-from .e2e_rig import post, provider_ids, wait_final
+from .e2e_rig import post, smsc_ids, wait_final
 
 pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
@@ -44,7 +44,7 @@ async def test_every_message_ends_with_the_status_its_receipts_gave(rig):
             assert finals[b24_id] == "failed"
             continue
         smsc = smsc_for(rig, code)
-        stats = [smsc.outcome_of(pid) for pid in provider_ids(rig, b24_id)]
+        stats = [smsc.outcome_of(pid) for pid in smsc_ids(rig, b24_id)]
         stats_seen.update(stats)
         expected = bitrix24_status(aggregate([receipt_status(None, s) for s in stats]))
         assert finals[b24_id] == expected, (b24_id, stats)

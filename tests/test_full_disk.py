@@ -250,9 +250,9 @@ async def test_http_callbacks_wait_for_the_disk_and_beyond_the_bound_get_503(sma
     """SMSC.ru calls back while the disk is full: the callback is answered only once it is
     stored (the provider's request waits); beyond the held bound it gets 503 and calls again."""
     from smppd.cli.demo import start_rig, stop_rig
-    from smppd.routes.smsc import split_provider_id
+    from smppd.routes.smsc import split_smsc_id
 
-    from .e2e_rig import provider_ids
+    from .e2e_rig import smsc_ids
     from .store_rig import fill
 
     rig = await start_rig(small_disk, seed=5, portal_rate=None, http=True)
@@ -262,10 +262,10 @@ async def test_http_callbacks_wait_for_the_disk_and_beyond_the_bound_get_503(sma
         b24_id, status, _ = await post(rig, "by_smsc", "+375291234567", "hello")
         assert status == 200
         deadline = time.monotonic() + 10
-        while not any(provider_ids(rig, b24_id)):
+        while not any(smsc_ids(rig, b24_id)):
             assert time.monotonic() < deadline, "SMSC.ru never took the message"
             await asyncio.sleep(0.05)
-        rid, number = split_provider_id(next(p for p in provider_ids(rig, b24_id) if p))
+        rid, number = split_smsc_id(next(p for p in smsc_ids(rig, b24_id) if p))
         filler = fill(small_disk)
         while rig.daemon.store.unavailable is None:  # the WAL's last pages take a post or two
             _, status, _ = await post(rig, "by_smsc", "+375291234568", "while full")

@@ -9,9 +9,9 @@ import pytest
 
 from smppd.cli.demo import start_rig, stop_rig
 from smppd.model import bitrix24_status, smsc_status, smsru_status
-from smppd.routes.smsc import split_provider_id
+from smppd.routes.smsc import split_smsc_id
 
-from .e2e_rig import db, post, provider_ids, wait_final
+from .e2e_rig import db, post, smsc_ids, wait_final
 
 pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
@@ -40,11 +40,11 @@ async def test_smsru_and_smsc_messages_end_with_the_providers_status(rig):
     finals = await wait_final(rig, [b for b, _ in posted])
     ru, sc = rig.http_sims["smsru"], rig.http_sims["smscru"]
     for b24_id, code in posted:
-        [pid] = [p for p in provider_ids(rig, b24_id) if p]
+        [pid] = [p for p in smsc_ids(rig, b24_id) if p]
         if code == "by_smsru":
             expected = bitrix24_status(smsru_status(ru.messages[pid].code))
         else:
-            expected = bitrix24_status(smsc_status(sc.messages[split_provider_id(pid)].status))
+            expected = bitrix24_status(smsc_status(sc.messages[split_smsc_id(pid)].status))
         assert finals[b24_id] == expected
         assert rig.portal.messages[b24_id].regressions() == []
     assert ru.callbacks_sent > 0 and sc.callbacks_sent > 0  # finished by callback, not by polling
@@ -96,7 +96,7 @@ async def test_callback_doors(rig):
     stats = rig.daemon.routes["smsru"].stats
     assert stats["callbacks_rejected"] == 6
     # The pending record is in the store, not lost.
-    assert db(rig).execute("SELECT count(*) FROM receipt_pending WHERE provider_id='000000-1'").fetchone()[0] == 1
+    assert db(rig).execute("SELECT count(*) FROM receipt_pending WHERE smsc_id='000000-1'").fetchone()[0] == 1
 
 
 async def test_callback_while_the_daemon_is_down_gets_503_so_the_provider_retries(rig):
@@ -135,7 +135,7 @@ async def test_provider_outage_across_a_daemon_restart_loses_nothing(rig):
 async def test_smsru_callback_as_multipart_with_unnumbered_keys(rig):
     b24_id, status, _ = await post(rig, "by_smsru", "+375291234568", "multipart")
     await wait_final(rig, [b24_id])
-    [pid] = [p for p in provider_ids(rig, b24_id) if p]
+    [pid] = [p for p in smsc_ids(rig, b24_id) if p]
     form = aiohttp.FormData()
     form.add_field("data[]", "callcheck_status\n1\n401", content_type="text/plain")
     form.add_field("data[]", f"sms_status\n{pid}\n103\n1700000000", content_type="text/plain")

@@ -24,10 +24,10 @@ from .rpc_rig import RawConnection
 
 
 # One of each outcome: stored, refused before the store (each with its own code), stored as failed,
-# multi-segment, and the same message_id twice in one batch.
+# multi-segment, and the same b24_id twice in one batch.
 MIXED = [
     post(1),
-    post(2, message_id="nothex"),
+    post(2, b24_id="nothex"),
     post(3, code="nope"),
     post(4, application_token="f" * 32),
     post(5, to="+375 17 123-45-67"),
@@ -77,7 +77,7 @@ def rows(path: str) -> list[tuple]:
     try:
         return conn.execute(
             "SELECT id, b24_id, phone, status, reason, segments, concat_ref, b24_status FROM message ORDER BY id"
-        ).fetchall() + conn.execute("SELECT message_id, seq, status FROM segment ORDER BY 1, 2").fetchall()
+        ).fetchall() + conn.execute("SELECT row_id, seq, status FROM segment ORDER BY 1, 2").fetchall()
     finally:
         conn.close()
 
@@ -102,7 +102,7 @@ async def test_a_batch_gives_what_the_posts_one_by_one_give(rigs: tuple[Rig, Rig
 
 async def test_duplicates_inside_one_batch(rigs: tuple[Rig, Rig]) -> None:
     _, batch = rigs
-    first, again = await batch.intake.many([post(9), post(9, message_id=f"{9:032X}")])
+    first, again = await batch.intake.many([post(9), post(9, b24_id=f"{9:032X}")])
     assert (first["duplicate"], again["duplicate"]) == (False, True)
     assert (again["id"], again["status"]) == (first["id"], "queued")
     assert [m.id for m in batch.dispatched] == [first["id"]]
@@ -125,7 +125,7 @@ async def test_a_failing_batch_is_stored_message_by_message(
 
     monkeypatch.setattr(store, "intake_many", refuse_batches_and_message_11)
     with capture_logs() as logs:
-        outcomes = await batch.intake.many([post(10), post(11), post(12, message_id="bad"), post(13)])
+        outcomes = await batch.intake.many([post(10), post(11), post(12, b24_id="bad"), post(13)])
     assert outcomes[0]["status"] == "queued" and outcomes[3]["status"] == "queued"
     assert isinstance(outcomes[1], sqlite3.IntegrityError)
     assert isinstance(outcomes[2], RpcError) and outcomes[2].code == "bad_request"
@@ -165,19 +165,19 @@ async def test_the_daemon_serves_intake_batches_and_single_intakes(tmp_path: Pat
         send = conn.out.send
         conn.out.send = lambda line: (sent.append(line), send(line))[1]  # type: ignore[method-assign]
         ids = [f"{n:032x}" for n in range(1, 6)]
-        calls = [client.call("intake", {**base, "message_id": i, "to": f"+37529{1234560 + n}"})
+        calls = [client.call("intake", {**base, "b24_id": i, "to": f"+37529{1234560 + n}"})
                  for n, i in enumerate(ids)]
-        calls.append(client.call("intake", {**base, "message_id": ids[0], "to": "+375291234560"}))
-        calls.append(client.call("intake", {**base, "message_id": "x", "to": "+375291234560"}))
+        calls.append(client.call("intake", {**base, "b24_id": ids[0], "to": "+375291234560"}))
+        calls.append(client.call("intake", {**base, "b24_id": "x", "to": "+375291234560"}))
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         assert [o["duplicate"] for o in outcomes[:6]] == [False] * 5 + [True]
         assert outcomes[5]["id"] == outcomes[0]["id"]
-        assert isinstance(outcomes[6], RpcError) and outcomes[6].message == "message_id: must be 32 hex characters"
+        assert isinstance(outcomes[6], RpcError) and outcomes[6].message == "b24_id: must be 32 hex characters"
         assert [json.loads(line)["method"] for line in sent] == ["intake.batch"]
 
         raw = await RawConnection.open(rig.config.daemon.socket_path)
         try:
-            line = {"id": 1, "method": "intake", "params": {**base, "message_id": "f" * 32, "to": "+375291234567"}}
+            line = {"id": 1, "method": "intake", "params": {**base, "b24_id": "f" * 32, "to": "+375291234567"}}
             raw.send((json.dumps(line) + "\n").encode())
             reply = await raw.reply()
             assert reply["id"] == 1 and reply["result"]["status"] == "queued"

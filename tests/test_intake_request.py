@@ -7,7 +7,7 @@ from smppd.rpc import RpcError
 
 GOOD = {
     "member_id": "m" * 32, "domain": "shop.bitrix24.by", "application_token": "t" * 32, "code": "by_life",
-    "message_id": "AB" * 16, "to": "+375291234567", "text": "Ваш заказ готов", "module_id": "crm",
+    "b24_id": "AB" * 16, "to": "+375291234567", "text": "Ваш заказ готов", "module_id": "crm",
     "bindings": [{"owner_type_id": 3, "owner_id": 877}], "ts": 1700000000,
 }
 
@@ -19,7 +19,7 @@ def refused(params):
     return err.value.message
 
 
-def test_a_good_post_keeps_every_field_and_lowercases_the_message_id():
+def test_a_good_post_keeps_every_field_and_lowercases_the_b24_id():
     req = IntakeRequest.from_params(GOOD)
     assert req == IntakeRequest("m" * 32, "t" * 32, "by_life", "ab" * 16, "+375291234567", "Ваш заказ готов",
                                 "crm", [{"owner_type_id": 3, "owner_id": 877}], None)
@@ -32,24 +32,24 @@ def test_a_post_without_auth_block_or_module_has_none_and_empty_module():
     assert req.document_id == ["crm", "CCrmDocumentLead", "LEAD_98"]
 
 
-@pytest.mark.parametrize("name", ["member_id", "application_token", "code", "message_id", "to", "text", "module_id"])
+@pytest.mark.parametrize("name", ["member_id", "application_token", "code", "b24_id", "to", "text", "module_id"])
 def test_a_field_that_is_not_a_string_is_named(name):
     assert refused({**GOOD, name: 12345}) == f"{name}: must be a string"
 
 
-@pytest.mark.parametrize("name", ["code", "message_id", "to", "text"])
+@pytest.mark.parametrize("name", ["code", "b24_id", "to", "text"])
 def test_a_required_field_that_is_missing_is_named(name):
     assert refused({k: v for k, v in GOOD.items() if k != name}) == f"{name}: must be a string"
 
 
 def test_the_first_wrong_field_in_form_order_is_the_one_named():
-    assert refused({**GOOD, "code": None, "to": 1, "message_id": "x"}) == "code: must be a string"
-    assert refused({**GOOD, "message_id": "x", "text": ""}) == "message_id: must be 32 hex characters"
+    assert refused({**GOOD, "code": None, "to": 1, "b24_id": "x"}) == "code: must be a string"
+    assert refused({**GOOD, "b24_id": "x", "text": ""}) == "b24_id: must be 32 hex characters"
 
 
-@pytest.mark.parametrize("message_id", ["", "ab" * 15, "ab" * 17, "zz" * 16, "ab" * 15 + "a\n", "ab" * 16 + "\n"])
-def test_message_id_must_be_32_hex(message_id):
-    assert refused({**GOOD, "message_id": message_id}) == "message_id: must be 32 hex characters"
+@pytest.mark.parametrize("b24_id", ["", "ab" * 15, "ab" * 17, "zz" * 16, "ab" * 15 + "a\n", "ab" * 16 + "\n"])
+def test_b24_id_must_be_32_hex(b24_id):
+    assert refused({**GOOD, "b24_id": b24_id}) == "b24_id: must be 32 hex characters"
 
 
 @pytest.mark.parametrize("body", ["", "a" * (MAX_TEXT + 1)])

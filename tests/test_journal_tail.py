@@ -23,14 +23,14 @@ from .status_rig import life
 
 _FINALS = "('delivered','undelivered','expired','rejected','failed')"
 REFERENCE_SQL = f"""
-SELECT e.id, e.message_id, e.seq, e.status, e.applied, e.detail, e.at,
+SELECT e.id, e.row_id, e.seq, e.status, e.applied, e.detail, e.at,
        m.b24_id, m.route, m.status, m.reason, m.created_at, m.updated_at,
        CASE WHEN e.applied = 1 AND e.status IN {_FINALS} THEN
-         (SELECT a.at FROM event a WHERE a.message_id = e.message_id AND a.seq = e.seq
+         (SELECT a.at FROM event a WHERE a.row_id = e.row_id AND a.seq = e.seq
             AND a.status = 'accepted' AND a.applied = 1 ORDER BY a.id LIMIT 1)
        END
 FROM event e
-JOIN message m ON m.id = e.message_id
+JOIN message m ON m.id = e.row_id
 WHERE e.id > ? ORDER BY e.id LIMIT ?
 """
 
@@ -51,27 +51,27 @@ class ReferenceTail:
         self.last_event = rows[-1][0]
         final_rows: dict[int, tuple[Any, ...]] = {}
         for row in rows:
-            _, message_id, seq, status, applied, detail, at, b24_id, route, message_status = row[:10]
+            _, row_id, seq, status, applied, detail, at, b24_id, route, message_status = row[:10]
             if not applied:
-                out["ignored"].append({"id": message_id, "b24_id": b24_id, "route": route, "seq": seq,
+                out["ignored"].append({"id": row_id, "b24_id": b24_id, "route": route, "seq": seq,
                                        "status": status, "message_status": message_status, "detail": detail})
                 continue
             out["counts"][(route, status)] = out["counts"].get((route, status), 0) + 1
             if row[13] is not None:
                 out["latencies"].append((route, status, max(0.0, at - row[13])))
             if status == message_status and at == row[12] and Status(status) in FINAL:
-                final_rows[message_id] = row
+                final_rows[row_id] = row
         for mid in self.last_finals.intersection(final_rows):
             del final_rows[mid]
         self.last_finals = set(final_rows)
-        provider_ids: dict[int, list[str]] = {}
+        smsc_ids: dict[int, list[str]] = {}
         for mid, pid in self.db.execute(
-            f"SELECT message_id, provider_id FROM segment WHERE message_id IN ({','.join('?' * len(final_rows))})"
-            " AND provider_id IS NOT NULL ORDER BY message_id, seq", sorted(final_rows),
+            f"SELECT row_id, smsc_id FROM segment WHERE row_id IN ({','.join('?' * len(final_rows))})"
+            " AND smsc_id IS NOT NULL ORDER BY row_id, seq", sorted(final_rows),
         ):
-            provider_ids.setdefault(mid, []).append(pid)
+            smsc_ids.setdefault(mid, []).append(pid)
         out["finals"] = [
-            {"id": r[1], "b24_id": r[7], "route": r[8], "provider_ids": provider_ids.get(r[1], []),
+            {"id": r[1], "b24_id": r[7], "route": r[8], "smsc_ids": smsc_ids.get(r[1], []),
              "status": r[9], "reason": r[10], "seconds": round(r[12] - r[11], 3)}
             for r in final_rows.values()
         ]
@@ -113,7 +113,7 @@ async def test_the_lines_are_the_ones_the_life_should_give(database):
     got = lean(watcher)
     watcher._close()
     ids = {r[0]: r[1] for r in sqlite3.connect(database).execute("SELECT id, b24_id FROM message")}
-    finals = {ids[f["id"]]: (f["status"], f["provider_ids"]) for f in got["finals"]}
+    finals = {ids[f["id"]]: (f["status"], f["smsc_ids"]) for f in got["finals"]}
     assert finals == {"plain": ("delivered", ["P1"]), "early": ("undelivered", ["E1"]),
                       "multi": ("undelivered", ["M0", "M1", "M2"]), "first": ("delivered", ["F1"]),
                       "repeat": ("delivered", []), "back": ("delivered", ["B1"]), "invalid": ("failed", [])}

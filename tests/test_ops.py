@@ -91,7 +91,7 @@ async def test_metrics_after_traffic_agree_with_the_store(rig):
                    if name == "smppd_receipt_latency_seconds_count" and ("route", "life") in labels)
 
     segments_with_receipts = db(rig).execute(
-        "SELECT count(*) FROM segment WHERE route='life' AND provider_id IS NOT NULL"
+        "SELECT count(*) FROM segment WHERE route='life' AND smsc_id IS NOT NULL"
         " AND status IN ('delivered','undelivered','expired','rejected')").fetchone()[0]
     assert receipts(after) - receipts(before) == segments_with_receipts > 0
     assert value(after, "smppd_segments_accepted_total", route="mts") >= 6
@@ -104,7 +104,7 @@ async def test_metrics_after_traffic_agree_with_the_store(rig):
             assert v not in ids
 
 
-async def test_one_final_line_per_message_with_our_bitrix24_and_provider_ids(rig):
+async def test_one_final_line_per_message_with_our_bitrix24_and_smsc_ids(rig):
     with capture_logs() as logs:
         b24_id, status, reply = await post(rig, "by_life", NUMBERS[0], "Ваш заказ готов к выдаче, " * 4)
         bad_id, _, bad = await post(rig, "by_mts", "+375 17 123-45-67", "landline")
@@ -114,21 +114,21 @@ async def test_one_final_line_per_message_with_our_bitrix24_and_provider_ids(rig
     finals = [e for e in logs if e["event"] == "message_final"]
     [line] = [e for e in finals if e["b24_id"] == b24_id]
     pids = [r[0] for r in db(rig).execute(
-        "SELECT provider_id FROM segment WHERE message_id=? ORDER BY seq", (reply["id"],))]
+        "SELECT smsc_id FROM segment WHERE row_id=? ORDER BY seq", (reply["id"],))]
     assert len(pids) == 2 and all(pids)
-    assert line["id"] == reply["id"] and line["route"] == "life" and line["provider_ids"] == pids
+    assert line["id"] == reply["id"] and line["route"] == "life" and line["smsc_ids"] == pids
     stored = db(rig).execute("SELECT status FROM message WHERE id=?", (reply["id"],)).fetchone()[0]
     assert line["status"] == stored and line["seconds"] >= 0
     [line] = [e for e in finals if e["b24_id"] == bad_id]
     assert line["id"] == bad["id"] and line["route"] == "mts" and line["status"] == "failed"
-    assert line["provider_ids"] == [] and line["reason"].startswith("invalid number")
+    assert line["smsc_ids"] == [] and line["reason"].startswith("invalid number")
     assert len(finals) == 2, "exactly one line per message"
     # Full numbers never reach a log line.
     for e in logs:
         assert "1234567" not in repr(e), e
 
 
-async def test_send_takes_the_real_path_and_reports_provider_ids(rig, rpc):
+async def test_send_takes_the_real_path_and_reports_smsc_ids(rig, rpc):
     from prometheus_client import REGISTRY
 
     def gone() -> float:
@@ -146,7 +146,7 @@ async def test_send_takes_the_real_path_and_reports_provider_ids(rig, rpc):
         await __import__("asyncio").sleep(0.02)
     assert m["status"] in ("delivered", "undelivered", "expired", "rejected")
     assert m["to"] != "+375297654321" and m["to"].startswith("+37529")
-    assert all(s["provider_id"] for s in m["segments"])
+    assert all(s["smsc_id"] for s in m["segments"])
     assert [s.destination_addr for s in rig.smscs["mts"].submitted] == ["375297654321"]
     # Bitrix24 never heard of a test message: its status update is refused, counted and dropped.
     pusher = rig.daemon.pushers[rig.portal.member_id]
@@ -171,7 +171,7 @@ async def test_stuck_retry_and_cancel(rig, rpc):
     b24_a, status, a = await post(rig, "by_mts", NUMBERS[1], "first")
     b24_b, status, b = await post(rig, "by_mts", NUMBERS[2], "second")
     route = rig.daemon.routes["mts"]
-    assert {j.message_id for j in route.queue} == {a["id"], b["id"]}
+    assert {j.row_id for j in route.queue} == {a["id"], b["id"]}
 
     stuck = await rpc.call("stuck", {"older_than": 0, "route": "mts"})
     assert [s["id"] for s in stuck] == [a["id"], b["id"]]
@@ -186,10 +186,10 @@ async def test_stuck_retry_and_cancel(rig, rpc):
 
     c = await rpc.call("cancel", {"ids": [a["id"]]})
     assert c["cancelled"] == [a["id"]]
-    assert {j.message_id for j in route.queue} == {b["id"]}
+    assert {j.row_id for j in route.queue} == {b["id"]}
     assert (await rpc.call("message", {"id": a["id"]}))["status"] == "failed"
     assert (await wait_final(rig, [b24_a]))[b24_a] == "failed"  # Bitrix24 hears of it too
-    events = db(rig).execute("SELECT detail FROM event WHERE message_id=? AND status='failed'", (a["id"],))
+    events = db(rig).execute("SELECT detail FROM event WHERE row_id=? AND status='failed'", (a["id"],))
     assert [r[0] for r in events] == ["cancelled by admin"]
 
     with pytest.raises(RpcError) as e:

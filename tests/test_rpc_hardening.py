@@ -51,7 +51,7 @@ async def ask(reader, writer, line: bytes) -> dict:
     return json.loads(await asyncio.wait_for(reader.readline(), 10))
 
 
-GOOD = {"code": "by_life", "message_id": "a" * 32, "to": "+375291234567", "text": "hi", "ts": 1700000000,
+GOOD = {"code": "by_life", "b24_id": "a" * 32, "to": "+375291234567", "text": "hi", "ts": 1700000000,
         "bindings": [{"owner_type_id": 2, "owner_id": 5}]}
 
 

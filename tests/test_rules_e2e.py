@@ -75,7 +75,7 @@ async def test_marketing_with_consent_goes_out_under_the_marketing_sender(rig):
     rig.portal.add_crm_entity("contact", 877, NAME="Ivan", **{CONSENT: True})
     b24_id, reply = await marketing(rig, "+375291234567", "Sale -20% today")
     # Stored and answered first, judged after: Bitrix24 never waits on its own REST API.
-    first_event = db(rig).execute("SELECT detail FROM event WHERE message_id=? ORDER BY id", (reply["id"],)).fetchone()
+    first_event = db(rig).execute("SELECT detail FROM event WHERE row_id=? ORDER BY id", (reply["id"],)).fetchone()
     assert first_event[0] == "held: consent"
     assert (await wait_final(rig, [b24_id]))[b24_id] == "delivered"
     [sm] = sent_to(rig, "life", "375291234567")

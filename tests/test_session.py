@@ -468,7 +468,7 @@ def test_resp_timeout_reports_unconfirmed_and_frees_the_slot():
     with capture_logs() as logs:
         assert s.receive_data(submit_resp(seq_a, "LATE1"), 12.0) == []
     late = [e for e in logs if e["event"] == "smpp.submit_resp_late"]
-    assert late and late[0]["ref"] == "a" and late[0]["message_id"] == "LATE1"
+    assert late and late[0]["ref"] == "a" and late[0]["smsc_id"] == "LATE1"
     assert s.handle_timers(14.0) == [SubmitUnconfirmed("b", "submit_sm_resp timeout")]
     assert s.state is State.BOUND
 
@@ -647,8 +647,8 @@ def test_receipt_is_reported_and_acknowledged_after_storage():
     event = events[0]
     assert isinstance(event, ReceiptReceived)
     assert event.sequence == 501
-    assert event.receipt.message_id == "A1B2C"
-    assert event.receipt.raw_message_id == "0A1B2C"
+    assert event.receipt.smsc_id == "A1B2C"
+    assert event.receipt.raw_smsc_id == "0A1B2C"
     assert event.receipt.state == 2
     assert event.receipt.stat == "DELIVRD"
     assert s.data_to_send() == b""  # nothing until the caller has stored it
@@ -672,7 +672,7 @@ def test_data_sm_receipt_is_acknowledged_with_data_sm_resp():
     s = bound_session()
     events = s.receive_data(receipt_pdu(600, command="data_sm"), 1.0)
     assert [type(e) for e in events] == [ReceiptReceived]
-    assert events[0].receipt.message_id == "A1B2C"
+    assert events[0].receipt.smsc_id == "A1B2C"
     s.acknowledge(600)
     header, _ = sent_one(s)
     assert (header.command, header.sequence, header.status) == ("data_sm_resp", 600, 0)

@@ -62,7 +62,7 @@ async def test_real_form_is_stored(http: TestClient, daemon: FakeDaemon) -> None
             "application_token": APP_TOKEN,
             "access_token": ACCESS_TOKEN,  # the daemon's recovery of a missed ONAPPUPDATE needs it
             "code": CODE,
-            "message_id": "72dd742c8270db0ddbbab92f98877537",
+            "b24_id": "72dd742c8270db0ddbbab92f98877537",
             "to": "+375291234567",
             "text": "Ваш заказ готов",
             "module_id": "crm",
@@ -78,7 +78,7 @@ async def test_real_form_is_stored(http: TestClient, daemon: FakeDaemon) -> None
         "event": "bitrix24.post",
         "log_level": "debug",
         "code": CODE,
-        "message_id": "72dd742c8270db0ddbbab92f98877537",
+        "b24_id": "72dd742c8270db0ddbbab92f98877537",
         "to": "+37529*****67",
         "outcome": "stored",
         "http_status": 200,
@@ -105,7 +105,7 @@ async def test_at_info_level_the_shim_logs_refusals_not_stored_posts(http: TestC
             "event": "bitrix24.post",
             "log_level": "warning",
             "code": CODE,
-            "message_id": "72dd742c8270db0ddbbab92f98877537",
+            "b24_id": "72dd742c8270db0ddbbab92f98877537",
             "to": "+37529*****67",
             "outcome": "bad_request",
             "http_status": 400,
@@ -278,12 +278,12 @@ async def test_key_checked_before_size(rpc: RpcClient) -> None:
             },
         ),
         (
-            RpcError("bad_request", "message_id: must be 32 hex characters"),
+            RpcError("bad_request", "b24_id: must be 32 hex characters"),
             400,
             {
                 "error": "bad_request",
                 "field": "message_id",
-                "message": "message_id: must be 32 hex characters",
+                "message": "b24_id: must be 32 hex characters",
             },
         ),
         (
@@ -373,10 +373,10 @@ async def test_healthz_daemon_down(http_no_daemon: TestClient) -> None:
 # units
 
 
-def test_parse_keeps_message_id_a_lowercase_string() -> None:
+def test_parse_keeps_the_b24_id_a_lowercase_string() -> None:
     form = dict(EXAMPLE, message_id="00000000000000000000000000000123")
     post = parse_handler_post(form)
-    assert post.message_id == "00000000000000000000000000000123"
+    assert post.b24_id == "00000000000000000000000000000123"
     assert post.bindings == (Binding(2, 1541), Binding(3, 877))
     assert post.auth["domain"] == "example.bitrix24.by"
     text = repr(post)

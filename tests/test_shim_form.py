@@ -213,7 +213,7 @@ def _reference_parse(form: Mapping[str, Any]) -> bf.HandlerPost:
     for key in ("code", "message_to"):
         if not values[key].strip():
             raise bf.FormError(key, "empty")
-    if not bf._MESSAGE_ID.fullmatch(values["message_id"]):
+    if not bf._B24_ID.fullmatch(values["message_id"]):
         raise bf.FormError("message_id", "must be 32 hexadecimal characters")
     message_type = bf._text(form, "type")
     if message_type is not None and message_type != "SMS":
@@ -221,7 +221,7 @@ def _reference_parse(form: Mapping[str, Any]) -> bf.HandlerPost:
     ts = bf._text(form, "ts")
     return bf.HandlerPost(
         code=values["code"],
-        message_id=values["message_id"].lower(),
+        b24_id=values["message_id"].lower(),
         message_to=values["message_to"],
         message_body=values["message_body"],
         type=message_type,
@@ -279,13 +279,13 @@ def test_a_decoded_body_parses_as_aiohttps_form(seed: int) -> None:
 
 
 def test_a_post_is_immutable_and_its_repr_keeps_the_number_text_and_auth_out() -> None:
-    post = bf.HandlerPost(code="by_sms_main", message_id="a" * 32, message_to="+375291234567",
+    post = bf.HandlerPost(code="by_sms_main", b24_id="a" * 32, message_to="+375291234567",
                           message_body="secret text", bindings=(bf.Binding(2, 7),), ts=5,
                           auth=MappingProxyType({"application_token": "tok3n"}), document_id=("crm", "D_1"))
     assert repr(post) == str(post) == (
-        "HandlerPost(code='by_sms_main', message_id='" + "a" * 32 + "', type=None, module_id='', "
+        "HandlerPost(code='by_sms_main', b24_id='" + "a" * 32 + "', type=None, module_id='', "
         "bindings=(Binding(owner_type_id=2, owner_id=7),), ts=5, workflow_id=None, document_id=('crm', 'D_1'))"
     )
     with pytest.raises(AttributeError):
         post.message_to = "+375290000000"  # type: ignore[misc]
-    assert bf.HandlerPost(code="c", message_id="b", message_to="t", message_body="x").auth == {}
+    assert bf.HandlerPost(code="c", b24_id="b", message_to="t", message_body="x").auth == {}

@@ -29,7 +29,7 @@ def _reference_params(post: bf.HandlerPost) -> dict[str, Any]:
         "application_token": auth.get("application_token"),
         "access_token": auth.get("access_token"),
         "code": post.code,
-        "message_id": post.message_id,
+        "b24_id": post.b24_id,
         "to": post.message_to,
         "text": post.message_body,
         "module_id": post.module_id,
@@ -54,17 +54,17 @@ _AWKWARD = ['', 'plain', 'Ваш заказ готов', '"quoted" \\ back\\slas
 @pytest.mark.parametrize("text", _AWKWARD)
 def test_awkward_strings_are_quoted_as_json_quotes_them(text: str) -> None:
     auth = MappingProxyType({"member_id": text, "domain": text, "application_token": text})
-    _check(bf.HandlerPost(code=text, message_id="a" * 32, message_to=text, message_body=text, module_id=text,
+    _check(bf.HandlerPost(code=text, b24_id="a" * 32, message_to=text, message_body=text, module_id=text,
                           bindings=(bf.Binding(-5, 10**17), bf.Binding(0, 7)), ts=-1, auth=auth,
                           document_id=(text, "crm", text)))
 
 
 def test_absent_parts_are_null_or_left_out() -> None:
-    post = bf.HandlerPost(code="c", message_id="a" * 32, message_to="+375291234567", message_body="x")
+    post = bf.HandlerPost(code="c", b24_id="a" * 32, message_to="+375291234567", message_body="x")
     _check(post)
     assert b'"member_id":null' in _intake_json(post) and b'"ts":null' in _intake_json(post)
     assert b"document_id" not in _intake_json(post) and b'"bindings":[]' in _intake_json(post)
-    _check(bf.HandlerPost(code="c", message_id="a" * 32, message_to="1", message_body="x", document_id=()))
+    _check(bf.HandlerPost(code="c", b24_id="a" * 32, message_to="1", message_body="x", document_id=()))
 
 
 @pytest.mark.parametrize("seed", range(2))

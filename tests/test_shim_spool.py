@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from shim.app import HANDLER, _intake_json, make_app
+from shim.app import HANDLER, _intake_json, make_app, spooled_params
 from shim.bitrix_form import decode_form, parse_handler_post
-from shim.spool import Spool
+from shim.spool import Spool, encode_record
 from smppd.cli.demo import start_rig, stop_rig
 from smppd.rpc import RpcClient, RpcError
 
@@ -59,7 +60,7 @@ async def test_a_daemon_that_cannot_keep_the_post_gets_it_again_from_the_spool(
         assert status == 200 and reply["status"] == "spooled" and spool.records == 1
         daemon.error = None  # the daemon is well again: the replay brings the post
         await until(lambda: daemon.intakes and spool.bytes == 0)
-        assert [p["message_id"] for p in daemon.intakes] == [MID]
+        assert [p["b24_id"] for p in daemon.intakes] == [MID]
     finally:
         await runner.cleanup()
 
@@ -85,7 +86,7 @@ async def test_a_slow_daemon_is_not_waited_for_and_the_late_commit_is_not_a_seco
         daemon.delay = 0.0
         await until(lambda: len(daemon.intakes) == 2 and spool.bytes == 0)
         # the late commit and the replay: one message id, the second answered as a duplicate
-        assert {p["message_id"] for p in daemon.intakes} == {MID}
+        assert {p["b24_id"] for p in daemon.intakes} == {MID}
     finally:
         await runner.cleanup()
 
@@ -119,7 +120,7 @@ async def test_a_client_that_disconnects_after_the_body_does_not_cancel_the_post
         writer.close()  # right after the body: no answer will be read
         await writer.wait_closed()
         await until(lambda: len(daemon.intakes) == 1)
-        assert daemon.intakes[0]["message_id"] == MID
+        assert daemon.intakes[0]["b24_id"] == MID
         assert spool.records == 0
     finally:
         await runner.cleanup()
@@ -194,7 +195,7 @@ async def test_a_client_that_disconnects_while_the_daemon_is_down_gets_its_post_
 
 
 async def test_the_real_daemon_answers_a_replay_of_a_stored_post_as_success(tmp_path):
-    """Intake is idempotent on (member_id, message_id): a replay is stored once and answered ok."""
+    """Intake is idempotent on (member_id, b24_id): a replay is stored once and answered ok."""
     rig = await start_rig(tmp_path, portal_rate=None)
     try:
         b24_id, form = rig.portal.create_message("by_life", "+375291234567", "hello")
@@ -209,5 +210,53 @@ async def test_the_real_daemon_answers_a_replay_of_a_stored_post_as_success(tmp_
         from .e2e_rig import db
 
         assert db(rig).execute("SELECT count(*) FROM message WHERE b24_id=?", (b24_id,)).fetchone()[0] == 1
+    finally:
+        await stop_rig(rig)
+
+
+def _as_before_issue_15(params: bytes) -> bytes:
+    """``intake`` params as the shim spooled them before issue 15.2: Bitrix24's id under the
+    form's name ``message_id``, in the same place, encoded as the RPC client encodes."""
+    return json.dumps({("message_id" if k == "b24_id" else k): v for k, v in json.loads(params).items()},
+                      ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def test_a_spooled_line_of_the_previous_version_is_replayed_with_todays_names():
+    """Only the id's name changes: every other parameter, its order and its bytes stay; a
+    current line, or one that is not JSON, goes out untouched."""
+    post = parse_handler_post(decode_form(body(message_body="Заказ \"готов\": \"message_id\":")))
+    today = _intake_json(post)
+    old = _as_before_issue_15(today)
+    assert b'"message_id":' in old and b'"b24_id":' not in old
+    assert spooled_params(old) == today
+    assert spooled_params(today) is today
+    assert spooled_params(b'{"message_id": x') == b'{"message_id": x'
+
+
+async def test_a_spool_the_previous_version_wrote_still_reaches_the_real_daemon(tmp_path):
+    """A shim upgraded with posts in its spool: the lines name Bitrix24's id ``message_id``,
+    which today's daemon refuses as a bad request (and a refused replay is dropped). The
+    replay renames it, so the post is stored, once, under its b24_id."""
+    rig = await start_rig(tmp_path, portal_rate=None)
+    try:
+        from smppd.sims.bitrix24 import encode_form
+
+        b24_id, form = rig.portal.create_message("by_life", "+375291234567", "hello from the old spool")
+        old = _as_before_issue_15(_intake_json(parse_handler_post(decode_form(encode_form(form)))))
+        with pytest.raises(RpcError) as refused:  # what the line alone gets from today's daemon
+            await rig.rpc.call("intake", old)
+        assert refused.value.code == "bad_request"
+        spool_dir = tmp_path / "old-spool"
+        spool_dir.mkdir()
+        (spool_dir / f"{1:012d}.spool").write_bytes(encode_record(old, 1.0) + encode_record(old, 2.0))
+        runner, _, spool = await serve(rig.rpc, str(spool_dir))
+        try:
+            await until(lambda: spool.bytes == 0)
+        finally:
+            await runner.cleanup()
+        from .e2e_rig import db
+
+        rows = db(rig).execute("SELECT b24_id, text FROM message WHERE b24_id=?", (b24_id,)).fetchall()
+        assert [tuple(r) for r in rows] == [(b24_id, "hello from the old spool")]
     finally:
         await stop_rig(rig)

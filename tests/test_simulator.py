@@ -178,8 +178,8 @@ async def test_second_bind_on_one_connection_is_already_bound(esme: RawEsme) -> 
 
 @pytest.mark.integration
 async def test_submit_before_bind_is_invalid_bind_status(esme: RawEsme) -> None:
-    header, message_id = await esme.submit()
-    assert header.status == ESME_RINVBNDSTS and message_id is None
+    header, smsc_id = await esme.submit()
+    assert header.status == ESME_RINVBNDSTS and smsc_id is None
 
 
 @pytest.mark.integration
@@ -197,8 +197,8 @@ async def test_submit_gets_an_id_then_a_receipt_with_tlvs_and_text(
     sim: SmscSimulator, esme: RawEsme,
 ) -> None:
     await esme.bind()
-    header, message_id = await esme.submit("Hello world, this is a test")
-    assert header.status == 0 and message_id == "5A000000"
+    header, smsc_id = await esme.submit("Hello world, this is a test")
+    assert header.status == 0 and smsc_id == "5A000000"
 
     raw = await esme.next_deliver()
     dlr = decode(raw)
@@ -213,13 +213,13 @@ async def test_submit_gets_an_id_then_a_receipt_with_tlvs_and_text(
 
     receipt = parse_receipt(raw)
     assert receipt is not None
-    assert (receipt.message_id, receipt.state, receipt.stat) == ("5A000000", 2, "DELIVRD")
+    assert (receipt.smsc_id, receipt.state, receipt.stat) == ("5A000000", 2, "DELIVRD")
     assert len(receipt.submit_date or "") == 10 and len(receipt.done_date or "") == 10
 
     await eventually(lambda: sim.receipts_acked == 1)
     assert sim.receipts_sent == 1
     [sm] = sim.submitted
-    assert (sm.message_id, sm.system_id, sm.sequence) == ("5A000000", "smppd", header.sequence)
+    assert (sm.smsc_id, sm.system_id, sm.sequence) == ("5A000000", "smppd", header.sequence)
     assert (sm.source_addr, sm.source_addr_ton, sm.source_addr_npi) == ("MyBrand", 5, 0)
     assert (sm.destination_addr, sm.registered_delivery) == ("375291234567", 1)
     assert sm.text == "Hello world, this is a test"
@@ -227,18 +227,18 @@ async def test_submit_gets_an_id_then_a_receipt_with_tlvs_and_text(
 
 
 @pytest.mark.integration
-async def test_message_ids_are_unique_and_decimal_when_asked() -> None:
+async def test_smsc_ids_are_unique_and_decimal_when_asked() -> None:
     sim = await start(id_format="dec", receipt_tlvs=False, receipt_delay=0)
     esme = await RawEsme.connect(sim)
     try:
         await esme.bind()
         ids = [(await esme.submit(registered_delivery=0))[1] for _ in range(3)]
         assert ids == [str(0x5A000000 + i) for i in range(3)]
-        _, message_id = await esme.submit()
+        _, smsc_id = await esme.submit()
         raw = await esme.next_deliver()
         assert parse_tlvs(raw) == {}  # text only
         receipt = parse_receipt(raw, id_base="dec")
-        assert receipt is not None and receipt.raw_message_id == message_id
+        assert receipt is not None and receipt.raw_smsc_id == smsc_id
         assert receipt.state is None and receipt.stat == "DELIVRD"
     finally:
         await esme.close()
@@ -277,7 +277,7 @@ async def test_outcome_mix_is_reproducible_with_a_seed() -> None:
             for _ in ids:
                 receipt = parse_receipt(await esme.next_deliver(), id_base="hex")
                 assert receipt is not None
-                stats[receipt.raw_message_id] = (receipt.stat, receipt.state)
+                stats[receipt.raw_smsc_id] = (receipt.stat, receipt.state)
             chosen = [sim.outcome_of(i) for i in ids if i]
             assert [stats[i][0] for i in ids] == chosen  # the receipt tells the chosen outcome
             states = {"DELIVRD": 2, "UNDELIV": 5, "EXPIRED": 3, "REJECTD": 8}
@@ -299,9 +299,9 @@ async def test_registered_delivery_decides_which_receipts_come() -> None:
         await esme.submit(registered_delivery=0)
         await asyncio.sleep(0.02)
         await esme.assert_silent()
-        _, message_id = await esme.submit(registered_delivery=2)  # failures only: UNDELIV qualifies
+        _, smsc_id = await esme.submit(registered_delivery=2)  # failures only: UNDELIV qualifies
         receipt = parse_receipt(await esme.next_deliver())
-        assert receipt is not None and receipt.raw_message_id == message_id
+        assert receipt is not None and receipt.raw_smsc_id == smsc_id
         assert receipt.stat == "UNDELIV" and receipt.error == "003"
         sim.config.outcomes = {"DELIVRD": 1.0}
         await esme.submit(registered_delivery=2)  # a success is not reported
@@ -319,9 +319,9 @@ async def test_receipt_goes_to_the_receiver_of_a_tx_rx_pair(sim: SmscSimulator) 
         await tx.bind("bind_transmitter")
         await rx.bind("bind_receiver")
         assert sim.binds == 2
-        _, message_id = await tx.submit()
+        _, smsc_id = await tx.submit()
         receipt = parse_receipt(await rx.next_deliver())
-        assert receipt is not None and receipt.raw_message_id == message_id
+        assert receipt is not None and receipt.raw_smsc_id == smsc_id
         await tx.assert_silent()
     finally:
         await tx.close()
@@ -364,15 +364,15 @@ async def test_policy_hook_rejects_or_drops_a_submit(sim: SmscSimulator, esme: R
 
     await esme.bind()
     sim.policy = Throttle()
-    header, message_id = await esme.submit()
-    assert header.status == ESME_RTHROTTLED and message_id is None and header.length == 16
+    header, smsc_id = await esme.submit()
+    assert header.status == ESME_RTHROTTLED and smsc_id is None and header.length == 16
     await esme.send(encode("submit_sm", esme.next_sequence(), destination_addr="375291234569",
                                  short_message=b"x"))
     await esme.assert_silent()  # swallowed: no resp
     assert sim.submitted == [] and [s for _, s in sim.rejected] == [ESME_RTHROTTLED]
     sim.policy = SubmitPolicy()
-    header, message_id = await esme.submit(registered_delivery=0)
-    assert header.status == 0 and message_id == "5A000000"
+    header, smsc_id = await esme.submit(registered_delivery=0)
+    assert header.status == 0 and smsc_id == "5A000000"
 
 
 @pytest.mark.integration

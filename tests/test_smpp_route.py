@@ -198,7 +198,7 @@ async def test_receipts_before_their_resp_are_applied_when_the_id_is_known(rigs,
     statuses = await rig.wait_final(ids)
     expected = {"DELIVRD": "delivered", "UNDELIV": "undelivered"}
     for mid in ids:
-        pid = (await rig.message(mid))["segment_rows"][0]["provider_id"]
+        pid = (await rig.message(mid))["segment_rows"][0]["smsc_id"]
         assert statuses[mid] == expected[rig.smsc.outcome_of(pid)]
     counts = await rig.store.counts()
     assert counts["receipts_pending"] == 0
@@ -303,8 +303,8 @@ async def test_long_message_methods_on_the_wire(rigs, tmp_path, method):
     sent = rig.smsc.submitted
     assert m["segments"] == len(sent) == len(m["segment_rows"]), "the count shown is what was sent"
     assert "".join(sm.text for sm in sent) == LONG_CYRILLIC
-    ids = [r["provider_id"] for r in m["segment_rows"]]
-    assert len(set(ids)) == len(sent) and all(ids), "per-segment provider ids kept"
+    ids = [r["smsc_id"] for r in m["segment_rows"]]
+    assert len(set(ids)) == len(sent) and all(ids), "per-segment SMSC ids kept"
     if method == "udh8":
         assert [sm.short_message[:6][:3] for sm in sent] == [b"\x05\x00\x03"] * 3
         assert all(sm.esm_class & 0x40 for sm in sent)

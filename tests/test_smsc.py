@@ -158,7 +158,7 @@ async def test_identical_texts_go_in_one_request_and_map_back(sim, store):
         assert batch["phones"].split(",") == phones and batch["id"] == str(msgs[0].id)
         for m in msgs[:2] + msgs[3:]:
             (_, row) = await status_of(store, m.id)
-            assert row["segment_rows"][0]["provider_id"] == f"{msgs[0].id}:{m.phone[1:]}"
+            assert row["segment_rows"][0]["smsc_id"] == f"{msgs[0].id}:{m.phone[1:]}"
             assert row["channel"] == "sms"
     finally:
         await _stop(route, task)
@@ -186,7 +186,7 @@ async def test_callbacks_and_polling_finish_messages(sim, store):
     task = await _start(route)
     try:
         row = await wait_status(store, a.id, {Status.ACCEPTED})
-        rid, digits = smsc.split_provider_id(row["segment_rows"][0]["provider_id"])
+        rid, digits = smsc.split_smsc_id(row["segment_rows"][0]["smsc_id"])
         await asyncio.sleep(0.1)
         final = sim.messages[(rid, digits)].status
         # by callback
@@ -289,7 +289,7 @@ async def test_viber_delivered_stays_viber(sim, store):
     try:
         row = await wait_status(store, m.id, {Status.ACCEPTED})
         assert row["channel"] == "viber"
-        rid, digits = smsc.split_provider_id(row["segment_rows"][0]["provider_id"])
+        rid, digits = smsc.split_smsc_id(row["segment_rows"][0]["smsc_id"])
         assert rid == VIBER_ID_BASE + m.id
         assert sim.requests[0][1]["viber"] == "1"
         await route.callback([("id", str(rid)), ("phone", digits), ("status", "1"), ("err", "0")])
@@ -365,10 +365,10 @@ async def test_silent_viber_falls_back_after_the_timeout_even_across_a_restart(s
         sms_id = f"{m.id}:{m.phone[1:]}"
         for _ in range(200):
             row = (await status_of(store, m.id))[1]
-            if row["segment_rows"][0]["provider_id"] == sms_id:
+            if row["segment_rows"][0]["smsc_id"] == sms_id:
                 break
             await asyncio.sleep(0.01)
-        assert row["segment_rows"][0]["provider_id"] == sms_id
+        assert row["segment_rows"][0]["smsc_id"] == sms_id
     finally:
         await _stop(again, task)
 
@@ -457,9 +457,9 @@ async def test_after_a_crash_smsc_is_asked_before_anything_is_resent(sim, store)
     task = await _start(route)
     try:
         row = await wait_status(store, had.id, {Status.ACCEPTED})
-        assert row["segment_rows"][0]["provider_id"] == f"{had.id}:375291234567"
+        assert row["segment_rows"][0]["smsc_id"] == f"{had.id}:375291234567"
         row = await wait_status(store, lost.id, {Status.ACCEPTED})
-        assert row["segment_rows"][0]["provider_id"] == f"{lost.id}:375331234567"
+        assert row["segment_rows"][0]["smsc_id"] == f"{lost.id}:375331234567"
         sends = [f for name, f in sim.requests if name == "send"]
         assert [f["phones"] for f in sends] == ["+375331234567"]  # only the one SMSC did not have
     finally:

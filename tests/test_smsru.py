@@ -156,7 +156,7 @@ async def test_send_then_poll_brings_the_final_status(sim, store):
     task = await _run(route)
     try:
         row = await wait_status(store, m.id, {Status.ACCEPTED})
-        pid = row["segment_rows"][0]["provider_id"]
+        pid = row["segment_rows"][0]["smsc_id"]
         assert sim.messages[pid].phone == "375291234567"
         assert sim.requests[0][1]["to"] == "375291234567" and sim.requests[0][1]["json"] == "1"
         await asyncio.sleep(0.1)  # the simulator has a final status; no callback URL is set

@@ -18,7 +18,7 @@ from smppd.ops import metrics
 
 
 def params(i: int) -> bytes:
-    return json.dumps({"message_id": f"m{i}", "text": "привет"}, ensure_ascii=False).encode()
+    return json.dumps({"b24_id": f"m{i}", "text": "привет"}, ensure_ascii=False).encode()
 
 
 def segments(directory) -> list[str]:

@@ -26,7 +26,7 @@ async def test_intake_is_durable_when_it_returns(store, store_path):
     r = await store.intake(new(segments=2))
     # Another connection sees the committed row right away.
     conn = sqlite3.connect(store_path)
-    assert conn.execute("SELECT count(*) FROM segment WHERE message_id=?", (r.id,)).fetchone()[0] == 2
+    assert conn.execute("SELECT count(*) FROM segment WHERE row_id=?", (r.id,)).fetchone()[0] == 2
 
 
 async def test_group_commit_many_concurrent_intakes(store):
@@ -193,3 +193,55 @@ async def test_a_sent_waits_for_its_receipt_a_final_status_does_not(make_store):
     now[0] += store_mod.SENT_COALESCE
     assert [(i.b24_id, i.status) for i in await s.outbox_due("m1")] == [("a" * 32, "delivered"), ("b" * 32, "sent")]
     await s.close()
+
+
+async def test_a_version_10_database_opens_with_the_ids_renamed_and_keeps_working(tmp_path, make_store):
+    """Migration 11 (issue 15.2): segment and event ``message_id`` become ``row_id``, segment
+    and receipt_pending ``provider_id`` become ``smsc_id``. A database the previous version
+    wrote keeps its rows, a receipt still finds its part by the SMSC's id, and a receipt
+    that waited under the old column name is applied when its resp comes."""
+    from smppd.store import MIGRATIONS
+
+    path = tmp_path / "v10.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for v in range(1, 11):
+        for statement in MIGRATIONS[v].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute("PRAGMA user_version=10")
+    for mid, status in ((1, "accepted"), (2, "submitted")):
+        conn.execute(
+            "INSERT INTO message (id, member_id, b24_id, code, route, sender, phone, text, encoding, segments,"
+            " status, created_at, updated_at) VALUES (?, 'm1', ?, 'c', 'life', 'Shop', '+375291234567', 'hi',"
+            " 'gsm7', 2, ?, 1.0, 1.0)", (mid, f"{mid:032x}", status))
+    conn.execute("INSERT INTO segment (message_id, seq, route, provider_id, status, updated_at) VALUES"
+                 " (1, 0, 'life', '5A01', 'accepted', 1), (1, 1, 'life', '5A02', 'accepted', 1),"
+                 " (2, 0, 'life', NULL, 'submitted', 1), (2, 1, 'life', NULL, 'submitted', 1)")
+    conn.execute("INSERT INTO event (message_id, seq, status, applied, at) VALUES (1, 0, 'accepted', 1, 1)")
+    conn.execute("INSERT INTO receipt_pending (route, provider_id, status, detail, received_at)"
+                 " VALUES ('life', '5A09', 'delivered', 'DELIVRD', 1)")
+    conn.close()
+
+    s = await make_store(path)
+    assert await s.apply_receipt("life", "5A01", Status.DELIVERED, "DELIVRD")
+    assert not await s.apply_receipt("life", "nope", Status.DELIVERED, "DELIVRD")
+    await s.segment_accepted(2, 0, "5A09")  # the receipt kept since version 10 beat this resp
+    one, two = await s.message(1), await s.message(2)
+    assert one is not None and two is not None
+    assert [(r["row_id"], r["seq"], r["smsc_id"], r["status"]) for r in one["segment_rows"]] == [
+        (1, 0, "5A01", "delivered"), (1, 1, "5A02", "accepted")]
+    assert [(r["row_id"], r["seq"], r["smsc_id"], r["status"]) for r in two["segment_rows"]] == [
+        (2, 0, "5A09", "delivered"), (2, 1, None, "submitted")]
+    assert [(e["row_id"], e["status"]) for e in one["events"]][:2] == [(1, "accepted"), (1, "delivered")]
+
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    columns = {t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")} for t in ("segment", "event", "receipt_pending")}
+    assert {"row_id", "smsc_id"} <= columns["segment"] and "row_id" in columns["event"]
+    assert "smsc_id" in columns["receipt_pending"]
+    assert not {"message_id", "provider_id"} & (columns["segment"] | columns["event"] | columns["receipt_pending"])
+    # the indexes follow the rename: a receipt's lookup still searches, never scans the parts
+    plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN SELECT row_id FROM segment WHERE route='life'"
+                                       " AND smsc_id='5A01'")]
+    assert any("segment_provider" in step for step in plan), plan
+    conn.close()

@@ -64,7 +64,7 @@ async def test_duplicates_write_nothing_and_report_the_stored_status(store):
     ]
 
 
-async def test_a_message_id_twice_in_one_batch_is_stored_once(store):
+async def test_a_b24_id_twice_in_one_batch_is_stored_once(store):
     first, again, later = await store.intake_many(
         [new("a" * 32), new("a" * 32, text="changed"), new("b" * 32, text="x")])
     assert (again.id, again.duplicate, again.status) == (first.id, True, Status.QUEUED)
@@ -74,7 +74,7 @@ async def test_a_message_id_twice_in_one_batch_is_stored_once(store):
 
 TABLES = {
     "message": "SELECT * FROM message ORDER BY id",
-    "segment": "SELECT * FROM segment ORDER BY message_id, seq",
+    "segment": "SELECT * FROM segment ORDER BY row_id, seq",
     "event": "SELECT * FROM event ORDER BY id",
     "outbox": "SELECT * FROM outbox ORDER BY member_id, b24_id",
     "concat_counter": "SELECT * FROM concat_counter ORDER BY phone",
@@ -90,7 +90,7 @@ def tables(path: str) -> dict[str, list[tuple]]:
 
 
 # Every shape an intake can take, in one batch: new, long, held, refused, a repeat of a message
-# earlier in the batch, a repeat that fails instead, the same message_id again, and new ones after.
+# earlier in the batch, a repeat that fails instead, the same b24_id again, and new ones after.
 BATCH = [
     new("01" * 16),
     new("02" * 16, text="long " * 40, segments=3),

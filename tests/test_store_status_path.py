@@ -26,8 +26,8 @@ async def fast(tmp_path):
 async def test_the_read_with_the_segment_leaves_what_the_separate_reads_leave(fast, tmp_path, monkeypatch):
     original = status_mod.segment_status
 
-    def reading_itself(conn, mid, seq, new, detail, now, *, current=None, provider_id=None, message=None):
-        return original(conn, mid, seq, new, detail, now, provider_id=provider_id)
+    def reading_itself(conn, mid, seq, new, detail, now, *, current=None, smsc_id=None, message=None):
+        return original(conn, mid, seq, new, detail, now, smsc_id=smsc_id)
 
     monkeypatch.setattr(status_mod, "segment_status", reading_itself)
     slow = await life(str(tmp_path / "slow.db"))

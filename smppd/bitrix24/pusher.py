@@ -166,11 +166,11 @@ class StatusPusher:
                 done.append(item)
             elif err.code in TERMINAL_ERRORS:
                 self.dropped += 1
-                log.warning("bitrix24_message_gone", portal=self.member_id, message=item.message_id, b24_id=item.b24_id,
+                log.warning("bitrix24_message_gone", portal=self.member_id, message=item.row_id, b24_id=item.b24_id,
                             status=item.status, error=err.code)
                 done.append(item)
             else:
-                log.warning("bitrix24_status_refused", portal=self.member_id, message=item.message_id, b24_id=item.b24_id,
+                log.warning("bitrix24_status_refused", portal=self.member_id, message=item.row_id, b24_id=item.b24_id,
                             method="messageservice.message.status.update",
                             status=item.status, error=err.code, description=err.description)
                 retry.append(item)

@@ -217,12 +217,12 @@ def send(args: argparse.Namespace) -> int:
             print(f"{sent['status']}: {sent.get('reason') or ''}".rstrip(": "))
             return EXIT_OK if sent["status"] == "delivered" else EXIT_FAILED
         return EXIT_OK
-    ids = ", ".join(f"{s['seq']}:{s['provider_id']}" for s in m["segments"] if s["provider_id"]) or "none"
+    ids = ", ".join(f"{s['seq']}:{s['smsc_id']}" for s in m["segments"] if s["smsc_id"]) or "none"
     if m["status"] not in FINAL:
-        print(f"still {m['status']} after {took:.1f} s (provider ids {ids}); `smppd stuck` shows it later")
+        print(f"still {m['status']} after {took:.1f} s (SMSC ids {ids}); `smppd stuck` shows it later")
         return EXIT_FAILED
     reason = f" ({m['reason']})" if m.get("reason") else ""
-    print(f"{m['status']}{reason} after {took:.1f} s, to {m['to']}, provider ids {ids}")
+    print(f"{m['status']}{reason} after {took:.1f} s, to {m['to']}, SMSC ids {ids}")
     return EXIT_OK if m["status"] == "delivered" else EXIT_FAILED
 
 

@@ -100,7 +100,7 @@ class Admin:
         b24_id = uuid.uuid4().hex
         result = await self.daemon.intake({
             "member_id": member_id, "application_token": portal.application_token, "code": code,
-            "message_id": b24_id, "to": to, "text": text, "module_id": "smppd-cli",
+            "b24_id": b24_id, "to": to, "text": text, "module_id": "smppd-cli",
         })
         log.info("admin_send", id=result["id"], b24_id=b24_id, code=code, route=sender.route, to=phone.mask(to))
         return {**result, "b24_id": b24_id, "route": sender.route}
@@ -115,7 +115,7 @@ class Admin:
         return {
             "id": row["id"], "b24_id": row["b24_id"], "code": row["code"], "route": row["route"],
             "to": phone.mask(row["phone"] or ""), "status": row["status"], "reason": row["reason"],
-            "segments": [{"seq": s["seq"], "provider_id": s["provider_id"], "status": s["status"],
+            "segments": [{"seq": s["seq"], "smsc_id": s["smsc_id"], "status": s["status"],
                           "error": s["error"]} for s in row["segment_rows"]],
             "created_at": row["created_at"], "updated_at": row["updated_at"],
         }

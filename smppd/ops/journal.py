@@ -1,7 +1,7 @@
 """The store, watched from the side: status log lines and the store's metrics.
 
 The hot path writes status changes into the ``event`` table and nothing else;
-it does not know the Bitrix24 id or the provider id of the segment it touches
+it does not know the Bitrix24 id or the SMSC id of the segment it touches
 and should not look them up.  This watcher tails the ``event`` table through
 its own read-only SQLite connection (WAL lets it read while the writer
 writes, and it never queues work on the writer), and for each new event:
@@ -133,7 +133,7 @@ class StoreWatcher:
             counts, latencies = batch.counts, batch.latencies
             final: dict[int, None] = {}  # messages settled by an event of this read, in event order
             ignored: list[int] = []
-            for event_id, message_id, status, applied, route, latency, settles in rows:
+            for event_id, row_id, status, applied, route, latency, settles in rows:
                 if not applied:
                     ignored.append(event_id)
                     continue
@@ -144,7 +144,7 @@ class StoreWatcher:
                 if settles and status in _FINAL_WORDS:
                     # This event settled its message's final status: the store stamps the message's
                     # updated_at with the event's own time when the event moves it.
-                    final[message_id] = None
+                    final[row_id] = None
             # Segments settled by one operation share its time, so each of their events looks like
             # the one that settled the message: one line per message, also across two reads.
             for mid in self._last_finals.intersection(final):
@@ -162,13 +162,13 @@ class StoreWatcher:
     def _final_lines(db: sqlite3.Connection, final: list[int]) -> list[dict[str, Any]]:
         """The ``message_final`` line of each message, in the order given."""
         lines: dict[int, dict[str, Any]] = {}
-        for mid, b24_id, route, status, reason, seconds, provider_id in reader.finals(db, sorted(final)):
+        for mid, b24_id, route, status, reason, seconds, smsc_id in reader.finals(db, sorted(final)):
             line = lines.get(mid)
             if line is None:
-                line = lines[mid] = {"id": mid, "b24_id": b24_id, "route": route, "provider_ids": [],
+                line = lines[mid] = {"id": mid, "b24_id": b24_id, "route": route, "smsc_ids": [],
                                      "status": status, "reason": reason, "seconds": round(seconds, 3)}
-            if provider_id is not None:
-                line["provider_ids"].append(_loggable_provider_id(provider_id))
+            if smsc_id is not None:
+                line["smsc_ids"].append(_loggable_smsc_id(smsc_id))
         return [lines[mid] for mid in final]
 
     def _read_snapshot(self, portals: list[str]) -> metrics.StoreSnapshot:
@@ -203,8 +203,8 @@ def _count(route: str, status: str, n: int = 1) -> None:
     child.inc(n)
 
 
-def _loggable_provider_id(provider_id: str) -> str:
+def _loggable_smsc_id(smsc_id: str) -> str:
     """An operator's id as a log line may carry it: SMSC.ru's ids are ``id:phone`` (SMSC tells
     messages apart by both), so the phone part is masked as every number in a log is."""
-    head, sep, tail = provider_id.partition(":")
-    return f"{head}:{mask(tail)}" if sep and tail else provider_id
+    head, sep, tail = smsc_id.partition(":")
+    return f"{head}:{mask(tail)}" if sep and tail else smsc_id

@@ -85,10 +85,10 @@ class Route(Protocol):
         ...
 
     def busy_segments(self) -> set[tuple[int, int]]:
-        """(message id, segment) held in memory: `smppd retry` must not add them twice."""
+        """(row id, segment) held in memory: `smppd retry` must not add them twice."""
         ...
 
-    def cancel(self, message_ids: Collection[int]) -> int:
+    def cancel(self, row_ids: Collection[int]) -> int:
         """Forget these messages (`smppd cancel`): out of memory, never sent; how many were held.
         A request already on the wire cannot be called back; its answer is recorded, not applied."""
         ...

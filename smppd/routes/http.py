@@ -20,7 +20,7 @@ sent twice when the provider took it" live here once:
 * a message leaves memory only when the store has its outcome; what is in
   memory at a crash is still ``queued`` in the store and is reloaded.
 
-Store mapping: one provider id per message, on segment 0; every segment row
+Store mapping: one SMSC id per message, on segment 0; every segment row
 of the message moves with it (``Store.provider_accepted``).
 """
 
@@ -92,7 +92,7 @@ class ForgedCallback(ValueError):
 
 @dataclass(frozen=True)
 class Accepted:
-    provider_id: str
+    smsc_id: str
 
 
 @dataclass(frozen=True)
@@ -185,11 +185,11 @@ class Batcher:
         times = [b.opened_at + self.interval for bs in self._open.values() for b in bs]
         return min(times) if times else None
 
-    def remove(self, message_ids: Collection[int]) -> int:
+    def remove(self, row_ids: Collection[int]) -> int:
         """Take these messages out of every batch (`smppd cancel`); how many were here."""
         removed = 0
         for batch in [*self._ready, *(b for bs in self._open.values() for b in bs)]:
-            kept = [j for j in batch.jobs if j.message.id not in message_ids]
+            kept = [j for j in batch.jobs if j.message.id not in row_ids]
             removed += len(batch.jobs) - len(kept)
             batch.jobs[:] = kept
             batch.phones = {j.message.phone for j in kept}
@@ -281,7 +281,7 @@ class HttpRoute:
         return self._inflight
 
     def busy_segments(self) -> set[tuple[int, int]]:
-        """(message id, segment) this route holds in memory: `smppd retry` must not add them twice."""
+        """(row id, segment) this route holds in memory: `smppd retry` must not add them twice."""
         jobs = [j for b in self._on_wire for j in b.jobs] + self.batcher.jobs()
         return {(j.message.id, seq) for j in jobs for seq in j.message.open_segments}
 
@@ -339,14 +339,14 @@ class HttpRoute:
     async def resume(self) -> int:
         return await self._load_open(skip={mid for mid, _ in self.busy_segments()})
 
-    def cancel(self, message_ids: Collection[int]) -> int:
-        self.policy.settle(message_ids)
-        return self.batcher.remove(set(message_ids))
+    def cancel(self, row_ids: Collection[int]) -> int:
+        self.policy.settle(row_ids)
+        return self.batcher.remove(set(row_ids))
 
     # --- provider specifics ----------------------------------------------------
 
     async def submit(self, batch: Batch) -> dict[int, Outcome]:
-        """Send one batch; an outcome per message id.  Raises Unavailable,
+        """Send one batch; an outcome per row id.  Raises Unavailable,
         Ambiguous or ProviderError."""
         raise NotImplementedError
 
@@ -356,7 +356,7 @@ class HttpRoute:
         return None
 
     async def poll(self, items: Sequence[PollItem]) -> dict[int, tuple[int, Status | None]]:
-        """The provider's code and our status (None: not final / unknown) per message id."""
+        """The provider's code and our status (None: not final / unknown) per row id."""
         raise NotImplementedError
 
     async def callback(self, form: Sequence[tuple[str, str]]) -> str:
@@ -367,8 +367,8 @@ class HttpRoute:
         """How many callbacks for ids not known yet the store keeps for this route, and how long."""
         return {"pending_max": self.cfg.unknown_receipts_max, "pending_ttl": self.cfg.unknown_receipts_ttl}
 
-    async def accepted(self, job: Job, provider_id: str) -> None:
-        await self.store.provider_accepted(job.message.id, provider_id,
+    async def accepted(self, job: Job, smsc_id: str) -> None:
+        await self.store.provider_accepted(job.message.id, smsc_id,
                                            poll_at=self.store.clock() + self.cfg.poll_after,
                                            channel=job.channel, pending_ttl=self.cfg.unknown_receipts_ttl)
 
@@ -376,13 +376,13 @@ class HttpRoute:
         """Apply one poll answer; True when the message needs no more polling."""
         if status is None:
             return False
-        await self.receipt(item.provider_id, status, f"{self.kind} {code} (polled)", keep_pending=False)
+        await self.receipt(item.smsc_id, status, f"{self.kind} {code} (polled)", keep_pending=False)
         return True
 
-    async def receipt(self, provider_id: str, status: Status, detail: str, *, keep_pending: bool = True) -> int | None:
+    async def receipt(self, smsc_id: str, status: Status, detail: str, *, keep_pending: bool = True) -> int | None:
         """Apply a callback's or poll's status; a final one settles the message for good:
         whatever this route still holds of it (a resend timer, a doubt) never sends it again."""
-        mid = await self.store.provider_receipt(self.name, provider_id, status, detail, keep_pending=keep_pending,
+        mid = await self.store.provider_receipt(self.name, smsc_id, status, detail, keep_pending=keep_pending,
                                                 **self.unknown_receipts())
         if mid is not None and status in FINAL:
             self.policy.settle([mid])
@@ -422,7 +422,7 @@ class HttpRoute:
             self._slots.release()
 
     def planned_ids(self, batch: Batch) -> dict[int, str] | None:
-        """The provider ids the batch will get, when we choose them (recorded before sending)."""
+        """The SMSC ids the batch will get, when we choose them (recorded before sending)."""
         return None
 
     async def _send_until_answered(self, batch: Batch) -> dict[int, Outcome] | None:
@@ -540,7 +540,7 @@ class HttpRoute:
                 out = Retry(self.cfg.retry_min, "no answer for this number")
             if isinstance(out, Accepted):
                 self.stats["accepted"] += 1
-                writes.append(self.accepted(job, out.provider_id))
+                writes.append(self.accepted(job, out.smsc_id))
             elif isinstance(out, Refused):
                 self.stats["refused"] += 1
                 log.info("provider_refused", route=self.name, message=job.message.id, b24_id=job.message.b24_id,

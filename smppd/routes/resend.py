@@ -98,11 +98,11 @@ class ResendPolicy:
         """The ids of a request about to go out that may go: not settled, not in doubt."""
         return tuple(i for i in ids if i not in self._settled and i not in self._doubt)
 
-    def settled(self, message_id: int) -> bool:
-        return message_id in self._settled
+    def settled(self, row_id: int) -> bool:
+        return row_id in self._settled
 
-    def in_doubt(self, message_id: int) -> bool:
-        return message_id in self._doubt
+    def in_doubt(self, row_id: int) -> bool:
+        return row_id in self._doubt
 
     # --- what happened --------------------------------------------------------------
 

@@ -82,7 +82,7 @@ class SmppRoute:
         # ESME_RMSGQFUL pauses, ESME_RTHROTTLED cuts rate and window (smppd/smpp/flow.py)
         self.flow = self._flow_policy(cfg)
         self._limits = Limits(cfg.throughput, cfg.window, 0.0)  # the limits last applied
-        # (message id, seq) -> (temporary refusals so far, time of the first): issue 14.5
+        # (row id, seq) -> (temporary refusals so far, time of the first): issue 14.5
         self._temporary: dict[tuple[int, int], tuple[int, float]] = {}
         self.rules = ReceiptRules(id_readings=cfg.receipt_id_base == "auto", multipart=cfg.multipart_receipts)
         metrics.RECEIPTS_UNMATCHED.labels(cfg.name)  # shown as 0 from the start: increase() sees the first
@@ -99,7 +99,7 @@ class SmppRoute:
         self.on_mo: Callable[[str, ShortMessage], Awaitable[None]] | None = None
         self.memory_queue = MEMORY_QUEUE
         self._spilled = False  # open messages of this route are in the store but not in memory
-        self._loaded_max = 0  # highest message id ever queued in memory
+        self._loaded_max = 0  # highest row id ever queued in memory
         self._dropped = 0  # enqueues left to the store while spilled
         self._refilling = False
         self.stats = {"submitted": 0, "accepted": 0, "rejected": 0, "requeued": 0, "throttled": 0,
@@ -177,9 +177,9 @@ class SmppRoute:
         return sum(c.binds for c in self.connections)
 
     def busy_segments(self) -> set[tuple[int, int]]:
-        """(message id, segment) this route holds in memory: `smppd retry` must not add them twice."""
+        """(row id, segment) this route holds in memory: `smppd retry` must not add them twice."""
         jobs = [*self.queue, *self._inflight.values()]
-        return {(j.message_id, j.seq) for j in jobs}
+        return {(j.row_id, j.seq) for j in jobs}
 
     @staticmethod
     def _flow_policy(cfg: SmppRouteConfig) -> FlowPolicy:
@@ -264,7 +264,7 @@ class SmppRoute:
                 try:
                     conn.submit(job.submit)
                 except ValueError as e:  # the codec refused a field: no retry can fix it
-                    self._spawn(self.store.segment_failed(job.message_id, job.seq, Status.FAILED, f"invalid: {e}"))
+                    self._spawn(self.store.segment_failed(job.row_id, job.seq, Status.FAILED, f"invalid: {e}"))
                     continue
                 self._inflight[job.submit.ref] = job
                 self.limiter.record()
@@ -276,17 +276,17 @@ class SmppRoute:
         """query_sm for a part with no receipt, paced by the same cap as submits."""
         self.limiter.record()
         self.stats["queries"] += 1
-        self._queried[(part.message_id, part.seq)] = self.store.clock()
+        self._queried[(part.row_id, part.seq)] = self.store.clock()
         sender = part.sender
         numeric = sender.lstrip("+").isdigit()
         ton, npi = (self.cfg.numeric_ton, self.cfg.numeric_npi) if numeric else (self.cfg.alpha_ton, self.cfg.alpha_npi)
         try:
-            conn.query(("query", part), self._smsc_id(part.provider_id), sender.lstrip("+") if numeric else sender,
+            conn.query(("query", part), self._resp_spelling(part.smsc_id), sender.lstrip("+") if numeric else sender,
                        ton, npi)
         except (ValueError, RuntimeError) as e:
-            log.warning("smpp_query_sm_not_sent", route=self.name, message=part.message_id, error=str(e))
+            log.warning("smpp_query_sm_not_sent", route=self.name, message=part.row_id, error=str(e))
 
-    def _smsc_id(self, stored: str) -> str:
+    def _resp_spelling(self, stored: str) -> str:
         """The id as the SMSC spelt it in the resp, from our canonical spelling."""
         if self.cfg.resp_id_base == "hex" or (self.cfg.resp_id_base is None and self.cfg.receipt_id_base == "hex"):
             return format(int(stored), "X")
@@ -311,16 +311,16 @@ class SmppRoute:
         now = self.store.clock()
         stale = await self.store.unreceipted(self.name, now - cfg.validity)
         if stale:
-            ended = await self.store.no_receipt([(u.message_id, u.seq) for u in stale])
+            ended = await self.store.no_receipt([(u.row_id, u.seq) for u in stale])
             self.stats["no_receipt"] += ended
             if ended:
                 log.warning("smpp_no_receipt", route=self.name, parts=ended, validity=cfg.validity)
             for u in stale:
-                self._queried.pop((u.message_id, u.seq), None)
+                self._queried.pop((u.row_id, u.seq), None)
         if cfg.query_sm:
-            waiting = {(q.message_id, q.seq) for q in self._to_query}
+            waiting = {(q.row_id, q.seq) for q in self._to_query}
             for u in await self.store.unreceipted(self.name, now - cfg.query_sm_delay):
-                key = (u.message_id, u.seq)
+                key = (u.row_id, u.seq)
                 if key not in waiting and self._queried.get(key, float("-inf")) <= now - cfg.query_sm_delay:
                     self._to_query.append(u)
             if self._to_query:
@@ -370,8 +370,8 @@ class SmppRoute:
                     self.stats["accepted"] += 1
                     self.flow.accepted(asyncio.get_running_loop().time())
                     if self._temporary:
-                        self._temporary.pop((job.message_id, job.seq), None)
-                    accepted.append((job.message_id, job.seq, e.message_id))
+                        self._temporary.pop((job.row_id, job.seq), None)
+                    accepted.append((job.row_id, job.seq, e.smsc_id))
             elif isinstance(e, ReceiptReceived):  # the other event of every message
                 receipts.append(e)
             elif isinstance(e, SubmitRejected):
@@ -387,7 +387,7 @@ class SmppRoute:
                 self._query_answered(e)
             elif isinstance(e, QueryFailed):
                 part = e.ref[1]
-                log.info("smpp_query_sm_failed", route=self.name, message=part.message_id, seq=part.seq,
+                log.info("smpp_query_sm_failed", route=self.name, message=part.row_id, seq=part.seq,
                          status=status_name(e.status) if e.status else "timeout")
         if accepted:
             self._background.track(self.store.segments_accepted(accepted, self.rules))
@@ -425,25 +425,25 @@ class SmppRoute:
             self.queue.appendleft(job)  # the session ends; the rebind's backoff is the delay
             return
         if e.temporary:
-            key = (job.message_id, job.seq)
+            key = (job.row_id, job.seq)
             count, first = self._temporary.get(key, (0, now))
             count += 1
             if count <= self.cfg.temporary_retries and now - first < self.cfg.temporary_retry_age:
                 self._temporary[key] = (count, first)
                 self.stats["requeued"] += 1
                 metrics.THROTTLE_EVENTS.labels(self.name, reason).inc()
-                log.info("smpp_submit_temporary_error", route=self.name, message=job.message_id, b24_id=job.b24_id,
+                log.info("smpp_submit_temporary_error", route=self.name, message=job.row_id, b24_id=job.b24_id,
                          seq=job.seq, status=reason, attempt=count)
                 self._spawn(self._requeue_later(job, TEMPORARY_RETRY_DELAY))
                 return
             # issue 14.5: bounded by count and age, then the part fails with the code as reason
             self._temporary.pop(key, None)
-            log.warning("smpp_submit_retries_exhausted", route=self.name, message=job.message_id, b24_id=job.b24_id,
+            log.warning("smpp_submit_retries_exhausted", route=self.name, message=job.row_id, b24_id=job.b24_id,
                         seq=job.seq, status=reason, refusals=count, seconds=round(now - first, 1))
         self.stats["rejected"] += 1
-        log.warning("smpp_submit_rejected", route=self.name, message=job.message_id, b24_id=job.b24_id,
+        log.warning("smpp_submit_rejected", route=self.name, message=job.row_id, b24_id=job.b24_id,
                     seq=job.seq, status=reason)
-        self._spawn(self.store.segment_failed(job.message_id, job.seq, Status.FAILED, reason))
+        self._spawn(self.store.segment_failed(job.row_id, job.seq, Status.FAILED, reason))
 
     def _count_flow(self, reason: str) -> None:
         self.stats["requeued"] += 1
@@ -462,7 +462,7 @@ class SmppRoute:
         detail = f"query_sm message_state={e.message_state}"
         if e.error_code:
             detail += f" err:{e.error_code}"
-        self._background.track(self.store.match_receipts(self.name, [(part.provider_id, status, detail)], self.rules))
+        self._background.track(self.store.match_receipts(self.name, [(part.smsc_id, status, detail)], self.rules))
 
     async def _requeue_later(self, job: SegmentJob, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -483,14 +483,14 @@ class SmppRoute:
             try:
                 status = receipt_status(r.state, r.stat)
             except UnknownReceiptState as err:
-                log.warning("smpp_receipt_unknown_state", route=self.name, provider_id=r.message_id, error=str(err))
+                log.warning("smpp_receipt_unknown_state", route=self.name, smsc_id=r.smsc_id, error=str(err))
                 connection.acknowledge(e.sequence)
                 continue
             detail = r.stat or f"message_state={r.state}"
             if r.error and r.error.strip("0"):
                 detail += f" err:{r.error}"
             known.append(e)
-            rows.append((r.message_id, status, detail))
+            rows.append((r.smsc_id, status, detail))
         if not rows:
             return
 
@@ -502,17 +502,17 @@ class SmppRoute:
                 for e in known:
                     self.stats["receipts_unstored"] += 1
                     if not full:
-                        log.error("smpp_receipt_not_stored", route=self.name, provider_id=e.receipt.message_id,
+                        log.error("smpp_receipt_not_stored", route=self.name, smsc_id=e.receipt.smsc_id,
                                   error=error)
                     connection.acknowledge(e.sequence, ESME_RX_T_APPN)
                 return
             for e, how in zip(known, fut.result()):
                 if how is None:
                     self.stats["receipts_unmatched"] += 1
-                    log.info("smpp_receipt_before_resp", route=self.name, provider_id=e.receipt.message_id)
+                    log.info("smpp_receipt_before_resp", route=self.name, smsc_id=e.receipt.smsc_id)
                 elif how != "as-is" and how not in self._base_warned:
                     self._base_warned.add(how)
-                    log.warning("smpp_receipt_id_base_mismatch", route=self.name, provider_id=e.receipt.message_id,
+                    log.warning("smpp_receipt_id_base_mismatch", route=self.name, smsc_id=e.receipt.smsc_id,
                                 reading=how, advice=f"set {ID_BASE_ADVICE[how]} in [route.{self.name}]")
                 connection.acknowledge(e.sequence)
 
@@ -558,10 +558,10 @@ class SmppRoute:
                 resumed += 1
         return resumed
 
-    def cancel(self, message_ids: Collection[int]) -> int:
+    def cancel(self, row_ids: Collection[int]) -> int:
         """Drop the queued segments of these messages; submit_sm on the wire get their resp."""
-        ids = set(message_ids)
-        kept = [j for j in self.queue if j.message_id not in ids]
+        ids = set(row_ids)
+        kept = [j for j in self.queue if j.row_id not in ids]
         dropped = len(self.queue) - len(kept)
         if dropped:
             self.queue.clear()

@@ -5,8 +5,8 @@ callbacks) is at the top; ``SmscRoute`` is the shell over ``HttpRoute``.
 
 Ids.  SMSC lets us choose the request ``id`` (1..2147483647), and one request
 carries up to ``batch_size`` numbers, so a message is known to SMSC as
-``(id, phone)`` and our provider id is ``"<id>:<digits>"``.  The id of a batch
-is the smallest message id in it; Viber attempts add ``VIBER_ID_BASE`` so the
+``(id, phone)`` and our SMSC id is ``"<id>:<digits>"``.  The id of a batch
+is the smallest row id in it; Viber attempts add ``VIBER_ID_BASE`` so the
 Viber try and the SMS fallback of one message never share an id.  Choosing
 the id ourselves is what makes an ambiguous send checkable: ``status.php``
 with that id and number says whether SMSC has it, before anything is resent.
@@ -77,17 +77,17 @@ def only_digits(number: str) -> str:
     return "".join(c for c in number if c.isdigit())
 
 
-def provider_id(request_id: int, number: str) -> str:
+def smsc_id(request_id: int, number: str) -> str:
     return f"{request_id}:{only_digits(number)}"
 
 
-def split_provider_id(pid: str) -> tuple[int, str]:
+def split_smsc_id(pid: str) -> tuple[int, str]:
     rid, _, number = pid.partition(":")
     return int(rid), number
 
 
-def batch_request_id(message_ids: Sequence[int], channel: str) -> int:
-    rid = min(message_ids) + (VIBER_ID_BASE if channel == "viber" else 0)
+def batch_request_id(row_ids: Sequence[int], channel: str) -> int:
+    rid = min(row_ids) + (VIBER_ID_BASE if channel == "viber" else 0)
     if not 1 <= rid <= MAX_ID:
         raise ValueError(f"request id {rid} out of SMSC's range")
     return rid
@@ -151,7 +151,7 @@ def parse_send(body: Any, numbers: Sequence[str], request_id: int, cfg: SmscRout
     wanted = {only_digits(n) for n in numbers}
     per = body.get("phones")
     if per is None:  # no op=1 part: the request as a whole was taken
-        return {d: Accepted(provider_id(rid, d)) for d in wanted}
+        return {d: Accepted(smsc_id(rid, d)) for d in wanted}
     out: dict[str, Outcome] = {}
     for item in per:
         if not isinstance(item, dict):
@@ -161,7 +161,7 @@ def parse_send(body: Any, numbers: Sequence[str], request_id: int, cfg: SmscRout
             continue
         err = _int(item.get("error") or 0, "error")
         if err == 0:
-            out[d] = Accepted(provider_id(rid, d))
+            out[d] = Accepted(smsc_id(rid, d))
             continue
         detail = f"smsc error {err}"
         if err == DUPLICATE:
@@ -321,7 +321,7 @@ class SmscRoute(HttpRoute):
         """After a crash: what SMSC has is accepted, the rest is sent (again)."""
         for i in range(0, len(items), 100):
             chunk = items[i:i + 100]
-            pairs = [split_provider_id(it.provider_id) for it in chunk]
+            pairs = [split_smsc_id(it.smsc_id) for it in chunk]
             found: dict[tuple[int, str], dict[str, Any]] | None = None
             attempt = 0
             while found is None:  # until SMSC answers: a blind resend is the duplicate SMS of issue 14
@@ -340,7 +340,7 @@ class SmscRoute(HttpRoute):
                 channel = "viber" if rid >= VIBER_ID_BASE else "sms"
                 job = Job(OpenMessage(it.id, self.name, it.sender, it.phone, it.text, (0,)), channel)
                 if st is not None and _int(st["status"], "status") != -3:
-                    await self.accepted(job, it.provider_id)
+                    await self.accepted(job, it.smsc_id)
                 else:
                     resent += 1
                     self.add_job(job)
@@ -350,7 +350,7 @@ class SmscRoute(HttpRoute):
         if batch.key[2] == "fallback":
             return None  # already accepted (as Viber): its row keeps the Viber id until the SMS is taken
         rid, numbers = self._request(batch)
-        return {j.message.id: provider_id(rid, n) for j, n in zip(batch.jobs, numbers)}
+        return {j.message.id: smsc_id(rid, n) for j, n in zip(batch.jobs, numbers)}
 
     # --- sending -----------------------------------------------------------------
 
@@ -377,7 +377,7 @@ class SmscRoute(HttpRoute):
         for job, pair in zip(batch.jobs, pairs):
             item = found.get(pair)
             if item is not None and _int(item["status"], "status") != -3:
-                out[job.message.id] = Accepted(provider_id(*pair))
+                out[job.message.id] = Accepted(smsc_id(*pair))
         return out  # the missing ones: SMSC does not have them (ResendPolicy decides when they go again)
 
     async def accepted(self, job: Job, pid: str) -> None:
@@ -397,7 +397,7 @@ class SmscRoute(HttpRoute):
             return None
 
     async def poll(self, items: Sequence[PollItem]) -> dict[int, tuple[int, Status | None]]:
-        pairs = [split_provider_id(i.provider_id) for i in items]
+        pairs = [split_smsc_id(i.smsc_id) for i in items]
         found = parse_status(await self.post(self.url("status.php"), status_form(self.cfg, pairs)), self.cfg)
         out: dict[int, tuple[int, Status | None]] = {}
         for item, pair in zip(items, pairs):
@@ -408,7 +408,7 @@ class SmscRoute(HttpRoute):
         return out
 
     async def polled(self, item: PollItem, code: int, status: Status | None) -> bool:
-        rid, _ = split_provider_id(item.provider_id)
+        rid, _ = split_smsc_id(item.smsc_id)
         if rid >= VIBER_ID_BASE and item.channel == "viber" and status is not Status.DELIVERED:
             # The fallback time is up (that is when a Viber message is polled).
             await self._fall_back(item, f"smsc {code} (viber, polled)")
@@ -427,7 +427,7 @@ class SmscRoute(HttpRoute):
         status = self._status(cb.code)
         if status is None:
             return "OK"
-        pid = provider_id(cb.request_id, cb.phone)
+        pid = smsc_id(cb.request_id, cb.phone)
         detail = f"smsc {cb.code}" + (f" err:{cb.err}" if cb.err else "")
         if cb.request_id >= VIBER_ID_BASE:
             if status in FINAL and status is not Status.DELIVERED:
@@ -443,7 +443,7 @@ class SmscRoute(HttpRoute):
         mid = await self.receipt(pid, status, detail)
         if mid is None:
             self.stats["receipts_unmatched"] += 1
-            log.info("smsc_callback_unmatched", route=self.name, provider_id=f"{cb.request_id}:"
+            log.info("smsc_callback_unmatched", route=self.name, smsc_id=f"{cb.request_id}:"
                      + phone.mask(cb.phone))
         return "OK"
 
@@ -461,7 +461,7 @@ class SmscRoute(HttpRoute):
 
     async def hlr_request(self, number: str) -> int:
         """Start an HLR lookup for an E.164 number; the request id to ask about later."""
-        rid = random.randint(2 * VIBER_ID_BASE, MAX_ID)  # outside the ranges of message ids
+        rid = random.randint(2 * VIBER_ID_BASE, MAX_ID)  # outside the ranges of row ids
         form = {**auth(self.cfg), "phones": number, "mes": "", "hlr": "1", "id": str(rid), "fmt": "3",
                 "charset": "utf-8"}
         body = await self.post(self.url("send.php"), form)

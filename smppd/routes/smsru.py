@@ -228,11 +228,11 @@ class SmsRuRoute(HttpRoute):
 
     async def poll(self, items: Sequence[PollItem]) -> dict[int, tuple[int, Status | None]]:
         body = await self.post(self.url("sms/status"), {
-            "api_id": self.cfg.api_id, "sms_id": ",".join(i.provider_id for i in items), "json": "1"})
+            "api_id": self.cfg.api_id, "sms_id": ",".join(i.smsc_id for i in items), "json": "1"})
         codes = parse_status(body, self.cfg)
         out: dict[int, tuple[int, Status | None]] = {}
         for item in items:
-            code = codes.get(item.provider_id)
+            code = codes.get(item.smsc_id)
             if code is None or code == -1:
                 continue
             out[item.id] = (code, self._status(code))
@@ -261,7 +261,7 @@ class SmsRuRoute(HttpRoute):
             mid = await self.receipt(r.sms_id, status, f"smsru {r.code}")
             if mid is None:
                 self.stats["receipts_unmatched"] += 1
-                log.info("smsru_callback_unmatched", route=self.name, provider_id=r.sms_id)
+                log.info("smsru_callback_unmatched", route=self.name, smsc_id=r.sms_id)
         return "100"  # anything else counts as a failure and is retried (§1.6)
 
     async def cost(self, numbers: Sequence[str], text: str, sender: str) -> Cost:

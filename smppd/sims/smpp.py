@@ -95,7 +95,7 @@ class SimulatorConfig:
     id_format: str = "hex"  # "hex" (upper case) or "dec"
     receipt_tlvs: bool = True  # receipted_message_id + message_state besides the text
     seed: int | None = None  # makes the outcome of each submit reproducible
-    first_message_id: int = 0x5A000000
+    first_smsc_id: int = 0x5A000000
     receipt_first: bool = False  # send the receipt before the submit_sm_resp (routine under load)
     id_leading_zeros: int = 0  # pad resp ids with zeros ("0E999F21"), receipts drop them
     id_lower_case_in_receipt: bool = False  # hex ids lower-case in the receipt only
@@ -215,7 +215,7 @@ class SmscSimulator:
         self._started_at = 0.0
         self._unbinder: asyncio.Task[Any] | None = None
         self._rng = random.Random(config.seed)
-        self._next_id = config.first_message_id
+        self._next_id = config.first_smsc_id
         self._outcomes: dict[str, str] = {}
         self._connections: set[_EsmeConnection] = set()
         self._waiting: dict[str, deque[_Outbound]] = {}
@@ -285,9 +285,9 @@ class SmscSimulator:
     def binds(self) -> int:
         return sum(1 for c in self._connections if c.bound and not c.closing)
 
-    def outcome_of(self, message_id: str) -> str:
+    def outcome_of(self, smsc_id: str) -> str:
         """The stat word chosen for an accepted message (KeyError for an unknown id)."""
-        return self._outcomes[message_id]
+        return self._outcomes[smsc_id]
 
     async def deliver_mo(self, system_id: str, source_addr: str, destination_addr: str,
                          short_message: bytes, *, data_coding: int = 0,
@@ -451,13 +451,13 @@ class SmscSimulator:
                 resp = encode("submit_sm_resp", header.sequence, status=verdict.status)
             self._answer(conn, resp, verdict.delay)
             return
-        sm.message_id = self._new_message_id()
+        sm.smsc_id = self._new_smsc_id()
         outcome = self._rng.choices(list(self.config.outcomes),
                                     weights=list(self.config.outcomes.values()))[0]
-        self._outcomes[sm.message_id] = outcome
+        self._outcomes[sm.smsc_id] = outcome
         self.submitted.append(sm)
         resp = encode("submit_sm_resp", header.sequence,
-                            message_id="0" * self.config.id_leading_zeros + sm.message_id)
+                            message_id="0" * self.config.id_leading_zeros + sm.smsc_id)
         wants = _wants_receipt(sm.registered_delivery, outcome) and self._receipt_for_part(sm)
         if wants and self.config.receipt_first:
             self._deliver(_Outbound(sm.system_id, self._receipt_fields(sm, outcome), is_receipt=True))
@@ -478,15 +478,15 @@ class SmscSimulator:
     def _on_query(self, conn: _EsmeConnection, header: Header, pdu: Any, raw: bytes) -> None:
         """query_sm (SMPP 3.4 §4.8): the state the SMSC holds for a message id it issued."""
         self.queries += 1
-        message_id = (pdu.message_id or b"").decode("latin-1")
-        sm = next((m for m in self.submitted if m.message_id == message_id), None)
+        smsc_id = (pdu.message_id or b"").decode("latin-1")
+        sm = next((m for m in self.submitted if m.smsc_id == smsc_id), None)
         if sm is None:
             conn.send(encode("query_sm_resp", header.sequence, status=0x0C))  # ESME_RINVMSGID
             return
-        outcome = self._outcomes[message_id]
+        outcome = self._outcomes[smsc_id]
         done = time.time() - sm.submitted_at >= self.config.receipt_delay
         state = MESSAGE_STATES[outcome] if done else MESSAGE_STATES["ENROUTE"]
-        conn.send(encode("query_sm_resp", header.sequence, message_id=message_id,
+        conn.send(encode("query_sm_resp", header.sequence, message_id=smsc_id,
                                final_date="", message_state=state, error_code=0))
 
     def _answer(self, conn: _EsmeConnection, resp: bytes, delay: float) -> None:
@@ -495,7 +495,7 @@ class SmscSimulator:
         else:
             conn.send(resp)
 
-    def _new_message_id(self) -> str:
+    def _new_smsc_id(self) -> str:
         number, self._next_id = self._next_id, self._next_id + 1
         return format(number, "X") if self.config.id_format == "hex" else str(number)
 
@@ -509,13 +509,13 @@ class SmscSimulator:
         self._deliver(_Outbound(sm.system_id, self._receipt_fields(sm, outcome), is_receipt=True))
 
     def _receipt_fields(self, sm: SubmittedSm, outcome: str) -> dict[str, Any]:
-        assert sm.message_id is not None
+        assert sm.smsc_id is not None
         submit_date = time.strftime("%y%m%d%H%M", time.gmtime(sm.submitted_at))
         done_date = time.strftime("%y%m%d%H%M", time.gmtime())
         delivered = "001" if outcome == "DELIVRD" else "000"
-        receipt_id = sm.message_id.lower() if self.config.id_lower_case_in_receipt else sm.message_id
+        receipt_id = sm.smsc_id.lower() if self.config.id_lower_case_in_receipt else sm.smsc_id
         if self.config.receipt_ids_decimal and self.config.id_format == "hex":
-            receipt_id = str(int(sm.message_id, 16))
+            receipt_id = str(int(sm.smsc_id, 16))
         text = (
             f"id:{receipt_id} sub:001 dlvrd:{delivered} submit date:{submit_date} "
             f"done date:{done_date} stat:{outcome} err:{_ERR_CODES[outcome]} "

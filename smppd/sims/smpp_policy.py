@@ -33,7 +33,7 @@ _ERR_CODES: Final[dict[str, str]] = {
 
 @dataclass
 class SubmittedSm:
-    """One submit_sm as the SMSC saw it; ``message_id`` is set once it is accepted."""
+    """One submit_sm as the SMSC saw it; ``smsc_id`` is set once it is accepted."""
 
     raw: bytes
     sequence: int
@@ -54,7 +54,7 @@ class SubmittedSm:
     sar_total_segments: int | None = None
     sar_segment_seqnum: int | None = None
     tlvs: dict[int, bytes] = field(default_factory=dict)
-    message_id: str | None = None
+    smsc_id: str | None = None
     submitted_at: float = field(default_factory=time.time)
     received_at: float = field(default_factory=time.monotonic)  # for rate measurements
 

@@ -79,8 +79,8 @@ class _Protocol(asyncio.Protocol):
         self.session.acknowledge(sequence, status)
         self._schedule_flush()
 
-    def query(self, ref: Hashable, message_id: str, source_addr: str, ton: int, npi: int) -> None:
-        self.session.query(ref, message_id, source_addr, ton, npi, self._loop.time())
+    def query(self, ref: Hashable, smsc_id: str, source_addr: str, ton: int, npi: int) -> None:
+        self.session.query(ref, smsc_id, source_addr, ton, npi, self._loop.time())
         self._schedule_flush()
         self._arm()
 
@@ -181,10 +181,10 @@ class Connection:
         assert self._protocol is not None
         return self._protocol.submit(item)
 
-    def query(self, ref: Hashable, message_id: str, source_addr: str, ton: int, npi: int) -> None:
+    def query(self, ref: Hashable, smsc_id: str, source_addr: str, ton: int, npi: int) -> None:
         """query_sm for a part with no receipt; the answer comes as an event to the sink."""
         assert self._protocol is not None
-        self._protocol.query(ref, message_id, source_addr, ton, npi)
+        self._protocol.query(ref, smsc_id, source_addr, ton, npi)
 
     def acknowledge(self, sequence: int, status: int = 0) -> None:
         """Answer a deliver_sm, if the session that received it is still up.

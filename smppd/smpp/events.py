@@ -47,8 +47,8 @@ class BindRejected:
 @dataclass(frozen=True, slots=True)
 class SubmitAccepted:
     ref: Hashable
-    message_id: str  # canonical, comparable with Receipt.message_id ("" if the SMSC sent none)
-    raw_message_id: str  # as the SMSC sent it
+    smsc_id: str  # canonical, comparable with Receipt.smsc_id ("" if the SMSC sent none)
+    raw_smsc_id: str  # as the SMSC sent it
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 Read by our walker over the raw bytes, not by smpplib, so a receipt is understood
 even when smpplib cannot parse its PDU (reference/smpp.md §9, defects 4, 6, 7), and
 with the SMSC's message id in one canonical spelling so a resp and its receipt match
-(``canonical_message_id``, reference §8).
+(``canonical_smsc_id``, reference §8).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ class Receipt:
     ``<network type>:0x<code>``, e.g. ``GSM:0x0001`` (see ``network_error``).
     """
 
-    message_id: str  # canonical, see canonical_message_id
-    raw_message_id: str  # as received: TLV preferred over the text id:
+    smsc_id: str  # canonical, see canonical_smsc_id
+    raw_smsc_id: str  # as received: TLV preferred over the text id:
     state: int | None  # message_state TLV (any width 1..4 octets)
     stat: str | None  # text stat: word upper-cased (DELIVRD, UNDELIVERABLE, ...)
     error: str | None
@@ -73,7 +73,7 @@ _HEX = re.compile(r"[0-9A-Fa-f]+")
 _DEC = re.compile(r"[0-9]+")
 
 
-def canonical_message_id(raw: str, base: str = "as-is") -> str:
+def canonical_smsc_id(raw: str, base: str = "as-is") -> str:
     """One spelling for an SMSC message id, so that a resp and its receipt match.
 
     SMSCs render one id differently in the resp and the receipt: case, leading
@@ -240,7 +240,7 @@ def parse_receipt(raw: bytes, *, id_base: str = "as-is") -> Receipt | None:
     if not raw_id:
         raise decode_error(header or read_header(raw), "receipt without a message id", ESME_RSYSERR)
     try:
-        message_id = canonical_message_id(raw_id, id_base)
+        smsc_id = canonical_smsc_id(raw_id, id_base)
     except ValueError as exc:
         raise decode_error(header or read_header(raw), f"receipt id: {exc}", ESME_RSYSERR) from exc
     stat = text.get("stat")
@@ -249,8 +249,8 @@ def parse_receipt(raw: bytes, *, id_base: str = "as-is") -> Receipt | None:
         stat = word.group(0).upper() if word else None
     network_error = _network_error(tlvs.get(TAG_NETWORK_ERROR_CODE))
     return Receipt(
-        message_id=message_id,
-        raw_message_id=raw_id,
+        smsc_id=smsc_id,
+        raw_smsc_id=raw_id,
         state=_tlv_int(tlvs.get(TAG_MESSAGE_STATE)),
         stat=stat,
         error=text.get("err") or network_error,

@@ -22,7 +22,7 @@ UDH8, UDH16, SAR, PAYLOAD = "udh8", "udh16", "sar", "payload"
 
 @dataclass(frozen=True)
 class SegmentJob:
-    message_id: int
+    row_id: int
     seq: int
     submit: Submit
     b24_id: str = ""  # for the log lines about this segment

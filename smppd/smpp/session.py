@@ -69,7 +69,7 @@ Decisions, in the same order as Kannel's ``gw/smsc/smsc_smpp.c``
   connection dies is therefore redelivered, not lost (at-least-once).
 * A submit whose resp times out is ``SubmitUnconfirmed`` and frees its window
   slot, like Kannel's ``wait-ack-expire = 0x01`` (requeue, may duplicate). A
-  late resp for it is logged with the original ref and message id, for
+  late resp for it is logged with the original ref and smsc_id, for
   reconciliation, and otherwise ignored.
 """
 
@@ -130,7 +130,7 @@ from .pdu import (
     response_message_id,
     status_name,
 )
-from .receipts import canonical_message_id, parse_deliver, parse_receipt
+from .receipts import canonical_smsc_id, parse_deliver, parse_receipt
 
 log = structlog.get_logger(__name__)
 
@@ -205,7 +205,7 @@ class SessionConfig:
             base = getattr(self, name)
             if base is not None:
                 try:
-                    canonical_message_id("1", base)
+                    canonical_smsc_id("1", base)
                 except ValueError:
                     raise ValueError(f"{name} must be as-is, hex or dec, got {base!r}") from None
 
@@ -397,13 +397,13 @@ class Session:
         self._queue(raw, now)
         return seq
 
-    def query(self, ref: Hashable, message_id: str, source_addr: str, source_addr_ton: int,
+    def query(self, ref: Hashable, smsc_id: str, source_addr: str, source_addr_ton: int,
               source_addr_npi: int, now: float) -> int:
         """Queue a query_sm for an id the SMSC issued; returns its sequence number."""
         if self._state is not State.BOUND or not self._can_transmit:
             raise RuntimeError(f"cannot query: state={self._state.name} mode={self._config.bind_mode}")
         seq = self._allocate_sequence()
-        raw = encode("query_sm", seq, message_id=message_id, source_addr_ton=source_addr_ton,
+        raw = encode("query_sm", seq, message_id=smsc_id, source_addr_ton=source_addr_ton,
                            source_addr_npi=source_addr_npi, source_addr=source_addr)
         self._queries[seq] = _Outstanding(ref, now + self._config.response_timeout)
         self._queue(raw, now)
@@ -740,10 +740,10 @@ class Session:
             return
         # Resp for a submit we already reported as unconfirmed: the requeued copy will be a
         # duplicate if this one was accepted. Log enough to reconcile.
-        message_id = ""
+        smsc_id = ""
         if header.status == ESME_ROK:
             try:
-                message_id = response_message_id(raw)
+                smsc_id = response_message_id(raw)
             except Exception:
                 pass
         self._log.warning(
@@ -751,18 +751,18 @@ class Session:
             sequence=seq,
             ref=ref,
             status=header.status,
-            message_id=message_id,
+            smsc_id=smsc_id,
         )
 
     def _canonical_resp_id(self, raw_id: str) -> str:
         if not raw_id:
             return ""
         try:
-            return canonical_message_id(raw_id, self._resp_id_base)
+            return canonical_smsc_id(raw_id, self._resp_id_base)
         except ValueError:
             # e.g. base 16 configured but the SMSC sent something else: keep it comparable.
-            self._log.warning("smpp.message_id_not_in_base", raw=raw_id, base=self._resp_id_base)
-            return canonical_message_id(raw_id, "as-is")
+            self._log.warning("smpp.smsc_id_not_in_base", raw=raw_id, base=self._resp_id_base)
+            return canonical_smsc_id(raw_id, "as-is")
 
     def _on_enquire_link_resp(self, header: Header) -> None:
         if self._enquire_seq is not None and header.sequence == self._enquire_seq:

@@ -9,7 +9,7 @@ over it, one module per concern:
 * ``status``: how a resp or receipt moves segments, messages, repeats and the
   outbox (the heart of the domain: plain functions run inside operations);
 * ``receipts``: the SMPP routes' resps, receipts, MO and unmatched receipts;
-* ``polling``: the HTTP routes' provider ids, callbacks, polls and fallbacks;
+* ``polling``: the HTTP routes' SMSC ids, callbacks, polls and fallbacks;
 * ``outbox``: what the Bitrix24 pushers read and clear;
 * ``portals``: portals, tokens and app events;
 * ``contacts``: the stop list and what is kept per number;

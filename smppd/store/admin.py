@@ -13,20 +13,20 @@ class Admin(Writer):
 
     # --- reading ---------------------------------------------------------------
 
-    async def message(self, message_id: int) -> dict[str, Any] | None:
+    async def message(self, row_id: int) -> dict[str, Any] | None:
         def op(conn: sqlite3.Connection) -> dict[str, Any] | None:
             conn.row_factory = sqlite3.Row
             try:
-                row = conn.execute("SELECT * FROM message WHERE id=?", (message_id,)).fetchone()
+                row = conn.execute("SELECT * FROM message WHERE id=?", (row_id,)).fetchone()
                 if row is None:
                     return None
                 out = dict(row)
                 out["segment_rows"] = [
                     dict(r)
-                    for r in conn.execute("SELECT * FROM segment WHERE message_id=? ORDER BY seq", (message_id,))
+                    for r in conn.execute("SELECT * FROM segment WHERE row_id=? ORDER BY seq", (row_id,))
                 ]
                 out["events"] = [
-                    dict(r) for r in conn.execute("SELECT * FROM event WHERE message_id=? ORDER BY id", (message_id,))
+                    dict(r) for r in conn.execute("SELECT * FROM event WHERE row_id=? ORDER BY id", (row_id,))
                 ]
                 return out
             finally:
@@ -85,13 +85,13 @@ class Admin(Writer):
             "UPDATE message SET hold=NULL, hold_until=NULL WHERE id=? AND hold IS NOT NULL", rows))
 
     async def open_segments(self, ids: Collection[int], statuses: Sequence[str]) -> list[tuple[int, int]]:
-        """(message id, seq) of the messages' segments in ``statuses``."""
+        """(row id, seq) of the messages' segments in ``statuses``."""
         wanted = list(ids)
 
         def op(conn: sqlite3.Connection) -> list[tuple[int, int]]:
             q = ",".join("?" * len(wanted)) or "NULL"
             return conn.execute(
-                f"SELECT message_id, seq FROM segment WHERE message_id IN ({q})"
+                f"SELECT row_id, seq FROM segment WHERE row_id IN ({q})"
                 f" AND status IN ({','.join('?' * len(statuses))})", (*wanted, *statuses),
             ).fetchall()
 

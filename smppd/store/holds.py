@@ -97,5 +97,5 @@ def _judged(conn: sqlite3.Connection, hold: str, decisions: list[tuple[int, str 
 
 def _fail(conn: sqlite3.Connection, mid: int, reason: str, now: float) -> None:
     conn.execute("UPDATE message SET hold=NULL, hold_until=NULL WHERE id=?", (mid,))
-    for (seq,) in conn.execute("SELECT seq FROM segment WHERE message_id=?", (mid,)).fetchall():
+    for (seq,) in conn.execute("SELECT seq FROM segment WHERE row_id=?", (mid,)).fetchall():
         segment_status(conn, mid, seq, Status.FAILED, reason, now)

@@ -1,4 +1,4 @@
-"""Intake: a message stored once per (portal, Bitrix24 message_id), and the repeat rule
+"""Intake: a message stored once per (portal, b24_id), and the repeat rule
 (the same number and text again within a window follows the first message, or fails).
 """
 
@@ -16,13 +16,13 @@ from .writer import REFUSE, Writer
 # (migration 7: no status change made them final), never a scan of the settled ones.
 OPEN_MESSAGES = (
     "SELECT m.id, m.sender, m.phone, m.text, group_concat(s.seq), m.concat_ref, m.b24_id FROM message m"
-    " JOIN segment s ON s.message_id = m.id"
+    " JOIN segment s ON s.row_id = m.id"
     " WHERE m.route=? AND m.id > ? AND m.final_at IS NULL AND m.status IN ('queued','submitted','accepted')"
     " AND m.hold IS NULL AND s.status IN ('queued','submitted') GROUP BY m.id ORDER BY m.id LIMIT ?"
 )
 
 
-# A message's row; a message_id already stored for the portal inserts nothing (rowcount 0), so
+# A message's row; a b24_id already stored for the portal inserts nothing (rowcount 0), so
 # the common, new message costs no separate duplicate lookup.
 _INSERT_MESSAGE = (
     "INSERT INTO message (member_id, b24_id, code, route, sender, phone, text, encoding,"
@@ -55,7 +55,7 @@ class _IntakeRows:
 
     def write(self, conn: sqlite3.Connection) -> None:
         if self.segments:
-            conn.executemany("INSERT INTO segment (message_id, seq, route, status, updated_at) VALUES (?,?,?,?,?)",
+            conn.executemany("INSERT INTO segment (row_id, seq, route, status, updated_at) VALUES (?,?,?,?,?)",
                              self.segments)
             self.segments = []
         if self.events:
@@ -65,7 +65,7 @@ class _IntakeRows:
 
 def _intake(conn: sqlite3.Connection, m: NewMessage, now: float, rows: _IntakeRows,
             repeats: _Repeats) -> IntakeResult:
-    """Store one message, or find the one already stored under its (portal, message_id);
+    """Store one message, or find the one already stored under its (portal, b24_id);
     its segment and intake event rows are left in ``rows``.
 
     The INSERT itself detects the duplicate (Bitrix24 retries are rare), so what it
@@ -89,7 +89,7 @@ def _intake(conn: sqlite3.Connection, m: NewMessage, now: float, rows: _IntakeRo
          m.entities, first[0] if first else None, ref, b24,
          now if status is Status.FAILED else None),  # final at birth: never in message_open
     )
-    if cur.rowcount == 0:  # this portal's message_id is stored already
+    if cur.rowcount == 0:  # this portal's b24_id is stored already
         row = conn.execute(
             "SELECT id, status FROM message WHERE member_id=? AND b24_id=?", (m.member_id, m.b24_id)
         ).fetchone()
@@ -188,7 +188,7 @@ class Intake(Writer):
     """Storing what Bitrix24 posted, and reading back what is still to send."""
 
     async def intake(self, m: NewMessage) -> IntakeResult:
-        """Store a message once per (portal, Bitrix24 message_id); durable on return."""
+        """Store a message once per (portal, b24_id); durable on return."""
         return (await self.intake_many((m,)))[0]
 
     async def intake_many(self, messages: Sequence[NewMessage]) -> list[IntakeResult]:
@@ -196,7 +196,7 @@ class Intake(Writer):
         commit-wait for the lot, which is most of the cost of a small message.
 
         The messages are stored in order in one transaction, so the same
-        message_id twice gives what two ``intake`` calls in a row give (the
+        b24_id twice gives what two ``intake`` calls in a row give (the
         second a duplicate). All or nothing: if one raises, none is stored and
         this raises (the caller may retry them one by one).
         """

@@ -1,4 +1,4 @@
-"""HTTP providers (SMS.ru, SMSC): one provider id per message, callbacks, polls and the
+"""HTTP providers (SMS.ru, SMSC): one SMSC id per message, callbacks, polls and the
 Viber-to-SMS fallback.
 """
 
@@ -15,14 +15,14 @@ from .writer import Writer
 class Polling(Writer):
     """The operations an HTTP route runs."""
 
-    # --- HTTP providers: one provider id per message ----------------------------
+    # --- HTTP providers: one SMSC id per message ----------------------------
     #
     # An HTTP provider splits the text itself and answers with one id per
     # message, so the id sits on segment 0 and every segment row of the
     # message moves together: the message is delivered when the provider says
     # so, and the SMPP aggregate rules keep working unchanged.
 
-    async def provider_accepted(self, message_id: int, provider_id: str, *, poll_at: float,
+    async def provider_accepted(self, row_id: int, smsc_id: str, *, poll_at: float,
                                 channel: str | None = None, pending_ttl: float | None = None) -> None:
         """The provider took the message; apply any callback that beat its answer
         (and is younger than ``pending_ttl``: an older one is a stale or forged
@@ -31,23 +31,23 @@ class Polling(Writer):
         oldest = now - pending_ttl if pending_ttl is not None else float("-inf")
 
         def op(conn: sqlite3.Connection) -> bool:
-            row = conn.execute("SELECT route FROM message WHERE id=?", (message_id,)).fetchone()
+            row = conn.execute("SELECT route FROM message WHERE id=?", (row_id,)).fetchone()
             if row is None:
                 return False
             route = row[0]
-            conn.execute("UPDATE segment SET provider_id=NULL WHERE message_id=?", (message_id,))
-            conn.execute("UPDATE segment SET provider_id=? WHERE message_id=? AND seq=0", (provider_id, message_id))
+            conn.execute("UPDATE segment SET smsc_id=NULL WHERE row_id=?", (row_id,))
+            conn.execute("UPDATE segment SET smsc_id=? WHERE row_id=? AND seq=0", (smsc_id, row_id))
             conn.execute("UPDATE message SET poll_at=?, channel=coalesce(?, channel) WHERE id=?",
-                         (poll_at, channel, message_id))
-            changed = all_segments(conn, message_id, Status.ACCEPTED, None, now)
+                         (poll_at, channel, row_id))
+            changed = all_segments(conn, row_id, Status.ACCEPTED, None, now)
             early = conn.execute(
                 "SELECT id, status, detail, expired, received_at FROM receipt_pending"
-                " WHERE route=? AND provider_id=? ORDER BY id",
-                (route, provider_id),
+                " WHERE route=? AND smsc_id=? ORDER BY id",
+                (route, smsc_id),
             ).fetchall()
             for rid, status, detail, expired, received_at in early:
                 if not expired and received_at >= oldest:
-                    changed |= all_segments(conn, message_id, Status(status), detail, now)
+                    changed |= all_segments(conn, row_id, Status(status), detail, now)
                 conn.execute("DELETE FROM receipt_pending WHERE id=?", (rid,))
             return changed
 
@@ -65,7 +65,7 @@ class Polling(Writer):
 
         def op(conn: sqlite3.Connection) -> None:
             for mid, pid in rows:
-                conn.execute("UPDATE segment SET provider_id=? WHERE message_id=? AND seq=0", (pid, mid))
+                conn.execute("UPDATE segment SET smsc_id=? WHERE row_id=? AND seq=0", (pid, mid))
                 all_segments(conn, mid, Status.SUBMITTED, None, now)
 
         await self.execute(op)
@@ -75,26 +75,26 @@ class Polling(Writer):
 
         def op(conn: sqlite3.Connection) -> list[PollItem]:
             rows = conn.execute(
-                "SELECT m.id, s.provider_id, m.phone, m.channel, m.sender, m.text, m.created_at FROM message m"
-                " JOIN segment s ON s.message_id = m.id AND s.seq = 0"
+                "SELECT m.id, s.smsc_id, m.phone, m.channel, m.sender, m.text, m.created_at FROM message m"
+                " JOIN segment s ON s.row_id = m.id AND s.seq = 0"
                 " WHERE m.route=? AND m.status IN ('queued','submitted') AND s.status='submitted'"
-                " AND s.provider_id IS NOT NULL ORDER BY m.id",
+                " AND s.smsc_id IS NOT NULL ORDER BY m.id",
                 (route,),
             ).fetchall()
             return [PollItem(*r) for r in rows]
 
         return await self.execute(op)
 
-    async def provider_failed(self, message_id: int, status: Status, detail: str) -> None:
+    async def provider_failed(self, row_id: int, status: Status, detail: str) -> None:
         """The provider refused the message for good."""
         now = self.clock()
-        if await self.execute(lambda conn: all_segments(conn, message_id, status, detail, now)):
+        if await self.execute(lambda conn: all_segments(conn, row_id, status, detail, now)):
             self.outbox_changed.set()
 
-    async def provider_receipt(self, route: str, provider_id: str, status: Status, detail: str,
+    async def provider_receipt(self, route: str, smsc_id: str, status: Status, detail: str,
                                *, keep_pending: bool = True, pending_max: int | None = None,
                                pending_ttl: float | None = None) -> int | None:
-        """Apply a callback or poll result; the message id, or None when the id is unknown.
+        """Apply a callback or poll result; the row id, or None when the id is unknown.
 
         An unknown id is kept pending (its send answer may still be on the way)
         unless ``keep_pending`` is False (a poll answer for an id we asked about).
@@ -107,7 +107,7 @@ class Polling(Writer):
 
         def op(conn: sqlite3.Connection) -> tuple[int | None, bool]:
             row = conn.execute(
-                "SELECT message_id FROM segment WHERE route=? AND provider_id=?", (route, provider_id)
+                "SELECT row_id FROM segment WHERE route=? AND smsc_id=?", (route, smsc_id)
             ).fetchone()
             if row is None:
                 if keep_pending and pending_max != 0:
@@ -124,9 +124,9 @@ class Polling(Writer):
                                 "DELETE FROM receipt_pending WHERE id IN (SELECT id FROM receipt_pending"
                                 " WHERE route=? ORDER BY id LIMIT ?)", (route, kept - pending_max + 1))
                     conn.execute(
-                        "INSERT INTO receipt_pending (route, provider_id, status, detail, received_at)"
+                        "INSERT INTO receipt_pending (route, smsc_id, status, detail, received_at)"
                         " VALUES (?,?,?,?,?)",
-                        (route, provider_id, status, detail, now),
+                        (route, smsc_id, status, detail, now),
                     )
                 return None, False
             return row[0], all_segments(conn, row[0], status, detail, now)
@@ -136,10 +136,10 @@ class Polling(Writer):
             self.outbox_changed.set()
         return mid
 
-    async def record_event(self, message_id: int, status: Status, detail: str) -> None:
+    async def record_event(self, row_id: int, status: Status, detail: str) -> None:
         """Keep a provider word that changes no status (a Viber miss before the SMS fallback)."""
         now = self.clock()
-        await self.execute(lambda conn: event(conn, message_id, None, status, False, detail, now))
+        await self.execute(lambda conn: event(conn, row_id, None, status, False, detail, now))
 
     async def due_polls(self, route: str, limit: int = 100) -> list[PollItem]:
         """Accepted messages whose poll time has come, oldest first."""
@@ -147,24 +147,24 @@ class Polling(Writer):
 
         def op(conn: sqlite3.Connection) -> list[PollItem]:
             rows = conn.execute(
-                "SELECT m.id, s.provider_id, m.phone, m.channel, m.sender, m.text, m.created_at FROM message m"
-                " JOIN segment s ON s.message_id = m.id AND s.seq = 0"
+                "SELECT m.id, s.smsc_id, m.phone, m.channel, m.sender, m.text, m.created_at FROM message m"
+                " JOIN segment s ON s.row_id = m.id AND s.seq = 0"
                 " WHERE m.route=? AND m.poll_at IS NOT NULL AND m.poll_at <= ? AND m.status='accepted'"
-                " AND s.provider_id IS NOT NULL ORDER BY m.poll_at LIMIT ?",
+                " AND s.smsc_id IS NOT NULL ORDER BY m.poll_at LIMIT ?",
                 (route, now, limit),
             ).fetchall()
             return [PollItem(*r) for r in rows]
 
         return await self.execute(op)
 
-    async def poll_item(self, route: str, provider_id: str) -> PollItem | None:
-        """The message a provider id belongs to, whatever its status."""
+    async def poll_item(self, route: str, smsc_id: str) -> PollItem | None:
+        """The message an SMSC id belongs to, whatever its status."""
 
         def op(conn: sqlite3.Connection) -> PollItem | None:
             row = conn.execute(
-                "SELECT m.id, s.provider_id, m.phone, m.channel, m.sender, m.text, m.created_at FROM segment s"
-                " JOIN message m ON m.id = s.message_id WHERE s.route=? AND s.provider_id=?",
-                (route, provider_id),
+                "SELECT m.id, s.smsc_id, m.phone, m.channel, m.sender, m.text, m.created_at FROM segment s"
+                " JOIN message m ON m.id = s.row_id WHERE s.route=? AND s.smsc_id=?",
+                (route, smsc_id),
             ).fetchone()
             return PollItem(*row) if row else None
 
@@ -179,14 +179,14 @@ class Polling(Writer):
 
         return await self.execute(op)
 
-    async def schedule_polls(self, message_ids: Iterable[int], at: float | None) -> None:
-        rows = [(at, mid) for mid in message_ids]
+    async def schedule_polls(self, row_ids: Iterable[int], at: float | None) -> None:
+        rows = [(at, mid) for mid in row_ids]
         await self.execute(lambda conn: conn.executemany("UPDATE message SET poll_at=? WHERE id=?", rows))
 
-    async def start_fallback(self, message_id: int) -> None:
+    async def start_fallback(self, row_id: int) -> None:
         """Viber did not deliver: from now on the message is owed an SMS (survives a restart)."""
         await self.execute(lambda conn: conn.execute(
-            "UPDATE message SET channel='viber_fallback', poll_at=NULL WHERE id=?", (message_id,)))
+            "UPDATE message SET channel='viber_fallback', poll_at=NULL WHERE id=?", (row_id,)))
 
     async def fallbacks_owed(self, route: str) -> list[OpenMessage]:
         """Messages whose Viber attempt failed and whose SMS was not accepted yet."""

@@ -20,25 +20,25 @@ _FINALS = "('delivered','undelivered','expired','rejected','failed')"
 # get a log line are read again by id (``_FINAL_SQL``, ``_IGNORED_SQL``), in the same read
 # transaction.
 _TAIL_SQL = f"""
-SELECT e.id, e.message_id, e.status, e.applied, m.route,
+SELECT e.id, e.row_id, e.status, e.applied, m.route,
        CASE WHEN e.applied = 1 AND e.status IN {_FINALS} THEN
-         e.at - (SELECT a.at FROM event a WHERE a.message_id = e.message_id AND a.seq = e.seq
+         e.at - (SELECT a.at FROM event a WHERE a.row_id = e.row_id AND a.seq = e.seq
                    AND a.status = 'accepted' AND a.applied = 1 ORDER BY a.id LIMIT 1)
        END,
        e.status = m.status AND e.at = m.updated_at
 FROM event e
-JOIN message m ON m.id = e.message_id
+JOIN message m ON m.id = e.row_id
 WHERE e.id > ? ORDER BY e.id LIMIT ?
 """
-# A settled message's one line: the message, and the provider ids of its segments in their
+# A settled message's one line: the message, and the SMSC ids of its segments in their
 # order (one row per segment that has one, one row with NULL when none has).
 _FINAL_SQL = (
-    "SELECT m.id, m.b24_id, m.route, m.status, m.reason, m.updated_at - m.created_at, s.provider_id FROM message m"
-    " LEFT JOIN segment s ON s.message_id = m.id AND s.provider_id IS NOT NULL WHERE m.id IN ({}) ORDER BY m.id, s.seq"
+    "SELECT m.id, m.b24_id, m.route, m.status, m.reason, m.updated_at - m.created_at, s.smsc_id FROM message m"
+    " LEFT JOIN segment s ON s.row_id = m.id AND s.smsc_id IS NOT NULL WHERE m.id IN ({}) ORDER BY m.id, s.seq"
 )
 # An event that was not applied (a late or duplicated resp or receipt), for its debug line.
-_IGNORED_SQL = ("SELECT e.id, e.message_id, m.b24_id, m.route, e.seq, e.status, m.status, e.detail FROM event e"
-                " JOIN message m ON m.id = e.message_id WHERE e.id IN ({})")
+_IGNORED_SQL = ("SELECT e.id, e.row_id, m.b24_id, m.route, e.seq, e.status, m.status, e.detail FROM event e"
+                " JOIN message m ON m.id = e.row_id WHERE e.id IN ({})")
 _CHUNK = 500  # ids per IN (...): well under SQLite's limit on parameters
 
 
@@ -68,19 +68,19 @@ def last_event(db: sqlite3.Connection) -> int:
 
 def events_after(db: sqlite3.Connection, after: int,
                  limit: int) -> list[tuple[int, int, str, int, str, float | None, int]]:
-    """(event id, message id, status, applied, route, receipt latency of an applied final or
+    """(event id, row id, status, applied, route, receipt latency of an applied final or
     None, whether it may be the event that settled its message), oldest first."""
     return db.execute(_TAIL_SQL, (after, limit)).fetchall()
 
 
 def finals(db: sqlite3.Connection, ids: list[int]) -> Iterator[tuple[Any, ...]]:
-    """(id, b24_id, route, status, reason, seconds taken, provider id) per message and
-    segment with a provider id (one row with None when none has), by message and seq."""
+    """(id, b24_id, route, status, reason, seconds taken, SMSC id) per message and
+    segment with an SMSC id (one row with None when none has), by message and seq."""
     return _by_ids(db, _FINAL_SQL, ids)
 
 
 def events(db: sqlite3.Connection, ids: list[int]) -> Iterator[tuple[Any, ...]]:
-    """(event id, message id, b24_id, route, seq, status, the message's status, detail)."""
+    """(event id, row id, b24_id, route, seq, status, the message's status, detail)."""
     return _by_ids(db, _IGNORED_SQL, ids)
 
 

@@ -15,7 +15,7 @@ from ..model import NO_RULES, STATUS_WORD, ReceiptRules, Status, Unreceipted
 from .status import accept_segment, apply_receipt, segment_status
 from .writer import HOLD_BOUNDED, Writer
 
-# How long a receipt whose provider id is not known yet waits for its
+# How long a receipt whose SMSC id is not known yet waits for its
 # submit_sm_resp before it is counted as unmatched (reference/smpp.md §8).
 PENDING_RECEIPT_TTL = 600.0
 # And at most this many wait at once: a flood of receipts for ids we never had (an SMSC
@@ -26,13 +26,13 @@ MAX_PENDING_RECEIPTS = 100_000
 class Receipts(Writer):
     """The operations an SMPP route runs for its resps, receipts and MO."""
 
-    async def segment_accepted(self, message_id: int, seq: int, provider_id: str) -> None:
+    async def segment_accepted(self, row_id: int, seq: int, smsc_id: str) -> None:
         """The operator took a segment; apply any receipt that beat the resp here."""
-        await self.segments_accepted([(message_id, seq, provider_id)])
+        await self.segments_accepted([(row_id, seq, smsc_id)])
 
     def segments_accepted(self, accepted: list[tuple[int, int, str]],
                           rules: ReceiptRules = NO_RULES) -> asyncio.Future[None]:
-        """The (message id, seq, provider id) of the submit_sm_resps of one read, as one operation.
+        """The (row id, seq, smsc_id) of the submit_sm_resps of one read, as one operation.
 
         Not a coroutine: the route calls it from a protocol callback, and a task per
         resp (to await a coroutine) cost more than the store work itself.
@@ -41,20 +41,20 @@ class Receipts(Writer):
 
         def op(conn: sqlite3.Connection) -> tuple[None, bool]:
             changed = False
-            for message_id, seq, provider_id in accepted:
-                changed |= accept_segment(conn, message_id, seq, provider_id, now, rules)
+            for row_id, seq, smsc_id in accepted:
+                changed |= accept_segment(conn, row_id, seq, smsc_id, now, rules)
             return None, changed
 
         return self.noting_outbox(self.execute(op))
 
-    async def segment_failed(self, message_id: int, seq: int, status: Status, detail: str) -> None:
+    async def segment_failed(self, row_id: int, seq: int, status: Status, detail: str) -> None:
         now = self.clock()
-        if await self.execute(lambda conn: segment_status(conn, message_id, seq, status, detail, now)):
+        if await self.execute(lambda conn: segment_status(conn, row_id, seq, status, detail, now)):
             self.outbox_changed.set()
 
-    async def apply_receipt(self, route: str, provider_id: str, status: Status, detail: str) -> bool:
+    async def apply_receipt(self, route: str, smsc_id: str, status: Status, detail: str) -> bool:
         """Apply a receipt; False when its id is unknown (kept pending, see segment_accepted)."""
-        return (await self.apply_receipts(route, [(provider_id, status, detail)]))[0]
+        return (await self.apply_receipts(route, [(smsc_id, status, detail)]))[0]
 
     def apply_receipts(self, route: str, receipts: list[tuple[str, Status, str]]) -> asyncio.Future[list[bool]]:
         """The receipts of one read as one operation; per receipt, whether its id was known."""
@@ -81,8 +81,8 @@ class Receipts(Writer):
         def op(conn: sqlite3.Connection) -> tuple[list[str | None], bool]:
             matched: list[str | None] = []
             changed = False
-            for provider_id, status, detail in receipts:
-                how, moved = apply_receipt(conn, route, provider_id, status, detail, now, rules)
+            for smsc_id, status, detail in receipts:
+                how, moved = apply_receipt(conn, route, smsc_id, status, detail, now, rules)
                 matched.append(how)
                 changed |= moved
             return matched, changed
@@ -95,9 +95,9 @@ class Receipts(Writer):
 
         def op(conn: sqlite3.Connection) -> list[Unreceipted]:
             rows = conn.execute(
-                "SELECT s.message_id, s.seq, s.provider_id, m.sender, s.updated_at FROM segment s"
-                " INDEXED BY segment_awaiting_receipt JOIN message m ON m.id = s.message_id"
-                " WHERE s.route=? AND s.status='accepted' AND s.updated_at < ? AND s.provider_id IS NOT NULL"
+                "SELECT s.row_id, s.seq, s.smsc_id, m.sender, s.updated_at FROM segment s"
+                " INDEXED BY segment_awaiting_receipt JOIN message m ON m.id = s.row_id"
+                " WHERE s.route=? AND s.status='accepted' AND s.updated_at < ? AND s.smsc_id IS NOT NULL"
                 " ORDER BY s.updated_at LIMIT ?",
                 (route, accepted_before, limit),
             ).fetchall()
@@ -112,7 +112,7 @@ class Receipts(Writer):
         def op(conn: sqlite3.Connection) -> tuple[int, bool]:
             ended, changed = 0, False
             for mid, seq in parts:
-                row = conn.execute("SELECT status FROM segment WHERE message_id=? AND seq=?", (mid, seq)).fetchone()
+                row = conn.execute("SELECT status FROM segment WHERE row_id=? AND seq=?", (mid, seq)).fetchone()
                 if row is None or row[0] != STATUS_WORD[Status.ACCEPTED]:
                     continue  # a receipt came meanwhile
                 changed |= segment_status(conn, mid, seq, Status.UNDELIVERED, "no receipt", now)

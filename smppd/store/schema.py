@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE portal (
@@ -210,6 +210,17 @@ MIGRATIONS: dict[int, str] = {
         channel TEXT NOT NULL,               -- 'sms' (Viber failed, SMS went) or 'viber'
         updated_at REAL NOT NULL
     );
+    """,
+    # issue 15.2: one name per id. ``message_id`` meant Bitrix24's id, our row id and the
+    # SMSC's id; the columns now say which: a segment's and an event's ``row_id`` is
+    # message.id, ``smsc_id`` is the id the SMSC or HTTP provider gave the part (message.b24_id
+    # was already Bitrix24's). SQLite rewrites the indexes that name the columns
+    # (segment_provider, event_message, receipt_pending_id and their WHERE clauses) itself.
+    11: """
+    ALTER TABLE segment RENAME COLUMN message_id TO row_id;
+    ALTER TABLE segment RENAME COLUMN provider_id TO smsc_id;
+    ALTER TABLE event RENAME COLUMN message_id TO row_id;
+    ALTER TABLE receipt_pending RENAME COLUMN provider_id TO smsc_id;
     """,
 }
 

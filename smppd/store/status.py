@@ -35,52 +35,52 @@ _MESSAGE_COLUMNS = (
     " EXISTS (SELECT 1 FROM message f WHERE f.duplicate_of = m.id)"
 )
 _MESSAGE_READ = f"SELECT {_MESSAGE_COLUMNS} FROM message m WHERE m.id=?"
-# A submit_sm_resp's segment, its message, and whether a receipt for the new provider id came
+# A submit_sm_resp's segment, its message, and whether a receipt for the new SMSC id came
 # first (receipt_pending): the pending receipts are read only when there are some.
 _RESP_READ = (
     f"SELECT s.route, s.status, {_MESSAGE_COLUMNS},"
-    " EXISTS (SELECT 1 FROM receipt_pending p WHERE p.route = s.route AND p.provider_id = ?)"
-    " FROM segment s JOIN message m ON m.id = s.message_id WHERE s.message_id=? AND s.seq=?"
+    " EXISTS (SELECT 1 FROM receipt_pending p WHERE p.route = s.route AND p.smsc_id = ?)"
+    " FROM segment s JOIN message m ON m.id = s.row_id WHERE s.row_id=? AND s.seq=?"
 )
 # The same, when receipt_id_base = auto: a receipt may have come first under a hex/decimal
 # reading of the resp id (issue 14.6), so the pending check looks for three spellings.
-_RESP_READ_READINGS = _RESP_READ.replace("p.provider_id = ?", "p.provider_id IN (?, ?, ?)")
-# A receipt's segment, found by its provider id, and the segment's message.
+_RESP_READ_READINGS = _RESP_READ.replace("p.smsc_id = ?", "p.smsc_id IN (?, ?, ?)")
+# A receipt's segment, found by its SMSC id, and the segment's message.
 _RECEIPT_READ = (
-    f"SELECT s.message_id, s.seq, s.status, {_MESSAGE_COLUMNS}"
-    " FROM segment s JOIN message m ON m.id = s.message_id WHERE s.route=? AND s.provider_id=?"
+    f"SELECT s.row_id, s.seq, s.status, {_MESSAGE_COLUMNS}"
+    " FROM segment s JOIN message m ON m.id = s.row_id WHERE s.route=? AND s.smsc_id=?"
 )
 
 
-def accept_segment(conn: sqlite3.Connection, message_id: int, seq: int, provider_id: str, now: float,
+def accept_segment(conn: sqlite3.Connection, row_id: int, seq: int, smsc_id: str, now: float,
                    rules: ReceiptRules = NO_RULES) -> bool:
-    """A submit_sm_resp: the segment is accepted under ``provider_id``, and any receipt that
+    """A submit_sm_resp: the segment is accepted under ``smsc_id``, and any receipt that
     arrived first (receipt_pending) is applied now; True if the outbox changed."""
-    early_ids = [provider_id]
+    early_ids = [smsc_id]
     if rules.id_readings:  # a receipt that came first under another reading of this id
-        early_ids += [r for _, r in _resp_readings(provider_id)]
-        early_ids += [provider_id] * (3 - len(early_ids))  # one statement, cached: always 3 ids
-        row = conn.execute(_RESP_READ_READINGS, (*early_ids, message_id, seq)).fetchone()
+        early_ids += [r for _, r in _resp_readings(smsc_id)]
+        early_ids += [smsc_id] * (3 - len(early_ids))  # one statement, cached: always 3 ids
+        row = conn.execute(_RESP_READ_READINGS, (*early_ids, row_id, seq)).fetchone()
     else:
-        row = conn.execute(_RESP_READ, (provider_id, message_id, seq)).fetchone()
+        row = conn.execute(_RESP_READ, (smsc_id, row_id, seq)).fetchone()
     if row is None:
         return False
-    changed = segment_status(conn, message_id, seq, Status.ACCEPTED, None, now,
-                              current=STATUS_OF[row[1]], provider_id=provider_id, message=row[2:9])
+    changed = segment_status(conn, row_id, seq, Status.ACCEPTED, None, now,
+                              current=STATUS_OF[row[1]], smsc_id=smsc_id, message=row[2:9])
     if not row[9]:  # the usual case: no receipt came first
         early_ids = []
     for early_id in dict.fromkeys(early_ids):
         early = conn.execute(
-            "SELECT id, status, detail FROM receipt_pending WHERE route=? AND provider_id=? AND expired=0 ORDER BY id",
+            "SELECT id, status, detail FROM receipt_pending WHERE route=? AND smsc_id=? AND expired=0 ORDER BY id",
             (row[0], early_id),
         ).fetchall()
         for rid, status, detail in early:
-            changed |= segment_status(conn, message_id, seq, STATUS_OF[status], detail, now)
+            changed |= segment_status(conn, row_id, seq, STATUS_OF[status], detail, now)
             conn.execute("DELETE FROM receipt_pending WHERE id=?", (rid,))
             if rules.multipart != "all":
-                changed |= _whole_message(conn, message_id, seq, STATUS_OF[status], detail, now, rules)
+                changed |= _whole_message(conn, row_id, seq, STATUS_OF[status], detail, now, rules)
     if rules.multipart != "all" and row[7] > 1:
-        changed |= _from_representative(conn, message_id, seq, now, rules)
+        changed |= _from_representative(conn, row_id, seq, now, rules)
     return changed
 
 
@@ -108,21 +108,21 @@ def _resp_readings(resp_id: str) -> list[tuple[str, str]]:
 _RECEIPT_READ_OPEN = _RECEIPT_READ + " AND s.status='accepted'"
 
 
-def apply_receipt(conn: sqlite3.Connection, route: str, provider_id: str, status: Status, detail: str,
+def apply_receipt(conn: sqlite3.Connection, route: str, smsc_id: str, status: Status, detail: str,
                   now: float, rules: ReceiptRules = NO_RULES) -> tuple[str | None, bool]:
     """(how the id matched, or None; outbox changed); an unknown id waits in receipt_pending
     for its resp."""
     how: str | None = "as-is"
-    row = conn.execute(_RECEIPT_READ, (route, provider_id)).fetchone()
+    row = conn.execute(_RECEIPT_READ, (route, smsc_id)).fetchone()
     if row is None and rules.id_readings:
-        for how, reading in _receipt_readings(provider_id):
+        for how, reading in _receipt_readings(smsc_id):
             row = conn.execute(_RECEIPT_READ_OPEN, (route, reading)).fetchone()
             if row is not None:
                 break
     if row is None:
         conn.execute(
-            "INSERT INTO receipt_pending (route, provider_id, status, detail, received_at) VALUES (?,?,?,?,?)",
-            (route, provider_id, status, detail, now),
+            "INSERT INTO receipt_pending (route, smsc_id, status, detail, received_at) VALUES (?,?,?,?,?)",
+            (route, smsc_id, status, detail, now),
         )
         return None, False
     mid, seq = row[0], row[1]
@@ -148,7 +148,7 @@ def _whole_message(conn: sqlite3.Connection, mid: int, seq: int, status: Status,
         return False
     changed = False
     accepted = STATUS_WORD[Status.ACCEPTED]
-    for (other,) in conn.execute("SELECT seq FROM segment WHERE message_id=? AND seq<>? AND status=?",
+    for (other,) in conn.execute("SELECT seq FROM segment WHERE row_id=? AND seq<>? AND status=?",
                                  (mid, seq, accepted)).fetchall():
         changed |= segment_status(conn, mid, other, status, f"{detail} (receipt of part {seq + 1})", now)
     return changed
@@ -156,7 +156,7 @@ def _whole_message(conn: sqlite3.Connection, mid: int, seq: int, status: Status,
 
 def _from_representative(conn: sqlite3.Connection, mid: int, seq: int, now: float, rules: ReceiptRules) -> bool:
     """A part accepted after the receipt of the part that stands for its message."""
-    rows = conn.execute("SELECT seq, status, error FROM segment WHERE message_id=? AND seq<>?", (mid, seq)).fetchall()
+    rows = conn.execute("SELECT seq, status, error FROM segment WHERE row_id=? AND seq<>?", (mid, seq)).fetchall()
     segments = len(rows) + 1
     for other, word, error in rows:
         status = STATUS_OF[word]
@@ -166,7 +166,7 @@ def _from_representative(conn: sqlite3.Connection, mid: int, seq: int, now: floa
     return False
 
 
-EVENT_INSERT = "INSERT INTO event (message_id, seq, status, applied, detail, at) VALUES (?,?,?,?,?,?)"
+EVENT_INSERT = "INSERT INTO event (row_id, seq, status, applied, detail, at) VALUES (?,?,?,?,?,?)"
 
 
 def event(conn: sqlite3.Connection, mid: int, seq: int | None, status: Status, applied: bool,
@@ -175,34 +175,34 @@ def event(conn: sqlite3.Connection, mid: int, seq: int | None, status: Status, a
 
 
 def segment_status(conn: sqlite3.Connection, mid: int, seq: int, new: Status, detail: str | None,
-                   now: float, *, current: Status | None = None, provider_id: str | None = None,
+                   now: float, *, current: Status | None = None, smsc_id: str | None = None,
                    message: tuple[Any, ...] | None = None) -> bool:
     """Move one segment forward, recompute its message; True if the outbox changed.
 
     A move backwards (a late resp after a receipt, a duplicated receipt) is
     recorded as an event with applied=0 and changes nothing else (but a
-    ``provider_id`` is still kept: receipts are matched by it). ``current`` is
+    ``smsc_id`` is still kept: receipts are matched by it). ``current`` is
     the segment's status when the caller has just read it, ``message`` the
     message's ``_MESSAGE_COLUMNS`` read with it (nothing wrote the message since).
     """
     if current is None:
-        row = conn.execute("SELECT status FROM segment WHERE message_id=? AND seq=?", (mid, seq)).fetchone()
+        row = conn.execute("SELECT status FROM segment WHERE row_id=? AND seq=?", (mid, seq)).fetchone()
         if row is None:
             return False
         current = STATUS_OF[row[0]]
     if not may_advance(current, new):
-        if provider_id is not None:
-            conn.execute("UPDATE segment SET provider_id=? WHERE message_id=? AND seq=?", (provider_id, mid, seq))
+        if smsc_id is not None:
+            conn.execute("UPDATE segment SET smsc_id=? WHERE row_id=? AND seq=?", (smsc_id, mid, seq))
         event(conn, mid, seq, new, False, detail, now)
         return False
     error = _failure(new, detail)
     word = STATUS_WORD[new]
-    if provider_id is None:  # a receipt: SQLite leaves the segment_provider index alone
-        conn.execute("UPDATE segment SET status=?, error=coalesce(?, error), updated_at=? WHERE message_id=? AND seq=?",
+    if smsc_id is None:  # a receipt: SQLite leaves the segment_provider index alone
+        conn.execute("UPDATE segment SET status=?, error=coalesce(?, error), updated_at=? WHERE row_id=? AND seq=?",
                      (word, error, now, mid, seq))
     else:
-        conn.execute("UPDATE segment SET status=?, error=coalesce(?, error), provider_id=?, updated_at=?"
-                     " WHERE message_id=? AND seq=?", (word, error, provider_id, now, mid, seq))
+        conn.execute("UPDATE segment SET status=?, error=coalesce(?, error), smsc_id=?, updated_at=?"
+                     " WHERE row_id=? AND seq=?", (word, error, smsc_id, now, mid, seq))
     event(conn, mid, seq, new, True, detail, now)
     return _message_status(conn, mid, now, detail, new, message)
 
@@ -210,7 +210,7 @@ def segment_status(conn: sqlite3.Connection, mid: int, seq: int, new: Status, de
 def all_segments(conn: sqlite3.Connection, mid: int, new: Status, detail: str | None, now: float) -> bool:
     """Move every segment of an HTTP-provider message at once (one id per message)."""
     changed = False
-    for (seq,) in conn.execute("SELECT seq FROM segment WHERE message_id=? ORDER BY seq", (mid,)).fetchall():
+    for (seq,) in conn.execute("SELECT seq FROM segment WHERE row_id=? ORDER BY seq", (mid,)).fetchall():
         changed |= segment_status(conn, mid, seq, new, detail, now)
     return changed
 
@@ -230,7 +230,7 @@ def _message_status(conn: sqlite3.Connection, mid: int, now: float, detail: str 
     if segments == 1:
         new = segment_new
     else:
-        parts = conn.execute("SELECT status FROM segment WHERE message_id=?", (mid,))
+        parts = conn.execute("SELECT status FROM segment WHERE row_id=?", (mid,))
         new = aggregate([STATUS_OF[s] for (s,) in parts])
     if not may_advance(current, new):
         return False

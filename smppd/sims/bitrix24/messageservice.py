@@ -29,7 +29,7 @@ _CODE_RE = re.compile(r"^[a-z0-9.\-_]+$", re.IGNORECASE)
 class SimMessage:
     """One message as the portal's ``b_messageservice_message`` row sees it."""
 
-    message_id: str
+    b24_id: str
     code: str
     to: str
     text: str
@@ -87,15 +87,15 @@ class MessageService:
             "user.admin": self._user_admin,
         }
 
-    def purge(self, message_id: str) -> None:
+    def purge(self, b24_id: str) -> None:
         """The 14-day cleanup agent: the row is gone, later updates get ERROR_MESSAGE_NOT_FOUND."""
-        message = self.messages.pop(message_id, None)
+        message = self.messages.pop(b24_id, None)
         if message is not None:
-            self.purged[message_id] = message
+            self.purged[b24_id] = message
 
-    def refuse(self, message_id: str, code: str, description: str = "refused by the test") -> None:
+    def refuse(self, b24_id: str, code: str, description: str = "refused by the test") -> None:
         """Make every ``status.update`` of one message fail with this error (in ``result_error``)."""
-        self._refusals[message_id] = (code, description)
+        self._refusals[b24_id] = (code, description)
 
     # ------------------------------------------------------------------ messages
 
@@ -110,7 +110,7 @@ class MessageService:
         author: bool = True,
         author_id: int = 7,
     ) -> tuple[str, list[tuple[str, str]]]:
-        """Register a message as sent by the core and return (message_id, HANDLER form fields).
+        """Register a message as sent by the core and return (b24_id, HANDLER form fields).
 
         The core marks the message SENT as soon as it is handed to the queue server
         (bitrix24.md §6), so the message starts with status ``sent``. The form follows
@@ -120,10 +120,10 @@ class MessageService:
         """
         internal_id = self._next_internal_id
         self._next_internal_id += 1
-        message_id = hashlib.md5(f"{internal_id}|{uuid.uuid4().hex}".encode()).hexdigest()
+        b24_id = hashlib.md5(f"{internal_id}|{uuid.uuid4().hex}".encode()).hexdigest()
         now = time.time()
-        self.messages[message_id] = SimMessage(
-            message_id=message_id, code=code, to=to, text=text, module_id=module_id,
+        self.messages[b24_id] = SimMessage(
+            b24_id=b24_id, code=code, to=to, text=text, module_id=module_id,
             author_id=author_id if author else 0, status="sent", history=[(now, "sent")],
         )
         form = self._headers(module_id, bindings)
@@ -132,14 +132,14 @@ class MessageService:
             ("properties[message_text]", text),
             ("type", "SMS"),
             ("code", code),
-            ("message_id", message_id),
+            ("message_id", b24_id),
             ("message_to", to),
             ("message_body", text),
             ("ts", str(int(now))),
         ]
         if author:
             form += self._auth_block(author_id)
-        return message_id, form
+        return b24_id, form
 
     def _headers(self, module_id: str, bindings: Iterable[tuple[int, int]]) -> list[tuple[str, str]]:
         form = [("module_id", module_id)]
@@ -196,15 +196,15 @@ class MessageService:
         """``RestService::updateMessageStatus``: validate, find, apply — without a monotonic guard."""
         params = _upper(params)
         code = _validate_code(params.get("CODE"))
-        message_id = params.get("MESSAGE_ID")
-        if not message_id:
+        b24_id = params.get("MESSAGE_ID")
+        if not b24_id:
             raise _ApiError("ERROR_MESSAGE_NOT_FOUND", "Message not found!")
         status = params.get("STATUS")
         if status not in STATUSES:
             raise _ApiError("ERROR_MESSAGE_STATUS_INCORRECT", "Message status incorrect!")
-        if str(message_id) in self._refusals:
-            raise _ApiError(*self._refusals[str(message_id)])
-        message = self.messages.get(str(message_id))
+        if str(b24_id) in self._refusals:
+            raise _ApiError(*self._refusals[str(b24_id)])
+        message = self.messages.get(str(b24_id))
         if message is None or message.code != code:
             raise _ApiError("ERROR_MESSAGE_NOT_FOUND", "Message not found!")
         if message.author_id != token.user_id and not token.is_admin:
