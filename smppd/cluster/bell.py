@@ -2,7 +2,7 @@
 
 A post taken by node B for a route node A owns is committed by B and is A's to send.
 Rather than have every owner poll every route's queue, B rings: ``NOTIFY smppd_work``
-with the route and the message ids, after the commit; A hears it on a connection of its
+with the route and the row ids, after the commit; A hears it on a connection of its
 own and reads those messages (still open?) from the shared store. A ring lost to a
 reconnect costs latency, not the message: owners read the store again at every
 takeover and on a slow safety timer (``ownership``).
@@ -29,7 +29,7 @@ Heard = Callable[[str, list[int]], None]
 
 
 def encode(route: str, ids: list[int]) -> list[str]:
-    """``route:id,id,…`` payloads, each under NOTIFY's size limit."""
+    """``route:row_id,row_id,…`` payloads, each under NOTIFY's size limit."""
     out, chunk, size = [], [], len(route) + 1
     for i in ids:
         s = str(i)
@@ -65,8 +65,8 @@ class WorkBell:
         self.rung = 0
         self.heard_count = 0
 
-    def ring(self, route: str, message_id: int) -> None:
-        self._pending.setdefault(route, []).append(message_id)
+    def ring(self, route: str, row_id: int) -> None:
+        self._pending.setdefault(route, []).append(row_id)
         self._flush.set()
 
     async def run(self) -> None:

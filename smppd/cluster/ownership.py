@@ -123,9 +123,9 @@ class Ownership:
     def route_running(self, name: str) -> bool:
         return name in self._routes
 
-    def ring(self, route: str, message_id: int) -> None:
+    def ring(self, route: str, row_id: int) -> None:
         """A message for a route this node does not run: wake its owner."""
-        self.bell.ring(route, message_id)
+        self.bell.ring(route, row_id)
 
     def _heard(self, route: str, ids: list[int]) -> None:
         if route in self._routes:
