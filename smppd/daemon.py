@@ -27,7 +27,7 @@ from .bitrix24.install import EventQueue, Prover
 from .bitrix24.pusher import StatusPusher
 from .bitrix24.recovery import TokenRecovery
 from .bitrix24.rest import PortalAuth, RestClient
-from .cluster import ClusterStore, Ownership, default_node, lease_name
+from .cluster import ClusterStore, Ownership, default_node, lease_name, owning
 from .config import AppConfig, Config, RouteConfig
 from .rules.consent import ConsentReader
 from .rules.holds import HoldWorker
@@ -200,7 +200,22 @@ class Daemon:
     # --- wiring ----------------------------------------------------------------
 
     def run_route(self, route: Route) -> None:
-        self._tasks.append(self._essential(route.run(), f"route-{route.name}"))
+        """Run a route (start-up, and a reload's new route object); on several nodes only
+        where its lease is held, inside the lease's fence."""
+        if self.cluster is None:
+            self._tasks.append(self._essential(route.run(), f"route-{route.name}"))
+            return
+        name = lease_name("route", route.name)
+        if not self.cluster.wants(name):  # a route a reload added: contend for it
+            self._own_route(route.name)
+            return
+        fence = self.cluster.fence_of(name)
+        if fence is None or not self.cluster.route_running(route.name):
+            return  # another node runs it; if this one wins it, it starts from the config then
+        with owning(fence):
+            task = self._essential(route.run(), f"route-{route.name}")
+        self.cluster.route_started(route.name, route)
+        self.cluster.replace(name, (route, task))
 
     def _essential(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """A task the daemon cannot work without (a route, a pusher, the holds).

@@ -16,10 +16,10 @@ SQLite means one machine: none of this runs, nothing changes.
 
 from __future__ import annotations
 
-from .fence import Fence, Fenced, current_fence, fenced, lease_name
+from .fence import Fence, Fenced, current_fence, fenced, lease_name, owning
 from .ownership import Ownership, default_node
 from .policy import LeasePolicy, LeaseTiming, Step
 from .store import ClusterStore
 
 __all__ = ["ClusterStore", "Fence", "Fenced", "LeasePolicy", "LeaseTiming", "Ownership", "Step", "current_fence",
-           "default_node", "fenced", "lease_name"]
+           "default_node", "fenced", "lease_name", "owning"]

@@ -107,6 +107,21 @@ class Ownership:
         work = self._work.get(name)
         return work is not None and work.handle is not None
 
+    def wants(self, name: str) -> bool:
+        return name in self._work
+
+    def fence_of(self, name: str) -> Fence | None:
+        """The fence of a lease this node holds now, for work it starts anew under it (a reload)."""
+        token = self.keeper.owned().get(name)
+        return None if token is None else Fence(name, token)
+
+    def replace(self, name: str, handle: Any) -> None:
+        """The running work of ``name`` is now ``handle`` (a reload swapped the route): the
+        lease's stop gets this one."""
+        work = self._work.get(name)
+        if work is not None and work.handle is not None:
+            work.handle = handle
+
     # --- routes -------------------------------------------------------------------------
 
     def route_started(self, name: str, route: Fed) -> None:
