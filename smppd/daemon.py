@@ -42,7 +42,7 @@ from .rules.stoplist import StopList
 from .ops.admin import Admin
 from .ops.runner import Ops, start_ops, stop_ops
 from .model import OpenMessage, PortalRecord
-from .store import Store, StoreOpenError, StoreUnavailable, open_problem
+from .store import Store, StoreOpenError, StoreUnavailable, is_postgresql, open_problem
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +109,8 @@ class Daemon:
     async def start(self) -> None:
         database = self.config.daemon.database
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+            if not is_postgresql(database):
+                os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
         except OSError as e:
             raise StoreOpenError(database, open_problem(database, e)) from None
         await self.store.open()

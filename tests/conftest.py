@@ -131,10 +131,53 @@ class MakeStore(Protocol):
     async def __call__(self, path: Path | str | None = None, **kwargs: Any) -> Store: ...
 
 
+@pytest.fixture(scope="session")
+def postgresql() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster for the session (``smppd.sims.postgresql``), stopped at
+    the end. Skipped where PostgreSQL is not installed; with SMPPD_REQUIRE_TOOLS=1 (CI) a
+    missing PostgreSQL fails instead, so CI never passes on SQLite alone."""
+    from smppd.sims.postgresql import Cluster, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        if os.environ.get("SMPPD_REQUIRE_TOOLS") == "1":
+            pytest.fail("PostgreSQL is not installed (Debian: apt-get install postgresql); SMPPD_REQUIRE_TOOLS=1")
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    cluster = Cluster(bindir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+# Every store test runs on both engines; the PostgreSQL runs talk to a server process, so
+# they are integration tests (``-m "not integration"`` stays SQLite-only and quick).
+ENGINES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Which database the store fixtures use: ``sqlite`` or ``postgresql``."""
+    return str(request.param)
+
+
 @pytest.fixture
-def store_path(tmp_path: Path) -> Path:
-    """Where the ``store`` fixture keeps its database; override it in a module to move it."""
-    return tmp_path / "t.db"
+def database(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh database for ``engine``: a SQLite path, or a PostgreSQL URL with a schema of its own."""
+    if engine == "sqlite":
+        return str(tmp_path / "t.db")
+    cluster = request.getfixturevalue("postgresql")
+    schema = cluster.new_schema()
+    request.addfinalizer(lambda: cluster.drop_schema(schema))
+    return str(cluster.url(schema=schema))
+
+
+@pytest.fixture
+def store_path(engine: str, tmp_path: Path, database: str) -> Path | str:
+    """Where the ``store`` fixture keeps its database (a Path for SQLite, a URL for PostgreSQL);
+    override it in a module to move it (such a module then runs on SQLite only)."""
+    return tmp_path / "t.db" if engine == "sqlite" else database
 
 
 @pytest.fixture
@@ -144,7 +187,7 @@ def store_clock() -> Callable[[], float]:
 
 
 @pytest.fixture
-async def make_store(store_path: Path) -> AsyncIterator[MakeStore]:
+async def make_store(store_path: Path | str) -> AsyncIterator[MakeStore]:
     """Open stores (``Store`` keyword arguments pass through); each is closed after the test.
 
     For a test that needs more than one store, or one on a path of its own.
@@ -163,7 +206,7 @@ async def make_store(store_path: Path) -> AsyncIterator[MakeStore]:
 
 
 @pytest.fixture
-async def store(make_store: MakeStore, store_path: Path, store_clock: Callable[[], float]) -> Store:
+async def store(make_store: MakeStore, store_path: Path | str, store_clock: Callable[[], float]) -> Store:
     """An opened store at ``store_path`` on ``store_clock``: the one store fixture of the suite."""
     return await make_store(store_path, clock=store_clock)
 

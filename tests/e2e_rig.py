@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
-from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from smppd.cli.demo import FINAL_B24, Rig, handler_url
+
+from .store_rig import connect
 
 
 async def post(rig: Rig, code: str, to: str, body: str, **kw: object) -> tuple[str, int, dict]:
@@ -31,10 +32,9 @@ async def wait_final(rig: Rig, b24_ids: list[str], timeout: float = 15.0) -> dic
         await asyncio.sleep(0.05)
 
 
-def db(rig: Rig) -> sqlite3.Connection:
-    conn = sqlite3.connect(Path(rig.config.daemon.database))
-    conn.row_factory = sqlite3.Row
-    return conn
+def db(rig: Rig) -> Any:
+    """A connection to the rig's store (either engine), rows by index or by column name."""
+    return connect(rig.config.daemon.database, by_name=True)
 
 
 def smsc_ids(rig: Rig, b24_id: str) -> list[str]:

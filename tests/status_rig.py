@@ -3,11 +3,12 @@ what test_store_status_path compares its two paths by, and test_journal_tail rep
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from smppd.model import Status
 from smppd.store import NewMessage, Store
+
+from .store_rig import connect
 
 TABLES = {
     "message": "SELECT id, b24_id, status, reason, b24_status, duplicate_of, updated_at, final_at FROM message"
@@ -79,7 +80,7 @@ async def life(path: str) -> dict[str, Any]:
         open_messages = [m.id for m in await s.open_messages("life")]
     finally:
         await s.close()
-    conn = sqlite3.connect(path)
+    conn = connect(path)
     try:
         tables = {name: conn.execute(sql).fetchall() for name, sql in TABLES.items()}
     finally:

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.integration  # starts servers, processes or sockets (se
 
 
 @pytest.fixture
-async def rig(tmp_path):
-    r = await start_rig(tmp_path, seed=3, portal_rate=None)
+async def rig(tmp_path, database):
+    """The demo's rig, on each engine (conftest's ``database``)."""
+    r = await start_rig(tmp_path, seed=3, portal_rate=None, database=database)
     yield r
     await stop_rig(r)
 

@@ -22,6 +22,8 @@ from smppd.store import Store
 from .intake_rig import CONFIG, MEMBER, TOKEN, post
 from .rpc_rig import RawConnection
 
+from .store_rig import connect
+
 
 # One of each outcome: stored, refused before the store (each with its own code), stored as failed,
 # multi-segment, and the same b24_id twice in one batch.
@@ -73,7 +75,7 @@ async def one_by_one(rig: Rig, posts: list[Any]) -> list[Any]:
 
 
 def rows(path: str) -> list[tuple]:
-    conn = sqlite3.connect(path)
+    conn = connect(path)
     try:
         return conn.execute(
             "SELECT id, b24_id, phone, status, reason, segments, concat_ref, b24_status FROM message ORDER BY id"

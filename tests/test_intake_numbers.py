@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import tomllib
 
 import pytest
@@ -15,6 +14,8 @@ from smppd.model import OpenMessage, PortalRecord
 from smppd.store import Store
 
 from .intake_rig import CONFIG, MEMBER, TOKEN, post
+
+from .store_rig import connect
 
 NEW_RANGE = "+375 25 123 45 67"  # the integrators' own example; phonenumbers says "not a valid number"
 
@@ -48,7 +49,7 @@ async def test_a_strict_route_refuses_it_with_the_librarys_reason(store: Store) 
     door, sent = intake(store, True)
     answer = await door(post(1, to=NEW_RANGE))
     assert answer["status"] == "failed" and sent == []
-    row = sqlite3.connect(store.path).execute("SELECT reason FROM message").fetchone()
+    row = connect(store.path).execute("SELECT reason FROM message").fetchone()
     assert row == ("invalid number: not a valid number",)
 
 

@@ -11,6 +11,8 @@ from smppd.model import Status
 from smppd.model import NewMessage
 from smppd.store import Store
 
+from .store_rig import connect
+
 
 PHONE = "+375291234567"
 
@@ -23,7 +25,7 @@ def new(b24_id: str, *, text: str = "hello", segments: int = 1, window: float = 
 
 
 def table_sizes(path: str) -> dict[str, int]:
-    conn = sqlite3.connect(path)
+    conn = connect(path)
     try:
         return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                 for t in ("message", "segment", "event", "outbox", "concat_counter")}
@@ -82,7 +84,7 @@ TABLES = {
 
 
 def tables(path: str) -> dict[str, list[tuple]]:
-    conn = sqlite3.connect(path)
+    conn = connect(path)
     try:
         return {name: conn.execute(sql).fetchall() for name, sql in TABLES.items()}
     finally:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sqlite3
 import sys
 import time
 from typing import Any, Callable
@@ -22,6 +21,7 @@ from typing import Any, Callable
 from .. import config as config_mod
 from . import report as report_mod
 from ..rpc import RpcClient, RpcError, RpcUnavailable
+from ..store.engine import database_errors, redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 FINAL = ("delivered", "undelivered", "expired", "rejected", "failed")
@@ -296,8 +296,8 @@ def report(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         rows = report_mod.daily(cfg.database, args.since, utc=args.utc)
-    except sqlite3.Error as e:
-        print(f"smppd: cannot read {cfg.database}: {e}", file=sys.stderr)
+    except database_errors() as e:
+        print(f"smppd: cannot read {redact(cfg.database)}: {e}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))

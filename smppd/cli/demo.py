@@ -94,9 +94,12 @@ class Rig:
 
 
 def make_config(tmp: Path, portal: SimulatedPortal, smscs: dict[str, SmscSimulator], *,
-                handler_key: str, http_sims: dict[str, SmsRuSimulator | SmscRuSimulator] | None = None) -> Config:
+                handler_key: str, http_sims: dict[str, SmsRuSimulator | SmscRuSimulator] | None = None,
+                database: str | None = None) -> Config:
     """The embedded default: one portal, two operators, one CODE per operator
-    (plus SMS.ru and SMSC.ru routes and CODEs when ``http_sims`` are given)."""
+    (plus SMS.ru and SMSC.ru routes and CODEs when ``http_sims`` are given); the store is
+    ``database`` (a PostgreSQL URL for the tests and benchmarks on PostgreSQL) or a SQLite
+    file in ``tmp``."""
     routes: dict[str, object] = {
         name: SmppRouteConfig(
             name=name, host="127.0.0.1", port=smsc.port, system_id="smppd", password="secret",
@@ -133,16 +136,17 @@ def make_config(tmp: Path, portal: SimulatedPortal, smscs: dict[str, SmscSimulat
         access_token=portal.access_token, refresh_token=portal.refresh_token,
     )
     return Config(
-        daemon=DaemonConfig(socket_path=str(tmp / "smppd.sock"), database=str(tmp / "smppd.db"),
+        daemon=DaemonConfig(socket_path=str(tmp / "smppd.sock"), database=database or str(tmp / "smppd.db"),
                             metrics=("127.0.0.1", 0)),
-        shim=ShimConfig(host="127.0.0.1", port=0, handler_key=handler_key),
+        shim=ShimConfig(host="127.0.0.1", port=0, handler_key=handler_key, spool_dir=str(tmp / "shim-spool")),
         portals=MappingProxyType({portal.member_id: portal_cfg}),
         routes=MappingProxyType(routes),  # type: ignore[arg-type]
         senders=MappingProxyType(senders),
     )
 
 
-async def start_rig(tmp: Path, *, seed: int = 7, portal_rate: float | None = 2.0, http: bool = False) -> Rig:
+async def start_rig(tmp: Path, *, seed: int = 7, portal_rate: float | None = 2.0, http: bool = False,
+                    database: str | None = None) -> Rig:
     portal = SimulatedPortal(rate=portal_rate)
     await portal.start()
     smscs = {
@@ -162,7 +166,7 @@ async def start_rig(tmp: Path, *, seed: int = 7, portal_rate: float | None = 2.0
         for sim in http_sims.values():
             await sim.start()
     key = secrets.token_urlsafe(24)
-    rig = Rig(tmp, portal, smscs, make_config(tmp, portal, smscs, handler_key=key, http_sims=http_sims),
+    rig = Rig(tmp, portal, smscs, make_config(tmp, portal, smscs, handler_key=key, http_sims=http_sims, database=database),
               http_sims=http_sims)
     await start_daemon(rig)
     await start_shim(rig)

@@ -36,6 +36,7 @@ from .. import phone
 from ..model import FINAL
 from ..phone import mask
 from ..store import reader
+from ..store.engine import database_errors
 from ..store.reader import connect_readonly
 
 log = structlog.get_logger(__name__)
@@ -73,8 +74,10 @@ class StoreWatcher:
                 if loop.time() >= next_snapshot:
                     await self.snapshot()
                     next_snapshot = loop.time() + snapshot_interval
-            except sqlite3.Error as e:  # a locked or missing file must not kill the daemon
+            except database_errors() as e:  # a locked or missing file, a lost server: never kill the daemon
                 log.warning("journal_read_failed", error=str(e))
+                # The next read opens a new connection (PostgreSQL: after a failover, the new primary).
+                await loop.run_in_executor(self._thread, self._close)
             await asyncio.sleep(tail_interval)
 
     async def aclose(self) -> None:

@@ -1,10 +1,11 @@
-"""The durable store: SQLite in WAL mode behind one writer with group commit.
+"""The durable store: SQLite in WAL mode (or PostgreSQL) behind one writer with group commit.
 
 One ``Store`` is the interface the daemon and its parts use; it is the writer
 (``writer``: group commit, the full-disk policy) with each concern's operations
 over it, one module per concern:
 
-* ``schema``: the tables and their migrations;
+* ``engine``: SQLite or PostgreSQL (``postgres``: psycopg, one SQL text translated);
+* ``schema``: the tables and their migrations, one description for both engines;
 * ``intake``: the idempotent insert and the repeat rule;
 * ``status``: how a resp or receipt moves segments, messages, repeats and the
   outbox (the heart of the domain: plain functions run inside operations);
@@ -57,10 +58,10 @@ from .writer import (
     StoreClosed,
     StoreOpenError,
     StoreUnavailable,
-    open_problem,
-    storage_error,
-    write_problem,
 )
+from .database import engine_for
+from .engine import database_errors, integrity_errors, is_postgresql, storage_error
+from .sqlite import open_problem, write_problem
 
 
 class Store(Intake, Receipts, Polling, Outbox, Holds, Portals, Contacts, Admin):
@@ -78,5 +79,6 @@ __all__ = [
     "OUTBOX_DUE", "PENDING_RECEIPT_TTL", "REFUSE", "RESUME_FREE_BYTES", "SCHEMA_VERSION", "SENT_COALESCE",
     "UNAVAILABLE_RETRY", "IntakeResult", "NewMessage", "OpenMessage", "Operation", "OutboxItem", "PollItem",
     "PortalRecord", "ReceiptRules", "Store", "StoreClosed", "StoreOpenError", "StoreUnavailable", "StoredAppEvent",
-    "Unreceipted", "open_problem", "storage_error", "write_problem",
+    "Unreceipted", "database_errors", "engine_for", "integrity_errors", "is_postgresql", "open_problem",
+    "storage_error", "write_problem",
 ]

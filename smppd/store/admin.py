@@ -15,22 +15,13 @@ class Admin(Writer):
 
     async def message(self, row_id: int) -> dict[str, Any] | None:
         def op(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            conn.row_factory = sqlite3.Row
-            try:
-                row = conn.execute("SELECT * FROM message WHERE id=?", (row_id,)).fetchone()
-                if row is None:
-                    return None
-                out = dict(row)
-                out["segment_rows"] = [
-                    dict(r)
-                    for r in conn.execute("SELECT * FROM segment WHERE row_id=? ORDER BY seq", (row_id,))
-                ]
-                out["events"] = [
-                    dict(r) for r in conn.execute("SELECT * FROM event WHERE row_id=? ORDER BY id", (row_id,))
-                ]
-                return out
-            finally:
-                conn.row_factory = None
+            found = _rows(conn, "SELECT * FROM message WHERE id=?", (row_id,))
+            if not found:
+                return None
+            out = found[0]
+            out["segment_rows"] = _rows(conn, "SELECT * FROM segment WHERE row_id=? ORDER BY seq", (row_id,))
+            out["events"] = _rows(conn, "SELECT * FROM event WHERE row_id=? ORDER BY id", (row_id,))
+            return out
 
         return await self.execute(op)
 
@@ -96,3 +87,10 @@ class Admin(Writer):
             ).fetchall()
 
         return await self.execute(op)
+
+
+def _rows(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """The rows as {column: value}, by the DB-API's ``description`` (either engine)."""
+    cur = conn.execute(sql, args)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]

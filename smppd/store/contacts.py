@@ -28,7 +28,8 @@ class Contacts(Writer):
         now = self.clock()
 
         def op(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute("INSERT OR IGNORE INTO stoplist (phone, source, added_at) VALUES (?,?,?)",
+            cur = conn.execute("INSERT INTO stoplist (phone, source, added_at) VALUES (?,?,?)"
+                               " ON CONFLICT (phone) DO NOTHING",
                                (e164, source, now))
             return cur.rowcount == 1
 
@@ -66,7 +67,8 @@ class Contacts(Writer):
             row = conn.execute("SELECT channel FROM preferred_channel WHERE phone=?", (phone,)).fetchone()
             if row is not None and row[0] == channel:
                 return False
-            conn.execute("INSERT OR REPLACE INTO preferred_channel (phone, channel, updated_at) VALUES (?,?,?)",
+            conn.execute("INSERT INTO preferred_channel (phone, channel, updated_at) VALUES (?,?,?) ON CONFLICT (phone)"
+                         " DO UPDATE SET channel=excluded.channel, updated_at=excluded.updated_at",
                          (phone, channel, now))
             return True
 
@@ -92,6 +94,8 @@ class Contacts(Writer):
         now = self.clock()
         rows = [(p, int(r), o, g, now) for p, r, o, g in results]
         await self.execute(lambda conn: conn.executemany(
-            "INSERT OR REPLACE INTO hlr_cache (phone, reachable, operator, region, checked_at) VALUES (?,?,?,?,?)",
+            "INSERT INTO hlr_cache (phone, reachable, operator, region, checked_at) VALUES (?,?,?,?,?)"
+            " ON CONFLICT (phone) DO UPDATE SET reachable=excluded.reachable, operator=excluded.operator,"
+            " region=excluded.region, checked_at=excluded.checked_at",
             rows))
 

@@ -21,6 +21,7 @@ OPEN_MESSAGES = (
     " AND m.hold IS NULL AND s.status IN ('queued','submitted') GROUP BY m.id ORDER BY m.id LIMIT ?"
 )
 
+_ALL = 1 << 62  # "no limit" as a LIMIT both engines take (PostgreSQL refuses SQLite's -1)
 
 # A message's row; a b24_id already stored for the portal inserts nothing (rowcount 0), so
 # the common, new message costs no separate duplicate lookup.
@@ -215,7 +216,7 @@ class Intake(Writer):
         """
 
         def op(conn: sqlite3.Connection) -> list[OpenMessage]:
-            rows = conn.execute(OPEN_MESSAGES, (route, after_id, -1 if limit is None else limit)).fetchall()
+            rows = conn.execute(OPEN_MESSAGES, (route, after_id, _ALL if limit is None else limit)).fetchall()
             return [
                 OpenMessage(r[0], route, r[1], r[2], r[3], tuple(sorted(int(x) for x in r[4].split(","))), r[5], r[6])
                 for r in rows

@@ -17,15 +17,16 @@ SENT_COALESCE = 10.0
 
 # One range of the outbox_due index (migration 6): the finals ((status = 'sent') = 0) or the
 # 'sent's (= 1) that are due, longest due first; no sort, and rows not due are never read.
-# Read lazily, a row at a time, until enough were taken (``outbox_due``).
+# Read lazily, a row at a time, until enough were taken (``outbox_due``); the LIMIT (the rows
+# wanted plus the ones that may be stepped over) bounds what PostgreSQL sends in one go.
 OUTBOX_DUE = (
     "SELECT o.member_id, o.b24_id, o.code, o.status, o.attempts, m.id FROM outbox o"
     " LEFT JOIN message m ON m.member_id = o.member_id AND m.b24_id = o.b24_id"
-    " WHERE o.member_id=? AND (o.status = 'sent') = ? AND o.next_at <= ? ORDER BY o.next_at"
+    " WHERE o.member_id=? AND (o.status = 'sent') = ? AND o.next_at <= ? ORDER BY o.next_at LIMIT ?"
 )
 
 
-def _due_range(conn: sqlite3.Connection, member_id: str, sent: int, now: float, skip: Collection[str],
+def _due_range(conn: sqlite3.Connection, member_id: str, sent: bool, now: float, skip: Collection[str],
                limit: int) -> list[OutboxItem]:
     """The first ``limit`` due rows of one outbox range (OUTBOX_DUE) whose Bitrix24 id is not in ``skip``.
 
@@ -37,7 +38,7 @@ def _due_range(conn: sqlite3.Connection, member_id: str, sent: int, now: float, 
     due: list[OutboxItem] = []
     if limit <= 0:
         return due
-    cur = conn.execute(OUTBOX_DUE, (member_id, sent, now))
+    cur = conn.execute(OUTBOX_DUE, (member_id, sent, now, limit + len(skip)))
     try:
         for row in cur:
             if row[1] not in skip:
@@ -81,7 +82,7 @@ class Outbox(Writer):
 
         def op(conn: sqlite3.Connection) -> list[OutboxItem]:
             due: list[OutboxItem] = []
-            for sent in (0, 1):  # the finals, then the 'sent's
+            for sent in (False, True):  # the finals, then the 'sent's
                 due += _due_range(conn, member_id, sent, now, skip, limit - len(due))
                 if len(due) >= limit:
                     break

@@ -1,6 +1,7 @@
 """The store read from the side: a read-only connection, apart from the writer.
 
-WAL lets it read while the writer writes; it never takes the writer's lock and never
+Either engine (``engine.connect_readonly``): SQLite's WAL, or PostgreSQL's MVCC, lets it
+read while the writer writes; it never takes the writer's lock and never
 queues work on it. The journal (``smppd.ops.journal``: status log lines, the store's
 metrics) and ``smppd report`` (which works with the daemon stopped) read through it.
 The caller owns the connection (``connect_readonly``); these are the reads over it.
@@ -11,6 +12,9 @@ from __future__ import annotations
 import sqlite3
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
+
+from .database import engine_for
+from .engine import Connection
 
 _FINALS = "('delivered','undelivered','expired','rejected','failed')"
 # Every new event, lean: what counting it needs, the receipt latency of an applied final (its
@@ -42,16 +46,15 @@ _IGNORED_SQL = ("SELECT e.id, e.row_id, m.b24_id, m.route, e.seq, e.status, m.st
 _CHUNK = 500  # ids per IN (...): well under SQLite's limit on parameters
 
 
-def connect_readonly(path: str) -> sqlite3.Connection:
-    """A read-only connection that never takes the writer's lock."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-    conn.execute("PRAGMA query_only=1")
-    return conn
+def connect_readonly(database: str) -> Connection:
+    """A read-only connection that never takes the writer's lock (SQLite path or PostgreSQL URL)."""
+    return engine_for(database).connect_readonly()
 
 
 @contextmanager
 def view(db: sqlite3.Connection) -> Iterator[None]:
-    """One consistent view for the reads inside (a read transaction)."""
+    """One consistent view for the reads inside (a read transaction; on PostgreSQL a
+    repeatable-read one, as SQLite's snapshot is)."""
     db.execute("BEGIN")
     try:
         yield

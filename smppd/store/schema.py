@@ -1,12 +1,19 @@
 """The store's tables: every migration since the first, applied in order at open.
 
-A database is at ``PRAGMA user_version``; each step runs in one transaction, so a
-crash mid-migration leaves the previous version, never half of the next.
+One description for both engines: the DDL is written for SQLite and each engine
+spells it its own way (``Engine.ddl``: PostgreSQL's type names). A database is at a
+version (SQLite's ``PRAGMA user_version``, PostgreSQL's ``smppd_schema`` row); each
+step runs in one transaction, so a crash mid-migration leaves the previous version,
+never half of the next. On PostgreSQL a step holds an advisory lock, so two nodes that
+start together migrate once.
 """
 
 from __future__ import annotations
 
-import sqlite3
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .engine import Connection, Engine
 
 SCHEMA_VERSION = 11
 MIGRATIONS: dict[int, str] = {
@@ -129,7 +136,7 @@ MIGRATIONS: dict[int, str] = {
     # without this index that is a sort of the whole outbox (77 ms at 360,000 rows,
     # an hour of Bitrix24 outage at 100 msg/s), with it 0.1 ms.
     5: """
-    CREATE INDEX outbox_due ON outbox (member_id, status = 'sent', created_at);
+    CREATE INDEX outbox_due ON outbox (member_id, (status = 'sent'), created_at);
     """,
     # A 'sent' now waits SENT_COALESCE seconds (next_at in the future), so under load the
     # outbox holds thousands of rows that are not due yet; with created_at in the index the
@@ -137,7 +144,7 @@ MIGRATIONS: dict[int, str] = {
     # the due range only (16 µs), for the finals and then for the 'sent's.
     6: """
     DROP INDEX outbox_due;
-    CREATE INDEX outbox_due ON outbox (member_id, status = 'sent', next_at);
+    CREATE INDEX outbox_due ON outbox (member_id, (status = 'sent'), next_at);
     """,
     # Every status change SETs message.status, and message_open's WHERE named status: SQLite
     # then deleted and re-inserted the message's index entry at every move, more than half of
@@ -225,16 +232,24 @@ MIGRATIONS: dict[int, str] = {
 }
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
+def migrate(conn: Connection, engine: Engine | None = None) -> None:
+    """Bring the database to ``SCHEMA_VERSION``, one transaction per step (SQLite by default)."""
+    if engine is None:
+        from .sqlite import SqliteEngine
+
+        engine = SqliteEngine("")
+    version = engine.schema_version(conn)
     if version > SCHEMA_VERSION:
         raise RuntimeError(f"database schema {version} is newer than this smppd ({SCHEMA_VERSION})")
     for v in range(version + 1, SCHEMA_VERSION + 1):
         # Statement by statement: executescript() would COMMIT on its own.
         conn.execute("BEGIN")
+        engine.lock_schema(conn)
+        if engine.schema_version(conn) >= v:  # another node took this step meanwhile
+            conn.execute("COMMIT")
+            continue
         for statement in MIGRATIONS[v].split(";"):
             if statement.strip():
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version={v}")
+                conn.execute(engine.ddl(statement))
+        engine.set_schema_version(conn, v)
         conn.execute("COMMIT")
-

@@ -1,37 +1,42 @@
-"""The one writer: SQLite in WAL mode, group commit, and what happens when the disk is full.
+"""The one writer: one thread, one connection, group commit, and what happens when the storage fails.
 
-Every read and write is an *operation*: a plain function over a
-``sqlite3.Connection``.  Operations queue up in arrival order; the writer task
-runs whatever has queued as one transaction in aiosqlite's thread, commits
-once, and only then resolves the callers' futures.  That gives the three
-properties the rest of the daemon relies on:
+Every read and write is an *operation*: a plain function over a DB-API connection
+(SQLite's or PostgreSQL's, ``engine``). Operations queue up in arrival order; the
+writer task runs whatever has queued as one transaction in the writer's own thread
+(a one-thread executor: the connection is only ever used there), commits once, and
+only then resolves the callers' futures. That gives the three properties the rest of
+the daemon relies on:
 
-* **durable before ack**: ``intake`` returns after COMMIT (synchronous=FULL),
-  so the shim's 200 means the row is on disk;
+* **durable before ack**: ``intake`` returns after COMMIT (SQLite: synchronous=FULL;
+  PostgreSQL: synchronous_commit on), so the shim's 200 means the row is on disk;
 * **one order**: a receipt's lookup runs after the ``segment_accepted`` that was
   queued before it, so there are no read-your-write races between tasks;
-* **cheap under load**: a thousand intakes cost one fsync and one thread hop,
+* **cheap under load**: a thousand intakes cost one commit and one thread hop,
   not a thousand.
+
+The thread is ours rather than aiosqlite's: aiosqlite's documented API runs one call
+per hop and commits on its own terms; running a whole group as one function in its
+thread took its private ``_execute``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 
-import aiosqlite
 import structlog
 
+from .database import engine_for
+from .engine import Connection, Engine, storage_error
 from .schema import migrate
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-Operation = Callable[[sqlite3.Connection], T]
+Operation = Callable[[Connection], T]
 
 MAX_GROUP = 2000
 # A full disk (issue 19 item 3): how often the writer tries again the writes it holds, and
@@ -48,7 +53,8 @@ class StoreClosed(RuntimeError):
 
 
 class StoreUnavailable(RuntimeError):
-    """The store cannot write now (the disk is full, an I/O error, a read-only remount).
+    """The store cannot write now (the disk is full, an I/O error, a read-only remount; on
+    PostgreSQL also a lost connection, a server restarting, a standby after a failover).
 
     Only the writes that have somewhere else to wait are refused with it: a new post
     (the shim answers 503, its spool keeps the post) and a receipt beyond the held bound
@@ -64,61 +70,20 @@ HOLD_BOUNDED = 2  # held up to ``max_held_receipts`` at once, then StoreUnavaila
 
 class StoreOpenError(RuntimeError):
     """The database cannot be opened for writing at start (a read-only mount, a directory
-    the daemon may not write): one line naming the path and the problem, never a traceback,
-    and never a start that hangs (issue 19 item 4)."""
+    the daemon may not write, a PostgreSQL that refuses us): one line naming the database
+    and the problem, never a traceback, and never a start that hangs (issue 19 item 4)."""
 
     def __init__(self, path: str, problem: str, *, retry: bool = False) -> None:
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
-        self.retry = retry  # a full disk: starting again later can work (exit 1, systemd restarts)
-
-
-def write_problem(path: str) -> str | None:
-    """Why ``path`` cannot be a writable database, in words an operator can act on, or None.
-
-    SQLite says only "unable to open database file" or "attempt to write a readonly
-    database"; the filesystem can say which of the usual causes it is. Checked before
-    SQLite opens the file too: a connection that fails to open leaves aiosqlite's thread
-    to report into a closed loop.
-    """
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    existing = directory
-    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    try:
-        if os.statvfs(existing).f_flag & os.ST_RDONLY:
-            return f"the directory {directory} is on a read-only filesystem"
-    except OSError as e:
-        return f"the directory {existing} cannot be read: {e.strerror}"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"the directory {existing} is not writable by uid {os.geteuid()}"
-    for f in (path, path + "-wal", path + "-shm"):
-        if os.path.exists(f) and not os.access(f, os.R_OK | os.W_OK):
-            return f"{f} is not writable by uid {os.geteuid()}"
-    return None
-
-
-def open_problem(path: str, error: BaseException) -> str:
-    """``write_problem``, or what the error says when the filesystem looks fine."""
-    found = write_problem(path)
-    if found is not None:
-        return found
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return str(error)
+        self.retry = retry  # a full disk, a server down: starting again later can work (exit 1, systemd restarts)
 
 
 class _Queued(NamedTuple):
     op: Operation[Any]
     fut: asyncio.Future[Any]
     policy: int
-
-
-def _probe_op(conn: sqlite3.Connection) -> None:
-    """While the store cannot write and nothing else is queued: a page write (the header's
-    user_version, unchanged) that commits only when the disk takes writes again."""
-    conn.execute("PRAGMA user_version=%d" % conn.execute("PRAGMA user_version").fetchone()[0])
 
 
 class _NoFuture:
@@ -129,30 +94,17 @@ class _NoFuture:
         return True
 
 
-_PROBE = _Queued(_probe_op, _NoFuture(), HOLD)  # type: ignore[arg-type]
-
-
-def _storage_problem(path: str, e: BaseException) -> str:
-    """What the disk under ``path`` lacks, for the one log line."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return str(e)
-    if st.f_flag & os.ST_RDONLY:
-        return f"{directory} is on a read-only filesystem ({e})"
-    return f"{e}; {st.f_bavail * st.f_frsize} bytes free in {directory}"
-
-
 class Writer:
     """The one writer: every concern of the store (its other modules) adds its operations
     over this, and ``Store`` is all of them together."""
 
     def __init__(self, path: str, *, clock: Callable[[], float] = time.time,
                  max_held_receipts: int = MAX_HELD_RECEIPTS, retry_interval: float = UNAVAILABLE_RETRY) -> None:
-        self.path = path
+        self.path = path  # [daemon] database: a SQLite path or a postgresql:// URL
+        self.engine: Engine = engine_for(path)
         self.clock = clock
-        self._db: aiosqlite.Connection | None = None
+        self._conn: Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[_Queued | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self.outbox_changed = asyncio.Event()  # set when an outbox row is added or changed
@@ -165,6 +117,9 @@ class Writer:
         self.refused = {"intake": 0, "receipts": 0}
         self._refused_before = dict(self.refused)
         self._retry_interval = retry_interval
+        # While the store cannot write and nothing else is queued: a write that changes
+        # nothing and commits only when writes go through again.
+        self._probe = _Queued(self.engine.probe, _NoFuture(), HOLD)  # type: ignore[arg-type]
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -175,52 +130,77 @@ class Writer:
 
     async def open(self) -> None:
         """Open (and migrate) the database; ``StoreOpenError`` when it cannot be written."""
-        problem = write_problem(self.path)
+        engine = self.engine
+        problem = engine.open_problem()
         if problem is not None:
-            raise StoreOpenError(self.path, problem)
-        db = aiosqlite.connect(self.path, isolation_level=None)
+            raise StoreOpenError(engine.display, problem)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         try:
-            self._db = await db
-            await self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: the shim's 200 promises the message survives power loss too.
-            await self._db.execute("PRAGMA synchronous=FULL")
-            await self._db.execute("PRAGMA foreign_keys=ON")
-            await self._run(migrate)
+            await self._run(lambda conn: migrate(conn, engine))  # the first hop connects
             # A read-only file opens and reads fine; the first write would fail much later.
             try:
-                await self._run(_probe_write)
-            except sqlite3.Error as e:
-                if not storage_error(e) or write_problem(self.path) is not None:
+                await self._run(_probe_write(engine))
+            except Exception as e:
+                if not engine.storage_error(e) or engine.open_problem() is not None:
                     raise
                 # A full disk at start: start anyway (reads work, posts get 503, writes wait).
                 # Exiting would only loop through systemd's restarts until space returns.
                 self._became_unavailable(e)
-        except (sqlite3.Error, OSError) as e:
-            self._db = None
-            await db.close()  # its thread would keep the process alive: the hang at start
-            problem = write_problem(self.path)
-            if problem is None and storage_error(e):  # a full disk: WAL mode needs room for its -shm
-                raise StoreOpenError(self.path, _storage_problem(self.path, e), retry=True) from None
-            raise StoreOpenError(self.path, problem or open_problem(self.path, e)) from None
+        except Exception as e:
+            await self._close_connection()
+            if isinstance(e, StoreOpenError):
+                raise
+            problem, retry = engine.open_error(e)
+            raise StoreOpenError(engine.display, problem, retry=retry) from None
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+
+    def _connect(self) -> None:
+        """In the writer's thread: (re)open its connection."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # a connection already lost: nothing to close cleanly
+                pass
+            self._conn = None
+        self._conn = self.engine.connect()
 
     async def close(self) -> None:
         if self._writer is not None:
             await self._queue.put(None)
             await self._writer
             self._writer = None
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        await self._close_connection()
 
-    async def _run(self, op: Operation[T]) -> T:
-        """Run a function in aiosqlite's thread: one hop for a whole group.
+    async def _close_connection(self) -> None:
+        """Close the connection in its thread, then let the thread end (it would keep the
+        process alive: the hang at start that a failed open once caused)."""
+        if self._thread is None:
+            return
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._thread, conn.close)
+            except Exception:
+                pass
+        self._thread.shutdown(wait=False)
+        self._thread = None
 
-        aiosqlite has no public "run this callable" call; ``_execute`` is the
-        one its own methods use, stable since 0.17.
+    async def _run(self, op: Callable[[Connection], T]) -> T:
+        """Run a function of the connection in the writer's thread: one hop for a whole group.
+
+        A connection the engine calls broken (PostgreSQL: lost, or it saw a storage
+        error such as a standby's read-only refusal) is opened again first, so a held
+        group is retried on a fresh connection, which may reach the new primary.
         """
-        assert self._db is not None
-        return await self._db._execute(op, self._db._conn)  # type: ignore[attr-defined]
+        assert self._thread is not None
+
+        def call() -> T:
+            if self._conn is None or self.engine.broken(self._conn):
+                self._connect()
+            assert self._conn is not None
+            return op(self._conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
 
     async def _write_loop(self) -> None:
         """Group, run, commit, resolve; on a full disk hold the group and try it again.
@@ -249,7 +229,7 @@ class Writer:
                     try:
                         first = await asyncio.wait_for(self._queue.get(), self._retry_interval)
                     except TimeoutError:
-                        first = _PROBE  # nothing to write: probe anyway, or posts would never resume
+                        first = self._probe  # nothing to write: probe anyway, or posts would never resume
                     if first is None:
                         break
                     group = [first]
@@ -264,9 +244,9 @@ class Writer:
             try:
                 results = await self._run(lambda conn: run_group(conn, [q.op for q in group]))
             except Exception as e:  # the commit itself failed: nobody's write is durable
-                if storage_error(e):
+                if self.engine.storage_error(e):
                     self._became_unavailable(e)
-                    held = [q for q in self._shed(group) if q is not _PROBE]
+                    held = [q for q in self._shed(group) if q is not self._probe]
                     if stop:  # closing: nothing more can be written
                         self._fail(held, StoreUnavailable(self.unavailable or str(e)))
                     continue
@@ -287,12 +267,10 @@ class Writer:
 
     def _space_returned(self) -> bool:
         """A retry committed; posts resume only with ``RESUME_FREE_BYTES`` free, or the last
-        pages of the WAL would let a few in and the next commit fail again (flapping)."""
-        try:
-            st = os.statvfs(os.path.dirname(os.path.abspath(self.path)) or ".")
-        except OSError:
-            return True
-        return st.f_bavail * st.f_frsize >= RESUME_FREE_BYTES
+        pages of the WAL would let a few in and the next commit fail again (flapping).
+        PostgreSQL's disk is the server's to watch: a commit there is the signal."""
+        free = self.engine.free_bytes()
+        return free is None or free >= RESUME_FREE_BYTES
 
     def _shed(self, group: list[_Queued]) -> list[_Queued]:
         """The operations that wait for the disk; refusable ones get StoreUnavailable now."""
@@ -316,17 +294,17 @@ class Writer:
         if self.unavailable is not None:
             return
         self._refused_before = dict(self.refused)
-        self.unavailable = _storage_problem(self.path, e)
+        self.unavailable = self.engine.problem(e)
         self.unavailable_since = self.clock()
         # Once, not per refused post: the line says why and what happens meanwhile.
-        log.error("store_unavailable", path=self.path, problem=self.unavailable,
+        log.error("store_unavailable", path=self.engine.display, problem=self.unavailable,
                   hint="new posts are refused (503), receipts wait in memory; writes resume by themselves"
                        " when space returns")
 
     def _resumed(self) -> None:
         since = self.unavailable_since or self.clock()
         before = self._refused_before
-        log.warning("store_resumed", path=self.path, after_seconds=round(self.clock() - since, 1),
+        log.warning("store_resumed", path=self.engine.display, after_seconds=round(self.clock() - since, 1),
                     refused_posts=self.refused["intake"] - before.get("intake", 0),
                     refused_receipts=self.refused["receipts"] - before.get("receipts", 0))
         self.unavailable = None
@@ -395,32 +373,17 @@ class Writer:
         return out
 
 
-# SQLite primary result codes that say the storage failed, not the operation: SQLITE_FULL
-# (ENOSPC), SQLITE_IOERR (EIO, EFBIG, a WAL or shm that cannot grow), SQLITE_READONLY
-# (the filesystem was remounted read-only under us).
-_STORAGE_ERRORS = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY})
-
-
-def storage_error(e: BaseException) -> bool:
-    """Whether ``e`` means the disk cannot take writes now (retry later), not a bad operation."""
-    # sqlite_errorcode (3.11+) is set on errors SQLite raised, not on ones built in Python.
-    code = getattr(e, "sqlite_errorcode", 0) if isinstance(e, sqlite3.Error) else 0
-    return (code & 0xFF) in _STORAGE_ERRORS
-
-
-def _probe_write(conn: sqlite3.Connection) -> None:
+def _probe_write(engine: Engine) -> Callable[[Connection], None]:
     """A write that changes nothing, committed: fails now if the database cannot be written."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute("PRAGMA user_version=%d" % conn.execute("PRAGMA user_version").fetchone()[0])
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+
+    def probe(conn: Connection) -> None:
+        with _transaction(conn):
+            engine.probe(conn)
+
+    return probe
 
 
-def run_group(conn: sqlite3.Connection, ops: list[Operation[Any]]) -> list[tuple[bool, Any]]:
+def run_group(conn: Connection, ops: list[Operation[Any]]) -> list[tuple[bool, Any]]:
     """Run ops in one transaction, committed once; a failing op rolls back only its own writes.
 
     Optimistic: the ops run back to back without a savepoint each (SAVEPOINT and
@@ -434,14 +397,15 @@ def run_group(conn: sqlite3.Connection, ops: list[Operation[Any]]) -> list[tuple
     try:
         with _transaction(conn):
             results = [(True, op(conn)) for op in ops]
-    except Exception:
-        if results is not None:  # the ops ran, the COMMIT failed: nobody's write is durable
+    except Exception as e:
+        # The ops ran and the COMMIT failed, or the storage failed: nobody's write is durable.
+        if results is not None or storage_error(e):
             raise
         return _run_group_isolated(conn, ops)
     return results
 
 
-def _run_group_isolated(conn: sqlite3.Connection, ops: list[Operation[Any]]) -> list[tuple[bool, Any]]:
+def _run_group_isolated(conn: Connection, ops: list[Operation[Any]]) -> list[tuple[bool, Any]]:
     """The slow path of ``run_group``: a savepoint per op, so one failure spares the rest."""
     results: list[tuple[bool, Any]] = []
     with _transaction(conn):
@@ -460,8 +424,8 @@ def _run_group_isolated(conn: sqlite3.Connection, ops: list[Operation[Any]]) -> 
 
 
 @contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE … COMMIT; anything that escapes (an op, the COMMIT, a cancel) rolls back."""
+def _transaction(conn: Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE … COMMIT (PostgreSQL: BEGIN); anything that escapes (an op, the COMMIT, a cancel) rolls back."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield

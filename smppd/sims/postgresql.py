@@ -1,0 +1,100 @@
+"""A throwaway PostgreSQL cluster for the tests and the benchmarks: ``initdb`` + ``pg_ctl``
+from Debian's ``postgresql`` package, on a Unix socket in a temp directory, no TCP.
+
+The server keeps its durability settings (fsync, synchronous_commit, full_page_writes
+on): the store's promise is "durable before the ack", and a test or a figure made with
+fsync off would measure something else. Each test gets a schema of its own
+(``new_schema``), which costs a CREATE SCHEMA, not a CREATE DATABASE.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from urllib.parse import quote
+
+import psycopg
+
+DATABASE = "smppd"
+USER = "smppd"
+
+
+def find_bindir() -> str | None:
+    """The newest installed PostgreSQL's bin directory (Debian keeps initdb off PATH), or None."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+                   if p.split("/")[4].isdigit() else 0)
+    if found:
+        return os.path.dirname(found[-1])
+    initdb = shutil.which("initdb")
+    return os.path.dirname(initdb) if initdb else None
+
+
+class Cluster:
+    """One server in a temp directory; ``start``, then ``url`` per test, ``stop`` at the end.
+
+    As root (CI, this machine) the server runs as the ``postgres`` user the package
+    creates: PostgreSQL refuses to run as root.
+    """
+
+    def __init__(self, bindir: str, *, port: int = 5432) -> None:
+        self.bindir = bindir
+        self.port = port
+        self.root = tempfile.mkdtemp(prefix="smppd-pg-")
+        self.data = os.path.join(self.root, "data")
+        self._as: list[str] = []
+        self._schemas = itertools.count(1)
+        self.running = False
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.root, user.pw_uid, user.pw_gid)
+            self._as = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", "postgres", "--"]
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self._as, os.path.join(self.bindir, tool), *args], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+
+    def start(self) -> None:
+        # --no-sync: initdb's own files only (the throwaway cluster's birth); the server
+        # itself runs with fsync on.
+        self._run("initdb", "-D", self.data, "-U", USER, "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
+        options = " ".join([
+            "-c listen_addresses=''", f"-c unix_socket_directories={self.root}", f"-c port={self.port}",
+            "-c fsync=on", "-c synchronous_commit=on", "-c full_page_writes=on",
+            "-c max_connections=60", "-c shared_buffers=32MB",
+        ])
+        self._run("pg_ctl", "-D", self.data, "-l", os.path.join(self.root, "log"), "-o", options, "-w",
+                  "-t", "60", "start")
+        self.running = True
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {DATABASE}")
+
+    def url(self, database: str = DATABASE, *, schema: str | None = None) -> str:
+        """A ``postgresql://`` URL for the socket; with ``schema`` every table lives in that schema."""
+        url = f"postgresql://{USER}@/{database}?host={quote(self.root, safe='/')}&port={self.port}"
+        if schema is not None:
+            url += "&options=" + quote(f"-csearch_path={schema}", safe="")
+        return url
+
+    def new_schema(self) -> str:
+        """An empty schema of its own (per test): the store migrates into it from nothing."""
+        name = f"t{os.getpid()}_{next(self._schemas)}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {name}")
+        return name
+
+    def drop_schema(self, name: str) -> None:
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+    def stop(self) -> None:
+        try:
+            if self.running:
+                self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+                self.running = False
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
