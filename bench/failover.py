@@ -6,7 +6,8 @@
 
 Two nodes on one machine as on two: each its own ``smppd run`` and ``smppd-shim`` (their
 sockets passed as systemd passes them, see bench/drill.py), its own state directory,
-ports and ``[daemon] node``; one throwaway PostgreSQL (bench/pgcluster.py, Unix socket);
+ports and ``[daemon] node``; one throwaway PostgreSQL (smppd/sims/postgresql.py: Unix socket,
+fsync on);
 the SMSC simulator in a process of its own; the simulated Bitrix24 portal here. Node A
 starts first and owns every lease (the route, the portal's outbox, the holds worker);
 node B is up beside it and takes half the posts (it stores them, A sends them).
@@ -48,9 +49,9 @@ import structlog  # noqa: E402
 
 from bench.drill import Gateway, count, drill_config, wait_final  # noqa: E402
 from bench.e2e import CODE, Post, message_text, prepare_posts  # noqa: E402
-from bench.pgcluster import remove_cluster, start_cluster  # noqa: E402
 from bench.procs import Smsc, free_port  # noqa: E402
 from smppd.sims.bitrix24 import SimulatedPortal  # noqa: E402
+from smppd.sims.postgresql import Cluster, find_bindir  # noqa: E402
 
 
 def node_config(tmp: Path, portal: SimulatedPortal, smsc_port: int, conninfo: str, node: str, key: str,
@@ -131,9 +132,12 @@ def smsc_gap(seen: dict[str, list[float]], around: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    pg = start_cluster()
-    if pg is None:
+    bindir = find_bindir()
+    if bindir is None:
         raise SystemExit("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    pg = Cluster(bindir)
+    pg.start()
+    conninfo = pg.url()
     figures: dict[str, Any] = {}
     gateways: dict[str, Gateway] = {}
     with (_kept(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="smppd-failover-")) as root_s:
@@ -146,7 +150,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             for name in ("a", "b"):
                 (root / name).mkdir()
-                cfg, shim_port, metrics_port = node_config(root / name, portal, smsc.port, pg.conninfo, name, key,
+                cfg, shim_port, metrics_port = node_config(root / name, portal, smsc.port, conninfo, name, key,
                                                           args.window)
                 gateways[name] = Gateway(root / name, cfg, shim_port, metrics_port)
             a, b = gateways["a"], gateways["b"]
@@ -154,7 +158,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             a.start_shim()
             await a.wait_daemon()
             # Everything node A contends for: the route, the portal's outbox, the holds worker.
-            _, a_leases = await wait_owner(pg.conninfo, "a", {"route:bench", f"portal:{portal.member_id}",
+            _, a_leases = await wait_owner(conninfo, "a", {"route:bench", f"portal:{portal.member_id}",
                                                               "job:holds"}, 30)
             b.start_daemon()
             b.start_shim()
@@ -175,7 +179,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 proc.send_signal(signal.SIGKILL)
             a.shim_sock.close()
             a.daemon_sock.close()
-            figures["takeover_s"], _ = await wait_owner(pg.conninfo, "b", a_leases, 60)
+            figures["takeover_s"], _ = await wait_owner(conninfo, "b", a_leases, 60)
             await load
             t_posted = time.monotonic()
             await wait_final(portal, posts, args.timeout)
@@ -187,7 +191,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             seen = smsc.stop()
             peak = (root / "binds").read_text().split() if (root / "binds").exists() else ["?", "?"]
             await portal.stop()
-            remove_cluster(pg)
+            pg.stop()
     figures.update(count(posts, portal, seen))
     figures["peak_binds"] = peak[0]
     figures["smsc_gap_s"] = smsc_gap(seen, killed_at)

@@ -76,7 +76,7 @@ class Daemon:
         self.config = config
         # PostgreSQL means maybe several nodes: owned work runs where its lease is held
         # (smppd.cluster), and its writes check the lease's fencing token.
-        clustered = config.daemon.database.startswith(("postgresql://", "postgres://"))
+        clustered = is_postgresql(config.daemon.database)
         self.store = (ClusterStore if clustered else Store)(config.daemon.database,
                                                             max_held_receipts=config.daemon.max_held_receipts)
         self.cluster: Ownership | None = None

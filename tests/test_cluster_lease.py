@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -15,30 +15,20 @@ from smppd.store.leases import LEASE_SCHEMA, TAKEOVER_LOCK
 from smppd.cluster.lease import LeaseKeeper
 from smppd.cluster.policy import LeaseTiming
 
-from bench.pgcluster import PgCluster, remove_cluster, start_cluster
 
 pytestmark = pytest.mark.integration
 
 FAST = LeaseTiming(ttl=1.5, renew=0.25, retry=0.25, margin=0.6)
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgCluster]:
-    cluster = start_cluster()
-    if cluster is None:
-        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
-    try:
-        yield cluster
-    finally:
-        remove_cluster(cluster)
-
-
 @pytest.fixture
-async def clean(pg: PgCluster) -> AsyncIterator[PgCluster]:
-    async with await psycopg.AsyncConnection.connect(pg.conninfo, autocommit=True) as conn:
-        await conn.execute(LEASE_SCHEMA)
-        await conn.execute("TRUNCATE lease")
-    yield pg
+def url(postgresql: Any) -> Iterator[str]:
+    """A schema of its own on the session's throwaway cluster (tests/conftest.py)."""
+    schema = postgresql.new_schema()
+    try:
+        yield postgresql.url(schema=schema)
+    finally:
+        postgresql.drop_schema(schema)
 
 
 class Node:
@@ -87,8 +77,8 @@ async def until(cond: Any, timeout: float = 10.0) -> float:
     return time.monotonic() - t0
 
 
-async def test_two_nodes_contend_one_owns_and_the_other_takes_over_after_a_crash(clean: PgCluster) -> None:
-    a, b = Node(clean.conninfo, "a"), Node(clean.conninfo, "b")
+async def test_two_nodes_contend_one_owns_and_the_other_takes_over_after_a_crash(url: str) -> None:
+    a, b = Node(url, "a"), Node(url, "b")
     for n in (a, b):
         n.want("route:mts")
         n.want("portal:p1")
@@ -112,8 +102,8 @@ async def test_two_nodes_contend_one_owns_and_the_other_takes_over_after_a_crash
     await b.close()
 
 
-async def test_a_graceful_stop_hands_over_at_once(clean: PgCluster) -> None:
-    a, b = Node(clean.conninfo, "a"), Node(clean.conninfo, "b")
+async def test_a_graceful_stop_hands_over_at_once(url: str) -> None:
+    a, b = Node(url, "a"), Node(url, "b")
     a.want("route:x")
     b.want("route:x")
     a.run()
@@ -129,12 +119,13 @@ async def test_a_graceful_stop_hands_over_at_once(clean: PgCluster) -> None:
     await b.close()
 
 
-async def test_a_node_that_loses_its_connection_stops_before_its_lease_can_be_taken(clean: PgCluster) -> None:
-    async with await psycopg.AsyncConnection.connect(clean.conninfo, autocommit=True) as admin:
+async def test_a_node_that_loses_its_connection_stops_before_its_lease_can_be_taken(url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+        await admin.execute(LEASE_SCHEMA)
         await admin.execute("DROP ROLE IF EXISTS node_a")
         await admin.execute("CREATE ROLE node_a LOGIN SUPERUSER")
-        a = Node(clean.conninfo.replace("user=postgres", "user=node_a"), "a")
-        b = Node(clean.conninfo, "b")
+        a = Node(url.replace("postgresql://smppd@", "postgresql://node_a@"), "a")
+        b = Node(url, "b")
         a.want("route:life")
         b.want("route:life")
         a.run()
@@ -155,12 +146,13 @@ async def test_a_node_that_loses_its_connection_stops_before_its_lease_can_be_ta
         assert a.keeper.figures.changes.get(("route:life", "fenced")) == 1
         await a.close()
         await b.close()
+        await admin.execute("DROP OWNED BY node_a")
         await admin.execute("DROP ROLE node_a")
 
 
-async def test_a_short_outage_of_the_lease_connection_keeps_the_owner(clean: PgCluster) -> None:
-    async with await psycopg.AsyncConnection.connect(clean.conninfo, autocommit=True) as admin:
-        a, b = Node(clean.conninfo, "a"), Node(clean.conninfo, "b")
+async def test_a_short_outage_of_the_lease_connection_keeps_the_owner(url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+        a, b = Node(url, "a"), Node(url, "b")
         a.want("route:blip")
         b.want("route:blip")
         a.run()
@@ -193,8 +185,8 @@ class Qmark:
         self.conn.rollback()
 
 
-def test_the_fencing_token_refuses_a_stale_writer(pg: PgCluster) -> None:
-    with psycopg.connect(pg.conninfo, autocommit=True) as conn:
+def test_the_fencing_token_refuses_a_stale_writer(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(LEASE_SCHEMA)
         conn.execute("DROP TABLE IF EXISTS owned_state")
         conn.execute("CREATE TABLE owned_state (k TEXT PRIMARY KEY, v INT)")
@@ -208,7 +200,7 @@ def test_the_fencing_token_refuses_a_stale_writer(pg: PgCluster) -> None:
         return op
 
     old = Fence("route:f", 4)
-    with psycopg.connect(pg.conninfo) as raw_stale, psycopg.connect(pg.conninfo) as raw_newer:
+    with psycopg.connect(url) as raw_stale, psycopg.connect(url) as raw_newer:
         stale, newer = Qmark(raw_stale), Qmark(raw_newer)
         assert fenced(write(1), old)(stale) == 1
         # The check holds the lease row FOR KEY SHARE until COMMIT: the holder's renewal does
@@ -230,3 +222,34 @@ def test_the_fencing_token_refuses_a_stale_writer(pg: PgCluster) -> None:
         assert fenced(write(3), Fence("route:f", 5))(newer) == 1
         newer.commit()
         assert newer.execute("SELECT v FROM owned_state").fetchone() == (3,)
+
+
+async def test_the_store_refuses_a_write_of_owned_work_whose_lease_moved_and_spares_the_rest(url: str) -> None:
+    """ClusterStore: an operation queued from inside ``owning(fence)`` runs behind the fence
+    check in the writer's transaction; a stale one fails alone, its group commits."""
+    from smppd.cluster import ClusterStore, owning
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(LEASE_SCHEMA)
+        conn.execute("CREATE TABLE owned_state (k TEXT PRIMARY KEY, v INT)")
+        conn.execute("INSERT INTO lease (name, node, token, expires_at) VALUES ('route:r', 'a', 2, now())")
+    store = ClusterStore(url)
+    await store.open()
+    try:
+        def put(k: str, v: int) -> Any:
+            return lambda c: c.execute("INSERT INTO owned_state VALUES (?, ?)", (k, v)).rowcount
+
+        with owning(Fence("route:r", 2)):
+            assert await store.execute(put("current", 1)) == 1
+        with psycopg.connect(url, autocommit=True) as conn:  # another node took the route over
+            conn.execute("UPDATE lease SET node = 'b', token = 3 WHERE name = 'route:r'")
+        with owning(Fence("route:r", 2)):
+            stale = store.execute(put("stale", 2))
+        unowned = store.execute(put("receipt", 3))  # a fact from outside: no fence, same group
+        with pytest.raises(Fenced):
+            await stale
+        assert await unowned == 1
+        with psycopg.connect(url) as conn:
+            assert dict(conn.execute("SELECT k, v FROM owned_state").fetchall()) == {"current": 1, "receipt": 3}
+    finally:
+        await store.close()
