@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/e2e.py                       # 20,000 messages, 100 posts in flight
     .venv/bin/python bench/e2e.py -n 50000 --concurrency 200 --runs 3
+    .venv/bin/python bench/e2e.py --database postgresql   # the store on a throwaway PostgreSQL cluster
 
 Four processes, as in production plus the peers: ``smppd run`` (the daemon),
 ``smppd-shim``, the SMSC simulator (``bench/smsc_proc.py``) and this one, which is
@@ -14,6 +15,11 @@ submit_sm) and post → final status at the portal; CPU seconds and peak RSS of 
 daemon, the shim, the SMSC and the load generator; lost (posted with 200 but no final
 status, or never seen by the SMSC) and duplicated (more than one submit_sm) messages.
 Both must be 0. With ``--runs`` > 1 the medians follow.
+
+``--database postgresql`` starts a throwaway PostgreSQL cluster (``smppd.sims.postgresql``:
+Debian's initdb + pg_ctl, Unix socket, fsync on) and gives each run a fresh schema; the
+server's processes' CPU is printed as ``postgres``. ``--database postgresql://…`` uses a
+server of your own (its CPU is not measured).
 """
 
 from __future__ import annotations
@@ -53,16 +59,17 @@ def phone(i: int) -> str:
 
 
 def daemon_config(tmp: Path, portal: SimulatedPortal, *, smsc_port: int, shim_port: int, key: str,
-                  window: int, reconnect_max: float = 2.0, throughput: int = 0) -> Path:
+                  window: int, reconnect_max: float = 2.0, throughput: int = 0, database: str | None = None) -> Path:
     """A real config.toml; the portal entry seeds the store as an installed app would."""
     cfg = f"""
 [daemon]
 socket = "{tmp}/smppd.sock"
-database = "{tmp}/smppd.db"
+database = "{database or f"{tmp}/smppd.db"}"
 
 [shim]
 listen = "127.0.0.1:{shim_port}"
 handler_key = "{key}"
+{f'spool_dir = "{tmp}/shim-spool"' if database else ""}
 
 {portal.portal_toml(rate=1000.0, burst=10000)}
 [route.bench]
@@ -192,7 +199,8 @@ async def wait_final(portal: SimulatedPortal, posts: list[Post], timeout: float)
         await asyncio.sleep(0.05)
 
 
-async def run_once(n: int, concurrency: int, window: int, timeout: float) -> dict[str, Any]:
+async def run_once(n: int, concurrency: int, window: int, timeout: float, database: str | None = None,
+                   cluster: Any = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="smppd-e2e-") as tmp_s:
         tmp = Path(tmp_s)
         portal = SimulatedPortal(rate=None)
@@ -201,20 +209,21 @@ async def run_once(n: int, concurrency: int, window: int, timeout: float) -> dic
         key = secrets.token_urlsafe(24)
         shim_port = free_port()
         gw = Gateway(tmp, daemon_config(tmp, portal, smsc_port=smsc.port, shim_port=shim_port, key=key,
-                                        window=window), shim_port)
+                                        window=window, database=database), shim_port)
+        server = (lambda: {"postgres": cluster.cpu()}) if cluster is not None else dict
         try:
             gw.start_daemon()
             await gw.wait_daemon()
             gw.start_shim()
             await asyncio.sleep(0.5)  # the bind and the start-up sender.list settle
-            before = {**gw.stats(), "smsc": smsc.stats(), "loadgen": self_stats()}
+            before = {**gw.stats(), "smsc": smsc.stats(), "loadgen": self_stats(), **server()}
             url = f"http://127.0.0.1:{shim_port}/bitrix24/{CODE}?key={key}"
             posts = prepare_posts(portal, n)
             t0 = time.time()
             await post_load(url, portal, posts, concurrency)
             t_posted = time.time()
             await wait_final(portal, posts, timeout)
-            after = {**gw.stats(), "smsc": smsc.stats(), "loadgen": self_stats()}
+            after = {**gw.stats(), "smsc": smsc.stats(), "loadgen": self_stats(), **server()}
         finally:
             gw.stop()
             seen = smsc.stop()
@@ -288,6 +297,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=50, help="SMPP window of the route (default 50)")
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the last status")
+    p.add_argument("--database", default="sqlite",
+                   help="sqlite (default), postgresql (a throwaway cluster), or a postgresql:// URL")
     return p
 
 
@@ -295,10 +306,27 @@ def main() -> int:
     args = parser().parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     results = []
-    for k in range(args.runs):
-        r = asyncio.run(run_once(args.n, args.concurrency, args.window, args.timeout))
-        print_run(f"smppd run {k + 1}", r)
-        results.append(r)
+    cluster = None
+    if args.database == "postgresql":
+        from smppd.sims.postgresql import Cluster, find_bindir
+
+        bindir = find_bindir()
+        if bindir is None:
+            print("PostgreSQL is not installed (Debian: apt-get install postgresql)", file=sys.stderr)
+            return 2
+        cluster = Cluster(bindir)
+        cluster.start()
+    try:
+        for k in range(args.runs):
+            database = None if args.database == "sqlite" else args.database
+            if cluster is not None:
+                database = cluster.url(schema=cluster.new_schema())
+            r = asyncio.run(run_once(args.n, args.concurrency, args.window, args.timeout, database, cluster))
+            print_run(f"smppd ({args.database if cluster or database is None else 'postgresql'}) run {k + 1}", r)
+            results.append(r)
+    finally:
+        if cluster is not None:
+            cluster.stop()
     if args.runs > 1:
         print_medians(results)
     return 0 if all(r["lost"] == 0 and r["duplicated"] == 0 and r["not_200"] == 0 for r in results) else 1

@@ -26,16 +26,19 @@ from .process_rig import wait_ready
 pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
 
-def write_config(tmp: Path, portal: SimulatedPortal, life: SmscSimulator, mts: SmscSimulator) -> Path:
+def write_config(tmp: Path, portal: SimulatedPortal, life: SmscSimulator, mts: SmscSimulator,
+                 database: str | None = None) -> Path:
+    """The daemon's config; the store is ``database`` (PostgreSQL) or a SQLite file under tmp/state."""
     path = tmp / "config.toml"
     path.write_text(f"""
 [daemon]
 socket = "{tmp}/smppd.sock"
-database = "{tmp}/state/smppd.db"
+database = "{database or f"{tmp}/state/smppd.db"}"
 
 [shim]
 listen = "127.0.0.1:0"
 handler_key = "crash-test-key-0123456789abcdef"
+spool_dir = "{tmp}/state/shim-spool"
 
 {portal.portal_toml()}
 [route.life]
@@ -86,9 +89,11 @@ async def peers():
     await portal.stop()
 
 
-async def test_kill_9_with_messages_queued_and_in_flight(tmp_path, peers):
+async def test_kill_9_with_messages_queued_and_in_flight(tmp_path, peers, engine, database):
+    """On each engine: what the shim answered 200 for was committed (SQLite: fsynced;
+    PostgreSQL: the COMMIT returned, so a kill -9 of the daemon cannot take it back)."""
     portal, life, mts = peers
-    cfg_path = write_config(tmp_path, portal, life, mts)
+    cfg_path = write_config(tmp_path, portal, life, mts, database if engine == "postgresql" else None)
     cfg = config_mod.load(cfg_path)
     log = tmp_path / "daemon.log"
     proc = start_daemon(cfg_path, log)

@@ -26,7 +26,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def test_daemon_and_shim_processes(tmp_path):
+async def test_daemon_and_shim_processes(tmp_path, engine, database):
+    """The daemon and the shim as systemd starts them, on each engine."""
     portal = SimulatedPortal(rate=None)
     await portal.start()
     smsc = SmscSimulator(SimulatorConfig(system_id="LIFE", accounts={"smppd": "secret"}))
@@ -36,6 +37,9 @@ async def test_daemon_and_shim_processes(tmp_path):
     text = text.replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{shim_port}"\nmetrics = "127.0.0.1:{shim_metrics}"')
     text = text.replace('database = ', f'metrics = "127.0.0.1:{daemon_metrics}"\ndatabase = ', 1)
     text = text.replace('handler_key = "a-handler-key-of-enough-length-000"', 'handler_key = "${SMPPD_TEST_KEY}"')
+    if engine == "postgresql":
+        text = text.replace(f'database = "{tmp_path / "smppd.db"}"', f'database = "{database}"', 1)
+        text = text.replace('[shim]\n', f'[shim]\nspool_dir = "{tmp_path / "shim-spool"}"\n', 1)
     conf = tmp_path / "config.toml"
     conf.write_text(text)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

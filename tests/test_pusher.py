@@ -177,7 +177,9 @@ async def test_the_pipeline_keeps_batches_in_flight_and_never_sends_a_message_tw
         peak = max(peak, in_flight)
         seen.extend(c[1]["MESSAGE_ID"] for c in commands.values())
         try:
-            await asyncio.sleep(0.05)
+            # Slow enough that the store's next reads come back before the first batch does,
+            # on PostgreSQL (a round trip per statement) on a loaded machine too.
+            await asyncio.sleep(0.3)
             return await batch(commands, **kw)
         finally:
             in_flight -= 1
@@ -207,7 +209,7 @@ async def test_without_a_backlog_updates_wait_for_the_batch_in_flight_instead_of
 
     async def slow_batch(commands, **kw):
         sizes.append(len(commands))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)  # the ten late ones (40 store operations) arrive meanwhile, on either engine
         return await batch(commands, **kw)
 
     pusher.client.batch = slow_batch

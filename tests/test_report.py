@@ -41,9 +41,10 @@ async def message(store, clock, at, n, route, *, segments=1, outcome=None, after
 
 
 @pytest.fixture
-async def db(tmp_path, make_store):
+async def db(database, make_store):
+    """A store with a week of messages, on each engine (the report reads either)."""
     clock = Clock()
-    store = await make_store(tmp_path / "s.db", clock=clock)
+    store = await make_store(database, clock=clock)
     await message(store, clock, DAY1, 1, "life", outcome=Status.DELIVERED, after=10)
     await message(store, clock, DAY1 + 60, 2, "life", outcome=Status.DELIVERED, after=30)
     await message(store, clock, DAY1 + 120, 3, "life", outcome=Status.UNDELIVERED, after=99)
@@ -52,7 +53,7 @@ async def db(tmp_path, make_store):
     await message(store, clock, DAY2, 6, "life", segments=2, outcome=Status.DELIVERED, after=5)
     await message(store, clock, DAY1 - 10 * 86400, 7, "life", outcome=Status.DELIVERED, after=1)  # too old
     await store.close()
-    return str(tmp_path / "s.db")
+    return database
 
 
 def test_daily_rows(db):

@@ -41,6 +41,7 @@ from prometheus_client.registry import Collector
 
 from ..config import Config
 from ..model import FINAL, Status
+from ..store.engine import is_postgresql
 
 T = TypeVar("T")
 
@@ -416,8 +417,9 @@ def storage_families(store: StoreGauges, min_free_mb: int) -> Iterable[Any]:
     available.add_metric([], 0.0 if store.unavailable is not None else 1.0)
     free = GaugeMetricFamily("smppd_store_free_bytes", "Bytes free for the daemon on the database's filesystem.")
     try:
-        st = os.statvfs(os.path.dirname(os.path.abspath(store.path)) or ".")
-        free.add_metric([], float(st.f_bavail * st.f_frsize))
+        if not is_postgresql(store.path):  # PostgreSQL's disk is the server's to watch
+            st = os.statvfs(os.path.dirname(os.path.abspath(store.path)) or ".")
+            free.add_metric([], float(st.f_bavail * st.f_frsize))
     except OSError:
         pass  # no sample: the alert's absent() side says so
     threshold = GaugeMetricFamily(

@@ -14,13 +14,24 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
 
 DATABASE = "smppd"
+
+
+@dataclass
+class _Cpu:
+    cpu_s: float
+    peak_rss_mb: float  # the largest process's RSS when read (PostgreSQL shares its buffers)
+
 USER = "smppd"
 
 
@@ -62,6 +73,12 @@ class Cluster:
         # --no-sync: initdb's own files only (the throwaway cluster's birth); the server
         # itself runs with fsync on.
         self._run("initdb", "-D", self.data, "-U", USER, "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
+        self.restart()
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {DATABASE}")
+
+    def restart(self) -> None:
+        """Start the server (again, after ``crash``)."""
         options = " ".join([
             "-c listen_addresses=''", f"-c unix_socket_directories={self.root}", f"-c port={self.port}",
             "-c fsync=on", "-c synchronous_commit=on", "-c full_page_writes=on",
@@ -70,8 +87,32 @@ class Cluster:
         self._run("pg_ctl", "-D", self.data, "-l", os.path.join(self.root, "log"), "-o", options, "-w",
                   "-t", "60", "start")
         self.running = True
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {DATABASE}")
+
+    def crash(self) -> None:
+        """Stop the server as a crash would (immediate: no checkpoint, every connection cut);
+        ``restart`` recovers from its WAL."""
+        self._signal(signal.SIGQUIT)
+
+    def _signal(self, sig: int, timeout: float = 60.0) -> None:
+        """Signal the postmaster (SIGINT: fast shutdown, SIGQUIT: immediate) and wait until it
+        has gone. A signal, not pg_ctl: the suite's last test tears the cluster down, and a test
+        that is not an integration test may start no process (tests/conftest.py)."""
+        pid_file = os.path.join(self.data, "postmaster.pid")
+        try:
+            with open(pid_file) as f:
+                pid = int(f.readline())
+            os.kill(pid, sig)
+        except (OSError, ValueError):
+            self.running = False
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        self.running = False
 
     def url(self, database: str = DATABASE, *, schema: str | None = None) -> str:
         """A ``postgresql://`` URL for the socket; with ``schema`` every table lives in that schema."""
@@ -91,10 +132,34 @@ class Cluster:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
+    def cpu(self) -> Any:
+        """CPU seconds so far of the server (the postmaster, every live backend and helper, and
+        the children that ended), as ``bench.procs.ProcStats``-like (cpu_s, peak_rss_mb)."""
+        with open(os.path.join(self.data, "postmaster.pid")) as f:
+            master = int(f.readline())
+        ticks = os.sysconf("SC_CLK_TCK")
+        total, peak = 0.0, 0.0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile
+            pid, ppid = int(entry), int(fields[1])
+            if pid == master:
+                total += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / ticks
+            elif ppid == master:
+                total += (int(fields[11]) + int(fields[12])) / ticks
+            else:
+                continue
+            peak = max(peak, int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 2**20)
+        return _Cpu(total, peak)
+
     def stop(self) -> None:
         try:
             if self.running:
-                self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
-                self.running = False
+                self._signal(signal.SIGINT)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import re
 import sqlite3
 import sys
-from typing import Any, Protocol
+from contextlib import contextmanager
+from typing import Any, Iterator, Protocol
 
 POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 
@@ -96,8 +97,10 @@ class Engine:
     def set_schema_version(self, conn: Connection, version: int) -> None:
         raise NotImplementedError
 
-    def lock_schema(self, conn: Connection) -> None:
-        """Inside a migration's transaction: no other node migrates at the same time."""
+    @contextmanager
+    def schema_lock(self, conn: Connection) -> Iterator[None]:
+        """Around a migration step's transaction: no other node migrates at the same time."""
+        yield
 
     def ddl(self, statement: str) -> str:
         """A migration's statement as this engine spells it."""

@@ -43,9 +43,10 @@ class Holds(Writer):
     async def held(self, hold: str, skip_members: Collection[str], limit: int) -> list[tuple[int, str, str, str]]:
         """(id, member_id, entities JSON, phone) in ``hold``, oldest first, but for the portals skipped."""
         waiting = sorted(skip_members)
-        marks = ",".join("?" * len(waiting))
+        # No "NOT IN ()" when nothing is skipped: SQLite takes an empty list, PostgreSQL does not.
+        skip = f" AND member_id NOT IN ({','.join('?' * len(waiting))})" if waiting else ""
         return await self.execute(lambda conn: conn.execute(
-            f"SELECT id, member_id, entities, phone FROM message WHERE hold=? AND member_id NOT IN ({marks})"
+            f"SELECT id, member_id, entities, phone FROM message WHERE hold=?{skip}"
             " ORDER BY id LIMIT ?", (hold, *waiting, limit)).fetchall())
 
     async def fail_held(self, failed: Iterable[tuple[int, str]]) -> None:

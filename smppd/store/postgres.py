@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Sequence
 
 import psycopg
 from psycopg import pq
@@ -103,6 +104,8 @@ def _translate(sql: str, many: bool) -> tuple[str, bool]:
         at = m.end()
     parts.append(text[at:].replace("%", "%%").replace("?", "%s"))
     text = "".join(parts).rstrip().rstrip(";")
+    if re.search(r"\bIN\s*\(\s*\)", text, re.I):
+        raise ValueError(f"an empty IN () list (SQLite takes it, PostgreSQL does not): {sql.strip()[:80]}")
     if ignore and not re.search(r"\bON\s+CONFLICT\b", text, re.I):
         text += " ON CONFLICT DO NOTHING"
     returning = False
@@ -212,7 +215,7 @@ def expand(database: str) -> str:
     return _VAR.sub(value, database)
 
 
-_SCHEMA_LOCK = 0x736D707064  # "smppd": pg_advisory_xact_lock key while a migration runs
+_SCHEMA_LOCK = 0x736D707064  # "smppd": the advisory lock's key while a migration step runs
 
 
 class PostgresEngine(Engine):
@@ -271,8 +274,17 @@ class PostgresEngine(Engine):
         if conn.execute("UPDATE smppd_schema SET version=?", (version,)).rowcount == 0:
             conn.execute("INSERT INTO smppd_schema (version) VALUES (?)", (version,))
 
-    def lock_schema(self, conn: Any) -> None:
-        conn.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
+    @contextmanager
+    def schema_lock(self, conn: Any) -> Iterator[None]:
+        # Taken before BEGIN, not inside the transaction: a transaction that starts after the
+        # other node's commit sees its tables (one that waited for a lock inside could keep
+        # its stale catalog cache and read the old version).
+        conn.execute("SELECT pg_advisory_lock(?)", (_SCHEMA_LOCK,))
+        try:
+            yield
+        finally:
+            if not conn.broken and not conn.in_transaction:
+                conn.execute("SELECT pg_advisory_unlock(?)", (_SCHEMA_LOCK,))
 
     def ddl(self, statement: str) -> str:
         return ddl(statement)

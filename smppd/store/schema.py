@@ -242,14 +242,17 @@ def migrate(conn: Connection, engine: Engine | None = None) -> None:
     if version > SCHEMA_VERSION:
         raise RuntimeError(f"database schema {version} is newer than this smppd ({SCHEMA_VERSION})")
     for v in range(version + 1, SCHEMA_VERSION + 1):
-        # Statement by statement: executescript() would COMMIT on its own.
-        conn.execute("BEGIN")
-        engine.lock_schema(conn)
-        if engine.schema_version(conn) >= v:  # another node took this step meanwhile
-            conn.execute("COMMIT")
-            continue
-        for statement in MIGRATIONS[v].split(";"):
-            if statement.strip():
-                conn.execute(engine.ddl(statement))
-        engine.set_schema_version(conn, v)
-        conn.execute("COMMIT")
+        with engine.schema_lock(conn):
+            # Statement by statement: executescript() would COMMIT on its own.
+            conn.execute("BEGIN")
+            try:
+                if engine.schema_version(conn) < v:  # else another node took this step meanwhile
+                    for statement in MIGRATIONS[v].split(";"):
+                        if statement.strip():
+                            conn.execute(engine.ddl(statement))
+                    engine.set_schema_version(conn, v)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
