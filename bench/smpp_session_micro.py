@@ -29,7 +29,9 @@ from smppd.smpp.encode import empty_id_resp, encode  # noqa: E402
 from smppd.smpp.pdu import response_message_id  # noqa: E402
 from smppd.smpp.receipts import parse_receipt  # noqa: E402
 from smppd.smpp.events import SubmitAccepted  # noqa: E402
-from smppd.smpp.session import Session, SessionConfig, Submit  # noqa: E402
+from smppd.config import SmppRouteConfig  # noqa: E402
+from smppd.smpp.connection import session_config_for  # noqa: E402
+from smppd.smpp.session import Session, Submit  # noqa: E402
 
 BURST = 25
 TEXT = b"Order 123 is ready for pickup, see you 9:00-21:00"
@@ -50,7 +52,8 @@ def prepare(n: int) -> list[tuple[list[Submit], bytes, bytes]]:
     for b in range(n // BURST):
         first = 2 + b * BURST  # sequence 1 is the bind
         submits = [Submit(ref=(b, i), source_addr="DemoShop", source_addr_ton=5, source_addr_npi=0,
-                          destination_addr="375291234567", short_message=TEXT) for i in range(BURST)]
+                          destination_addr="375291234567", registered_delivery=1, short_message=TEXT)
+                   for i in range(BURST)]
         resps = b"".join(encode("submit_sm_resp", first + i, message_id=f"{0x1000 + first + i:X}")
                          for i in range(BURST))
         receipts = b"".join(receipt(first + i, f"{0x1000 + first + i:X}") for i in range(BURST))
@@ -60,7 +63,8 @@ def prepare(n: int) -> list[tuple[list[Submit], bytes, bytes]]:
 
 def session_run(bursts: list[tuple[list[Submit], bytes, bytes]]) -> float:
     """µs per message: submit, resp, receipt and ack through one bound Session."""
-    s = Session(SessionConfig(system_id="smppd", password="x", window=BURST))
+    route = SmppRouteConfig(name="bench", host="127.0.0.1", port=2775, system_id="smppd", password="x", window=BURST)
+    s = Session(session_config_for(route))
     s.start(0.0)
     s.data_to_send()
     s.receive_data(encode("bind_transceiver_resp", 1, system_id="SMSC"), 0.0)

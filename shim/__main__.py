@@ -44,9 +44,10 @@ def reload(app: web.Application, cfg: config_mod.Config, path: str) -> config_mo
         log.error("config_reload_refused", restart_needed=["shim.listen", "shim.metrics", "daemon.socket"],
                   hint="restart smppd-shim to apply these; nothing was changed")
         return cfg
-    spool = ("spool_dir", "spool_max_bytes", "spool_after")
-    if any(getattr(new.shim, key) != getattr(cfg.shim, key) for key in spool):
-        log.error("config_reload_refused", restart_needed=[f"shim.{key}" for key in spool],
+    if (new.shim.spool_dir, new.shim.spool_max_bytes, new.shim.spool_after) \
+            != (cfg.shim.spool_dir, cfg.shim.spool_max_bytes, cfg.shim.spool_after):
+        log.error("config_reload_refused",
+                  restart_needed=["shim.spool_dir", "shim.spool_max_bytes", "shim.spool_after"],
                   hint="restart smppd-shim to apply these (the spool is kept); nothing was changed")
         return cfg
     app[DOORS].rotate(DoorConfig.from_config(new, dlr_keys(new)))

@@ -61,6 +61,7 @@ from shim.auth import DoorConfig, Doors, Refusal, ts_fresh
 from shim.dlr import DlrHandler
 from shim.bitrix_form import FormError, HandlerPost, decode_form, parse_handler_post
 from shim.body import BodyError, ClientGone, guard, read_bytes, read_form
+from smppd.config import ShimConfig
 from smppd.ops import metrics
 from smppd.phone import mask
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
@@ -247,7 +248,7 @@ class BitrixHandler:
 
     def __init__(
         self, *, doors: Doors, codes: Collection[str], rpc: RpcClient, max_body: int,
-        spool: Spool | None = None, spool_after: float = 0.5,
+        spool: Spool | None = None, spool_after: float = ShimConfig.spool_after,
     ) -> None:
         self._doors = doors
         self._codes = frozenset(codes)
@@ -494,7 +495,7 @@ def make_app(
     dlr_keys: Mapping[str, str] | None = None,
     doors: DoorConfig | None = None,
     spool: Spool | None = None,
-    spool_after: float = 0.5,
+    spool_after: float = ShimConfig.spool_after,
 ) -> web.Application:
     """Build the shim application.
 

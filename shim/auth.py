@@ -27,12 +27,11 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from smppd.config import Config
+from smppd.config import Config, HttpRouteConfig, IPNetwork
 from smppd.ops.logs import LinePacer
 
 __all__ = ["DoorConfig", "Doors", "Refusal", "error_response", "peer_address", "ts_fresh"]
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 PREVIOUS_KEY_LOG_EVERY = 600.0  # seconds between two door.previous_key_used lines
 log = structlog.get_logger(__name__)
 _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
@@ -82,7 +81,7 @@ class DoorConfig:
     def from_config(cls, cfg: Config, route_keys: Mapping[str, str]) -> "DoorConfig":
         shim = cfg.shim
         keyless = frozenset(name for name, r in cfg.routes.items()
-                            if getattr(r, "kind", "smpp") in ("smsru", "smsc") and name not in route_keys)
+                            if isinstance(r, HttpRouteConfig) and name not in route_keys)
         return cls(handler_key=shim.handler_key, route_keys=dict(route_keys), keyless_routes=keyless,
                    allow_from=tuple(shim.allow_from), ts_window=shim.ts_window or None,
                    previous_key=shim.handler_key_previous)

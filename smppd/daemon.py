@@ -43,6 +43,7 @@ from .ops.admin import Admin
 from .ops.runner import Ops, start_ops, stop_ops
 from .model import OpenMessage, PortalRecord
 from .store import Store, StoreOpenError, StoreUnavailable, is_postgresql, open_problem
+from .store.postgres import expand
 
 log = structlog.get_logger(__name__)
 
@@ -115,7 +116,8 @@ class Daemon:
             raise StoreOpenError(database, open_problem(database, e)) from None
         await self.store.open()
         if isinstance(self.store, ClusterStore):
-            self.cluster = Ownership(self.config.daemon.database, self.node, self.store)
+            # the URL as the store opened it: a "${NAME}" in it read from the environment
+            self.cluster = Ownership(expand(self.config.daemon.database), self.node, self.store)
         for p in self.config.portals.values():
             await self.store.seed_portal(PortalRecord(
                 p.member_id, p.domain, p.client_endpoint, p.server_endpoint, p.client_id, p.client_secret,
@@ -311,7 +313,8 @@ class Daemon:
     def _hlr_for(self, code: str) -> Any:
         """An SMSC.ru HLR client with the CODE's route credentials, or why there is none."""
         from .config import SmscRouteConfig
-        from .routes.smsc import SmscRoute, auth
+        from .routes.provider_client import ProviderClient
+        from .routes.smsc import auth
 
         sender = self.config.senders.get(code)
         if sender is None:
@@ -319,8 +322,8 @@ class Daemon:
         route_cfg = self.config.routes.get(sender.route)
         if not isinstance(route_cfg, SmscRouteConfig):
             return f"{code} goes through route {sender.route!r}, not SMSC.ru: HLR needs an SMSC.ru route"
-        route = SmscRoute(route_cfg, None)  # type: ignore[arg-type]  # no store: HLR sends no message
-        return SmscHlr(route, auth(route_cfg), poll=self.hlr_poll), route.close
+        client = ProviderClient(route_cfg)  # no route, no store: HLR sends no message
+        return SmscHlr(client, auth(route_cfg), poll=self.hlr_poll), client.close
 
     def _contacts_methods(self) -> dict[str, Any]:
         """``smppd contacts``: jobs over the pushers' REST clients (one budget per portal)."""

@@ -313,8 +313,9 @@ class Intake:
         hold = None
         entities = None
         try:
-            number, verdict = phone.normalize_verdict(req.to, allowed_regions=getattr(route, "countries", None),
-                                                      strict=getattr(route, "strict_numbers", False))
+            number, verdict = phone.normalize_verdict(
+                req.to, allowed_regions=route.countries if route is not None else None,
+                strict=route is not None and route.strict_numbers)
         except phone.InvalidNumber as e:
             reason = f"invalid number: {e.reason}"
         else:

@@ -3,10 +3,15 @@ around simulated peers."""
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from smppd import config
+from smppd.config.routes import route
+from smppd.smpp.connection import session_config_for
+from smppd.smpp.session import SessionConfig
 from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.sims.smpp import SmscSimulator
 
@@ -66,3 +71,25 @@ throughput = {throughput}
 route = "life"
 sender_id = "DemoShop"
 """
+
+
+# The keys an SMPP route cannot do without; everything else comes from smppd.config.
+SMPP_ROUTE = {"host": "127.0.0.1", "port": 2775, "system_id": "esme01", "password": "s3cr3tpw"}
+# What a session has that no config key sets (the rest comes from the route).
+SESSION_ONLY = frozenset(f.name for f in dataclasses.fields(SessionConfig)) - frozenset(
+    f.name for f in dataclasses.fields(config.SmppRouteConfig))
+
+
+def smpp_route(name: str = "op", **keys: Any) -> config.SmppRouteConfig:
+    """A ``[route.NAME]`` of kind smpp as the daemon has it: parsed, so config's defaults and checks apply."""
+    return route(name, {**SMPP_ROUTE, **keys})
+
+
+def session_config(**keys: Any) -> SessionConfig:
+    """A SessionConfig built the one way the daemon builds it: route table -> config -> session_config_for.
+
+    Keys the route does not have (``inactivity_timeout``, ``addr_ton``, ...) are set on the result."""
+    own = {k: keys.pop(k) for k in list(keys) if k in SESSION_ONLY}
+    if "bind_mode" in keys:
+        keys["bind_mode"] = str(keys["bind_mode"])
+    return dataclasses.replace(session_config_for(smpp_route(**keys)), **own)

@@ -1,6 +1,6 @@
 """smppd/phone.py as it was before its fast paths (commit b75084e), verbatim: the reference.
 
-tests/test_phone_fast.py holds smppd.phone.normalize to exactly these answers (the E.164
+tests/test_phone.py holds smppd.phone.normalize to exactly these answers (the E.164
 string, or the same InvalidNumber reason) over every format Belarusian CRMs hold, random
 digit strings and the example numbers of every region phonenumbers knows.
 """

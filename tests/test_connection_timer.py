@@ -13,7 +13,9 @@ import asyncio
 from smppd.smpp.encode import encode
 from smppd.smpp.connection import _Protocol
 from smppd.smpp.events import SubmitUnconfirmed
-from smppd.smpp.session import Session, SessionConfig, Submit
+from smppd.smpp.session import Session, Submit
+
+from .config_rig import session_config
 
 
 class _Transport:
@@ -32,13 +34,13 @@ class _Transport:
 
 def _submit(ref: str) -> Submit:
     return Submit(ref=ref, source_addr="Shop", source_addr_ton=5, source_addr_npi=0,
-                  destination_addr="375291234567", short_message=b"hi")
+                  destination_addr="375291234567", registered_delivery=1, short_message=b"hi")
 
 
 async def _bound(response_timeout: float) -> tuple[_Protocol, list[object]]:
     events: list[object] = []
-    config = SessionConfig(system_id="smppd", password="x", response_timeout=response_timeout,
-                           enquire_link_interval=60.0, inactivity_timeout=120.0)
+    config = session_config(system_id="smppd", password="x", response_timeout=response_timeout,
+                            enquire_link_interval=60.0, inactivity_timeout=120.0)
     protocol = _Protocol(Session(config), events.extend)
     protocol.connection_made(_Transport())  # type: ignore[arg-type]
     protocol.data_received(encode("bind_transceiver_resp", 1, system_id="SMSC"))
@@ -47,8 +49,8 @@ async def _bound(response_timeout: float) -> tuple[_Protocol, list[object]]:
 
 
 async def test_a_submit_after_an_idle_spell_times_out_on_its_own_deadline() -> None:
-    protocol, events = await _bound(response_timeout=0.05)
-    await asyncio.sleep(0.1)  # the bind_resp deadline passes; the timer moves to the enquire_link
+    protocol, events = await _bound(response_timeout=0.1)  # the shortest config allows
+    await asyncio.sleep(0.15)  # the bind_resp deadline passes; the timer moves to the enquire_link
     assert protocol._timer is not None and protocol._timer.when() > asyncio.get_running_loop().time() + 30
     protocol.submit(_submit("a"))
     await asyncio.sleep(0.3)

@@ -574,13 +574,14 @@ async def test_pusher_spaces_partial_batches_while_a_bulk_job_waits(tmp_path, mo
 async def test_smsc_hlr_sends_every_hundred_then_polls_them_together():
     from smppd.bitrix24.contacts import SmscHlr
     from smppd.config import SmscRouteConfig
-    from smppd.routes.smsc import SmscRoute, auth
+    from smppd.routes.provider_client import ProviderClient
+    from smppd.routes.smsc import auth
     from smppd.sims.smsc import SmscSimulator
 
     sim = SmscSimulator(hlr_unreachable=frozenset({"375291000007", "375291000207"}), deliver_after=0.05)
     await sim.start()
     cfg = SmscRouteConfig(name="sc", login=sim.login, password=sim.psw, base_url=sim.base_url + "sys/")
-    route = SmscRoute(cfg, None)  # type: ignore[arg-type]
+    route = ProviderClient(cfg)
     try:
         hlr = SmscHlr(route, auth(cfg), poll=0.1, timeout=10)
         numbers = [f"+375291{i:06d}" for i in range(250)]

@@ -15,8 +15,10 @@ import pytest
 from aiohttp import web
 
 from smppd.config import load
+from smppd.store import is_postgresql
+from smppd.store.postgres import expand
 
-from .test_nginx import _free_port, _nginx_cmd, _tool, _wait_listening, main_conf
+from .nginx_rig import free_port, main_conf, nginx_cmd, tool, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 TWO = ROOT / "deploy" / "two-node"
@@ -56,12 +58,14 @@ def test_the_node_configs_differ_in_node_and_listen_only(monkeypatch: pytest.Mon
     a, b = (TWO / "node-a.toml").read_text().splitlines(), (TWO / "node-b.toml").read_text().splitlines()
     differing = [(x, y) for x, y in zip(a, b) if x != y]
     assert len(a) == len(b) and [x.split("=")[0].strip() for x, _ in differing[1:]] == ["node", "listen"]
-    for name, value in {"SMPPD_DATABASE_URL": "postgresql://smppd:pw@db.internal:5432/smppd",
-                        "SMPPD_HANDLER_KEY": "k" * 32, "SMPPD_APP_SECRET": "s", "SMPPD_LIFE_PASSWORD": "p"}.items():
+    for name, value in {"SMPPD_DB_PASSWORD": "pw", "SMPPD_HANDLER_KEY": "k" * 32, "SMPPD_APP_SECRET": "s",
+                        "SMPPD_LIFE_PASSWORD": "p"}.items():
         monkeypatch.setenv(name, value)
     ca, cb = load(TWO / "node-a.toml"), load(TWO / "node-b.toml")
     assert (ca.daemon.node, cb.daemon.node) == ("a", "b")
-    assert ca.daemon.database == cb.daemon.database == "postgresql://smppd:pw@db.internal:5432/smppd"
+    assert ca.daemon.database == cb.daemon.database
+    assert is_postgresql(ca.daemon.database)  # so each daemon runs as a node of several
+    assert expand(ca.daemon.database) == "postgresql://smppd:pw@db.internal:5432/smppd?sslmode=require"
     assert ca.routes == cb.routes and ca.senders == cb.senders
 
 
@@ -87,7 +91,7 @@ async def _upstream(port: int, hits: list[str], name: str, *, hang_up: bool = Fa
 async def test_nginx_sends_a_post_to_node_b_when_a_refuses_and_never_resends_one_a_took(tmp_path: Path) -> None:
     import aiohttp
 
-    openssl, nginx = _tool("openssl"), _tool("nginx")
+    openssl, nginx = tool("openssl"), tool("nginx")
     prefix = tmp_path / "nginx"
     for d in ("logs", "tmp", "tls"):
         (prefix / d).mkdir(parents=True)
@@ -95,7 +99,7 @@ async def test_nginx_sends_a_post_to_node_b_when_a_refuses_and_never_resends_one
     subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
                     "/CN=sms.example.by", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True,
                    timeout=60)
-    port_a, port_b, http, tls, plain = (_free_port() for _ in range(5))
+    port_a, port_b, http, tls, plain = (free_port() for _ in range(5))
     text = (TWO / "nginx.conf").read_text()
     for old, new in [("server 10.0.0.1:8080", f"server 127.0.0.1:{port_a}"),
                      ("server 10.0.0.2:8080", f"server 127.0.0.1:{port_b}"),
@@ -112,12 +116,12 @@ async def test_nginx_sends_a_post_to_node_b_when_a_refuses_and_never_resends_one
     conf = prefix / "nginx.conf"
     conf.write_text(main_conf(prefix, site))
     assert nginx
-    proc = await asyncio.create_subprocess_exec(*_nginx_cmd(conf), stdout=subprocess.DEVNULL,
+    proc = await asyncio.create_subprocess_exec(*nginx_cmd(conf), stdout=subprocess.DEVNULL,
                                                 stderr=subprocess.DEVNULL)
     hits: list[str] = []
     runners = []
     try:
-        await _wait_listening(plain, proc)
+        await wait_listening(plain, proc)
         url = f"http://127.0.0.1:{plain}/bitrix24/SMS?key=k"
         runners.append(await _upstream(port_b, hits, "b"))
         async with aiohttp.ClientSession() as http_client:

@@ -1,5 +1,6 @@
 import pytest
 
+from smppd import model
 from smppd.model import (
     FINAL,
     Status,
@@ -76,3 +77,39 @@ def test_aggregate_several_segments():
     assert aggregate([D, U, A]) == U  # any failing segment fails the message
     assert aggregate([Q, A]) == Q
     assert aggregate([Status.REJECTED, U]) == Status.REJECTED
+
+
+# --- status names have one home (issue 15) -----------------------------------------------
+
+
+def _status_lists(path):
+    """Where ``path`` spells out a tuple, list or set made of two or more of our status words."""
+    import ast
+
+    words = {s.value for s in model.Status}
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) >= 2:
+            if all(isinstance(e, ast.Constant) and e.value in words for e in node.elts):
+                found.append(f"{path.name}:{node.lineno}")
+    return found
+
+
+def test_status_names_are_listed_only_in_the_model(tmp_path):
+    """A group of statuses (final, open, not delivered) spelled out beside the model is a copy
+    that drifts when a status is added; every module asks ``smppd.model`` instead. The
+    simulators speak their providers' words and are left out."""
+    from pathlib import Path
+
+    import smppd
+
+    root = Path(smppd.__file__).parent
+    paths = [p for p in sorted(root.rglob("*.py")) + sorted((root.parent / "shim").rglob("*.py"))
+             if p != root / "model.py" and root / "sims" not in p.parents]
+    assert len(paths) > 50
+    assert [hit for p in paths for hit in _status_lists(p)] == []
+    sample = tmp_path / "sample.py"
+    sample.write_text('FINAL = ("delivered", "failed")\nHEADER = ("day", "delivered", "failed")\nX = {"queued"}\n')
+    assert _status_lists(sample) == ["sample.py:1"]  # the check sees a copy, and only a copy
+    assert model.OPEN | model.FINAL == set(model.Status) and not model.OPEN & model.FINAL
+    assert model.UNDELIVERED_FINALS | model.FAILED_FINALS | {model.Status.DELIVERED} == model.FINAL

@@ -4,7 +4,7 @@ import phonenumbers
 import pytest
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
-from smppd import phone
+from smppd import phone, phone_fast
 from smppd.phone import InvalidNumber, digits, mask, normalize
 
 from . import phone_reference
@@ -217,11 +217,11 @@ def test_an_unallocated_range_of_a_mobile_prefix_is_refused_only_by_a_strict_rou
     assert phone.normalize_verdict("+375 29 0123456") == ("+375290123456", "not a valid number")
 
 
-# --- from test_phone_fast.py: the fast path against the code it replaced --------------------------
+# --- the fast path (smppd/phone_fast.py) against the code it replaced ------------------------------
 # phone.normalize's fast paths must give exactly the answers of the code they replaced.
 #
 # Three shortcuts, each held to what it stands for: ``_digits_and_plus`` (one translate)
-# to its per-character definition; ``_parse_plain_international`` to phonenumbers.parse;
+# to its per-character definition; ``phone_fast.parse_plain_international`` to phonenumbers.parse;
 # one ``number_type`` call to ``is_valid_number`` + ``number_type``; and the whole of
 # ``normalize`` to the verbatim old code in ``phone_reference.py``.
 
@@ -302,7 +302,7 @@ def test_plain_international_reading_is_what_phonenumbers_parse_returns():
               for code in COUNTRY_CODES for _ in range(25)]
     texts += ["+" + "".join(rng.choice("0123456789") for _ in range(n)) for n in range(1, 21) for _ in range(60)]
     for text in texts:
-        fast = phone._parse_plain_international(text)
+        fast = phone_fast.parse_plain_international(text)
         if fast is None:
             continue
         taken += 1
@@ -315,7 +315,7 @@ def test_plain_international_reading_is_what_phonenumbers_parse_returns():
                                   "+78912345678", "+375291234567", "+79123456789", "+8823456789"])
 def test_plain_international_reading_on_national_prefixes_and_leading_zeros(text):
     text = text.replace(" ", "")
-    fast = phone._parse_plain_international(text)
+    fast = phone_fast.parse_plain_international(text)
     assert fast is None or fast == phonenumbers.parse(text, "BY")
     assert outcome(phone.normalize, text, strict=True) == outcome(phone_reference.normalize, text)
 
@@ -390,7 +390,7 @@ def test_number_type_and_region_is_what_phonenumbers_says_for_every_example_and_
     kinds = set()
     for number in numbers:
         expected = (phonenumbers.number_type(number), phonenumbers.region_code_for_number(number))
-        assert phone.number_type_and_region(number) == expected, number
+        assert phone_fast.number_type_and_region(number) == expected, number
         kinds.add(expected[0])
     assert set(TYPES) - kinds <= {PhoneNumberType.PAGER}  # every type came out at least once
     assert PhoneNumberType.UNKNOWN in kinds
@@ -420,14 +420,44 @@ def test_plain_national_reading_is_what_phonenumbers_parse_returns():
     texts += [("80291234567", "by"), ("80291234567", "ZZ"), ("80291234567", "001"), ("8", "BY"), ("80", "BY")]
     taken = 0
     for text, region in texts:
-        fast = phone._parse_plain_national(text, region)
+        fast = phone_fast.parse_plain_national(text, region)
         if fast is None:
             continue
         taken += 1
         assert fast == phonenumbers.parse(text, region), (text, region)
     assert taken > len(texts) // 3  # the shortcut must actually be the common path
-    assert phone._parse_plain_national("80291234567", "BY") == phonenumbers.parse("+375291234567")
-    assert phone._parse_plain_national("89161234567", "RU") == phonenumbers.parse("+79161234567")
+    assert phone_fast.parse_plain_national("80291234567", "BY") == phonenumbers.parse("+375291234567")
+    assert phone_fast.parse_plain_national("89161234567", "RU") == phonenumbers.parse("+79161234567")
     for text in ("375291234567", "3750291234567", "37580291234567", "375 80 29 123 45 67".replace(" ", "")):
-        assert phone._parse_plain_national(text, "BY") == phonenumbers.parse(text, "BY") == \
+        assert phone_fast.parse_plain_national(text, "BY") == phonenumbers.parse(text, "BY") == \
             phonenumbers.parse("+375291234567"), text  # the country code and a national prefix after it
+
+
+def test_normalize_takes_the_fast_path_for_the_forms_crms_hold(monkeypatch):
+    """The fast path must not fall back in silence: a shortcut that starts answering None
+    for the common forms would still give right answers, five times slower. With
+    phonenumbers' parse and type calls made to fail, the forms a CRM holds still
+    normalize, so none of them reached the slow path; and a form the shortcuts leave to
+    parse does reach it, so the check can fail."""
+    slow_calls = []
+
+    def slow(name):
+        def call(*args, **kwargs):
+            slow_calls.append(name)
+            raise AssertionError(f"slow path: phonenumbers.{name}{args}")
+        return call
+
+    for name in ("parse", "number_type", "is_valid_number", "region_code_for_number"):
+        monkeypatch.setattr(phonenumbers, name, slow(name))
+    forms = {
+        "+375291234567": "+375291234567", "+375 (29) 123-45-67": "+375291234567",
+        "375291234567": "+375291234567", "80291234567": "+375291234567", "8 029 123 45 67": "+375291234567",
+        "00375291234567": "+375291234567", "+79161234567": "+79161234567", "+7 916 123-45-67": "+79161234567",
+        "89161234567": "+79161234567", "+375447654321": "+375447654321", "+380501234567": "+380501234567",
+    }
+    for raw, e164 in forms.items():
+        assert phone.normalize(raw, strict=True) == e164, raw
+    assert slow_calls == []
+    with pytest.raises(AssertionError, match="slow path"):
+        phone.normalize("810375291234567", strict=True)  # the IDD form: parse's to read
+    assert slow_calls == ["parse"]

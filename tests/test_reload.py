@@ -62,7 +62,7 @@ async def test_reload_keeps_unchanged_binds_and_loses_nothing(rig):
     assert plan.retune == ("life",) and plan.rebind == ("mts",) and plan.senders_changed
     # life: the same route, the same bind, the new cap.
     assert daemon.routes["life"] is life and life.connection is life_conn and life.connection.binds == 1
-    assert life.limiter.cap == 500
+    assert life.policy.cap.cap == 500
     # mts: a new route object with the new window, and no message left behind.
     assert daemon.routes["mts"] is not mts and daemon.routes["mts"].cfg.window == 3
     assert not mts.connection.bound
@@ -82,7 +82,7 @@ async def test_reload_refuses_what_needs_a_restart_and_changes_nothing(rig):
     new = changed(before, life={"throughput": 7.0})
     new = dataclasses.replace(new, daemon=dataclasses.replace(new.daemon, socket_path="/run/other.sock"))
     plan = await reload.apply(daemon, new)
-    assert not plan.applicable and daemon.config is before and daemon.routes["life"].limiter.cap == 0
+    assert not plan.applicable and daemon.config is before and daemon.routes["life"].policy.cap.cap == 0
 
 
 async def test_bad_config_file_on_reload_keeps_the_running_one(rig, tmp_path):

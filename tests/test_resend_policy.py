@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from smppd.routes.resend import Ask, Keep, Resend, ResendPolicy
+from smppd.routes.policy.resend import Ask, Keep, Resend, ResendPolicy
 
 
 def policy(can_ask: bool = True) -> ResendPolicy:

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from smppd.routes import smpp as smpp_route
+from smppd.routes.policy import backlog
 from smppd.routes.smpp import SmppRoute
 
 from .smpp_route_rig import make_rig, route_config
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration  # starts servers, processes or sockets (se
 
 @pytest.fixture
 def small_pages(monkeypatch):
-    monkeypatch.setattr(smpp_route, "REFILL_PAGE", 4)
+    monkeypatch.setattr(backlog, "REFILL_PAGE", 4)
 
 
 def submitted_texts(rig) -> Counter[str]:
@@ -30,7 +30,7 @@ def submitted_texts(rig) -> Counter[str]:
 
 async def test_a_backlog_beyond_memory_waits_in_the_store_and_is_sent_once_in_order(tmp_path, small_pages):
     rig = await make_rig(tmp_path, start=False)
-    rig.route.memory_queue = 10
+    rig.route.backlog.memory = 10
     try:
         for i in range(50):
             await rig.send(body=f"Code {i}")
@@ -49,7 +49,7 @@ async def test_a_backlog_beyond_memory_waits_in_the_store_and_is_sent_once_in_or
 
 async def test_messages_arriving_while_the_backlog_drains_are_neither_lost_nor_doubled(tmp_path, small_pages):
     rig = await make_rig(tmp_path, start=False)
-    rig.route.memory_queue = 6
+    rig.route.backlog.memory = 6
     try:
         for i in range(30):
             await rig.send(body=f"Early {i}")
@@ -71,7 +71,7 @@ async def test_a_start_reads_only_the_first_page_of_a_large_backlog(tmp_path, sm
             await rig.send(body=f"Queued {i}")
         # A restart: a new route on the same store, as the daemon builds it at start.
         route = SmppRoute(route_config(rig.smsc.port), rig.store)
-        route.memory_queue = 8
+        route.backlog.memory = 8
         assert await route.load_open() == 8
         assert route.depth == 8 and route.status()["backlog_in_store"] is True
         rig.route = route

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from smppd import rpc
+from smppd.rpc import peercred, wire
 from smppd.rpc import MAX_LINE, RpcClient, RpcError, RpcServer, RpcUnavailable
 
 from .rpc_rig import RawConnection, gated_server
@@ -319,14 +319,12 @@ async def test_connect_and_backpressure_take_the_waiting_path(
 
 
 def test_encoded_lines_are_what_json_dumps_wrote() -> None:
-    from smppd.rpc import _encode
-
     for obj in [
         {"id": 1, "method": "intake", "params": {"text": "Ваш заказ готов \u2028 \"q\"\n", "to": "+375291234567"}},
         {"id": "x", "result": {"n": 1.5, "big": 10**20, "none": None, "ok": True, "list": [1, [2, {}]]}},
         {"id": None, "error": {"code": "bad_request", "message": "😀 emoji"}},
     ]:
-        assert _encode(obj) == json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        assert wire.encode_line(obj) == json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
 @pytest.mark.integration
@@ -438,12 +436,12 @@ def test_peer_allowed_on_a_real_connection() -> None:
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
         # Our own uid is always allowed, whatever the socket's group.
-        assert rpc.peer_allowed(a, socket_gid=987654)
+        assert peercred.peer_allowed(a, socket_gid=987654)
 
 
 def test_peer_allowed_fails_closed_without_credentials() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        assert not rpc.peer_allowed(s, socket_gid=0)
+        assert not peercred.peer_allowed(s, socket_gid=0)
 
 
 @pytest.mark.parametrize(
@@ -458,28 +456,28 @@ def test_peer_allowed_fails_closed_without_credentials() -> None:
     ],
 )
 def test_is_allowed(uid: int, gid: int, groups: tuple[int, ...], allowed: bool) -> None:
-    assert rpc.is_allowed(uid, gid, 3000, own_uid=1000, groups=groups) is allowed
+    assert peercred.is_allowed(uid, gid, 3000, own_uid=1000, groups=groups) is allowed
 
 
 def test_peer_allowed_refuses_foreign_uid(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rpc, "_peer_credentials", lambda sock: (4242, 2000, 2000))
-    monkeypatch.setattr(rpc, "_supplementary_groups", lambda pid: frozenset({4000}))
-    monkeypatch.setattr(rpc.os, "getuid", lambda: 1000)
-    assert not rpc.peer_allowed(None, socket_gid=3000)  # type: ignore[arg-type]
-    monkeypatch.setattr(rpc, "_supplementary_groups", lambda pid: frozenset({3000}))
-    assert rpc.peer_allowed(None, socket_gid=3000)  # type: ignore[arg-type]
+    monkeypatch.setattr(peercred, "_peer_credentials", lambda sock: (4242, 2000, 2000))
+    monkeypatch.setattr(peercred, "_supplementary_groups", lambda pid: frozenset({4000}))
+    monkeypatch.setattr(peercred.os, "getuid", lambda: 1000)
+    assert not peercred.peer_allowed(None, socket_gid=3000)  # type: ignore[arg-type]
+    monkeypatch.setattr(peercred, "_supplementary_groups", lambda pid: frozenset({3000}))
+    assert peercred.peer_allowed(None, socket_gid=3000)  # type: ignore[arg-type]
 
 
 def test_supplementary_groups_reads_proc() -> None:
-    assert rpc._supplementary_groups(os.getpid()) == frozenset(os.getgroups())
-    assert rpc._supplementary_groups(2**22 + 12345) == frozenset()
+    assert peercred._supplementary_groups(os.getpid()) == frozenset(os.getgroups())
+    assert peercred._supplementary_groups(2**22 + 12345) == frozenset()
 
 
 @pytest.mark.integration
 async def test_refused_peer_gets_forbidden_and_is_closed(
     server: RpcServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rpc, "peer_allowed", lambda sock, gid: False)
+    monkeypatch.setattr(peercred, "peer_allowed", lambda sock, gid: False)
     raw = await RawConnection.open(server.path)
     reply = await raw.reply()
     assert reply == {"id": None, "error": {"code": "forbidden", "message": "peer not allowed"}}
@@ -496,7 +494,7 @@ async def test_refused_peer_gets_forbidden_and_is_closed(
 async def test_inflight_limit_stops_reading(
     sock_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rpc, "MAX_INFLIGHT", 2)
+    monkeypatch.setattr(wire, "MAX_INFLIGHT", 2)
     async with gated_server(sock_path) as (gate, raw):
         raw.send(
             b"".join(
@@ -523,7 +521,7 @@ async def test_replies_ready_together_are_written_together() -> None:
             self.writes.append(data)
 
     writer = FakeWriter()
-    out = rpc._LineWriter(writer)  # type: ignore[arg-type]
+    out = wire.LineWriter(writer)  # type: ignore[arg-type]
     for n in range(3):
         out.send(b"%d\n" % n)
     await asyncio.sleep(0)

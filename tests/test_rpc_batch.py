@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from smppd import rpc
+from smppd.rpc import wire
 from smppd.rpc import MAX_LINE, RpcClient, RpcError, RpcServer, RpcUnavailable
 
 from .rpc_rig import RawConnection, gated_server
@@ -121,7 +121,7 @@ async def test_a_method_without_batch_handler_runs_its_items_one_by_one(
 async def test_batches_are_split_to_fit_the_line_limit(
     sock_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rpc, "MAX_LINE", 4096)
+    monkeypatch.setattr(wire, "MAX_LINE", 4096)
     rec = Recorder()
     srv = RpcServer(sock_path, {"work": rec.single, "ping": ping}, batch_handlers={"work": rec.many})
     await srv.start()
@@ -142,12 +142,12 @@ async def test_batches_are_split_to_fit_the_line_limit(
 
 
 def test_request_lines_fit_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rpc, "MAX_LINE", 1000)
-    monkeypatch.setattr(rpc, "MAX_BATCH", 4)
+    monkeypatch.setattr(wire, "MAX_LINE", 1000)
+    monkeypatch.setattr(wire, "MAX_BATCH", 4)
     items = [(n, json.dumps({"n": n, "pad": "x" * (n * 37 % 300)}).encode()) for n in range(1, 40)]
     items.append((10**19, json.dumps({"n": 10**19, "pad": "y" * 200}).encode()))  # a long id still fits
     items.append((41, json.dumps({"pad": "z" * 2000}).encode()))  # alone, too long anyway
-    lines = rpc._request_lines("work", items)
+    lines = wire.request_lines("work", items)
     seen: list[int] = []
     for line, ids in lines:
         assert line.endswith(b"\n") and b"\n" not in line[:-1]
@@ -235,10 +235,10 @@ async def test_malformed_batches_get_clear_errors(recorder: Recorder, sock_path:
             raw.send(json.dumps({"id": n, "method": "work.batch", "params": params}).encode() + b"\n")
             assert await raw.reply() == {"id": n, "error": {"code": "bad_request",
                                                             "message": "items must be a non-empty list"}}
-        too_many = {"items": [{"n": n} for n in range(rpc.MAX_INFLIGHT + 1)]}
+        too_many = {"items": [{"n": n} for n in range(wire.MAX_INFLIGHT + 1)]}
         raw.send(json.dumps({"id": 8, "method": "work.batch", "params": too_many}).encode() + b"\n")
         assert await raw.reply() == {"id": 8, "error": {
-            "code": "bad_request", "message": f"a batch carries at most {rpc.MAX_INFLIGHT} items"}}
+            "code": "bad_request", "message": f"a batch carries at most {wire.MAX_INFLIGHT} items"}}
         raw.send(b'{"id":9,"method":"nope.batch","params":{"items":[{}]}}\n')
         assert await raw.reply() == {"id": 9, "error": {"code": "unknown_method", "message": "unknown method 'nope'"}}
         raw.send(b'{"id":10,"method":"work","params":{"n":10}}\n')  # the single request still works
@@ -251,7 +251,7 @@ async def test_malformed_batches_get_clear_errors(recorder: Recorder, sock_path:
 async def test_inflight_limit_counts_the_items_of_a_batch(
     sock_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rpc, "MAX_INFLIGHT", 4)
+    monkeypatch.setattr(wire, "MAX_INFLIGHT", 4)
 
     def batch(request_id: int, ns: range) -> bytes:
         return json.dumps({"id": request_id, "method": "gate.batch",
@@ -296,14 +296,14 @@ async def test_connection_loss_fails_every_call_of_a_batch(sock_path: str) -> No
 
 
 def test_max_line_is_unchanged() -> None:
-    assert MAX_LINE == 1024 * 1024 and rpc.MAX_BATCH < rpc.MAX_INFLIGHT
+    assert MAX_LINE == 1024 * 1024 and wire.MAX_BATCH < wire.MAX_INFLIGHT
 
 
 @pytest.mark.integration
 async def test_a_batch_of_exactly_max_inflight_items_is_served(
     recorder: Recorder, sock_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rpc, "MAX_INFLIGHT", 3)
+    monkeypatch.setattr(wire, "MAX_INFLIGHT", 3)
     raw = await RawConnection.open(sock_path)
     try:
         for n in (3, 4):
@@ -343,5 +343,5 @@ async def test_params_given_encoded_travel_as_the_same_request(
     for given in (params, encoded):
         with pytest.raises(RpcUnavailable):
             await unbatched.call("plain", given, timeout=0.01)
-    assert sent[0] == rpc._encode({"id": 1, "method": "plain", "params": params})
-    assert sent[1] == rpc._encode({"id": 2, "method": "plain", "params": params})
+    assert sent[0] == wire.encode_line({"id": 1, "method": "plain", "params": params})
+    assert sent[1] == wire.encode_line({"id": 2, "method": "plain", "params": params})

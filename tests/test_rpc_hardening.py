@@ -127,7 +127,7 @@ def test_the_compiled_checks_agree_with_conforms():
 
 
 def test_the_compiled_container_checks_agree_with_conforms_at_their_bounds():
-    """The loop-per-container checks (rpc._compile_container) against the generic walk: lengths
+    """The loop-per-container checks (smppd.rpc.params._compile_container) against the generic walk: lengths
     at and past each bound, a bool where an int belongs, nesting, several container alternatives."""
     from smppd.rpc import compile_spec
 

@@ -3,7 +3,7 @@ JSON encoding of the params dict gave, for any post the form parser lets
 through.
 
 ``_reference_params`` is the params dict as the shim built it before; the
-client encoded it with ``rpc._encode_json``.
+client encoded it with ``smppd.rpc.wire.encode_json``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 from shim import bitrix_form as bf
 from shim.app import _intake_json
-from smppd import rpc
+from smppd.rpc import wire
 
 from .form_rig import random_form
 
@@ -44,7 +44,7 @@ def _reference_params(post: bf.HandlerPost) -> dict[str, Any]:
 
 
 def _check(post: bf.HandlerPost) -> None:
-    assert _intake_json(post) == rpc._encode_json(_reference_params(post)).encode(), post
+    assert _intake_json(post) == wire.encode_json(_reference_params(post)).encode(), post
 
 
 _AWKWARD = ['', 'plain', 'Ваш заказ готов', '"quoted" \\ back\\slash', 'tab\tnew\nline\r\x00\x1f\x7f',

@@ -116,7 +116,7 @@ async def test_graceful_stop_answers_every_received_deliver_sm_before_unbind(rig
 
 async def test_temporary_errors_are_retried_a_bounded_number_of_times(rigs, tmp_path, monkeypatch):
     # 14.5: a part refused with 0x08 for ever used to be resent for ever
-    monkeypatch.setattr("smppd.routes.smpp.TEMPORARY_RETRY_DELAY", 0.01)
+    monkeypatch.setattr("smppd.routes.policy.submit.TEMPORARY_RETRY_DELAY", 0.01)
     policy = ScriptedPolicy([], then=SubmitVerdict(status=ESME_RSYSERR))
     rig = await rigs(tmp_path, policy=policy, temporary_retries=3)
     mid = await rig.send()
@@ -126,7 +126,7 @@ async def test_temporary_errors_are_retried_a_bounded_number_of_times(rigs, tmp_
 
 
 async def test_temporary_errors_are_retried_for_a_bounded_time(rigs, tmp_path, monkeypatch):
-    monkeypatch.setattr("smppd.routes.smpp.TEMPORARY_RETRY_DELAY", 0.05)
+    monkeypatch.setattr("smppd.routes.policy.submit.TEMPORARY_RETRY_DELAY", 0.05)
     policy = ScriptedPolicy([], then=SubmitVerdict(status=ESME_RX_T_APPN))
     rig = await rigs(tmp_path, policy=policy, temporary_retries=1000, temporary_retry_age=0.4)
     mid = await rig.send()

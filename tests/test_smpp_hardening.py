@@ -22,7 +22,7 @@ from smppd.smpp.pdu import (
 )
 from smppd.smpp.events import ReceiptReceived, SubmitAccepted, SubmitUnconfirmed, Terminated
 
-from .test_session import bound_session, receipt_pdu, sent, submit_n, submit_resp
+from .session_rig import bound_session, receipt_pdu, sent, submit_n, submit_resp
 
 
 # --- framing -----------------------------------------------------------------------
@@ -54,46 +54,6 @@ def test_session_handles_pdus_before_garbage_then_drops_the_connection():
     assert isinstance(events[1], ReceiptReceived) and events[1].sequence == 77
     assert events[2] == SubmitUnconfirmed("b", events[3].reason)
     assert isinstance(events[3], Terminated) and events[3].reason.startswith("framing error")
-
-
-# --- AIMD --------------------------------------------------------------------------
-
-from smppd.routes.throttle import Aimd, SlidingWindowLimiter  # noqa: E402
-
-
-def test_aimd_halves_once_per_hold_and_grows_back_additively():
-    now = [0.0]
-    aimd = Aimd(16, hold=1.0, clock=lambda: now[0])
-    assert aimd.congestion() and aimd.value == 8
-    assert not aimd.congestion(), "refusals of one burst are one event"
-    now[0] = 1.5
-    assert aimd.congestion() and aimd.value == 4
-    for _ in range(4):
-        aimd.success()
-    assert 4.9 < aimd.value < 5.1, "about one more per window of successes"
-    for _ in range(1000):
-        aimd.success()
-    assert aimd.value == 16, "never past the configured ceiling"
-
-
-def test_aimd_never_below_its_floor():
-    now = [0.0]
-    aimd = Aimd(4, floor=1, hold=0.0, clock=lambda: now[0])
-    for i in range(10):
-        now[0] = i
-        aimd.congestion()
-    assert aimd.value == 1
-
-
-def test_limiter_cap_can_shrink_and_grow_on_the_fly():
-    now = [0.0]
-    lim = SlidingWindowLimiter(10, clock=lambda: now[0])
-    for _ in range(6):
-        lim.record()
-    lim.set_cap(5)
-    assert lim.delay() == 1.0, "the last five sends already fill the smaller cap"
-    lim.set_cap(8)
-    assert lim.delay() == 0.0
 
 
 # --- long messages: methods, codings, counts ----------------------------------------

@@ -70,8 +70,8 @@ async def test_throttled_and_queue_full_requeue_the_same_segment_and_keep_the_bi
     assert [s for _, s in rig.smsc.rejected] == [ESME_RTHROTTLED, ESME_RMSGQFUL]
     assert rig.route.connection.binds == 1, "a throttle must not cost the bind"
     assert rig.route.stats["throttled"] == 2
-    assert rig.route.flow.throttle_cuts == 1, "one burst of refusals is one congestion event"
-    assert rig.route.flow.queue_full_pauses == 1
+    assert rig.route.policy.flow.throttle_cuts == 1, "one burst of refusals is one congestion event"
+    assert rig.route.policy.flow.queue_full_pauses == 1
 
 
 async def test_against_an_operator_cap_aimd_converges_without_losing_anything(rigs, tmp_path):
@@ -90,7 +90,7 @@ async def test_against_an_operator_cap_aimd_converges_without_losing_anything(ri
 
 @pytest.mark.parametrize("status", [ESME_RSYSERR, ESME_RX_T_APPN])
 async def test_other_temporary_errors_requeue(rigs, tmp_path, status, monkeypatch):
-    monkeypatch.setattr("smppd.routes.smpp.TEMPORARY_RETRY_DELAY", 0.01)
+    monkeypatch.setattr("smppd.routes.policy.submit.TEMPORARY_RETRY_DELAY", 0.01)
     rig = await rigs(tmp_path, policy=ScriptedPolicy([SubmitVerdict(status=status)]))
     mid = await rig.send()
     assert await rig.wait_final() == {mid: "delivered"}

@@ -9,7 +9,10 @@ import pytest
 from smppd.config import SmscRouteConfig
 from smppd.model import SMSC_STATUS, Status, UnknownProviderStatus, smsc_status
 from smppd.routes import smsc
-from smppd.routes.http import Accepted, Ambiguous, BadCallback, Batcher, Job, ProviderError, Refused
+from smppd.http_client import Ambiguous
+from smppd.routes.answers import Accepted, ProviderError, Refused
+from smppd.routes.http import BadCallback
+from smppd.routes.policy.batch import Batcher, Job
 from smppd.routes.smsc import VIBER_ID_BASE, SmscRoute
 from smppd.sims.smsc import SimMessage, SmscSimulator
 from smppd.model import OpenMessage
@@ -462,6 +465,32 @@ async def test_after_a_crash_smsc_is_asked_before_anything_is_resent(sim, store)
         assert row["segment_rows"][0]["smsc_id"] == f"{lost.id}:375331234567"
         sends = [f for name, f in sim.requests if name == "send"]
         assert [f["phones"] for f in sends] == ["+375331234567"]  # only the one SMSC did not have
+    finally:
+        await _stop(route, task)
+
+
+@pytest.mark.integration
+async def test_after_a_crash_a_failing_status_php_is_asked_again_never_resent_blind(sim, store):
+    """The crash check goes through ResendPolicy: while status.php fails, ask again with
+    back-off for as long as it takes; only a definite "not found" sends the message again."""
+    c = cfg(base_url=sim.base_url + "sys/", retry_min=0.05, retry_max=0.2)
+    had = await add_message(store, "smsc", "+375291234567")
+    lost = await add_message(store, "smsc", "+375331234567")
+    await store.provider_submitting([(had.id, f"{had.id}:375291234567"), (lost.id, f"{had.id}:375331234567")])
+    sim.messages[(had.id, "375291234567")] = SimMessage(
+        had.id, "375291234567", had.text, had.sender, False, False, status=0)
+    sim.status_down_for(0.4)
+    route = SmscRoute(c, store)
+    assert await route.load_open() == 2
+    task = await _start(route)
+    try:
+        await wait_status(store, had.id, {Status.ACCEPTED})
+        await wait_status(store, lost.id, {Status.ACCEPTED})
+        asks = [name for name, _ in sim.requests if name == "status"]
+        assert len(asks) >= 2, "asked again after status.php failed"
+        sends = [f for name, f in sim.requests if name == "send"]
+        assert [f["phones"] for f in sends] == ["+375331234567"], "only what SMSC said it did not have"
+        assert not route.policy.in_doubt(had.id) and not route.policy.in_doubt(lost.id)
     finally:
         await _stop(route, task)
 

@@ -10,9 +10,9 @@ import pytest
 from smppd.config import SmsRuRouteConfig
 from smppd.model import SMSRU_STATUS, Status, smsru_status, UnknownProviderStatus
 from smppd.routes import smsru
-from smppd.routes.http import (
-    Accepted, Ambiguous, BadCallback, ForgedCallback, ProviderError, Refused, Retry,
-)
+from smppd.http_client import Ambiguous
+from smppd.routes.answers import Accepted, ProviderError, Refused, Retry
+from smppd.routes.http import BadCallback, ForgedCallback
 from smppd.routes.smsru import SmsRuRoute
 from smppd.sims.smsru import SmsRuSimulator
 
@@ -394,8 +394,7 @@ async def test_request_rate_cap(sim, store):
         now[0] += seconds
         await asyncio.sleep(0)
 
-    route = SmsRuRoute(cfg(base_url=sim.base_url, rate=3), store)
-    route.limiter.clock = lambda: now[0]
+    route = SmsRuRoute(cfg(base_url=sim.base_url, rate=3), store, monotonic=lambda: now[0])
     route.rate_sleep = fake_sleep
     ms = [await add_message(store, "smsru", f"+3752912345{i:02d}") for i in range(7)]
     for m in ms:

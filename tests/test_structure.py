@@ -180,3 +180,16 @@ def test_product_never_imports_the_simulators() -> None:
         for d in deps if d == SIMS or d.startswith(SIMS + ".")
     )
     assert not offenders, f"product code imports the simulators: {offenders}"
+
+
+def test_tests_share_helpers_through_rigs_not_through_each_other() -> None:
+    """A helper one test module imports from another is found by nobody who opens the first,
+    and dies with the second: shared helpers live in ``tests/*_rig.py`` or ``conftest.py``."""
+    tests = ROOT / "tests"
+    known = {f"tests.{p.stem}": p for p in sorted(tests.glob("*.py"))}
+    offenders = sorted(
+        f"{m} -> {d}" for m, p in known.items()
+        for d in imports_of(m, p, known) if d.rpartition(".")[2].startswith("test_")
+    )
+    assert not offenders, f"test modules importing other test modules: {offenders}"
+    assert "tests.session_rig" in imports_of("tests.test_session", known["tests.test_session"], known)

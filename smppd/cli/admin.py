@@ -20,11 +20,11 @@ from typing import Any, Callable
 
 from .. import config as config_mod
 from . import report as report_mod
+from ..model import FINAL, OPEN, Status
 from ..rpc import RpcClient, RpcError, RpcUnavailable
-from ..store.engine import database_errors, redact
+from ..store.reader import read_errors, redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-FINAL = ("delivered", "undelivered", "expired", "rejected", "failed")
 
 
 def add_commands(sub: Any, default_config: str) -> None:
@@ -143,8 +143,8 @@ def render_status(st: dict[str, Any]) -> str:
     lines = ["route     bind   queue  window    submitted  accepted  rejected  receipts  open  delivered  not delivered"]
     for name, r in st["routes"].items():
         m = messages.get(name, {})
-        open_ = sum(m.get(s, 0) for s in ("queued", "submitted", "accepted"))
-        failed = sum(m.get(s, 0) for s in ("undelivered", "expired", "rejected", "failed"))
+        open_ = sum(m.get(s, 0) for s in OPEN)
+        failed = sum(m.get(s, 0) for s in FINAL if s != Status.DELIVERED)
         # An HTTP route has no window (its requests carry batches) and names its figures as
         # the provider does: requests sent, messages refused, callbacks and polls.
         size = r.get("window", r.get("window_size"))
@@ -157,7 +157,7 @@ def render_status(st: dict[str, Any]) -> str:
         lines.append(
             f"{name:<9} {bind:<6} {r.get('queue', 0):>5}  {window:>6}"
             f"  {submitted:>11}  {r.get('accepted', 0):>8}  {rejected:>8}"
-            f"  {receipts:>8}  {open_:>4}  {m.get('delivered', 0):>9}  {failed:>13}"
+            f"  {receipts:>8}  {open_:>4}  {m.get(Status.DELIVERED, 0):>9}  {failed:>13}"
         )
         if r.get("trouble"):
             lines.append(f"          {r['trouble']}")
@@ -215,7 +215,7 @@ def send(args: argparse.Namespace) -> int:
     if m is None:
         if sent["status"] in FINAL:
             print(f"{sent['status']}: {sent.get('reason') or ''}".rstrip(": "))
-            return EXIT_OK if sent["status"] == "delivered" else EXIT_FAILED
+            return EXIT_OK if sent["status"] == Status.DELIVERED else EXIT_FAILED
         return EXIT_OK
     ids = ", ".join(f"{s['seq']}:{s['smsc_id']}" for s in m["segments"] if s["smsc_id"]) or "none"
     if m["status"] not in FINAL:
@@ -223,7 +223,7 @@ def send(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     reason = f" ({m['reason']})" if m.get("reason") else ""
     print(f"{m['status']}{reason} after {took:.1f} s, to {m['to']}, SMSC ids {ids}")
-    return EXIT_OK if m["status"] == "delivered" else EXIT_FAILED
+    return EXIT_OK if m["status"] == Status.DELIVERED else EXIT_FAILED
 
 
 # --- stuck, retry, cancel --------------------------------------------------------------
@@ -296,7 +296,7 @@ def report(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         rows = report_mod.daily(cfg.database, args.since, utc=args.utc)
-    except database_errors() as e:
+    except read_errors() as e:
         print(f"smppd: cannot read {redact(cfg.database)}: {e}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:

@@ -187,7 +187,8 @@ async def drive_cost(cfg: config_mod.Config, params: dict[str, Any], args: argpa
     """Read the numbers through the daemon, then price them at the provider, 100 a request
     (SMS.ru takes at most 100 numbers per request, providers.md §1)."""
     from .cost import quote
-    from ..routes.http import Ambiguous, ProviderError, Unavailable
+    from ..http_client import Ambiguous, Unavailable
+    from ..routes.answers import ProviderError
 
     client = RpcClient(cfg.daemon.socket_path, timeout=30)
     try:

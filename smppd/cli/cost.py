@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 from .. import phone, text
 from ..config import Config, SmscRouteConfig, SmsRuRouteConfig
-from ..routes.http import Ambiguous, ProviderError, Unavailable
+from ..http_client import Ambiguous, Unavailable
+from ..routes.answers import ProviderError
+from ..routes.provider_client import ProviderClient
 
 
 @dataclass
@@ -39,27 +41,27 @@ async def quote(cfg: Config, code: str, body: str, numbers: list[str]) -> Quote:
     if not valid:
         return q
     if isinstance(route, SmsRuRouteConfig):
-        from ..routes.smsru import SmsRuRoute
+        from ..routes import smsru
 
-        r = SmsRuRoute(route, None)  # type: ignore[arg-type]  # no store: nothing is sent
+        client = ProviderClient(route)  # no route, no store: nothing is sent
         try:
-            c = await r.cost([phone.digits(n) for n in valid], body, sender.sender_id)
+            c = await smsru.quote(client, route, [phone.digits(n) for n in valid], body, sender.sender_id)
         finally:
-            await r.close()
+            await client.close()
         for n in valid:
             code_, cost, parts = c.per_number.get(phone.digits(n), (None, None, None))
             q.rows.append((n, parts, cost, "" if code_ == 100 else f"SMS.ru {code_}"))
         q.total_cost, q.total_sms = c.total_cost, c.total_sms
     elif isinstance(route, SmscRouteConfig):
-        from ..routes.smsc import SmscRoute, auth
+        from ..routes.smsc import auth
 
-        r2 = SmscRoute(route, None)  # type: ignore[arg-type]
+        client = ProviderClient(route)
         try:
-            answer = await r2.post(r2.url("send.php"), {
+            answer = await client.post(client.url("send.php"), {
                 **auth(route), "phones": ",".join(valid), "mes": body, "sender": sender.sender_id,
                 "cost": "1", "op": "1", "fmt": "3", "charset": "utf-8"})
         finally:
-            await r2.close()
+            await client.close()
         if isinstance(answer, dict) and "error_code" in answer:
             raise ProviderError(int(answer["error_code"]), str(answer.get("error", "")))
         # op=1: a per-number array whose ``error`` names what SMSC.ru would refuse (§2.3)

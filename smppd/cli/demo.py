@@ -27,6 +27,7 @@ from aiohttp import web
 
 from ..ops import logs
 from .. import text
+from ..model import BITRIX24_STATUS, FINAL
 from ..sims.bitrix24 import SimulatedPortal
 from ..config import (
     Config,
@@ -44,7 +45,7 @@ from ..sims.smsc import SmscSimulator as SmscRuSimulator
 from ..sims.smsru import SmsRuSimulator
 from ..sims.smpp import SimulatorConfig, SmscSimulator
 
-FINAL_B24 = frozenset({"delivered", "undelivered", "failed"})
+FINAL_B24 = frozenset(BITRIX24_STATUS[s] for s in FINAL)  # Bitrix24's words for our finals
 OUTCOMES = {"DELIVRD": 0.85, "UNDELIV": 0.07, "EXPIRED": 0.05, "REJECTD": 0.03}
 
 # Every number format of reference/providers.md §5, plus Russian and invalid ones.

@@ -150,13 +150,13 @@ def _callback_lines(cfg: config_mod.Config, *, whole: bool) -> list[str]:
     base = (cfg.shim.public_url or "https://YOUR-HOST").rstrip("/")
     out = []
     for name, route in cfg.routes.items():
-        if getattr(route, "kind", "smpp") not in ("smsru", "smsc"):
+        if not isinstance(route, config_mod.HttpRouteConfig):
             continue
-        key = getattr(route, "callback_key", "")
+        key = route.callback_key
         url = f"{base}/dlr/{quote(name, safe='')}?key="
         if not key:
             out.append(f"route {name}: no callback_key, so /dlr/{name} is closed and statuses come by polling "
-                       f"(poll_after = {getattr(route, 'poll_after', 0):g} s); set route.{name}.callback_key "
+                       f"(poll_after = {route.poll_after:g} s); set route.{name}.callback_key "
                        "to receive the provider's callbacks")
         elif whole:
             out.append(f"route {name}: callback URL {url}{quote(key, safe='')}")

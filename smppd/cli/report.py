@@ -7,18 +7,14 @@ A message counts on the day it was received.
 
 from __future__ import annotations
 
-import sqlite3
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..model import FAILED_FINALS, OPEN, UNDELIVERED_FINALS, Status
 from ..store import reader
-from ..store.reader import connect_readonly
-
-UNDELIVERED = ("undelivered", "expired")
-FAILED = ("rejected", "failed")
-OPEN = ("queued", "submitted", "accepted")
+from ..store.reader import Connection, connect_readonly
 
 
 @dataclass(frozen=True)
@@ -48,20 +44,20 @@ def daily(database: str, since: float, *, now: float | None = None, utc: bool = 
         conn.close()
 
 
-def _daily(conn: sqlite3.Connection, cutoff: float, utc: bool) -> list[DayRow]:
+def _daily(conn: Connection, cutoff: float, utc: bool) -> list[DayRow]:
     counts: dict[tuple[str, str], dict[str, int]] = {}
-    for d, route, status, n, segs in reader.daily_counts(conn, cutoff, utc):
-        c = counts.setdefault((d, route), {"segments": 0})
-        c[status] = c.get(status, 0) + n
-        c["segments"] += segs
+    for row in reader.daily_counts(conn, cutoff, utc):
+        c = counts.setdefault((row.day, row.route), {"segments": 0})
+        c[row.status] = c.get(row.status, 0) + row.messages
+        c["segments"] += row.segments
     times: dict[tuple[str, str], list[float]] = {}
-    for d, route, seconds in reader.delivery_times(conn, cutoff, utc):
-        times.setdefault((d, route), []).append(seconds)
+    for t in reader.delivery_times(conn, cutoff, utc):
+        times.setdefault((t.day, t.route), []).append(t.seconds)
     rows = []
     for (d, route), c in sorted(counts.items()):
-        delivered = c.get("delivered", 0)
-        undelivered = sum(c.get(s, 0) for s in UNDELIVERED)
-        failed = sum(c.get(s, 0) for s in FAILED)
+        delivered = c.get(Status.DELIVERED, 0)
+        undelivered = sum(c.get(s, 0) for s in UNDELIVERED_FINALS)
+        failed = sum(c.get(s, 0) for s in FAILED_FINALS)
         final = delivered + undelivered + failed
         t = times.get((d, route))
         rows.append(DayRow(

@@ -11,12 +11,11 @@ takeover and on a slow safety timer (``ownership``).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from typing import Callable
 
-import psycopg
 import structlog
 
-from ..store.leases import NOTIFY
+from ..store.leases import LEASE_ERRORS, NotifyConnection
 
 log = structlog.get_logger(__name__)
 
@@ -72,12 +71,11 @@ class WorkBell:
     async def run(self) -> None:
         await asyncio.gather(self._send_loop(), self._listen_loop())
 
-    async def _connect(self, purpose: str) -> psycopg.AsyncConnection[Any]:
+    async def _connect(self, purpose: str) -> NotifyConnection:
         while True:
             try:
-                return await psycopg.AsyncConnection.connect(
-                    self.conninfo, autocommit=True, application_name=f"smppd-{purpose}-{self.node}", connect_timeout=5)
-            except (psycopg.Error, OSError) as e:
+                return await NotifyConnection.open(self.conninfo, f"smppd-{purpose}-{self.node}")
+            except LEASE_ERRORS as e:
                 log.warning("work_bell_connect_failed", purpose=purpose, error=type(e).__name__)
                 await asyncio.sleep(RECONNECT_DELAY)
 
@@ -91,9 +89,9 @@ class WorkBell:
             payloads = [p for route, ids in pending.items() for p in encode(route, ids)]
             try:
                 for p in payloads:
-                    await conn.execute(NOTIFY, (CHANNEL, p))
+                    await conn.notify(CHANNEL, p)
                 self.rung += len(payloads)
-            except (psycopg.Error, OSError) as e:
+            except LEASE_ERRORS as e:
                 # Lost rings cost latency only: the owner's safety read finds the messages.
                 log.warning("work_bell_ring_failed", error=type(e).__name__, rings=len(payloads))
                 await conn.close()
@@ -103,13 +101,12 @@ class WorkBell:
         while True:
             conn = await self._connect("listen")
             try:
-                await conn.execute(f"LISTEN {CHANNEL}")
-                async for note in conn.notifies():
-                    found = decode(note.payload)
+                async for payload in conn.listen(CHANNEL):
+                    found = decode(payload)
                     if found is not None:
                         self.heard_count += 1
                         self.heard(*found)
-            except (psycopg.Error, OSError) as e:
+            except LEASE_ERRORS as e:
                 log.warning("work_bell_listen_lost", error=type(e).__name__)
             finally:
                 await conn.close()

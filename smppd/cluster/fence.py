@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
-from ..store.leases import FENCE_CHECK
+from ..store.leases import lease_token
 
 T = TypeVar("T")
 
@@ -75,8 +75,7 @@ def owning(fence: Fence) -> Iterator[None]:
 
 def check(conn: Any, fence: Fence) -> None:
     """Raise ``Fenced`` unless the lease row still carries ``fence.token``; lock it FOR KEY SHARE."""
-    row = conn.execute(FENCE_CHECK, (fence.name,)).fetchone()
-    current = None if row is None else int(row[0])
+    current = lease_token(conn, fence.name)
     if current != fence.token:
         raise Fenced(fence.name, fence.token, current)
 

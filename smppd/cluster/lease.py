@@ -18,10 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-import psycopg
 import structlog
 
-from ..store.leases import ACQUIRE, FREE, LEASE_SCHEMA, OWNERS, RELEASE, RENEW, TAKEOVER_LOCK, TRY_LOCK, UNLOCK
+from ..store.leases import LEASE_ERRORS, LeaseConnection
 from .fence import Fence
 from .policy import LeasePolicy, LeaseTiming, Step
 
@@ -79,7 +78,7 @@ class LeaseKeeper:
         self.statement_timeout = statement_timeout or max(self.timing.renew, self.timing.ttl - self.timing.margin - self.timing.renew)
         self.figures = LeaseFigures()
         self._leases: dict[str, _Lease] = {}
-        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._conn: LeaseConnection | None = None
         self._generation = 0
         self._wake = asyncio.Event()
         self._closing = False
@@ -107,12 +106,13 @@ class LeaseKeeper:
             self._apply(lease, lease.policy.released(self.clock()))
         if lease.chain is not None:
             await asyncio.gather(lease.chain, return_exceptions=True)
-        if token is not None and self._conn is not None and not self._conn.closed:
+        conn = self._conn
+        if token is not None and conn is not None and not conn.closed:
             try:
-                await self._exec(RELEASE, {"name": lease.name, "node": self.node, "token": token})
+                await conn.release(lease.name, self.node, token)
                 if lease.locked_on == self._generation:
-                    await self._exec(UNLOCK, (LOCK_CLASS, lease.name))
-            except (psycopg.Error, TimeoutError):
+                    await conn.unlock(LOCK_CLASS, lease.name)
+            except LEASE_ERRORS:
                 pass  # the row expires by itself
 
     def contended(self) -> dict[str, bool]:
@@ -133,9 +133,8 @@ class LeaseKeeper:
         if conn is None or conn.closed:
             return []
         try:
-            cur = await asyncio.wait_for(conn.execute(OWNERS), self.statement_timeout)
-            rows = await cur.fetchall()
-        except (psycopg.Error, TimeoutError):
+            rows = await conn.owners()
+        except LEASE_ERRORS:
             return []
         return [{"name": r[0], "node": r[1], "token": r[2], "live": r[3], "expires_in": round(r[4], 1),
                  "held_for": round(r[5], 1)} for r in rows]
@@ -185,7 +184,7 @@ class LeaseKeeper:
                     await self._renew(lease)
                 else:
                     await self._acquire(lease)
-            except (psycopg.Error, TimeoutError, OSError) as e:
+            except LEASE_ERRORS as e:
                 log.warning("lease_connection_lost", node=self.node, error=type(e).__name__)
                 self.figures.connection_losses += 1
                 await self._disconnect()
@@ -195,50 +194,33 @@ class LeaseKeeper:
                 return
 
     async def _acquire(self, lease: _Lease) -> None:
+        conn = self._live()
         sent = self.clock()
         if not await self._lock(lease):
             self._apply(lease, lease.policy.tick(self.clock()))
             return
-        row = await self._takeover(lease)
-        if row is None:  # held elsewhere and not expired: let go of the lock until the next try
-            await self._exec(UNLOCK, (LOCK_CLASS, lease.name))
+        token = await conn.take_over(lease.name, self.node, self.timing.ttl)
+        if token is None:  # held elsewhere and not expired: let go of the lock until the next try
+            await conn.unlock(LOCK_CLASS, lease.name)
             lease.locked_on = -1
             self._apply(lease, lease.policy.tick(self.clock()))
             return
-        self._apply(lease, lease.policy.acquired(self.clock(), int(row[0]), sent))
-
-    async def _takeover(self, lease: _Lease) -> Any:
-        """The row if it was free (expired) and is ours now, else None; FOR UPDATE first, so a
-        takeover waits for the old holder's writes that already passed their fence check."""
-        conn = self._conn
-        if conn is None:
-            raise psycopg.OperationalError("no lease connection")
-
-        async def attempt() -> Any:
-            free = await (await conn.execute(FREE, (lease.name,))).fetchone()
-            if not free or not free[0]:
-                return None
-            async with conn.transaction():
-                await conn.execute(TAKEOVER_LOCK, (lease.name,))
-                cur = await conn.execute(ACQUIRE, {"name": lease.name, "node": self.node, "ttl": self.timing.ttl})
-                return await cur.fetchone()
-
-        return await asyncio.wait_for(attempt(), self.statement_timeout)
+        self._apply(lease, lease.policy.acquired(self.clock(), token, sent))
 
     async def _renew(self, lease: _Lease) -> None:
+        conn = self._live()
         token = lease.policy.token
+        assert token is not None
         sent = self.clock()
         await self._lock(lease)  # after a reconnect: take our lock back if nobody is mid-attempt
-        row = await self._exec(RENEW, {"name": lease.name, "node": self.node, "ttl": self.timing.ttl,
-                                        "token": token})
+        renewed = await conn.renew(lease.name, self.node, token, self.timing.ttl)
         now = self.clock()
-        self._apply(lease, lease.policy.renewed(now, sent) if row is not None else lease.policy.lost(now))
+        self._apply(lease, lease.policy.renewed(now, sent) if renewed else lease.policy.lost(now))
 
     async def _lock(self, lease: _Lease) -> bool:
         if lease.locked_on == self._generation:
             return True
-        row = await self._exec(TRY_LOCK, (LOCK_CLASS, lease.name))
-        if row is not None and row[0]:
+        if await self._live().try_lock(LOCK_CLASS, lease.name):
             lease.locked_on = self._generation
             return True
         return False
@@ -285,33 +267,24 @@ class LeaseKeeper:
 
     # --- the connection ---------------------------------------------------------------
 
-    async def _connection(self) -> psycopg.AsyncConnection[Any] | None:
+    async def _connection(self) -> LeaseConnection | None:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         try:
-            conn = await asyncio.wait_for(
-                psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, application_name=f"smppd-lease-{self.node}",
-                                                connect_timeout=max(2, int(self.statement_timeout * 2))),
-                self.statement_timeout * 2)
-            await asyncio.wait_for(conn.execute(LEASE_SCHEMA), self.statement_timeout)
-        except (psycopg.Error, TimeoutError, OSError) as e:
+            conn = await LeaseConnection.open(self.conninfo, f"smppd-lease-{self.node}", self.statement_timeout)
+        except LEASE_ERRORS as e:
             log.warning("lease_connect_failed", node=self.node, error=type(e).__name__)
             return None
         self._conn = conn
         self._generation += 1
         return conn
 
+    def _live(self) -> LeaseConnection:
+        if self._conn is None:
+            raise ConnectionError("no lease connection")
+        return self._conn
+
     async def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
-                await asyncio.wait_for(conn.close(), 1.0)
-            except (psycopg.Error, TimeoutError, OSError):
-                pass
-
-    async def _exec(self, sql: str, params: Any) -> Any:
-        conn = self._conn
-        if conn is None:
-            raise psycopg.OperationalError("no lease connection")
-        cur = await asyncio.wait_for(conn.execute(sql, params), self.statement_timeout)
-        return await cur.fetchone() if cur.description is not None else None
+            await conn.close()

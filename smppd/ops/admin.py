@@ -18,7 +18,7 @@ import structlog
 from .. import phone
 from ..config import Config
 from ..rules.holds import HoldWorker
-from ..model import Status
+from ..model import OPEN as OPEN_STATUSES, Status
 from ..routes.base import Route
 from ..rpc import RpcError
 from ..store import PortalRecord, Store
@@ -52,7 +52,7 @@ class AdminHost(Protocol):
         """The daemon's ``status`` RPC answer: routes, pushers, store counts, rules."""
         ...
 
-OPEN = ("queued", "submitted", "accepted")
+OPEN = tuple(s.value for s in Status if s in OPEN_STATUSES)  # words, as the store binds them
 CANCELLED = "cancelled by admin"
 MAX_SELECT = 10_000  # one retry/cancel call touches at most this many messages
 

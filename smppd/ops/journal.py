@@ -23,7 +23,6 @@ the table, so a restart does not log history again.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,8 +35,7 @@ from .. import phone
 from ..model import FINAL
 from ..phone import mask
 from ..store import reader
-from ..store.engine import database_errors
-from ..store.reader import connect_readonly
+from ..store.reader import Connection, connect_readonly, read_errors
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +53,7 @@ class StoreWatcher:
         self._portals = portals
         self.clock = clock
         self.collector = metrics.StoreCollector()
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Connection | None = None
         self._last_event: int | None = None
         self._last_finals: set[int] = set()  # messages the previous read logged as final
         # One thread owns the connection: reads, and the close, queue up behind each other.
@@ -74,7 +72,7 @@ class StoreWatcher:
                 if loop.time() >= next_snapshot:
                     await self.snapshot()
                     next_snapshot = loop.time() + snapshot_interval
-            except database_errors() as e:  # a locked or missing file, a lost server: never kill the daemon
+            except read_errors() as e:  # a locked or missing file, a lost server: never kill the daemon
                 log.warning("journal_read_failed", error=str(e))
                 # The next read opens a new connection (PostgreSQL: after a failover, the new primary).
                 await loop.run_in_executor(self._thread, self._close)
@@ -114,7 +112,7 @@ class StoreWatcher:
 
     # --- in the worker thread ----------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> Connection:
         if self._conn is None:
             self._conn = connect_readonly(self.database)
         return self._conn
@@ -131,7 +129,7 @@ class StoreWatcher:
             rows = reader.events_after(db, self._last_event, TAIL_BATCH)
             if not rows:
                 return batch
-            self._last_event = rows[-1][0]
+            self._last_event = rows[-1].event_id
             batch.events = len(rows)
             counts, latencies = batch.counts, batch.latencies
             final: dict[int, None] = {}  # messages settled by an event of this read, in event order
@@ -155,14 +153,14 @@ class StoreWatcher:
             self._last_finals = set(final)
             batch.finals = self._final_lines(db, list(final))
             batch.ignored = [
-                {"id": r[1], "b24_id": r[2], "route": r[3], "seq": r[4], "status": r[5], "message_status": r[6],
-                 "detail": r[7]}
-                for r in sorted(reader.events(db, ignored))
+                {"id": e.row_id, "b24_id": e.b24_id, "route": e.route, "seq": e.seq, "status": e.status,
+                 "message_status": e.message_status, "detail": e.detail}
+                for e in sorted(reader.events(db, ignored))
             ]
             return batch
 
     @staticmethod
-    def _final_lines(db: sqlite3.Connection, final: list[int]) -> list[dict[str, Any]]:
+    def _final_lines(db: Connection, final: list[int]) -> list[dict[str, Any]]:
         """The ``message_final`` line of each message, in the order given."""
         lines: dict[int, dict[str, Any]] = {}
         for mid, b24_id, route, status, reason, seconds, smsc_id in reader.finals(db, sorted(final)):
@@ -178,11 +176,11 @@ class StoreWatcher:
         now = self.clock()
         db = self._db()
         with reader.view(db):  # one consistent view of all three figures
-            messages, by_portal, pending = reader.figures(db)
+            figures = reader.figures(db)
         outbox = {p: (0, 0.0) for p in portals}
-        for member_id, (n, oldest) in by_portal.items():
+        for member_id, (n, oldest) in figures.outbox.items():
             outbox[member_id] = (n, max(0.0, now - oldest))
-        return metrics.StoreSnapshot(messages, outbox, pending)
+        return metrics.StoreSnapshot(figures.messages, outbox, figures.receipts_pending)
 
 
 @dataclass

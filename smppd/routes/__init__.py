@@ -1,4 +1,9 @@
-"""Routes: one module per kind; ``make_route`` is the one place that picks the class."""
+"""Routes: one module per kind; ``make_route`` is the one place that picks the class.
+
+Each kind is an asyncio shell (``smpp``, and ``smsru``/``smsc`` over ``http``) around
+sans-I/O rules in ``policy/`` (cap, flow, submit verdicts, backlog, batches, resends);
+every kind shows the daemon one face, ``base.Route``.
+"""
 
 from __future__ import annotations
 

@@ -15,22 +15,22 @@ sent twice when the provider took it" live here once:
   id) resends, at-least-once as DESIGN.md decides, and counts it;
 * "duplicate request" (SMSC error 9) means the provider has it: asked, never
   resent; a message a callback finished or an admin cancelled is never resent.
-  These rules are ``resend.ResendPolicy`` (sans-I/O); this module carries out
-  its decisions;
+  These rules are ``policy.resend.ResendPolicy`` (sans-I/O); this module
+  carries out its decisions;
 * a message leaves memory only when the store has its outcome; what is in
   memory at a crash is still ``queued`` in the store and is reloaded.
 
 Store mapping: one SMSC id per message, on segment 0; every segment row
 of the message moves with it (``Store.provider_accepted``).
+
+Grouping into requests is ``policy.batch.Batcher``, the request rate
+``policy.cap``; the transport and what its failures mean, ``smppd.http_client``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping, Sequence
 
 import aiohttp
@@ -38,36 +38,16 @@ import structlog
 
 from ..background import Background
 from ..config import HttpRouteConfig
-from ..model import FINAL, Status
-from ..model import OpenMessage, PollItem
+from ..http_client import Ambiguous, Unavailable
+from ..model import FINAL, OpenMessage, PollItem, Status
 from ..store import Store
-from .throttle import SlidingWindowLimiter
-from .resend import Ask, Keep, Resend, ResendPolicy
+from .provider_client import ProviderClient
+from .answers import Accepted, Duplicate, DuplicateRequest, Outcome, ProviderError, Refused, Retry
+from .policy.batch import Batch, Batcher, Job
+from .policy.cap import SlidingWindowLimiter
+from .policy.resend import Ask, Keep, Resend, ResendPolicy
 
 log = structlog.get_logger(__name__)
-
-
-class Unavailable(Exception):
-    """The provider did not take the request (no connection, HTTP 5xx): safe to resend."""
-
-
-class Ambiguous(Exception):
-    """The request may have reached the provider; its answer did not reach us."""
-
-
-class ProviderError(Exception):
-    """A request-level refusal: the whole request, every number in it."""
-
-    def __init__(self, code: int, text: str, *, retry_after: float | None = None, account: bool = False) -> None:
-        super().__init__(f"{code} {text}")
-        self.code = code
-        self.text = text
-        self.retry_after = retry_after  # None: final
-        self.account = account  # the account, not the message, is wrong: alert the admin
-
-
-class DuplicateRequest(ProviderError):
-    """The whole request is an identical one the provider already has (SMSC error 9)."""
 
 
 class BadCallback(ValueError):
@@ -90,133 +70,11 @@ class ForgedCallback(ValueError):
         self.field = field
 
 
-@dataclass(frozen=True)
-class Accepted:
-    smsc_id: str
-
-
-@dataclass(frozen=True)
-class Refused:
-    status: Status
-    detail: str
-
-
-@dataclass(frozen=True)
-class Retry:
-    delay: float
-    detail: str
-
-
-@dataclass(frozen=True)
-class Duplicate:
-    """Per number: the provider says it has an identical request (SMSC error 9)."""
-
-    detail: str
-
-
-Outcome = Accepted | Refused | Retry | Duplicate
-
-
-@dataclass(frozen=True)
-class Job:
-    """One message waiting for its request; ``channel`` is ``sms`` or ``viber``."""
-
-    message: OpenMessage
-    channel: str = "sms"
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.message.sender, self.message.text, self.channel)
-
-
-@dataclass
-class Batch:
-    key: tuple[str, str, str]
-    opened_at: float
-    jobs: list[Job] = field(default_factory=list)
-    phones: set[str] = field(default_factory=set)
-
-
-class Batcher:
-    """Groups jobs with the same sender, text and channel into one request.
-
-    Sans-I/O: the caller passes the time.  A batch goes out when it is full or
-    ``interval`` seconds after its first job.  One number appears at most once
-    per batch, so every per-number answer maps back to exactly one message.
-    """
-
-    def __init__(self, size: int, interval: float) -> None:
-        self.size = max(1, size)
-        self.interval = interval
-        self._open: dict[tuple[str, str, str], list[Batch]] = {}
-        self._ready: deque[Batch] = deque()
-
-    def add(self, job: Job, now: float) -> None:
-        batches = self._open.setdefault(job.key, [])
-        batch = next((b for b in batches if job.message.phone not in b.phones), None)
-        if batch is None:
-            batch = Batch(job.key, now)
-            batches.append(batch)
-        batch.jobs.append(job)
-        batch.phones.add(job.message.phone)
-        if len(batch.jobs) >= self.size:
-            batches.remove(batch)
-            self._ready.append(batch)
-        if not batches:
-            del self._open[job.key]
-
-    def due(self, now: float) -> list[Batch]:
-        """Every batch that should go now: the full ones, then the ones that waited long enough."""
-        out = list(self._ready)
-        self._ready.clear()
-        for key in list(self._open):
-            keep = []
-            for b in self._open[key]:
-                (out if now - b.opened_at >= self.interval else keep).append(b)
-            if keep:
-                self._open[key] = keep
-            else:
-                del self._open[key]
-        return out
-
-    def next_deadline(self) -> float | None:
-        if self._ready:
-            return 0.0
-        times = [b.opened_at + self.interval for bs in self._open.values() for b in bs]
-        return min(times) if times else None
-
-    def remove(self, row_ids: Collection[int]) -> int:
-        """Take these messages out of every batch (`smppd cancel`); how many were here."""
-        removed = 0
-        for batch in [*self._ready, *(b for bs in self._open.values() for b in bs)]:
-            kept = [j for j in batch.jobs if j.message.id not in row_ids]
-            removed += len(batch.jobs) - len(kept)
-            batch.jobs[:] = kept
-            batch.phones = {j.message.phone for j in kept}
-        self._ready = deque(b for b in self._ready if b.jobs)
-        for key in list(self._open):
-            self._open[key] = [b for b in self._open[key] if b.jobs]
-            if not self._open[key]:
-                del self._open[key]
-        return removed
-
-    def jobs(self) -> list[Job]:
-        """Every job waiting here, ready or still filling."""
-        return [j for b in self._ready for j in b.jobs] + [j for bs in self._open.values() for b in bs for j in b.jobs]
-
-    def __len__(self) -> int:
-        return sum(len(b.jobs) for b in self._ready) + sum(
-            len(b.jobs) for bs in self._open.values() for b in bs
-        )
-
-
 class HttpRoute:
     """The asyncio shell shared by SMS.ru and SMSC routes.  Subclasses fill in
     ``submit``, ``confirm``, ``poll`` and ``callback``."""
 
     kind = "http"
-    batch_size = 1
-    batch_interval = 0.0
     can_confirm = False  # True when confirm() can ask the provider about a request
 
     def __init__(self, cfg: HttpRouteConfig, store: Store, http: aiohttp.ClientSession | None = None,
@@ -224,11 +82,10 @@ class HttpRoute:
         self.cfg = cfg
         self.name = cfg.name
         self.store = store
-        self._own_http = http is None
-        self.http = http
+        self.client = ProviderClient(cfg, http)  # the provider's URL and its POST: provider_client.py
         self.monotonic = monotonic
-        self.batcher = Batcher(self.batch_size, self.batch_interval)
-        self.limiter = SlidingWindowLimiter(cfg.rate, clock=monotonic)
+        self.batcher = Batcher(cfg.batch_size, cfg.batch_interval)
+        self.limiter = SlidingWindowLimiter(cfg.rate)
         self.rate_sleep = asyncio.sleep  # replaced with the clock in tests
         self._slots = asyncio.Semaphore(cfg.concurrency)
         self._wake = asyncio.Event()
@@ -306,9 +163,7 @@ class HttpRoute:
         await self.close()
 
     async def close(self) -> None:
-        if self._own_http and self.http is not None:
-            await self.http.close()
-            self.http = None
+        await self.client.close()
 
     # --- the Route protocol (routes/base.py) ------------------------------------
 
@@ -334,7 +189,8 @@ class HttpRoute:
     def retune(self, cfg: HttpRouteConfig) -> None:
         """A new request rate from a SIGHUP reload; requests on the wire are untouched."""
         self.cfg = cfg
-        self.limiter = SlidingWindowLimiter(cfg.rate, clock=self.monotonic)
+        self.client.cfg = cfg
+        self.limiter = SlidingWindowLimiter(cfg.rate)
 
     async def resume(self) -> int:
         return await self._load_open(skip={mid for mid, _ in self.busy_segments()})
@@ -394,9 +250,9 @@ class HttpRoute:
         while not self._stopping:
             for batch in self.batcher.due(self.monotonic()):
                 await self._slots.acquire()
-                while (wait := self.limiter.delay()) > 0:
+                while (wait := self.limiter.delay(self.monotonic())) > 0:
                     await self.rate_sleep(wait)
-                self.limiter.record()
+                self.limiter.record(self.monotonic())
                 self._inflight += len(batch.jobs)
                 self._spawn(self._send(batch))
                 if self._stopping:
@@ -608,30 +464,3 @@ class HttpRoute:
                 await asyncio.wait_for(self._poll_wake.wait(), max(wait, 0.05))
             except asyncio.TimeoutError:
                 pass
-
-    # --- helpers ---------------------------------------------------------------
-
-    async def post(self, url: str, form: Mapping[str, str]) -> Any:
-        """POST a form (credentials in the body, never the URL) and decode JSON.
-
-        Maps transport failures onto Unavailable / Ambiguous.
-        """
-        if self.http is None:  # no shared session given (admin commands, tests): our own
-            self.http = aiohttp.ClientSession()
-        try:
-            async with self.http.post(url, data=dict(form),
-                                      timeout=aiohttp.ClientTimeout(total=self.cfg.timeout)) as resp:
-                if resp.status >= 500:
-                    raise Unavailable(f"HTTP {resp.status}")
-                body = await resp.read()
-                if resp.status != 200:
-                    raise Unavailable(f"HTTP {resp.status}")
-        except aiohttp.ClientConnectorError as e:
-            raise Unavailable(f"cannot connect: {e.os_error}") from None
-        except (asyncio.TimeoutError, aiohttp.ClientError) as e:
-            raise Ambiguous(type(e).__name__) from None
-        try:
-            return json.loads(body.decode("utf-8", "replace"))
-        except ValueError:
-            raise Ambiguous(f"answer is not JSON: {body[:80]!r}") from None
-

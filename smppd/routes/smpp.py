@@ -1,26 +1,29 @@
-"""An SMPP route: the queue of segments for one operator, fed to its bind.
+"""An SMPP route: the queue of segments for one operator, fed to its binds.
 
-The route turns stored messages into submit_sm segments (our own GSM 03.38 /
-UCS-2 splitter and UDH), keeps the throughput cap, and turns the session's
-events into store operations.  Segments that the operator did not confirm go
-back to the front of the queue; nothing leaves the queue without an answer.
+The asyncio shell of the route: it turns stored messages into submit_sm segments
+(our own GSM 03.38 / UCS-2 splitter and UDH), feeds them to the binds, and hands
+every answer to its policies, then does what they decide. The rules themselves
+are sans-I/O and tested without sockets: the cap, queue-full pauses, throttle cuts
+and the bounded requeue of temporary errors in ``policy/submit.py``, which
+messages wait in memory and which in the store in ``policy/backlog.py``.
+Receipts, replies and query_sm answers are ``smpp_incoming.py``. Segments that
+the operator did not confirm go back to the front of the queue; nothing leaves
+the queue without an answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Awaitable, Callable, Collection, Sequence
+from typing import Any, Awaitable, Callable, Collection, Hashable, Sequence
 
 import structlog
 
 from ..ops import metrics
-from .. import phone
 from ..background import Background
 from ..config import SmppRouteConfig
-from ..model import FINAL, Status, UnknownReceiptState, receipt_status
-# ESME_RX_T_APPN, "try again later": the deliver_sm answer when we could not store it
-from ..smpp.pdu import ESME_RINVBNDSTS, ESME_RMSGQFUL, ESME_RTHROTTLED, ESME_RX_T_APPN, status_name
+from ..model import OpenMessage, Status, Unreceipted
+from ..smpp.pdu import status_name
 from ..smpp.receipts import ShortMessage
 from ..smpp.connection import Connection, session_config_for
 from ..smpp.segments import SegmentJob, build_segments
@@ -33,30 +36,15 @@ from ..smpp.events import (
     SubmitRejected,
     SubmitUnconfirmed,
 )
-from ..smpp.flow import FlowPolicy, Limits
-from ..model import OpenMessage, ReceiptRules, Unreceipted
-from ..store import Store, StoreUnavailable
-from .throttle import SlidingWindowLimiter
+from ..store import Store
+from .policy.backlog import Backlog, Refill
+from .policy.submit import Paused, Requeue, RetryLater, SlowedDown, SubmitPolicy
+from .smpp_incoming import SmppIncoming
 
 log = structlog.get_logger(__name__)
 
-TEMPORARY_RETRY_DELAY = 1.0  # an SMSC with a system error gets a breather before the same segment
-# The operator meters arrivals: our coalesced writes and the network can bunch sends that
-# left us a second apart, so the cap is kept over a slightly longer window.
-CAP_SLACK = 0.05
-# At most this many segments wait in memory; the rest of a backlog (a day-long operator
-# outage is a million messages) stays in the store and is read back a page at a time as
-# the queue drains, so the daemon's RSS does not grow with the backlog.
-MEMORY_QUEUE = 20_000
-REFILL_PAGE = 5_000
 # How often to look for parts with no receipt (issue 14.8); shorter for short test validities.
 RECEIPT_WATCH_INTERVAL = 60.0
-# What each id-base reading means in the route's configuration (issue 14.6).
-ID_BASE_ADVICE = {
-    "hex": 'receipt_id_base = "hex" and resp_id_base = "dec"',
-    "dec": 'receipt_id_base = "dec" and resp_id_base = "hex"',
-}
-
 
 
 class SmppRoute:
@@ -67,7 +55,6 @@ class SmppRoute:
         self.name = cfg.name
         self.store = store
         self.queue: deque[SegmentJob] = deque()
-        self.limiter = SlidingWindowLimiter(cfg.throughput, 1.0 + CAP_SLACK)
         self.connections: list[Connection] = []
         modes = ("transmitter", "receiver") if cfg.bind_mode == "pair" else (cfg.bind_mode,)
         for _ in range(cfg.binds):
@@ -79,48 +66,33 @@ class SmppRoute:
                 ))
         self.connection = self.connections[0]  # the first bind, for `smppd status`
         self._senders = [c for c in self.connections if c.session_config.bind_mode != "receiver"]
-        # ESME_RMSGQFUL pauses, ESME_RTHROTTLED cuts rate and window (smppd/smpp/flow.py)
-        self.flow = self._flow_policy(cfg)
-        self._limits = Limits(cfg.throughput, cfg.window, 0.0)  # the limits last applied
-        # (row id, seq) -> (temporary refusals so far, time of the first): issue 14.5
-        self._temporary: dict[tuple[int, int], tuple[int, float]] = {}
-        self.rules = ReceiptRules(id_readings=cfg.receipt_id_base == "auto", multipart=cfg.multipart_receipts)
+        # the cap, queue-full pauses, throttle cuts, bounded requeue: routes/policy/submit.py
+        self.policy = SubmitPolicy.for_route(cfg)
+        self._window = cfg.window  # the window the binds have
+        # which open messages wait in memory, which in the store: routes/policy/backlog.py
+        self.backlog = Backlog()
         metrics.RECEIPTS_UNMATCHED.labels(cfg.name)  # shown as 0 from the start: increase() sees the first
-        self._base_warned: set[str] = set()  # the id-base readings already logged at warning level
         self._to_query: deque[Unreceipted] = deque()  # query_sm to send, paced like submits
         self._queried: dict[tuple[int, int], float] = {}  # part -> store time of its last query_sm
-        self._inflight: dict[Any, SegmentJob] = {}  # by Submit.ref, awaiting submit_sm_resp
+        self._inflight: dict[Hashable, SegmentJob] = {}  # by Submit.ref, awaiting submit_sm_resp
         self._wake = asyncio.Event()
         self._background = Background("smpp_route_task_failed", route=cfg.name)
         self._tasks = self._background.tasks
         self._spawn = self._background.spawn
         self._stopping = False
-        # Business rules read MO texts (a STOP reply); awaited before the deliver_sm is acknowledged.
-        self.on_mo: Callable[[str, ShortMessage], Awaitable[None]] | None = None
-        self.memory_queue = MEMORY_QUEUE
-        self._spilled = False  # open messages of this route are in the store but not in memory
-        self._loaded_max = 0  # highest row id ever queued in memory
-        self._dropped = 0  # enqueues left to the store while spilled
-        self._refilling = False
         self.stats = {"submitted": 0, "accepted": 0, "rejected": 0, "requeued": 0, "throttled": 0,
                       "receipts": 0, "receipts_unmatched": 0, "receipts_unstored": 0, "mo": 0,
                       "no_receipt": 0, "queries": 0}
+        # receipts, MO and query_sm answers: routes/smpp_incoming.py
+        self.incoming = SmppIncoming(cfg, store, self.stats, self._background)
 
     # --- feeding ---------------------------------------------------------------
 
     def enqueue(self, message: OpenMessage) -> None:
-        # A message newer than all in memory waits in the store while the queue is full, or
-        # while older ones still do (order): _refill reads it back. Older ids (a hold
-        # released) are never left behind, since a refill only reads ids above _loaded_max.
-        if message.id > self._loaded_max:
-            if self._spilled or len(self.queue) >= self.memory_queue:
-                self._spilled = True
-                self._dropped += 1
-                self._wake.set()
-                return
-            self._loaded_max = message.id
-        for job in build_segments(message, self.cfg):
-            self.queue.append(job)
+        # While the queue is full, or older ones still wait in the store, a new message
+        # waits there too (it is committed already) and _refill reads it back in order.
+        if self.backlog.admit(message.id, len(self.queue)):
+            self.queue.extend(build_segments(message, self.cfg))
         self._wake.set()
 
     async def load_open(self) -> int:
@@ -129,34 +101,29 @@ class SmppRoute:
         Only the first page of a large backlog is read now (a start with 100,000 queued
         takes as long as one with 20,000); the pump reads the rest as it goes.
         """
-        messages = await self.store.open_messages(self.name, limit=self.memory_queue)
+        messages = await self.store.open_messages(self.name, limit=self.backlog.memory)
         for m in messages:
             self.enqueue(m)
-        if len(messages) >= self.memory_queue:
-            self._spilled = True
+        self.backlog.loaded(len(messages))
         return len(messages)
 
-    async def _refill(self) -> None:
+    async def _refill(self, request: Refill) -> None:
         """Read the next page of the backlog that waits in the store, oldest first."""
         try:
-            dropped = self._dropped
-            page = await self.store.open_messages(self.name, after_id=self._loaded_max, limit=REFILL_PAGE)
-            for m in page:
-                self._loaded_max = max(self._loaded_max, m.id)
-                for job in build_segments(m, self.cfg):
-                    self.queue.append(job)
-            # Caught up only if the page was short and nothing was left to the store meanwhile
-            # (a message committed after the SELECT has a higher id: the next page gets it).
-            if len(page) < REFILL_PAGE and self._dropped == dropped:
-                self._spilled = False
-        finally:
-            self._refilling = False
+            page = await self.store.open_messages(self.name, after_id=request.after_id, limit=request.limit)
+        except BaseException:
+            self.backlog.failed()  # the next drain reads it again
             self._wake.set()
+            raise
+        for m in page:
+            self.queue.extend(build_segments(m, self.cfg))
+        self.backlog.refilled(request, [m.id for m in page])
+        self._wake.set()
 
     def _maybe_refill(self) -> None:
-        if self._spilled and not self._refilling and len(self.queue) < self.memory_queue // 2:
-            self._refilling = True
-            self._spawn(self._refill())
+        request = self.backlog.refill(len(self.queue))
+        if request is not None:
+            self._spawn(self._refill(request))
 
     @property
     def depth(self) -> int:
@@ -181,30 +148,24 @@ class SmppRoute:
         jobs = [*self.queue, *self._inflight.values()]
         return {(j.row_id, j.seq) for j in jobs}
 
-    @staticmethod
-    def _flow_policy(cfg: SmppRouteConfig) -> FlowPolicy:
-        return FlowPolicy(cfg.throughput, cfg.window, pause_min=cfg.queue_full_pause,
-                          pause_max=cfg.queue_full_pause_max, recovery=cfg.throttle_recovery)
-
     def retune(self, cfg: SmppRouteConfig) -> None:
         """A new throughput from a SIGHUP reload, without touching the binds."""
         self.cfg = cfg
-        self.rules = ReceiptRules(id_readings=cfg.receipt_id_base == "auto", multipart=cfg.multipart_receipts)
-        self.limiter = SlidingWindowLimiter(cfg.throughput, 1.0 + CAP_SLACK)
-        self.flow.retune(cfg.throughput, cfg.window)
-        self._limits = Limits(-1, -1, 0.0)  # applied afresh: the new limiter, a new window
+        self.incoming.rules = self.incoming.rules_for(cfg)
+        self.policy.retune(cfg)
+        self._window = -1  # applied afresh: the new cap, a new window
         self._apply_limits(asyncio.get_running_loop().time())
 
     def status(self) -> dict[str, Any]:
         """What `smppd status` shows for this route."""
         now = asyncio.get_running_loop().time()
-        limits = self.flow.limits(now)
+        limits = self.policy.limits(now)
         return {
             "bound": self.bound,
             "binds": sum(1 for c in self.connections if c.bound),
             "bind_failures": sum(c.bind_failures for c in self.connections),
             "queue": self.depth,
-            "backlog_in_store": self._spilled,
+            "backlog_in_store": self.backlog.spilled,
             "inflight": len(self._inflight),
             "window": limits.window,
             "rate_cap": int(limits.rate) if limits.rate > 0 else None,
@@ -237,6 +198,7 @@ class SmppRoute:
 
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
+        policy = self.policy
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
@@ -250,16 +212,16 @@ class SmppRoute:
                 conn = self._free_sender()
                 if conn is None:
                     break
-                wait = self.limiter.delay()
+                wait = policy.cap_delay(now)
                 if wait > 0:
                     metrics.THROTTLE_EVENTS.labels(self.name, "throughput").inc()
                     await asyncio.sleep(wait)
                     continue
                 if not self.queue:
-                    self._send_query(conn, self._to_query.popleft())
+                    self._send_query(conn, self._to_query.popleft(), now)
                     continue
                 job = self.queue.popleft()
-                if self._spilled:
+                if self.backlog.spilled:
                     self._maybe_refill()
                 try:
                     conn.submit(job.submit)
@@ -267,14 +229,13 @@ class SmppRoute:
                     self._spawn(self.store.segment_failed(job.row_id, job.seq, Status.FAILED, f"invalid: {e}"))
                     continue
                 self._inflight[job.submit.ref] = job
-                self.limiter.record()
-                self.flow.sent(loop.time())
+                policy.sent(now)
                 self.stats["submitted"] += 1
                 metrics.submit_sent(self.name, job.submit.ref)
 
-    def _send_query(self, conn: Connection, part: Unreceipted) -> None:
+    def _send_query(self, conn: Connection, part: Unreceipted, now: float) -> None:
         """query_sm for a part with no receipt, paced by the same cap as submits."""
-        self.limiter.record()
+        self.policy.queried(now)
         self.stats["queries"] += 1
         self._queried[(part.row_id, part.seq)] = self.store.clock()
         sender = part.sender
@@ -344,16 +305,14 @@ class SmppRoute:
     # --- flow control ------------------------------------------------------------
 
     def _apply_limits(self, now: float) -> float:
-        """Hand the policy's current rate and window to the limiter and the binds; returns
-        when the route may submit again (a queue-full pause), <= now when it may now."""
-        limits = self.flow.limits(now)
-        if (limits.rate, limits.window) != (self._limits.rate, self._limits.window):
-            window = max(1, limits.window)
+        """Hand the policy's current window to the binds; returns when the route may submit
+        again (a queue-full pause, a throttle's breather), <= now when it may now."""
+        resume = self.policy.resume_at(now)
+        if self.policy.window != self._window:
+            self._window = self.policy.window
             for c in self._senders:
-                c.set_window(window)
-            self.limiter.set_cap(max(1, int(limits.rate)) if limits.rate > 0 else 0)
-        self._limits = limits
-        return limits.resume_at
+                c.set_window(self._window)
+        return resume
 
     # --- session events --------------------------------------------------------
 
@@ -362,170 +321,94 @@ class SmppRoute:
         each, resps first: a receipt in the same read as its resp then finds its segment."""
         accepted: list[tuple[int, int, str]] = []
         receipts: list[ReceiptReceived] = []
+        now = asyncio.get_running_loop().time()
         for e in events:
             if isinstance(e, SubmitAccepted):
                 metrics.submit_answered(self.name, e.ref)
                 job = self._inflight.pop(e.ref, None)
                 if job:
                     self.stats["accepted"] += 1
-                    self.flow.accepted(asyncio.get_running_loop().time())
-                    if self._temporary:
-                        self._temporary.pop((job.row_id, job.seq), None)
+                    self.policy.accepted(job.row_id, job.seq, now)
                     accepted.append((job.row_id, job.seq, e.smsc_id))
             elif isinstance(e, ReceiptReceived):  # the other event of every message
                 receipts.append(e)
             elif isinstance(e, SubmitRejected):
-                self._rejected(e)
+                self._rejected(e, now)
             elif isinstance(e, SubmitUnconfirmed):
                 job = self._inflight.pop(e.ref, None)
                 if job:
                     self.stats["requeued"] += 1
                     self.queue.appendleft(job)
             elif isinstance(e, MessageReceived):
-                self._spawn(self._mo(connection, e))
+                self._spawn(self.incoming.mo(connection, e))
             elif isinstance(e, QueryAnswered):
-                self._query_answered(e)
+                self.incoming.query_answered(e)
             elif isinstance(e, QueryFailed):
                 part = e.ref[1]
                 log.info("smpp_query_sm_failed", route=self.name, message=part.row_id, seq=part.seq,
                          status=status_name(e.status) if e.status else "timeout")
         if accepted:
-            self._background.track(self.store.segments_accepted(accepted, self.rules))
+            self._background.track(self.store.segments_accepted(accepted, self.incoming.rules))
         if receipts:
-            self._receipts(connection, receipts)
+            self.incoming.receipts(connection, receipts)
         self._wake.set()
 
-    def _rejected(self, e: SubmitRejected) -> None:
+    def _rejected(self, e: SubmitRejected, now: float) -> None:
+        """Carry out the policy's verdict on a refused part (routes/policy/submit.py)."""
         metrics.submit_answered(self.name, e.ref)
         job = self._inflight.pop(e.ref, None)
         if job is None:
             return
         reason = status_name(e.status)
-        now = asyncio.get_running_loop().time()
-        if e.status == ESME_RMSGQFUL:
-            # "Queue full": pause and resume at the rate we had (flow.py); the same part
-            # goes first once the pause ends. Not counted against temporary_retries: it says
-            # nothing about this part.
+        verdict = self.policy.refused(job.row_id, job.seq, e.status, e.temporary, now)
+        if isinstance(verdict, Paused):  # the same part goes first once the pause ends
             self._count_flow(reason)
-            before = self.flow.resume_at
-            resume = self.flow.queue_full(now)
-            if resume != before:
-                log.info("smpp_queue_full_pause", route=self.name, seconds=round(resume - now, 3))
+            if verdict.new:
+                log.info("smpp_queue_full_pause", route=self.name, seconds=round(verdict.until - now, 3))
             self.queue.appendleft(job)
-            return
-        if e.status == ESME_RTHROTTLED:
+        elif isinstance(verdict, SlowedDown):
             self._count_flow(reason)
-            if self.flow.throttled(now):
-                limits = self.flow.limits(now)
-                log.warning("smpp_throttled", route=self.name, window=limits.window, rate=round(limits.rate, 1))
+            if verdict.cut is not None:
+                log.warning("smpp_throttled", route=self.name, window=verdict.cut.window,
+                            rate=round(verdict.cut.rate, 1))
             self.queue.appendleft(job)
-            return
-        if e.temporary and e.status == ESME_RINVBNDSTS:
+        elif isinstance(verdict, Requeue):
             self.stats["requeued"] += 1
-            self.queue.appendleft(job)  # the session ends; the rebind's backoff is the delay
-            return
-        if e.temporary:
-            key = (job.row_id, job.seq)
-            count, first = self._temporary.get(key, (0, now))
-            count += 1
-            if count <= self.cfg.temporary_retries and now - first < self.cfg.temporary_retry_age:
-                self._temporary[key] = (count, first)
-                self.stats["requeued"] += 1
-                metrics.THROTTLE_EVENTS.labels(self.name, reason).inc()
-                log.info("smpp_submit_temporary_error", route=self.name, message=job.row_id, b24_id=job.b24_id,
-                         seq=job.seq, status=reason, attempt=count)
-                self._spawn(self._requeue_later(job, TEMPORARY_RETRY_DELAY))
-                return
-            # issue 14.5: bounded by count and age, then the part fails with the code as reason
-            self._temporary.pop(key, None)
-            log.warning("smpp_submit_retries_exhausted", route=self.name, message=job.row_id, b24_id=job.b24_id,
-                        seq=job.seq, status=reason, refusals=count, seconds=round(now - first, 1))
-        self.stats["rejected"] += 1
-        log.warning("smpp_submit_rejected", route=self.name, message=job.row_id, b24_id=job.b24_id,
-                    seq=job.seq, status=reason)
-        self._spawn(self.store.segment_failed(job.row_id, job.seq, Status.FAILED, reason))
+            self.queue.appendleft(job)
+        elif isinstance(verdict, RetryLater):
+            self.stats["requeued"] += 1
+            metrics.THROTTLE_EVENTS.labels(self.name, reason).inc()
+            log.info("smpp_submit_temporary_error", route=self.name, message=job.row_id, b24_id=job.b24_id,
+                     seq=job.seq, status=reason, attempt=verdict.attempt)
+            self._spawn(self._requeue_later(job, verdict.at - now))
+        else:
+            if verdict.refusals:
+                log.warning("smpp_submit_retries_exhausted", route=self.name, message=job.row_id,
+                            b24_id=job.b24_id, seq=job.seq, status=reason, refusals=verdict.refusals,
+                            seconds=round(verdict.seconds, 1))
+            self.stats["rejected"] += 1
+            log.warning("smpp_submit_rejected", route=self.name, message=job.row_id, b24_id=job.b24_id,
+                        seq=job.seq, status=reason)
+            self._spawn(self.store.segment_failed(job.row_id, job.seq, Status.FAILED, reason))
 
     def _count_flow(self, reason: str) -> None:
         self.stats["requeued"] += 1
         self.stats["throttled"] += 1
         metrics.THROTTLE_EVENTS.labels(self.name, reason).inc()
 
-    def _query_answered(self, e: QueryAnswered) -> None:
-        """A final message_state in a query_sm_resp is taken as that part's receipt."""
-        part: Unreceipted = e.ref[1]
-        try:
-            status = receipt_status(e.message_state, None)
-        except UnknownReceiptState:
-            return
-        if status not in FINAL:
-            return  # still en route: asked again after query_sm_delay, ended at validity
-        detail = f"query_sm message_state={e.message_state}"
-        if e.error_code:
-            detail += f" err:{e.error_code}"
-        self._background.track(self.store.match_receipts(self.name, [(part.smsc_id, status, detail)], self.rules))
-
     async def _requeue_later(self, job: SegmentJob, delay: float) -> None:
         await asyncio.sleep(delay)
         self.queue.appendleft(job)
         self._wake.set()
 
-    def _receipts(self, connection: Connection, events: list[ReceiptReceived]) -> None:
-        """Store the receipts, then answer each deliver_sm: an unanswered one is redelivered.
+    @property
+    def on_mo(self) -> Callable[[str, ShortMessage], Awaitable[None]] | None:
+        """Hears replies (a STOP) once stored; awaited before the deliver_sm is answered."""
+        return self.incoming.on_mo
 
-        If the store fails, the answer is ESME_RX_T_APPN: the SMSC delivers it again later,
-        instead of waiting for a response that never comes and stalling its window.
-        """
-        known: list[ReceiptReceived] = []
-        rows: list[tuple[str, Status, str]] = []
-        for e in events:
-            r = e.receipt
-            self.stats["receipts"] += 1
-            try:
-                status = receipt_status(r.state, r.stat)
-            except UnknownReceiptState as err:
-                log.warning("smpp_receipt_unknown_state", route=self.name, smsc_id=r.smsc_id, error=str(err))
-                connection.acknowledge(e.sequence)
-                continue
-            detail = r.stat or f"message_state={r.state}"
-            if r.error and r.error.strip("0"):
-                detail += f" err:{r.error}"
-            known.append(e)
-            rows.append((r.smsc_id, status, detail))
-        if not rows:
-            return
-
-        def stored(fut: asyncio.Future[list[str | None]]) -> None:
-            if fut.cancelled() or fut.exception() is not None:
-                error = "cancelled" if fut.cancelled() else repr(fut.exception())
-                # A full disk beyond the held bound: the store said why once; no line per receipt.
-                full = not fut.cancelled() and isinstance(fut.exception(), StoreUnavailable)
-                for e in known:
-                    self.stats["receipts_unstored"] += 1
-                    if not full:
-                        log.error("smpp_receipt_not_stored", route=self.name, smsc_id=e.receipt.smsc_id,
-                                  error=error)
-                    connection.acknowledge(e.sequence, ESME_RX_T_APPN)
-                return
-            for e, how in zip(known, fut.result()):
-                if how is None:
-                    self.stats["receipts_unmatched"] += 1
-                    log.info("smpp_receipt_before_resp", route=self.name, smsc_id=e.receipt.smsc_id)
-                elif how != "as-is" and how not in self._base_warned:
-                    self._base_warned.add(how)
-                    log.warning("smpp_receipt_id_base_mismatch", route=self.name, smsc_id=e.receipt.smsc_id,
-                                reading=how, advice=f"set {ID_BASE_ADVICE[how]} in [route.{self.name}]")
-                connection.acknowledge(e.sequence)
-
-        try:
-            fut = self.store.match_receipts(self.name, rows, self.rules)
-        except Exception as err:  # the store is closed, or full beyond the held receipts: nothing was written
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_exception(err)
-            if isinstance(err, StoreUnavailable):  # answered 0x64 now; the store said why once
-                stored(fut)
-                return
-        fut.add_done_callback(stored)
-        self._background.track(fut)
+    @on_mo.setter
+    def on_mo(self, hook: Callable[[str, ShortMessage], Awaitable[None]] | None) -> None:
+        self.incoming.on_mo = hook
 
     # --- the Route protocol (routes/base.py), issue 14 item 10 --------------------
     # Thin and self-contained on purpose: what the daemon, reload, admin and metrics
@@ -561,32 +444,10 @@ class SmppRoute:
     def cancel(self, row_ids: Collection[int]) -> int:
         """Drop the queued segments of these messages; submit_sm on the wire get their resp."""
         ids = set(row_ids)
+        self.policy.forget(ids)
         kept = [j for j in self.queue if j.row_id not in ids]
         dropped = len(self.queue) - len(kept)
         if dropped:
             self.queue.clear()
             self.queue.extend(kept)
         return dropped
-
-    async def _mo(self, connection: Connection, e: MessageReceived) -> None:
-        """Store the MO (a reply, a STOP), hand it to the rules, then answer.
-
-        An unanswered deliver_sm is redelivered; one we could not store is answered
-        ESME_RX_T_APPN so the SMSC tries again later.
-        """
-        m = e.message
-        self.stats["mo"] += 1
-        try:
-            await self.store.mo_received(self.name, m.source_addr, m.destination_addr, m.esm_class,
-                                         m.data_coding, m.short_message)
-        except Exception as err:
-            log.error("smpp_mo_not_stored", route=self.name, source=phone.mask(m.source_addr), error=repr(err))
-            connection.acknowledge(e.sequence, ESME_RX_T_APPN)
-            return
-        log.info("smpp_mo_received", route=self.name, source=phone.mask(m.source_addr))
-        try:
-            if self.on_mo is not None:
-                await self.on_mo(self.name, m)
-        finally:
-            connection.acknowledge(e.sequence)
-

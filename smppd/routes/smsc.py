@@ -22,13 +22,14 @@ Viber), ``viber_fallback`` (fell back to SMS) or ``sms``.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
+import aiohttp
 import structlog
 
 from .. import phone
-from ..backoff import backoff
 from ..config import SmscRouteConfig
 from ..model import (
     FINAL,
@@ -40,21 +41,12 @@ from ..model import (
     smsc_status,
 )
 from ..model import OpenMessage, PollItem
-from .http import (
-    Accepted,
-    Ambiguous,
-    BadCallback,
-    Batch,
-    Duplicate,
-    DuplicateRequest,
-    HttpRoute,
-    Job,
-    Outcome,
-    ProviderError,
-    Refused,
-    Retry,
-    Unavailable,
-)
+from ..http_client import Ambiguous, Unavailable
+from .answers import Accepted, Duplicate, DuplicateRequest, Outcome, ProviderError, Refused, Retry
+from ..store import Store
+from .http import BadCallback, HttpRoute
+from .policy.batch import Batch, Job
+from .policy.resend import Ask, Keep
 
 log = structlog.get_logger(__name__)
 
@@ -172,6 +164,11 @@ def parse_send(body: Any, numbers: Sequence[str], request_id: int, cfg: SmscRout
     return out
 
 
+def _has(item: Mapping[str, Any] | None) -> bool:
+    """Whether a status.php item says SMSC has the message (-3: "not found")."""
+    return item is not None and _int(item["status"], "status") != -3
+
+
 def status_form(cfg: SmscRouteConfig, pairs: Sequence[tuple[int, str]], *, full: bool = False) -> dict[str, str]:
     """status.php body for (id, digits) pairs; the trailing commas ask for the list format always."""
     form = {**auth(cfg), "phone": "".join(f"{d}," for _, d in pairs), "id": "".join(f"{i}," for i, _ in pairs),
@@ -271,15 +268,11 @@ class SmscRoute(HttpRoute):
     can_confirm = True
     channel_sink: ChannelSink | None = None  # set by the daemon
 
-    def __init__(self, cfg: SmscRouteConfig, *args: Any, **kw: Any) -> None:
-        self.batch_size = cfg.batch_size
-        self.batch_interval = cfg.batch_interval
-        super().__init__(cfg, *args, **kw)
+    def __init__(self, cfg: SmscRouteConfig, store: Store, http: aiohttp.ClientSession | None = None, *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(cfg, store, http, monotonic=monotonic)
         self.cfg: SmscRouteConfig = cfg
         self.stats.update({"viber_delivered": 0, "viber_fallbacks": 0})
-
-    def url(self, script: str) -> str:
-        return self.cfg.base_url + script
 
     def first_channel(self) -> str:
         return "viber" if self.cfg.viber else "sms"
@@ -318,33 +311,45 @@ class SmscRoute(HttpRoute):
         await super().run()
 
     async def _confirm_unsure(self, items: list[PollItem]) -> None:
-        """After a crash: what SMSC has is accepted, the rest is sent (again)."""
-        for i in range(0, len(items), 100):
-            chunk = items[i:i + 100]
-            pairs = [split_smsc_id(it.smsc_id) for it in chunk]
-            found: dict[tuple[int, str], dict[str, Any]] | None = None
-            attempt = 0
-            while found is None:  # until SMSC answers: a blind resend is the duplicate SMS of issue 14
+        """After a crash: what SMSC has is accepted, the rest is sent (again).
+
+        Their requests were on the wire when the daemon stopped, so their answers are lost:
+        ``ResendPolicy.lost`` messages, asked about until SMSC answers (a blind resend is the
+        duplicate SMS of issue 14), then kept or resent as the policy decides. A message a
+        callback finished meanwhile is neither.
+        """
+        for start in range(0, len(items), 100):
+            chunk = {it.id: it for it in items[start:start + 100]}
+            pairs = {row_id: split_smsc_id(it.smsc_id) for row_id, it in chunk.items()}
+            ask = self.policy.lost(list(chunk), self.monotonic())
+            assert isinstance(ask, Ask)  # SMSC can be asked (can_confirm)
+            while True:
+                if await self._pause(max(0.0, ask.at - self.monotonic())):
+                    return  # stopping: still `submitted` in the store, the next start asks again
+                ids = [i for i in ask.ids if not self.policy.settled(i)]
+                if not ids:  # callbacks settled every one of them
+                    found = {}
+                    break
                 try:
-                    found = parse_status(await self.post(self.url("status.php"), status_form(self.cfg, pairs)),
-                                         self.cfg)
+                    found = parse_status(await self.client.post(
+                        self.client.url("status.php"), status_form(self.cfg, [pairs[i] for i in ids])), self.cfg)
+                    break
                 except (Unavailable, Ambiguous, ProviderError) as e:
+                    ask = self.policy.ask_failed(ids, self.monotonic())
                     log.warning("smsc_crash_confirm_retry", route=self.name, error=str(e))
-                    if await self._pause(backoff(attempt + 1, self.cfg.retry_min, self.cfg.retry_max)):
-                        return
-                    attempt += 1
-            resent = 0
-            for it, pair in zip(chunk, pairs):
-                st = found.get(pair)
-                rid = pair[0]
-                channel = "viber" if rid >= VIBER_ID_BASE else "sms"
-                job = Job(OpenMessage(it.id, self.name, it.sender, it.phone, it.text, (0,)), channel)
-                if st is not None and _int(st["status"], "status") != -3:
-                    await self.accepted(job, it.smsc_id)
-                else:
-                    resent += 1
-                    self.add_job(job)
-            log.info("smsc_crash_confirmed", route=self.name, had=len(chunk) - resent, resending=resent)
+            had = resent = 0
+            for decision in self.policy.asked({i: _has(found.get(pairs[i])) for i in ids}, self.monotonic()):
+                for row_id in decision.ids:
+                    it = chunk[row_id]
+                    channel = "viber" if pairs[row_id][0] >= VIBER_ID_BASE else "sms"
+                    job = Job(OpenMessage(it.id, self.name, it.sender, it.phone, it.text, (0,)), channel)
+                    if isinstance(decision, Keep):
+                        had += 1
+                        await self.accepted(job, it.smsc_id)
+                    else:  # Resend: SMSC does not have it
+                        resent += 1
+                        self.add_job(job)
+            log.info("smsc_crash_confirmed", route=self.name, had=had, resending=resent)
 
     def planned_ids(self, batch: Batch) -> dict[int, str] | None:
         if batch.key[2] == "fallback":
@@ -363,7 +368,7 @@ class SmscRoute(HttpRoute):
         rid, numbers = self._request(batch)
         sender, text, channel = batch.key
         form = send_form(self.cfg, numbers, text, sender, rid, viber=channel == "viber")
-        body = await self.post(self.url("send.php"), form)
+        body = await self.client.post(self.client.url("send.php"), form)
         by_digits = parse_send(body, numbers, rid, self.cfg)
         return {j.message.id: by_digits[only_digits(n)] for j, n in zip(batch.jobs, numbers)
                 if only_digits(n) in by_digits}
@@ -372,11 +377,10 @@ class SmscRoute(HttpRoute):
         """Ask status.php about the request id and every number: what SMSC has was accepted."""
         rid, numbers = self._request(batch)
         pairs = [(rid, only_digits(n)) for n in numbers]
-        found = parse_status(await self.post(self.url("status.php"), status_form(self.cfg, pairs)), self.cfg)
+        found = parse_status(await self.client.post(self.client.url("status.php"), status_form(self.cfg, pairs)), self.cfg)
         out: dict[int, Outcome] = {}
         for job, pair in zip(batch.jobs, pairs):
-            item = found.get(pair)
-            if item is not None and _int(item["status"], "status") != -3:
+            if _has(found.get(pair)):
                 out[job.message.id] = Accepted(smsc_id(*pair))
         return out  # the missing ones: SMSC does not have them (ResendPolicy decides when they go again)
 
@@ -398,7 +402,7 @@ class SmscRoute(HttpRoute):
 
     async def poll(self, items: Sequence[PollItem]) -> dict[int, tuple[int, Status | None]]:
         pairs = [split_smsc_id(i.smsc_id) for i in items]
-        found = parse_status(await self.post(self.url("status.php"), status_form(self.cfg, pairs)), self.cfg)
+        found = parse_status(await self.client.post(self.client.url("status.php"), status_form(self.cfg, pairs)), self.cfg)
         out: dict[int, tuple[int, Status | None]] = {}
         for item, pair in zip(items, pairs):
             st = found.get(pair)
@@ -464,14 +468,14 @@ class SmscRoute(HttpRoute):
         rid = random.randint(2 * VIBER_ID_BASE, MAX_ID)  # outside the ranges of row ids
         form = {**auth(self.cfg), "phones": number, "mes": "", "hlr": "1", "id": str(rid), "fmt": "3",
                 "charset": "utf-8"}
-        body = await self.post(self.url("send.php"), form)
+        body = await self.client.post(self.client.url("send.php"), form)
         _raise_error(body, self.cfg)
         return _int(body.get("id", rid), "id") if isinstance(body, dict) else rid
 
     async def hlr_result(self, request_id: int, number: str) -> HlrResult | None:
         """The HLR answer, or None while the home network has not replied."""
         pair = (request_id, only_digits(number))
-        found = parse_status(await self.post(self.url("status.php"), status_form(self.cfg, [pair], full=True)),
+        found = parse_status(await self.client.post(self.client.url("status.php"), status_form(self.cfg, [pair], full=True)),
                              self.cfg)
         item = found.get(pair)
         if item is None or _int(item.get("status"), "status") in (-1, 0):

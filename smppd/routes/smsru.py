@@ -3,7 +3,7 @@
 Wire format: reference/providers.md §1.  The functions at the top are the
 sans-I/O part (build a form, read an answer, read a callback) and carry all
 the provider knowledge; ``SmsRuRoute`` is the thin asyncio shell over
-``http_common.HttpRoute``.
+``http.HttpRoute``.
 
 SMS.ru has no idempotency key and no lookup by number, so a send whose answer
 was lost cannot be checked: it is resent (at-least-once, DESIGN.md) and
@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import aiohttp
 import structlog
 
 from .. import phone
@@ -32,18 +34,12 @@ from ..model import (
     smsru_status,
 )
 from ..model import PollItem
-from .http import (
-    Accepted,
-    Ambiguous,
-    BadCallback,
-    Batch,
-    ForgedCallback,
-    HttpRoute,
-    Outcome,
-    ProviderError,
-    Refused,
-    Retry,
-)
+from ..http_client import Ambiguous
+from .answers import Accepted, Outcome, ProviderError, Refused, Retry
+from ..store import Store
+from .http import BadCallback, ForgedCallback, HttpRoute
+from .provider_client import ProviderClient
+from .policy.batch import Batch
 
 log = structlog.get_logger(__name__)
 
@@ -204,30 +200,35 @@ def parse_cost(body: Any, cfg: SmsRuRouteConfig) -> Cost:
     return Cost(per, float(body.get("total_cost") or 0), int(body.get("total_sms") or 0))
 
 
+async def quote(client: ProviderClient, cfg: SmsRuRouteConfig, numbers: Sequence[str], text: str,
+                sender: str) -> Cost:
+    """sms/cost: what ``text`` to ``numbers`` would cost, without sending; no route or store needed."""
+    form = send_form(cfg, numbers, text, sender)
+    form.pop("ttl", None)
+    form.pop("test", None)
+    return parse_cost(await client.post(client.url("sms/cost"), form), cfg)
+
+
 # --- the route ------------------------------------------------------------------
 
 
 class SmsRuRoute(HttpRoute):
     kind = "smsru"
 
-    def __init__(self, cfg: SmsRuRouteConfig, *args: Any, **kw: Any) -> None:
-        self.batch_size = cfg.batch_size
-        self.batch_interval = cfg.batch_interval
-        super().__init__(cfg, *args, **kw)
+    def __init__(self, cfg: SmsRuRouteConfig, store: Store, http: aiohttp.ClientSession | None = None, *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(cfg, store, http, monotonic=monotonic)
         self.cfg: SmsRuRouteConfig = cfg
-
-    def url(self, method: str) -> str:
-        return self.cfg.base_url + method
 
     async def submit(self, batch: Batch) -> dict[int, Outcome]:
         numbers = [phone.digits(j.message.phone) for j in batch.jobs]
         sender, text, _ = batch.key
-        body = await self.post(self.url("sms/send"), send_form(self.cfg, numbers, text, sender))
+        body = await self.client.post(self.client.url("sms/send"), send_form(self.cfg, numbers, text, sender))
         by_number = parse_send(body, numbers, self.cfg)
         return {j.message.id: by_number[n] for j, n in zip(batch.jobs, numbers) if n in by_number}
 
     async def poll(self, items: Sequence[PollItem]) -> dict[int, tuple[int, Status | None]]:
-        body = await self.post(self.url("sms/status"), {
+        body = await self.client.post(self.client.url("sms/status"), {
             "api_id": self.cfg.api_id, "sms_id": ",".join(i.smsc_id for i in items), "json": "1"})
         codes = parse_status(body, self.cfg)
         out: dict[int, tuple[int, Status | None]] = {}
@@ -266,8 +267,4 @@ class SmsRuRoute(HttpRoute):
 
     async def cost(self, numbers: Sequence[str], text: str, sender: str) -> Cost:
         """Price and segment count without sending (``smppd cost``)."""
-        form = send_form(self.cfg, numbers, text, sender)
-        form.pop("ttl", None)
-        form.pop("test", None)
-        body = await self.post(self.url("sms/cost"), form)
-        return parse_cost(body, self.cfg)
+        return await quote(self.client, self.cfg, numbers, text, sender)

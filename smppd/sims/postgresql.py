@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import psycopg
+from ..store.postgres import create_database, create_schema, drop_schema
 
 DATABASE = "smppd"
 
@@ -74,8 +74,7 @@ class Cluster:
         # itself runs with fsync on.
         self._run("initdb", "-D", self.data, "-U", USER, "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
         self.restart()
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {DATABASE}")
+        create_database(self.url("postgres"), DATABASE)
 
     def restart(self) -> None:
         """Start the server (again, after ``crash``)."""
@@ -124,13 +123,11 @@ class Cluster:
     def new_schema(self) -> str:
         """An empty schema of its own (per test): the store migrates into it from nothing."""
         name = f"t{os.getpid()}_{next(self._schemas)}"
-        with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {name}")
+        create_schema(self.url(), name)
         return name
 
     def drop_schema(self, name: str) -> None:
-        with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        drop_schema(self.url(), name)
 
     def cpu(self) -> Any:
         """CPU seconds so far of the server (the postmaster, every live backend and helper, and

@@ -13,7 +13,7 @@ receipts whose ``deliver_sm_resp`` never came when a bind drops.
 
 Fault modes (throttling, drops, slow resps, queue-full bursts) go into a
 ``SubmitPolicy``; the default accepts everything. The bind and receipt faults of
-issue 14 are ``SimulatorConfig`` fields, each modelled on what the peers' trackers
+issue 14 are ``SimulatorConfig`` fields (``smpp_policy``), each modelled on what the peers' trackers
 and reference §4/§8 describe, not on our code: a stale session that answers
 ``ESME_RALYBND`` for a while after a crash, periodic SMSC unbinds (maintenance,
 load balancers), hex resp ids with decimal receipt ids (Nexmo), one receipt per
@@ -31,7 +31,7 @@ import hmac
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
@@ -62,15 +62,15 @@ from ..smpp.pdu import (
     status_name,
 )
 from .smpp_policy import (
-    _ERR_CODES,
     MESSAGE_STATES,
+    SimulatorConfig,
     SubmitPolicy,
     SubmittedSm,
     SubmitVerdict,
-    _preview,
     _submitted_sm,
     _wants_receipt,
     part_of,
+    receipt_fields,
 )
 
 QUERY_SM: Final = COMMAND_IDS["query_sm"]
@@ -84,43 +84,6 @@ _BIND_COMMANDS: Final = {
 }
 _DELIVER_SM_RESP: Final = COMMAND_IDS["deliver_sm_resp"]
 _UNBIND_RESP: Final = COMMAND_IDS["unbind_resp"]
-
-
-@dataclass
-class SimulatorConfig:
-    system_id: str = "SIMSMSC"
-    accounts: dict[str, str] = field(default_factory=lambda: {"smppd": "secret"})
-    receipt_delay: float = 0.05  # seconds after the submit_sm_resp
-    outcomes: dict[str, float] = field(default_factory=lambda: {"DELIVRD": 1.0})  # weights
-    id_format: str = "hex"  # "hex" (upper case) or "dec"
-    receipt_tlvs: bool = True  # receipted_message_id + message_state besides the text
-    seed: int | None = None  # makes the outcome of each submit reproducible
-    first_smsc_id: int = 0x5A000000
-    receipt_first: bool = False  # send the receipt before the submit_sm_resp (routine under load)
-    id_leading_zeros: int = 0  # pad resp ids with zeros ("0E999F21"), receipts drop them
-    id_lower_case_in_receipt: bool = False  # hex ids lower-case in the receipt only
-    receipt_ids_decimal: bool = False  # hex resp ids, the same ids in decimal in receipts
-    # statuses for the first binds, in order (e.g. ESME_RALYBND while an old bind lingers)
-    bind_refusals: list[int] = field(default_factory=list)
-    # every bind within this many seconds of start() gets ESME_RALYBND (our old session lingers)
-    stale_session: float = 0.0
-    unbind_every: float = 0.0  # SMSC-initiated unbind of every bind this often (0: never)
-    receipts: bool = True  # False: accepts everything and never sends a receipt
-    long_receipts: str = "all"  # "all" | "first" | "last": the parts of a long message that get one
-    query_sm: bool = True  # answer query_sm (False: generic_nack RINVCMDID, as many SMSCs do)
-
-    def __post_init__(self) -> None:
-        unknown = set(self.outcomes) - set(MESSAGE_STATES)
-        if unknown:
-            raise ValueError(f"outcomes: unknown stat words {sorted(unknown)}")
-        if any(w < 0 for w in self.outcomes.values()) or sum(self.outcomes.values()) <= 0:
-            raise ValueError("outcomes: weights must be >= 0 and not all 0")
-        if self.id_format not in ("hex", "dec"):
-            raise ValueError(f"id_format must be 'hex' or 'dec', not {self.id_format!r}")
-        if self.receipt_delay < 0:
-            raise ValueError("receipt_delay must be >= 0")
-        if self.long_receipts not in ("all", "first", "last"):
-            raise ValueError(f"long_receipts must be all, first or last, not {self.long_receipts!r}")
 
 
 @dataclass
@@ -460,7 +423,7 @@ class SmscSimulator:
                             message_id="0" * self.config.id_leading_zeros + sm.smsc_id)
         wants = _wants_receipt(sm.registered_delivery, outcome) and self._receipt_for_part(sm)
         if wants and self.config.receipt_first:
-            self._deliver(_Outbound(sm.system_id, self._receipt_fields(sm, outcome), is_receipt=True))
+            self._deliver(_Outbound(sm.system_id, receipt_fields(sm, outcome, self.config), is_receipt=True))
             wants = False
         self._answer(conn, resp, verdict.delay)
         if wants:
@@ -506,33 +469,7 @@ class SmscSimulator:
 
     async def _receipt_later(self, sm: SubmittedSm, outcome: str) -> None:
         await asyncio.sleep(self.config.receipt_delay)
-        self._deliver(_Outbound(sm.system_id, self._receipt_fields(sm, outcome), is_receipt=True))
-
-    def _receipt_fields(self, sm: SubmittedSm, outcome: str) -> dict[str, Any]:
-        assert sm.smsc_id is not None
-        submit_date = time.strftime("%y%m%d%H%M", time.gmtime(sm.submitted_at))
-        done_date = time.strftime("%y%m%d%H%M", time.gmtime())
-        delivered = "001" if outcome == "DELIVRD" else "000"
-        receipt_id = sm.smsc_id.lower() if self.config.id_lower_case_in_receipt else sm.smsc_id
-        if self.config.receipt_ids_decimal and self.config.id_format == "hex":
-            receipt_id = str(int(sm.smsc_id, 16))
-        text = (
-            f"id:{receipt_id} sub:001 dlvrd:{delivered} submit date:{submit_date} "
-            f"done date:{done_date} stat:{outcome} err:{_ERR_CODES[outcome]} "
-            f"text:{_preview(sm)}"
-        )
-        fields: dict[str, Any] = dict(
-            service_type="",
-            source_addr_ton=sm.dest_addr_ton, source_addr_npi=sm.dest_addr_npi,
-            source_addr=sm.destination_addr,
-            dest_addr_ton=sm.source_addr_ton, dest_addr_npi=sm.source_addr_npi,
-            destination_addr=sm.source_addr,
-            esm_class=0x04, data_coding=0x00,
-            short_message=text.encode("ascii", "replace"),
-        )
-        if self.config.receipt_tlvs:
-            fields.update(receipted_message_id=receipt_id, message_state=MESSAGE_STATES[outcome])
-        return fields
+        self._deliver(_Outbound(sm.system_id, receipt_fields(sm, outcome, self.config), is_receipt=True))
 
     def _deliver(self, outbound: _Outbound) -> None:
         """Send on a receiver-capable bind of the account, or keep it until one binds."""

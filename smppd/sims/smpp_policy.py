@@ -1,6 +1,9 @@
 """The simulated SMSC's decisions, apart from its sockets: what it was sent, what it answers
 to each submit_sm (``SubmitPolicy``: the fault modes), and which outcomes get a receipt.
 
+The SMSC's configurable faults (``SimulatorConfig``) and the text of its receipts
+(``receipt_fields``) are decisions too and live here.
+
 Why a module of its own: tests and benches script these (``ScriptedPolicy``,
 ``QueueFullBursts``) and measure with them (``part_of``, ``max_in_any_second``) without
 caring how the SMSC frames its PDUs.
@@ -226,3 +229,68 @@ def _preview(sm: SubmittedSm) -> str:
     except ValueError:
         return ""
     return words[:_RECEIPT_PREVIEW_CHARS].encode("ascii", "replace").decode("ascii")
+
+
+@dataclass
+class SimulatorConfig:
+    system_id: str = "SIMSMSC"
+    accounts: dict[str, str] = field(default_factory=lambda: {"smppd": "secret"})
+    receipt_delay: float = 0.05  # seconds after the submit_sm_resp
+    outcomes: dict[str, float] = field(default_factory=lambda: {"DELIVRD": 1.0})  # weights
+    id_format: str = "hex"  # "hex" (upper case) or "dec"
+    receipt_tlvs: bool = True  # receipted_message_id + message_state besides the text
+    seed: int | None = None  # makes the outcome of each submit reproducible
+    first_smsc_id: int = 0x5A000000
+    receipt_first: bool = False  # send the receipt before the submit_sm_resp (routine under load)
+    id_leading_zeros: int = 0  # pad resp ids with zeros ("0E999F21"), receipts drop them
+    id_lower_case_in_receipt: bool = False  # hex ids lower-case in the receipt only
+    receipt_ids_decimal: bool = False  # hex resp ids, the same ids in decimal in receipts
+    # statuses for the first binds, in order (e.g. ESME_RALYBND while an old bind lingers)
+    bind_refusals: list[int] = field(default_factory=list)
+    # every bind within this many seconds of start() gets ESME_RALYBND (our old session lingers)
+    stale_session: float = 0.0
+    unbind_every: float = 0.0  # SMSC-initiated unbind of every bind this often (0: never)
+    receipts: bool = True  # False: accepts everything and never sends a receipt
+    long_receipts: str = "all"  # "all" | "first" | "last": the parts of a long message that get one
+    query_sm: bool = True  # answer query_sm (False: generic_nack RINVCMDID, as many SMSCs do)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.outcomes) - set(MESSAGE_STATES)
+        if unknown:
+            raise ValueError(f"outcomes: unknown stat words {sorted(unknown)}")
+        if any(w < 0 for w in self.outcomes.values()) or sum(self.outcomes.values()) <= 0:
+            raise ValueError("outcomes: weights must be >= 0 and not all 0")
+        if self.id_format not in ("hex", "dec"):
+            raise ValueError(f"id_format must be 'hex' or 'dec', not {self.id_format!r}")
+        if self.receipt_delay < 0:
+            raise ValueError("receipt_delay must be >= 0")
+        if self.long_receipts not in ("all", "first", "last"):
+            raise ValueError(f"long_receipts must be all, first or last, not {self.long_receipts!r}")
+
+
+def receipt_fields(sm: SubmittedSm, outcome: str, config: SimulatorConfig) -> dict[str, Any]:
+    """The deliver_sm fields of the receipt of ``sm``, as ``config`` has the SMSC spell it."""
+    assert sm.smsc_id is not None
+    submit_date = time.strftime("%y%m%d%H%M", time.gmtime(sm.submitted_at))
+    done_date = time.strftime("%y%m%d%H%M", time.gmtime())
+    delivered = "001" if outcome == "DELIVRD" else "000"
+    receipt_id = sm.smsc_id.lower() if config.id_lower_case_in_receipt else sm.smsc_id
+    if config.receipt_ids_decimal and config.id_format == "hex":
+        receipt_id = str(int(sm.smsc_id, 16))
+    text = (
+        f"id:{receipt_id} sub:001 dlvrd:{delivered} submit date:{submit_date} "
+        f"done date:{done_date} stat:{outcome} err:{_ERR_CODES[outcome]} "
+        f"text:{_preview(sm)}"
+    )
+    fields: dict[str, Any] = dict(
+        service_type="",
+        source_addr_ton=sm.dest_addr_ton, source_addr_npi=sm.dest_addr_npi,
+        source_addr=sm.destination_addr,
+        dest_addr_ton=sm.source_addr_ton, dest_addr_npi=sm.source_addr_npi,
+        destination_addr=sm.source_addr,
+        esm_class=0x04, data_coding=0x00,
+        short_message=text.encode("ascii", "replace"),
+    )
+    if config.receipt_tlvs:
+        fields.update(receipted_message_id=receipt_id, message_state=MESSAGE_STATES[outcome])
+    return fields

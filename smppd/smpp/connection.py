@@ -18,7 +18,7 @@ import structlog
 from ..ops import metrics
 from ..config import SmppRouteConfig
 from .events import BindRejected, Bound, Terminated
-from .flow import Outcome, ReconnectBackoff
+from .reconnect import Outcome, ReconnectBackoff
 from .pdu import CREDENTIAL_STATUSES, status_name
 from .session import BindMode, Session, SessionConfig, Submit
 
@@ -135,8 +135,7 @@ class Connection:
     """One bind to an SMSC, kept up for as long as the route runs."""
 
     def __init__(self, name: str, host: str, port: int, session_config: SessionConfig, sink: EventSink, *,
-                 reconnect_min: float = 1.0, reconnect_max: float = 60.0,
-                 bind_retry_min: float | None = None) -> None:
+                 reconnect_min: float, reconnect_max: float, bind_retry_min: float) -> None:
         self.name = name
         self.host = host
         self.port = port
@@ -151,11 +150,8 @@ class Connection:
         self.binds = 0  # successful binds so far, for status and tests
         self.bind_failures = 0  # bind_resp refusals, for status and metrics
         self.connect_attempts = 0
-        # RALYBND, RBINDFAIL: the refused-bind clock (5 s unless configured, never below reconnect_min)
-        self.backoff = ReconnectBackoff(
-            reconnect_min, reconnect_max,
-            max(reconnect_min, bind_retry_min if bind_retry_min is not None else 5.0),
-        )
+        # RALYBND, RBINDFAIL: the refused-bind clock, never below reconnect_min
+        self.backoff = ReconnectBackoff(reconnect_min, reconnect_max, max(reconnect_min, bind_retry_min))
         self._outcome = Outcome.CONNECT_FAILED  # how the current attempt ended, set by _on_events
         self._unacked_drained = asyncio.Event()
         self._window: int | None = None  # AIMD override of session_config.window

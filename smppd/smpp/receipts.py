@@ -108,8 +108,8 @@ def _receipt_text(payload: bytes, data_coding: int) -> str:
 # one space between pairs, values of printable ASCII without spaces or colons, then
 # ``text:`` or the end.  In such a text the only colons are the keys' own, so the general
 # parser below finds exactly these keys and these values: one anchored match gives the
-# same dict at a fraction of the cost of scanning for every key (tests/
-# test_codec_fast_paths.py compares both over many texts).  Anything else takes the
+# same dict at a fraction of the cost of scanning for every key (tests/test_codec.py
+# compares both over many texts).  Anything else takes the
 # general parser.
 _VALUE = r"([!-9;-~]+)"
 _RECEIPT_CANONICAL = re.compile(

@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import phone, text
-from ..config import SmppRouteConfig
+from ..config import LONG_METHODS, SmppRouteConfig
 from ..model import OpenMessage
 from .pdu import ESM_CLASS_UDHI
 from .session import Submit
 
-UDH8, UDH16, SAR, PAYLOAD = "udh8", "udh16", "sar", "payload"
+UDH8, UDH16, SAR, PAYLOAD = LONG_METHODS  # the names config accepts for long_method
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,7 @@ def concat_ref(message: OpenMessage, ref16: bool) -> int:
     return ref & (0xFFFF if ref16 else 0xFF)
 
 
-def build_segments(message: OpenMessage, cfg: SmppRouteConfig | None = None, *,
-                   registered_delivery: int | None = None) -> list[SegmentJob]:
+def build_segments(message: OpenMessage, cfg: SmppRouteConfig) -> list[SegmentJob]:
     """The submit_sm of each open segment of a message.
 
     The concatenation reference is stored with the message, so a segment resent
@@ -55,16 +54,11 @@ def build_segments(message: OpenMessage, cfg: SmppRouteConfig | None = None, *,
     siblings and the handset can still join them.
     """
     encoded = route_encoding(cfg, message.text)
-    method = cfg.long_method if cfg is not None else UDH8
-    if registered_delivery is None:
-        registered_delivery = cfg.registered_delivery if cfg is not None else 1
+    method = cfg.long_method
     total = encoded.segments
     sender = message.sender
     numeric = sender.lstrip("+").isdigit()
-    if numeric:
-        ton, npi = (cfg.numeric_ton, cfg.numeric_npi) if cfg is not None else (1, 1)
-    else:
-        ton, npi = (cfg.alpha_ton, cfg.alpha_npi) if cfg is not None else (5, 0)
+    ton, npi = (cfg.numeric_ton, cfg.numeric_npi) if numeric else (cfg.alpha_ton, cfg.alpha_npi)
     ref = concat_ref(message, method == UDH16)
     source_addr = sender.lstrip("+") if numeric else sender
     destination_addr = phone.digits(message.phone) if message.open_segments else ""  # once, not per part
@@ -93,7 +87,7 @@ def build_segments(message: OpenMessage, cfg: SmppRouteConfig | None = None, *,
                     destination_addr=destination_addr,
                     esm_class=esm_class,
                     data_coding=encoded.data_coding,
-                    registered_delivery=registered_delivery,
+                    registered_delivery=cfg.registered_delivery,
                     short_message=body,
                     tlvs=tlvs,
                 ),

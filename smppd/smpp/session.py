@@ -178,36 +178,26 @@ class State(Enum):
 
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
+    """What one bind runs with. The daemon builds it from a validated ``SmppRouteConfig``
+    (``connection.session_config_for``), so the route's keys have no default and no check
+    here: both are written once, in ``smppd.config``. Only what no config key sets keeps a
+    default of its own."""
+
     system_id: str
     password: str = field(repr=False)  # never in repr(), so never in a log line
-    system_type: str = ""
-    bind_mode: BindMode = BindMode.TRANSCEIVER
+    system_type: str
+    bind_mode: BindMode
+    window: int  # outstanding submit_sm
+    enquire_link_interval: float  # sent when nothing has been sent for this long
+    response_timeout: float  # bind_resp, enquire_link_resp, submit_sm_resp, unbind_resp
+    receipt_id_base: str  # "as-is" | "hex" | "dec": passed to parse_receipt
+    # Base of the message_id in submit_sm_resp, when it differs from the receipts'
+    # (Kannel msg-id-type bit 0 vs bit 1, Jasmin dlr_msgid 1/2). None: same as receipt_id_base.
+    resp_id_base: str | None
     addr_ton: int = 0
     addr_npi: int = 0
     address_range: str = ""
-    window: int = 10  # outstanding submit_sm
-    enquire_link_interval: float = 30.0  # sent when nothing has been sent for this long
-    response_timeout: float = 10.0  # bind_resp, enquire_link_resp, submit_sm_resp, unbind_resp
     inactivity_timeout: float = 300.0  # nothing received at all for this long -> terminate
-    receipt_id_base: str = "as-is"  # "as-is" | "hex" | "dec": passed to parse_receipt
-    # Base of the message_id in submit_sm_resp, when it differs from the receipts'
-    # (Kannel msg-id-type bit 0 vs bit 1, Jasmin dlr_msgid 1/2). None: same as receipt_id_base.
-    resp_id_base: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "bind_mode", BindMode(self.bind_mode))
-        if self.window < 1:
-            raise ValueError(f"window must be >= 1, got {self.window}")
-        for name in ("enquire_link_interval", "response_timeout", "inactivity_timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("receipt_id_base", "resp_id_base"):
-            base = getattr(self, name)
-            if base is not None:
-                try:
-                    canonical_smsc_id("1", base)
-                except ValueError:
-                    raise ValueError(f"{name} must be as-is, hex or dec, got {base!r}") from None
 
 
 _NO_TLVS: Mapping[str, Any] = MappingProxyType({})
@@ -222,11 +212,11 @@ class Submit:
     source_addr_ton: int
     source_addr_npi: int
     destination_addr: str  # digits, no '+'
+    registered_delivery: int  # the route's (SmppRouteConfig.registered_delivery)
     dest_addr_ton: int = 1
     dest_addr_npi: int = 1
     esm_class: int = 0
     data_coding: int = 0
-    registered_delivery: int = 1
     short_message: bytes = b""
     # Extra fields for encode: sar_* TLVs, message_payload (then short_message must be
     # empty), validity_period, ...

@@ -303,3 +303,29 @@ class PostgresEngine(Engine):
 
     def open_error(self, e: BaseException) -> tuple[str, bool]:
         return self.problem(e), self.storage_error(e)
+
+
+# --- a server's own administration (the throwaway cluster of the tests and benchmarks) ----
+
+
+def _quote_ident(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"not a plain identifier: {name!r}")
+    return name
+
+
+def create_database(url: str, name: str) -> None:
+    """CREATE DATABASE ``name`` through ``url`` (outside a transaction, as it must be)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {_quote_ident(name)}")
+
+
+def create_schema(url: str, name: str) -> None:
+    """An empty schema (a store migrates into it from nothing when its search_path names it)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {_quote_ident(name)}")
+
+
+def drop_schema(url: str, name: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {_quote_ident(name)} CASCADE")

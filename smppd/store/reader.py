@@ -4,19 +4,32 @@ Either engine (``engine.connect_readonly``): SQLite's WAL, or PostgreSQL's MVCC,
 read while the writer writes; it never takes the writer's lock and never
 queues work on it. The journal (``smppd.ops.journal``: status log lines, the store's
 metrics) and ``smppd report`` (which works with the daemon stopped) read through it.
-The caller owns the connection (``connect_readonly``); these are the reads over it.
+The caller owns the connection (``connect_readonly``); these are the reads over it, each
+a plain function of the connection that returns records of ``smppd.model``, so no module
+outside the store writes SQL or imports the engine: ``Connection`` and ``read_errors`` are
+what a caller names instead. The SQL is kept plain (the day of a timestamp in ``_day`` is
+SQLite's spelling, which the PostgreSQL connection translates) so either engine runs it.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
+from ..model import FINAL, DayCount, DeliveryTime, IgnoredEvent, SettledRow, Status, StoreFigures, TailEvent
 from .database import engine_for
-from .engine import Connection
+from .engine import Connection, database_errors, redact  # noqa: F401 -- named by callers through reader
 
-_FINALS = "('delivered','undelivered','expired','rejected','failed')"
+
+def read_errors() -> tuple[type[BaseException], ...]:
+    """What a read raises when the store cannot be read (missing file, no permission, locked,
+    a PostgreSQL server gone): callers catch these (``except read_errors()``), never the
+    engines' own classes. A function, not a constant: psycopg's errors are included once it
+    is loaded, and it is loaded only for a PostgreSQL store (it costs ~80 ms to import)."""
+    return database_errors()
+
+
+_FINALS = "(" + ",".join(f"'{s.value}'" for s in sorted(FINAL)) + ")"  # the model's words, as an SQL list
 # Every new event, lean: what counting it needs, the receipt latency of an applied final (its
 # segment's accepted event is looked up for those only), and whether it may be the event that
 # settled its message (its status and time are the message's). Most events are counted and
@@ -52,7 +65,7 @@ def connect_readonly(database: str) -> Connection:
 
 
 @contextmanager
-def view(db: sqlite3.Connection) -> Iterator[None]:
+def view(db: Connection) -> Iterator[None]:
     """One consistent view for the reads inside (a read transaction; on PostgreSQL a
     repeatable-read one, as SQLite's snapshot is)."""
     db.execute("BEGIN")
@@ -65,56 +78,55 @@ def view(db: sqlite3.Connection) -> Iterator[None]:
 # --- the journal ----------------------------------------------------------------------
 
 
-def last_event(db: sqlite3.Connection) -> int:
+def last_event(db: Connection) -> int:
+    """The newest event's id (0 when there is none): where a tail that starts now begins."""
     return int(db.execute("SELECT coalesce(max(id), 0) FROM event").fetchone()[0])
 
 
-def events_after(db: sqlite3.Connection, after: int,
-                 limit: int) -> list[tuple[int, int, str, int, str, float | None, int]]:
-    """(event id, row id, status, applied, route, receipt latency of an applied final or
-    None, whether it may be the event that settled its message), oldest first."""
-    return db.execute(_TAIL_SQL, (after, limit)).fetchall()
+def events_after(db: Connection, after: int, limit: int) -> list[TailEvent]:
+    """Up to ``limit`` events newer than ``after``, oldest first."""
+    return list(map(TailEvent._make, db.execute(_TAIL_SQL, (after, limit))))
 
 
-def finals(db: sqlite3.Connection, ids: list[int]) -> Iterator[tuple[Any, ...]]:
-    """(id, b24_id, route, status, reason, seconds taken, SMSC id) per message and
-    segment with an SMSC id (one row with None when none has), by message and seq."""
-    return _by_ids(db, _FINAL_SQL, ids)
+def finals(db: Connection, ids: list[int]) -> Iterator[SettledRow]:
+    """Per message of ``ids``, one row per segment with an SMSC id (one row with None when
+    none has), by message and seq."""
+    return map(SettledRow._make, _by_ids(db, _FINAL_SQL, ids))
 
 
-def events(db: sqlite3.Connection, ids: list[int]) -> Iterator[tuple[Any, ...]]:
-    """(event id, row id, b24_id, route, seq, status, the message's status, detail)."""
-    return _by_ids(db, _IGNORED_SQL, ids)
+def events(db: Connection, ids: list[int]) -> Iterator[IgnoredEvent]:
+    """The events of ``ids`` with their message's ids, route and status."""
+    return map(IgnoredEvent._make, _by_ids(db, _IGNORED_SQL, ids))
 
 
-def figures(db: sqlite3.Connection) -> tuple[dict[tuple[str, str], int], dict[str, tuple[int, float]], int]:
+def figures(db: Connection) -> StoreFigures:
     """Messages per (route, status); per portal the outbox's size and oldest created_at;
     receipts waiting for their resp. Call inside ``view`` for one consistent set."""
     messages = {(r, s): n for r, s, n in db.execute("SELECT route, status, count(*) FROM message GROUP BY 1, 2")}
     outbox = {m: (n, oldest) for m, n, oldest in db.execute(
         "SELECT member_id, count(*), min(created_at) FROM outbox GROUP BY 1")}
     pending = db.execute("SELECT count(*) FROM receipt_pending WHERE expired=0").fetchone()[0]
-    return messages, outbox, pending
+    return StoreFigures(messages, outbox, pending)
 
 
 # --- smppd report ---------------------------------------------------------------------
 
 
-def daily_counts(db: sqlite3.Connection, cutoff: float, utc: bool) -> Iterable[tuple[str, str, str, int, int]]:
-    """(day, route, status, messages, segments) of the messages received since ``cutoff``."""
-    return db.execute(
+def daily_counts(db: Connection, cutoff: float, utc: bool) -> Iterator[DayCount]:
+    """Messages and segments per day, route and status, of the messages received since ``cutoff``."""
+    return map(DayCount._make, db.execute(
         f"SELECT {_day(utc)}, route, status, count(*), sum(segments) FROM message WHERE created_at >= ?"
-        " GROUP BY 1, 2, 3", (cutoff,))
+        " GROUP BY 1, 2, 3", (cutoff,)))
 
 
-def delivery_times(db: sqlite3.Connection, cutoff: float, utc: bool) -> Iterable[tuple[str, str, float]]:
-    """(day, route, seconds from intake to delivered) of the delivered messages received since ``cutoff``."""
-    return db.execute(
+def delivery_times(db: Connection, cutoff: float, utc: bool) -> Iterator[DeliveryTime]:
+    """The delivered messages received since ``cutoff``, each with its time from intake to delivered."""
+    return map(DeliveryTime._make, db.execute(
         f"SELECT {_day(utc)}, route, updated_at - created_at FROM message"
-        " WHERE created_at >= ? AND status = 'delivered'", (cutoff,))
+        " WHERE created_at >= ? AND status = ?", (cutoff, Status.DELIVERED.value)))
 
 
-def channels(db: sqlite3.Connection) -> dict[str, int]:
+def channels(db: Connection) -> dict[str, int]:
     """How a Viber-first route's messages went out (the channel column): Viber or the SMS fallback."""
     rows = db.execute(
         "SELECT channel, count(*) FROM message WHERE channel IN ('viber', 'viber_fallback') GROUP BY 1").fetchall()
@@ -125,7 +137,7 @@ def _day(utc: bool) -> str:
     return "date(created_at, 'unixepoch')" if utc else "date(created_at, 'unixepoch', 'localtime')"
 
 
-def _by_ids(db: sqlite3.Connection, sql: str, ids: list[int]) -> Iterator[tuple[Any, ...]]:
+def _by_ids(db: Connection, sql: str, ids: list[int]) -> Iterator[tuple[Any, ...]]:
     """The rows of ``sql`` (an ``IN ({})`` of ids) for all of ``ids``, ``_CHUNK`` at a time."""
     for i in range(0, len(ids), _CHUNK):
         chunk = ids[i:i + _CHUNK]

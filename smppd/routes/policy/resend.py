@@ -2,7 +2,7 @@
 
 Sans-I/O (h11 style): the route tells the policy what happened to a request
 and when (``now``), and the policy answers with a decision and its time; it
-never sleeps or sends.  The route (``http_common.HttpRoute``) is the shell
+never sleeps or sends.  The route (``routes/http.py``) is the shell
 that carries the decisions out.
 
 Why it exists: an SMSC.ru send whose answer was lost, while ``status.php`` was
@@ -33,7 +33,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Collection, Iterable, Mapping
 
-from ..backoff import backoff
+from ...backoff import backoff
 
 
 @dataclass(frozen=True)

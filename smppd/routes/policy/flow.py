@@ -1,11 +1,12 @@
-"""Sans-I/O flow policy of one SMPP route: when to pause, how fast to send, when to rebind.
+"""Sans-I/O flow policy of one SMPP route: when to pause and how fast to send.
 
 Nothing here reads a clock or touches a socket: every call takes ``now`` (a
-monotonic float, ``loop.time()``) and returns what to do; the asyncio route and
-connection (``routes/smpp.py``, ``connection.py``) only apply the answers.
-That keeps the decisions testable second by second without an SMSC.
+monotonic float, ``loop.time()``) and returns what to do; the asyncio route
+(``routes/smpp.py``) only applies the answers. That keeps the decisions
+testable second by second without an SMSC. How soon one bind reconnects is the
+connection's business (``smpp/reconnect.py``).
 
-Why the three congestion signals are treated differently (reference §4, §8,
+Why the two congestion signals are treated differently (reference §4, §8,
 issue 14):
 
 * ``ESME_RMSGQFUL`` (0x14) says the SMSC's queue is full *now*, not that we
@@ -19,22 +20,13 @@ issue 14):
   (multiplicative decrease, at most once per ``hold``, since every submit in
   flight comes back refused too), then climb back to the configured rate
   linearly within ``recovery`` seconds of the last throttle. The old additive
-  increase (+1/value per success) took minutes.
-* A refused bind (``ESME_RALYBND`` from a stale session, ``RBINDFAIL``) must
-  not be retried fast: some SMSCs lock an account after a burst of failed
-  binds. A bind that was up and working, on the other hand, earns a prompt
-  rebind (maintenance unbinds must not lengthen the outage each time).
+  increase (+1/value per success, TCP's congestion avoidance) took minutes.
 """
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from dataclasses import dataclass
-from enum import Enum
-
-from ..backoff import backoff
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,48 +145,3 @@ class FlowPolicy:
         if self._cut_at is not None:
             times.append(self._cut_at + self.hold + self.recovery)
         return min(times) if times else None
-
-
-class Outcome(Enum):
-    CONNECT_FAILED = "connect failed"  # no TCP connection, or it died before the bind_resp
-    BIND_REFUSED = "bind refused"  # bind_resp with an error (RALYBND, RBINDFAIL, ...)
-    CREDENTIALS = "credentials refused"  # RINVPASWD / RINVSYSID
-    WAS_BOUND = "was bound"  # the bind was up; the SMSC or the network ended it
-
-
-class ReconnectBackoff:
-    """How long to wait before the next connection attempt, from how the last one ended.
-
-    Connect failures double from ``minimum`` (an operator that is down); a bind that
-    was up restarts at ``minimum`` (a maintenance unbind costs about a second);
-    refused binds double from ``bind_refused_min``, since each one counts towards an
-    account lock at some SMSCs; wrong credentials wait ``maximum``. The jitter of
-    ``smppd.backoff`` keeps the binds of several daemons apart.
-    """
-
-    def __init__(self, minimum: float, maximum: float, bind_refused_min: float, *,
-                 rng: random.Random | None = None) -> None:
-        self.minimum = minimum
-        self.maximum = maximum
-        self.bind_refused_min = bind_refused_min
-        self._rng = rng or random.Random()
-        self._connect_failures = 0
-        self._bind_refusals = 0
-
-    def next_delay(self, outcome: Outcome) -> float:
-        if outcome is Outcome.WAS_BOUND:
-            self._connect_failures = self._bind_refusals = 0
-            return backoff(1, self.minimum, self.maximum, self._rng)
-        if outcome is Outcome.CREDENTIALS:
-            self._bind_refusals += 1
-            return backoff(1, self.maximum, self.maximum, self._rng)
-        if outcome is Outcome.BIND_REFUSED:
-            self._bind_refusals += 1
-            return backoff(self._bind_refusals, self.bind_refused_min, self.maximum, self._rng)
-        self._connect_failures += 1
-        if self._bind_refusals:
-            # a bind refused before keeps the longer clock: the SMSC still knows the account,
-            # and each connect failure doubles it further
-            attempt = self._bind_refusals + self._connect_failures - 1
-            return backoff(attempt, self.bind_refused_min, self.maximum, self._rng)
-        return backoff(self._connect_failures, self.minimum, self.maximum, self._rng)
