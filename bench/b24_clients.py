@@ -19,7 +19,8 @@ import time
 import aiohttp
 
 from smppd.sims.bitrix24 import SimulatedPortal
-from smppd.bitrix24.rest import PortalAuth, RestClient, RestError
+from smppd.model import PortalRecord
+from smppd.bitrix24.rest import RestClient, RestError
 
 CODE = "by_sms_main"
 UPDATE = "messageservice.message.status.update"
@@ -48,9 +49,7 @@ async def main(batches: int) -> None:
     async with SimulatedPortal(rate=None) as portal, aiohttp.ClientSession() as http, \
             aiohttp.ClientSession(raise_for_status=True) as fb_http:
         a = portal.install_auth()
-        ours = RestClient(http, PortalAuth(**{k: a[k] for k in (
-            "member_id", "domain", "client_endpoint", "server_endpoint", "access_token", "refresh_token",
-            "client_id", "client_secret")}), rate=None,
+        ours = RestClient(http, PortalRecord(**a), rate=None,
                           max_operating_wait=5.0)  # the 429 below lasts 1.5 s, not the 10-min window
 
         async def token() -> str:

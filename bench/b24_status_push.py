@@ -24,7 +24,8 @@ import structlog
 
 from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.bitrix24.pusher import StatusPusher
-from smppd.bitrix24.rest import PortalAuth, RestClient
+from smppd.model import PortalRecord
+from smppd.bitrix24.rest import RestClient
 from smppd.model import Status
 from smppd.model import NewMessage
 from smppd.store import Store
@@ -39,9 +40,7 @@ async def main(n: int, rate: float, burst: int, receipts_per_s: float) -> None:
     await store.open()
     a = portal.install_auth()
     async with aiohttp.ClientSession() as http:
-        client = RestClient(http, PortalAuth(**{k: a[k] for k in (
-            "member_id", "domain", "client_endpoint", "server_endpoint", "access_token", "refresh_token",
-            "client_id", "client_secret")}), rate=rate, burst=burst)
+        client = RestClient(http, PortalRecord(**a), rate=rate, burst=burst)
         pusher = StatusPusher(store, client)
         batch_sizes: list[int] = []
         push = pusher.push

@@ -4,7 +4,7 @@ while the status pusher keeps delivering a steady stream of statuses to the same
 A simulated portal (2 requests/s, burst 50, 503 ``QUERY_LIMIT_EXCEEDED`` beyond) holds
 ``--contacts`` contacts (plus a tenth as many leads and companies) whose numbers are stored
 the ways CRMs hold them (``8029…``, ``375 44 …``, ``29 1…``, ``+7 …``, typos). The real job
-(bitrix24/contacts.py) runs through the real REST client at bulk priority, the real pusher
+(bitrix24/contacts/) runs through the real REST client at bulk priority, the real pusher
 drains the real store's outbox through the same client; receipts arrive at ``--statuses``/s.
 Printed per phase: time, entities per minute, requests, against the ceiling the budget
 allows (2 × 50 = 100 entities a second when each request carries 50 entities), and the
@@ -26,7 +26,8 @@ import structlog
 from smppd.bitrix24.contacts import ContactsJob
 from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.bitrix24.pusher import StatusPusher
-from smppd.bitrix24.rest import PortalAuth, RestClient
+from smppd.model import PortalRecord
+from smppd.bitrix24.rest import RestClient
 from smppd.model import Status
 from smppd.model import NewMessage
 from smppd.store import Store
@@ -89,9 +90,7 @@ async def main(contacts: int, statuses: float, rate: float, burst: int) -> None:
     await store.open()
     a = portal.install_auth()
     async with aiohttp.ClientSession() as http:
-        client = RestClient(http, PortalAuth(**{k: a[k] for k in (
-            "member_id", "domain", "client_endpoint", "server_endpoint", "access_token", "refresh_token",
-            "client_id", "client_secret")}), rate=rate, burst=burst)
+        client = RestClient(http, PortalRecord(**a), rate=rate, burst=burst)
         pusher = StatusPusher(store, client)
         feed = StatusFeed(portal, store, statuses)
         tasks = [asyncio.create_task(pusher.run()), asyncio.create_task(feed.run())]

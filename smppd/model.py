@@ -21,7 +21,7 @@ parameters, log fields):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -345,15 +345,28 @@ class OutboxItem(NamedTuple):
 
 @dataclass(frozen=True)
 class PortalRecord:
+    """One Bitrix24 portal (one install of our local app), keyed by ``member_id``: its only record.
+
+    Why one: the store keeps it, an install event proves and builds it, a ``[[portal]]`` of the
+    config is one (``config.PortalConfig``), the REST client talks with it and hands back the
+    refreshed one to be stored before it is used. Nothing converts between shapes, so a field
+    cannot be dropped on the way (the ``application_token`` a refresh must keep, say).
+    Secrets and tokens stay out of ``repr``: a record in a log line or a traceback leaks none.
+    """
+
     member_id: str
     domain: str
     client_endpoint: str
     server_endpoint: str
     client_id: str
-    client_secret: str
-    application_token: str
-    access_token: str
-    refresh_token: str
+    client_secret: str = field(repr=False)
+    application_token: str = field(repr=False)
+    access_token: str = field(default="", repr=False)
+    refresh_token: str = field(default="", repr=False)
+
+    def with_tokens(self, access_token: str, refresh_token: str) -> PortalRecord:
+        """The same portal with another OAuth pair (a refresh rotated it, an event brought it)."""
+        return replace(self, access_token=access_token, refresh_token=refresh_token)
 
 
 @dataclass

@@ -135,7 +135,7 @@ async def test_domain_with_a_port_installs_and_serves(tmp_path):
     try:
         await install(rig, portal)
         assert stored_events(rig) == []
-        assert rig.daemon.pushers[portal.member_id].client.auth.domain == "crm.example.by:8443"
+        assert rig.daemon.pushers[portal.member_id].client.portal.domain == "crm.example.by:8443"
         b24_id, status = await send(portal, "by_life")
         assert status == 200
         await until(lambda: portal.messages[b24_id].status == "delivered")

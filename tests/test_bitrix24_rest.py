@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -13,7 +14,8 @@ import pytest
 from aiohttp import web
 
 from smppd.sims.bitrix24 import SimulatedPortal
-from smppd.bitrix24.rest import PortalAuth, RestClient, RestError, encode_params, refresh_tokens, token_url
+from smppd.bitrix24.rest import RestClient, RestError, encode_params, refresh_tokens, token_url
+from smppd.model import PortalRecord
 
 CODE = "by_sms_main"
 UPDATE = "messageservice.message.status.update"
@@ -34,13 +36,8 @@ async def portal():
         yield sim
 
 
-def auth_of(sim: SimulatedPortal) -> PortalAuth:
-    data = sim.install_auth()
-    return PortalAuth(
-        member_id=data["member_id"], domain=data["domain"], client_endpoint=data["client_endpoint"],
-        server_endpoint=data["server_endpoint"], access_token=data["access_token"],
-        refresh_token=data["refresh_token"], client_id=data["client_id"], client_secret=data["client_secret"],
-    )
+def auth_of(sim: SimulatedPortal) -> PortalRecord:
+    return PortalRecord(**sim.install_auth())
 
 
 def make_client(http: aiohttp.ClientSession, sim: SimulatedPortal, **kw) -> RestClient:
@@ -299,9 +296,9 @@ def test_token_url_is_derived_from_server_endpoint():
 
 @pytest.mark.integration
 async def test_expired_token_refreshes_exactly_once_for_20_concurrent_calls(http, portal):
-    persisted: list[PortalAuth] = []
+    persisted: list[PortalRecord] = []
 
-    async def on_tokens(new: PortalAuth) -> None:
+    async def on_tokens(new: PortalRecord) -> None:
         # The rotated pair reaches us before anyone has used it.
         assert portal.uses_of(new.access_token) == 0
         assert new.refresh_token == portal.refresh_token
@@ -309,7 +306,7 @@ async def test_expired_token_refreshes_exactly_once_for_20_concurrent_calls(http
         persisted.append(new)
 
     client = make_client(http, portal, on_tokens=on_tokens)
-    old = client.auth
+    old = client.portal
     ids = [new_message(portal) for _ in range(21)]
     await client.call(UPDATE, {"CODE": CODE, "MESSAGE_ID": ids[0], "STATUS": "delivered"})
     portal.expire_access_token()
@@ -318,8 +315,8 @@ async def test_expired_token_refreshes_exactly_once_for_20_concurrent_calls(http
                            for mid in ids[1:]))
 
     assert portal.refreshes == 1 and len(persisted) == 1
-    assert client.auth == persisted[0] and client.auth.access_token != old.access_token
-    assert client.auth.domain == portal.domain  # not the OAuth server's host from the token response
+    assert client.portal == persisted[0] and client.portal.access_token != old.access_token
+    assert client.portal.domain == portal.domain  # not the OAuth server's host from the token response
     assert all(portal.messages[mid].status == "delivered" for mid in ids)
     with pytest.raises(RestError) as info:
         await refresh_tokens(http, old)  # the rotated-away refresh token is dead
@@ -351,7 +348,7 @@ async def test_refresh_with_wrong_client_secret(http, portal):
 async def test_failed_persist_keeps_new_tokens_pending(http, portal):
     calls = 0
 
-    async def flaky(new: PortalAuth) -> None:
+    async def flaky(new: PortalRecord) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -364,7 +361,7 @@ async def test_failed_persist_keeps_new_tokens_pending(http, portal):
     assert info.value.code == "token_persist_failed"
     assert portal.uses_of(portal.access_token) == 0  # never used unpersisted
     assert await client.call("messageservice.sender.list") == []
-    assert calls == 2 and portal.refreshes == 1 and client.auth.access_token == portal.access_token
+    assert calls == 2 and portal.refreshes == 1 and client.portal.access_token == portal.access_token
 
 
 # ---------------------------------------------------------------------- limits and retries
@@ -558,7 +555,7 @@ def test_form_urlencode_is_urlencode_byte_for_byte():
 
 
 def test_command_value_is_the_command_encoded_twice():
-    """A batch command's form value, built piecewise, equals quoting the whole command (rest.py)."""
+    """A batch command's form value, built piecewise, equals quoting the whole command (rest/form.py)."""
     import random
 
     from smppd.bitrix24.rest import command_value, encode_params, form_urlencode
@@ -587,13 +584,47 @@ def test_a_moved_portal_keeps_the_port_of_its_domain():
     answer's client_endpoint is host:port, as Bitrix24 reports it in auth[domain]."""
     import json as _json
 
-    from smppd.bitrix24.rest import PortalAuth, _parse_token_response
+    from smppd.bitrix24.rest.oauth import parse_token_response
 
-    auth = PortalAuth(member_id="m", domain="crm.example.by:8443", client_endpoint="https://old.example.by:8443/rest/",
-                      server_endpoint="https://oauth.bitrix.info/rest/", access_token="a", refresh_token="r",
-                      client_id="c", client_secret="s")
+    auth = PortalRecord(member_id="m", domain="crm.example.by:8443", client_endpoint="https://old.example.by:8443/rest/",
+                        server_endpoint="https://oauth.bitrix.info/rest/", access_token="a", refresh_token="r",
+                        client_id="c", client_secret="s", application_token="app")
     answer = {"access_token": "a2", "refresh_token": "r2", "member_id": "m",
               "client_endpoint": "https://CRM.example.by:8443/rest/"}
-    assert _parse_token_response(auth, 200, _json.dumps(answer)).domain == "crm.example.by:8443"
+    assert parse_token_response(auth, 200, _json.dumps(answer)).domain == "crm.example.by:8443"
     answer["client_endpoint"] = "https://new.bitrix24.by/rest/"
-    assert _parse_token_response(auth, 200, _json.dumps(answer)).domain == "new.bitrix24.by"
+    assert parse_token_response(auth, 200, _json.dumps(answer)).domain == "new.bitrix24.by"
+
+
+@pytest.mark.integration
+async def test_refresh_retries_only_what_never_reached_the_oauth_server(http):
+    """A refresh that may have reached the server is never sent again: the server may have
+    rotated (spent) the refresh token, and a second try would only turn into invalid_grant.
+    One that could not connect is retried (http_client.Unavailable)."""
+    import socket
+
+    record = PortalRecord("m", "shop.bitrix24.by", "http://127.0.0.1:1/rest/", "", "c", "s", "app", "a", "r")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(RestError) as info:
+        await refresh_tokens(http, dataclasses.replace(record, server_endpoint=f"http://127.0.0.1:{port}/rest/"))
+    assert (info.value.code, info.value.description) == ("network", "ClientConnectorError")
+
+    connections: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)  # reads the request, never answers
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(RestError) as info:
+            await refresh_tokens(http, dataclasses.replace(record, server_endpoint=f"http://127.0.0.1:{port}/rest/"),
+                                 timeout=aiohttp.ClientTimeout(total=0.3))
+        assert info.value.code == "network" and len(connections) == 1
+    finally:
+        for w in connections:
+            w.close()
+        server.close()
+        await server.wait_closed()

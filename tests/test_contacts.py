@@ -12,14 +12,12 @@ import pytest
 
 from smppd.bitrix24.contacts import INVALID_FIELD, ContactsJob, classify, plan_update
 from smppd.sims.bitrix24 import SimulatedPortal
-from smppd.bitrix24.rest import PRIORITY_BULK, PortalAuth, RestClient, RestError
+from smppd.bitrix24.rest import PRIORITY_BULK, RestClient, RestError
+from smppd.model import PortalRecord
 
 
-def _auth(portal: SimulatedPortal) -> PortalAuth:
-    return PortalAuth(member_id=portal.member_id, domain=portal.domain, client_endpoint=portal.client_endpoint,
-                      server_endpoint=portal.server_endpoint, access_token=portal.access_token,
-                      refresh_token=portal.refresh_token, client_id=portal.client_id,
-                      client_secret=portal.client_secret)
+def _auth(portal: SimulatedPortal) -> PortalRecord:
+    return PortalRecord(**portal.install_auth())
 
 
 @pytest.fixture

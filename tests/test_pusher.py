@@ -5,7 +5,8 @@ import pytest
 
 from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.bitrix24.pusher import OUTAGE_MAX, StatusPusher
-from smppd.bitrix24.rest import PortalAuth, RestClient
+from smppd.bitrix24.rest import RestClient
+from smppd.model import PortalRecord
 from smppd.model import Status
 from smppd.model import NewMessage
 from smppd.store import Store
@@ -18,10 +19,7 @@ async def setup(store):
     portal = SimulatedPortal(rate=None)
     await portal.start()
     http = aiohttp.ClientSession()
-    auth = PortalAuth(member_id=portal.member_id, domain=portal.domain, client_endpoint=portal.client_endpoint,
-                      server_endpoint=portal.server_endpoint, access_token=portal.access_token,
-                      refresh_token=portal.refresh_token, client_id=portal.client_id,
-                      client_secret=portal.client_secret)
+    auth = PortalRecord(**portal.install_auth())
     client = RestClient(http, auth, rate=None, max_attempts=2, backoff_base=0.01, backoff_max=0.02)
     yield portal, store, StatusPusher(store, client)
     await http.close()
@@ -114,9 +112,7 @@ async def test_rate_limit_storm_is_ridden_out(store):
     portal = SimulatedPortal(rate=20.0, burst=1)
     await portal.start()
     async with aiohttp.ClientSession() as http:
-        a = portal.install_auth()
-        auth = PortalAuth(**{k: a[k] for k in ("member_id", "domain", "client_endpoint", "server_endpoint",
-                                               "access_token", "refresh_token", "client_id", "client_secret")})
+        auth = PortalRecord(**portal.install_auth())
         client = RestClient(http, auth, rate=None, max_attempts=50, backoff_base=0.01, backoff_max=0.05)
         pusher = StatusPusher(store, client)
         ids = await accepted_and_delivered(portal, store, 300)

@@ -8,7 +8,8 @@ import pytest
 
 from smppd.sims.bitrix24 import SimulatedPortal
 from smppd.bitrix24.registration import explain, handler_url, register, unregister
-from smppd.bitrix24.rest import PortalAuth, RestClient, RestError
+from smppd.bitrix24.rest import RestClient, RestError
+from smppd.model import PortalRecord
 from smppd.config import SenderConfig
 
 SENDERS = [SenderConfig(code="by_life", route="life", sender_id="Shop", name="SMS (life:))"),
@@ -26,8 +27,7 @@ async def portal():
 @pytest.fixture
 async def client(portal):
     async with aiohttp.ClientSession() as http:
-        a = portal.install_auth()
-        yield RestClient(http, PortalAuth(**{f.name: a[f.name] for f in dataclasses.fields(PortalAuth)}),
+        yield RestClient(http, PortalRecord(**portal.install_auth()),
                          rate=None, backoff_base=0.01, backoff_max=0.02, max_attempts=2)
 
 
@@ -56,7 +56,7 @@ async def test_loopback_handler_is_refused_with_a_hint(client):
 @pytest.mark.integration
 async def test_non_admin_token_is_explained(portal, client):
     _, form = portal.create_message("by_life", "+375291234567", "x")
-    client.adopt(dataclasses.replace(client.auth, access_token=dict(form)["auth[access_token]"]))
+    client.adopt(dataclasses.replace(client.portal, access_token=dict(form)["auth[access_token]"]))
     report = await register(client, SENDERS, public_url=PUBLIC, handler_key=KEY)
     assert list(report.errors) == ["*"] and "ACCESS_DENIED" in report.errors["*"]
     assert "administrator" in report.errors["*"] and portal.senders == {}

@@ -41,10 +41,10 @@ import structlog
 
 from ..ops import metrics
 from ..backoff import backoff
-from ..config import AppConfig, Config, normalize_domain
+from ..config import AppConfig, Config, PortalConfig, normalize_domain
 from ..rpc import RpcError
 from ..model import PortalRecord, StoredAppEvent
-from .rest import PortalAuth, RestClient, RestError, refresh_tokens
+from .rest import RestClient, RestError, refresh_tokens
 
 log = structlog.get_logger(__name__)
 
@@ -113,18 +113,19 @@ class AppEvent:
         return {k: getattr(self, k) for k in _ALWAYS_KEYS + _TOKEN_KEYS if getattr(self, k)}
 
 
-def credentials(config: Config, member_id: str, domain: str) -> AppConfig | None:
+#: Our app's credentials, endpoints and REST budget on one portal: an ``[[app]]``, or a
+#: ``[[portal]]``, which carries the same fields (and the tokens an event would bring).
+Credentials = AppConfig | PortalConfig
+
+
+def credentials(config: Config, member_id: str, domain: str) -> Credentials | None:
     """What makes us trust an event for this portal: its ``[[app]]`` by domain, or a
     hand-written ``[[portal]]`` for its member_id (which then completes a pending install)."""
     app = config.apps.get(domain)
     if app is not None:
         return app
     p = config.portals.get(member_id)
-    if p is not None and p.domain == domain:
-        return AppConfig(domain=p.domain, client_id=p.client_id, client_secret=p.client_secret,
-                         client_endpoint=p.client_endpoint, server_endpoint=p.server_endpoint,
-                         rate=p.rate, burst=p.burst)
-    return None
+    return p if p is not None and p.domain == domain else None
 
 
 class Verdict(enum.Enum):
@@ -148,12 +149,13 @@ def retry_delay(attempts: int) -> float:
 
 
 class PortalHost(Protocol):
-    """What the queue needs from the daemon."""
+    """What the queue needs of the served portals (``portals.LivePortals`` is one)."""
 
     def portals(self) -> Mapping[str, PortalRecord]: ...
 
-    def rest_client(self, member_id: str, app: AppConfig | None, auth: PortalAuth | None) -> RestClient | None:
-        """The portal's shared REST client (its budget); with ``auth``, made if it does not exist yet."""
+    def rest_client(self, member_id: str, app: Credentials | None = None,
+                    record: PortalRecord | None = None) -> RestClient | None:
+        """The portal's shared REST client (its budget); with ``app`` and ``record``, made if it does not exist yet."""
         ...
 
     def hold_pusher(self, member_id: str, held: bool) -> None: ...
@@ -203,22 +205,24 @@ class Prover:
         known = self._host.portals().get(e.member_id)
         if known is not None and known.domain != e.domain:
             return Outcome(Verdict.REFUSE, "this member_id is installed under another domain")
-        auth = PortalAuth(member_id=e.member_id, domain=e.domain, client_endpoint=app.client_endpoint,
-                          server_endpoint=app.server_endpoint, access_token=event.access_token,
-                          refresh_token=event.refresh_token, client_id=app.client_id,
-                          client_secret=app.client_secret)
+        # The record the proof will store: the configured [[app]]'s endpoints and credentials,
+        # the event's tokens (the ones held in ``e``: a spent refresh token's successors).
+        record = PortalRecord(member_id=e.member_id, domain=e.domain, client_endpoint=app.client_endpoint,
+                              server_endpoint=app.server_endpoint, client_id=app.client_id,
+                              client_secret=app.client_secret, application_token=event.application_token,
+                              access_token=event.access_token, refresh_token=event.refresh_token)
         if e.stage == "received":
-            spent = await self._spend(e, auth, app)
+            spent = await self._spend(e, record, app)
             if spent is not None:
                 return spent
-            auth = _with_tokens(auth, e)
-        client = self._host.rest_client(e.member_id, app, auth)
+            record = record.with_tokens(e.auth["access_token"], e.auth["refresh_token"])
+        client = self._host.rest_client(e.member_id, app, record)
         assert client is not None
         try:
-            admin = await client.call_as(auth.access_token, "user.admin")
+            admin = await client.call_as(record.access_token, "user.admin")
         except RestError as exc:
             if exc.code == "expired_token":  # waited past the hour: spend the refresh token we hold
-                spent = await self._spend(e, auth, app)
+                spent = await self._spend(e, record, app)
                 return spent or Outcome(Verdict.RETRY, "expired_token")
             if exc.code in _AUTH_REFUSED:
                 return Outcome(Verdict.REFUSE, f"user.admin: {exc.code}")
@@ -228,22 +232,18 @@ class Prover:
         if admin is not True:
             return Outcome(Verdict.REFUSE, "the event's user is not a portal administrator")
         try:
-            info = await client.call_as(auth.access_token, "app.info")
+            info = await client.call_as(record.access_token, "app.info")
         except Exception as exc:
             return Outcome(Verdict.RETRY, f"app.info: {getattr(exc, 'code', type(exc).__name__)}")
         code = info.get("CODE") if isinstance(info, Mapping) else None
         if not isinstance(code, str) or not hmac.compare_digest(code.encode(), app.client_id.encode()):
             return Outcome(Verdict.REFUSE, "app.info names another application")
-        return Outcome(Verdict.APPLY, version=str(info.get("VERSION", "")), record=PortalRecord(
-            member_id=e.member_id, domain=e.domain, client_endpoint=app.client_endpoint,
-            server_endpoint=app.server_endpoint, client_id=app.client_id, client_secret=app.client_secret,
-            application_token=event.application_token, access_token=e.auth["access_token"],
-            refresh_token=e.auth["refresh_token"]))
+        return Outcome(Verdict.APPLY, version=str(info.get("VERSION", "")), record=record)
 
-    async def _spend(self, e: StoredAppEvent, auth: PortalAuth, app: AppConfig) -> Outcome | None:
+    async def _spend(self, e: StoredAppEvent, record: PortalRecord, app: Credentials) -> Outcome | None:
         """Spend the refresh token held in ``e`` and store its successor; None when that worked."""
         try:
-            fresh = await refresh_tokens(self._http, auth, timeout=aiohttp.ClientTimeout(total=30))
+            fresh = await refresh_tokens(self._http, record, timeout=aiohttp.ClientTimeout(total=30))
         except RestError as exc:
             if exc.code in _AUTH_REFUSED:
                 return Outcome(Verdict.REFUSE, f"refresh: {exc.code}")
@@ -274,13 +274,6 @@ class Prover:
         if isinstance(info, Mapping) and info.get("INSTALLED") is False:
             return Outcome(Verdict.APPLY, "app.info: not installed")
         return Outcome(Verdict.REFUSE, "app.info says the app is still installed")
-
-
-def _with_tokens(auth: PortalAuth, e: StoredAppEvent) -> PortalAuth:
-    return PortalAuth(member_id=auth.member_id, domain=auth.domain, client_endpoint=auth.client_endpoint,
-                      server_endpoint=auth.server_endpoint, access_token=e.auth["access_token"],
-                      refresh_token=e.auth["refresh_token"], client_id=auth.client_id,
-                      client_secret=auth.client_secret)
 
 
 class EventQueue:

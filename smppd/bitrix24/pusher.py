@@ -51,7 +51,7 @@ class StatusPusher:
     def __init__(self, store: Store, client: RestClient) -> None:
         self.store = store
         self.client = client
-        self.member_id = client.auth.member_id
+        self.member_id = client.portal.member_id
         self.pushed = 0
         self.dropped = 0
         self._stopping = False

@@ -107,7 +107,7 @@ async def register(client: RestClient, senders: Iterable[SenderConfig], *, publi
     Present CODEs are left alone unless ``update``: ``sender.list`` shows no HANDLER, so
     after a new ``handler_key`` or ``public_url`` only ``sender.update`` can bring them in line.
     """
-    report = RegistrationReport(client.auth.member_id, client.auth.domain)
+    report = RegistrationReport(client.portal.member_id, client.portal.domain)
     try:
         present = await _listed(client)
     except RestError as e:
@@ -149,7 +149,7 @@ async def register(client: RestClient, senders: Iterable[SenderConfig], *, publi
 
 async def unregister(client: RestClient, senders: Iterable[SenderConfig]) -> RegistrationReport:
     """Delete our CODEs from the portal; CODEs that are not there are simply reported absent."""
-    report = RegistrationReport(client.auth.member_id, client.auth.domain)
+    report = RegistrationReport(client.portal.member_id, client.portal.domain)
     try:
         present = await _listed(client)
     except RestError as e:

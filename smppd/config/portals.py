@@ -7,26 +7,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..model import PortalRecord
 from .readers import ConfigError, integer, number, only, secret, string, tables, url
 
 
 @dataclass(frozen=True)
-class PortalConfig:
-    """One Bitrix24 portal (one install of our local app), keyed by member_id.
+class PortalConfig(PortalRecord):
+    """A ``[[portal]]``: the portal's one record (``model.PortalRecord``) and its REST budget.
 
     The tokens here only seed the store: once the app install event arrives,
     or a refresh rotates them, the store's copy wins.
     """
 
-    member_id: str
-    domain: str
-    client_endpoint: str
-    server_endpoint: str
-    client_id: str
-    client_secret: str = field(repr=False)
-    application_token: str = field(repr=False)
-    access_token: str = field(default="", repr=False)
-    refresh_token: str = field(default="", repr=False)
     rate: float = 2.0
     burst: int = 50
 

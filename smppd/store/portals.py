@@ -69,12 +69,16 @@ class Portals(Writer):
 
         return await self.execute(op)
 
-    async def save_tokens(self, member_id: str, access_token: str, refresh_token: str) -> None:
+    async def save_tokens(self, p: PortalRecord) -> None:
+        """Store a refreshed pair, durably, before the REST client uses it (rest/oauth.py).
+
+        Only the tokens: the endpoints a refresh answer names are used by that client, and
+        the portal's row keeps what its install event proved.
+        """
+        row = (p.access_token, p.refresh_token, self.clock(), p.member_id)
+
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE portal SET access_token=?, refresh_token=?, updated_at=? WHERE member_id=?",
-                (access_token, refresh_token, self.clock(), member_id),
-            )
+            conn.execute("UPDATE portal SET access_token=?, refresh_token=?, updated_at=? WHERE member_id=?", row)
 
         await self.execute(op)
 
