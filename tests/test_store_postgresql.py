@@ -8,6 +8,7 @@ import asyncio
 import psycopg
 import pytest
 
+from smppd.model import PortalRecord
 from smppd.store import SCHEMA_VERSION, Store, StoreOpenError, StoreUnavailable, is_postgresql, storage_error
 from smppd.store.engine import redact
 from smppd.store.postgres import IDENTITY, ddl, expand, translate
@@ -123,7 +124,8 @@ async def test_the_server_restarting_holds_writes_refuses_posts_and_loses_nothin
             for i in range(20, 40):
                 await s.intake(new(f"{i:032x}"))
         assert s.unavailable is not None and "PostgreSQL" in s.unavailable
-        held = asyncio.ensure_future(s.save_tokens("m1", "access", "refresh"))  # HOLD: waits for the server
+        held = asyncio.ensure_future(s.save_tokens(PortalRecord(  # HOLD: waits for the server
+            "m1", "m1.bitrix24.by", "", "", "", "", "", access_token="access", refresh_token="refresh")))
         await asyncio.sleep(0.3)
         assert not held.done()
         postgresql.restart()
