@@ -48,10 +48,10 @@ import re
 import time
 from dataclasses import replace
 from collections.abc import AsyncIterator, Collection, Mapping
-from json.encoder import encode_basestring  # what json quotes strings with when ensure_ascii=False
 from json.encoder import encode_basestring_ascii  # what json.dumps quotes strings with
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
@@ -96,21 +96,12 @@ def _refused_field(exc: RpcError) -> str | None:
     return _FORM_FIELD.get(name, name) if name is not None else None
 
 
-_INTAKE_JSON = (
-    '{"member_id":%s,"domain":%s,"application_token":%s,"access_token":%s,"code":%s,"b24_id":%s,"to":%s,"text":%s,'
-    '"module_id":%s,"bindings":[%s],"ts":%s%s}'
-)
-
-
-def _json_text(value: str | None) -> str:
-    return "null" if value is None else encode_basestring(value)
-
-
 def _intake_json(post: HandlerPost) -> bytes:
-    """The ``intake`` call's params for ``post``, encoded as the RPC client
-    would encode them (``json`` with ``ensure_ascii=False`` and no spaces),
-    byte for byte, written directly: the params dict and json's encoder
-    were ~6 µs of every post, this is under 3.
+    """The ``intake`` call's params for ``post``, as the bytes the RPC client
+    sends and the spool keeps: UTF-8 JSON without spaces, as the RPC client
+    encodes params, written by orjson (~0.5 µs; json's encoder took ~3).
+    orjson refuses ints beyond 64 bits and lone surrogates; the form parser
+    lets neither through (integers of at most 18 digits, strict UTF-8).
 
     The params are ``member_id``, ``domain``, ``application_token``, ``access_token`` (from
     the auth block, null when absent; the access token lets the daemon recover a missed
@@ -120,19 +111,22 @@ def _intake_json(post: HandlerPost) -> bytes:
     its CRM document instead of bindings (rules.py), ``document_id``.
     """
     auth = post.auth
-    bindings = ",".join(['{"owner_type_id":%d,"owner_id":%d}' % binding for binding in post.bindings])
-    document_id = (
-        ',"document_id":[%s]' % ",".join([encode_basestring(part) for part in post.document_id])
-        if post.document_id else ""
-    )
-    return (_INTAKE_JSON % (
-        _json_text(auth.get("member_id")), _json_text(auth.get("domain")),
-        _json_text(auth.get("application_token")), _json_text(auth.get("access_token")),
-        encode_basestring(post.code),
-        encode_basestring(post.b24_id), encode_basestring(post.message_to),
-        encode_basestring(post.message_body), encode_basestring(post.module_id), bindings,
-        "null" if post.ts is None else "%d" % post.ts, document_id,
-    )).encode()
+    params: dict[str, Any] = {
+        "member_id": auth.get("member_id"),
+        "domain": auth.get("domain"),
+        "application_token": auth.get("application_token"),
+        "access_token": auth.get("access_token"),
+        "code": post.code,
+        "b24_id": post.b24_id,
+        "to": post.message_to,
+        "text": post.message_body,
+        "module_id": post.module_id,
+        "bindings": [{"owner_type_id": type_id, "owner_id": owner_id} for type_id, owner_id in post.bindings],
+        "ts": post.ts,
+    }
+    if post.document_id:
+        params["document_id"] = list(post.document_id)
+    return orjson.dumps(params)
 
 
 def spooled_params(params: bytes) -> bytes:

@@ -224,7 +224,7 @@ async def test_a_captured_handler_key_opens_no_callback_door(rig: DoorsRig) -> N
     assert await rig.post(rig.smsc_dlr_url(smsc_key), delivered) == (200, "OK")
     assert rig.status(b24_id) == "delivered"
     # its message_final line names SMSC.ru's id, request:phone: the last test checks the number is masked
-    await rig.log_has("daemon", f'"b24_id": "{b24_id}", "route": "smsc", "smsc_ids": ["{rid}:')
+    await rig.log_has("daemon", f'"b24_id":"{b24_id}","route":"smsc","smsc_ids":["{rid}:')
 
 
 async def test_a_key_rotation_loses_no_post_of_a_busy_portal(rig: DoorsRig) -> None:

@@ -68,39 +68,42 @@ class _Writes:
         return "".join(self.writes).splitlines()
 
 
-def test_timestamp_is_exactly_what_structlog_timestamper_writes():
+def test_timestamp_is_utc_iso_as_structlog_timestamper_writes():
     import datetime
 
-    stamper = logs._UtcStamper()
-    second = 1_795_000_000 * 10**9
-    samples = [0, 1, 999, 1000, 999_999_999, 10**9, 10**9 + 1000, 59 * 10**9 + 123_456_789]
-    samples += [(i * 7_777_777_777_777) % (10**9 * 86_400 * 400) for i in range(2000)]
-    for ns in (second + s for s in samples):
-        expected = datetime.datetime.fromtimestamp(ns // 10**9, datetime.timezone.utc).replace(
-            microsecond=ns // 1000 % 10**6).isoformat().replace("+00:00", "Z")
-        assert stamper.format(ns) == expected, ns
-    assert stamper.format(second) == "2026-11-18T11:06:40Z"  # no fraction when it is zero, as isoformat
-    line = stamper(None, "info", {})["timestamp"]
-    assert structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "info", {})["timestamp"][:16] == line[:16]
+    [line] = capture_json(lambda log: log.info("x"))
+    stamp = line["timestamp"]
+    assert stamp.endswith("Z") and "T" in stamp
+    parsed = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert parsed.utcoffset() == datetime.timedelta(0)
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - parsed).total_seconds()) < 60
 
 
-def test_json_lines_are_byte_for_byte_what_structlog_jsonrenderer_writes():
-    class Opaque:
-        def __repr__(self) -> str:
-            return "<opaque>"
+class _Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
 
-    class Custom:
-        def __structlog__(self) -> str:
-            return "custom!"
 
+class _Custom:
+    def __structlog__(self) -> str:
+        return "custom!"
+
+
+def test_json_lines_carry_what_structlog_jsonrenderer_writes():
+    """orjson renders the lines (compact, no spaces); what they say is what json.dumps says."""
     reference = structlog.processors.JSONRenderer()
     events = [
         {"event": "message_received", "id": 7, "to": "+37529*****67", "level": "info"},
-        {"event": "текст", "reason": "кириллица \"в кавычках\"\n", "n": 1.5, "ok": True, "none": None},
-        {"event": "odd", "obj": Opaque(), "custom": Custom(), "nested": {"a": [1, (2, 3)]}, "inf": float("inf")},
+        {"event": "текст", "reason": "кириллица \"в кавычках\"\n\u2028", "n": 1.5, "ok": True, "none": None},
+        {"event": "odd", "obj": _Opaque(), "custom": _Custom(), "nested": {"a": [1, (2, 3)]}},
+        {"event": "keys", "counts": {200: 3, None: 1, 1.5: 2}, "big": 10**30},  # json.dumps turns keys into str
     ]
     for event in events:
-        assert logs.render_json(None, "info", dict(event)) == reference(None, "info", dict(event))
+        line = logs.json_renderer()(None, "info", dict(event))
+        assert isinstance(line, str) and "\n" not in line
+        assert json.loads(line) == json.loads(reference(None, "info", dict(event))), event
+    assert json.loads(logs.json_renderer()(None, "info", {"obj": _Opaque(), "custom": _Custom()})) == \
+        {"obj": "<opaque>", "custom": "custom!"}
 
 
 async def test_lines_logged_in_the_loop_within_the_delay_leave_in_one_write():
@@ -214,62 +217,51 @@ def test_production_configure_caches_loggers_and_capture_logs_still_works(capsys
     assert got[1]["key"] == "[redacted]" and got[2]["level"] == "warning" and got[0]["timestamp"].endswith("Z")
 
 
-def _six_processors(method: str, event: dict) -> str:
-    """The chain ``logs.ProductionLine`` folds, one processor after another."""
-    for proc in (structlog.contextvars.merge_contextvars, logs.redact_secrets, structlog.processors.add_log_level,
-                 logs._UtcStamper(), structlog.processors.format_exc_info, logs.render_json):
-        event = proc(None, method, event)
-    return event
-
-
-def _events_to_log() -> list[tuple[str, dict]]:
-    try:
-        raise ValueError("boom")
-    except ValueError as e:
-        error = e
-        events = [("exception", {"event": "failed", "exc_info": True, "id": 3})]  # exc_info read in the except
-    events += [
-        ("info", {"id": 7, "to": "+37529*****67", "event": "message_received"}),
-        ("warn", {"event": "w", "token": "t", "password": "", "secret": None, "auth": "Basic x"}),
-        ("error", {"event": "e", "exc_info": error, "level": "mine"}),
-        ("critical", {"event": "c", "exc_info": False, "timestamp": "mine"}),
-        ("debug", {"event": "d", "exc_info": None, "nested": {"token": "kept: only top-level keys are names"}}),
-    ]
-    return events
-
-
-def test_the_folded_production_line_is_the_six_processors_in_a_row(monkeypatch):
-    monkeypatch.setattr(logs.time, "time_ns", lambda: 1_795_000_000_123_456_000)
-    line = logs.ProductionLine(logs.render_json)
-    monkeypatch.setattr(logs, "_BOUND_CONTEXT_VARS", {})  # nothing ever bound: the merge is skipped
-    for method, event in _events_to_log():
-        assert line(None, method, dict(event)) == _six_processors(method, dict(event)), event
-    monkeypatch.undo()
-    monkeypatch.setattr(logs.time, "time_ns", lambda: 1_795_000_000_000_000_000)
-    with structlog.contextvars.bound_contextvars(request="r1", id="from context", key="k"):
-        assert logs._BOUND_CONTEXT_VARS  # the name is now known: every line merges
-        for method, event in _events_to_log():
-            folded = line(None, method, dict(event))
-            assert folded == _six_processors(method, dict(event)), event
-            assert '"request": "r1"' in folded and '"key": "[redacted]"' in folded
-    for method, event in _events_to_log():  # bound once, cleared: merged, and nothing added
-        folded = line(None, method, dict(event))
-        assert folded == _six_processors(method, dict(event)) and "r1" not in folded
-
-
-def test_production_configure_runs_the_folded_line_and_console_keeps_its_renderer():
+def test_production_chain_is_structlogs_documented_set_up_and_console_keeps_its_renderer():
     logs.configure(json=True)
     try:
-        [proc] = structlog.get_config()["processors"]
-        assert isinstance(proc, logs.ProductionLine) and proc._render is logs.render_json
+        assert structlog.get_config()["cache_logger_on_first_use"] is True
+        chain = structlog.get_config()["processors"]
+        assert isinstance(chain[0], logs.LimitRepeats)
+        assert chain[1:4] == [structlog.contextvars.merge_contextvars, logs.redact_secrets,
+                              structlog.processors.add_log_level]
+        assert isinstance(chain[4], structlog.processors.TimeStamper) and chain[4].utc and chain[4].fmt == "iso"
+        assert chain[5] is structlog.processors.format_exc_info
+        assert isinstance(chain[6], structlog.processors.JSONRenderer)
         logs.configure(json=False)
-        [proc] = structlog.get_config()["processors"]
-        assert isinstance(proc._render, structlog.dev.ConsoleRenderer)
+        assert isinstance(structlog.get_config()["processors"][-1], structlog.dev.ConsoleRenderer)
     finally:
         structlog.reset_defaults()
 
 
-def test_render_json_refuses_what_jsonrenderer_refuses_and_works_without_the_c_encoder(monkeypatch):
+def test_context_variables_are_merged_and_redacted_and_gone_once_cleared():
+    def log_in_context(log):
+        with structlog.contextvars.bound_contextvars(request="r1", id="from context", key="k"):
+            log.info("inside", id=3)
+        log.info("after")
+
+    inside, after = capture_json(log_in_context)
+    assert inside["request"] == "r1" and inside["key"] == "[redacted]" and inside["id"] == 3  # the call's own wins
+    assert "request" not in after and "key" not in after
+
+
+def test_exceptions_are_formatted_and_secrets_in_every_level_redacted():
+    def failing(log):
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("failed", id=3)
+        log.warn("w", token="t", password="", secret=None, auth="Basic x")
+        log.critical("c", exc_info=False, nested={"token": "kept: only top-level keys are names"})
+
+    failed, warned, critical = capture_json(failing)
+    assert failed["level"] == "error" and "ValueError: boom" in failed["exception"] and "exc_info" not in failed
+    assert warned["level"] == "warning" and warned["token"] == warned["auth"] == "[redacted]"
+    assert warned["password"] == "" and warned["secret"] is None  # empty values are left as they are
+    assert critical["nested"] == {"token": "kept: only top-level keys are names"} and "exception" not in critical
+
+
+def test_json_renderer_refuses_what_jsonrenderer_refuses():
     reference = structlog.processors.JSONRenderer()
     circular: dict = {"event": "loop"}
     circular["self"] = circular
@@ -280,99 +272,8 @@ def test_render_json_refuses_what_jsonrenderer_refuses_and_works_without_the_c_e
         with pytest.raises(Exception) as expected:
             reference(None, "info", dict(bad))
         with pytest.raises(type(expected.value)) as got:
-            logs.render_json(None, "info", dict(bad))
+            logs.json_renderer()(None, "info", dict(bad))
         assert str(got.value) == str(expected.value)
-    event = {"event": "текст", "n": 1.5, "nested": {"a": [1, (2, 3)]}, "none": None, "obj": object}
-    fast = logs.render_json(None, "info", dict(event))
-    monkeypatch.setattr(logs, "_encode_json_once", None)  # a Python without the _json module
-    assert logs.render_json(None, "info", dict(event)) == fast == reference(None, "info", dict(event))
-
-
-def _calls_through(wrapper_class: type, processors: list) -> list:
-    """What the logger receives (method, args, kwargs) for a set of calls through ``wrapper_class``."""
-    received: list = []
-
-    class Recorder:
-        def __getattr__(self, method):
-            return lambda *args, **kw: received.append((method, args, kw)) or "returned"
-
-    def run(log):
-        returned = [
-            log.info("plain", id=1, to="+37529*****67"),
-            log.info("%s of %d", "three", 3, route="life"),
-            log.warning("%(n)s left", {"n": 5}),
-            log.info("%s mapping as one arg", {}),
-            log.warn("alias of warning"), log.msg("alias of info"), log.fatal("alias of critical"),
-            log.error("error", reason=None), log.critical("critical", key="k"),
-            log.debug("below the level: dropped", id=2),
-            log.log(logging.WARNING, "by level %s", "number"),
-            log.bind(request="r1", id=0).info("bound", id=3),
-            log.info(None, only="kw"),
-        ]
-        try:
-            raise ValueError("boom")
-        except ValueError:
-            returned.append(log.exception("failed", id=4))
-        return returned
-
-    structlog.configure(processors=processors, wrapper_class=wrapper_class, logger_factory=lambda *a: Recorder(),
-                        cache_logger_on_first_use=False)
-    try:
-        returned = run(structlog.get_logger("t"))
-    finally:
-        structlog.reset_defaults()
-    return [returned, received]
-
-
-def test_lean_bound_logger_delivers_exactly_what_structlog_delivers(monkeypatch):
-    monkeypatch.setattr(logs.time, "time_ns", lambda: 1_795_000_000_000_000_000)
-
-    def drop_debugging(logger, method, event):
-        if event.get("id") == 3:
-            raise structlog.DropEvent
-        return event
-
-    chains = [
-        [logs.ProductionLine(logs.render_json)],  # the production chain: a str
-        [drop_debugging, logs.ProductionLine(logs.render_json)],
-        [lambda logger, method, event: (("positional",), {"method": method, **event})],  # a tuple
-        [lambda logger, method, event: event],  # a dict: its items become keywords
-        [lambda logger, method, event: repr(sorted(event)).encode()],  # bytes
-    ]
-    for level in (logging.DEBUG, logging.INFO, logging.WARNING):
-        for chain in chains:
-            assert _calls_through(logs.lean_bound_logger(level), chain) == \
-                _calls_through(structlog.make_filtering_bound_logger(level), chain), (level, chain)
-    with pytest.raises(ValueError, match="Last processor"):
-        _calls_through(logs.lean_bound_logger(logging.INFO), [lambda logger, method, event: 42])
-    lean = logs.lean_bound_logger(logging.WARNING)
-    assert lean.info is structlog.make_filtering_bound_logger(logging.WARNING).info  # disabled: structlog's no-op
-    assert issubclass(lean, structlog.make_filtering_bound_logger(logging.WARNING))
-
-
-def test_lean_bound_logger_falls_back_when_structlog_keeps_its_state_elsewhere(monkeypatch):
-    """The lean methods read structlog's private attributes; a release without them gets
-    structlog's own bound logger, which still logs, not one that fails on the first line."""
-    real = structlog.make_filtering_bound_logger
-
-    def moved(level):
-        base = real(level)
-
-        class Moved(base):  # type: ignore[misc, valid-type]
-            def __init__(self, logger, processors, context):
-                super().__init__(logger, processors, context)
-                self.state = (self._logger, self._processors, self._context)
-                del self._context
-
-        return Moved
-
-    monkeypatch.setattr(structlog, "make_filtering_bound_logger", moved)
-    fallback = logs.lean_bound_logger(logging.INFO)
-    assert fallback.__name__ == "Moved"
-    assert "info" not in vars(fallback)  # no lean method was put on it
-    monkeypatch.undo()
-    lean = logs.lean_bound_logger(logging.INFO)
-    assert "info" in vars(lean)
 
 
 # --- repeated lines and the libraries' loggers (issue 19 §2, §6) -------------------------------

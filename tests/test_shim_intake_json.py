@@ -1,13 +1,14 @@
-"""The intake params the shim writes directly are the bytes the RPC client's
-JSON encoding of the params dict gave, for any post the form parser lets
-through.
+"""The intake params the shim forwards (and spools) are the params dict the daemon's
+``intake`` expects, encoded as the RPC client encodes params (UTF-8 JSON, no spaces),
+for any post the form parser lets through.
 
-``_reference_params`` is the params dict as the shim built it before; the
-client encoded it with ``smppd.rpc.wire.encode_json``.
+``_reference_params`` is that dict, written out field by field; the RPC client encodes
+params with ``smppd.rpc.wire.encode_json``.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from types import MappingProxyType
 from typing import Any
@@ -44,7 +45,9 @@ def _reference_params(post: bf.HandlerPost) -> dict[str, Any]:
 
 
 def _check(post: bf.HandlerPost) -> None:
-    assert _intake_json(post) == wire.encode_json(_reference_params(post)).encode(), post
+    encoded = _intake_json(post)
+    assert json.loads(encoded) == _reference_params(post), post
+    assert encoded == wire.encode_json(_reference_params(post)).encode(), post
 
 
 _AWKWARD = ['', 'plain', 'Ваш заказ готов', '"quoted" \\ back\\slash', 'tab\tnew\nline\r\x00\x1f\x7f',

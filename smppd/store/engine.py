@@ -66,6 +66,9 @@ class Engine:
     """One database engine's side of the store; ``engine_for`` picks it from the config."""
 
     name = ""
+    # After a storage error the writer opens a new connection before it tries again
+    # (PostgreSQL: the server may be another one by then; SQLite: the same file, kept open).
+    reconnect_after_storage_error = False
 
     def __init__(self, database: str) -> None:
         self.database = database

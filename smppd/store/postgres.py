@@ -53,6 +53,11 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bdate\(\s*([\w.]+)\s*,\s*'unixepoch'\s*\)", re.I),
      r"to_char(to_timestamp(\1) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"),
     (re.compile(r"\bjson_object\(", re.I), "json_build_object("),
+    # A boolean index expression compared to a value (outbox_due's "(status = 'sent') = ?"):
+    # PostgreSQL folds "expr = false" into "NOT expr" and that into "status <> 'sent'", which
+    # no index matches (a sort of every due row per read). As an integer it stays an
+    # equality on the index's expression; ``ddl`` makes the index's expression the same.
+    (re.compile(r"\(((?:\w+\.)?\w+ = '[^']*')\) = \?"), r"CAST(\1 AS INTEGER) = CAST(? AS INTEGER)"),
     (re.compile(r"\bjson_each\(\s*\?\s*\)", re.I), "json_array_elements_text(CAST(? AS json))"),  # its column: value
 )
 _DDL_TYPES: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -72,6 +77,22 @@ def _identity_columns() -> dict[str, str]:
 
 IDENTITY = _identity_columns()
 _cache: dict[tuple[str, bool], tuple[str, bool]] = {}
+# Planned for each call's own values, never prepared with a generic plan: a read whose best
+# plan depends on its values (LIMIT ?, a range, an IN list). A generic plan cannot see the
+# LIMIT: the outbox's next-50 read then hash-joined the whole message table (82 ms a call
+# at 20,000 messages) where the values' plan walks 50 index entries.
+_CUSTOM_PLAN = re.compile(r"\bLIMIT\s+\?|\bIN\s*\(\s*\?", re.I)
+_custom: dict[str, bool] = {}
+
+
+def custom_plan(sql: str) -> bool:
+    """Whether ``sql`` (the store's text) is planned per call rather than prepared."""
+    found = _custom.get(sql)
+    if found is None:
+        found = _CUSTOM_PLAN.search(sql) is not None
+        if len(_custom) < 10_000:
+            _custom[sql] = found
+    return found
 
 
 def translate(sql: str, many: bool = False) -> tuple[str, bool]:
@@ -116,13 +137,31 @@ def _translate(sql: str, many: bool) -> tuple[str, bool]:
     return text, returning
 
 
+_PLAIN_INDEX = re.compile(r"CREATE INDEX (\w+) ON (\w+) \(([\w\s,]+)\)", re.I)
+
+
 def ddl(statement: str) -> str:
     """A migration statement (written for SQLite) with PostgreSQL's types (comments dropped:
-    an apostrophe in one would read as a string literal)."""
+    an apostrophe in one would read as a string literal).
+
+    An index on a table with a generated id gets that id as its last column: SQLite's index
+    entries end with the rowid, so ``WHERE row_id = ? ORDER BY id LIMIT 1`` reads one entry
+    of ``event (row_id)`` there; without the id PostgreSQL chose to walk the primary key in
+    id order instead (the journal's tail query, 155 ms a call at 20,000 messages)."""
     statement = re.sub(r"--[^\n]*", "", statement)
     for pattern, replacement in _DDL_TYPES:
         statement = pattern.sub(replacement, statement)
-    return statement
+    if re.match(r"\s*CREATE INDEX", statement, re.I):  # a boolean expression as an integer (see _RULES)
+        statement = re.sub(r"\((\w+ = '[^']*')\)", r"(CAST(\1 AS INTEGER))", statement)
+
+    def with_id(m: re.Match[str]) -> str:
+        column = IDENTITY.get(m.group(2).lower())
+        columns = [c.strip() for c in m.group(3).split(",")]
+        if column is None or columns[-1] == column:
+            return m.group(0)
+        return f"CREATE INDEX {m.group(1)} ON {m.group(2)} ({', '.join([*columns, column])})"
+
+    return _PLAIN_INDEX.sub(with_id, statement)
 
 
 # --- the connection ---------------------------------------------------------------------
@@ -137,10 +176,20 @@ class _NumericAsNumber(Loader):
 
 
 class PgCursor(psycopg.Cursor[Any]):
-    """psycopg's cursor plus sqlite3's ``lastrowid`` (from the RETURNING ``translate`` added)."""
+    """psycopg's cursor plus sqlite3's ``lastrowid`` (from the RETURNING ``translate`` added),
+    and a ``rowcount`` that is there in pipeline mode too (it syncs when it is not yet)."""
 
     returning = False
     _lastrowid: int | None = None
+
+    @property
+    def rowcount(self) -> int:
+        n = super().rowcount
+        pipeline = getattr(self.connection, "active_pipeline", None)
+        if n == -1 and pipeline is not None:  # pipeline mode: the statement's result is not back yet
+            pipeline.sync()
+            n = super().rowcount
+        return n
 
     @property
     def lastrowid(self) -> int | None:
@@ -156,6 +205,19 @@ class PgConnection(psycopg.Connection[Any]):
 
     suspect = False  # a storage error was seen: open a new connection before the next group
     read_only = False
+    active_pipeline: Any = None
+
+    @contextmanager
+    def pipelined(self) -> Iterator[None]:
+        """The statements inside in pipeline mode: a write whose result nobody reads goes out
+        with the next statement instead of waiting for its own round trip; a read, or a
+        ``rowcount``, syncs. Errors surface at the sync, at the latest when this ends."""
+        with self.pipeline() as pipeline:
+            self.active_pipeline = pipeline
+            try:
+                yield
+            finally:
+                self.active_pipeline = None
 
     def execute(self, query: Any, params: Any = (), /, **kw: Any) -> Any:  # type: ignore[override]
         if isinstance(query, str) and query.strip().upper() == "BEGIN" and self.read_only:
@@ -163,6 +225,8 @@ class PgConnection(psycopg.Connection[Any]):
             text, returning = query, False
         elif isinstance(query, str):
             text, returning = translate(query)
+            if custom_plan(query):
+                kw.setdefault("prepare", False)
         else:
             text, returning = query, False
         cur = self.cursor()
@@ -222,6 +286,7 @@ class PostgresEngine(Engine):
     """A PostgreSQL database (several nodes may share it): ``[daemon] database = "postgresql://…"``."""
 
     name = "postgresql"
+    reconnect_after_storage_error = True
 
     @property
     def display(self) -> str:
@@ -233,6 +298,11 @@ class PostgresEngine(Engine):
             kw.setdefault("connect_timeout", 10)
         conn = PgConnection.connect(url, cursor_factory=PgCursor, application_name="smppd", **kw)
         conn.adapters.register_loader("numeric", _NumericAsNumber)
+        # No JIT: on tables without statistics yet the planner overestimates a small read and
+        # compiled it, 170 ms of the journal's 190 ms tail query; every read here is short.
+        conn.execute("SET jit TO off")
+        if not conn.autocommit:
+            conn.commit()
         return conn
 
     def connect(self) -> PgConnection:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterator, NamedTuple, TypeVar
 
 import structlog
@@ -104,6 +104,7 @@ class Writer:
         self.engine: Engine = engine_for(path)
         self.clock = clock
         self._conn: Connection | None = None
+        self._connect_next = False
         self._thread: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[_Queued | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -195,10 +196,18 @@ class Writer:
         assert self._thread is not None
 
         def call() -> T:
-            if self._conn is None or self.engine.broken(self._conn):
+            if self._conn is None or self._connect_next or self.engine.broken(self._conn):
+                self._connect_next = False
                 self._connect()
             assert self._conn is not None
-            return op(self._conn)
+            try:
+                return op(self._conn)
+            except Exception as e:
+                # PostgreSQL: a storage error (a standby's read-only refusal, a server going away)
+                # means the next try opens a new connection, which may reach the new primary.
+                if self.engine.reconnect_after_storage_error and self.engine.storage_error(e):
+                    self._connect_next = True
+                raise
 
         return await asyncio.get_running_loop().run_in_executor(self._thread, call)
 
@@ -396,13 +405,23 @@ def run_group(conn: Connection, ops: list[Operation[Any]]) -> list[tuple[bool, A
     results: list[tuple[bool, Any]] | None = None
     try:
         with _transaction(conn):
-            results = [(True, op(conn)) for op in ops]
+            with _pipelined(conn):
+                ran = [(True, op(conn)) for op in ops]
+            results = ran  # after the pipeline's sync: an op's deferred error was raised above
     except Exception as e:
         # The ops ran and the COMMIT failed, or the storage failed: nobody's write is durable.
         if results is not None or storage_error(e):
             raise
         return _run_group_isolated(conn, ops)
     return results
+
+
+def _pipelined(conn: Connection) -> Any:
+    """PostgreSQL: the group's statements in pipeline mode (a write whose result nobody reads
+    goes out with the next statement instead of waiting for its own round trip; a read
+    syncs). SQLite: nothing to save, no pipeline."""
+    pipelined = getattr(conn, "pipelined", None)
+    return pipelined() if pipelined is not None else nullcontext()
 
 
 def _run_group_isolated(conn: Connection, ops: list[Operation[Any]]) -> list[tuple[bool, Any]]:
