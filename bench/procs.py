@@ -81,7 +81,7 @@ class Smsc:
     """
 
     def __init__(self, tmp: Path, *, receipt_delay: float = 0.05, record: bool = True,
-                 port: int | None = None) -> None:
+                 port: int | None = None, binds_out: Path | None = None) -> None:
         self.port = port or free_port()
         self.out = tmp / "smsc-seen.json"
         self.progress_file = tmp / "smsc-progress"
@@ -89,6 +89,8 @@ class Smsc:
                 "--receipt-delay", str(receipt_delay), "--out", str(self.out), "--progress", str(self.progress_file)]
         if not record:
             args.append("--no-record")
+        if binds_out is not None:
+            args += ["--binds-out", str(binds_out)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         wait_for_port(self.port)
 

@@ -50,14 +50,27 @@ async def serve(args: argparse.Namespace) -> None:
                 else:
                     entry[0] += 1
 
+    peak = 0
+
+    async def watch_binds() -> None:
+        """The most binds of the account at once (bench/failover.py: never more than configured)."""
+        nonlocal peak
+        while True:
+            peak = max(peak, smsc.binds)
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch_binds())
     while not stopping.is_set():
         try:
             await asyncio.wait_for(stopping.wait(), timeout=0.5)
         except asyncio.TimeoutError:
             pass
         drain()
+        if args.binds_out:
+            Path(args.binds_out).write_text(f"{peak} {smsc.binds}\n")
         if args.progress:  # for rate measurements while the run goes on
             Path(args.progress).write_text(f"{total} {time.time()}\n")
+    watcher.cancel()
     await smsc.stop()
     drain()
     Path(args.out).write_text(json.dumps(seen if args.record else {"__total__": [total, 0.0]}))
@@ -69,6 +82,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--receipt-delay", type=float, default=0.05)
     p.add_argument("--no-record", dest="record", action="store_false")
+    p.add_argument("--binds-out", help="file to rewrite every 0.5 s with 'peak binds, binds now'")
     p.add_argument("--progress", help="file to rewrite every 0.5 s with 'submit_sm so far, unix time'")
     args = p.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

@@ -26,6 +26,7 @@ from .bitrix24.portals import LivePortals
 from .bitrix24.pusher import StatusPusher
 from .bitrix24.recovery import TokenRecovery
 from .config import Config, RouteConfig
+from .cluster import ClusterStore, Ownership, default_node, lease_name, owning
 from .rules.consent import ConsentReader
 from .rules.holds import HoldWorker
 from .intake import Intake
@@ -40,6 +41,7 @@ from .ops.admin import Admin
 from .ops.runner import Ops, start_ops, stop_ops
 from .model import OpenMessage, PortalRecord
 from .store import Store, StoreOpenError, StoreUnavailable, is_postgresql, open_problem
+from .store.postgres import expand
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +73,13 @@ RECEIPT_SWEEP_INTERVAL = 60.0
 class Daemon:
     def __init__(self, config: Config, *, wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
-        self.store = Store(config.daemon.database, max_held_receipts=config.daemon.max_held_receipts)
+        # PostgreSQL means maybe several nodes: owned work runs where its lease is held
+        # (smppd.cluster), and its writes check the lease's fencing token.
+        clustered = is_postgresql(config.daemon.database)
+        self.store = (ClusterStore if clustered else Store)(config.daemon.database,
+                                                            max_held_receipts=config.daemon.max_held_receipts)
+        self.cluster: Ownership | None = None
+        self.node = config.daemon.node or default_node()
         self.rules = rules.Rules(config.rules, wall_clock)  # wall clock: quiet hours are a time of day
         self.stoplist = StopList(self.store)
         self.portals = LivePortals(lambda: self.config, self.store, self._essential)
@@ -102,6 +110,9 @@ class Daemon:
         except OSError as e:
             raise StoreOpenError(database, open_problem(database, e)) from None
         await self.store.open()
+        if isinstance(self.store, ClusterStore):
+            # the URL as the store opened it: a "${NAME}" in it read from the environment
+            self.cluster = Ownership(expand(self.config.daemon.database), self.node, self.store)
         await self.stoplist.load()
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         await self.portals.load(self._http)
@@ -112,18 +123,27 @@ class Daemon:
         self.ops = await start_ops(self)
         await self.channels.load()
         self._tasks.append(asyncio.create_task(self.channels.run(), name="preferred-channel"))
-        for name, route_cfg in self.config.routes.items():
-            route = self.new_route(route_cfg)
-            reloaded = await route.load_open()
-            if reloaded:
-                log.info("route_reloaded_open_messages", route=name, messages=reloaded, segments=route.depth)
-            self.routes[name] = route
-        for route in self.routes.values():
-            self.run_route(route)
+        if self.cluster is not None:
+            self.portals.lease = self.cluster  # each portal's pusher runs where its lease is held
+            for name, route_cfg in self.config.routes.items():
+                self.routes[name] = self.new_route(route_cfg)  # idle until its lease is won (callbacks, status)
+                self._own_route(name)
+        else:
+            for name, route_cfg in self.config.routes.items():
+                route = self.new_route(route_cfg)
+                await self._load_route(route)
+                self.routes[name] = route
+            for route in self.routes.values():
+                self.run_route(route)
         self.portals.run()
+        if self.cluster is not None:
+            self._tasks.append(self._essential(self.cluster.run(), "cluster"))
         self._tasks.append(self._essential(self._sweep_receipts(), "receipt-sweep"))
         self._tasks.append(self._essential(self.app_events.run(), "app-events"))
-        self._tasks.append(self._essential(self.holds.run(), "holds"))
+        if self.cluster is not None:  # one node releases held messages at a time
+            self.cluster.own(lease_name("job", "holds"), self._start_holds, self._stop_task)
+        else:
+            self._tasks.append(self._essential(self.holds.run(), "holds"))
         self.token_recovery = TokenRecovery(self.portals)
         intake = self.intake = Intake(self.config, self.store, self.portals.portals, self.dispatch,
                                       rules_=self.rules, stoplist=self.stoplist, on_held=self.holds.wake,
@@ -145,6 +165,8 @@ class Daemon:
         log.info("daemon_stopping")
         if self._rpc is not None:
             await self._rpc.close()
+        if self.cluster is not None:  # stops the owned routes and pushers, then frees their leases
+            await self.cluster.close()
         await asyncio.gather(*(r.stop(timeout) for r in self.routes.values()), return_exceptions=True)
         await self.contacts.close()
         await self.portals.stop()
@@ -165,7 +187,22 @@ class Daemon:
     # --- wiring ----------------------------------------------------------------
 
     def run_route(self, route: Route) -> None:
-        self._tasks.append(self._essential(route.run(), f"route-{route.name}"))
+        """Run a route (start-up, and a reload's new route object); on several nodes only
+        where its lease is held, inside the lease's fence."""
+        if self.cluster is None:
+            self._tasks.append(self._essential(route.run(), f"route-{route.name}"))
+            return
+        name = lease_name("route", route.name)
+        if not self.cluster.wants(name):  # a route a reload added: contend for it
+            self._own_route(route.name)
+            return
+        fence = self.cluster.fence_of(name)
+        if fence is None or not self.cluster.route_running(route.name):
+            return  # another node runs it; if this one wins it, it starts from the config then
+        with owning(fence):
+            task = self._essential(route.run(), f"route-{route.name}")
+        self.cluster.route_started(route.name, route)
+        self.cluster.replace(name, (route, task))
 
     def _essential(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """A task the daemon cannot work without (a route, a pusher, the holds).
@@ -193,7 +230,47 @@ class Daemon:
         return route
 
     def dispatch(self, message: OpenMessage) -> None:
+        if self.cluster is not None and not self.cluster.route_running(message.route):
+            self.cluster.ring(message.route, message.id)  # stored; its owner sends it
+            return
         self.routes[message.route].enqueue(message)
+
+    async def _load_route(self, route: Route) -> None:
+        reloaded = await route.load_open()
+        if reloaded:
+            log.info("route_reloaded_open_messages", route=route.name, messages=reloaded, segments=route.depth)
+
+    # --- cluster: work that runs where its lease is held (smppd.cluster) ---------------
+
+    def _own_route(self, name: str) -> None:
+        assert self.cluster is not None
+        cluster = self.cluster
+
+        async def start() -> tuple[Route, asyncio.Task[Any]]:
+            route = self.new_route(self.config.routes[name])  # a fresh one: the last owner's state is the store's
+            await self._load_route(route)
+            self.routes[name] = route
+            task = self._essential(route.run(), f"route-{name}")
+            cluster.route_started(name, route)
+            return route, task
+
+        async def stop(handle: tuple[Route, asyncio.Task[Any]], reason: str) -> None:
+            route, task = handle
+            cluster.route_stopped(name)
+            # Within the lease's margin: no new submit now, the binds unbound before anyone may bind.
+            await route.stop(timeout=1.0)
+            await self._stop_task(task, reason)
+
+        cluster.own(lease_name("route", name), start, stop)
+
+    async def _start_holds(self) -> asyncio.Task[Any]:
+        return self._essential(self.holds.run(), "holds")
+
+    @staticmethod
+    async def _stop_task(task: asyncio.Task[Any], reason: str) -> None:
+        """A lease lost: cancel the owned task (a cancelled essential task is no crash)."""
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     @property
     def pushers(self) -> Mapping[str, StatusPusher]:
@@ -246,12 +323,19 @@ class Daemon:
     async def _status(self, params: Mapping[str, Any]) -> dict[str, Any]:
         # A full disk: the store's reads may queue behind held writes, so say so instead of waiting.
         full = self.store.unavailable is not None
+        cluster = await self.cluster.status() if self.cluster is not None else None
+        routes = {name: route_status(r) for name, r in self.routes.items()}
+        if cluster is not None:  # who runs each route: this node, another, or nobody (None)
+            live = {row["name"]: row["node"] for row in cluster["leases"] if row["live"]}
+            for name, r in routes.items():
+                r["owner"] = live.get(lease_name("route", name))
         return {
-            "routes": {name: route_status(r) for name, r in self.routes.items()},
+            "routes": routes,
             "pushers": self.portals.figures(),
             "store": {"unavailable": self.store.unavailable} if full else await self.store.counts(),
             "rules": {**self.rules.stats.as_dict(), "stoplist": len(self.stoplist),
                       "waiting": {} if full else await self.holds.counts(), "hold_expired": self.holds.expired},
+            **({"cluster": cluster} if cluster is not None else {}),
         }
 
 

@@ -9,10 +9,7 @@ locations are what the requests go through; ``nginx -t`` checks the TLS block as
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -21,25 +18,12 @@ import pytest
 
 from smppd.cli.demo import start_rig, stop_rig
 
+from .nginx_rig import free_port, main_conf, nginx_cmd, tool, wait_listening
+
 pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "deploy" / "nginx" / "smppd.conf"
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None)
-    if path is None:
-        if os.environ.get("SMPPD_REQUIRE_TOOLS"):
-            pytest.fail(f"{name} is required in CI and is not installed")
-        pytest.skip(f"{name} not installed (Debian: apt-get install {name})")
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def site_for_test(text: str, *, upstream: int, http: int, tls: int, plain: int, cert: Path, key: Path,
@@ -61,30 +45,9 @@ def site_for_test(text: str, *, upstream: int, http: int, tls: int, plain: int, 
     return text
 
 
-def main_conf(prefix: Path, site: Path) -> str:
-    """An nginx.conf of the test's own: no daemon, one process, every path under ``prefix``."""
-    return f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/main.error.log info;
-events {{ worker_connections 2048; }}
-http {{
-    client_body_temp_path {prefix}/tmp/body;
-    proxy_temp_path {prefix}/tmp/proxy;
-    fastcgi_temp_path {prefix}/tmp/fastcgi;
-    uwsgi_temp_path {prefix}/tmp/uwsgi;
-    scgi_temp_path {prefix}/tmp/scgi;
-    access_log {prefix}/logs/main.access.log;
-    include {site};
-}}
-"""
-
-
 def _nginx_files(tmp_path: Path, upstream: int) -> tuple[Path, dict[str, int]]:
-    openssl = _tool("openssl")
-    ports = {"http": _free_port(), "tls": _free_port(), "plain": _free_port()}
+    openssl = tool("openssl")
+    ports = {"http": free_port(), "tls": free_port(), "plain": free_port()}
     prefix = tmp_path / "nginx"
     for d in ("logs", "tmp", "tls"):
         (prefix / d).mkdir(parents=True)
@@ -100,29 +63,11 @@ def _nginx_files(tmp_path: Path, upstream: int) -> tuple[Path, dict[str, int]]:
     return conf, ports
 
 
-def _nginx_cmd(conf: Path, *extra: str) -> list[str]:
-    prefix = conf.parent
-    return [_tool("nginx"), "-p", f"{prefix}/", "-e", f"{prefix}/logs/startup.error.log", "-c", str(conf), *extra]
-
-
 def test_the_site_with_its_tls_block_passes_nginx_t(tmp_path):
-    conf, _ = _nginx_files(tmp_path, upstream=_free_port())
-    done = subprocess.run(_nginx_cmd(conf, "-t"), capture_output=True, text=True, timeout=30)
+    conf, _ = _nginx_files(tmp_path, upstream=free_port())
+    done = subprocess.run(nginx_cmd(conf, "-t"), capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert "test is successful" in done.stderr
-
-
-async def _wait_listening(port: int, proc: asyncio.subprocess.Process, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            if proc.returncode is not None or asyncio.get_running_loop().time() > deadline:
-                raise AssertionError("nginx did not start") from None
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -136,10 +81,10 @@ async def rig(tmp_path):
 async def nginx(tmp_path, rig):
     upstream = int(rig.shim_url.rsplit(":", 1)[1])
     conf, ports = _nginx_files(tmp_path, upstream)
-    proc = await asyncio.create_subprocess_exec(*_nginx_cmd(conf), stdout=subprocess.DEVNULL,
+    proc = await asyncio.create_subprocess_exec(*nginx_cmd(conf), stdout=subprocess.DEVNULL,
                                                 stderr=subprocess.PIPE)
     try:
-        await _wait_listening(ports["plain"], proc)
+        await wait_listening(ports["plain"], proc)
         yield f"http://127.0.0.1:{ports['plain']}", conf.parent / "logs"
     finally:
         if proc.returncode is None:

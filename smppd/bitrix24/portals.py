@@ -20,6 +20,7 @@ from typing import Any, Callable, Coroutine, Mapping
 import aiohttp
 import structlog
 
+from ..cluster import Ownership, lease_name
 from ..config import Config, PortalConfig
 from ..model import PortalRecord
 from ..rpc import RpcError
@@ -48,6 +49,9 @@ class LivePortals:
         self._installing: dict[str, RestClient] = {}  # portals being proven: their budget, kept for the pusher
         self._background: set[asyncio.Task[Any]] = set()  # registrations
         self._http: aiohttp.ClientSession | None = None
+        # Several nodes on one PostgreSQL: a portal's pusher runs only where the portal's
+        # lease is held (one node spends its REST budget); None: this node, always.
+        self.lease: Ownership | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -124,6 +128,8 @@ class LivePortals:
         self._installing.pop(member_id, None)
         await self._store.remove_portal(member_id)
         await self._reload()
+        if self.lease is not None:
+            await self.lease.disown(lease_name("portal", member_id))
         pusher = self.pushers.pop(member_id, None)
         task = self._pusher_tasks.pop(member_id, None)
         if pusher is not None:
@@ -218,7 +224,25 @@ class LivePortals:
         await self._reload()
 
     def _start_pusher(self, member_id: str) -> None:
+        if self.lease is not None:
+            self.lease.own(lease_name("portal", member_id), lambda: self._run_pusher(member_id), self._stop_pusher)
+            return
         self._pusher_tasks[member_id] = self._essential(self.pushers[member_id].run(), f"pusher-{member_id}")
+
+    async def _run_pusher(self, member_id: str) -> str:
+        """The portal's lease won: a fresh pusher (a stopped one stays stopped), same client."""
+        pusher = self.pushers[member_id] = StatusPusher(self._store, self.pushers[member_id].client)
+        self._pusher_tasks[member_id] = self._essential(pusher.run(), f"pusher-{member_id}")
+        return member_id
+
+    async def _stop_pusher(self, member_id: str, reason: str) -> None:
+        """The portal's lease lost: stop pushing now (a cancelled essential task is no crash)."""
+        pusher, task = self.pushers.get(member_id), self._pusher_tasks.pop(member_id, None)
+        if pusher is not None:
+            pusher.stop()
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def _register_later(self, member_id: str) -> None:
         task = asyncio.create_task(self.register(member_id), name=f"register-{member_id}")

@@ -127,7 +127,9 @@ def status(args: argparse.Namespace) -> int:
     code, st = _call(args, lambda c: c.call("status"))
     if code != EXIT_OK:
         return code
-    down = [name for name, r in st["routes"].items() if not r.get("up")]
+    # Several nodes: a route another node owns is not down here (its owner's status says).
+    node = st.get("cluster", {}).get("node")
+    down = [name for name, r in st["routes"].items() if not r.get("up") and r.get("owner", node) == node]
     down += ["store"] if st.get("store", {}).get("unavailable") else []  # a full disk: posts get 503
     if args.json:
         print(json.dumps(st, indent=2, ensure_ascii=False))
@@ -150,8 +152,10 @@ def render_status(st: dict[str, Any]) -> str:
         submitted = r.get("submitted", r.get("requests", 0))
         rejected = r.get("rejected", r.get("refused", 0))
         receipts = r.get("receipts", r.get("callbacks", 0) + r.get("polled", 0))
+        node = st.get("cluster", {}).get("node")
+        bind = ("up" if r.get("up") else "DOWN") if r.get("owner", node) == node else f"@{r.get('owner') or '-'}"
         lines.append(
-            f"{name:<9} {'up' if r.get('up') else 'DOWN':<6} {r.get('queue', 0):>5}  {window:>6}"
+            f"{name:<9} {bind:<6} {r.get('queue', 0):>5}  {window:>6}"
             f"  {submitted:>11}  {r.get('accepted', 0):>8}  {rejected:>8}"
             f"  {receipts:>8}  {open_:>4}  {m.get(Status.DELIVERED, 0):>9}  {failed:>13}"
         )
@@ -168,7 +172,22 @@ def render_status(st: dict[str, Any]) -> str:
                  f" never matched: {store.get('receipts_unmatched', 0)}")
     if store.get("unavailable"):
         lines.append(f"STORE CANNOT WRITE (posts get 503, receipts wait): {store['unavailable']}")
+    if "cluster" in st:
+        lines += ["", *render_cluster(st["cluster"])]
     return "\n".join(lines)
+
+
+def render_cluster(c: dict[str, Any]) -> list[str]:
+    """Who owns which route and portal (README "Two machines"); "@node" in the route table."""
+    lines = [f"this node: {c.get('node')}   lease changes here: {c.get('lease_changes', {})}",
+             "lease                             owner            token  expires in  held for"]
+    for row in c.get("leases", []):
+        owner = row["node"] if row.get("live") else f"(none; was {row['node']})"
+        lines.append(f"{row['name'][:33]:<33} {owner[:16]:<16} {row['token']:>5}  {row['expires_in']:>9.1f}s"
+                     f"  {row['held_for']:>7.0f}s")
+    if not c.get("leases"):
+        lines.append("(the lease table cannot be read now)")
+    return lines
 
 
 # --- send ----------------------------------------------------------------------------

@@ -25,6 +25,9 @@ class DaemonConfig:
     # many receipts may wait in memory while the store cannot write.
     min_free_mb: int = 500
     max_held_receipts: int = 10_000
+    # Several daemons on one PostgreSQL (README "Two machines"): this node's name in the
+    # lease table, `smppd status` and the metrics; "" = the host name.
+    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class ShimConfig:
 
 
 def daemon(t: Mapping[str, Any]) -> DaemonConfig:
-    only(t, "daemon", {"socket", "database", "socket_group", "metrics", "min_free_mb", "max_held_receipts"})
+    only(t, "daemon", {"socket", "database", "socket_group", "metrics", "min_free_mb", "max_held_receipts", "node"})
     return DaemonConfig(
         socket_path=string(t, "daemon", "socket"),
         database=string(t, "daemon", "database"),
@@ -57,6 +60,7 @@ def daemon(t: Mapping[str, Any]) -> DaemonConfig:
         min_free_mb=integer(t, "daemon", "min_free_mb", default=DaemonConfig.min_free_mb, low=0, high=10**7),
         max_held_receipts=integer(t, "daemon", "max_held_receipts", default=DaemonConfig.max_held_receipts,
                                   low=0, high=10**7),
+        node=string(t, "daemon", "node", default=DaemonConfig.node),
     )
 
 

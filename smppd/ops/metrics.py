@@ -93,8 +93,22 @@ class StoreGauges(Protocol):
     def refused(self) -> Mapping[str, int]: ...
 
 
+class ClusterGauges(Protocol):
+    """A node of several on one PostgreSQL (``smppd.cluster.Ownership``)."""
+
+    node: str
+
+    def leases(self) -> Mapping[str, bool]: ...  # every lease this node contends for: held here?
+    def lease_changes(self) -> Mapping[tuple[str, str], int]: ...  # (lease, gained|fenced|lost|released)
+    @property
+    def connection_losses(self) -> int: ...
+
+
 class LiveState(Protocol):
     """The daemon as ``DaemonCollector`` and ``smppd.ops.runner`` see it."""
+
+    node: str
+    cluster: ClusterGauges | None  # None: SQLite, one node
 
     @property
     def config(self) -> Config: ...
@@ -342,7 +356,11 @@ class DaemonCollector(Collector):
             "smppd_route_up", "1 when the route can send: its SMPP bind is up, or its HTTP provider answered "
             "the last request.", labels=["route", "kind"],
         )
+        cluster = self.daemon.cluster
+        held = cluster.leases() if cluster is not None else {}
         for name, route in self.daemon.routes.items():
+            if cluster is not None and not held.get(f"route:{name}"):
+                continue  # another node runs it: its gauges are that node's (no false "down" here)
             up.add_metric([name, route.kind], 1.0 if route.up else 0.0)
             if route.binds_made is not None:  # SMPP: binds and a window; HTTP routes have neither
                 bind.add_metric([name], 1.0 if route.up else 0.0)
@@ -364,6 +382,32 @@ class DaemonCollector(Collector):
             dropped.add_metric([member_id], pusher.dropped)
         yield from (bind, binds, up, depth, inflight, window, *counters.values(), pushed, dropped)
         yield from storage_families(self.daemon.store, self.daemon.config.daemon.min_free_mb)
+        yield from cluster_families(self.daemon.node, cluster)
+
+
+def cluster_families(node: str, cluster: ClusterGauges | None) -> Iterable[Any]:
+    """Which node this is, and (several nodes) which leases it holds and how often they moved.
+
+    ``smppd_lease_held`` is exported by every node for every lease it contends for, so
+    ``max by (lease)`` over the nodes is 0 exactly when nobody owns the route or portal.
+    """
+    info = GaugeMetricFamily("smppd_node_info", "This daemon's [daemon] node; 1.", labels=["node", "clustered"])
+    info.add_metric([node, "1" if cluster is not None else "0"], 1.0)
+    yield info
+    if cluster is None:
+        return
+    held = GaugeMetricFamily("smppd_lease_held", "1 while this node holds the lease (route:, portal:, job:).",
+                             labels=["lease", "kind", "node"])
+    for lease, is_held in cluster.leases().items():
+        held.add_metric([lease, lease.partition(":")[0], node], 1.0 if is_held else 0.0)
+    changes = CounterMetricFamily("smppd_lease_changes", "Leases gained here, and lost: fenced (own deadline), "
+                                  "lost (taken), released (stop).", labels=["lease", "change", "node"])
+    for (lease, change), n in cluster.lease_changes().items():
+        changes.add_metric([lease, change, node], float(n))
+    losses = CounterMetricFamily("smppd_lease_connection_losses", "Lease connections to PostgreSQL lost.",
+                                 labels=["node"])
+    losses.add_metric([node], float(cluster.connection_losses))
+    yield from (held, changes, losses)
 
 
 def storage_families(store: StoreGauges, min_free_mb: int) -> Iterable[Any]:
