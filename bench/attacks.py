@@ -1,6 +1,6 @@
 """Attacks tried against the real ``smppd run`` + ``smppd-shim`` (issue 18 §2, §5).
 
-Drives the two processes from outside (tests/doors_rig.py: simulated portal, SMSC and
+Drives the two processes from outside (tests/rigs/doors_rig.py: simulated portal, SMSC and
 SMS.ru in this process) as an attacker holding one captured HANDLER post and the
 callback URL would, and counts what got through. A case is *accepted* when it was
 answered 2xx, or stored a message, or moved a message's status; every attack row must
@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.doors_rig import DoorsRig, start_doors, stop_doors  # noqa: E402
+from tests.rigs.doors_rig import DoorsRig, start_doors, stop_doors  # noqa: E402
 
 
 def _set(form: list[tuple[str, str]], **fields: str | None) -> list[tuple[str, str]]:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fuzz.py                         # 100,000 cases per door (the full run)
     .venv/bin/python bench/fuzz.py --cases 5000 --doors handler,socket
-    .venv/bin/python bench/fuzz.py --cases 300 --genuine 40 --json   # what tests/test_log_leaks.py runs
+    .venv/bin/python bench/fuzz.py --cases 300 --genuine 40 --json   # what tests/ops/test_log_leaks.py runs
 
 Processes as in production: ``smppd run`` and ``smppd-shim`` (JSON logs to files), and this
 one, which is everybody else: the simulated Bitrix24 portal, a well-behaved SMSC for the

@@ -8,7 +8,7 @@ an unmarked test (its fixtures included) runs, binding or connecting a socket an
 starting a process raise ``UnmarkedIntegration``, and the test fails even where the
 code under test swallowed the error.
 
-``SMPPD_LEAK_CAPTURE=DIR`` (set by tests/test_log_leaks.py for a pytest run of its own) sends
+``SMPPD_LEAK_CAPTURE=DIR`` (set by tests/ops/test_log_leaks.py for a pytest run of its own) sends
 every log line of the run, ours and the libraries', through the production set-up
 (``logs.configure``: JSON, redaction, library routing) into ``DIR/log.jsonl``, and writes
 ``DIR/witness.json``: every handler key, portal secret, number and text the run's simulated

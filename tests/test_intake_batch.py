@@ -19,10 +19,10 @@ from smppd.rpc import RpcClient, RpcError
 from smppd.model import OpenMessage, PortalRecord
 from smppd.store import Store
 
-from .intake_rig import CONFIG, MEMBER, TOKEN, post
-from .rpc_rig import RawConnection
+from tests.rigs.intake_rig import CONFIG, MEMBER, TOKEN, post
+from tests.rigs.rpc_rig import RawConnection
 
-from .store_rig import connect
+from tests.rigs.store_rig import connect
 
 
 # One of each outcome: stored, refused before the store (each with its own code), stored as failed,

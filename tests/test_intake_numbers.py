@@ -13,9 +13,9 @@ from smppd.intake import Intake
 from smppd.model import OpenMessage, PortalRecord
 from smppd.store import Store
 
-from .intake_rig import CONFIG, MEMBER, TOKEN, post
+from tests.rigs.intake_rig import CONFIG, MEMBER, TOKEN, post
 
-from .store_rig import connect
+from tests.rigs.store_rig import connect
 
 NEW_RANGE = "+375 25 123 45 67"  # the integrators' own example; phonenumbers says "not a valid number"
 

@@ -12,7 +12,7 @@ from smppd.rpc import RpcError
 from smppd.model import PortalRecord
 from smppd.store import Store
 
-from .intake_rig import CONFIG, MEMBER, post
+from tests.rigs.intake_rig import CONFIG, MEMBER, post
 
 
 @pytest.mark.parametrize("posted", [None, ""])

@@ -10,9 +10,9 @@ import pytest
 from smppd import config, text
 from smppd.intake import too_long
 
-from .e2e_rig import db, post, wait_final
-from .rules_rig import start_rules_rig, stop_rig
-from .config_rig import raw, with_route
+from tests.rigs.e2e_rig import db, post, wait_final
+from tests.rigs.rules_rig import start_rules_rig, stop_rig
+from tests.rigs.config_rig import raw, with_route
 
 CYRILLIC_PART = 67  # UCS-2 characters per part of a long message (8-bit UDH)
 

@@ -7,7 +7,7 @@ from phonenumbers import PhoneNumberFormat, PhoneNumberType
 from smppd import phone, phone_fast
 from smppd.phone import InvalidNumber, digits, mask, normalize
 
-from . import phone_reference
+from tests.rigs import phone_reference
 
 BY_MOBILE = "+375291234567"
 RU_MOBILE = "+79123456789"
