@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import AsyncIterator, Callable, Mapping, Sequence
 
 from ..model import PortalRecord, StoredAppEvent
 from .writer import Writer
@@ -81,6 +82,36 @@ class Portals(Writer):
             conn.execute("UPDATE portal SET access_token=?, refresh_token=?, updated_at=? WHERE member_id=?", row)
 
         await self.execute(op)
+
+    async def portal(self, member_id: str) -> PortalRecord | None:
+        """The portal's stored row (its newest stored token pair), None when it is not installed."""
+
+        def op(conn: sqlite3.Connection) -> PortalRecord | None:
+            row = conn.execute(
+                "SELECT member_id, domain, client_endpoint, server_endpoint, client_id, client_secret,"
+                " application_token, access_token, refresh_token FROM portal WHERE member_id=?", (member_id,)
+            ).fetchone()
+            return None if row is None else PortalRecord(*row)
+
+        return await self.execute(op)
+
+    @property
+    def refresh_turn(self) -> Callable[[str], AbstractAsyncContextManager[PortalRecord | None]] | None:
+        """What a REST client holds while it refreshes a portal's tokens, when several nodes
+        share the database (rest/oauth.py); None on one machine, where the client's own
+        lock is enough."""
+        return self._refresh_turn if self.engine.shared else None
+
+    @asynccontextmanager
+    async def _refresh_turn(self, member_id: str) -> AsyncIterator[PortalRecord | None]:
+        """One node at a time refreshes a portal, and reads the stored pair once it may.
+
+        Why: a refresh token is single-use. Two nodes spending it at once leave one with
+        ``invalid_grant``; the one that waited finds the other's pair stored and adopts it.
+        The lock is released after ``save_tokens`` committed, so the stored pair is the newest.
+        """
+        async with self.engine.cluster_lock(f"portal-refresh:{member_id}"):
+            yield await self.portal(member_id)
 
     # --- app events (bitrix24/events.py) ----------------------------------------
 
