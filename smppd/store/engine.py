@@ -109,10 +109,11 @@ class Engine:
         yield
 
     @asynccontextmanager
-    async def cluster_lock(self, name: str) -> AsyncIterator[None]:
+    async def cluster_lock(self, name: str, *, wait: bool = True) -> AsyncIterator[bool]:
         """Held while one node does what no other node may do at the same time (``name`` says
-        what). One machine (SQLite): the daemon's own locks already serialise it."""
-        yield
+        what); yields whether it is held (``wait=False``: False at once when another node
+        holds it). One machine (SQLite): the daemon's own locks already serialise it."""
+        yield True
 
     def ddl(self, statement: str) -> str:
         """A migration's statement as this engine spells it."""

@@ -11,6 +11,10 @@ from ..model import PortalRecord, StoredAppEvent
 from .writer import Writer
 
 
+#: (claimed by this node, the event as stored: None when it is gone) while a node proves it.
+EventTurn = tuple[bool, StoredAppEvent | None]
+
+
 class Portals(Writer):
     """Portals, their tokens and app versions, and the app events kept until proven."""
 
@@ -112,6 +116,36 @@ class Portals(Writer):
         """
         async with self.engine.cluster_lock(f"portal-refresh:{member_id}"):
             yield await self.portal(member_id)
+
+    @property
+    def app_event_turn(self) -> Callable[[StoredAppEvent], AbstractAsyncContextManager[EventTurn]] | None:
+        """What a node holds while it proves an app event, when several nodes share the
+        database (bitrix24/install.py); None on one machine, where one queue holds them all."""
+        return self._app_event_turn if self.engine.shared else None
+
+    @asynccontextmanager
+    async def _app_event_turn(self, e: StoredAppEvent) -> AsyncIterator[EventTurn]:
+        """(claimed, the event as stored now): claimed for this node while it is proven, not
+        claimed while another node proves its portal's events; stored None when another
+        node already proved it.
+
+        Why a claim: every node loads the stored events at start, and a proof spends the
+        event's single-use refresh token, so two nodes proving one event fail it for both.
+        The claim is per portal (its events are proven in order) and never waits, as
+        ``SKIP LOCKED`` would not: the node that skips tries again after its back-off.
+        """
+        async with self.engine.cluster_lock(f"app-event:{e.member_id}", wait=False) as held:
+            yield held, (await self.app_event(e.id)) if held else e
+
+    async def app_event(self, event_id: int) -> StoredAppEvent | None:
+        """One stored event as it is now (another node may have updated or deleted it)."""
+
+        def op(conn: sqlite3.Connection) -> StoredAppEvent | None:
+            r = conn.execute("SELECT id, event, member_id, domain, auth, stage, received_at, attempts, next_at,"
+                             " last_error FROM app_event WHERE id=?", (event_id,)).fetchone()
+            return None if r is None else StoredAppEvent(r[0], r[1], r[2], r[3], json.loads(r[4]), *r[5:])
+
+        return await self.execute(op)
 
     # --- app events (bitrix24/events.py) ----------------------------------------
 

@@ -360,7 +360,7 @@ class PostgresEngine(Engine):
                 conn.execute("SELECT pg_advisory_unlock(?)", (_SCHEMA_LOCK,))
 
     @asynccontextmanager
-    async def cluster_lock(self, name: str) -> AsyncIterator[None]:
+    async def cluster_lock(self, name: str, *, wait: bool = True) -> AsyncIterator[bool]:
         """A session advisory lock on a connection of its own, kept while the caller works.
 
         Why not the writer's connection: the caller holds the lock across a request to
@@ -371,9 +371,11 @@ class PostgresEngine(Engine):
         key = cluster_lock_key(name)
         conn = await asyncio.to_thread(self._connect, autocommit=True)
         try:
-            while not (await asyncio.to_thread(_try_lock, conn, key)):
+            held = await asyncio.to_thread(_try_lock, conn, key)
+            while wait and not held:
                 await asyncio.sleep(0.05)
-            yield
+                held = await asyncio.to_thread(_try_lock, conn, key)
+            yield held
         finally:
             await asyncio.to_thread(conn.close)
 

@@ -13,6 +13,8 @@ from smppd.model import PortalRecord, StoredAppEvent
 
 
 class FakeStore:
+    app_event_turn = None  # one machine: no claims
+
     def __init__(self, now: list[float] | None = None) -> None:
         self.now = now or [0.0]
         self.rows: dict[int, StoredAppEvent] = {}
