@@ -9,7 +9,7 @@ import pytest
 
 from smppd.bitrix24.install import EventQueue, Outcome, Verdict
 from smppd.model import PortalRecord, StoredAppEvent
-from tests.bitrix24.test_app_event_queue import FakeHost, config, params
+from tests.rigs.app_event_rig import FakeHost, config, params
 from tests.conftest import MakeStore
 
 pytestmark = pytest.mark.integration
