@@ -33,6 +33,7 @@ import enum
 import hmac
 import math
 import time
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
@@ -178,6 +179,11 @@ class EventStore(Protocol):
     async def set_app_version(self, member_id: str, version: str) -> None: ...
 
     async def app_version(self, member_id: str) -> str | None: ...
+
+    @property
+    def app_event_turn(self) -> Callable[[StoredAppEvent], AbstractAsyncContextManager[
+        tuple[bool, StoredAppEvent | None]]] | None:
+        """Claims an event for one node while it is proven (several nodes on one database), or None."""
 
 
 class Prover:
@@ -392,6 +398,23 @@ class EventQueue:
             await self._step(event)
 
     async def _step(self, e: StoredAppEvent) -> None:
+        turn = self._store.app_event_turn
+        if turn is None:
+            await self._prove(e)
+            return
+        async with turn(e) as (claimed, stored):
+            if not claimed:  # another node proves this portal's events now: look again later
+                e.next_at = self._clock() + self._delay(e.attempts + 1)
+                return
+            if stored is None:  # another node proved it (and applied or refused it)
+                log.info("bitrix24.app_event.proven_elsewhere", event_name=e.event, domain=e.domain)
+                self.events = [x for x in self.events if x.id != e.id]
+                return
+            # What another node's attempt learned (a spent refresh token's successor, its attempts).
+            e.auth, e.stage, e.attempts, e.last_error = stored.auth, stored.stage, stored.attempts, stored.last_error
+            await self._prove(e)
+
+    async def _prove(self, e: StoredAppEvent) -> None:
         self._host.hold_pusher(e.member_id, True)  # the pusher yields the portal's budget
         try:
             outcome = await self._prover.attempt(e)

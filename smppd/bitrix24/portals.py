@@ -216,7 +216,8 @@ class LivePortals:
 
     def _client(self, portal: PortalRecord, rate: float, burst: int) -> RestClient:
         assert self._http is not None, "load() first"
-        return RestClient(self._http, portal, rate=rate, burst=burst, on_tokens=self._save_tokens)
+        return RestClient(self._http, portal, rate=rate, burst=burst, on_tokens=self._save_tokens,
+                          refresh_turn=self._store.refresh_turn)
 
     async def _save_tokens(self, portal: PortalRecord) -> None:
         # Rotated refresh tokens are single-use: stored before the client uses them.

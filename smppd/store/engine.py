@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 import sqlite3
 import sys
-from contextlib import contextmanager
-from typing import Any, Iterator, Protocol
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, AsyncIterator, Iterator, Protocol
 
 POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 
@@ -69,6 +69,9 @@ class Engine:
     # After a storage error the writer opens a new connection before it tries again
     # (PostgreSQL: the server may be another one by then; SQLite: the same file, kept open).
     reconnect_after_storage_error = False
+    # Several daemons may write this database at once (PostgreSQL), so work that must happen
+    # once across them (spending a single-use refresh token) takes a lock in the database.
+    shared = False
 
     def __init__(self, database: str) -> None:
         self.database = database
@@ -104,6 +107,13 @@ class Engine:
     def schema_lock(self, conn: Connection) -> Iterator[None]:
         """Around a migration step's transaction: no other node migrates at the same time."""
         yield
+
+    @asynccontextmanager
+    async def cluster_lock(self, name: str, *, wait: bool = True) -> AsyncIterator[bool]:
+        """Held while one node does what no other node may do at the same time (``name`` says
+        what); yields whether it is held (``wait=False``: False at once when another node
+        holds it). One machine (SQLite): the daemon's own locks already serialise it."""
+        yield True
 
     def ddl(self, statement: str) -> str:
         """A migration's statement as this engine spells it."""

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import AsyncIterator, Callable, Mapping, Sequence
 
 from ..model import PortalRecord, StoredAppEvent
 from .writer import Writer
+
+
+#: (claimed by this node, the event as stored: None when it is gone) while a node proves it.
+EventTurn = tuple[bool, StoredAppEvent | None]
 
 
 class Portals(Writer):
@@ -81,6 +86,66 @@ class Portals(Writer):
             conn.execute("UPDATE portal SET access_token=?, refresh_token=?, updated_at=? WHERE member_id=?", row)
 
         await self.execute(op)
+
+    async def portal(self, member_id: str) -> PortalRecord | None:
+        """The portal's stored row (its newest stored token pair), None when it is not installed."""
+
+        def op(conn: sqlite3.Connection) -> PortalRecord | None:
+            row = conn.execute(
+                "SELECT member_id, domain, client_endpoint, server_endpoint, client_id, client_secret,"
+                " application_token, access_token, refresh_token FROM portal WHERE member_id=?", (member_id,)
+            ).fetchone()
+            return None if row is None else PortalRecord(*row)
+
+        return await self.execute(op)
+
+    @property
+    def refresh_turn(self) -> Callable[[str], AbstractAsyncContextManager[PortalRecord | None]] | None:
+        """What a REST client holds while it refreshes a portal's tokens, when several nodes
+        share the database (rest/oauth.py); None on one machine, where the client's own
+        lock is enough."""
+        return self._refresh_turn if self.engine.shared else None
+
+    @asynccontextmanager
+    async def _refresh_turn(self, member_id: str) -> AsyncIterator[PortalRecord | None]:
+        """One node at a time refreshes a portal, and reads the stored pair once it may.
+
+        Why: a refresh token is single-use. Two nodes spending it at once leave one with
+        ``invalid_grant``; the one that waited finds the other's pair stored and adopts it.
+        The lock is released after ``save_tokens`` committed, so the stored pair is the newest.
+        """
+        async with self.engine.cluster_lock(f"portal-refresh:{member_id}"):
+            yield await self.portal(member_id)
+
+    @property
+    def app_event_turn(self) -> Callable[[StoredAppEvent], AbstractAsyncContextManager[EventTurn]] | None:
+        """What a node holds while it proves an app event, when several nodes share the
+        database (bitrix24/install.py); None on one machine, where one queue holds them all."""
+        return self._app_event_turn if self.engine.shared else None
+
+    @asynccontextmanager
+    async def _app_event_turn(self, e: StoredAppEvent) -> AsyncIterator[EventTurn]:
+        """(claimed, the event as stored now): claimed for this node while it is proven, not
+        claimed while another node proves its portal's events; stored None when another
+        node already proved it.
+
+        Why a claim: every node loads the stored events at start, and a proof spends the
+        event's single-use refresh token, so two nodes proving one event fail it for both.
+        The claim is per portal (its events are proven in order) and never waits, as
+        ``SKIP LOCKED`` would not: the node that skips tries again after its back-off.
+        """
+        async with self.engine.cluster_lock(f"app-event:{e.member_id}", wait=False) as held:
+            yield held, (await self.app_event(e.id)) if held else e
+
+    async def app_event(self, event_id: int) -> StoredAppEvent | None:
+        """One stored event as it is now (another node may have updated or deleted it)."""
+
+        def op(conn: sqlite3.Connection) -> StoredAppEvent | None:
+            r = conn.execute("SELECT id, event, member_id, domain, auth, stage, received_at, attempts, next_at,"
+                             " last_error FROM app_event WHERE id=?", (event_id,)).fetchone()
+            return None if r is None else StoredAppEvent(r[0], r[1], r[2], r[3], json.loads(r[4]), *r[5:])
+
+        return await self.execute(op)
 
     # --- app events (bitrix24/events.py) ----------------------------------------
 

@@ -26,10 +26,12 @@ moves backwards (a repeated move is recorded as not applied).
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import re
-from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, AsyncIterator, Iterable, Iterator, Sequence
 
 import psycopg
 from psycopg import pq
@@ -287,6 +289,7 @@ class PostgresEngine(Engine):
 
     name = "postgresql"
     reconnect_after_storage_error = True
+    shared = True
 
     @property
     def display(self) -> str:
@@ -356,6 +359,26 @@ class PostgresEngine(Engine):
             if not conn.broken and not conn.in_transaction:
                 conn.execute("SELECT pg_advisory_unlock(?)", (_SCHEMA_LOCK,))
 
+    @asynccontextmanager
+    async def cluster_lock(self, name: str, *, wait: bool = True) -> AsyncIterator[bool]:
+        """A session advisory lock on a connection of its own, kept while the caller works.
+
+        Why not the writer's connection: the caller holds the lock across a request to
+        another server (an OAuth refresh), and the writer's groups must not wait for it.
+        Why try and sleep rather than block: a cancelled caller must not leave a thread
+        waiting in the server. Closing the connection releases the lock, even after a crash.
+        """
+        key = cluster_lock_key(name)
+        conn = await asyncio.to_thread(self._connect, autocommit=True)
+        try:
+            held = await asyncio.to_thread(_try_lock, conn, key)
+            while wait and not held:
+                await asyncio.sleep(0.05)
+                held = await asyncio.to_thread(_try_lock, conn, key)
+            yield held
+        finally:
+            await asyncio.to_thread(conn.close)
+
     def ddl(self, statement: str) -> str:
         return ddl(statement)
 
@@ -376,6 +399,15 @@ class PostgresEngine(Engine):
 
 
 # --- a server's own administration (the throwaway cluster of the tests and benchmarks) ----
+
+
+def cluster_lock_key(name: str) -> int:
+    """An advisory lock's 64-bit key for a name: the same on every node, apart from ``_SCHEMA_LOCK``'s."""
+    return int.from_bytes(hashlib.sha256(f"smppd:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+def _try_lock(conn: PgConnection, key: int) -> bool:
+    return bool(conn.execute("SELECT pg_try_advisory_lock(?)", (key,)).fetchone()[0])
 
 
 def _quote_ident(name: str) -> str:

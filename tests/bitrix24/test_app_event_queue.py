@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from types import MappingProxyType
 
 from smppd.bitrix24.install import EventQueue, Outcome, Verdict
-from smppd.config import AppConfig, Config, DaemonConfig, ShimConfig
 from smppd.model import PortalRecord, StoredAppEvent
+from tests.rigs.app_event_rig import FakeHost, config, params
 
 
 class FakeStore:
+    app_event_turn = None  # one machine: no claims
+
     def __init__(self, now: list[float] | None = None) -> None:
         self.now = now or [0.0]
         self.rows: dict[int, StoredAppEvent] = {}
@@ -41,27 +42,6 @@ class FakeStore:
         return self.versions.get(member_id)
 
 
-class FakeHost:
-    def __init__(self) -> None:
-        self.held: list[tuple[str, bool]] = []
-        self.applied: list[tuple[str, str]] = []
-
-    def portals(self):
-        return {}
-
-    def rest_client(self, member_id, app, auth):
-        return None
-
-    def hold_pusher(self, member_id, held):
-        self.held.append((member_id, held))
-
-    async def installed(self, record, event):
-        self.applied.append((record.member_id, event))
-
-    async def uninstalled(self, member_id):
-        self.applied.append((member_id, "ONAPPUNINSTALL"))
-
-
 class ScriptedProver:
     """Answers from a script per (member, event); records the order of attempts."""
 
@@ -75,18 +55,6 @@ class ScriptedProver:
         verdict = self.script[(e.member_id, e.event)].pop(0)
         record = PortalRecord(e.member_id, e.domain, "", "", "c", "s", "t", "a", "r")
         return Outcome(verdict, "scripted", record if e.event != "ONAPPUNINSTALL" else None, "2")
-
-
-def config(domains: list[str]) -> Config:
-    return Config(daemon=DaemonConfig(socket_path="/x", database="/x"), shim=ShimConfig(host="127.0.0.1", port=0, handler_key="k"),
-                  portals=MappingProxyType({}), routes=MappingProxyType({}), senders=MappingProxyType({}),
-                  apps=MappingProxyType({d: AppConfig(domain=d, client_id="c", client_secret="s") for d in domains}))
-
-
-def params(event: str, member: str, domain: str) -> dict:
-    auth = {"member_id": member, "domain": domain, "application_token": "t", "client_endpoint": "https://x/rest/",
-            "server_endpoint": "https://o/rest/", "access_token": "a", "refresh_token": "r"}
-    return {"event": event, "auth": auth}
 
 
 async def test_order_per_portal_back_off_and_the_pusher_held_only_during_a_proof():

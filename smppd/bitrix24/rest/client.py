@@ -24,7 +24,7 @@ from ...model import PortalRecord
 from .budget import PRIORITY_NORMAL, LeakyBucket
 from .errors import EXPIRED, NETWORK, OPERATION_LIMITED, RATE_LIMITED, RestError
 from .form import command_value, encode_params, form_urlencode, quote_plus
-from .oauth import SaveTokens, Tokens
+from .oauth import RefreshTurn, SaveTokens, Tokens
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +57,7 @@ class RestClient:
         rate: float | None,
         burst: int = 0,
         on_tokens: SaveTokens | None = None,
+        refresh_turn: RefreshTurn | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
@@ -79,7 +80,7 @@ class RestClient:
         self._backoff_max = backoff_max
         self._max_operating_wait = max_operating_wait
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
-        self._tokens = Tokens(http, portal, on_tokens, self._timeout)
+        self._tokens = Tokens(http, portal, on_tokens, self._timeout, refresh_turn)
         self._operating_reset: dict[str, float] = {}
         self.last_time: dict[str, Any] | None = None  # the last ``time`` block, for metrics
 

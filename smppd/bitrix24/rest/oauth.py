@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import Awaitable, Callable
 from urllib.parse import urlsplit
@@ -27,6 +28,11 @@ log = structlog.get_logger(__name__)
 
 #: Where a refreshed record goes before it is used (the store's ``save_tokens``).
 SaveTokens = Callable[[PortalRecord], Awaitable[None]]
+
+#: Held (by member_id) while this node refreshes a portal when other nodes share the
+#: portal's store: it yields the pair stored once no other node refreshes it (the store's
+#: ``refresh_turn``), None when the portal is not stored.
+RefreshTurn = Callable[[str], AbstractAsyncContextManager[PortalRecord | None]]
 
 
 def token_url(server_endpoint: str) -> str:
@@ -104,8 +110,9 @@ class Tokens:
     """The portal's current record for one client: single-flight refresh, stored before use."""
 
     def __init__(self, http: aiohttp.ClientSession, portal: PortalRecord, on_tokens: SaveTokens | None,
-                 timeout: aiohttp.ClientTimeout) -> None:
+                 timeout: aiohttp.ClientTimeout, refresh_turn: RefreshTurn | None = None) -> None:
         self.current = portal
+        self._refresh_turn = refresh_turn
         self._http = http
         self._on_tokens = on_tokens
         self._timeout = timeout
@@ -130,9 +137,24 @@ class Tokens:
             current = self._pending or self.current
             if current.access_token != stale_token:
                 return  # another caller already refreshed
-            self._pending = await refresh_tokens(self._http, current, timeout=self._timeout)
-            log.info("bitrix24.token.refreshed", domain=self._pending.domain)
-            await self._persist_locked()
+            if self._refresh_turn is None:
+                await self._spend_locked(current)
+                return
+            async with self._refresh_turn(current.member_id) as stored:
+                if (self._pending is None and stored is not None
+                        and stored.refresh_token != current.refresh_token):
+                    # Another node spent our refresh token and stored its successor: spending
+                    # ours now would be invalid_grant, so the stored pair is ours too.
+                    self.current = current.with_tokens(stored.access_token, stored.refresh_token)
+                    log.info("bitrix24.token.adopted", domain=current.domain)
+                    return
+                await self._spend_locked(current)
+
+    async def _spend_locked(self, current: PortalRecord) -> None:
+        """Spend the refresh token at the OAuth server and store the new pair before its use."""
+        self._pending = await refresh_tokens(self._http, current, timeout=self._timeout)
+        log.info("bitrix24.token.refreshed", domain=self._pending.domain)
+        await self._persist_locked()
 
     async def ensure_stored(self) -> None:
         """Before a request: a pair whose storing failed is stored now, or the request fails."""
@@ -158,4 +180,4 @@ class Tokens:
         self._pending = None
 
 
-__all__ = ["SaveTokens", "Tokens", "parse_token_response", "refresh_tokens", "token_url"]
+__all__ = ["RefreshTurn", "SaveTokens", "Tokens", "parse_token_response", "refresh_tokens", "token_url"]
