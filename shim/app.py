@@ -65,9 +65,9 @@ from smppd.ops import metrics
 from smppd.phone import mask
 from smppd.rpc import RpcClient, RpcError, RpcUnavailable
 
-from .spool import Spool, SpoolError
+from .spool import Spool, SpoolError, spooled_params
 
-__all__ = ["make_app", "spooled_params"]
+__all__ = ["make_app"]
 
 log = structlog.get_logger(__name__)
 
@@ -126,26 +126,6 @@ def _intake_json(post: HandlerPost) -> bytes:
     if post.document_id:
         params["document_id"] = list(post.document_id)
     return orjson.dumps(params)
-
-
-def spooled_params(params: bytes) -> bytes:
-    """A spooled post's ``intake`` params as today's daemon takes them.
-
-    A spool written before issue 15.2 named Bitrix24's id ``message_id``, as the form does;
-    the daemon now takes ``b24_id`` and would refuse such a line as a bad request, which the
-    replay counts as done with: the post would be lost. A JSON key cannot hide inside a
-    string value (its quotes would be escaped there), so the byte test is exact and a
-    current line costs no parse."""
-    if b'"b24_id":' in params or b'"message_id":' not in params:
-        return params
-    try:
-        old = json.loads(params)
-    except ValueError:
-        return params  # not ours to mend: the daemon's refusal names what is wrong
-    if not isinstance(old, dict) or "b24_id" in old:
-        return params
-    renamed = {("b24_id" if key == "message_id" else key): value for key, value in old.items()}
-    return json.dumps(renamed, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}  # as web.json_response sets it

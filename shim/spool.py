@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import os
 import struct
 import time
@@ -45,7 +46,7 @@ import structlog
 
 from smppd.ops import metrics
 
-__all__ = ["Spool", "SpoolBroken", "SpoolError", "SpoolFull", "Replayed", "encode_record"]
+__all__ = ["Spool", "SpoolBroken", "SpoolError", "SpoolFull", "Replayed", "encode_record", "spooled_params"]
 
 log = structlog.get_logger(__name__)
 
@@ -398,3 +399,23 @@ def _write_synced(fd: int, end: int, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def spooled_params(params: bytes) -> bytes:
+    """A spooled post's ``intake`` params as today's daemon takes them.
+
+    A spool written before issue 15.2 named Bitrix24's id ``message_id``, as the form does;
+    the daemon now takes ``b24_id`` and would refuse such a line as a bad request, which the
+    replay counts as done with: the post would be lost. A JSON key cannot hide inside a
+    string value (its quotes would be escaped there), so the byte test is exact and a
+    current line costs no parse."""
+    if b'"b24_id":' in params or b'"message_id":' not in params:
+        return params
+    try:
+        old = json.loads(params)
+    except ValueError:
+        return params  # not ours to mend: the daemon's refusal names what is wrong
+    if not isinstance(old, dict) or "b24_id" in old:
+        return params
+    renamed = {("b24_id" if key == "message_id" else key): value for key, value in old.items()}
+    return json.dumps(renamed, ensure_ascii=False, separators=(",", ":")).encode()

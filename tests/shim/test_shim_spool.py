@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from shim.app import HANDLER, _intake_json, make_app, spooled_params
+from shim.app import HANDLER, _intake_json, make_app
+from shim.spool import spooled_params
 from shim.bitrix_form import decode_form, parse_handler_post
 from shim.spool import Spool, encode_record
 from smppd.cli.demo import start_rig, stop_rig
