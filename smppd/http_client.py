@@ -1,7 +1,7 @@
 """Outgoing HTTP: one thin layer over aiohttp that maps its errors once.
 
 Every request the daemon makes (the HTTP providers of ``routes/``, Bitrix24's
-REST and OAuth in ``bitrix24/rest.py``) goes through ``post``. What matters to
+REST and OAuth in ``bitrix24/rest/``) goes through ``post``. What matters to
 every caller about a failed request is one question: could it have reached the
 server? The answer decides whether a resend can cause a second SMS or burn a
 rotated refresh token, and aiohttp's exception tree answers it in one place only:

@@ -53,7 +53,7 @@ T = TypeVar("T")
 
 
 class RouteGauges(Protocol):
-    """A route as the scrape sees it (a subset of ``providers.base.Route``)."""
+    """A route as the scrape sees it (a subset of ``routes.base.Route``)."""
 
     @property
     def kind(self) -> str: ...

@@ -255,7 +255,7 @@ def parse_hlr(item: Mapping[str, Any]) -> HlrResult:
 
 
 class ChannelSink(Protocol):
-    """Told how a Viber-first cascade ended per number (issue 16; bitrix24/contacts.py
+    """Told how a Viber-first cascade ended per number (issue 16; bitrix24/contacts/channel.py
     `PreferredChannel`), and asked whether a number should skip Viber."""
 
     def note(self, phone_e164: str, channel: str) -> None: ...
