@@ -20,13 +20,12 @@ from typing import Any, Awaitable, Callable
 
 import structlog
 
-from ..store.leases import LEASE_ERRORS, LeaseConnection
+from ..store.leases import LEASE_ERRORS, LOCK_CLASS, LeaseConnection
 from .fence import Fence
 from .policy import LeasePolicy, LeaseTiming, Step
 
 log = structlog.get_logger(__name__)
 
-LOCK_CLASS = 0x5350  # "SP": the first key of every smppd advisory lock
 WATCH_INTERVAL = 0.1
 
 Start = Callable[[Fence], Awaitable[None]]

@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS lease (
 )
 """
 
+# Every advisory lock of smppd is keyed (LOCK_CLASS, hashtext(name)): a lease's, and the short
+# ones the store takes by name (a portal's token refresh, its app events).
+LOCK_CLASS = 0x5350  # "SP"
 TRY_LOCK = "SELECT pg_try_advisory_lock(%s, hashtext(%s))"
 UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(%s))"
 # A takeover only of an expired row (by the database's clock), and the token goes up; run in

@@ -27,7 +27,6 @@ moves backwards (a repeated move is recorded as not applied).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 from contextlib import asynccontextmanager, contextmanager
@@ -38,6 +37,7 @@ from psycopg import pq
 from psycopg.adapt import Loader
 
 from .engine import Engine, pg_storage_error, redact
+from .leases import LOCK_CLASS
 from .schema import MIGRATIONS
 
 # --- one SQL text, PostgreSQL's spelling ---------------------------------------------------
@@ -368,13 +368,12 @@ class PostgresEngine(Engine):
         Why try and sleep rather than block: a cancelled caller must not leave a thread
         waiting in the server. Closing the connection releases the lock, even after a crash.
         """
-        key = cluster_lock_key(name)
         conn = await asyncio.to_thread(self._connect, autocommit=True)
         try:
-            held = await asyncio.to_thread(_try_lock, conn, key)
+            held = await asyncio.to_thread(_try_lock, conn, name)
             while wait and not held:
                 await asyncio.sleep(0.05)
-                held = await asyncio.to_thread(_try_lock, conn, key)
+                held = await asyncio.to_thread(_try_lock, conn, name)
             yield held
         finally:
             await asyncio.to_thread(conn.close)
@@ -401,13 +400,9 @@ class PostgresEngine(Engine):
 # --- a server's own administration (the throwaway cluster of the tests and benchmarks) ----
 
 
-def cluster_lock_key(name: str) -> int:
-    """An advisory lock's 64-bit key for a name: the same on every node, apart from ``_SCHEMA_LOCK``'s."""
-    return int.from_bytes(hashlib.sha256(f"smppd:{name}".encode()).digest()[:8], "big", signed=True)
-
-
-def _try_lock(conn: PgConnection, key: int) -> bool:
-    return bool(conn.execute("SELECT pg_try_advisory_lock(?)", (key,)).fetchone()[0])
+def _try_lock(conn: PgConnection, name: str) -> bool:
+    """The lease keeper's key for ``name`` (store/leases.py): one key scheme for every lock by name."""
+    return bool(conn.execute("SELECT pg_try_advisory_lock(?, hashtext(?))", (LOCK_CLASS, name)).fetchone()[0])
 
 
 def _quote_ident(name: str) -> str:
