@@ -59,7 +59,7 @@ from shim.app_events import AppEventHandler
 from shim.auth import DoorConfig, Doors, Refusal, ts_fresh
 from shim.dlr import DlrHandler
 from shim.bitrix_form import FormError, HandlerPost, decode_form, parse_handler_post
-from shim.body import BodyError, ClientGone, guard, read_bytes, read_form
+from shim.body import BodyError, ClientGone, add_routes, read_bytes, read_form
 from smppd.config import ShimConfig
 from smppd.ops import metrics
 from smppd.phone import mask
@@ -482,17 +482,20 @@ def make_app(
     gate = Doors(doors or DoorConfig(handler_key=handler_key, route_keys=dict(dlr_keys or {})))
     handler = BitrixHandler(doors=gate, codes=codes, rpc=rpc, max_body=max_body,
                             spool=spool, spool_after=spool_after)
-    app = web.Application(client_max_size=max_body, middlewares=[guard])
+    app = web.Application(client_max_size=max_body)  # no middleware: the guard is on each route (shim/body.py)
     if spool is not None:
         app.cleanup_ctx.append(functools.partial(_spooling, handler, spool))
-    app.router.add_post("/bitrix24/{code}", handler.post)
-    app.router.add_get("/healthz", handler.healthz)
-    # HTTP providers' delivery callbacks (shim/dlr.py); always routed, so a
+    # HTTP providers' delivery callbacks (shim/dlr.py) are always routed, so a
     # route added by SIGHUP is served, and an unknown one is a 401 like a bad key
     dlr = DlrHandler(doors=gate, rpc=rpc)
-    app.router.add_route("POST", "/dlr/{route}", dlr.handle)
-    app.router.add_route("GET", "/dlr/{route}", dlr.handle)
-    app.router.add_post(APP_EVENT_PATH, AppEventHandler(doors=gate, rpc=rpc).post)
+    add_routes(app.router, [
+        ("POST", "/bitrix24/{code}", handler.post),
+        ("GET", "/healthz", handler.healthz),
+        ("HEAD", "/healthz", handler.healthz),
+        ("POST", "/dlr/{route}", dlr.handle),
+        ("GET", "/dlr/{route}", dlr.handle),
+        ("POST", APP_EVENT_PATH, AppEventHandler(doors=gate, rpc=rpc).post),
+    ])
     app[HANDLER] = handler
     app[DOORS] = gate
     return app

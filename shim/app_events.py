@@ -61,7 +61,7 @@ class AppEventHandler:
         if refusal is not None:
             log.warning("bitrix24.app_event_post", outcome=refusal.error, http_status=refusal.status)
             return error_response(refusal)
-        form = await read_form(request)  # a BodyError is answered by shim.body.guard
+        form = await read_form(request)  # a BodyError is answered by the guard (shim.body.guarded)
         auth = {}
         for name, value in form.items():
             match = _AUTH_KEY.fullmatch(name)

@@ -68,7 +68,7 @@ class DlrHandler:
         if refusal is not None:
             self._log_refusal(route)
             return error_response(refusal)
-        form = list((await read_form(request)).items())  # a BodyError is answered by shim.body.guard
+        form = list((await read_form(request)).items())  # a BodyError is answered by the guard (shim.body.guarded)
         form += [(k, v) for k, v in request.query.items() if k != "key"]
         try:
             result = await self._rpc.call("dlr", {"route": route, "form": form})

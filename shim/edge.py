@@ -11,7 +11,7 @@ in a plain ``asyncio.Protocol`` that
   owed its request's headers longest (a slow client), and is refused only when none does;
 * closes a connection whose request has not *started being handled* within
   ``header_timeout`` seconds of its opening or of the first byte after the previous request
-  (``shim.body.guard`` marks the start and the end of each request from inside the app,
+  (``shim.body.guarded`` marks the start and the end of each request from inside the app,
   through ``request_started``; the body has its own deadline in ``shim.body``).
 
 The policy is ``Deadline``, sans-I/O: it is told when bytes arrive and when a request
@@ -215,7 +215,7 @@ class _Gate:
 def request_started(request: web.BaseRequest) -> _Guarded | None:
     """Tell the request's connection (when served through ``listen``) that its headers are in;
     the caller calls ``request_ended()`` on what this returns when the request is done.
-    ``shim.body.guard`` does, for every request."""
+    ``shim.body.guarded`` does, for every request (``shim.body.add_routes``)."""
     transport = request.transport
     protocol = transport.get_protocol() if transport is not None else None
     if isinstance(protocol, _Guarded):

@@ -369,6 +369,25 @@ async def test_healthz_daemon_down(http_no_daemon: TestClient) -> None:
     assert await response.json() == {"shim": "ok", "daemon": "unreachable"}
 
 
+@pytest.mark.integration
+async def test_requests_no_route_takes_are_aiohttps_404_and_405_after_the_guard(http: TestClient) -> None:
+    """The guard is on each route, not a middleware (shim/body.py ``add_routes``): the 404 and
+    405 aiohttp would give come from the guard's own routes, with the header checks first."""
+    assert not http.server.app.middlewares  # a middleware costs every post two coroutine layers
+    response = await http.get("/nowhere")
+    assert (response.status, await response.text()) == (404, "404: Not Found")
+    response = await http.get(f"/bitrix24/{CODE}?key={KEY}")  # a path of ours, another method
+    assert (response.status, response.headers["Allow"]) == (405, "POST")
+    response = await http.post("/healthz")
+    assert (response.status, response.headers["Allow"]) == (405, "GET,HEAD")
+    assert (await http.head("/healthz")).status == 200
+    response = await http.get("/dlr/nowhere")  # routed for any route name: the door answers
+    assert response.status == 401
+    response = await http.post("/nowhere", data=b"{}", headers={"Content-Type": "application/json"})
+    assert response.status == 415 and (await response.json())["field"] == "Content-Type"
+    assert response.headers["Connection"] == "close"  # the body was never read
+
+
 # --------------------------------------------------------------------------
 # units
 

@@ -89,6 +89,37 @@ async def test_a_keep_alive_connection_idle_between_requests_is_not_cut(edge):
     assert listener.gate.expired == 0
 
 
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
+    """One request on a kept-alive connection; the answer's status line and headers."""
+    writer.write(request)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:])
+    await reader.readexactly(length)
+    return head
+
+
+@pytest.mark.integration
+async def test_a_404_and_a_405_end_their_request_so_the_kept_alive_connection_lives_on(edge):
+    """No route takes these, so only the guard's own 404/405 routes (shim/body.py ``add_routes``)
+    tell the edge the request started and ended; without that, the deadline armed by the 404's
+    first byte would cut the connection while it is idle, or while its next post is served."""
+    rig, listener = edge
+    key = rig.config.shim.handler_key
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    assert (await _exchange(reader, writer, b"GET /nowhere HTTP/1.1\r\nHost: a\r\n\r\n")).startswith(
+        b"HTTP/1.1 404")
+    assert (await _exchange(reader, writer, b"GET /bitrix24/by_life HTTP/1.1\r\nHost: a\r\n\r\n")).startswith(
+        b"HTTP/1.1 405")
+    await asyncio.sleep(0.8)  # idle past the header deadline: not owed, not cut
+    _, fields = rig.portal.create_message("by_life", "+375291234562", "after a 404")
+    data = urlencode(fields).encode()
+    head = await _exchange(reader, writer, f"POST /bitrix24/by_life?key={key} HTTP/1.1\r\nHost: a\r\n"
+                                           f"Content-Type: application/x-www-form-urlencoded\r\n"
+                                           f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    assert head.startswith(b"HTTP/1.1 200") and listener.gate.expired == 0 and not listener.gate.pending
+    writer.close()
+
+
 @pytest.mark.integration
 async def test_a_later_request_trickling_on_a_kept_alive_connection_is_cut_at_its_own_deadline(edge):
     """The connection's one timer is re-armed lazily (shim/edge.py ``_check``): after a request
