@@ -86,6 +86,7 @@ class _Guarded(asyncio.Protocol):
 
     def __init__(self, gate: _Gate) -> None:
         self._gate = gate
+        self._loop = gate.loop  # looked up once: asyncio.get_running_loop() per chunk was ~0.1 µs of every post
         self._inner: asyncio.Protocol | None = None
         self._transport: asyncio.Transport | None = None
         self.deadline = Deadline(gate.limits.header_timeout)
@@ -102,31 +103,30 @@ class _Guarded(asyncio.Protocol):
         self._arm()  # a new connection owes its first request's headers too, byte or no byte
 
     def _arm(self) -> None:
-        loop = asyncio.get_running_loop()
-        due = self.deadline.received(loop.time())
+        due = self.deadline.received(self._loop.time())
         if due is not None:
             self._gate.pending[self] = None
             # One timer per connection, re-armed lazily by ``_check``: a timer already set fires
             # no later than this due (deadlines only move forward), so it is left as it is. A
             # call_at and a cancel per request were ~2 µs of every keep-alive post.
             if self._timer is None:
-                self._timer = loop.call_at(due, self._check)
+                self._timer = self._loop.call_at(due, self._check)
 
     def data_received(self, data: bytes) -> None:
-        if self._inner is None:
+        inner = self._inner
+        if inner is None:
             return
         self._arm()
-        self._inner.data_received(data)
+        inner.data_received(data)
 
     def _check(self) -> None:
         self._timer = None
-        loop = asyncio.get_running_loop()
-        if self.deadline.expired(loop.time()):
+        if self.deadline.expired(self._loop.time()):
             self._gate.timed_out()
             self.drop()
         elif self.deadline.due is not None and self._inner is not None:
             # the request this timer was set for started in time; a later one owes its headers now
-            self._timer = loop.call_at(self.deadline.due, self._check)
+            self._timer = self._loop.call_at(self.deadline.due, self._check)
 
     def drop(self) -> None:
         """Close now and give the connection's place back at once (``connection_lost`` comes later)."""
@@ -175,9 +175,11 @@ class _Gate:
     refused.
     """
 
-    def __init__(self, factory: Callable[[], asyncio.Protocol], limits: EdgeLimits) -> None:
+    def __init__(self, factory: Callable[[], asyncio.Protocol], limits: EdgeLimits,
+                 loop: asyncio.AbstractEventLoop) -> None:
         self.factory = factory
         self.limits = limits
+        self.loop = loop
         self.live = 0
         self.refused = 0
         self.evicted = 0
@@ -255,8 +257,8 @@ async def listen(runner: web.AppRunner, limits: EdgeLimits, *, host: str | None 
     """
     if runner.server is None:
         raise RuntimeError("call runner.setup() first")
-    gate = _Gate(runner.server, limits)
     loop = asyncio.get_running_loop()
+    gate = _Gate(runner.server, limits, loop)
     if sock is not None:
         server = await loop.create_server(lambda: _Guarded(gate), sock=sock, backlog=backlog)
     else:

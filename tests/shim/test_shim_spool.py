@@ -180,6 +180,23 @@ async def test_a_store_task_cancelled_before_it_settles_cancels_its_handler_inst
         await runner.cleanup()
 
 
+async def test_drain_settles_a_store_task_cancelled_before_its_first_step(rpc) -> None:
+    """A store task takes itself out of the drain set as it ends (shim/app.py ``_settle``); one
+    cancelled before it ever ran does not, so ``drain`` must neither spin on it nor leave its
+    handler's waiter hanging."""
+    from shim.app import BitrixHandler
+    from shim.auth import DoorConfig, Doors
+
+    handler = BitrixHandler(doors=Doors(DoorConfig(handler_key=KEY)), codes={CODE}, rpc=rpc, max_body=1 << 20)
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    task = loop.create_task(handler._settle(parse_handler_post(decode_form(body())), waiter))
+    handler._storing[task] = waiter
+    task.cancel()  # before its first step, as the loop's shutdown may
+    await asyncio.wait_for(handler.drain(), 2)
+    assert waiter.cancelled() and not handler._storing
+
+
 async def test_a_client_that_disconnects_while_the_daemon_is_down_gets_its_post_spooled(tmp_path, rpc):
     runner, base, spool = await serve(rpc, str(tmp_path / "spool"), spool_after=0.3)
     try:
