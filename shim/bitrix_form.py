@@ -169,14 +169,22 @@ def _bindings(form: Mapping[str, Any], keys: list[str]) -> tuple[Binding, ...]:
         value = form.get(key)
         if type(value) is not str:  # _required's answer, without a call for the usual case
             value = _required(form, key)
-        halves.setdefault(known[0], {})[known[1]] = _integer(key, value)
+        # _integer's own first test, without the call for the usual case (plain ASCII digits)
+        number = int(value) if value.isdigit() and value.isascii() and len(value) <= 18 else _integer(key, value)
+        pair = halves.get(known[0])
+        if pair is None:
+            halves[known[0]] = pair = {}
+        pair[known[1]] = number
+    if not halves:
+        return ()
     bindings = []
     for n in sorted(halves):
         pair = halves[n]
-        for part in _BINDING_PARTS:
-            if part not in pair:
-                raise FormError(f"bindings[{n}][{part}]", "missing")
-        bindings.append(Binding(pair["OWNER_TYPE_ID"], pair["OWNER_ID"]))
+        type_id, owner_id = pair.get("OWNER_TYPE_ID"), pair.get("OWNER_ID")
+        if type_id is None or owner_id is None:
+            part = "OWNER_TYPE_ID" if type_id is None else "OWNER_ID"
+            raise FormError(f"bindings[{n}][{part}]", "missing")
+        bindings.append(Binding(type_id, owner_id))
     return tuple(bindings)
 
 
@@ -241,30 +249,48 @@ def parse_handler_post(form: Mapping[str, Any]) -> HandlerPost:
     Only syntax is checked here.  Whether the code is ours, matches the URL,
     or the text is empty is the endpoint's business; whether the number is
     valid and the token right is the daemon's.
+
+    The usual post (every field text) is read with one ``get`` per field;
+    ``_required``/``_text`` run only to name a field that is missing or not
+    text, so the errors and their order are theirs (tests/shim/test_shim_form.py
+    checks random forms against the field-by-field reading): ~2 µs of a post.
     """
-    values = {key: _required(form, key) for key in REQUIRED}
-    for key in ("code", "message_to"):
-        if not values[key].strip():
-            raise FormError(key, "empty")
-    if not _B24_ID.fullmatch(values["message_id"]):
+    get = form.get
+    code, b24_id, message_to, message_body = get("code"), get("message_id"), get("message_to"), get("message_body")
+    if type(code) is not str or type(b24_id) is not str or type(message_to) is not str \
+            or type(message_body) is not str:
+        code, b24_id, message_to, message_body = [_required(form, key) for key in REQUIRED]
+    if not code.strip():
+        raise FormError("code", "empty")
+    if not message_to.strip():
+        raise FormError("message_to", "empty")
+    if not _B24_ID.fullmatch(b24_id):
         raise FormError("message_id", "must be 32 hexadecimal characters")
 
-    message_type = _text(form, "type")
+    message_type = get("type")
     if message_type is not None and message_type != "SMS":
+        _text(form, "type")  # not text: named as such
         raise FormError("type", "must be SMS")
-    ts = _text(form, "ts")
+    ts = get("ts")
+    if ts is not None and type(ts) is not str:
+        ts = _text(form, "ts")
+    module_id = get("module_id")
+    if module_id is not None and type(module_id) is not str:
+        module_id = _text(form, "module_id")
     binding_keys, auth_keys, document_id_keys = _bracket_keys(form)
+    bindings = _bindings(form, binding_keys)  # its errors come before the ts's, as the fields were read
+    workflow_id = get("workflow_id")
 
     return HandlerPost(
-        code=values["code"],
-        b24_id=values["message_id"].lower(),
-        message_to=values["message_to"],
-        message_body=values["message_body"],
-        type=message_type,
-        module_id=_text(form, "module_id") or "",
-        bindings=_bindings(form, binding_keys),
-        ts=_integer("ts", ts) if ts is not None and ts != "" else None,
-        auth=_auth(form, auth_keys),
-        workflow_id=_text(form, "workflow_id"),
-        document_id=_document_id(form, document_id_keys),
+        code,
+        b24_id.lower(),
+        message_to,
+        message_body,
+        message_type,
+        module_id or "",
+        bindings,
+        _integer("ts", ts) if ts is not None and ts != "" else None,
+        _auth(form, auth_keys),
+        workflow_id if workflow_id is None or type(workflow_id) is str else _text(form, "workflow_id"),
+        _document_id(form, document_id_keys) if document_id_keys else None,
     )
