@@ -1,4 +1,4 @@
-"""``smppd.rpc.json_fast``: orjson reads and writes the RPC's usual lines (it must not
+"""``smppd.json_fast``: orjson reads and writes the RPC's usual lines (it must not
 silently hand them to the slow ``json`` path), and every line where orjson and ``json``
 part ways goes to the exact decoder, so the wire's refusals and answers stay the same."""
 
@@ -12,7 +12,8 @@ import pytest
 
 from shim import bitrix_form as bf
 from shim.app import _intake_json
-from smppd.rpc import json_fast, wire
+from smppd import json_fast
+from smppd.rpc import wire
 
 from tests.rigs.form_rig import random_form
 
@@ -128,3 +129,28 @@ def test_long_numbers_are_found_wherever_they_are() -> None:
 def test_integers_at_the_64_bit_bounds_are_taken() -> None:
     line = b'{"id":1,"method":"m","params":{"a":9223372036854775807,"b":-9223372036854775808}}'
     assert wire.parse_request(line)[2] == {"a": 2**63 - 1, "b": -(2**63)}
+
+
+def test_http_answers_read_as_json_reads_them_and_usual_ones_by_orjson():
+    """``http_client.Answer.json``: a Bitrix24 batch answer goes through orjson; every body
+    where orjson and json could part gives json's value or json's error."""
+    from smppd.http_client import Answer
+
+    batch = json.dumps({"result": {"result": {f"s{i}": True for i in range(50)}, "result_error": [],
+                                   "result_time": {f"s{i}": {"start": 1.5, "duration": 0.001} for i in range(50)}},
+                        "time": {"start": 1733150000.123, "operating": 0.5}}).encode()
+    assert json_fast.loads(batch) is not None, "a usual Bitrix24 answer fell back to json"
+    assert Answer(200, batch).json() == json.loads(batch)
+    for body in (b'{"n": 123456789012345678901234567890}', b'{"x": NaN}', b'[1e400]', b'"\\ud800"',
+                 b'{"t": "\xff\xfe"}', b"null", "{\"кириллица\": \"да\"}".encode()):
+        text = body.decode("utf-8", "replace")
+        try:
+            expected = json.loads(text)
+        except ValueError:
+            with pytest.raises(ValueError):
+                Answer(200, body).json()
+        else:
+            assert Answer(200, body).json() == expected or (expected != expected)  # NaN is not itself
+    for body in (b"", b"<html>502 Bad Gateway</html>", b'{"a": 1', b"\xef\xbb\xbf{}"):
+        with pytest.raises(ValueError):
+            Answer(200, body).json()

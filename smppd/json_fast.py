@@ -1,10 +1,15 @@
-"""The RPC wire's JSON through orjson, where orjson's answer is the standard
-library's answer; ``None`` hands the line back to ``wire``'s exact decoder.
+"""JSON through orjson where orjson's answer is the standard library's answer;
+``None`` hands the text back to the exact decoder (``json``).
+
+Two users, both per message: the RPC wire (``smppd.rpc.wire``, ``rpc.client``) and the
+answers of HTTP servers (``smppd.http_client.Answer.json``: Bitrix24's batch answers
+to the status pusher, the HTTP providers' answers).
 
 Why: the RPC's JSON was ~4 µs per message over the daemon and the shim
 (an ``intake.batch`` line decoded 2.1 µs per post against 0.8, its answer
 encoded 1.5 against 0.1 and decoded 1.6 against 0.25; BENCHMARKS.md,
-"Issue 15: the bar").
+"Issue 15: the bar"); a Bitrix24 batch answer of 50 statuses is read ~4x
+faster (BENCHMARKS.md, "Issue 15: the bar held").
 
 Where orjson and ``json`` part ways, and how each is handed back:
 
