@@ -20,8 +20,10 @@ class _Node:
 
 @pytest.fixture(autouse=True)
 def _thawed():
+    threshold = gc.get_threshold()
     yield
     gc.unfreeze()  # the rest of the suite runs with the collector as it was
+    gc.set_threshold(*threshold)
 
 
 def test_settle_freezes_what_is_alive_and_reports_it():
@@ -31,6 +33,12 @@ def test_settle_freezes_what_is_alive_and_reports_it():
     assert REGISTRY.get_sample_value("smppd_heap_frozen_objects") == frozen
     # a frozen object is skipped by collections: it is in no generation any more
     assert not any(alive is o for o in gc.get_objects())
+
+
+def test_settle_collects_the_young_less_often_and_leaves_the_older_generations_alone():
+    gc.set_threshold(700, 10, 10)
+    heap.settle()
+    assert gc.get_threshold() == (heap.YOUNG_OBJECTS, 10, 10)
 
 
 def test_a_cycle_frozen_at_start_is_collected_after_the_next_settle():
