@@ -6,9 +6,9 @@ short-lived ones per message. CPython's collector walks every tracked object of 
 generation each time it collects it, so the oldest generation's collections (triggered
 by the survivors of busy periods) kept walking start-up's objects, which never become
 garbage (the shim alone, ``bench/shim_path.py``: 111 -> 105 µs per post once frozen).
-``gc.freeze()`` is the standard
-library's documented way out: objects alive at that moment move to a permanent
-generation that collections skip; reference counting still frees them.
+``gc.freeze()`` is the standard library's documented way out: objects alive at that
+moment move to a permanent generation that collections skip; reference counting still
+frees them.
 
 The cost: a frozen object that later becomes part of a garbage cycle is not collected
 while frozen. That is bounded: ``settle`` runs again after each reload (the old
