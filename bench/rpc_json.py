@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shim import bitrix_form as bf  # noqa: E402
 from shim.app import _intake_json  # noqa: E402
-from smppd.rpc import json_fast, wire  # noqa: E402
+from smppd import json_fast  # noqa: E402
+from smppd.rpc import wire  # noqa: E402
 from tests.rigs.form_rig import random_form  # noqa: E402
 
 BATCH = 18  # posts per intake.batch line under the Kannel bench's load

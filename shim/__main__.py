@@ -15,7 +15,7 @@ from aiohttp import web
 from smppd import config as config_mod
 from smppd.ops import logs
 from smppd.ops import metrics
-from smppd.ops import sdnotify
+from smppd.ops import heap, sdnotify
 from smppd.ops.listenfds import passed_socket
 from smppd.rpc import RpcClient
 
@@ -78,8 +78,10 @@ async def serve(cfg: config_mod.Config, host: str, port: int, path: str | None =
     def on_hup() -> None:
         nonlocal current
         current = reload(app, current, path) if path else current
+        heap.settle()  # the old config's objects are collectable again (smppd/ops/heap.py)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    heap.settle()  # start-up's objects out of the collector's way (smppd/ops/heap.py)
     sdnotify.notify("READY=1")
     await stopping.wait()
     sdnotify.notify("STOPPING=1")

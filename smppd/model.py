@@ -280,9 +280,11 @@ class IntakeResult(NamedTuple):
     concat_ref: int | None = None  # per destination (issue 3), for multi-segment messages
 
 
-@dataclass(frozen=True)
-class OpenMessage:
-    """A message that still has segments to submit, for the route's queue."""
+class OpenMessage(NamedTuple):
+    """A message that still has segments to submit, for the route's queue.
+
+    A NamedTuple like ``IntakeResult``: one per message (at intake, and per reload of a
+    route's queue); the frozen dataclass's ``__init__`` cost 1.3 µs against 0.4."""
 
     id: int
     route: str

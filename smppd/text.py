@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .smpp.pdu import ESM_CLASS_UDHI
 
@@ -146,9 +147,10 @@ def udh_concat(ref: int, total: int, seq: int, *, ref16: bool = False) -> bytes:
     return bytes([0x05, 0x00, 0x03, ref, total, seq])
 
 
-@dataclass(frozen=True)
-class EncodedText:
+class EncodedText(NamedTuple):
     """A message ready for submit_sm: one payload per segment, UDH to be added by the sender.
+
+    A NamedTuple, not a frozen dataclass: built once or twice per message (intake, the route).
 
     ref16 is kept because it changes the capacity of a multipart segment (152/66 instead of
     153/67), which chars_left() needs.

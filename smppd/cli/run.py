@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from .. import config as config_mod
-from ..ops import reload, sdnotify
+from ..ops import heap, reload, sdnotify
 from ..daemon import Daemon
 
 log = structlog.get_logger(__name__)
@@ -38,6 +38,7 @@ async def run_daemon(cfg: config_mod.Config, config_path: str) -> bool:
         log.error("daemon_start_failed", error=str(e))
         await daemon.stop()
         return False
+    heap.settle()  # start-up's objects out of the collector's way (ops/heap.py)
     sdnotify.notify(f"READY=1\nSTATUS=serving {len(daemon.routes)} routes on {cfg.daemon.socket_path}")
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -86,4 +87,5 @@ async def reload_config(daemon: Daemon, config_path: str, lock: asyncio.Lock | N
                 daemon.crashed.set()
                 return None
         finally:
+            heap.settle()  # the old config's objects are collectable again, the new ones frozen
             sdnotify.notify("READY=1")

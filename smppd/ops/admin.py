@@ -9,7 +9,6 @@ methods need no authentication of their own.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from typing import Any, Mapping, Protocol
 
@@ -166,7 +165,7 @@ class Admin:
                 free = tuple(s for s in m.open_segments if (m.id, s) not in busy)
                 if free:
                     # replace(): the resent parts keep the message's concatenation reference
-                    route.enqueue(dataclasses.replace(m, open_segments=free))
+                    route.enqueue(m._replace(open_segments=free))
                     requeued.append(m.id)
         requeued.sort()
         log.info("admin_retry", messages=requeued, selected=len(selected), outbox=outbox)

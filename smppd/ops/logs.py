@@ -143,6 +143,34 @@ def _orjson_text(obj: Any, **kw: Any) -> str:
         return json_mod.dumps(obj, **kw)
 
 
+class IsoUtcStamper:
+    """A processor: ``timestamp`` in UTC as ``2026-12-02T15:38:35.898071Z``, the format of
+    structlog's ``TimeStamper(fmt="iso", utc=True)`` (except that a time on the exact second
+    keeps its ``.000000``: every stamp has the same width).
+
+    Why not structlog's: it builds a ``datetime`` and formats all of it for every line
+    (1.27 µs); the date and time of day change once a second, so they are formatted once a
+    second here and only the microseconds per line (0.54 µs). Two lines per message.
+    The cache is one tuple, swapped whole, so a line logged from the store's writer thread
+    never pairs one second's prefix with another's fraction.
+    """
+
+    __slots__ = ("_second",)
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")
+
+    def __call__(self, logger: object, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        second = int(now)
+        cached, prefix = self._second
+        if second != cached:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, prefix)
+        event["timestamp"] = f"{prefix}.{int((now - second) * 1e6):06d}Z"
+        return event
+
+
 def json_renderer() -> structlog.processors.JSONRenderer:
     """structlog's JSONRenderer with orjson as its serializer (structlog's "Performance"
     page): ~0.5 µs a line against json.dumps' ~3.7, two lines per message."""
@@ -158,7 +186,7 @@ def processors(renderer: structlog.types.Processor, repeats: RepeatLimiter) -> l
         structlog.contextvars.merge_contextvars,
         redact_secrets,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        IsoUtcStamper(),
         structlog.processors.format_exc_info,
         renderer,
     ]

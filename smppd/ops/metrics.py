@@ -185,11 +185,17 @@ SHIM_REPLAYED = Counter("smppd_shim_spool_replayed", "Spooled posts forwarded to
 SHIM_SPOOL_REFUSED = Counter(
     "smppd_shim_spool_refused", "Posts the spool could not keep (answered 503): reason=full or disk.", ["reason"],
 )
+HEAP_FROZEN = Gauge("smppd_heap_frozen_objects", "Objects moved out of the cyclic collector's reach when the"
+                    " process became ready or reloaded (smppd/ops/heap.py); 0 means it never settled.")
 SHIM_SPOOL_BYTES = Gauge("smppd_shim_spool_bytes", "Bytes of spooled posts on the shim's disk.")
 SHIM_SPOOL_LIMIT = Gauge("smppd_shim_spool_limit_bytes", "The spool's size cap (shim.spool_max_bytes).")
 SHIM_SPOOL_OLDEST = Gauge(
     "smppd_shim_spool_oldest_seconds", "Age of the oldest post waiting in the spool; 0 when it is empty.",
 )
+
+
+def heap_settled(frozen: int) -> None:
+    HEAP_FROZEN.set(frozen)
 
 
 def shim_spool_state(spool_bytes: int, limit: int, oldest_age: Any) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 
 import structlog
 
-from . import json_fast, wire
+from .. import json_fast
+from . import wire
 from .wire import (
     BATCHED,
     LineWriter,

@@ -67,7 +67,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from . import json_fast
+from .. import json_fast
 
 __all__ = [
     "BATCHED",

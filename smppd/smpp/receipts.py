@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from .pdu import (
     DATA_SM,
@@ -41,9 +41,11 @@ def is_receipt(esm_class: int) -> bool:
     return (esm_class & ESM_CLASS_TYPE_MASK) in ESM_CLASS_RECEIPT_TYPES
 
 
-@dataclass(frozen=True, slots=True)
-class Receipt:
+class Receipt(NamedTuple):
     """A delivery receipt, TLVs preferred over the vendor-specific text.
+
+    A NamedTuple, not a frozen dataclass: one is built per message, and the frozen
+    ``__init__`` of these eight fields (by keyword) cost 1.5 µs against 0.65.
 
     ``error`` is the text ``err:`` value as received (e.g. ``"000"``); when the
     text has none it is the network_error_code TLV rendered as

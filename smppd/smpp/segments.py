@@ -9,7 +9,7 @@ number of submit_sm that go out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import phone, text
 from ..config import LONG_METHODS, SmppRouteConfig
@@ -20,8 +20,9 @@ from .session import Submit
 UDH8, UDH16, SAR, PAYLOAD = LONG_METHODS  # the names config accepts for long_method
 
 
-@dataclass(frozen=True)
-class SegmentJob:
+class SegmentJob(NamedTuple):
+    """One segment's submit_sm for the route's queue; a NamedTuple: one per segment."""
+
     row_id: int
     seq: int
     submit: Submit

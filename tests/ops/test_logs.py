@@ -225,7 +225,7 @@ def test_production_chain_is_structlogs_documented_set_up_and_console_keeps_its_
         assert isinstance(chain[0], logs.LimitRepeats)
         assert chain[1:4] == [structlog.contextvars.merge_contextvars, logs.redact_secrets,
                               structlog.processors.add_log_level]
-        assert isinstance(chain[4], structlog.processors.TimeStamper) and chain[4].utc and chain[4].fmt == "iso"
+        assert isinstance(chain[4], logs.IsoUtcStamper)
         assert chain[5] is structlog.processors.format_exc_info
         assert isinstance(chain[6], structlog.processors.JSONRenderer)
         logs.configure(json=False)
@@ -333,3 +333,23 @@ def test_library_records_keep_the_template_and_the_exception_type_never_the_byte
     assert next(line for line in lines if line.get("logger") == "asyncio")["event"] == "Task exception was never retrieved"
     root = next(line for line in lines if line.get("logger") == "root")
     assert root["level"] == "error" and root["error"] == "RuntimeError" and root["where"].startswith("test_logs.py:")
+
+
+def test_timestamps_are_structlogs_iso_utc_format_to_the_microsecond(monkeypatch):
+    """IsoUtcStamper writes the instant TimeStamper(fmt="iso", utc=True) would, in its format,
+    second after second, across a second, a day and a year boundary."""
+    import datetime
+    import re
+    import time as time_mod
+
+    iso_utc = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+    reference = structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "info", {})["timestamp"]
+    assert iso_utc.fullmatch(reference) or re.fullmatch(r"[^.]*Z", reference)  # the format we copy
+    ours = logs.IsoUtcStamper()
+    for now in (1_796_083_115.898071, 1_796_083_115.999999, 1_796_083_116.000001, 1_796_083_116.5,
+                1_798_761_599.25, 1_798_761_600.75, 1_796_083_115.123456):
+        monkeypatch.setattr(time_mod, "time", lambda now=now: now)
+        stamp = ours(None, "info", {})["timestamp"]
+        assert iso_utc.fullmatch(stamp)
+        expected = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        assert abs(datetime.datetime.fromisoformat(stamp[:-1] + "+00:00") - expected) <= datetime.timedelta(microseconds=1)

@@ -26,12 +26,11 @@ issue 14):
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """What the route may do at one instant."""
+class Limits(NamedTuple):
+    """What the route may do at one instant (a NamedTuple: one per submit)."""
 
     rate: float  # segments per second; 0 = no cap
     window: int  # submits in flight per bind

@@ -1,4 +1,4 @@
-"""``smppd.rpc.json_fast``: orjson reads and writes the RPC's usual lines (it must not
+"""``smppd.json_fast``: orjson reads and writes the RPC's usual lines (it must not
 silently hand them to the slow ``json`` path), and every line where orjson and ``json``
 part ways goes to the exact decoder, so the wire's refusals and answers stay the same."""
 
@@ -12,7 +12,8 @@ import pytest
 
 from shim import bitrix_form as bf
 from shim.app import _intake_json
-from smppd.rpc import json_fast, wire
+from smppd import json_fast
+from smppd.rpc import wire
 
 from tests.rigs.form_rig import random_form
 
@@ -88,7 +89,6 @@ def test_a_lone_surrogate_is_refused_by_both_as_before() -> None:
         b'{"id":1,"method":"m","params":{"s":"\\ud800"}}',
         b'{"id":1,"method":"m","params":{"n":' + b"[" * 1100 + b"]" * 1100 + b"}}",
         b'{"id":1,"method":"m","params":{"s":"12345678901234567890"}}',
-        b'{"id":1,"method":"m","params":{"x":1.0000000000000000000001}}',
         b'{"id":1,"method":"m"',
         b"\xff",
     ],
@@ -125,6 +125,46 @@ def test_long_numbers_are_found_wherever_they_are() -> None:
     assert json_fast.long_number(bytes(range(256)) * 3) is False
 
 
+def test_a_floats_long_fraction_is_not_a_long_number_but_its_long_integer_part_is() -> None:
+    assert json_fast.long_number(b'{"duration":0.0012340545654296875}') is False  # PHP's shortest repr
+    assert json_fast.long_number(b'[0.0012340545654296875,1.25,3.0000000000000000000001]') is False
+    assert json_fast.long_number(b'[0.0012340545654296875,12345678901234567890]') is True
+    assert json_fast.long_number(b'12345678901234567890.5') is True  # the integer part counts
+    assert json_fast.long_number(b'-12345678901234567890') is True
+    assert json_fast.long_number(b"0." + b"1" * 40) is True  # 38+ after a dot: conservative
+    for line in (b'[0.0012340545654296875]', b'{"t":0.12345678901234567890123e-5}'):
+        assert json_fast.loads(line) == json.loads(line)
+    line = b'{"id":1,"method":"m","params":{"x":1.0000000000000000000001}}'  # once sent to json
+    assert json_fast.loads(line) is not None
+    assert wire.parse_request(line) == (1, "m", {"x": 1.0})
+
+
 def test_integers_at_the_64_bit_bounds_are_taken() -> None:
     line = b'{"id":1,"method":"m","params":{"a":9223372036854775807,"b":-9223372036854775808}}'
     assert wire.parse_request(line)[2] == {"a": 2**63 - 1, "b": -(2**63)}
+
+
+def test_http_answers_read_as_json_reads_them_and_usual_ones_by_orjson():
+    """``http_client.Answer.json``: a Bitrix24 batch answer goes through orjson; every body
+    where orjson and json could part gives json's value or json's error."""
+    from smppd.http_client import Answer
+
+    batch = json.dumps({"result": {"result": {f"s{i}": True for i in range(50)}, "result_error": [],
+                                   "result_time": {f"s{i}": {"start": 1764688800.1234567, "duration": 0.0012340545654296875}
+                                                   for i in range(50)}},
+                        "time": {"start": 1733150000.123, "operating": 0.5}}).encode()
+    assert json_fast.loads(batch) is not None, "a usual Bitrix24 answer fell back to json"
+    assert Answer(200, batch).json() == json.loads(batch)
+    for body in (b'{"n": 123456789012345678901234567890}', b'{"x": NaN}', b'[1e400]', b'"\\ud800"',
+                 b'{"t": "\xff\xfe"}', b"null", "{\"кириллица\": \"да\"}".encode()):
+        text = body.decode("utf-8", "replace")
+        try:
+            expected = json.loads(text)
+        except ValueError:
+            with pytest.raises(ValueError):
+                Answer(200, body).json()
+        else:
+            assert Answer(200, body).json() == expected or (expected != expected)  # NaN is not itself
+    for body in (b"", b"<html>502 Bad Gateway</html>", b'{"a": 1', b"\xef\xbb\xbf{}"):
+        with pytest.raises(ValueError):
+            Answer(200, body).json()
