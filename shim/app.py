@@ -158,7 +158,7 @@ _RESULT_KEYS = frozenset({"id", "status", "duplicate"})
 
 
 def _is_intake_result(result: Any) -> bool:
-    # the RPC's JSON gives a dict: checked first, as isinstance against the Mapping ABC costs ~0.3 µs
+    # the RPC's JSON gives a dict: checked first, as isinstance against the Mapping ABC is slow (0.34 -> 0.20 µs)
     return (type(result) is dict or isinstance(result, Mapping)) and result.keys() >= _RESULT_KEYS
 
 
@@ -293,8 +293,7 @@ class BitrixHandler:
         # From here the post is ours: a client that goes away must not cancel it. The store
         # runs in a task of its own and settles ``waiter``, which is all this handler awaits:
         # cancelling the handler cancels the waiter, never the task (asyncio.shield's guarantee,
-        # without its extra future and two callback hops: ~3 µs of every post). The loop's own
-        # create_task: asyncio.create_task looks the loop up again and names the task.
+        # without its extra future and two callback hops: ~3 µs of every post).
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Mapping[str, Any]] = loop.create_future()
         self._storing[loop.create_task(self._settle(post, waiter))] = waiter
@@ -303,11 +302,8 @@ class BitrixHandler:
     async def _settle(self, post: HandlerPost, waiter: asyncio.Future[Mapping[str, Any]]) -> None:
         """``_store``'s outcome into ``waiter``, unless the handler has gone (its waiter
         cancelled): the outcome then has nobody to go to, as with a shielded task whose
-        awaiter was cancelled.
-
-        The task takes itself out of ``_storing`` as it ends, rather than in a done callback:
-        the callback was one more trip through the event loop for every post (~1 µs). A task
-        cancelled before its first step never runs this; ``drain`` settles those."""
+        awaiter was cancelled. It leaves ``_storing`` itself, not in a done callback (one more
+        trip through the loop per post); ``drain`` settles a task cancelled before its first step."""
         try:
             result = await self._store(post)
         except Exception as exc:  # an _Outcome (a refusal, a 503) or a bug: the handler answers it
@@ -328,12 +324,9 @@ class BitrixHandler:
     async def drain(self) -> None:
         """Wait for the posts being stored or spooled (their clients may be gone)."""
         while self._storing:
-            running = [task for task in self._storing if not task.done()]
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.gather(*[task for task in self._storing if not task.done()], return_exceptions=True)
             for task in [task for task in self._storing if task.done()]:  # cancelled before their first step
-                waiter = self._storing.pop(task)
-                if not waiter.done():
+                if not (waiter := self._storing.pop(task)).done():
                     waiter.cancel()
 
     async def _store(self, post: HandlerPost) -> Mapping[str, Any]:
@@ -501,14 +494,10 @@ def make_app(
     # HTTP providers' delivery callbacks (shim/dlr.py) are always routed, so a
     # route added by SIGHUP is served, and an unknown one is a 401 like a bad key
     dlr = DlrHandler(doors=gate, rpc=rpc)
-    add_routes(app.router, [
-        ("POST", "/bitrix24/{code}", handler.post),
-        ("GET", "/healthz", handler.healthz),
-        ("HEAD", "/healthz", handler.healthz),
-        ("POST", "/dlr/{route}", dlr.handle),
-        ("GET", "/dlr/{route}", dlr.handle),
-        ("POST", APP_EVENT_PATH, AppEventHandler(doors=gate, rpc=rpc).post),
-    ])
+    add_routes(app.router, [("POST", "/bitrix24/{code}", handler.post),
+                            ("GET", "/healthz", handler.healthz), ("HEAD", "/healthz", handler.healthz),
+                            ("POST", "/dlr/{route}", dlr.handle), ("GET", "/dlr/{route}", dlr.handle),
+                            ("POST", APP_EVENT_PATH, AppEventHandler(doors=gate, rpc=rpc).post)])
     app[HANDLER] = handler
     app[DOORS] = gate
     return app

@@ -13,7 +13,7 @@ door has the same limits and the same answers.
 
 The guard wraps each handler where its route is registered rather than being an aiohttp
 middleware: aiohttp runs a middleware under a wrapper of its own (``current_app`` set and
-restored), two more coroutine layers for every request, ~3 µs of every post. A middleware also
+restored), two more coroutine layers for every request, a few µs of every post. A middleware also
 saw the requests no route matched; here ``add_routes`` registers the guard's own 405 (another
 method on a path of the app) and 404 (any other path), so those meet the guard too (the edge's
 header deadline needs every request's start and end, shim/edge.py).
