@@ -10,7 +10,7 @@ broadcast. Prints the shim's CPU (utime + stime from /proc) per post for each ru
 their median, so a change to the shim's HTTP path shows as a number without the rest
 of the rig.
 
-    .venv/bin/python bench/shim_path.py [-n 20000] [--runs 5] [--concurrency 50] [--no-spool] [--plain-site]
+    .venv/bin/python bench/shim_path.py [-n 20000] [--runs 5] [--concurrency 50] [--no-spool] [--plain-site] [--raw-heap]
 
 The shim listens through ``shim.edge.listen`` (connection cap, header deadline), as
 ``smppd-shim`` does; ``--plain-site`` serves it through ``web.TCPSite`` instead, so the
@@ -96,7 +96,8 @@ async def drive(port: int, posts: list[bytes], concurrency: int) -> dict[int, in
     return statuses
 
 
-async def run(n: int, runs: int, concurrency: int, spool: bool = True, plain_site: bool = False) -> None:
+async def run(n: int, runs: int, concurrency: int, spool: bool = True, plain_site: bool = False,
+              raw_heap: bool = False) -> None:
     ids = itertools.count(1)
 
     async def intake(params: dict[str, Any]) -> Any:
@@ -112,7 +113,8 @@ async def run(n: int, runs: int, concurrency: int, spool: bool = True, plain_sit
         port = free_port()
         shim = subprocess.Popen([PYTHON, __file__, "--serve", sock, str(port),
                                  *(["--spool-dir", str(Path(tmp) / "spool")] if spool else []),
-                                 *(["--plain-site"] if plain_site else [])],
+                                 *(["--plain-site"] if plain_site else []),
+                                 *(["--raw-heap"] if raw_heap else [])],
                                 stdout=subprocess.DEVNULL)
         try:
             wait_for_port(port)
@@ -135,14 +137,15 @@ async def run(n: int, runs: int, concurrency: int, spool: bool = True, plain_sit
             await portal.stop()
 
 
-async def serve(sock: str, port: int, spool_dir: str | None = None, plain_site: bool = False) -> None:
+async def serve(sock: str, port: int, spool_dir: str | None = None, plain_site: bool = False,
+                raw_heap: bool = False) -> None:
     """The shim as ``smppd-shim`` runs it (shim/__main__.py ``serve``), without signals."""
     from aiohttp import web
 
     from shim import edge
     from shim.app import make_app
     from shim.spool import Spool
-    from smppd.ops import logs
+    from smppd.ops import heap, logs
     from smppd.rpc import RpcClient
 
     logs.configure(json=True)
@@ -154,6 +157,8 @@ async def serve(sock: str, port: int, spool_dir: str | None = None, plain_site: 
         await web.TCPSite(runner, "127.0.0.1", port).start()
     else:  # behind the connection cap and header deadline, as smppd-shim serves (shim/__main__.py)
         await edge.listen(runner, edge.EdgeLimits(), host="127.0.0.1", port=port)
+    if not raw_heap:
+        heap.settle()  # as smppd-shim does when ready: start-up frozen, young objects collected less often
     await asyncio.Event().wait()
 
 
@@ -163,15 +168,18 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--no-spool", action="store_true", help="run the shim without its spool")
+    p.add_argument("--raw-heap", action="store_true",
+                   help="leave the collector as CPython sets it (no smppd.ops.heap.settle): its cost shows as the difference")
     p.add_argument("--plain-site", action="store_true",
                    help="serve through web.TCPSite instead of shim.edge.listen (the figure before the edge existed)")
     p.add_argument("--serve", nargs=2, metavar=("SOCKET", "PORT"), help=argparse.SUPPRESS)
     p.add_argument("--spool-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve[0], int(args.serve[1]), args.spool_dir, args.plain_site))
+        asyncio.run(serve(args.serve[0], int(args.serve[1]), args.spool_dir, args.plain_site, args.raw_heap))
     else:
-        asyncio.run(run(args.n, args.runs, args.concurrency, spool=not args.no_spool, plain_site=args.plain_site))
+        asyncio.run(run(args.n, args.runs, args.concurrency, spool=not args.no_spool, plain_site=args.plain_site,
+                        raw_heap=args.raw_heap))
 
 
 if __name__ == "__main__":
