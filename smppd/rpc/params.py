@@ -131,21 +131,36 @@ def _compile_container(spec: ListOf | MapOf) -> Callable[[Any], bool]:
 
 
 class ParamChecks:
-    """One method's declared parameter types, compiled (see ``compile_spec``)."""
+    """One method's declared parameter types, compiled (see ``compile_spec``).
 
-    __slots__ = ("_checks", "_types")
+    A parameter of plain types (a string, an integer, null...) is checked inline against
+    its set of types, without a call: an intake post has ten of them and a closure call
+    each cost ~0.7 µs of every post; lists and objects keep their compiled check."""
+
+    __slots__ = ("_nested", "_simple", "_types")
 
     def __init__(self, types: ParamTypes) -> None:
         self._types = types
-        self._checks = {name: compile_spec(spec) for name, spec in types.items()}
+        self._simple: dict[str, frozenset[type]] = {}
+        self._nested: dict[str, Callable[[Any], bool]] = {}
+        for name, spec in types.items():
+            alternatives = spec if isinstance(spec, tuple) and not isinstance(spec, (ListOf, MapOf)) else (spec,)
+            if any(isinstance(a, (ListOf, MapOf)) for a in alternatives):
+                self._nested[name] = compile_spec(spec)
+            else:
+                self._simple[name] = frozenset(t for a in alternatives for t in _TYPE_SETS[a])
 
     def __call__(self, params: Mapping[str, Any]) -> RpcError | None:
-        checks = self._checks
+        simple, nested = self._simple, self._nested
         for name, value in params.items():
-            check = checks.get(name)
-            if check is not None and not check(value):
-                spec = self._types[name]
-                return RpcError("bad_request", f"{name}: must be {_type_name(spec)}", field=name)
+            types = simple.get(name)
+            if types is not None:
+                if type(value) in types:
+                    continue
+            else:
+                check = nested.get(name)
+                if check is None or check(value):
+                    continue
+            spec = self._types[name]
+            return RpcError("bad_request", f"{name}: must be {_type_name(spec)}", field=name)
         return None
-
-
