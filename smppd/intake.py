@@ -15,6 +15,7 @@ import time
 from typing import Any, Awaitable, Callable, Container, Mapping, NamedTuple, Sequence
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from .ops import metrics
 from . import phone, rules, text
@@ -112,7 +113,7 @@ class Intake:
             stored = await self.store.intake(post.message)
         except StoreUnavailable as e:
             raise _unavailable(e) from None
-        return self._finish(post, stored)
+        return self._finish(post, stored, log.bind())
 
     async def _recovered(self, params: Mapping[str, Any], error: Exception) -> bool:
         """A refused post of a known portal whose application_token is not the stored one:
@@ -173,11 +174,15 @@ class Intake:
             log.warning("intake_batch_failed", error=type(e).__name__, messages=len(messages))
             results = await asyncio.gather(*(self.store.intake(m) for m in messages), return_exceptions=True)
         stored = iter(results)
+        # one bound logger for the batch (structlog's advice for a logger used in a loop):
+        # the module's lazy proxy costs ~0.6 µs a line to resolve, a line per message
+        batch_log = log.bind()
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, _Post):
                 result = next(stored)
                 try:
-                    outcomes[i] = result if isinstance(result, BaseException) else self._finish(outcome, result)
+                    outcomes[i] = (result if isinstance(result, BaseException)
+                                   else self._finish(outcome, result, batch_log))
                 except Exception as e:
                     outcomes[i] = e
         return outcomes
@@ -192,13 +197,13 @@ class Intake:
         marketing = rules.is_marketing(sender, req.module_id)
         return _Post(req, sender, marketing, self._prepare(req, portal.member_id, sender, marketing))
 
-    def _finish(self, post: _Post, result: IntakeResult) -> dict[str, Any]:
+    def _finish(self, post: _Post, result: IntakeResult, line: FilteringBoundLogger) -> dict[str, Any]:
         """What follows a stored message: its log line, metrics, rule counters,
         dispatch to its route, and the answer to the shim."""
         req, sender, marketing, message = post
         held = message.hold if result.reason is None and result.duplicate_of is None else None
         status = str(result.status)
-        log.info(
+        line.info(
             "message_received", id=result.id, b24_id=req.b24_id, code=req.code, route=sender.route,
             to=phone.mask(message.phone or req.to), segments=message.segments, status=status,
             duplicate=result.duplicate, reason=result.reason, marketing=marketing, held=held,

@@ -95,10 +95,11 @@ class StoreWatcher:
             _count(route, status, n)
         for route, status, seconds in batch.latencies:
             metrics._child(metrics.RECEIPT_LATENCY, route, status).observe(seconds)
+        info = log.bind().info  # bound once per read (structlog's advice for a logger in a loop)
         for final in batch.finals:
             # One line per message, when its status is settled, with every id an admin may
             # search for.  Intermediate steps are in the store (`smppd` RPC "message").
-            log.info("message_final", **final)
+            info("message_final", **final)
         for ignored in batch.ignored:
             # A late or duplicated resp/receipt: recorded by the store, never applied backwards.
             log.debug("message_status_ignored", **ignored)
