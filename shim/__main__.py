@@ -14,7 +14,7 @@ from aiohttp import web
 
 from smppd import config as config_mod
 from smppd.ops import logs
-from smppd.ops import metrics
+from smppd.ops import scrape
 from smppd.ops import heap, sdnotify
 from smppd.ops.listenfds import passed_socket
 from smppd.rpc import RpcClient
@@ -68,7 +68,7 @@ async def serve(cfg: config_mod.Config, host: str, port: int, path: str | None =
     passed = passed_socket((socket.AF_INET, socket.AF_INET6), "smppd-shim")
     # conn cap, header deadline (shim/edge.py), on the passed socket or our own
     listener = await edge.listen(runner, edge.EdgeLimits(), host=host, port=port, sock=passed)
-    metrics_runner = await metrics.serve(*cfg.shim.metrics) if cfg.shim.metrics else None
+    metrics_runner = await scrape.serve(*cfg.shim.metrics) if cfg.shim.metrics else None
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

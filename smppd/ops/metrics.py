@@ -26,16 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol, TypeVar
 
-from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -490,27 +481,3 @@ class StoreCollector(Collector):
         )
         pending.add_metric([], snap.receipts_pending)
         yield from (final, open_, depth, oldest, pending)
-
-
-# --- serving -----------------------------------------------------------------------------
-
-
-async def serve(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> web.AppRunner:
-    """Serve ``GET /metrics`` on host:port in this event loop; the caller cleans the runner up."""
-
-    async def metrics(request: web.Request) -> web.Response:
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
-
-
-def bound_port(runner: web.AppRunner) -> int:
-    """The port a runner listens on (tests ask for port 0)."""
-    site = next(iter(runner.sites))
-    return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

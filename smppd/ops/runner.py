@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import REGISTRY
 
-from . import metrics
+from . import metrics, scrape
 from .journal import StoreWatcher
 
 log = structlog.get_logger(__name__)
@@ -42,11 +42,11 @@ async def start_ops(daemon: metrics.LiveState) -> Ops:
     if daemon.config.daemon.metrics is not None:
         host, port = daemon.config.daemon.metrics
         try:
-            ops.server = await metrics.serve(host, port)
+            ops.server = await scrape.serve(host, port)
         except OSError as e:
             await stop_ops(ops)
             raise OSError(e.errno, f"daemon.metrics: cannot listen on {host}:{port}: {e.strerror}") from None
-        ops.metrics_port = metrics.bound_port(ops.server)
+        ops.metrics_port = scrape.bound_port(ops.server)
         log.info("metrics_listening", host=host, port=ops.metrics_port)
     return ops
 
