@@ -197,7 +197,7 @@ async def start_shim(rig: Rig) -> None:
     await rig.shim_runner.setup()
     site = web.TCPSite(rig.shim_runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = int(rig.shim_runner.addresses[-1][1])  # documented: the sockets the runner listens on
     rig.shim_url = f"http://127.0.0.1:{port}"
 
 

@@ -74,7 +74,7 @@ class SimBase:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = int(self._runner.addresses[-1][1])  # documented: the sockets the runner listens on
 
     async def stop(self) -> None:
         for t in list(self._tasks):
