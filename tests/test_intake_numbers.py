@@ -7,7 +7,7 @@ import tomllib
 import pytest
 
 from smppd import config as config_mod
-from smppd.ops import metrics
+from prometheus_client import REGISTRY
 from smppd.config import ConfigError
 from smppd.intake import Intake
 from smppd.model import OpenMessage, PortalRecord
@@ -30,7 +30,7 @@ def intake(store: Store, strict: bool | None) -> tuple[Intake, list[OpenMessage]
 
 
 def counted(reason: str = "not a valid number") -> float:
-    return metrics.REGISTRY.get_sample_value("smppd_numbers_outside_metadata_total",
+    return REGISTRY.get_sample_value("smppd_numbers_outside_metadata_total",
                                              {"route": "life", "reason": reason}) or 0.0
 
 
