@@ -57,6 +57,10 @@ class SimBase:
         for _ in range(times):
             self._faults.append(Fault(kind, path, body))
 
+    def heal(self) -> None:
+        """Drop every fault still queued: the provider answers again from the next request."""
+        self._faults.clear()
+
     def _take_fault(self, path: str) -> Fault | None:
         for f in list(self._faults):
             if not f.path or f.path == path:
