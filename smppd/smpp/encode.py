@@ -172,12 +172,7 @@ def _encode_fast(command: str, command_id: int, sequence: int, status: int,
         for name, kind, limit in _SM_FAST:
             value = get(name)
             if value is None:
-                if kind is SM:
-                    out.append(0)  # sm_length 0, no octets
-                elif kind is CSTR:
-                    out += b"\0"
-                else:
-                    out.append(0)
+                out.append(0)  # each kind's absence is one zero octet: 0, an empty C-string, sm_length 0
             elif kind is INT1:
                 # ``type(...) is int`` first: the usual field, one check (a bool or an int
                 # subclass goes the long way, to the same verdict as before)
@@ -187,19 +182,11 @@ def _encode_fast(command: str, command_id: int, sequence: int, status: int,
                     raise ValueError(f"{command}.{name}={value} does not fit 1 octet(s)")
                 out.append(value)
             elif kind is CSTR:
-                # the usual text (Latin-1, no NUL, short enough, a time field empty or 16
-                # long) without a call; anything else is ``_check_cstring``'s to name
-                encoded = value.encode("latin-1") if type(value) is str and value.isascii() else None
-                if (encoded is None or len(encoded) >= limit or b"\0" in encoded
-                        or (name in _TIME_FIELDS and len(encoded) not in (0, 16))):
-                    _check_cstring(command, name, value, limit, False)
-                    encoded = value.encode("latin-1")
-                out += encoded
+                _check_cstring(command, name, value, limit, False)
+                out += value.encode("latin-1")
                 out += b"\0"
             else:
-                if value is None:
-                    value = b""
-                elif not isinstance(value, (bytes, bytearray, memoryview)):
+                if not isinstance(value, (bytes, bytearray, memoryview)):
                     raise TypeError(f"{command}.{name} must be bytes, not {type(value).__name__}")
                 if len(value) > limit:
                     raise ValueError(f"{command}.{name} is {len(value)} octets, at most {limit} allowed")
