@@ -81,13 +81,23 @@ def check_params(types: ParamTypes, params: Mapping[str, Any]) -> RpcError | Non
 _TYPE_SETS = {str: (str,), int: (int,), bool: (bool,), float: (int, float), None: (type(None),)}
 
 
+def _alternatives(spec: Spec) -> tuple[Spec, ...]:
+    """The types a spec admits, one or several (a ``ListOf``/``MapOf`` is a tuple, not a choice)."""
+    return spec if isinstance(spec, tuple) and not isinstance(spec, (ListOf, MapOf)) else (spec,)
+
+
+def _plain_types(alternatives: tuple[Spec, ...]) -> frozenset[type]:
+    """The Python types of the plain JSON types (no list, no object) among ``alternatives``."""
+    return frozenset(t for a in alternatives if not isinstance(a, (ListOf, MapOf)) for t in _TYPE_SETS[a])
+
+
 def compile_spec(spec: Spec) -> Callable[[Any], bool]:
     """``conforms(spec, ·)`` as a closure built once: the intake's ~12 parameters are checked
     per post, and the generic walk cost ~9 µs of it where this costs ~2. Lists and objects
     get a plain loop each (a lambda per item through ``all(map(...))`` cost ~2.7 µs on a
     post's bindings and document_id, the loop ~1)."""
-    alternatives = spec if isinstance(spec, tuple) and not isinstance(spec, (ListOf, MapOf)) else (spec,)
-    simple = frozenset(t for a in alternatives if not isinstance(a, (ListOf, MapOf)) for t in _TYPE_SETS[a])
+    alternatives = _alternatives(spec)
+    simple = _plain_types(alternatives)
     nested = [_compile_container(a) for a in alternatives if isinstance(a, (ListOf, MapOf))]
     if not nested:
         return lambda value: type(value) in simple
@@ -103,10 +113,9 @@ def _compile_container(spec: ListOf | MapOf) -> Callable[[Any], bool]:
     """A ``ListOf``/``MapOf`` check: its container type and length, then each item or value."""
     inner_spec = spec.item if isinstance(spec, ListOf) else spec.value
     container, max_len = (list, spec.max_len) if isinstance(spec, ListOf) else (dict, spec.max_len)
-    inner_alternatives = (inner_spec if isinstance(inner_spec, tuple) and not isinstance(inner_spec, (ListOf, MapOf))
-                          else (inner_spec,))
+    inner_alternatives = _alternatives(inner_spec)
     if not any(isinstance(a, (ListOf, MapOf)) for a in inner_alternatives):
-        types = frozenset(t for a in inner_alternatives for t in _TYPE_SETS[a])
+        types = _plain_types(inner_alternatives)
 
         def flat(value: Any) -> bool:
             if type(value) is not container or len(value) > max_len:
@@ -144,11 +153,11 @@ class ParamChecks:
         self._simple: dict[str, frozenset[type]] = {}
         self._nested: dict[str, Callable[[Any], bool]] = {}
         for name, spec in types.items():
-            alternatives = spec if isinstance(spec, tuple) and not isinstance(spec, (ListOf, MapOf)) else (spec,)
+            alternatives = _alternatives(spec)
             if any(isinstance(a, (ListOf, MapOf)) for a in alternatives):
                 self._nested[name] = compile_spec(spec)
             else:
-                self._simple[name] = frozenset(t for a in alternatives for t in _TYPE_SETS[a])
+                self._simple[name] = _plain_types(alternatives)
 
     def __call__(self, params: Mapping[str, Any]) -> RpcError | None:
         simple, nested = self._simple, self._nested
