@@ -169,12 +169,10 @@ def _bindings(form: Mapping[str, Any], keys: list[str]) -> tuple[Binding, ...]:
         value = form.get(key)
         if type(value) is not str:  # _required's answer, without a call for the usual case
             value = _required(form, key)
-        # _integer's own first test, without the call for the usual case (plain ASCII digits)
-        number = int(value) if value.isdigit() and value.isascii() and len(value) <= 18 else _integer(key, value)
         pair = halves.get(known[0])
         if pair is None:
             halves[known[0]] = pair = {}
-        pair[known[1]] = number
+        pair[known[1]] = _integer(key, value)
     if not halves:
         return ()
     bindings = []
