@@ -13,9 +13,7 @@ import structlog
 from aiohttp import web
 
 from smppd import config as config_mod
-from smppd.ops import logs
-from smppd.ops import scrape
-from smppd.ops import heap, sdnotify
+from smppd.ops import heap, logs, scrape, sdnotify
 from smppd.ops.listenfds import passed_socket
 from smppd.rpc import RpcClient
 
