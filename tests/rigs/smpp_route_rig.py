@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from smppd.config import SmppRouteConfig
 from smppd.routes.smpp import SmppRoute
 from smppd.smpp.segments import route_encoding
@@ -102,3 +104,18 @@ async def make_rig(tmp: Path, *, sim: dict[str, Any] | None = None, policy: Subm
 
 def replace(cfg: SmppRouteConfig, **changes: Any) -> SmppRouteConfig:
     return dataclasses.replace(cfg, **changes)
+
+
+@pytest.fixture
+async def rigs() -> Any:
+    """``make_rig`` as a fixture: ``await rigs(tmp_path, **kw)``; every rig made is closed after the test."""
+    made: list[Any] = []
+
+    async def make(tmp_path: Path, **kw: Any) -> Any:
+        rig = await make_rig(tmp_path, **kw)
+        made.append(rig)
+        return rig
+
+    yield make
+    for rig in made:
+        await rig.close()

@@ -21,26 +21,12 @@ from smppd.smpp.pdu import (
 from smppd.sims.smpp_policy import ScriptedPolicy, SubmitVerdict, ThrottlePolicy, max_in_any_second
 from smppd.text import gsm7_decode
 
-from tests.rigs.smpp_route_rig import make_rig
+from tests.rigs.smpp_route_rig import rigs  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
 LONG_LATIN = "Order 42 is ready. " * 20  # 380 GSM-7 chars: 3 parts
 LONG_CYRILLIC = "Ваш заказ готов. " * 10  # 170 UCS-2 units: 3 parts
-
-
-@pytest.fixture
-async def rigs():
-    made = []
-
-    async def make(tmp_path, **kw):
-        rig = await make_rig(tmp_path, **kw)
-        made.append(rig)
-        return rig
-
-    yield make
-    for rig in made:
-        await rig.close()
 
 
 # --- throughput, throttling, command_status classes --------------------------------

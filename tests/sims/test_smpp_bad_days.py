@@ -14,24 +14,10 @@ import pytest
 from smppd.smpp.pdu import ESME_RSYSERR, ESME_RTHROTTLED, ESME_RX_T_APPN
 from smppd.sims.smpp_policy import QueueFullBursts, ScriptedPolicy, SubmitVerdict
 
-from tests.rigs.smpp_route_rig import make_rig
+from tests.rigs.smpp_route_rig import rigs  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration  # starts servers, processes or sockets (see tests/conftest.py)
 
-
-
-@pytest.fixture
-async def rigs():
-    made = []
-
-    async def make(tmp_path, **kw):
-        rig = await make_rig(tmp_path, **kw)
-        made.append(rig)
-        return rig
-
-    yield make
-    for rig in made:
-        await rig.close()
 
 
 async def test_ten_smsc_unbinds_in_a_row_each_rebound_promptly(rigs, tmp_path):

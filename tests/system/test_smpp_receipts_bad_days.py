@@ -13,23 +13,9 @@ from structlog.testing import capture_logs
 
 from smppd.model import Status
 
-from tests.rigs.smpp_route_rig import make_rig
+from tests.rigs.smpp_route_rig import rigs  # noqa: F401 (a fixture)
 
 LONG = "Order 42 is ready. " * 20  # 380 GSM-7 chars: 3 parts
-
-
-@pytest.fixture
-async def rigs():
-    made = []
-
-    async def make(tmp_path, **kw):
-        rig = await make_rig(tmp_path, **kw)
-        made.append(rig)
-        return rig
-
-    yield make
-    for rig in made:
-        await rig.close()
 
 
 @pytest.mark.integration
